@@ -1,0 +1,130 @@
+package flymachines
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	fly "github.com/superfly/fly-go"
+	"github.com/superfly/fly-go/flaps"
+)
+
+// Lease is a held Fly machine lease. Mutating calls must carry its Nonce.
+type Lease struct {
+	Nonce     string
+	ExpiresAt time.Time
+	Owner     string
+	// Version is the machine's instance_id when the lease was taken: if it
+	// differs from what was read before, re-read under the lease.
+	Version string
+}
+
+// leaseBody is the optional body of a lease request (Fly's API reference).
+type leaseBody struct {
+	Description string `json:"description,omitempty"`
+	TTL         int    `json:"ttl,omitempty"`
+}
+
+// AcquireLease takes the machine's lease for ttl, in ONE request. (fly-go's
+// AcquireLease retries every error for about a minute.) A lease held by
+// someone else answers *LeaseHeldError at once.
+func (c *Client) AcquireLease(ctx context.Context, app, id string, ttl time.Duration, description string) (Lease, error) {
+	return c.leasePost(ctx, "fly.lease_acquire", app, id, ttl, description, "")
+}
+
+// RefreshLease extends the lease we hold (nonce) to ttl from now. If the
+// lease expired and someone else took it, the answer is *LeaseHeldError.
+func (c *Client) RefreshLease(ctx context.Context, app, id, nonce string, ttl time.Duration) (Lease, error) {
+	if nonce == "" {
+		return Lease{}, fmt.Errorf("fly.lease_refresh %s: nonce is empty", target(app, id))
+	}
+	return c.leasePost(ctx, "fly.lease_refresh", app, id, ttl, "", nonce)
+}
+
+func (c *Client) leasePost(ctx context.Context, kind, app, id string, ttl time.Duration, description, nonce string) (Lease, error) {
+	if err := checkTarget(kind, app, id); err != nil {
+		return Lease{}, err
+	}
+	secs := int((ttl + time.Second - 1) / time.Second)
+	if secs < 1 {
+		return Lease{}, fmt.Errorf("%s %s: lease ttl must be at least 1s, got %s", kind, target(app, id), ttl)
+	}
+	var in any
+	if description != "" {
+		in = leaseBody{Description: description, TTL: secs}
+	}
+	ctx, cancel := c.op(ctx, kind, app, id)
+	defer cancel()
+	var out fly.MachineLease
+	err := c.send(ctx, http.MethodPost, fmt.Sprintf("%s/lease?ttl=%d", machinePath(app, id), secs), in, nonce, &out)
+	if err != nil {
+		var fe *flaps.FlapsError
+		if errors.As(err, &fe) && fe.ResponseStatusCode == http.StatusConflict {
+			return Lease{}, c.leaseHeld(kind, app, id, fe)
+		}
+		return Lease{}, c.apiError(kind, app, id, err)
+	}
+	if out.Data == nil || out.Data.Nonce == "" {
+		return Lease{}, &APIError{Op: kind, App: app, MachineID: id, Status: http.StatusOK, Msg: "lease response carries no nonce"}
+	}
+	return Lease{
+		Nonce:     out.Data.Nonce,
+		ExpiresAt: unixTime(out.Data.ExpiresAt),
+		Owner:     out.Data.Owner,
+		Version:   out.Data.Version,
+	}, nil
+}
+
+// leaseHeld reads who holds the lease from a 409 body when Fly says: either
+// the lease shape ({data:{owner, expires_at}}) or those fields at the top.
+func (c *Client) leaseHeld(kind, app, id string, fe *flaps.FlapsError) *LeaseHeldError {
+	var body struct {
+		Data      *fly.MachineLeaseData `json:"data"`
+		Owner     string                `json:"owner"`
+		ExpiresAt int64                 `json:"expires_at"`
+	}
+	_ = json.Unmarshal(fe.ResponseBody, &body) // best effort: the 409 is what counts
+	e := &LeaseHeldError{Op: kind, App: app, MachineID: id, RequestID: fe.FlyRequestId,
+		Owner: body.Owner, ExpiresAt: unixTime(body.ExpiresAt), Msg: c.scrub(serverText(fe))}
+	if d := body.Data; d != nil {
+		if d.Owner != "" {
+			e.Owner = d.Owner
+		}
+		if d.ExpiresAt != 0 {
+			e.ExpiresAt = unixTime(d.ExpiresAt)
+		}
+	}
+	e.Owner = c.scrub(e.Owner)
+	return e
+}
+
+// ReleaseLease gives the lease back. A lease that is already gone (404, or
+// 409/410: it expired and is no longer ours) counts as released.
+func (c *Client) ReleaseLease(ctx context.Context, app, id, nonce string) error {
+	const kind = "fly.lease_release"
+	if err := checkTarget(kind, app, id); err != nil {
+		return err
+	}
+	if nonce == "" {
+		return fmt.Errorf("%s %s: nonce is empty", kind, target(app, id))
+	}
+	ctx, cancel := c.op(ctx, kind, app, id)
+	defer cancel()
+	err := c.send(ctx, http.MethodDelete, machinePath(app, id)+"/lease", nil, nonce, nil)
+	switch Status(err) {
+	case http.StatusNotFound, http.StatusConflict, http.StatusGone:
+		c.log.Debug("fly lease already gone", "app", app, "machine_id", id, "status", Status(err))
+		return nil
+	}
+	return c.apiError(kind, app, id, err)
+}
+
+func unixTime(sec int64) time.Time {
+	if sec <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, 0).UTC()
+}

@@ -1,0 +1,165 @@
+package flymachines
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+
+	fly "github.com/superfly/fly-go"
+)
+
+func TestUpdateImage(t *testing.T) {
+	t.Parallel()
+	const post = "/v1/apps/app1/machines/m1"
+	tests := []struct {
+		name        string
+		state       string
+		image       string // machine's image before
+		updateFault func(nth int) (int, bool)
+		hostDown    bool
+		wantPosts   int
+		wantErr     func(error) bool
+		check       func(t *testing.T, r UpdateResult, f *fakeFly)
+	}{
+		{
+			name: "started machine: launched, full config kept", state: "started", image: "img:1", wantPosts: 1,
+			check: func(t *testing.T, r UpdateResult, f *fakeFly) {
+				if !r.Launched || r.AlreadyApplied || r.FromImage != "img:1" || r.ToImage != "img:2" ||
+					r.FromInstanceID != "inst-m1-1" || r.ToInstanceID == r.FromInstanceID || r.ToInstanceID == "" ||
+					r.State != "started" || r.UpdatedAt.IsZero() {
+					t.Errorf("result = %+v", r)
+				}
+				if u := f.updates[0]; u.In.SkipLaunch {
+					t.Error("SkipLaunch set for a started machine")
+				}
+			},
+		},
+		{
+			name: "stopped machine: SkipLaunch", state: "stopped", image: "img:1", wantPosts: 1,
+			check: func(t *testing.T, r UpdateResult, f *fakeFly) {
+				if r.Launched || r.State != "stopped" || r.ToInstanceID == r.FromInstanceID {
+					t.Errorf("result = %+v", r)
+				}
+				if !f.updates[0].In.SkipLaunch {
+					t.Error("SkipLaunch not set for a stopped machine")
+				}
+			},
+		},
+		{
+			name: "already on the image: nothing sent", state: "started", image: "img:2", wantPosts: 0,
+			check: func(t *testing.T, r UpdateResult, _ *fakeFly) {
+				if !r.AlreadyApplied || r.Launched || r.ToInstanceID != r.FromInstanceID || r.ToImage != "img:2" {
+					t.Errorf("result = %+v", r)
+				}
+			},
+		},
+		{
+			name: "ambiguous 408 that landed: re-read, not sent twice", state: "started", image: "img:1", wantPosts: 1,
+			updateFault: func(int) (int, bool) { return 408, true },
+			check: func(t *testing.T, r UpdateResult, f *fakeFly) {
+				cur := f.machine("app1", "m1").m
+				if r.AlreadyApplied || !r.Launched || r.ToImage != "img:2" || r.ToInstanceID != cur.InstanceID ||
+					r.ToInstanceID == r.FromInstanceID {
+					t.Errorf("result = %+v (machine now on %s)", r, cur.InstanceID)
+				}
+			},
+		},
+		{
+			name: "502 that did not land: re-read, then sent again", state: "started", image: "img:1", wantPosts: 2,
+			updateFault: func(nth int) (int, bool) {
+				if nth == 1 {
+					return 502, false
+				}
+				return 0, true
+			},
+			check: func(t *testing.T, r UpdateResult, _ *fakeFly) {
+				if r.ToImage != "img:2" || !r.Launched {
+					t.Errorf("result = %+v", r)
+				}
+			},
+		},
+		{
+			name: "persistent 503: bounded sends, transient error", state: "started", image: "img:1", wantPosts: maxUpdateSends,
+			updateFault: func(int) (int, bool) { return 503, false },
+			wantErr:     IsTransient,
+		},
+		{
+			name: "400 is permanent and not retried", state: "started", image: "img:1", wantPosts: 1,
+			updateFault: func(int) (int, bool) { return 400, false },
+			wantErr: func(err error) bool {
+				var ae *APIError
+				return errors.As(err, &ae) && ae.Status == 400 && ae.Op == "fly.update" &&
+					ae.App == "app1" && ae.MachineID == "m1" && !IsTransient(err)
+			},
+		},
+		{
+			name: "host unreachable: partial config is not sent", state: "started", image: "img:1", wantPosts: 0,
+			hostDown: true,
+			wantErr: func(err error) bool {
+				var hu *HostUnavailableError
+				return errors.As(err, &hu) && IsTransient(err)
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFake(t, testToken)
+			orig := f.addMachine("app1", "m1", tt.state, tt.image)
+			origCfg, _ := json.Marshal(orig.Config)
+			if tt.hostDown {
+				orig.IncompleteConfig, orig.Config, orig.HostStatus = orig.Config, nil, fly.HostStatusUnreachable
+			}
+			f.updateFault = tt.updateFault
+			c, _ := newTestClient(t, f, testToken, nil)
+			ctx := context.Background()
+			lease, err := c.AcquireLease(ctx, "app1", "m1", 60*time.Second, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := c.UpdateImage(ctx, "app1", "m1", "img:2", lease.Nonce)
+			posts := f.requests(http.MethodPost, post)
+			if len(posts) != tt.wantPosts {
+				t.Errorf("%d updates sent, want %d", len(posts), tt.wantPosts)
+			}
+			if tt.wantErr != nil {
+				if err == nil || !tt.wantErr(err) {
+					t.Fatalf("err = %v (%#v)", err, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("UpdateImage: %v", err)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			for i, u := range f.updates {
+				if u.Nonce != lease.Nonce {
+					t.Errorf("update %d nonce %q, want the lease's", i, u.Nonce)
+				}
+				if u.In.Name != orig.Name || u.In.Region != orig.Region {
+					t.Errorf("update %d name/region %q/%q changed", i, u.In.Name, u.In.Region)
+				}
+				// The sent config is the machine's config with only the image changed.
+				var want fly.MachineConfig
+				_ = json.Unmarshal(origCfg, &want)
+				want.Image = "img:2"
+				wantJSON, _ := json.Marshal(&want)
+				gotJSON, _ := json.Marshal(u.In.Config)
+				if !bytes.Equal(wantJSON, gotJSON) {
+					t.Errorf("update %d config\n got %s\nwant %s", i, gotJSON, wantJSON)
+				}
+				if len(u.In.Config.Mounts) != 1 || u.In.Config.Mounts[0].Volume != "vol_m1" {
+					t.Errorf("mounts not kept: %+v", u.In.Config.Mounts)
+				}
+			}
+			if tt.check != nil {
+				tt.check(t, r, f)
+			}
+		})
+	}
+}

@@ -1,0 +1,69 @@
+// Package gateway is migrator's client for the drain control of one Hermes
+// agent: the dashboard routes POST /api/gateway/drain (begin or cancel) and
+// GET /api/status (the public liveness probe), as described in
+// shared/contracts/hermes-gateway.md.
+//
+// # Model
+//
+// A Target names one agent (app, machine, region, private IP, instance). Its
+// base URL comes from a template, by default
+//
+//	http://{machine_id}.vm.{app}.internal:9119
+//
+// whose placeholders {app} {machine_id} {region} {private_ip} {instance_id}
+// are replaced by the target's path-escaped values; the template may carry a
+// path prefix (e.g. a proxy or the fleet simulator: http://host/m/{machine_id})
+// and the routes are appended to it.
+//
+// Each agent has its own drain secret, derived on every call from the
+// control-plane key (package drainsecret) and never stored; it travels only in
+// the Authorization header of the drain POST. It never appears in an error, a
+// log line or a callrec.Call: transport errors are stripped of their URL, a
+// gateway's error detail is redacted of the secret and the key, and no
+// request or response body is ever logged.
+//
+// # The wire
+//
+// Bodies are built with encoding/json from structs holding a real bool:
+// {"action":"drain","suppress_notification":true|false} and
+// {"action":"cancel"}. The gateway passes suppress_notification through
+// Python's bool() (the string "false" would be true) and treats a body that
+// is not JSON as a begin, so nothing else is ever sent. Unknown response
+// fields are ignored.
+//
+// # Failures
+//
+// Every call goes through go-retryablehttp: transport errors, 5xx and 429 are
+// retried with exponential backoff and jitter (429 and 503 wait for
+// Retry-After, up to Config.RetryAfterMax), each attempt bounded by
+// Config.CallTimeout and the whole call by the context. Every attempt is
+// recorded through callrec (kind gateway.begin, gateway.cancel or
+// gateway.status; target app/machine_id).
+//
+// Errors are classified by type, never by text; IsPermanent tells the caller
+// whether repeating the call can help:
+//
+//   - *HTTPError: the gateway answered with a non-2xx status. 400, 401, 403
+//     and 405 are permanent (a wrong secret or a gateway without the drain
+//     secret configured will not heal: fail that agent's migration, never
+//     recreate it blind). 404, 429, 5xx and the rest are transient.
+//   - *DecodeError: a 2xx answer that is not the contract's JSON (malformed,
+//     not an object, a required field missing, draining not confirmed).
+//     Transient: during a recreate a proxy or a half-started server may
+//     answer for the agent, both drain actions are idempotent, and the
+//     caller's own deadline bounds how long it keeps asking.
+//   - *CallError: no usable answer (transport failure, per-attempt timeout,
+//     context done); wraps the cause, so errors.Is(err,
+//     context.DeadlineExceeded) works. Transient.
+//   - *TargetError: the target cannot be turned into a URL (an empty value
+//     for a placeholder the template uses). Permanent.
+//
+// # Status
+//
+// Status.Quiescent is the contract's test (state "draining" and no active
+// agents, or the gateway not running); Status.Serving is what to wait for
+// after the recreate (running, state "running" or "degraded"). A status
+// answer without gateway_running, or without active_agents while running, is
+// a DecodeError rather than a silent zero, because a zero there would read as
+// quiescent and let the machine be recreated under a user's turn.
+package gateway

@@ -1,0 +1,127 @@
+// Package imagepin resolves an image tag to its digest once, when a run is
+// created, so every machine of the run gets the same bytes even if the tag
+// moves while the run is in flight.
+package imagepin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Config configures a Resolver.
+type Config struct {
+	// FlyToken authenticates to registry.fly.io (user "x", the token as
+	// password). Other registries use anonymous access.
+	FlyToken string
+	// Timeout bounds one resolution. Default 30s.
+	Timeout time.Duration
+	// Transport is the HTTP transport (tests). Default http.DefaultTransport.
+	Transport http.RoundTripper
+	// Insecure allows plain-HTTP registries (tests, local registries).
+	Insecure bool
+}
+
+// Resolver pins image references to digests.
+type Resolver struct{ cfg Config }
+
+// New returns a Resolver.
+func New(cfg Config) *Resolver {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = http.DefaultTransport
+	}
+	return &Resolver{cfg: cfg}
+}
+
+// ReferenceError is a malformed image reference.
+type ReferenceError struct {
+	Ref    string
+	Reason string
+}
+
+func (e *ReferenceError) Error() string {
+	return fmt.Sprintf("image reference %q is malformed: %s", e.Ref, e.Reason)
+}
+
+// Parse checks that ref is a well-formed image reference and returns it
+// fully qualified where it has a registry host.
+func Parse(ref string, insecure bool) (name.Reference, error) {
+	if strings.TrimSpace(ref) == "" {
+		return nil, &ReferenceError{Ref: ref, Reason: "empty"}
+	}
+	var opts []name.Option
+	if insecure {
+		opts = append(opts, name.Insecure)
+	}
+	r, err := name.ParseReference(ref, append(opts, name.StrictValidation)...)
+	if err != nil {
+		// StrictValidation wants an explicit tag or digest; try again with
+		// the default tag before giving up.
+		r, err = name.ParseReference(ref, opts...)
+		if err != nil {
+			return nil, &ReferenceError{Ref: ref, Reason: oneLine(err.Error())}
+		}
+	}
+	return r, nil
+}
+
+// Resolve returns ref pinned to its digest ("repo@sha256:…"). A reference
+// that already names a digest is returned as it is, without a network call.
+func (r *Resolver) Resolve(ctx context.Context, ref string) (string, error) {
+	parsed, err := Parse(ref, r.cfg.Insecure)
+	if err != nil {
+		return "", err
+	}
+	if d, ok := parsed.(name.Digest); ok {
+		return d.String(), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	auth := authn.Anonymous
+	if r.cfg.FlyToken != "" && parsed.Context().RegistryStr() == "registry.fly.io" {
+		auth = &authn.Basic{Username: "x", Password: r.cfg.FlyToken}
+	}
+	desc, err := remote.Head(parsed, remote.WithContext(ctx), remote.WithAuth(auth), remote.WithTransport(r.cfg.Transport))
+	if err != nil {
+		return "", &ResolveError{Ref: ref, Err: err, token: r.cfg.FlyToken}
+	}
+	return parsed.Context().Digest(desc.Digest.String()).String(), nil
+}
+
+// ResolveError is a failed resolution (not found, unauthorized, unreachable).
+type ResolveError struct {
+	Ref   string
+	Err   error
+	token string
+}
+
+func (e *ResolveError) Error() string {
+	msg := oneLine(e.Err.Error())
+	if e.token != "" {
+		msg = strings.ReplaceAll(msg, e.token, "[redacted]")
+	}
+	if errors.Is(e.Err, context.DeadlineExceeded) {
+		msg = "timed out"
+	}
+	return fmt.Sprintf("resolve image %s to a digest: %s", e.Ref, msg)
+}
+
+func (e *ResolveError) Unwrap() error { return e.Err }
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}

@@ -1,0 +1,93 @@
+package orchestrator
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hermes-cloud/migrator/internal/clock"
+)
+
+// Config tunes the orchestrator. Durations are in the Clock's time, so a
+// scaled clock (simulator, tests, benchmarks) scales them all at once.
+type Config struct {
+	// FleetCap is the most machines disrupted at once across every run and
+	// replica (0: no fleet-wide cap). Default 0.
+	FleetCap int
+	// PollInterval is the pause between two status reads of a draining agent.
+	// Default 5s; the contract allows one read per 1-2 s at most.
+	PollInterval time.Duration
+	// MarkerRefresh is how often a long drain re-begins, so the gateway's
+	// one-hour marker expiry never lets turns in again. Default 20m (≤ 20m).
+	MarkerRefresh time.Duration
+	// LeaseTTL is the Fly lease's time to live; refreshed at half-life.
+	// Default 2m.
+	LeaseTTL time.Duration
+	// LeaseRetries is how often a machine whose lease another owner holds is
+	// tried again (each after that lease expires) before it fails. Default 5.
+	LeaseRetries int
+	// VerifyTimeout bounds the wait for the new instance to start, pass its
+	// checks and serve; past it the old image is put back. Default 5m.
+	VerifyTimeout time.Duration
+	// WaitStep is the longest single /wait call (wall time); short, so a job
+	// execution stays short and a crash hands the machine over quickly.
+	// Default 5s.
+	WaitStep time.Duration
+	// GatewayGrace is how long a gateway that cannot be reached at all is
+	// retried before the machine fails (it is never recreated blind).
+	// Default 2m.
+	GatewayGrace time.Duration
+	// Clock is the time source. Default clock.Real().
+	Clock clock.Clock
+	// Logger receives one line per transition. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.PollInterval == 0 {
+		c.PollInterval = 5 * time.Second
+	}
+	if c.MarkerRefresh == 0 {
+		c.MarkerRefresh = 20 * time.Minute
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 2 * time.Minute
+	}
+	if c.LeaseRetries == 0 {
+		c.LeaseRetries = 5
+	}
+	if c.VerifyTimeout == 0 {
+		c.VerifyTimeout = 5 * time.Minute
+	}
+	if c.WaitStep == 0 {
+		c.WaitStep = 5 * time.Second
+	}
+	if c.GatewayGrace == 0 {
+		c.GatewayGrace = 2 * time.Minute
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.FleetCap < 0 {
+		errs = append(errs, fmt.Errorf("fleet cap %d is negative", c.FleetCap))
+	}
+	if c.PollInterval < 0 || c.LeaseTTL < 0 || c.VerifyTimeout < 0 || c.WaitStep < 0 || c.GatewayGrace < 0 {
+		errs = append(errs, errors.New("durations must not be negative"))
+	}
+	if c.MarkerRefresh > 20*time.Minute {
+		errs = append(errs, fmt.Errorf("marker refresh %s is over 20m: the gateway ignores a marker after 1h", c.MarkerRefresh))
+	}
+	if c.WaitStep > time.Minute {
+		errs = append(errs, fmt.Errorf("wait step %s is over Fly's 60s limit", c.WaitStep))
+	}
+	return errors.Join(errs...)
+}

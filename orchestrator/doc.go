@@ -1,0 +1,48 @@
+// Package orchestrator moves machines to a new image: it plans runs, keeps
+// the disruption budget, and walks each machine through its migration as a
+// River job that is safe to run twice and safe to kill at any point.
+//
+// # Runs and the budget
+//
+// A run (store.Run) is created with its whole plan: one machine migration per
+// selected machine, those already on the image recorded skipped_up_to_date
+// at once. A machine is "disrupted" from the moment it holds a budget slot
+// until it is done. Slots are handed out by store.Q.FillSlots, under one
+// Postgres advisory lock, so every replica and every run sees the same count:
+// at most the run's max_unavailable per run and Config.FleetCap fleet-wide.
+// A machine that finishes gives its slot back and, in the same transaction,
+// the next pending machine gets it and its job is inserted (greedy refill:
+// no wave waits for its slowest member). A periodic fill job is the safety
+// net for machines whose not_before passed. Canaries go first; the rest
+// wait until every canary migrated; a failed canary, or more failures than
+// the run's threshold, pauses the run.
+//
+// # The per-machine state machine
+//
+//	pending ──slot──▶ ready ──read, lease, decide──▶ decided ──begin drain──▶ draining
+//	   ▲                │                                                    │
+//	   └─lease held─────┤ (up to date: skipped_up_to_date;                    │ quiescent, gateway down,
+//	                    │  outside window: deferred)                         │ or deadline + force
+//	                    ▼                                                    ▼
+//	                  done ◀──migrated── verifying ◀──update image── updating
+//	                    ▲                    │
+//	                    └──rolled_back── rolling_back (not started / revert / unhealthy / not serving)
+//
+// Each arrow is one transaction that saves the machine's row (guarded by its
+// version, so a second execution of the same job cannot overwrite the
+// first), its drain row, the external calls made for it and a transition
+// event. The policy decision (quiet, rule, deadline) is committed before the
+// gateway is called, and a re-delivered job begins again with exactly that
+// recorded flag. The update is never preceded by a cancel of the drain: the
+// marker must be on the volume at SIGTERM for a quiet drain to stay quiet.
+// Every way out before the update (cancel, defer at the deadline, failure)
+// cancels the drain, so the agent takes turns again.
+//
+// Waiting is a River snooze: an execution takes every step that needs no
+// waiting, then returns how long to wait. A replica killed mid-step leaves
+// its job "running" until River's rescuer hands it to another replica (see
+// the tuning in orchestrator.go); the step it repeats is idempotent because
+// each external effect is either naturally idempotent (begin, cancel,
+// release) or checked against the machine first (the update re-reads the
+// machine and skips when it already runs the image).
+package orchestrator

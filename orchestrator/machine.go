@@ -1,0 +1,614 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/hermes-cloud/migrator/internal/callrec"
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/policy"
+	"github.com/hermes-cloud/migrator/store"
+)
+
+type machineWorker struct {
+	river.WorkerDefaults[MachineArgs]
+	o *Orchestrator
+}
+
+// Timeout bounds one execution (see jobTimeout).
+func (w *machineWorker) Timeout(*river.Job[MachineArgs]) time.Duration { return jobTimeout }
+
+// Work runs one execution of a machine migration: it loads the machine's
+// state, takes as many steps as need no waiting, and returns what happens
+// next: nil when the machine is done, a snooze while it waits.
+func (w *machineWorker) Work(ctx context.Context, job *river.Job[MachineArgs]) error {
+	next, err := w.o.Step(ctx, job.Args.MigrationID)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return river.JobCancel(err)
+		}
+		if errors.Is(err, store.ErrConflict) {
+			// Another execution of this job moved the machine; look again soon.
+			return river.JobSnooze(time.Second)
+		}
+		return err
+	}
+	if next.done {
+		return nil
+	}
+	return river.JobSnooze(max(w.o.cfg.Clock.Wall(next.after), 10*time.Millisecond))
+}
+
+// next is what a step asks for: done, or wait this long (clock time).
+type next struct {
+	done  bool
+	after time.Duration
+}
+
+func wait(d time.Duration) next { return next{after: d} }
+
+var finished = next{done: true}
+
+// step is one execution's view of a machine: its rows, the external calls
+// made so far and the transition events to write with the next save.
+type step struct {
+	o      *Orchestrator
+	w      store.MachineWork
+	m      *store.Migration
+	calls  *callrec.Log
+	events []store.Event
+	log    *slog.Logger
+}
+
+// Step advances migration id as far as it can go without waiting.
+func (o *Orchestrator) Step(ctx context.Context, id int64) (next, error) {
+	calls := &callrec.Log{}
+	ctx = callrec.WithLog(ctx, calls)
+	w, err := o.store.Q().LoadMachineWork(ctx, id)
+	if err != nil {
+		return next{}, err
+	}
+	s := &step{o: o, w: w, calls: calls}
+	s.m = &s.w.Migration
+	s.log = o.log.With("run_id", s.m.RunID, "app", s.m.App, "machine_id", s.m.MachineID)
+	// A machine with nothing to wait for goes on to its next state at once;
+	// the bound only guards against a bug looping forever.
+	for range 16 {
+		if s.m.State == store.StateDone {
+			return finished, nil
+		}
+		before := s.m.State
+		n, err := s.advance(ctx)
+		if err != nil || n.done || n.after > 0 || s.m.State == before {
+			return n, err
+		}
+	}
+	return wait(time.Second), nil
+}
+
+func (s *step) advance(ctx context.Context) (next, error) {
+	switch s.m.State {
+	case store.StatePending:
+		// Not ours to run: the budget has not given it a slot (a stale job).
+		return finished, nil
+	case store.StateReady:
+		return s.ready(ctx)
+	case store.StateDecided:
+		return s.begin(ctx)
+	case store.StateDraining:
+		return s.draining(ctx)
+	case store.StateUpdating:
+		return s.update(ctx)
+	case store.StateVerifying:
+		return s.verify(ctx)
+	case store.StateRollingBack:
+		return s.rollback(ctx)
+	}
+	return next{}, fmt.Errorf("machine migration %d: unknown state %q", s.m.ID, s.m.State)
+}
+
+func (s *step) now() time.Time { return s.o.cfg.Clock.Now() }
+
+func (s *step) target() gateway.Target {
+	instance := s.m.FromInstanceID
+	if s.m.State == store.StateVerifying && s.m.ToInstanceID != "" {
+		instance = s.m.ToInstanceID
+	}
+	return gateway.Target{App: s.m.App, MachineID: s.m.MachineID, Region: s.m.Region,
+		PrivateIP: s.m.PrivateIP, InstanceID: instance}
+}
+
+// save writes the machine (and drain) with its calls and a transition event
+// in one transaction; a machine that gave back its slot lets the next one in.
+func (s *step) save(ctx context.Context, from string, detail map[string]any) error {
+	ev := store.Event{Kind: "machine." + s.m.State, Target: s.m.Target(), Detail: map[string]any{"from": from}}
+	if s.m.Outcome != "" {
+		ev.Kind = "machine." + s.m.Outcome
+		ev.Detail["outcome"] = s.m.Outcome
+	}
+	if s.m.Error != "" && s.m.State == store.StateDone {
+		ev.Error = s.m.Error
+	}
+	for k, v := range detail {
+		ev.Detail[k] = v
+	}
+	calls := s.calls.Take()
+	events := append(store.EventsFromCalls(calls), s.events...)
+	events = append(events, ev)
+	slotFreed := !s.m.SlotHeld || s.m.State == store.StateDone
+	err := s.o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
+		if err := q.SaveMigration(ctx, s.m); err != nil {
+			return err
+		}
+		if s.w.Drain != nil {
+			if err := q.SaveDrain(ctx, s.w.Drain); err != nil {
+				return err
+			}
+		}
+		if err := q.AppendEvents(ctx, store.Scope{RunID: s.m.RunID, MigrationID: s.m.ID}, events...); err != nil {
+			return err
+		}
+		if !slotFreed {
+			return nil
+		}
+		if err := s.o.fillTx(ctx, q, tx); err != nil {
+			return err
+		}
+		_, _, err := q.SettleRun(ctx, s.m.RunID)
+		return err
+	})
+	if err != nil {
+		for _, c := range calls { // keep them for the next try
+			s.calls.Add(c)
+		}
+		return err
+	}
+	s.events = nil
+	s.log.Info("machine "+ev.Kind[len("machine."):], "from", from, "to", s.m.State, "outcome", s.m.Outcome, "error", s.m.Error)
+	return nil
+}
+
+// transition moves the machine to state to and saves it.
+func (s *step) transition(ctx context.Context, to string, detail map[string]any) error {
+	from := s.m.State
+	s.m.State = to
+	return s.save(ctx, from, detail)
+}
+
+// finish ends the machine with an outcome: the lease is released, the slot
+// given back. errText is the one-line reason for anything but success.
+func (s *step) finish(ctx context.Context, outcome, drainOutcome, errText string) (next, error) {
+	s.releaseLease(ctx)
+	if drainOutcome != "" && s.w.Drain != nil && s.w.Drain.Outcome == "" {
+		s.w.Drain.Outcome = drainOutcome
+	}
+	s.m.Outcome = outcome
+	s.m.Error = errText
+	if err := s.transition(ctx, store.StateDone, nil); err != nil {
+		return next{}, err
+	}
+	return finished, nil
+}
+
+// abortBeforeUpdate ends a machine that will not be updated: its drain is
+// cancelled so the agent takes turns again.
+func (s *step) abortBeforeUpdate(ctx context.Context, outcome, drainOutcome, errText string) (next, error) {
+	if s.w.Drain != nil && !s.w.Drain.StartedAt.IsZero() || s.m.State == store.StateDecided {
+		if _, err := s.o.gw.Cancel(ctx, s.target()); err != nil {
+			s.log.Warn("cancel drain failed", "error", err)
+			s.events = append(s.events, store.Event{Kind: "machine.cancel_drain_failed", Target: s.m.Target(), Error: err.Error()})
+		}
+	}
+	return s.finish(ctx, outcome, drainOutcome, errText)
+}
+
+// ready: read the machine, lease it, record the policy decision.
+func (s *step) ready(ctx context.Context) (next, error) {
+	run := s.w.Run
+	switch run.State {
+	case store.RunCancelling, store.RunCancelled:
+		return s.finish(ctx, store.OutcomeCancelled, "", "run cancelled before this machine started")
+	case store.RunPaused:
+		// Nothing new starts while paused: give the slot back, keep the lease off.
+		s.releaseLease(ctx)
+		s.m.SlotHeld = false
+		if err := s.transition(ctx, store.StatePending, map[string]any{"reason": "run paused"}); err != nil {
+			return next{}, err
+		}
+		return finished, nil
+	}
+	mach, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
+	if err != nil {
+		return s.flyError(ctx, "read machine", err)
+	}
+	s.m.Region, s.m.PrivateIP = mach.Region, mach.PrivateIP
+	if mach.Image == s.m.ToImage {
+		return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
+	}
+	s.m.FromImage, s.m.FromInstanceID = mach.Image, mach.InstanceID
+
+	if s.m.LeaseNonce == "" {
+		lease, err := s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, fmt.Sprintf("migrator run %d", s.m.RunID))
+		var held *flymachines.LeaseHeldError
+		if errors.As(err, &held) {
+			return s.leaseHeld(ctx, held)
+		}
+		if err != nil {
+			return s.flyError(ctx, "lease machine", err)
+		}
+		s.m.LeaseNonce, s.m.LeaseExpiresAt = lease.Nonce, lease.ExpiresAt
+		if lease.Version != "" && lease.Version != mach.InstanceID {
+			// The machine changed between our read and the lease: read again under it.
+			if mach, err = s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID); err != nil {
+				return s.flyError(ctx, "read machine", err)
+			}
+			s.m.FromImage, s.m.FromInstanceID = mach.Image, mach.InstanceID
+			if mach.Image == s.m.ToImage {
+				return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
+			}
+		}
+	}
+
+	now := s.now()
+	d := s.o.pol.Decide(policy.Cause(run.Cause), policy.Machine{
+		App: s.m.App, MachineID: s.m.MachineID, Region: mach.Region, Image: mach.Image,
+		Labels: mach.Labels, Deferrals: s.m.Deferrals,
+	}, now)
+	if !d.InWindow {
+		msg := "outside the maintenance window"
+		if d.Window != "" {
+			msg += " " + d.Window
+		}
+		if !d.NextWindow.IsZero() {
+			msg += "; next opens " + d.NextWindow.UTC().Format(time.RFC3339)
+		}
+		return s.finish(ctx, store.OutcomeDeferred, "", msg)
+	}
+	wait := d.Wait
+	if run.DeadlineOverride > 0 {
+		wait = run.DeadlineOverride
+	}
+	s.w.Drain = &store.Drain{
+		MigrationID: s.m.ID, Quiet: d.Quiet, PolicyRule: d.Rule, PolicyVersion: d.Version,
+		OnDeadline: string(d.OnDeadline), MaxDeferrals: d.MaxDeferrals, DecidedAt: now, DeadlineAt: now.Add(wait),
+	}
+	// The decision is on record before the gateway hears of it.
+	if err := s.transition(ctx, store.StateDecided, map[string]any{"quiet": d.Quiet, "rule": d.Rule,
+		"policy_version": d.Version, "on_deadline": d.OnDeadline, "deadline_at": now.Add(wait)}); err != nil {
+		return next{}, err
+	}
+	return next{}, nil
+}
+
+// leaseHeld gives the slot back until another owner's lease runs out.
+func (s *step) leaseHeld(ctx context.Context, held *flymachines.LeaseHeldError) (next, error) {
+	s.m.Attempts++
+	if s.m.Attempts > s.o.cfg.LeaseRetries {
+		return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("lease held by %s until %s, %d tries",
+			held.Owner, held.ExpiresAt.UTC().Format(time.RFC3339), s.m.Attempts-1))
+	}
+	s.m.SlotHeld = false
+	s.m.NotBefore = held.ExpiresAt
+	if s.m.NotBefore.Before(s.now()) {
+		s.m.NotBefore = s.now().Add(s.o.cfg.PollInterval)
+	}
+	s.m.Error = held.Error()
+	if err := s.transition(ctx, store.StatePending, map[string]any{"lease_owner": held.Owner}); err != nil {
+		return next{}, err
+	}
+	return finished, nil
+}
+
+// flyError turns a failed Fly call before any change into a retry or a
+// failure: transient errors wait, permanent ones end the machine.
+func (s *step) flyError(ctx context.Context, op string, err error) (next, error) {
+	if flymachines.IsTransient(err) || errors.Is(err, context.DeadlineExceeded) {
+		s.log.Warn(op+" failed, will retry", "error", err)
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	msg := fmt.Sprintf("%s: %v", op, err)
+	if s.m.State == store.StateReady {
+		return s.finish(ctx, store.OutcomeFailed, "", msg)
+	}
+	return s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, msg)
+}
+
+// persistCalls writes the calls of a step that changed nothing, so the audit
+// log is complete even for retries.
+func (s *step) persistCalls(ctx context.Context) {
+	calls := s.calls.Take()
+	if len(calls) == 0 {
+		return
+	}
+	err := s.o.store.Q().AppendEvents(ctx, store.Scope{RunID: s.m.RunID, MigrationID: s.m.ID}, store.EventsFromCalls(calls)...)
+	if err != nil {
+		s.log.Warn("record calls", "error", err)
+		for _, c := range calls {
+			s.calls.Add(c)
+		}
+	}
+}
+
+// begin: the decision is recorded; ask the gateway to drain with exactly
+// the recorded flag (a re-delivered job repeats it, never changes it).
+func (s *step) begin(ctx context.Context) (next, error) {
+	if r := s.w.Run.State; r == store.RunCancelling || r == store.RunCancelled {
+		return s.abortBeforeUpdate(ctx, store.OutcomeCancelled, "", "run cancelled before the drain began")
+	}
+	if n, ok, err := s.keepLease(ctx); !ok {
+		return n, err
+	}
+	d := s.w.Drain
+	echo, err := s.o.gw.Begin(ctx, s.target(), d.Quiet)
+	if err != nil {
+		if gateway.IsPermanent(err) {
+			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway refused the drain: %v", err))
+		}
+		if s.now().Sub(d.DecidedAt) > s.o.cfg.GatewayGrace {
+			return s.abortBeforeUpdate(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway unreachable for %s: %v", s.o.cfg.GatewayGrace, err))
+		}
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	now := s.now()
+	echoed := echo.SuppressNotification
+	d.SuppressionEchoed = &echoed
+	d.GatewayRequestedAt = echo.RequestedAt
+	d.StartedAt, d.LastBeginAt = now, now
+	d.Begins++
+	if echoed != d.Quiet {
+		s.log.Warn("gateway echoed a different suppress_notification", "quiet", d.Quiet, "echoed", echoed)
+	}
+	if err := s.transition(ctx, store.StateDraining, map[string]any{"quiet": d.Quiet, "echoed": echoed}); err != nil {
+		return next{}, err
+	}
+	// The gateway's watcher notices the marker within about a second.
+	return wait(min(s.o.cfg.PollInterval, time.Second)), nil
+}
+
+// draining: poll until quiescent, the gateway is down, or the deadline.
+func (s *step) draining(ctx context.Context) (next, error) {
+	d := s.w.Drain
+	if r := s.w.Run.State; r == store.RunCancelling || r == store.RunCancelled {
+		return s.abortBeforeUpdate(ctx, store.OutcomeCancelled, store.DrainCancelled, "run cancelled")
+	}
+	if n, ok, err := s.keepLease(ctx); !ok {
+		return n, err
+	}
+	st, err := s.o.gw.Status(ctx, s.target())
+	now := s.now()
+	if err != nil {
+		if now.After(d.DeadlineAt.Add(s.o.cfg.GatewayGrace)) {
+			return s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed,
+				fmt.Sprintf("gateway status unreadable past the deadline: %v", err))
+		}
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	changed := d.LastGatewayState != st.State || d.LastActiveAgents == nil || *d.LastActiveAgents != st.ActiveAgents
+	active := st.ActiveAgents
+	d.LastStatusAt, d.LastGatewayState, d.LastActiveAgents = now, st.State, &active
+
+	switch {
+	case !st.Running:
+		d.Outcome = store.DrainGatewayDown
+		d.ActiveAgentsAtRecreate = &active
+		return next{}, s.transition(ctx, store.StateUpdating, map[string]any{"drain": d.Outcome})
+	case st.Quiescent():
+		d.Outcome = store.DrainQuiesced
+		d.QuiescedAt = now
+		d.ActiveAgentsAtRecreate = &active
+		return next{}, s.transition(ctx, store.StateUpdating, map[string]any{"drain": d.Outcome})
+	case !now.Before(d.DeadlineAt):
+		d.DeadlineReachedAt = now
+		if d.OnDeadline == string(policy.Defer) {
+			s.m.Deferrals++
+			return s.abortBeforeUpdate(ctx, store.OutcomeDeferred, store.DrainDeadlineDeferred,
+				fmt.Sprintf("deadline reached with %d active agent(s); deferred (%d of %d)", active, s.m.Deferrals, d.MaxDeferrals))
+		}
+		d.Outcome = store.DrainDeadlineForced
+		d.ActiveAgentsAtRecreate = &active
+		return next{}, s.transition(ctx, store.StateUpdating, map[string]any{"drain": d.Outcome, "active_agents": active})
+	case st.State != "draining" || now.Sub(d.LastBeginAt) >= s.o.cfg.MarkerRefresh:
+		// Fell out of draining (the watcher has not seen the marker yet, it
+		// expired, or only the gateway restarted), or the marker ages: begin
+		// again with the same flag. Right after a begin the watcher may not
+		// have flipped yet, so wait one second before re-beginning for that.
+		if st.State != "draining" && now.Sub(d.LastBeginAt) < 2*time.Second {
+			break
+		}
+		echo, err := s.o.gw.Begin(ctx, s.target(), d.Quiet)
+		if err != nil {
+			if gateway.IsPermanent(err) {
+				return s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, fmt.Sprintf("gateway refused to re-begin the drain: %v", err))
+			}
+			break
+		}
+		echoed := echo.SuppressNotification
+		d.SuppressionEchoed = &echoed
+		d.LastBeginAt = now
+		d.Begins++
+		s.events = append(s.events, store.Event{Kind: "drain.rebegin", Target: s.m.Target(),
+			Detail: map[string]any{"gateway_state": st.State, "begins": d.Begins}})
+		changed = true
+	}
+	if changed {
+		if err := s.save(ctx, s.m.State, map[string]any{"gateway_state": st.State, "active_agents": active}); err != nil {
+			return next{}, err
+		}
+	} else {
+		s.persistCalls(ctx)
+	}
+	return wait(min(s.o.cfg.PollInterval, max(d.DeadlineAt.Sub(now), 0)+time.Millisecond)), nil
+}
+
+// keepLease refreshes the Fly lease at half-life. ok=false means the step
+// must return (n, err) instead of going on.
+func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
+	if s.m.LeaseNonce == "" || s.m.LeaseExpiresAt.Sub(s.now()) > s.o.cfg.LeaseTTL/2 {
+		return next{}, true, nil
+	}
+	lease, err := s.o.fly.RefreshLease(ctx, s.m.App, s.m.MachineID, s.m.LeaseNonce, s.o.cfg.LeaseTTL)
+	if err != nil {
+		var held *flymachines.LeaseHeldError
+		if errors.As(err, &held) {
+			msg := fmt.Sprintf("lost the lease to %s", held.Owner)
+			s.m.LeaseNonce = ""
+			if s.m.State == store.StateVerifying || s.m.State == store.StateRollingBack {
+				return next{}, true, nil // the update happened; finish verifying without it
+			}
+			n, err := s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, msg)
+			return n, false, err
+		}
+		if flymachines.IsNotFound(err) {
+			// Expired and gone: take a fresh one.
+			lease, err = s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, fmt.Sprintf("migrator run %d", s.m.RunID))
+		}
+		if err != nil {
+			s.log.Warn("refresh lease failed, will retry", "error", err)
+			return next{}, true, nil
+		}
+	}
+	s.m.LeaseNonce, s.m.LeaseExpiresAt = lease.Nonce, lease.ExpiresAt
+	return next{}, true, nil
+}
+
+func (s *step) releaseLease(ctx context.Context) {
+	if s.m.LeaseNonce == "" {
+		return
+	}
+	if err := s.o.fly.ReleaseLease(ctx, s.m.App, s.m.MachineID, s.m.LeaseNonce); err != nil {
+		s.log.Warn("release lease failed (it expires by itself)", "error", err)
+	}
+	s.m.LeaseNonce, s.m.LeaseExpiresAt = "", time.Time{}
+}
+
+// update: the drain is over; move the machine to the image without
+// cancelling the drain (the marker must be there at SIGTERM for a quiet
+// drain to stay quiet).
+func (s *step) update(ctx context.Context) (next, error) {
+	if n, ok, err := s.keepLease(ctx); !ok {
+		return n, err
+	}
+	res, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.ToImage, s.m.LeaseNonce)
+	if err != nil {
+		return s.flyError(ctx, "update machine", err)
+	}
+	now := s.now()
+	s.m.ToInstanceID = res.ToInstanceID
+	s.m.UpdatedMachineAt = now
+	if s.w.Drain != nil {
+		s.w.Drain.RecreatedAt = now
+	}
+	if err := s.transition(ctx, store.StateVerifying, map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched}); err != nil {
+		return next{}, err
+	}
+	return next{}, nil
+}
+
+// verify: the new instance must start on the new image, pass its checks
+// and serve; else the old image goes back.
+func (s *step) verify(ctx context.Context) (next, error) {
+	if _, ok, err := s.keepLease(ctx); !ok {
+		return next{}, err
+	}
+	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
+	reached, err := s.o.fly.WaitOnce(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, "started", s.o.cfg.WaitStep)
+	if err != nil && !flymachines.IsTransient(err) {
+		return s.startRollback(ctx, fmt.Sprintf("wait for new instance: %v", err))
+	}
+	if !reached {
+		if late {
+			return s.startRollback(ctx, fmt.Sprintf("new instance %s not started within %s", s.m.ToInstanceID, s.o.cfg.VerifyTimeout))
+		}
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	if _, err := s.o.fly.VerifyInstance(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, s.m.ToImage); err != nil {
+		var rev *flymachines.RevertedError
+		if errors.As(err, &rev) {
+			return s.finish(ctx, store.OutcomeRolledBack, "", fmt.Sprintf("flyd reverted the update: %v", err))
+		}
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	h, err := s.o.fly.CheckHealth(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
+	if err != nil || !h.OK {
+		if late {
+			detail := h.Detail
+			if err != nil {
+				detail = err.Error()
+			}
+			return s.startRollback(ctx, fmt.Sprintf("health checks not passing within %s: %s", s.o.cfg.VerifyTimeout, detail))
+		}
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	st, err := s.o.gw.Status(ctx, s.target())
+	if err != nil || !st.Serving() {
+		if late {
+			detail := fmt.Sprintf("gateway_running=%t state=%q", st.Running, st.State)
+			if err != nil {
+				detail = err.Error()
+			}
+			return s.startRollback(ctx, fmt.Sprintf("gateway not serving within %s: %s", s.o.cfg.VerifyTimeout, detail))
+		}
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	return s.finish(ctx, store.OutcomeMigrated, "", "")
+}
+
+func (s *step) startRollback(ctx context.Context, reason string) (next, error) {
+	s.m.Error = reason
+	s.m.UpdatedMachineAt = s.now() // the rollback's own verify clock
+	if err := s.transition(ctx, store.StateRollingBack, map[string]any{"reason": reason}); err != nil {
+		return next{}, err
+	}
+	return next{}, nil
+}
+
+// rollback: put the old image back; idempotent because the machine's
+// current image says whether the rollback update was already sent.
+func (s *step) rollback(ctx context.Context) (next, error) {
+	if _, ok, err := s.keepLease(ctx); !ok {
+		return next{}, err
+	}
+	reason := s.m.Error
+	mach, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
+	if err != nil {
+		if flymachines.IsTransient(err) {
+			s.persistCalls(ctx)
+			return wait(s.o.cfg.PollInterval), nil
+		}
+		return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("%s; rollback failed: %v", reason, err))
+	}
+	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
+	if mach.Image != s.m.FromImage {
+		if _, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
+			if flymachines.IsTransient(err) && !late {
+				s.persistCalls(ctx)
+				return wait(s.o.cfg.PollInterval), nil
+			}
+			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("%s; rollback to %s failed: %v", reason, s.m.FromImage, err))
+		}
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	if mach.State != "started" {
+		if late {
+			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("%s; rolled back to %s but the machine is %s", reason, s.m.FromImage, mach.State))
+		}
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	return s.finish(ctx, store.OutcomeRolledBack, "", reason)
+}

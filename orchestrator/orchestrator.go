@@ -1,0 +1,227 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/hermes-cloud/migrator/store"
+)
+
+// MachineArgs is the River job that walks one machine migration.
+type MachineArgs struct {
+	MigrationID int64 `json:"migration_id"`
+}
+
+// Kind implements river.JobArgs.
+func (MachineArgs) Kind() string { return "machine_migration" }
+
+// InsertOpts keeps at most one live job per machine migration.
+func (MachineArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{
+		MaxAttempts: 1000,
+		UniqueOpts:  river.UniqueOpts{ByArgs: true},
+	}
+}
+
+// FillArgs is the periodic safety net that refills budget slots (machines
+// whose not_before passed, a raised fleet cap) and settles runs.
+type FillArgs struct{}
+
+// Kind implements river.JobArgs.
+func (FillArgs) Kind() string { return "fill_slots" }
+
+// Orchestrator plans runs and walks every machine through its migration.
+type Orchestrator struct {
+	cfg   Config
+	store *store.Store
+	fly   Fly
+	gw    Gateway
+	pol   Policy
+	river *river.Client[pgx.Tx]
+	log   *slog.Logger
+}
+
+// New returns an Orchestrator. Call NewRiverClient before use.
+func New(cfg Config, st *store.Store, fly Fly, gw Gateway, pol Policy) (*Orchestrator, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("orchestrator config: %w", err)
+	}
+	if st == nil || pol == nil {
+		return nil, errors.New("orchestrator: store and policy are required")
+	}
+	return &Orchestrator{cfg: cfg, store: st, fly: fly, gw: gw, pol: pol, log: cfg.Logger}, nil
+}
+
+// RiverOptions tunes the River client of one replica.
+type RiverOptions struct {
+	// Workers is how many jobs this replica runs at once; 0 makes an
+	// insert-only client (the CLI).
+	Workers int
+	// FetchPollInterval is how often idle workers look for due jobs (River
+	// default 1s); tests on a scaled clock lower it.
+	FetchPollInterval time.Duration
+	// FillEvery is the period of the fill safety net. Default 10s.
+	FillEvery time.Duration
+	Logger    *slog.Logger
+}
+
+// Crash-safety tuning, why:
+//   - jobTimeout: an execution does a few calls and at most one WaitStep, so
+//     45 s is ample; past it the context is cancelled.
+//   - rescueAfter: a job still "running" this long belongs to a dead replica
+//     (kill -9); River's rescuer (every 30 s) hands it back. 45 + 30 margin:
+//     worst case 75 s + 30 s rescuer period < 2 minutes to resume.
+//   - FetchOnlyKnownKinds: during a rolling deploy a replica never takes a
+//     job kind it cannot work.
+//   - retryPolicy: errors (database down, a bug) retry within seconds, never
+//     the default hours, so a draining agent is not left waiting.
+const (
+	jobTimeout  = 45 * time.Second
+	rescueAfter = 75 * time.Second
+)
+
+type retryPolicy struct{}
+
+func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {
+	d := time.Second << min(job.Attempt, 5)
+	return time.Now().Add(d)
+}
+
+// NewRiverClient builds this replica's River client with the orchestrator's
+// workers and periodic jobs, and keeps it for inserting jobs.
+func (o *Orchestrator) NewRiverClient(opts RiverOptions) (*river.Client[pgx.Tx], error) {
+	if opts.FillEvery == 0 {
+		opts.FillEvery = 10 * time.Second
+	}
+	cfg := &river.Config{
+		JobTimeout:           jobTimeout,
+		RescueStuckJobsAfter: rescueAfter,
+		FetchOnlyKnownKinds:  true,
+		RetryPolicy:          retryPolicy{},
+		Logger:               opts.Logger,
+	}
+	if opts.Workers > 0 {
+		workers := river.NewWorkers()
+		river.AddWorker(workers, &machineWorker{o: o})
+		river.AddWorker(workers, &fillWorker{o: o})
+		cfg.Workers = workers
+		cfg.Queues = map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: opts.Workers}}
+		cfg.FetchPollInterval = opts.FetchPollInterval
+		if cfg.FetchPollInterval > 0 && cfg.FetchPollInterval < river.FetchCooldownDefault {
+			cfg.FetchCooldown = cfg.FetchPollInterval
+		}
+		cfg.PeriodicJobs = []*river.PeriodicJob{
+			river.NewPeriodicJob(river.PeriodicInterval(opts.FillEvery),
+				func() (river.JobArgs, *river.InsertOpts) { return FillArgs{}, nil },
+				&river.PeriodicJobOpts{RunOnStart: true}),
+		}
+	}
+	c, err := river.NewClient(riverpgxv5.New(o.store.Pool()), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("river client: %w", err)
+	}
+	o.river = c
+	return c, nil
+}
+
+// fillTx gives free budget slots to pending machines and inserts their jobs
+// in the caller's transaction.
+func (o *Orchestrator) fillTx(ctx context.Context, q *store.Q, tx pgx.Tx) error {
+	claims, err := q.FillSlots(ctx, o.cfg.FleetCap, o.cfg.Clock.Now())
+	if err != nil {
+		return err
+	}
+	if len(claims) == 0 {
+		return nil
+	}
+	if o.river == nil {
+		return errors.New("orchestrator: no River client (call NewRiverClient)")
+	}
+	params := make([]river.InsertManyParams, len(claims))
+	for i, c := range claims {
+		params[i] = river.InsertManyParams{Args: MachineArgs{MigrationID: c.MigrationID}}
+	}
+	if _, err := o.river.InsertManyTx(ctx, tx, params); err != nil {
+		return fmt.Errorf("insert machine jobs: %w", err)
+	}
+	return nil
+}
+
+type fillWorker struct {
+	river.WorkerDefaults[FillArgs]
+	o *Orchestrator
+}
+
+func (w *fillWorker) Work(ctx context.Context, _ *river.Job[FillArgs]) error {
+	return w.o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
+		if err := w.o.fillTx(ctx, q, tx); err != nil {
+			return err
+		}
+		runs, err := q.ListRuns(ctx, store.RunRunning, 1000)
+		if err != nil {
+			return err
+		}
+		more, err := q.ListRuns(ctx, store.RunCancelling, 1000)
+		if err != nil {
+			return err
+		}
+		for _, r := range append(runs, more...) {
+			if _, _, err := q.SettleRun(ctx, r.ID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Cancel stops run id: nothing new starts, pending machines end cancelled at
+// once, machines not yet updated cancel their drain at their next step, and
+// machines mid-update finish and are verified.
+func (o *Orchestrator) Cancel(ctx context.Context, id int64, by string) (store.Run, error) {
+	var out store.Run
+	err := o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
+		r, err := q.SetRunState(ctx, id, []string{store.RunPending, store.RunRunning, store.RunPaused}, store.RunCancelling, "cancelled by "+by, by)
+		if err != nil {
+			return err
+		}
+		if _, err := q.CancelPending(ctx, id); err != nil {
+			return err
+		}
+		out, _, err = q.SettleRun(ctx, r.ID)
+		return err
+	})
+	return out, err
+}
+
+// Pause stops run id from starting machines; machines in flight finish.
+func (o *Orchestrator) Pause(ctx context.Context, id int64, by string) (store.Run, error) {
+	var out store.Run
+	err := o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
+		var err error
+		out, err = q.SetRunState(ctx, id, []string{store.RunRunning}, store.RunPaused, "paused by "+by, by)
+		return err
+	})
+	return out, err
+}
+
+// Resume lets a paused run start machines again.
+func (o *Orchestrator) Resume(ctx context.Context, id int64, by string) (store.Run, error) {
+	var out store.Run
+	err := o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
+		var err error
+		if out, err = q.SetRunState(ctx, id, []string{store.RunPaused}, store.RunRunning, "resumed by "+by, by); err != nil {
+			return err
+		}
+		return o.fillTx(ctx, q, tx)
+	})
+	return out, err
+}

@@ -1,0 +1,212 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/policy"
+	"github.com/hermes-cloud/migrator/store"
+)
+
+// ErrNothingSelected is returned when a selector matches no machine.
+var ErrNothingSelected = errors.New("selector matched no machines")
+
+// RunRequest asks for a run. Image is what the machines get (already pinned
+// by the caller when pinning is wanted).
+type RunRequest struct {
+	Cause            policy.Cause
+	TargetImage      string // as asked; defaults to Image
+	Image            string
+	Selector         store.Selector
+	MaxUnavailable   string // "N" or "P%"; default "1"
+	Canary           int
+	FailureThreshold int
+	DeadlineOverride time.Duration // 0: the policy's wait
+	RequestedBy      string
+	Reason           string
+	IdempotencyKey   string
+}
+
+// PlannedMachine is one machine a run would move, with what the policy
+// would decide for it now.
+type PlannedMachine struct {
+	flymachines.Machine
+	UpToDate bool
+	Canary   bool
+}
+
+// MaxUnavailable resolves "N" or "P%" against n machines: a percentage is
+// rounded up, and never below 1.
+func MaxUnavailable(spec string, n int) (int, error) {
+	spec = strings.TrimSpace(spec)
+	if spec == "" {
+		return 1, nil
+	}
+	if p, ok := strings.CutSuffix(spec, "%"); ok {
+		v, err := strconv.ParseFloat(p, 64)
+		if err != nil || v <= 0 || v > 100 || math.IsNaN(v) {
+			return 0, fmt.Errorf("max unavailable %q: want a count like 5 or a percentage like 10%%", spec)
+		}
+		return max(1, int(math.Ceil(v*float64(n)/100))), nil
+	}
+	v, err := strconv.Atoi(spec)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("max unavailable %q: want a count like 5 or a percentage like 10%%", spec)
+	}
+	return v, nil
+}
+
+// Plan lists the machines sel matches through Fly, marking those already on
+// image. A selector that matches nothing is ErrNothingSelected.
+func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image string, canary int) ([]PlannedMachine, error) {
+	var appRe *regexp.Regexp
+	if sel.AppRegex != "" {
+		var err error
+		if appRe, err = regexp.Compile(sel.AppRegex); err != nil {
+			return nil, fmt.Errorf("app regex %q: %w", sel.AppRegex, err)
+		}
+	}
+	apps := slices.Clone(sel.Apps)
+	if len(apps) == 0 {
+		if sel.Org == "" {
+			return nil, errors.New("selector needs an org or explicit apps")
+		}
+		all, err := o.fly.ListApps(ctx, sel.Org)
+		if err != nil {
+			return nil, fmt.Errorf("list apps of org %s: %w", sel.Org, err)
+		}
+		for _, a := range all {
+			if strings.HasPrefix(a.Name, sel.AppPrefix) && (appRe == nil || appRe.MatchString(a.Name)) {
+				apps = append(apps, a.Name)
+			}
+		}
+	}
+	slices.Sort(apps)
+	apps = slices.Compact(apps)
+
+	perApp := make([][]flymachines.Machine, len(apps))
+	errs := make([]error, len(apps))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, app := range apps {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			perApp[i], errs[i] = o.fly.ListMachines(ctx, app)
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("list machines of %s: %w", app, errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var out []PlannedMachine
+	for _, ms := range perApp {
+		for _, m := range ms {
+			if len(sel.MachineIDs) > 0 && !slices.Contains(sel.MachineIDs, m.ID) {
+				continue
+			}
+			if !labelsMatch(m.Labels, sel.Labels) || m.State == "destroyed" || m.State == "destroying" {
+				continue
+			}
+			pm := PlannedMachine{Machine: m, UpToDate: m.Image == image}
+			if !pm.UpToDate && canary > 0 {
+				pm.Canary = true
+				canary--
+			}
+			out = append(out, pm)
+		}
+	}
+	if len(out) == 0 {
+		return nil, ErrNothingSelected
+	}
+	return out, nil
+}
+
+func labelsMatch(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// CreateRun plans req and records the run with its machines, then starts as
+// many as the budget allows, all in one transaction. A repeated request with
+// the same idempotency key returns the existing run and created=false.
+func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []PlannedMachine) (store.Run, bool, error) {
+	if req.IdempotencyKey != "" {
+		r, err := o.store.Q().RunByIdempotencyKey(ctx, req.IdempotencyKey)
+		if err == nil {
+			return r, false, nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return store.Run{}, false, err
+		}
+	}
+	if planned == nil {
+		var err error
+		if planned, err = o.Plan(ctx, req.Selector, req.Image, req.Canary); err != nil {
+			return store.Run{}, false, err
+		}
+	}
+	toMove := 0
+	machines := make([]store.NewMachine, len(planned))
+	for i, p := range planned {
+		machines[i] = store.NewMachine{App: p.App, MachineID: p.ID, Region: p.Region, PrivateIP: p.PrivateIP,
+			Labels: p.Labels, FromImage: p.Image, FromInstanceID: p.InstanceID, UpToDate: p.UpToDate, Canary: p.Canary}
+		if !p.UpToDate {
+			toMove++
+		}
+	}
+	maxUnavail, err := MaxUnavailable(req.MaxUnavailable, toMove)
+	if err != nil {
+		return store.Run{}, false, err
+	}
+	target := req.TargetImage
+	if target == "" {
+		target = req.Image
+	}
+	r := store.Run{Cause: string(req.Cause), TargetImage: target, Image: req.Image, Selector: req.Selector,
+		MaxUnavailable: maxUnavail, MaxUnavailableSpec: req.MaxUnavailable, Canary: req.Canary,
+		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride,
+		RequestedBy: req.RequestedBy, Reason: req.Reason, IdempotencyKey: req.IdempotencyKey,
+		State: store.RunRunning, PolicyVersion: o.pol.Version()}
+	var out store.Run
+	var created bool
+	err = o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
+		var err error
+		if out, created, err = q.CreateRun(ctx, r, machines); err != nil || !created {
+			return err
+		}
+		if err := q.AppendEvents(ctx, store.Scope{RunID: out.ID}, store.Event{Kind: "run.created", Target: fmt.Sprint(out.ID),
+			Detail: map[string]any{"cause": out.Cause, "image": out.Image, "machines": len(machines), "to_move": toMove,
+				"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason}}); err != nil {
+			return err
+		}
+		if err := o.fillTx(ctx, q, tx); err != nil {
+			return err
+		}
+		out, _, err = q.SettleRun(ctx, out.ID) // a run with nothing to move is done at once
+		return err
+	})
+	if err != nil {
+		return store.Run{}, false, fmt.Errorf("create run: %w", err)
+	}
+	return out, created, nil
+}

@@ -1,0 +1,43 @@
+package orchestrator
+
+import (
+	"context"
+	"time"
+
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/policy"
+)
+
+// Fly is what the orchestrator needs of the Fly Machines API.
+type Fly interface {
+	ListApps(ctx context.Context, org string) ([]flymachines.App, error)
+	ListMachines(ctx context.Context, app string) ([]flymachines.Machine, error)
+	GetMachine(ctx context.Context, app, id string) (flymachines.Machine, error)
+	AcquireLease(ctx context.Context, app, id string, ttl time.Duration, description string) (flymachines.Lease, error)
+	RefreshLease(ctx context.Context, app, id, nonce string, ttl time.Duration) (flymachines.Lease, error)
+	ReleaseLease(ctx context.Context, app, id, nonce string) error
+	UpdateImage(ctx context.Context, app, id, image, nonce string) (flymachines.UpdateResult, error)
+	WaitOnce(ctx context.Context, app, id, instanceID, state string, timeout time.Duration) (bool, error)
+	VerifyInstance(ctx context.Context, app, id, instanceID, image string) (flymachines.Machine, error)
+	CheckHealth(ctx context.Context, app, id string, since time.Time) (flymachines.Health, error)
+}
+
+// Gateway is what the orchestrator needs of each agent's drain endpoint.
+type Gateway interface {
+	Begin(ctx context.Context, t gateway.Target, quiet bool) (gateway.Echo, error)
+	Cancel(ctx context.Context, t gateway.Target) (bool, error)
+	Status(ctx context.Context, t gateway.Target) (gateway.Status, error)
+}
+
+// Policy decides how each drain goes.
+type Policy interface {
+	Decide(cause policy.Cause, m policy.Machine, now time.Time) policy.Decision
+	Version() string
+}
+
+var (
+	_ Fly     = (*flymachines.Client)(nil)
+	_ Gateway = (*gateway.Client)(nil)
+	_ Policy  = (*policy.Policy)(nil)
+)

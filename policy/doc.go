@@ -1,0 +1,93 @@
+// Package policy decides, for one machine about to be moved, how gently to
+// drain it: (cause, machine facts, time) → Decision {quiet, rule, wait and
+// deadline, force or defer at the deadline, max deferrals, maintenance
+// window, policy version}. It is pure: no clock, no I/O; the orchestrator
+// records every Decision before it calls the gateway.
+//
+// # Model
+//
+// Every cause has settings; built-in defaults apply when there is no file:
+//
+//	cause            quiet  wait  on_deadline         window
+//	auto-update      yes    30m   defer (max 3), then force  always
+//	image-migration  yes    30m   force               always
+//	env-edit         no     15m   force               always
+//	profile-change   no     15m   force               always
+//	operator         no     10m   force               always
+//
+// A policy file overrides settings per cause and adds ordered rules. For a
+// decision, the rules are tried in order and the first whose selectors all
+// hold wins; the settings it leaves out come from its cause. Its name is the
+// Decision's Rule ("default:<cause>" when none matched). When the resolved
+// on_deadline is defer and the machine has had max_deferrals deferrals
+// already, the decision is force and " (max deferrals reached)" is appended
+// to the rule name.
+//
+// Policy.Version is a short sha256 of a canonical form of the effective
+// policy (defaults applied), recorded with every decision: reformatting,
+// comments, key order, or spelling a value differently ("1h" vs "60m") keep
+// it; any change of behaviour, a rule name or the rule order changes it. A
+// file that restates the defaults has the default version.
+//
+// # File
+//
+// TOML, strict: an unknown key, a value of the wrong type or out of range,
+// an unknown cause, a duplicate rule name, or a rule that can never match
+// because an earlier one selects everything it would, is an *Error whose
+// text is one line, "FILE:LINE: message".
+//
+//	# Per-cause settings; every key optional.
+//	[causes.auto-update]
+//	quiet = true                                   # suppress the home-channel broadcast
+//	wait = "45m"                                   # 1s .. 24h; Go duration syntax
+//	on_deadline = "defer"                          # "force" or "defer"
+//	max_deferrals = 5                              # 0 .. 100; with defer only
+//	window = "Mon-Fri 02:00-05:00 America/New_York" # "always" = no window
+//
+//	[causes.operator]
+//	wait = "20m"
+//
+//	# Rules, tried in order; the first match wins.
+//	[[rules]]
+//	name = "vip"                      # required, unique: letters, digits, . _ -
+//	causes = ["auto-update", "image-migration"] # selectors; each optional,
+//	match = { tier = "vip" }          # all must hold: every label equal,
+//	app_prefix = "acme-"              # the app name's prefix,
+//	regions = ["iad", "ewr"]          # one of these regions
+//	quiet = false                     # overrides; each optional
+//	wait = "2h"
+//	window = "Sat,Sun 22:00-04:00 UTC"
+//
+//	[[rules]]
+//	name = "canary-fleet"
+//	match = { hermes_canary = "true" }
+//	wait = "5m"
+//	on_deadline = "force"
+//
+// A wait beyond the gateway drain marker's one-hour expiry is allowed: the
+// orchestrator refreshes the marker while it waits.
+//
+// # Embedding
+//
+// The same schema may be the [policy] table of migrator.toml. The config
+// loader decodes its struct with a `Policy toml.Primitive` field and hands
+// the table over, keeping strictness and line numbers for both parts:
+//
+//	md, err := toml.Decode(string(data), &cfg)
+//	pol, err := policy.ParseTable(name, data, &md, cfg.Policy, "policy")
+//	undecoded := md.Undecoded() // the policy's keys count as decoded
+//
+// # Windows
+//
+// A window is "DAYS HH:MM-HH:MM ZONE": "Mon-Fri 02:00-05:00
+// America/New_York", "Sat,Sun 22:00-04:00 UTC", "daily 01:00-03:00
+// Europe/Berlin". An end at or before the start wraps past midnight and the
+// occurrence belongs to the day it starts: "Sat,Sun 22:00-04:00" is open
+// from Sunday 22:00 until Monday 04:00 but not from Friday 22:00. Times are
+// the zone's wall clock; on the days it changes, see Window.Contains.
+// Outside its window a Decision has InWindow false and NextWindow set: the
+// orchestrator starts no drain then. A drain begun inside may outlast the
+// window (its deadline is now+wait); WindowEnd says when the window closes.
+// Zones come from the system's tz database; the migrator binary embeds
+// time/tzdata so a minimal container resolves them too.
+package policy

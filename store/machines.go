@@ -1,0 +1,303 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Machine migration states: where a machine is on its path.
+const (
+	StatePending     = "pending"      // waiting for a budget slot
+	StateReady       = "ready"        // holds a slot; next: read, lease, decide
+	StateDecided     = "decided"      // policy decision recorded; next: begin the drain
+	StateDraining    = "draining"     // drain begun; waiting for quiescence or the deadline
+	StateUpdating    = "updating"     // drain over; next: update the machine to the image
+	StateVerifying   = "verifying"    // update sent; waiting for the new instance to be healthy
+	StateRollingBack = "rolling_back" // verification failed; putting the old image back
+	StateDone        = "done"         // outcome set
+)
+
+// Outcomes of a machine migration.
+const (
+	OutcomeMigrated         = "migrated"
+	OutcomeRolledBack       = "rolled_back"
+	OutcomeFailed           = "failed"
+	OutcomeSkippedUpToDate  = "skipped_up_to_date"
+	OutcomeDeferred         = "deferred"
+	OutcomeCancelled        = "cancelled"
+	DrainQuiesced           = "quiesced"
+	DrainDeadlineForced     = "deadline_forced"
+	DrainDeadlineDeferred   = "deadline_deferred"
+	DrainGatewayDown        = "gateway_down"
+	DrainCancelled          = "cancelled"
+	DrainFailed             = "failed"
+	fleetSlotAdvisoryLockID = 7_372_690_001
+)
+
+// Migration is one machine's path through a run.
+type Migration struct {
+	ID                int64
+	RunID             int64
+	Seq               int
+	App, MachineID    string
+	Region, PrivateIP string
+	Labels            map[string]string
+	Canary            bool
+	FromImage         string
+	ToImage           string
+	FromInstanceID    string
+	ToInstanceID      string
+	State             string
+	Outcome           string
+	SlotHeld          bool
+	Attempts          int
+	Deferrals         int
+	NotBefore         time.Time
+	LeaseNonce        string
+	LeaseExpiresAt    time.Time
+	UpdatedMachineAt  time.Time
+	Error             string
+	Version           int
+	CreatedAt         time.Time
+	StartedAt         time.Time
+	UpdatedAt         time.Time
+	FinishedAt        time.Time
+}
+
+// Target names the machine as "app/machine_id".
+func (m *Migration) Target() string { return m.App + "/" + m.MachineID }
+
+// Drain is the drain of one machine migration.
+type Drain struct {
+	MigrationID            int64
+	Quiet                  bool
+	PolicyRule             string
+	PolicyVersion          string
+	OnDeadline             string
+	MaxDeferrals           int
+	DecidedAt              time.Time
+	DeadlineAt             time.Time
+	SuppressionEchoed      *bool
+	GatewayRequestedAt     time.Time
+	StartedAt              time.Time
+	LastBeginAt            time.Time
+	Begins                 int
+	LastStatusAt           time.Time
+	LastGatewayState       string
+	LastActiveAgents       *int
+	QuiescedAt             time.Time
+	DeadlineReachedAt      time.Time
+	ActiveAgentsAtRecreate *int
+	RecreatedAt            time.Time
+	Outcome                string
+}
+
+const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, m.private_ip, m.labels, m.canary,
+	m.from_image, m.to_image, m.from_instance_id, m.to_instance_id, m.state, coalesce(m.outcome, ''), m.slot_held,
+	m.attempts, m.deferrals, m.not_before, m.lease_nonce, m.lease_expires_at, m.updated_machine_at, m.error,
+	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at`
+
+const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
+	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
+	d.begins, d.last_status_at, d.last_gateway_state, d.last_active_agents, d.quiesced_at, d.deadline_reached_at,
+	d.active_agents_at_recreate, d.recreated_at, coalesce(d.outcome, '')`
+
+func migrationDest(m *Migration, labels *[]byte, nb, lease, upd, started, finished **time.Time) []any {
+	return []any{&m.ID, &m.RunID, &m.Seq, &m.App, &m.MachineID, &m.Region, &m.PrivateIP, labels, &m.Canary,
+		&m.FromImage, &m.ToImage, &m.FromInstanceID, &m.ToInstanceID, &m.State, &m.Outcome, &m.SlotHeld,
+		&m.Attempts, &m.Deferrals, nb, &m.LeaseNonce, lease, upd, &m.Error,
+		&m.Version, &m.CreatedAt, started, &m.UpdatedAt, finished}
+}
+
+func finishMigration(m *Migration, labels []byte, nb, lease, upd, started, finished *time.Time) error {
+	m.NotBefore, m.LeaseExpiresAt, m.UpdatedMachineAt = fromNullTime(nb), fromNullTime(lease), fromNullTime(upd)
+	m.StartedAt, m.FinishedAt = fromNullTime(started), fromNullTime(finished)
+	if err := json.Unmarshal(labels, &m.Labels); err != nil {
+		return fmt.Errorf("decode labels of migration %d: %w", m.ID, err)
+	}
+	return nil
+}
+
+type nullDrain struct {
+	id                                                                 *int64
+	quiet                                                              *bool
+	rule, version, onDeadline, lastState, outcome                      *string
+	maxDeferrals, begins                                               *int
+	decided, deadline, gwReq, started, lastBegin, lastStatus, quiesced *time.Time
+	deadlineReached, recreated                                         *time.Time
+	echoed                                                             *bool
+	lastActive, activeAtRecreate                                       *int
+}
+
+func (n *nullDrain) dest() []any {
+	return []any{&n.id, &n.quiet, &n.rule, &n.version, &n.onDeadline, &n.maxDeferrals, &n.decided, &n.deadline,
+		&n.echoed, &n.gwReq, &n.started, &n.lastBegin, &n.begins, &n.lastStatus, &n.lastState, &n.lastActive,
+		&n.quiesced, &n.deadlineReached, &n.activeAtRecreate, &n.recreated, &n.outcome}
+}
+
+func (n *nullDrain) drain() *Drain {
+	if n.id == nil {
+		return nil
+	}
+	return &Drain{
+		MigrationID: *n.id, Quiet: *n.quiet, PolicyRule: *n.rule, PolicyVersion: *n.version,
+		OnDeadline: *n.onDeadline, MaxDeferrals: *n.maxDeferrals, DecidedAt: fromNullTime(n.decided),
+		DeadlineAt: fromNullTime(n.deadline), SuppressionEchoed: n.echoed, GatewayRequestedAt: fromNullTime(n.gwReq),
+		StartedAt: fromNullTime(n.started), LastBeginAt: fromNullTime(n.lastBegin), Begins: *n.begins,
+		LastStatusAt: fromNullTime(n.lastStatus), LastGatewayState: *n.lastState, LastActiveAgents: n.lastActive,
+		QuiescedAt: fromNullTime(n.quiesced), DeadlineReachedAt: fromNullTime(n.deadlineReached),
+		ActiveAgentsAtRecreate: n.activeAtRecreate, RecreatedAt: fromNullTime(n.recreated), Outcome: *n.outcome,
+	}
+}
+
+// MachineWork is what one execution of a machine job needs, read in one query.
+type MachineWork struct {
+	Migration Migration
+	Drain     *Drain // nil until the decision is recorded
+	Run       Run
+}
+
+// LoadMachineWork reads migration id with its drain and run.
+func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) {
+	var w MachineWork
+	var labels []byte
+	var nb, lease, upd, started, finished *time.Time
+	var nd nullDrain
+	var sel []byte
+	var deadline float64
+	var rStarted, rFinished *time.Time
+	r := &w.Run
+	dest := migrationDest(&w.Migration, &labels, &nb, &lease, &upd, &started, &finished)
+	dest = append(dest, nd.dest()...)
+	dest = append(dest, &r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
+		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt)
+	err := q.db.QueryRow(ctx, `SELECT `+migrationColumns+`, `+drainColumns+`, r.id, r.cause, r.target_image, r.image,
+			r.selector, r.max_unavailable, r.max_unavailable_spec, r.canary, r.failure_threshold,
+			coalesce(extract(epoch from r.deadline_override), 0)::float8, r.requested_by, r.reason,
+			coalesce(r.idempotency_key, ''), r.state, r.state_reason, r.policy_version, r.created_at, r.started_at,
+			r.finished_at, r.updated_at
+		FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN drains d ON d.migration_id = m.id
+		WHERE m.id = $1`, id).Scan(dest...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return MachineWork{}, &NotFoundError{What: "machine migration", ID: id}
+	}
+	if err != nil {
+		return MachineWork{}, fmt.Errorf("load machine migration %d: %w", id, err)
+	}
+	if err := finishMigration(&w.Migration, labels, nb, lease, upd, started, finished); err != nil {
+		return MachineWork{}, err
+	}
+	if err := json.Unmarshal(sel, &r.Selector); err != nil {
+		return MachineWork{}, fmt.Errorf("decode selector of run %d: %w", r.ID, err)
+	}
+	r.DeadlineOverride = time.Duration(deadline * float64(time.Second))
+	r.StartedAt, r.FinishedAt = fromNullTime(rStarted), fromNullTime(rFinished)
+	w.Drain = nd.drain()
+	return w, nil
+}
+
+// ListMigrations returns the machine migrations of run id in plan order.
+func (q *Q) ListMigrations(ctx context.Context, runID int64) ([]Migration, error) {
+	rows, err := q.db.Query(ctx, `SELECT `+migrationColumns+` FROM machine_migrations m WHERE m.run_id = $1 ORDER BY m.seq`, runID)
+	if err != nil {
+		return nil, fmt.Errorf("list machines of run %d: %w", runID, err)
+	}
+	defer rows.Close()
+	var out []Migration
+	for rows.Next() {
+		var m Migration
+		var labels []byte
+		var nb, lease, upd, started, finished *time.Time
+		if err := rows.Scan(migrationDest(&m, &labels, &nb, &lease, &upd, &started, &finished)...); err != nil {
+			return nil, fmt.Errorf("list machines of run %d: %w", runID, err)
+		}
+		if err := finishMigration(&m, labels, nb, lease, upd, started, finished); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// GetDrain returns the drain of migration id, or nil when none was decided.
+func (q *Q) GetDrain(ctx context.Context, migrationID int64) (*Drain, error) {
+	var nd nullDrain
+	err := q.db.QueryRow(ctx, `SELECT `+drainColumns+` FROM drains d WHERE d.migration_id = $1`, migrationID).Scan(nd.dest()...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read drain of migration %d: %w", migrationID, err)
+	}
+	return nd.drain(), nil
+}
+
+// SaveMigration writes every mutable field of m, provided nobody changed the
+// row since m was read (m.Version); it bumps m.Version. A machine leaving the
+// path (State done) gives back its budget slot in the same statement.
+func (q *Q) SaveMigration(ctx context.Context, m *Migration) error {
+	if m.State == StateDone {
+		m.SlotHeld = false
+	}
+	var outcome *string
+	if m.Outcome != "" {
+		outcome = &m.Outcome
+	}
+	tag, err := q.db.Exec(ctx, `
+		UPDATE machine_migrations SET
+			from_image = $3, from_instance_id = $4, to_instance_id = $5, state = $6, outcome = $7,
+			slot_held = $8, attempts = $9, deferrals = $10, not_before = $11, lease_nonce = $12,
+			lease_expires_at = $13, updated_machine_at = $14, error = $15, region = $16, private_ip = $17,
+			started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
+			finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
+			version = version + 1, updated_at = now()
+		WHERE id = $1 AND version = $2`,
+		m.ID, m.Version, m.FromImage, m.FromInstanceID, m.ToInstanceID, m.State, outcome, m.SlotHeld,
+		m.Attempts, m.Deferrals, nullTime(m.NotBefore), m.LeaseNonce, nullTime(m.LeaseExpiresAt),
+		nullTime(m.UpdatedMachineAt), m.Error, m.Region, m.PrivateIP)
+	if err != nil {
+		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("save machine migration %d (%s) at version %d: %w", m.ID, m.Target(), m.Version, ErrConflict)
+	}
+	m.Version++
+	return nil
+}
+
+// SaveDrain inserts or updates d.
+func (q *Q) SaveDrain(ctx context.Context, d *Drain) error {
+	var outcome *string
+	if d.Outcome != "" {
+		outcome = &d.Outcome
+	}
+	_, err := q.db.Exec(ctx, `
+		INSERT INTO drains (migration_id, quiet, policy_rule, policy_version, on_deadline, max_deferrals,
+			decided_at, deadline_at, suppression_echoed, gateway_requested_at, started_at, last_begin_at, begins,
+			last_status_at, last_gateway_state, last_active_agents, quiesced_at, deadline_reached_at,
+			active_agents_at_recreate, recreated_at, outcome)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+		ON CONFLICT (migration_id) DO UPDATE SET
+			suppression_echoed = EXCLUDED.suppression_echoed, gateway_requested_at = EXCLUDED.gateway_requested_at,
+			started_at = EXCLUDED.started_at, last_begin_at = EXCLUDED.last_begin_at, begins = EXCLUDED.begins,
+			last_status_at = EXCLUDED.last_status_at, last_gateway_state = EXCLUDED.last_gateway_state,
+			last_active_agents = EXCLUDED.last_active_agents, quiesced_at = EXCLUDED.quiesced_at,
+			deadline_reached_at = EXCLUDED.deadline_reached_at,
+			active_agents_at_recreate = EXCLUDED.active_agents_at_recreate, recreated_at = EXCLUDED.recreated_at,
+			outcome = EXCLUDED.outcome`,
+		d.MigrationID, d.Quiet, d.PolicyRule, d.PolicyVersion, d.OnDeadline, d.MaxDeferrals,
+		d.DecidedAt, d.DeadlineAt, d.SuppressionEchoed, nullTime(d.GatewayRequestedAt), nullTime(d.StartedAt),
+		nullTime(d.LastBeginAt), d.Begins, nullTime(d.LastStatusAt), d.LastGatewayState, d.LastActiveAgents,
+		nullTime(d.QuiescedAt), nullTime(d.DeadlineReachedAt), d.ActiveAgentsAtRecreate, nullTime(d.RecreatedAt),
+		outcome)
+	if err != nil {
+		return fmt.Errorf("save drain of migration %d: %w", d.MigrationID, err)
+	}
+	return nil
+}

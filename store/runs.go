@@ -1,0 +1,294 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Run states.
+const (
+	RunPending    = "pending"
+	RunRunning    = "running"
+	RunPaused     = "paused"
+	RunCancelling = "cancelling"
+	RunSucceeded  = "succeeded"
+	RunFailed     = "failed"
+	RunCancelled  = "cancelled"
+)
+
+// RunTerminal reports whether a run in state s is over.
+func RunTerminal(s string) bool {
+	return s == RunSucceeded || s == RunFailed || s == RunCancelled
+}
+
+// Selector says which machines a run moves. Stored as JSON on the run.
+type Selector struct {
+	Org        string            `json:"org,omitempty"`
+	AppPrefix  string            `json:"app_prefix,omitempty"`
+	AppRegex   string            `json:"app_regex,omitempty"`
+	Apps       []string          `json:"apps,omitempty"`
+	MachineIDs []string          `json:"machine_ids,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+}
+
+// Run is one request to move a set of machines to one image for one cause.
+type Run struct {
+	ID                 int64
+	Cause              string
+	TargetImage        string
+	Image              string
+	Selector           Selector
+	MaxUnavailable     int
+	MaxUnavailableSpec string
+	Canary             int
+	FailureThreshold   int
+	DeadlineOverride   time.Duration // 0: none
+	RequestedBy        string
+	Reason             string
+	IdempotencyKey     string
+	State              string
+	StateReason        string
+	PolicyVersion      string
+	CreatedAt          time.Time
+	StartedAt          time.Time
+	FinishedAt         time.Time
+	UpdatedAt          time.Time
+}
+
+const runColumns = `id, cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
+	failure_threshold, coalesce(extract(epoch from deadline_override), 0)::float8, requested_by, reason,
+	coalesce(idempotency_key, ''), state, state_reason, policy_version, created_at, started_at, finished_at, updated_at`
+
+func scanRun(row pgx.Row) (Run, error) {
+	var r Run
+	var sel []byte
+	var deadline float64
+	var started, finished *time.Time
+	err := row.Scan(&r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
+		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &started, &finished, &r.UpdatedAt)
+	if err != nil {
+		return Run{}, err
+	}
+	if err := json.Unmarshal(sel, &r.Selector); err != nil {
+		return Run{}, fmt.Errorf("decode selector of run %d: %w", r.ID, err)
+	}
+	r.DeadlineOverride = time.Duration(deadline * float64(time.Second))
+	r.StartedAt, r.FinishedAt = fromNullTime(started), fromNullTime(finished)
+	return r, nil
+}
+
+// NewMachine is one machine of a run's plan.
+type NewMachine struct {
+	App, MachineID, Region, PrivateIP string
+	Labels                            map[string]string
+	FromImage, FromInstanceID         string
+	// UpToDate machines are recorded as skipped_up_to_date at once.
+	UpToDate bool
+	Canary   bool
+}
+
+// CreateRun inserts a run in state running with its machines. When the
+// idempotency key is already taken it returns the existing run and
+// created=false, writing nothing.
+func (q *Q) CreateRun(ctx context.Context, r Run, machines []NewMachine) (Run, bool, error) {
+	sel, err := json.Marshal(r.Selector)
+	if err != nil {
+		return Run{}, false, fmt.Errorf("encode selector: %w", err)
+	}
+	var key *string
+	if r.IdempotencyKey != "" {
+		key = &r.IdempotencyKey
+	}
+	var deadline *string
+	if r.DeadlineOverride > 0 {
+		d := fmt.Sprintf("%d microseconds", r.DeadlineOverride.Microseconds())
+		deadline = &d
+	}
+	state := r.State
+	if state == "" {
+		state = RunRunning
+	}
+	row := q.db.QueryRow(ctx, `
+		INSERT INTO runs (cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
+			failure_threshold, deadline_override, requested_by, reason, idempotency_key, state, state_reason,
+			policy_version, started_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::interval, $10, $11, $12, $13, $14, $15,
+			CASE WHEN $13 = 'running' THEN now() END)
+		ON CONFLICT (idempotency_key) DO NOTHING
+		RETURNING `+runColumns,
+		r.Cause, r.TargetImage, r.Image, sel, r.MaxUnavailable, r.MaxUnavailableSpec, r.Canary,
+		r.FailureThreshold, deadline, r.RequestedBy, r.Reason, key, state, r.StateReason, r.PolicyVersion)
+	created, err := scanRun(row)
+	if errors.Is(err, pgx.ErrNoRows) {
+		existing, err := q.RunByIdempotencyKey(ctx, r.IdempotencyKey)
+		return existing, false, err
+	}
+	if err != nil {
+		return Run{}, false, fmt.Errorf("insert run: %w", err)
+	}
+	if err := q.insertMachines(ctx, created, machines); err != nil {
+		return Run{}, false, err
+	}
+	return created, true, nil
+}
+
+func (q *Q) insertMachines(ctx context.Context, r Run, machines []NewMachine) error {
+	if len(machines) == 0 {
+		return nil
+	}
+	n := len(machines)
+	seq := make([]int32, n)
+	apps, ids, regions, ips := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	labels := make([]string, n)
+	canary := make([]bool, n)
+	fromImg, fromInst, outcomes := make([]string, n), make([]string, n), make([]*string, n)
+	skipped := OutcomeSkippedUpToDate
+	for i, m := range machines {
+		seq[i] = int32(i)
+		apps[i], ids[i], regions[i], ips[i] = m.App, m.MachineID, m.Region, m.PrivateIP
+		l := m.Labels
+		if l == nil {
+			l = map[string]string{}
+		}
+		b, err := json.Marshal(l)
+		if err != nil {
+			return fmt.Errorf("encode labels of %s/%s: %w", m.App, m.MachineID, err)
+		}
+		labels[i] = string(b)
+		canary[i] = m.Canary
+		fromImg[i], fromInst[i] = m.FromImage, m.FromInstanceID
+		if m.UpToDate {
+			outcomes[i] = &skipped
+		}
+	}
+	// deferrals carries over: deferred outcomes of the machine since it was
+	// last migrated, so the policy can force after max_deferrals.
+	_, err := q.db.Exec(ctx, `
+		INSERT INTO machine_migrations (run_id, seq, app, machine_id, region, private_ip, labels, canary,
+			from_image, to_image, from_instance_id, state, outcome, deferrals, finished_at)
+		SELECT $1, t.seq, t.app, t.machine_id, t.region, t.private_ip, t.labels::jsonb, t.canary,
+			t.from_image, $2, t.from_instance_id,
+			CASE WHEN t.outcome IS NULL THEN 'pending' ELSE 'done' END, t.outcome,
+			(SELECT count(*) FROM machine_migrations p
+			  WHERE p.app = t.app AND p.machine_id = t.machine_id AND p.outcome = 'deferred'
+			    AND p.created_at > coalesce((SELECT max(created_at) FROM machine_migrations s
+			        WHERE s.app = t.app AND s.machine_id = t.machine_id AND s.outcome IN ('migrated', 'skipped_up_to_date')), '-infinity')),
+			CASE WHEN t.outcome IS NULL THEN NULL ELSE now() END
+		FROM unnest($3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[], $11::text[], $12::text[])
+			AS t(seq, app, machine_id, region, private_ip, labels, canary, from_image, from_instance_id, outcome)`,
+		r.ID, r.Image, seq, apps, ids, regions, ips, labels, canary, fromImg, fromInst, outcomes)
+	if err != nil {
+		return fmt.Errorf("insert machines of run %d: %w", r.ID, err)
+	}
+	return nil
+}
+
+// RunByIdempotencyKey returns the run created with key.
+func (q *Q) RunByIdempotencyKey(ctx context.Context, key string) (Run, error) {
+	r, err := scanRun(q.db.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE idempotency_key = $1`, key))
+	if isNoRows(err) {
+		return Run{}, &NotFoundError{What: "run with idempotency key", ID: key}
+	}
+	if err != nil {
+		return Run{}, fmt.Errorf("read run by idempotency key: %w", err)
+	}
+	return r, nil
+}
+
+// GetRun returns run id.
+func (q *Q) GetRun(ctx context.Context, id int64) (Run, error) {
+	r, err := scanRun(q.db.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Run{}, &NotFoundError{What: "run", ID: id}
+	}
+	if err != nil {
+		return Run{}, fmt.Errorf("read run %d: %w", id, err)
+	}
+	return r, nil
+}
+
+// ListRuns returns runs, newest first; state "" means any.
+func (q *Q) ListRuns(ctx context.Context, state string, limit int) ([]Run, error) {
+	if limit <= 0 {
+		limit = 50
+	}
+	rows, err := q.db.Query(ctx, `SELECT `+runColumns+` FROM runs WHERE ($1 = '' OR state = $1) ORDER BY id DESC LIMIT $2`, state, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	defer rows.Close()
+	var out []Run
+	for rows.Next() {
+		r, err := scanRun(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list runs: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// SetRunState moves run id from one of the states in from to state `to`,
+// with a reason, and records the transition event. It returns ErrConflict
+// when the run is not in one of from.
+func (q *Q) SetRunState(ctx context.Context, id int64, from []string, to, reason, by string) (Run, error) {
+	r, err := scanRun(q.db.QueryRow(ctx, `
+		UPDATE runs SET state = $2, state_reason = $3, updated_at = now(),
+			started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
+			finished_at = CASE WHEN $2 IN ('succeeded', 'failed', 'cancelled') THEN now() ELSE finished_at END
+		WHERE id = $1 AND state = ANY($4)
+		RETURNING `+runColumns, id, to, reason, from))
+	if errors.Is(err, pgx.ErrNoRows) {
+		cur, gerr := q.GetRun(ctx, id)
+		if gerr != nil {
+			return Run{}, gerr
+		}
+		return cur, fmt.Errorf("run %d is %s, not %v: %w", id, cur.State, from, ErrConflict)
+	}
+	if err != nil {
+		return Run{}, fmt.Errorf("set run %d %s: %w", id, to, err)
+	}
+	err = q.AppendEvents(ctx, Scope{RunID: id}, Event{Kind: "run." + to, Target: fmt.Sprint(id),
+		Detail: map[string]any{"from": from, "reason": reason, "by": by}})
+	return r, err
+}
+
+// RunCounts counts a run's machines by state and by outcome.
+type RunCounts struct {
+	ByState   map[string]int
+	ByOutcome map[string]int
+	Total     int
+	SlotsHeld int
+}
+
+// CountRun returns the counts of run id.
+func (q *Q) CountRun(ctx context.Context, id int64) (RunCounts, error) {
+	rows, err := q.db.Query(ctx, `
+		SELECT state, coalesce(outcome, ''), count(*), count(*) FILTER (WHERE slot_held)
+		FROM machine_migrations WHERE run_id = $1 GROUP BY 1, 2`, id)
+	if err != nil {
+		return RunCounts{}, fmt.Errorf("count run %d: %w", id, err)
+	}
+	defer rows.Close()
+	c := RunCounts{ByState: map[string]int{}, ByOutcome: map[string]int{}}
+	for rows.Next() {
+		var state, outcome string
+		var n, held int
+		if err := rows.Scan(&state, &outcome, &n, &held); err != nil {
+			return RunCounts{}, err
+		}
+		c.ByState[state] += n
+		if outcome != "" {
+			c.ByOutcome[outcome] += n
+		}
+		c.Total += n
+		c.SlotsHeld += held
+	}
+	return c, rows.Err()
+}

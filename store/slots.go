@@ -1,0 +1,140 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Claim is a machine migration just given a budget slot.
+type Claim struct {
+	MigrationID int64
+	RunID       int64
+}
+
+// FillSlots gives free budget slots to pending machines, greedily: a slot
+// freed by one machine is refilled in the same transaction, so no wave waits
+// for its slowest member. It enforces, under one advisory lock so that every
+// replica and every run sees the same count:
+//   - fleet-wide, at most fleetCap machines hold a slot (0: no fleet cap);
+//   - per run, at most max_unavailable;
+//   - a run with canaries starts nothing else until every canary migrated;
+//   - only running runs start machines, oldest run first, canaries first,
+//     then plan order; machines with not_before in the future wait.
+//
+// Call it inside the transaction that freed a slot or changed a run, and
+// insert the claimed machines' jobs in that same transaction.
+func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim, error) {
+	if _, err := q.db.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(fleetSlotAdvisoryLockID)); err != nil {
+		return nil, fmt.Errorf("lock budget: %w", err)
+	}
+	// One statement: rank pending machines per run, keep those within the
+	// run's free slots and the canary gate, then within the fleet's free slots.
+	rows, err := q.db.Query(ctx, `
+		WITH held AS (
+			SELECT run_id, count(*) AS n FROM machine_migrations WHERE slot_held GROUP BY run_id
+		), fleet AS (
+			SELECT CASE WHEN $1::int <= 0 THEN 2147483647 ELSE $1::int - coalesce(sum(n), 0) END AS free FROM held
+		), runs_open AS (
+			SELECT r.id, r.created_at, r.max_unavailable - coalesce(h.n, 0) AS free,
+				r.canary > 0 AND EXISTS (
+					SELECT 1 FROM machine_migrations c
+					WHERE c.run_id = r.id AND c.canary AND (c.outcome IS DISTINCT FROM 'migrated')
+				) AS canary_gate
+			FROM runs r LEFT JOIN held h ON h.run_id = r.id
+			WHERE r.state = 'running'
+		), ranked AS (
+			SELECT m.id, m.run_id, ro.created_at, m.canary, m.seq,
+				row_number() OVER (PARTITION BY m.run_id ORDER BY m.canary DESC, m.seq) AS rn, ro.free
+			FROM machine_migrations m JOIN runs_open ro ON ro.id = m.run_id
+			WHERE m.state = 'pending' AND (m.not_before IS NULL OR m.not_before <= $2)
+			  AND (NOT ro.canary_gate OR m.canary)
+		), per_run AS (
+			SELECT *, row_number() OVER (ORDER BY created_at, run_id, rn) AS fleet_rn
+			FROM ranked WHERE rn <= free
+		)
+		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL,
+			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
+		FROM per_run p, fleet f
+		WHERE m.id = p.id AND p.fleet_rn <= f.free
+		RETURNING m.id, m.run_id`, fleetCap, now)
+	if err != nil {
+		return nil, fmt.Errorf("fill budget slots: %w", err)
+	}
+	defer rows.Close()
+	var out []Claim
+	for rows.Next() {
+		var c Claim
+		if err := rows.Scan(&c.MigrationID, &c.RunID); err != nil {
+			return nil, fmt.Errorf("fill budget slots: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// SlotsInUse counts machines holding a budget slot, fleet-wide.
+func (q *Q) SlotsInUse(ctx context.Context) (int, error) {
+	var n int
+	err := q.db.QueryRow(ctx, `SELECT count(*) FROM machine_migrations WHERE slot_held`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count budget slots: %w", err)
+	}
+	return n, nil
+}
+
+// CancelPending ends every machine of run id that has not started yet with
+// outcome cancelled, and returns how many.
+func (q *Q) CancelPending(ctx context.Context, runID int64) (int, error) {
+	tag, err := q.db.Exec(ctx, `
+		UPDATE machine_migrations SET state = 'done', outcome = 'cancelled', error = 'run cancelled before this machine started',
+			finished_at = now(), version = version + 1, updated_at = now()
+		WHERE run_id = $1 AND state = 'pending'`, runID)
+	if err != nil {
+		return 0, fmt.Errorf("cancel pending machines of run %d: %w", runID, err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// SettleRun decides what a running, paused or cancelling run becomes now:
+// over (succeeded, failed or cancelled) when all its machines are done;
+// paused when a canary failed or failures passed the threshold. It returns the
+// run and whether its state changed.
+func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
+	r, err := q.GetRun(ctx, runID)
+	if err != nil {
+		return Run{}, false, err
+	}
+	if RunTerminal(r.State) || r.State == RunPending {
+		return r, false, nil
+	}
+	var open, bad, canaryBad int
+	err = q.db.QueryRow(ctx, `
+		SELECT count(*) FILTER (WHERE state <> 'done'),
+			count(*) FILTER (WHERE outcome IN ('failed', 'rolled_back')),
+			count(*) FILTER (WHERE canary AND outcome IN ('failed', 'rolled_back'))
+		FROM machine_migrations WHERE run_id = $1`, runID).Scan(&open, &bad, &canaryBad)
+	if err != nil {
+		return Run{}, false, fmt.Errorf("settle run %d: %w", runID, err)
+	}
+	var to, reason string
+	switch {
+	case open == 0 && r.State == RunCancelling:
+		to, reason = RunCancelled, "cancelled"
+	case open == 0 && bad > 0:
+		to, reason = RunFailed, fmt.Sprintf("%d machine(s) failed or rolled back", bad)
+	case open == 0:
+		to, reason = RunSucceeded, ""
+	case r.State == RunRunning && canaryBad > 0:
+		to, reason = RunPaused, fmt.Sprintf("canary failed (%d canary machine(s) failed or rolled back)", canaryBad)
+	case r.State == RunRunning && bad > r.FailureThreshold:
+		to, reason = RunPaused, fmt.Sprintf("failure threshold exceeded: %d failed or rolled back, threshold %d", bad, r.FailureThreshold)
+	default:
+		return r, false, nil
+	}
+	nr, err := q.SetRunState(ctx, runID, []string{r.State}, to, reason, "migrator")
+	if err != nil {
+		return Run{}, false, err
+	}
+	return nr, true, nil
+}
