@@ -30,9 +30,8 @@ type Config struct {
 	// VerifyTimeout bounds the wait for the new instance to start, pass its
 	// checks and serve; past it the old image is put back. Default 5m.
 	VerifyTimeout time.Duration
-	// WaitStep is the longest single /wait call (wall time); short, so a job
-	// execution stays short and a crash hands the machine over quickly.
-	// Default 5s.
+	// WaitStep is the longest single /wait call; short, so a job execution
+	// stays short and a crash hands the machine over quickly. Default 5s.
 	WaitStep time.Duration
 	// GatewayGrace is how long a gateway that cannot be reached at all is
 	// retried before the machine fails (it is never recreated blind).

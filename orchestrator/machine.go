@@ -526,6 +526,14 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		return s.startRollback(ctx, fmt.Sprintf("wait for new instance: %v", err))
 	}
 	if !reached {
+		// flyd's silent revert never reaches the new instance: the machine
+		// settles on the old one. Seen that, waiting longer is pointless.
+		if m, gerr := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID); gerr == nil &&
+			(m.InstanceID != s.m.ToInstanceID || m.Image != s.m.ToImage) && settled(m.State) {
+			return s.finish(ctx, store.OutcomeRolledBack, "", fmt.Sprintf(
+				"flyd reverted the update: machine is %s on instance %s image %s, not instance %s image %s",
+				m.State, m.InstanceID, m.Image, s.m.ToInstanceID, s.m.ToImage))
+		}
 		if late {
 			return s.startRollback(ctx, fmt.Sprintf("new instance %s not started within %s", s.m.ToInstanceID, s.o.cfg.VerifyTimeout))
 		}
@@ -611,4 +619,13 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		return wait(s.o.cfg.PollInterval), nil
 	}
 	return s.finish(ctx, store.OutcomeRolledBack, "", reason)
+}
+
+// settled states are where a machine rests after an update, reverted or not.
+func settled(state string) bool {
+	switch state {
+	case "started", "stopped", "suspended", "failed":
+		return true
+	}
+	return false
 }

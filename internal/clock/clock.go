@@ -44,6 +44,24 @@ func NewScaled(origin time.Time, factor float64) *Scaled {
 	return &Scaled{origin: origin, start: now, factor: factor}
 }
 
+// NewScaledAt returns the scaled clock that started at wall time start: two
+// processes given the same origin, start and factor share one timeline.
+func NewScaledAt(origin, start time.Time, factor float64) *Scaled {
+	if factor <= 0 {
+		factor = 1
+	}
+	if origin.IsZero() {
+		origin = start
+	}
+	return &Scaled{origin: origin, start: start, factor: factor}
+}
+
+// Start returns the wall time the clock started at.
+func (s *Scaled) Start() time.Time { return s.start }
+
+// Origin returns the clock's time at its start.
+func (s *Scaled) Origin() time.Time { return s.origin }
+
 // Now implements Clock.
 func (s *Scaled) Now() time.Time {
 	return s.origin.Add(time.Duration(float64(time.Since(s.start)) * s.factor))

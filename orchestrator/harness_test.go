@@ -1,0 +1,217 @@
+package orchestrator_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/orchestrator"
+	"github.com/hermes-cloud/migrator/policy"
+	"github.com/hermes-cloud/migrator/store"
+	"github.com/hermes-cloud/migrator/store/storetest"
+)
+
+func TestMain(m *testing.M) { storetest.Main(m) }
+
+// timeScale: one simulated second lasts 1/timeScale of a real one, for the
+// simulator and every replica alike.
+const timeScale = 50
+
+// world is a simulated fleet, a real Postgres and one or more replicas.
+type world struct {
+	t     *testing.T
+	clk   *clock.Scaled
+	sim   *fleetsim.Sim
+	st    *store.Store
+	pol   *policy.Policy
+	logs  *syncBuffer
+	reps  []*replica
+	owner *orchestrator.Orchestrator // the first replica's, for run operations
+}
+
+type replica struct {
+	orch   *orchestrator.Orchestrator
+	client *river.Client[pgx.Tx]
+	cancel context.CancelFunc
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type worldOpts struct {
+	sim      fleetsim.Config
+	policy   *policy.Policy
+	fleetCap int
+	replicas int
+}
+
+func newWorld(t *testing.T, o worldOpts) *world {
+	t.Helper()
+	clk := clock.NewScaled(time.Date(2026, 11, 24, 3, 0, 0, 0, time.UTC), timeScale)
+	o.sim.Clock = clk
+	if o.sim.Seed == 0 {
+		o.sim.Seed = 1
+	}
+	sim, err := fleetsim.New(o.sim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	_, pool := storetest.NewDB(t)
+	w := &world{t: t, clk: clk, sim: sim, st: store.New(pool), pol: o.policy, logs: &syncBuffer{}}
+	if w.pol == nil {
+		w.pol = policy.Default()
+	}
+	for range max(o.replicas, 1) {
+		w.reps = append(w.reps, w.startReplica(o.fleetCap))
+	}
+	w.owner = w.reps[0].orch
+	return w
+}
+
+func (w *world) startReplica(fleetCap int) *replica {
+	t := w.t
+	log := slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx := context.Background()
+	fly, err := flymachines.New(ctx, flymachines.Config{Token: w.sim.FlyToken(), BaseURL: w.sim.FlyBaseURL(), Clock: w.clk, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(gateway.Config{URLTemplate: w.sim.GatewayURLTemplate(), DrainKey: w.sim.DrainKey(), Logger: log,
+		RetryWaitMin: 10 * time.Millisecond, RetryWaitMax: 50 * time.Millisecond, RetryMax: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orch, err := orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: 2 * time.Second,
+		LeaseTTL: 2 * time.Minute, VerifyTimeout: 2 * time.Minute, WaitStep: 5 * time.Second, GatewayGrace: 30 * time.Second,
+		Clock: w.clk, Logger: log}, w.st, fly, gw, w.pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := orch.NewRiverClient(orchestrator.RiverOptions{Workers: 50, FetchPollInterval: 20 * time.Millisecond,
+		FillEvery: time.Second, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	if err := client.Start(rctx); err != nil {
+		t.Fatal(err)
+	}
+	r := &replica{orch: orch, client: client, cancel: cancel}
+	t.Cleanup(func() {
+		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c()
+		_ = client.StopAndCancel(sctx)
+		cancel()
+	})
+	return r
+}
+
+func (w *world) createRun(req orchestrator.RunRequest) store.Run {
+	w.t.Helper()
+	if req.Selector.Org == "" && len(req.Selector.Apps) == 0 {
+		req.Selector.Org = w.sim.Org()
+	}
+	if req.RequestedBy == "" {
+		req.RequestedBy = "test"
+	}
+	r, _, err := w.owner.CreateRun(context.Background(), req, nil)
+	if err != nil {
+		w.t.Fatalf("create run: %v", err)
+	}
+	return r
+}
+
+// waitRun waits (in real time, bounded) until run id is over.
+func (w *world) waitRun(id int64, limit time.Duration) store.Run {
+	w.t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		r, err := w.st.Q().GetRun(context.Background(), id)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		if store.RunTerminal(r.State) || r.State == store.RunPaused {
+			return r
+		}
+		if time.Now().After(deadline) {
+			c, _ := w.st.Q().CountRun(context.Background(), id)
+			w.t.Fatalf("run %d still %s after %s: %+v\nlogs:\n%s", id, r.State, limit, c, tail(w.logs.String(), 4000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// history reads drain_history of a run, keyed by machine id.
+type historyRow struct {
+	App, MachineID, Outcome, DrainOutcome, PolicyRule, Error string
+	Quiet, Echoed                                            *bool
+	ActiveAtRecreate                                         *int
+	Recreated                                                bool
+}
+
+func (w *world) history(runID int64) map[string]historyRow {
+	w.t.Helper()
+	rows, err := w.st.Pool().Query(context.Background(), `
+		SELECT app, machine_id, coalesce(outcome, ''), coalesce(drain_outcome, ''), coalesce(policy_rule, ''),
+			coalesce(error, ''), quiet, suppression_echoed, active_agents_at_recreate, recreated_at IS NOT NULL
+		FROM drain_history WHERE run_id = $1`, runID)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]historyRow{}
+	for rows.Next() {
+		var h historyRow
+		if err := rows.Scan(&h.App, &h.MachineID, &h.Outcome, &h.DrainOutcome, &h.PolicyRule, &h.Error, &h.Quiet,
+			&h.Echoed, &h.ActiveAtRecreate, &h.Recreated); err != nil {
+			w.t.Fatal(err)
+		}
+		out[h.MachineID] = h
+	}
+	return out
+}
+
+func (w *world) shutdownsOf(app, machine string) []fleetsim.Shutdown {
+	var out []fleetsim.Shutdown
+	for _, s := range w.sim.Shutdowns() {
+		if s.App == app && s.MachineID == machine {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
