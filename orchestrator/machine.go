@@ -23,7 +23,7 @@ type machineWorker struct {
 }
 
 // Timeout bounds one execution (see jobTimeout).
-func (w *machineWorker) Timeout(*river.Job[MachineArgs]) time.Duration { return jobTimeout }
+func (w *machineWorker) Timeout(*river.Job[MachineArgs]) time.Duration { return w.o.jobTimeout }
 
 // Work runs one execution of a machine migration: it loads the machine's
 // state, takes as many steps as need no waiting, and returns what happens

@@ -47,6 +47,8 @@ type Orchestrator struct {
 	pol   Policy
 	river *river.Client[pgx.Tx]
 	log   *slog.Logger
+	// jobTimeout bounds one machine step (RiverOptions.JobTimeout).
+	jobTimeout time.Duration
 }
 
 // New returns an Orchestrator. Call NewRiverClient before use.
@@ -58,7 +60,7 @@ func New(cfg Config, st *store.Store, fly Fly, gw Gateway, pol Policy) (*Orchest
 	if st == nil || pol == nil {
 		return nil, errors.New("orchestrator: store and policy are required")
 	}
-	return &Orchestrator{cfg: cfg, store: st, fly: fly, gw: gw, pol: pol, log: cfg.Logger}, nil
+	return &Orchestrator{cfg: cfg, store: st, fly: fly, gw: gw, pol: pol, log: cfg.Logger, jobTimeout: jobTimeout}, nil
 }
 
 // RiverOptions tunes the River client of one replica.
@@ -71,7 +73,11 @@ type RiverOptions struct {
 	FetchPollInterval time.Duration
 	// FillEvery is the period of the fill safety net. Default 10s.
 	FillEvery time.Duration
-	Logger    *slog.Logger
+	// JobTimeout and RescueAfter override the crash-safety tuning below
+	// (tests that kill replicas shorten them). RescueAfter must exceed
+	// JobTimeout.
+	JobTimeout, RescueAfter time.Duration
+	Logger                  *slog.Logger
 }
 
 // Crash-safety tuning, why:
@@ -102,9 +108,19 @@ func (o *Orchestrator) NewRiverClient(opts RiverOptions) (*river.Client[pgx.Tx],
 	if opts.FillEvery == 0 {
 		opts.FillEvery = 10 * time.Second
 	}
+	if opts.JobTimeout == 0 {
+		opts.JobTimeout = jobTimeout
+	}
+	if opts.RescueAfter == 0 {
+		opts.RescueAfter = rescueAfter
+	}
+	if opts.RescueAfter <= opts.JobTimeout {
+		return nil, fmt.Errorf("river options: rescue after %s must exceed the job timeout %s", opts.RescueAfter, opts.JobTimeout)
+	}
+	o.jobTimeout = opts.JobTimeout
 	cfg := &river.Config{
-		JobTimeout:           jobTimeout,
-		RescueStuckJobsAfter: rescueAfter,
+		JobTimeout:           opts.JobTimeout,
+		RescueStuckJobsAfter: opts.RescueAfter,
 		FetchOnlyKnownKinds:  true,
 		RetryPolicy:          retryPolicy{},
 		Logger:               opts.Logger,

@@ -19,6 +19,11 @@ const (
 	httpAddrEnv = "MIGRATOR_HTTP_ADDR"
 	// fetchPollEnv lowers River's fetch poll for the simulator's scaled time.
 	fetchPollEnv = "MIGRATOR_FETCH_POLL_INTERVAL"
+	// jobTimeoutEnv and rescueAfterEnv override River's crash-safety tuning
+	// (orchestrator.RiverOptions); the defaults resume a dead replica's
+	// machine within two minutes.
+	jobTimeoutEnv  = "MIGRATOR_JOB_TIMEOUT"
+	rescueAfterEnv = "MIGRATOR_RESCUE_AFTER"
 	// stopGrace bounds how long in-flight steps may finish on SIGTERM before
 	// they are cancelled and handed back (River re-runs them elsewhere).
 	stopGrace = 20 * time.Second
@@ -56,6 +61,14 @@ func serve(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	jobTimeout, err := envDuration(e, jobTimeoutEnv, 0)
+	if err != nil {
+		return err
+	}
+	rescueAfter, err := envDuration(e, rescueAfterEnv, 0)
+	if err != nil {
+		return err
+	}
 	c, err := loadComponents(ctx, e, needs{fleet: true, gateway: true}, log)
 	if err != nil {
 		return err
@@ -64,9 +77,10 @@ func serve(ctx context.Context, e *env) error {
 	if ok, err := store.SchemaCurrent(ctx, c.pool); err != nil || !ok {
 		return usagef("database schema is not current: run `migrator db upgrade` first")
 	}
-	client, err := c.orch.NewRiverClient(orchestrator.RiverOptions{Workers: max(c.workers, 1), FetchPollInterval: fetchPoll, Logger: log})
+	client, err := c.orch.NewRiverClient(orchestrator.RiverOptions{Workers: max(c.workers, 1), FetchPollInterval: fetchPoll,
+		JobTimeout: jobTimeout, RescueAfter: rescueAfter, Logger: log})
 	if err != nil {
-		return err
+		return usagef("%v", err)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
