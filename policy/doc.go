@@ -1,19 +1,23 @@
 // Package policy decides, for one machine about to be moved, how gently to
 // drain it: (cause, machine facts, time) → Decision {quiet, rule, wait and
 // deadline, force or defer at the deadline, max deferrals, maintenance
-// window, policy version}. It is pure: no clock, no I/O; the orchestrator
-// records every Decision before it calls the gateway.
+// window, policy version}. It is pure: time is an argument, and it touches
+// no files, network or database (beyond the time package loading a window's
+// zone). The orchestrator records every Decision before it calls the
+// gateway. A *Policy is immutable and safe for concurrent use.
 //
 // # Model
 //
 // Every cause has settings; built-in defaults apply when there is no file:
 //
-//	cause            quiet  wait  on_deadline         window
-//	auto-update      yes    30m   defer (max 3), then force  always
-//	image-migration  yes    30m   force               always
-//	env-edit         no     15m   force               always
-//	profile-change   no     15m   force               always
-//	operator         no     10m   force               always
+//	cause            quiet  wait  at the deadline
+//	auto-update      yes    30m   defer, at most 3 times, then force
+//	image-migration  yes    30m   force
+//	env-edit         no     15m   force
+//	profile-change   no     15m   force
+//	operator         no     10m   force
+//
+// and no maintenance window (always open).
 //
 // A policy file overrides settings per cause and adds ordered rules. For a
 // decision, the rules are tried in order and the first whose selectors all
@@ -85,8 +89,8 @@
 // occurrence belongs to the day it starts: "Sat,Sun 22:00-04:00" is open
 // from Sunday 22:00 until Monday 04:00 but not from Friday 22:00. Times are
 // the zone's wall clock; on the days it changes, see Window.Contains.
-// Outside its window a Decision has InWindow false and NextWindow set: the
-// orchestrator starts no drain then. A drain begun inside may outlast the
+// Outside its window a Decision has InWindow false and NextWindow set; the
+// orchestrator should start no drain until then. A drain begun inside may outlast the
 // window (its deadline is now+wait); WindowEnd says when the window closes.
 // Zones come from the system's tz database; the migrator binary embeds
 // time/tzdata so a minimal container resolves them too.

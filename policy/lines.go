@@ -11,8 +11,7 @@ import (
 // last rule's line; this scanner counts array elements itself.
 //
 // It only ever runs on documents the toml package accepted, so it diagnoses
-// nothing, but it must not panic or loop on any input (FuzzParse feeds it
-// garbage too). Paths are key components with "[i]" for array elements,
+// nothing, but it must not panic or loop on any input (FuzzIndexLines). Paths are key components with "[i]" for array elements,
 // joined by a NUL byte.
 type keyLines map[string]int
 
@@ -67,12 +66,15 @@ func (s *lineScanner) advance() {
 
 // record notes the line of path and of each ancestor not seen before: a key
 // is defined once in a valid document, so the first sighting is its own.
+// Ancestors are recorded before their descendants, so the walk up stops at
+// the first one already known.
 func (s *lineScanner) record(path []string, line int) {
-	for n := 1; n <= len(path); n++ {
+	for n := len(path); n > 0; n-- {
 		k := pathKey(path[:n])
-		if _, ok := s.lines[k]; !ok {
-			s.lines[k] = line
+		if _, ok := s.lines[k]; ok {
+			return
 		}
+		s.lines[k] = line
 	}
 }
 

@@ -34,6 +34,7 @@ const (
 	MinWait         = time.Second
 	MaxWait         = 24 * time.Hour
 	MaxMaxDeferrals = 100
+	MaxRules        = 1000
 	maxRuleName     = 64
 )
 
@@ -263,6 +264,9 @@ func (d *decoder) rules(v any) ([]Rule, error) {
 	default:
 		return nil, d.errf(path, "rules must be an array of tables ([[rules]]), got %s", describe(v))
 	}
+	if len(elems) > MaxRules {
+		return nil, d.errf(path, "%d rules: at most %d are allowed", len(elems), MaxRules)
+	}
 	var out []Rule
 	for i, el := range elems {
 		r, err := d.rule(i, el)
@@ -344,8 +348,8 @@ func (d *decoder) rule(i int, v any) (Rule, error) {
 			}
 		case "app_prefix":
 			s, ok := t[k].(string)
-			if !ok || s == "" {
-				return Rule{}, bad("want a non-empty string, got %s", show(t[k]))
+			if !ok || !validAppPrefix(s) {
+				return Rule{}, bad("want the start of a Fly app name (lowercase letters, digits, '-'), got %s", show(t[k]))
 			}
 			r.AppPrefix = s
 		case "regions":
@@ -402,6 +406,20 @@ func validRuleName(s string) bool {
 	for i, c := range s {
 		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 		if !alnum && (i == 0 || !strings.ContainsRune("._-", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// validAppPrefix: Fly app names are lowercase letters, digits and dashes,
+// so any other prefix could never match.
+func validAppPrefix(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
 			return false
 		}
 	}

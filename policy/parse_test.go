@@ -92,7 +92,12 @@ func TestParseErrors(t *testing.T) {
 		{"bad region", "[[rules]]\nname = \"a\"\nregions = [\"iad\", \"FRA\"]\n",
 			`p.toml:3: rule "a": regions: "FRA": want a Fly region code such as "iad"`},
 		{"empty app_prefix", "[[rules]]\nname = \"a\"\napp_prefix = \"\"\n",
-			`p.toml:3: rule "a": app_prefix: want a non-empty string, got ""`},
+			`p.toml:3: rule "a": app_prefix: want the start of a Fly app name (lowercase letters, digits, '-'), got ""`},
+		{"uppercase app_prefix", "[[rules]]\nname = \"a\"\napp_prefix = \"Acme-\"\n",
+			`p.toml:3: rule "a": app_prefix: want the start of a Fly app name (lowercase letters, digits, '-'), got "Acme-"`},
+		// A header inside a multi-line string is content, not a rule.
+		{"fake header inside a string", "[[rules]]\nname = \"a\"\n[rules.match]\nnote = '''\n[[rules]]\nname = \"zz\"\n'''\n[[rules]]\nname = \"b\"\nwait = \"x\"\n",
+			`p.toml:10: rule "b": wait: "x" is not a duration (want e.g. "45m" or "1h30m")`},
 		{"inline array of rules", "rules = [\n  { name = \"a\", regions = [\"iad\"] },\n  { name = \"b\", wait = \"never\" },\n]\n",
 			`p.toml:3: rule "b": wait: "never" is not a duration (want e.g. "45m" or "1h30m")`},
 		{"unreachable after catch-all", "[[rules]]\nname = \"all\"\nquiet = false\n\n[[rules]]\nname = \"vip\"\nmatch = { tier = \"vip\" }\n",

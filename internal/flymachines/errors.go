@@ -14,6 +14,14 @@ import (
 	"github.com/superfly/fly-go/flaps"
 )
 
+// The typed errors callers classify with errors.As.
+var (
+	_ error = (*APIError)(nil)
+	_ error = (*LeaseHeldError)(nil)
+	_ error = (*RevertedError)(nil)
+	_ error = (*HostUnavailableError)(nil)
+)
+
 // maxMsg bounds the server text kept in an error: enough for a human, never a
 // whole response body.
 const maxMsg = 200

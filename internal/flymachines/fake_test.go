@@ -159,7 +159,7 @@ func (f *fakeFly) addMachine(app, id, state, image string) *fly.Machine {
 	m := &fly.Machine{
 		ID: id, Name: "name-" + id, State: state, Region: "ams",
 		InstanceID: "inst-" + id + "-1", PrivateIP: "fdaa::1",
-		UpdatedAt: time.Now().UTC().Format(time.RFC3339),
+		UpdatedAt:  time.Now().UTC().Format(time.RFC3339),
 		HostStatus: fly.HostStatusOk,
 		Config: &fly.MachineConfig{
 			Image:    image,
@@ -192,6 +192,12 @@ func (f *fakeFly) requests(method, path string) []fakeReq {
 		}
 	}
 	return out
+}
+
+func (f *fakeFly) lastUpdate() fakeUpdate {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.updates[len(f.updates)-1]
 }
 
 func (f *fakeFly) allRequests() []fakeReq { return f.requests("", "") }

@@ -41,7 +41,6 @@ func newTransport(cfg *Config, base *url.URL) http.RoundTripper {
 		Base:             rt,
 		RequestIDHeaders: []string{"Fly-Request-Id"},
 		Observe:          cfg.Observe,
-		Now:              cfg.Clock.Now,
 	}
 	rt = &limitTransport{next: rt, limits: newLimiters(*cfg.RateLimits, cfg.Clock)}
 	return &retryAfterTransport{next: rt, max: cfg.Max429Retries, clock: cfg.Clock, log: cfg.Logger}

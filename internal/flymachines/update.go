@@ -56,8 +56,9 @@ func settled(state string) bool {
 // its full config with only Image changed (mounts, env, services, metadata
 // kept; region and name unchanged), under the lease nonce.
 //
-// MinSecretsVersion is left unset: flyctl sets it after staging new secrets;
-// an image-only update changes no secrets, so the machine keeps its current ones.
+// MinSecretsVersion is left unset, as flyctl does when it has not itself set
+// the app's secrets (it sends the version its own `secrets set` produced):
+// an image-only update changes no secrets.
 //
 // The update is sent without fly-go's retries. When its outcome is unknown
 // (408, 5xx, no response) the machine is read again: if it already names

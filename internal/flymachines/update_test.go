@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -33,7 +34,7 @@ func TestUpdateImage(t *testing.T) {
 					r.State != "started" || r.UpdatedAt.IsZero() {
 					t.Errorf("result = %+v", r)
 				}
-				if u := f.updates[0]; u.In.SkipLaunch {
+				if u := f.lastUpdate(); u.In.SkipLaunch {
 					t.Error("SkipLaunch set for a started machine")
 				}
 			},
@@ -44,7 +45,7 @@ func TestUpdateImage(t *testing.T) {
 				if r.Launched || r.State != "stopped" || r.ToInstanceID == r.FromInstanceID {
 					t.Errorf("result = %+v", r)
 				}
-				if !f.updates[0].In.SkipLaunch {
+				if !f.lastUpdate().In.SkipLaunch {
 					t.Error("SkipLaunch not set for a stopped machine")
 				}
 			},
@@ -136,8 +137,9 @@ func TestUpdateImage(t *testing.T) {
 				t.Fatalf("UpdateImage: %v", err)
 			}
 			f.mu.Lock()
-			defer f.mu.Unlock()
-			for i, u := range f.updates {
+			updates := slices.Clone(f.updates)
+			f.mu.Unlock()
+			for i, u := range updates {
 				if u.Nonce != lease.Nonce {
 					t.Errorf("update %d nonce %q, want the lease's", i, u.Nonce)
 				}

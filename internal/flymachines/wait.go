@@ -26,6 +26,11 @@ func (c *Client) WaitOnce(ctx context.Context, app, id, instanceID, state string
 	if timeout <= 0 {
 		timeout = c.cfg.WaitStep
 	}
+	// Ask Fly for no more than ctx leaves, so a wait ends in a clean 408
+	// rather than a client-side abort.
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, c.clockDuration(time.Until(dl)-time.Second))
+	}
 	timeout = min(max(timeout, time.Second), c.cfg.WaitStep)
 	// The server holds the call for up to timeout (in the clock's timeline);
 	// the client deadline allows that plus an ordinary call's time.
@@ -132,4 +137,13 @@ func reverted(app, id string, m Machine, instanceID, image string) *RevertedErro
 		WantImage: image, GotImage: m.Image,
 		State: m.State,
 	}
+}
+
+// clockDuration converts a wall-clock duration to the clock's timeline.
+func (c *Client) clockDuration(wall time.Duration) time.Duration {
+	w := c.clk.Wall(time.Second)
+	if w <= 0 {
+		return wall
+	}
+	return time.Duration(float64(wall) * float64(time.Second) / float64(w))
 }

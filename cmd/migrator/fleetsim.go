@@ -1,0 +1,137 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
+)
+
+func init() { register(newFleetsimCmd) }
+
+func newFleetsimCmd(e *env) *cobra.Command {
+	var (
+		apps, perApp      int
+		listen, scenario  string
+		seed              int64
+		scale, busy       float64
+		disableRateLimits bool
+	)
+	cmd := &cobra.Command{
+		Use:   "fleetsim --apps N --listen 127.0.0.1:PORT",
+		Short: "Run the fleet simulator (Fly Machines API + Hermes dashboards) until interrupted",
+		Long: "Run the fleet simulator: a loopback server with the Fly Machines API subset migrator uses\n" +
+			"and one Hermes dashboard per machine, with agents doing scripted work. It prints, on\n" +
+			"stdout, the environment (FLY_API_TOKEN, FLY_FLAPS_BASE_URL, MIGRATOR_GATEWAY_URL,\n" +
+			"MIGRATOR_DRAIN_KEY, MIGRATOR_FLY_ORG) that points migrator at it, then serves until\n" +
+			"SIGINT. The token and drain key are throwaway values of this simulator.\n\n" +
+			"A --scenario TOML file describes the fleet, workload and faults (see package fleetsim);\n" +
+			"flags given explicitly override it. Observe and inject faults at runtime through\n" +
+			"GET /_sim/state, POST /_sim/faults and POST /_sim/control (Bearer FLY_API_TOKEN).",
+		Example: "  migrator fleetsim --apps 20 --listen 127.0.0.1:8719\n" +
+			"  migrator fleetsim --apps 5 --time-scale 10 > fleetsim.env & sleep 1; . ./fleetsim.env\n" +
+			"  migrator fleetsim --scenario faults.toml --listen 127.0.0.1:0 --seed 7",
+		Args: checkArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := fleetsim.Config{Workload: fleetsim.Workload{BusyFraction: busy}}
+			var sc *fleetsim.Scenario
+			if scenario != "" {
+				data, err := os.ReadFile(scenario)
+				if err != nil {
+					return usagef("%s: --scenario: %v", cmd.CommandPath(), err)
+				}
+				if sc, err = fleetsim.ParseScenario(data); err != nil {
+					return usagef("%s: --scenario %s: %v", cmd.CommandPath(), scenario, err)
+				}
+				cfg = sc.Config()
+				if sc.TimeScale > 0 && !cmd.Flags().Changed("time-scale") {
+					scale = sc.TimeScale
+				}
+				if cmd.Flags().Changed("busy-fraction") {
+					cfg.Workload.BusyFraction = busy
+				}
+			}
+			flags := cmd.Flags()
+			if flags.Changed("apps") || cfg.Apps == 0 {
+				cfg.Apps = apps
+			}
+			if flags.Changed("machines-per-app") || cfg.MachinesPerApp == 0 {
+				cfg.MachinesPerApp = perApp
+			}
+			if flags.Changed("seed") {
+				cfg.Seed = seed
+			}
+			if flags.Changed("disable-rate-limits") {
+				cfg.DisableRateLimits = disableRateLimits
+			}
+			switch {
+			case cfg.Apps < 1:
+				return usagef("%s: --apps must be at least 1, got %d", cmd.CommandPath(), cfg.Apps)
+			case cfg.MachinesPerApp < 1:
+				return usagef("%s: --machines-per-app must be at least 1, got %d", cmd.CommandPath(), cfg.MachinesPerApp)
+			case scale <= 0:
+				return usagef("%s: --time-scale must be positive, got %g", cmd.CommandPath(), scale)
+			case listen == "":
+				return usagef("%s: --listen is required", cmd.CommandPath())
+			}
+			cfg.Clock = clock.Real()
+			if scale != 1 {
+				cfg.Clock = clock.NewScaled(time.Time{}, scale)
+			}
+			sim, err := fleetsim.New(cfg)
+			if err != nil {
+				return usagef("%s: %v", cmd.CommandPath(), err)
+			}
+			if sc != nil {
+				if err := sc.Apply(sim); err != nil {
+					return usagef("%s: --scenario %s: %v", cmd.CommandPath(), scenario, err)
+				}
+			}
+			if err := sim.Start(listen); err != nil {
+				return err
+			}
+			defer sim.Close()
+			env := sim.Env()
+			keys := make([]string, 0, len(env))
+			for k := range env {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				fmt.Fprintf(e.stdout, "export %s=%s\n", k, shellQuote(env[k]))
+			}
+			fmt.Fprintf(e.stderr, "fleetsim: %d apps × %d machines at %s (time ×%g); interrupt to stop\n",
+				cfg.Apps, cfg.MachinesPerApp, sim.URL(), scale)
+			<-cmd.Context().Done()
+			fmt.Fprintln(e.stderr, "fleetsim: stopped")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&apps, "apps", fleetsim.DefaultApps, "number of apps (hermes-agent-1 … N)")
+	f.IntVar(&perApp, "machines-per-app", fleetsim.DefaultMachinesPerApp, "machines in each app")
+	f.StringVar(&listen, "listen", "127.0.0.1:0", "address to serve on (port 0 picks a free one)")
+	f.Int64Var(&seed, "seed", 0, "seed for machine ids, workload and faults")
+	f.Float64Var(&scale, "time-scale", 1, "simulated seconds per wall second")
+	f.Float64Var(&busy, "busy-fraction", 0.2, "fraction of agents with work in flight at any time, in [0,1)")
+	f.StringVar(&scenario, "scenario", "", "TOML file describing the fleet, workload and faults")
+	f.BoolVar(&disableRateLimits, "disable-rate-limits", false, "do not enforce Fly's rate limits")
+	return cmd
+}
+
+// shellQuote quotes v for a POSIX shell when it holds anything but safe
+// characters.
+func shellQuote(v string) string {
+	if v != "" && strings.IndexFunc(v, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:@%+=,", r))
+	}) < 0 {
+		return v
+	}
+	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
+}

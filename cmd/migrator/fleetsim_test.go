@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is written by the command's goroutine and read by the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestFleetsimServesUntilInterrupted(t *testing.T) {
+	var stdout, stderr syncBuffer
+	e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, e, []string{"fleetsim", "--apps", "4", "--machines-per-app", "2", "--listen", "127.0.0.1:0", "--time-scale", "50"})
+	}()
+	vars := map[string]string{}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(vars) < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no environment printed; stdout %q stderr %q", stdout.String(), stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+		for _, line := range strings.Split(stdout.String(), "\n") {
+			if k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "="); ok {
+				vars[k] = v
+			}
+		}
+	}
+	for _, k := range []string{"FLY_API_TOKEN", "FLY_FLAPS_BASE_URL", "MIGRATOR_GATEWAY_URL", "MIGRATOR_DRAIN_KEY", "MIGRATOR_FLY_ORG"} {
+		if vars[k] == "" {
+			t.Fatalf("%s missing from %q", k, stdout.String())
+		}
+	}
+	req, _ := http.NewRequest("GET", vars["FLY_FLAPS_BASE_URL"]+"/v1/apps/hermes-agent-4/machines", nil)
+	req.Header.Set("Authorization", "Bearer "+vars["FLY_API_TOKEN"])
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("List through the printed environment: %d", res.StatusCode)
+	}
+	if strings.Contains(stderr.String(), vars["FLY_API_TOKEN"]) || strings.Contains(stderr.String(), vars["MIGRATOR_DRAIN_KEY"]) {
+		t.Error("a secret reached stderr")
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Fatalf("exit %d; stderr %q", code, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("fleetsim did not stop on interrupt")
+	}
+}
+
+func TestFleetsimUsage(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("apps = 2\nmystery = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"fleetsim", "--apps", "0"},
+		{"fleetsim", "--time-scale", "-1"},
+		{"fleetsim", "--busy-fraction", "1.5"},
+		{"fleetsim", "--scenario", filepath.Join(dir, "missing.toml")},
+		{"fleetsim", "--scenario", bad},
+		{"fleetsim", "extra"},
+	} {
+		var stdout, stderr bytes.Buffer
+		e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}
+		if code := run(context.Background(), e, args); code != exitUsage {
+			t.Errorf("%v: exit %d, want %d; stderr %q", args, code, exitUsage, stderr.String())
+		}
+		if stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 {
+			t.Errorf("%v: stdout %q stderr %q, want one error line", args, stdout.String(), stderr.String())
+		}
+	}
+}

@@ -1,0 +1,323 @@
+package fleetsim
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	mrand "math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/drainsecret"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultOrg            = "hermes"
+	DefaultApps           = 3
+	DefaultMachinesPerApp = 1
+	DefaultAppPrefix      = "hermes-agent-"
+	DefaultImage          = "registry.fly.io/hermes-agent:v1"
+	DefaultBootTime       = 3 * time.Second
+	DefaultCheckDelay     = 2 * time.Second
+	DefaultGatewayStartup = 2 * time.Second
+	DefaultWatcherDelay   = 1 * time.Second
+	DefaultMarkerTTL      = 3600 * time.Second
+	DefaultRateTolerance  = 50 * time.Millisecond
+	DefaultTurnMedian     = 30 * time.Second
+	DefaultTurnSigma      = 1.0
+	// DefaultLeaseTTL is the lease length when POST /lease has no ttl.
+	DefaultLeaseTTL = 30 * time.Second
+	// MaxWaitTimeout is Fly's cap on one /wait call.
+	MaxWaitTimeout = 60 * time.Second
+)
+
+// DefaultRegions are assigned to machines round-robin.
+var DefaultRegions = []string{"iad", "ord", "ams"}
+
+// Config configures a Sim. Zero fields take the documented defaults.
+type Config struct {
+	// Org is the organization slug ListApps answers for. Default "hermes".
+	Org string
+	// Apps is the number of apps, named AppPrefix+"1" … AppPrefix+"N".
+	// Default 3.
+	Apps int
+	// MachinesPerApp is the number of machines of each app. Default 1.
+	MachinesPerApp int
+	// AppPrefix prefixes the app names. Default "hermes-agent-".
+	AppPrefix string
+	// Image every machine runs at the start. Default
+	// "registry.fly.io/hermes-agent:v1".
+	Image string
+	// Regions are assigned to machines round-robin. Default iad, ord, ams.
+	Regions []string
+	// Labels returns a machine's config.metadata labels (merged over Fly's
+	// own fly_* keys). Default {"hermes_auto_update":"true"}.
+	Labels func(app, machineID string) map[string]string
+	// FlyToken is the token the Machines API accepts, sent as "Bearer …" or
+	// "FlyV1 …". Default: a generated throwaway token.
+	FlyToken string
+	// DrainKey derives every agent's drain secret
+	// (drainsecret.Derive(DrainKey, app)). At least 32 bytes. Default: 43
+	// printable characters (32 random bytes, base64url), so that it can be
+	// passed as MIGRATOR_DRAIN_KEY, whose bytes are the key.
+	DrainKey []byte
+	// Clock is the simulated timeline. Default clock.Real().
+	Clock clock.Clock
+	// Seed makes machine ids, workloads and fault draws reproducible.
+	Seed int64
+	// Workload scripts the agents' turns.
+	Workload Workload
+	// BootTime is the simulated time from an update (or start) to the new
+	// instance being started. Default 3s.
+	BootTime time.Duration
+	// CheckDelay is the simulated time from start until health checks pass.
+	// Default 2s.
+	CheckDelay time.Duration
+	// GatewayStartup is how long a booted gateway reports "starting".
+	// Default 2s.
+	GatewayStartup time.Duration
+	// WatcherDelay is how long the gateway's watcher takes to notice a new
+	// drain marker. Default 1s.
+	WatcherDelay time.Duration
+	// MarkerTTL: a marker older than this is ignored. Default 3600s.
+	MarkerTTL time.Duration
+	// DisableRateLimits turns off Fly's rate limits (enforced by default).
+	DisableRateLimits bool
+	// Limits overrides DefaultLimits per route name.
+	Limits map[string]Limit
+	// RateTolerance forgives requests that arrive this much (wall time)
+	// ahead of the token bucket, so a client pacing itself at exactly
+	// Fly's limits is not failed by network jitter. Default 50ms.
+	RateTolerance time.Duration
+	// RateLimitsSimTime makes the rate limits count requests per second of
+	// Clock's timeline (a 100× clock allows 100× the requests per wall
+	// second). Default false: per wall second, which is what a client must
+	// respect against the real API. With a Real clock both are the same.
+	RateLimitsSimTime bool
+	// WaitSimTime makes /wait's timeout parameter seconds of Clock's
+	// timeline. Default false: wall seconds (a timeout=60 wait that is not
+	// satisfied then holds the request 60 real seconds even under a fast
+	// clock).
+	WaitSimTime bool
+	// APISimTime sets both RateLimitsSimTime and WaitSimTime: the whole
+	// API speaks the simulated timeline, for a client on the same clock.
+	APISimTime bool
+	// Logger receives debug lines about mutations. Default: discard.
+	Logger *slog.Logger
+
+	// wallNow is the wall clock of rate limits and /wait (tests).
+	wallNow func() time.Time
+}
+
+// Workload scripts each machine's turns, reproducibly from Config.Seed.
+// With BusyFraction 0 and no Turns function the fleet is idle; tests then
+// script turns with Sim.AddTurn.
+type Workload struct {
+	// BusyFraction is the fraction of machines with a turn in flight at any
+	// time, in [0, 1).
+	BusyFraction float64
+	// TurnMedian and TurnSigma shape the log-normal turn durations (heavy
+	// tail). Defaults 30s and 1.0 when BusyFraction > 0.
+	TurnMedian time.Duration
+	TurnSigma  float64
+	// Turns, if set, replaces the generator: it returns the machine's whole
+	// script (offsets from the simulation's start), called once per machine
+	// at New with a generator seeded for that machine.
+	Turns func(app, machineID string, rng *mrand.Rand) []Turn
+}
+
+// Turn is one unit of agent work: a chat turn of Session beginning Start
+// after the simulation's start (after now, for AddTurn) and lasting
+// Duration of simulated time.
+type Turn struct {
+	Session  string
+	Start    time.Duration
+	Duration time.Duration
+}
+
+// LogNormal draws a log-normal duration with the given median and sigma.
+func LogNormal(rng *mrand.Rand, median time.Duration, sigma float64) time.Duration {
+	return time.Duration(float64(median) * math.Exp(sigma*rng.NormFloat64()))
+}
+
+// Limit is one token bucket: Rate requests per second, up to Burst at once.
+type Limit struct {
+	Rate  float64
+	Burst int
+}
+
+// DefaultLimits returns Fly's published Machines API limits by route name:
+// 1 request/s per action per machine (burst 3), Get Machine 5/s (burst 10),
+// lists per app (the app list per org).
+func DefaultLimits() map[string]Limit {
+	action := Limit{Rate: 1, Burst: 3}
+	return map[string]Limit{
+		RouteListApps:     action,
+		RouteGetApp:       action,
+		RouteList:         action,
+		RouteGet:          {Rate: 5, Burst: 10},
+		RouteUpdate:       action,
+		RouteLease:        action,
+		RouteLeaseGet:     action,
+		RouteLeaseRelease: action,
+		RouteWait:         action,
+		RouteStart:        action,
+		RouteStop:         action,
+	}
+}
+
+// Route names, used by Faults, Requests and Limits.
+const (
+	RouteListApps     = "fly.list_apps"
+	RouteGetApp       = "fly.get_app"
+	RouteList         = "fly.list"
+	RouteGet          = "fly.get"
+	RouteUpdate       = "fly.update"
+	RouteLease        = "fly.lease" // acquire and refresh
+	RouteLeaseGet     = "fly.lease_get"
+	RouteLeaseRelease = "fly.lease_release"
+	RouteWait         = "fly.wait"
+	RouteStart        = "fly.start"
+	RouteStop         = "fly.stop"
+	RouteFlyUnknown   = "fly.unknown"
+	RouteDrain        = "gateway.drain"
+	RouteStatus       = "gateway.status"
+	RouteGatewayOther = "gateway.other"
+)
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Org == "" {
+		c.Org = DefaultOrg
+	}
+	if c.Apps == 0 {
+		c.Apps = DefaultApps
+	}
+	if c.MachinesPerApp == 0 {
+		c.MachinesPerApp = DefaultMachinesPerApp
+	}
+	if c.AppPrefix == "" {
+		c.AppPrefix = DefaultAppPrefix
+	}
+	if c.Image == "" {
+		c.Image = DefaultImage
+	}
+	if len(c.Regions) == 0 {
+		c.Regions = DefaultRegions
+	}
+	if c.Labels == nil {
+		c.Labels = func(string, string) map[string]string {
+			return map[string]string{"hermes_auto_update": "true"}
+		}
+	}
+	if c.FlyToken == "" {
+		c.FlyToken = "fo1_sim_" + randomToken(32)
+	}
+	if len(c.DrainKey) == 0 {
+		c.DrainKey = []byte(randomToken(32))
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real()
+	}
+	if c.BootTime == 0 {
+		c.BootTime = DefaultBootTime
+	}
+	if c.CheckDelay == 0 {
+		c.CheckDelay = DefaultCheckDelay
+	}
+	if c.GatewayStartup == 0 {
+		c.GatewayStartup = DefaultGatewayStartup
+	}
+	if c.WatcherDelay == 0 {
+		c.WatcherDelay = DefaultWatcherDelay
+	}
+	if c.MarkerTTL == 0 {
+		c.MarkerTTL = DefaultMarkerTTL
+	}
+	if c.APISimTime {
+		c.RateLimitsSimTime, c.WaitSimTime = true, true
+	}
+	if c.RateTolerance == 0 {
+		c.RateTolerance = DefaultRateTolerance
+	}
+	if c.Workload.BusyFraction > 0 {
+		if c.Workload.TurnMedian == 0 {
+			c.Workload.TurnMedian = DefaultTurnMedian
+		}
+		if c.Workload.TurnSigma == 0 {
+			c.Workload.TurnSigma = DefaultTurnSigma
+		}
+	}
+	limits := DefaultLimits()
+	for k, v := range c.Limits {
+		limits[k] = v
+	}
+	c.Limits = limits
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.wallNow == nil {
+		c.wallNow = time.Now
+	}
+	return c, c.validate()
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.Apps < 0 {
+		errs = append(errs, fmt.Errorf("apps must be positive, got %d", c.Apps))
+	}
+	if c.MachinesPerApp < 0 {
+		errs = append(errs, fmt.Errorf("machines per app must be positive, got %d", c.MachinesPerApp))
+	}
+	if strings.ContainsAny(c.AppPrefix, "/ ?#{}") {
+		errs = append(errs, fmt.Errorf("app prefix %q has a character not allowed in an app name", c.AppPrefix))
+	}
+	if strings.ContainsAny(c.Org, "/ ?#&") {
+		errs = append(errs, fmt.Errorf("org %q has a character not allowed in an org slug", c.Org))
+	}
+	for _, r := range c.Regions {
+		if r == "" {
+			errs = append(errs, errors.New("regions must not hold an empty name"))
+			break
+		}
+	}
+	if strings.ContainsAny(c.FlyToken, " \t\r\n,") {
+		errs = append(errs, errors.New("fly token must not contain whitespace or commas"))
+	}
+	if err := drainsecret.CheckKey(c.DrainKey); err != nil {
+		errs = append(errs, err)
+	}
+	for name, d := range map[string]time.Duration{
+		"boot time": c.BootTime, "check delay": c.CheckDelay, "gateway startup": c.GatewayStartup,
+		"watcher delay": c.WatcherDelay, "marker ttl": c.MarkerTTL, "rate tolerance": c.RateTolerance,
+	} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))
+		}
+	}
+	w := c.Workload
+	if w.BusyFraction < 0 || w.BusyFraction >= 1 || math.IsNaN(w.BusyFraction) {
+		errs = append(errs, fmt.Errorf("busy fraction must be in [0, 1), got %g", w.BusyFraction))
+	}
+	if w.TurnMedian < 0 || w.TurnSigma < 0 {
+		errs = append(errs, errors.New("turn median and sigma must not be negative"))
+	}
+	for name, l := range c.Limits {
+		if l.Rate <= 0 || l.Burst <= 0 {
+			errs = append(errs, fmt.Errorf("limit %s needs a positive rate and burst", name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// randomToken returns n random bytes, base64url without padding.
+func randomToken(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails (crypto/rand panics on failure)
+	return base64.RawURLEncoding.EncodeToString(b)
+}

@@ -1,0 +1,144 @@
+package fleetsim
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"time"
+)
+
+// State is the simulator's view, as GET /_sim/state returns it (for a
+// simulator running in another process).
+type State struct {
+	Now            time.Time      `json:"now"`
+	Org            string         `json:"org"`
+	Machines       []MachineView  `json:"machines"`
+	Shutdowns      []Shutdown     `json:"shutdowns"`
+	RateViolations int            `json:"rate_violations"`
+	Requests       map[string]int `json:"requests"`
+	PeakPerSecond  map[string]int `json:"peak_per_second"`
+	Disrupted      int            `json:"disrupted"`
+	MaxDisrupted   int            `json:"max_disrupted"`
+}
+
+// Snapshot returns the whole observable state.
+func (s *Sim) Snapshot() State {
+	return State{
+		Now: s.clk.Now(), Org: s.cfg.Org, Machines: s.Machines(), Shutdowns: s.Shutdowns(),
+		RateViolations: s.RateViolations(), Requests: s.Requests(), PeakPerSecond: s.PeakPerSecond(),
+		Disrupted: s.Disrupted(), MaxDisrupted: s.MaxDisrupted(),
+	}
+}
+
+// ControlOp is one POST /_sim/control request.
+type ControlOp struct {
+	// Op: "gateway_down", "dashboard_down", "wrong_secret", "fail_image_pull",
+	// "never_healthy", "hold_lease", "add_turn".
+	Op        string   `json:"op"`
+	App       string   `json:"app"`
+	MachineID string   `json:"machine_id"`
+	On        bool     `json:"on"`
+	Image     string   `json:"image"`
+	Owner     string   `json:"owner"`
+	TTL       Duration `json:"ttl"`
+	Session   string   `json:"session"`
+	Start     Duration `json:"start"`
+	Duration  Duration `json:"duration"`
+}
+
+// handleControl serves /_sim/state (GET), /_sim/faults (POST, a map of
+// route name to FaultSpec) and /_sim/control (POST ControlOp), behind the
+// simulator's Fly token.
+func (s *Sim) handleControl(w http.ResponseWriter, r *http.Request) {
+	if !s.flyAuthorized(r) {
+		writeJSON(w, http.StatusUnauthorized, flyError{Error: "unauthorized"})
+		return
+	}
+	switch {
+	case r.URL.Path == "/_sim/state" && r.Method == http.MethodGet:
+		writeJSON(w, http.StatusOK, s.Snapshot())
+	case r.URL.Path == "/_sim/faults" && r.Method == http.MethodPost:
+		var specs map[string]FaultSpec
+		if !decodeBody(w, r, &specs) {
+			return
+		}
+		f := Faults{Routes: map[string]RouteFaults{}}
+		for route, spec := range specs {
+			f.Routes[route] = spec.routeFaults()
+		}
+		s.SetFaults(f)
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+	case r.URL.Path == "/_sim/control" && r.Method == http.MethodPost:
+		var op ControlOp
+		if !decodeBody(w, r, &op) {
+			return
+		}
+		s.control(w, op)
+	default:
+		writeJSON(w, http.StatusNotFound, flyError{Error: "not found"})
+	}
+}
+
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err == nil {
+		err = json.Unmarshal(b, v)
+	}
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, flyError{Error: "invalid body: " + err.Error()})
+		return false
+	}
+	return true
+}
+
+func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
+	needMachine := func() bool {
+		if s.lookupLocked(op.App, op.MachineID) == nil {
+			writeJSON(w, http.StatusNotFound, flyError{Error: "machine not found"})
+			return false
+		}
+		return true
+	}
+	switch op.Op {
+	case "gateway_down":
+		if !needMachine() {
+			return
+		}
+		s.SetGatewayDown(op.App, op.MachineID, op.On)
+	case "dashboard_down":
+		if !needMachine() {
+			return
+		}
+		s.SetDashboardDown(op.App, op.MachineID, op.On)
+	case "wrong_secret":
+		if s.MachineIDs(op.App) == nil {
+			writeJSON(w, http.StatusNotFound, flyError{Error: "app not found"})
+			return
+		}
+		s.SetWrongSecret(op.App, op.On)
+	case "fail_image_pull", "never_healthy":
+		if op.Image == "" {
+			writeJSON(w, http.StatusBadRequest, flyError{Error: "image is required"})
+			return
+		}
+		if op.Op == "fail_image_pull" {
+			s.FailImagePull(op.Image)
+		} else {
+			s.NeverHealthy(op.Image)
+		}
+	case "hold_lease":
+		if !needMachine() {
+			return
+		}
+		s.HoldLease(op.App, op.MachineID, op.Owner, op.TTL.Duration)
+	case "add_turn":
+		if !needMachine() {
+			return
+		}
+		s.AddTurn(op.App, op.MachineID, Turn{Session: op.Session, Start: op.Start.Duration, Duration: op.Duration.Duration})
+	default:
+		writeJSON(w, http.StatusBadRequest, flyError{Error: "unknown op " + op.Op})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}

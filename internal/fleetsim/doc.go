@@ -1,0 +1,147 @@
+// Package fleetsim is a simulated Hermes fleet on Fly.io: the subset of the
+// Fly Machines API that fly-go v0.9.3's flaps client calls, and one Hermes
+// dashboard per machine, on one loopback HTTP server. Contract tests, the
+// orchestrator's tests, the fleet benchmark and the sandbox point migrator
+// at it through the same environment variables as at production (Sim.Env):
+//
+//	FLY_API_TOKEN         the token the API accepts (Bearer or FlyV1)
+//	FLY_FLAPS_BASE_URL    Sim.URL(); flaps reads it when the client is built
+//	MIGRATOR_GATEWAY_URL  Sim.URL()+"/gateway/{app}/{machine_id}"
+//	MIGRATOR_DRAIN_KEY    the key every agent's secret is derived from
+//	MIGRATOR_FLY_ORG      the org slug ListApps answers for
+//
+// # Fleet
+//
+// Apps are named AppPrefix+"1" … AppPrefix+"N" (default hermes-agent-1…),
+// each with MachinesPerApp machines (14-hex ids, regions round-robin, a
+// volume mounted at /opt/data, an HTTP check "dashboard" on /api/status,
+// config.metadata = Fly's fly_* keys plus Config.Labels). Every agent's
+// drain secret is drainsecret.Derive(DrainKey, app). All names and ids are
+// reproducible from Config.Seed.
+//
+// # Time
+//
+// Config.Clock is the simulated timeline (tests use clock.NewScaled, e.g.
+// 100: one simulated second lasts 10 ms; or clock.NewManual). Boot, check,
+// gateway start-up and watcher delays, marker and lease expiry, and turns
+// are simulated time. Rate limits and the /wait timeout are wall time by
+// default, as a client must respect them against the real API;
+// Config.RateLimitsSimTime and Config.WaitSimTime (both: APISimTime) make
+// them simulated time instead, for a client that paces itself on the same
+// scaled clock (and so that "wait loops past 60 s" takes 0.6 s at 100×).
+// The lease TTL is simulated time (expires_at is a Unix time on the
+// simulated timeline), so a client under a fast clock with wall-time limits
+// must keep its lease refreshes under 1/s of wall time.
+//
+// Nothing runs per machine: state that changes with time alone (a boot
+// completing, a gateway leaving "starting", a marker expiring, turns
+// starting and ending) is computed from timestamps when a machine is next
+// read or written, and every write first brings the machine up to now, so
+// the past is evaluated under the parameters that held then. /wait callers
+// sleep on a timer to the next transition or a per-machine signal. The
+// disruption count is kept exact with one heap of "may recover at" times.
+// 10,000 machines take about 23 MiB of heap.
+//
+// # Machines API (paths and shapes as fly-go v0.9.3 expects)
+//
+//	GET    /v1/apps?org_slug=O               {"total_apps":N,"apps":[flaps.App…]}
+//	GET    /v1/apps/{app}                    flaps.App
+//	GET    /v1/apps/{app}/machines           [fly.Machine…] (region=, state=, metadata.K=V, summary=true)
+//	GET    /v1/apps/{app}/machines/{id}      fly.Machine
+//	POST   /v1/apps/{app}/machines/{id}      update with fly.LaunchMachineInput → 200 fly.Machine
+//	GET    …/{id}/wait?instance_id=|version=&state=&timeout=   200 {"ok":true} | 408
+//	POST   …/{id}/lease?ttl=N                201 acquire, 200 refresh (nonce header) | 409 | 404
+//	GET    …/{id}/lease                      200 lease (nonce hidden) | 404
+//	DELETE …/{id}/lease                      200 | 404 "lease not found" | 409 wrong nonce
+//	POST   …/{id}/start, …/{id}/stop          200 | 412 while replacing
+//
+// Every response carries Fly-Request-Id. A missing or wrong Authorization
+// is 401 {"error":"unauthorized"}; errors are {"error":"…"}, lease conflicts
+// {"status":"error","message":"machine ID X lease currently held by OWNER,
+// expires at RFC3339"} (also for a mutation without the lease's nonce
+// header, fly-machine-lease-nonce). A refresh with the nonce of an expired
+// lease is 404 "lease not found": the lease is gone, acquire again.
+//
+// An update of a started machine is a SIGTERM of the running instance
+// (recorded as a Shutdown), then "replacing" for BootTime with a new
+// instance_id (in the update's response already), then "started". An update
+// while replacing is 409 "concurrent update in progress". region and name
+// cannot change (400). skip_launch leaves the machine stopped with the new
+// config. The config is stored as sent: drop the mounts and the volume is
+// detached (MachineView.VolumeAttached), drop the checks and the check list
+// is empty. Check results: while the VM is not running the previous
+// instance's results stay on show with their old updated_at; after a boot
+// every check is critical (updated_at = boot) until CheckDelay, then passing
+// (updated_at = boot + CheckDelay). FailImagePull(image): the boot ends on
+// the last good config and instance id, started, with no trace but the
+// state (the new instance id is "failed" for /wait). NeverHealthy(image):
+// checks stay critical and the gateway ends "startup_failed".
+//
+// /wait answers once the machine, or the instance named by instance_id
+// (alias version; a replaced instance counts as "stopped"), is in one of
+// the states (default started), else 408 after timeout seconds (default and
+// cap 60); an unknown instance id is 400.
+//
+// Rate limits (DefaultLimits, token buckets keyed per machine and action,
+// per app for lists, per org for the app list): over the limit is 429 with
+// Retry-After in whole seconds, counted by RateViolations. Injected 429s
+// (SetFaults) carry Retry-After too but are not violations.
+//
+// # Dashboards
+//
+// /gateway/{app}/{machine_id}/api/gateway/drain and …/api/status behave as
+// shared/contracts/hermes-gateway.md says: 405 for another method (before
+// auth), 401 {"detail":…} unless Authorization is "Bearer <derived secret>"
+// (SetWrongSecret: the agent holds another secret, so always 401); a body
+// that is not JSON is {} and begins a drain; a JSON value that is not an
+// object (an array) is a plain-text 500, and so is a non-string action;
+// action is trimmed and lower-cased, falsy → "drain", unknown → 400
+// {"detail":"Unknown drain action …"}; suppress_notification goes through
+// Python's bool() (the string "false" is true). Responses:
+//
+//	{"ok":true,"action":"drain","requested_at":"…+00:00","draining":true,"suppress_notification":b}
+//	{"ok":true,"action":"cancel","was_draining":b}   (b: the marker file existed, even stale)
+//
+// While the VM is not running (replacing, stopped) or the machine is
+// unknown, the dashboard closes the connection without an answer, as a
+// refused connection would look to a client: a transport error, never a
+// status. SetDashboardDown does the same for a running machine.
+// SetGatewayDown instead kills the gateway process: the dashboard answers,
+// gateway_running false, gateway_state "stopped", turns are missed and work
+// in flight is lost (no ping); clearing it restarts the gateway with the
+// same epoch (it passes through "starting" and honours a current marker).
+//
+// The marker has requested_at, epoch and the quiet flag. Begin writes it
+// (a refresh of a current marker keeps when the watcher saw it and updates
+// age and flag: last writer wins); the watcher notices a new marker after
+// WatcherDelay, and only then does gateway_state read "draining" and new
+// turns get refused (turns that start before still run). A marker older
+// than MarkerTTL is ignored (the agent serves again). A VM boot changes the
+// epoch, so the old marker, still on the volume, reads absent: the new
+// gateway is "starting" for GatewayStartup, then "running". While draining,
+// gateway_busy and gateway_drainable are false; active_agents is turns in
+// flight; restart_drain_timeout is 0; version is the image tag.
+//
+// # Agents and shutdowns
+//
+// Each machine has turns (Workload: a seeded alternating renewal process,
+// busy with log-normal turns a BusyFraction of the time; or a script from
+// Workload.Turns; plus AddTurn). A turn starting while the gateway runs is
+// served and in flight until it ends; while draining it is refused; while
+// the gateway is not serving it is missed. At a SIGTERM (update or stop of
+// a running VM) the simulator records a Shutdown: ActiveAgents turns in
+// flight (all interrupted), SessionsPinged distinct sessions among them
+// (never suppressed), and HomeBroadcast unless a current (same epoch,
+// unexpired) marker has suppress_notification true. A dead gateway sends
+// nothing.
+//
+// Disrupted counts machines with a current marker, booting or stopped, or
+// whose gateway is not "running"; MaxDisrupted is its peak, exact at every
+// instant.
+//
+// # Control from another process
+//
+// Behind the Fly token: GET /_sim/state (State), POST /_sim/faults (route
+// name → FaultSpec) and POST /_sim/control (ControlOp), so tests driving a
+// standalone `migrator fleetsim` can observe and inject faults.
+package fleetsim

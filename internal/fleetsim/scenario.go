@@ -1,0 +1,227 @@
+package fleetsim
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Scenario is a fleet and its faults, as written in a TOML file for
+// `migrator fleetsim --scenario FILE`. Durations are Go duration strings.
+//
+//	org = "hermes"
+//	apps = 20
+//	machines_per_app = 1
+//	image = "registry.fly.io/hermes-agent:v1"
+//	time_scale = 10
+//	fail_image_pull = ["registry.fly.io/hermes-agent:broken"]
+//	never_healthy = ["registry.fly.io/hermes-agent:sick"]
+//	wrong_secret = ["hermes-agent-3"]
+//	gateway_down = ["hermes-agent-2"]      # every machine of these apps
+//
+//	[labels]                               # every machine's labels
+//	hermes_auto_update = "true"
+//
+//	[app_labels.hermes-agent-5]            # per-app labels, replacing [labels]
+//	hermes_auto_update = "false"
+//
+//	[workload]
+//	busy_fraction = 0.3
+//	turn_median = "45s"
+//	turn_sigma = 1.2
+//
+//	[faults."fly.update"]
+//	p429 = 0.1
+//	p5xx = 0.05
+//	latency = "20ms"
+//
+//	[[leases]]
+//	app = "hermes-agent-4"
+//	owner = "someone@example.com"
+//	ttl = "10m"
+type Scenario struct {
+	Org               string                       `toml:"org"`
+	Apps              int                          `toml:"apps"`
+	MachinesPerApp    int                          `toml:"machines_per_app"`
+	AppPrefix         string                       `toml:"app_prefix"`
+	Image             string                       `toml:"image"`
+	Regions           []string                     `toml:"regions"`
+	Seed              int64                        `toml:"seed"`
+	TimeScale         float64                      `toml:"time_scale"`
+	FlyToken          string                       `toml:"fly_token"`
+	DrainKey          string                       `toml:"drain_key"`
+	BootTime          Duration                     `toml:"boot_time"`
+	CheckDelay        Duration                     `toml:"check_delay"`
+	GatewayStartup    Duration                     `toml:"gateway_startup"`
+	WatcherDelay      Duration                     `toml:"watcher_delay"`
+	MarkerTTL         Duration                     `toml:"marker_ttl"`
+	DisableRateLimits bool                         `toml:"disable_rate_limits"`
+	RateLimitsSimTime bool                         `toml:"rate_limits_sim_time"`
+	WaitSimTime       bool                         `toml:"wait_sim_time"`
+	APISimTime        bool                         `toml:"api_sim_time"`
+	Labels            map[string]string            `toml:"labels"`
+	AppLabels         map[string]map[string]string `toml:"app_labels"`
+	Workload          struct {
+		BusyFraction float64  `toml:"busy_fraction"`
+		TurnMedian   Duration `toml:"turn_median"`
+		TurnSigma    float64  `toml:"turn_sigma"`
+	} `toml:"workload"`
+	Faults        map[string]FaultSpec `toml:"faults"`
+	FailImagePull []string             `toml:"fail_image_pull"`
+	NeverHealthy  []string             `toml:"never_healthy"`
+	WrongSecret   []string             `toml:"wrong_secret"`
+	GatewayDown   []string             `toml:"gateway_down"`
+	Leases        []struct {
+		App     string   `toml:"app"`
+		Machine string   `toml:"machine"` // empty: every machine of the app
+		Owner   string   `toml:"owner"`
+		TTL     Duration `toml:"ttl"`
+	} `toml:"leases"`
+}
+
+// FaultSpec is RouteFaults with duration strings (scenario files and the
+// /_sim/faults endpoint).
+type FaultSpec struct {
+	P429       float64  `toml:"p429" json:"p429"`
+	P5xx       float64  `toml:"p5xx" json:"p5xx"`
+	Latency    Duration `toml:"latency" json:"latency"`
+	RetryAfter Duration `toml:"retry_after" json:"retry_after"`
+	Status5xx  int      `toml:"status_5xx" json:"status_5xx"`
+}
+
+func (f FaultSpec) routeFaults() RouteFaults {
+	return RouteFaults{P429: f.P429, P5xx: f.P5xx, Latency: f.Latency.Duration,
+		RetryAfter: f.RetryAfter.Duration, Status5xx: f.Status5xx}
+}
+
+// Duration reads "90s"-style strings from TOML and JSON.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("bad duration %q: %w", b, err)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// ParseScenario reads a scenario file's contents; unknown keys are errors.
+func ParseScenario(data []byte) (*Scenario, error) {
+	var sc Scenario
+	md, err := toml.Decode(string(data), &sc)
+	if err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("scenario: unknown key %q", und[0].String())
+	}
+	if sc.TimeScale < 0 {
+		return nil, errors.New("scenario: time_scale must not be negative")
+	}
+	for name, f := range sc.Faults {
+		if f.P429 < 0 || f.P5xx < 0 || f.P429+f.P5xx > 1 {
+			return nil, fmt.Errorf("scenario: faults for %s: probabilities must be in [0, 1] and sum to at most 1", name)
+		}
+	}
+	return &sc, nil
+}
+
+// Config returns the simulator config the scenario describes (Clock left
+// to the caller, who knows the time scale).
+func (sc *Scenario) Config() Config {
+	c := Config{
+		Org: sc.Org, Apps: sc.Apps, MachinesPerApp: sc.MachinesPerApp, AppPrefix: sc.AppPrefix,
+		Image: sc.Image, Regions: sc.Regions, Seed: sc.Seed, FlyToken: sc.FlyToken,
+		BootTime: sc.BootTime.Duration, CheckDelay: sc.CheckDelay.Duration,
+		GatewayStartup: sc.GatewayStartup.Duration, WatcherDelay: sc.WatcherDelay.Duration,
+		MarkerTTL: sc.MarkerTTL.Duration, DisableRateLimits: sc.DisableRateLimits,
+		RateLimitsSimTime: sc.RateLimitsSimTime, WaitSimTime: sc.WaitSimTime, APISimTime: sc.APISimTime,
+		Workload: Workload{BusyFraction: sc.Workload.BusyFraction, TurnMedian: sc.Workload.TurnMedian.Duration,
+			TurnSigma: sc.Workload.TurnSigma},
+	}
+	if sc.DrainKey != "" {
+		c.DrainKey = []byte(sc.DrainKey)
+	}
+	if sc.Labels != nil || sc.AppLabels != nil {
+		def, perApp := sc.Labels, sc.AppLabels
+		if def == nil {
+			def = map[string]string{"hermes_auto_update": "true"}
+		}
+		c.Labels = func(appName, _ string) map[string]string {
+			if l, ok := perApp[appName]; ok {
+				return l
+			}
+			return def
+		}
+	}
+	return c
+}
+
+// Apply installs the scenario's faults on s. Unknown app names are errors.
+func (sc *Scenario) Apply(s *Sim) error {
+	if len(sc.Faults) > 0 {
+		f := Faults{Routes: map[string]RouteFaults{}}
+		for route, spec := range sc.Faults {
+			f.Routes[route] = spec.routeFaults()
+		}
+		s.SetFaults(f)
+	}
+	for _, img := range sc.FailImagePull {
+		s.FailImagePull(img)
+	}
+	for _, img := range sc.NeverHealthy {
+		s.NeverHealthy(img)
+	}
+	for _, a := range sc.WrongSecret {
+		if s.MachineIDs(a) == nil {
+			return fmt.Errorf("scenario: wrong_secret: no app %q", a)
+		}
+		s.SetWrongSecret(a, true)
+	}
+	for _, a := range sc.GatewayDown {
+		ids := s.MachineIDs(a)
+		if ids == nil {
+			return fmt.Errorf("scenario: gateway_down: no app %q", a)
+		}
+		for _, id := range ids {
+			s.SetGatewayDown(a, id, true)
+		}
+	}
+	for _, l := range sc.Leases {
+		ids := s.MachineIDs(l.App)
+		if ids == nil {
+			return fmt.Errorf("scenario: leases: no app %q", l.App)
+		}
+		if l.Machine != "" {
+			ids = []string{l.Machine}
+			if s.lookupLocked(l.App, l.Machine) == nil {
+				return fmt.Errorf("scenario: leases: no machine %s/%s", l.App, l.Machine)
+			}
+		}
+		ttl := l.TTL.Duration
+		if ttl <= 0 {
+			ttl = time.Hour
+		}
+		owner := l.Owner
+		if owner == "" {
+			owner = "someone-else@tokens.fly.io"
+		}
+		for _, id := range ids {
+			s.HoldLease(l.App, id, owner, ttl)
+		}
+	}
+	return nil
+}
+
+func (s *Sim) lookupLocked(appName, id string) *machine {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lookup(appName, id)
+}

@@ -1,0 +1,884 @@
+package fleetsim
+
+import (
+	"container/heap"
+	"encoding/hex"
+	"fmt"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	fly "github.com/superfly/fly-go"
+
+	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/drainsecret"
+)
+
+// Sim is a simulated fleet: the Fly Machines API subset migrator uses and one
+// Hermes dashboard per machine, on one loopback HTTP server. All methods are
+// safe for concurrent use.
+type Sim struct {
+	cfg    Config
+	clk    clock.Clock
+	origin time.Time // the simulation's start, on the simulated timeline
+
+	mu           sync.Mutex
+	apps         []*app
+	appByName    map[string]*app
+	machines     []*machine
+	rng          *mrand.Rand
+	shutdowns    []Shutdown
+	failPull     map[string]bool
+	neverHealthy map[string]bool
+	relief       reliefHeap // when disrupted machines may stop being disrupted
+	disrupted    int
+	maxDisrupt   int
+
+	obs   observer
+	reqID atomic.Uint64
+
+	srvMu  sync.Mutex
+	srv    *http.Server
+	ln     net.Listener
+	url    string
+	done   chan struct{}
+	closed bool
+}
+
+type app struct {
+	name, id    string
+	machines    []*machine
+	byID        map[string]*machine
+	secret      string // the agent's HERMES_DASHBOARD_DRAIN_SECRET
+	wrongSecret bool
+}
+
+type vmState int
+
+const (
+	vmStarted vmState = iota
+	vmStopped
+	vmBooting
+)
+
+// phase is what the agent's processes are doing at an instant.
+type phase int
+
+const (
+	phaseOff      phase = iota // VM not running: the dashboard is unreachable
+	phaseDown                  // gateway process dead; the dashboard answers
+	phaseStarting              // gateway booting
+	phaseFailed                // gateway startup_failed
+	phaseRunning
+	phaseDraining
+)
+
+func (p phase) alive() bool { return p == phaseStarting || p == phaseRunning || p == phaseDraining }
+
+// gatewayState is the /api/status gateway_state of a phase ("" for off).
+func (p phase) gatewayState() string {
+	return [...]string{"", "stopped", "starting", "startup_failed", "running", "draining"}[p]
+}
+
+type machine struct {
+	app       *app
+	id, name  string
+	region    string
+	privateIP string
+	volumeID  string
+	createdAt time.Time
+	updatedAt time.Time
+
+	state      vmState
+	bootKind   string // API state while booting: "replacing" or "starting"
+	bootAt     time.Time
+	bootFails  bool // the booting image cannot be pulled: flyd reverts
+	bootSick   bool // the booting instance never becomes healthy
+	startedAt  time.Time
+	gwStart    time.Time // gateway process start (a restart keeps the epoch)
+	epoch      int       // changes on every VM boot
+	unhealthy  bool
+	instanceID string
+	config     *fly.MachineConfig // never mutated once stored
+	good       struct {           // last config that booted
+		config   *fly.MachineConfig
+		instance string
+	}
+	past        []pastInstance
+	staleChecks []*fly.MachineCheckStatus // shown while the VM is not running
+	events      []*fly.MachineEvent       // chronological; future ones hidden
+	updates     int
+
+	lease         *lease
+	marker        *marker
+	gatewayDown   bool
+	dashboardDown bool
+
+	turns       turnSource
+	inflight    []absTurn
+	served      int
+	refused     int
+	missed      int
+	interrupted int
+	lost        int
+
+	disrupted bool
+	disGen    uint64
+	waitCh    chan struct{} // closed on the next mutation; nil if nobody waits
+}
+
+type pastInstance struct{ id, state string }
+
+type lease struct {
+	nonce, owner, version string
+	expires               time.Time
+}
+
+// marker is {HERMES_HOME}/.drain_request.json on the machine's volume.
+type marker struct {
+	epoch       int
+	requestedAt time.Time
+	suppress    bool
+	noticeAt    time.Time // when the watcher sees it
+}
+
+// New builds the fleet; Start serves it.
+func New(cfg Config) (*Sim, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("fleetsim: invalid config: %w", err)
+	}
+	s := &Sim{
+		cfg:          cfg,
+		clk:          cfg.Clock,
+		origin:       cfg.Clock.Now(),
+		appByName:    make(map[string]*app, cfg.Apps),
+		rng:          mrand.New(mrand.NewPCG(uint64(cfg.Seed), 0x5eed)),
+		failPull:     map[string]bool{},
+		neverHealthy: map[string]bool{},
+		done:         make(chan struct{}),
+	}
+	s.obs.init(cfg)
+	base := baseConfig(cfg.Image)
+	s.machines = make([]*machine, 0, cfg.Apps*cfg.MachinesPerApp)
+	booted := s.origin.Add(-10 * time.Minute)
+	for i := 1; i <= cfg.Apps; i++ {
+		a := &app{name: fmt.Sprintf("%s%d", cfg.AppPrefix, i), byID: make(map[string]*machine, cfg.MachinesPerApp)}
+		a.id = s.hexID(16)
+		a.secret = drainsecret.Derive(cfg.DrainKey, a.name)
+		for j := 0; j < cfg.MachinesPerApp; j++ {
+			m := &machine{
+				app:        a,
+				id:         s.hexID(14),
+				region:     cfg.Regions[len(s.machines)%len(cfg.Regions)],
+				volumeID:   "vol_" + s.hexID(16),
+				createdAt:  s.origin.Add(-24 * time.Hour),
+				updatedAt:  booted,
+				state:      vmStarted,
+				startedAt:  booted,
+				gwStart:    booted,
+				epoch:      1,
+				instanceID: s.instanceID(booted),
+			}
+			m.name = fmt.Sprintf("%s-%d", a.name, j+1)
+			m.privateIP = fmt.Sprintf("fdaa:0:%x:a7b:%x:%s:%s:2", 0x1000+i%0xefff, 0x100+len(s.machines)%0xeff, m.id[:4], m.id[4:8])
+			m.config = s.initialConfig(base, a.name, m)
+			m.good.config, m.good.instance = m.config, m.instanceID
+			m.events = []*fly.MachineEvent{
+				{Type: "launch", Status: "created", Source: "user", Timestamp: m.createdAt.UnixMilli()},
+				{Type: "start", Status: "started", Source: "flyd", Timestamp: booted.UnixMilli()},
+			}
+			s.initTurns(m)
+			a.machines = append(a.machines, m)
+			a.byID[m.id] = m
+			s.machines = append(s.machines, m)
+		}
+		s.apps = append(s.apps, a)
+		s.appByName[a.name] = a
+	}
+	return s, nil
+}
+
+// baseConfig is the part of every machine's config that is the same fleet
+// wide; machines share its maps, which are never mutated.
+func baseConfig(image string) fly.MachineConfig {
+	port := 9119
+	typ, method, path := "http", "GET", "/api/status"
+	return fly.MachineConfig{
+		Image:   image,
+		Env:     map[string]string{"HERMES_HOME": "/opt/data"},
+		Guest:   &fly.MachineGuest{CPUKind: "shared", CPUs: 1, MemoryMB: 1024},
+		Restart: &fly.MachineRestart{Policy: fly.MachineRestartPolicyOnFailure, MaxRetries: 10},
+		Checks: map[string]fly.MachineCheck{
+			"dashboard": {
+				Port: &port, Type: &typ, HTTPMethod: &method, HTTPPath: &path,
+				Interval:    &fly.Duration{Duration: 15 * time.Second},
+				Timeout:     &fly.Duration{Duration: 5 * time.Second},
+				GracePeriod: &fly.Duration{Duration: 10 * time.Second},
+			},
+		},
+	}
+}
+
+func (s *Sim) initialConfig(base fly.MachineConfig, appName string, m *machine) *fly.MachineConfig {
+	c := base
+	md := map[string]string{
+		fly.MachineConfigMetadataKeyFlyPlatformVersion: fly.MachineFlyPlatformVersion2,
+		fly.MachineConfigMetadataKeyFlyProcessGroup:    fly.MachineProcessGroupApp,
+		fly.MachineConfigMetadataKeyFlyReleaseVersion:  "1",
+	}
+	for k, v := range s.cfg.Labels(appName, m.id) {
+		md[k] = v
+	}
+	c.Metadata = md
+	c.Mounts = []fly.MachineMount{{Path: "/opt/data", Volume: m.volumeID, Name: "hermes_data", SizeGb: 1}}
+	return &c
+}
+
+func (s *Sim) initTurns(m *machine) {
+	w := s.cfg.Workload
+	switch {
+	case w.Turns != nil:
+		rng := mrand.New(mrand.NewPCG(uint64(s.cfg.Seed), hashKey(m.app.name+"/"+m.id)))
+		for _, t := range w.Turns(m.app.name, m.id, rng) {
+			m.turns.add(absTurn{session: t.Session, start: s.origin.Add(t.Start), dur: t.Duration})
+		}
+	case w.BusyFraction > 0:
+		m.turns.gen = newGenerator(s.cfg.Seed, m.app.name+"/"+m.id, s.origin, w)
+	}
+}
+
+func (s *Sim) hexID(n int) string {
+	b := make([]byte, (n+1)/2)
+	for i := range b {
+		b[i] = byte(s.rng.Uint32())
+	}
+	return hex.EncodeToString(b)[:n]
+}
+
+const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+// instanceID returns a ULID (48-bit millisecond time, 80 random bits), the
+// form of Fly's instance ids.
+func (s *Sim) instanceID(at time.Time) string {
+	var b [26]byte
+	ms := uint64(at.UnixMilli())
+	for i := 9; i >= 0; i-- {
+		b[i] = crockford[ms&31]
+		ms >>= 5
+	}
+	for i := 10; i < 26; i++ {
+		b[i] = crockford[s.rng.IntN(32)]
+	}
+	return string(b[:])
+}
+
+// ---- the lazy model -------------------------------------------------------
+//
+// Nothing runs per machine. State that changes with time alone (a boot
+// finishing, the gateway leaving "starting", a marker expiring, turns
+// starting and ending) is computed from timestamps when the machine is next
+// looked at; every mutation first brings the machine up to now, so the past
+// is always evaluated under the parameters that held then.
+
+// settle applies the boot that completed by t.
+func (s *Sim) settle(m *machine, t time.Time) {
+	if m.state != vmBooting || t.Before(m.bootAt) {
+		return
+	}
+	m.state = vmStarted
+	m.startedAt, m.gwStart = m.bootAt, m.bootAt
+	m.epoch++
+	if m.bootFails {
+		// flyd could not pull the image: it silently brings the old
+		// version back.
+		m.addPast(m.instanceID, "failed")
+		m.config, m.instanceID = m.good.config, m.good.instance
+	} else {
+		m.good.config, m.good.instance = m.config, m.instanceID
+	}
+	m.unhealthy = m.bootSick
+	m.bootFails, m.bootSick = false, false
+}
+
+func (m *machine) addPast(id, state string) {
+	const keep = 8
+	if len(m.past) == keep {
+		copy(m.past, m.past[1:])
+		m.past = m.past[:keep-1]
+	}
+	m.past = append(m.past, pastInstance{id, state})
+}
+
+// phaseAt must follow settle(m, t).
+func (s *Sim) phaseAt(m *machine, t time.Time) phase {
+	switch {
+	case m.state != vmStarted || t.Before(m.startedAt):
+		return phaseOff
+	case m.gatewayDown:
+		return phaseDown
+	case t.Before(m.gwStart.Add(s.cfg.GatewayStartup)):
+		return phaseStarting
+	case m.unhealthy:
+		return phaseFailed
+	case s.markerCurrent(m, t) && !t.Before(m.marker.noticeAt):
+		return phaseDraining
+	}
+	return phaseRunning
+}
+
+// markerCurrent: present, stamped with this boot's epoch, and not expired.
+func (s *Sim) markerCurrent(m *machine, t time.Time) bool {
+	mk := m.marker
+	return mk != nil && mk.epoch == m.epoch && !t.After(mk.requestedAt.Add(s.cfg.MarkerTTL))
+}
+
+// advance brings m up to now: turns that started since the last look are
+// admitted, refused (draining) or missed (gateway not serving), and the
+// in-flight list loses the turns that ended.
+func (s *Sim) advance(m *machine, now time.Time) {
+	for {
+		at, ok := m.turns.peek()
+		if !ok || at.After(now) {
+			break
+		}
+		t := m.turns.pop()
+		s.settle(m, t.start)
+		switch s.phaseAt(m, t.start) {
+		case phaseRunning:
+			if len(m.inflight) >= 8 {
+				m.inflight = pruneTurns(m.inflight, t.start)
+			}
+			m.inflight = append(m.inflight, t)
+			m.served++
+		case phaseDraining:
+			m.refused++
+		default:
+			m.missed++
+		}
+	}
+	s.settle(m, now)
+	m.inflight = pruneTurns(m.inflight, now)
+}
+
+func pruneTurns(ts []absTurn, now time.Time) []absTurn {
+	out := ts[:0]
+	for _, t := range ts {
+		if t.end().After(now) {
+			out = append(out, t)
+		}
+	}
+	clear(ts[len(out):])
+	return out
+}
+
+// active is the number of turns in flight; call after advance.
+func (m *machine) active() int { return len(m.inflight) }
+
+// bringUp starts a mutation at now: disruption reliefs due so far are
+// applied first, so that MaxDisrupted never counts a machine that was
+// already back.
+func (s *Sim) bringUp(m *machine) time.Time {
+	now := s.clk.Now()
+	s.pump(now)
+	s.advance(m, now)
+	return now
+}
+
+// touched ends a mutation: the disruption count is updated and /wait
+// callers re-check.
+func (s *Sim) touched(m *machine, now time.Time) {
+	m.updatedAt = now
+	s.evalDisruption(m, now)
+	if m.waitCh != nil {
+		close(m.waitCh)
+		m.waitCh = nil
+	}
+}
+
+func (m *machine) waiter() <-chan struct{} {
+	if m.waitCh == nil {
+		m.waitCh = make(chan struct{})
+	}
+	return m.waitCh
+}
+
+// sigterm is the VM being stopped (recreate or stop) while running: the
+// gateway pings every session with work in flight, broadcasts to the home
+// channel unless a current marker asks for quiet, and its work is cut off.
+func (s *Sim) sigterm(m *machine, now time.Time, cause string) {
+	ph := s.phaseAt(m, now)
+	sd := Shutdown{App: m.app.name, MachineID: m.id, InstanceID: m.instanceID, Image: m.config.Image,
+		At: now, Cause: cause, GatewayUp: ph.alive()}
+	if ph.alive() {
+		sessions := map[string]struct{}{}
+		for _, t := range m.inflight {
+			sessions[t.session] = struct{}{}
+		}
+		sd.ActiveAgents = len(m.inflight)
+		sd.SessionsPinged = len(sessions)
+		sd.Draining = s.markerCurrent(m, now)
+		sd.Quiet = sd.Draining && m.marker.suppress
+		sd.HomeBroadcast = !sd.Quiet
+	}
+	m.interrupted += len(m.inflight)
+	m.inflight = m.inflight[:0]
+	m.staleChecks = s.checksAt(m, now)
+	m.events = append(m.events, &fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: now.UnixMilli(),
+		Request: &fly.MachineRequest{ExitEvent: &fly.MachineExitEvent{RequestedStop: true, Signal: 15, ExitedAt: now.UTC()}}})
+	s.shutdowns = append(s.shutdowns, sd)
+	s.cfg.Logger.Debug("fleetsim: sigterm", "app", sd.App, "machine_id", sd.MachineID, "cause", cause,
+		"active_agents", sd.ActiveAgents, "home_broadcast", sd.HomeBroadcast)
+}
+
+// boot schedules the VM's next start.
+func (s *Sim) boot(m *machine, now time.Time, kind string) {
+	m.state = vmBooting
+	m.bootKind = kind
+	m.bootAt = now.Add(s.cfg.BootTime)
+	img := m.config.Image
+	m.bootFails = s.failPull[img]
+	if m.bootFails {
+		m.bootSick = s.neverHealthy[m.good.config.Image]
+	} else {
+		m.bootSick = s.neverHealthy[img]
+	}
+	m.events = append(m.events, &fly.MachineEvent{Type: "start", Status: "started", Source: "flyd", Timestamp: m.bootAt.UnixMilli()})
+}
+
+// ---- disruption accounting -------------------------------------------------
+
+// isDisrupted: draining (a current marker, noticed or not), booting,
+// stopped, or a gateway that is not serving.
+func (s *Sim) isDisrupted(m *machine, t time.Time) bool {
+	return s.phaseAt(m, t) != phaseRunning || s.markerCurrent(m, t)
+}
+
+// nextRelief is the earliest time a disrupted machine may stop being
+// disrupted without a mutation. Disruption only grows through mutations,
+// so tracking these is enough to know the count at every instant.
+func (s *Sim) nextRelief(m *machine, t time.Time) (time.Time, bool) {
+	var best time.Time
+	ok := false
+	consider := func(at time.Time) {
+		if at.After(t) && (!ok || at.Before(best)) {
+			best, ok = at, true
+		}
+	}
+	if m.state == vmBooting {
+		consider(m.bootAt)
+	}
+	if ph := s.phaseAt(m, t); ph == phaseStarting && !m.unhealthy {
+		consider(m.gwStart.Add(s.cfg.GatewayStartup))
+	}
+	if s.markerCurrent(m, t) {
+		consider(m.marker.requestedAt.Add(s.cfg.MarkerTTL + 1))
+	}
+	return best, ok
+}
+
+func (s *Sim) evalDisruption(m *machine, now time.Time) {
+	d := s.isDisrupted(m, now)
+	if d != m.disrupted {
+		if d {
+			s.disrupted++
+		} else {
+			s.disrupted--
+		}
+		m.disrupted = d
+	}
+	s.maxDisrupt = max(s.maxDisrupt, s.disrupted)
+	m.disGen++
+	if d {
+		if at, ok := s.nextRelief(m, now); ok {
+			heap.Push(&s.relief, reliefEntry{at: at, m: m, gen: m.disGen})
+		}
+	}
+}
+
+// pump applies the reliefs due by now.
+func (s *Sim) pump(now time.Time) {
+	for len(s.relief) > 0 && !s.relief[0].at.After(now) {
+		e := heap.Pop(&s.relief).(reliefEntry)
+		if e.gen == e.m.disGen {
+			s.advance(e.m, now)
+			s.evalDisruption(e.m, now)
+		}
+	}
+}
+
+type reliefEntry struct {
+	at  time.Time
+	m   *machine
+	gen uint64
+}
+
+type reliefHeap []reliefEntry
+
+func (h reliefHeap) Len() int           { return len(h) }
+func (h reliefHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h reliefHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *reliefHeap) Push(x any)        { *h = append(*h, x.(reliefEntry)) }
+func (h *reliefHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = reliefEntry{}
+	*h = old[:len(old)-1]
+	return e
+}
+
+// ---- lookups ---------------------------------------------------------------
+
+func (s *Sim) lookup(appName, id string) *machine {
+	a := s.appByName[appName]
+	if a == nil {
+		return nil
+	}
+	return a.byID[id]
+}
+
+// mustMachine is for the control methods: a wrong name is a bug in the test.
+func (s *Sim) mustMachine(appName, id string) *machine {
+	m := s.lookup(appName, id)
+	if m == nil {
+		panic(fmt.Sprintf("fleetsim: no machine %s/%s", appName, id))
+	}
+	return m
+}
+
+// ---- accessors -------------------------------------------------------------
+
+// FlyToken is the token the Machines API accepts.
+func (s *Sim) FlyToken() string { return s.cfg.FlyToken }
+
+// DrainKey is the key every agent's drain secret is derived from.
+func (s *Sim) DrainKey() []byte { return append([]byte(nil), s.cfg.DrainKey...) }
+
+// Org is the organization slug of every app.
+func (s *Sim) Org() string { return s.cfg.Org }
+
+// Clock is the simulated timeline.
+func (s *Sim) Clock() clock.Clock { return s.clk }
+
+// Origin is the simulation's start on its timeline (turn offsets count
+// from it).
+func (s *Sim) Origin() time.Time { return s.origin }
+
+// Apps lists the app names in order.
+func (s *Sim) Apps() []string {
+	out := make([]string, len(s.apps))
+	for i, a := range s.apps {
+		out[i] = a.name
+	}
+	return out
+}
+
+// MachineIDs lists the machine ids of app, in creation order.
+func (s *Sim) MachineIDs(appName string) []string {
+	a := s.appByName[appName]
+	if a == nil {
+		return nil
+	}
+	out := make([]string, len(a.machines))
+	for i, m := range a.machines {
+		out[i] = m.id
+	}
+	return out
+}
+
+// ---- observation -----------------------------------------------------------
+
+// Shutdown is one SIGTERM of a running VM (a recreate or a stop), as the
+// gateway handled it.
+type Shutdown struct {
+	App, MachineID, InstanceID, Image string // the instance that was stopped
+	At                                time.Time
+	Cause                             string // "update" or "stop"
+	// HomeBroadcast: the home-channel "shutting down" message was sent
+	// (unless a current marker had suppress_notification true).
+	HomeBroadcast bool
+	// SessionsPinged: sessions with turns in flight, told their task was
+	// interrupted (never suppressed).
+	SessionsPinged int
+	// ActiveAgents: turns in flight, all interrupted.
+	ActiveAgents int
+	// Quiet: a current marker with suppress_notification true existed.
+	Quiet bool
+	// Draining: a current marker existed (quiet or loud).
+	Draining bool
+	// GatewayUp: the gateway process was alive to send anything at all.
+	GatewayUp bool
+}
+
+// Shutdowns returns every SIGTERM so far, in order.
+func (s *Sim) Shutdowns() []Shutdown {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Shutdown(nil), s.shutdowns...)
+}
+
+// MachineView is a machine as the simulator sees it now.
+type MachineView struct {
+	App, ID, Region string
+	State           string // the Machines API state
+	InstanceID      string
+	Image           string
+	// GatewayState: "running", "draining", "starting", "startup_failed",
+	// "stopped" (gateway process down) or "unreachable" (VM not running).
+	GatewayState string
+	ActiveAgents int
+	Draining     bool // the gateway refuses new turns
+	Updates      int
+	Labels       map[string]string
+
+	PrivateIP      string
+	MarkerPresent  bool // the marker file is on the volume, current or not
+	MarkerCurrent  bool // it is this boot's and unexpired
+	MarkerQuiet    bool // its suppress_notification flag
+	LeaseOwner     string
+	ChecksPassing  bool // every configured check passes (false if none)
+	VolumeAttached bool // the config still mounts the machine's volume
+
+	TurnsServed, TurnsRefused, TurnsMissed, TurnsInterrupted, TurnsLost int
+}
+
+// Machine returns the view of one machine; it panics on an unknown name.
+func (s *Sim) Machine(appName, id string) MachineView {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.mustMachine(appName, id)
+	now := s.clk.Now()
+	s.pump(now)
+	s.advance(m, now)
+	return s.view(m, now)
+}
+
+// Machines returns the view of every machine.
+func (s *Sim) Machines() []MachineView {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.clk.Now()
+	s.pump(now)
+	out := make([]MachineView, len(s.machines))
+	for i, m := range s.machines {
+		s.advance(m, now)
+		out[i] = s.view(m, now)
+	}
+	return out
+}
+
+func (s *Sim) view(m *machine, now time.Time) MachineView {
+	ph := s.phaseAt(m, now)
+	gs := ph.gatewayState()
+	if ph == phaseOff {
+		gs = "unreachable"
+	}
+	v := MachineView{
+		App: m.app.name, ID: m.id, Region: m.region, State: apiState(m), InstanceID: m.instanceID,
+		Image: m.config.Image, GatewayState: gs, Draining: ph == phaseDraining, Updates: m.updates,
+		PrivateIP: m.privateIP, MarkerPresent: m.marker != nil, MarkerCurrent: s.markerCurrent(m, now),
+		VolumeAttached: mountsVolume(m.config, m.volumeID),
+		TurnsServed:    m.served, TurnsRefused: m.refused, TurnsMissed: m.missed,
+		TurnsInterrupted: m.interrupted, TurnsLost: m.lost,
+	}
+	if ph.alive() {
+		v.ActiveAgents = m.active()
+	}
+	if m.marker != nil {
+		v.MarkerQuiet = m.marker.suppress
+	}
+	if m.lease != nil && now.Before(m.lease.expires) {
+		v.LeaseOwner = m.lease.owner
+	}
+	v.Labels = make(map[string]string, len(m.config.Metadata))
+	for k, val := range m.config.Metadata {
+		v.Labels[k] = val
+	}
+	checks := s.checksAt(m, now)
+	v.ChecksPassing = len(checks) > 0
+	for _, c := range checks {
+		if c.Status != fly.Passing {
+			v.ChecksPassing = false
+		}
+	}
+	return v
+}
+
+func mountsVolume(c *fly.MachineConfig, vol string) bool {
+	for _, mt := range c.Mounts {
+		if mt.Volume == vol {
+			return true
+		}
+	}
+	return false
+}
+
+// Updates is how many times the machine was updated through the API.
+func (s *Sim) Updates(appName, id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mustMachine(appName, id).updates
+}
+
+// Disrupted is the number of machines now draining (a current marker),
+// booting, stopped, or whose gateway is not serving.
+func (s *Sim) Disrupted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pump(s.clk.Now())
+	return s.disrupted
+}
+
+// MaxDisrupted is the highest Disrupted ever reached.
+func (s *Sim) MaxDisrupted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pump(s.clk.Now())
+	return s.maxDisrupt
+}
+
+// ResetMaxDisrupted restarts MaxDisrupted from the current count (e.g.
+// after a scenario's set-up).
+func (s *Sim) ResetMaxDisrupted() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pump(s.clk.Now())
+	s.maxDisrupt = s.disrupted
+}
+
+// ---- control ---------------------------------------------------------------
+
+// AddTurn scripts a turn on one machine; t.Start counts from now (a
+// negative Start is clamped to now).
+func (s *Sim) AddTurn(appName, id string, t Turn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.mustMachine(appName, id)
+	now := s.bringUp(m)
+	m.turns.add(absTurn{session: t.Session, start: now.Add(max(t.Start, 0)), dur: t.Duration})
+}
+
+// HoldLease makes another owner (default "someone-else@tokens.fly.io") hold
+// the machine's lease for ttl of simulated time.
+func (s *Sim) HoldLease(appName, id, owner string, ttl time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.mustMachine(appName, id)
+	now := s.bringUp(m)
+	if owner == "" {
+		owner = "someone-else@tokens.fly.io"
+	}
+	m.lease = &lease{nonce: s.hexID(32), owner: owner, version: m.instanceID, expires: now.Add(ttl)}
+	s.touched(m, now)
+}
+
+// SetGatewayDown kills (down) or restarts the gateway process of a machine.
+// While down the dashboard still answers: /api/status reports
+// gateway_running false and gateway_state "stopped", a drain POST still
+// writes the marker, turns are missed, and work in flight is lost without
+// a ping. A restart keeps the VM's epoch (like an s6 respawn), so a current
+// marker is honoured again after "starting". The flag survives reboots
+// until cleared.
+func (s *Sim) SetGatewayDown(appName, id string, down bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.mustMachine(appName, id)
+	now := s.bringUp(m)
+	if down == m.gatewayDown {
+		return
+	}
+	m.gatewayDown = down
+	if down {
+		m.lost += len(m.inflight)
+		m.inflight = m.inflight[:0]
+	} else {
+		m.gwStart = now
+	}
+	s.touched(m, now)
+}
+
+// SetDashboardDown makes a machine's dashboard unreachable (connections are
+// closed without an answer, as a refused connection would be) or reachable
+// again; the gateway keeps running.
+func (s *Sim) SetDashboardDown(appName, id string, down bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mustMachine(appName, id).dashboardDown = down
+}
+
+// SetWrongSecret makes the app's agent hold a different drain secret, so
+// every drain request is refused with 401.
+func (s *Sim) SetWrongSecret(appName string, wrong bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.appByName[appName]
+	if a == nil {
+		panic(fmt.Sprintf("fleetsim: no app %s", appName))
+	}
+	a.wrongSecret = wrong
+}
+
+// FailImagePull makes boots on image fail to pull: flyd silently reverts
+// the machine to its last good config and instance, and starts it.
+func (s *Sim) FailImagePull(image string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failPull[image] = true
+}
+
+// NeverHealthy makes instances booted on image fail their health checks
+// forever, their gateway ending in startup_failed.
+func (s *Sim) NeverHealthy(image string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.neverHealthy[image] = true
+}
+
+// ---- shared helpers --------------------------------------------------------
+
+func apiState(m *machine) string {
+	switch m.state {
+	case vmStopped:
+		return fly.MachineStateStopped
+	case vmBooting:
+		return m.bootKind
+	}
+	return fly.MachineStateStarted
+}
+
+func checkNames(c *fly.MachineConfig) []string {
+	names := make([]string, 0, len(c.Checks))
+	for n := range c.Checks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// checksAt is the check results of the running instance; while the VM is
+// not running the last results stay on show, with their old timestamps.
+func (s *Sim) checksAt(m *machine, t time.Time) []*fly.MachineCheckStatus {
+	if m.state != vmStarted || t.Before(m.startedAt) {
+		return m.staleChecks
+	}
+	names := checkNames(m.config)
+	if len(names) == 0 {
+		return nil
+	}
+	passAt := m.startedAt.Add(s.cfg.CheckDelay)
+	out := make([]*fly.MachineCheckStatus, len(names))
+	for i, n := range names {
+		if m.unhealthy || t.Before(passAt) {
+			at := m.startedAt.UTC()
+			out[i] = &fly.MachineCheckStatus{Name: n, Status: fly.Critical, Output: "dial tcp: connect: connection refused", UpdatedAt: &at}
+		} else {
+			at := passAt.UTC()
+			out[i] = &fly.MachineCheckStatus{Name: n, Status: fly.Passing, Output: "200 OK", UpdatedAt: &at}
+		}
+	}
+	return out
+}
