@@ -63,6 +63,9 @@ CREATE TABLE machine_migrations (
     lease_nonce       text        NOT NULL DEFAULT '',
     lease_expires_at  timestamptz,
     updated_machine_at timestamptz,
+    -- launch: the machine was running, so the update launches the new
+    -- instance; a stopped machine only gets the new config (no drain either).
+    launch            boolean     NOT NULL DEFAULT true,
     error             text        NOT NULL DEFAULT '',
     -- version guards against two executions of the same job (River delivers
     -- at least once): every write checks and bumps it.

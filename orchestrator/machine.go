@@ -256,6 +256,12 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		}
 	}
 
+	// Fly launches the new instance only for a machine that was started,
+	// starting or failed; a stopped one just gets the new config. Only a
+	// started or starting machine has an agent with users to drain.
+	s.m.Launch = launchable(mach.State)
+	drain := mach.State == "started" || mach.State == "starting"
+
 	now := s.now()
 	d := s.o.pol.Decide(policy.Cause(run.Cause), policy.Machine{
 		App: s.m.App, MachineID: s.m.MachineID, Region: mach.Region, Image: mach.Image,
@@ -280,8 +286,12 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		OnDeadline: string(d.OnDeadline), MaxDeferrals: d.MaxDeferrals, DecidedAt: now, DeadlineAt: now.Add(wait),
 	}
 	// The decision is on record before the gateway hears of it.
-	if err := s.transition(ctx, store.StateDecided, map[string]any{"quiet": d.Quiet, "rule": d.Rule,
-		"policy_version": d.Version, "on_deadline": d.OnDeadline, "deadline_at": now.Add(wait)}); err != nil {
+	to := store.StateDecided
+	if !drain {
+		to = store.StateUpdating
+	}
+	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
+		"on_deadline": d.OnDeadline, "deadline_at": now.Add(wait), "machine_state": mach.State}); err != nil {
 		return next{}, err
 	}
 	return next{}, nil
@@ -521,7 +531,11 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		return next{}, err
 	}
 	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
-	reached, err := s.o.fly.WaitOnce(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, "started", s.o.cfg.WaitStep)
+	want := "started"
+	if !s.m.Launch {
+		want = "stopped"
+	}
+	reached, err := s.o.fly.WaitOnce(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, want, s.o.cfg.WaitStep)
 	if err != nil && !flymachines.IsTransient(err) {
 		return s.startRollback(ctx, fmt.Sprintf("wait for new instance: %v", err))
 	}
@@ -535,7 +549,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 				m.State, m.InstanceID, m.Image, s.m.ToInstanceID, s.m.ToImage))
 		}
 		if late {
-			return s.startRollback(ctx, fmt.Sprintf("new instance %s not started within %s", s.m.ToInstanceID, s.o.cfg.VerifyTimeout))
+			return s.startRollback(ctx, fmt.Sprintf("new instance %s not %s within %s", s.m.ToInstanceID, want, s.o.cfg.VerifyTimeout))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
@@ -547,6 +561,10 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
+	}
+	if !s.m.Launch {
+		// A stopped machine has nothing to check or serve: its config is moved.
+		return s.finish(ctx, store.OutcomeMigrated, "", "")
 	}
 	h, err := s.o.fly.CheckHealth(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
 	if err != nil || !h.OK {
@@ -611,7 +629,7 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
-	if mach.State != "started" {
+	if want := map[bool]string{true: "started", false: "stopped"}[s.m.Launch]; mach.State != want {
 		if late {
 			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("%s; rolled back to %s but the machine is %s", reason, s.m.FromImage, mach.State))
 		}
@@ -628,4 +646,9 @@ func settled(state string) bool {
 		return true
 	}
 	return false
+}
+
+// launchable states are those after which Fly launches an updated machine.
+func launchable(state string) bool {
+	return state == "started" || state == "starting" || state == "failed"
 }

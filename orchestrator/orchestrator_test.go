@@ -2,6 +2,7 @@ package orchestrator_test
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -376,6 +377,48 @@ func TestMaxUnavailable(t *testing.T) {
 		got, err := orchestrator.MaxUnavailable(tc.spec, tc.n)
 		if (err != nil) != tc.err || got != tc.want {
 			t.Errorf("MaxUnavailable(%q, %d) = %d, %v; want %d, err=%v", tc.spec, tc.n, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// A stopped machine has no users: it gets the new config without a drain
+// and stays stopped (Fly's SkipLaunch rule).
+func TestStoppedMachineMovesWithoutDrain(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: idleFleet(1)})
+	m := machinesOf(w)[0]
+	req, _ := http.NewRequest(http.MethodPost, w.sim.FlyBaseURL()+"/v1/apps/"+m.App+"/machines/"+m.ID+"/stop", strings.NewReader("{}"))
+	req.Header.Set("Authorization", "Bearer "+w.sim.FlyToken())
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("stop: %s", resp.Status)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for w.sim.Machine(m.App, m.ID).State != "stopped" {
+		if time.Now().After(deadline) {
+			t.Fatalf("machine never stopped: %+v", w.sim.Machine(m.App, m.ID))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2}).ID, time.Minute)
+	if r.State != store.RunSucceeded {
+		t.Fatalf("run %s: %s", r.State, r.StateReason)
+	}
+	h := w.history(r.ID)[m.ID]
+	if h.Outcome != "migrated" || h.DrainOutcome != "" || !h.Recreated {
+		t.Fatalf("history %+v: want migrated with no drain", h)
+	}
+	if v := w.sim.Machine(m.App, m.ID); v.Image != imgV2 || v.State != "stopped" || v.MarkerPresent {
+		t.Fatalf("machine after the run: %+v", v)
+	}
+	for _, s := range w.sim.Shutdowns() {
+		if s.Cause != "stop" {
+			t.Fatalf("the stopped machine was shut down again by the update: %+v", s)
 		}
 	}
 }

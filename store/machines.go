@@ -61,6 +61,7 @@ type Migration struct {
 	LeaseNonce        string
 	LeaseExpiresAt    time.Time
 	UpdatedMachineAt  time.Time
+	Launch            bool
 	Error             string
 	Version           int
 	CreatedAt         time.Time
@@ -99,7 +100,7 @@ type Drain struct {
 
 const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, m.private_ip, m.labels, m.canary,
 	m.from_image, m.to_image, m.from_instance_id, m.to_instance_id, m.state, coalesce(m.outcome, ''), m.slot_held,
-	m.attempts, m.deferrals, m.not_before, m.lease_nonce, m.lease_expires_at, m.updated_machine_at, m.error,
+	m.attempts, m.deferrals, m.not_before, m.lease_nonce, m.lease_expires_at, m.updated_machine_at, m.launch, m.error,
 	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
@@ -110,7 +111,7 @@ const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, 
 func migrationDest(m *Migration, labels *[]byte, nb, lease, upd, started, finished **time.Time) []any {
 	return []any{&m.ID, &m.RunID, &m.Seq, &m.App, &m.MachineID, &m.Region, &m.PrivateIP, labels, &m.Canary,
 		&m.FromImage, &m.ToImage, &m.FromInstanceID, &m.ToInstanceID, &m.State, &m.Outcome, &m.SlotHeld,
-		&m.Attempts, &m.Deferrals, nb, &m.LeaseNonce, lease, upd, &m.Error,
+		&m.Attempts, &m.Deferrals, nb, &m.LeaseNonce, lease, upd, &m.Launch, &m.Error,
 		&m.Version, &m.CreatedAt, started, &m.UpdatedAt, finished}
 }
 
@@ -253,14 +254,14 @@ func (q *Q) SaveMigration(ctx context.Context, m *Migration) error {
 		UPDATE machine_migrations SET
 			from_image = $3, from_instance_id = $4, to_instance_id = $5, state = $6, outcome = $7,
 			slot_held = $8, attempts = $9, deferrals = $10, not_before = $11, lease_nonce = $12,
-			lease_expires_at = $13, updated_machine_at = $14, error = $15, region = $16, private_ip = $17,
+			lease_expires_at = $13, updated_machine_at = $14, error = $15, region = $16, private_ip = $17, launch = $18,
 			started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
 			finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
 			version = version + 1, updated_at = now()
 		WHERE id = $1 AND version = $2`,
 		m.ID, m.Version, m.FromImage, m.FromInstanceID, m.ToInstanceID, m.State, outcome, m.SlotHeld,
 		m.Attempts, m.Deferrals, nullTime(m.NotBefore), m.LeaseNonce, nullTime(m.LeaseExpiresAt),
-		nullTime(m.UpdatedMachineAt), m.Error, m.Region, m.PrivateIP)
+		nullTime(m.UpdatedMachineAt), m.Error, m.Region, m.PrivateIP, m.Launch)
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
