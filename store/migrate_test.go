@@ -415,3 +415,29 @@ func TestEmbeddedSchemaIsCurrentInNewDB(t *testing.T) {
 		t.Fatalf("NewDB is not migrated: %+v", rep)
 	}
 }
+
+// A database upgraded by a newer binary is reported as such, and is current
+// for this one (forward-only migrations are additive).
+func TestStatusOfNewerSchema(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	_, pool := storetest.NewEmptyDB(t)
+	newer := fstest.MapFS{
+		"001_a.sql": {Data: []byte("SELECT 1;")},
+		"002_b.sql": {Data: []byte("SELECT 2;")},
+	}
+	if _, err := store.UpgradeFS(ctx, pool, nil, newer); err != nil {
+		t.Fatal(err)
+	}
+	older := fstest.MapFS{"001_a.sql": newer["001_a.sql"]}
+	rep, err := store.StatusFS(ctx, pool, older)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Ours.Applied) != 2 || rep.Ours.Applied[0].Unknown || !rep.Ours.Applied[1].Unknown || !rep.Current() {
+		t.Fatalf("status %+v, want 002 unknown and the schema current", rep.Ours)
+	}
+	if res, err := store.UpgradeFS(ctx, pool, nil, older); err != nil || !res.NoOp() {
+		t.Fatalf("older binary's upgrade: %+v, %v; want a no-op", res, err)
+	}
+}
