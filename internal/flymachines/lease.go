@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"time"
 
 	fly "github.com/superfly/fly-go"
@@ -97,9 +98,26 @@ func (c *Client) leaseHeld(kind, app, id string, fe *flaps.FlapsError) *LeaseHel
 			e.ExpiresAt = unixTime(d.ExpiresAt)
 		}
 	}
+	if e.Owner == "" || e.ExpiresAt.IsZero() {
+		// Fly's 409 carries no fields, only the text: "machine ID X lease
+		// currently held by OWNER, expires at RFC3339". Classification stays
+		// the 409; the text only fills in who and until when, so the caller
+		// can snooze until the lease runs out instead of polling.
+		if m := heldByText.FindStringSubmatch(serverText(fe)); m != nil {
+			if e.Owner == "" {
+				e.Owner = m[1]
+			}
+			if at, err := time.Parse(time.RFC3339, m[2]); err == nil && e.ExpiresAt.IsZero() {
+				e.ExpiresAt = at.UTC()
+			}
+		}
+	}
 	e.Owner = c.scrub(e.Owner)
 	return e
 }
+
+// heldByText matches the owner and expiry in Fly's lease-conflict message.
+var heldByText = regexp.MustCompile(`held by ([^\s,]+),? expires at (\S+)`)
 
 // ReleaseLease gives the lease back. A lease that is already gone (404, or
 // 409/410: it expired and is no longer ours) counts as released.

@@ -1,0 +1,37 @@
+// Package contracttest holds migrator's contract tests: both adapters, the
+// Fly Machines client (internal/flymachines, over fly-go's flaps) and the
+// Hermes drain client (internal/gateway), run against the fleet simulator
+// (internal/fleetsim) over real loopback HTTP, one table row per pitfall of
+// shared/contracts/fly-machines.md and shared/contracts/hermes-gateway.md.
+//
+// It has no code of its own; the tests prove that what the adapters send
+// and how they read the answers match what the simulator (built from the
+// same contract pages and fly-go's own source) serves, so the orchestrator
+// built on them can trust, among others:
+//
+//   - a held lease is a *flymachines.LeaseHeldError naming owner and expiry,
+//     in one request, not fly-go's minute-long spin;
+//   - a 429 is re-sent after its Retry-After, and a burst is paced by the
+//     client so the simulator counts no rate violation;
+//   - a boot longer than one 60-s /wait is still awaited, a silent revert by
+//     flyd is a *flymachines.RevertedError, and the health gate refuses
+//     stale, missing or failing check results;
+//   - an update carries the full fresh config under the lease nonce, is
+//     never applied twice when its answer is lost, and does not launch a
+//     stopped machine;
+//   - every drain POST is a JSON object whose suppress_notification is a
+//     JSON boolean, and the simulator's recorded home-channel broadcast at
+//     the recreate follows it;
+//   - 401 is permanent, an unreachable dashboard is a retried transport
+//     error bounded by the context, a dead gateway reads as quiescent, and
+//     quiescence needs the watcher's "draining" and no turns in flight;
+//   - the Fly token, the drain key and the derived drain secrets appear in
+//     no log line, error or audit record.
+//
+// Time: each row runs its own simulator on a clock.Scaled at 100× with
+// fleetsim.Config.APISimTime, and gives the Fly client the same clock, so
+// rate limits, Retry-After, lease TTLs and /wait timeouts are simulated
+// seconds on both sides and a 150-s boot takes 1.5 s. The one exception is
+// the burst row, which runs on the real clock so that the simulator's
+// per-wall-second counter (PeakPerSecond) reads in Fly's own units.
+package contracttest
