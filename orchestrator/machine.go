@@ -65,6 +65,8 @@ type step struct {
 	calls  *callrec.Log
 	events []store.Event
 	log    *slog.Logger
+	// drainEnded: the drain's outcome is committed (reported to the Observer).
+	drainEnded bool
 }
 
 // Step advances migration id as far as it can go without waiting.
@@ -77,6 +79,7 @@ func (o *Orchestrator) Step(ctx context.Context, id int64) (next, error) {
 	}
 	s := &step{o: o, w: w, calls: calls}
 	s.m = &s.w.Migration
+	s.drainEnded = w.Drain != nil && w.Drain.Outcome != ""
 	s.log = o.log.With("run_id", s.m.RunID, "app", s.m.App, "machine_id", s.m.MachineID)
 	// A machine with nothing to wait for goes on to its next state at once;
 	// the bound only guards against a bug looping forever.
@@ -172,7 +175,28 @@ func (s *step) save(ctx context.Context, from string, detail map[string]any) err
 	}
 	s.events = nil
 	s.log.Info("machine "+ev.Kind[len("machine."):], "from", from, "to", s.m.State, "outcome", s.m.Outcome, "error", s.m.Error)
+	s.observe()
 	return nil
+}
+
+// observe tells the Observer what the save just committed: the version
+// guard lets only one execution commit a change, so each is told once.
+func (s *step) observe() {
+	if d := s.w.Drain; d != nil && d.Outcome != "" && !s.drainEnded {
+		s.drainEnded = true
+		if !d.StartedAt.IsZero() { // a drain never begun waited for nothing
+			end := s.now()
+			if !d.QuiescedAt.IsZero() {
+				end = d.QuiescedAt
+			} else if !d.DeadlineReachedAt.IsZero() {
+				end = d.DeadlineReachedAt
+			}
+			s.o.obs.DrainEnded(d.Quiet, d.Outcome, max(end.Sub(d.StartedAt), 0))
+		}
+	}
+	if s.m.State == store.StateDone && s.m.Outcome != "" {
+		s.o.obs.MachineDone(s.m.Outcome)
+	}
 }
 
 // transition moves the machine to state to and saves it.

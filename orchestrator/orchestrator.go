@@ -23,11 +23,16 @@ type MachineArgs struct {
 // Kind implements river.JobArgs.
 func (MachineArgs) Kind() string { return "machine_migration" }
 
-// InsertOpts keeps at most one live job per machine migration.
+// InsertOpts keeps at most one live job per machine migration. A completed
+// job does not count: a machine that went back to pending (run paused, lease
+// held elsewhere) gets a new job when a slot is filled for it again.
 func (MachineArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{
 		MaxAttempts: 1000,
-		UniqueOpts:  river.UniqueOpts{ByArgs: true},
+		UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: []rivertype.JobState{
+			rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
+			rivertype.JobStateRunning, rivertype.JobStateScheduled,
+		}},
 	}
 }
 
@@ -49,6 +54,8 @@ type Orchestrator struct {
 	log   *slog.Logger
 	// jobTimeout bounds one machine step (RiverOptions.JobTimeout).
 	jobTimeout time.Duration
+	// obs hears of finished work (RiverOptions.Observer); never nil.
+	obs Observer
 }
 
 // New returns an Orchestrator. Call NewRiverClient before use.
@@ -60,7 +67,8 @@ func New(cfg Config, st *store.Store, fly Fly, gw Gateway, pol Policy) (*Orchest
 	if st == nil || pol == nil {
 		return nil, errors.New("orchestrator: store and policy are required")
 	}
-	return &Orchestrator{cfg: cfg, store: st, fly: fly, gw: gw, pol: pol, log: cfg.Logger, jobTimeout: jobTimeout}, nil
+	return &Orchestrator{cfg: cfg, store: st, fly: fly, gw: gw, pol: pol, log: cfg.Logger, jobTimeout: jobTimeout,
+		obs: nopObserver{}}, nil
 }
 
 // RiverOptions tunes the River client of one replica.
@@ -78,6 +86,11 @@ type RiverOptions struct {
 	// JobTimeout.
 	JobTimeout, RescueAfter time.Duration
 	Logger                  *slog.Logger
+	// Observer hears of the work this replica finishes (metrics). Optional.
+	Observer Observer
+	// AutoUpdate, when set, adds the periodic auto-update job (River's
+	// leader enqueues one per tick of its schedule). Needs Workers > 0.
+	AutoUpdate *AutoUpdateConfig
 }
 
 // Crash-safety tuning, why:
@@ -117,7 +130,20 @@ func (o *Orchestrator) NewRiverClient(opts RiverOptions) (*river.Client[pgx.Tx],
 	if opts.RescueAfter <= opts.JobTimeout {
 		return nil, fmt.Errorf("river options: rescue after %s must exceed the job timeout %s", opts.RescueAfter, opts.JobTimeout)
 	}
+	if opts.AutoUpdate != nil {
+		if opts.Workers <= 0 {
+			return nil, errors.New("river options: auto-update needs workers")
+		}
+		au := opts.AutoUpdate.withDefaults()
+		if err := au.validate(); err != nil {
+			return nil, fmt.Errorf("auto-update config: %w", err)
+		}
+		opts.AutoUpdate = &au
+	}
 	o.jobTimeout = opts.JobTimeout
+	if opts.Observer != nil {
+		o.obs = opts.Observer
+	}
 	cfg := &river.Config{
 		JobTimeout:           opts.JobTimeout,
 		RescueStuckJobsAfter: opts.RescueAfter,
@@ -139,6 +165,10 @@ func (o *Orchestrator) NewRiverClient(opts RiverOptions) (*river.Client[pgx.Tx],
 			river.NewPeriodicJob(river.PeriodicInterval(opts.FillEvery),
 				func() (river.JobArgs, *river.InsertOpts) { return FillArgs{}, nil },
 				&river.PeriodicJobOpts{RunOnStart: true}),
+		}
+		if au := opts.AutoUpdate; au != nil {
+			river.AddWorker(workers, &autoUpdateWorker{o: o, cfg: *au})
+			cfg.PeriodicJobs = append(cfg.PeriodicJobs, autoUpdatePeriodicJob(*au))
 		}
 	}
 	c, err := river.NewClient(riverpgxv5.New(o.store.Pool()), cfg)

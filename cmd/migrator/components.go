@@ -8,14 +8,17 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/hermes-cloud/migrator/internal/callrec"
 	"github.com/hermes-cloud/migrator/internal/clock"
 	"github.com/hermes-cloud/migrator/internal/drainsecret"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/metrics"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"
@@ -42,15 +45,20 @@ const (
 
 // components are the parts a fleet-acting command is wired from.
 type components struct {
-	pool    *pgxpool.Pool
-	store   *store.Store
-	fly     *flymachines.Client
-	gw      *gateway.Client
-	policy  *policy.Policy
-	clock   clock.Clock
-	orch    *orchestrator.Orchestrator
-	log     *slog.Logger
-	workers int
+	pool     *pgxpool.Pool
+	store    *store.Store
+	fly      *flymachines.Client
+	gw       *gateway.Client
+	policy   *policy.Policy
+	clock    clock.Clock
+	orch     *orchestrator.Orchestrator
+	log      *slog.Logger
+	workers  int
+	settings *settings // the effective configuration (config.go)
+	// metrics and stopping are serve's: its metrics, and whether it is
+	// shutting down (/readyz answers 503).
+	metrics  *metrics.Metrics
+	stopping atomic.Bool
 }
 
 func (c *components) close() {
@@ -111,28 +119,24 @@ func loadClock(e *env) (clock.Clock, error) {
 	return clock.NewScaledAt(start, start, f), nil
 }
 
-// loadPolicy reads MIGRATOR_POLICY when set; an invalid policy is a
-// configuration error, so serve refuses to start (fail closed).
+// loadPolicy returns the policy serve would use: MIGRATOR_POLICY or the
+// config file's [policy] (see config.go). An invalid policy or config file
+// is a configuration error, so serve refuses to start (fail closed).
 func loadPolicy(e *env) (*policy.Policy, error) {
-	path := strings.TrimSpace(e.getenv(policyFileEnv))
-	if path == "" {
-		return policy.Default(), nil
-	}
-	data, err := os.ReadFile(path)
+	s, err := loadSettings(e)
 	if err != nil {
-		return nil, usagef("%s: %v", policyFileEnv, err)
+		return nil, err
 	}
-	p, err := policy.Parse(path, data)
-	if err != nil {
-		return nil, usagef("%v", err)
-	}
-	return p, nil
+	return s.policy, nil
 }
 
 // needs says which parts a command uses.
 type needs struct {
 	fleet   bool // Fly API (planning, serve)
 	gateway bool // agents' drain endpoints (serve)
+	// flyCalls and gatewayCalls hear of every HTTP attempt of the adapters
+	// (serve's metrics). Optional.
+	flyCalls, gatewayCalls callrec.Observer
 }
 
 // loadComponents wires the parts from the environment. Every missing or bad
@@ -143,20 +147,11 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 	if c.clock, err = loadClock(e); err != nil {
 		return nil, err
 	}
-	if c.policy, err = loadPolicy(e); err != nil {
+	if c.settings, err = loadSettings(e); err != nil {
 		return nil, err
 	}
-	fleetCap, err := envInt(e, fleetCapEnv, defaultFleetCap)
-	if err != nil {
-		return nil, err
-	}
-	if c.workers, err = envInt(e, workersEnv, defaultWorkers); err != nil {
-		return nil, err
-	}
-	poll, err := envDuration(e, pollIntervalEnv, 5*time.Second)
-	if err != nil {
-		return nil, err
-	}
+	c.policy, c.workers = c.settings.policy, c.settings.workers
+	fleetCap, poll := c.settings.fleetCap, c.settings.pollInterval
 	var fly orchestrator.Fly
 	if n.fleet {
 		tok := strings.TrimSpace(e.getenv(flyTokenEnv))
@@ -164,7 +159,7 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 			return nil, usagef("%s is not set: set it to a Fly API token for the fleet's organization", flyTokenEnv)
 		}
 		c.fly, err = flymachines.New(ctx, flymachines.Config{Token: tok, BaseURL: strings.TrimSpace(e.getenv(flyBaseURLEnv)),
-			Clock: c.clock, Logger: log})
+			Clock: c.clock, Logger: log, Observe: n.flyCalls})
 		if err != nil {
 			return nil, usagef("%s/%s: %v", flyTokenEnv, flyBaseURLEnv, err)
 		}
@@ -180,7 +175,7 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 			return nil, usagef("%s: %v", drainKeyEnv, err)
 		}
 		tmpl := strings.TrimSpace(e.getenv(gatewayURLEnv))
-		c.gw, err = gateway.New(gateway.Config{URLTemplate: tmpl, DrainKey: []byte(key), Logger: log})
+		c.gw, err = gateway.New(gateway.Config{URLTemplate: tmpl, DrainKey: []byte(key), Logger: log, Observe: n.gatewayCalls})
 		if err != nil {
 			return nil, usagef("%s: %v", gatewayURLEnv, err)
 		}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/hermes-cloud/migrator/internal/clock"
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
@@ -70,6 +72,14 @@ type serveProc struct {
 
 func newSimWorld(t *testing.T, cfg fleetsim.Config, factor float64, extraEnv ...string) *simWorld {
 	t.Helper()
+	dsn, pool := storetest.NewDB(t)
+	return newSimWorldDB(t, dsn, pool, cfg, factor, extraEnv...)
+}
+
+// newSimWorldDB is newSimWorld on a migrated database of the caller's (e.g.
+// on a cluster of the test's own that it restarts).
+func newSimWorldDB(t *testing.T, dsn string, pool *pgxpool.Pool, cfg fleetsim.Config, factor float64, extraEnv ...string) *simWorld {
+	t.Helper()
 	start := time.Now()
 	clk := clock.NewScaledAt(start, start, factor)
 	cfg.Clock, cfg.APISimTime = clk, true
@@ -81,7 +91,6 @@ func newSimWorld(t *testing.T, cfg fleetsim.Config, factor float64, extraEnv ...
 		t.Fatal(err)
 	}
 	t.Cleanup(sim.Close)
-	dsn, pool := storetest.NewDB(t)
 	w := &simWorld{t: t, clk: clk, sim: sim, dsn: dsn, st: store.New(pool)}
 	w.env = append(os.Environ(),
 		"DATABASE_URL="+dsn,

@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/hermes-cloud/migrator/internal/imagepin"
+	"github.com/hermes-cloud/migrator/internal/metrics"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/store"
 )
@@ -26,7 +30,10 @@ const (
 	rescueAfterEnv = "MIGRATOR_RESCUE_AFTER"
 	// stopGrace bounds how long in-flight steps may finish on SIGTERM before
 	// they are cancelled and handed back (River re-runs them elsewhere).
+	// Each step is short (one call, at most one 5s wait), so this is ample.
 	stopGrace = 20 * time.Second
+	// hardStop bounds the wait for cancelled steps to return.
+	hardStop = 5 * time.Second
 )
 
 func init() { register(newServeCmd) }
@@ -34,14 +41,20 @@ func init() { register(newServeCmd) }
 func newServeCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "serve",
-		Short: "Run the worker: machine migrations, budget refills, health endpoints",
+		Short: "Run the worker: machine migrations, the auto-update cron, health and metrics endpoints",
 		Long: "Run one migrator replica. Replicas share the work through River on the same\n" +
 			"Postgres: any replica works any machine, and a machine of a replica that died is\n" +
-			"picked up by another within two minutes. HTTP (" + httpAddrEnv + ", default :8080)\n" +
-			"serves /healthz and /readyz; it has no write endpoints.\n\n" +
-			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; see the README for the rest.",
-		Example: "  DATABASE_URL=postgres://… FLY_API_TOKEN=… MIGRATOR_DRAIN_KEY=… migrator serve",
-		Args:    checkArgs(cobra.NoArgs),
+			"picked up by another within two minutes. River's leader enqueues the auto-update\n" +
+			"tick of the config file's [auto_update] schedule (" + configFileEnv + ", else ./" + defaultConfigFile + ").\n\n" +
+			"HTTP (" + httpAddrEnv + ", default :8080) serves GET /healthz (process up), /readyz\n" +
+			"(database reachable, schema current) and /metrics (Prometheus); it has no write\n" +
+			"endpoints. SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
+			"to finish, the rest is handed back to the other replicas; exit 0.\n\n" +
+			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; see the README for the rest.\n" +
+			"A bad config file, policy or setting refuses to start: one line, exit 2.",
+		Example: "  DATABASE_URL=postgres://… FLY_API_TOKEN=… MIGRATOR_DRAIN_KEY=… migrator serve\n" +
+			"  MIGRATOR_CONFIG=/etc/migrator.toml MIGRATOR_HTTP_ADDR=127.0.0.1:9090 migrator serve",
+		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return serve(cmd.Context(), e)
 		},
@@ -69,16 +82,34 @@ func serve(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	c, err := loadComponents(ctx, e, needs{fleet: true, gateway: true}, log)
+	// The metrics exist before the adapters so every call is counted; their
+	// database gauges are wired once the orchestrator exists.
+	src := &lateSource{}
+	met, err := metrics.New(metrics.Config{Source: src, Logger: log})
+	if err != nil {
+		return err
+	}
+	c, err := loadComponents(ctx, e, needs{fleet: true, gateway: true, flyCalls: met.ObserveFly, gatewayCalls: met.ObserveGateway}, log)
 	if err != nil {
 		return err
 	}
 	defer c.close()
+	c.metrics = met
+	src.set(c.orch)
 	if ok, err := store.SchemaCurrent(ctx, c.pool); err != nil || !ok {
 		return usagef("database schema is not current: run `migrator db upgrade` first")
 	}
-	client, err := c.orch.NewRiverClient(orchestrator.RiverOptions{Workers: max(c.workers, 1), FetchPollInterval: fetchPoll,
-		JobTimeout: jobTimeout, RescueAfter: rescueAfter, Logger: log})
+	opts := orchestrator.RiverOptions{Workers: max(c.workers, 1), FetchPollInterval: fetchPoll,
+		JobTimeout: jobTimeout, RescueAfter: rescueAfter, Logger: log, Observer: met}
+	if au := c.settings.autoUpdate; au != nil {
+		pin := imagepin.New(imagepin.Config{FlyToken: strings.TrimSpace(e.getenv(flyTokenEnv))})
+		cfg, err := au.config(c.settings.configFile, pin.Resolve)
+		if err != nil {
+			return err
+		}
+		opts.AutoUpdate = &cfg
+	}
+	client, err := c.orch.NewRiverClient(opts)
 	if err != nil {
 		return usagef("%v", err)
 	}
@@ -93,31 +124,88 @@ func serve(ctx context.Context, e *env) error {
 		}
 	}()
 	if err := client.Start(ctx); err != nil {
+		_ = srv.Close()
 		return fmt.Errorf("start workers: %w", err)
 	}
-	log.Info("serving", "http_addr", ln.Addr().String(), "workers", c.workers, "policy_version", c.policy.Version())
+	log.Info("serving", append([]any{"http_addr", ln.Addr().String()}, c.settings.logAttrs()...)...)
 	<-ctx.Done()
 
+	c.stopping.Store(true) // /readyz turns 503 at once
 	log.Info("stopping: no new work; in-flight steps get a bounded grace", "grace", stopGrace)
 	stopCtx, cancel := context.WithTimeout(context.Background(), stopGrace)
 	defer cancel()
 	if err := client.Stop(stopCtx); err != nil {
 		// Steps still running are cancelled; River hands them to another replica.
-		hardCtx, hardCancel := context.WithTimeout(context.Background(), 5*time.Second)
+		log.Warn("grace over: cancelling the steps still running", "error", err)
+		hardCtx, hardCancel := context.WithTimeout(context.Background(), hardStop)
 		_ = client.StopAndCancel(hardCtx)
 		hardCancel()
 	}
-	_ = srv.Shutdown(stopCtx)
+	httpCtx, httpCancel := context.WithTimeout(context.Background(), hardStop)
+	defer httpCancel()
+	_ = srv.Shutdown(httpCtx)
 	log.Info("stopped")
 	return nil
 }
 
+// logAttrs describe the effective configuration for the start line: no
+// secrets (those come only from the environment and are not listed).
+func (s *settings) logAttrs() []any {
+	file := s.configFile
+	if file == "" {
+		file = "none"
+	}
+	attrs := []any{"config_file", file, "policy_source", s.policySource, "policy_version", s.policy.Version(),
+		"fleet_cap", s.fleetCap, "workers", s.workers, "poll_interval", s.pollInterval.String()}
+	au := s.autoUpdate
+	if au == nil {
+		return append(attrs, "auto_update", "off")
+	}
+	return append(attrs, slog.Group("auto_update", "schedule", au.spec, "channel", au.channel,
+		"org", au.selector.Org, "app_prefix", au.selector.AppPrefix, "labels", au.selector.Labels,
+		"max_unavailable", au.maxUnavailable, "canary", au.canary, "failure_threshold", au.failureThreshold, "pin", au.pin))
+}
+
+// lateSource lets the metrics exist before the orchestrator they read.
+type lateSource struct {
+	o atomic.Pointer[orchestrator.Orchestrator]
+}
+
+func (l *lateSource) set(o *orchestrator.Orchestrator) { l.o.Store(o) }
+
+var errNotReady = errors.New("not started")
+
+func (l *lateSource) RunsByState(ctx context.Context) (map[string]int, error) {
+	if o := l.o.Load(); o != nil {
+		return o.RunsByState(ctx)
+	}
+	return nil, errNotReady
+}
+
+func (l *lateSource) SlotsInUse(ctx context.Context) (int, error) {
+	if o := l.o.Load(); o != nil {
+		return o.SlotsInUse(ctx)
+	}
+	return 0, errNotReady
+}
+
+// healthHandler is serve's HTTP handler. Its routes are read-only: any
+// other method is 405, any other path 404. Without c.metrics (tests) it
+// serves metrics of its own.
 func healthHandler(c *components) http.Handler {
+	met := c.metrics
+	if met == nil {
+		met, _ = metrics.New(metrics.Config{}) // cannot fail without a config
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if c.stopping.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		if err := c.pool.Ping(ctx); err != nil {
@@ -130,5 +218,6 @@ func healthHandler(c *components) http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	mux.Handle("GET /metrics", met.Handler())
 	return mux
 }

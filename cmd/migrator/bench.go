@@ -1,0 +1,182 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/hermes-cloud/migrator/internal/bench"
+)
+
+// benchServerEnv names a PostgreSQL server on which the benchmark creates
+// (and drops) a throwaway database; unset, it starts its own.
+const benchServerEnv = "TEST_DATABASE_URL"
+
+func init() { register(newBenchCmd) }
+
+func newBenchCmd(e *env) *cobra.Command {
+	var (
+		fleet, drainWait, large bench.Config
+		turnsAt, out            string
+		timeout                 time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "bench [--machines N] [--budget B] [--seed S] [--time-scale F] [--out FILE]",
+		Short: "Measure fleet-scale performance against the simulator and a real PostgreSQL",
+		Long: "Run the fleet benchmark and write its results as Markdown (default bench/results.md).\n\n" +
+			"Three scenarios, each with its own simulator, database and orchestrator replica in this\n" +
+			"process, on one scaled clock:\n" +
+			"  fleet       N machines (default 2,000), fleet budget B (default 100), heavy-tailed\n" +
+			"              (log-normal) drain durations: makespan ÷ lower bound, the fixed-wave\n" +
+			"              baseline from the same durations, SQL, Fly and gateway calls, CPU, RSS;\n" +
+			"  drain-wait  --drain-wait-machines (default 1,000) machines all draining at once for\n" +
+			"              --drain-wait (default 1m), B = the fleet, at --drain-wait-time-scale\n" +
+			"              (default 1: real time): SQL statements/s while they wait and per machine;\n" +
+			"  large       --large-machines (default 0: skipped; `make bench` runs 10,000): peak RSS.\n\n" +
+			"The database is a throwaway PostgreSQL started from the server binaries on PATH or in\n" +
+			"/usr/lib/postgresql/*/bin, or a throwaway database on the server " + benchServerEnv + " names.\n" +
+			"Targets missed are reported, not failed: the exit status is 0 when every scenario ran\n" +
+			"and every machine migrated; a run that ended otherwise is still written, then exits 1.",
+		Example: "  migrator bench\n" +
+			"  migrator bench --machines 500 --budget 50 --drain-wait-machines 0 --out -\n" +
+			"  migrator bench --large-machines 10000 --out bench/results.md",
+		Args: checkArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch {
+			case fleet.Machines < 1:
+				return usagef("%s: --machines must be at least 1, got %d", cmd.CommandPath(), fleet.Machines)
+			case fleet.Budget < 1:
+				return usagef("%s: --budget must be at least 1, got %d", cmd.CommandPath(), fleet.Budget)
+			case fleet.TimeScale <= 0 || drainWait.TimeScale <= 0 || large.TimeScale <= 0:
+				return usagef("%s: time scales must be positive", cmd.CommandPath())
+			case fleet.TurnMedian <= 0 || drainWait.TurnMedian <= 0:
+				return usagef("%s: --turn-median and --drain-wait must be positive", cmd.CommandPath())
+			case fleet.TurnSigma <= 0:
+				return usagef("%s: --turn-sigma must be positive, got %g", cmd.CommandPath(), fleet.TurnSigma)
+			case drainWait.Machines < 0 || large.Machines < 0:
+				return usagef("%s: machine counts must not be negative", cmd.CommandPath())
+			case fleet.MaxConns < 0 || large.MaxConns < 0:
+				return usagef("%s: pool sizes must not be negative", cmd.CommandPath())
+			case large.Budget < 1:
+				return usagef("%s: --large-budget must be at least 1, got %d", cmd.CommandPath(), large.Budget)
+			case turnsAt != string(bench.TurnsAtDrain) && turnsAt != string(bench.TurnsAtStart):
+				return usagef("%s: --turns-at %q: want drain or start", cmd.CommandPath(), turnsAt)
+			case fleet.Machines%fleet.MachinesPerApp != 0 || fleet.MachinesPerApp < 1:
+				return usagef("%s: --per-app must be at least 1 and divide --machines", cmd.CommandPath())
+			case out == "":
+				return usagef("%s: --out must name a file, or - for stdout", cmd.CommandPath())
+			}
+			server := strings.TrimSpace(e.getenv(benchServerEnv))
+			log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			common := func(c *bench.Config) {
+				c.Seed, c.Workers, c.MaxConns, c.ServerURL, c.Logger, c.Timeout = fleet.Seed, fleet.Workers, fleet.MaxConns, server, log, timeout
+				c.MachinesPerApp = fleet.MachinesPerApp
+			}
+			start := time.Now()
+			command := []string{cmd.CommandPath()}
+			cmd.Flags().Visit(func(f *pflag.Flag) { command = append(command, "--"+f.Name+" "+f.Value.String()) })
+			rep := bench.Report{Host: bench.ThisHost(start), Command: strings.Join(command, " ")}
+
+			fleet.Name, fleet.TurnsAt = "fleet", bench.TurnsAt(turnsAt)
+			common(&fleet)
+			var runErr error
+			// A scenario that ran but did not end well is still reported
+			// (its failures say why); one that could not run stops here.
+			runScenario := func(c bench.Config) *bench.Result {
+				if runErr != nil {
+					return nil
+				}
+				r, err := bench.Run(cmd.Context(), c)
+				if err != nil {
+					runErr = fmt.Errorf("%s scenario: %w", c.Name, err)
+					if r.RunState == "" {
+						return nil
+					}
+				}
+				return &r
+			}
+			rep.Fleet = runScenario(fleet)
+			if drainWait.Machines > 0 {
+				drainWait.Name, drainWait.Budget, drainWait.FixedTurns = "drain-wait", drainWait.Machines, true
+				common(&drainWait)
+				drainWait.MachinesPerApp = 1
+				rep.DrainWait = runScenario(drainWait)
+			}
+			if large.Machines > 0 {
+				large.Name, large.TurnMedian, large.TurnSigma, large.TurnsAt =
+					fmt.Sprintf("large-%d", large.Machines), fleet.TurnMedian, fleet.TurnSigma, fleet.TurnsAt
+				largeConns := large.MaxConns
+				common(&large)
+				large.MachinesPerApp = 1
+				if largeConns > 0 {
+					large.MaxConns = largeConns
+				}
+				rep.Large = runScenario(large)
+			}
+			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil {
+				return runErr
+			}
+			rep.Wall = time.Since(start)
+
+			for _, t := range rep.Targets() {
+				verdict := "met"
+				switch {
+				case t.Skipped:
+					verdict = "not run"
+				case !t.Met:
+					verdict = "MISSED"
+				}
+				fmt.Fprintf(e.stdout, "%-8s %s: %s\n", verdict, t.What, t.Measured)
+			}
+			if out == "-" {
+				if err := rep.WriteMarkdown(e.stdout); err != nil {
+					return err
+				}
+				return runErr
+			}
+			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+				return fmt.Errorf("write results: %w", err)
+			}
+			f, err := os.Create(out)
+			if err != nil {
+				return fmt.Errorf("write results: %w", err)
+			}
+			if err := rep.WriteMarkdown(f); err != nil {
+				f.Close()
+				return fmt.Errorf("write results to %s: %w", out, err)
+			}
+			if err := f.Close(); err != nil {
+				return fmt.Errorf("write results to %s: %w", out, err)
+			}
+			fmt.Fprintf(e.stdout, "results written to %s (%s)\n", out, rep.Wall.Round(time.Second))
+			return runErr
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&fleet.Machines, "machines", bench.DefaultMachines, "fleet scenario: machines N")
+	f.IntVar(&fleet.MachinesPerApp, "per-app", 1, "machines per app (must divide --machines)")
+	f.IntVar(&fleet.Budget, "budget", bench.DefaultBudget, "fleet scenario: fleet budget B (fleet cap and max_unavailable)")
+	f.Int64Var(&fleet.Seed, "seed", bench.DefaultSeed, "seed of the fleet and the drain durations")
+	f.Float64Var(&fleet.TimeScale, "time-scale", bench.DefaultTimeScale, "fleet scenario: simulated seconds per wall second")
+	f.DurationVar(&fleet.TurnMedian, "turn-median", bench.DefaultTurnMedian, "fleet scenario: median drain duration (log-normal)")
+	f.Float64Var(&fleet.TurnSigma, "turn-sigma", bench.DefaultTurnSigma, "fleet scenario: σ of the log-normal drain durations")
+	f.StringVar(&turnsAt, "turns-at", string(bench.TurnsAtDrain), "when each machine's turn starts: drain (as its drain begins) or start (t=0)")
+	f.IntVar(&fleet.Workers, "workers", bench.DefaultWorkers, "River workers")
+	f.Int32Var(&fleet.MaxConns, "max-conns", 0, "database pool size (0: pgx's default, as serve)")
+	f.IntVar(&drainWait.Machines, "drain-wait-machines", 1000, "drain-wait scenario: machines, all draining at once (0 skips it)")
+	f.DurationVar(&drainWait.TurnMedian, "drain-wait", time.Minute, "drain-wait scenario: how long every drain waits")
+	f.Float64Var(&drainWait.TimeScale, "drain-wait-time-scale", 1, "drain-wait scenario: time scale")
+	f.IntVar(&large.Machines, "large-machines", 0, "large scenario: machines (0 skips it)")
+	f.IntVar(&large.Budget, "large-budget", bench.DefaultBudget, "large scenario: fleet budget B")
+	f.Int32Var(&large.MaxConns, "large-max-conns", 0, "large scenario: database pool size (0: as --max-conns)")
+	f.Float64Var(&large.TimeScale, "large-time-scale", bench.DefaultTimeScale, "large scenario: time scale")
+	f.DurationVar(&timeout, "timeout", bench.DefaultTimeout, "wall-time bound of each scenario's run")
+	f.StringVar(&out, "out", "bench/results.md", "results file (- for stdout)")
+	return cmd
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hermes-cloud/migrator/store/storetest"
+)
+
+func TestBenchUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"bench", "--machines", "0"},
+		{"bench", "--budget", "-1"},
+		{"bench", "--time-scale", "0"},
+		{"bench", "--turn-sigma", "0"},
+		{"bench", "--turns-at", "later"},
+		{"bench", "--machines", "10", "--per-app", "3"},
+		{"bench", "--drain-wait-machines", "-5"},
+		{"bench", "--out", ""},
+		{"bench", "extra"},
+	} {
+		var stdout, stderr bytes.Buffer
+		e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}
+		if code := run(context.Background(), e, args); code != exitUsage {
+			t.Errorf("%v: exit %d, want %d; stderr %q", args, code, exitUsage, stderr.String())
+		}
+		if stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 {
+			t.Errorf("%v: stdout %q stderr %q, want one error line", args, stdout.String(), stderr.String())
+		}
+	}
+}
+
+// A tiny benchmark on a throwaway database of the test server writes its
+// results file with the targets and the machine it ran on.
+func TestBenchWritesResults(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "bench", "results.md")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	admin := storetest.AdminDSN(t)
+	e := &env{getenv: func(k string) string {
+		if k == benchServerEnv {
+			return admin
+		}
+		return ""
+	}, stdout: &stdout, stderr: &stderr}
+	code := run(ctx, e, []string{"bench", "--machines", "8", "--budget", "4", "--time-scale", "50", "--turn-median", "3s",
+		"--drain-wait-machines", "4", "--drain-wait", "5s", "--drain-wait-time-scale", "50", "--out", out})
+	if code != exitOK {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Targets", "makespan ÷ LB", "SQL statements / machine", "CPUs", "| fleet | drain-wait |",
+		"`migrator bench --budget 4", "--machines 8"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("results file lacks %q:\n%s", want, b)
+		}
+	}
+	if !strings.Contains(stdout.String(), "results written to "+out) || !strings.Contains(stdout.String(), "rate-limit violations") {
+		t.Errorf("stdout %q", stdout.String())
+	}
+}

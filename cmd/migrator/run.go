@@ -1,0 +1,976 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hermes-cloud/migrator/internal/imagepin"
+	"github.com/hermes-cloud/migrator/orchestrator"
+	"github.com/hermes-cloud/migrator/policy"
+	"github.com/hermes-cloud/migrator/store"
+)
+
+// runExitCodes is the exit-status paragraph every run command shows.
+const runExitCodes = `Exit status: 0 ok; 1 the operation failed (Fly or the registry unreachable, the
+selector matched nothing, the run is in a state that refuses it, a followed run
+ended failed or cancelled); 2 usage or configuration error, including a
+malformed or unknown run id (nothing is attempted then).`
+
+func init() { register(newRunCmd) }
+
+func newRunCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Create, watch and steer runs (moves of a set of machines to one image)",
+		Long: "A run moves a set of machines to one image for one cause. The commands here talk to\n" +
+			"Postgres (" + databaseURLEnv + "); `migrator serve` replicas do the work.\n\n" + runExitCodes,
+		Example: `  migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- --follow
+  migrator run list --state running
+  migrator run status 42
+  migrator run follow 42
+  migrator run pause 42 && migrator run resume 42
+  migrator run cancel 42`,
+		Args: checkArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	cmd.AddCommand(newRunCreateCmd(e), newRunStatusCmd(e), newRunListCmd(e), newRunFollowCmd(e),
+		newRunStateCmd(e, "cancel"), newRunStateCmd(e, "pause"), newRunStateCmd(e, "resume"))
+	return cmd
+}
+
+// cliLogger keeps library chatter (River, the orchestrator) to warnings on
+// stderr: a command's own output is its result.
+func cliLogger(e *env) *slog.Logger {
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// openRunStore connects to DATABASE_URL and checks the schema, so a
+// database that was never upgraded is one clear line, not a SQL error.
+func openRunStore(ctx context.Context, e *env) (*store.Store, func(), error) {
+	pool, err := openDatabase(ctx, e)
+	if err != nil {
+		return nil, nil, err
+	}
+	st := store.New(pool)
+	if err := requireCurrentSchema(ctx, st); err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return st, pool.Close, nil
+}
+
+// parseRunID reads a run id argument: a positive whole number.
+func parseRunID(cmd *cobra.Command, s string) (int64, error) {
+	id, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || id <= 0 {
+		return 0, usagef("%s: run id %q: want a positive whole number, e.g. 42 (see `migrator run list`)", cmd.CommandPath(), s)
+	}
+	return id, nil
+}
+
+// getRun reads run id; an unknown id is bad input (exit 2).
+func getRun(ctx context.Context, st *store.Store, id int64) (store.Run, error) {
+	r, err := st.Q().GetRun(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Run{}, usagef("run %d not found (see `migrator run list`)", id)
+	}
+	return r, err
+}
+
+// parseLabelFlags turns KEY=VALUE flags into a map; flag names the flag.
+func parseLabelFlags(cmd *cobra.Command, flag string, kvs []string) (map[string]string, error) {
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, usagef("%s: --%s %q: want KEY=VALUE, e.g. hermes_auto_update=true", cmd.CommandPath(), flag, kv)
+		}
+		if _, dup := out[k]; dup {
+			return nil, usagef("%s: --%s %s given twice", cmd.CommandPath(), flag, k)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// ---- run create ----
+
+type runCreateFlags struct {
+	cause, image, org             string
+	apps, labels, machines        []string
+	appPrefix, appRegex           string
+	maxUnavailable                string
+	canary, failureThreshold      int
+	deadline, reason, idemKey     string
+	noPin, dryRun, follow, asJSON bool
+	plain                         bool
+}
+
+func newRunCreateCmd(e *env) *cobra.Command {
+	var f runCreateFlags
+	cmd := &cobra.Command{
+		Use:   "create --cause C --image IMG [selector] [flags]",
+		Short: "Create a run: plan the machines, pin the image, record it for serve to execute",
+		Long: `Create a run. Everything is validated before anything is written: the cause,
+the image reference, labels, durations and the budget. The image tag is then
+resolved once to a digest (registry.fly.io with user "x" and FLY_API_TOKEN), so
+every machine gets the same bytes; --no-pin keeps the reference as given. The
+machines are listed through the Fly API (FLY_API_TOKEN); those already on the
+image are recorded skipped_up_to_date; a selector that matches nothing is an
+error. The run is recorded with its plan and serve replicas execute it.
+
+The selector: --org (default ` + flyOrgEnv + `) with an optional --app-prefix or
+--app-regex, or explicit --app names; then optional --machine ids and --label
+filters on the machines' metadata.
+
+On stdout: the run id (with --json, an object with id, state and counts); on
+stderr, a summary. A repeated create with the same --idempotency-key prints the
+existing run and says so on stderr. --dry-run prints the plan, each machine with
+the policy decision serve would make now (the same policy: ` + policyFileEnv + ` or the
+built-in defaults), and writes nothing. --follow then watches the run as
+` + "`migrator run follow`" + ` does. The run is recorded as requested by MIGRATOR_PRINCIPAL,
+else the OS user.
+
+` + runExitCodes,
+		Example: `  migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- \
+      --max-unavailable 10% --canary 2 --reason "CVE-2026-1234" --follow
+  migrator run create --cause operator --image registry.fly.io/hermes-agent:v2 --app hermes-agent-7 --deadline 2m
+  migrator run create --cause auto-update --image registry.fly.io/hermes-agent:v2 --label hermes_auto_update=true --dry-run
+  migrator run create --cause env-edit --image registry.fly.io/hermes-agent@sha256:… --idempotency-key deploy-881 --json`,
+		Args: checkArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error { return runCreate(cmd, e, f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.cause, "cause", "", "why the machines move: "+causeNames()+" (required)")
+	fl.StringVar(&f.image, "image", "", "the image to move to, e.g. registry.fly.io/hermes-agent:v2 (required)")
+	fl.StringVar(&f.org, "org", "", "Fly organization whose apps are selected (default $"+flyOrgEnv+")")
+	fl.StringArrayVar(&f.apps, "app", nil, "an app to move, instead of the org's apps (repeatable)")
+	fl.StringVar(&f.appPrefix, "app-prefix", "", "select the org's apps whose name starts with this")
+	fl.StringVar(&f.appRegex, "app-regex", "", "select the org's apps whose name matches this regular expression")
+	fl.StringArrayVar(&f.labels, "label", nil, "only machines with this metadata label KEY=VALUE (repeatable; all must hold)")
+	fl.StringArrayVar(&f.machines, "machine", nil, "only this machine id (repeatable)")
+	fl.StringVar(&f.maxUnavailable, "max-unavailable", "1", "machines of this run disrupted at once: a count (5) or a percentage of the machines to move (10%, rounded up)")
+	fl.IntVar(&f.canary, "canary", 0, "move this many machines first; the rest wait until all of them migrated (a failed canary pauses the run)")
+	fl.IntVar(&f.failureThreshold, "failure-threshold", 0, "pause the run when more machines than this fail or roll back")
+	fl.StringVar(&f.deadline, "deadline", "", "how long each drain may wait for the agent to finish, overriding the policy's wait (e.g. 20m)")
+	fl.StringVar(&f.reason, "reason", "", "why, for the audit log")
+	fl.StringVar(&f.idemKey, "idempotency-key", "", "a repeated create with this key returns the existing run instead of creating another")
+	fl.BoolVar(&f.noPin, "no-pin", false, "do not resolve the tag to a digest; machines get the reference as given")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "print the plan with each machine's policy decision; write nothing")
+	fl.BoolVar(&f.follow, "follow", false, "then watch the run until it ends, as run follow does")
+	fl.BoolVar(&f.plain, "plain", false, "with --follow: plain timestamped lines even on a terminal")
+	fl.BoolVar(&f.asJSON, "json", false, "print the run (or, with --dry-run, the plan) as a JSON object")
+	return cmd
+}
+
+// createRequest is a validated run create.
+type createRequest struct {
+	req      orchestrator.RunRequest
+	selector string // for people
+}
+
+// validate checks every flag, before any connection or write.
+func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, error) {
+	path := cmd.CommandPath()
+	var out createRequest
+	if f.cause == "" {
+		return out, usagef("%s: --cause is required (one of %s)", path, causeNames())
+	}
+	cause, err := policy.ParseCause(f.cause)
+	if err != nil {
+		return out, usagef("%s: --cause: %v", path, err)
+	}
+	if f.image == "" {
+		return out, usagef("%s: --image is required, e.g. registry.fly.io/hermes-agent:v2", path)
+	}
+	if _, err := imagepin.Parse(f.image, false); err != nil {
+		return out, usagef("%s: --image: %v", path, err)
+	}
+	labels, err := parseLabelFlags(cmd, "label", f.labels)
+	if err != nil {
+		return out, err
+	}
+	if _, err := orchestrator.MaxUnavailable(f.maxUnavailable, 1); err != nil {
+		return out, usagef("%s: --max-unavailable: %v", path, err)
+	}
+	if f.canary < 0 {
+		return out, usagef("%s: --canary %d: want 0 or more", path, f.canary)
+	}
+	if f.failureThreshold < 0 {
+		return out, usagef("%s: --failure-threshold %d: want 0 or more", path, f.failureThreshold)
+	}
+	var deadline time.Duration
+	if f.deadline != "" {
+		deadline, err = time.ParseDuration(f.deadline)
+		if err != nil || deadline < policy.MinWait || deadline > policy.MaxWait {
+			return out, usagef("%s: --deadline %q: want a duration from %s to %s, e.g. 20m or 1h30m", path, f.deadline, policy.MinWait, policy.MaxWait)
+		}
+	}
+	for _, a := range f.apps {
+		if strings.TrimSpace(a) == "" || strings.ContainsAny(a, " \t/") {
+			return out, usagef("%s: --app %q is not a Fly app name", path, a)
+		}
+	}
+	for _, m := range f.machines {
+		if strings.TrimSpace(m) == "" || strings.ContainsAny(m, " \t/") {
+			return out, usagef("%s: --machine %q is not a machine id", path, m)
+		}
+	}
+	if len(f.apps) > 0 && (f.appPrefix != "" || f.appRegex != "") {
+		return out, usagef("%s: --app names the apps; --app-prefix and --app-regex select among the org's apps: use one or the other", path)
+	}
+	if f.appRegex != "" {
+		if _, err := regexp.Compile(f.appRegex); err != nil {
+			return out, usagef("%s: --app-regex %q: %v", path, f.appRegex, err)
+		}
+	}
+	org := strings.TrimSpace(f.org)
+	if org == "" && len(f.apps) == 0 {
+		org = strings.TrimSpace(e.getenv(flyOrgEnv))
+		if org == "" {
+			return out, usagef("%s: say which machines: --org (or %s) or --app", path, flyOrgEnv)
+		}
+	}
+	sel := store.Selector{Org: org, AppPrefix: f.appPrefix, AppRegex: f.appRegex, Apps: f.apps, MachineIDs: f.machines, Labels: labels}
+	out.req = orchestrator.RunRequest{Cause: cause, TargetImage: f.image, Image: f.image, Selector: sel,
+		MaxUnavailable: strings.TrimSpace(f.maxUnavailable), Canary: f.canary, FailureThreshold: f.failureThreshold,
+		DeadlineOverride: deadline, RequestedBy: principal(e), Reason: f.reason, IdempotencyKey: f.idemKey}
+	out.selector = describeSelector(sel)
+	return out, nil
+}
+
+func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
+	ctx := cmd.Context()
+	cr, err := f.validate(cmd, e)
+	if err != nil {
+		return err
+	}
+	if f.follow && (f.dryRun || f.asJSON) {
+		return usagef("%s: --follow does not go with --dry-run or --json", cmd.CommandPath())
+	}
+	log := cliLogger(e)
+	c, err := loadComponents(ctx, e, needs{fleet: true}, log)
+	if err != nil {
+		return err
+	}
+	defer c.close()
+	if err := requireCurrentSchema(ctx, c.store); err != nil {
+		return err
+	}
+	req := cr.req
+
+	if req.IdempotencyKey != "" {
+		r, err := c.store.Q().RunByIdempotencyKey(ctx, req.IdempotencyKey)
+		switch {
+		case err == nil:
+			fmt.Fprintf(e.stderr, "run %d already exists for idempotency key %q (%s, requested by %s at %s): not creating another\n",
+				r.ID, req.IdempotencyKey, r.State, r.RequestedBy, stamp(r.CreatedAt))
+			if f.dryRun {
+				return nil
+			}
+			return printCreated(ctx, e, c.store, r, false, f)
+		case !errors.Is(err, store.ErrNotFound):
+			return fmt.Errorf("run create: %w", err)
+		}
+	}
+
+	if !f.noPin {
+		pinned, err := imagepin.New(imagepin.Config{FlyToken: strings.TrimSpace(e.getenv(flyTokenEnv))}).Resolve(ctx, req.Image)
+		if err != nil {
+			return fmt.Errorf("run create: %w (use --no-pin to keep the reference as given)", err)
+		}
+		req.Image = pinned
+	}
+
+	planned, err := c.orch.Plan(ctx, req.Selector, req.Image, req.Canary)
+	if errors.Is(err, orchestrator.ErrNothingSelected) {
+		return fmt.Errorf("run create: the selector (%s) matched no machines", cr.selector)
+	}
+	if err != nil {
+		// One line even when several apps failed (errors.Join uses newlines).
+		return fmt.Errorf("run create: plan: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	toMove := 0
+	for _, p := range planned {
+		if !p.UpToDate {
+			toMove++
+		}
+	}
+	maxUnavail, err := orchestrator.MaxUnavailable(req.MaxUnavailable, toMove)
+	if err != nil {
+		return usagef("%s: --max-unavailable: %v", cmd.CommandPath(), err)
+	}
+	if f.dryRun {
+		return printDryRun(ctx, e, c, req, cr.selector, planned, maxUnavail, f.asJSON)
+	}
+
+	if _, err := c.orch.NewRiverClient(orchestrator.RiverOptions{Logger: log}); err != nil {
+		return fmt.Errorf("run create: %w", err)
+	}
+	r, created, err := c.orch.CreateRun(ctx, req, planned)
+	if err != nil {
+		return fmt.Errorf("run create: %w", err)
+	}
+	if !created {
+		// Another create with the same key won the race.
+		fmt.Fprintf(e.stderr, "run %d already exists for idempotency key %q: not creating another\n", r.ID, req.IdempotencyKey)
+	} else {
+		pin := ""
+		if req.Image != req.TargetImage {
+			pin = " (pinned from " + req.TargetImage + ")"
+		}
+		fmt.Fprintf(e.stderr, "created run %d (%s): %d %s, %d to move, %d already on the image; max unavailable %d; image %s%s\n",
+			r.ID, r.State, len(planned), plural(len(planned), "machine", "machines"), toMove, len(planned)-toMove, r.MaxUnavailable, r.Image, pin)
+		if !f.follow && !store.RunTerminal(r.State) {
+			fmt.Fprintf(e.stderr, "follow it with: migrator run follow %d\n", r.ID)
+		}
+	}
+	return printCreated(ctx, e, c.store, r, created, f)
+}
+
+// printCreated prints a created (or existing) run: its id, or with --json an
+// object; with --follow it then watches it.
+func printCreated(ctx context.Context, e *env, st *store.Store, r store.Run, created bool, f runCreateFlags) error {
+	if f.asJSON {
+		counts, err := st.Q().CountRun(ctx, r.ID)
+		if err != nil {
+			return err
+		}
+		out := newRunJSON(r, counts, nil, time.Time{})
+		out.Created = &created
+		return writeJSON(e.stdout, out)
+	}
+	fmt.Fprintln(e.stdout, r.ID)
+	if f.follow {
+		return followRun(ctx, e, st, r.ID, f.plain)
+	}
+	return nil
+}
+
+// requireCurrentSchema refuses to work on a database `migrator db upgrade`
+// has not brought up to this binary's schema.
+func requireCurrentSchema(ctx context.Context, st *store.Store) error {
+	ok, err := store.SchemaCurrent(ctx, st.Pool())
+	if err != nil {
+		return fmt.Errorf("check the database schema: %w", err)
+	}
+	if !ok {
+		return usagef("database schema is not current: run `migrator db upgrade` first")
+	}
+	return nil
+}
+
+func describeSelector(s store.Selector) string {
+	var parts []string
+	if len(s.Apps) > 0 {
+		parts = append(parts, "apps "+strings.Join(s.Apps, ","))
+	} else if s.Org != "" {
+		parts = append(parts, "org "+s.Org)
+	}
+	if s.AppPrefix != "" {
+		parts = append(parts, "app prefix "+s.AppPrefix)
+	}
+	if s.AppRegex != "" {
+		parts = append(parts, "app regex "+s.AppRegex)
+	}
+	if len(s.MachineIDs) > 0 {
+		parts = append(parts, "machines "+strings.Join(s.MachineIDs, ","))
+	}
+	if len(s.Labels) > 0 {
+		var kv []string
+		for _, k := range slices.Sorted(maps.Keys(s.Labels)) {
+			kv = append(kv, k+"="+s.Labels[k])
+		}
+		parts = append(parts, "labels "+strings.Join(kv, ","))
+	}
+	if len(parts) == 0 {
+		return "everything"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ---- dry run ----
+
+type planDecisionJSON struct {
+	Quiet        bool              `json:"quiet"`
+	Rule         string            `json:"rule"`
+	Wait         string            `json:"wait"`
+	WaitSeconds  float64           `json:"wait_seconds"`
+	OnDeadline   policy.OnDeadline `json:"on_deadline"`
+	MaxDeferrals int               `json:"max_deferrals"`
+	Deferrals    int               `json:"deferrals"`
+	InWindow     bool              `json:"in_window"`
+	Window       string            `json:"window"`
+	NextWindow   string            `json:"next_window,omitempty"`
+}
+
+type planMachineJSON struct {
+	App       string            `json:"app"`
+	MachineID string            `json:"machine_id"`
+	Region    string            `json:"region"`
+	Image     string            `json:"image"`
+	UpToDate  bool              `json:"up_to_date"`
+	Canary    bool              `json:"canary"`
+	Decision  *planDecisionJSON `json:"decision"`
+}
+
+type dryRunJSON struct {
+	DryRun         bool              `json:"dry_run"`
+	Cause          policy.Cause      `json:"cause"`
+	TargetImage    string            `json:"target_image"`
+	Image          string            `json:"image"`
+	Pinned         bool              `json:"pinned"`
+	Selector       store.Selector    `json:"selector"`
+	Policy         string            `json:"policy"`
+	PolicyVersion  string            `json:"policy_version"`
+	DecidedAt      string            `json:"decided_at"`
+	Machines       int               `json:"machines"`
+	ToMove         int               `json:"to_move"`
+	UpToDate       int               `json:"up_to_date"`
+	MaxUnavailable int               `json:"max_unavailable"`
+	Plan           []planMachineJSON `json:"plan"`
+}
+
+// printDryRun shows the plan with the decision the policy makes for each
+// machine now, exactly as serve would (same policy, same prior deferrals,
+// same deadline override), and writes nothing.
+func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.RunRequest, sel string,
+	planned []orchestrator.PlannedMachine, maxUnavail int, asJSON bool) error {
+	keys := make([]store.MachineKey, 0, len(planned))
+	for _, p := range planned {
+		if !p.UpToDate {
+			keys = append(keys, store.MachineKey{App: p.App, MachineID: p.ID})
+		}
+	}
+	deferrals, err := c.store.Q().PriorDeferrals(ctx, keys)
+	if err != nil {
+		return fmt.Errorf("run create --dry-run: %w", err)
+	}
+	now := c.clock.Now()
+	out := dryRunJSON{DryRun: true, Cause: req.Cause, TargetImage: req.TargetImage, Image: req.Image,
+		Pinned: req.Image != req.TargetImage, Selector: req.Selector, Policy: c.policy.Source(),
+		PolicyVersion: c.policy.Version(), DecidedAt: stamp(now), Machines: len(planned), MaxUnavailable: maxUnavail,
+		Plan: []planMachineJSON{}}
+	for _, p := range planned {
+		pm := planMachineJSON{App: p.App, MachineID: p.ID, Region: p.Region, Image: p.Image, UpToDate: p.UpToDate, Canary: p.Canary}
+		if p.UpToDate {
+			out.UpToDate++
+		} else {
+			out.ToMove++
+			n := deferrals[store.MachineKey{App: p.App, MachineID: p.ID}]
+			d := c.policy.Decide(req.Cause, policy.Machine{App: p.App, MachineID: p.ID, Region: p.Region, Image: p.Image,
+				Labels: p.Labels, Deferrals: n}, now)
+			wait := d.Wait
+			if req.DeadlineOverride > 0 {
+				wait = req.DeadlineOverride
+			}
+			pm.Decision = &planDecisionJSON{Quiet: d.Quiet, Rule: d.Rule, Wait: wait.String(), WaitSeconds: wait.Seconds(),
+				OnDeadline: d.OnDeadline, MaxDeferrals: d.MaxDeferrals, Deferrals: n, InWindow: d.InWindow,
+				Window: d.Window, NextWindow: stamp(d.NextWindow)}
+		}
+		out.Plan = append(out.Plan, pm)
+	}
+	if asJSON {
+		return writeJSON(e.stdout, out)
+	}
+	w := e.stdout
+	pin := "not pinned: --no-pin"
+	if out.Pinned {
+		pin = "pinned from " + req.TargetImage
+	}
+	fmt.Fprintf(w, "dry run: nothing was written\n")
+	fmt.Fprintf(w, "cause %s, image %s (%s)\n", req.Cause, req.Image, pin)
+	fmt.Fprintf(w, "selector: %s\n", sel)
+	fmt.Fprintf(w, "policy: %s (version %s), decisions as of %s\n", c.policy.Source(), c.policy.Version(), stamp(now))
+	fmt.Fprintf(w, "%d %s: %d to move, %d already on the image; max unavailable %d; canary %d\n\n",
+		out.Machines, plural(out.Machines, "machine", "machines"), out.ToMove, out.UpToDate, maxUnavail, req.Canary)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "APP\tMACHINE\tREGION\tCURRENT IMAGE\tUP TO DATE\tCANARY\tQUIET\tRULE\tWAIT\tON DEADLINE\tWINDOW")
+	for _, p := range out.Plan {
+		if p.Decision == nil {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tyes\t-\t-\t-\t-\t-\t-\n", p.App, p.MachineID, p.Region, p.Image)
+			continue
+		}
+		d := p.Decision
+		onDeadline := string(d.OnDeadline)
+		if d.MaxDeferrals > 0 && d.OnDeadline == policy.Defer {
+			onDeadline = fmt.Sprintf("defer (%d of %d used)", d.Deferrals, d.MaxDeferrals)
+		}
+		window := "always"
+		switch {
+		case d.Window != "" && d.InWindow:
+			window = "open (" + d.Window + ")"
+		case d.Window != "":
+			window = "closed until " + d.NextWindow + " (" + d.Window + "): would be deferred"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, p.Image,
+			yesNo(p.Canary), yesNo(d.Quiet), d.Rule, d.Wait, onDeadline, window)
+	}
+	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// ---- run status ----
+
+type countsJSON struct {
+	ByState   map[string]int `json:"by_state"`
+	ByOutcome map[string]int `json:"by_outcome"`
+}
+
+type inFlightJSON struct {
+	App              string `json:"app"`
+	MachineID        string `json:"machine_id"`
+	Region           string `json:"region"`
+	State            string `json:"state"`
+	Canary           bool   `json:"canary"`
+	Quiet            *bool  `json:"quiet"`
+	Rule             string `json:"rule,omitempty"`
+	DrainStartedAt   string `json:"drain_started_at,omitempty"`
+	WaitedSeconds    *int64 `json:"waited_seconds"`
+	DeadlineAt       string `json:"deadline_at,omitempty"`
+	LastActiveAgents *int   `json:"last_active_agents"`
+	GatewayState     string `json:"gateway_state,omitempty"`
+	DrainOutcome     string `json:"drain_outcome,omitempty"`
+}
+
+type runJSON struct {
+	ID                 int64          `json:"id"`
+	State              string         `json:"state"`
+	StateReason        string         `json:"state_reason"`
+	Created            *bool          `json:"created,omitempty"`
+	Cause              string         `json:"cause"`
+	TargetImage        string         `json:"target_image"`
+	Image              string         `json:"image"`
+	Selector           store.Selector `json:"selector"`
+	MaxUnavailable     int            `json:"max_unavailable"`
+	MaxUnavailableSpec string         `json:"max_unavailable_spec"`
+	Canary             int            `json:"canary"`
+	FailureThreshold   int            `json:"failure_threshold"`
+	DeadlineOverride   string         `json:"deadline_override,omitempty"`
+	RequestedBy        string         `json:"requested_by"`
+	Reason             string         `json:"reason"`
+	IdempotencyKey     string         `json:"idempotency_key,omitempty"`
+	PolicyVersion      string         `json:"policy_version"`
+	CreatedAt          string         `json:"created_at"`
+	StartedAt          string         `json:"started_at,omitempty"`
+	FinishedAt         string         `json:"finished_at,omitempty"`
+	Machines           int            `json:"machines"`
+	Done               int            `json:"done"`
+	SlotsHeld          int            `json:"slots_held"`
+	Counts             countsJSON     `json:"counts"`
+	InFlight           []inFlightJSON `json:"in_flight,omitempty"`
+}
+
+func newRunJSON(r store.Run, c store.RunCounts, inFlight []store.MigrationView, now time.Time) runJSON {
+	out := runJSON{ID: r.ID, State: r.State, StateReason: r.StateReason, Cause: r.Cause, TargetImage: r.TargetImage,
+		Image: r.Image, Selector: r.Selector, MaxUnavailable: r.MaxUnavailable, MaxUnavailableSpec: r.MaxUnavailableSpec,
+		Canary: r.Canary, FailureThreshold: r.FailureThreshold, RequestedBy: r.RequestedBy, Reason: r.Reason,
+		IdempotencyKey: r.IdempotencyKey, PolicyVersion: r.PolicyVersion, CreatedAt: stamp(r.CreatedAt),
+		StartedAt: stamp(r.StartedAt), FinishedAt: stamp(r.FinishedAt), Machines: c.Total, Done: c.ByState[store.StateDone],
+		SlotsHeld: c.SlotsHeld, Counts: countsJSON{ByState: nonNil(c.ByState), ByOutcome: nonNil(c.ByOutcome)}}
+	if r.DeadlineOverride > 0 {
+		out.DeadlineOverride = r.DeadlineOverride.String()
+	}
+	if inFlight != nil {
+		out.InFlight = []inFlightJSON{}
+	}
+	for _, v := range inFlight {
+		j := inFlightJSON{App: v.App, MachineID: v.MachineID, Region: v.Region, State: v.State, Canary: v.Canary}
+		if d := v.Drain; d != nil {
+			q := d.Quiet
+			j.Quiet, j.Rule, j.DeadlineAt = &q, d.PolicyRule, stamp(d.DeadlineAt)
+			j.LastActiveAgents, j.GatewayState, j.DrainOutcome = d.LastActiveAgents, d.LastGatewayState, d.Outcome
+			if !d.StartedAt.IsZero() {
+				j.DrainStartedAt = stamp(d.StartedAt)
+				w := int64(drainWaited(d, now).Seconds())
+				j.WaitedSeconds = &w
+			}
+		}
+		out.InFlight = append(out.InFlight, j)
+	}
+	return out
+}
+
+func nonNil(m map[string]int) map[string]int {
+	if m == nil {
+		return map[string]int{}
+	}
+	return m
+}
+
+// drainWaited is how long a drain has waited: until now while it waits,
+// until it ended once it did.
+func drainWaited(d *store.Drain, now time.Time) time.Duration {
+	if d == nil || d.StartedAt.IsZero() {
+		return 0
+	}
+	end := now
+	for _, t := range []time.Time{d.QuiescedAt, d.DeadlineReachedAt, d.RecreatedAt} {
+		if !t.IsZero() && t.Before(end) {
+			end = t
+		}
+	}
+	return max(end.Sub(d.StartedAt), 0)
+}
+
+func newRunStatusCmd(e *env) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status ID",
+		Short: "Show a run: its settings, machines by state and by outcome, and the machines in flight",
+		Long: "Show a run: its settings, its machines counted by state and by outcome, and the machines\n" +
+			"in flight now; for a draining machine, how long it has waited, its deadline and the\n" +
+			"gateway's last active_agents. Wait times are on the fleet's clock.\n\n" + runExitCodes,
+		Example: "  migrator run status 42\n  migrator run status 42 --json | jq .counts.by_outcome",
+		Args:    checkArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			id, err := parseRunID(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			clk, err := loadClock(e)
+			if err != nil {
+				return err
+			}
+			st, closeDB, err := openRunStore(ctx, e)
+			if err != nil {
+				return err
+			}
+			defer closeDB()
+			snap, err := st.Snapshot(ctx, id)
+			if errors.Is(err, store.ErrNotFound) {
+				return usagef("run %d not found (see `migrator run list`)", id)
+			}
+			if err != nil {
+				return fmt.Errorf("run status %d: %w", id, err)
+			}
+			now := clk.Now()
+			if asJSON {
+				return writeJSON(e.stdout, newRunJSON(snap.Run, snap.Counts, snap.InFlight, now))
+			}
+			printRunStatus(e.stdout, snap, now)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the run as a JSON object (id, state, counts.by_state, counts.by_outcome, in_flight, …)")
+	return cmd
+}
+
+func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
+	r, c := snap.Run, snap.Counts
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, args...)) }
+	state := r.State
+	if r.StateReason != "" {
+		state += " (" + r.StateReason + ")"
+	}
+	row("run", "%d", r.ID)
+	row("state", "%s", state)
+	row("cause", "%s", r.Cause)
+	if r.Image != r.TargetImage {
+		row("image", "%s (pinned from %s)", r.Image, r.TargetImage)
+	} else {
+		row("image", "%s", r.Image)
+	}
+	row("selector", "%s", describeSelector(r.Selector))
+	who := r.RequestedBy
+	if r.Reason != "" {
+		who += ": " + r.Reason
+	}
+	row("requested by", "%s", who)
+	if r.IdempotencyKey != "" {
+		row("idempotency key", "%s", r.IdempotencyKey)
+	}
+	budget := fmt.Sprintf("max unavailable %d", r.MaxUnavailable)
+	if r.MaxUnavailableSpec != "" && r.MaxUnavailableSpec != strconv.Itoa(r.MaxUnavailable) {
+		budget += " (" + r.MaxUnavailableSpec + ")"
+	}
+	budget += fmt.Sprintf(", canary %d, failure threshold %d", r.Canary, r.FailureThreshold)
+	if r.DeadlineOverride > 0 {
+		budget += ", drain deadline " + r.DeadlineOverride.String()
+	}
+	row("budget", "%s", budget)
+	row("policy version", "%s", r.PolicyVersion)
+	times := "created " + stamp(r.CreatedAt)
+	if !r.StartedAt.IsZero() {
+		times += ", started " + stamp(r.StartedAt)
+	}
+	if !r.FinishedAt.IsZero() {
+		times += ", finished " + stamp(r.FinishedAt) + " (" + r.FinishedAt.Sub(r.StartedAt).Round(time.Second).String() + ")"
+	}
+	row("times", "%s", times)
+	row("machines", "%d: %s", c.Total, countList(c.ByState, stateOrder))
+	row("outcomes", "%s", countList(c.ByOutcome, outcomeOrder))
+	_ = tw.Flush()
+	if len(snap.InFlight) == 0 {
+		fmt.Fprintln(w, "in flight: none")
+		return
+	}
+	fmt.Fprintf(w, "in flight (%d):\n", len(snap.InFlight))
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  APP\tMACHINE\tREGION\tSTATE\tWAITED\tDEADLINE IN\tACTIVE AGENTS\tGATEWAY\tDRAIN\tRULE")
+	for _, v := range snap.InFlight {
+		waited, deadline, agents, gw, kind, rule := "-", "-", "-", "-", "-", "-"
+		if d := v.Drain; d != nil {
+			kind, rule = quietWord(d.Quiet), d.PolicyRule
+			if v.State == store.StateDecided || v.State == store.StateDraining {
+				deadline = short(max(d.DeadlineAt.Sub(now), 0)) + " (" + string(d.OnDeadline) + ")"
+			}
+			if !d.StartedAt.IsZero() {
+				waited = drainWaited(d, now).Round(time.Second).String()
+			}
+			if d.LastActiveAgents != nil {
+				agents = strconv.Itoa(*d.LastActiveAgents)
+			}
+			if d.LastGatewayState != "" {
+				gw = d.LastGatewayState
+			}
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.App, v.MachineID, v.Region, v.State, waited, deadline, agents, gw, kind, rule)
+	}
+	_ = tw.Flush()
+}
+
+func quietWord(q bool) string {
+	if q {
+		return "quiet"
+	}
+	return "loud"
+}
+
+var (
+	stateOrder = []string{store.StatePending, store.StateReady, store.StateDecided, store.StateDraining,
+		store.StateUpdating, store.StateVerifying, store.StateRollingBack, store.StateDone}
+	outcomeOrder = []string{store.OutcomeMigrated, store.OutcomeSkippedUpToDate, store.OutcomeDeferred,
+		store.OutcomeRolledBack, store.OutcomeFailed, store.OutcomeCancelled}
+	runStates = []string{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling,
+		store.RunSucceeded, store.RunFailed, store.RunCancelled}
+)
+
+// countList prints the non-zero counts in order ("pending 3, done 2"), or
+// "none".
+func countList(m map[string]int, order []string) string {
+	var parts []string
+	for _, k := range order {
+		if m[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) { // anything a newer schema added
+		if !slices.Contains(order, k) && m[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ---- run list ----
+
+func newRunListCmd(e *env) *cobra.Command {
+	var (
+		state  string
+		limit  int
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "list [--state S] [--limit N]",
+		Short: "List runs, newest first",
+		Long: "List runs, newest first, with their progress (machines done of all).\n" +
+			"--state is one of " + strings.Join(runStates, ", ") + ".\n\n" + runExitCodes,
+		Example: "  migrator run list\n  migrator run list --state running --json",
+		Args:    checkArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if state != "" && !slices.Contains(runStates, state) {
+				return usagef("%s: --state %q: want one of %s", cmd.CommandPath(), state, strings.Join(runStates, ", "))
+			}
+			if limit < 1 || limit > 10000 {
+				return usagef("%s: --limit %d: want 1 to 10000", cmd.CommandPath(), limit)
+			}
+			st, closeDB, err := openRunStore(ctx, e)
+			if err != nil {
+				return err
+			}
+			defer closeDB()
+			runs, err := st.Q().ListRuns(ctx, state, limit)
+			if err != nil {
+				return err
+			}
+			counts := make([]store.RunCounts, len(runs))
+			for i, r := range runs {
+				if counts[i], err = st.Q().CountRun(ctx, r.ID); err != nil {
+					return err
+				}
+			}
+			if asJSON {
+				out := []runJSON{}
+				for i, r := range runs {
+					out = append(out, newRunJSON(r, counts[i], nil, time.Time{}))
+				}
+				return writeJSON(e.stdout, out)
+			}
+			if len(runs) == 0 {
+				fmt.Fprintln(e.stderr, "no runs")
+				return nil
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATE\tCAUSE\tDONE\tIMAGE\tREQUESTED BY\tCREATED\tREASON")
+			for i, r := range runs {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", r.ID, r.State, r.Cause, counts[i].ByState[store.StateDone],
+					counts[i].Total, r.Image, r.RequestedBy, stamp(r.CreatedAt), oneLine(r.Reason, 40))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&state, "state", "", "only runs in this state")
+	cmd.Flags().IntVar(&limit, "limit", 20, "at most this many runs")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of runs")
+	return cmd
+}
+
+// oneLine flattens s to one line of at most n runes.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+// ---- run cancel | pause | resume ----
+
+func newRunStateCmd(e *env, verb string) *cobra.Command {
+	var short, long, example string
+	switch verb {
+	case "cancel":
+		short = "Cancel a run: nothing new starts; drains not yet followed by an update are cancelled"
+		long = "Cancel a run (pending, running or paused). Machines that have not started end\n" +
+			"cancelled at once; machines draining get their drain cancelled at their next step, so\n" +
+			"their agents take turns again; machines mid-update finish and are verified. The run\n" +
+			"is cancelling until those are done, then cancelled."
+		example = "  migrator run cancel 42"
+	case "pause":
+		short = "Pause a running run: no machine starts; machines in flight finish"
+		long = "Pause a running run: no machine starts until `migrator run resume`; machines already\n" +
+			"on their path finish it."
+		example = "  migrator run pause 42"
+	case "resume":
+		short = "Resume a paused run (paused by a person, a failed canary or the failure threshold)"
+		long = "Resume a paused run: machines start again within the budget. A run paused because a\n" +
+			"canary failed or failures passed the threshold resumes too; look at\n" +
+			"`migrator history --run ID --outcome rolled_back` first."
+		example = "  migrator run resume 42"
+	}
+	return &cobra.Command{
+		Use:     verb + " ID",
+		Short:   short,
+		Long:    long + "\n\nA run in a state that refuses the change is an error (exit 1).\n\n" + runExitCodes,
+		Example: example,
+		Args:    checkArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			id, err := parseRunID(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			log := cliLogger(e)
+			c, err := loadComponents(ctx, e, needs{}, log)
+			if err != nil {
+				return err
+			}
+			defer c.close()
+			if err := requireCurrentSchema(ctx, c.store); err != nil {
+				return err
+			}
+			before, err := getRun(ctx, c.store, id)
+			if err != nil {
+				return err
+			}
+			if _, err := c.orch.NewRiverClient(orchestrator.RiverOptions{Logger: log}); err != nil {
+				return fmt.Errorf("run %s: %w", verb, err)
+			}
+			by := principal(e)
+			var r store.Run
+			switch verb {
+			case "cancel":
+				r, err = c.orch.Cancel(ctx, id, by)
+			case "pause":
+				r, err = c.orch.Pause(ctx, id, by)
+			case "resume":
+				r, err = c.orch.Resume(ctx, id, by)
+			}
+			if errors.Is(err, store.ErrConflict) {
+				return refusedChange(ctx, c.store, verb, before)
+			}
+			if err != nil {
+				return fmt.Errorf("run %s %d: %w", verb, id, err)
+			}
+			return printStateChange(ctx, e, c.store, verb, r)
+		},
+	}
+}
+
+// refusedChange says, on one line, why a run's state refused verb.
+func refusedChange(ctx context.Context, st *store.Store, verb string, before store.Run) error {
+	r, err := st.Q().GetRun(ctx, before.ID)
+	if err != nil {
+		r = before
+	}
+	want := map[string]string{
+		"cancel": "only a pending, running or paused run can be cancelled",
+		"pause":  "only a running run can be paused",
+		"resume": "only a paused run can be resumed",
+	}[verb]
+	return fmt.Errorf("run %s %d: the run is %s: %s", verb, r.ID, r.State, want)
+}
+
+func printStateChange(ctx context.Context, e *env, st *store.Store, verb string, r store.Run) error {
+	counts, err := st.Q().CountRun(ctx, r.ID)
+	if err != nil {
+		return err
+	}
+	inFlight := counts.Total - counts.ByState[store.StateDone] - counts.ByState[store.StatePending]
+	switch {
+	case verb == "cancel" && r.State == store.RunCancelling:
+		fmt.Fprintf(e.stdout, "run %d cancelling: %d not started were cancelled; %d in flight stop at their next step (drains cancelled; updates already sent finish)\n",
+			r.ID, counts.ByOutcome[store.OutcomeCancelled], inFlight)
+	case verb == "pause":
+		fmt.Fprintf(e.stdout, "run %d paused: no machine starts; %d in flight finish. Resume with: migrator run resume %d\n", r.ID, inFlight, r.ID)
+	default:
+		fmt.Fprintf(e.stdout, "run %d %s\n", r.ID, r.State)
+	}
+	return nil
+}

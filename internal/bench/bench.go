@@ -1,0 +1,686 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+
+	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/pgcluster"
+	"github.com/hermes-cloud/migrator/orchestrator"
+	"github.com/hermes-cloud/migrator/policy"
+	"github.com/hermes-cloud/migrator/store"
+)
+
+// TargetImage is what the benchmark's run moves every machine to.
+const TargetImage = "registry.fly.io/hermes-agent:bench"
+
+// studySeeds is how many fleets StudySeeds draws for a Result.
+const studySeeds = 200
+
+// simOrigin is the simulated timeline's start (any fixed instant: the
+// default policy has no maintenance window).
+var simOrigin = time.Date(2026, 11, 24, 3, 0, 0, 0, time.UTC)
+
+// Result is what one scenario measured. Durations are simulated time
+// unless the name says Wall.
+type Result struct {
+	Config Config // with defaults applied; no database URL kept
+	Apps   int
+
+	// Setup is the wall time to start the database and build the fleet.
+	SetupWall time.Duration
+	// PlanWall/PlanSim: listing the fleet (Plan), before the run exists.
+	PlanWall, PlanSim time.Duration
+	// RunWall: from CreateRun to the last machine done.
+	RunWall time.Duration
+
+	Outcomes map[string]int
+	RunState string
+	// RunReason is why the run ended as it did; Failures the first few
+	// machines that did not migrate, with their error.
+	RunReason string
+	Failures  []string
+	Anomalies int // machines without the timestamps p_i needs (counted as 0 s)
+
+	// Per machine, in plan order: d_i = drain start → quiescence (drain
+	// rows), r_i = recreated_at → finished_at.
+	Drain, Recreate []time.Duration
+	// DrawnDrain is d_i as drawn (the work's length); Drain − DrawnDrain is
+	// the time to notice quiescence.
+	DrawnDrain []time.Duration
+
+	Makespan     time.Duration // CreateRun → last machine done
+	LowerBound   time.Duration // max(max p_i, Σ p_i / B)
+	Wave         time.Duration // fixed waves of B, in plan order, no overhead
+	IdealGreedy  time.Duration // greedy refill with no overhead
+	Ratio        float64       // Makespan / LowerBound
+	WaveRatio    float64       // Wave / LowerBound
+	GreedyRatio  float64       // IdealGreedy / LowerBound
+	MaxDisrupted int           // the simulator's peak of disrupted machines
+	// Study: zero-overhead schedules over many seeds of the same
+	// distribution (nil for fixed drain durations).
+	Study *SeedStudy
+
+	// SQL statements from CreateRun to the end, by label.
+	Statements        int64
+	StatementsByLabel []LabelCount
+	// StatementTime is the round-trip time of the run's statements by
+	// label (client side: queueing on the server included).
+	StatementTime map[string]time.Duration
+	// Plateau: the samples during which at least PlateauFraction of
+	// min(B, N) drains waited on work.
+	Plateau Plateau
+
+	// Requests the simulator received, by route: during Plan, and during
+	// the run.
+	PlanRequests, RunRequests map[string]int
+	RateViolations            int
+	// CallsByKind counts the run's recorded external calls (events with an
+	// HTTP method) by operation, as the orchestrator's audit log has them.
+	CallsByKind    map[string]int
+	SimConnections int64 // TCP connections the simulator accepted
+
+	// CPU from CreateRun to the end: the whole process (getrusage), and the
+	// simulator's handlers (thread CPU clock) within it.
+	ProcessCPU, SimCPU time.Duration
+	// PostgresCPU is the server's CPU (all its processes) over the same
+	// span; 0 when the server is not the benchmark's own.
+	PostgresCPU time.Duration
+	// PeakRSS is the process's resident-set peak during the scenario
+	// (VmHWM after a reset), SimHeap the simulator's Go heap.
+	PeakRSS, SimHeap int64
+	PeakRSSReset     bool // false: PeakRSS is the peak since the process started
+
+	// Pool: its size, and how often and how long a statement had to wait
+	// for a free connection during the run.
+	PoolSize                 int32
+	PoolAcquires, PoolWaited int64
+	PoolWait                 time.Duration
+
+	Warnings        int // warnings and errors the orchestrator and River logged
+	WarningTexts    []string
+	PostgresVersion string
+}
+
+// Plateau is the phase in which many drains wait at once.
+type Plateau struct {
+	Threshold   int
+	MeanWaiting float64
+	Wall, Sim   time.Duration
+	Statements  int64
+	ByLabel     []LabelCount
+	StatusPolls int // gateway status requests the simulator got meanwhile
+}
+
+// PerWallSecond and PerSimSecond are the plateau's statement rates.
+func (p Plateau) PerWallSecond() float64 { return rate(p.Statements, p.Wall) }
+func (p Plateau) PerSimSecond() float64  { return rate(p.Statements, p.Sim) }
+
+func rate(n int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
+}
+
+// N is the number of machines.
+func (r Result) N() int { return r.Config.Machines }
+
+// PerMachine divides v by the number of machines.
+func (r Result) PerMachine(v float64) float64 { return v / float64(max(r.N(), 1)) }
+
+// FlyCalls and GatewayCalls count the run's requests plus planning's.
+func (r Result) FlyCalls() int {
+	return sumPrefix(r.PlanRequests, "fly.") + sumPrefix(r.RunRequests, "fly.")
+}
+func (r Result) GatewayCalls() int {
+	return sumPrefix(r.PlanRequests, "gateway.") + sumPrefix(r.RunRequests, "gateway.")
+}
+
+// WorkerCPU is the process's CPU less the simulator's handlers.
+func (r Result) WorkerCPU() time.Duration { return max(r.ProcessCPU-r.SimCPU, 0) }
+
+func sumPrefix(m map[string]int, prefix string) int {
+	n := 0
+	for k, v := range m {
+		if strings.HasPrefix(k, prefix) {
+			n += v
+		}
+	}
+	return n
+}
+
+// Run builds a simulated fleet and a Postgres, moves every machine to
+// TargetImage with one orchestrator replica, and measures (see the package
+// doc). It returns an error when the scenario could not run or did not end
+// within Config.Timeout; machines that failed are counted in Outcomes.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return Result{}, fmt.Errorf("bench config: %w", err)
+	}
+	log := cfg.Logger
+	res := Result{Config: cfg, Apps: cfg.Machines / cfg.MachinesPerApp}
+	res.Config.DatabaseURL, res.Config.ServerURL, res.Config.Logger = "", "", nil
+	setupStart := time.Now()
+	res.PeakRSSReset = resetPeakRSS()
+
+	dsn, pgPID, cleanup, err := database(ctx, cfg)
+	if err != nil {
+		return res, err
+	}
+	defer cleanup()
+	if err := upgrade(ctx, dsn); err != nil {
+		return res, err
+	}
+	monitor, err := store.Open(ctx, dsn, store.WithMaxConns(2))
+	if err != nil {
+		return res, fmt.Errorf("open monitor pool: %w", err)
+	}
+	defer monitor.Close()
+	if err := monitor.QueryRow(ctx, `SELECT current_setting('server_version')`).Scan(&res.PostgresVersion); err != nil {
+		return res, fmt.Errorf("read server version: %w", err)
+	}
+	skew, err := clockSkew(ctx, monitor)
+	if err != nil {
+		return res, err
+	}
+
+	clk := clock.NewScaled(simOrigin, cfg.TimeScale)
+	plan := turnPlan{seed: cfg.Seed, median: cfg.TurnMedian, sigma: cfg.TurnSigma, fixed: cfg.FixedTurns}
+	simCfg := fleetsim.Config{Apps: res.Apps, MachinesPerApp: cfg.MachinesPerApp, Seed: cfg.Seed, Clock: clk, APISimTime: true}
+	if cfg.TurnsAt == TurnsAtStart {
+		simCfg.Workload.Turns = func(app, id string, _ *mrand.Rand) []fleetsim.Turn {
+			return []fleetsim.Turn{{Session: "bench", Duration: plan.duration(app, id)}}
+		}
+	}
+	heapBefore := heapInUse()
+	sim, err := fleetsim.New(simCfg)
+	if err != nil {
+		return res, fmt.Errorf("build fleet: %w", err)
+	}
+	res.SimHeap = heapInUse() - heapBefore
+	meter := &cpuMeter{}
+	var conns atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return res, fmt.Errorf("listen for the simulator: %w", err)
+	}
+	srv := &http.Server{Handler: meter.wrap(sim.Handler()), ReadHeaderTimeout: 10 * time.Second,
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				conns.Add(1)
+			}
+		}}
+	go func() { _ = srv.Serve(ln) }()
+	defer func() {
+		sim.Close() // ends pending /wait calls
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		_ = srv.Shutdown(sctx)
+	}()
+	base := "http://" + ln.Addr().String()
+
+	warn := newWarnCounter()
+	wlog := slog.New(warn)
+	fly, err := flymachines.New(ctx, flymachines.Config{Token: sim.FlyToken(), BaseURL: base, Clock: clk, Logger: wlog})
+	if err != nil {
+		return res, fmt.Errorf("fly client: %w", err)
+	}
+	gwc, err := gateway.New(gateway.Config{URLTemplate: base + "/gateway/{app}/{machine_id}", DrainKey: sim.DrainKey(), Logger: wlog})
+	if err != nil {
+		return res, fmt.Errorf("gateway client: %w", err)
+	}
+	turns := newDrainTurns(gwc, sim, clk, plan, cfg.TurnsAt)
+
+	counter := NewStatementCounter()
+	opts := []store.OpenOption{store.WithQueryTracer(counter)}
+	if cfg.MaxConns > 0 {
+		opts = append(opts, store.WithMaxConns(cfg.MaxConns))
+	}
+	pool, err := store.Open(ctx, dsn, opts...)
+	if err != nil {
+		return res, fmt.Errorf("open pool: %w", err)
+	}
+	defer pool.Close()
+	st := store.New(pool)
+	orch, err := orchestrator.New(orchestrator.Config{FleetCap: cfg.Budget, PollInterval: cfg.PollInterval, Clock: clk, Logger: wlog},
+		st, fly, turns, policy.Default())
+	if err != nil {
+		return res, err
+	}
+	client, err := orch.NewRiverClient(orchestrator.RiverOptions{Workers: cfg.Workers,
+		// River's timers are wall time: its fetch poll (1 s in production)
+		// and the fill safety net (10 s) are scaled like everything else.
+		FetchPollInterval: max(clk.Wall(time.Second), time.Millisecond),
+		FillEvery:         max(clk.Wall(10*time.Second), time.Millisecond),
+		Logger:            wlog})
+	if err != nil {
+		return res, err
+	}
+	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer rcancel()
+	if err := client.Start(rctx); err != nil {
+		return res, fmt.Errorf("start River: %w", err)
+	}
+	defer stopRiver(client)
+	res.SetupWall = time.Since(setupStart)
+	log.Info("scenario ready", "name", cfg.Name, "machines", cfg.Machines, "budget", cfg.Budget,
+		"time_scale", cfg.TimeScale, "setup", res.SetupWall.Round(time.Millisecond))
+
+	req := orchestrator.RunRequest{Cause: policy.ImageMigration, Image: TargetImage, Selector: store.Selector{Org: sim.Org()},
+		MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline, RequestedBy: "bench",
+		Reason: "fleet benchmark " + cfg.Name}
+	reqs0 := sim.Requests()
+	planWall0, planSim0 := time.Now(), clk.Now()
+	planned, err := orch.Plan(ctx, req.Selector, req.Image, 0)
+	if err != nil {
+		return res, fmt.Errorf("plan: %w", err)
+	}
+	res.PlanWall, res.PlanSim = time.Since(planWall0), clk.Now().Sub(planSim0)
+	reqs1 := sim.Requests()
+	res.PlanRequests = diffInts(reqs0, reqs1)
+
+	sim.ResetMaxDisrupted()
+	labels0, stmts0, took0 := counter.ByLabel(), counter.Total(), counter.Took()
+	user0, sys0 := processCPU()
+	ps0 := pool.Stat()
+	simCPU0 := meter.total()
+	pgCPU0 := treeCPU(pgPID)
+	runWall0, runSim0 := time.Now(), clk.Now()
+	run, _, err := orch.CreateRun(ctx, req, planned)
+	if err != nil {
+		return res, err
+	}
+
+	s := &sampler{counter: counter, sim: sim, turns: turns, clk: clk,
+		threshold: max(1, int(cfg.PlateauFraction*float64(min(cfg.Budget, cfg.Machines))))}
+	final, err := s.wait(ctx, monitor, run.ID, cfg, runWall0)
+	res.RunWall = time.Since(runWall0)
+	if err != nil {
+		return res, err
+	}
+	user1, sys1 := processCPU()
+	res.ProcessCPU = user1 - user0 + sys1 - sys0
+	res.SimCPU = meter.total() - simCPU0
+	ps1 := pool.Stat()
+	res.PoolSize = ps1.MaxConns()
+	res.PoolAcquires = ps1.AcquireCount() - ps0.AcquireCount()
+	res.PoolWaited = ps1.EmptyAcquireCount() - ps0.EmptyAcquireCount()
+	res.PoolWait = ps1.AcquireDuration() - ps0.AcquireDuration()
+	if pgPID > 0 {
+		res.PostgresCPU = treeCPU(pgPID) - pgCPU0
+	}
+	res.Statements = counter.Total() - stmts0
+	res.StatementsByLabel = sortedCounts(diffCounts(labels0, counter.ByLabel()))
+	res.StatementTime = map[string]time.Duration{}
+	for k, v := range counter.Took() {
+		if d := v - took0[k]; d > 0 {
+			res.StatementTime[k] = d
+		}
+	}
+	res.RunRequests = diffInts(reqs1, sim.Requests())
+	res.RateViolations = sim.RateViolations()
+	res.MaxDisrupted = sim.MaxDisrupted()
+	res.SimConnections = conns.Load()
+	res.RunState, res.RunReason = final.State, final.StateReason
+	res.Plateau = s.plateau()
+	res.Warnings, res.WarningTexts = warn.count()
+
+	simOf := func(db time.Time) time.Time {
+		return clk.Origin().Add(time.Duration(float64(db.Add(-skew).Sub(clk.Start())) * clk.Factor()))
+	}
+	if err := res.collect(ctx, monitor, run.ID, runSim0, simOf, turns); err != nil {
+		return res, err
+	}
+	res.PeakRSS = peakRSS()
+	if res.RunState != store.RunSucceeded {
+		return res, fmt.Errorf("run %d ended %s (%s): outcomes %v; first failures: %s", run.ID, res.RunState, res.RunReason,
+			res.Outcomes, strings.Join(res.Failures, "; "))
+	}
+	log.Info("scenario done", "name", cfg.Name, "state", res.RunState, "wall", res.RunWall.Round(time.Millisecond),
+		"ratio", fmt.Sprintf("%.3f", res.Ratio), "wave_ratio", fmt.Sprintf("%.3f", res.WaveRatio))
+	return res, nil
+}
+
+// collect reads every machine's timestamps and computes the schedule figures.
+func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 time.Time,
+	simOf func(time.Time) time.Time, turns *drainTurns) error {
+	r.CallsByKind = map[string]int{}
+	krows, err := db.Query(ctx, `SELECT kind, count(*) FROM events WHERE run_id = $1 AND http_method <> '' GROUP BY kind`, runID)
+	if err != nil {
+		return fmt.Errorf("count calls of run %d: %w", runID, err)
+	}
+	for krows.Next() {
+		var k string
+		var n int
+		if err := krows.Scan(&k, &n); err != nil {
+			krows.Close()
+			return fmt.Errorf("count calls of run %d: %w", runID, err)
+		}
+		r.CallsByKind[k] = n
+	}
+	krows.Close()
+	if err := krows.Err(); err != nil {
+		return fmt.Errorf("count calls of run %d: %w", runID, err)
+	}
+	rows, err := db.Query(ctx, `
+		SELECT m.app, m.machine_id, coalesce(m.outcome, ''), m.started_at, m.finished_at,
+			d.started_at, d.quiesced_at, d.deadline_reached_at, d.recreated_at
+		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id
+		WHERE m.run_id = $1 ORDER BY m.seq`, runID)
+	if err != nil {
+		return fmt.Errorf("read run %d: %w", runID, err)
+	}
+	defer rows.Close()
+	r.Outcomes = map[string]int{}
+	var last time.Time
+	var p []time.Duration
+	for rows.Next() {
+		var app, id, outcome string
+		var mStart, mEnd, dStart, quiesced, deadline, recreated *time.Time
+		if err := rows.Scan(&app, &id, &outcome, &mStart, &mEnd, &dStart, &quiesced, &deadline, &recreated); err != nil {
+			return fmt.Errorf("read run %d: %w", runID, err)
+		}
+		r.Outcomes[outcome]++
+		if outcome != "" && outcome != store.OutcomeMigrated && len(r.Failures) < keepWarnings {
+			var text string
+			if err := db.QueryRow(ctx, `SELECT error FROM machine_migrations WHERE run_id = $1 AND app = $2 AND machine_id = $3`,
+				runID, app, id).Scan(&text); err == nil {
+				r.Failures = append(r.Failures, fmt.Sprintf("%s/%s %s: %s", app, id, orDash(outcome), text))
+			}
+		}
+		var end time.Time
+		if mEnd != nil {
+			end = simOf(*mEnd)
+			if end.After(last) {
+				last = end
+			}
+		}
+		var d, rc time.Duration
+		switch {
+		case dStart != nil && recreated != nil && mEnd != nil:
+			stop := *recreated
+			if quiesced != nil {
+				stop = *quiesced
+			} else if deadline != nil {
+				stop = *deadline
+			}
+			d, rc = stop.Sub(*dStart), end.Sub(*recreated)
+		case mStart != nil && mEnd != nil: // never drained: all of it counts as r
+			rc = end.Sub(simOf(*mStart))
+			r.Anomalies++
+		default:
+			r.Anomalies++
+		}
+		r.Drain = append(r.Drain, max(d, 0))
+		r.Recreate = append(r.Recreate, max(rc, 0))
+		drawn, _ := turns.drawnFor(app, id)
+		r.DrawnDrain = append(r.DrawnDrain, drawn)
+		p = append(p, max(d, 0)+max(rc, 0))
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read run %d: %w", runID, err)
+	}
+	b := r.Config.Budget
+	r.Makespan = last.Sub(t0)
+	r.LowerBound = LowerBound(p, b)
+	r.Wave = WaveMakespan(p, b)
+	r.IdealGreedy = GreedyMakespan(p, b)
+	if r.LowerBound > 0 {
+		lb := float64(r.LowerBound)
+		r.Ratio, r.WaveRatio, r.GreedyRatio = float64(r.Makespan)/lb, float64(r.Wave)/lb, float64(r.IdealGreedy)/lb
+	}
+	if !r.Config.FixedTurns && len(p) > 0 {
+		// Every job is its drawn drain plus what the run added to it on
+		// average (noticing quiescence, recreate, verify).
+		var extra time.Duration
+		for i := range p {
+			extra += p[i] - r.DrawnDrain[i]
+		}
+		if r.Config.TurnsAt == TurnsAtStart {
+			extra = 0
+			for _, rc := range r.Recreate {
+				extra += rc
+			}
+		}
+		st := StudySeeds(studySeeds, len(p), b, r.Config.TurnMedian, r.Config.TurnSigma, extra/time.Duration(len(p)))
+		r.Study = &st
+	}
+	return nil
+}
+
+// sampler watches the run: counters every SampleEvery, and whether it ended.
+type sampler struct {
+	counter   *StatementCounter
+	sim       *fleetsim.Sim
+	turns     *drainTurns
+	clk       clock.Clock
+	threshold int
+
+	in         Plateau
+	waitingSum float64
+	samples    int
+	labels     map[string]int64
+}
+
+type sample struct {
+	wall    time.Time
+	sim     time.Time
+	stmts   int64
+	labels  map[string]int64
+	polls   int
+	waiting int
+}
+
+func (s *sampler) take() sample {
+	now := time.Now()
+	return sample{wall: now, sim: s.clk.Now(), stmts: s.counter.Total(), labels: s.counter.ByLabel(),
+		polls: s.sim.Requests()[fleetsim.RouteStatus], waiting: s.turns.waiting(s.clk.Now())}
+}
+
+// wait samples until run id is over (or paused), within cfg.Timeout.
+func (s *sampler) wait(ctx context.Context, db *pgxpool.Pool, id int64, cfg Config, start time.Time) (store.Run, error) {
+	q := store.NewQ(db)
+	tick := time.NewTicker(cfg.SampleEvery)
+	defer tick.Stop()
+	s.labels = map[string]int64{}
+	prev := s.take()
+	lastCheck, lastLog := time.Now(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return store.Run{}, ctx.Err()
+		case <-tick.C:
+		}
+		cur := s.take()
+		if prev.waiting >= s.threshold && cur.waiting >= s.threshold {
+			s.in.Wall += cur.wall.Sub(prev.wall)
+			s.in.Sim += cur.sim.Sub(prev.sim)
+			s.in.Statements += cur.stmts - prev.stmts
+			s.in.StatusPolls += cur.polls - prev.polls
+			for k, v := range diffCounts(prev.labels, cur.labels) {
+				s.labels[k] += v
+			}
+			s.waitingSum += float64(cur.waiting)
+			s.samples++
+		}
+		prev = cur
+		if time.Since(lastCheck) < 250*time.Millisecond {
+			continue
+		}
+		lastCheck = time.Now()
+		r, err := q.GetRun(ctx, id)
+		if err != nil {
+			return store.Run{}, err
+		}
+		if store.RunTerminal(r.State) || r.State == store.RunPaused {
+			return r, nil
+		}
+		if time.Since(start) > cfg.Timeout {
+			c, _ := q.CountRun(ctx, id)
+			return r, fmt.Errorf("run %d still %s after %s of wall time: %v", id, r.State, cfg.Timeout, c.ByState)
+		}
+		if time.Since(lastLog) >= 10*time.Second {
+			lastLog = time.Now()
+			c, _ := q.CountRun(ctx, id)
+			cfg.Logger.Info("progress", "name", cfg.Name, "done", c.ByState[store.StateDone], "of", c.Total,
+				"draining", c.ByState[store.StateDraining], "drains_waiting", cur.waiting, "statements", cur.stmts)
+		}
+	}
+}
+
+func (s *sampler) plateau() Plateau {
+	p := s.in
+	p.Threshold = s.threshold
+	if s.samples > 0 {
+		p.MeanWaiting = s.waitingSum / float64(s.samples)
+	}
+	p.ByLabel = sortedCounts(s.labels)
+	return p
+}
+
+func diffInts(a, b map[string]int) map[string]int {
+	out := map[string]int{}
+	for k, v := range b {
+		if d := v - a[k]; d != 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+func stopRiver(c *river.Client[pgx.Tx]) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Stop(ctx); err != nil {
+		hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer hcancel()
+		_ = c.StopAndCancel(hctx)
+	}
+}
+
+// clockSkew estimates the database server's clock minus ours, so its
+// now() timestamps can be placed on our timeline (0 on the same host).
+func clockSkew(ctx context.Context, db *pgxpool.Pool) (time.Duration, error) {
+	best, skew := time.Duration(1<<62), time.Duration(0)
+	for range 5 {
+		var at time.Time
+		before := time.Now()
+		if err := db.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&at); err != nil {
+			return 0, fmt.Errorf("read the database clock: %w", err)
+		}
+		rtt := time.Since(before)
+		if rtt < best {
+			best, skew = rtt, at.Sub(before.Add(rtt/2))
+		}
+	}
+	return skew, nil
+}
+
+func upgrade(ctx context.Context, dsn string) error {
+	pool, err := store.Open(ctx, dsn, store.WithMaxConns(2))
+	if err != nil {
+		return fmt.Errorf("open database: %w", err)
+	}
+	defer pool.Close()
+	if _, err := store.Upgrade(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
+		return fmt.Errorf("upgrade schema: %w", err)
+	}
+	return nil
+}
+
+// database returns the DSN of a database for the scenario, the server's
+// PID when it is the benchmark's own (else 0), and how to get rid of it.
+func database(ctx context.Context, cfg Config) (string, int, func(), error) {
+	if cfg.DatabaseURL != "" {
+		return cfg.DatabaseURL, 0, func() {}, nil
+	}
+	if cfg.ServerURL != "" {
+		dsn, cleanup, err := throwawayDatabase(ctx, cfg.ServerURL)
+		return dsn, 0, cleanup, err
+	}
+	dir, err := os.MkdirTemp("", "migrator-bench-")
+	if err != nil {
+		return "", 0, nil, err
+	}
+	cluster, err := pgcluster.Start(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", 0, nil, fmt.Errorf("start PostgreSQL: %w", err)
+	}
+	stop := func() {
+		_ = cluster.Stop()
+		os.RemoveAll(dir)
+	}
+	admin, err := store.Open(ctx, cluster.DSN("postgres"), store.WithMaxConns(1))
+	if err == nil {
+		_, err = admin.Exec(ctx, `CREATE DATABASE bench`)
+		admin.Close()
+	}
+	if err != nil {
+		stop()
+		return "", 0, nil, fmt.Errorf("create database: %w", err)
+	}
+	return cluster.DSN("bench"), postmasterPID(filepath.Join(cluster.Dir(), "data")), stop, nil
+}
+
+func throwawayDatabase(ctx context.Context, server string) (string, func(), error) {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := "migrator_bench_" + hex.EncodeToString(b[:])
+	dsn, err := withDatabase(server, name)
+	if err != nil {
+		return "", nil, err
+	}
+	admin, err := store.Open(ctx, server, store.WithMaxConns(1))
+	if err != nil {
+		return "", nil, fmt.Errorf("open server: %w", err)
+	}
+	if _, err := admin.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{name}.Sanitize()); err != nil {
+		admin.Close()
+		return "", nil, fmt.Errorf("create database %s: %w", name, err)
+	}
+	return dsn, func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = admin.Exec(dctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{name}.Sanitize()+` WITH (FORCE)`)
+		admin.Close()
+	}, nil
+}
+
+// withDatabase returns server's connection string naming database name.
+func withDatabase(server, name string) (string, error) {
+	if strings.HasPrefix(server, "postgres://") || strings.HasPrefix(server, "postgresql://") {
+		u, err := url.Parse(server)
+		if err != nil {
+			return "", errors.New("server URL: cannot parse it")
+		}
+		u.Path = "/" + name
+		return u.String(), nil
+	}
+	fields := slices.DeleteFunc(strings.Fields(server), func(f string) bool { return strings.HasPrefix(f, "dbname=") })
+	return strings.Join(append(fields, "dbname="+name), " "), nil
+}

@@ -1,0 +1,107 @@
+package bench
+
+import (
+	"context"
+	"flag"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/hermes-cloud/migrator/store/storetest"
+)
+
+func TestMain(m *testing.M) { storetest.Main(m) }
+
+// A tiny fleet end to end: every machine migrated, the schedule figures
+// consistent, every counter fed.
+func TestTinyFleet(t *testing.T) {
+	dsn, _ := storetest.NewDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, err := Run(ctx, Config{Name: "tiny", Machines: 20, MachinesPerApp: 2, Budget: 5, TimeScale: 20,
+		TurnMedian: 5 * time.Second, TurnSigma: 0.8, DatabaseURL: dsn, Timeout: time.Minute, SampleEvery: 20 * time.Millisecond,
+		PlateauFraction: 0.2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RunState != "succeeded" || r.Outcomes["migrated"] != 20 || r.Anomalies != 0 {
+		t.Fatalf("run %s, outcomes %v, anomalies %d", r.RunState, r.Outcomes, r.Anomalies)
+	}
+	if len(r.Drain) != 20 || len(r.Recreate) != 20 {
+		t.Fatalf("%d drains, %d recreates for 20 machines", len(r.Drain), len(r.Recreate))
+	}
+	for i, d := range r.Drain {
+		// The drain waits for the turn begun with it, and notices its end
+		// within a poll (5 s) plus scheduling slack (generous: a loaded,
+		// race-instrumented host stretches simulated time).
+		if d < r.DrawnDrain[i] || d > r.DrawnDrain[i]+time.Minute {
+			t.Errorf("machine %d: drain waited %s for a %s turn", i, d, r.DrawnDrain[i])
+		}
+		if r.Recreate[i] <= 0 {
+			t.Errorf("machine %d: recreate took %s", i, r.Recreate[i])
+		}
+	}
+	// No schedule keeping the budget beats the lower bound, and the ideal
+	// greedy never loses to fixed waves.
+	if r.LowerBound <= 0 || r.Ratio < 0.99 || math.IsInf(r.Ratio, 0) || r.GreedyRatio < 0.999 || r.WaveRatio < r.GreedyRatio {
+		t.Fatalf("makespan %s, LB %s, ratios: measured %.3f greedy %.3f wave %.3f",
+			r.Makespan, r.LowerBound, r.Ratio, r.GreedyRatio, r.WaveRatio)
+	}
+	if r.MaxDisrupted > 5 {
+		t.Errorf("the simulator saw %d machines disrupted at once, budget 5", r.MaxDisrupted)
+	}
+	if r.Statements == 0 || len(r.StatementsByLabel) == 0 || r.FlyCalls() == 0 || r.GatewayCalls() == 0 {
+		t.Fatalf("counters: statements %d, fly %d, gateway %d", r.Statements, r.FlyCalls(), r.GatewayCalls())
+	}
+	seen := map[string]bool{}
+	for _, l := range r.StatementsByLabel {
+		seen[l.Label] = true
+	}
+	if !seen["store.(*Q).LoadMachineWork"] || !seen["river JobGetAvailable"] || !seen["begin ← orchestrator.(*step).save"] ||
+		r.StatementTime["store.(*Q).LoadMachineWork"] <= 0 {
+		t.Errorf("statement labels %v, times %v", r.StatementsByLabel, r.StatementTime)
+	}
+	if r.ProcessCPU <= 0 || r.SimCPU <= 0 || r.PeakRSS <= 0 {
+		t.Fatalf("cpu %s, sim cpu %s, rss %d, sim heap %d", r.ProcessCPU, r.SimCPU, r.PeakRSS, r.SimHeap)
+	}
+	if r.RateViolations != 0 {
+		t.Fatalf("%d rate-limit violations", r.RateViolations)
+	}
+	if r.Plateau.Threshold != 1 || r.Plateau.Wall <= 0 || r.Plateau.Statements == 0 || r.Plateau.MeanWaiting < 1 {
+		t.Fatalf("plateau %+v", r.Plateau)
+	}
+	t.Logf("makespan %s LB %s ratio %.3f greedy %.3f wave %.3f; %d statements (%.1f/machine), fly %d, gateway %d",
+		r.Makespan, r.LowerBound, r.Ratio, r.GreedyRatio, r.WaveRatio, r.Statements, r.PerMachine(float64(r.Statements)),
+		r.FlyCalls(), r.GatewayCalls())
+	for _, l := range r.StatementsByLabel {
+		t.Logf("%6d %s", l.Count, l.Label)
+	}
+}
+
+var (
+	fleetMachines = flag.Int("fleet.machines", 50, "BenchmarkFleet: machines")
+	fleetBudget   = flag.Int("fleet.budget", 10, "BenchmarkFleet: budget B")
+	fleetScale    = flag.Float64("fleet.scale", 20, "BenchmarkFleet: time scale")
+)
+
+// BenchmarkFleet runs one small scenario per iteration and reports its
+// figures; `make bench` (migrator bench) runs the 2,000-machine one.
+//
+//	go test -run '^$' -bench Fleet ./internal/bench -args -fleet.machines=200 -fleet.budget=20
+func BenchmarkFleet(b *testing.B) {
+	for b.Loop() {
+		dsn, _ := storetest.NewDB(b)
+		r, err := Run(context.Background(), Config{Name: "go-bench", Machines: *fleetMachines, Budget: *fleetBudget,
+			TimeScale: *fleetScale, DatabaseURL: dsn, Timeout: 10 * time.Minute})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(r.Ratio, "makespan/LB")
+		b.ReportMetric(r.WaveRatio, "wave/LB")
+		b.ReportMetric(r.PerMachine(float64(r.Statements)), "sql/machine")
+		b.ReportMetric(r.PerMachine(float64(r.FlyCalls())), "fly/machine")
+		b.ReportMetric(r.PerMachine(float64(r.GatewayCalls())), "gateway/machine")
+		b.ReportMetric(float64(r.WorkerCPU().Microseconds())/1000/float64(r.N()), "worker-cpu-ms/machine")
+		b.ReportMetric(float64(r.RateViolations), "rate-violations")
+	}
+}

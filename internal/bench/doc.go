@@ -1,0 +1,47 @@
+// Package bench is the fleet-scale benchmark: a simulated fleet
+// (internal/fleetsim, APISimTime), a real PostgreSQL and one orchestrator
+// replica with its River workers, all on one scaled clock, moving every
+// machine to a new image while everything that costs is counted. `migrator
+// bench` (make bench) runs it at 2,000 and 10,000 machines and writes
+// bench/results.md; BenchmarkFleet runs a small fleet under `go test -bench`.
+//
+// # Model
+//
+// Run builds a scenario from Config: N machines, a fleet budget B (the
+// orchestrator's FleetCap and the run's max_unavailable), a policy deadline
+// long enough that no drain is forced, and one turn of agent work per
+// machine whose length d_i is drawn (log-normal, heavy-tailed) from the
+// seed and the machine's name. By default the turn starts the moment the
+// machine's drain begins (a wrapper around the gateway client starts it in
+// the simulator), so every drain waits d_i whatever the schedule, and the
+// jobs the run did are the jobs the baselines are computed over.
+//
+// The run's own rows give, per machine in plan order, d_i (drain start to
+// quiescence) and r_i (recreate to done), p_i = d_i + r_i, all on the
+// simulated timeline; from them LowerBound, WaveMakespan (fixed batches of
+// B, each waiting for its slowest, as batch-based instance refreshes do)
+// and GreedyMakespan (refill with no overhead) are pure arithmetic. The
+// measured makespan runs from CreateRun to the last machine done.
+// StudySeeds repeats the zero-overhead schedules over many draws of the
+// same distribution, to separate what the draw costs from what the
+// orchestrator costs.
+//
+// # Counters
+//
+//   - SQL: StatementCounter, a pgx tracer on the pool River shares, labels
+//     every statement by its source (store function, River query, who
+//     opened the transaction); the sampler keeps the rate during the
+//     plateau, the time in which most drains wait at once.
+//   - Fly and gateway calls: the simulator's request counts by route, and
+//     the audit log's calls by operation.
+//   - CPU: getrusage of the process, less the simulator handlers' own CPU
+//     (thread CPU clock, the handler's goroutine locked to its thread); the
+//     PostgreSQL server's CPU from /proc when the benchmark started it.
+//   - Memory: the process's resident-set peak (VmHWM, reset per scenario).
+//   - The simulator's rate-limit violations and peak of disrupted machines.
+//
+// Everything runs in one process so that one clock drives it; River's
+// internal timers are wall time, so its fetch poll and the fill period are
+// scaled explicitly, and at a time scale above 1 its batching is a little
+// kinder than in production (the report says so).
+package bench

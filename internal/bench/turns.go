@@ -1,0 +1,122 @@
+package bench
+
+import (
+	"container/heap"
+	"context"
+	"hash/fnv"
+	mrand "math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/orchestrator"
+)
+
+// turnPlan draws machine i's drain duration d_i, reproducibly from the seed
+// and the machine's name alone (not from the order machines are reached).
+type turnPlan struct {
+	seed   int64
+	median time.Duration
+	sigma  float64
+	fixed  bool
+}
+
+func (p turnPlan) duration(app, machineID string) time.Duration {
+	if p.fixed {
+		return p.median
+	}
+	h := fnv.New64a()
+	h.Write([]byte(app + "/" + machineID))
+	rng := mrand.New(mrand.NewPCG(uint64(p.seed), h.Sum64()))
+	return max(fleetsim.LogNormal(rng, p.median, p.sigma), time.Millisecond)
+}
+
+// drainTurns sits between the orchestrator and its gateway client. It
+// forwards every call unchanged; on the first begin of each machine it
+// notes when that machine's work ends, and with TurnsAtDrain it first
+// starts the machine's turn in the simulator (a Go call, not a request), so
+// the drain waits exactly d_i for the work in flight. Its count of drains
+// waiting on work is what the sampler reads.
+type drainTurns struct {
+	gw      orchestrator.Gateway
+	sim     *fleetsim.Sim
+	clk     clock.Clock
+	plan    turnPlan
+	atDrain bool
+	origin  time.Time // the simulation's start (TurnsAtStart)
+
+	mu    sync.Mutex
+	drawn map[string]time.Duration // app/machine → d_i, for machines whose drain began
+	ends  timeHeap                 // when the work of begun drains ends, for those still waiting
+}
+
+var _ orchestrator.Gateway = (*drainTurns)(nil)
+
+func newDrainTurns(gw orchestrator.Gateway, sim *fleetsim.Sim, clk clock.Clock, plan turnPlan, at TurnsAt) *drainTurns {
+	return &drainTurns{gw: gw, sim: sim, clk: clk, plan: plan, atDrain: at == TurnsAtDrain, origin: sim.Origin(),
+		drawn: map[string]time.Duration{}}
+}
+
+// Begin implements orchestrator.Gateway.
+func (d *drainTurns) Begin(ctx context.Context, t gateway.Target, quiet bool) (gateway.Echo, error) {
+	key := t.App + "/" + t.MachineID
+	d.mu.Lock()
+	if _, seen := d.drawn[key]; !seen {
+		dur := d.plan.duration(t.App, t.MachineID)
+		d.drawn[key] = dur
+		now := d.clk.Now()
+		end := d.origin.Add(dur)
+		if d.atDrain {
+			d.sim.AddTurn(t.App, t.MachineID, fleetsim.Turn{Session: "bench", Duration: dur})
+			end = now.Add(dur)
+		}
+		if end.After(now) {
+			heap.Push(&d.ends, end)
+		}
+	}
+	d.mu.Unlock()
+	return d.gw.Begin(ctx, t, quiet)
+}
+
+// Cancel implements orchestrator.Gateway.
+func (d *drainTurns) Cancel(ctx context.Context, t gateway.Target) (bool, error) {
+	return d.gw.Cancel(ctx, t)
+}
+
+// Status implements orchestrator.Gateway.
+func (d *drainTurns) Status(ctx context.Context, t gateway.Target) (gateway.Status, error) {
+	return d.gw.Status(ctx, t)
+}
+
+// waiting is how many begun drains still have work in flight at now.
+func (d *drainTurns) waiting(now time.Time) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for len(d.ends) > 0 && !d.ends[0].After(now) {
+		heap.Pop(&d.ends)
+	}
+	return len(d.ends)
+}
+
+// drawnFor returns d_i of a machine whose drain began.
+func (d *drainTurns) drawnFor(app, machineID string) (time.Duration, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, ok := d.drawn[app+"/"+machineID]
+	return v, ok
+}
+
+type timeHeap []time.Time
+
+func (h timeHeap) Len() int           { return len(h) }
+func (h timeHeap) Less(i, j int) bool { return h[i].Before(h[j]) }
+func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timeHeap) Push(x any)        { *h = append(*h, x.(time.Time)) }
+func (h *timeHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}

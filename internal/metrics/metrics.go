@@ -1,0 +1,284 @@
+// Package metrics exposes what a migrator replica does as Prometheus
+// metrics, on a registry of its own (never the global default).
+//
+// Two kinds of numbers:
+//
+//   - Events of this replica, counted as they happen: machine migrations by
+//     outcome, drains by quiet flag and outcome with their wait, forced
+//     drains, deferred machines, auto-update ticks, and every Fly and
+//     gateway HTTP attempt by kind and status class. The orchestrator
+//     reports through its Observer interface (Metrics implements it), the
+//     adapters through their callrec Observe hooks (ObserveFly,
+//     ObserveGateway). Sum them across replicas. Only machines a worker
+//     walked count: those already up to date when the run was planned, or
+//     cancelled before they started, are in the database, not here.
+//   - Fleet-wide state, read from the database at scrape time through a
+//     Source: runs by state and budget slots in use. Every replica reports
+//     the same value; aggregate with max, not sum.
+//
+// Series (all prefixed migrator_):
+//
+//	runs{state}                          gauge     runs in each state
+//	budget_slots_in_use                  gauge     machines holding a budget slot
+//	machine_migrations_total{outcome}    counter   machine migrations ended, by outcome
+//	drains_total{quiet,outcome}          counter   drains ended (quiet="true": no home-channel broadcast)
+//	drain_wait_seconds{quiet}            histogram first begin → quiescence, gateway down or deadline
+//	drains_forced_total                  counter   drains forced at the deadline with work in flight
+//	machines_deferred_total              counter   machines deferred (outside the window, or at the deadline)
+//	auto_update_ticks_total{outcome}     counter   auto-update ticks by what they did
+//	fly_calls_total{kind,code}           counter   Fly Machines API attempts (code 2xx..5xx, or "error")
+//	gateway_calls_total{kind,code}       counter   gateway drain endpoint attempts
+//
+// plus the Go runtime and process collectors.
+package metrics
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hermes-cloud/migrator/internal/callrec"
+	"github.com/hermes-cloud/migrator/orchestrator"
+	"github.com/hermes-cloud/migrator/store"
+)
+
+const namespace = "migrator"
+
+// Source reads fleet-wide state at scrape time (orchestrator.Orchestrator).
+type Source interface {
+	RunsByState(ctx context.Context) (map[string]int, error)
+	SlotsInUse(ctx context.Context) (int, error)
+}
+
+var _ Source = (*orchestrator.Orchestrator)(nil)
+
+// Config configures Metrics.
+type Config struct {
+	// Source feeds the runs and budget gauges. Optional: without it those
+	// series are absent.
+	Source Source
+	// ScrapeTimeout bounds the Source's reads of one scrape. Default 5s.
+	ScrapeTimeout time.Duration
+	// Logger receives scrape errors. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.ScrapeTimeout == 0 {
+		c.ScrapeTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if c.ScrapeTimeout < 0 {
+		return fmt.Errorf("scrape timeout %s is negative", c.ScrapeTimeout)
+	}
+	return nil
+}
+
+// Metrics holds one replica's collectors. Its methods are safe for
+// concurrent use.
+type Metrics struct {
+	reg      *prometheus.Registry
+	log      *slog.Logger
+	machines *prometheus.CounterVec
+	drains   *prometheus.CounterVec
+	wait     *prometheus.HistogramVec
+	forced   prometheus.Counter
+	deferred prometheus.Counter
+	ticks    *prometheus.CounterVec
+	fly      *prometheus.CounterVec
+	gateway  *prometheus.CounterVec
+}
+
+var _ orchestrator.Observer = (*Metrics)(nil)
+
+// Known label values, set to zero up front so every series exists (and
+// rate() works) before the first event.
+var (
+	runStates = []string{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling,
+		store.RunSucceeded, store.RunFailed, store.RunCancelled}
+	outcomes = []string{store.OutcomeMigrated, store.OutcomeRolledBack, store.OutcomeFailed,
+		store.OutcomeSkippedUpToDate, store.OutcomeDeferred, store.OutcomeCancelled}
+	drainOutcomes = []string{store.DrainQuiesced, store.DrainGatewayDown, store.DrainDeadlineForced,
+		store.DrainDeadlineDeferred, store.DrainCancelled, store.DrainFailed}
+	tickOutcomes = []string{orchestrator.AutoUpdateCreated, orchestrator.AutoUpdateExists,
+		orchestrator.AutoUpdateInProgress, orchestrator.AutoUpdateUpToDate, orchestrator.AutoUpdateNoMachines,
+		orchestrator.AutoUpdateNoChannel, "error"}
+)
+
+// DrainWaitBuckets span a drain's possible waits: seconds to the policy's
+// 24h maximum.
+var DrainWaitBuckets = []float64{1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, 7200, 14400, 43200, 86400}
+
+// New returns Metrics with every collector registered.
+func New(cfg Config) (*Metrics, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("metrics config: %w", err)
+	}
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		log: cfg.Logger,
+		machines: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "machine_migrations_total",
+			Help: "Machine migrations ended on this replica, by outcome."}, []string{"outcome"}),
+		drains: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "drains_total",
+			Help: "Drains ended on this replica, by quiet flag (true: no home-channel broadcast) and outcome."},
+			[]string{"quiet", "outcome"}),
+		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "drain_wait_seconds",
+			Help:    "Seconds from a drain's first begin to quiescence, the gateway stopping, or the deadline.",
+			Buckets: DrainWaitBuckets}, []string{"quiet"}),
+		forced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "drains_forced_total",
+			Help: "Drains forced at the deadline with agents possibly still working."}),
+		deferred: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "machines_deferred_total",
+			Help: "Machine migrations deferred (outside the maintenance window, or at the deadline)."}),
+		ticks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "auto_update_ticks_total",
+			Help: "Auto-update ticks worked on this replica, by what they did."}, []string{"outcome"}),
+		fly: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "fly_calls_total",
+			Help: "Fly Machines API HTTP attempts, by operation and status class (error: no response)."},
+			[]string{"kind", "code"}),
+		gateway: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "gateway_calls_total",
+			Help: "Gateway drain endpoint HTTP attempts, by operation and status class (error: no response)."},
+			[]string{"kind", "code"}),
+	}
+	for _, o := range outcomes {
+		m.machines.WithLabelValues(o)
+	}
+	for _, q := range []string{"true", "false"} {
+		m.wait.WithLabelValues(q)
+		for _, o := range drainOutcomes {
+			m.drains.WithLabelValues(q, o)
+		}
+	}
+	for _, o := range tickOutcomes {
+		m.ticks.WithLabelValues(o)
+	}
+	cs := []prometheus.Collector{m.machines, m.drains, m.wait, m.forced, m.deferred, m.ticks, m.fly, m.gateway,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
+	if cfg.Source != nil {
+		cs = append(cs, newStateCollector(cfg.Source, cfg.ScrapeTimeout))
+	}
+	for _, c := range cs {
+		if err := m.reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// Registry is the registry the collectors are on (tests, extra collectors).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the text exposition format. A failed database read leaves
+// out the fleet-wide gauges and is logged; the other series are served.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorLog:      printlnLogger{m.log},
+		ErrorHandling: promhttp.ContinueOnError,
+		Timeout:       30 * time.Second,
+	})
+}
+
+// MachineDone implements orchestrator.Observer.
+func (m *Metrics) MachineDone(outcome string) {
+	m.machines.WithLabelValues(outcome).Inc()
+	if outcome == store.OutcomeDeferred {
+		m.deferred.Inc()
+	}
+}
+
+// DrainEnded implements orchestrator.Observer.
+func (m *Metrics) DrainEnded(quiet bool, outcome string, wait time.Duration) {
+	q := strconv.FormatBool(quiet)
+	m.drains.WithLabelValues(q, outcome).Inc()
+	m.wait.WithLabelValues(q).Observe(wait.Seconds())
+	if outcome == store.DrainDeadlineForced {
+		m.forced.Inc()
+	}
+}
+
+// AutoUpdateTick implements orchestrator.Observer.
+func (m *Metrics) AutoUpdateTick(outcome string) { m.ticks.WithLabelValues(outcome).Inc() }
+
+// ObserveFly counts one Fly API attempt (flymachines.Config.Observe).
+func (m *Metrics) ObserveFly(c callrec.Call) { m.fly.WithLabelValues(c.Kind, codeClass(c)).Inc() }
+
+// ObserveGateway counts one gateway attempt (gateway.Config.Observe).
+func (m *Metrics) ObserveGateway(c callrec.Call) {
+	m.gateway.WithLabelValues(c.Kind, codeClass(c)).Inc()
+}
+
+// codeClass keeps the label set small: "2xx" … "5xx", or "error" when no
+// response arrived.
+func codeClass(c callrec.Call) string {
+	if c.Status < 100 || c.Status > 599 {
+		return "error"
+	}
+	return strconv.Itoa(c.Status/100) + "xx"
+}
+
+// stateCollector reads the fleet-wide gauges from the database per scrape,
+// so they are never stale and cost nothing between scrapes.
+type stateCollector struct {
+	src     Source
+	timeout time.Duration
+	runs    *prometheus.Desc
+	slots   *prometheus.Desc
+}
+
+func newStateCollector(src Source, timeout time.Duration) *stateCollector {
+	return &stateCollector{src: src, timeout: timeout,
+		runs: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "runs"),
+			"Runs in each state, fleet-wide (the same on every replica).", []string{"state"}, nil),
+		slots: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "budget_slots_in_use"),
+			"Machines holding a disruption budget slot, fleet-wide (the same on every replica).", nil, nil),
+	}
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.runs
+	ch <- c.slots
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	byState, err := c.src.RunsByState(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.runs, fmt.Errorf("read runs by state: %w", err))
+	} else {
+		for _, s := range runStates {
+			ch <- prometheus.MustNewConstMetric(c.runs, prometheus.GaugeValue, float64(byState[s]), s)
+		}
+		for s, n := range byState { // a state added later still shows
+			if !slices.Contains(runStates, s) {
+				ch <- prometheus.MustNewConstMetric(c.runs, prometheus.GaugeValue, float64(n), s)
+			}
+		}
+	}
+	slots, err := c.src.SlotsInUse(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.slots, fmt.Errorf("read budget slots: %w", err))
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.slots, prometheus.GaugeValue, float64(slots))
+}
+
+// printlnLogger adapts slog to promhttp's error log.
+type printlnLogger struct{ log *slog.Logger }
+
+func (l printlnLogger) Println(v ...any) {
+	l.log.Warn("metrics scrape", "error", fmt.Sprint(v...))
+}

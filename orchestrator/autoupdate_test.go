@@ -1,0 +1,344 @@
+package orchestrator_test
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/orchestrator"
+	"github.com/hermes-cloud/migrator/policy"
+	"github.com/hermes-cloud/migrator/store"
+)
+
+// recorder is an orchestrator.Observer that keeps what it hears.
+type recorder struct {
+	mu       sync.Mutex
+	machines map[string]int
+	drains   []drainEnd
+	ticks    []string
+}
+
+type drainEnd struct {
+	quiet   bool
+	outcome string
+	wait    time.Duration
+}
+
+func (r *recorder) MachineDone(outcome string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.machines == nil {
+		r.machines = map[string]int{}
+	}
+	r.machines[outcome]++
+}
+
+func (r *recorder) DrainEnded(quiet bool, outcome string, wait time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.drains = append(r.drains, drainEnd{quiet, outcome, wait})
+}
+
+func (r *recorder) AutoUpdateTick(outcome string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ticks = append(r.ticks, outcome)
+}
+
+func (r *recorder) tickOutcomes() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.ticks...)
+}
+
+// takeOver stops the world's replicas and starts one whose River client has
+// opts (an observer, the auto-update cron); being alone, it leads.
+func (w *world) takeOver(opts orchestrator.RiverOptions) *orchestrator.Orchestrator {
+	t := w.t
+	for _, r := range w.reps {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := r.client.Stop(ctx); err != nil {
+			t.Fatalf("stop replica: %v", err)
+		}
+		cancel()
+	}
+	log := slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	fly, err := flymachines.New(context.Background(), flymachines.Config{Token: w.sim.FlyToken(), BaseURL: w.sim.FlyBaseURL(), Clock: w.clk, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(gateway.Config{URLTemplate: w.sim.GatewayURLTemplate(), DrainKey: w.sim.DrainKey(), Logger: log,
+		RetryWaitMin: 10 * time.Millisecond, RetryWaitMax: 50 * time.Millisecond, RetryMax: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Generous timeouts: on a loaded machine a simulated minute is little.
+	orch, err := orchestrator.New(orchestrator.Config{FleetCap: 10, PollInterval: 2 * time.Second, VerifyTimeout: 10 * time.Minute,
+		GatewayGrace: 5 * time.Minute, Clock: w.clk, Logger: log}, w.st, fly, gw, w.pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Workers, opts.FetchPollInterval, opts.FillEvery = 20, 20*time.Millisecond, time.Second
+	opts.Logger = slog.New(slog.DiscardHandler)
+	client, err := orch.NewRiverClient(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := client.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c()
+		_ = client.StopAndCancel(sctx)
+		cancel()
+	})
+	w.owner = orch
+	return orch
+}
+
+func autoUpdateRuns(t *testing.T, st *store.Store) []store.Run {
+	t.Helper()
+	runs, err := st.Q().ListRuns(context.Background(), "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []store.Run
+	for _, r := range runs {
+		if r.Cause == string(policy.AutoUpdate) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func mustSchedule(t *testing.T, spec string) cron.Schedule {
+	t.Helper()
+	s, err := cron.ParseStandard(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+const pinnedV2 = "registry.fly.io/hermes-agent@sha256:2222222222222222222222222222222222222222222222222222222222222222"
+
+// One tick at a time: no channel, an unchanged fleet, a change (one run for
+// the opted-in machines only, on the pinned image), the same tick again, a
+// tick while the run is open, and a tick after it finished.
+func TestAutoUpdateTick(t *testing.T) {
+	t.Parallel()
+	sim := idleFleet(3)
+	sim.Labels = func(app, _ string) map[string]string {
+		if strings.HasSuffix(app, "3") {
+			return map[string]string{"hermes_auto_update": "false"}
+		}
+		return map[string]string{"hermes_auto_update": "true"}
+	}
+	w := newWorld(t, worldOpts{sim: sim})
+	ctx := context.Background()
+	var pins []string
+	cfg := orchestrator.AutoUpdateConfig{Schedule: mustSchedule(t, "@every 1m"), Spec: "@every 1m", Channel: "stable",
+		Selector:       store.Selector{Org: w.sim.Org(), Labels: map[string]string{"hermes_auto_update": "true"}},
+		MaxUnavailable: "100%",
+		Pin: func(_ context.Context, ref string) (string, error) {
+			pins = append(pins, ref)
+			if ref == imgV2 {
+				return pinnedV2, nil
+			}
+			return ref, nil
+		}}
+	tick := time.Date(2026, 11, 24, 3, 0, 0, 0, time.UTC)
+	next := func() time.Time { tick = tick.Add(time.Minute); return tick }
+
+	if res, err := w.owner.AutoUpdate(ctx, cfg, next()); err != nil || res.Outcome != orchestrator.AutoUpdateNoChannel {
+		t.Fatalf("no channel: %+v, %v", res, err)
+	}
+	if _, err := w.st.Q().SetChannel(ctx, "stable", imgV1, "alice", "initial"); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := w.owner.AutoUpdate(ctx, cfg, next()); err != nil || res.Outcome != orchestrator.AutoUpdateUpToDate || res.Run.ID != 0 {
+		t.Fatalf("unchanged fleet: %+v, %v", res, err)
+	}
+	if n := len(autoUpdateRuns(t, w.st)); n != 0 {
+		t.Fatalf("unchanged fleet made %d runs", n)
+	}
+
+	if _, err := w.st.Q().SetChannel(ctx, "stable", imgV2, "alice", "v2 is out"); err != nil {
+		t.Fatal(err)
+	}
+	// A busy opted-in agent keeps the run open for a while (5 simulated
+	// minutes, 6 real seconds) while the next ticks come.
+	busy := machinesOf(w)[0]
+	if strings.HasSuffix(busy.App, "3") {
+		t.Fatalf("machine %s/%s is not opted in", busy.App, busy.ID)
+	}
+	w.sim.AddTurn(busy.App, busy.ID, fleetsim.Turn{Session: "dave", Duration: 5 * time.Minute})
+	changed := next()
+	res, err := w.owner.AutoUpdate(ctx, cfg, changed)
+	if err != nil || res.Outcome != orchestrator.AutoUpdateCreated || res.ToMove != 2 {
+		t.Fatalf("channel change: %+v, %v", res, err)
+	}
+	run := res.Run
+	if run.Image != pinnedV2 || run.TargetImage != imgV2 || run.IdempotencyKey != orchestrator.AutoUpdateKey("stable", changed) ||
+		run.RequestedBy != "auto-update" || !strings.Contains(run.Reason, "set by alice") {
+		t.Fatalf("run %+v", run)
+	}
+	if c, err := w.st.Q().CountRun(ctx, run.ID); err != nil || c.Total != 2 {
+		t.Fatalf("run holds %+v (%v): want the 2 opted-in machines", c, err)
+	}
+	if res, err := w.owner.AutoUpdate(ctx, cfg, changed); err != nil || res.Outcome != orchestrator.AutoUpdateExists || res.Run.ID != run.ID {
+		t.Fatalf("re-delivered tick: %+v, %v", res, err)
+	}
+	if res, err := w.owner.AutoUpdate(ctx, cfg, next()); err != nil || res.Outcome != orchestrator.AutoUpdateInProgress || res.Run.ID != run.ID {
+		t.Fatalf("tick while the run is open: %+v, %v", res, err)
+	}
+	if r := w.waitRun(run.ID, time.Minute); r.State != store.RunSucceeded {
+		t.Fatalf("run %s: %s", r.State, r.StateReason)
+	}
+	if res, err := w.owner.AutoUpdate(ctx, cfg, next()); err != nil || res.Outcome != orchestrator.AutoUpdateUpToDate {
+		t.Fatalf("tick after the run: %+v, %v", res, err)
+	}
+	if n := len(autoUpdateRuns(t, w.st)); n != 1 {
+		t.Fatalf("%d auto-update runs, want 1", n)
+	}
+	for _, m := range machinesOf(w) {
+		want := pinnedV2
+		if strings.HasSuffix(m.App, "3") {
+			want = imgV1 // not opted in
+		}
+		if m.Image != want {
+			t.Errorf("%s/%s runs %s, want %s", m.App, m.ID, m.Image, want)
+		}
+	}
+	if len(pins) == 0 || pins[len(pins)-1] != imgV2 {
+		t.Fatalf("pinned %v", pins)
+	}
+
+	// A selector that matches nothing is not an error either.
+	cfg.Selector.Labels = map[string]string{"hermes_auto_update": "never"}
+	if res, err := w.owner.AutoUpdate(ctx, cfg, next()); err != nil || res.Outcome != orchestrator.AutoUpdateNoMachines {
+		t.Fatalf("empty selector: %+v, %v", res, err)
+	}
+}
+
+// The cron, through River: ticks of an unchanged fleet make no run; a
+// channel change makes exactly one run on the next tick, and later ticks,
+// during and after it, make none.
+func TestAutoUpdateCronCreatesOneRunPerChange(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: idleFleet(2)})
+	ctx := context.Background()
+	if _, err := w.st.Q().SetChannel(ctx, "stable", imgV1, "alice", "initial"); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	w.takeOver(orchestrator.RiverOptions{Observer: rec, AutoUpdate: &orchestrator.AutoUpdateConfig{
+		Schedule: mustSchedule(t, "@every 1s"), Spec: "@every 1s", Channel: "stable",
+		Selector: store.Selector{Org: w.sim.Org()}, MaxUnavailable: "2"}})
+
+	waitTicks := func(outcome string, n int) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			seen := 0
+			for _, o := range rec.tickOutcomes() {
+				if o == outcome {
+					seen++
+				}
+			}
+			if seen >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("waited for %d %q ticks, saw %v\n%s", n, outcome, rec.tickOutcomes(), tail(w.logs.String(), 3000))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitTicks(orchestrator.AutoUpdateUpToDate, 2)
+	if n := len(autoUpdateRuns(t, w.st)); n != 0 {
+		t.Fatalf("an unchanged fleet made %d runs", n)
+	}
+	if !strings.Contains(w.logs.String(), "auto-update tick: nothing to do") {
+		t.Fatal("no log line for a tick with nothing to do")
+	}
+
+	if _, err := w.st.Q().SetChannel(ctx, "stable", imgV2, "alice", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	waitTicks(orchestrator.AutoUpdateCreated, 1)
+	runs := autoUpdateRuns(t, w.st)
+	if len(runs) != 1 {
+		t.Fatalf("%d auto-update runs after one change", len(runs))
+	}
+	if r := w.waitRun(runs[0].ID, time.Minute); r.State != store.RunSucceeded {
+		t.Fatalf("run %s: %s", r.State, r.StateReason)
+	}
+	upToDate := 0
+	for _, o := range rec.tickOutcomes() {
+		if o == orchestrator.AutoUpdateUpToDate {
+			upToDate++
+		}
+	}
+	waitTicks(orchestrator.AutoUpdateUpToDate, upToDate+2)
+	if runs := autoUpdateRuns(t, w.st); len(runs) != 1 {
+		t.Fatalf("%d auto-update runs, want exactly 1", len(runs))
+	}
+	for _, m := range machinesOf(w) {
+		if m.Image != imgV2 || m.Updates != 1 {
+			t.Errorf("%s/%s: image %s after %d updates", m.App, m.ID, m.Image, m.Updates)
+		}
+	}
+	for _, o := range rec.tickOutcomes() {
+		if o == "error" || o == orchestrator.AutoUpdateExists {
+			t.Errorf("tick outcomes %v: a tick failed or was delivered twice", rec.tickOutcomes())
+			break
+		}
+	}
+}
+
+// The observer hears each finished machine once, and each drain with its
+// flag, outcome and wait in clock time.
+func TestObserverHearsMachinesAndDrains(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: idleFleet(2)})
+	rec := &recorder{}
+	w.takeOver(orchestrator.RiverOptions{Observer: rec})
+	ms := machinesOf(w)
+	w.sim.AddTurn(ms[1].App, ms[1].ID, fleetsim.Turn{Session: "bob", Duration: 4 * time.Hour})
+
+	run := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, MaxUnavailable: "2",
+		DeadlineOverride: 3 * time.Minute})
+	if r := w.waitRun(run.ID, time.Minute); r.State != store.RunSucceeded {
+		t.Fatalf("run %s: %s\n%+v\n%s", r.State, r.StateReason, w.history(run.ID), tail(w.logs.String(), 3000))
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.machines) != 1 || rec.machines[store.OutcomeMigrated] != 2 {
+		t.Fatalf("machines %v: want 2 migrated", rec.machines)
+	}
+	if len(rec.drains) != 2 {
+		t.Fatalf("drains %+v: want 2", rec.drains)
+	}
+	got := map[string]drainEnd{}
+	for _, d := range rec.drains {
+		got[d.outcome] = d
+	}
+	if q := got[store.DrainQuiesced]; !q.quiet || q.wait < 0 || q.wait > time.Minute {
+		t.Errorf("quiesced drain %+v", q)
+	}
+	// The deadline runs from the decision; the drain began a moment later.
+	if f := got[store.DrainDeadlineForced]; !f.quiet || f.wait < 2*time.Minute || f.wait > 4*time.Minute {
+		t.Errorf("forced drain %+v: want a wait of about the 3m deadline", f)
+	}
+}

@@ -1,0 +1,185 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// HistoryFilter narrows a drain_history query. Zero fields do not filter.
+// Every field becomes a bind parameter; only the set of conditions varies,
+// so each combination gets a plan that can use the indexes behind it:
+// machine_migrations (app, machine_id, created_at), (machine_id, created_at),
+// (run_id, state), (created_at), (outcome, created_at); runs (cause,
+// created_at); drains' partial index on forced drains.
+type HistoryFilter struct {
+	App       string
+	MachineID string
+	Cause     string
+	RunID     int64
+	// Since and Until bound created_at (the machine migration's creation):
+	// Since inclusive, Until exclusive.
+	Since, Until time.Time
+	// SinceAgo and UntilAgo are relative to the database's now(), so a
+	// "last 24h" query does not depend on the caller's clock.
+	SinceAgo, UntilAgo time.Duration
+	// Quiet, when set, keeps quiet (true) or loud (false) drains; machines
+	// that never had a drain decided are neither.
+	Quiet *bool
+	// Outcome is a machine migration outcome (migrated, rolled_back, …).
+	Outcome string
+	// Forced keeps drains whose deadline forced the update.
+	Forced bool
+	// Limit caps the rows; 0 means no limit.
+	Limit int
+}
+
+// HistoryRow is one row of the drain_history view: one machine migration.
+// Pointers are the columns that may be NULL (no drain decided, nothing
+// recorded yet).
+type HistoryRow struct {
+	RunID                  int64      `json:"run_id"`
+	Cause                  string     `json:"cause"`
+	RequestedBy            string     `json:"requested_by"`
+	App                    string     `json:"app"`
+	MachineID              string     `json:"machine_id"`
+	FromImage              string     `json:"from_image"`
+	ToImage                string     `json:"to_image"`
+	Quiet                  *bool      `json:"quiet"`
+	PolicyRule             *string    `json:"policy_rule"`
+	SuppressionEchoed      *bool      `json:"suppression_echoed"`
+	DrainStartedAt         *time.Time `json:"drain_started_at"`
+	QuiescedAt             *time.Time `json:"quiesced_at"`
+	DeadlineAt             *time.Time `json:"deadline_at"`
+	DrainOutcome           *string    `json:"drain_outcome"`
+	ActiveAgentsAtRecreate *int       `json:"active_agents_at_recreate"`
+	RecreatedAt            *time.Time `json:"recreated_at"`
+	Outcome                *string    `json:"outcome"`
+	Error                  *string    `json:"error"`
+	MigrationID            int64      `json:"migration_id"`
+	Region                 string     `json:"region"`
+	PolicyVersion          *string    `json:"policy_version"`
+	DrainDeadline          *time.Time `json:"drain_deadline"`
+	OnDeadline             *string    `json:"on_deadline"`
+	Deferrals              int        `json:"deferrals"`
+	Reason                 string     `json:"reason"`
+	CreatedAt              time.Time  `json:"created_at"`
+	FinishedAt             *time.Time `json:"finished_at"`
+}
+
+// HistoryColumns are drain_history's columns in HistoryRow's order (the CSV
+// header and the JSON keys).
+var HistoryColumns = []string{"run_id", "cause", "requested_by", "app", "machine_id", "from_image", "to_image",
+	"quiet", "policy_rule", "suppression_echoed", "drain_started_at", "quiesced_at", "deadline_at", "drain_outcome",
+	"active_agents_at_recreate", "recreated_at", "outcome", "error", "migration_id", "region", "policy_version",
+	"drain_deadline", "on_deadline", "deferrals", "reason", "created_at", "finished_at"}
+
+func (r *HistoryRow) dest() []any {
+	return []any{&r.RunID, &r.Cause, &r.RequestedBy, &r.App, &r.MachineID, &r.FromImage, &r.ToImage, &r.Quiet,
+		&r.PolicyRule, &r.SuppressionEchoed, &r.DrainStartedAt, &r.QuiescedAt, &r.DeadlineAt, &r.DrainOutcome,
+		&r.ActiveAgentsAtRecreate, &r.RecreatedAt, &r.Outcome, &r.Error, &r.MigrationID, &r.Region,
+		&r.PolicyVersion, &r.DrainDeadline, &r.OnDeadline, &r.Deferrals, &r.Reason, &r.CreatedAt, &r.FinishedAt}
+}
+
+// historySQL builds the one query behind History. Values are never spliced
+// into the text: each condition is a fixed fragment with its own $n.
+func historySQL(f HistoryFilter) (string, []any, error) {
+	if f.Limit < 0 {
+		return "", nil, fmt.Errorf("history limit %d is negative", f.Limit)
+	}
+	var where []string
+	var args []any
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	if f.App != "" {
+		add("app = $%d", f.App)
+	}
+	if f.MachineID != "" {
+		add("machine_id = $%d", f.MachineID)
+	}
+	if f.Cause != "" {
+		add("cause = $%d", f.Cause)
+	}
+	if f.RunID != 0 {
+		add("run_id = $%d", f.RunID)
+	}
+	if !f.Since.IsZero() {
+		add("created_at >= $%d", f.Since)
+	}
+	if !f.Until.IsZero() {
+		add("created_at < $%d", f.Until)
+	}
+	if f.SinceAgo > 0 {
+		add("created_at >= now() - $%d::interval", fmt.Sprintf("%d microseconds", f.SinceAgo.Microseconds()))
+	}
+	if f.UntilAgo > 0 {
+		add("created_at < now() - $%d::interval", fmt.Sprintf("%d microseconds", f.UntilAgo.Microseconds()))
+	}
+	if f.Quiet != nil {
+		add("quiet = $%d", *f.Quiet)
+	}
+	if f.Outcome != "" {
+		add("outcome = $%d", f.Outcome)
+	}
+	if f.Forced {
+		add("drain_outcome = $%d", DrainDeadlineForced)
+	}
+	var b strings.Builder
+	b.WriteString(`SELECT ` + strings.Join(HistoryColumns, ", ") + ` FROM drain_history`)
+	if len(where) > 0 {
+		b.WriteString(" WHERE " + strings.Join(where, " AND "))
+	}
+	// migration_id breaks ties so pages and repeated queries are stable.
+	b.WriteString(" ORDER BY created_at DESC, migration_id DESC")
+	if f.Limit > 0 {
+		args = append(args, f.Limit)
+		fmt.Fprintf(&b, " LIMIT $%d", len(args))
+	}
+	return b.String(), args, nil
+}
+
+// History streams the drain_history rows that match f, newest first, to fn;
+// an error from fn stops the query and is returned.
+func (q *Q) History(ctx context.Context, f HistoryFilter, fn func(HistoryRow) error) error {
+	sql, args, err := historySQL(f)
+	if err != nil {
+		return err
+	}
+	rows, err := q.db.Query(ctx, sql, args...)
+	if err != nil {
+		return fmt.Errorf("query drain history: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r HistoryRow
+		if err := rows.Scan(r.dest()...); err != nil {
+			return fmt.Errorf("read drain history: %w", err)
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read drain history: %w", err)
+	}
+	return nil
+}
+
+// ExplainHistory returns the plan Postgres chooses for History(f), as
+// EXPLAIN (FORMAT JSON) prints it, so a test (or an operator) can check
+// that a filter is served by an index.
+func (q *Q) ExplainHistory(ctx context.Context, f HistoryFilter) (json.RawMessage, error) {
+	sql, args, err := historySQL(f)
+	if err != nil {
+		return nil, err
+	}
+	var plan []byte
+	if err := q.db.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+sql, args...).Scan(&plan); err != nil {
+		return nil, fmt.Errorf("explain drain history: %w", err)
+	}
+	return plan, nil
+}
