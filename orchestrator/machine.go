@@ -67,6 +67,22 @@ type step struct {
 	log    *slog.Logger
 	// drainEnded: the drain's outcome is committed (reported to the Observer).
 	drainEnded bool
+	// leaseDirty: the lease was refreshed and its nonce/expiry not yet saved.
+	leaseDirty bool
+}
+
+// Bounds that keep one execution inside its job timeout and make its writes
+// survive it: external calls get two thirds of the timeout, and the writes
+// that record their effects, or the clean-up after an abort, are not cut
+// short by that deadline (River will not rescue the job before RescueAfter,
+// and the version guard stops a double write).
+const (
+	dbWriteTimeout = 15 * time.Second
+	cleanupTimeout = 10 * time.Second
+)
+
+func detached(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), d)
 }
 
 // Step advances migration id as far as it can go without waiting.
@@ -81,6 +97,8 @@ func (o *Orchestrator) Step(ctx context.Context, id int64) (next, error) {
 	s.m = &s.w.Migration
 	s.drainEnded = w.Drain != nil && w.Drain.Outcome != ""
 	s.log = o.log.With("run_id", s.m.RunID, "app", s.m.App, "machine_id", s.m.MachineID)
+	ctx, cancel := context.WithTimeout(ctx, o.jobTimeout*2/3)
+	defer cancel()
 	// A machine with nothing to wait for goes on to its next state at once;
 	// the bound only guards against a bug looping forever.
 	for range 16 {
@@ -142,9 +160,25 @@ func (s *step) save(ctx context.Context, from string, detail map[string]any) err
 	for k, v := range detail {
 		ev.Detail[k] = v
 	}
+	if err := s.commit(ctx, &ev); err != nil {
+		return err
+	}
+	s.log.Info("machine "+ev.Kind[len("machine."):], "from", from, "to", s.m.State, "outcome", s.m.Outcome, "error", s.m.Error)
+	s.observe()
+	return nil
+}
+
+// commit writes the machine (and drain) with the calls made, the pending
+// events and ev (if any) in one transaction; a machine that gave back its
+// slot lets the next one in.
+func (s *step) commit(ctx context.Context, ev *store.Event) error {
+	ctx, cancel := detached(ctx, dbWriteTimeout)
+	defer cancel()
 	calls := s.calls.Take()
 	events := append(store.EventsFromCalls(calls), s.events...)
-	events = append(events, ev)
+	if ev != nil {
+		events = append(events, *ev)
+	}
 	slotFreed := !s.m.SlotHeld || s.m.State == store.StateDone
 	err := s.o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
 		if err := q.SaveMigration(ctx, s.m); err != nil {
@@ -174,8 +208,7 @@ func (s *step) save(ctx context.Context, from string, detail map[string]any) err
 		return err
 	}
 	s.events = nil
-	s.log.Info("machine "+ev.Kind[len("machine."):], "from", from, "to", s.m.State, "outcome", s.m.Outcome, "error", s.m.Error)
-	s.observe()
+	s.leaseDirty = false
 	return nil
 }
 
@@ -225,7 +258,10 @@ func (s *step) finish(ctx context.Context, outcome, drainOutcome, errText string
 // cancelled so the agent takes turns again.
 func (s *step) abortBeforeUpdate(ctx context.Context, outcome, drainOutcome, errText string) (next, error) {
 	if s.w.Drain != nil && !s.w.Drain.StartedAt.IsZero() || s.m.State == store.StateDecided {
-		if _, err := s.o.gw.Cancel(ctx, s.target()); err != nil {
+		cctx, cancel := detached(ctx, cleanupTimeout)
+		_, err := s.o.gw.Cancel(cctx, s.target())
+		cancel()
+		if err != nil {
 			s.log.Warn("cancel drain failed", "error", err)
 			s.events = append(s.events, store.Event{Kind: "machine.cancel_drain_failed", Target: s.m.Target(), Error: err.Error()})
 		}
@@ -358,6 +394,16 @@ func (s *step) flyError(ctx context.Context, op string, err error) (next, error)
 // persistCalls writes the calls of a step that changed nothing, so the audit
 // log is complete even for retries.
 func (s *step) persistCalls(ctx context.Context) {
+	if s.leaseDirty {
+		// The refreshed lease must be saved too, or every later step
+		// would refresh it again.
+		if err := s.commit(ctx, nil); err != nil {
+			s.log.Warn("record calls and lease", "error", err)
+		}
+		return
+	}
+	ctx, cancel := detached(ctx, dbWriteTimeout)
+	defer cancel()
 	calls := s.calls.Take()
 	if len(calls) == 0 {
 		return
@@ -512,6 +558,7 @@ func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
 		}
 	}
 	s.m.LeaseNonce, s.m.LeaseExpiresAt = lease.Nonce, lease.ExpiresAt
+	s.leaseDirty = true
 	return next{}, true, nil
 }
 
@@ -519,6 +566,8 @@ func (s *step) releaseLease(ctx context.Context) {
 	if s.m.LeaseNonce == "" {
 		return
 	}
+	ctx, cancel := detached(ctx, cleanupTimeout)
+	defer cancel()
 	if err := s.o.fly.ReleaseLease(ctx, s.m.App, s.m.MachineID, s.m.LeaseNonce); err != nil {
 		s.log.Warn("release lease failed (it expires by itself)", "error", err)
 	}
@@ -532,15 +581,24 @@ func (s *step) update(ctx context.Context) (next, error) {
 	if n, ok, err := s.keepLease(ctx); !ok {
 		return n, err
 	}
+	before := s.now()
 	res, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.ToImage, s.m.LeaseNonce)
 	if err != nil {
 		return s.flyError(ctx, "update machine", err)
 	}
-	now := s.now()
+	// Health results must be newer than the update itself, not than our
+	// record of it: a step delayed after Fly took the update (a rescued job,
+	// a database blip) would otherwise find every fresh result "stale" and
+	// roll a healthy machine back. Fly's own updated_at says when; the time
+	// before our call is the fallback.
+	updatedAt := res.UpdatedAt
+	if updatedAt.IsZero() || updatedAt.After(s.now()) {
+		updatedAt = before
+	}
 	s.m.ToInstanceID = res.ToInstanceID
-	s.m.UpdatedMachineAt = now
+	s.m.UpdatedMachineAt = updatedAt
 	if s.w.Drain != nil {
-		s.w.Drain.RecreatedAt = now
+		s.w.Drain.RecreatedAt = updatedAt
 	}
 	if err := s.transition(ctx, store.StateVerifying, map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched}); err != nil {
 		return next{}, err

@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -27,28 +26,8 @@ func (nopObserver) DrainEnded(bool, string, time.Duration) {}
 func (nopObserver) AutoUpdateTick(string)                  {}
 
 // RunsByState counts runs by state, fleet-wide (every replica sees the same).
-//
-// The query lives here rather than in store only because store has no
-// counting query yet; it reads one small table.
 func (o *Orchestrator) RunsByState(ctx context.Context) (map[string]int, error) {
-	rows, err := o.store.Pool().Query(ctx, `SELECT state, count(*) FROM runs GROUP BY state`)
-	if err != nil {
-		return nil, fmt.Errorf("count runs by state: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]int{}
-	for rows.Next() {
-		var state string
-		var n int
-		if err := rows.Scan(&state, &n); err != nil {
-			return nil, fmt.Errorf("count runs by state: %w", err)
-		}
-		out[state] = n
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("count runs by state: %w", err)
-	}
-	return out, nil
+	return o.store.Q().CountRunsByState(ctx)
 }
 
 // SlotsInUse counts the machines holding a budget slot, fleet-wide.

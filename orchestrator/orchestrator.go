@@ -212,6 +212,23 @@ func (w *fillWorker) Work(ctx context.Context, _ *river.Job[FillArgs]) error {
 		if err := w.o.fillTx(ctx, q, tx); err != nil {
 			return err
 		}
+		// A machine on its path must always have a live job. Insert one for
+		// each: River's uniqueness skips those that have one, so only a job
+		// lost (completed before a quick pause/resume claimed the machine
+		// again, or discarded) is re-created.
+		active, err := q.ActiveMigrations(ctx)
+		if err != nil {
+			return err
+		}
+		if len(active) > 0 {
+			params := make([]river.InsertManyParams, len(active))
+			for i, id := range active {
+				params[i] = river.InsertManyParams{Args: MachineArgs{MigrationID: id}}
+			}
+			if _, err := w.o.river.InsertManyTx(ctx, tx, params); err != nil {
+				return fmt.Errorf("re-insert machine jobs: %w", err)
+			}
+		}
 		runs, err := q.ListRuns(ctx, store.RunRunning, 1000)
 		if err != nil {
 			return err

@@ -425,3 +425,33 @@ func TestStoppedMachineMovesWithoutDrain(t *testing.T) {
 		}
 	}
 }
+
+// A long drain refreshes its Fly lease about once per half-life, not on
+// every poll: the refreshed lease is saved even when nothing else changed.
+func TestLongDrainRefreshesLeaseAtHalfLife(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: idleFleet(1)})
+	m := machinesOf(w)[0]
+	w.sim.AddTurn(m.App, m.ID, fleetsim.Turn{Session: "dana", Duration: 6 * time.Minute})
+	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2}).ID, time.Minute)
+	if r.State != store.RunSucceeded {
+		t.Fatalf("run %s: %s", r.State, r.StateReason)
+	}
+	evs, err := w.st.Q().ListEvents(context.Background(), store.Scope{RunID: r.ID}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refreshes, polls := 0, 0
+	for _, e := range evs {
+		switch e.Kind {
+		case "fly.lease_refresh":
+			refreshes++
+		case "gateway.status":
+			polls++
+		}
+	}
+	// 6 simulated minutes with a 2m lease refreshed at half-life: about 6.
+	if refreshes < 3 || refreshes > 10 {
+		t.Fatalf("%d lease refreshes over a 6-minute drain (%d status polls), want about 6", refreshes, polls)
+	}
+}

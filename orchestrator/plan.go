@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"regexp/syntax"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,7 +75,11 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 	if sel.AppRegex != "" {
 		var err error
 		if appRe, err = regexp.Compile(sel.AppRegex); err != nil {
-			return nil, fmt.Errorf("app regex %q: %w", sel.AppRegex, err)
+			var se *syntax.Error
+			if errors.As(err, &se) {
+				return nil, fmt.Errorf("app regex: invalid regular expression: %s", se.Code)
+			}
+			return nil, errors.New("app regex: invalid regular expression")
 		}
 	}
 	apps := slices.Clone(sel.Apps)

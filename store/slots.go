@@ -138,3 +138,45 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 	}
 	return nr, true, nil
 }
+
+// ActiveMigrations returns the machine migrations that are on their path
+// (holding a slot, not yet done), for runs that are not over.
+func (q *Q) ActiveMigrations(ctx context.Context) ([]int64, error) {
+	rows, err := q.db.Query(ctx, `
+		SELECT m.id FROM machine_migrations m JOIN runs r ON r.id = m.run_id
+		WHERE m.slot_held AND m.state NOT IN ('pending', 'done')
+		  AND r.state IN ('running', 'paused', 'cancelling')
+		ORDER BY m.id`)
+	if err != nil {
+		return nil, fmt.Errorf("list active machine migrations: %w", err)
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("list active machine migrations: %w", err)
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+// CountRunsByState counts every run by state.
+func (q *Q) CountRunsByState(ctx context.Context) (map[string]int, error) {
+	rows, err := q.db.Query(ctx, `SELECT state, count(*) FROM runs GROUP BY state`)
+	if err != nil {
+		return nil, fmt.Errorf("count runs by state: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var state string
+		var n int
+		if err := rows.Scan(&state, &n); err != nil {
+			return nil, fmt.Errorf("count runs by state: %w", err)
+		}
+		out[state] = n
+	}
+	return out, rows.Err()
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"regexp"
+	"regexp/syntax"
 	"slices"
 	"strconv"
 	"strings"
@@ -238,7 +239,7 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 	}
 	if f.appRegex != "" {
 		if _, err := regexp.Compile(f.appRegex); err != nil {
-			return out, usagef("%s: --app-regex %q: %v", path, f.appRegex, err)
+			return out, usagef("%s: --app-regex: %s", path, regexpProblem(err))
 		}
 	}
 	org := strings.TrimSpace(f.org)
@@ -973,4 +974,14 @@ func printStateChange(ctx context.Context, e *env, st *store.Store, verb string,
 		fmt.Fprintf(e.stdout, "run %d %s\n", r.ID, r.State)
 	}
 	return nil
+}
+
+// regexpProblem names what is wrong with a regular expression without
+// repeating it: the pattern may hold line breaks, and an error is one line.
+func regexpProblem(err error) string {
+	var se *syntax.Error
+	if errors.As(err, &se) {
+		return "invalid regular expression: " + string(se.Code)
+	}
+	return "invalid regular expression"
 }

@@ -239,7 +239,9 @@ func (c *Client) do(ctx context.Context, op string, t Target, method, route stri
 		}
 		return 0, nil, err
 	}
-	var secret string
+	// Derived for every call, not only the authenticated ones: an agent that
+	// echoes its own secret in an error page must not get it into our error.
+	secret := drainsecret.Derive(c.key, t.App)
 	var reqBody any // stays a nil interface for a GET: retryablehttp then sends no body
 	if body != nil {
 		raw, err := json.Marshal(body)
@@ -247,7 +249,6 @@ func (c *Client) do(ctx context.Context, op string, t Target, method, route stri
 			return 0, nil, fmt.Errorf("%s %s: encode request: %w", op, t, err)
 		}
 		reqBody = raw
-		secret = drainsecret.Derive(c.key, t.App)
 	}
 	st := &callState{op: op, t: t}
 	ctx = callrec.WithOp(ctx, op, t.String())

@@ -129,11 +129,8 @@ const maxDetail = 200
 // oneLine makes s printable on one line of at most maxDetail runes, with
 // every string in redact replaced by "[redacted]".
 func oneLine(s string, redact ...string) string {
-	for _, r := range redact {
-		if r != "" {
-			s = strings.ReplaceAll(s, r, "[redacted]")
-		}
-	}
+	// Clean first, then redact: a secret split by a control character would
+	// otherwise survive the redaction and be joined again by the cleaning.
 	s = strings.Map(func(r rune) rune {
 		if unicode.IsSpace(r) {
 			return ' '
@@ -144,6 +141,11 @@ func oneLine(s string, redact ...string) string {
 		return r
 	}, s)
 	s = strings.Join(strings.Fields(s), " ")
+	for _, r := range redact {
+		if r != "" {
+			s = strings.ReplaceAll(s, r, "[redacted]")
+		}
+	}
 	if rs := []rune(s); len(rs) > maxDetail {
 		s = string(rs[:maxDetail]) + "…"
 	}
