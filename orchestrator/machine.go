@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -180,27 +181,22 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 		events = append(events, *ev)
 	}
 	slotFreed := !s.m.SlotHeld || s.m.State == store.StateDone
-	err := s.o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
-		if err := q.SaveMigration(ctx, s.m); err != nil {
-			return err
-		}
-		if s.w.Drain != nil {
-			if err := q.SaveDrain(ctx, s.w.Drain); err != nil {
+	var err error
+	if !slotFreed {
+		// The common step: one statement, atomic by itself.
+		err = s.o.store.Q().SaveStep(ctx, s.m, s.w.Drain, events)
+	} else {
+		err = s.o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
+			if err := q.SaveStep(ctx, s.m, s.w.Drain, events); err != nil {
 				return err
 			}
-		}
-		if err := q.AppendEvents(ctx, store.Scope{RunID: s.m.RunID, MigrationID: s.m.ID}, events...); err != nil {
+			if err := s.o.fillTx(ctx, q, tx); err != nil {
+				return err
+			}
+			_, _, err := q.SettleRun(ctx, s.m.RunID)
 			return err
-		}
-		if !slotFreed {
-			return nil
-		}
-		if err := s.o.fillTx(ctx, q, tx); err != nil {
-			return err
-		}
-		_, _, err := q.SettleRun(ctx, s.m.RunID)
-		return err
-	})
+		})
+	}
 	if err != nil {
 		for _, c := range calls { // keep them for the next try
 			s.calls.Add(c)
@@ -391,6 +387,21 @@ func (s *step) flyError(ctx context.Context, op string, err error) (next, error)
 	return s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, msg)
 }
 
+// dropUnchangedStatusReads leaves out of the audit log the successful
+// status reads of a poll that saw nothing new. A thousand waiting drains
+// polled every few seconds would otherwise write hundreds of rows a second
+// that say nothing; every read that changes something is logged with the
+// step it causes (the status it saw in the event's detail), and every failed
+// read is logged as it is.
+func (s *step) dropUnchangedStatusReads() {
+	for _, c := range s.calls.Take() {
+		if c.Kind == gateway.OpStatus && c.Status == http.StatusOK && c.Err == "" {
+			continue
+		}
+		s.calls.Add(c)
+	}
+}
+
 // persistCalls writes the calls of a step that changed nothing, so the audit
 // log is complete even for retries.
 func (s *step) persistCalls(ctx context.Context) {
@@ -525,6 +536,7 @@ func (s *step) draining(ctx context.Context) (next, error) {
 			return next{}, err
 		}
 	} else {
+		s.dropUnchangedStatusReads()
 		s.persistCalls(ctx)
 	}
 	return wait(min(s.o.cfg.PollInterval, max(d.DeadlineAt.Sub(now), 0)+time.Millisecond)), nil
@@ -617,29 +629,29 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	if !s.m.Launch {
 		want = "stopped"
 	}
-	reached, err := s.o.fly.WaitOnce(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, want, s.o.cfg.WaitStep)
-	if err != nil && !flymachines.IsTransient(err) {
+	// Wait (bounded) for the new instance, then read the machine once: that
+	// one read says which instance and image it runs and how its checks are.
+	if _, err := s.o.fly.WaitOnce(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, want, s.o.cfg.WaitStep); err != nil && !flymachines.IsTransient(err) {
 		return s.startRollback(ctx, fmt.Sprintf("wait for new instance: %v", err))
 	}
-	if !reached {
-		// flyd's silent revert never reaches the new instance: the machine
-		// settles on the old one. Seen that, waiting longer is pointless.
-		if m, gerr := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID); gerr == nil &&
-			(m.InstanceID != s.m.ToInstanceID || m.Image != s.m.ToImage) && settled(m.State) {
-			return s.finish(ctx, store.OutcomeRolledBack, "", fmt.Sprintf(
-				"flyd reverted the update: machine is %s on instance %s image %s, not instance %s image %s",
-				m.State, m.InstanceID, m.Image, s.m.ToInstanceID, s.m.ToImage))
-		}
-		if late {
-			return s.startRollback(ctx, fmt.Sprintf("new instance %s not %s within %s", s.m.ToInstanceID, want, s.o.cfg.VerifyTimeout))
+	m, h, err := s.o.fly.Inspect(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
+	if err != nil {
+		if late || !flymachines.IsTransient(err) {
+			return s.startRollback(ctx, fmt.Sprintf("read the updated machine: %v", err))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
-	if _, err := s.o.fly.VerifyInstance(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, s.m.ToImage); err != nil {
-		var rev *flymachines.RevertedError
-		if errors.As(err, &rev) {
-			return s.finish(ctx, store.OutcomeRolledBack, "", fmt.Sprintf("flyd reverted the update: %v", err))
+	ours := m.InstanceID == s.m.ToInstanceID && m.Image == s.m.ToImage
+	switch {
+	case !ours && settled(m.State):
+		// flyd's silent revert: the machine settled on the old version.
+		return s.finish(ctx, store.OutcomeRolledBack, "", fmt.Sprintf(
+			"flyd reverted the update: machine is %s on instance %s image %s, not instance %s image %s",
+			m.State, m.InstanceID, m.Image, s.m.ToInstanceID, s.m.ToImage))
+	case !ours || m.State != want:
+		if late {
+			return s.startRollback(ctx, fmt.Sprintf("new instance %s not %s within %s (machine is %s)", s.m.ToInstanceID, want, s.o.cfg.VerifyTimeout, m.State))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
@@ -648,14 +660,9 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		// A stopped machine has nothing to check or serve: its config is moved.
 		return s.finish(ctx, store.OutcomeMigrated, "", "")
 	}
-	h, err := s.o.fly.CheckHealth(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
-	if err != nil || !h.OK {
+	if !h.OK {
 		if late {
-			detail := h.Detail
-			if err != nil {
-				detail = err.Error()
-			}
-			return s.startRollback(ctx, fmt.Sprintf("health checks not passing within %s: %s", s.o.cfg.VerifyTimeout, detail))
+			return s.startRollback(ctx, fmt.Sprintf("health checks not passing within %s: %s", s.o.cfg.VerifyTimeout, h.Detail))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil

@@ -19,8 +19,7 @@ type Fly interface {
 	ReleaseLease(ctx context.Context, app, id, nonce string) error
 	UpdateImage(ctx context.Context, app, id, image, nonce string) (flymachines.UpdateResult, error)
 	WaitOnce(ctx context.Context, app, id, instanceID, state string, timeout time.Duration) (bool, error)
-	VerifyInstance(ctx context.Context, app, id, instanceID, image string) (flymachines.Machine, error)
-	CheckHealth(ctx context.Context, app, id string, since time.Time) (flymachines.Health, error)
+	Inspect(ctx context.Context, app, id string, since time.Time) (flymachines.Machine, flymachines.Health, error)
 }
 
 // Gateway is what the orchestrator needs of each agent's drain endpoint.

@@ -106,17 +106,17 @@ func TestMigrationAndDrainRoundTripWithVersionGuard(t *testing.T) {
 		SuppressionEchoed: &echoed, StartedAt: now, LastBeginAt: now, Begins: 1, LastActiveAgents: &active,
 		LastGatewayState: "draining", ActiveAgentsAtRecreate: &active, DeadlineReachedAt: now, RecreatedAt: now,
 		Outcome: store.DrainDeadlineForced}
-	err = s.InTx(ctx, func(q *store.Q, _ pgx.Tx) error {
-		if err := q.SaveMigration(ctx, &m); err != nil {
-			return err
-		}
-		return q.SaveDrain(ctx, d)
-	})
-	if err != nil {
+	if err := s.Q().SaveStep(ctx, &m, d, []store.Event{{Kind: "machine.decided", Target: m.Target()}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Q().SaveMigration(ctx, &stale); !errors.Is(err, store.ErrConflict) {
+	stale.State = store.StateDraining
+	if err := s.Q().SaveStep(ctx, &stale, &store.Drain{MigrationID: m.ID, Quiet: false, PolicyRule: "x", PolicyVersion: "x",
+		OnDeadline: "force", DecidedAt: now, DeadlineAt: now}, []store.Event{{Kind: "machine.draining"}}); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("save of a stale copy = %v, want ErrConflict", err)
+	}
+	// The failed guard wrote nothing: not the drain, not the event.
+	if evs, _ := s.Q().ListEvents(ctx, store.Scope{MigrationID: m.ID}, 0); len(evs) != 1 || evs[0].Kind != "machine.decided" || evs[0].RunID != r.ID {
+		t.Fatalf("events after a conflicting save: %+v", evs)
 	}
 	w, err = s.Q().LoadMachineWork(ctx, m.ID)
 	if err != nil {

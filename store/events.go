@@ -42,27 +42,29 @@ func EventsFromCalls(calls []callrec.Call) []Event {
 	return out
 }
 
-// AppendEvents inserts events in one statement.
-func (q *Q) AppendEvents(ctx context.Context, s Scope, events ...Event) error {
-	if len(events) == 0 {
-		return nil
-	}
+// eventColumns are events as parallel arrays, for one INSERT … unnest.
+type eventColumns struct {
+	at                                             []*time.Time
+	kinds, targets, methods, reqIDs, errs, details []string
+	statuses                                       []*int32
+	durations                                      []*float64
+}
+
+func eventArrays(events []Event) (eventColumns, error) {
 	n := len(events)
-	at := make([]*time.Time, n)
-	kinds, targets, methods, reqIDs, errs, details := make([]string, n), make([]string, n), make([]string, n),
-		make([]string, n), make([]string, n), make([]string, n)
-	statuses := make([]*int32, n)
-	durations := make([]*float64, n)
+	c := eventColumns{at: make([]*time.Time, n), kinds: make([]string, n), targets: make([]string, n),
+		methods: make([]string, n), reqIDs: make([]string, n), errs: make([]string, n), details: make([]string, n),
+		statuses: make([]*int32, n), durations: make([]*float64, n)}
 	for i, e := range events {
-		at[i] = nullTime(e.At)
-		kinds[i], targets[i], methods[i], reqIDs[i], errs[i] = e.Kind, e.Target, e.Method, e.RequestID, e.Error
+		c.at[i] = nullTime(e.At)
+		c.kinds[i], c.targets[i], c.methods[i], c.reqIDs[i], c.errs[i] = e.Kind, e.Target, e.Method, e.RequestID, e.Error
 		if e.Status != 0 {
 			s := int32(e.Status)
-			statuses[i] = &s
+			c.statuses[i] = &s
 		}
 		if e.Duration != 0 {
 			ms := float64(e.Duration) / float64(time.Millisecond)
-			durations[i] = &ms
+			c.durations[i] = &ms
 		}
 		d := e.Detail
 		if d == nil {
@@ -70,9 +72,21 @@ func (q *Q) AppendEvents(ctx context.Context, s Scope, events ...Event) error {
 		}
 		b, err := json.Marshal(d)
 		if err != nil {
-			return fmt.Errorf("encode event %s detail: %w", e.Kind, err)
+			return eventColumns{}, fmt.Errorf("encode event %s detail: %w", e.Kind, err)
 		}
-		details[i] = string(b)
+		c.details[i] = string(b)
+	}
+	return c, nil
+}
+
+// AppendEvents inserts events in one statement.
+func (q *Q) AppendEvents(ctx context.Context, s Scope, events ...Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	c, err := eventArrays(events)
+	if err != nil {
+		return err
 	}
 	var runID, migID *int64
 	if s.RunID != 0 {
@@ -81,15 +95,15 @@ func (q *Q) AppendEvents(ctx context.Context, s Scope, events ...Event) error {
 	if s.MigrationID != 0 {
 		migID = &s.MigrationID
 	}
-	_, err := q.db.Exec(ctx, `
+	_, err = q.db.Exec(ctx, `
 		INSERT INTO events (at, run_id, migration_id, kind, target, http_method, http_status, request_id, duration_ms, error, detail)
 		SELECT coalesce(t.at, now()), $1, $2, t.kind, t.target, t.method, t.status, t.request_id, t.duration_ms, t.error, t.detail::jsonb
 		FROM unnest($3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[], $9::float8[], $10::text[], $11::text[])
 			WITH ORDINALITY AS t(at, kind, target, method, status, request_id, duration_ms, error, detail, ord)
 		ORDER BY t.ord`,
-		runID, migID, at, kinds, targets, methods, statuses, reqIDs, durations, errs, details)
+		runID, migID, c.at, c.kinds, c.targets, c.methods, c.statuses, c.reqIDs, c.durations, c.errs, c.details)
 	if err != nil {
-		return fmt.Errorf("append %d events: %w", n, err)
+		return fmt.Errorf("append %d events: %w", len(events), err)
 	}
 	return nil
 }

@@ -269,13 +269,10 @@ func TestRunSnapshotAndPriorDeferrals(t *testing.T) {
 	}
 	m1 := ms[0]
 	m1.State, m1.SlotHeld = store.StateDraining, true
-	if err := s.Q().SaveMigration(ctx, &m1); err != nil {
-		t.Fatal(err)
-	}
 	agents := 2
 	now := time.Now()
-	if err := s.Q().SaveDrain(ctx, &store.Drain{MigrationID: m1.ID, Quiet: true, PolicyRule: "default:auto-update", PolicyVersion: "p1",
-		OnDeadline: "defer", DecidedAt: now, DeadlineAt: now.Add(time.Hour), StartedAt: now, LastActiveAgents: &agents}); err != nil {
+	if err := s.Q().SaveStep(ctx, &m1, &store.Drain{MigrationID: m1.ID, Quiet: true, PolicyRule: "default:auto-update", PolicyVersion: "p1",
+		OnDeadline: "defer", DecidedAt: now, DeadlineAt: now.Add(time.Hour), StartedAt: now, LastActiveAgents: &agents}, nil); err != nil {
 		t.Fatal(err)
 	}
 	snap, err := s.Snapshot(ctx, r.ID)

@@ -243,6 +243,15 @@ func (q *Q) GetDrain(ctx context.Context, migrationID int64) (*Drain, error) {
 // row since m was read (m.Version); it bumps m.Version. A machine leaving the
 // path (State done) gives back its budget slot in the same statement.
 func (q *Q) SaveMigration(ctx context.Context, m *Migration) error {
+	return q.SaveStep(ctx, m, nil, nil)
+}
+
+// SaveStep writes one step of a machine migration in ONE statement: every
+// mutable field of m (guarded by m.Version, which it bumps), the drain d when
+// not nil, and the events, none of them if the guard fails (ErrConflict).
+// One statement is atomic without a transaction and costs one round trip:
+// a machine migration takes a handful of steps, each of them this write.
+func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event) error {
 	if m.State == StateDone {
 		m.SlotHeld = false
 	}
@@ -250,18 +259,28 @@ func (q *Q) SaveMigration(ctx context.Context, m *Migration) error {
 	if m.Outcome != "" {
 		outcome = &m.Outcome
 	}
-	tag, err := q.db.Exec(ctx, `
-		UPDATE machine_migrations SET
-			from_image = $3, from_instance_id = $4, to_instance_id = $5, state = $6, outcome = $7,
-			slot_held = $8, attempts = $9, deferrals = $10, not_before = $11, lease_nonce = $12,
-			lease_expires_at = $13, updated_machine_at = $14, error = $15, region = $16, private_ip = $17, launch = $18,
-			started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
-			finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
-			version = version + 1, updated_at = now()
-		WHERE id = $1 AND version = $2`,
+	ev, err := eventArrays(events)
+	if err != nil {
+		return err
+	}
+	var dd Drain
+	if d != nil {
+		dd = *d
+	}
+	var drainOutcome *string
+	if dd.Outcome != "" {
+		drainOutcome = &dd.Outcome
+	}
+	tag, err := q.db.Exec(ctx, saveStepSQL,
 		m.ID, m.Version, m.FromImage, m.FromInstanceID, m.ToInstanceID, m.State, outcome, m.SlotHeld,
 		m.Attempts, m.Deferrals, nullTime(m.NotBefore), m.LeaseNonce, nullTime(m.LeaseExpiresAt),
-		nullTime(m.UpdatedMachineAt), m.Error, m.Region, m.PrivateIP, m.Launch)
+		nullTime(m.UpdatedMachineAt), m.Error, m.Region, m.PrivateIP, m.Launch,
+		d != nil, dd.Quiet, dd.PolicyRule, dd.PolicyVersion, dd.OnDeadline, dd.MaxDeferrals,
+		dd.DecidedAt, dd.DeadlineAt, dd.SuppressionEchoed, nullTime(dd.GatewayRequestedAt), nullTime(dd.StartedAt),
+		nullTime(dd.LastBeginAt), dd.Begins, nullTime(dd.LastStatusAt), dd.LastGatewayState, dd.LastActiveAgents,
+		nullTime(dd.QuiescedAt), nullTime(dd.DeadlineReachedAt), dd.ActiveAgentsAtRecreate, nullTime(dd.RecreatedAt),
+		drainOutcome,
+		m.RunID, ev.at, ev.kinds, ev.targets, ev.methods, ev.statuses, ev.reqIDs, ev.durations, ev.errs, ev.details)
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -272,33 +291,42 @@ func (q *Q) SaveMigration(ctx context.Context, m *Migration) error {
 	return nil
 }
 
-// SaveDrain inserts or updates d.
-func (q *Q) SaveDrain(ctx context.Context, d *Drain) error {
-	var outcome *string
-	if d.Outcome != "" {
-		outcome = &d.Outcome
-	}
-	_, err := q.db.Exec(ctx, `
-		INSERT INTO drains (migration_id, quiet, policy_rule, policy_version, on_deadline, max_deferrals,
-			decided_at, deadline_at, suppression_echoed, gateway_requested_at, started_at, last_begin_at, begins,
-			last_status_at, last_gateway_state, last_active_agents, quiesced_at, deadline_reached_at,
-			active_agents_at_recreate, recreated_at, outcome)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
-		ON CONFLICT (migration_id) DO UPDATE SET
-			suppression_echoed = EXCLUDED.suppression_echoed, gateway_requested_at = EXCLUDED.gateway_requested_at,
-			started_at = EXCLUDED.started_at, last_begin_at = EXCLUDED.last_begin_at, begins = EXCLUDED.begins,
-			last_status_at = EXCLUDED.last_status_at, last_gateway_state = EXCLUDED.last_gateway_state,
-			last_active_agents = EXCLUDED.last_active_agents, quiesced_at = EXCLUDED.quiesced_at,
-			deadline_reached_at = EXCLUDED.deadline_reached_at,
-			active_agents_at_recreate = EXCLUDED.active_agents_at_recreate, recreated_at = EXCLUDED.recreated_at,
-			outcome = EXCLUDED.outcome`,
-		d.MigrationID, d.Quiet, d.PolicyRule, d.PolicyVersion, d.OnDeadline, d.MaxDeferrals,
-		d.DecidedAt, d.DeadlineAt, d.SuppressionEchoed, nullTime(d.GatewayRequestedAt), nullTime(d.StartedAt),
-		nullTime(d.LastBeginAt), d.Begins, nullTime(d.LastStatusAt), d.LastGatewayState, d.LastActiveAgents,
-		nullTime(d.QuiescedAt), nullTime(d.DeadlineReachedAt), d.ActiveAgentsAtRecreate, nullTime(d.RecreatedAt),
-		outcome)
-	if err != nil {
-		return fmt.Errorf("save drain of migration %d: %w", d.MigrationID, err)
-	}
-	return nil
-}
+// saveStepSQL: $1-$18 the machine, $19 whether there is a drain, $20-$39 the
+// drain, $40 the run, $41-$49 the events as arrays. The drain and the events
+// are written only when the machine's version guard held.
+const saveStepSQL = `
+WITH m AS (
+	UPDATE machine_migrations SET
+		from_image = $3, from_instance_id = $4, to_instance_id = $5, state = $6, outcome = $7,
+		slot_held = $8, attempts = $9, deferrals = $10, not_before = $11, lease_nonce = $12,
+		lease_expires_at = $13, updated_machine_at = $14, error = $15, region = $16, private_ip = $17, launch = $18,
+		started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
+		finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
+		version = version + 1, updated_at = now()
+	WHERE id = $1 AND version = $2
+	RETURNING id
+), d AS (
+	INSERT INTO drains (migration_id, quiet, policy_rule, policy_version, on_deadline, max_deferrals,
+		decided_at, deadline_at, suppression_echoed, gateway_requested_at, started_at, last_begin_at, begins,
+		last_status_at, last_gateway_state, last_active_agents, quiesced_at, deadline_reached_at,
+		active_agents_at_recreate, recreated_at, outcome)
+	SELECT m.id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39
+	FROM m WHERE $19
+	ON CONFLICT (migration_id) DO UPDATE SET
+		suppression_echoed = EXCLUDED.suppression_echoed, gateway_requested_at = EXCLUDED.gateway_requested_at,
+		started_at = EXCLUDED.started_at, last_begin_at = EXCLUDED.last_begin_at, begins = EXCLUDED.begins,
+		last_status_at = EXCLUDED.last_status_at, last_gateway_state = EXCLUDED.last_gateway_state,
+		last_active_agents = EXCLUDED.last_active_agents, quiesced_at = EXCLUDED.quiesced_at,
+		deadline_reached_at = EXCLUDED.deadline_reached_at,
+		active_agents_at_recreate = EXCLUDED.active_agents_at_recreate, recreated_at = EXCLUDED.recreated_at,
+		outcome = EXCLUDED.outcome
+	RETURNING 1
+), e AS (
+	INSERT INTO events (at, run_id, migration_id, kind, target, http_method, http_status, request_id, duration_ms, error, detail)
+	SELECT coalesce(t.at, now()), $40, m.id, t.kind, t.target, t.method, t.status, t.request_id, t.duration_ms, t.error, t.detail::jsonb
+	FROM m, unnest($41::timestamptz[], $42::text[], $43::text[], $44::text[], $45::int[], $46::text[], $47::float8[], $48::text[], $49::text[])
+		WITH ORDINALITY AS t(at, kind, target, method, status, request_id, duration_ms, error, detail, ord)
+	ORDER BY t.ord
+	RETURNING 1
+)
+SELECT 1 FROM m`

@@ -57,7 +57,7 @@ func TestTinyFleet(t *testing.T) {
 	for _, l := range r.StatementsByLabel {
 		seen[l.Label] = true
 	}
-	if !seen["store.(*Q).LoadMachineWork"] || !seen["river JobGetAvailable"] || !seen["begin ← orchestrator.(*step).save"] ||
+	if !seen["store.(*Q).LoadMachineWork"] || !seen["river JobGetAvailable"] || !seen["store.(*Q).SaveStep"] ||
 		r.StatementTime["store.(*Q).LoadMachineWork"] <= 0 {
 		t.Errorf("statement labels %v, times %v", r.StatementsByLabel, r.StatementTime)
 	}

@@ -89,3 +89,14 @@ func evaluateHealth(m *fly.Machine, since time.Time) Health {
 	}
 	return h
 }
+
+// Inspect reads the machine once and returns it with its health, evaluated
+// as CheckHealth does: one call where a verifier needs both (which instance
+// and image it runs, and whether its checks pass since the update).
+func (c *Client) Inspect(ctx context.Context, app, id string, since time.Time) (Machine, Health, error) {
+	m, err := c.getRaw(ctx, "fly.get", app, id)
+	if err != nil {
+		return Machine{}, Health{}, err
+	}
+	return toMachine(app, m), evaluateHealth(m, since), nil
+}
