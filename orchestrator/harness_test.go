@@ -1,10 +1,8 @@
 package orchestrator_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/logbuf"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"
@@ -34,7 +33,7 @@ type world struct {
 	sim   *fleetsim.Sim
 	st    *store.Store
 	pol   *policy.Policy
-	logs  *syncBuffer
+	logs  *logbuf.Buffer
 	reps  []*replica
 	owner *orchestrator.Orchestrator // the first replica's, for run operations
 }
@@ -43,23 +42,6 @@ type replica struct {
 	orch   *orchestrator.Orchestrator
 	client *river.Client[pgx.Tx]
 	cancel context.CancelFunc
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 type worldOpts struct {
@@ -85,7 +67,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	}
 	t.Cleanup(sim.Close)
 	_, pool := storetest.NewDB(t)
-	w := &world{t: t, clk: clk, sim: sim, st: store.New(pool), pol: o.policy, logs: &syncBuffer{}}
+	w := &world{t: t, clk: clk, sim: sim, st: store.New(pool), pol: o.policy, logs: &logbuf.Buffer{}}
 	if w.pol == nil {
 		w.pol = policy.Default()
 	}

@@ -7,31 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/hermes-cloud/migrator/internal/logbuf"
 )
 
-// syncBuffer is written by the command's goroutine and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestFleetsimServesUntilInterrupted(t *testing.T) {
-	var stdout, stderr syncBuffer
+	var stdout, stderr logbuf.Buffer
 	e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

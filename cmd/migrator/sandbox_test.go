@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermes-cloud/migrator/internal/logbuf"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -19,7 +20,7 @@ import (
 // start it, with its output readable while it runs.
 type sandboxSession struct {
 	t              *testing.T
-	stdout, stderr syncBuffer
+	stdout, stderr logbuf.Buffer
 	cancel         context.CancelFunc
 	done           chan int
 	code           int

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hermes-cloud/migrator/internal/drainsecret"
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/internal/logbuf"
 	"github.com/hermes-cloud/migrator/store"
 	"github.com/hermes-cloud/migrator/store/storetest"
 )
@@ -59,14 +60,14 @@ func findSecrets(t *testing.T, where, text string, secrets map[string]string) {
 
 // startServeInProcess runs `migrator serve` in this process on the world's
 // environment, logging at debug level to the returned buffer; stop ends it.
-func (w *simWorld) startServeInProcess() (log *syncBuffer, stop func()) {
+func (w *simWorld) startServeInProcess() (log *logbuf.Buffer, stop func()) {
 	w.t.Helper()
 	vars := map[string]string{}
 	for _, kv := range w.env {
 		k, v, _ := strings.Cut(kv, "=")
 		vars[k] = v // later entries win, as in exec.Cmd
 	}
-	log = &syncBuffer{}
+	log = &logbuf.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int)
 	go func() {

@@ -21,6 +21,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/logbuf"
 )
 
 // timeScale: one simulated second lasts 10 ms.
@@ -41,7 +42,7 @@ type world struct {
 	clk   clock.Clock
 	fly   *flymachines.Client
 	gw    *gateway.Client
-	logs  *syncBuffer
+	logs  *logbuf.Buffer
 	posts *postRecorder
 	// hc is for direct calls to the simulator (set-up and controls).
 	hc    *http.Client
@@ -96,7 +97,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 		rawBT.CloseIdleConnections()
 	})
 
-	w := &world{t: t, sim: sim, clk: clk, logs: &syncBuffer{}, calls: &callrec.Log{},
+	w := &world{t: t, sim: sim, clk: clk, logs: &logbuf.Buffer{}, calls: &callrec.Log{},
 		hc: &http.Client{Transport: rawBT, Timeout: 10 * time.Second}}
 	w.app = sim.Apps()[0]
 	w.id = sim.MachineIDs(w.app)[0]
@@ -408,22 +409,4 @@ func checkPost(post recordedPost) error {
 		return fmt.Errorf("body %q: action %q", post.Body, action)
 	}
 	return nil
-}
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of slog.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

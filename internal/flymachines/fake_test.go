@@ -15,6 +15,8 @@ import (
 
 	fly "github.com/superfly/fly-go"
 	"github.com/superfly/fly-go/flaps"
+
+	"github.com/hermes-cloud/migrator/internal/logbuf"
 )
 
 // fakeFly is a small in-test Machines API: the endpoints this package calls,
@@ -376,29 +378,11 @@ func (f *fakeFly) wait(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 408, map[string]string{"error": "deadline_exceeded: timeout waiting for machine"})
 }
 
-// syncBuf is a log sink safe for concurrent writers.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // newTestClient makes a Client pointed at f, logging at debug level into
 // the returned buffer.
-func newTestClient(t *testing.T, f *fakeFly, token string, mod func(*Config)) (*Client, *syncBuf) {
+func newTestClient(t *testing.T, f *fakeFly, token string, mod func(*Config)) (*Client, *logbuf.Buffer) {
 	t.Helper()
-	logs := &syncBuf{}
+	logs := &logbuf.Buffer{}
 	cfg := Config{
 		Token:       token,
 		BaseURL:     f.srv.URL,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hermes-cloud/migrator/internal/callrec"
+	"github.com/hermes-cloud/migrator/internal/logbuf"
 )
 
 func TestBeginSendsContractRequest(t *testing.T) {
@@ -627,7 +628,7 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestConfigLogValueHidesKey(t *testing.T) {
-	var buf syncBuffer
+	var buf logbuf.Buffer
 	slog.New(slog.NewJSONHandler(&buf, nil)).Info("config", "cfg", Config{DrainKey: testKey})
 	if strings.Contains(buf.String(), string(testKey)) || !strings.Contains(buf.String(), `"drain_key_set":true`) {
 		t.Fatalf("logged %s", buf.String())

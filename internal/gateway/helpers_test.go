@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"io"
 	"log/slog"
 	"net/http"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hermes-cloud/migrator/internal/drainsecret"
+	"github.com/hermes-cloud/migrator/internal/logbuf"
 )
 
 // testKey is distinctive so a leak is easy to find in captured output.
@@ -62,29 +62,11 @@ func reply(w http.ResponseWriter, status int, body string) {
 	io.WriteString(w, body)
 }
 
-// syncBuffer collects log output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // newClient returns a client on tmpl with fast retries and a debug logger
 // writing to the returned buffer.
-func newClient(t *testing.T, tmpl string, mod func(*Config)) (*Client, *syncBuffer) {
+func newClient(t *testing.T, tmpl string, mod func(*Config)) (*Client, *logbuf.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &logbuf.Buffer{}
 	cfg := Config{
 		URLTemplate:  tmpl,
 		DrainKey:     testKey,
