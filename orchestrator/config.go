@@ -21,8 +21,9 @@ type Config struct {
 	// MarkerRefresh is how often a long drain re-begins, so the gateway's
 	// one-hour marker expiry never lets turns in again. Default 20m (≤ 20m).
 	MarkerRefresh time.Duration
-	// LeaseTTL is the Fly lease's time to live; refreshed at half-life.
-	// Default 2m.
+	// LeaseTTL is the Fly lease's time to live; refreshed at half-life, so
+	// most drains need no refresh. The nonce is saved, so a replica resuming a
+	// machine keeps using it. Default 5m.
 	LeaseTTL time.Duration
 	// LeaseRetries is how often a machine whose lease another owner holds is
 	// tried again (each after that lease expires) before it fails. Default 5.
@@ -51,7 +52,7 @@ func (c Config) withDefaults() Config {
 		c.MarkerRefresh = 20 * time.Minute
 	}
 	if c.LeaseTTL == 0 {
-		c.LeaseTTL = 2 * time.Minute
+		c.LeaseTTL = 5 * time.Minute
 	}
 	if c.LeaseRetries == 0 {
 		c.LeaseRetries = 5

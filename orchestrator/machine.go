@@ -615,7 +615,9 @@ func (s *step) update(ctx context.Context) (next, error) {
 	if err := s.transition(ctx, store.StateVerifying, map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched}); err != nil {
 		return next{}, err
 	}
-	return next{}, nil
+	// A new instance takes seconds to boot and pass its checks: look first
+	// after one poll interval, which often finds it done in one read.
+	return wait(s.o.cfg.PollInterval), nil
 }
 
 // verify: the new instance must start on the new image, pass its checks
@@ -629,12 +631,19 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	if !s.m.Launch {
 		want = "stopped"
 	}
-	// Wait (bounded) for the new instance, then read the machine once: that
-	// one read says which instance and image it runs and how its checks are.
-	if _, err := s.o.fly.WaitOnce(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, want, s.o.cfg.WaitStep); err != nil && !flymachines.IsTransient(err) {
-		return s.startRollback(ctx, fmt.Sprintf("wait for new instance: %v", err))
-	}
+	// One read says which instance and image the machine runs and how its
+	// checks are; only while the new instance is still on its way does a
+	// (bounded) /wait follow, and then one more read.
 	m, h, err := s.o.fly.Inspect(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
+	if err == nil && !(m.InstanceID == s.m.ToInstanceID && m.State == want) && !settled(m.State) {
+		reached, werr := s.o.fly.WaitOnce(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, want, s.o.cfg.WaitStep)
+		if werr != nil && !flymachines.IsTransient(werr) {
+			return s.startRollback(ctx, fmt.Sprintf("wait for new instance: %v", werr))
+		}
+		if reached {
+			m, h, err = s.o.fly.Inspect(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
+		}
+	}
 	if err != nil {
 		if late || !flymachines.IsTransient(err) {
 			return s.startRollback(ctx, fmt.Sprintf("read the updated machine: %v", err))
