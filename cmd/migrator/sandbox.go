@@ -32,9 +32,9 @@ const (
 	sandboxTarget  = "registry.fly.io/hermes-agent:v2"
 	sandboxMinApps = 3 // one busy agent, one crashed, one idle at least
 	sandboxMaxApps = 500
-	// The worker's Fly lease lasts 2 simulated minutes and is refreshed at
-	// half-life; beyond 60× that is under a second of wall time, less than
-	// a loaded machine may take between two steps of a job.
+	// The worker's steps are paced in simulated time (polls every 5 simulated
+	// seconds, Fly leases of 5 simulated minutes refreshed at half-life);
+	// beyond 60× a loaded machine may not keep up between two steps.
 	sandboxMaxScale  = 60
 	sandboxStopGrace = 10 * time.Second
 )
