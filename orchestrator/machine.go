@@ -290,6 +290,21 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	}
 	s.m.FromImage, s.m.FromInstanceID = mach.Image, mach.InstanceID
 
+	now := s.now()
+	d := s.o.pol.Decide(policy.Cause(run.Cause), policy.Machine{
+		App: s.m.App, MachineID: s.m.MachineID, Region: mach.Region, Image: mach.Image,
+		Labels: mach.Labels, Deferrals: s.m.Deferrals,
+	}, now)
+	if !d.InWindow {
+		msg := "outside the maintenance window"
+		if d.Window != "" {
+			msg += " " + d.Window
+		}
+		if !d.NextWindow.IsZero() {
+			msg += "; next opens " + d.NextWindow.UTC().Format(time.RFC3339)
+		}
+		return s.finish(ctx, store.OutcomeDeferred, "", msg)
+	}
 	if s.m.LeaseNonce == "" {
 		lease, err := s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, fmt.Sprintf("migrator run %d", s.m.RunID))
 		var held *flymachines.LeaseHeldError
@@ -318,28 +333,13 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	s.m.Launch = launchable(mach.State)
 	drain := mach.State == "started" || mach.State == "starting"
 
-	now := s.now()
-	d := s.o.pol.Decide(policy.Cause(run.Cause), policy.Machine{
-		App: s.m.App, MachineID: s.m.MachineID, Region: mach.Region, Image: mach.Image,
-		Labels: mach.Labels, Deferrals: s.m.Deferrals,
-	}, now)
-	if !d.InWindow {
-		msg := "outside the maintenance window"
-		if d.Window != "" {
-			msg += " " + d.Window
-		}
-		if !d.NextWindow.IsZero() {
-			msg += "; next opens " + d.NextWindow.UTC().Format(time.RFC3339)
-		}
-		return s.finish(ctx, store.OutcomeDeferred, "", msg)
-	}
-	wait := d.Wait
+	drainWait := d.Wait
 	if run.DeadlineOverride > 0 {
-		wait = run.DeadlineOverride
+		drainWait = run.DeadlineOverride
 	}
 	s.w.Drain = &store.Drain{
 		MigrationID: s.m.ID, Quiet: d.Quiet, PolicyRule: d.Rule, PolicyVersion: d.Version,
-		OnDeadline: string(d.OnDeadline), MaxDeferrals: d.MaxDeferrals, DecidedAt: now, DeadlineAt: now.Add(wait),
+		OnDeadline: string(d.OnDeadline), MaxDeferrals: d.MaxDeferrals, DecidedAt: now, DeadlineAt: now.Add(drainWait),
 	}
 	// The decision is on record before the gateway hears of it.
 	to := store.StateDecided
@@ -347,7 +347,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		to = store.StateUpdating
 	}
 	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
-		"on_deadline": d.OnDeadline, "deadline_at": now.Add(wait), "machine_state": mach.State}); err != nil {
+		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State}); err != nil {
 		return next{}, err
 	}
 	return next{}, nil

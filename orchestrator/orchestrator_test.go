@@ -455,3 +455,30 @@ func TestLongDrainRefreshesLeaseAtHalfLife(t *testing.T) {
 		t.Fatalf("%d lease refreshes over a 6-minute drain (%d status polls), want about 6", refreshes, polls)
 	}
 }
+
+// Outside its maintenance window a machine is not touched: no lease, no
+// drain; it ends deferred with when the window opens, for a later run.
+func TestOutsideWindowDefersWithoutTouching(t *testing.T) {
+	t.Parallel()
+	pol, err := policy.Parse("window.toml", []byte(`
+[causes.auto-update]
+window = "Sat,Sun 02:00-03:00 UTC"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, worldOpts{sim: idleFleet(1), policy: pol}) // the world's clock starts on a Tuesday
+	m := machinesOf(w)[0]
+	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: imgV2}).ID, 30*time.Second)
+	h := w.history(r.ID)[m.ID]
+	if h.Outcome != "deferred" || !strings.Contains(h.Error, "maintenance window") || !strings.Contains(h.Error, "next opens") ||
+		h.DrainOutcome != "" || h.Quiet != nil {
+		t.Fatalf("history %+v", h)
+	}
+	if v := w.sim.Machine(m.App, m.ID); v.Image != imgV1 || v.Draining || v.MarkerPresent || v.LeaseOwner != "" || v.Updates != 0 {
+		t.Fatalf("machine touched outside its window: %+v", v)
+	}
+	if got := w.sim.Requests()["fly.lease"]; got != 0 {
+		t.Fatalf("%d lease requests outside the window", got)
+	}
+}
