@@ -181,12 +181,12 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 		events = append(events, *ev)
 	}
 	slotFreed := !s.m.SlotHeld || s.m.State == store.StateDone
-	var err error
-	if !slotFreed {
-		// The common step: one statement, atomic by itself.
-		err = s.o.store.Q().SaveStep(ctx, s.m, s.w.Drain, events)
-	} else {
-		err = s.o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
+	write := func() error {
+		if !slotFreed {
+			// The common step: one statement, atomic by itself.
+			return s.o.store.Q().SaveStep(ctx, s.m, s.w.Drain, events)
+		}
+		return s.o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
 			if err := q.SaveStep(ctx, s.m, s.w.Drain, events); err != nil {
 				return err
 			}
@@ -196,6 +196,18 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 			_, _, err := q.SettleRun(ctx, s.m.RunID)
 			return err
 		})
+	}
+	// The calls just made exist only in this execution: a database that is
+	// briefly away (a restart, a failover) is waited out here, within the
+	// write's own deadline, rather than losing their record to a retry.
+	err := write()
+	for backoff := 250 * time.Millisecond; err != nil && !errors.Is(err, store.ErrConflict) && ctx.Err() == nil; backoff *= 2 {
+		s.log.Warn("save failed, retrying", "error", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		err = write()
 	}
 	if err != nil {
 		for _, c := range calls { // keep them for the next try
@@ -606,6 +618,13 @@ func (s *step) update(ctx context.Context) (next, error) {
 	updatedAt := res.UpdatedAt
 	if updatedAt.IsZero() || updatedAt.After(s.now()) {
 		updatedAt = before
+	}
+	if res.AlreadyApplied {
+		// An earlier attempt's update landed but its record was lost (the
+		// replica died, or the database was away, before the save): say so.
+		s.events = append(s.events, store.Event{Kind: "fly.update", Target: s.m.Target(),
+			Detail: map[string]any{"already_applied": true, "instance_id": res.ToInstanceID,
+				"note": "applied by an earlier attempt whose call record was lost"}})
 	}
 	s.m.ToInstanceID = res.ToInstanceID
 	s.m.UpdatedMachineAt = updatedAt

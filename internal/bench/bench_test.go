@@ -33,8 +33,10 @@ func TestTinyFleet(t *testing.T) {
 	for i, d := range r.Drain {
 		// The drain waits for the turn begun with it, and notices its end
 		// within a poll (5 s) plus scheduling slack (generous: a loaded,
-		// race-instrumented host stretches simulated time).
-		if d < r.DrawnDrain[i] || d > r.DrawnDrain[i]+time.Minute {
+		// race-instrumented host stretches simulated time). The turn starts
+		// as Begin returns, a moment before the drain's start is taken, so
+		// the measured wait may fall short of the turn by that moment.
+		if d < r.DrawnDrain[i]-time.Second || d > r.DrawnDrain[i]+time.Minute {
 			t.Errorf("machine %d: drain waited %s for a %s turn", i, d, r.DrawnDrain[i])
 		}
 		if r.Recreate[i] <= 0 {
