@@ -28,18 +28,28 @@
 //	                    ▲                    │
 //	                    └──rolled_back── rolling_back (not started / revert / unhealthy / not serving)
 //
-// Each arrow is one transaction that saves the machine's row (guarded by its
-// version, so a second execution of the same job cannot overwrite the
-// first), its drain row, the external calls made for it and a transition
-// event. The policy decision (quiet, rule, deadline) is committed before the
+// Each arrow is one write (store.Q.SaveStep: a single statement, or a
+// transaction when the machine frees its budget slot) of the machine's row
+// (guarded by its version, so a second execution of the same job cannot
+// overwrite the first), its drain row, the external calls made for it and a
+// transition event. Successful status reads that change nothing are not
+// logged one by one (a thousand waiting drains would write hundreds of rows
+// a second); every read that changes something is, with what it saw. The policy decision (quiet, rule, deadline) is committed before the
 // gateway is called, and a re-delivered job begins again with exactly that
 // recorded flag. The update is never preceded by a cancel of the drain: the
 // marker must be on the volume at SIGTERM for a quiet drain to stay quiet.
 // Every way out before the update (cancel, defer at the deadline, failure)
 // cancels the drain, so the agent takes turns again.
 //
+// Verification reads the machine once per poll (instance, image and checks
+// in one call), waiting on Fly's /wait only while the new instance is still
+// on its way; health results count only if newer than Fly's own update
+// time, and the gateway must report running or degraded.
+//
 // Waiting is a River snooze: an execution takes every step that needs no
-// waiting, then returns how long to wait. A replica killed mid-step leaves
+// waiting, then returns how long to wait. The periodic fill job re-inserts a
+// job for every machine on its path; River's uniqueness makes that a no-op
+// unless a job was lost. A replica killed mid-step leaves
 // its job "running" until River's rescuer hands it to another replica (see
 // the tuning in orchestrator.go); the step it repeats is idempotent because
 // each external effect is either naturally idempotent (begin, cancel,
