@@ -181,17 +181,8 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, flyError{Error: "invalid config: image is required"})
 		return
 	}
-	s.mu.Lock()
-	m := s.lookup(r.PathValue("app"), r.PathValue("id"))
-	if m == nil {
-		s.mu.Unlock()
-		errMachineNotFound(w)
-		return
-	}
-	now := s.bringUp(m)
-	if msg, held := s.leaseConflict(m, now, nonceOf(r)); held {
-		s.mu.Unlock()
-		writeJSON(w, http.StatusConflict, leaseError{Status: "error", Message: msg})
+	m, now, ok := s.mutableMachine(w, r)
+	if !ok {
 		return
 	}
 	switch {
@@ -232,17 +223,8 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Sim) handleStart(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	m := s.lookup(r.PathValue("app"), r.PathValue("id"))
-	if m == nil {
-		s.mu.Unlock()
-		errMachineNotFound(w)
-		return
-	}
-	now := s.bringUp(m)
-	if msg, held := s.leaseConflict(m, now, nonceOf(r)); held {
-		s.mu.Unlock()
-		writeJSON(w, http.StatusConflict, leaseError{Status: "error", Message: msg})
+	m, now, ok := s.mutableMachine(w, r)
+	if !ok {
 		return
 	}
 	prev := apiState(m)
@@ -260,17 +242,8 @@ func (s *Sim) handleStart(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Sim) handleStop(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	m := s.lookup(r.PathValue("app"), r.PathValue("id"))
-	if m == nil {
-		s.mu.Unlock()
-		errMachineNotFound(w)
-		return
-	}
-	now := s.bringUp(m)
-	if msg, held := s.leaseConflict(m, now, nonceOf(r)); held {
-		s.mu.Unlock()
-		writeJSON(w, http.StatusConflict, leaseError{Status: "error", Message: msg})
+	m, now, ok := s.mutableMachine(w, r)
+	if !ok {
 		return
 	}
 	switch m.state {
@@ -529,4 +502,25 @@ func versionOf(image string) string {
 	}
 	d := strings.TrimPrefix(ref.Digest, "sha256:")
 	return d[:min(12, len(d))]
+}
+
+// mutableMachine locks the simulator and finds the machine the request
+// names, brought up to now. When there is none, or another holder's lease
+// is on it, it answers 404 or 409 itself, unlocks and returns ok=false;
+// otherwise the caller holds s.mu.
+func (s *Sim) mutableMachine(w http.ResponseWriter, r *http.Request) (*machine, time.Time, bool) {
+	s.mu.Lock()
+	m := s.lookup(r.PathValue("app"), r.PathValue("id"))
+	if m == nil {
+		s.mu.Unlock()
+		errMachineNotFound(w)
+		return nil, time.Time{}, false
+	}
+	now := s.bringUp(m)
+	if msg, held := s.leaseConflict(m, now, nonceOf(r)); held {
+		s.mu.Unlock()
+		writeJSON(w, http.StatusConflict, leaseError{Status: "error", Message: msg})
+		return nil, time.Time{}, false
+	}
+	return m, now, true
 }
