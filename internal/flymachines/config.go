@@ -152,7 +152,12 @@ func (cfg *Config) validate() error {
 		cfg.Max429Retries = 0
 	}
 	if cfg.Transport == nil {
-		cfg.Transport = http.DefaultTransport
+		// http.DefaultTransport keeps 2 idle connections per host: with
+		// dozens of workers on one API host, most calls would open a new
+		// TLS connection.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = 100
+		cfg.Transport = t
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
