@@ -226,19 +226,6 @@ func (q *Q) ListMigrations(ctx context.Context, runID int64) ([]Migration, error
 	return out, rows.Err()
 }
 
-// GetDrain returns the drain of migration id, or nil when none was decided.
-func (q *Q) GetDrain(ctx context.Context, migrationID int64) (*Drain, error) {
-	var nd nullDrain
-	err := q.db.QueryRow(ctx, `SELECT `+drainColumns+` FROM drains d WHERE d.migration_id = $1`, migrationID).Scan(nd.dest()...)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read drain of migration %d: %w", migrationID, err)
-	}
-	return nd.drain(), nil
-}
-
 // SaveMigration writes every mutable field of m, provided nobody changed the
 // row since m was read (m.Version); it bumps m.Version. A machine leaving the
 // path (State done) gives back its budget slot in the same statement.
