@@ -1,6 +1,7 @@
 package orchestrator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,6 +46,10 @@ type PlannedMachine struct {
 	flymachines.Machine
 	UpToDate bool
 	Canary   bool
+	// ExpectedDrain is the mean of the machine's last DrainSamples drain
+	// waits; DrainSamples 0 means it has no drain history.
+	ExpectedDrain time.Duration
+	DrainSamples  int
 }
 
 // MaxUnavailable resolves "N" or "P%" against n machines: a percentage is
@@ -128,18 +133,88 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 			if !labelsMatch(m.Labels, sel.Labels) || m.State == "destroyed" || m.State == "destroying" {
 				continue
 			}
-			pm := PlannedMachine{Machine: m, UpToDate: m.Image == image}
-			if !pm.UpToDate && canary > 0 {
-				pm.Canary = true
-				canary--
-			}
-			out = append(out, pm)
+			out = append(out, PlannedMachine{Machine: m, UpToDate: m.Image == image})
 		}
 	}
 	if len(out) == 0 {
 		return nil, ErrNothingSelected
 	}
+	keys := make([]store.MachineKey, 0, len(out))
+	for _, pm := range out {
+		if !pm.UpToDate {
+			keys = append(keys, store.MachineKey{App: pm.App, MachineID: pm.ID})
+		}
+	}
+	est, err := o.store.Q().DrainEstimates(ctx, keys, drainHistory)
+	if err != nil {
+		return nil, err
+	}
+	orderByExpectedDrain(out, est)
+	pickCanaries(out, canary)
 	return out, nil
+}
+
+// drainHistory is how many of a machine's most recent drains its expected
+// drain wait is averaged over: enough to smooth one unusual drain, recent
+// enough to follow an agent whose work changes.
+const drainHistory = 5
+
+// orderByExpectedDrain sorts the machines to move longest expected drain
+// first (an LPT order), keeping plan order among equals. Refill is greedy
+// and cannot know how long a drain will wait until it ends; with
+// heavy-tailed waits the makespan is set by whichever long drain starts
+// last, so starting the long ones first is what keeps it near the lower
+// bound. A machine without drain history ranks as the fleet's typical
+// machine (the mean of the known estimates). Up-to-date machines, which
+// move nothing, go last.
+func orderByExpectedDrain(ms []PlannedMachine, est map[store.MachineKey]store.DrainEstimate) {
+	var sum time.Duration
+	for i := range ms {
+		if e, ok := est[store.MachineKey{App: ms[i].App, MachineID: ms[i].ID}]; ok && !ms[i].UpToDate {
+			ms[i].ExpectedDrain, ms[i].DrainSamples = e.Mean, e.Samples
+			sum += e.Mean
+		}
+	}
+	if len(est) == 0 {
+		return
+	}
+	typical := sum / time.Duration(len(est))
+	rank := func(pm PlannedMachine) time.Duration {
+		switch {
+		case pm.UpToDate:
+			return -1
+		case pm.DrainSamples == 0:
+			return typical
+		}
+		return pm.ExpectedDrain
+	}
+	slices.SortStableFunc(ms, func(a, b PlannedMachine) int { return cmp.Compare(rank(b), rank(a)) })
+}
+
+// pickCanaries marks n machines to move as the run's canaries: those with
+// the shortest expected drains (no history counts as the longest), so the
+// canary gate, which holds back every other machine, opens as soon as the
+// new image has proved itself. The canary tests the image, not the drain.
+func pickCanaries(ms []PlannedMachine, n int) {
+	if n <= 0 {
+		return
+	}
+	idx := make([]int, 0, len(ms))
+	for i, pm := range ms {
+		if !pm.UpToDate {
+			idx = append(idx, i)
+		}
+	}
+	key := func(i int) time.Duration {
+		if ms[i].DrainSamples == 0 {
+			return math.MaxInt64
+		}
+		return ms[i].ExpectedDrain
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(key(a), key(b)) })
+	for _, i := range idx[:min(n, len(idx))] {
+		ms[i].Canary = true
+	}
 }
 
 func labelsMatch(have, want map[string]string) bool {
@@ -174,7 +249,8 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	machines := make([]store.NewMachine, len(planned))
 	for i, p := range planned {
 		machines[i] = store.NewMachine{App: p.App, MachineID: p.ID, Region: p.Region, PrivateIP: p.PrivateIP,
-			Labels: p.Labels, FromImage: p.Image, FromInstanceID: p.InstanceID, UpToDate: p.UpToDate, Canary: p.Canary}
+			Labels: p.Labels, FromImage: p.Image, FromInstanceID: p.InstanceID, UpToDate: p.UpToDate, Canary: p.Canary,
+			ExpectedDrain: p.ExpectedDrain}
 		if !p.UpToDate {
 			toMove++
 		}

@@ -68,6 +68,9 @@ type Migration struct {
 	StartedAt         time.Time
 	UpdatedAt         time.Time
 	FinishedAt        time.Time
+	// ExpectedDrain is the drain wait planning expected from the machine's
+	// past drains (0: it had none); the plan put longer ones first.
+	ExpectedDrain time.Duration
 }
 
 // Target names the machine as "app/machine_id".
@@ -101,7 +104,7 @@ type Drain struct {
 const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, m.private_ip, m.labels, m.canary,
 	m.from_image, m.to_image, m.from_instance_id, m.to_instance_id, m.state, coalesce(m.outcome, ''), m.slot_held,
 	m.attempts, m.deferrals, m.not_before, m.lease_nonce, m.lease_expires_at, m.updated_machine_at, m.launch, m.error,
-	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at`
+	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at, coalesce(m.expected_drain, interval '0')`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
@@ -112,7 +115,7 @@ func migrationDest(m *Migration, labels *[]byte, nb, lease, upd, started, finish
 	return []any{&m.ID, &m.RunID, &m.Seq, &m.App, &m.MachineID, &m.Region, &m.PrivateIP, labels, &m.Canary,
 		&m.FromImage, &m.ToImage, &m.FromInstanceID, &m.ToInstanceID, &m.State, &m.Outcome, &m.SlotHeld,
 		&m.Attempts, &m.Deferrals, nb, &m.LeaseNonce, lease, upd, &m.Launch, &m.Error,
-		&m.Version, &m.CreatedAt, started, &m.UpdatedAt, finished}
+		&m.Version, &m.CreatedAt, started, &m.UpdatedAt, finished, &m.ExpectedDrain}
 }
 
 func finishMigration(m *Migration, labels []byte, nb, lease, upd, started, finished *time.Time) error {

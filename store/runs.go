@@ -91,6 +91,9 @@ type NewMachine struct {
 	// UpToDate machines are recorded as skipped_up_to_date at once.
 	UpToDate bool
 	Canary   bool
+	// ExpectedDrain is the drain wait the plan expects from the machine's
+	// history; 0 when it has none (stored as NULL).
+	ExpectedDrain time.Duration
 }
 
 // CreateRun inserts a run in state running with its machines. When the
@@ -148,6 +151,7 @@ func (q *Q) insertMachines(ctx context.Context, r Run, machines []NewMachine) er
 	labels := make([]string, n)
 	canary := make([]bool, n)
 	fromImg, fromInst, outcomes := make([]string, n), make([]string, n), make([]*string, n)
+	expectedUS := make([]*int64, n)
 	skipped := OutcomeSkippedUpToDate
 	for i, m := range machines {
 		seq[i] = int32(i)
@@ -166,12 +170,16 @@ func (q *Q) insertMachines(ctx context.Context, r Run, machines []NewMachine) er
 		if m.UpToDate {
 			outcomes[i] = &skipped
 		}
+		if m.ExpectedDrain > 0 {
+			us := m.ExpectedDrain.Microseconds()
+			expectedUS[i] = &us
+		}
 	}
 	// deferrals carries over: deferred outcomes of the machine since it was
 	// last migrated, so the policy can force after max_deferrals.
 	_, err := q.db.Exec(ctx, `
 		INSERT INTO machine_migrations (run_id, seq, app, machine_id, region, private_ip, labels, canary,
-			from_image, to_image, from_instance_id, state, outcome, deferrals, finished_at)
+			from_image, to_image, from_instance_id, state, outcome, deferrals, finished_at, expected_drain)
 		SELECT $1, t.seq, t.app, t.machine_id, t.region, t.private_ip, t.labels::jsonb, t.canary,
 			t.from_image, $2, t.from_instance_id,
 			CASE WHEN t.outcome IS NULL THEN 'pending' ELSE 'done' END, t.outcome,
@@ -179,10 +187,11 @@ func (q *Q) insertMachines(ctx context.Context, r Run, machines []NewMachine) er
 			  WHERE p.app = t.app AND p.machine_id = t.machine_id AND p.outcome = 'deferred'
 			    AND p.created_at > coalesce((SELECT max(created_at) FROM machine_migrations s
 			        WHERE s.app = t.app AND s.machine_id = t.machine_id AND s.outcome IN ('migrated', 'skipped_up_to_date')), '-infinity')),
-			CASE WHEN t.outcome IS NULL THEN NULL ELSE now() END
-		FROM unnest($3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[], $11::text[], $12::text[])
-			AS t(seq, app, machine_id, region, private_ip, labels, canary, from_image, from_instance_id, outcome)`,
-		r.ID, r.Image, seq, apps, ids, regions, ips, labels, canary, fromImg, fromInst, outcomes)
+			CASE WHEN t.outcome IS NULL THEN NULL ELSE now() END,
+			t.expected_us * interval '1 microsecond'
+		FROM unnest($3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::text[], $11::text[], $12::text[], $13::bigint[])
+			AS t(seq, app, machine_id, region, private_ip, labels, canary, from_image, from_instance_id, outcome, expected_us)`,
+		r.ID, r.Image, seq, apps, ids, regions, ips, labels, canary, fromImg, fromInst, outcomes, expectedUS)
 	if err != nil {
 		return fmt.Errorf("insert machines of run %d: %w", r.ID, err)
 	}
