@@ -35,6 +35,8 @@ func newBenchCmd(e *env) *cobra.Command {
 			"  fleet       N machines (default 2,000), fleet budget B (default 100), heavy-tailed\n" +
 			"              (log-normal) drain durations: makespan ÷ lower bound, the fixed-wave\n" +
 			"              baseline from the same durations, SQL, Fly and gateway calls, CPU, RSS;\n" +
+			"              measured on the fourth rollout of the fleet (--history-rounds 3 before it),\n" +
+			"              so it is planned from drain history as a daily-updated fleet's runs are;\n" +
 			"  drain-wait  --drain-wait-machines (default 1,000) machines all draining at once for\n" +
 			"              --drain-wait (default 1m), B = the fleet, at --drain-wait-time-scale\n" +
 			"              (default 1: real time): SQL statements/s while they wait and per machine;\n" +
@@ -69,6 +71,12 @@ func newBenchCmd(e *env) *cobra.Command {
 				return usagef("%s: --turns-at %q: want drain or start", cmd.CommandPath(), turnsAt)
 			case fleet.Machines%fleet.MachinesPerApp != 0 || fleet.MachinesPerApp < 1:
 				return usagef("%s: --per-app must be at least 1 and divide --machines", cmd.CommandPath())
+			case fleet.TurnPersistence < 0 || fleet.TurnPersistence > 1:
+				return usagef("%s: --turn-persistence must be in [0, 1], got %g", cmd.CommandPath(), fleet.TurnPersistence)
+			case fleet.HistoryRounds < 0 || large.HistoryRounds < 0:
+				return usagef("%s: history rounds must not be negative", cmd.CommandPath())
+			case (fleet.HistoryRounds > 0 || large.HistoryRounds > 0) && turnsAt != string(bench.TurnsAtDrain):
+				return usagef("%s: history rounds need --turns-at drain (turns from t=0 happen once)", cmd.CommandPath())
 			case out == "":
 				return usagef("%s: --out must name a file, or - for stdout", cmd.CommandPath())
 			}
@@ -109,8 +117,8 @@ func newBenchCmd(e *env) *cobra.Command {
 				rep.DrainWait = runScenario(drainWait)
 			}
 			if large.Machines > 0 {
-				large.Name, large.TurnMedian, large.TurnSigma, large.TurnsAt =
-					fmt.Sprintf("large-%d", large.Machines), fleet.TurnMedian, fleet.TurnSigma, fleet.TurnsAt
+				large.Name, large.TurnMedian, large.TurnSigma, large.TurnsAt, large.TurnPersistence =
+					fmt.Sprintf("large-%d", large.Machines), fleet.TurnMedian, fleet.TurnSigma, fleet.TurnsAt, fleet.TurnPersistence
 				largeConns := large.MaxConns
 				common(&large)
 				large.MachinesPerApp = 1
@@ -166,6 +174,11 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.Float64Var(&fleet.TimeScale, "time-scale", bench.DefaultTimeScale, "fleet scenario: simulated seconds per wall second")
 	f.DurationVar(&fleet.TurnMedian, "turn-median", bench.DefaultTurnMedian, "fleet scenario: median drain duration (log-normal)")
 	f.Float64Var(&fleet.TurnSigma, "turn-sigma", bench.DefaultTurnSigma, "fleet scenario: σ of the log-normal drain durations")
+	f.Float64Var(&fleet.TurnPersistence, "turn-persistence", bench.DefaultTurnPersistence,
+		"share of a drain's log-variance that belongs to the machine and repeats in every rollout (0: none)")
+	f.IntVar(&fleet.HistoryRounds, "history-rounds", bench.DefaultHistoryRounds,
+		"fleet scenario: rollouts before the measured one, so it is planned from drain history (0: none)")
+	f.IntVar(&large.HistoryRounds, "large-history-rounds", 0, "large scenario: rollouts before the measured one")
 	f.StringVar(&turnsAt, "turns-at", string(bench.TurnsAtDrain), "when each machine's turn starts: drain (as its drain begins) or start (t=0)")
 	f.IntVar(&fleet.Workers, "workers", bench.DefaultWorkers, "River workers")
 	f.Int32Var(&fleet.MaxConns, "max-conns", 0, "database pool size (0: pgx's default, as serve)")

@@ -22,6 +22,9 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--machines", "10", "--per-app", "3"},
 		{"bench", "--drain-wait-machines", "-5"},
 		{"bench", "--out", ""},
+		{"bench", "--turn-persistence", "1.5"},
+		{"bench", "--history-rounds", "-1"},
+		{"bench", "--turns-at", "start"},
 		{"bench", "extra"},
 	} {
 		var stdout, stderr bytes.Buffer
@@ -59,7 +62,8 @@ func TestBenchWritesResults(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"## Targets", "makespan ÷ LB", "SQL statements / machine", "CPUs", "| fleet | drain-wait |",
-		"`migrator bench --budget 4", "--machines 8"} {
+		"`migrator bench --budget 4", "--machines 8",
+		"history rollouts' makespan ÷ LB", "| 3; ρ = 0.64 |"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("results file lacks %q:\n%s", want, b)
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -82,6 +83,14 @@ type Result struct {
 	// Study: zero-overhead schedules over many seeds of the same
 	// distribution (nil for fixed drain durations).
 	Study *SeedStudy
+	// History is the rollouts run before the measured one (HistoryRounds),
+	// oldest first: History[0] is planned without any drain history.
+	History []Round
+	// Estimated is how many machines the measured run planned from drain
+	// history (expected_drain set); EstimateCorr the rank correlation
+	// (Spearman) of their expected drain with the drain that followed.
+	Estimated    int
+	EstimateCorr float64
 
 	// SQL statements from CreateRun to the end, by label.
 	Statements        int64
@@ -122,6 +131,46 @@ type Result struct {
 	Warnings        int // warnings and errors the orchestrator and River logged
 	WarningTexts    []string
 	PostgresVersion string
+}
+
+// Round is one history rollout's schedule figures.
+type Round struct {
+	Makespan, LowerBound          time.Duration
+	Ratio, GreedyRatio, WaveRatio float64
+	Wall                          time.Duration
+}
+
+// historyRound moves the whole fleet to a history image (one rollout as the
+// measured run does it, unmeasured) and returns its schedule figures.
+func historyRound(ctx context.Context, orch *orchestrator.Orchestrator, db *pgxpool.Pool, sim *fleetsim.Sim,
+	turns *drainTurns, clk *clock.Scaled, simOf func(time.Time) time.Time, cfg Config, round int) (Round, error) {
+	req := orchestrator.RunRequest{Cause: policy.ImageMigration, Image: fmt.Sprintf("%s-history-%d", TargetImage, round+1),
+		Selector: store.Selector{Org: sim.Org()}, MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline,
+		RequestedBy: "bench", Reason: fmt.Sprintf("fleet benchmark %s: history round %d", cfg.Name, round+1)}
+	planned, err := orch.Plan(ctx, req.Selector, req.Image, 0)
+	if err != nil {
+		return Round{}, fmt.Errorf("history round %d: plan: %w", round+1, err)
+	}
+	wall0, sim0 := time.Now(), clk.Now()
+	run, _, err := orch.CreateRun(ctx, req, planned)
+	if err != nil {
+		return Round{}, fmt.Errorf("history round %d: %w", round+1, err)
+	}
+	s := &sampler{counter: NewStatementCounter(), sim: sim, turns: turns, clk: clk, threshold: math.MaxInt}
+	final, err := s.wait(ctx, db, run.ID, cfg, wall0)
+	if err != nil {
+		return Round{}, fmt.Errorf("history round %d: %w", round+1, err)
+	}
+	r := Result{Config: cfg}
+	if err := r.collect(ctx, db, run.ID, sim0, simOf, turns); err != nil {
+		return Round{}, err
+	}
+	if final.State != store.RunSucceeded {
+		return Round{}, fmt.Errorf("history round %d: run %d ended %s (%s): outcomes %v; first failures: %s", round+1, run.ID,
+			final.State, final.StateReason, r.Outcomes, strings.Join(r.Failures, "; "))
+	}
+	return Round{Makespan: r.Makespan, LowerBound: r.LowerBound, Ratio: r.Ratio, GreedyRatio: r.GreedyRatio,
+		WaveRatio: r.WaveRatio, Wall: time.Since(wall0)}, nil
 }
 
 // Plateau is the phase in which many drains wait at once.
@@ -209,11 +258,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	clk := clock.NewScaled(simOrigin, cfg.TimeScale)
-	plan := turnPlan{seed: cfg.Seed, median: cfg.TurnMedian, sigma: cfg.TurnSigma, fixed: cfg.FixedTurns}
+	plan := turnPlan{seed: cfg.Seed, median: cfg.TurnMedian, sigma: cfg.TurnSigma, persistence: cfg.TurnPersistence, fixed: cfg.FixedTurns}
 	simCfg := fleetsim.Config{Apps: res.Apps, MachinesPerApp: cfg.MachinesPerApp, Seed: cfg.Seed, Clock: clk, APISimTime: true}
 	if cfg.TurnsAt == TurnsAtStart {
 		simCfg.Workload.Turns = func(app, id string, _ *mrand.Rand) []fleetsim.Turn {
-			return []fleetsim.Turn{{Session: "bench", Duration: plan.duration(app, id)}}
+			return []fleetsim.Turn{{Session: "bench", Duration: plan.duration(app, id, 0)}}
 		}
 	}
 	heapBefore := heapInUse()
@@ -290,6 +339,20 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	log.Info("scenario ready", "name", cfg.Name, "machines", cfg.Machines, "budget", cfg.Budget,
 		"time_scale", cfg.TimeScale, "setup", res.SetupWall.Round(time.Millisecond))
 
+	simOf := func(db time.Time) time.Time {
+		return clk.Origin().Add(time.Duration(float64(db.Add(-skew).Sub(clk.Start())) * clk.Factor()))
+	}
+	for round := range cfg.HistoryRounds {
+		h, err := historyRound(ctx, orch, monitor, sim, turns, clk, simOf, cfg, round)
+		if err != nil {
+			return res, err
+		}
+		res.History = append(res.History, h)
+		log.Info("history round done", "name", cfg.Name, "round", round+1, "of", cfg.HistoryRounds,
+			"ratio", fmt.Sprintf("%.3f", h.Ratio), "wall", h.Wall.Round(time.Millisecond))
+		turns.nextRound()
+	}
+
 	req := orchestrator.RunRequest{Cause: policy.ImageMigration, Image: TargetImage, Selector: store.Selector{Org: sim.Org()},
 		MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline, RequestedBy: "bench",
 		Reason: "fleet benchmark " + cfg.Name}
@@ -349,12 +412,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.Plateau = s.plateau()
 	res.Warnings, res.WarningTexts = warn.count()
 
-	simOf := func(db time.Time) time.Time {
-		return clk.Origin().Add(time.Duration(float64(db.Add(-skew).Sub(clk.Start())) * clk.Factor()))
-	}
 	if err := res.collect(ctx, monitor, run.ID, runSim0, simOf, turns); err != nil {
 		return res, err
 	}
+	res.study()
 	res.PeakRSS = peakRSS()
 	if res.RunState != store.RunSucceeded {
 		return res, fmt.Errorf("run %d ended %s (%s): outcomes %v; first failures: %s", run.ID, res.RunState, res.RunReason,
@@ -388,7 +449,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 	}
 	rows, err := db.Query(ctx, `
 		SELECT m.app, m.machine_id, coalesce(m.outcome, ''), m.started_at, m.finished_at,
-			d.started_at, d.quiesced_at, d.deadline_reached_at, d.recreated_at
+			d.started_at, d.quiesced_at, d.deadline_reached_at, d.recreated_at, coalesce(m.expected_drain, interval '0')
 		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE m.run_id = $1 ORDER BY m.seq`, runID)
 	if err != nil {
@@ -397,11 +458,12 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 	defer rows.Close()
 	r.Outcomes = map[string]int{}
 	var last time.Time
-	var p []time.Duration
+	var p, expected []time.Duration
 	for rows.Next() {
 		var app, id, outcome string
 		var mStart, mEnd, dStart, quiesced, deadline, recreated *time.Time
-		if err := rows.Scan(&app, &id, &outcome, &mStart, &mEnd, &dStart, &quiesced, &deadline, &recreated); err != nil {
+		var exp time.Duration
+		if err := rows.Scan(&app, &id, &outcome, &mStart, &mEnd, &dStart, &quiesced, &deadline, &recreated, &exp); err != nil {
 			return fmt.Errorf("read run %d: %w", runID, err)
 		}
 		r.Outcomes[outcome]++
@@ -440,6 +502,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 		drawn, _ := turns.drawnFor(app, id)
 		r.DrawnDrain = append(r.DrawnDrain, drawn)
 		p = append(p, max(d, 0)+max(rc, 0))
+		expected = append(expected, exp)
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read run %d: %w", runID, err)
@@ -453,23 +516,38 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 		lb := float64(r.LowerBound)
 		r.Ratio, r.WaveRatio, r.GreedyRatio = float64(r.Makespan)/lb, float64(r.Wave)/lb, float64(r.IdealGreedy)/lb
 	}
-	if !r.Config.FixedTurns && len(p) > 0 {
-		// Every job is its drawn drain plus what the run added to it on
-		// average (noticing quiescence, recreate, verify).
-		var extra time.Duration
-		for i := range p {
-			extra += p[i] - r.DrawnDrain[i]
+	var est, got []float64
+	for i, e := range expected {
+		if e > 0 {
+			est, got = append(est, float64(e)), append(got, float64(r.Drain[i]))
 		}
-		if r.Config.TurnsAt == TurnsAtStart {
-			extra = 0
-			for _, rc := range r.Recreate {
-				extra += rc
-			}
-		}
-		st := StudySeeds(studySeeds, len(p), b, r.Config.TurnMedian, r.Config.TurnSigma, extra/time.Duration(len(p)))
-		r.Study = &st
 	}
+	r.Estimated, r.EstimateCorr = len(est), spearman(est, got)
 	return nil
+}
+
+// study runs the seed study for the scenario's distribution: every job is
+// its drawn drain plus what the run added to it on average (noticing
+// quiescence, recreate, verify).
+func (r *Result) study() {
+	p := len(r.Drain)
+	if r.Config.FixedTurns || p == 0 {
+		return
+	}
+	var extra time.Duration
+	for i := range p {
+		extra += r.Drain[i] + r.Recreate[i] - r.DrawnDrain[i]
+	}
+	if r.Config.TurnsAt == TurnsAtStart {
+		extra = 0
+		for _, rc := range r.Recreate {
+			extra += rc
+		}
+	}
+	st := StudySeeds(StudyConfig{Seeds: studySeeds, Machines: p, Budget: r.Config.Budget, Median: r.Config.TurnMedian,
+		Sigma: r.Config.TurnSigma, Extra: extra / time.Duration(p), Persistence: r.Config.TurnPersistence,
+		HistoryRounds: r.Config.HistoryRounds})
+	r.Study = &st
 }
 
 // sampler watches the run: counters every SampleEvery, and whether it ended.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -77,6 +78,40 @@ func TestTinyFleet(t *testing.T) {
 		r.FlyCalls(), r.GatewayCalls())
 	for _, l := range r.StatementsByLabel {
 		t.Logf("%6d %s", l.Count, l.Label)
+	}
+}
+
+// With history, the measured run is planned from the drains before it:
+// here every machine's drain repeats exactly (ρ = 1), so the expected drains
+// rank the machines as their drains do, but for the few seconds each took
+// to be noticed.
+func TestHistoryRoundsOrderTheMeasuredRun(t *testing.T) {
+	dsn, _ := storetest.NewDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, err := Run(ctx, Config{Name: "history", Machines: 20, Budget: 5, TimeScale: 50, TurnMedian: time.Minute,
+		TurnSigma: 1, TurnPersistence: 1, HistoryRounds: 1, DatabaseURL: dsn, Timeout: time.Minute,
+		SampleEvery: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RunState != "succeeded" || r.Outcomes["migrated"] != 20 || len(r.History) != 1 {
+		t.Fatalf("run %s, outcomes %v, %d history rounds", r.RunState, r.Outcomes, len(r.History))
+	}
+	if h := r.History[0]; h.Ratio < 0.99 || h.LowerBound <= 0 || h.WaveRatio < h.GreedyRatio {
+		t.Fatalf("history round %+v", h)
+	}
+	if r.Estimated != 20 || r.EstimateCorr < 0.9 {
+		t.Fatalf("%d machines planned from history, rank correlation %.2f; want 20, ≥ 0.9", r.Estimated, r.EstimateCorr)
+	}
+	// The plan put the longest drains first: the first machine's drain is
+	// among the longest few, the last one's among the shortest few.
+	sorted := slices.Sorted(slices.Values(r.DrawnDrain))
+	if first, last := r.DrawnDrain[0], r.DrawnDrain[len(r.DrawnDrain)-1]; first < sorted[len(sorted)-3] || last > sorted[2] {
+		t.Fatalf("plan order by drawn drain %v", r.DrawnDrain)
+	}
+	if r.Study == nil || r.Study.HistoryRounds != 1 || r.Study.Ordered[0] < 1 {
+		t.Fatalf("seed study %+v", r.Study)
 	}
 }
 

@@ -36,6 +36,10 @@ const (
 	DefaultTimeout         = 30 * time.Minute
 	DefaultSampleEvery     = 100 * time.Millisecond
 	DefaultPlateauFraction = 0.75
+	// DefaultTurnPersistence and DefaultHistoryRounds are what `migrator
+	// bench` uses for the fleet scenario (a zero Config means 0 for both).
+	DefaultTurnPersistence = 0.64
+	DefaultHistoryRounds   = 3
 )
 
 // Config is one benchmark scenario. Durations are simulated time unless
@@ -61,6 +65,16 @@ type Config struct {
 	TurnMedian time.Duration
 	TurnSigma  float64
 	FixedTurns bool
+	// TurnPersistence (ρ, 0..1) is the share of the variance of log d_i
+	// that belongs to the machine and repeats in every rollout; the rest is
+	// drawn anew each time. 0 (the zero value): rollouts are independent.
+	TurnPersistence float64
+	// HistoryRounds is how many rollouts of the whole fleet run before the
+	// measured one, each to its own image, so the measured run is planned
+	// from drain history as in a fleet that is updated every day. Their
+	// makespans are reported too; the first of them is the run without any
+	// history. Default 0.
+	HistoryRounds int
 	// TurnsAt: TurnsAtDrain (default) or TurnsAtStart.
 	TurnsAt TurnsAt
 	// Deadline is the run's DeadlineOverride: long enough that no drain is
@@ -155,6 +169,15 @@ func (c Config) validate() error {
 	}
 	if c.TurnMedian < 0 || c.TurnSigma < 0 || math.IsNaN(c.TurnSigma) {
 		errs = append(errs, errors.New("turn median and sigma must not be negative"))
+	}
+	if c.TurnPersistence < 0 || c.TurnPersistence > 1 || math.IsNaN(c.TurnPersistence) {
+		errs = append(errs, fmt.Errorf("turn persistence must be in [0, 1], got %g", c.TurnPersistence))
+	}
+	if c.HistoryRounds < 0 {
+		errs = append(errs, fmt.Errorf("history rounds must not be negative, got %d", c.HistoryRounds))
+	}
+	if c.HistoryRounds > 0 && c.TurnsAt == TurnsAtStart {
+		errs = append(errs, errors.New("history rounds need turns at drain: turns from t=0 happen once"))
 	}
 	if c.TurnsAt != TurnsAtDrain && c.TurnsAt != TurnsAtStart {
 		errs = append(errs, fmt.Errorf("turns at %q: want %q or %q", c.TurnsAt, TurnsAtDrain, TurnsAtStart))

@@ -16,6 +16,14 @@
 // the simulator), so every drain waits d_i whatever the schedule, and the
 // jobs the run did are the jobs the baselines are computed over.
 //
+// A machine's d_i differs from one rollout to the next but keeps a part
+// that belongs to the machine (TurnPersistence, ρ: the share of the
+// variance of log d_i that repeats). With HistoryRounds, the fleet is
+// rolled that many times before the measured run, so the measured run is
+// planned from drain history (longest expected drain first), as every run
+// of a fleet that is updated daily is; the first history round is the
+// same run without history, and its makespan is reported too.
+//
 // The run's own rows give, per machine in plan order, d_i (drain start to
 // quiescence) and r_i (recreate to done), p_i = d_i + r_i, all on the
 // simulated timeline; from them LowerBound, WaveMakespan (fixed batches of

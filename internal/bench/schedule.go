@@ -3,11 +3,10 @@ package bench
 import (
 	"cmp"
 	"container/heap"
+	"math"
 	mrand "math/rand/v2"
 	"slices"
 	"time"
-
-	"github.com/hermes-cloud/migrator/internal/fleetsim"
 )
 
 // LowerBound is the shortest makespan any schedule that keeps at most budget
@@ -93,38 +92,138 @@ func LPTMakespan(p []time.Duration, budget int) time.Duration {
 // ratio comes from the orchestrator or from the draw.
 type SeedStudy struct {
 	Seeds int
-	// Greedy is greedy refill in plan order (what the orchestrator does,
-	// without its overhead); LPT knows every d_i in advance. Each is
-	// p50, p90, p99 of makespan ÷ LB.
-	Greedy, LPT [3]float64
-	// GreedyOver is the fraction of seeds on which Greedy exceeds 1.15.
-	GreedyOver float64
+	// Greedy is greedy refill in plan order, as a run without drain history
+	// does it (without its overhead); Ordered is greedy refill longest
+	// expected drain first, the expectation being the mean of the machine's
+	// drains in the history rounds (as the orchestrator plans); LPT knows
+	// every d_i in advance. Each is p50, p90, p99 of makespan ÷ LB.
+	Greedy, Ordered, LPT [3]float64
+	// GreedyOver and OrderedOver are the fractions of seeds on which each
+	// exceeds 1.15.
+	GreedyOver, OrderedOver float64
+	// HistoryRounds is the history Ordered had (0: Ordered not studied).
+	HistoryRounds int
 }
 
-// StudySeeds draws n fleets of machines jobs (log-normal drains of the given
-// median and sigma, plus a constant extra per job), and schedules each with
-// budget slots.
-func StudySeeds(n, machines, budget int, median time.Duration, sigma float64, extra time.Duration) SeedStudy {
-	st := SeedStudy{Seeds: n}
-	var greedy, lpt []float64
-	p := make([]time.Duration, machines)
-	over := 0
-	for seed := range n {
+// StudyConfig is the distribution a seed study draws from: Machines jobs,
+// each a log-normal drain (Median, Sigma, of whose log-variance a share
+// Persistence repeats in every round, as the benchmark's turns do) plus a
+// constant Extra, scheduled on Budget slots.
+type StudyConfig struct {
+	Seeds, Machines, Budget int
+	Median                  time.Duration
+	Sigma, Persistence      float64
+	Extra                   time.Duration
+	// HistoryRounds drawn before the scheduled one (at most the last
+	// drainHistory of them inform the order, as in planning).
+	HistoryRounds int
+}
+
+// drainHistory mirrors the orchestrator's: the last five drains make a
+// machine's expected drain.
+const drainHistory = 5
+
+// StudySeeds draws c.Seeds fleets and schedules each.
+func StudySeeds(c StudyConfig) SeedStudy {
+	st := SeedStudy{Seeds: c.Seeds, HistoryRounds: c.HistoryRounds}
+	var greedy, ordered, lpt []float64
+	p := make([]time.Duration, c.Machines)
+	expect := make([]time.Duration, c.Machines)
+	idx := make([]int, c.Machines)
+	byExpect := make([]time.Duration, c.Machines)
+	over, orderedOver := 0, 0
+	a, m := math.Sqrt(c.Persistence), math.Sqrt(1-c.Persistence)
+	draw := func(rng *mrand.Rand, agent float64) time.Duration {
+		return time.Duration(float64(c.Median)*math.Exp(c.Sigma*(a*agent+m*rng.NormFloat64()))) + c.Extra
+	}
+	for seed := range c.Seeds {
 		rng := mrand.New(mrand.NewPCG(uint64(seed)+1, 0x57d1))
 		for i := range p {
-			p[i] = fleetsim.LogNormal(rng, median, sigma) + extra
+			agent := rng.NormFloat64()
+			var sum time.Duration
+			n := min(c.HistoryRounds, drainHistory)
+			for round := range c.HistoryRounds {
+				d := draw(rng, agent)
+				if round >= c.HistoryRounds-n {
+					sum += d
+				}
+			}
+			if n > 0 {
+				expect[i] = sum / time.Duration(n)
+			}
+			p[i] = draw(rng, agent)
 		}
-		lb := float64(LowerBound(p, budget))
-		g := float64(GreedyMakespan(p, budget)) / lb
+		lb := float64(LowerBound(p, c.Budget))
+		g := float64(GreedyMakespan(p, c.Budget)) / lb
 		greedy = append(greedy, g)
-		lpt = append(lpt, float64(LPTMakespan(p, budget))/lb)
 		if g > 1.15 {
 			over++
 		}
+		lpt = append(lpt, float64(LPTMakespan(p, c.Budget))/lb)
+		if c.HistoryRounds > 0 {
+			for i := range idx {
+				idx[i] = i
+			}
+			slices.SortStableFunc(idx, func(x, y int) int { return cmp.Compare(expect[y], expect[x]) })
+			for i, j := range idx {
+				byExpect[i] = p[j]
+			}
+			o := float64(GreedyMakespan(byExpect, c.Budget)) / lb
+			ordered = append(ordered, o)
+			if o > 1.15 {
+				orderedOver++
+			}
+		}
 	}
-	st.Greedy, st.LPT = quantiles(greedy), quantiles(lpt)
-	st.GreedyOver = float64(over) / float64(max(n, 1))
+	st.Greedy, st.LPT, st.Ordered = quantiles(greedy), quantiles(lpt), quantiles(ordered)
+	st.GreedyOver = float64(over) / float64(max(c.Seeds, 1))
+	st.OrderedOver = float64(orderedOver) / float64(max(c.Seeds, 1))
 	return st
+}
+
+// spearman is the rank correlation of x and y (0 for fewer than two pairs
+// or no spread).
+func spearman(x, y []float64) float64 {
+	if len(x) < 2 || len(x) != len(y) {
+		return 0
+	}
+	rx, ry := ranks(x), ranks(y)
+	var mx, my float64
+	for i := range rx {
+		mx, my = mx+rx[i], my+ry[i]
+	}
+	mx, my = mx/float64(len(rx)), my/float64(len(ry))
+	var sxy, sxx, syy float64
+	for i := range rx {
+		dx, dy := rx[i]-mx, ry[i]-my
+		sxy, sxx, syy = sxy+dx*dy, sxx+dx*dx, syy+dy*dy
+	}
+	if sxx == 0 || syy == 0 {
+		return 0
+	}
+	return sxy / math.Sqrt(sxx*syy)
+}
+
+// ranks gives each value its rank (1-based), ties the mean of theirs.
+func ranks(v []float64) []float64 {
+	idx := make([]int, len(v))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(v[a], v[b]) })
+	out := make([]float64, len(v))
+	for i := 0; i < len(idx); {
+		j := i
+		for j+1 < len(idx) && v[idx[j+1]] == v[idx[i]] {
+			j++
+		}
+		r := float64(i+j)/2 + 1
+		for k := i; k <= j; k++ {
+			out[idx[k]] = r
+		}
+		i = j + 1
+	}
+	return out
 }
 
 func quantiles(v []float64) [3]float64 {

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -47,15 +48,54 @@ func TestScheduleFigures(t *testing.T) {
 	}
 }
 
-// Greedy never beats the bound and never loses to waves; both hold on any
-// draw.
+// Greedy never beats the bound; LPT and the history order sit between it
+// and greedy in plan order, the history order closer to LPT the more a
+// machine's drains repeat.
 func TestStudySeedsOrdering(t *testing.T) {
-	st := StudySeeds(20, 300, 30, 30*time.Second, 1, 10*time.Second)
-	if st.Seeds != 20 || st.Greedy[0] < 1 || st.LPT[0] < 1 || st.LPT[0] > st.Greedy[0] || st.Greedy[0] > st.Greedy[2] {
+	base := StudyConfig{Seeds: 20, Machines: 300, Budget: 30, Median: 30 * time.Second, Sigma: 1, Extra: 10 * time.Second}
+	st := StudySeeds(base)
+	if st.Seeds != 20 || st.Greedy[0] < 1 || st.LPT[0] < 1 || st.LPT[0] > st.Greedy[0] || st.Greedy[0] > st.Greedy[2] ||
+		st.Ordered != [3]float64{} || st.HistoryRounds != 0 {
 		t.Fatalf("study %+v", st)
 	}
-	light := StudySeeds(20, 300, 30, 30*time.Second, 0.1, 10*time.Second)
-	if light.Greedy[2] > 1.1 || light.GreedyOver != 0 {
-		t.Fatalf("nearly equal jobs should schedule within 10%% of the bound: %+v", light)
+	light := base
+	light.Sigma = 0.1
+	if l := StudySeeds(light); l.Greedy[2] > 1.1 || l.GreedyOver != 0 {
+		t.Fatalf("nearly equal jobs should schedule within 10%% of the bound: %+v", l)
+	}
+	var prev float64
+	for _, rho := range []float64{0, 0.64, 1} {
+		c := base
+		c.Persistence, c.HistoryRounds = rho, 3
+		st := StudySeeds(c)
+		if st.Ordered[0] < st.LPT[0] || st.HistoryRounds != 3 {
+			t.Fatalf("ρ %g: %+v", rho, st)
+		}
+		if rho == 1 && st.Ordered[0] > st.LPT[0]+1e-9 {
+			t.Fatalf("ρ 1: history knows every d_i, so the order is LPT's: %+v", st)
+		}
+		if prev != 0 && st.Ordered[0] >= prev {
+			t.Fatalf("ρ %g: ordered p50 %.3f not below %.3f of less persistent drains", rho, st.Ordered[0], prev)
+		}
+		prev = st.Ordered[0]
+	}
+}
+
+func TestSpearman(t *testing.T) {
+	cases := []struct {
+		x, y []float64
+		want float64
+	}{
+		{[]float64{1, 2, 3, 4}, []float64{10, 20, 30, 1000}, 1},
+		{[]float64{1, 2, 3, 4}, []float64{4, 3, 2, 1}, -1},
+		{[]float64{1, 1, 2, 2}, []float64{1, 1, 2, 2}, 1},
+		{[]float64{1, 2, 3}, []float64{5, 5, 5}, 0},
+		{[]float64{1}, []float64{1}, 0},
+		{[]float64{1, 2, 3, 4, 5}, []float64{2, 1, 4, 3, 5}, 0.8},
+	}
+	for _, tc := range cases {
+		if got := spearman(tc.x, tc.y); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("spearman(%v, %v) = %v, want %v", tc.x, tc.y, got, tc.want)
+		}
 	}
 }

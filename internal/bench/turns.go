@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"hash/fnv"
+	"math"
 	mrand "math/rand/v2"
 	"sync"
 	"time"
@@ -14,23 +15,32 @@ import (
 	"github.com/hermes-cloud/migrator/orchestrator"
 )
 
-// turnPlan draws machine i's drain duration d_i, reproducibly from the seed
-// and the machine's name alone (not from the order machines are reached).
+// turnPlan draws machine i's drain duration d_i for each rollout (round),
+// reproducibly from the seed, the machine's name and the round alone (not
+// from the order machines are reached). log d_i is normal around
+// log(median) with deviation sigma, of which a share persistence (ρ) of the
+// variance belongs to the agent (what its users do with it: the same in
+// every round) and the rest to the moment (new in every round). ρ = 0
+// makes every round independent; ρ = 1 repeats the same d_i.
 type turnPlan struct {
-	seed   int64
-	median time.Duration
-	sigma  float64
-	fixed  bool
+	seed        int64
+	median      time.Duration
+	sigma       float64
+	persistence float64
+	fixed       bool
 }
 
-func (p turnPlan) duration(app, machineID string) time.Duration {
+func (p turnPlan) duration(app, machineID string, round int) time.Duration {
 	if p.fixed {
 		return p.median
 	}
 	h := fnv.New64a()
 	h.Write([]byte(app + "/" + machineID))
-	rng := mrand.New(mrand.NewPCG(uint64(p.seed), h.Sum64()))
-	return max(fleetsim.LogNormal(rng, p.median, p.sigma), time.Millisecond)
+	key := h.Sum64()
+	agent := mrand.New(mrand.NewPCG(uint64(p.seed), key)).NormFloat64()
+	moment := mrand.New(mrand.NewPCG(uint64(p.seed), key^(uint64(round+1)*0x9e3779b97f4a7c15))).NormFloat64()
+	z := math.Sqrt(p.persistence)*agent + math.Sqrt(1-p.persistence)*moment
+	return max(time.Duration(float64(p.median)*math.Exp(p.sigma*z)), time.Millisecond)
 }
 
 // drainTurns sits between the orchestrator and its gateway client. It
@@ -48,7 +58,8 @@ type drainTurns struct {
 	origin  time.Time // the simulation's start (TurnsAtStart)
 
 	mu    sync.Mutex
-	drawn map[string]time.Duration // app/machine → d_i, for machines whose drain began
+	round int                      // the rollout under way: 0, 1, …
+	drawn map[string]time.Duration // app/machine → d_i, for machines whose drain began this round
 	ends  timeHeap                 // when the work of begun drains ends, for those still waiting
 }
 
@@ -64,7 +75,7 @@ func (d *drainTurns) Begin(ctx context.Context, t gateway.Target, quiet bool) (g
 	key := t.App + "/" + t.MachineID
 	d.mu.Lock()
 	if _, seen := d.drawn[key]; !seen {
-		dur := d.plan.duration(t.App, t.MachineID)
+		dur := d.plan.duration(t.App, t.MachineID, d.round)
 		d.drawn[key] = dur
 		now := d.clk.Now()
 		end := d.origin.Add(dur)
@@ -88,6 +99,16 @@ func (d *drainTurns) Cancel(ctx context.Context, t gateway.Target) (bool, error)
 // Status implements orchestrator.Gateway.
 func (d *drainTurns) Status(ctx context.Context, t gateway.Target) (gateway.Status, error) {
 	return d.gw.Status(ctx, t)
+}
+
+// nextRound starts the next rollout: each machine's next begin draws its
+// next d_i.
+func (d *drainTurns) nextRound() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.round++
+	d.drawn = map[string]time.Duration{}
+	d.ends = nil
 }
 
 // waiting is how many begun drains still have work in flight at now.
