@@ -27,8 +27,8 @@ import (
 // runExitCodes is the exit-status paragraph every run command shows.
 const runExitCodes = `Exit status: 0 ok; 1 the operation failed (Fly or the registry unreachable, the
 selector matched nothing, the run is in a state that refuses it, a followed run
-ended failed or cancelled); 2 usage or configuration error, including a
-malformed or unknown run id (nothing is attempted then).`
+ended failed or cancelled or is paused); 2 usage or configuration error,
+including a malformed or unknown run id (nothing is attempted then).`
 
 func init() { register(newRunCmd) }
 
@@ -175,7 +175,7 @@ else the OS user.
 	fl.StringVar(&f.idemKey, "idempotency-key", "", "a repeated create with this key returns the existing run instead of creating another")
 	fl.BoolVar(&f.noPin, "no-pin", false, "do not resolve the tag to a digest; machines get the reference as given")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the plan with each machine's policy decision; write nothing")
-	fl.BoolVar(&f.follow, "follow", false, "then watch the run until it ends, as run follow does")
+	fl.BoolVar(&f.follow, "follow", false, "then watch the run until it ends or pauses, as run follow does")
 	fl.BoolVar(&f.plain, "plain", false, "with --follow: plain timestamped lines even on a terminal")
 	fl.BoolVar(&f.asJSON, "json", false, "print the run (or, with --dry-run, the plan) as a JSON object")
 	return cmd
@@ -882,23 +882,26 @@ func newRunStateCmd(e *env, verb string) *cobra.Command {
 			"cancelled at once; machines draining get their drain cancelled at their next step, so\n" +
 			"their agents take turns again; machines mid-update finish and are verified. The run\n" +
 			"is cancelling until those are done, then cancelled."
-		example = "  migrator run cancel 42"
+		example = "  migrator run cancel 42\n  migrator run cancel 42 --json | jq -r .state   # cancelling, then cancelled"
 	case "pause":
 		short = "Pause a running run: no machine starts; machines in flight finish"
 		long = "Pause a running run: no machine starts until `migrator run resume`; machines already\n" +
 			"on their path finish it."
-		example = "  migrator run pause 42"
+		example = "  migrator run pause 42\n  migrator run pause 42 --json | jq .counts.by_state"
 	case "resume":
 		short = "Resume a paused run (paused by a person, a failed canary or the failure threshold)"
 		long = "Resume a paused run: machines start again within the budget. A run paused because a\n" +
 			"canary failed or failures passed the threshold resumes too; look at\n" +
 			"`migrator history --run ID --outcome rolled_back` first."
-		example = "  migrator run resume 42"
+		example = "  migrator run resume 42\n  migrator run resume 42 --json"
 	}
-	return &cobra.Command{
-		Use:     verb + " ID",
-		Short:   short,
-		Long:    long + "\n\nA run in a state that refuses the change is an error (exit 1).\n\n" + runExitCodes,
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   verb + " ID",
+		Short: short,
+		Long: long + "\n\nA run in a state that refuses the change is an error (exit 1). With --json, stdout\n" +
+			"is the run after the change as `migrator run status --json` prints it, and the\n" +
+			"sentence goes to stderr.\n\n" + runExitCodes,
 		Example: example,
 		Args:    checkArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -939,9 +942,22 @@ func newRunStateCmd(e *env, verb string) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("run %s %d: %w", verb, id, err)
 			}
-			return printStateChange(ctx, e, c.store, verb, r)
+			if !asJSON {
+				return printStateChange(ctx, e.stdout, c.store, verb, r)
+			}
+			if err := printStateChange(ctx, e.stderr, c.store, verb, r); err != nil {
+				return err
+			}
+			// Read back as run status does, so the object is the same one.
+			snap, err := c.store.Snapshot(ctx, id)
+			if err != nil {
+				return fmt.Errorf("run %s %d: done, but reading the run back: %w", verb, id, err)
+			}
+			return writeJSON(e.stdout, newRunJSON(snap.Run, snap.Counts, snap.InFlight, c.clock.Now()))
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the run after the change as a JSON object, as run status --json does")
+	return cmd
 }
 
 // refusedChange says, on one line, why a run's state refused verb.
@@ -958,7 +974,8 @@ func refusedChange(ctx context.Context, st *store.Store, verb string, before sto
 	return fmt.Errorf("run %s %d: the run is %s: %s", verb, r.ID, r.State, want)
 }
 
-func printStateChange(ctx context.Context, e *env, st *store.Store, verb string, r store.Run) error {
+// printStateChange says in a sentence on w what verb did to run r.
+func printStateChange(ctx context.Context, w io.Writer, st *store.Store, verb string, r store.Run) error {
 	counts, err := st.Q().CountRun(ctx, r.ID)
 	if err != nil {
 		return err
@@ -966,12 +983,12 @@ func printStateChange(ctx context.Context, e *env, st *store.Store, verb string,
 	inFlight := counts.Total - counts.ByState[store.StateDone] - counts.ByState[store.StatePending]
 	switch {
 	case verb == "cancel" && r.State == store.RunCancelling:
-		fmt.Fprintf(e.stdout, "run %d cancelling: %d not started were cancelled; %d in flight stop at their next step (drains cancelled; updates already sent finish)\n",
+		fmt.Fprintf(w, "run %d cancelling: %d not started were cancelled; %d in flight stop at their next step (drains cancelled; updates already sent finish)\n",
 			r.ID, counts.ByOutcome[store.OutcomeCancelled], inFlight)
 	case verb == "pause":
-		fmt.Fprintf(e.stdout, "run %d paused: no machine starts; %d in flight finish. Resume with: migrator run resume %d\n", r.ID, inFlight, r.ID)
+		fmt.Fprintf(w, "run %d paused: no machine starts; %d in flight finish. Resume with: migrator run resume %d\n", r.ID, inFlight, r.ID)
 	default:
-		fmt.Fprintf(e.stdout, "run %d %s\n", r.ID, r.State)
+		fmt.Fprintf(w, "run %d %s\n", r.ID, r.State)
 	}
 	return nil
 }

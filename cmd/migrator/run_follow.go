@@ -27,23 +27,32 @@ const (
 )
 
 func newRunFollowCmd(e *env) *cobra.Command {
-	var plain bool
+	var opts followOptions
 	cmd := &cobra.Command{
 		Use:   "follow ID",
-		Short: "Watch a run live until it ends",
+		Short: "Watch a run live until it ends (or pauses)",
 		Long: `Watch a run until it ends. On a terminal: a view redrawn twice a second with a
 progress bar, the machines counted by state and by outcome, the ETA (from the
 completion rate so far), and the machines in flight, draining ones with how long
 they have waited and the gateway's last active_agents. Otherwise (a pipe, a
 file, --plain): one timestamped line whenever something changes.
 
+A run paused (by a person, a failed canary or the failure threshold) waits for
+a person, so follow stops there too, at once if the run is paused already: it
+says why on stderr with the commands that resume or cancel the run, and exits 1.
+--keep-watching watches a paused run on instead (its machines in flight finish;
+a resume or cancel shows) until it ends.
+
 follow only reads Postgres; ` + "`migrator serve`" + ` does the work, and Ctrl-C stops
 following, not the run. Times of drains are on the fleet's clock.
 
-Exit status: 0 when the run succeeded; 1 when it ended failed or cancelled
-(or following was interrupted); 2 for a malformed or unknown run id.`,
-		Example: "  migrator run follow 42\n  migrator run follow 42 --plain | tee run-42.log",
-		Args:    checkArgs(cobra.ExactArgs(1)),
+Exit status: 0 when the run succeeded; 1 when it ended failed or cancelled, is
+paused (without --keep-watching), or following was interrupted; 2 for a
+malformed or unknown run id.`,
+		Example: "  migrator run follow 42\n  migrator run follow 42 --plain | tee run-42.log\n" +
+			"  migrator run follow 42 || migrator run status 42   # ended badly or paused: see why\n" +
+			"  migrator run follow 42 --keep-watching             # a paused run: watch its drains finish",
+		Args: checkArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			id, err := parseRunID(cmd, args[0])
@@ -58,10 +67,11 @@ Exit status: 0 when the run succeeded; 1 when it ended failed or cancelled
 			if _, err := getRun(ctx, st, id); err != nil {
 				return err
 			}
-			return followRun(ctx, e, st, id, plain)
+			return follow(ctx, e, st, id, opts)
 		},
 	}
-	cmd.Flags().BoolVar(&plain, "plain", false, "plain timestamped lines even on a terminal")
+	cmd.Flags().BoolVar(&opts.plain, "plain", false, "plain timestamped lines even on a terminal")
+	cmd.Flags().BoolVar(&opts.keepWatching, "keep-watching", false, "do not stop when the run is paused: watch on until it ends")
 	return cmd
 }
 
@@ -81,14 +91,25 @@ func terminal(w io.Writer) (size func() (width, height int), ok bool) {
 	}, true
 }
 
-// followRun watches run id until it is over; see newRunFollowCmd.
+// followOptions are follow's flags.
+type followOptions struct {
+	plain        bool // timestamped lines even on a terminal
+	keepWatching bool // watch a paused run on instead of stopping
+}
+
+// followRun watches run id until it ends or pauses (run create --follow,
+// the sandbox); see newRunFollowCmd.
 func followRun(ctx context.Context, e *env, st *store.Store, id int64, plain bool) error {
+	return follow(ctx, e, st, id, followOptions{plain: plain})
+}
+
+func follow(ctx context.Context, e *env, st *store.Store, id int64, opts followOptions) error {
 	clk, err := loadClock(e)
 	if err != nil {
 		return err
 	}
 	var view followView
-	if size, tty := terminal(e.stdout); tty && !plain {
+	if size, tty := terminal(e.stdout); tty && !opts.plain {
 		view = &liveView{w: e.stdout, size: size}
 	} else {
 		view = &lineView{w: e.stdout, st: st}
@@ -113,10 +134,10 @@ func followRun(ctx context.Context, e *env, st *store.Store, id int64, plain boo
 				view.stop()
 				return fmt.Errorf("follow run %d: %w", id, err)
 			}
-			if store.RunTerminal(snap.Run.State) {
+			if followOver(snap.Run.State, opts) {
 				view.stop()
 				fmt.Fprintln(e.stdout, runSummary(snap))
-				return runEndError(snap.Run)
+				return runEndError(snap)
 			}
 		}
 		select {
@@ -126,13 +147,31 @@ func followRun(ctx context.Context, e *env, st *store.Store, id int64, plain boo
 	}
 }
 
-// runEndError is follow's verdict: nil for a run that succeeded.
-func runEndError(r store.Run) error {
+// followOver reports whether follow stops at a run in state: when it is
+// over, or paused (a person has to act) unless asked to keep watching.
+func followOver(state string, opts followOptions) bool {
+	return store.RunTerminal(state) || state == store.RunPaused && !opts.keepWatching
+}
+
+// runEndError is follow's verdict: nil for a run that succeeded. For a
+// paused run it says why and how to go on, as one line.
+func runEndError(s store.RunSnapshot) error {
+	r := s.Run
 	switch r.State {
 	case store.RunSucceeded:
 		return nil
 	case store.RunCancelled:
 		return fmt.Errorf("run %d was cancelled (%s)", r.ID, r.StateReason)
+	case store.RunPaused:
+		msg := fmt.Sprintf("run %d paused", r.ID)
+		if reason := oneLine(r.StateReason, 200); reason != "" {
+			msg += ": " + reason
+		}
+		c := s.Counts
+		if n := c.Total - c.ByState[store.StateDone] - c.ByState[store.StatePending]; n > 0 {
+			msg += fmt.Sprintf("; %d %s in flight %s", n, plural(n, "machine", "machines"), plural(n, "finishes", "finish"))
+		}
+		return fmt.Errorf("%s; resume with: migrator run resume %d (or cancel: migrator run cancel %d)", msg, r.ID, r.ID)
 	default:
 		return fmt.Errorf("run %d %s: %s (see `migrator history --run %d`)", r.ID, r.State, r.StateReason, r.ID)
 	}
@@ -145,7 +184,11 @@ func runSummary(s store.RunSnapshot) string {
 	if !r.FinishedAt.IsZero() && !r.StartedAt.IsZero() {
 		took = " in " + r.FinishedAt.Sub(r.StartedAt).Round(time.Second).String()
 	}
-	return fmt.Sprintf("run %d %s%s: %s", r.ID, r.State, took, countList(s.Counts.ByOutcome, outcomeOrder))
+	outcomes := countList(s.Counts.ByOutcome, outcomeOrder)
+	if outcomes == "none" { // a run paused before any machine was done
+		outcomes = "no machine done yet"
+	}
+	return fmt.Sprintf("run %d %s%s: %s", r.ID, r.State, took, outcomes)
 }
 
 type followView interface {

@@ -425,8 +425,13 @@ func TestRunPauseResumeCancel(t *testing.T) {
 		t.Fatalf("pause: %s", r)
 	}
 	oneLine(execMigrator(t, w.env, "run", "pause", id), 1, "the run is paused", "only a running run can be paused")
+	// follow stops at a paused run at once: why, and what to do.
+	fol := execMigrator(t, w.env, "run", "follow", id)
+	oneLine(fol, 1, "run "+id+" paused: paused by ", "; 1 machine in flight finishes; resume with: migrator run resume "+id+
+		" (or cancel: migrator run cancel "+id+")")
+	checkFollowLines(t, fol.stdout, 0, "run "+id+" paused: no machine done yet")
 	// Paused: the draining machine goes on draining; nothing else starts.
-	// Meanwhile, the live view on a terminal, stopped by Ctrl-C.
+	// Meanwhile, the live view on a terminal with --keep-watching, stopped by Ctrl-C.
 	followOnTerminal(t, w.env, id, draining)
 	s = status()
 	if s.State != "paused" || len(s.InFlight) != 1 || s.InFlight[0].MachineID != draining || s.Counts.ByState["pending"] != 2 {
@@ -440,7 +445,7 @@ func TestRunPauseResumeCancel(t *testing.T) {
 	if r := execMigrator(t, w.env, "run", "cancel", id); r.code != 0 || !strings.Contains(r.stdout, "run "+id+" cancelling: 2 not started were cancelled; 1 in flight") {
 		t.Fatalf("cancel: %s", r)
 	}
-	fol := execMigrator(t, w.env, "run", "follow", id)
+	fol = execMigrator(t, w.env, "run", "follow", id)
 	if fol.code != 1 || !strings.Contains(fol.stderr, "run "+id+" was cancelled") || strings.Count(fol.stderr, "\n") != 1 {
 		t.Errorf("follow of a cancelled run: %s", fol)
 	}
@@ -460,10 +465,10 @@ func TestRunPauseResumeCancel(t *testing.T) {
 	}
 }
 
-// followOnTerminal runs `migrator run follow ID` on a pseudo-terminal (util
-// linux's script) for 1.5 s, then interrupts it as Ctrl-C would: the live
-// view redraws in place, shows the paused run and its draining machine,
-// and gives the cursor back.
+// followOnTerminal runs `migrator run follow ID --keep-watching` on a
+// pseudo-terminal (util linux's script) for 1.5 s, then interrupts it as
+// Ctrl-C would: the live view redraws in place, shows the paused run and its
+// draining machine, and gives the cursor back.
 func followOnTerminal(t *testing.T, environ []string, id, draining string) {
 	t.Helper()
 	scriptBin, err := exec.LookPath("script")
@@ -472,7 +477,7 @@ func followOnTerminal(t *testing.T, environ []string, id, draining string) {
 		time.Sleep(500 * time.Millisecond)
 		return
 	}
-	cmd := exec.Command(scriptBin, "-qec", "timeout --preserve-status -s INT 1.5 "+migratorBinary(t)+" run follow "+id, "/dev/null")
+	cmd := exec.Command(scriptBin, "-qec", "timeout --preserve-status -s INT 1.5 "+migratorBinary(t)+" run follow --keep-watching "+id, "/dev/null")
 	cmd.Env = append(environ, "SHELL=/bin/sh", "TERM=xterm")
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
@@ -817,16 +822,50 @@ func TestRunFollowChangeLines(t *testing.T) {
 	}
 }
 
+// Where follow stops and what it says: nothing for a run that succeeded,
+// an operation failure (exit 1) otherwise, with the way on for a paused run.
 func TestRunEndExitStatus(t *testing.T) {
 	t.Parallel()
-	if err := runEndError(store.Run{ID: 1, State: store.RunSucceeded}); err != nil {
-		t.Errorf("succeeded: %v", err)
+	snap := func(state, reason string, byState map[string]int) store.RunSnapshot {
+		total := 0
+		for _, n := range byState {
+			total += n
+		}
+		return store.RunSnapshot{Run: store.Run{ID: 12, State: state, StateReason: reason},
+			Counts: store.RunCounts{Total: total, ByState: byState}}
 	}
-	for _, s := range []string{store.RunFailed, store.RunCancelled} {
-		err := runEndError(store.Run{ID: 1, State: s, StateReason: "x"})
+	canary := "canary failed (1 canary machine(s) failed or rolled back)"
+	for _, tc := range []struct {
+		s    store.RunSnapshot
+		want string // "" for no error
+	}{
+		{snap(store.RunSucceeded, "", map[string]int{"done": 3}), ""},
+		{snap(store.RunFailed, "2 failed", map[string]int{"done": 3}), "run 12 failed: 2 failed (see `migrator history --run 12`)"},
+		{snap(store.RunCancelled, "cancelled by bob", map[string]int{"done": 3}), "run 12 was cancelled (cancelled by bob)"},
+		{snap(store.RunPaused, canary, map[string]int{"done": 1, "pending": 5}),
+			"run 12 paused: " + canary + "; resume with: migrator run resume 12 (or cancel: migrator run cancel 12)"},
+		{snap(store.RunPaused, "paused by\nalice", map[string]int{"pending": 2, "draining": 1, "verifying": 1}),
+			"run 12 paused: paused by alice; 2 machines in flight finish; resume with: migrator run resume 12 (or cancel: migrator run cancel 12)"},
+		{snap(store.RunPaused, "", map[string]int{"updating": 1}),
+			"run 12 paused; 1 machine in flight finishes; resume with: migrator run resume 12 (or cancel: migrator run cancel 12)"},
+	} {
+		err := runEndError(tc.s)
 		var ue usageError
-		if err == nil || errors.As(err, &ue) {
-			t.Errorf("%s: %v, want an operation failure (exit 1)", s, err)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v, want nil (exit 0)", tc.s.Run.State, err)
+		case tc.want != "" && (err == nil || errors.As(err, &ue) || err.Error() != tc.want):
+			t.Errorf("%s: %v\nwant an operation failure (exit 1): %s", tc.s.Run.State, err, tc.want)
+		}
+	}
+	// follow stops at the end, and at a pause unless told to keep watching.
+	for _, state := range runStates {
+		over := state == store.RunSucceeded || state == store.RunFailed || state == store.RunCancelled
+		if got := followOver(state, followOptions{}); got != (over || state == store.RunPaused) {
+			t.Errorf("followOver(%s) = %v", state, got)
+		}
+		if got := followOver(state, followOptions{keepWatching: true}); got != over {
+			t.Errorf("followOver(%s, keep watching) = %v", state, got)
 		}
 	}
 }
