@@ -28,30 +28,37 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 	if _, err := q.db.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(fleetSlotAdvisoryLockID)); err != nil {
 		return nil, fmt.Errorf("lock budget: %w", err)
 	}
-	// One statement: rank pending machines per run, keep those within the
-	// run's free slots and the canary gate, then within the fleet's free slots.
+	// One statement. runs_open is computed once per running run (MATERIALIZED:
+	// inlined, its canary_gate subquery would be re-evaluated per machine
+	// row); the LATERAL then reads at most that run's free slots of pending
+	// machines, in order, from machine_migrations_pending_idx, so the cost
+	// follows the free slots, not the pending backlog. `m.canary >=
+	// ro.canary_gate` is "NOT canary_gate OR m.canary" written as an index
+	// bound: behind a closed gate the scan stops after the canaries. Within a
+	// run, (canary DESC, seq) is the per-run rank, so the fleet-wide order is
+	// oldest run first, then that rank.
 	rows, err := q.db.Query(ctx, `
 		WITH held AS (
 			SELECT run_id, count(*) AS n FROM machine_migrations WHERE slot_held GROUP BY run_id
 		), fleet AS (
 			SELECT CASE WHEN $1::int <= 0 THEN 2147483647 ELSE $1::int - coalesce(sum(n), 0) END AS free FROM held
-		), runs_open AS (
-			SELECT r.id, r.created_at, r.max_unavailable - coalesce(h.n, 0) AS free,
+		), runs_open AS MATERIALIZED (
+			SELECT r.id, r.created_at, greatest(r.max_unavailable - coalesce(h.n, 0), 0) AS free,
 				r.canary > 0 AND EXISTS (
 					SELECT 1 FROM machine_migrations c
 					WHERE c.run_id = r.id AND c.canary AND (c.outcome IS DISTINCT FROM 'migrated')
 				) AS canary_gate
 			FROM runs r LEFT JOIN held h ON h.run_id = r.id
 			WHERE r.state = 'running'
-		), ranked AS (
-			SELECT m.id, m.run_id, ro.created_at, m.canary, m.seq,
-				row_number() OVER (PARTITION BY m.run_id ORDER BY m.canary DESC, m.seq) AS rn, ro.free
-			FROM machine_migrations m JOIN runs_open ro ON ro.id = m.run_id
-			WHERE m.state = 'pending' AND (m.not_before IS NULL OR m.not_before <= $2)
-			  AND (NOT ro.canary_gate OR m.canary)
 		), per_run AS (
-			SELECT *, row_number() OVER (ORDER BY created_at, run_id, rn) AS fleet_rn
-			FROM ranked WHERE rn <= free
+			SELECT c.id, row_number() OVER (ORDER BY ro.created_at, ro.id, c.canary DESC, c.seq) AS fleet_rn
+			FROM runs_open ro CROSS JOIN LATERAL (
+				SELECT m.id, m.canary, m.seq FROM machine_migrations m
+				WHERE m.run_id = ro.id AND m.state = 'pending' AND m.canary >= ro.canary_gate
+				  AND (m.not_before IS NULL OR m.not_before <= $2)
+				ORDER BY m.canary DESC, m.seq
+				LIMIT ro.free
+			) c
 		)
 		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL,
 			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
@@ -108,22 +115,28 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 	if RunTerminal(r.State) || r.State == RunPending {
 		return r, false, nil
 	}
-	var open, bad, canaryBad int
+	// Cheap whatever the run's size: "open" stops at the first machine not
+	// done (state <> 'done' split into two range bounds of
+	// machine_migrations_run_idx (run_id, state), which a single <> cannot
+	// use), and failures are counted from machine_migrations_failed_idx,
+	// which holds only failed and rolled-back rows.
+	var open bool
+	var bad, canaryBad int
 	err = q.db.QueryRow(ctx, `
-		SELECT count(*) FILTER (WHERE state <> 'done'),
-			count(*) FILTER (WHERE outcome IN ('failed', 'rolled_back')),
-			count(*) FILTER (WHERE canary AND outcome IN ('failed', 'rolled_back'))
-		FROM machine_migrations WHERE run_id = $1`, runID).Scan(&open, &bad, &canaryBad)
+		SELECT EXISTS (SELECT 1 FROM machine_migrations WHERE run_id = $1 AND state < 'done')
+				OR EXISTS (SELECT 1 FROM machine_migrations WHERE run_id = $1 AND state > 'done'),
+			count(*), count(*) FILTER (WHERE canary)
+		FROM machine_migrations WHERE run_id = $1 AND outcome IN ('failed', 'rolled_back')`, runID).Scan(&open, &bad, &canaryBad)
 	if err != nil {
 		return Run{}, false, fmt.Errorf("settle run %d: %w", runID, err)
 	}
 	var to, reason string
 	switch {
-	case open == 0 && r.State == RunCancelling:
+	case !open && r.State == RunCancelling:
 		to, reason = RunCancelled, "cancelled"
-	case open == 0 && bad > 0:
+	case !open && bad > 0:
 		to, reason = RunFailed, fmt.Sprintf("%d machine(s) failed or rolled back", bad)
-	case open == 0:
+	case !open:
 		to, reason = RunSucceeded, ""
 	case r.State == RunRunning && canaryBad > 0:
 		to, reason = RunPaused, fmt.Sprintf("canary failed (%d canary machine(s) failed or rolled back)", canaryBad)
