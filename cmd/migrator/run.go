@@ -423,13 +423,17 @@ type planDecisionJSON struct {
 }
 
 type planMachineJSON struct {
-	App       string            `json:"app"`
-	MachineID string            `json:"machine_id"`
-	Region    string            `json:"region"`
-	Image     string            `json:"image"`
-	UpToDate  bool              `json:"up_to_date"`
-	Canary    bool              `json:"canary"`
-	Decision  *planDecisionJSON `json:"decision"`
+	App       string `json:"app"`
+	MachineID string `json:"machine_id"`
+	Region    string `json:"region"`
+	Image     string `json:"image"`
+	UpToDate  bool   `json:"up_to_date"`
+	Canary    bool   `json:"canary"`
+	// ExpectedDrainSeconds is the mean of the machine's last drain waits
+	// (null: no drain history); the plan is ordered by it, longest first.
+	ExpectedDrainSeconds *float64          `json:"expected_drain_seconds"`
+	DrainSamples         int               `json:"drain_samples"`
+	Decision             *planDecisionJSON `json:"decision"`
 }
 
 type dryRunJSON struct {
@@ -469,8 +473,15 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		Pinned: req.Image != req.TargetImage, Selector: req.Selector, Policy: c.policy.Source(),
 		PolicyVersion: c.policy.Version(), DecidedAt: stamp(now), Machines: len(planned), MaxUnavailable: maxUnavail,
 		Plan: []planMachineJSON{}}
+	withHistory := 0
 	for _, p := range planned {
-		pm := planMachineJSON{App: p.App, MachineID: p.ID, Region: p.Region, Image: p.Image, UpToDate: p.UpToDate, Canary: p.Canary}
+		pm := planMachineJSON{App: p.App, MachineID: p.ID, Region: p.Region, Image: p.Image, UpToDate: p.UpToDate, Canary: p.Canary,
+			DrainSamples: p.DrainSamples}
+		if p.DrainSamples > 0 {
+			v := p.ExpectedDrain.Seconds()
+			pm.ExpectedDrainSeconds = &v
+			withHistory++
+		}
 		if p.UpToDate {
 			out.UpToDate++
 		} else {
@@ -502,12 +513,22 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 	fmt.Fprintf(w, "policy: %s (version %s), decisions as of %s\n", c.policy.Source(), c.policy.Version(), stamp(now))
 	fmt.Fprintf(w, "%d %s: %d to move, %d already on the image; max unavailable %d; canary %d\n\n",
 		out.Machines, plural(out.Machines, "machine", "machines"), out.ToMove, out.UpToDate, maxUnavail, req.Canary)
+	if withHistory > 0 {
+		fmt.Fprintf(w, "order: longest expected drain first (the mean of each machine's last drains; %d of %d to move have drain history, the rest rank as the mean)\n\n",
+			withHistory, out.ToMove)
+	} else {
+		fmt.Fprintf(w, "order: app and machine (no machine has drain history yet)\n\n")
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "APP\tMACHINE\tREGION\tCURRENT IMAGE\tUP TO DATE\tCANARY\tQUIET\tRULE\tWAIT\tON DEADLINE\tWINDOW")
+	fmt.Fprintln(tw, "APP\tMACHINE\tREGION\tCURRENT IMAGE\tUP TO DATE\tCANARY\tEXPECTED DRAIN\tQUIET\tRULE\tWAIT\tON DEADLINE\tWINDOW")
 	for _, p := range out.Plan {
 		if p.Decision == nil {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tyes\t-\t-\t-\t-\t-\t-\n", p.App, p.MachineID, p.Region, p.Image)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tyes\t-\t-\t-\t-\t-\t-\t-\n", p.App, p.MachineID, p.Region, p.Image)
 			continue
+		}
+		expected := "-"
+		if p.ExpectedDrainSeconds != nil {
+			expected = fmt.Sprintf("%s (%d)", (time.Duration(*p.ExpectedDrainSeconds * float64(time.Second))).Round(time.Second), p.DrainSamples)
 		}
 		d := p.Decision
 		onDeadline := string(d.OnDeadline)
@@ -521,8 +542,8 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		case d.Window != "":
 			window = "closed until " + d.NextWindow + " (" + d.Window + "): would be deferred"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, p.Image,
-			yesNo(p.Canary), yesNo(d.Quiet), d.Rule, d.Wait, onDeadline, window)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, p.Image,
+			yesNo(p.Canary), expected, yesNo(d.Quiet), d.Rule, d.Wait, onDeadline, window)
 	}
 	return tw.Flush()
 }

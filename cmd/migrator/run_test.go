@@ -528,7 +528,8 @@ wait = "45m"
 		t.Fatalf("dry run: %s", res)
 	}
 	for _, want := range []string{"dry run: nothing was written", host + "/hermes-agent@" + digest.String(), "pinned from " + host + "/hermes-agent:v2",
-		"3 machines: 3 to move, 0 already on the image", "opted-in-loud", "45m0s", "CURRENT IMAGE"} {
+		"3 machines: 3 to move, 0 already on the image", "opted-in-loud", "45m0s", "CURRENT IMAGE",
+		"order: app and machine (no machine has drain history yet)"} {
 		if !strings.Contains(res.stdout, want) {
 			t.Errorf("dry run lacks %q:\n%s", want, res.stdout)
 		}
@@ -554,7 +555,8 @@ wait = "45m"
 	}
 	for i, p := range plan.Plan {
 		d := p.Decision
-		if d == nil || !d.Quiet || d.Rule != "default:image-migration" || d.WaitSeconds != 90 || d.OnDeadline != "force" || !d.InWindow || p.Canary != (i == 0) {
+		if d == nil || !d.Quiet || d.Rule != "default:image-migration" || d.WaitSeconds != 90 || d.OnDeadline != "force" || !d.InWindow ||
+			p.Canary != (i == 0) || p.ExpectedDrainSeconds != nil || p.DrainSamples != 0 {
 			t.Errorf("plan[%d] = %+v %+v", i, p, d)
 		}
 	}
@@ -867,5 +869,64 @@ func TestRunEndExitStatus(t *testing.T) {
 		if got := followOver(state, followOptions{keepWatching: true}); got != over {
 			t.Errorf("followOver(%s, keep watching) = %v", state, got)
 		}
+	}
+}
+
+// A fleet with drain history is planned longest expected drain first, and
+// the dry run shows the order and what it was built from.
+func TestRunDryRunShowsTheDrainHistoryOrder(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t, fleetsim.Config{Apps: 3, Seed: 14}, 50)
+	apps := w.sim.Apps()
+	slow, quick := apps[2], apps[1]
+	ctx := context.Background()
+	// One past run: the last app's machine drained for 2 minutes, the
+	// second's for 10 seconds, the first has no drain on record.
+	_, err := w.st.Pool().Exec(ctx, `
+		WITH r AS (
+			INSERT INTO runs (cause, target_image, image, selector, max_unavailable, requested_by, state, created_at)
+			VALUES ('auto-update', 'img:v0', 'img:v0', '{}', 1, 'test', 'succeeded', now() - interval '1 day') RETURNING id, created_at
+		), m AS (
+			INSERT INTO machine_migrations (run_id, seq, app, machine_id, region, to_image, from_image, state, outcome, created_at)
+			SELECT r.id, x.seq, x.app, x.machine_id, 'iad', 'img:v0', 'img:v-1', 'done', 'migrated', r.created_at
+			FROM r, (VALUES (0, $1::text, $2::text, 120), (1, $3::text, $4::text, 10)) AS x(seq, app, machine_id, wait_s)
+			RETURNING id, seq, created_at
+		)
+		INSERT INTO drains (migration_id, quiet, policy_rule, policy_version, on_deadline, decided_at, deadline_at,
+			started_at, quiesced_at, outcome)
+		SELECT m.id, true, 'r', 'v', 'force', m.created_at, m.created_at + interval '1 hour', m.created_at,
+			m.created_at + make_interval(secs => CASE m.seq WHEN 0 THEN 120 ELSE 10 END), 'quiesced'
+		FROM m`, slow, w.sim.MachineIDs(slow)[0], quick, w.sim.MachineIDs(quick)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := execMigrator(t, w.env, "run", "create", "--dry-run", "--cause", "image-migration", "--image",
+		"registry.fly.io/hermes-agent:v2", "--no-pin")
+	if res.code != 0 {
+		t.Fatalf("dry run: %s", res)
+	}
+	if !strings.Contains(res.stdout, "order: longest expected drain first") || !strings.Contains(res.stdout, "2 of 3 to move have drain history") ||
+		!strings.Contains(res.stdout, "2m0s (1)") || !strings.Contains(res.stdout, "10s (1)") {
+		t.Errorf("dry run:\n%s", res.stdout)
+	}
+	js := execMigrator(t, w.env, "run", "create", "--dry-run", "--json", "--cause", "image-migration", "--image",
+		"registry.fly.io/hermes-agent:v2", "--no-pin", "--canary", "1")
+	plan := decodeJSON[dryRunJSON](t, js)
+	if js.code != 0 || len(plan.Plan) != 3 {
+		t.Fatalf("dry run --json: %s", js)
+	}
+	// The unknown machine ranks as the mean of the known (65 s): between them.
+	order := []string{plan.Plan[0].App, plan.Plan[1].App, plan.Plan[2].App}
+	if order[0] != slow || order[1] != apps[0] || order[2] != quick {
+		t.Errorf("order %v, want %s, %s, %s", order, slow, apps[0], quick)
+	}
+	if e := plan.Plan[0].ExpectedDrainSeconds; e == nil || *e != 120 || plan.Plan[0].DrainSamples != 1 || plan.Plan[1].ExpectedDrainSeconds != nil {
+		t.Errorf("expected drains: %+v", plan.Plan)
+	}
+	if !plan.Plan[2].Canary || plan.Plan[0].Canary || plan.Plan[1].Canary {
+		t.Errorf("the canary should be the quickest drainer, %s: %+v", quick, plan.Plan)
+	}
+	if n := rowCounts(t, w.st); n["runs"] != 1 || n["machine_migrations"] != 2 || n["events"] != 0 {
+		t.Errorf("a dry run wrote: %v", n)
 	}
 }
