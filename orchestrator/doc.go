@@ -17,6 +17,20 @@
 // wait until every canary migrated; a failed canary, or more failures than
 // the run's threshold, pauses the run.
 //
+// # Plan order
+//
+// Refill is greedy and cannot know how long a drain will wait until it is
+// quiescent; with heavy-tailed waits the makespan is set by whichever long
+// drain starts last. So Plan orders the machines to move longest expected
+// drain first (an LPT order), the expectation being the mean of the
+// machine's last five drain waits in this database (store.Q.DrainEstimates;
+// a machine without any ranks as the fleet's mean), and records it as the
+// machine's expected_drain. Canaries are the machines with the shortest
+// expected drains: the canary gate holds every other machine back, and a
+// canary proves the image, not the drain. A fleet never migrated before is
+// planned in app and machine order. The order is fixed when the run is
+// created; FillSlots follows it (canaries first, then seq).
+//
 // # The per-machine state machine
 //
 //	pending ──slot──▶ ready ──read, lease, decide──▶ decided ──begin drain──▶ draining
@@ -34,8 +48,9 @@
 // overwrite the first), its drain row, the external calls made for it and a
 // transition event. Successful status reads that change nothing are not
 // logged one by one (a thousand waiting drains would write hundreds of rows
-// a second); every read that changes something is, with what it saw. The policy decision (quiet, rule, deadline) is committed before the
-// gateway is called, and a re-delivered job begins again with exactly that
+// a second); every read that changes something is, with what it saw. The
+// policy decision (quiet, rule, deadline) is committed before the gateway
+// is called, and a re-delivered job begins again with exactly that
 // recorded flag. The update is never preceded by a cancel of the drain: the
 // marker must be on the volume at SIGTERM for a quiet drain to stay quiet.
 // Every way out before the update (cancel, defer at the deadline, failure)
