@@ -91,3 +91,9 @@ func (c Config) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// PoolSize is the database pool a replica with this many River workers
+// should open: pgx's default (4 connections on 2 cores) makes most of 100
+// workers wait for a connection; one per five workers, 10 to 50, keeps
+// acquires short without crowding the server.
+func PoolSize(workers int) int32 { return int32(min(max(workers/5, 10), 50)) }

@@ -181,7 +181,7 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.IntVar(&large.HistoryRounds, "large-history-rounds", 0, "large scenario: rollouts before the measured one")
 	f.StringVar(&turnsAt, "turns-at", string(bench.TurnsAtDrain), "when each machine's turn starts: drain (as its drain begins) or start (t=0)")
 	f.IntVar(&fleet.Workers, "workers", bench.DefaultWorkers, "River workers")
-	f.Int32Var(&fleet.MaxConns, "max-conns", 0, "database pool size (0: pgx's default, as serve)")
+	f.Int32Var(&fleet.MaxConns, "max-conns", 0, "database pool size (0: serve's, one per five workers, 10 to 50)")
 	f.IntVar(&drainWait.Machines, "drain-wait-machines", 1000, "drain-wait scenario: machines, all draining at once (0 skips it)")
 	f.DurationVar(&drainWait.TurnMedian, "drain-wait", time.Minute, "drain-wait scenario: how long every drain waits")
 	f.Float64Var(&drainWait.TimeScale, "drain-wait-time-scale", 1, "drain-wait scenario: time scale")

@@ -181,10 +181,7 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 		}
 		gw = c.gw
 	}
-	// pgx's default pool (4 connections on 2 cores) makes most of 100
-	// workers wait for a connection; one per five workers, 10 to 50, keeps
-	// acquires short without crowding the server.
-	if c.pool, err = openDatabase(ctx, e, store.WithMaxConns(int32(min(max(c.workers/5, 10), 50)))); err != nil {
+	if c.pool, err = openDatabase(ctx, e, store.WithMaxConns(orchestrator.PoolSize(c.workers))); err != nil {
 		return nil, err
 	}
 	c.store = store.New(c.pool)

@@ -308,6 +308,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	opts := []store.OpenOption{store.WithQueryTracer(counter)}
 	if cfg.MaxConns > 0 {
 		opts = append(opts, store.WithMaxConns(cfg.MaxConns))
+	} else {
+		opts = append(opts, store.WithMaxConns(orchestrator.PoolSize(cfg.Workers)))
 	}
 	pool, err := store.Open(ctx, dsn, opts...)
 	if err != nil {

@@ -82,7 +82,8 @@ type Config struct {
 	Deadline time.Duration
 	// Workers is River's worker count. Default 100, as serve.
 	Workers int
-	// MaxConns is the pool size; 0 is pgx's default, as serve uses.
+	// MaxConns is the pool size; 0 is serve's (orchestrator.PoolSize of
+	// Workers).
 	MaxConns int32
 	// PollInterval is the orchestrator's; 0 is its default (5s).
 	PollInterval time.Duration

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/hermes-cloud/migrator/orchestrator"
 )
 
 // Host describes the machine a benchmark ran on.
@@ -190,7 +192,7 @@ func (r Report) WriteMarkdown(w io.Writer) error {
 	})
 	row("seed, time scale", func(x Result) string { return fmt.Sprintf("%d, ×%g", x.Config.Seed, x.Config.TimeScale) })
 	row("River workers, pool size", func(x Result) string {
-		pool := "pgx default"
+		pool := fmt.Sprintf("%d (serve's)", orchestrator.PoolSize(x.Config.Workers))
 		if x.Config.MaxConns > 0 {
 			pool = fmt.Sprint(x.Config.MaxConns)
 		}
