@@ -63,7 +63,7 @@ func TestBenchWritesResults(t *testing.T) {
 	}
 	for _, want := range []string{"## Targets", "makespan ÷ LB", "SQL statements / machine", "CPUs", "| fleet | drain-wait |",
 		"`migrator bench --budget 4", "--machines 8",
-		"history rollouts' makespan ÷ LB", "| 3; ρ = 0.64 |"} {
+		"history rollouts' makespan ÷ LB", "| 3; ρ = 0.64 |", "### fleet: what the history order rests on (ρ)", "| 0.81 |"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("results file lacks %q:\n%s", want, b)
 		}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os/exec"
 	"reflect"
@@ -105,12 +104,7 @@ func (f *bgFollow) wait() cliResult {
 	}
 	err := f.cmd.Wait()
 	res := cliResult{stdout: f.output(), stderr: f.stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		res.code = ee.ExitCode()
-	default:
+	if res.code, err = exitCode(err); err != nil {
 		f.t.Fatalf("follow: %v", err)
 	}
 	return res

@@ -49,12 +49,7 @@ func execMigrator(t *testing.T, environ []string, args ...string) cliResult {
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	res := cliResult{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		res.code = ee.ExitCode()
-	default:
+	if res.code, err = exitCode(err); err != nil {
 		t.Fatalf("migrator %v: %v", args, err)
 	}
 	return res
@@ -929,4 +924,16 @@ func TestRunDryRunShowsTheDrainHistoryOrder(t *testing.T) {
 	if n := rowCounts(t, w.st); n["runs"] != 1 || n["machine_migrations"] != 2 || n["events"] != 0 {
 		t.Errorf("a dry run wrote: %v", n)
 	}
+}
+
+// exitCode is a finished child's exit status; err when it did not run.
+func exitCode(err error) (int, error) {
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, nil
+	case errors.As(err, &ee):
+		return ee.ExitCode(), nil
+	}
+	return 0, err
 }

@@ -83,6 +83,10 @@ type Result struct {
 	// Study: zero-overhead schedules over many seeds of the same
 	// distribution (nil for fixed drain durations).
 	Study *SeedStudy
+	// Sensitivity is the history-order study at other values of ρ
+	// (persistence), the same distribution otherwise: how much the result
+	// rests on the chosen ρ. Empty without history rounds.
+	Sensitivity []SeedStudy
 	// History is the rollouts run before the measured one (HistoryRounds),
 	// oldest first: History[0] is planned without any drain history.
 	History []Round
@@ -109,7 +113,7 @@ type Result struct {
 	// CallsByKind counts the run's recorded external calls (events with an
 	// HTTP method) by operation, as the orchestrator's audit log has them.
 	CallsByKind    map[string]int
-	SimConnections int64 // TCP connections the simulator accepted
+	SimConnections int64 // TCP connections the simulator accepted over the whole scenario (history rounds too)
 
 	// CPU from CreateRun to the end: the whole process (getrusage), and the
 	// simulator's handlers (thread CPU clock) within it.
@@ -546,11 +550,22 @@ func (r *Result) study() {
 			extra += rc
 		}
 	}
-	st := StudySeeds(StudyConfig{Seeds: studySeeds, Machines: p, Budget: r.Config.Budget, Median: r.Config.TurnMedian,
+	sc := StudyConfig{Seeds: studySeeds, Machines: p, Budget: r.Config.Budget, Median: r.Config.TurnMedian,
 		Sigma: r.Config.TurnSigma, Extra: extra / time.Duration(p), Persistence: r.Config.TurnPersistence,
-		HistoryRounds: r.Config.HistoryRounds})
+		HistoryRounds: r.Config.HistoryRounds}
+	st := StudySeeds(sc)
 	r.Study = &st
+	if sc.HistoryRounds == 0 {
+		return
+	}
+	for _, rho := range sensitivityRhos {
+		sc.Persistence = rho
+		r.Sensitivity = append(r.Sensitivity, StudySeeds(sc))
+	}
 }
+
+// sensitivityRhos are the values of ρ the report shows the history order at.
+var sensitivityRhos = []float64{0, 0.25, 0.36, 0.5, 0.64, 0.81, 1}
 
 // sampler watches the run: counters every SampleEvery, and whether it ended.
 type sampler struct {

@@ -113,6 +113,10 @@ func TestHistoryRoundsOrderTheMeasuredRun(t *testing.T) {
 	if r.Study == nil || r.Study.HistoryRounds != 1 || r.Study.Ordered[0] < 1 {
 		t.Fatalf("seed study %+v", r.Study)
 	}
+	if n := len(r.Sensitivity); n != len(sensitivityRhos) || r.Sensitivity[0].Persistence != 0 ||
+		r.Sensitivity[n-1].Ordered[0] > r.Sensitivity[0].Ordered[0] {
+		t.Fatalf("sensitivity %+v", r.Sensitivity)
+	}
 }
 
 var (

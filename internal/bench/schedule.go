@@ -101,8 +101,10 @@ type SeedStudy struct {
 	// GreedyOver and OrderedOver are the fractions of seeds on which each
 	// exceeds 1.15.
 	GreedyOver, OrderedOver float64
-	// HistoryRounds is the history Ordered had (0: Ordered not studied).
+	// HistoryRounds is the history Ordered had (0: Ordered not studied),
+	// Persistence the ρ it was drawn with.
 	HistoryRounds int
+	Persistence   float64
 }
 
 // StudyConfig is the distribution a seed study draws from: Machines jobs,
@@ -125,7 +127,7 @@ const drainHistory = 5
 
 // StudySeeds draws c.Seeds fleets and schedules each.
 func StudySeeds(c StudyConfig) SeedStudy {
-	st := SeedStudy{Seeds: c.Seeds, HistoryRounds: c.HistoryRounds}
+	st := SeedStudy{Seeds: c.Seeds, HistoryRounds: c.HistoryRounds, Persistence: c.Persistence}
 	var greedy, ordered, lpt []float64
 	p := make([]time.Duration, c.Machines)
 	expect := make([]time.Duration, c.Machines)
