@@ -74,7 +74,9 @@ func MaxUnavailable(spec string, n int) (int, error) {
 }
 
 // Plan lists the machines sel matches through Fly, marking those already on
-// image. A selector that matches nothing is ErrNothingSelected.
+// image, in the order the run will start them: longest expected drain first
+// (see orderByExpectedDrain), with canary machines picked among the
+// quickest drainers. A selector that matches nothing is ErrNothingSelected.
 func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image string, canary int) ([]PlannedMachine, error) {
 	var appRe *regexp.Regexp
 	if sel.AppRegex != "" {
