@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -63,6 +64,19 @@ func TestDrainEstimatesAverageTheLastFiveFinishedDrains(t *testing.T) {
 	if got, err := s.Q().DrainEstimates(ctx, nil, 5); err != nil || len(got) != 0 {
 		t.Fatalf("no machines: %v, %v", got, err)
 	}
+	// drain_history shows each drain's wait: app-b's forced one at its
+	// deadline, app-a's unfinished one as NULL.
+	waits := map[string][]string{}
+	for _, r := range history(t, s, store.HistoryFilter{}) {
+		w := "null"
+		if r.DrainWaitSeconds != nil {
+			w = fmt.Sprint(*r.DrainWaitSeconds)
+		}
+		waits[r.App] = append(waits[r.App], w)
+	}
+	if got := fmt.Sprint(waits["app-a"]); got != "[null 420 360 300 240 180 120 60]" || fmt.Sprint(waits["app-b"]) != "[1800 60]" {
+		t.Fatalf("drain waits in drain_history, newest first: %v", waits)
+	}
 }
 
 func TestExpectedDrainIsRecordedWithThePlan(t *testing.T) {
@@ -80,6 +94,12 @@ func TestExpectedDrainIsRecordedWithThePlan(t *testing.T) {
 	}
 	if got[0].ExpectedDrain != 0 || got[1].ExpectedDrain != ms[1].ExpectedDrain {
 		t.Fatalf("expected drains = %v, %v; want 0, %v", got[0].ExpectedDrain, got[1].ExpectedDrain, ms[1].ExpectedDrain)
+	}
+	for _, h := range history(t, s, store.HistoryFilter{RunID: r.ID}) {
+		want := h.MachineID == "m2"
+		if (h.ExpectedDrainSeconds != nil) != want || want && *h.ExpectedDrainSeconds != 90.25 {
+			t.Fatalf("%s: expected_drain_seconds %v in drain_history", h.MachineID, h.ExpectedDrainSeconds)
+		}
 	}
 	var nulls int
 	if err := s.Pool().QueryRow(ctx, `SELECT count(*) FROM machine_migrations WHERE run_id = $1 AND expected_drain IS NULL`, r.ID).Scan(&nulls); err != nil || nulls != 2 {

@@ -67,6 +67,11 @@ type HistoryRow struct {
 	Reason                 string     `json:"reason"`
 	CreatedAt              time.Time  `json:"created_at"`
 	FinishedAt             *time.Time `json:"finished_at"`
+	// ExpectedDrainSeconds is the wait planning expected from the
+	// machine's past drains (nil: none); DrainWaitSeconds the wait that
+	// followed (nil: no drain finished waiting).
+	ExpectedDrainSeconds *float64 `json:"expected_drain_seconds"`
+	DrainWaitSeconds     *float64 `json:"drain_wait_seconds"`
 }
 
 // HistoryColumns are drain_history's columns in HistoryRow's order (the CSV
@@ -74,13 +79,15 @@ type HistoryRow struct {
 var HistoryColumns = []string{"run_id", "cause", "requested_by", "app", "machine_id", "from_image", "to_image",
 	"quiet", "policy_rule", "suppression_echoed", "drain_started_at", "quiesced_at", "deadline_at", "drain_outcome",
 	"active_agents_at_recreate", "recreated_at", "outcome", "error", "migration_id", "region", "policy_version",
-	"drain_deadline", "on_deadline", "deferrals", "reason", "created_at", "finished_at"}
+	"drain_deadline", "on_deadline", "deferrals", "reason", "created_at", "finished_at", "expected_drain_seconds",
+	"drain_wait_seconds"}
 
 func (r *HistoryRow) dest() []any {
 	return []any{&r.RunID, &r.Cause, &r.RequestedBy, &r.App, &r.MachineID, &r.FromImage, &r.ToImage, &r.Quiet,
 		&r.PolicyRule, &r.SuppressionEchoed, &r.DrainStartedAt, &r.QuiescedAt, &r.DeadlineAt, &r.DrainOutcome,
 		&r.ActiveAgentsAtRecreate, &r.RecreatedAt, &r.Outcome, &r.Error, &r.MigrationID, &r.Region,
-		&r.PolicyVersion, &r.DrainDeadline, &r.OnDeadline, &r.Deferrals, &r.Reason, &r.CreatedAt, &r.FinishedAt}
+		&r.PolicyVersion, &r.DrainDeadline, &r.OnDeadline, &r.Deferrals, &r.Reason, &r.CreatedAt, &r.FinishedAt,
+		&r.ExpectedDrainSeconds, &r.DrainWaitSeconds}
 }
 
 // historySQL builds the one query behind History. Values are never spliced

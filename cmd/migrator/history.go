@@ -334,7 +334,15 @@ func (c *historyCSV) row(r store.HistoryRow) error {
 		ts(r.DeadlineAt), strOr(r.DrainOutcome, ""), intOr(r.ActiveAgentsAtRecreate, ""), ts(r.RecreatedAt),
 		strOr(r.Outcome, ""), strOr(r.Error, ""), strconv.FormatInt(r.MigrationID, 10), r.Region,
 		strOr(r.PolicyVersion, ""), ts(r.DrainDeadline), strOr(r.OnDeadline, ""), strconv.Itoa(r.Deferrals), r.Reason,
-		ts(&created), ts(r.FinishedAt)})
+		ts(&created), ts(r.FinishedAt), secs(r.ExpectedDrainSeconds), secs(r.DrainWaitSeconds)})
+}
+
+// secs writes seconds with millisecond precision, "" for NULL.
+func secs(p *float64) string {
+	if p == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*p, 'f', 3, 64)
 }
 
 func (c *historyCSV) end() error {

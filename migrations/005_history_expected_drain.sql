@@ -1,0 +1,42 @@
+-- drain_history gains, at the end (CREATE OR REPLACE VIEW may only append
+-- columns), the drain wait the plan expected for the machine and the one
+-- that followed, so an audit can see why a run started machines in the
+-- order it did and how good the estimate was.
+CREATE OR REPLACE VIEW drain_history AS
+SELECT
+    r.id                          AS run_id,
+    r.cause                       AS cause,
+    r.requested_by                AS requested_by,
+    m.app                         AS app,
+    m.machine_id                  AS machine_id,
+    m.from_image                  AS from_image,
+    m.to_image                    AS to_image,
+    d.quiet                       AS quiet,
+    d.policy_rule                 AS policy_rule,
+    d.suppression_echoed          AS suppression_echoed,
+    d.started_at                  AS drain_started_at,
+    d.quiesced_at                 AS quiesced_at,
+    d.deadline_reached_at         AS deadline_at,
+    -- NULL when no drain was begun: the orchestrator sets it only then.
+    d.outcome                     AS drain_outcome,
+    d.active_agents_at_recreate   AS active_agents_at_recreate,
+    d.recreated_at                AS recreated_at,
+    m.outcome                     AS outcome,
+    NULLIF(m.error, '')           AS error,
+    -- extra columns for audits beyond the required set
+    m.id                          AS migration_id,
+    m.region                      AS region,
+    d.policy_version              AS policy_version,
+    d.deadline_at                 AS drain_deadline,
+    d.on_deadline                 AS on_deadline,
+    m.deferrals                   AS deferrals,
+    r.reason                      AS reason,
+    m.created_at                  AS created_at,
+    m.finished_at                 AS finished_at,
+    -- the drain wait planning expected (NULL: no history) and the one that
+    -- followed (begun → quiescent, or → deadline), in seconds
+    extract(epoch FROM m.expected_drain)::float8 AS expected_drain_seconds,
+    extract(epoch FROM coalesce(d.quiesced_at, d.deadline_reached_at) - d.started_at)::float8 AS drain_wait_seconds
+FROM machine_migrations m
+JOIN runs r ON r.id = m.run_id
+LEFT JOIN drains d ON d.migration_id = m.id;
