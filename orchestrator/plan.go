@@ -147,7 +147,7 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 			keys = append(keys, store.MachineKey{App: pm.App, MachineID: pm.ID})
 		}
 	}
-	est, err := o.store.Q().DrainEstimates(ctx, keys, drainHistory)
+	est, err := o.store.Q().DrainEstimates(ctx, keys, DrainHistory)
 	if err != nil {
 		return nil, err
 	}
@@ -156,10 +156,10 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 	return out, nil
 }
 
-// drainHistory is how many of a machine's most recent drains its expected
+// DrainHistory is how many of a machine's most recent drains its expected
 // drain wait is averaged over: enough to smooth one unusual drain, recent
 // enough to follow an agent whose work changes.
-const drainHistory = 5
+const DrainHistory = 5
 
 // orderByExpectedDrain sorts the machines to move longest expected drain
 // first (an LPT order), keeping plan order among equals. Refill is greedy

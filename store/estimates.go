@@ -15,9 +15,10 @@ type DrainEstimate struct {
 }
 
 // DrainEstimates reads, for each machine, its last (at most) `last` drain
-// waits and returns their mean. Machines without a finished drain are
-// absent from the map. One statement, one index probe per machine
-// (machine_migrations (app, machine_id, created_at)).
+// waits (drain_history's drain_wait_seconds, so the wait has one
+// definition) and returns their mean. Machines without a finished drain
+// are absent from the map. One statement, one index probe per machine
+// (machine_migrations (app, machine_id, created_at), under the view).
 func (q *Q) DrainEstimates(ctx context.Context, machines []MachineKey, last int) (map[MachineKey]DrainEstimate, error) {
 	out := map[MachineKey]DrainEstimate{}
 	if len(machines) == 0 || last < 1 {
@@ -31,11 +32,9 @@ func (q *Q) DrainEstimates(ctx context.Context, machines []MachineKey, last int)
 		SELECT k.app, k.machine_id, avg(h.wait_s)::float8, count(*)
 		FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[]) AS u(app, machine_id)) AS k
 		CROSS JOIN LATERAL (
-			SELECT extract(epoch FROM coalesce(d.quiesced_at, d.deadline_reached_at) - d.started_at) AS wait_s
-			FROM machine_migrations m JOIN drains d ON d.migration_id = m.id
-			WHERE m.app = k.app AND m.machine_id = k.machine_id
-			  AND d.started_at IS NOT NULL AND coalesce(d.quiesced_at, d.deadline_reached_at) IS NOT NULL
-			ORDER BY m.created_at DESC
+			SELECT h.drain_wait_seconds AS wait_s FROM drain_history h
+			WHERE h.app = k.app AND h.machine_id = k.machine_id AND h.drain_wait_seconds IS NOT NULL
+			ORDER BY h.created_at DESC
 			LIMIT $3
 		) AS h
 		GROUP BY k.app, k.machine_id`, apps, ids, last)

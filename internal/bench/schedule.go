@@ -7,6 +7,8 @@ import (
 	mrand "math/rand/v2"
 	"slices"
 	"time"
+
+	"github.com/hermes-cloud/migrator/orchestrator"
 )
 
 // LowerBound is the shortest makespan any schedule that keeps at most budget
@@ -117,13 +119,9 @@ type StudyConfig struct {
 	Sigma, Persistence      float64
 	Extra                   time.Duration
 	// HistoryRounds drawn before the scheduled one (at most the last
-	// drainHistory of them inform the order, as in planning).
+	// orchestrator.DrainHistory of them inform the order, as in planning).
 	HistoryRounds int
 }
-
-// drainHistory mirrors the orchestrator's: the last five drains make a
-// machine's expected drain.
-const drainHistory = 5
 
 // StudySeeds draws c.Seeds fleets and schedules each.
 func StudySeeds(c StudyConfig) SeedStudy {
@@ -143,7 +141,7 @@ func StudySeeds(c StudyConfig) SeedStudy {
 		for i := range p {
 			agent := rng.NormFloat64()
 			var sum time.Duration
-			n := min(c.HistoryRounds, drainHistory)
+			n := min(c.HistoryRounds, orchestrator.DrainHistory)
 			for round := range c.HistoryRounds {
 				d := draw(rng, agent)
 				if round >= c.HistoryRounds-n {
