@@ -26,6 +26,8 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--history-rounds", "-1"},
 		{"bench", "--turns-at", "start"},
 		{"bench", "extra"},
+		{"bench", "--scenario", "fleet,bogus"},
+		{"bench", "--activity-budget", "0"},
 	} {
 		var stdout, stderr bytes.Buffer
 		e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}
@@ -53,7 +55,7 @@ func TestBenchWritesResults(t *testing.T) {
 		return ""
 	}, stdout: &stdout, stderr: &stderr}
 	code := run(ctx, e, []string{"bench", "--machines", "8", "--budget", "4", "--time-scale", "50", "--turn-median", "3s",
-		"--drain-wait-machines", "4", "--drain-wait", "5s", "--drain-wait-time-scale", "50", "--out", out})
+		"--drain-wait-machines", "4", "--drain-wait", "5s", "--drain-wait-time-scale", "50", "--scenario", "fleet,drain-wait", "--out", out})
 	if code != exitOK {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout.String(), stderr.String())
 	}

@@ -3,6 +3,7 @@ package bench
 import (
 	"container/heap"
 	"context"
+	"errors"
 	"hash/fnv"
 	"math"
 	mrand "math/rand/v2"
@@ -55,6 +56,7 @@ type drainTurns struct {
 	clk     clock.Clock
 	plan    turnPlan
 	atDrain bool
+	none    bool      // the simulator's own workload (activity model): no turn of the benchmark's
 	origin  time.Time // the simulation's start (TurnsAtStart)
 
 	mu    sync.Mutex
@@ -73,6 +75,9 @@ func newDrainTurns(gw orchestrator.Gateway, sim *fleetsim.Sim, clk clock.Clock, 
 // Begin implements orchestrator.Gateway.
 func (d *drainTurns) Begin(ctx context.Context, t gateway.Target, quiet bool) (gateway.Echo, error) {
 	key := t.App + "/" + t.MachineID
+	if d.none {
+		return d.gw.Begin(ctx, t, quiet)
+	}
 	d.mu.Lock()
 	if _, seen := d.drawn[key]; !seen {
 		dur := d.plan.duration(t.App, t.MachineID, d.round)
@@ -140,4 +145,12 @@ func (h *timeHeap) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
+}
+
+// setIdleWait puts the benchmark's idle-wait override on the run request.
+func setIdleWait(req *orchestrator.RunRequest, d *time.Duration) error {
+	if d == nil {
+		return nil
+	}
+	return errors.New("bench: the orchestrator has no idle-wait override yet (issue 10's orchestrator part)")
 }
