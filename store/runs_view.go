@@ -27,13 +27,13 @@ func (q *Q) migrationViews(ctx context.Context, what, where string, args ...any)
 	for rows.Next() {
 		var v MigrationView
 		var labels []byte
-		var nb, lease, upd, started, finished *time.Time
+		var mt migrationTimes
 		var nd nullDrain
-		dest := append(migrationDest(&v.Migration, &labels, &nb, &lease, &upd, &started, &finished), nd.dest()...)
+		dest := append(migrationDest(&v.Migration, &labels, &mt), nd.dest()...)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		if err := finishMigration(&v.Migration, labels, nb, lease, upd, started, finished); err != nil {
+		if err := finishMigration(&v.Migration, labels, &mt); err != nil {
 			return nil, err
 		}
 		v.Drain = nd.drain()
