@@ -11,46 +11,54 @@ import (
 	"github.com/hermes-cloud/migrator/store/storetest"
 )
 
-// A tiny fleet of talking agents moved by a quiet auto-update run: the
-// benchmark adds no turn of its own, the users' turns make the drains wait
-// (and some are refused), deferred machines are left out of the migrated
-// makespan, and nothing is interrupted.
+// A tiny fleet of talking agents moved twice from the same state by a quiet
+// auto-update run: the benchmark adds no turn of its own, the users' turns
+// make the drains wait, deferred machines are left out of the migrated
+// makespan, and nothing is interrupted. Begun at once, the long tasks' drains
+// wait out the deadline, refusing turns all along; idle-first, those
+// machines are deferred without ever draining.
 func TestTinyActivity(t *testing.T) {
-	dsn, _ := storetest.NewDB(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	act := fleetsim.Activity{TurnsPerHour: 60, RateSigma: 0.5, TurnMedian: 20 * time.Second, TurnSigma: 1, LongTaskShare: 0.1}
-	r, err := Run(ctx, Config{Name: "tiny-activity", Machines: 30, Budget: 5, TimeScale: 30, Activity: &act,
-		Cause: policy.AutoUpdate, Deadline: 3 * time.Minute, DatabaseURL: dsn, Timeout: 2 * time.Minute,
-		SampleEvery: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
+	run := func(name string, idleWait time.Duration) Result {
+		t.Helper()
+		dsn, _ := storetest.NewDB(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		r, err := Run(ctx, Config{Name: name, Machines: 30, Budget: 5, TimeScale: 30, Activity: &act, Cause: policy.AutoUpdate,
+			Deadline: 3 * time.Minute, IdleWait: &idleWait, DatabaseURL: dsn, Timeout: 2 * time.Minute, SampleEvery: 20 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: outcomes %v; turns %+v; draining p99 %s max %s; migrated makespan %s LB_r %s (%.2f); fly %.1f gw %.1f sql %.1f per machine",
+			name, r.Outcomes, r.Turns, r.DrainingP99, r.DrainingMax, r.MigratedMakespan, r.LowerBoundR, r.RatioR,
+			r.PerMachine(float64(r.FlyCalls())), r.PerMachine(float64(r.GatewayCalls())), r.PerMachine(float64(r.Statements)))
+		// The long tasks (10 % of 30 agents: about 3) outlast the 3-minute
+		// deadline and idle wait, so some machines are deferred.
+		if r.RunState != "succeeded" || r.Outcomes["migrated"]+r.Outcomes["deferred"] != 30 || r.Outcomes["migrated"] == 0 ||
+			r.Outcomes["deferred"] == 0 {
+			t.Fatalf("%s: run %s, outcomes %v", name, r.RunState, r.Outcomes)
+		}
+		if r.Turns.Served == 0 || r.Turns.Draining <= 0 || r.Turns.Interrupted != 0 {
+			t.Errorf("%s: turns %+v: want turns served, some draining, none interrupted", name, r.Turns)
+		}
+		if r.LowerBoundR <= 0 || r.RatioR < 0.99 || r.MigratedMakespan > r.Makespan {
+			t.Errorf("%s: migrated makespan %s, LB_r %s, ratio %.2f, run makespan %s", name, r.MigratedMakespan, r.LowerBoundR,
+				r.RatioR, r.Makespan)
+		}
+		if r.Study != nil {
+			t.Errorf("%s: a seed study of drawn drains for a workload the benchmark did not draw", name)
+		}
+		return r
 	}
-	t.Logf("outcomes %v; turns %+v; draining p99 %s max %s; migrated makespan %s LB_r %s (%.2f); fly %.1f gw %.1f sql %.1f per machine",
-		r.Outcomes, r.Turns, r.DrainingP99, r.DrainingMax, r.MigratedMakespan, r.LowerBoundR, r.RatioR,
-		r.PerMachine(float64(r.FlyCalls())), r.PerMachine(float64(r.GatewayCalls())), r.PerMachine(float64(r.Statements)))
-	if r.RunState != "succeeded" || r.Outcomes["migrated"]+r.Outcomes["deferred"] != 30 || r.Outcomes["migrated"] == 0 {
-		t.Fatalf("run %s, outcomes %v", r.RunState, r.Outcomes)
+	atOnce := run("at-once", 0)
+	if atOnce.Turns.Refused == 0 || atOnce.Turns.AgentsDrained != 30 || atOnce.DrainingMax < 3*time.Minute-time.Second {
+		t.Errorf("at once: turns %+v, draining max %s: want refused turns, every agent drained, a deferred one for its whole deadline",
+			atOnce.Turns, atOnce.DrainingMax)
 	}
-	// The long tasks (10 % of 30 agents: about 3) outlast the 3-minute
-	// deadline, so some machines are deferred.
-	if r.Outcomes["deferred"] == 0 {
-		t.Errorf("no machine deferred: outcomes %v", r.Outcomes)
-	}
-	if r.Turns.Served == 0 || r.Turns.Refused == 0 || r.Turns.Draining <= 0 || r.Turns.AgentsDrained < r.Outcomes["migrated"] {
-		t.Errorf("turns %+v: want served and refused turns, and every migrated agent drained", r.Turns)
-	}
-	if r.Turns.Interrupted != 0 {
-		t.Errorf("%d turns interrupted by a quiet run that defers at its deadline", r.Turns.Interrupted)
-	}
-	if r.DrainingMax < r.DrainingP99 || r.DrainingMax < 3*time.Minute-time.Second {
-		t.Errorf("draining per agent p99 %s max %s: a deferred agent drains until its 3-minute deadline", r.DrainingP99, r.DrainingMax)
-	}
-	if r.LowerBoundR <= 0 || r.RatioR < 0.99 || r.MigratedMakespan > r.Makespan {
-		t.Errorf("migrated makespan %s, LB_r %s, ratio %.2f, run makespan %s", r.MigratedMakespan, r.LowerBoundR, r.RatioR, r.Makespan)
-	}
-	if r.Study != nil {
-		t.Error("a seed study of drawn drains for a workload the benchmark did not draw")
+	idle := run("idle-first", 3*time.Minute)
+	if idle.Turns.AgentsDrained > idle.Outcomes["migrated"] || idle.DrainingMax >= time.Minute {
+		t.Errorf("idle first: %d agents drained for %d migrated, longest drain %s: a deferred machine drained",
+			idle.Turns.AgentsDrained, idle.Outcomes["migrated"], idle.DrainingMax)
 	}
 }
 

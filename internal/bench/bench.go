@@ -374,10 +374,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 	req := orchestrator.RunRequest{Cause: cfg.Cause, Image: TargetImage, Selector: store.Selector{Org: sim.Org()},
 		MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline, RequestedBy: "bench",
-		Reason: "fleet benchmark " + cfg.Name}
-	if err := setIdleWait(&req, cfg.IdleWait); err != nil {
-		return res, err
-	}
+		Reason: "fleet benchmark " + cfg.Name, IdleWaitOverride: cfg.IdleWait}
 	reqs0 := sim.Requests()
 	planWall0, planSim0 := time.Now(), clk.Now()
 	planned, err := orch.Plan(ctx, req.Selector, req.Image, 0)

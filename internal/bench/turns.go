@@ -3,7 +3,6 @@ package bench
 import (
 	"container/heap"
 	"context"
-	"errors"
 	"hash/fnv"
 	"math"
 	mrand "math/rand/v2"
@@ -145,12 +144,4 @@ func (h *timeHeap) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
-}
-
-// setIdleWait puts the benchmark's idle-wait override on the run request.
-func setIdleWait(req *orchestrator.RunRequest, d *time.Duration) error {
-	if d == nil {
-		return nil
-	}
-	return errors.New("bench: the orchestrator has no idle-wait override yet (issue 10's orchestrator part)")
 }
