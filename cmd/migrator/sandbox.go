@@ -53,14 +53,19 @@ type sandboxConfig struct {
 	// AutoWait and OperatorWait are the two runs' drain deadlines
 	// (a run's deadline override; the policy's wait when zero).
 	AutoWait, OperatorWait time.Duration
+	// AutoIdleWait is how long the auto-update run looks for an idle
+	// moment before it begins a drain (the run's idle-wait override).
+	AutoIdleWait time.Duration
 }
 
 // midTurn is the task the auto-update's drain waits out, well within its wait.
-func (c sandboxConfig) midTurn() time.Duration { return min(4*time.Minute, c.AutoWait/3) }
+func (c sandboxConfig) midTurn() time.Duration {
+	return min(4*time.Minute, c.AutoWait/3, c.AutoIdleWait/3)
+}
 
 // longTurn outlasts both runs' deadlines and the time between them.
 func (c sandboxConfig) longTurn() time.Duration {
-	return max(3*time.Hour, 2*(c.AutoWait+c.OperatorWait)+time.Hour)
+	return max(3*time.Hour, 2*(c.AutoIdleWait+c.AutoWait+c.OperatorWait)+time.Hour)
 }
 
 func (c sandboxConfig) validate() error {
@@ -73,6 +78,8 @@ func (c sandboxConfig) validate() error {
 		return fmt.Errorf("--time-scale must be between 1 and %d, got %g", sandboxMaxScale, c.TimeScale)
 	case c.AutoWait < time.Minute || c.AutoWait > policy.MaxWait:
 		return fmt.Errorf("--auto-update-wait must be between 1m and %s, got %s", policy.MaxWait, c.AutoWait)
+	case c.AutoIdleWait < time.Minute || c.AutoIdleWait > policy.MaxWait:
+		return fmt.Errorf("--auto-update-idle-wait must be between 1m and %s, got %s", policy.MaxWait, c.AutoIdleWait)
 	case c.OperatorWait < time.Minute || c.OperatorWait > policy.MaxWait:
 		return fmt.Errorf("--operator-wait must be between 1m and %s, got %s", policy.MaxWait, c.OperatorWait)
 	}
@@ -92,12 +99,15 @@ func newSandboxCmd(e *env) *cobra.Command {
 			"that arrives while an agent drains is refused, one in flight at the recreate is\n" +
 			"interrupted. Then:\n\n" +
 			"  1. the \"stable\" channel moves to a new image and an auto-update run (quiet drains:\n" +
-			"     no home-channel broadcast) moves every opted-in agent. Idle agents are moved at\n" +
-			"     once, a busy one when its task is done; a few agents have a task of hours in\n" +
-			"     flight and are deferred at the --auto-update-wait deadline; one agent's gateway\n" +
-			"     has crashed: it is recreated, does not come back serving, and is rolled back.\n" +
-			"  2. an operator run (loud drains) moves the deferred agents, forcing them at its\n" +
-			"     --operator-wait deadline: their users are told their task was interrupted.\n\n" +
+			"     no home-channel broadcast) moves every opted-in agent, idle first: it begins an\n" +
+			"     agent's drain only at a moment the agent has no turn in flight, so hardly a turn\n" +
+			"     is refused. Idle agents are moved at once, a busy one when its task is done; a\n" +
+			"     few agents have a task of hours in flight and are deferred, never drained, after\n" +
+			"     --auto-update-idle-wait; one agent's gateway has crashed: it is recreated, does\n" +
+			"     not come back serving, and is rolled back.\n" +
+			"  2. an operator run (loud drains, begun at once) moves the deferred agents, forcing\n" +
+			"     them at its --operator-wait deadline: their drains refuse the turns that arrive,\n" +
+			"     and their users are told their task was interrupted.\n\n" +
 			"Progress is shown as `migrator run follow` shows it, then the audit summary from\n" +
 			"drain_history with the simulator's count of home broadcasts, pinged sessions, and\n" +
 			"refused and interrupted turns per run.\n" +
@@ -124,6 +134,7 @@ func newSandboxCmd(e *env) *cobra.Command {
 	f.Float64Var(&cfg.TurnsPerHour, "turns-per-hour", sandboxTurnsPerHour, "the median agent's user turns per hour (a few agents are much chattier)")
 	f.Float64Var(&cfg.TimeScale, "time-scale", 30, "simulated seconds per wall second, at most 60 (30: a 10m drain wait lasts 20 s)")
 	f.DurationVar(&cfg.AutoWait, "auto-update-wait", 10*time.Minute, "how long the auto-update run's drains may wait before deferring")
+	f.DurationVar(&cfg.AutoIdleWait, "auto-update-idle-wait", 10*time.Minute, "how long the auto-update run looks for an idle moment before deferring a busy agent")
 	f.DurationVar(&cfg.OperatorWait, "operator-wait", 10*time.Minute, "how long the operator run's drains may wait before forcing (the policy's default)")
 	f.BoolVar(&cfg.Keep, "keep", false, "after the summary keep PostgreSQL, the simulator and the worker up until Ctrl-C, and print DATABASE_URL")
 	return cmd
@@ -369,9 +380,11 @@ func (sb *sandbox) play(ctx context.Context) ([]sandboxRun, error) {
 		MaxUnavailable:   "50%",
 		FailureThreshold: len(sb.crashed), // the crashed agent's rollback must not pause the run
 		DeadlineOverride: sb.cfg.AutoWait,
+		IdleWaitOverride: &sb.cfg.AutoIdleWait,
 		RequestedBy:      "cron (sandbox)",
 		Reason:           "channel " + sandboxChannel + " moved to " + ch.Image,
-	}, fmt.Sprintf("wait %s, then %s", sandboxDur(sb.cfg.AutoWait), pol.OnDeadline))
+	}, fmt.Sprintf("drain when idle within %s, else %s; drains wait %s, then %s", sandboxDur(sb.cfg.AutoIdleWait), pol.OnBusy,
+		sandboxDur(sb.cfg.AutoWait), pol.OnDeadline))
 	if err != nil {
 		return nil, err
 	}
@@ -399,7 +412,7 @@ func (sb *sandbox) play(ctx context.Context) ([]sandboxRun, error) {
 		DeadlineOverride: sb.cfg.OperatorWait,
 		RequestedBy:      principal(sb.e),
 		Reason:           "move the agents the auto-update deferred",
-	}, fmt.Sprintf("wait %s, then %s", sandboxDur(sb.cfg.OperatorWait), op.OnDeadline))
+	}, fmt.Sprintf("drains begun at once, wait %s, then %s", sandboxDur(sb.cfg.OperatorWait), op.OnDeadline))
 	if err != nil {
 		return nil, err
 	}

@@ -281,6 +281,7 @@ func TestSandboxUsage(t *testing.T) {
 		{[]string{"--time-scale", "120"}, "--time-scale must be between 1 and 60"},
 		{[]string{"--auto-update-wait", "10s"}, "--auto-update-wait must be between 1m"},
 		{[]string{"--operator-wait", "soon"}, "invalid argument"},
+		{[]string{"--auto-update-idle-wait", "0s"}, "--auto-update-idle-wait must be between 1m"},
 		{[]string{"extra"}, "unknown command"},
 	} {
 		code, stdout, stderr := runCLI(t, "", append([]string{"sandbox"}, tc.args...)...)

@@ -45,6 +45,9 @@ func TestTinyActivity(t *testing.T) {
 			t.Errorf("%s: migrated makespan %s, LB_r %s, ratio %.2f, run makespan %s", name, r.MigratedMakespan, r.LowerBoundR,
 				r.RatioR, r.Makespan)
 		}
+		if d := r.MigratedDone; d[0] <= 0 || d[0] > d[1] || d[1] > d[2] || d[2] > r.MigratedMakespan {
+			t.Errorf("%s: migrated machines done by p50/p95/p99 %v, the last at %s", name, d, r.MigratedMakespan)
+		}
 		if r.Study != nil {
 			t.Errorf("%s: a seed study of drawn drains for a workload the benchmark did not draw", name)
 		}
@@ -55,7 +58,13 @@ func TestTinyActivity(t *testing.T) {
 		t.Errorf("at once: turns %+v, draining max %s: want refused turns, every agent drained, a deferred one for its whole deadline",
 			atOnce.Turns, atOnce.DrainingMax)
 	}
+	if atOnce.Last.Peeks != 0 || atOnce.Last.IdleWait != 0 || atOnce.Last.DrainWait <= 0 {
+		t.Errorf("at once: the last migrated machine %+v: want no status read before its drain, and a drain wait", atOnce.Last)
+	}
 	idle := run("idle-first", 3*time.Minute)
+	if idle.Last.Peeks < 1 {
+		t.Errorf("idle first: the last migrated machine %+v: want a status read before its drain", idle.Last)
+	}
 	if idle.Turns.AgentsDrained > idle.Outcomes["migrated"] || idle.DrainingMax >= time.Minute {
 		t.Errorf("idle first: %d agents drained for %d migrated, longest drain %s: a deferred machine drained",
 			idle.Turns.AgentsDrained, idle.Outcomes["migrated"], idle.DrainingMax)

@@ -142,6 +142,15 @@ type Result struct {
 	// instant; RatioR is their quotient.
 	MigratedMakespan, LowerBoundR time.Duration
 	RatioR                        float64
+	// MigratedDone is when the migrated machines were done, from
+	// CreateRun: p50, p95, p99. Last is the last migrated machine's waits
+	// (drain_history): for an idle moment (first peek → drain begin) and
+	// for quiescence (drain begin → quiescent), and its status reads.
+	MigratedDone [3]time.Duration
+	Last         struct {
+		IdleWait, DrainWait time.Duration
+		Peeks               int
+	}
 
 	Warnings        int // warnings and errors the orchestrator and River logged
 	WarningTexts    []string
@@ -480,7 +489,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 	defer rows.Close()
 	r.Outcomes = map[string]int{}
 	var last, lastMigrated time.Time
-	var p, expected, migratedR []time.Duration
+	var p, expected, migratedR, migratedDone []time.Duration
 	for rows.Next() {
 		var app, id, outcome string
 		var mStart, mEnd, dStart, quiesced, deadline, recreated *time.Time
@@ -514,7 +523,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 			}
 			d, rc = stop.Sub(*dStart), end.Sub(*recreated)
 			if outcome == store.OutcomeMigrated {
-				migratedR = append(migratedR, max(rc, 0))
+				migratedR, migratedDone = append(migratedR, max(rc, 0)), append(migratedDone, end.Sub(t0))
 				if end.After(lastMigrated) {
 					lastMigrated = end
 				}
@@ -543,6 +552,18 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 	if len(migratedR) > 0 {
 		r.MigratedMakespan, r.LowerBoundR = lastMigrated.Sub(t0), LowerBound(migratedR, b)
 		r.RatioR = float64(r.MigratedMakespan) / float64(max(r.LowerBoundR, 1))
+		slices.Sort(migratedDone)
+		for i, q := range []float64{0.5, 0.95, 0.99} {
+			r.MigratedDone[i] = migratedDone[min(len(migratedDone)-1, int(q*float64(len(migratedDone))))]
+		}
+		var idle, drain float64
+		err := db.QueryRow(ctx, `SELECT coalesce(idle_wait_seconds, 0), coalesce(drain_wait_seconds, 0), peeks
+			FROM drain_history WHERE run_id = $1 AND outcome = 'migrated' ORDER BY finished_at DESC LIMIT 1`, runID).
+			Scan(&idle, &drain, &r.Last.Peeks)
+		if err != nil {
+			return fmt.Errorf("read the last migrated machine of run %d: %w", runID, err)
+		}
+		r.Last.IdleWait, r.Last.DrainWait = time.Duration(idle*float64(time.Second)), time.Duration(drain*float64(time.Second))
 	}
 	if r.LowerBound > 0 {
 		lb := float64(r.LowerBound)

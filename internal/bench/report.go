@@ -571,6 +571,13 @@ func (r Report) writeActivity(b *strings.Builder) {
 	row("makespan of the migrated machines (simulated)", func(x Result) string { return fmtDur(x.MigratedMakespan) })
 	row("LB_r = max(max r_i, Σ r_i / B), migrated machines", func(x Result) string { return fmtDur(x.LowerBoundR) })
 	row("**makespan ÷ LB_r**", func(x Result) string { return fmt.Sprintf("**%.2f**", x.RatioR) })
+	row("migrated machines done by: p50 / p95 / p99 / last", func(x Result) string {
+		d := x.MigratedDone
+		return fmt.Sprintf("%s / %s / %s / %s", fmtDur(d[0]), fmtDur(d[1]), fmtDur(d[2]), fmtDur(x.MigratedMakespan))
+	})
+	row("the last migrated machine: waited for idle (status reads) + for quiescence", func(x Result) string {
+		return fmt.Sprintf("%s (%d) + %s", fmtDur(x.Last.IdleWait), x.Last.Peeks, fmtDur(x.Last.DrainWait))
+	})
 	row("Fly calls / machine", func(x Result) string { return fmt.Sprintf("%.2f", x.PerMachine(float64(x.FlyCalls()))) })
 	row("gateway calls / machine (status reads)", func(x Result) string {
 		return fmt.Sprintf("%.2f (%.2f)", x.PerMachine(float64(x.GatewayCalls())),
