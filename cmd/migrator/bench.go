@@ -91,7 +91,7 @@ func newBenchCmd(e *env) *cobra.Command {
 				return usagef("%s: history rounds must not be negative", cmd.CommandPath())
 			case (fleet.HistoryRounds > 0 || large.HistoryRounds > 0) && turnsAt != string(bench.TurnsAtDrain):
 				return usagef("%s: history rounds need --turns-at drain (turns from t=0 happen once)", cmd.CommandPath())
-			case activity.Machines < 1 || activity.Budget < 1 || activity.TimeScale <= 0:
+			case activity.Machines < 1 || activity.Budget < 1 || activity.TimeScale <= 0 || activity.PeekBackoffMax < 0:
 				return usagef("%s: --activity-machines and --activity-budget must be at least 1, --activity-time-scale positive", cmd.CommandPath())
 			case out == "":
 				return usagef("%s: --out must name a file, or - for stdout", cmd.CommandPath())
@@ -108,7 +108,13 @@ func newBenchCmd(e *env) *cobra.Command {
 			}
 			start := time.Now()
 			command := []string{cmd.CommandPath()}
-			cmd.Flags().Visit(func(f *pflag.Flag) { command = append(command, "--"+f.Name+" "+f.Value.String()) })
+			cmd.Flags().Visit(func(f *pflag.Flag) {
+				v := f.Value.String()
+				if sv, ok := f.Value.(pflag.SliceValue); ok {
+					v = strings.Join(sv.GetSlice(), ",")
+				}
+				command = append(command, "--"+f.Name+" "+v)
+			})
 			rep := bench.Report{Host: bench.ThisHost(start), Command: strings.Join(command, " ")}
 
 			fleet.Name, fleet.TurnsAt = "fleet", bench.TurnsAt(turnsAt)
@@ -220,6 +226,7 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.IntVar(&activity.Machines, "activity-machines", bench.DefaultMachines, "activity scenario: agents")
 	f.IntVar(&activity.Budget, "activity-budget", bench.DefaultBudget, "activity scenario: fleet budget B")
 	f.Float64Var(&activity.TimeScale, "activity-time-scale", bench.DefaultActivityTimeScale, "activity scenario: time scale")
+	f.DurationVar(&activity.PeekBackoffMax, "activity-peek-backoff-max", 0, "activity scenario: longest pause between status reads of a busy agent (0: the orchestrator's, 1m)")
 	f.StringSliceVar(&scenarios, "scenario", nil, "scenarios to run: fleet, drain-wait, large, activity (default all)")
 	f.StringVar(&out, "out", "bench/results.md", "results file (- for stdout)")
 	return cmd

@@ -343,7 +343,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	defer pool.Close()
 	st := store.New(pool)
-	orch, err := orchestrator.New(orchestrator.Config{FleetCap: cfg.Budget, PollInterval: cfg.PollInterval, Clock: clk, Logger: wlog},
+	orch, err := orchestrator.New(orchestrator.Config{FleetCap: cfg.Budget, PollInterval: cfg.PollInterval,
+		PeekBackoffMax: cfg.PeekBackoffMax, Clock: clk, Logger: wlog},
 		st, fly, turns, policy.Default())
 	if err != nil {
 		return res, err

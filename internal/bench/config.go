@@ -105,6 +105,9 @@ type Config struct {
 	MaxConns int32
 	// PollInterval is the orchestrator's; 0 is its default (5s).
 	PollInterval time.Duration
+	// PeekBackoffMax is the orchestrator's longest pause between two status
+	// reads of a busy agent; 0 is its default (1m).
+	PeekBackoffMax time.Duration
 	// DatabaseURL is a database the benchmark may use alone (it is
 	// upgraded and keeps the run's rows). Empty: ServerURL, else a
 	// throwaway PostgreSQL (internal/pgcluster) started for the scenario.
@@ -204,8 +207,8 @@ func (c Config) validate() error {
 	if c.TurnsAt != TurnsAtDrain && c.TurnsAt != TurnsAtStart {
 		errs = append(errs, fmt.Errorf("turns at %q: want %q or %q", c.TurnsAt, TurnsAtDrain, TurnsAtStart))
 	}
-	if c.Deadline < 0 || c.Workers < 0 || c.MaxConns < 0 || c.PollInterval < 0 || c.Timeout < 0 || c.SampleEvery < 0 {
-		errs = append(errs, errors.New("deadline, workers, max conns, poll interval, timeout and sample period must not be negative"))
+	if c.Deadline < 0 || c.Workers < 0 || c.MaxConns < 0 || c.PollInterval < 0 || c.PeekBackoffMax < 0 || c.Timeout < 0 || c.SampleEvery < 0 {
+		errs = append(errs, errors.New("deadline, workers, max conns, poll interval, peek back-off, timeout and sample period must not be negative"))
 	}
 	if c.Activity != nil && c.HistoryRounds > 0 {
 		errs = append(errs, errors.New("history rounds need the benchmark's own turns, not the activity model"))

@@ -556,6 +556,12 @@ func (r Report) writeActivity(b *strings.Builder) {
 		}
 		return "the policy's"
 	})
+	row("status reads of a busy agent back off to", func(x Result) string {
+		if x.Config.PeekBackoffMax > 0 {
+			return fmtDur(x.Config.PeekBackoffMax)
+		}
+		return "1m (the orchestrator's default)"
+	})
 	row("run ended", func(x Result) string { return x.RunState })
 	row("outcomes", func(x Result) string { return outcomes(x.Outcomes) })
 	row("**turns refused** (arrived while draining)", func(x Result) string { return fmt.Sprintf("**%d**", x.Turns.Refused) })

@@ -147,8 +147,10 @@
 // (from the watcher noticing the marker to a cancel, the marker's expiry,
 // the SIGTERM of a recreate, or the gateway dying), exactly, at its next
 // look (MachineView.DrainingTime; Activity sums it over the fleet with the
-// turn counts). At a SIGTERM (update or stop of
-// a running VM) the simulator records a Shutdown: ActiveAgents turns in
+// turn counts).
+//
+// At a SIGTERM (update or stop of a running VM) the simulator records a
+// Shutdown: ActiveAgents turns in
 // flight (all interrupted), SessionsPinged distinct sessions among them
 // (never suppressed), and HomeBroadcast unless a current (same epoch,
 // unexpired) marker has suppress_notification true; the turns are counted
