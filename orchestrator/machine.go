@@ -399,14 +399,21 @@ func (s *step) decide(region, image string, labels map[string]string) policy.Dec
 	}, s.now())
 }
 
-// idleWait is the decision's idle wait, or the run's override of it; a
-// machine out of deferrals is drained at once ("then force") either way.
+// idleWait is how long this machine looks for an idle moment.
 func (s *step) idleWait(d policy.Decision) time.Duration {
-	if d.MaxDeferrals > 0 && s.m.Deferrals >= d.MaxDeferrals {
+	return IdleWait(d, s.m.Deferrals, s.w.Run.IdleWaitOverride)
+}
+
+// IdleWait is how long a machine with this decision and these deferrals
+// looks for an idle moment before its drain: the decision's idle wait, or
+// the run's override of it (nil: none); a machine out of deferrals is
+// drained at once ("then force") either way.
+func IdleWait(d policy.Decision, deferrals int, override *time.Duration) time.Duration {
+	if d.MaxDeferrals > 0 && deferrals >= d.MaxDeferrals {
 		return 0
 	}
-	if o := s.w.Run.IdleWaitOverride; o != nil {
-		return *o
+	if override != nil {
+		return *override
 	}
 	return d.IdleWait
 }
