@@ -496,12 +496,17 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 // every peek up to PeekBackoffMax, ±20 % so that agents found busy together
 // are not read together again.
 func (s *step) peekBackoff() time.Duration {
-	d := s.o.cfg.PollInterval
-	for i := 1; i < s.m.Peeks && d < s.o.cfg.PeekBackoffMax; i++ {
+	return peekPause(s.o.cfg.PollInterval, s.o.cfg.PeekBackoffMax, s.m.Peeks, rand.Float64())
+}
+
+// peekPause is the pause after the peeks-th look: poll doubling per look,
+// capped at most, scaled by 0.8 + 0.4·u for u in [0, 1).
+func peekPause(poll, most time.Duration, peeks int, u float64) time.Duration {
+	d := poll
+	for i := 1; i < peeks && d < most; i++ {
 		d *= 2
 	}
-	d = min(d, s.o.cfg.PeekBackoffMax)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return time.Duration(float64(min(d, most)) * (0.8 + 0.4*u))
 }
 
 // leaseHeld gives the slot back until another owner's lease runs out.
