@@ -182,7 +182,10 @@ func TestLeases(t *testing.T) {
 	if h.sim.Updates(app, id) != 0 {
 		t.Fatal("refused update counted")
 	}
-	if r := h.fly("GET", app+"/machines/"+id+"/lease", nil, nil); r.code != 200 || strings.Contains(string(r.body), `"nonce"`) {
+	// As at Fly, any holder of the token reads the nonce (flyctl's
+	// `machine leases clear` relies on it), with owner and description.
+	if r := h.fly("GET", app+"/machines/"+id+"/lease", nil, nil); r.code != 200 || !strings.Contains(string(r.body), `"nonce":"`) ||
+		!strings.Contains(string(r.body), `"description":"held by someone@example.com"`) {
 		t.Fatalf("get lease: %d %s", r.code, r.body)
 	}
 	h.clk.Advance(31 * time.Second)
@@ -418,5 +421,87 @@ func TestSimTimeOptions(t *testing.T) {
 	}
 	if v := h.sim.RateViolations(); v != 0 {
 		t.Fatalf("violations %d", v)
+	}
+}
+
+// An image flyd cannot prepare: the update is answered with a new instance
+// id that is "failed" for /wait, and the running instance is untouched —
+// no SIGTERM, same epoch — so its drain marker stays current.
+func TestFailImagePrepareKeepsTheDrainingInstance(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	bad := "registry.fly.io/hermes-agent:unpreparable"
+	h.sim.FailImagePrepare(bad)
+	if r := h.drain(app, id, `{"action":"drain","suppress_notification":true}`); r.code != 200 {
+		t.Fatalf("drain: %d %s", r.code, r.body)
+	}
+	h.clk.Advance(DefaultWatcherDelay)
+	before := h.getMachine(app, id)
+	var upd fly.Machine
+	if r := h.update(app, id, bad, ""); r.code != 200 {
+		t.Fatalf("update: %d %s", r.code, r.body)
+	} else {
+		r.json(t, &upd)
+	}
+	if upd.InstanceID == "" || upd.InstanceID == before.InstanceID || upd.Config.Image != bad {
+		t.Fatalf("update answer: instance %s image %s, want a new instance on %s", upd.InstanceID, upd.Config.Image, bad)
+	}
+	h.clk.Advance(time.Minute)
+	after := h.getMachine(app, id)
+	if after.State != "started" || after.InstanceID != before.InstanceID || after.Config.Image != DefaultImage {
+		t.Fatalf("after the failed update: %s %s %s, want started on the old instance and image", after.State, after.InstanceID, after.Config.Image)
+	}
+	if r := h.fly("GET", app+"/machines/"+id+"/wait?instance_id="+upd.InstanceID+"&state=failed&timeout=1", nil, nil); r.code != 200 {
+		t.Fatalf("wait for the new instance to be failed: %d %s", r.code, r.body)
+	}
+	if n := len(h.shutdownsOf(id)); n != 0 {
+		t.Fatalf("%d shutdowns: the old instance got SIGTERM", n)
+	}
+	if v := h.sim.Machine(app, id); !v.Draining || !v.MarkerCurrent || v.GatewayState != "draining" || v.Updates != 1 {
+		t.Fatalf("view after the failed update: %+v, want still draining", v)
+	}
+	// Cancelling the drain is what makes it serve again.
+	h.drain(app, id, `{"action":"cancel"}`)
+	if got := h.state(app, id); got != "running" {
+		t.Fatalf("after cancel the gateway is %s", got)
+	}
+}
+
+// SlowStart: a gateway booted on the image reports "starting" for longer,
+// then runs.
+func TestSlowStart(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	slow := "registry.fly.io/hermes-agent:slow"
+	h.sim.SlowStart(slow, 90*time.Second)
+	h.recreate(app, id, slow)
+	h.clk.Advance(80 * time.Second)
+	if got := h.state(app, id); got != "starting" {
+		t.Fatalf("80 s after boot the gateway is %s, want starting", got)
+	}
+	h.clk.Advance(11 * time.Second)
+	if got := h.state(app, id); got != "running" {
+		t.Fatalf("91 s after boot the gateway is %s, want running", got)
+	}
+}
+
+// Hold: the request takes effect at once, its answer comes later.
+func TestHoldAnswer(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	h.sim.SetFaults(Faults{Routes: map[string]RouteFaults{RouteLease: {Hold: 300 * time.Millisecond}}})
+	done := make(chan resp, 1)
+	start := time.Now()
+	go func() { done <- h.fly("POST", app+"/machines/"+id+"/lease?ttl=60", nil, nil) }()
+	deadline := time.Now().Add(250 * time.Millisecond)
+	for h.sim.Machine(app, id).LeaseOwner == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("the lease was not granted while its answer was held")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r := <-done
+	if r.code != 201 || time.Since(start) < 300*time.Millisecond || r.header.Get("Fly-Request-Id") == "" {
+		t.Fatalf("held answer: %d after %s (headers %v)", r.code, time.Since(start), r.header)
 	}
 }
