@@ -464,3 +464,72 @@ func TestFaultGatewayUnreachableAndWrongSecret(t *testing.T) {
 		t.Errorf("wrong-secret machine: %d updates, marker present %v", v.Updates, v.MarkerPresent)
 	}
 }
+
+// A replica killed with SIGKILL after Fly granted the machine's lease and
+// before the nonce was saved (the simulator holds the lease's answer back,
+// so the kill lands in between) leaves an orphaned lease with 5 minutes to
+// live — 150 s of wall time at this time scale. The next replica gets 409
+// from its own lease, reads it, recognises its description (this run and
+// migration) and adopts it: the machine moves on within the 2-minute crash
+// bound, not after the lease expires, and no lease is left behind.
+func TestFaultKillBetweenLeaseGrantAndSave(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t, fleetsim.Config{Apps: 1, Seed: 1109}, 2, "MIGRATOR_JOB_TIMEOUT=10s", "MIGRATOR_RESCUE_AFTER=12s")
+	app := w.sim.Apps()[0]
+	id := w.sim.MachineIDs(app)[0]
+	w.sim.SetFaults(fleetsim.Faults{Routes: map[string]fleetsim.RouteFaults{fleetsim.RouteLease: {Hold: 5 * time.Second}}})
+	first := w.startServe("a")
+	run := w.faultRun("1", 2*time.Minute, 1)
+
+	deadline := time.Now().Add(30 * time.Second)
+	for w.sim.Machine(app, id).LeaseOwner == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the lease was never granted\n%s", w.logTails())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	first.kill9()
+	killed := time.Now()
+	w.sim.SetFaults(fleetsim.Faults{})
+	ms, err := w.st.Q().ListMigrations(context.Background(), run.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ms[0].LeaseNonce != "" || ms[0].State != store.StateReady {
+		t.Fatalf("at the kill the migration is %s with nonce saved %v: the kill missed the window", ms[0].State, ms[0].LeaseNonce != "")
+	}
+	w.startServe("b")
+
+	r := w.waitRun(run.ID, 150*time.Second)
+	if r.State != store.RunSucceeded {
+		t.Fatalf("run ended %s: %s\n%s", r.State, r.StateReason, w.logTails())
+	}
+	w.checkEnd(run.ID, store.OutcomeMigrated)
+	evs, err := w.st.Q().ListEvents(context.Background(), store.Scope{MigrationID: ms[0].ID}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var adopted, decided time.Time
+	for _, e := range evs {
+		switch e.Kind {
+		case "machine.lease_adopted":
+			adopted = e.At
+		case "machine.decided":
+			decided = e.At
+		}
+	}
+	if adopted.IsZero() || decided.IsZero() {
+		t.Fatalf("no lease_adopted (%v) or decided (%v) event", adopted, decided)
+	}
+	if resumed := decided.Sub(killed); resumed > 2*time.Minute {
+		t.Errorf("the machine moved on %s after the kill, beyond the 2-minute crash bound", resumed.Round(time.Second))
+	} else {
+		t.Logf("moved on %s after the kill (the orphaned lease had %s of wall time left)", resumed.Round(time.Second), w.clk.Wall(5*time.Minute))
+	}
+	if v := w.sim.Machine(app, id); v.LeaseOwner != "" {
+		t.Errorf("lease still held by %s after the run", v.LeaseOwner)
+	}
+	if m, _ := w.st.Q().ListMigrations(context.Background(), run.ID); m[0].Attempts != 0 {
+		t.Errorf("%d lease waits: the orphaned lease was waited out", m[0].Attempts)
+	}
+}
