@@ -138,6 +138,35 @@ func TestStartupFailedRollsBackAtOnce(t *testing.T) {
 	}
 }
 
+// A new instance that exits as it starts (the machine rests stopped on it)
+// is rolled back at once, and the rollback launches the old image again
+// although the machine is stopped now: it was running before.
+func TestCrashedInstanceRollsBackAtOnce(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: idleFleet(1)})
+	w.sim.CrashOnStart(imgV3)
+	m := machinesOf(w)[0]
+	start := w.clk.Now()
+	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV3}).ID, time.Minute)
+	h := w.history(r.ID)[m.ID]
+	if h.Outcome != store.OutcomeRolledBack || !strings.Contains(h.Error, "exited") {
+		t.Fatalf("history %+v: want rolled_back saying the new instance exited", h)
+	}
+	if took := w.clk.Now().Sub(start); took >= time.Minute {
+		t.Fatalf("took %s of simulated time: the verify timeout (2m) was waited out?", took)
+	}
+	if e, ok := eventOf(w.eventsOf(r.ID, m.ID), "machine.rolling_back"); !ok || e.Detail["signal"] != "instance_stopped" {
+		t.Errorf("rolling_back event %+v: want signal instance_stopped", e)
+	}
+	v := w.sim.Machine(m.App, m.ID)
+	if v.State != "started" || v.Image != imgV1 || v.GatewayState != "running" || v.LeaseOwner != "" {
+		t.Fatalf("after the rollback: %+v; want started and serving on v1", v)
+	}
+	if !w.nextTurnServed(m.App, m.ID) {
+		t.Fatal("the agent refused its users' next turn after the rollback")
+	}
+}
+
 // A slow but healthy start (the gateway "starting" for 70 s, then running)
 // is not a failure: the machine migrates.
 func TestSlowHealthyStartIsNotRolledBack(t *testing.T) {

@@ -819,7 +819,13 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 	}
 	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
 	if mach.Image != s.m.FromImage {
-		if _, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
+		put := s.o.fly.UpdateImage
+		if s.m.Launch {
+			// It was running before: launch it even if the failed
+			// instance left it stopped.
+			put = s.o.fly.RollbackImage
+		}
+		if _, err := put(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
 			if flymachines.IsTransient(err) && !late {
 				s.persistCalls(ctx)
 				return wait(s.o.cfg.PollInterval), nil

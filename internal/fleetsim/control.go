@@ -33,7 +33,8 @@ func (s *Sim) Snapshot() State {
 // ControlOp is one POST /_sim/control request.
 type ControlOp struct {
 	// Op: "gateway_down", "dashboard_down", "wrong_secret", "fail_image_pull",
-	// "fail_image_prepare", "never_healthy", "slow_start" (Image, Duration),
+	// "fail_image_prepare", "never_healthy", "crash_on_start", "slow_start"
+	// (Image, Duration),
 	// "hold_lease", "add_turn".
 	Op        string   `json:"op"`
 	App       string   `json:"app"`
@@ -117,7 +118,7 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 			return
 		}
 		s.SetWrongSecret(op.App, op.On)
-	case "fail_image_pull", "fail_image_prepare", "never_healthy", "slow_start":
+	case "fail_image_pull", "fail_image_prepare", "never_healthy", "crash_on_start", "slow_start":
 		if op.Image == "" {
 			writeJSON(w, http.StatusBadRequest, flyError{Error: "image is required"})
 			return
@@ -129,6 +130,8 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 			s.FailImagePrepare(op.Image)
 		case "never_healthy":
 			s.NeverHealthy(op.Image)
+		case "crash_on_start":
+			s.CrashOnStart(op.Image)
 		default:
 			s.SlowStart(op.Image, op.Duration.Duration)
 		}

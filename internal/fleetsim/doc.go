@@ -85,8 +85,10 @@
 // instance and config, with no SIGTERM and the same epoch, so a drain
 // marker on it stays current and the agent keeps refusing turns until the
 // drain is cancelled. NeverHealthy(image): checks stay critical and the
-// gateway ends "startup_failed". SlowStart(image, d): a gateway booted on
-// image reports "starting" for d instead of GatewayStartup, then runs.
+// gateway ends "startup_failed". CrashOnStart(image): the new instance exits
+// as it starts (its restarts spent): the machine rests "stopped" on it, with
+// an exit event. SlowStart(image, d): a gateway booted on image reports
+// "starting" for d instead of GatewayStartup, then runs.
 //
 // /wait answers once the machine, or the instance named by instance_id
 // (alias version; a replaced instance counts as "stopped"), is in one of

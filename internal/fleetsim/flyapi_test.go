@@ -505,3 +505,30 @@ func TestHoldAnswer(t *testing.T) {
 		t.Fatalf("held answer: %d after %s (headers %v)", r.code, time.Since(start), r.header)
 	}
 }
+
+// CrashOnStart: the new instance exits as it starts; the machine rests
+// stopped on it, and an update that launches puts it back.
+func TestCrashOnStart(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	crash := "registry.fly.io/hermes-agent:crash"
+	h.sim.CrashOnStart(crash)
+	var upd fly.Machine
+	h.update(app, id, crash, "").json(t, &upd)
+	h.clk.Advance(DefaultBootTime)
+	m := h.getMachine(app, id)
+	if m.State != "stopped" || m.InstanceID != upd.InstanceID || m.Config.Image != crash {
+		t.Fatalf("after the crash: %s on %s (%s), want stopped on the new instance", m.State, m.InstanceID, m.Config.Image)
+	}
+	if r := h.fly("GET", app+"/machines/"+id+"/wait?instance_id="+upd.InstanceID+"&state=stopped&timeout=1", nil, nil); r.code != 200 {
+		t.Fatalf("wait for the crashed instance to be stopped: %d %s", r.code, r.body)
+	}
+	if v := h.sim.Machine(app, id); v.GatewayState != "unreachable" {
+		t.Fatalf("crashed machine's gateway: %s", v.GatewayState)
+	}
+	h.recreate(app, id, DefaultImage)
+	h.clk.Advance(DefaultGatewayStartup)
+	if m := h.getMachine(app, id); m.State != "started" || h.state(app, id) != "running" {
+		t.Fatalf("after the rollback: %s, gateway %s", m.State, h.state(app, id))
+	}
+}

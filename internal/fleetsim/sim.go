@@ -35,6 +35,7 @@ type Sim struct {
 	failPull     map[string]bool
 	failPrepare  map[string]bool
 	neverHealthy map[string]bool
+	crashOnStart map[string]bool
 	slowStart    map[string]time.Duration
 	relief       reliefHeap // when disrupted machines may stop being disrupted
 	disrupted    int
@@ -100,6 +101,7 @@ type machine struct {
 	bootAt     time.Time
 	bootFails  bool // the booting image cannot be pulled: flyd reverts
 	bootSick   bool // the booting instance never becomes healthy
+	bootCrash  bool // the booting instance exits at once
 	startedAt  time.Time
 	gwStart    time.Time     // gateway process start (a restart keeps the epoch)
 	gwStartup  time.Duration // how long this instance's gateway reports "starting"
@@ -165,6 +167,7 @@ func New(cfg Config) (*Sim, error) {
 		failPull:     map[string]bool{},
 		failPrepare:  map[string]bool{},
 		neverHealthy: map[string]bool{},
+		crashOnStart: map[string]bool{},
 		slowStart:    map[string]time.Duration{},
 		done:         make(chan struct{}),
 	}
@@ -305,12 +308,19 @@ func (s *Sim) settle(m *machine, t time.Time) {
 		// version back.
 		m.addPast(m.instanceID, "failed")
 		m.config, m.instanceID = m.good.config, m.good.instance
-	} else {
+	} else if !m.bootCrash {
 		m.good.config, m.good.instance = m.config, m.instanceID
 	}
 	m.gwStartup = s.gatewayStartup(m.config.Image)
 	m.unhealthy = m.bootSick
-	m.bootFails, m.bootSick = false, false
+	if m.bootCrash {
+		// The process exits as it starts (restarts spent): the machine
+		// rests stopped on the new instance, which never served.
+		m.state = vmStopped
+		m.events = append(m.events, &fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: m.bootAt.UnixMilli(),
+			Request: &fly.MachineRequest{ExitEvent: &fly.MachineExitEvent{ExitCode: 1, ExitedAt: m.bootAt.UTC()}}})
+	}
+	m.bootFails, m.bootSick, m.bootCrash = false, false, false
 }
 
 func (m *machine) addPast(id, state string) {
@@ -454,6 +464,7 @@ func (s *Sim) boot(m *machine, now time.Time, kind string) {
 		m.bootSick = s.neverHealthy[m.good.config.Image]
 	} else {
 		m.bootSick = s.neverHealthy[img]
+		m.bootCrash = s.crashOnStart[img]
 	}
 	m.events = append(m.events, &fly.MachineEvent{Type: "start", Status: "started", Source: "flyd", Timestamp: m.bootAt.UnixMilli()})
 }
@@ -848,6 +859,15 @@ func (s *Sim) FailImagePrepare(image string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failPrepare[image] = true
+}
+
+// CrashOnStart makes instances booted on image exit as they start: the
+// machine ends stopped on the new instance (its restarts spent), with an
+// exit event (exit code 1).
+func (s *Sim) CrashOnStart(image string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.crashOnStart[image] = true
 }
 
 // SlowStart makes gateways booted on image report "starting" for d (instead
