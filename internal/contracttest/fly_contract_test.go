@@ -44,6 +44,7 @@ func TestFlyContract(t *testing.T) {
 		{"update while replacing is refused; re-running the same update sends nothing", flyConcurrentUpdate},
 		{"wait loops past the 60-s /wait clamp for a 150-s boot", flyWaitLoops},
 		{"flyd's silent revert is a RevertedError", flySilentRevert},
+		{"an image flyd cannot prepare: the update is answered, the old instance runs on untouched (a RevertedError)", flyUnpreparableImage},
 		{"health gate: stale passing results after the update are no pass; fresh ones are", flyHealthStale},
 		{"health gate: checks configured but zero results is no pass", flyHealthZeroResults},
 		{"health gate: a never-healthy image never passes", flyHealthNever},
@@ -511,6 +512,28 @@ func flySilentRevert(t *testing.T) {
 	// Silent: Fly itself shows a healthy started machine, on the old version.
 	if v := w.sim.Machine(w.app, w.id); v.State != "started" || v.Image != imageV1 || v.InstanceID != before.InstanceID {
 		t.Errorf("sim view %+v", v)
+	}
+}
+
+func flyUnpreparableImage(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	const bad = "registry.fly.io/hermes-agent:unpreparable"
+	w.sim.FailImagePrepare(bad)
+	before := w.sim.Machine(w.app, w.id)
+	l := w.lease(t)
+	ctx := w.ctx(20 * time.Second)
+	res, err := w.fly.UpdateImage(ctx, w.app, w.id, bad, l.Nonce)
+	if err != nil || res.ToInstanceID == "" || res.ToInstanceID == before.InstanceID {
+		t.Fatalf("UpdateImage: %+v, %v (Fly answers the update with a new instance)", res, err)
+	}
+	_, err = w.fly.WaitForInstance(ctx, w.app, w.id, res.ToInstanceID, bad)
+	var rev *flymachines.RevertedError
+	if !errors.As(err, &rev) || rev.GotInstance != before.InstanceID || rev.GotImage != imageV1 || rev.State != "started" {
+		t.Fatalf("err = %v, want *flymachines.RevertedError naming the old instance, started", err)
+	}
+	// The old instance was never stopped: it is the one that was there.
+	if len(w.sim.Shutdowns()) != 0 {
+		t.Errorf("shutdowns %+v: the old instance must not get SIGTERM", w.sim.Shutdowns())
 	}
 }
 
