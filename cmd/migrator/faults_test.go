@@ -135,6 +135,18 @@ func (w *simWorld) checkEnd(runID int64, allowed ...string) map[string]int {
 	return counts
 }
 
+// checkNoLeases fails the test for every machine whose Fly lease is still
+// held after the run: a lease left behind blocks every other deployer of
+// the machine until it expires.
+func (w *simWorld) checkNoLeases() {
+	w.t.Helper()
+	for _, v := range w.sim.Machines() {
+		if v.LeaseOwner != "" {
+			w.t.Errorf("%s/%s: lease still held by %s after the run", v.App, v.ID, v.LeaseOwner)
+		}
+	}
+}
+
 // longestStall is the longest time (the events' wall-clock times) one machine
 // of run went without an event while it was in flight, and which machine.
 func (w *simWorld) longestStall(runID int64) (time.Duration, string) {
@@ -209,6 +221,7 @@ func TestFaultKillReplicasDuring200MachineRun(t *testing.T) {
 		t.Errorf("run ended %s: %s", r.State, r.StateReason)
 	}
 	counts := w.checkEnd(run.ID, store.OutcomeMigrated, store.OutcomeDeferred, store.OutcomeRolledBack, store.OutcomeCancelled)
+	w.checkNoLeases() // a lease granted to a killed replica is adopted, then released
 	t.Logf("outcomes %v, peak disrupted %d (cap %d), Fly requests %v", counts, w.sim.MaxDisrupted(), fleetCap, w.sim.Requests())
 	if counts[store.OutcomeMigrated] < machines/2 {
 		t.Errorf("only %d of %d machines migrated: the kills should not stop the run", counts[store.OutcomeMigrated], machines)
@@ -348,6 +361,7 @@ func TestFaultFlyThrottlingAndErrors(t *testing.T) {
 		t.Errorf("run ended %s: %s", r.State, r.StateReason)
 	}
 	counts := w.checkEnd(run.ID, store.OutcomeMigrated, store.OutcomeDeferred)
+	w.checkNoLeases() // releases answered 429/503 were sent again
 	t.Logf("outcomes %v, peak disrupted %d, peak per second %v", counts, w.sim.MaxDisrupted(), w.sim.PeakPerSecond())
 	if counts[store.OutcomeMigrated] < machines/2 {
 		t.Errorf("only %d of %d machines migrated", counts[store.OutcomeMigrated], machines)
