@@ -89,7 +89,8 @@
 // its nonce was saved leaves the lease behind; the next attempt's 409 is
 // followed by one read of the lease (Fly shows the nonce to any holder of
 // the token) and a lease with this migration's description is adopted, not
-// waited out. A lease with any other description is never touched. The
+// waited out (or, if the run was cancelled meanwhile, released). A lease
+// with any other description is never touched. The
 // release at the end is retried on transient failures (the adapter's
 // bounded back-off, a 429 after its Retry-After), on a deadline detached
 // from the step's so that a replica shutting down still releases; a release

@@ -193,14 +193,52 @@ func TestSlowHealthyStartIsNotRolledBack(t *testing.T) {
 type lostLeaseAnswer struct {
 	*flymachines.Client
 	lost atomic.Bool
+	// onLost, if set, runs when the answer is lost.
+	onLost func()
 }
 
 func (l *lostLeaseAnswer) AcquireLease(ctx context.Context, app, id string, ttl time.Duration, desc string) (flymachines.Lease, error) {
 	lease, err := l.Client.AcquireLease(ctx, app, id, ttl, desc)
 	if err == nil && l.lost.CompareAndSwap(false, true) {
+		if l.onLost != nil {
+			l.onLost()
+		}
 		return flymachines.Lease{}, &flymachines.APIError{Op: "fly.lease_acquire", App: app, MachineID: id, Status: 504, Msg: "answer lost"}
 	}
 	return lease, err
+}
+
+// A run cancelled while a lease granted to it is orphaned (its answer lost):
+// the machine ends cancelled and the orphaned lease is released, not left
+// to outlive the migration.
+func TestOrphanedLeaseReleasedWhenTheRunIsCancelled(t *testing.T) {
+	t.Parallel()
+	var lost *lostLeaseAnswer
+	w := newWorld(t, worldOpts{sim: idleFleet(1),
+		wrapFly: func(c *flymachines.Client) orchestrator.Fly { lost = &lostLeaseAnswer{Client: c}; return lost }})
+	m := machinesOf(w)[0]
+	var runID atomic.Int64
+	lost.onLost = func() {
+		// The job may get here before createRun returned the id.
+		for deadline := time.Now().Add(10 * time.Second); runID.Load() == 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		if _, err := w.owner.Cancel(context.Background(), runID.Load(), "oncall"); err != nil {
+			t.Errorf("cancel: %v", err)
+		}
+	}
+	run := w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2})
+	runID.Store(run.ID)
+	r := w.waitRun(run.ID, time.Minute)
+	if r.State != store.RunCancelled {
+		t.Fatalf("run %s: %s", r.State, r.StateReason)
+	}
+	if h := w.history(r.ID)[m.ID]; h.Outcome != store.OutcomeCancelled {
+		t.Fatalf("history %+v", h)
+	}
+	if v := w.sim.Machine(m.App, m.ID); v.LeaseOwner != "" || v.Updates != 0 || v.Draining {
+		t.Fatalf("after the cancelled run: %+v; want no lease held, untouched", v)
+	}
 }
 
 // The next attempt finds its own orphaned lease (409), reads it, recognises

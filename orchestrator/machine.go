@@ -287,6 +287,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	run := s.w.Run
 	switch run.State {
 	case store.RunCancelling, store.RunCancelled:
+		s.releaseOrphan(ctx)
 		return s.finish(ctx, store.OutcomeCancelled, "", "run cancelled before this machine started")
 	case store.RunPaused:
 		// Nothing new starts while paused: give the slot back, keep the lease off.
@@ -403,6 +404,25 @@ func (s *step) adoptLease(ctx context.Context) (flymachines.Lease, bool, error) 
 			"note": "granted to an earlier attempt that did not save it"}})
 	s.log.Info("adopted our own orphaned lease", "expires_at", l.ExpiresAt)
 	return l, true, nil
+}
+
+// releaseOrphan releases, before a machine ends without having saved a
+// lease, a lease of this migration that an earlier execution was granted and
+// died before saving: else it would outlive the migration by up to its TTL.
+// Best effort: it expires by itself.
+func (s *step) releaseOrphan(ctx context.Context) {
+	if s.m.LeaseNonce != "" {
+		return
+	}
+	ctx, cancel := detached(ctx, cleanupTimeout)
+	defer cancel()
+	l, ours, err := s.adoptLease(ctx)
+	if err != nil && !flymachines.IsNotFound(err) {
+		s.log.Warn("look for an orphaned lease", "error", err)
+	}
+	if ours {
+		s.m.LeaseNonce, s.m.LeaseExpiresAt = l.Nonce, l.ExpiresAt
+	}
 }
 
 // leaseHeld gives the slot back until another owner's lease runs out.
