@@ -125,6 +125,7 @@ func TestStartupFailedRollsBackAtOnce(t *testing.T) {
 		t.Fatalf("rollback's update %s after startup_failed was reported (update at %s): want within 3 polls (%s)",
 			late, sd[0].At.Format("15:04:05.000"), 3*poll)
 	}
+	t.Logf("rollback's update %s after startup_failed (%s after the update)", sd[1].At.Sub(failedAt), sd[1].At.Sub(sd[0].At))
 	evs := w.eventsOf(r.ID, m.ID)
 	if e, ok := eventOf(evs, "machine.rolling_back"); !ok || e.Detail["signal"] != "gateway_startup_failed" {
 		t.Errorf("rolling_back event %+v: want signal gateway_startup_failed", e)
