@@ -489,11 +489,12 @@ func TestSlowStart(t *testing.T) {
 func TestHoldAnswer(t *testing.T) {
 	h := newHarness(t, Config{})
 	app, id := h.first()
-	h.sim.SetFaults(Faults{Routes: map[string]RouteFaults{RouteLease: {Hold: 300 * time.Millisecond}}})
+	const hold = 2 * time.Second
+	h.sim.SetFaults(Faults{Routes: map[string]RouteFaults{RouteLease: {Hold: hold}}})
 	done := make(chan resp, 1)
 	start := time.Now()
 	go func() { done <- h.fly("POST", app+"/machines/"+id+"/lease?ttl=60", nil, nil) }()
-	deadline := time.Now().Add(250 * time.Millisecond)
+	deadline := start.Add(hold)
 	for h.sim.Machine(app, id).LeaseOwner == "" {
 		if time.Now().After(deadline) {
 			t.Fatal("the lease was not granted while its answer was held")
@@ -501,7 +502,7 @@ func TestHoldAnswer(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	r := <-done
-	if r.code != 201 || time.Since(start) < 300*time.Millisecond || r.header.Get("Fly-Request-Id") == "" {
+	if r.code != 201 || time.Since(start) < hold || r.header.Get("Fly-Request-Id") == "" {
 		t.Fatalf("held answer: %d after %s (headers %v)", r.code, time.Since(start), r.header)
 	}
 }
