@@ -39,8 +39,12 @@
 //	   └─agent busy─────┤  outside window: deferred;                               │ or deadline + force
 //	                    │  never idle within idle_wait, on_busy defer: deferred)   ▼
 //	                  done ◀──migrated── verifying ◀──update image──────────── updating
-//	                    ▲                    │
-//	                    └──rolled_back── rolling_back (not started / revert / unhealthy / not serving)
+//	                   ▲ ▲                   │
+//	                   │ └──rolled_back── rolling_back (revert; startup_failed, failed or
+//	                   │   (drain cancelled,    │        stopped at once; else not started /
+//	                   │    gateway serving)    │        unhealthy / not serving by VerifyTimeout)
+//	                   └──────failed────────────┘ (rollback impossible, or the agent does not
+//	                                               serve on the old image by VerifyTimeout)
 //
 // # Idle-first begin
 //
@@ -91,7 +95,39 @@
 // Verification reads the machine once per poll (instance, image and checks
 // in one call), waiting on Fly's /wait only while the new instance is still
 // on its way; health results count only if newer than Fly's own update
-// time, and the gateway must report running or degraded.
+// time, and the gateway must report running or degraded. A definitive
+// failure rolls back at once instead of waiting out VerifyTimeout (which
+// stays for the undecided: still starting, checks not yet passing): the
+// machine settled on another instance (flyd's revert), the new instance's
+// machine is failed or stopped, or its gateway reports startup_failed. The
+// deciding signal is recorded with the rolling_back transition.
+//
+// # Every way out leaves the agent serving
+//
+// A rollback ends only when the machine runs the old image and its agent
+// serves again. flyd may keep (or put back) the old instance without ever
+// stopping it — same process, same epoch — and that instance still holds
+// the drain marker and refuses every turn; so once the machine is back on
+// the old image the drain is cancelled (after a rollback that recreated the
+// machine the marker is stale and the cancel only removes it) and the
+// gateway must report running or degraded, both recorded; a gateway that
+// was not serving before the update (the drain found it down) is not waited
+// for. Past VerifyTimeout an agent that does not serve on the old image
+// ends failed, as does a rollback that cannot be sent; either tries to
+// cancel the drain first.
+//
+// The Fly lease's description names the machine migration ("migrator run R
+// migration M"). A replica that dies after Fly granted the lease but before
+// its nonce was saved leaves the lease behind; the next attempt's 409 is
+// followed by one read of the lease (Fly shows the nonce to any holder of
+// the token) and a lease with this migration's description is adopted, not
+// waited out (or, if the run was cancelled meanwhile, released). A lease
+// with any other description is never touched. The
+// release at the end is retried on transient failures (the adapter's
+// bounded back-off, a 429 after its Retry-After), on a deadline detached
+// from the step's so that a replica shutting down still releases; a release
+// that finally fails is recorded (machine.lease_release_failed) and the
+// lease expires by itself.
 //
 // Waiting is a River snooze: an execution takes every step that needs no
 // waiting, then returns how long to wait. The periodic fill job re-inserts a
