@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"time"
 
@@ -70,6 +71,9 @@ type step struct {
 	drainEnded bool
 	// leaseDirty: the lease was refreshed and its nonce/expiry not yet saved.
 	leaseDirty bool
+	// idleResult: how this execution's peeks ended the idle wait (reported
+	// once the decision is committed); "" without one.
+	idleResult string
 }
 
 // Bounds that keep one execution inside its job timeout and make its writes
@@ -298,6 +302,18 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		}
 		return finished, nil
 	}
+	// A machine already waiting for an idle moment looks at its agent
+	// first: while it is busy, the slot goes back without a Fly call.
+	peeked := false
+	if s.m.Peeks > 0 {
+		d := s.decide(s.m.Region, s.m.FromImage, s.m.Labels)
+		if iw := s.idleWait(d); iw > 0 && d.InWindow {
+			if n, stop, err := s.peek(ctx, d, iw); stop {
+				return n, err
+			}
+			peeked = true
+		}
+	}
 	mach, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
 	if err != nil {
 		return s.flyError(ctx, "read machine", err)
@@ -309,10 +325,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	s.m.FromImage, s.m.FromInstanceID = mach.Image, mach.InstanceID
 
 	now := s.now()
-	d := s.o.pol.Decide(policy.Cause(run.Cause), policy.Machine{
-		App: s.m.App, MachineID: s.m.MachineID, Region: mach.Region, Image: mach.Image,
-		Labels: mach.Labels, Deferrals: s.m.Deferrals,
-	}, now)
+	d := s.decide(mach.Region, mach.Image, mach.Labels)
 	if !d.InWindow {
 		msg := "outside the maintenance window"
 		if d.Window != "" {
@@ -322,6 +335,14 @@ func (s *step) ready(ctx context.Context) (next, error) {
 			msg += "; next opens " + d.NextWindow.UTC().Format(time.RFC3339)
 		}
 		return s.finish(ctx, store.OutcomeDeferred, "", msg)
+	}
+	// Only a started or starting machine has an agent with users to drain.
+	drain := mach.State == "started" || mach.State == "starting"
+	if iw := s.idleWait(d); drain && iw > 0 && !peeked && s.m.LeaseNonce == "" {
+		// Idle-first: begin only at a moment with no work in flight.
+		if n, stop, err := s.peek(ctx, d, iw); stop {
+			return n, err
+		}
 	}
 	if s.m.LeaseNonce == "" {
 		lease, err := s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, s.leaseDescription())
@@ -355,10 +376,8 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	}
 
 	// Fly launches the new instance only for a machine that was started,
-	// starting or failed; a stopped one just gets the new config. Only a
-	// started or starting machine has an agent with users to drain.
+	// starting or failed; a stopped one just gets the new config.
 	s.m.Launch = launchable(mach.State)
-	drain := mach.State == "started" || mach.State == "starting"
 
 	drainWait := d.Wait
 	if run.DeadlineOverride > 0 {
@@ -368,16 +387,141 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		MigrationID: s.m.ID, Quiet: d.Quiet, PolicyRule: d.Rule, PolicyVersion: d.Version,
 		OnDeadline: string(d.OnDeadline), MaxDeferrals: d.MaxDeferrals, DecidedAt: now, DeadlineAt: now.Add(drainWait),
 	}
+	if s.m.Peeks > 0 {
+		s.w.Drain.ActiveAgentsAtBegin = s.m.PeekActiveAgents
+	}
 	// The decision is on record before the gateway hears of it.
 	to := store.StateDecided
 	if !drain {
 		to = store.StateUpdating
 	}
 	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
-		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State}); err != nil {
+		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
+		"idle_wait": s.idleWait(d).String(), "peeks": s.m.Peeks}); err != nil {
 		return next{}, err
 	}
+	if s.idleResult != "" {
+		s.o.obs.IdleWaitEnded(s.idleResult, max(now.Sub(s.m.FirstPeekAt), 0))
+	}
 	return next{}, nil
+}
+
+// decide asks the policy about this machine with the given facts.
+func (s *step) decide(region, image string, labels map[string]string) policy.Decision {
+	return s.o.pol.Decide(policy.Cause(s.w.Run.Cause), policy.Machine{
+		App: s.m.App, MachineID: s.m.MachineID, Region: region, Image: image,
+		Labels: labels, Deferrals: s.m.Deferrals,
+	}, s.now())
+}
+
+// idleWait is how long this machine looks for an idle moment.
+func (s *step) idleWait(d policy.Decision) time.Duration {
+	return IdleWait(d, s.m.Deferrals, s.w.Run.IdleWaitOverride)
+}
+
+// IdleWait is how long a machine with this decision and these deferrals
+// looks for an idle moment before its drain: the decision's idle wait, or
+// the run's override of it (nil: none); a machine out of deferrals is
+// drained at once ("then force") either way.
+func IdleWait(d policy.Decision, deferrals int, override *time.Duration) time.Duration {
+	if d.MaxDeferrals > 0 && deferrals >= d.MaxDeferrals {
+		return 0
+	}
+	if override != nil {
+		return *override
+	}
+	return d.IdleWait
+}
+
+// peek reads the agent's status before the machine is leased and drained.
+// stop=false: go on to lease and drain now, because the agent is idle
+// (nothing in flight and serving, or its gateway is not running at all, so
+// nobody is served), or the idle wait is over and on_busy is drain, or the
+// status stayed unreadable to the end (the begin then retries it for
+// GatewayGrace and fails the machine, as without an idle wait: a broken
+// dashboard is neither drained blind nor deferred in silence). stop=true:
+// the step returns (n, err): the machine went back to pending without its
+// slot until the next look, or was deferred, never drained.
+func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Duration) (n next, stop bool, err error) {
+	now := s.now()
+	if s.m.FirstPeekAt.IsZero() {
+		s.m.FirstPeekAt = now
+	}
+	st, serr := s.o.gw.Status(ctx, s.target())
+	s.m.Peeks++
+	s.m.LastPeekAt = now
+	s.m.PeekActiveAgents = nil
+	result := PeekBusy
+	switch {
+	case serr != nil:
+		result = PeekUnreadable
+	case !st.Running || st.ActiveAgents == 0 && st.State != gateway.StateStarting:
+		result = PeekIdle
+	}
+	if serr == nil {
+		active := st.ActiveAgents
+		s.m.PeekActiveAgents = &active
+	}
+	s.o.obs.Peeked(result)
+	over := !now.Before(s.m.FirstPeekAt.Add(idleWait))
+	switch {
+	case result == PeekIdle:
+		s.idleResult, s.m.Error = IdleFound, ""
+		return next{}, false, nil
+	case result == PeekUnreadable && over:
+		s.m.Error = ""
+		return next{}, false, nil
+	case over && d.OnBusy == policy.BusyDrain:
+		s.idleResult, s.m.Error = IdleBusyDrained, ""
+		return next{}, false, nil
+	case over:
+		s.m.Deferrals++
+		s.dropUnchangedStatusReads()
+		n, err := s.finish(ctx, store.OutcomeDeferred, "", fmt.Sprintf(
+			"never idle within the idle wait of %s (%d status reads; last active_agents=%d); deferred without draining (%d of %d)",
+			idleWait, s.m.Peeks, st.ActiveAgents, s.m.Deferrals, d.MaxDeferrals))
+		if err == nil {
+			s.o.obs.IdleWaitEnded(IdleBusyDeferred, max(now.Sub(s.m.FirstPeekAt), 0))
+		}
+		return n, true, err
+	}
+	// Busy (or unreadable): give the slot back at once, in this write, so
+	// the next candidate gets it; look again after a growing pause, and at
+	// the latest when the idle wait ends.
+	s.m.SlotHeld = false
+	s.m.NotBefore = now.Add(s.peekBackoff())
+	if end := s.m.FirstPeekAt.Add(idleWait); s.m.NotBefore.After(end) {
+		s.m.NotBefore = end
+	}
+	detail := map[string]any{"reason": "waiting for an idle moment", "peeks": s.m.Peeks, "next_peek_at": s.m.NotBefore}
+	if serr != nil {
+		s.m.Error = fmt.Sprintf("waiting for an idle moment: status unreadable: %v", serr)
+	} else {
+		s.dropUnchangedStatusReads() // what it saw is in the event
+		detail["active_agents"], detail["gateway_state"] = st.ActiveAgents, st.State
+		s.m.Error = fmt.Sprintf("waiting for an idle moment: active_agents=%d", st.ActiveAgents)
+	}
+	if err := s.transition(ctx, store.StatePending, detail); err != nil {
+		return next{}, true, err
+	}
+	return finished, true, nil
+}
+
+// peekBackoff is the pause before the next peek: PollInterval doubling with
+// every peek up to PeekBackoffMax, ±20 % so that agents found busy together
+// are not read together again.
+func (s *step) peekBackoff() time.Duration {
+	return peekPause(s.o.cfg.PollInterval, s.o.cfg.PeekBackoffMax, s.m.Peeks, rand.Float64())
+}
+
+// peekPause is the pause after the peeks-th look: poll doubling per look,
+// capped at most, scaled by 0.8 + 0.4·u for u in [0, 1).
+func peekPause(poll, most time.Duration, peeks int, u float64) time.Duration {
+	d := poll
+	for i := 1; i < peeks && d < most; i++ {
+		d *= 2
+	}
+	return time.Duration(float64(min(d, most)) * (0.8 + 0.4*u))
 }
 
 // leaseDescription names this machine migration uniquely, so that a lease
@@ -572,6 +716,11 @@ func (s *step) draining(ctx context.Context) (next, error) {
 	changed := d.LastGatewayState != st.State || d.LastActiveAgents == nil || *d.LastActiveAgents != st.ActiveAgents
 	active := st.ActiveAgents
 	d.LastStatusAt, d.LastGatewayState, d.LastActiveAgents = now, st.State, &active
+	if d.ActiveAgentsAtBegin == nil {
+		// Begun without a peek: the first read after the begin says it.
+		d.ActiveAgentsAtBegin = &active
+		changed = true
+	}
 
 	switch {
 	case !st.Running:
