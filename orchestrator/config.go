@@ -29,7 +29,10 @@ type Config struct {
 	// tried again (each after that lease expires) before it fails. Default 5.
 	LeaseRetries int
 	// VerifyTimeout bounds the wait for the new instance to start, pass its
-	// checks and serve; past it the old image is put back. Default 5m.
+	// checks and serve; past it the old image is put back. A definitive
+	// failure (startup_failed, machine failed, instance stopped, flyd's
+	// revert) does not wait for it. It bounds the rollback the same way,
+	// until the agent serves again on the old image. Default 5m.
 	VerifyTimeout time.Duration
 	// WaitStep is the longest single /wait call; short, so a job execution
 	// stays short and a crash hands the machine over quickly. Default 5s.

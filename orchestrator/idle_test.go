@@ -258,3 +258,35 @@ func TestBusyDeferralsThenForce(t *testing.T) {
 		t.Fatalf("second run: %+v: want drained at once and forced", h)
 	}
 }
+
+// At the peek, a gateway that is not running serves nobody: it counts as
+// idle and the machine goes on at once (as the drain would find it
+// quiescent). A status that cannot be read is not taken for idle: the
+// machine keeps looking for the idle wait, then goes on to the begin, which
+// fails the machine after the gateway grace as without an idle wait,
+// never recreating it blind.
+func TestPeekAtADownOrUnreachableGateway(t *testing.T) {
+	t.Parallel()
+	pol := mustPolicy(t, "[causes.auto-update]\nidle_wait = \"1m\"\n")
+	w := newWorld(t, worldOpts{sim: idleFleet(2), policy: pol})
+	ms := machinesOf(w)
+	down, unreachable := ms[0], ms[1]
+	w.sim.SetGatewayDown(down.App, down.ID, true)
+	w.sim.SetDashboardDown(unreachable.App, unreachable.ID, true)
+	run := w.createRun(orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: imgV2, MaxUnavailable: "2",
+		FailureThreshold: 2})
+	w.waitRun(run.ID, time.Minute)
+
+	h := w.idleHistory(run.ID, down.ID)
+	if h.Peeks != 1 || h.DrainStarted == nil || h.DrainOutcome != store.DrainGatewayDown || h.IdleWaitSeconds == nil || *h.IdleWaitSeconds > 5 {
+		t.Fatalf("gateway down: %+v (idle wait %s s): want one look, then drained at once", h, show(h.IdleWaitSeconds))
+	}
+	h = w.idleHistory(run.ID, unreachable.ID)
+	if h.Outcome != store.OutcomeFailed || !strings.Contains(h.Error, "gateway unreachable") || h.Peeks < 2 ||
+		h.DrainStarted != nil || h.ActiveAtBegin != nil {
+		t.Fatalf("dashboard unreachable: %+v: want several looks, then failed by the begin, never drained", h)
+	}
+	if v := w.sim.Machine(unreachable.App, unreachable.ID); v.Updates != 0 {
+		t.Fatalf("an agent whose status could not be read was recreated: %+v", v)
+	}
+}

@@ -285,12 +285,16 @@ type RunCounts struct {
 	ByOutcome map[string]int
 	Total     int
 	SlotsHeld int
+	// WaitingForIdle counts pending machines that wait for an idle moment
+	// of their agent (peeked and found busy; they hold no slot).
+	WaitingForIdle int
 }
 
 // CountRun returns the counts of run id.
 func (q *Q) CountRun(ctx context.Context, id int64) (RunCounts, error) {
 	rows, err := q.db.Query(ctx, `
-		SELECT state, coalesce(outcome, ''), count(*), count(*) FILTER (WHERE slot_held)
+		SELECT state, coalesce(outcome, ''), count(*), count(*) FILTER (WHERE slot_held),
+			count(*) FILTER (WHERE state = 'pending' AND peeks > 0)
 		FROM machine_migrations WHERE run_id = $1 GROUP BY 1, 2`, id)
 	if err != nil {
 		return RunCounts{}, fmt.Errorf("count run %d: %w", id, err)
@@ -299,10 +303,11 @@ func (q *Q) CountRun(ctx context.Context, id int64) (RunCounts, error) {
 	c := RunCounts{ByState: map[string]int{}, ByOutcome: map[string]int{}}
 	for rows.Next() {
 		var state, outcome string
-		var n, held int
-		if err := rows.Scan(&state, &outcome, &n, &held); err != nil {
+		var n, held, idle int
+		if err := rows.Scan(&state, &outcome, &n, &held, &idle); err != nil {
 			return RunCounts{}, err
 		}
+		c.WaitingForIdle += idle
 		c.ByState[state] += n
 		if outcome != "" {
 			c.ByOutcome[outcome] += n

@@ -472,7 +472,7 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 				count(*) FILTER (WHERE NOT quiet),
 				count(*) FILTER (WHERE drain_outcome = 'quiesced'),
 				count(*) FILTER (WHERE drain_outcome = 'deadline_forced'),
-				count(*) FILTER (WHERE outcome = 'deferred'),
+				count(*) FILTER (WHERE outcome = 'deferred'), -- never idle, or at the deadline
 				count(*) FILTER (WHERE drain_outcome = 'gateway_down'),
 				count(*) FILTER (WHERE outcome = 'migrated'),
 				count(*) FILTER (WHERE outcome = 'rolled_back'),

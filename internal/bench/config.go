@@ -93,7 +93,9 @@ type Config struct {
 	// Cause is the run's cause. Default image-migration.
 	Cause policy.Cause
 	// IdleWait overrides the policy's idle wait for the run (0: begin the
-	// drain at once, as before idle-first); nil keeps the policy's.
+	// drain at once, as before idle-first). nil: the policy's with
+	// Activity; without, 0 (the drain-scheduling scenarios measure how
+	// drains that wait are scheduled, so every drain begins at its slot).
 	IdleWait *time.Duration
 	// Deadline is the run's DeadlineOverride: long enough that no drain is
 	// forced. Default 24h.
