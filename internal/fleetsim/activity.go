@@ -153,7 +153,7 @@ func (s *Sim) accrue(m *machine, now time.Time) {
 	if mk == nil || mk.epoch != m.epoch || m.state != vmStarted || m.gatewayDown || m.unhealthy {
 		return
 	}
-	lo := later(later(mk.noticeAt, m.gwStart.Add(s.cfg.GatewayStartup)), m.startedAt)
+	lo := later(later(mk.noticeAt, m.gwStart.Add(m.gwStartup)), m.startedAt)
 	hi := mk.requestedAt.Add(s.cfg.MarkerTTL)
 	lo, hi = later(lo, from), earlier(hi, now)
 	if hi.After(lo) {

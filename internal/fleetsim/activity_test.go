@@ -92,6 +92,18 @@ func TestDrainingTimeAcrossGatewayRestart(t *testing.T) {
 	if v := h.sim.Machine(app, id); v.DrainingTime != 15*time.Second || v.GatewayState != "draining" {
 		t.Fatalf("draining %s state %s, want 15s and draining", v.DrainingTime, v.GatewayState)
 	}
+
+	// A slow-starting gateway (its image's start-up, not the default) is
+	// "starting", not draining, until it runs.
+	other := h.sim.Apps()[1]
+	otherID := h.sim.MachineIDs(other)[0]
+	h.sim.SlowStart("registry.fly.io/hermes-agent:slow", time.Minute)
+	h.recreate(other, otherID, "registry.fly.io/hermes-agent:slow")
+	h.drain(other, otherID, `{"suppress_notification":true}`)
+	h.clk.Advance(2 * time.Minute)
+	if v := h.sim.Machine(other, otherID); v.DrainingTime != time.Minute || v.GatewayState != "draining" {
+		t.Fatalf("slow start: draining %s state %s, want 1m0s (after the minute of start-up) and draining", v.DrainingTime, v.GatewayState)
+	}
 }
 
 func activityOf(n int, seed int64, a Activity) []*generator {
