@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,6 +13,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/hermes-cloud/migrator/internal/bench"
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/policy"
 )
 
 // benchServerEnv names a PostgreSQL server on which the benchmark creates
@@ -22,9 +25,10 @@ func init() { register(newBenchCmd) }
 
 func newBenchCmd(e *env) *cobra.Command {
 	var (
-		fleet, drainWait, large bench.Config
-		turnsAt, out            string
-		timeout                 time.Duration
+		fleet, drainWait, large, activity bench.Config
+		turnsAt, out                      string
+		timeout                           time.Duration
+		scenarios                         []string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--machines N] [--budget B] [--seed S] [--time-scale F] [--out FILE]",
@@ -40,14 +44,24 @@ func newBenchCmd(e *env) *cobra.Command {
 			"  drain-wait  --drain-wait-machines (default 1,000) machines all draining at once for\n" +
 			"              --drain-wait (default 1m), B = the fleet, at --drain-wait-time-scale\n" +
 			"              (default 1: real time): SQL statements/s while they wait and per machine;\n" +
-			"  large       --large-machines (default 0: skipped; `make bench` runs 10,000): peak RSS.\n\n" +
+			"  large       --large-machines (default 0: skipped; `make bench` runs 10,000): peak RSS;\n" +
+			"  activity    --activity-machines (default 2,000) agents whose users keep talking (the\n" +
+			"              simulator's activity model, --seed), B = --activity-budget (100), migrated\n" +
+			"              twice by an auto-update run from the same starting state: with idle wait 0\n" +
+			"              (the drain begins at once) and with the policy's idle wait (idle-first):\n" +
+			"              turns refused and interrupted, agent-seconds draining, deferrals, makespan\n" +
+			"              of the migrated machines ÷ LB_r, calls and SQL per machine, side by side.\n\n" +
+			"--scenario picks some of them (repeat it or separate with commas; default all). When it\n" +
+			"leaves some out and --out names an existing results file, the sections of the scenarios\n" +
+			"run replace theirs in it and the rest is kept, with a note saying which were not re-run.\n\n" +
 			"The database is a throwaway PostgreSQL started from the server binaries on PATH or in\n" +
 			"/usr/lib/postgresql/*/bin, or a throwaway database on the server " + benchServerEnv + " names.\n" +
 			"Targets missed are reported, not failed: the exit status is 0 when every scenario ran\n" +
 			"and every machine migrated; a run that ended otherwise is still written, then exits 1.",
 		Example: "  migrator bench\n" +
 			"  migrator bench --machines 500 --budget 50 --drain-wait-machines 0 --out -\n" +
-			"  migrator bench --large-machines 10000 --out bench/results.md",
+			"  migrator bench --large-machines 10000 --out bench/results.md\n" +
+			"  migrator bench --scenario activity --out bench/results.md",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
@@ -77,8 +91,14 @@ func newBenchCmd(e *env) *cobra.Command {
 				return usagef("%s: history rounds must not be negative", cmd.CommandPath())
 			case (fleet.HistoryRounds > 0 || large.HistoryRounds > 0) && turnsAt != string(bench.TurnsAtDrain):
 				return usagef("%s: history rounds need --turns-at drain (turns from t=0 happen once)", cmd.CommandPath())
+			case activity.Machines < 1 || activity.Budget < 1 || activity.TimeScale <= 0 || activity.PeekBackoffMax < 0:
+				return usagef("%s: --activity-machines and --activity-budget must be at least 1, --activity-time-scale positive", cmd.CommandPath())
 			case out == "":
 				return usagef("%s: --out must name a file, or - for stdout", cmd.CommandPath())
+			}
+			want, err := benchScenarios(scenarios)
+			if err != nil {
+				return usagef("%s: %v", cmd.CommandPath(), err)
 			}
 			server := strings.TrimSpace(e.getenv(benchServerEnv))
 			log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -88,7 +108,13 @@ func newBenchCmd(e *env) *cobra.Command {
 			}
 			start := time.Now()
 			command := []string{cmd.CommandPath()}
-			cmd.Flags().Visit(func(f *pflag.Flag) { command = append(command, "--"+f.Name+" "+f.Value.String()) })
+			cmd.Flags().Visit(func(f *pflag.Flag) {
+				v := f.Value.String()
+				if sv, ok := f.Value.(pflag.SliceValue); ok {
+					v = strings.Join(sv.GetSlice(), ",")
+				}
+				command = append(command, "--"+f.Name+" "+v)
+			})
 			rep := bench.Report{Host: bench.ThisHost(start), Command: strings.Join(command, " ")}
 
 			fleet.Name, fleet.TurnsAt = "fleet", bench.TurnsAt(turnsAt)
@@ -109,14 +135,16 @@ func newBenchCmd(e *env) *cobra.Command {
 				}
 				return &r
 			}
-			rep.Fleet = runScenario(fleet)
-			if drainWait.Machines > 0 {
+			if want["fleet"] {
+				rep.Fleet = runScenario(fleet)
+			}
+			if want["drain-wait"] && drainWait.Machines > 0 {
 				drainWait.Name, drainWait.Budget, drainWait.FixedTurns = "drain-wait", drainWait.Machines, true
 				common(&drainWait)
 				drainWait.MachinesPerApp = 1
 				rep.DrainWait = runScenario(drainWait)
 			}
-			if large.Machines > 0 {
+			if want["large"] && large.Machines > 0 {
 				large.Name, large.TurnMedian, large.TurnSigma, large.TurnsAt, large.TurnPersistence =
 					fmt.Sprintf("large-%d", large.Machines), fleet.TurnMedian, fleet.TurnSigma, fleet.TurnsAt, fleet.TurnPersistence
 				largeConns := large.MaxConns
@@ -127,7 +155,10 @@ func newBenchCmd(e *env) *cobra.Command {
 				}
 				rep.Large = runScenario(large)
 			}
-			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil {
+			if want["activity"] {
+				rep.AtOnce, rep.IdleFirst = runActivity(activity, common, runScenario)
+			}
+			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil && rep.AtOnce == nil && rep.IdleFirst == nil {
 				return runErr
 			}
 			rep.Wall = time.Since(start)
@@ -151,15 +182,17 @@ func newBenchCmd(e *env) *cobra.Command {
 			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 				return fmt.Errorf("write results: %w", err)
 			}
-			f, err := os.Create(out)
-			if err != nil {
-				return fmt.Errorf("write results: %w", err)
-			}
-			if err := rep.WriteMarkdown(f); err != nil {
-				f.Close()
+			var buf strings.Builder
+			if err := rep.WriteMarkdown(&buf); err != nil {
 				return fmt.Errorf("write results to %s: %w", out, err)
 			}
-			if err := f.Close(); err != nil {
+			text := buf.String()
+			if len(want) < len(benchScenarioNames) {
+				if old, err := os.ReadFile(out); err == nil {
+					text = bench.MergeMarkdown(string(old), text, rep.Host.Date)
+				}
+			}
+			if err := os.WriteFile(out, []byte(text), 0o644); err != nil {
 				return fmt.Errorf("write results to %s: %w", out, err)
 			}
 			fmt.Fprintf(e.stdout, "results written to %s (%s)\n", out, rep.Wall.Round(time.Second))
@@ -190,6 +223,48 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.Int32Var(&large.MaxConns, "large-max-conns", 0, "large scenario: database pool size (0: as --max-conns)")
 	f.Float64Var(&large.TimeScale, "large-time-scale", bench.DefaultTimeScale, "large scenario: time scale")
 	f.DurationVar(&timeout, "timeout", bench.DefaultTimeout, "wall-time bound of each scenario's run")
+	f.IntVar(&activity.Machines, "activity-machines", bench.DefaultMachines, "activity scenario: agents")
+	f.IntVar(&activity.Budget, "activity-budget", bench.DefaultBudget, "activity scenario: fleet budget B")
+	f.Float64Var(&activity.TimeScale, "activity-time-scale", bench.DefaultActivityTimeScale, "activity scenario: time scale")
+	f.DurationVar(&activity.PeekBackoffMax, "activity-peek-backoff-max", 0, "activity scenario: longest pause between status reads of a busy agent (0: the orchestrator's, 1m)")
+	f.StringSliceVar(&scenarios, "scenario", nil, "scenarios to run: fleet, drain-wait, large, activity (default all)")
 	f.StringVar(&out, "out", "bench/results.md", "results file (- for stdout)")
 	return cmd
+}
+
+// benchScenarioNames are --scenario's values.
+var benchScenarioNames = []string{"fleet", "drain-wait", "large", "activity"}
+
+// benchScenarios reads --scenario: none given is all of them.
+func benchScenarios(names []string) (map[string]bool, error) {
+	want := map[string]bool{}
+	if len(names) == 0 {
+		names = benchScenarioNames
+	}
+	for _, n := range names {
+		n = strings.TrimSpace(n)
+		if !slices.Contains(benchScenarioNames, n) {
+			return nil, fmt.Errorf("--scenario %q: want one of %s", n, strings.Join(benchScenarioNames, ", "))
+		}
+		want[n] = true
+	}
+	return want, nil
+}
+
+// runActivity runs the activity scenario's two runs: the same fleet of
+// talking agents moved by an auto-update run with idle wait 0 (begin at
+// once) and with the policy's (idle first). Both wait the auto-update's
+// policy wait and then defer, as the nightly run does.
+func runActivity(c bench.Config, common func(*bench.Config), run func(bench.Config) *bench.Result) (atOnce, idleFirst *bench.Result) {
+	act := fleetsim.DefaultActivity()
+	c.Activity, c.Cause = &act, policy.AutoUpdate
+	c.Deadline = policy.Default().Settings(policy.AutoUpdate).Wait
+	common(&c)
+	c.MachinesPerApp = 1
+	zero := time.Duration(0)
+	first := c
+	first.Name, first.IdleWait = "activity-at-once", &zero
+	second := c
+	second.Name, second.IdleWait = "activity-idle-first", nil
+	return run(first), run(second)
 }

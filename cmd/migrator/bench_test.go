@@ -26,6 +26,8 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "--history-rounds", "-1"},
 		{"bench", "--turns-at", "start"},
 		{"bench", "extra"},
+		{"bench", "--scenario", "fleet,bogus"},
+		{"bench", "--activity-budget", "0"},
 	} {
 		var stdout, stderr bytes.Buffer
 		e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}
@@ -53,7 +55,7 @@ func TestBenchWritesResults(t *testing.T) {
 		return ""
 	}, stdout: &stdout, stderr: &stderr}
 	code := run(ctx, e, []string{"bench", "--machines", "8", "--budget", "4", "--time-scale", "50", "--turn-median", "3s",
-		"--drain-wait-machines", "4", "--drain-wait", "5s", "--drain-wait-time-scale", "50", "--out", out})
+		"--drain-wait-machines", "4", "--drain-wait", "5s", "--drain-wait-time-scale", "50", "--scenario", "fleet,drain-wait", "--out", out})
 	if code != exitOK {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout.String(), stderr.String())
 	}
@@ -70,5 +72,48 @@ func TestBenchWritesResults(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "results written to "+out) || !strings.Contains(stdout.String(), "rate-limit violations") {
 		t.Errorf("stdout %q", stdout.String())
+	}
+}
+
+// --scenario activity alone, into an existing results file: both strategies
+// side by side, and the earlier file's other sections kept with a note.
+func TestBenchActivityMergesIntoResults(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "results.md")
+	earlier := "# Fleet benchmark results\n\nWritten by `migrator bench --large-machines 10000` on 2026-11-27 21:43 UTC; the whole command took 31m3s of wall time.\n\n" +
+		"## Targets\n\n| target | measured | |\n|---|---|---|\n| makespan ≤ 1.15 × LB (2,000 machines, B = 100) | 1.047 × LB (2000 machines, B = 100) | met |\n\n" +
+		"## Scenarios\n\n| | fleet |\n|---|---|\n| machines (apps) | 2000 (2000) |\n\n## How it is measured\n\n- old notes\n"
+	if err := os.WriteFile(out, []byte(earlier), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	admin := storetest.AdminDSN(t)
+	e := &env{getenv: func(k string) string {
+		if k == benchServerEnv {
+			return admin
+		}
+		return ""
+	}, stdout: &stdout, stderr: &stderr}
+	code := run(ctx, e, []string{"bench", "--scenario", "activity", "--activity-machines", "12", "--activity-budget", "4",
+		"--activity-time-scale", "60", "--seed", "2", "--out", out})
+	if code != exitOK {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Activity: begin at once vs idle first", "| | begin at once | idle first |",
+		"| idle wait | 0s (run override) | the policy's |", "activity: idle-first refuses ≥ 10× fewer turns",
+		"Sections of scenarios not re-run are kept from an earlier run: `migrator bench --large-machines 10000` on 2026-11-27 21:43 UTC",
+		"| makespan ≤ 1.15 × LB (2,000 machines, B = 100) | 1.047 × LB (2000 machines, B = 100) | met |",
+		"## Scenarios\n\n| | fleet |", "| activity-at-once | activity-idle-first |"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("results file lacks %q:\n%s", want, b)
+		}
+	}
+	if strings.Contains(string(b), "old notes") {
+		t.Error("the earlier notes on method were kept next to the fresh ones")
 	}
 }

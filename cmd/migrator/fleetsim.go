@@ -22,6 +22,9 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		seed              int64
 		scale, busy       float64
 		disableRateLimits bool
+		activity          bool
+		turnsPerHour      float64
+		longTaskShare     float64
 	)
 	cmd := &cobra.Command{
 		Use:   "fleetsim --apps N --listen 127.0.0.1:PORT",
@@ -31,12 +34,19 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			"stdout, the environment (FLY_API_TOKEN, FLY_FLAPS_BASE_URL, MIGRATOR_GATEWAY_URL,\n" +
 			"MIGRATOR_DRAIN_KEY, MIGRATOR_FLY_ORG) that points migrator at it, then serves until\n" +
 			"SIGINT. The token and drain key are throwaway values of this simulator.\n\n" +
+			"--activity makes the agents talk: per agent, user turns arrive as a Poisson process at\n" +
+			"the agent's own rate (log-normal across the fleet around --turns-per-hour: most quiet,\n" +
+			"a few chatty), with heavy-tailed turn lengths, and --long-task-share of them in a\n" +
+			"multi-hour task; turns arriving while an agent drains are refused, turns in flight at\n" +
+			"the recreate interrupted (GET /_sim/state: activity, refusals, each machine's\n" +
+			"DrainingTime).\n\n" +
 			"A --scenario TOML file describes the fleet, workload and faults (see package fleetsim);\n" +
 			"flags given explicitly override it. Observe and inject faults at runtime through\n" +
 			"GET /_sim/state, POST /_sim/faults and POST /_sim/control (Bearer FLY_API_TOKEN).",
 		Example: "  migrator fleetsim --apps 20 --listen 127.0.0.1:8719\n" +
 			"  migrator fleetsim --apps 5 --time-scale 10 > fleetsim.env & sleep 1; . ./fleetsim.env\n" +
-			"  migrator fleetsim --scenario faults.toml --listen 127.0.0.1:0 --seed 7",
+			"  migrator fleetsim --scenario faults.toml --listen 127.0.0.1:0 --seed 7\n" +
+			"  migrator fleetsim --apps 200 --activity --turns-per-hour 4 --time-scale 10",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := fleetsim.Config{Workload: fleetsim.Workload{BusyFraction: busy}}
@@ -70,11 +80,35 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			if flags.Changed("disable-rate-limits") {
 				cfg.DisableRateLimits = disableRateLimits
 			}
+			if activity {
+				if flags.Changed("busy-fraction") {
+					return usagef("%s: --activity and --busy-fraction exclude each other", cmd.CommandPath())
+				}
+				a := fleetsim.DefaultActivity()
+				if cfg.Workload.Activity != nil {
+					a = *cfg.Workload.Activity
+				}
+				if flags.Changed("turns-per-hour") || cfg.Workload.Activity == nil {
+					a.TurnsPerHour = turnsPerHour
+				}
+				if flags.Changed("long-task-share") || cfg.Workload.Activity == nil {
+					a.LongTaskShare = longTaskShare
+				}
+				cfg.Workload = fleetsim.Workload{Activity: &a}
+			} else if flags.Changed("turns-per-hour") || flags.Changed("long-task-share") {
+				return usagef("%s: --turns-per-hour and --long-task-share need --activity", cmd.CommandPath())
+			} else if cfg.Workload.Activity != nil && flags.Changed("busy-fraction") {
+				return usagef("%s: --busy-fraction: the scenario has an [activity] section", cmd.CommandPath())
+			}
 			switch {
 			case cfg.Apps < 1:
 				return usagef("%s: --apps must be at least 1, got %d", cmd.CommandPath(), cfg.Apps)
 			case cfg.MachinesPerApp < 1:
 				return usagef("%s: --machines-per-app must be at least 1, got %d", cmd.CommandPath(), cfg.MachinesPerApp)
+			case activity && (turnsPerHour <= 0 || turnsPerHour > fleetsim.MaxTurnsPerHour):
+				return usagef("%s: --turns-per-hour must be in (0, %g], got %g", cmd.CommandPath(), fleetsim.MaxTurnsPerHour, turnsPerHour)
+			case activity && (longTaskShare < 0 || longTaskShare > 1):
+				return usagef("%s: --long-task-share must be in [0, 1], got %g", cmd.CommandPath(), longTaskShare)
 			case scale <= 0:
 				return usagef("%s: --time-scale must be positive, got %g", cmd.CommandPath(), scale)
 			case listen == "":
@@ -120,6 +154,9 @@ func newFleetsimCmd(e *env) *cobra.Command {
 	f.Int64Var(&seed, "seed", 0, "seed for machine ids, workload and faults")
 	f.Float64Var(&scale, "time-scale", 1, "simulated seconds per wall second")
 	f.Float64Var(&busy, "busy-fraction", 0.2, "fraction of agents with work in flight at any time, in [0,1)")
+	f.BoolVar(&activity, "activity", false, "agents talk: Poisson user turns at per-agent rates (the activity model) instead of --busy-fraction")
+	f.Float64Var(&turnsPerHour, "turns-per-hour", fleetsim.DefaultTurnsPerHour, "with --activity: the median agent's user turns per hour")
+	f.Float64Var(&longTaskShare, "long-task-share", fleetsim.DefaultLongTaskShare, "with --activity: share of agents in a multi-hour task at the start")
 	f.StringVar(&scenario, "scenario", "", "TOML file describing the fleet, workload and faults")
 	f.BoolVar(&disableRateLimits, "disable-rate-limits", false, "do not enforce Fly's rate limits")
 	return cmd

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/logbuf"
 )
 
@@ -22,24 +24,7 @@ func TestFleetsimServesUntilInterrupted(t *testing.T) {
 	go func() {
 		done <- run(ctx, e, []string{"fleetsim", "--apps", "4", "--machines-per-app", "2", "--listen", "127.0.0.1:0", "--time-scale", "50"})
 	}()
-	vars := map[string]string{}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(vars) < 5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no environment printed; stdout %q stderr %q", stdout.String(), stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-		for _, line := range strings.Split(stdout.String(), "\n") {
-			if k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "="); ok {
-				vars[k] = v
-			}
-		}
-	}
-	for _, k := range []string{"FLY_API_TOKEN", "FLY_FLAPS_BASE_URL", "MIGRATOR_GATEWAY_URL", "MIGRATOR_DRAIN_KEY", "MIGRATOR_FLY_ORG"} {
-		if vars[k] == "" {
-			t.Fatalf("%s missing from %q", k, stdout.String())
-		}
-	}
+	vars := waitFleetsimEnv(t, &stdout, &stderr)
 	req, _ := http.NewRequest("GET", vars["FLY_FLAPS_BASE_URL"]+"/v1/apps/hermes-agent-4/machines", nil)
 	req.Header.Set("Authorization", "Bearer "+vars["FLY_API_TOKEN"])
 	res, err := http.DefaultClient.Do(req)
@@ -64,6 +49,69 @@ func TestFleetsimServesUntilInterrupted(t *testing.T) {
 	}
 }
 
+// waitFleetsimEnv waits for the environment `migrator fleetsim` prints.
+func waitFleetsimEnv(t *testing.T, stdout, stderr *logbuf.Buffer) map[string]string {
+	t.Helper()
+	vars := map[string]string{}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(vars) < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no environment printed; stdout %q stderr %q", stdout.String(), stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+		for _, line := range strings.Split(stdout.String(), "\n") {
+			if k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "="); ok {
+				vars[k] = v
+			}
+		}
+	}
+	for _, k := range []string{"FLY_API_TOKEN", "FLY_FLAPS_BASE_URL", "MIGRATOR_GATEWAY_URL", "MIGRATOR_DRAIN_KEY", "MIGRATOR_FLY_ORG"} {
+		if vars[k] == "" {
+			t.Fatalf("%s missing from %q", k, stdout.String())
+		}
+	}
+	return vars
+}
+
+// --activity serves agents that talk: chatty ones have turns in flight from
+// the start, and /_sim/state reports the activity totals.
+func TestFleetsimActivity(t *testing.T) {
+	var stdout, stderr logbuf.Buffer
+	e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, e, []string{"fleetsim", "--apps", "40", "--activity", "--turns-per-hour", "60", "--long-task-share", "0",
+			"--listen", "127.0.0.1:0", "--seed", "3"})
+	}()
+	vars := waitFleetsimEnv(t, &stdout, &stderr)
+	req, _ := http.NewRequest("GET", vars["FLY_FLAPS_BASE_URL"]+"/_sim/state", nil)
+	req.Header.Set("Authorization", "Bearer "+vars["FLY_API_TOKEN"])
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st fleetsim.State
+	err = json.NewDecoder(res.Body).Decode(&st)
+	res.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := 0
+	for _, m := range st.Machines {
+		if m.ActiveAgents > 0 {
+			busy++
+		}
+	}
+	// 60 turns an hour of 41 s on average: about half the agents are busy.
+	if busy < 5 || st.Activity.Served < busy {
+		t.Fatalf("%d of 40 agents busy, activity %+v: the agents do not talk", busy, st.Activity)
+	}
+	cancel()
+	<-done
+}
+
 func TestFleetsimUsage(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.toml")
@@ -77,6 +125,10 @@ func TestFleetsimUsage(t *testing.T) {
 		{"fleetsim", "--scenario", filepath.Join(dir, "missing.toml")},
 		{"fleetsim", "--scenario", bad},
 		{"fleetsim", "extra"},
+		{"fleetsim", "--activity", "--busy-fraction", "0.3"},
+		{"fleetsim", "--turns-per-hour", "3"},
+		{"fleetsim", "--activity", "--turns-per-hour", "0"},
+		{"fleetsim", "--activity", "--long-task-share", "2"},
 	} {
 		var stdout, stderr bytes.Buffer
 		e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}

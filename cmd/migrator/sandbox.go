@@ -37,37 +37,49 @@ const (
 	// beyond 60× a loaded machine may not keep up between two steps.
 	sandboxMaxScale  = 60
 	sandboxStopGrace = 10 * time.Second
+	// sandboxTurnsPerHour makes the story visible on a dozen agents: the
+	// loud run's drains refuse a few turns.
+	sandboxTurnsPerHour = 12
 )
 
 // sandboxConfig is what the flags ask for.
 type sandboxConfig struct {
-	Apps      int
-	Busy      float64 // fraction of agents with a (short) turn in flight at any time
-	TimeScale float64 // simulated seconds per wall second
-	Keep      bool    // after the summary, keep everything up until interrupted
+	Apps int
+	// TurnsPerHour is the median agent's rate of user turns (the
+	// simulator's activity model; a few agents are much chattier).
+	TurnsPerHour float64
+	TimeScale    float64 // simulated seconds per wall second
+	Keep         bool    // after the summary, keep everything up until interrupted
 	// AutoWait and OperatorWait are the two runs' drain deadlines
 	// (a run's deadline override; the policy's wait when zero).
 	AutoWait, OperatorWait time.Duration
+	// AutoIdleWait is how long the auto-update run looks for an idle
+	// moment before it begins a drain (the run's idle-wait override).
+	AutoIdleWait time.Duration
 }
 
 // midTurn is the task the auto-update's drain waits out, well within its wait.
-func (c sandboxConfig) midTurn() time.Duration { return min(4*time.Minute, c.AutoWait/3) }
+func (c sandboxConfig) midTurn() time.Duration {
+	return min(4*time.Minute, c.AutoWait/3, c.AutoIdleWait/3)
+}
 
 // longTurn outlasts both runs' deadlines and the time between them.
 func (c sandboxConfig) longTurn() time.Duration {
-	return max(3*time.Hour, 2*(c.AutoWait+c.OperatorWait)+time.Hour)
+	return max(3*time.Hour, 2*(c.AutoIdleWait+c.AutoWait+c.OperatorWait)+time.Hour)
 }
 
 func (c sandboxConfig) validate() error {
 	switch {
 	case c.Apps < sandboxMinApps || c.Apps > sandboxMaxApps:
 		return fmt.Errorf("--apps must be between %d and %d, got %d", sandboxMinApps, sandboxMaxApps, c.Apps)
-	case c.Busy < 0 || c.Busy >= 1:
-		return fmt.Errorf("--busy must be in [0, 1), got %g", c.Busy)
+	case !(c.TurnsPerHour > 0 && c.TurnsPerHour <= fleetsim.MaxTurnsPerHour):
+		return fmt.Errorf("--turns-per-hour must be in (0, %g], got %g", fleetsim.MaxTurnsPerHour, c.TurnsPerHour)
 	case c.TimeScale < 1 || c.TimeScale > sandboxMaxScale:
 		return fmt.Errorf("--time-scale must be between 1 and %d, got %g", sandboxMaxScale, c.TimeScale)
 	case c.AutoWait < time.Minute || c.AutoWait > policy.MaxWait:
 		return fmt.Errorf("--auto-update-wait must be between 1m and %s, got %s", policy.MaxWait, c.AutoWait)
+	case c.AutoIdleWait < time.Minute || c.AutoIdleWait > policy.MaxWait:
+		return fmt.Errorf("--auto-update-idle-wait must be between 1m and %s, got %s", policy.MaxWait, c.AutoIdleWait)
 	case c.OperatorWait < time.Minute || c.OperatorWait > policy.MaxWait:
 		return fmt.Errorf("--operator-wait must be between 1m and %s, got %s", policy.MaxWait, c.OperatorWait)
 	}
@@ -82,24 +94,30 @@ func newSandboxCmd(e *env) *cobra.Command {
 		Long: "Run the whole job on this machine in about a minute, with nothing to configure:\n" +
 			"a throwaway PostgreSQL (from the local server binaries; Debian package postgresql),\n" +
 			"the fleet simulator with --apps agents on a clock running --time-scale times faster,\n" +
-			"and the worker (what `migrator serve` runs) in this process. Then:\n\n" +
+			"and the worker (what `migrator serve` runs) in this process. The agents' users keep\n" +
+			"talking (about --turns-per-hour turns an hour each, a few agents much chattier): a turn\n" +
+			"that arrives while an agent drains is refused, one in flight at the recreate is\n" +
+			"interrupted. Then:\n\n" +
 			"  1. the \"stable\" channel moves to a new image and an auto-update run (quiet drains:\n" +
-			"     no home-channel broadcast) moves every opted-in agent. Idle agents are moved at\n" +
-			"     once, a busy one at its first idle moment (its drain refuses no turn); a few\n" +
-			"     agents have a task of hours in flight and, never idle within --auto-update-wait,\n" +
-			"     are deferred without being drained; one agent's gateway\n" +
-			"     has crashed: it is recreated, does not come back serving, and is rolled back.\n" +
-			"  2. an operator run (loud drains) moves the deferred agents, forcing them at its\n" +
-			"     --operator-wait deadline: their users are told their task was interrupted.\n\n" +
+			"     no home-channel broadcast) moves every opted-in agent, idle first: it begins an\n" +
+			"     agent's drain only at a moment the agent has no turn in flight, so hardly a turn\n" +
+			"     is refused. Idle agents are moved at once, a busy one when its task is done; a\n" +
+			"     few agents have a task of hours in flight and are deferred, never drained, after\n" +
+			"     --auto-update-idle-wait; one agent's gateway has crashed: it is recreated, does\n" +
+			"     not come back serving, and is rolled back.\n" +
+			"  2. an operator run (loud drains, begun at once) moves the deferred agents, forcing\n" +
+			"     them at its --operator-wait deadline: their drains refuse the turns that arrive,\n" +
+			"     and their users are told their task was interrupted.\n\n" +
 			"Progress is shown as `migrator run follow` shows it, then the audit summary from\n" +
-			"drain_history with the simulator's count of home broadcasts and pinged sessions.\n" +
+			"drain_history with the simulator's count of home broadcasts, pinged sessions, and\n" +
+			"refused and interrupted turns per run.\n" +
 			"Everything is stopped and removed at the end, on failure and on Ctrl-C. With --keep,\n" +
 			"PostgreSQL, the simulator and the worker stay up after the summary until Ctrl-C, and\n" +
 			"DATABASE_URL is printed so you can try `migrator history` in another terminal.\n\n" +
 			"Exit status: 0 when both runs ended as the story says, 1 otherwise, 2 for bad flags\n" +
 			"or no PostgreSQL server binaries.",
 		Example: "  go run ./cmd/migrator sandbox\n" +
-			"  migrator sandbox --apps 30 --busy 0.4\n" +
+			"  migrator sandbox --apps 30 --turns-per-hour 30\n" +
 			"  migrator sandbox --time-scale 60 --auto-update-wait 5m --operator-wait 2m   # ~15 s\n" +
 			"  migrator sandbox --keep        # then, in another terminal:\n" +
 			"      DATABASE_URL=… migrator history --run 1",
@@ -113,9 +131,10 @@ func newSandboxCmd(e *env) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.IntVar(&cfg.Apps, "apps", 12, "number of simulated agents (one app, one machine each)")
-	f.Float64Var(&cfg.Busy, "busy", 0.25, "fraction of agents with a short turn in flight at any time, in [0,1)")
+	f.Float64Var(&cfg.TurnsPerHour, "turns-per-hour", sandboxTurnsPerHour, "the median agent's user turns per hour (a few agents are much chattier)")
 	f.Float64Var(&cfg.TimeScale, "time-scale", 30, "simulated seconds per wall second, at most 60 (30: a 10m drain wait lasts 20 s)")
 	f.DurationVar(&cfg.AutoWait, "auto-update-wait", 10*time.Minute, "how long the auto-update run's drains may wait before deferring")
+	f.DurationVar(&cfg.AutoIdleWait, "auto-update-idle-wait", 10*time.Minute, "how long the auto-update run looks for an idle moment before deferring a busy agent")
 	f.DurationVar(&cfg.OperatorWait, "operator-wait", 10*time.Minute, "how long the operator run's drains may wait before forcing (the policy's default)")
 	f.BoolVar(&cfg.Keep, "keep", false, "after the summary keep PostgreSQL, the simulator and the worker up until Ctrl-C, and print DATABASE_URL")
 	return cmd
@@ -150,6 +169,9 @@ type sandboxRun struct {
 	run       store.Run
 	label     string // "auto-update (quiet)"
 	shutdowns []fleetsim.Shutdown
+	// turns is what the simulated agents' users saw while the run ran:
+	// turns refused (the agent draining) and interrupted (the recreate).
+	turns fleetsim.ActivityStats
 }
 
 func runSandbox(ctx context.Context, e *env, cfg sandboxConfig) (err error) {
@@ -228,7 +250,12 @@ func (sb *sandbox) startSim() error {
 		Seed:       1,
 		Clock:      sb.clk,
 		APISimTime: true, // the worker paces itself on the same scaled clock
-		Workload:   fleetsim.Workload{BusyFraction: sb.cfg.Busy},
+		// The activity model, without its own long tasks: the story gives
+		// them to the agents it names. Turns a little less heavy-tailed
+		// than the model's default, so that no random turn outlasts the
+		// auto-update's wait and muddles the story.
+		Workload: fleetsim.Workload{Activity: &fleetsim.Activity{TurnsPerHour: sb.cfg.TurnsPerHour, RateSigma: 1,
+			TurnMedian: 20 * time.Second, TurnSigma: 0.8}},
 	})
 	if err != nil {
 		return fmt.Errorf("sandbox: fleet simulator: %w", err)
@@ -258,8 +285,8 @@ func (sb *sandbox) startSim() error {
 	sb.crashed = append(sb.crashed, crash)
 
 	out := sb.e.stdout
-	fmt.Fprintf(out, "  fleet simulator on %s: %d agents on %s, about %.0f%% of them busy with short turns at any time\n",
-		sim.URL(), n, fleetsim.DefaultImage, sb.cfg.Busy*100)
+	fmt.Fprintf(out, "  fleet simulator on %s: %d agents on %s whose users keep talking (about %g turns an hour each, a few much chattier)\n",
+		sim.URL(), n, fleetsim.DefaultImage, sb.cfg.TurnsPerHour)
 	fmt.Fprintf(out, "    %s: a %s task in flight (the drain waits for it to finish)\n",
 		sandboxNames(sb.waited), sandboxDur(sb.cfg.midTurn()))
 	fmt.Fprintf(out, "    %s: a %s task in flight (auto-update will defer, the operator will force)\n",
@@ -353,10 +380,10 @@ func (sb *sandbox) play(ctx context.Context) ([]sandboxRun, error) {
 		MaxUnavailable:   "50%",
 		FailureThreshold: len(sb.crashed), // the crashed agent's rollback must not pause the run
 		DeadlineOverride: sb.cfg.AutoWait,
-		IdleWaitOverride: &sb.cfg.AutoWait, // the same bound on looking for an idle moment
+		IdleWaitOverride: &sb.cfg.AutoIdleWait,
 		RequestedBy:      "cron (sandbox)",
 		Reason:           "channel " + sandboxChannel + " moved to " + ch.Image,
-	}, fmt.Sprintf("idle wait %s, then %s; wait %s, then %s", sandboxDur(sb.cfg.AutoWait), pol.OnBusy,
+	}, fmt.Sprintf("drain when idle within %s, else %s; drains wait %s, then %s", sandboxDur(sb.cfg.AutoIdleWait), pol.OnBusy,
 		sandboxDur(sb.cfg.AutoWait), pol.OnDeadline))
 	if err != nil {
 		return nil, err
@@ -385,7 +412,7 @@ func (sb *sandbox) play(ctx context.Context) ([]sandboxRun, error) {
 		DeadlineOverride: sb.cfg.OperatorWait,
 		RequestedBy:      principal(sb.e),
 		Reason:           "move the agents the auto-update deferred",
-	}, fmt.Sprintf("wait %s, then %s", sandboxDur(sb.cfg.OperatorWait), op.OnDeadline))
+	}, fmt.Sprintf("drains begun at once, wait %s, then %s", sandboxDur(sb.cfg.OperatorWait), op.OnDeadline))
 	if err != nil {
 		return nil, err
 	}
@@ -393,7 +420,7 @@ func (sb *sandbox) play(ctx context.Context) ([]sandboxRun, error) {
 }
 
 func (sb *sandbox) runAndFollow(ctx context.Context, label string, req orchestrator.RunRequest, deadlineNote string) (sandboxRun, error) {
-	before := len(sb.sim.Shutdowns())
+	before, turns0 := len(sb.sim.Shutdowns()), sb.sim.Activity()
 	r, _, err := sb.comp.orch.CreateRun(ctx, req, nil)
 	if err != nil {
 		return sandboxRun{}, fmt.Errorf("sandbox: create the %s run: %w", label, err)
@@ -418,8 +445,9 @@ func (sb *sandbox) runAndFollow(ctx context.Context, label string, req orchestra
 	if !store.RunTerminal(end.State) {
 		return sandboxRun{}, fmt.Errorf("sandbox: run %d is still %s: %v", r.ID, end.State, ferr)
 	}
-	all := sb.sim.Shutdowns()
-	return sandboxRun{run: end, label: label, shutdowns: all[before:]}, nil
+	all, turns1 := sb.sim.Shutdowns(), sb.sim.Activity()
+	return sandboxRun{run: end, label: label, shutdowns: all[before:],
+		turns: fleetsim.ActivityStats{Refused: turns1.Refused - turns0.Refused, Interrupted: turns1.Interrupted - turns0.Interrupted}}, nil
 }
 
 // sandboxTally is one run's line of the summary.
@@ -427,6 +455,7 @@ type sandboxTally struct {
 	Machines, Quiet, Loud, Quiesced, Forced, Deferred, GatewayDown int
 	Migrated, RolledBack, Failed, UpToDate, Interrupted            int
 	Broadcasts, Pinged                                             int
+	TurnsRefused, TurnsInterrupted                                 int
 }
 
 // summarize prints the audit summary and returns what did not go as the
@@ -455,6 +484,7 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 		if err != nil {
 			return nil, fmt.Errorf("sandbox: read drain_history of run %d: %w", sr.run.ID, err)
 		}
+		t.TurnsRefused, t.TurnsInterrupted = sr.turns.Refused, sr.turns.Interrupted
 		for _, s := range sr.shutdowns {
 			if s.HomeBroadcast {
 				t.Broadcasts++
@@ -463,13 +493,14 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 		}
 	}
 
-	fmt.Fprintln(out, "\nAudit summary (drain_history; broadcasts and pings as the simulated agents sent them)")
+	fmt.Fprintln(out, "\nAudit summary (drain_history; broadcasts, pings and users' turns as the simulated agents saw them)")
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RUN\tCAUSE\tDRAINS\tMACHINES\tMIGRATED\tQUIESCED\tFORCED\tDEFERRED\tROLLED BACK\tHOME BROADCASTS\tSESSIONS PINGED\tSTATE")
+	fmt.Fprintln(tw, "RUN\tCAUSE\tDRAINS\tMACHINES\tMIGRATED\tQUIESCED\tFORCED\tDEFERRED\tROLLED BACK\tHOME BROADCASTS\tSESSIONS PINGED\tTURNS REFUSED\tTURNS INTERRUPTED\tSTATE")
 	for i, sr := range runs {
 		t := tallies[i]
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", sr.run.ID, sr.run.Cause, sandboxDrainsWord(t.Quiet, t.Loud),
-			t.Machines, t.Migrated, t.Quiesced, t.Forced, t.Deferred, t.RolledBack, t.Broadcasts, t.Pinged, sr.run.State)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", sr.run.ID, sr.run.Cause, sandboxDrainsWord(t.Quiet, t.Loud),
+			t.Machines, t.Migrated, t.Quiesced, t.Forced, t.Deferred, t.RolledBack, t.Broadcasts, t.Pinged, t.TurnsRefused,
+			t.TurnsInterrupted, sr.run.State)
 	}
 	tw.Flush()
 	rows, err := sb.comp.pool.Query(ctx, `
@@ -493,7 +524,8 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 		return nil, fmt.Errorf("sandbox: read drain_history: %w", err)
 	}
 	fmt.Fprintln(out, "  Quiet drains skip the agent's home-channel \"shutting down\" broadcast; loud ones send it.\n"+
-		"  Users whose turn a forced recreate cut off are always pinged, quiet or not.")
+		"  Users whose turn a forced recreate cut off are always pinged, quiet or not.\n"+
+		"  A turn is refused when it arrives while the agent drains (\"draining for maintenance, resend shortly\").")
 	return sandboxCheck(runs, tallies, len(sb.long), len(sb.crashed)), nil
 }
 
@@ -511,6 +543,9 @@ func sandboxCheck(runs []sandboxRun, t []sandboxTally, long, crashed int) []stri
 	if auto.run.State != wantAuto {
 		p = append(p, fmt.Sprintf("auto-update run ended %s, want %s", auto.run.State, wantAuto))
 	}
+	if a.TurnsInterrupted > 0 {
+		p = append(p, fmt.Sprintf("auto-update run interrupted %d turns, want none (it defers instead of forcing)", a.TurnsInterrupted))
+	}
 	if a.Loud > 0 || a.Broadcasts > 0 {
 		p = append(p, fmt.Sprintf("auto-update run: %d loud drains, %d home broadcasts, want none", a.Loud, a.Broadcasts))
 	}
@@ -525,6 +560,9 @@ func sandboxCheck(runs []sandboxRun, t []sandboxTally, long, crashed int) []stri
 	}
 	if op.run.State != store.RunSucceeded {
 		p = append(p, fmt.Sprintf("operator run ended %s, want succeeded", op.run.State))
+	}
+	if o.TurnsInterrupted < long {
+		p = append(p, fmt.Sprintf("operator run interrupted %d turns, want at least %d (the long tasks it forces)", o.TurnsInterrupted, long))
 	}
 	if o.Quiet > 0 || o.Forced < long || o.Broadcasts < o.Forced || o.Pinged < o.Forced {
 		p = append(p, fmt.Sprintf("operator run: %d quiet drains, %d forced, %d home broadcasts, %d pinged; want loud, at least %d forced, each broadcast and pinging",

@@ -130,6 +130,7 @@ type summaryRow struct {
 	cause, drains, state                           string
 	machines, migrated, quiesced, forced, deferred int
 	rolledBack, broadcasts, pinged                 int
+	refused, interrupted                           int
 }
 
 func parseSummary(t *testing.T, out string) map[string]summaryRow {
@@ -141,10 +142,10 @@ func parseSummary(t *testing.T, out string) map[string]summaryRow {
 	rows := map[string]summaryRow{}
 	for _, line := range strings.Split(table, "\n")[1:] {
 		f := strings.Fields(line)
-		if len(f) != 12 || strings.TrimLeft(f[0], "0123456789") != "" {
+		if len(f) != 14 || strings.TrimLeft(f[0], "0123456789") != "" {
 			break // the table ends where its rows, which start with the run id, do
 		}
-		n := make([]int, 8)
+		n := make([]int, 10)
 		for i := range n {
 			v, err := strconv.Atoi(f[3+i])
 			if err != nil {
@@ -152,8 +153,8 @@ func parseSummary(t *testing.T, out string) map[string]summaryRow {
 			}
 			n[i] = v
 		}
-		rows[f[0]] = summaryRow{cause: f[1], drains: f[2], state: f[11], machines: n[0], migrated: n[1], quiesced: n[2],
-			forced: n[3], deferred: n[4], rolledBack: n[5], broadcasts: n[6], pinged: n[7]}
+		rows[f[0]] = summaryRow{cause: f[1], drains: f[2], state: f[13], machines: n[0], migrated: n[1], quiesced: n[2],
+			forced: n[3], deferred: n[4], rolledBack: n[5], broadcasts: n[6], pinged: n[7], refused: n[8], interrupted: n[9]}
 	}
 	return rows
 }
@@ -184,12 +185,13 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	rows := parseSummary(t, out)
 	auto, op := rows["1"], rows["2"]
 	if auto.cause != "auto-update" || auto.drains != "quiet" || auto.machines != 4 || auto.deferred != 1 ||
-		auto.rolledBack != 1 || auto.migrated != 2 || auto.broadcasts != 0 || auto.pinged != 0 || auto.state != "failed" {
-		t.Errorf("auto-update summary %+v: want quiet, 4 machines, 2 migrated, 1 deferred, 1 rolled back, no broadcast, failed", auto)
+		auto.rolledBack != 1 || auto.migrated != 2 || auto.broadcasts != 0 || auto.pinged != 0 || auto.interrupted != 0 ||
+		auto.state != "failed" {
+		t.Errorf("auto-update summary %+v: want quiet, 4 machines, 2 migrated, 1 deferred, 1 rolled back, no broadcast, no turn interrupted, failed", auto)
 	}
 	if op.cause != "operator" || op.drains != "loud" || op.machines != 1 || op.forced != 1 || op.migrated != 1 ||
-		op.broadcasts != 1 || op.pinged < 1 || op.state != "succeeded" {
-		t.Errorf("operator summary %+v: want loud, the deferred machine forced, one broadcast, pinged, succeeded", op)
+		op.broadcasts != 1 || op.pinged < 1 || op.interrupted < 1 || op.state != "succeeded" {
+		t.Errorf("operator summary %+v: want loud, the deferred machine forced, one broadcast, pinged, its task interrupted, succeeded", op)
 	}
 
 	// --keep: the database is up and the CLI works against it.
@@ -274,11 +276,12 @@ func TestSandboxUsage(t *testing.T) {
 		want string
 	}{
 		{[]string{"--apps", "2"}, "--apps must be between 3 and 500"},
-		{[]string{"--busy", "1"}, "--busy must be in [0, 1)"},
+		{[]string{"--turns-per-hour", "0"}, "--turns-per-hour must be in (0, 120]"},
 		{[]string{"--time-scale", "0"}, "--time-scale must be between 1 and 60"},
 		{[]string{"--time-scale", "120"}, "--time-scale must be between 1 and 60"},
 		{[]string{"--auto-update-wait", "10s"}, "--auto-update-wait must be between 1m"},
 		{[]string{"--operator-wait", "soon"}, "invalid argument"},
+		{[]string{"--auto-update-idle-wait", "0s"}, "--auto-update-idle-wait must be between 1m"},
 		{[]string{"extra"}, "unknown command"},
 	} {
 		code, stdout, stderr := runCLI(t, "", append([]string{"sandbox"}, tc.args...)...)

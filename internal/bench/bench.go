@@ -132,6 +132,26 @@ type Result struct {
 	PoolAcquires, PoolWaited int64
 	PoolWait                 time.Duration
 
+	// The activity model's figures (Config.Activity), over the run: the
+	// simulator's turn counts and agent-time draining, and the per-agent
+	// draining time's p99 and maximum over every agent of the fleet.
+	Turns                    fleetsim.ActivityStats
+	DrainingP99, DrainingMax time.Duration
+	// Over the migrated machines alone: CreateRun → the last one done, and
+	// LB_r = max(max r_i, Σ r_i / B), the makespan if every drain were
+	// instant; RatioR is their quotient.
+	MigratedMakespan, LowerBoundR time.Duration
+	RatioR                        float64
+	// MigratedDone is when the migrated machines were done, from
+	// CreateRun: p50, p95, p99. Last is the last migrated machine's waits
+	// (drain_history): for an idle moment (first peek → drain begin) and
+	// for quiescence (drain begin → quiescent), and its status reads.
+	MigratedDone [3]time.Duration
+	Last         struct {
+		IdleWait, DrainWait time.Duration
+		Peeks               int
+	}
+
 	Warnings        int // warnings and errors the orchestrator and River logged
 	WarningTexts    []string
 	PostgresVersion string
@@ -269,7 +289,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	clk := clock.NewScaled(simOrigin, cfg.TimeScale)
 	plan := turnPlan{seed: cfg.Seed, median: cfg.TurnMedian, sigma: cfg.TurnSigma, persistence: cfg.TurnPersistence, fixed: cfg.FixedTurns}
 	simCfg := fleetsim.Config{Apps: res.Apps, MachinesPerApp: cfg.MachinesPerApp, Seed: cfg.Seed, Clock: clk, APISimTime: true}
-	if cfg.TurnsAt == TurnsAtStart {
+	simCfg.Workload.Activity = cfg.Activity
+	if cfg.TurnsAt == TurnsAtStart && cfg.Activity == nil {
 		simCfg.Workload.Turns = func(app, id string, _ *mrand.Rand) []fleetsim.Turn {
 			return []fleetsim.Turn{{Session: "bench", Duration: plan.duration(app, id, 0)}}
 		}
@@ -312,6 +333,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return res, fmt.Errorf("gateway client: %w", err)
 	}
 	turns := newDrainTurns(gwc, sim, clk, plan, cfg.TurnsAt)
+	turns.none = cfg.Activity != nil
 
 	counter := NewStatementCounter()
 	opts := []store.OpenOption{store.WithQueryTracer(counter)}
@@ -326,7 +348,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	defer pool.Close()
 	st := store.New(pool)
-	orch, err := orchestrator.New(orchestrator.Config{FleetCap: cfg.Budget, PollInterval: cfg.PollInterval, Clock: clk, Logger: wlog},
+	orch, err := orchestrator.New(orchestrator.Config{FleetCap: cfg.Budget, PollInterval: cfg.PollInterval,
+		PeekBackoffMax: cfg.PeekBackoffMax, Clock: clk, Logger: wlog},
 		st, fly, turns, policy.Default())
 	if err != nil {
 		return res, err
@@ -364,9 +387,12 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		turns.nextRound()
 	}
 
-	req := orchestrator.RunRequest{Cause: policy.ImageMigration, Image: TargetImage, Selector: store.Selector{Org: sim.Org()},
-		MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline, IdleWaitOverride: &beginAtOnce,
-		RequestedBy: "bench", Reason: "fleet benchmark " + cfg.Name}
+	req := orchestrator.RunRequest{Cause: cfg.Cause, Image: TargetImage, Selector: store.Selector{Org: sim.Org()},
+		MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline, RequestedBy: "bench",
+		Reason: "fleet benchmark " + cfg.Name, IdleWaitOverride: cfg.IdleWait}
+	if cfg.IdleWait == nil && cfg.Activity == nil {
+		req.IdleWaitOverride = &beginAtOnce
+	}
 	reqs0 := sim.Requests()
 	planWall0, planSim0 := time.Now(), clk.Now()
 	planned, err := orch.Plan(ctx, req.Selector, req.Image, 0)
@@ -383,6 +409,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	ps0 := pool.Stat()
 	simCPU0 := meter.total()
 	pgCPU0 := treeCPU(pgPID)
+	turns0, draining0 := sim.Activity(), drainingByAgent(sim)
 	runWall0, runSim0 := time.Now(), clk.Now()
 	run, _, err := orch.CreateRun(ctx, req, planned)
 	if err != nil {
@@ -416,6 +443,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 	}
 	res.RunRequests = diffInts(reqs1, sim.Requests())
+	res.Turns = diffActivity(turns0, sim.Activity())
+	res.DrainingP99, res.DrainingMax = drainingQuantiles(draining0, drainingByAgent(sim))
 	res.RateViolations = sim.RateViolations()
 	res.MaxDisrupted = sim.MaxDisrupted()
 	res.SimConnections = conns.Load()
@@ -468,8 +497,8 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 	}
 	defer rows.Close()
 	r.Outcomes = map[string]int{}
-	var last time.Time
-	var p, expected []time.Duration
+	var last, lastMigrated time.Time
+	var p, expected, migratedR, migratedDone []time.Duration
 	for rows.Next() {
 		var app, id, outcome string
 		var mStart, mEnd, dStart, quiesced, deadline, recreated *time.Time
@@ -502,6 +531,12 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 				stop = *deadline
 			}
 			d, rc = stop.Sub(*dStart), end.Sub(*recreated)
+			if outcome == store.OutcomeMigrated {
+				migratedR, migratedDone = append(migratedR, max(rc, 0)), append(migratedDone, end.Sub(t0))
+				if end.After(lastMigrated) {
+					lastMigrated = end
+				}
+			}
 		case mStart != nil && mEnd != nil: // never drained: all of it counts as r
 			rc = end.Sub(simOf(*mStart))
 			r.Anomalies++
@@ -523,6 +558,22 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 	r.LowerBound = LowerBound(p, b)
 	r.Wave = WaveMakespan(p, b)
 	r.IdealGreedy = GreedyMakespan(p, b)
+	if len(migratedR) > 0 {
+		r.MigratedMakespan, r.LowerBoundR = lastMigrated.Sub(t0), LowerBound(migratedR, b)
+		r.RatioR = float64(r.MigratedMakespan) / float64(max(r.LowerBoundR, 1))
+		slices.Sort(migratedDone)
+		for i, q := range []float64{0.5, 0.95, 0.99} {
+			r.MigratedDone[i] = migratedDone[min(len(migratedDone)-1, int(q*float64(len(migratedDone))))]
+		}
+		var idle, drain float64
+		err := db.QueryRow(ctx, `SELECT coalesce(idle_wait_seconds, 0), coalesce(drain_wait_seconds, 0), peeks
+			FROM drain_history WHERE run_id = $1 AND outcome = 'migrated' ORDER BY finished_at DESC LIMIT 1`, runID).
+			Scan(&idle, &drain, &r.Last.Peeks)
+		if err != nil {
+			return fmt.Errorf("read the last migrated machine of run %d: %w", runID, err)
+		}
+		r.Last.IdleWait, r.Last.DrainWait = time.Duration(idle*float64(time.Second)), time.Duration(drain*float64(time.Second))
+	}
 	if r.LowerBound > 0 {
 		lb := float64(r.LowerBound)
 		r.Ratio, r.WaveRatio, r.GreedyRatio = float64(r.Makespan)/lb, float64(r.Wave)/lb, float64(r.IdealGreedy)/lb
@@ -542,7 +593,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 // quiescence, recreate, verify).
 func (r *Result) study() {
 	p := len(r.Drain)
-	if r.Config.FixedTurns || p == 0 {
+	if r.Config.FixedTurns || r.Config.Activity != nil || p == 0 {
 		return
 	}
 	var extra time.Duration
@@ -567,6 +618,36 @@ func (r *Result) study() {
 		sc.Persistence = rho
 		r.Sensitivity = append(r.Sensitivity, StudySeeds(sc))
 	}
+}
+
+// drainingByAgent is each agent's time spent draining so far.
+func drainingByAgent(sim *fleetsim.Sim) map[string]time.Duration {
+	ms := sim.Machines()
+	out := make(map[string]time.Duration, len(ms))
+	for _, m := range ms {
+		out[m.App+"/"+m.ID] = m.DrainingTime
+	}
+	return out
+}
+
+// drainingQuantiles is the p99 and maximum over agents of the time each
+// spent draining between two readings.
+func drainingQuantiles(before, after map[string]time.Duration) (p99, most time.Duration) {
+	if len(after) == 0 {
+		return 0, 0
+	}
+	ds := make([]time.Duration, 0, len(after))
+	for k, v := range after {
+		ds = append(ds, v-before[k])
+	}
+	slices.Sort(ds)
+	return ds[min(len(ds)-1, len(ds)*99/100)], ds[len(ds)-1]
+}
+
+func diffActivity(a, b fleetsim.ActivityStats) fleetsim.ActivityStats {
+	return fleetsim.ActivityStats{Served: b.Served - a.Served, Refused: b.Refused - a.Refused, Missed: b.Missed - a.Missed,
+		Interrupted: b.Interrupted - a.Interrupted, Lost: b.Lost - a.Lost, Draining: b.Draining - a.Draining,
+		AgentsDrained: b.AgentsDrained - a.AgentsDrained}
 }
 
 // sensitivityRhos are the values of ρ the report shows the history order at.

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"math"
 	"time"
+
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/policy"
 )
 
 // TurnsAt says when each machine's one turn of agent work starts.
@@ -40,6 +43,10 @@ const (
 	// bench` uses for the fleet scenario (a zero Config means 0 for both).
 	DefaultTurnPersistence = 0.64
 	DefaultHistoryRounds   = 3
+	// DefaultActivityTimeScale is the activity scenario's: its runs last
+	// about 40 simulated minutes each (the auto-update's 30-minute idle
+	// wait and drain wait bound them).
+	DefaultActivityTimeScale = 10
 )
 
 // Config is one benchmark scenario. Durations are simulated time unless
@@ -77,6 +84,19 @@ type Config struct {
 	HistoryRounds int
 	// TurnsAt: TurnsAtDrain (default) or TurnsAtStart.
 	TurnsAt TurnsAt
+	// Activity, if set, makes the simulated agents talk (fleetsim's
+	// activity model, from Seed): the benchmark then adds no turn of its
+	// own, drains wait for whatever the users are doing, and the result
+	// counts refused and interrupted turns and agent-time draining.
+	// TurnMedian, TurnSigma, TurnsAt and HistoryRounds do not apply.
+	Activity *fleetsim.Activity
+	// Cause is the run's cause. Default image-migration.
+	Cause policy.Cause
+	// IdleWait overrides the policy's idle wait for the run (0: begin the
+	// drain at once, as before idle-first). nil: the policy's with
+	// Activity; without, 0 (the drain-scheduling scenarios measure how
+	// drains that wait are scheduled, so every drain begins at its slot).
+	IdleWait *time.Duration
 	// Deadline is the run's DeadlineOverride: long enough that no drain is
 	// forced. Default 24h.
 	Deadline time.Duration
@@ -87,6 +107,9 @@ type Config struct {
 	MaxConns int32
 	// PollInterval is the orchestrator's; 0 is its default (5s).
 	PollInterval time.Duration
+	// PeekBackoffMax is the orchestrator's longest pause between two status
+	// reads of a busy agent; 0 is its default (1m).
+	PeekBackoffMax time.Duration
 	// DatabaseURL is a database the benchmark may use alone (it is
 	// upgraded and keeps the run's rows). Empty: ServerURL, else a
 	// throwaway PostgreSQL (internal/pgcluster) started for the scenario.
@@ -132,6 +155,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TurnsAt == "" {
 		c.TurnsAt = TurnsAtDrain
+	}
+	if c.Cause == "" {
+		c.Cause = policy.ImageMigration
 	}
 	if c.Deadline == 0 {
 		c.Deadline = DefaultDeadline
@@ -183,8 +209,17 @@ func (c Config) validate() error {
 	if c.TurnsAt != TurnsAtDrain && c.TurnsAt != TurnsAtStart {
 		errs = append(errs, fmt.Errorf("turns at %q: want %q or %q", c.TurnsAt, TurnsAtDrain, TurnsAtStart))
 	}
-	if c.Deadline < 0 || c.Workers < 0 || c.MaxConns < 0 || c.PollInterval < 0 || c.Timeout < 0 || c.SampleEvery < 0 {
-		errs = append(errs, errors.New("deadline, workers, max conns, poll interval, timeout and sample period must not be negative"))
+	if c.Deadline < 0 || c.Workers < 0 || c.MaxConns < 0 || c.PollInterval < 0 || c.PeekBackoffMax < 0 || c.Timeout < 0 || c.SampleEvery < 0 {
+		errs = append(errs, errors.New("deadline, workers, max conns, poll interval, peek back-off, timeout and sample period must not be negative"))
+	}
+	if c.Activity != nil && c.HistoryRounds > 0 {
+		errs = append(errs, errors.New("history rounds need the benchmark's own turns, not the activity model"))
+	}
+	if c.IdleWait != nil && *c.IdleWait < 0 {
+		errs = append(errs, fmt.Errorf("idle wait must not be negative, got %s", *c.IdleWait))
+	}
+	if _, err := policy.ParseCause(string(c.Cause)); err != nil {
+		errs = append(errs, err)
 	}
 	if c.PlateauFraction <= 0 || c.PlateauFraction > 1 {
 		errs = append(errs, fmt.Errorf("plateau fraction must be in (0, 1], got %g", c.PlateauFraction))

@@ -2,8 +2,10 @@
 // (internal/fleetsim, APISimTime), a real PostgreSQL and one orchestrator
 // replica with its River workers, all on one scaled clock, moving every
 // machine to a new image while everything that costs is counted. `migrator
-// bench` (make bench) runs it at 2,000 and 10,000 machines and writes
-// bench/results.md; BenchmarkFleet runs a small fleet under `go test -bench`.
+// bench` (make bench) runs it at 2,000 and 10,000 machines, and the activity
+// scenario, and writes bench/results.md (MergeMarkdown folds a run of some
+// scenarios into an earlier file); BenchmarkFleet runs a small fleet under
+// `go test -bench`.
 //
 // # Model
 //
@@ -33,6 +35,23 @@
 // StudySeeds repeats the zero-overhead schedules over many draws of the
 // same distribution, to separate what the draw costs from what the
 // orchestrator costs.
+//
+// # Activity
+//
+// With Config.Activity the simulated agents talk (fleetsim's activity
+// model: per-agent Poisson turns at log-normal rates, heavy-tailed turns,
+// a few multi-hour tasks) and the benchmark adds no turn of its own: a
+// drain waits for whatever the users are doing. The result then holds the
+// simulator's turns refused (arrived while draining) and interrupted (in
+// flight at the recreate) over the run, the agent-time spent draining in
+// all and per agent (p99, max), and, over the migrated machines alone, the
+// makespan from CreateRun to the last one done against LB_r = max(max r_i,
+// Σ r_i / B), r_i being recreate + verify: the makespan if every drain
+// were instant. `migrator bench --scenario activity` runs it twice from
+// the same state (same seed, fresh simulator and database each) with an
+// auto-update run: with IdleWait 0 (the drain begins as the machine gets
+// its slot) and with the policy's idle wait (idle first), and reports them
+// side by side (Report.AtOnce, Report.IdleFirst).
 //
 // # Counters
 //

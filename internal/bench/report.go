@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/orchestrator"
 )
 
@@ -56,6 +57,11 @@ type Report struct {
 	DrainWait *Result
 	// Large is the memory scenario (10,000 machines).
 	Large *Result
+	// AtOnce and IdleFirst are the activity scenario: the same fleet of
+	// talking agents (same seed, same starting state) migrated by the same
+	// cause, with an idle wait of 0 (the drain begins the moment the
+	// machine gets its slot) and with the policy's idle wait.
+	AtOnce, IdleFirst *Result
 }
 
 // Target is one of the targets, checked.
@@ -101,6 +107,7 @@ func (r Report) Targets() []Target {
 			return fmt.Sprintf("%.2f", v), v <= 10
 		})
 	}
+	out = append(out, r.activityTargets()...)
 	big := r.Large
 	if big == nil && f != nil && f.N() >= 10000 {
 		big = f
@@ -108,10 +115,7 @@ func (r Report) Targets() []Target {
 	add(big, "peak RSS ≤ 200 MB at 10,000 machines", func(x Result) (string, bool) {
 		return fmt.Sprintf("%.0f MB (%d machines)", float64(x.PeakRSS)/1e6, x.N()), x.PeakRSS > 0 && x.PeakRSS <= 200e6
 	})
-	for _, res := range []*Result{f, r.DrainWait, r.Large} {
-		if res == nil {
-			continue
-		}
+	for _, res := range r.scenarios() {
 		add(res, fmt.Sprintf("0 rate-limit violations (%s)", res.Config.Name), func(x Result) (string, bool) {
 			return fmt.Sprint(x.RateViolations), x.RateViolations == 0
 		})
@@ -119,9 +123,60 @@ func (r Report) Targets() []Target {
 	return out
 }
 
+// activityTargets checks the activity scenario's targets: idle-first
+// against begin-at-once on the same workload, and idle-first's own costs.
+func (r Report) activityTargets() []Target {
+	a, i := r.AtOnce, r.IdleFirst
+	both := a != nil && i != nil
+	var out []Target
+	add := func(ok bool, what, measured string) {
+		if !both {
+			out = append(out, Target{What: what, Measured: "not run", Skipped: true})
+			return
+		}
+		out = append(out, Target{What: what, Measured: measured, Met: ok})
+	}
+	if !both {
+		a, i = &Result{}, &Result{}
+	}
+	add(i.Turns.Refused*10 <= a.Turns.Refused && a.Turns.Refused > 0,
+		"activity: idle-first refuses ≥ 10× fewer turns than begin-at-once",
+		fmt.Sprintf("%d vs %d (%s)", i.Turns.Refused, a.Turns.Refused, times(a.Turns.Refused, i.Turns.Refused)))
+	add(i.Turns.Draining*10 <= a.Turns.Draining && a.Turns.Draining > 0,
+		"activity: idle-first spends ≥ 10× fewer agent-seconds draining",
+		fmt.Sprintf("%.0f vs %.0f agent-s (%s)", i.Turns.Draining.Seconds(), a.Turns.Draining.Seconds(),
+			times(int(a.Turns.Draining.Seconds()), int(i.Turns.Draining.Seconds()))))
+	add(i.Turns.Interrupted == 0, "activity: 0 interrupted turns (quiet cause, idle-first)",
+		fmt.Sprintf("%d (begin-at-once: %d)", i.Turns.Interrupted, a.Turns.Interrupted))
+	add(i.MigratedMakespan > 0 && i.MigratedMakespan <= a.MigratedMakespan,
+		"activity: makespan of the migrated machines no worse than begin-at-once's",
+		fmt.Sprintf("%s vs %s", fmtDur(i.MigratedMakespan), fmtDur(a.MigratedMakespan)))
+	add(i.RatioR > 0 && i.RatioR <= 1.25, "activity: makespan of the migrated machines ≤ 1.25 × LB_r",
+		fmt.Sprintf("%.2f × LB_r (begin-at-once: %.2f)", i.RatioR, a.RatioR))
+	perMachine := func(x *Result, v float64) float64 { return x.PerMachine(v) }
+	add(perMachine(i, float64(i.FlyCalls())) <= 10, "activity: ≤ 10 Fly calls per machine (idle-first)",
+		fmt.Sprintf("%.2f", perMachine(i, float64(i.FlyCalls()))))
+	add(perMachine(i, float64(i.Statements)) <= 40, "activity: ≤ 40 SQL statements per machine (idle-first)",
+		fmt.Sprintf("%.1f", perMachine(i, float64(i.Statements))))
+	add(perMachine(i, float64(i.GatewayCalls())) <= 25, "activity: ≤ 25 gateway calls per machine, peeks included (idle-first)",
+		fmt.Sprintf("%.1f", perMachine(i, float64(i.GatewayCalls()))))
+	return out
+}
+
+// times says how many times fewer b is than a.
+func times(a, b int) string {
+	if b == 0 {
+		if a == 0 {
+			return "both 0"
+		}
+		return "none at all"
+	}
+	return fmt.Sprintf("%.1f× fewer", float64(a)/float64(b))
+}
+
 func (r Report) scenarios() []*Result {
 	var out []*Result
-	for _, s := range []*Result{r.Fleet, r.DrainWait, r.Large} {
+	for _, s := range []*Result{r.Fleet, r.DrainWait, r.Large, r.AtOnce, r.IdleFirst} {
 		if s != nil {
 			out = append(out, s)
 		}
@@ -154,6 +209,8 @@ func (r Report) WriteMarkdown(w io.Writer) error {
 		}
 		fmt.Fprintf(b, "| %s | %s | %s |\n", t.What, t.Measured, verdict)
 	}
+
+	r.writeActivity(b)
 
 	sc := r.scenarios()
 	b.WriteString("\n## Scenarios\n\n| |")
@@ -462,4 +519,91 @@ func orDash(s string) string {
 		return "–"
 	}
 	return s
+}
+
+// writeActivity writes the activity scenario's side-by-side section.
+func (r Report) writeActivity(b *strings.Builder) {
+	a, i := r.AtOnce, r.IdleFirst
+	if a == nil && i == nil {
+		return
+	}
+	cols := []*Result{a, i}
+	b.WriteString("\n## Activity: begin at once vs idle first\n\n")
+	if x := firstOf(a, i); x != nil && x.Config.Activity != nil {
+		act := x.Config.Activity
+		fmt.Fprintf(b, "%d agents whose users keep talking (fleetsim's activity model, seed %d: per agent a Poisson process "+
+			"of turns at a rate drawn log-normal around %g an hour with σ %g, capped at %g; turns log-normal, median %s σ %g; "+
+			"%.0f %% of the agents in a task of about %s at the start), B = %d, cause %s, time ×%g. Both runs start from the "+
+			"same state (same seed, fresh simulator and database each) and differ only in the run's idle wait.\n\n",
+			x.N(), x.Config.Seed, act.TurnsPerHour, act.RateSigma, fleetsim.MaxTurnsPerHour, fmtDur(act.TurnMedian), act.TurnSigma,
+			100*act.LongTaskShare, fmtDur(act.LongTaskMedian), x.Config.Budget, x.Config.Cause, x.Config.TimeScale)
+	}
+	b.WriteString("| | begin at once | idle first |\n|---|---|---|\n")
+	row := func(name string, f func(Result) string) {
+		fmt.Fprintf(b, "| %s |", name)
+		for _, c := range cols {
+			if c == nil {
+				b.WriteString(" not run |")
+				continue
+			}
+			fmt.Fprintf(b, " %s |", f(*c))
+		}
+		b.WriteString("\n")
+	}
+	row("idle wait", func(x Result) string {
+		if x.Config.IdleWait != nil {
+			return fmtDur(*x.Config.IdleWait) + " (run override)"
+		}
+		return "the policy's"
+	})
+	row("status reads of a busy agent back off to", func(x Result) string {
+		if x.Config.PeekBackoffMax > 0 {
+			return fmtDur(x.Config.PeekBackoffMax)
+		}
+		return "1m (the orchestrator's default)"
+	})
+	row("run ended", func(x Result) string { return x.RunState })
+	row("outcomes", func(x Result) string { return outcomes(x.Outcomes) })
+	row("**turns refused** (arrived while draining)", func(x Result) string { return fmt.Sprintf("**%d**", x.Turns.Refused) })
+	row("turns interrupted (in flight at the recreate)", func(x Result) string { return fmt.Sprint(x.Turns.Interrupted) })
+	row("turns served / missed (gateway not serving) during the run", func(x Result) string {
+		return fmt.Sprintf("%d / %d", x.Turns.Served, x.Turns.Missed)
+	})
+	row("**agent-seconds draining**, total", func(x Result) string { return fmt.Sprintf("**%.0f**", x.Turns.Draining.Seconds()) })
+	row("agents that drained; draining per agent p99 / max", func(x Result) string {
+		return fmt.Sprintf("%d; %s / %s", x.Turns.AgentsDrained, fmtDur(x.DrainingP99), fmtDur(x.DrainingMax))
+	})
+	row("deferrals", func(x Result) string { return fmt.Sprint(x.Outcomes["deferred"]) })
+	row("makespan of the migrated machines (simulated)", func(x Result) string { return fmtDur(x.MigratedMakespan) })
+	row("LB_r = max(max r_i, Σ r_i / B), migrated machines", func(x Result) string { return fmtDur(x.LowerBoundR) })
+	row("**makespan ÷ LB_r**", func(x Result) string { return fmt.Sprintf("**%.2f**", x.RatioR) })
+	row("migrated machines done by: p50 / p95 / p99 / last", func(x Result) string {
+		d := x.MigratedDone
+		return fmt.Sprintf("%s / %s / %s / %s", fmtDur(d[0]), fmtDur(d[1]), fmtDur(d[2]), fmtDur(x.MigratedMakespan))
+	})
+	row("the last migrated machine: waited for idle (status reads) + for quiescence", func(x Result) string {
+		return fmt.Sprintf("%s (%d) + %s", fmtDur(x.Last.IdleWait), x.Last.Peeks, fmtDur(x.Last.DrainWait))
+	})
+	row("Fly calls / machine", func(x Result) string { return fmt.Sprintf("%.2f", x.PerMachine(float64(x.FlyCalls()))) })
+	row("gateway calls / machine (status reads)", func(x Result) string {
+		return fmt.Sprintf("%.2f (%.2f)", x.PerMachine(float64(x.GatewayCalls())),
+			x.PerMachine(float64(x.PlanRequests[fleetsim.RouteStatus]+x.RunRequests[fleetsim.RouteStatus])))
+	})
+	row("SQL statements / machine", func(x Result) string { return fmt.Sprintf("%.1f", x.PerMachine(float64(x.Statements))) })
+	row("rate-limit violations", func(x Result) string { return fmt.Sprint(x.RateViolations) })
+	row("wall time of the run", func(x Result) string { return x.RunWall.Round(100 * time.Millisecond).String() })
+	b.WriteString("\nA turn is refused when it arrives while the agent's gateway is draining, and interrupted when it is in " +
+		"flight at the recreate's SIGTERM; agent-seconds draining are the simulator's, from the watcher noticing the " +
+		"marker to the SIGTERM, a cancel or the marker's expiry. Makespan of the migrated machines runs from CreateRun " +
+		"to the last migrated machine done; r_i is its recreate + verify time (recreated_at → finished_at); deferred " +
+		"machines are not in either.\n")
+}
+
+func firstOf(rs ...*Result) *Result {
+	for _, r := range rs {
+		if r != nil {
+			return r
+		}
+	}
+	return nil
 }

@@ -55,6 +55,7 @@ type drainTurns struct {
 	clk     clock.Clock
 	plan    turnPlan
 	atDrain bool
+	none    bool      // the simulator's own workload (activity model): no turn of the benchmark's
 	origin  time.Time // the simulation's start (TurnsAtStart)
 
 	mu    sync.Mutex
@@ -73,6 +74,9 @@ func newDrainTurns(gw orchestrator.Gateway, sim *fleetsim.Sim, clk clock.Clock, 
 // Begin implements orchestrator.Gateway.
 func (d *drainTurns) Begin(ctx context.Context, t gateway.Target, quiet bool) (gateway.Echo, error) {
 	key := t.App + "/" + t.MachineID
+	if d.none {
+		return d.gw.Begin(ctx, t, quiet)
+	}
 	d.mu.Lock()
 	if _, seen := d.drawn[key]; !seen {
 		dur := d.plan.duration(t.App, t.MachineID, d.round)

@@ -115,9 +115,13 @@ type Config struct {
 }
 
 // Workload scripts each machine's turns, reproducibly from Config.Seed.
-// With BusyFraction 0 and no Turns function the fleet is idle; tests then
-// script turns with Sim.AddTurn.
+// With BusyFraction 0, no Activity and no Turns function the fleet is idle;
+// tests then script turns with Sim.AddTurn. BusyFraction, Activity and
+// Turns exclude one another.
 type Workload struct {
+	// Activity, if set, is the activity model (see Activity): turns arrive
+	// per agent as a Poisson process, so they may overlap.
+	Activity *Activity
 	// BusyFraction is the fraction of machines with a turn in flight at any
 	// time, in [0, 1).
 	BusyFraction float64
@@ -244,6 +248,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RateTolerance == 0 {
 		c.RateTolerance = DefaultRateTolerance
 	}
+	if c.Workload.Activity != nil {
+		a := c.Workload.Activity.withDefaults() // a copy: the caller's struct is not changed
+		c.Workload.Activity = &a
+	}
 	if c.Workload.BusyFraction > 0 {
 		if c.Workload.TurnMedian == 0 {
 			c.Workload.TurnMedian = DefaultTurnMedian
@@ -306,6 +314,14 @@ func (c Config) validate() error {
 	}
 	if w.TurnMedian < 0 || w.TurnSigma < 0 {
 		errs = append(errs, errors.New("turn median and sigma must not be negative"))
+	}
+	if w.Activity != nil {
+		if w.BusyFraction > 0 || w.Turns != nil {
+			errs = append(errs, errors.New("workload: activity excludes busy fraction and scripted turns"))
+		}
+		if err := w.Activity.validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for name, l := range c.Limits {
 		if l.Rate <= 0 || l.Burst <= 0 {

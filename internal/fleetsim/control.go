@@ -19,6 +19,8 @@ type State struct {
 	PeakPerSecond  map[string]int `json:"peak_per_second"`
 	Disrupted      int            `json:"disrupted"`
 	MaxDisrupted   int            `json:"max_disrupted"`
+	Activity       ActivityStats  `json:"activity"`
+	Refusals       []Refusal      `json:"refusals"`
 }
 
 // Snapshot returns the whole observable state.
@@ -26,7 +28,7 @@ func (s *Sim) Snapshot() State {
 	return State{
 		Now: s.clk.Now(), Org: s.cfg.Org, Machines: s.Machines(), Shutdowns: s.Shutdowns(),
 		RateViolations: s.RateViolations(), Requests: s.Requests(), PeakPerSecond: s.PeakPerSecond(),
-		Disrupted: s.Disrupted(), MaxDisrupted: s.MaxDisrupted(),
+		Disrupted: s.Disrupted(), MaxDisrupted: s.MaxDisrupted(), Activity: s.Activity(), Refusals: s.Refusals(),
 	}
 }
 

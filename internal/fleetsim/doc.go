@@ -141,15 +141,36 @@
 // # Agents and shutdowns
 //
 // Each machine has turns (Workload: a seeded alternating renewal process,
-// busy with log-normal turns a BusyFraction of the time; or a script from
-// Workload.Turns; plus AddTurn). A turn starting while the gateway runs is
-// served and in flight until it ends; while draining it is refused; while
-// the gateway is not serving it is missed. At a SIGTERM (update or stop of
-// a running VM) the simulator records a Shutdown: ActiveAgents turns in
+// busy with log-normal turns a BusyFraction of the time; or the activity
+// model; or a script from Workload.Turns; plus AddTurn). A turn starting
+// while the gateway runs is served and in flight until it ends; while
+// draining it is refused (counted per agent, and recorded with its time:
+// Refusals); while the gateway is not serving it is missed.
+//
+// The activity model (Workload.Activity, DefaultActivity) is agents whose
+// users keep talking: per agent, turns arrive as a Poisson process at the
+// agent's own rate, drawn log-normal across the fleet (median 2 turns an
+// hour, σ 1.5, capped at 120/h: most agents quiet, a few chatty); turn
+// lengths are log-normal (median 20 s, σ 1.2); turns overlap, and
+// active_agents counts those in flight. A share of the agents (2 %) is in
+// a multi-hour task (median 2 h) at the start. The fleet starts in the
+// steady state: the process is run from before the start (as far back as
+// turns last) and the turns still in flight at the start are kept. Like
+// the busy-fraction generator it is lazy, one turn ahead per machine, and
+// reproducible from Seed and the machine's name.
+//
+// Drain time: each agent accrues the time its gateway_state was "draining"
+// (from the watcher noticing the marker to a cancel, the marker's expiry,
+// the SIGTERM of a recreate, or the gateway dying), exactly, at its next
+// look (MachineView.DrainingTime; Activity sums it over the fleet with the
+// turn counts).
+//
+// At a SIGTERM (update or stop of a running VM) the simulator records a
+// Shutdown: ActiveAgents turns in
 // flight (all interrupted), SessionsPinged distinct sessions among them
 // (never suppressed), and HomeBroadcast unless a current (same epoch,
-// unexpired) marker has suppress_notification true. A dead gateway sends
-// nothing.
+// unexpired) marker has suppress_notification true; the turns are counted
+// as interrupted on the machine. A dead gateway sends nothing.
 //
 // Disrupted counts machines with a current marker, booting or stopped, or
 // whose gateway is not "running"; MaxDisrupted is its peak, exact at every
@@ -157,7 +178,8 @@
 //
 // # Control from another process
 //
-// Behind the Fly token: GET /_sim/state (State), POST /_sim/faults (route
+// Behind the Fly token: GET /_sim/state (State: machines, shutdowns,
+// request counts, activity totals and refusals), POST /_sim/faults (route
 // name → FaultSpec) and POST /_sim/control (ControlOp), so tests driving a
 // standalone `migrator fleetsim` can observe and inject faults.
 package fleetsim

@@ -32,6 +32,15 @@ import (
 //	turn_median = "45s"
 //	turn_sigma = 1.2
 //
+//	[activity]                             # instead of [workload]: see Activity
+//	turns_per_hour = 2                     # every key optional (defaults)
+//	rate_sigma = 1.5
+//	turn_median = "20s"
+//	turn_sigma = 1.2
+//	long_task_share = 0.02                 # default 0.02 here (DefaultActivity)
+//	long_task_median = "2h"
+//	long_task_sigma = 0.5
+//
 //	[faults."fly.update"]
 //	p429 = 0.1
 //	p5xx = 0.05
@@ -68,6 +77,15 @@ type Scenario struct {
 		TurnMedian   Duration `toml:"turn_median"`
 		TurnSigma    float64  `toml:"turn_sigma"`
 	} `toml:"workload"`
+	Activity *struct {
+		TurnsPerHour   float64  `toml:"turns_per_hour"`
+		RateSigma      float64  `toml:"rate_sigma"`
+		TurnMedian     Duration `toml:"turn_median"`
+		TurnSigma      float64  `toml:"turn_sigma"`
+		LongTaskShare  *float64 `toml:"long_task_share"`
+		LongTaskMedian Duration `toml:"long_task_median"`
+		LongTaskSigma  float64  `toml:"long_task_sigma"`
+	} `toml:"activity"`
 	Faults        map[string]FaultSpec `toml:"faults"`
 	FailImagePull []string             `toml:"fail_image_pull"`
 	NeverHealthy  []string             `toml:"never_healthy"`
@@ -146,6 +164,15 @@ func (sc *Scenario) Config() Config {
 		RateLimitsSimTime: sc.RateLimitsSimTime, WaitSimTime: sc.WaitSimTime, APISimTime: sc.APISimTime,
 		Workload: Workload{BusyFraction: sc.Workload.BusyFraction, TurnMedian: sc.Workload.TurnMedian.Duration,
 			TurnSigma: sc.Workload.TurnSigma},
+	}
+	if sa := sc.Activity; sa != nil {
+		a := Activity{TurnsPerHour: sa.TurnsPerHour, RateSigma: sa.RateSigma, TurnMedian: sa.TurnMedian.Duration,
+			TurnSigma: sa.TurnSigma, LongTaskShare: DefaultLongTaskShare, LongTaskMedian: sa.LongTaskMedian.Duration,
+			LongTaskSigma: sa.LongTaskSigma}
+		if sa.LongTaskShare != nil {
+			a.LongTaskShare = *sa.LongTaskShare
+		}
+		c.Workload.Activity = &a
 	}
 	if sc.DrainKey != "" {
 		c.DrainKey = []byte(sc.DrainKey)

@@ -38,6 +38,7 @@ type Sim struct {
 	crashOnStart map[string]bool
 	slowStart    map[string]time.Duration
 	relief       reliefHeap // when disrupted machines may stop being disrupted
+	refusals     []Refusal
 	disrupted    int
 	maxDisrupt   int
 
@@ -130,6 +131,8 @@ type machine struct {
 	missed      int
 	interrupted int
 	lost        int
+	draining    time.Duration // time the gateway spent in "draining", up to accruedTo
+	accruedTo   time.Time
 
 	disrupted bool
 	disGen    uint64
@@ -257,9 +260,16 @@ func (s *Sim) initTurns(m *machine) {
 		for _, t := range w.Turns(m.app.name, m.id, rng) {
 			m.turns.add(absTurn{session: t.Session, start: s.origin.Add(t.Start), dur: t.Duration})
 		}
+	case w.Activity != nil:
+		var inflight []absTurn
+		m.turns.gen, inflight = newActivity(s.cfg.Seed, m.app.name+"/"+m.id, s.origin, *w.Activity)
+		for _, t := range inflight {
+			m.turns.add(t)
+		}
 	case w.BusyFraction > 0:
 		m.turns.gen = newGenerator(s.cfg.Seed, m.app.name+"/"+m.id, s.origin, w)
 	}
+	m.accruedTo = s.origin
 }
 
 func (s *Sim) hexID(n int) string {
@@ -359,6 +369,7 @@ func (s *Sim) markerCurrent(m *machine, t time.Time) bool {
 // admitted, refused (draining) or missed (gateway not serving), and the
 // in-flight list loses the turns that ended.
 func (s *Sim) advance(m *machine, now time.Time) {
+	s.accrue(m, now)
 	for {
 		at, ok := m.turns.peek()
 		if !ok || at.After(now) {
@@ -375,6 +386,7 @@ func (s *Sim) advance(m *machine, now time.Time) {
 			m.served++
 		case phaseDraining:
 			m.refused++
+			s.refusals = append(s.refusals, Refusal{App: m.app.name, MachineID: m.id, At: t.start, Session: t.session})
 		default:
 			m.missed++
 		}
@@ -663,6 +675,9 @@ type MachineView struct {
 	VolumeAttached bool // the config still mounts the machine's volume
 
 	TurnsServed, TurnsRefused, TurnsMissed, TurnsInterrupted, TurnsLost int
+	// DrainingTime is how long the gateway has been "draining" in all
+	// (refusing every new turn), since the simulation's start.
+	DrainingTime time.Duration
 }
 
 // Machine returns the view of one machine; it panics on an unknown name.
@@ -702,7 +717,7 @@ func (s *Sim) view(m *machine, now time.Time) MachineView {
 		PrivateIP: m.privateIP, MarkerPresent: m.marker != nil, MarkerCurrent: s.markerCurrent(m, now),
 		VolumeAttached: mountsVolume(m.config, m.volumeID),
 		TurnsServed:    m.served, TurnsRefused: m.refused, TurnsMissed: m.missed,
-		TurnsInterrupted: m.interrupted, TurnsLost: m.lost,
+		TurnsInterrupted: m.interrupted, TurnsLost: m.lost, DrainingTime: m.draining,
 	}
 	if ph.alive() {
 		v.ActiveAgents = m.active()

@@ -28,14 +28,18 @@ type turnSource struct {
 	gen      *generator
 }
 
-// generator is an alternating renewal process: busy for a log-normal turn,
-// idle for an exponential gap whose mean makes the busy fraction come out
-// right: E[gap] = E[turn]·(1-f)/f.
+// generator is one machine's lazy stream of turns. Busy-fraction mode is
+// an alternating renewal process: busy for a log-normal turn, idle for an
+// exponential gap whose mean makes the busy fraction come out right:
+// E[gap] = E[turn]·(1-f)/f. Activity mode (poisson) is a Poisson process
+// of arrivals with mean gap 1/λ between turn starts, whatever the turns'
+// lengths, so turns may overlap.
 type generator struct {
 	rng     *mrand.Rand
 	median  time.Duration
 	sigma   float64
 	meanGap float64 // nanoseconds
+	poisson bool
 	next    absTurn
 }
 
@@ -69,7 +73,11 @@ func (g *generator) session() string { return sessionNames[g.rng.IntN(len(sessio
 
 func (g *generator) pop() absTurn {
 	t := g.next
-	g.next = absTurn{session: g.session(), start: t.end().Add(g.gap()), dur: g.duration()}
+	from := t.end()
+	if g.poisson {
+		from = t.start
+	}
+	g.next = absTurn{session: g.session(), start: from.Add(g.gap()), dur: g.duration()}
 	return t
 }
 

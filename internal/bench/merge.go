@@ -1,0 +1,128 @@
+package bench
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// keptNote starts the line that says which sections of a results file come
+// from an earlier run.
+const keptNote = "Sections of scenarios not re-run are kept from an earlier run:"
+
+// MergeMarkdown folds a report of some scenarios (fresh) into an earlier
+// results file (old): the header, the activity section and the notes on
+// method are fresh; the targets table has the fresh rows and the old rows
+// of targets the fresh run did not measure; the old "## Scenarios" table is
+// kept as it was (with a note naming the run it came from), and the fresh
+// one follows it as "## Scenarios re-run on DATE".
+func MergeMarkdown(old, fresh string, date time.Time) string {
+	oh, oldSecs := splitSections(old)
+	fh, fs := splitSections(fresh)
+	origin := ""
+	for _, l := range strings.Split(oh, "\n") {
+		switch {
+		case strings.HasPrefix(l, keptNote):
+			origin = strings.TrimSpace(strings.TrimPrefix(l, keptNote))
+		case origin == "" && strings.HasPrefix(l, "Written by "):
+			origin = strings.TrimSpace(strings.TrimPrefix(l, "Written by "))
+		}
+	}
+	var b strings.Builder
+	b.WriteString(strings.TrimRight(fh, "\n") + "\n\n")
+	if origin != "" {
+		fmt.Fprintf(&b, "%s %s\n\n", keptNote, origin)
+	}
+	for _, sec := range fs {
+		switch {
+		case sec.title == "## Targets":
+			b.WriteString(section{title: sec.title, body: mergeTargets(findSection(oldSecs, "## Targets").body, sec.body)}.text())
+		case sec.title == "## Scenarios":
+			if kept := findSection(oldSecs, "## Scenarios"); kept.title != "" {
+				b.WriteString(kept.text())
+			}
+			b.WriteString(section{title: "## Scenarios re-run on " + date.UTC().Format("2006-01-02 15:04 MST"), body: sec.body}.text())
+		default:
+			b.WriteString(sec.text())
+		}
+	}
+	return strings.TrimRight(b.String(), "\n") + "\n"
+}
+
+type section struct{ title, body string }
+
+// text is the section with one blank line after its heading and after
+// its body, whatever the spacing it was read with.
+func (s section) text() string { return s.title + "\n\n" + strings.Trim(s.body, "\n") + "\n\n" }
+
+// splitSections cuts Markdown at its "## " headings.
+func splitSections(md string) (head string, secs []section) {
+	lines := strings.SplitAfter(md, "\n")
+	var cur *section
+	var h strings.Builder
+	for _, l := range lines {
+		if strings.HasPrefix(l, "## ") {
+			secs = append(secs, section{title: strings.TrimRight(l, "\n")})
+			cur = &secs[len(secs)-1]
+			continue
+		}
+		if cur == nil {
+			h.WriteString(l)
+		} else {
+			cur.body += l
+		}
+	}
+	return h.String(), secs
+}
+
+func findSection(secs []section, title string) section {
+	for _, s := range secs {
+		if s.title == title {
+			return s
+		}
+	}
+	return section{}
+}
+
+// mergeTargets keeps the fresh table, replacing its "not run" rows by the
+// old rows of the same target, and appends old targets it does not have.
+func mergeTargets(old, fresh string) string {
+	oldRows := map[string]string{}
+	var oldOrder []string
+	for _, l := range strings.Split(old, "\n") {
+		if k := targetKey(l); k != "" {
+			oldRows[k] = l
+			oldOrder = append(oldOrder, k)
+		}
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range strings.Split(strings.Trim(fresh, "\n"), "\n") {
+		k := targetKey(l)
+		if k != "" {
+			seen[k] = true
+			if strings.HasSuffix(strings.TrimSpace(l), "| not run |") && oldRows[k] != "" {
+				l = oldRows[k]
+			}
+		}
+		out = append(out, l)
+	}
+	for _, k := range oldOrder {
+		if !seen[k] {
+			out = append(out, oldRows[k])
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// targetKey is a targets table row's first cell ("" for other lines).
+func targetKey(l string) string {
+	if !strings.HasPrefix(l, "| ") || strings.HasPrefix(l, "| target |") {
+		return ""
+	}
+	cells := strings.Split(l, "|")
+	if len(cells) < 3 {
+		return ""
+	}
+	return strings.TrimSpace(cells[1])
+}
