@@ -137,6 +137,7 @@ type sandbox struct {
 	// `run follow`'s view tells drain times on the simulated clock.
 	followEnv *env
 	cleanups  []func()
+	webURL    string // the read-only web view (web.go)
 
 	waited  []fleetsim.MachineView // an agent whose task the drain waits out
 	long    []fleetsim.MachineView // agents given a task that outlasts every deadline
@@ -330,6 +331,10 @@ func (sb *sandbox) startWorker(ctx context.Context) error {
 		cancel()
 	})
 	fmt.Fprintf(sb.e.stdout, "  worker running in this process (River, %d workers, policy %s)\n", sb.comp.workers, sb.comp.policy.Version())
+	if sb.webURL, err = sb.startWebView(log); err != nil {
+		return err
+	}
+	fmt.Fprintf(sb.e.stdout, "  web view on %s/runs (open it to watch the runs live)\n", sb.webURL)
 	return nil
 }
 
@@ -553,8 +558,9 @@ func (sb *sandbox) keep(ctx context.Context, firstRun int64) error {
 		"In another terminal:\n"+
 		"  export %s=%s\n"+
 		"  go run ./cmd/migrator history --run %d\n"+
-		"  . %s   # also the simulator's settings, to create runs of your own\n",
-		databaseURLEnv, sb.dsn, databaseURLEnv, shellQuote(sb.dsn), firstRun, envPath)
+		"  . %s   # also the simulator's settings, to create runs of your own\n"+
+		"Web view: %s/runs/%d\n",
+		databaseURLEnv, sb.dsn, databaseURLEnv, shellQuote(sb.dsn), firstRun, envPath, sb.webURL, firstRun)
 	<-ctx.Done()
 	fmt.Fprintln(out, "sandbox: interrupted; cleaning up")
 	return nil
