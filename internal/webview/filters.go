@@ -164,6 +164,14 @@ func derefInt(p *int) string {
 	return strconv.Itoa(*p)
 }
 
+// secs shows a wait in seconds as a duration ("–": none).
+func secs(p *float64) string {
+	if p == nil {
+		return "–"
+	}
+	return time.Duration(*p * float64(time.Second)).Round(time.Second).String()
+}
+
 func yesno(p *bool) string {
 	switch {
 	case p == nil:

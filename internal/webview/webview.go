@@ -113,7 +113,7 @@ func New(cfg Config) (*View, error) {
 	}
 	v := &View{cfg: cfg, pages: map[string]*template.Template{}, mux: http.NewServeMux()}
 	funcs := template.FuncMap{"stamp": stamp, "dur": dur, "pct": pct, "deref": deref, "derefInt": derefInt,
-		"yesno": yesno, "fv": func(q url.Values, k string) string { return q.Get(k) }}
+		"yesno": yesno, "secs": secs, "fv": func(q url.Values, k string) string { return q.Get(k) }}
 	for _, page := range []string{"runs", "run", "migration", "history", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+page+".html")
 		if err != nil {
