@@ -264,7 +264,8 @@
     c.strokeStyle = "#c0392b"; c.setLineDash([4, 3]);
     c.beginPath(); c.moveTo(LABEL, yOf(cap)); c.lineTo(w, yOf(cap)); c.stroke(); c.setLineDash([]);
     c.fillStyle = "#1d232b"; c.font = "11px system-ui, sans-serif"; c.textBaseline = "middle";
-    const cur = totals[col(Math.min(tnow, t1()))] || 0;
+    // A phase ending at column c is counted up to c - 1.
+    const cur = totals[Math.max(0, col(Math.min(tnow, t1())) - 1)] || 0;
     c.fillText("budget " + cap + " (dashed)", 4, 24);
     c.fillText("in use now: " + (run.terminal ? 0 : cur), 4, 40);
     c.fillText("peak: " + Math.max(...totals), 4, 56);
