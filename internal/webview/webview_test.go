@@ -63,6 +63,11 @@ func seedRun(t testing.TB, pool *pgxpool.Pool, s runSpec) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The run began when its first machine did, an hour ago.
+	if _, err := pool.Exec(ctx, `UPDATE runs SET created_at = now() - interval '1 hour 1 second',
+		started_at = now() - interval '1 hour 1 second' WHERE id = $1`, r.ID); err != nil {
+		t.Fatal(err)
+	}
 	errText := "verification failed: not serving"
 	if s.hostile {
 		errText = hostileError

@@ -28,7 +28,7 @@
   const holdsSlot = (s) => s !== "pending";
 
   const machines = new Map(); // id -> machine row + phases, cur, end
-  let run = null, lastEvent = 0, serverSkew = 0, rows = [], dirty = true;
+  let run = null, lastEvent = 0, serverSkew = 0, rows = [], dirty = true, earliest = Infinity;
 
   function machine(id) {
     let m = machines.get(id);
@@ -49,6 +49,7 @@
     const [id, at, from, to, done] = t;
     const m = machine(id);
     const start = m.cur ? m.cur.at : (m.startedMS && m.startedMS <= at ? m.startedMS : at);
+    earliest = Math.min(earliest, start);
     if (at > start) m.phases.push({ s: m.cur ? m.cur.s : from, a: start, b: at });
     if (done) { m.cur = null; m.end = { outcome: to, at }; }
     else { m.cur = { s: to, at }; m.end = null; }
@@ -64,7 +65,9 @@
   }
 
   const now = () => Date.now() + serverSkew;
-  const t0 = () => run.started_at || run.created_at;
+  // The axis starts with the run, or with its first event if a replica's
+  // clock put that earlier.
+  const t0 = () => Math.min(run.started_at || run.created_at, earliest);
   const t1 = () => Math.max(run.finished_at || now(), t0() + 1000);
 
   function fmtDur(ms) {
@@ -178,7 +181,7 @@
     for (let t = 0; t <= span; t += step) {
       const x = xOf(t0() + t, w);
       c.beginPath(); c.moveTo(x, y0); c.lineTo(x, y0 + h); c.stroke();
-      c.fillText(fmtDur(t), x + 2, 3);
+      c.fillText(t >= 60000 && t % 60000 === 0 ? fmtDur(t).replace(/m00s$/, "m").replace(/h00m$/, "h") : fmtDur(t), x + 2, 3);
     }
   }
 
