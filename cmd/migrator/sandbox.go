@@ -94,7 +94,9 @@ func newSandboxCmd(e *env) *cobra.Command {
 			"drain_history with the simulator's count of home broadcasts and pinged sessions.\n" +
 			"Everything is stopped and removed at the end, on failure and on Ctrl-C. With --keep,\n" +
 			"PostgreSQL, the simulator and the worker stay up after the summary until Ctrl-C, and\n" +
-			"DATABASE_URL is printed so you can try `migrator history` in another terminal.\n\n" +
+			"DATABASE_URL is printed so you can try `migrator history` in another terminal.\n" +
+			"The read-only web view (what `serve` serves) runs too; its URL is printed at the\n" +
+			"start, to watch the runs live in a browser, and again with --keep.\n\n" +
 			"Exit status: 0 when both runs ended as the story says, 1 otherwise, 2 for bad flags\n" +
 			"or no PostgreSQL server binaries.",
 		Example: "  go run ./cmd/migrator sandbox\n" +
@@ -116,7 +118,7 @@ func newSandboxCmd(e *env) *cobra.Command {
 	f.Float64Var(&cfg.TimeScale, "time-scale", 30, "simulated seconds per wall second, at most 60 (30: a 10m drain wait lasts 20 s)")
 	f.DurationVar(&cfg.AutoWait, "auto-update-wait", 10*time.Minute, "how long the auto-update run's drains may wait before deferring")
 	f.DurationVar(&cfg.OperatorWait, "operator-wait", 10*time.Minute, "how long the operator run's drains may wait before forcing (the policy's default)")
-	f.BoolVar(&cfg.Keep, "keep", false, "after the summary keep PostgreSQL, the simulator and the worker up until Ctrl-C, and print DATABASE_URL")
+	f.BoolVar(&cfg.Keep, "keep", false, "after the summary keep PostgreSQL, the simulator and the worker up until Ctrl-C, and print DATABASE_URL and the web view's URL")
 	return cmd
 }
 
