@@ -104,17 +104,21 @@ type TimelineMachine struct {
 }
 
 // TimelineMachines returns the machines of run id in plan order. With
-// changed not nil it returns only those and the machines in flight (at most
-// the run's max_unavailable, from the (run_id, state) index): what a live
-// page needs to refresh, whose in-flight rows change without a transition
-// (a draining machine's active agents).
+// changed not nil it returns only those and the machines holding a budget
+// slot (at most the run's max_unavailable, from the partial slot index):
+// what a live page needs to refresh, as in-flight rows change without a
+// transition (a draining machine's active agents).
 func (q *Q) TimelineMachines(ctx context.Context, runID int64, changed []int64) ([]TimelineMachine, error) {
+	where, args := `m.run_id = $1`, []any{runID}
+	if changed != nil {
+		// Two indexed arms (primary key, machine_migrations_slot_idx).
+		where, args = `m.run_id = $1 AND (m.id = ANY($2) OR m.slot_held)`, append(args, changed)
+	}
 	rows, err := q.db.Query(ctx, `
 		SELECT m.id, m.seq, m.app, m.machine_id, m.region, m.canary, m.state, coalesce(m.outcome, ''), m.error,
 			m.deferrals, m.started_at, d.quiet, coalesce(d.outcome, ''), d.active_agents_at_recreate, d.last_active_agents
 		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id
-		WHERE m.run_id = $1 AND ($2::bigint[] IS NULL OR m.id = ANY($2) OR m.state NOT IN ('pending', 'done'))
-		ORDER BY m.seq`, runID, changed)
+		WHERE `+where+` ORDER BY m.seq`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read timeline machines of run %d: %w", runID, err)
 	}
