@@ -143,7 +143,9 @@ func (q *Q) TimelineMachines(ctx context.Context, runID int64, changed []int64) 
 // Transition is one state transition of a machine: an event "machine.<to>"
 // whose detail names the state it left ("from"). To is the state entered,
 // or the outcome when the machine is done (Done: the event carries an
-// "outcome"). Other "machine.*" events (no "from") are not transitions. So
+// "outcome"). Other "machine.*" events (no "from") are not transitions, nor
+// are those that stay in their state (a draining machine whose active
+// agents changed: "machine.draining" from "draining"). So
 // a state or outcome added to the orchestrator shows up here unchanged.
 type Transition struct {
 	EventID     int64
@@ -165,6 +167,7 @@ func (q *Q) Transitions(ctx context.Context, runID, afterID int64, limit int) ([
 		FROM events
 		WHERE run_id = $1 AND id > $2 AND migration_id IS NOT NULL
 			AND kind LIKE 'machine.%' AND detail ? 'from'
+			AND detail->>'from' <> substr(kind, length('machine.') + 1)
 		ORDER BY id LIMIT $3`, runID, afterID, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read transitions of run %d: %w", runID, err)

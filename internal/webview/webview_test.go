@@ -125,10 +125,15 @@ func seedRun(t testing.TB, pool *pgxpool.Pool, s runSpec) int64 {
 	if err != nil {
 		t.Fatalf("seed run: %v", err)
 	}
-	// A non-transition machine event, which the timeline must not take for one.
+	// Machine events that are not transitions, which the timeline must not
+	// take for one: a failed drain cancel, and a draining machine whose
+	// active agents changed (it stays draining).
 	if s.machines > 0 {
-		if _, err := pool.Exec(ctx, `INSERT INTO events (run_id, migration_id, kind, target, error)
-			SELECT run_id, id, 'machine.cancel_drain_failed', app, $2 FROM machine_migrations WHERE run_id = $1 AND seq = 0`,
+		if _, err := pool.Exec(ctx, `INSERT INTO events (run_id, migration_id, kind, target, error, detail)
+			SELECT run_id, id, 'machine.cancel_drain_failed', app, $2, '{}'::jsonb FROM machine_migrations WHERE run_id = $1 AND seq = 0
+			UNION ALL
+			SELECT run_id, id, 'machine.draining', app, '', '{"from": "draining", "active_agents": 1}'::jsonb
+			FROM machine_migrations WHERE run_id = $1 AND seq = 0`,
 			r.ID, errText); err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +295,7 @@ func TestPagesRender(t *testing.T) {
 			}
 			for _, m := range tl.Machines {
 				if perMachine[m.ID] != transitionsFor(m.Seq, tc.spec) {
-					t.Fatalf("machine seq %d: %d transitions, want %d (cancel_drain_failed is not one)", m.Seq, perMachine[m.ID], transitionsFor(m.Seq, tc.spec))
+					t.Fatalf("machine seq %d: %d transitions, want %d (cancel_drain_failed and draining → draining are none)", m.Seq, perMachine[m.ID], transitionsFor(m.Seq, tc.spec))
 				}
 			}
 			code, body, _ = get(t, srv, "/runs")
