@@ -12,6 +12,7 @@ import (
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -274,7 +275,7 @@ func (v *View) runs(w http.ResponseWriter, r *http.Request) {
 	}
 	var next string
 	if len(runs) == f.Limit {
-		nq := q
+		nq := maps.Clone(q)
 		nq.Set("before", strconv.FormatInt(runs[len(runs)-1].ID, 10))
 		next = "/runs?" + nq.Encode()
 	}
@@ -527,9 +528,15 @@ func (v *View) historyPage(w http.ResponseWriter, r *http.Request, f store.Histo
 		v.fail(w, r, err)
 		return
 	}
-	csvQuery := r.URL.RawQuery
-	if form == nil { // an agent page: its filter as the search's query
+	// The download has every matching row: the search's filters without
+	// its page limit (an agent page: its app and machine).
+	var csvQuery string
+	if form == nil {
 		csvQuery = agentQuery(f)
+	} else {
+		q := maps.Clone(form)
+		q.Del("limit")
+		csvQuery = q.Encode()
 	}
 	v.render(w, r, http.StatusOK, "history", map[string]any{"Title": title, "Rows": rows, "Form": form,
 		"Search": form != nil, "Causes": causes(), "Outcomes": store.MachineOutcomes, "CSV": "/history.csv?" + csvQuery,

@@ -559,6 +559,25 @@ func TestHistorySearch(t *testing.T) {
 	}
 }
 
+// The history page's download has every matching row, not the page's.
+func TestHistoryDownloadHasEveryRow(t *testing.T) {
+	_, pool := storetest.NewDB(t)
+	srv := newView(t, pool, webview.Config{})
+	id := seedRun(t, pool, runSpec{machines: 30, done: 30, state: store.RunSucceeded})
+	code, body, _ := get(t, srv, fmt.Sprintf("/history?run=%d&limit=5", id))
+	if n := strings.Count(body, `<a href="/migrations/`); code != http.StatusOK || n != 5 {
+		t.Fatalf("history page: %d, %d rows", code, n)
+	}
+	link := fmt.Sprintf(`<a href="/history.csv?run=%d">download CSV</a>`, id)
+	if !strings.Contains(body, link) {
+		t.Fatalf("history page lacks %s", link)
+	}
+	_, body, _ = get(t, srv, fmt.Sprintf("/history.csv?run=%d", id))
+	if recs, err := csv.NewReader(strings.NewReader(body)).ReadAll(); err != nil || len(recs) != 31 {
+		t.Errorf("download: %d records, %v", len(recs), err)
+	}
+}
+
 // With credentials configured, nothing is served without them; either
 // kind is accepted; a browser is asked for basic auth.
 func TestAuth(t *testing.T) {
