@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -621,5 +622,44 @@ func TestAuth(t *testing.T) {
 	res.Body.Close()
 	if res.StatusCode != http.StatusUnauthorized {
 		t.Errorf("basic with a wrong password: %d", res.StatusCode)
+	}
+}
+
+// The runs list filters by state, cause and requester, and pages back.
+func TestRunsListFiltersAndPages(t *testing.T) {
+	_, pool := storetest.NewDB(t)
+	srv := newView(t, pool, webview.Config{})
+	running := seedRun(t, pool, runSpec{machines: 4, done: 1, inFlight: 1})
+	failed := seedRun(t, pool, runSpec{machines: 4, done: 4, state: store.RunFailed})
+	operator := seedRun(t, pool, runSpec{machines: 2, done: 2, state: store.RunSucceeded})
+	if _, err := pool.Exec(context.Background(), `UPDATE runs SET cause = 'operator', requested_by = 'alice' WHERE id = $1`, operator); err != nil {
+		t.Fatal(err)
+	}
+	link := func(id int64) string { return fmt.Sprintf(`<a href="/runs/%d">%d</a>`, id, id) }
+	for query, want := range map[string][]int64{
+		"":                               {running, failed, operator},
+		"state=failed":                   {failed},
+		"state=running":                  {running},
+		"cause=operator":                 {operator},
+		"requested_by=alice":             {operator},
+		"cause=auto-update":              {running, failed},
+		"limit=2":                        {operator, failed},
+		fmt.Sprintf("before=%d", failed): {running},
+	} {
+		code, body, _ := get(t, srv, "/runs?"+query)
+		if code != http.StatusOK {
+			t.Errorf("/runs?%s = %d", query, code)
+			continue
+		}
+		for _, id := range []int64{running, failed, operator} {
+			if shown, wanted := strings.Contains(body, link(id)), slices.Contains(want, id); shown != wanted {
+				t.Errorf("/runs?%s shows run %d: %v, want %v", query, id, shown, wanted)
+			}
+		}
+	}
+	// A full page links to the older runs.
+	_, body, _ := get(t, srv, "/runs?limit=2")
+	if next := fmt.Sprintf(`href="/runs?before=%d&amp;limit=2"`, failed); !strings.Contains(body, next) {
+		t.Errorf("page of 2 lacks the link %s", next)
 	}
 }
