@@ -20,10 +20,17 @@ import (
 
 // recorder is an orchestrator.Observer that keeps what it hears.
 type recorder struct {
-	mu       sync.Mutex
-	machines map[string]int
-	drains   []drainEnd
-	ticks    []string
+	mu        sync.Mutex
+	machines  map[string]int
+	drains    []drainEnd
+	ticks     []string
+	peeks     map[string]int
+	idleWaits []idleEnd
+}
+
+type idleEnd struct {
+	result string
+	wait   time.Duration
 }
 
 type drainEnd struct {
@@ -45,6 +52,21 @@ func (r *recorder) DrainEnded(quiet bool, outcome string, wait time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.drains = append(r.drains, drainEnd{quiet, outcome, wait})
+}
+
+func (r *recorder) Peeked(result string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.peeks == nil {
+		r.peeks = map[string]int{}
+	}
+	r.peeks[result]++
+}
+
+func (r *recorder) IdleWaitEnded(result string, wait time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.idleWaits = append(r.idleWaits, idleEnd{result, wait})
 }
 
 func (r *recorder) AutoUpdateTick(outcome string) {

@@ -29,7 +29,10 @@ type Config struct {
 	// tried again (each after that lease expires) before it fails. Default 5.
 	LeaseRetries int
 	// VerifyTimeout bounds the wait for the new instance to start, pass its
-	// checks and serve; past it the old image is put back. Default 5m.
+	// checks and serve; past it the old image is put back. A definitive
+	// failure (startup_failed, machine failed, instance stopped, flyd's
+	// revert) does not wait for it. It bounds the rollback the same way,
+	// until the agent serves again on the old image. Default 5m.
 	VerifyTimeout time.Duration
 	// WaitStep is the longest single /wait call; short, so a job execution
 	// stays short and a crash hands the machine over quickly. Default 5s.
@@ -38,6 +41,12 @@ type Config struct {
 	// retried before the machine fails (it is never recreated blind).
 	// Default 2m.
 	GatewayGrace time.Duration
+	// PeekBackoffMax bounds the pause between two status reads of an agent
+	// the worker waits to find idle before draining it: the pause starts
+	// at PollInterval and doubles up to this, with ±20 % jitter. Default
+	// 1m: once backed off, N busy agents cost at most 1.25·N status reads a
+	// minute.
+	PeekBackoffMax time.Duration
 	// Clock is the time source. Default clock.Real().
 	Clock clock.Clock
 	// Logger receives one line per transition. Default: discard.
@@ -66,6 +75,9 @@ func (c Config) withDefaults() Config {
 	if c.GatewayGrace == 0 {
 		c.GatewayGrace = 2 * time.Minute
 	}
+	if c.PeekBackoffMax == 0 {
+		c.PeekBackoffMax = time.Minute
+	}
 	if c.Clock == nil {
 		c.Clock = clock.Real()
 	}
@@ -80,7 +92,7 @@ func (c Config) validate() error {
 	if c.FleetCap < 0 {
 		errs = append(errs, fmt.Errorf("fleet cap %d is negative", c.FleetCap))
 	}
-	if c.PollInterval < 0 || c.LeaseTTL < 0 || c.VerifyTimeout < 0 || c.WaitStep < 0 || c.GatewayGrace < 0 {
+	if c.PollInterval < 0 || c.LeaseTTL < 0 || c.VerifyTimeout < 0 || c.WaitStep < 0 || c.GatewayGrace < 0 || c.PeekBackoffMax < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
 	if c.MarkerRefresh > 20*time.Minute {

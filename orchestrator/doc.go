@@ -33,14 +33,50 @@
 //
 // # The per-machine state machine
 //
-//	pending ──slot──▶ ready ──read, lease, decide──▶ decided ──begin drain──▶ draining
-//	   ▲                │                                                    │
-//	   └─lease held─────┤ (up to date: skipped_up_to_date;                    │ quiescent, gateway down,
-//	                    │  outside window: deferred)                         │ or deadline + force
-//	                    ▼                                                    ▼
-//	                  done ◀──migrated── verifying ◀──update image── updating
-//	                    ▲                    │
-//	                    └──rolled_back── rolling_back (not started / revert / unhealthy / not serving)
+//	pending ──slot──▶ ready ──read, peek, lease, decide──▶ decided ──begin drain──▶ draining
+//	   ▲                │                                                          │
+//	   ├─lease held─────┤ (up to date: skipped_up_to_date;                          │ quiescent, gateway down,
+//	   └─agent busy─────┤  outside window: deferred;                               │ or deadline + force
+//	                    │  never idle within idle_wait, on_busy defer: deferred)   ▼
+//	                  done ◀──migrated── verifying ◀──update image──────────── updating
+//	                   ▲ ▲                   │
+//	                   │ └──rolled_back── rolling_back (revert; startup_failed, failed or
+//	                   │   (drain cancelled,    │        stopped at once; else not started /
+//	                   │    gateway serving)    │        unhealthy / not serving by VerifyTimeout)
+//	                   └──────failed────────────┘ (rollback impossible, or the agent does not
+//	                                               serve on the old image by VerifyTimeout)
+//
+// # Idle-first begin
+//
+// A drain refuses every new user turn while it lasts, so a machine whose
+// decision has an idle wait (policy idle_wait, or the run's --idle-wait) and
+// whose machine is started is drained only at a moment its agent is idle.
+// In ready, after reading the machine and before leasing it, the step
+// reads the agent's /api/status (a peek). active_agents > 0 (or the gateway
+// still "starting"): the machine goes back to pending in the same write
+// that gives its slot back (slot_held false; the commit refills the slot
+// for the next candidate, so a waiting machine is never counted as
+// disrupted), with not_before = now + a back-off (PollInterval doubling up
+// to PeekBackoffMax, ±20 %, never past the idle wait's end). FillSlots
+// gives it a slot again when that has passed (a freed slot or the fill
+// safety net); its next peek comes before any Fly call, so a busy agent
+// costs one status read, one write and a slot hand-over per look. Idle (or
+// the gateway not running at all: nobody is being served) → lease, record
+// the decision (active_agents_at_begin from the peek) and begin at once.
+// A turn slipping in between is waited for as without an idle wait.
+//
+// The idle wait counts from the first peek (first_peek_at, kept across
+// looks, leases held elsewhere and replica crashes: it is in Postgres).
+// When it is over and the agent is still busy: on_busy = "drain" begins
+// anyway; "defer" ends the machine deferred, never drained (no drain row),
+// with the last active_agents in its error; the deferral counts toward
+// max_deferrals and, once they are used, the decision has no idle wait
+// (drain at once, force at the deadline). A status that cannot be read is
+// not taken for idle: the machine backs off as if busy, and if the status
+// is still unreadable when the idle wait ends it goes on to the begin,
+// which retries an unreachable gateway for GatewayGrace and then fails the
+// machine, as without an idle wait (a broken dashboard is neither drained
+// blind nor deferred in silence).
 //
 // Each arrow is one write (store.Q.SaveStep: a single statement, or a
 // transaction when the machine frees its budget slot) of the machine's row
@@ -59,7 +95,39 @@
 // Verification reads the machine once per poll (instance, image and checks
 // in one call), waiting on Fly's /wait only while the new instance is still
 // on its way; health results count only if newer than Fly's own update
-// time, and the gateway must report running or degraded.
+// time, and the gateway must report running or degraded. A definitive
+// failure rolls back at once instead of waiting out VerifyTimeout (which
+// stays for the undecided: still starting, checks not yet passing): the
+// machine settled on another instance (flyd's revert), the new instance's
+// machine is failed or stopped, or its gateway reports startup_failed. The
+// deciding signal is recorded with the rolling_back transition.
+//
+// # Every way out leaves the agent serving
+//
+// A rollback ends only when the machine runs the old image and its agent
+// serves again. flyd may keep (or put back) the old instance without ever
+// stopping it — same process, same epoch — and that instance still holds
+// the drain marker and refuses every turn; so once the machine is back on
+// the old image the drain is cancelled (after a rollback that recreated the
+// machine the marker is stale and the cancel only removes it) and the
+// gateway must report running or degraded, both recorded; a gateway that
+// was not serving before the update (the drain found it down) is not waited
+// for. Past VerifyTimeout an agent that does not serve on the old image
+// ends failed, as does a rollback that cannot be sent; either tries to
+// cancel the drain first.
+//
+// The Fly lease's description names the machine migration ("migrator run R
+// migration M"). A replica that dies after Fly granted the lease but before
+// its nonce was saved leaves the lease behind; the next attempt's 409 is
+// followed by one read of the lease (Fly shows the nonce to any holder of
+// the token) and a lease with this migration's description is adopted, not
+// waited out (or, if the run was cancelled meanwhile, released). A lease
+// with any other description is never touched. The
+// release at the end is retried on transient failures (the adapter's
+// bounded back-off, a 429 after its Retry-After), on a deadline detached
+// from the step's so that a replica shutting down still releases; a release
+// that finally fails is recorded (machine.lease_release_failed) and the
+// lease expires by itself.
 //
 // Waiting is a River snooze: an execution takes every step that needs no
 // waiting, then returns how long to wait. The periodic fill job re-inserts a

@@ -36,6 +36,7 @@ type world struct {
 	logs  *logbuf.Buffer
 	reps  []*replica
 	owner *orchestrator.Orchestrator // the first replica's, for run operations
+	opts  worldOpts
 }
 
 type replica struct {
@@ -49,11 +50,21 @@ type worldOpts struct {
 	policy   *policy.Policy
 	fleetCap int
 	replicas int
+	// wrapFly, if set, stands between every replica and the Fly adapter
+	// (to lose an answer, say).
+	wrapFly func(*flymachines.Client) orchestrator.Fly
+	// scale overrides timeScale, for tests that measure simulated time
+	// against a bound a loaded machine could blur at 50×.
+	scale float64
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
 	t.Helper()
-	clk := clock.NewScaled(time.Date(2026, 11, 24, 3, 0, 0, 0, time.UTC), timeScale)
+	scale := float64(timeScale)
+	if o.scale > 0 {
+		scale = o.scale
+	}
+	clk := clock.NewScaled(time.Date(2026, 11, 24, 3, 0, 0, 0, time.UTC), scale)
 	o.sim.Clock = clk
 	if o.sim.Seed == 0 {
 		o.sim.Seed = 1
@@ -67,7 +78,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	}
 	t.Cleanup(sim.Close)
 	_, pool := storetest.NewDB(t)
-	w := &world{t: t, clk: clk, sim: sim, st: store.New(pool), pol: o.policy, logs: &logbuf.Buffer{}}
+	w := &world{t: t, clk: clk, sim: sim, st: store.New(pool), pol: o.policy, logs: &logbuf.Buffer{}, opts: o}
 	if w.pol == nil {
 		w.pol = policy.Default()
 	}
@@ -91,9 +102,13 @@ func (w *world) startReplica(fleetCap int) *replica {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var f orchestrator.Fly = fly
+	if w.opts.wrapFly != nil {
+		f = w.opts.wrapFly(fly)
+	}
 	orch, err := orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: 2 * time.Second,
 		LeaseTTL: 2 * time.Minute, VerifyTimeout: 2 * time.Minute, WaitStep: 5 * time.Second, GatewayGrace: 30 * time.Second,
-		Clock: w.clk, Logger: log}, w.st, fly, gw, w.pol)
+		Clock: w.clk, Logger: log}, w.st, f, gw, w.pol)
 	if err != nil {
 		t.Fatal(err)
 	}

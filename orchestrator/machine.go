@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"time"
 
@@ -70,6 +71,9 @@ type step struct {
 	drainEnded bool
 	// leaseDirty: the lease was refreshed and its nonce/expiry not yet saved.
 	leaseDirty bool
+	// idleResult: how this execution's peeks ended the idle wait (reported
+	// once the decision is committed); "" without one.
+	idleResult string
 }
 
 // Bounds that keep one execution inside its job timeout and make its writes
@@ -250,13 +254,18 @@ func (s *step) transition(ctx context.Context, to string, detail map[string]any)
 // finish ends the machine with an outcome: the lease is released, the slot
 // given back. errText is the one-line reason for anything but success.
 func (s *step) finish(ctx context.Context, outcome, drainOutcome, errText string) (next, error) {
-	s.releaseLease(ctx)
 	if drainOutcome != "" && s.w.Drain != nil && s.w.Drain.Outcome == "" {
 		s.w.Drain.Outcome = drainOutcome
 	}
+	return s.finishDetail(ctx, outcome, errText, nil)
+}
+
+// finishDetail is finish with details for the outcome's event.
+func (s *step) finishDetail(ctx context.Context, outcome, errText string, detail map[string]any) (next, error) {
+	s.releaseLease(ctx)
 	s.m.Outcome = outcome
 	s.m.Error = errText
-	if err := s.transition(ctx, store.StateDone, nil); err != nil {
+	if err := s.transition(ctx, store.StateDone, detail); err != nil {
 		return next{}, err
 	}
 	return finished, nil
@@ -282,6 +291,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	run := s.w.Run
 	switch run.State {
 	case store.RunCancelling, store.RunCancelled:
+		s.releaseOrphan(ctx)
 		return s.finish(ctx, store.OutcomeCancelled, "", "run cancelled before this machine started")
 	case store.RunPaused:
 		// Nothing new starts while paused: give the slot back, keep the lease off.
@@ -291,6 +301,18 @@ func (s *step) ready(ctx context.Context) (next, error) {
 			return next{}, err
 		}
 		return finished, nil
+	}
+	// A machine already waiting for an idle moment looks at its agent
+	// first: while it is busy, the slot goes back without a Fly call.
+	peeked := false
+	if s.m.Peeks > 0 {
+		d := s.decide(s.m.Region, s.m.FromImage, s.m.Labels)
+		if iw := s.idleWait(d); iw > 0 && d.InWindow {
+			if n, stop, err := s.peek(ctx, d, iw); stop {
+				return n, err
+			}
+			peeked = true
+		}
 	}
 	mach, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
 	if err != nil {
@@ -303,10 +325,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	s.m.FromImage, s.m.FromInstanceID = mach.Image, mach.InstanceID
 
 	now := s.now()
-	d := s.o.pol.Decide(policy.Cause(run.Cause), policy.Machine{
-		App: s.m.App, MachineID: s.m.MachineID, Region: mach.Region, Image: mach.Image,
-		Labels: mach.Labels, Deferrals: s.m.Deferrals,
-	}, now)
+	d := s.decide(mach.Region, mach.Image, mach.Labels)
 	if !d.InWindow {
 		msg := "outside the maintenance window"
 		if d.Window != "" {
@@ -317,11 +336,28 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		}
 		return s.finish(ctx, store.OutcomeDeferred, "", msg)
 	}
+	// Only a started or starting machine has an agent with users to drain.
+	drain := mach.State == "started" || mach.State == "starting"
+	if iw := s.idleWait(d); drain && iw > 0 && !peeked && s.m.LeaseNonce == "" {
+		// Idle-first: begin only at a moment with no work in flight.
+		if n, stop, err := s.peek(ctx, d, iw); stop {
+			return n, err
+		}
+	}
 	if s.m.LeaseNonce == "" {
-		lease, err := s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, fmt.Sprintf("migrator run %d", s.m.RunID))
+		lease, err := s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, s.leaseDescription())
 		var held *flymachines.LeaseHeldError
 		if errors.As(err, &held) {
-			return s.leaseHeld(ctx, held)
+			var adopted bool
+			lease, adopted, err = s.adoptLease(ctx)
+			switch {
+			case flymachines.IsNotFound(err):
+				// Released or expired since the 409: acquire it next time.
+				s.persistCalls(ctx)
+				return wait(s.o.cfg.PollInterval), nil
+			case err == nil && !adopted:
+				return s.leaseHeld(ctx, held)
+			}
 		}
 		if err != nil {
 			return s.flyError(ctx, "lease machine", err)
@@ -340,10 +376,8 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	}
 
 	// Fly launches the new instance only for a machine that was started,
-	// starting or failed; a stopped one just gets the new config. Only a
-	// started or starting machine has an agent with users to drain.
+	// starting or failed; a stopped one just gets the new config.
 	s.m.Launch = launchable(mach.State)
-	drain := mach.State == "started" || mach.State == "starting"
 
 	drainWait := d.Wait
 	if run.DeadlineOverride > 0 {
@@ -353,16 +387,186 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		MigrationID: s.m.ID, Quiet: d.Quiet, PolicyRule: d.Rule, PolicyVersion: d.Version,
 		OnDeadline: string(d.OnDeadline), MaxDeferrals: d.MaxDeferrals, DecidedAt: now, DeadlineAt: now.Add(drainWait),
 	}
+	if s.m.Peeks > 0 {
+		s.w.Drain.ActiveAgentsAtBegin = s.m.PeekActiveAgents
+	}
 	// The decision is on record before the gateway hears of it.
 	to := store.StateDecided
 	if !drain {
 		to = store.StateUpdating
 	}
 	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
-		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State}); err != nil {
+		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
+		"idle_wait": s.idleWait(d).String(), "peeks": s.m.Peeks}); err != nil {
 		return next{}, err
 	}
+	if s.idleResult != "" {
+		s.o.obs.IdleWaitEnded(s.idleResult, max(now.Sub(s.m.FirstPeekAt), 0))
+	}
 	return next{}, nil
+}
+
+// decide asks the policy about this machine with the given facts.
+func (s *step) decide(region, image string, labels map[string]string) policy.Decision {
+	return s.o.pol.Decide(policy.Cause(s.w.Run.Cause), policy.Machine{
+		App: s.m.App, MachineID: s.m.MachineID, Region: region, Image: image,
+		Labels: labels, Deferrals: s.m.Deferrals,
+	}, s.now())
+}
+
+// idleWait is how long this machine looks for an idle moment.
+func (s *step) idleWait(d policy.Decision) time.Duration {
+	return IdleWait(d, s.m.Deferrals, s.w.Run.IdleWaitOverride)
+}
+
+// IdleWait is how long a machine with this decision and these deferrals
+// looks for an idle moment before its drain: the decision's idle wait, or
+// the run's override of it (nil: none); a machine out of deferrals is
+// drained at once ("then force") either way.
+func IdleWait(d policy.Decision, deferrals int, override *time.Duration) time.Duration {
+	if d.MaxDeferrals > 0 && deferrals >= d.MaxDeferrals {
+		return 0
+	}
+	if override != nil {
+		return *override
+	}
+	return d.IdleWait
+}
+
+// peek reads the agent's status before the machine is leased and drained.
+// stop=false: go on to lease and drain now, because the agent is idle
+// (nothing in flight and serving, or its gateway is not running at all, so
+// nobody is served), or the idle wait is over and on_busy is drain, or the
+// status stayed unreadable to the end (the begin then retries it for
+// GatewayGrace and fails the machine, as without an idle wait: a broken
+// dashboard is neither drained blind nor deferred in silence). stop=true:
+// the step returns (n, err): the machine went back to pending without its
+// slot until the next look, or was deferred, never drained.
+func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Duration) (n next, stop bool, err error) {
+	now := s.now()
+	if s.m.FirstPeekAt.IsZero() {
+		s.m.FirstPeekAt = now
+	}
+	st, serr := s.o.gw.Status(ctx, s.target())
+	s.m.Peeks++
+	s.m.LastPeekAt = now
+	s.m.PeekActiveAgents = nil
+	result := PeekBusy
+	switch {
+	case serr != nil:
+		result = PeekUnreadable
+	case !st.Running || st.ActiveAgents == 0 && st.State != gateway.StateStarting:
+		result = PeekIdle
+	}
+	if serr == nil {
+		active := st.ActiveAgents
+		s.m.PeekActiveAgents = &active
+	}
+	s.o.obs.Peeked(result)
+	over := !now.Before(s.m.FirstPeekAt.Add(idleWait))
+	switch {
+	case result == PeekIdle:
+		s.idleResult, s.m.Error = IdleFound, ""
+		return next{}, false, nil
+	case result == PeekUnreadable && over:
+		s.m.Error = ""
+		return next{}, false, nil
+	case over && d.OnBusy == policy.BusyDrain:
+		s.idleResult, s.m.Error = IdleBusyDrained, ""
+		return next{}, false, nil
+	case over:
+		s.m.Deferrals++
+		s.dropUnchangedStatusReads()
+		n, err := s.finish(ctx, store.OutcomeDeferred, "", fmt.Sprintf(
+			"never idle within the idle wait of %s (%d status reads; last active_agents=%d); deferred without draining (%d of %d)",
+			idleWait, s.m.Peeks, st.ActiveAgents, s.m.Deferrals, d.MaxDeferrals))
+		if err == nil {
+			s.o.obs.IdleWaitEnded(IdleBusyDeferred, max(now.Sub(s.m.FirstPeekAt), 0))
+		}
+		return n, true, err
+	}
+	// Busy (or unreadable): give the slot back at once, in this write, so
+	// the next candidate gets it; look again after a growing pause, and at
+	// the latest when the idle wait ends.
+	s.m.SlotHeld = false
+	s.m.NotBefore = now.Add(s.peekBackoff())
+	if end := s.m.FirstPeekAt.Add(idleWait); s.m.NotBefore.After(end) {
+		s.m.NotBefore = end
+	}
+	detail := map[string]any{"reason": "waiting for an idle moment", "peeks": s.m.Peeks, "next_peek_at": s.m.NotBefore}
+	if serr != nil {
+		s.m.Error = fmt.Sprintf("waiting for an idle moment: status unreadable: %v", serr)
+	} else {
+		s.dropUnchangedStatusReads() // what it saw is in the event
+		detail["active_agents"], detail["gateway_state"] = st.ActiveAgents, st.State
+		s.m.Error = fmt.Sprintf("waiting for an idle moment: active_agents=%d", st.ActiveAgents)
+	}
+	if err := s.transition(ctx, store.StatePending, detail); err != nil {
+		return next{}, true, err
+	}
+	return finished, true, nil
+}
+
+// peekBackoff is the pause before the next peek: PollInterval doubling with
+// every peek up to PeekBackoffMax, ±20 % so that agents found busy together
+// are not read together again.
+func (s *step) peekBackoff() time.Duration {
+	return peekPause(s.o.cfg.PollInterval, s.o.cfg.PeekBackoffMax, s.m.Peeks, rand.Float64())
+}
+
+// peekPause is the pause after the peeks-th look: poll doubling per look,
+// capped at most, scaled by 0.8 + 0.4·u for u in [0, 1).
+func peekPause(poll, most time.Duration, peeks int, u float64) time.Duration {
+	d := poll
+	for i := 1; i < peeks && d < most; i++ {
+		d *= 2
+	}
+	return time.Duration(float64(min(d, most)) * (0.8 + 0.4*u))
+}
+
+// leaseDescription names this machine migration uniquely, so that a lease
+// granted to an execution that died before saving its nonce is recognised
+// as ours by the next one (adoptLease).
+func (s *step) leaseDescription() string {
+	return fmt.Sprintf("migrator run %d migration %d", s.m.RunID, s.m.ID)
+}
+
+// adoptLease reads the lease that answered 409: if its description names
+// this machine migration, an earlier execution took it and died before
+// saving the nonce (Fly shows the nonce to any holder of the token), and it
+// is adopted instead of waited out. A lease of anyone else is never touched.
+func (s *step) adoptLease(ctx context.Context) (flymachines.Lease, bool, error) {
+	l, err := s.o.fly.FindLease(ctx, s.m.App, s.m.MachineID)
+	switch {
+	case err != nil:
+		return l, false, err
+	case l.Description != s.leaseDescription():
+		return l, false, nil
+	}
+	s.events = append(s.events, store.Event{Kind: "machine.lease_adopted", Target: s.m.Target(),
+		Detail: map[string]any{"description": l.Description, "expires_at": l.ExpiresAt, "version": l.Version,
+			"note": "granted to an earlier attempt that did not save it"}})
+	s.log.Info("adopted our own orphaned lease", "expires_at", l.ExpiresAt)
+	return l, true, nil
+}
+
+// releaseOrphan releases, before a machine ends without having saved a
+// lease, a lease of this migration that an earlier execution was granted and
+// died before saving: else it would outlive the migration by up to its TTL.
+// Best effort: it expires by itself.
+func (s *step) releaseOrphan(ctx context.Context) {
+	if s.m.LeaseNonce != "" {
+		return
+	}
+	ctx, cancel := detached(ctx, cleanupTimeout)
+	defer cancel()
+	l, ours, err := s.adoptLease(ctx)
+	if err != nil && !flymachines.IsNotFound(err) {
+		s.log.Warn("look for an orphaned lease", "error", err)
+	}
+	if ours {
+		s.m.LeaseNonce, s.m.LeaseExpiresAt = l.Nonce, l.ExpiresAt
+	}
 }
 
 // leaseHeld gives the slot back until another owner's lease runs out.
@@ -436,16 +640,21 @@ func (s *step) persistCalls(ctx context.Context) {
 	ctx, cancel := detached(ctx, dbWriteTimeout)
 	defer cancel()
 	calls := s.calls.Take()
-	if len(calls) == 0 {
+	if len(calls) == 0 && len(s.events) == 0 {
 		return
 	}
-	err := s.o.store.Q().AppendEvents(ctx, store.Scope{RunID: s.m.RunID, MigrationID: s.m.ID}, store.EventsFromCalls(calls)...)
+	// Events noted by a step that waits (a drain cancelled after a
+	// rollback) are written with its calls.
+	events := append(store.EventsFromCalls(calls), s.events...)
+	err := s.o.store.Q().AppendEvents(ctx, store.Scope{RunID: s.m.RunID, MigrationID: s.m.ID}, events...)
 	if err != nil {
 		s.log.Warn("record calls", "error", err)
 		for _, c := range calls {
 			s.calls.Add(c)
 		}
+		return
 	}
+	s.events = nil
 }
 
 // begin: the decision is recorded; ask the gateway to drain with exactly
@@ -507,6 +716,11 @@ func (s *step) draining(ctx context.Context) (next, error) {
 	changed := d.LastGatewayState != st.State || d.LastActiveAgents == nil || *d.LastActiveAgents != st.ActiveAgents
 	active := st.ActiveAgents
 	d.LastStatusAt, d.LastGatewayState, d.LastActiveAgents = now, st.State, &active
+	if d.ActiveAgentsAtBegin == nil {
+		// Begun without a peek: the first read after the begin says it.
+		d.ActiveAgentsAtBegin = &active
+		changed = true
+	}
 
 	switch {
 	case !st.Running:
@@ -582,7 +796,7 @@ func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
 		}
 		if flymachines.IsNotFound(err) {
 			// Expired and gone: take a fresh one.
-			lease, err = s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, fmt.Sprintf("migrator run %d", s.m.RunID))
+			lease, err = s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, s.leaseDescription())
 		}
 		if err != nil {
 			s.log.Warn("refresh lease failed, will retry", "error", err)
@@ -594,6 +808,11 @@ func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
 	return next{}, true, nil
 }
 
+// releaseLease gives the lease back. The adapter retries transient failures
+// (429 after Retry-After, 5xx); the deadline is detached from the step's,
+// so a replica shutting down still releases. A release that finally fails
+// is recorded with the next save: the lease then blocks other deployers of
+// the machine until it expires.
 func (s *step) releaseLease(ctx context.Context) {
 	if s.m.LeaseNonce == "" {
 		return
@@ -601,7 +820,9 @@ func (s *step) releaseLease(ctx context.Context) {
 	ctx, cancel := detached(ctx, cleanupTimeout)
 	defer cancel()
 	if err := s.o.fly.ReleaseLease(ctx, s.m.App, s.m.MachineID, s.m.LeaseNonce); err != nil {
-		s.log.Warn("release lease failed (it expires by itself)", "error", err)
+		s.log.Warn("release lease failed (it expires by itself)", "error", err, "expires_at", s.m.LeaseExpiresAt)
+		s.events = append(s.events, store.Event{Kind: "machine.lease_release_failed", Target: s.m.Target(), Error: err.Error(),
+			Detail: map[string]any{"expires_at": s.m.LeaseExpiresAt}})
 	}
 	s.m.LeaseNonce, s.m.LeaseExpiresAt = "", time.Time{}
 }
@@ -665,7 +886,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	if err == nil && !(m.InstanceID == s.m.ToInstanceID && m.State == want) && !settled(m.State) {
 		reached, werr := s.o.fly.WaitOnce(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, want, s.o.cfg.WaitStep)
 		if werr != nil && !retryable(ctx, werr) {
-			return s.startRollback(ctx, fmt.Sprintf("wait for new instance: %v", werr))
+			return s.startRollback(ctx, signalWaitFailed, fmt.Sprintf("wait for new instance: %v", werr))
 		}
 		if reached {
 			m, h, err = s.o.fly.Inspect(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
@@ -673,7 +894,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	}
 	if err != nil {
 		if late && ctx.Err() == nil || !retryable(ctx, err) {
-			return s.startRollback(ctx, fmt.Sprintf("read the updated machine: %v", err))
+			return s.startRollback(ctx, signalReadFailed, fmt.Sprintf("read the updated machine: %v", err))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
@@ -681,13 +902,19 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	ours := m.InstanceID == s.m.ToInstanceID && m.Image == s.m.ToImage
 	switch {
 	case !ours && settled(m.State):
-		// flyd's silent revert: the machine settled on the old version.
-		return s.finish(ctx, store.OutcomeRolledBack, "", fmt.Sprintf(
+		// flyd's revert: the machine settled on the old version. It may be
+		// the very instance that was draining (an image flyd could not
+		// prepare never touches it): rollback cancels the drain.
+		return s.startRollback(ctx, signalReverted, fmt.Sprintf(
 			"flyd reverted the update: machine is %s on instance %s image %s, not instance %s image %s",
 			m.State, m.InstanceID, m.Image, s.m.ToInstanceID, s.m.ToImage))
+	case ours && m.State == "failed":
+		return s.startRollback(ctx, signalMachineFailed, fmt.Sprintf("new instance %s failed to start: machine state failed", s.m.ToInstanceID))
+	case ours && want == "started" && m.State == "stopped":
+		return s.startRollback(ctx, signalInstanceStopped, fmt.Sprintf("new instance %s exited: machine stopped", s.m.ToInstanceID))
 	case !ours || m.State != want:
 		if late {
-			return s.startRollback(ctx, fmt.Sprintf("new instance %s not %s within %s (machine is %s)", s.m.ToInstanceID, want, s.o.cfg.VerifyTimeout, m.State))
+			return s.startRollback(ctx, signalTimeout, fmt.Sprintf("new instance %s not %s within %s (machine is %s)", s.m.ToInstanceID, want, s.o.cfg.VerifyTimeout, m.State))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
@@ -696,21 +923,27 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		// A stopped machine has nothing to check or serve: its config is moved.
 		return s.finish(ctx, store.OutcomeMigrated, "", "")
 	}
+	// The gateway is read even before the checks pass: startup_failed is
+	// definitive, and waiting out VerifyTimeout would keep the agent down
+	// for nothing.
+	st, gerr := s.o.gw.Status(ctx, s.target())
+	if gerr == nil && st.State == gatewayStartupFailed {
+		return s.startRollback(ctx, signalStartupFailed, fmt.Sprintf("new instance %s: gateway reports startup_failed (%s)", s.m.ToInstanceID, h.Detail))
+	}
 	if !h.OK {
 		if late {
-			return s.startRollback(ctx, fmt.Sprintf("health checks not passing within %s: %s", s.o.cfg.VerifyTimeout, h.Detail))
+			return s.startRollback(ctx, signalTimeout, fmt.Sprintf("health checks not passing within %s: %s", s.o.cfg.VerifyTimeout, h.Detail))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
-	st, err := s.o.gw.Status(ctx, s.target())
-	if err != nil || !st.Serving() {
-		if late {
+	if gerr != nil || !st.Serving() {
+		if late && ctx.Err() == nil {
 			detail := fmt.Sprintf("gateway_running=%t state=%q", st.Running, st.State)
-			if err != nil {
-				detail = err.Error()
+			if gerr != nil {
+				detail = gerr.Error()
 			}
-			return s.startRollback(ctx, fmt.Sprintf("gateway not serving within %s: %s", s.o.cfg.VerifyTimeout, detail))
+			return s.startRollback(ctx, signalTimeout, fmt.Sprintf("gateway not serving within %s: %s", s.o.cfg.VerifyTimeout, detail))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
@@ -718,17 +951,36 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	return s.finish(ctx, store.OutcomeMigrated, "", "")
 }
 
-func (s *step) startRollback(ctx context.Context, reason string) (next, error) {
+// gatewayStartupFailed is the gateway_state of a gateway that could not start.
+const gatewayStartupFailed = "startup_failed"
+
+// The signals that decide a rollback, recorded with it.
+const (
+	signalReverted        = "flyd_revert"            // the machine settled on another instance
+	signalMachineFailed   = "machine_failed"         // the new instance's machine state is failed
+	signalInstanceStopped = "instance_stopped"       // the new instance exited
+	signalStartupFailed   = "gateway_startup_failed" // the new gateway reports startup_failed
+	signalTimeout         = "verify_timeout"         // undecided until VerifyTimeout
+	signalWaitFailed      = "wait_failed"            // Fly refused the wait for the new instance
+	signalReadFailed      = "read_failed"            // the machine could not be read
+)
+
+// startRollback records why the new instance is given up (reason, and the
+// signal that decided) and moves the machine to rolling_back.
+func (s *step) startRollback(ctx context.Context, signal, reason string) (next, error) {
+	detail := map[string]any{"reason": reason, "signal": signal,
+		"since_update_seconds": s.now().Sub(s.m.UpdatedMachineAt).Seconds()}
 	s.m.Error = reason
 	s.m.UpdatedMachineAt = s.now() // the rollback's own verify clock
-	if err := s.transition(ctx, store.StateRollingBack, map[string]any{"reason": reason}); err != nil {
+	if err := s.transition(ctx, store.StateRollingBack, detail); err != nil {
 		return next{}, err
 	}
 	return next{}, nil
 }
 
 // rollback: put the old image back; idempotent because the machine's
-// current image says whether the rollback update was already sent.
+// current image says whether the rollback update was already sent. Once the
+// machine runs the old image again, the agent must serve (restore).
 func (s *step) rollback(ctx context.Context) (next, error) {
 	if _, ok, err := s.keepLease(ctx); !ok {
 		return next{}, err
@@ -740,28 +992,112 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 			s.persistCalls(ctx)
 			return wait(s.o.cfg.PollInterval), nil
 		}
-		return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("%s; rollback failed: %v", reason, err))
+		return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rollback failed: %v", reason, err))
 	}
 	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
 	if mach.Image != s.m.FromImage {
-		if _, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
+		put := s.o.fly.UpdateImage
+		if s.m.Launch {
+			// It was running before: launch it even if the failed
+			// instance left it stopped.
+			put = s.o.fly.RollbackImage
+		}
+		if _, err := put(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
 			if retryable(ctx, err) && (!late || ctx.Err() != nil) {
 				s.persistCalls(ctx)
 				return wait(s.o.cfg.PollInterval), nil
 			}
-			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("%s; rollback to %s failed: %v", reason, s.m.FromImage, err))
+			return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rollback to %s failed: %v", reason, s.m.FromImage, err))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
 	if want := map[bool]string{true: "started", false: "stopped"}[s.m.Launch]; mach.State != want {
 		if late {
-			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("%s; rolled back to %s but the machine is %s", reason, s.m.FromImage, mach.State))
+			return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rolled back to %s but the machine is %s", reason, s.m.FromImage, mach.State))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
-	return s.finish(ctx, store.OutcomeRolledBack, "", reason)
+	if !s.m.Launch {
+		return s.finish(ctx, store.OutcomeRolledBack, "", reason)
+	}
+	return s.restore(ctx, mach, reason, late)
+}
+
+// restore ends a rollback whose machine runs the old image again. If flyd
+// kept (or put back) the old instance, it never got SIGTERM and still holds
+// the drain marker, so it refuses every turn: the drain is cancelled (also
+// after a rollback that recreated the machine, where the marker is stale and
+// the cancel only removes it). Then the gateway must report running or
+// degraded, unless it was not serving before the update either (the drain
+// found it down); past VerifyTimeout a gateway that does not serve is a
+// failure.
+func (s *step) restore(ctx context.Context, mach flymachines.Machine, reason string, late bool) (next, error) {
+	t := s.target()
+	t.InstanceID = mach.InstanceID
+	detail := map[string]any{"instance_id": mach.InstanceID}
+	if d := s.w.Drain; d != nil && !d.StartedAt.IsZero() {
+		was, err := s.o.gw.Cancel(ctx, t)
+		if err != nil {
+			if late && ctx.Err() == nil {
+				return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rolled back to %s but the drain could not be cancelled: %v", reason, s.m.FromImage, err))
+			}
+			s.persistCalls(ctx)
+			return wait(s.o.cfg.PollInterval), nil
+		}
+		detail["drain_cancelled"] = true
+		if was {
+			// The agent was still refusing turns: say so, once per cancel
+			// that found a marker.
+			s.events = append(s.events, store.Event{Kind: "drain.cancelled_after_rollback", Target: s.m.Target(),
+				Detail: map[string]any{"was_draining": true, "instance_id": mach.InstanceID}})
+		}
+	}
+	st, err := s.o.gw.Status(ctx, t)
+	if err == nil {
+		detail["gateway_state"], detail["gateway_running"] = st.State, st.Running
+	}
+	// Serving before the update: the drain began and found the gateway up.
+	d := s.w.Drain
+	wasServing := d != nil && !d.StartedAt.IsZero() && d.Outcome != store.DrainGatewayDown
+	switch {
+	case err == nil && st.Serving():
+	case err == nil && !wasServing:
+		detail["note"] = "gateway was not serving before the update either"
+	case late && ctx.Err() == nil: // a step cut short learned nothing
+		seen := fmt.Sprintf("gateway_running=%t state=%q", st.Running, st.State)
+		if err != nil {
+			seen = err.Error()
+		}
+		return s.finishDetail(ctx, store.OutcomeFailed, fmt.Sprintf("%s; rolled back to %s but the gateway is not serving within %s: %s",
+			reason, s.m.FromImage, s.o.cfg.VerifyTimeout, seen), detail)
+	default:
+		// Still starting after a rollback that recreated the machine, or
+		// the watcher has not yet seen the marker gone.
+		s.persistCalls(ctx)
+		return wait(min(s.o.cfg.PollInterval, time.Second)), nil
+	}
+	return s.finishDetail(ctx, store.OutcomeRolledBack, reason, detail)
+}
+
+// failAfterUpdate ends a machine whose update or rollback went wrong. The
+// drain is cancelled as far as possible: the machine may be on its old
+// instance, still draining.
+func (s *step) failAfterUpdate(ctx context.Context, errText string) (next, error) {
+	detail := map[string]any{}
+	if d := s.w.Drain; d != nil && !d.StartedAt.IsZero() && s.m.Launch {
+		cctx, cancel := detached(ctx, cleanupTimeout)
+		was, err := s.o.gw.Cancel(cctx, s.target())
+		cancel()
+		if err != nil {
+			s.log.Warn("cancel drain failed", "error", err)
+			s.events = append(s.events, store.Event{Kind: "machine.cancel_drain_failed", Target: s.m.Target(), Error: err.Error()})
+		} else {
+			detail["drain_cancelled"], detail["was_draining"] = true, was
+		}
+	}
+	return s.finishDetail(ctx, store.OutcomeFailed, errText, detail)
 }
 
 // settled states are where a machine rests after an update, reverted or not.

@@ -17,9 +17,29 @@ type Observer interface {
 	// AutoUpdateTick: an auto-update tick ended with outcome (AutoUpdate*),
 	// or "error".
 	AutoUpdateTick(outcome string)
+	// Peeked: a status read before a drain found the agent PeekIdle,
+	// PeekBusy or PeekUnreadable.
+	Peeked(result string)
+	// IdleWaitEnded: a machine stopped waiting for an idle moment with
+	// result IdleFound, IdleBusyDrained or IdleBusyDeferred, after waiting
+	// wait (clock time from the first peek).
+	IdleWaitEnded(result string, wait time.Duration)
 }
 
+// Peek and idle-wait results, as the Observer hears them.
+const (
+	PeekIdle         = "idle"
+	PeekBusy         = "busy"
+	PeekUnreadable   = "unreadable"
+	IdleFound        = "idle"
+	IdleBusyDrained  = "busy_drained"
+	IdleBusyDeferred = "busy_deferred"
+)
+
 type nopObserver struct{}
+
+func (nopObserver) Peeked(string)                       {}
+func (nopObserver) IdleWaitEnded(string, time.Duration) {}
 
 func (nopObserver) MachineDone(string)                     {}
 func (nopObserver) DrainEnded(bool, string, time.Duration) {}

@@ -121,6 +121,7 @@ func TestDeferThenForceAfterMaxDeferrals(t *testing.T) {
 wait = "1m"
 on_deadline = "defer"
 max_deferrals = 1
+idle_wait = "0s"             # this test is about the deadline
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -433,7 +434,7 @@ func TestLongDrainRefreshesLeaseAtHalfLife(t *testing.T) {
 	w := newWorld(t, worldOpts{sim: idleFleet(1)})
 	m := machinesOf(w)[0]
 	w.sim.AddTurn(m.App, m.ID, fleetsim.Turn{Session: "dana", Duration: 6 * time.Minute})
-	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2}).ID, time.Minute)
+	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, IdleWaitOverride: ptr(time.Duration(0))}).ID, time.Minute)
 	if r.State != store.RunSucceeded {
 		t.Fatalf("run %s: %s", r.State, r.StateReason)
 	}

@@ -35,6 +35,9 @@ type RunRequest struct {
 	Canary           int
 	FailureThreshold int
 	DeadlineOverride time.Duration // 0: the policy's wait
+	// IdleWaitOverride replaces the policy's idle wait (0: begin at once);
+	// nil: the policy's.
+	IdleWaitOverride *time.Duration
 	RequestedBy      string
 	Reason           string
 	IdempotencyKey   string
@@ -232,6 +235,9 @@ func labelsMatch(have, want map[string]string) bool {
 // many as the budget allows, all in one transaction. A repeated request with
 // the same idempotency key returns the existing run and created=false.
 func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []PlannedMachine) (store.Run, bool, error) {
+	if iw := req.IdleWaitOverride; iw != nil && (*iw < 0 || *iw > policy.MaxWait) {
+		return store.Run{}, false, fmt.Errorf("create run: idle wait %s: want 0 to %s", *iw, policy.MaxWait)
+	}
 	if req.IdempotencyKey != "" {
 		r, err := o.store.Q().RunByIdempotencyKey(ctx, req.IdempotencyKey)
 		if err == nil {
@@ -267,7 +273,7 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	}
 	r := store.Run{Cause: string(req.Cause), TargetImage: target, Image: req.Image, Selector: req.Selector,
 		MaxUnavailable: maxUnavail, MaxUnavailableSpec: req.MaxUnavailable, Canary: req.Canary,
-		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride,
+		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride, IdleWaitOverride: req.IdleWaitOverride,
 		RequestedBy: req.RequestedBy, Reason: req.Reason, IdempotencyKey: req.IdempotencyKey,
 		State: store.RunRunning, PolicyVersion: o.pol.Version()}
 	var out store.Run

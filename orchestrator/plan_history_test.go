@@ -21,7 +21,8 @@ func TestPlanOrdersByPastDrainWaits(t *testing.T) {
 	slow, medium := ms[1], ms[3]
 	w.sim.AddTurn(slow.App, slow.ID, fleetsim.Turn{Session: "long", Duration: 2 * time.Minute})
 	w.sim.AddTurn(medium.App, medium.ID, fleetsim.Turn{Session: "short", Duration: 40 * time.Second})
-	first := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, MaxUnavailable: "4"})
+	// Begin at once: the history is of drain waits.
+	first := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, MaxUnavailable: "4", IdleWaitOverride: ptr(time.Duration(0))})
 	if r := w.waitRun(first.ID, time.Minute); r.State != store.RunSucceeded {
 		t.Fatalf("first run %s: %s", r.State, r.StateReason)
 	}

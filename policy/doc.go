@@ -10,14 +10,24 @@
 //
 // Every cause has settings; built-in defaults apply when there is no file:
 //
-//	cause            quiet  wait  at the deadline
-//	auto-update      yes    30m   defer, at most 3 times, then force
-//	image-migration  yes    30m   force
-//	env-edit         no     15m   force
-//	profile-change   no     15m   force
-//	operator         no     10m   force
+//	cause            quiet  idle wait, then  wait  at the deadline
+//	auto-update      yes    30m, defer       30m   defer, at most 3 times, then force
+//	image-migration  yes    10m, drain       30m   force
+//	env-edit         no     10m, drain       15m   force
+//	profile-change   no     10m, drain       15m   force
+//	operator         no     0 (at once)      10m   force
 //
 // and no maintenance window (always open).
+//
+// The idle wait comes before the drain: the orchestrator reads the agent's
+// status and begins the drain only at a moment when no work is in flight
+// (so no user is turned away), looking again with a growing back-off for up
+// to idle_wait, counted from the first look. When no idle moment came,
+// on_busy says what happens: "defer" puts the machine off without ever
+// draining it, "drain" begins the drain anyway and waits wait as usual.
+// idle_wait = "0s" begins at once. Deferrals of either kind (busy, or at the
+// deadline) count toward max_deferrals; a machine that has had them all is
+// decided "then force": no idle wait, drain at once, force at the deadline.
 //
 // A policy file overrides settings per cause and adds ordered rules. For a
 // decision, the rules are tried in order and the first whose selectors all
@@ -47,6 +57,8 @@
 //	on_deadline = "defer"                          # "force" or "defer"
 //	max_deferrals = 5                              # 0 .. 100; with defer only
 //	window = "Mon-Fri 02:00-05:00 America/New_York" # "always" = no window
+//	idle_wait = "30m"                              # 0s .. 24h; "0s" = begin at once
+//	on_busy = "defer"                              # "defer" or "drain"
 //
 //	[causes.operator]
 //	wait = "20m"

@@ -145,7 +145,7 @@ func (d *decoder) policy(raw map[string]any) (*Policy, error) {
 	return p, nil
 }
 
-const settingKeys = "quiet, wait, on_deadline, max_deferrals, window"
+const settingKeys = "quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy"
 
 func (d *decoder) causes(v any, p *Policy) error {
 	path := []string{"causes"}
@@ -222,6 +222,26 @@ func (d *decoder) setting(path []string, where, k string, v any, o *Rule) (bool,
 		}
 		m := int(n)
 		o.MaxDeferrals = &m
+	case "idle_wait":
+		s, ok := v.(string)
+		if !ok {
+			return bad(`want a duration such as "10m" ("0s": begin at once), got %s`, describe(v))
+		}
+		w, err := ParseIdleWait(s)
+		if err != nil {
+			return bad("%v", err)
+		}
+		o.IdleWait = &w
+	case "on_busy":
+		s, ok := v.(string)
+		if !ok {
+			return bad(`want "defer" or "drain", got %s`, describe(v))
+		}
+		ob, err := parseOnBusy(s)
+		if err != nil {
+			return bad(`%q: want "defer" or "drain"`, s)
+		}
+		o.OnBusy = &ob
 	case "window":
 		s, ok := v.(string)
 		if !ok {
@@ -245,6 +265,21 @@ func parseWait(s string) (time.Duration, error) {
 		return 0, fmt.Errorf(`%q is not a duration (want e.g. "45m" or "1h30m")`, s)
 	case w < MinWait:
 		return 0, fmt.Errorf("%q: want at least %v", s, MinWait)
+	case w > MaxWait:
+		return 0, fmt.Errorf("%q: want at most %v", s, MaxWait)
+	}
+	return w, nil
+}
+
+// ParseIdleWait parses an idle wait: a Go duration from 0 (begin at once)
+// to MaxWait. run create --idle-wait uses it too.
+func ParseIdleWait(s string) (time.Duration, error) {
+	w, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf(`%q is not a duration (want e.g. "10m", or "0s" to begin at once)`, s)
+	case w < 0:
+		return 0, fmt.Errorf("%q: want 0s or more", s)
 	case w > MaxWait:
 		return 0, fmt.Errorf("%q: want at most %v", s, MaxWait)
 	}

@@ -34,7 +34,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown cause table", "[causes.auto-update]\nwait = \"1h\"\n\n[causes.autoupdate]\nwait = \"1h\"\n",
 			`p.toml:4: [causes.autoupdate]: unknown cause "autoupdate" (valid: auto-update, image-migration, env-edit, profile-change, operator)`},
 		{"unknown key in cause", "[causes.operator]\nwait = \"1h\"\nquite = true\n",
-			`p.toml:3: causes.operator: unknown key "quite" (want quiet, wait, on_deadline, max_deferrals, window)`},
+			`p.toml:3: causes.operator: unknown key "quite" (want quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy)`},
 		{"bad duration", "[causes.operator]\nwait = \"45 minutes\"\n",
 			`p.toml:2: causes.operator: wait: "45 minutes" is not a duration (want e.g. "45m" or "1h30m")`},
 		{"duration as integer", "[causes.operator]\nwait = 45\n",
@@ -55,6 +55,20 @@ func TestParseErrors(t *testing.T) {
 			`p.toml:2: causes.auto-update: quiet: want true or false, got a string`},
 		{"bad window", "[causes.auto-update]\nwindow = \"Mon-Fri 02:00-05:00 Mars/Olympus\"\n",
 			`p.toml:2: causes.auto-update: window: "Mon-Fri 02:00-05:00 Mars/Olympus": unknown time zone "Mars/Olympus": want an IANA name such as UTC or America/New_York`},
+		{"bad idle_wait", "[causes.auto-update]\nwait = \"1h\"\nidle_wait = \"a while\"\n",
+			`p.toml:3: causes.auto-update: idle_wait: "a while" is not a duration (want e.g. "10m", or "0s" to begin at once)`},
+		{"negative idle_wait", "[causes.env-edit]\nidle_wait = \"-1m\"\n",
+			`p.toml:2: causes.env-edit: idle_wait: "-1m": want 0s or more`},
+		{"idle_wait too long", "[causes.env-edit]\nidle_wait = \"48h\"\n",
+			`p.toml:2: causes.env-edit: idle_wait: "48h": want at most 24h0m0s`},
+		{"idle_wait as integer", "[causes.env-edit]\nidle_wait = 0\n",
+			`p.toml:2: causes.env-edit: idle_wait: want a duration such as "10m" ("0s": begin at once), got an integer`},
+		{"bad on_busy", "[causes.auto-update]\non_busy = \"force\"\n",
+			`p.toml:2: causes.auto-update: on_busy: "force": want "defer" or "drain"`},
+		{"on_busy as boolean", "[causes.auto-update]\non_busy = true\n",
+			`p.toml:2: causes.auto-update: on_busy: want "defer" or "drain", got a boolean`},
+		{"bad on_busy in an early rule", "[[rules]]\nname = \"a\"\nregions = [\"iad\"]\non_busy = \"wait\"\n\n[[rules]]\nname = \"b\"\nregions = [\"fra\"]\non_busy = \"drain\"\n",
+			`p.toml:4: rule "a": on_busy: "wait": want "defer" or "drain"`},
 		{"cause not a table", "causes = 3\n",
 			`p.toml:1: causes must be a table of causes such as [causes.auto-update], got an integer`},
 		{"rules not an array", "[rules]\nname = \"x\"\n",
@@ -74,7 +88,7 @@ func TestParseErrors(t *testing.T) {
 		{"wrong type in an early rule", "[[rules]]\nname = \"a\"\nregions = [\"iad\"]\nquiet = \"no\"\n\n[[rules]]\nname = \"b\"\nregions = [\"fra\"]\nquiet = true\n",
 			`p.toml:4: rule "a": quiet: want true or false, got a string`},
 		{"unknown key in rule", "[[rules]]\nname = \"a\"\nregions = [\"iad\"]\n\n[[rules]]\nname = \"b\"\nlabels = { tier = \"vip\" }\n",
-			`p.toml:7: rule "b": unknown key "labels" (want name, causes, match, app_prefix, regions, quiet, wait, on_deadline, max_deferrals, window)`},
+			`p.toml:7: rule "b": unknown key "labels" (want name, causes, match, app_prefix, regions, quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy)`},
 		{"unknown cause in rule", "[[rules]]\nname = \"a\"\ncauses = [\n  \"auto-update\",\n  \"cron\",\n]\n",
 			`p.toml:5: rule "a": causes: unknown cause "cron" (valid: auto-update, image-migration, env-edit, profile-change, operator)`},
 		{"cause listed twice", "[[rules]]\nname = \"a\"\ncauses = [\"operator\", \"operator\"]\n",
@@ -177,7 +191,7 @@ quiet = false
 		t.Fatal(err)
 	}
 	_, err = policy.ParseTable("migrator.toml", []byte(bad), &md, cfg.Policy, "policy")
-	want := `migrator.toml:11: rule "vip": unknown key "wiat" (want name, causes, match, app_prefix, regions, quiet, wait, on_deadline, max_deferrals, window)`
+	want := `migrator.toml:11: rule "vip": unknown key "wiat" (want name, causes, match, app_prefix, regions, quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy)`
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
 	}

@@ -65,6 +65,27 @@ func parseOnDeadline(s string) (OnDeadline, error) {
 	return "", fmt.Errorf("on_deadline %q: want \"force\" or \"defer\"", s)
 }
 
+// OnBusy is what happens to a machine whose agent was never idle within the
+// idle wait.
+type OnBusy string
+
+const (
+	// BusyDefer puts the machine off without ever draining it: it counts as a
+	// deferral, and after MaxDeferrals the decision has no idle wait and
+	// drains at once (forced at the deadline).
+	BusyDefer OnBusy = "defer"
+	// BusyDrain begins the drain anyway and waits Wait for quiescence.
+	BusyDrain OnBusy = "drain"
+)
+
+func parseOnBusy(s string) (OnBusy, error) {
+	switch OnBusy(s) {
+	case BusyDefer, BusyDrain:
+		return OnBusy(s), nil
+	}
+	return "", fmt.Errorf("on_busy %q: want \"defer\" or \"drain\"", s)
+}
+
 // Machine is what the policy knows about the machine being moved.
 type Machine struct {
 	App, MachineID, Region, Image string
@@ -73,13 +94,18 @@ type Machine struct {
 }
 
 // Settings are what a cause, or a rule, decides. The zero Window means
-// "always".
+// "always"; a zero IdleWait begins the drain at once.
 type Settings struct {
 	Quiet        bool
 	Wait         time.Duration
 	OnDeadline   OnDeadline
 	MaxDeferrals int
 	Window       Window
+	// IdleWait is how long to keep looking for a moment when the agent has
+	// no work in flight before beginning the drain, counted from the first
+	// look; OnBusy says what happens when none came.
+	IdleWait time.Duration
+	OnBusy   OnBusy
 }
 
 // Decision is the policy's answer for one machine at one moment.
@@ -99,8 +125,16 @@ type Decision struct {
 	// machine has had MaxDeferrals deferrals.
 	OnDeadline OnDeadline
 	// MaxDeferrals is the number of deferrals allowed before forcing; 0 when
-	// the policy forces at the first deadline.
+	// the policy never defers (forces at the deadline and drains a busy
+	// agent after the idle wait).
 	MaxDeferrals int
+	// IdleWait is how long to wait for the agent to be idle before the drain
+	// begins (0: begin at once); OnBusy is what happens when it never was.
+	// A machine that has had MaxDeferrals deferrals (with either defer
+	// setting) gets IdleWait 0: it is drained at once and forced at the
+	// deadline.
+	IdleWait time.Duration
+	OnBusy   OnBusy
 	// InWindow reports whether now is inside the maintenance window. When it
 	// is not, NextWindow is when it opens; when it is and there is a window,
 	// WindowEnd is when it next closes (zero if not within 8 days). Window is the window's
@@ -130,6 +164,8 @@ type Rule struct {
 	OnDeadline   *OnDeadline
 	MaxDeferrals *int
 	Window       *Window
+	IdleWait     *time.Duration
+	OnBusy       *OnBusy
 }
 
 // mismatch returns why r does not select the machine, "" if it does.
@@ -235,6 +271,12 @@ func (r Rule) apply(s Settings) Settings {
 	if r.Window != nil {
 		s.Window = *r.Window
 	}
+	if r.IdleWait != nil {
+		s.IdleWait = *r.IdleWait
+	}
+	if r.OnBusy != nil {
+		s.OnBusy = *r.OnBusy
+	}
 	return s
 }
 
@@ -248,6 +290,8 @@ func (r Rule) clone() Rule {
 	c.OnDeadline = clonePtr(r.OnDeadline)
 	c.MaxDeferrals = clonePtr(r.MaxDeferrals)
 	c.Window = clonePtr(r.Window)
+	c.IdleWait = clonePtr(r.IdleWait)
+	c.OnBusy = clonePtr(r.OnBusy)
 	return c
 }
 
@@ -269,15 +313,23 @@ type Policy struct {
 
 // defaultSettings are the built-in settings of each cause. Every cause
 // allows 3 deferrals so that a file switching a cause to defer gets a sane
-// bound without also having to set max_deferrals.
+// bound without also having to set max_deferrals. Routine causes look for an
+// idle moment first (auto-update puts a busy agent off, the others drain it
+// anyway after 10 minutes); an operator wants it now.
 func defaultSettings() map[Cause]Settings {
 	return map[Cause]Settings{
-		AutoUpdate:     {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Defer, MaxDeferrals: 3},
-		ImageMigration: {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Force, MaxDeferrals: 3},
-		EnvEdit:        {Quiet: false, Wait: 15 * time.Minute, OnDeadline: Force, MaxDeferrals: 3},
-		ProfileChange:  {Quiet: false, Wait: 15 * time.Minute, OnDeadline: Force, MaxDeferrals: 3},
-		Operator:       {Quiet: false, Wait: 10 * time.Minute, OnDeadline: Force, MaxDeferrals: 3},
+		AutoUpdate:     {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Defer, MaxDeferrals: 3, IdleWait: 30 * time.Minute, OnBusy: BusyDefer},
+		ImageMigration: {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain},
+		EnvEdit:        {Quiet: false, Wait: 15 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain},
+		ProfileChange:  {Quiet: false, Wait: 15 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain},
+		Operator:       {Quiet: false, Wait: 10 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, OnBusy: BusyDrain},
 	}
+}
+
+// defers reports whether these settings can put a machine off: at the
+// deadline, or when it was never idle within the idle wait.
+func (s Settings) defers() bool {
+	return s.OnDeadline == Defer || s.IdleWait > 0 && s.OnBusy == BusyDefer
 }
 
 // Default returns the built-in policy used when there is no policy file.
@@ -354,12 +406,16 @@ func (p *Policy) Explain(c Cause, m Machine, now time.Time) Explanation {
 		Wait:       s.Wait,
 		Deadline:   now.Add(s.Wait),
 		OnDeadline: s.OnDeadline,
+		IdleWait:   s.IdleWait,
+		OnBusy:     s.OnBusy,
 		Version:    p.version,
 	}
-	if s.OnDeadline == Defer {
+	if s.defers() {
 		d.MaxDeferrals = s.MaxDeferrals
 		if m.Deferrals >= s.MaxDeferrals {
+			// Then force: drain at once, force at the deadline.
 			d.OnDeadline = Force
+			d.IdleWait = 0
 			d.Rule += " (max deferrals reached)"
 		}
 	}
@@ -387,6 +443,8 @@ type canonSettings struct {
 	OnDeadline   string `json:"on_deadline,omitempty"`
 	MaxDeferrals *int   `json:"max_deferrals,omitempty"`
 	Window       string `json:"window,omitempty"`
+	IdleWaitNS   *int64 `json:"idle_wait_ns,omitempty"`
+	OnBusy       string `json:"on_busy,omitempty"`
 }
 
 type canonRule struct {
@@ -411,10 +469,10 @@ func (p *Policy) computeVersion() string {
 	doc.Schema = versionSchema
 	for _, c := range Causes() {
 		s := p.causes[c]
-		w := int64(s.Wait)
+		w, iw := int64(s.Wait), int64(s.IdleWait)
 		doc.Causes = append(doc.Causes, canonSettings{
 			Cause: string(c), Quiet: &s.Quiet, WaitNS: &w, OnDeadline: string(s.OnDeadline),
-			MaxDeferrals: &s.MaxDeferrals, Window: s.Window.String(),
+			MaxDeferrals: &s.MaxDeferrals, Window: s.Window.String(), IdleWaitNS: &iw, OnBusy: string(s.OnBusy),
 		})
 	}
 	for _, r := range p.rules {
@@ -434,6 +492,13 @@ func (p *Policy) computeVersion() string {
 		cr.Set.MaxDeferrals = r.MaxDeferrals
 		if r.Window != nil {
 			cr.Set.Window = r.Window.String()
+		}
+		if r.IdleWait != nil {
+			iw := int64(*r.IdleWait)
+			cr.Set.IdleWaitNS = &iw
+		}
+		if r.OnBusy != nil {
+			cr.Set.OnBusy = string(*r.OnBusy)
 		}
 		doc.Rules = append(doc.Rules, cr)
 	}

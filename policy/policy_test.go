@@ -151,7 +151,9 @@ func TestDecideOverridesAndRules(t *testing.T) {
 		{"rule inherits cause on_deadline", policy.ImageMigration, vip, 0, want{false, "vip", 2 * time.Hour, policy.Defer, 3}},
 		{"rule escalates with its name", policy.AutoUpdate, vip, 5, want{false, "vip (max deferrals reached)", 2 * time.Hour, policy.Force, 5}},
 		{"causes selector skips to next rule", policy.EnvEdit, vip, 0, want{false, "vip-eu", 3 * time.Hour, policy.Force, 0}},
-		{"prefix and region", policy.AutoUpdate, canary, 0, want{true, "canary", 5 * time.Minute, policy.Force, 0}},
+		// The rule forces at the deadline, but a busy agent is still put
+		// off by the cause's on_busy = "defer", so deferrals count.
+		{"prefix and region", policy.AutoUpdate, canary, 0, want{true, "canary", 5 * time.Minute, policy.Force, 5}},
 		{"region outside selector", policy.AutoUpdate, canaryElsewhere, 0, want{true, "default:auto-update", 45 * time.Minute, policy.Defer, 5}},
 		{"rule max_deferrals", policy.AutoUpdate, patient, 0, want{true, "patient", 45 * time.Minute, policy.Defer, 1}},
 		{"rule max_deferrals reached", policy.AutoUpdate, patient, 1, want{true, "patient (max deferrals reached)", 45 * time.Minute, policy.Force, 1}},
@@ -160,6 +162,71 @@ func TestDecideOverridesAndRules(t *testing.T) {
 	for _, c := range cases {
 		c.m.Deferrals = c.defs
 		checkDecision(t, c.name, p, p.Decide(c.cause, c.m, now), now, c.want)
+	}
+}
+
+func TestDecideIdleWait(t *testing.T) {
+	p := mustParse(t, `
+[causes.image-migration]
+on_busy = "defer"            # the deferrals count from the busy side alone
+
+[causes.operator]
+idle_wait = "2m"
+
+[[rules]]
+name = "night-owls"
+match = { chatty = "yes" }
+idle_wait = "1h"
+on_busy = "drain"
+
+[[rules]]
+name = "now"
+match = { urgent = "yes" }
+idle_wait = "0s"
+`)
+	now := utc("2026-03-08T07:30:00Z")
+	plain := policy.Machine{App: "a"}
+	chatty := policy.Machine{App: "a", Labels: map[string]string{"chatty": "yes"}}
+	urgent := policy.Machine{App: "a", Labels: map[string]string{"urgent": "yes"}}
+	type idle struct {
+		idleWait     time.Duration
+		onBusy       policy.OnBusy
+		onDeadline   policy.OnDeadline
+		maxDeferrals int
+		rule         string
+	}
+	cases := []struct {
+		name  string
+		p     *policy.Policy
+		cause policy.Cause
+		m     policy.Machine
+		defs  int
+		want  idle
+	}{
+		{"default auto-update", policy.Default(), policy.AutoUpdate, plain, 0, idle{30 * time.Minute, policy.BusyDefer, policy.Defer, 3, "default:auto-update"}},
+		{"default auto-update, 2 deferrals", policy.Default(), policy.AutoUpdate, plain, 2, idle{30 * time.Minute, policy.BusyDefer, policy.Defer, 3, "default:auto-update"}},
+		// Then force: no idle wait, drain at once, force at the deadline.
+		{"default auto-update, max deferrals", policy.Default(), policy.AutoUpdate, plain, 3, idle{0, policy.BusyDefer, policy.Force, 3, "default:auto-update (max deferrals reached)"}},
+		{"default image-migration", policy.Default(), policy.ImageMigration, plain, 0, idle{10 * time.Minute, policy.BusyDrain, policy.Force, 0, "default:image-migration"}},
+		{"default env-edit", policy.Default(), policy.EnvEdit, plain, 0, idle{10 * time.Minute, policy.BusyDrain, policy.Force, 0, "default:env-edit"}},
+		{"default profile-change", policy.Default(), policy.ProfileChange, plain, 0, idle{10 * time.Minute, policy.BusyDrain, policy.Force, 0, "default:profile-change"}},
+		{"default operator begins at once", policy.Default(), policy.Operator, plain, 0, idle{0, policy.BusyDrain, policy.Force, 0, "default:operator"}},
+		{"unknown cause is decided like operator", policy.Default(), policy.Cause("bogus"), plain, 0, idle{0, policy.BusyDrain, policy.Force, 0, "unknown-cause:bogus"}},
+		{"on_busy defer alone allows deferrals", p, policy.ImageMigration, plain, 2, idle{10 * time.Minute, policy.BusyDefer, policy.Force, 3, "default:image-migration"}},
+		{"on_busy defer alone escalates", p, policy.ImageMigration, plain, 3, idle{0, policy.BusyDefer, policy.Force, 3, "default:image-migration (max deferrals reached)"}},
+		{"cause override", p, policy.Operator, plain, 0, idle{2 * time.Minute, policy.BusyDrain, policy.Force, 0, "default:operator"}},
+		{"rule overrides both", p, policy.AutoUpdate, chatty, 0, idle{time.Hour, policy.BusyDrain, policy.Defer, 3, "night-owls"}},
+		{"rule with drain still escalates on deadline deferrals", p, policy.AutoUpdate, chatty, 3, idle{0, policy.BusyDrain, policy.Force, 3, "night-owls (max deferrals reached)"}},
+		{"rule idle_wait 0 keeps the cause's on_busy", p, policy.AutoUpdate, urgent, 0, idle{0, policy.BusyDefer, policy.Defer, 3, "now"}},
+		{"rule idle_wait 0 without deadline deferral", p, policy.EnvEdit, urgent, 0, idle{0, policy.BusyDrain, policy.Force, 0, "now"}},
+	}
+	for _, c := range cases {
+		c.m.Deferrals = c.defs
+		d := c.p.Decide(c.cause, c.m, now)
+		got := idle{d.IdleWait, d.OnBusy, d.OnDeadline, d.MaxDeferrals, d.Rule}
+		if got != c.want {
+			t.Errorf("%s:\n got %+v\nwant %+v", c.name, got, c.want)
+		}
 	}
 }
 
@@ -305,13 +372,16 @@ rules = [
 `,
 	}
 	different := map[string]string{
-		"a value":         strings.Replace(base, `wait = "2h"`, `wait = "3h"`, 1),
-		"a rule name":     strings.Replace(base, `name = "eu"`, `name = "europe"`, 1),
-		"a selector":      strings.Replace(base, `regions = ["fra"]`, `regions = ["fra", "ams"]`, 1),
-		"the window":      strings.Replace(base, "02:00-05:00", "02:00-06:00", 1),
-		"an added key":    strings.Replace(base, `quiet = false`, "quiet = false\nmax_deferrals = 2", 1),
-		"the rule order":  "[causes.auto-update]\nwait = \"45m\"\nwindow = \"Mon-Fri 02:00-05:00 America/New_York\"\n[[rules]]\nname = \"eu\"\nregions = [\"fra\"]\nquiet = false\n[[rules]]\nname = \"vip\"\ncauses = [\"auto-update\", \"operator\"]\nmatch = { tier = \"vip\", plan = \"pro\" }\nregions = [\"iad\", \"ewr\"]\nwait = \"2h\"\n",
-		"no rules at all": "[causes.auto-update]\nwait = \"45m\"\nwindow = \"Mon-Fri 02:00-05:00 America/New_York\"\n",
+		"a value":             strings.Replace(base, `wait = "2h"`, `wait = "3h"`, 1),
+		"a rule name":         strings.Replace(base, `name = "eu"`, `name = "europe"`, 1),
+		"a selector":          strings.Replace(base, `regions = ["fra"]`, `regions = ["fra", "ams"]`, 1),
+		"the window":          strings.Replace(base, "02:00-05:00", "02:00-06:00", 1),
+		"an added key":        strings.Replace(base, `quiet = false`, "quiet = false\nmax_deferrals = 2", 1),
+		"a rule's idle_wait":  strings.Replace(base, `quiet = false`, "quiet = false\nidle_wait = \"5m\"", 1),
+		"a rule's on_busy":    strings.Replace(base, `quiet = false`, "quiet = false\non_busy = \"drain\"", 1),
+		"a cause's idle_wait": strings.Replace(base, `wait = "45m"`, "wait = \"45m\"\nidle_wait = \"5m\"", 1),
+		"the rule order":      "[causes.auto-update]\nwait = \"45m\"\nwindow = \"Mon-Fri 02:00-05:00 America/New_York\"\n[[rules]]\nname = \"eu\"\nregions = [\"fra\"]\nquiet = false\n[[rules]]\nname = \"vip\"\ncauses = [\"auto-update\", \"operator\"]\nmatch = { tier = \"vip\", plan = \"pro\" }\nregions = [\"iad\", \"ewr\"]\nwait = \"2h\"\n",
+		"no rules at all":     "[causes.auto-update]\nwait = \"45m\"\nwindow = \"Mon-Fri 02:00-05:00 America/New_York\"\n",
 	}
 	v := mustParse(t, base).Version()
 	for name, src := range same {
@@ -334,8 +404,11 @@ quiet = true
 wait = "30m"
 on_deadline = "defer"
 max_deferrals = 3
+idle_wait = "30m"
+on_busy = "defer"
 [causes.operator]
 wait = "10m"
+idle_wait = "0s"
 `
 	if d, e, r := policy.Default().Version(), mustParse(t, "").Version(), mustParse(t, restated).Version(); d != e || d != r {
 		t.Errorf("default %s, empty file %s, restated defaults %s", d, e, r)

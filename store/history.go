@@ -32,6 +32,9 @@ type HistoryFilter struct {
 	Outcome string
 	// Forced keeps drains whose deadline forced the update.
 	Forced bool
+	// BusyDeferred keeps machines deferred because their agent was never
+	// idle within the idle wait (deferred, never drained, after peeks).
+	BusyDeferred bool
 	// Limit caps the rows; 0 means no limit.
 	Limit int
 }
@@ -72,6 +75,13 @@ type HistoryRow struct {
 	// followed (nil: no drain finished waiting).
 	ExpectedDrainSeconds *float64 `json:"expected_drain_seconds"`
 	DrainWaitSeconds     *float64 `json:"drain_wait_seconds"`
+	// IdleWaitSeconds is first status read → drain begin (or → the last
+	// read, for a machine never drained; nil: no read before the begin);
+	// Peeks the status reads before the begin; ActiveAgentsAtBegin the
+	// work in flight when the drain began.
+	IdleWaitSeconds     *float64 `json:"idle_wait_seconds"`
+	Peeks               int      `json:"peeks"`
+	ActiveAgentsAtBegin *int     `json:"active_agents_at_begin"`
 }
 
 // HistoryColumns are drain_history's columns in HistoryRow's order (the CSV
@@ -80,14 +90,14 @@ var HistoryColumns = []string{"run_id", "cause", "requested_by", "app", "machine
 	"quiet", "policy_rule", "suppression_echoed", "drain_started_at", "quiesced_at", "deadline_at", "drain_outcome",
 	"active_agents_at_recreate", "recreated_at", "outcome", "error", "migration_id", "region", "policy_version",
 	"drain_deadline", "on_deadline", "deferrals", "reason", "created_at", "finished_at", "expected_drain_seconds",
-	"drain_wait_seconds"}
+	"drain_wait_seconds", "idle_wait_seconds", "peeks", "active_agents_at_begin"}
 
 func (r *HistoryRow) dest() []any {
 	return []any{&r.RunID, &r.Cause, &r.RequestedBy, &r.App, &r.MachineID, &r.FromImage, &r.ToImage, &r.Quiet,
 		&r.PolicyRule, &r.SuppressionEchoed, &r.DrainStartedAt, &r.QuiescedAt, &r.DeadlineAt, &r.DrainOutcome,
 		&r.ActiveAgentsAtRecreate, &r.RecreatedAt, &r.Outcome, &r.Error, &r.MigrationID, &r.Region,
 		&r.PolicyVersion, &r.DrainDeadline, &r.OnDeadline, &r.Deferrals, &r.Reason, &r.CreatedAt, &r.FinishedAt,
-		&r.ExpectedDrainSeconds, &r.DrainWaitSeconds}
+		&r.ExpectedDrainSeconds, &r.DrainWaitSeconds, &r.IdleWaitSeconds, &r.Peeks, &r.ActiveAgentsAtBegin}
 }
 
 // historySQL builds the one query behind History. Values are never spliced
@@ -134,6 +144,11 @@ func historySQL(f HistoryFilter) (string, []any, error) {
 	}
 	if f.Forced {
 		add("drain_outcome = $%d", DrainDeadlineForced)
+	}
+	if f.BusyDeferred {
+		// Served by the (outcome, created_at) index; a drain never begun
+		// has no drain outcome.
+		add("outcome = $%d AND drain_outcome IS NULL AND peeks > 0", OutcomeDeferred)
 	}
 	var b strings.Builder
 	b.WriteString(`SELECT ` + strings.Join(HistoryColumns, ", ") + ` FROM drain_history`)

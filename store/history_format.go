@@ -84,5 +84,6 @@ func (r HistoryRow) CSVRecord() []string {
 		ts(r.DeadlineAt), str(r.DrainOutcome), num(r.ActiveAgentsAtRecreate), ts(r.RecreatedAt),
 		str(r.Outcome), str(r.Error), strconv.FormatInt(r.MigrationID, 10), r.Region,
 		str(r.PolicyVersion), ts(r.DrainDeadline), str(r.OnDeadline), strconv.Itoa(r.Deferrals), r.Reason,
-		ts(&created), ts(r.FinishedAt), secs(r.ExpectedDrainSeconds), secs(r.DrainWaitSeconds)}
+		ts(&created), ts(r.FinishedAt), secs(r.ExpectedDrainSeconds), secs(r.DrainWaitSeconds),
+		secs(r.IdleWaitSeconds), strconv.Itoa(r.Peeks), num(r.ActiveAgentsAtBegin)}
 }

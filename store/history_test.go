@@ -195,6 +195,57 @@ func (n planNode) walk(fn func(planNode)) {
 	}
 }
 
+// The idle-first columns: a machine deferred because it was never idle has
+// no drain, its wait runs first → last status read, and --busy-deferred
+// finds it (and not a machine deferred outside its window); a drain begun
+// after peeks has its wait to the begin and active_agents_at_begin.
+func TestHistoryIdleFirstColumns(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	_, err := s.Pool().Exec(ctx, `
+		WITH r AS (
+			INSERT INTO runs (cause, target_image, image, selector, max_unavailable, requested_by, state)
+			VALUES ('auto-update', 'img:v2', 'img:v2', '{}', 1, 'cron', 'succeeded') RETURNING id
+		), m AS (
+			INSERT INTO machine_migrations (run_id, seq, app, machine_id, region, to_image, from_image, state, outcome,
+				error, deferrals, first_peek_at, last_peek_at, peeks, peek_active_agents)
+			SELECT r.id, v.seq, 'app-' || v.seq, 'm' || v.seq, 'iad', 'img:v2', 'img:v1', 'done', v.outcome, v.error,
+				v.deferrals, v.first_peek, v.last_peek, v.peeks, v.active
+			FROM r, (VALUES
+				(1, 'deferred', 'never idle within the idle wait of 30m0s (9 status reads; last active_agents=2); deferred without draining (1 of 3)',
+					1, timestamptz '2026-11-24 03:00:00Z', timestamptz '2026-11-24 03:30:00Z', 9, 2),
+				(2, 'deferred', 'outside the maintenance window', 1, NULL, NULL, 0, NULL),
+				(3, 'migrated', '', 0, timestamptz '2026-11-24 03:00:00Z', timestamptz '2026-11-24 03:04:00Z', 4, 0)
+			) AS v(seq, outcome, error, deferrals, first_peek, last_peek, peeks, active)
+			RETURNING id, seq
+		)
+		INSERT INTO drains (migration_id, quiet, policy_rule, policy_version, on_deadline, decided_at, deadline_at,
+			started_at, quiesced_at, active_agents_at_recreate, active_agents_at_begin, outcome)
+		SELECT m.id, true, 'default:auto-update', 'v1', 'defer', '2026-11-24 03:04:00Z', '2026-11-24 03:34:00Z',
+			'2026-11-24 03:04:00.5Z', '2026-11-24 03:04:02Z', 0, 0, 'quiesced'
+		FROM m WHERE m.seq = 3`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := history(t, s, store.HistoryFilter{BusyDeferred: true})
+	if len(busy) != 1 || busy[0].MachineID != "m1" || busy[0].DrainOutcome != nil || busy[0].Peeks != 9 ||
+		busy[0].IdleWaitSeconds == nil || *busy[0].IdleWaitSeconds != 1800 || busy[0].ActiveAgentsAtBegin != nil {
+		t.Fatalf("busy-deferred rows %+v", busy)
+	}
+	byMachine := map[string]store.HistoryRow{}
+	for _, r := range history(t, s, store.HistoryFilter{}) {
+		byMachine[r.MachineID] = r
+	}
+	if r := byMachine["m2"]; r.IdleWaitSeconds != nil || r.Peeks != 0 {
+		t.Errorf("window-deferred row %+v: want no idle wait", r)
+	}
+	if r := byMachine["m3"]; r.IdleWaitSeconds == nil || *r.IdleWaitSeconds != 240.5 || r.Peeks != 4 ||
+		r.ActiveAgentsAtBegin == nil || *r.ActiveAgentsAtBegin != 0 {
+		t.Errorf("migrated row %+v: want 240.5 s of idle wait over 4 peeks, begun with 0 active", r)
+	}
+}
+
 // The audit queries stay fast at scale: on 200k machine migrations, the
 // filters an auditor uses most are answered through indexes, never a
 // sequential scan of machine_migrations.
@@ -204,6 +255,16 @@ func TestHistoryUsesIndexesAtScale(t *testing.T) {
 	start := time.Now()
 	seedHistory(t, s, 50, 4000) // 200,000 machine migrations, 2,000 apps
 	t.Logf("seeded 200k rows in %s", time.Since(start).Round(time.Millisecond))
+	// One machine per run was deferred because it was never idle.
+	if _, err := s.Pool().Exec(context.Background(), `
+		WITH m AS (
+			UPDATE machine_migrations SET outcome = 'deferred', peeks = 7, first_peek_at = created_at,
+				last_peek_at = created_at + interval '30 minutes'
+			WHERE seq = 4 RETURNING id
+		)
+		DELETE FROM drains d USING m WHERE d.migration_id = m.id`); err != nil {
+		t.Fatal(err)
+	}
 	yes := true
 	for _, tc := range []struct {
 		name string
@@ -217,6 +278,7 @@ func TestHistoryUsesIndexesAtScale(t *testing.T) {
 		{"newest", store.HistoryFilter{Limit: 100}},
 		{"cause", store.HistoryFilter{Cause: "operator", Limit: 100}},
 		{"forced", store.HistoryFilter{Forced: true, Limit: 100}},
+		{"busy deferred", store.HistoryFilter{BusyDeferred: true, Limit: 100}},
 		{"outcome", store.HistoryFilter{Outcome: "rolled_back", Limit: 100}},
 		{"app quiet since", store.HistoryFilter{App: "app-7", Quiet: &yes, SinceAgo: 30 * 24 * time.Hour}},
 	} {

@@ -71,6 +71,13 @@ type Migration struct {
 	// ExpectedDrain is the drain wait planning expected from the machine's
 	// past drains (0: it had none); the plan put longer ones first.
 	ExpectedDrain time.Duration
+	// Idle-first begin: when the agent's status was first and last read
+	// before a drain (zero: never), how many reads, and the last one's active_agents
+	// (nil: unreadable or none).
+	FirstPeekAt      time.Time
+	LastPeekAt       time.Time
+	Peeks            int
+	PeekActiveAgents *int
 }
 
 // Target names the machine as "app/machine_id".
@@ -99,26 +106,36 @@ type Drain struct {
 	ActiveAgentsAtRecreate *int
 	RecreatedAt            time.Time
 	Outcome                string
+	// ActiveAgentsAtBegin: the last peek's active_agents, or without a peek
+	// the first status read after the begin.
+	ActiveAgentsAtBegin *int
 }
 
 const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, m.private_ip, m.labels, m.canary,
 	m.from_image, m.to_image, m.from_instance_id, m.to_instance_id, m.state, coalesce(m.outcome, ''), m.slot_held,
 	m.attempts, m.deferrals, m.not_before, m.lease_nonce, m.lease_expires_at, m.updated_machine_at, m.launch, m.error,
-	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at, coalesce(m.expected_drain, interval '0')`
+	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at, coalesce(m.expected_drain, interval '0'),
+	m.first_peek_at, m.last_peek_at, m.peeks, m.peek_active_agents`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
 	d.begins, d.last_status_at, d.last_gateway_state, d.last_active_agents, d.quiesced_at, d.deadline_reached_at,
-	d.active_agents_at_recreate, d.recreated_at, coalesce(d.outcome, '')`
+	d.active_agents_at_recreate, d.recreated_at, coalesce(d.outcome, ''), d.active_agents_at_begin`
 
-func migrationDest(m *Migration, labels *[]byte, nb, lease, upd, started, finished **time.Time) []any {
+// migrationTimes receives the nullable times of a migration row.
+type migrationTimes struct{ nb, lease, upd, started, finished, firstPeek, lastPeek *time.Time }
+
+func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
 	return []any{&m.ID, &m.RunID, &m.Seq, &m.App, &m.MachineID, &m.Region, &m.PrivateIP, labels, &m.Canary,
 		&m.FromImage, &m.ToImage, &m.FromInstanceID, &m.ToInstanceID, &m.State, &m.Outcome, &m.SlotHeld,
-		&m.Attempts, &m.Deferrals, nb, &m.LeaseNonce, lease, upd, &m.Launch, &m.Error,
-		&m.Version, &m.CreatedAt, started, &m.UpdatedAt, finished, &m.ExpectedDrain}
+		&m.Attempts, &m.Deferrals, &t.nb, &m.LeaseNonce, &t.lease, &t.upd, &m.Launch, &m.Error,
+		&m.Version, &m.CreatedAt, &t.started, &m.UpdatedAt, &t.finished, &m.ExpectedDrain,
+		&t.firstPeek, &t.lastPeek, &m.Peeks, &m.PeekActiveAgents}
 }
 
-func finishMigration(m *Migration, labels []byte, nb, lease, upd, started, finished *time.Time) error {
+func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
+	nb, lease, upd, started, finished := t.nb, t.lease, t.upd, t.started, t.finished
+	m.FirstPeekAt, m.LastPeekAt = fromNullTime(t.firstPeek), fromNullTime(t.lastPeek)
 	m.NotBefore, m.LeaseExpiresAt, m.UpdatedMachineAt = fromNullTime(nb), fromNullTime(lease), fromNullTime(upd)
 	m.StartedAt, m.FinishedAt = fromNullTime(started), fromNullTime(finished)
 	if err := json.Unmarshal(labels, &m.Labels); err != nil {
@@ -135,13 +152,13 @@ type nullDrain struct {
 	decided, deadline, gwReq, started, lastBegin, lastStatus, quiesced *time.Time
 	deadlineReached, recreated                                         *time.Time
 	echoed                                                             *bool
-	lastActive, activeAtRecreate                                       *int
+	lastActive, activeAtRecreate, activeAtBegin                        *int
 }
 
 func (n *nullDrain) dest() []any {
 	return []any{&n.id, &n.quiet, &n.rule, &n.version, &n.onDeadline, &n.maxDeferrals, &n.decided, &n.deadline,
 		&n.echoed, &n.gwReq, &n.started, &n.lastBegin, &n.begins, &n.lastStatus, &n.lastState, &n.lastActive,
-		&n.quiesced, &n.deadlineReached, &n.activeAtRecreate, &n.recreated, &n.outcome}
+		&n.quiesced, &n.deadlineReached, &n.activeAtRecreate, &n.recreated, &n.outcome, &n.activeAtBegin}
 }
 
 func (n *nullDrain) drain() *Drain {
@@ -156,6 +173,7 @@ func (n *nullDrain) drain() *Drain {
 		LastStatusAt: fromNullTime(n.lastStatus), LastGatewayState: *n.lastState, LastActiveAgents: n.lastActive,
 		QuiescedAt: fromNullTime(n.quiesced), DeadlineReachedAt: fromNullTime(n.deadlineReached),
 		ActiveAgentsAtRecreate: n.activeAtRecreate, RecreatedAt: fromNullTime(n.recreated), Outcome: *n.outcome,
+		ActiveAgentsAtBegin: n.activeAtBegin,
 	}
 }
 
@@ -170,22 +188,23 @@ type MachineWork struct {
 func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) {
 	var w MachineWork
 	var labels []byte
-	var nb, lease, upd, started, finished *time.Time
+	var mt migrationTimes
 	var nd nullDrain
 	var sel []byte
 	var deadline float64
+	var idle *float64
 	var rStarted, rFinished *time.Time
 	r := &w.Run
-	dest := migrationDest(&w.Migration, &labels, &nb, &lease, &upd, &started, &finished)
+	dest := migrationDest(&w.Migration, &labels, &mt)
 	dest = append(dest, nd.dest()...)
 	dest = append(dest, &r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
-		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt)
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt, &idle)
 	err := q.db.QueryRow(ctx, `SELECT `+migrationColumns+`, `+drainColumns+`, r.id, r.cause, r.target_image, r.image,
 			r.selector, r.max_unavailable, r.max_unavailable_spec, r.canary, r.failure_threshold,
 			coalesce(extract(epoch from r.deadline_override), 0)::float8, r.requested_by, r.reason,
 			coalesce(r.idempotency_key, ''), r.state, r.state_reason, r.policy_version, r.created_at, r.started_at,
-			r.finished_at, r.updated_at
+			r.finished_at, r.updated_at, extract(epoch from r.idle_wait_override)::float8
 		FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE m.id = $1`, id).Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -194,13 +213,14 @@ func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) 
 	if err != nil {
 		return MachineWork{}, fmt.Errorf("load machine migration %d: %w", id, err)
 	}
-	if err := finishMigration(&w.Migration, labels, nb, lease, upd, started, finished); err != nil {
+	if err := finishMigration(&w.Migration, labels, &mt); err != nil {
 		return MachineWork{}, err
 	}
 	if err := json.Unmarshal(sel, &r.Selector); err != nil {
 		return MachineWork{}, fmt.Errorf("decode selector of run %d: %w", r.ID, err)
 	}
 	r.DeadlineOverride = time.Duration(deadline * float64(time.Second))
+	r.IdleWaitOverride = secondsPtr(idle)
 	r.StartedAt, r.FinishedAt = fromNullTime(rStarted), fromNullTime(rFinished)
 	w.Drain = nd.drain()
 	return w, nil
@@ -217,11 +237,11 @@ func (q *Q) ListMigrations(ctx context.Context, runID int64) ([]Migration, error
 	for rows.Next() {
 		var m Migration
 		var labels []byte
-		var nb, lease, upd, started, finished *time.Time
-		if err := rows.Scan(migrationDest(&m, &labels, &nb, &lease, &upd, &started, &finished)...); err != nil {
+		var mt migrationTimes
+		if err := rows.Scan(migrationDest(&m, &labels, &mt)...); err != nil {
 			return nil, fmt.Errorf("list machines of run %d: %w", runID, err)
 		}
-		if err := finishMigration(&m, labels, nb, lease, upd, started, finished); err != nil {
+		if err := finishMigration(&m, labels, &mt); err != nil {
 			return nil, err
 		}
 		out = append(out, m)
@@ -270,7 +290,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		nullTime(dd.LastBeginAt), dd.Begins, nullTime(dd.LastStatusAt), dd.LastGatewayState, dd.LastActiveAgents,
 		nullTime(dd.QuiescedAt), nullTime(dd.DeadlineReachedAt), dd.ActiveAgentsAtRecreate, nullTime(dd.RecreatedAt),
 		drainOutcome,
-		m.RunID, ev.at, ev.kinds, ev.targets, ev.methods, ev.statuses, ev.reqIDs, ev.durations, ev.errs, ev.details)
+		m.RunID, ev.at, ev.kinds, ev.targets, ev.methods, ev.statuses, ev.reqIDs, ev.durations, ev.errs, ev.details,
+		nullTime(m.FirstPeekAt), m.Peeks, m.PeekActiveAgents, dd.ActiveAgentsAtBegin, nullTime(m.LastPeekAt))
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -282,7 +303,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 }
 
 // saveStepSQL: $1-$18 the machine, $19 whether there is a drain, $20-$39 the
-// drain, $40 the run, $41-$49 the events as arrays. The drain and the events
+// drain, $40 the run, $41-$49 the events as arrays, $50-$52 and $54 the
+// machine's peeks, $53 the drain's active_agents_at_begin. The drain and the events
 // are written only when the machine's version guard held.
 const saveStepSQL = `
 WITH m AS (
@@ -290,6 +312,7 @@ WITH m AS (
 		from_image = $3, from_instance_id = $4, to_instance_id = $5, state = $6, outcome = $7,
 		slot_held = $8, attempts = $9, deferrals = $10, not_before = $11, lease_nonce = $12,
 		lease_expires_at = $13, updated_machine_at = $14, error = $15, region = $16, private_ip = $17, launch = $18,
+		first_peek_at = $50, peeks = $51, peek_active_agents = $52, last_peek_at = $54,
 		started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
 		finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
 		version = version + 1, updated_at = now()
@@ -299,8 +322,8 @@ WITH m AS (
 	INSERT INTO drains (migration_id, quiet, policy_rule, policy_version, on_deadline, max_deferrals,
 		decided_at, deadline_at, suppression_echoed, gateway_requested_at, started_at, last_begin_at, begins,
 		last_status_at, last_gateway_state, last_active_agents, quiesced_at, deadline_reached_at,
-		active_agents_at_recreate, recreated_at, outcome)
-	SELECT m.id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39
+		active_agents_at_recreate, recreated_at, outcome, active_agents_at_begin)
+	SELECT m.id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $53
 	FROM m WHERE $19
 	ON CONFLICT (migration_id) DO UPDATE SET
 		suppression_echoed = EXCLUDED.suppression_echoed, gateway_requested_at = EXCLUDED.gateway_requested_at,
@@ -309,7 +332,7 @@ WITH m AS (
 		last_active_agents = EXCLUDED.last_active_agents, quiesced_at = EXCLUDED.quiesced_at,
 		deadline_reached_at = EXCLUDED.deadline_reached_at,
 		active_agents_at_recreate = EXCLUDED.active_agents_at_recreate, recreated_at = EXCLUDED.recreated_at,
-		outcome = EXCLUDED.outcome
+		outcome = EXCLUDED.outcome, active_agents_at_begin = EXCLUDED.active_agents_at_begin
 	RETURNING 1
 ), e AS (
 	INSERT INTO events (at, run_id, migration_id, kind, target, http_method, http_status, request_id, duration_ms, error, detail)

@@ -48,30 +48,35 @@ type Run struct {
 	Canary             int
 	FailureThreshold   int
 	DeadlineOverride   time.Duration // 0: none
-	RequestedBy        string
-	Reason             string
-	IdempotencyKey     string
-	State              string
-	StateReason        string
-	PolicyVersion      string
-	CreatedAt          time.Time
-	StartedAt          time.Time
-	FinishedAt         time.Time
-	UpdatedAt          time.Time
+	// IdleWaitOverride replaces the policy's idle wait for this run (0:
+	// begin at once); nil: the policy's.
+	IdleWaitOverride *time.Duration
+	RequestedBy      string
+	Reason           string
+	IdempotencyKey   string
+	State            string
+	StateReason      string
+	PolicyVersion    string
+	CreatedAt        time.Time
+	StartedAt        time.Time
+	FinishedAt       time.Time
+	UpdatedAt        time.Time
 }
 
 const runColumns = `id, cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
 	failure_threshold, coalesce(extract(epoch from deadline_override), 0)::float8, requested_by, reason,
-	coalesce(idempotency_key, ''), state, state_reason, policy_version, created_at, started_at, finished_at, updated_at`
+	coalesce(idempotency_key, ''), state, state_reason, policy_version, created_at, started_at, finished_at, updated_at,
+	extract(epoch from idle_wait_override)::float8`
 
 func scanRun(row pgx.Row) (Run, error) {
 	var r Run
 	var sel []byte
 	var deadline float64
 	var started, finished *time.Time
+	var idle *float64
 	err := row.Scan(&r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
-		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &started, &finished, &r.UpdatedAt)
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &started, &finished, &r.UpdatedAt, &idle)
 	if err != nil {
 		return Run{}, err
 	}
@@ -79,6 +84,7 @@ func scanRun(row pgx.Row) (Run, error) {
 		return Run{}, fmt.Errorf("decode selector of run %d: %w", r.ID, err)
 	}
 	r.DeadlineOverride = time.Duration(deadline * float64(time.Second))
+	r.IdleWaitOverride = secondsPtr(idle)
 	r.StartedAt, r.FinishedAt = fromNullTime(started), fromNullTime(finished)
 	return r, nil
 }
@@ -113,6 +119,11 @@ func (q *Q) CreateRun(ctx context.Context, r Run, machines []NewMachine) (Run, b
 		d := fmt.Sprintf("%d microseconds", r.DeadlineOverride.Microseconds())
 		deadline = &d
 	}
+	var idle *string
+	if r.IdleWaitOverride != nil {
+		d := fmt.Sprintf("%d microseconds", r.IdleWaitOverride.Microseconds())
+		idle = &d
+	}
 	state := r.State
 	if state == "" {
 		state = RunRunning
@@ -120,13 +131,13 @@ func (q *Q) CreateRun(ctx context.Context, r Run, machines []NewMachine) (Run, b
 	row := q.db.QueryRow(ctx, `
 		INSERT INTO runs (cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
 			failure_threshold, deadline_override, requested_by, reason, idempotency_key, state, state_reason,
-			policy_version, started_at)
+			policy_version, started_at, idle_wait_override)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::interval, $10, $11, $12, $13, $14, $15,
-			CASE WHEN $13 = 'running' THEN now() END)
+			CASE WHEN $13 = 'running' THEN now() END, $16::interval)
 		ON CONFLICT (idempotency_key) DO NOTHING
 		RETURNING `+runColumns,
 		r.Cause, r.TargetImage, r.Image, sel, r.MaxUnavailable, r.MaxUnavailableSpec, r.Canary,
-		r.FailureThreshold, deadline, r.RequestedBy, r.Reason, key, state, r.StateReason, r.PolicyVersion)
+		r.FailureThreshold, deadline, r.RequestedBy, r.Reason, key, state, r.StateReason, r.PolicyVersion, idle)
 	created, err := scanRun(row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		existing, err := q.RunByIdempotencyKey(ctx, r.IdempotencyKey)
@@ -274,12 +285,16 @@ type RunCounts struct {
 	ByOutcome map[string]int
 	Total     int
 	SlotsHeld int
+	// WaitingForIdle counts pending machines that wait for an idle moment
+	// of their agent (peeked and found busy; they hold no slot).
+	WaitingForIdle int
 }
 
 // CountRun returns the counts of run id.
 func (q *Q) CountRun(ctx context.Context, id int64) (RunCounts, error) {
 	rows, err := q.db.Query(ctx, `
-		SELECT state, coalesce(outcome, ''), count(*), count(*) FILTER (WHERE slot_held)
+		SELECT state, coalesce(outcome, ''), count(*), count(*) FILTER (WHERE slot_held),
+			count(*) FILTER (WHERE state = 'pending' AND peeks > 0)
 		FROM machine_migrations WHERE run_id = $1 GROUP BY 1, 2`, id)
 	if err != nil {
 		return RunCounts{}, fmt.Errorf("count run %d: %w", id, err)
@@ -288,10 +303,11 @@ func (q *Q) CountRun(ctx context.Context, id int64) (RunCounts, error) {
 	c := RunCounts{ByState: map[string]int{}, ByOutcome: map[string]int{}}
 	for rows.Next() {
 		var state, outcome string
-		var n, held int
-		if err := rows.Scan(&state, &outcome, &n, &held); err != nil {
+		var n, held, idle int
+		if err := rows.Scan(&state, &outcome, &n, &held, &idle); err != nil {
 			return RunCounts{}, err
 		}
+		c.WaitingForIdle += idle
 		c.ByState[state] += n
 		if outcome != "" {
 			c.ByOutcome[outcome] += n
@@ -300,4 +316,13 @@ func (q *Q) CountRun(ctx context.Context, id int64) (RunCounts, error) {
 		c.SlotsHeld += held
 	}
 	return c, rows.Err()
+}
+
+// secondsPtr turns a nullable number of seconds into a duration.
+func secondsPtr(s *float64) *time.Duration {
+	if s == nil {
+		return nil
+	}
+	d := time.Duration(*s * float64(time.Second)).Round(time.Microsecond)
+	return &d
 }

@@ -15,10 +15,15 @@ type MigrationView struct {
 	Drain *Drain
 }
 
-func (q *Q) migrationViews(ctx context.Context, what, where string, args ...any) ([]MigrationView, error) {
+// planOrder is the order migrationViews lists machines in by default.
+const planOrder = ` ORDER BY m.run_id, m.seq`
+
+// migrationViews reads the views WHERE cond (a condition with its own
+// ORDER BY and LIMIT).
+func (q *Q) migrationViews(ctx context.Context, what, cond string, args ...any) ([]MigrationView, error) {
 	rows, err := q.db.Query(ctx, `SELECT `+migrationColumns+`, `+drainColumns+`
 		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id
-		WHERE `+where+` ORDER BY m.run_id, m.seq`, args...)
+		WHERE `+cond, args...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
@@ -27,13 +32,13 @@ func (q *Q) migrationViews(ctx context.Context, what, where string, args ...any)
 	for rows.Next() {
 		var v MigrationView
 		var labels []byte
-		var nb, lease, upd, started, finished *time.Time
+		var mt migrationTimes
 		var nd nullDrain
-		dest := append(migrationDest(&v.Migration, &labels, &nb, &lease, &upd, &started, &finished), nd.dest()...)
+		dest := append(migrationDest(&v.Migration, &labels, &mt), nd.dest()...)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		if err := finishMigration(&v.Migration, labels, nb, lease, upd, started, finished); err != nil {
+		if err := finishMigration(&v.Migration, labels, &mt); err != nil {
 			return nil, err
 		}
 		v.Drain = nd.drain()
@@ -51,7 +56,15 @@ func (q *Q) migrationViews(ctx context.Context, what, where string, args ...any)
 // them, so a watcher can read them every half second.
 func (q *Q) InFlight(ctx context.Context, runID int64) ([]MigrationView, error) {
 	return q.migrationViews(ctx, fmt.Sprintf("machines in flight of run %d", runID),
-		`m.run_id = $1 AND m.state NOT IN ('pending', 'done')`, runID)
+		`m.run_id = $1 AND m.state NOT IN ('pending', 'done')`+planOrder, runID)
+}
+
+// WaitingForIdle returns up to limit machines of run id that wait for an
+// idle moment of their agent (pending after a busy peek), longest waiting
+// first.
+func (q *Q) WaitingForIdle(ctx context.Context, runID int64, limit int) ([]MigrationView, error) {
+	return q.migrationViews(ctx, fmt.Sprintf("machines of run %d waiting for an idle moment", runID),
+		`m.run_id = $1 AND m.state = 'pending' AND m.peeks > 0 ORDER BY m.first_peek_at, m.id LIMIT $2`, runID, limit)
 }
 
 // MigrationViews returns the machine migrations with the given ids.
@@ -59,7 +72,7 @@ func (q *Q) MigrationViews(ctx context.Context, ids []int64) ([]MigrationView, e
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	return q.migrationViews(ctx, "read machine migrations", `m.id = ANY($1)`, ids)
+	return q.migrationViews(ctx, "read machine migrations", `m.id = ANY($1)`+planOrder, ids)
 }
 
 // MachineKey names a machine.
@@ -107,8 +120,14 @@ type RunSnapshot struct {
 	Run      Run
 	Counts   RunCounts
 	InFlight []MigrationView
-	DBNow    time.Time
+	// WaitingForIdle: up to SnapshotWaitingForIdle of the machines whose
+	// agent was busy when looked at (Counts.WaitingForIdle has them all).
+	WaitingForIdle []MigrationView
+	DBNow          time.Time
 }
+
+// SnapshotWaitingForIdle bounds RunSnapshot.WaitingForIdle.
+const SnapshotWaitingForIdle = 20
 
 // Snapshot reads run id, its counts and its machines in flight in one
 // repeatable-read transaction, so the three agree with each other.
@@ -126,7 +145,12 @@ func (s *Store) Snapshot(ctx context.Context, runID int64) (RunSnapshot, error) 
 		if snap.Counts, err = q.CountRun(ctx, runID); err != nil {
 			return err
 		}
-		snap.InFlight, err = q.InFlight(ctx, runID)
+		if snap.InFlight, err = q.InFlight(ctx, runID); err != nil {
+			return err
+		}
+		if snap.Counts.WaitingForIdle > 0 {
+			snap.WaitingForIdle, err = q.WaitingForIdle(ctx, runID, SnapshotWaitingForIdle)
+		}
 		return err
 	})
 	return snap, err

@@ -96,6 +96,10 @@ type TimelineMachine struct {
 	Error     string    `json:"error,omitempty"`
 	Deferrals int       `json:"deferrals,omitempty"`
 	StartedAt time.Time `json:"started_at,omitzero"` // when it first got a budget slot
+	// Peeks are the status reads before the drain began (idle-first);
+	// PeekActiveAgents what the last one saw.
+	Peeks            int  `json:"peeks,omitempty"`
+	PeekActiveAgents *int `json:"peek_active_agents,omitempty"`
 	// From the drain (empty, nil: no drain decided).
 	Quiet                  *bool  `json:"quiet,omitempty"`
 	DrainOutcome           string `json:"drain_outcome,omitempty"`
@@ -116,7 +120,7 @@ func (q *Q) TimelineMachines(ctx context.Context, runID int64, changed []int64) 
 	}
 	rows, err := q.db.Query(ctx, `
 		SELECT m.id, m.seq, m.app, m.machine_id, m.region, m.canary, m.state, coalesce(m.outcome, ''), m.error,
-			m.deferrals, m.started_at, d.quiet, coalesce(d.outcome, ''), d.active_agents_at_recreate, d.last_active_agents
+			m.deferrals, m.started_at, m.peeks, m.peek_active_agents, d.quiet, coalesce(d.outcome, ''), d.active_agents_at_recreate, d.last_active_agents
 		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE `+where+` ORDER BY m.seq`, args...)
 	if err != nil {
@@ -128,7 +132,7 @@ func (q *Q) TimelineMachines(ctx context.Context, runID int64, changed []int64) 
 		var m TimelineMachine
 		var started *time.Time
 		if err := rows.Scan(&m.ID, &m.Seq, &m.App, &m.MachineID, &m.Region, &m.Canary, &m.State, &m.Outcome, &m.Error,
-			&m.Deferrals, &started, &m.Quiet, &m.DrainOutcome, &m.ActiveAgentsAtRecreate, &m.LastActiveAgents); err != nil {
+			&m.Deferrals, &started, &m.Peeks, &m.PeekActiveAgents, &m.Quiet, &m.DrainOutcome, &m.ActiveAgentsAtRecreate, &m.LastActiveAgents); err != nil {
 			return nil, fmt.Errorf("read timeline machines of run %d: %w", runID, err)
 		}
 		m.StartedAt = fromNullTime(started)

@@ -135,6 +135,18 @@ func (w *simWorld) checkEnd(runID int64, allowed ...string) map[string]int {
 	return counts
 }
 
+// checkNoLeases fails the test for every machine whose Fly lease is still
+// held after the run: a lease left behind blocks every other deployer of
+// the machine until it expires.
+func (w *simWorld) checkNoLeases() {
+	w.t.Helper()
+	for _, v := range w.sim.Machines() {
+		if v.LeaseOwner != "" {
+			w.t.Errorf("%s/%s: lease still held by %s after the run", v.App, v.ID, v.LeaseOwner)
+		}
+	}
+}
+
 // longestStall is the longest time (the events' wall-clock times) one machine
 // of run went without an event while it was in flight, and which machine.
 func (w *simWorld) longestStall(runID int64) (time.Duration, string) {
@@ -209,6 +221,7 @@ func TestFaultKillReplicasDuring200MachineRun(t *testing.T) {
 		t.Errorf("run ended %s: %s", r.State, r.StateReason)
 	}
 	counts := w.checkEnd(run.ID, store.OutcomeMigrated, store.OutcomeDeferred, store.OutcomeRolledBack, store.OutcomeCancelled)
+	w.checkNoLeases() // a lease granted to a killed replica is adopted, then released
 	t.Logf("outcomes %v, peak disrupted %d (cap %d), Fly requests %v", counts, w.sim.MaxDisrupted(), fleetCap, w.sim.Requests())
 	if counts[store.OutcomeMigrated] < machines/2 {
 		t.Errorf("only %d of %d machines migrated: the kills should not stop the run", counts[store.OutcomeMigrated], machines)
@@ -348,6 +361,7 @@ func TestFaultFlyThrottlingAndErrors(t *testing.T) {
 		t.Errorf("run ended %s: %s", r.State, r.StateReason)
 	}
 	counts := w.checkEnd(run.ID, store.OutcomeMigrated, store.OutcomeDeferred)
+	w.checkNoLeases() // releases answered 429/503 were sent again
 	t.Logf("outcomes %v, peak disrupted %d, peak per second %v", counts, w.sim.MaxDisrupted(), w.sim.PeakPerSecond())
 	if counts[store.OutcomeMigrated] < machines/2 {
 		t.Errorf("only %d of %d machines migrated", counts[store.OutcomeMigrated], machines)
@@ -462,5 +476,74 @@ func TestFaultGatewayUnreachableAndWrongSecret(t *testing.T) {
 	}
 	if v := w.sim.Machine(wrongApp, wrongID); v.Updates != 0 || v.MarkerPresent {
 		t.Errorf("wrong-secret machine: %d updates, marker present %v", v.Updates, v.MarkerPresent)
+	}
+}
+
+// A replica killed with SIGKILL after Fly granted the machine's lease and
+// before the nonce was saved (the simulator holds the lease's answer back,
+// so the kill lands in between) leaves an orphaned lease with 5 minutes to
+// live — 150 s of wall time at this time scale. The next replica gets 409
+// from its own lease, reads it, recognises its description (this run and
+// migration) and adopts it: the machine moves on within the 2-minute crash
+// bound, not after the lease expires, and no lease is left behind.
+func TestFaultKillBetweenLeaseGrantAndSave(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t, fleetsim.Config{Apps: 1, Seed: 1109}, 2, "MIGRATOR_JOB_TIMEOUT=10s", "MIGRATOR_RESCUE_AFTER=12s")
+	app := w.sim.Apps()[0]
+	id := w.sim.MachineIDs(app)[0]
+	w.sim.SetFaults(fleetsim.Faults{Routes: map[string]fleetsim.RouteFaults{fleetsim.RouteLease: {Hold: 5 * time.Second}}})
+	first := w.startServe("a")
+	run := w.faultRun("1", 2*time.Minute, 1)
+
+	deadline := time.Now().Add(30 * time.Second)
+	for w.sim.Machine(app, id).LeaseOwner == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the lease was never granted\n%s", w.logTails())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	first.kill9()
+	killed := time.Now()
+	w.sim.SetFaults(fleetsim.Faults{})
+	ms, err := w.st.Q().ListMigrations(context.Background(), run.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ms[0].LeaseNonce != "" || ms[0].State != store.StateReady {
+		t.Fatalf("at the kill the migration is %s with nonce saved %v: the kill missed the window", ms[0].State, ms[0].LeaseNonce != "")
+	}
+	w.startServe("b")
+
+	r := w.waitRun(run.ID, 150*time.Second)
+	if r.State != store.RunSucceeded {
+		t.Fatalf("run ended %s: %s\n%s", r.State, r.StateReason, w.logTails())
+	}
+	w.checkEnd(run.ID, store.OutcomeMigrated)
+	evs, err := w.st.Q().ListEvents(context.Background(), store.Scope{MigrationID: ms[0].ID}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var adopted, decided time.Time
+	for _, e := range evs {
+		switch e.Kind {
+		case "machine.lease_adopted":
+			adopted = e.At
+		case "machine.decided":
+			decided = e.At
+		}
+	}
+	if adopted.IsZero() || decided.IsZero() {
+		t.Fatalf("no lease_adopted (%v) or decided (%v) event", adopted, decided)
+	}
+	if resumed := decided.Sub(killed); resumed > 2*time.Minute {
+		t.Errorf("the machine moved on %s after the kill, beyond the 2-minute crash bound", resumed.Round(time.Second))
+	} else {
+		t.Logf("moved on %s after the kill (the orphaned lease had %s of wall time left)", resumed.Round(time.Second), w.clk.Wall(5*time.Minute))
+	}
+	if v := w.sim.Machine(app, id); v.LeaseOwner != "" {
+		t.Errorf("lease still held by %s after the run", v.LeaseOwner)
+	}
+	if m, _ := w.st.Q().ListMigrations(context.Background(), run.ID); m[0].Attempts != 0 {
+		t.Errorf("%d lease waits: the orphaned lease was waited out", m[0].Attempts)
 	}
 }

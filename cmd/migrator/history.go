@@ -24,6 +24,7 @@ type historyFlags struct {
 	app, machine, cause, run string
 	since, until, outcome    string
 	quiet, loud, forced      bool
+	busyDeferred             bool
 	format                   string
 	limit                    int
 }
@@ -47,6 +48,13 @@ time (2026-03-08, 2026-03-08T07:30:00Z; a date or time without a zone is UTC);
 they bound when the machine migration was created. --outcome is one of
 ` + strings.Join(machineOutcomes, ", ") + `. --quiet and --loud keep
 drains decided quiet or loud (machines never drained are neither).
+--busy-deferred keeps machines put off because their agent was never idle
+within the policy's idle_wait: never drained, their error says how many
+status reads were made and the last active_agents.
+
+json and csv also carry the idle-first columns: idle_wait_seconds (first
+status read before the drain → its begin; NULL when the drain began at
+once), peeks (status reads before the begin) and active_agents_at_begin.
 
 Formats: table (people), json (an array of objects keyed by the view's
 columns), csv (a header row with those columns, times in RFC 3339 UTC).
@@ -55,6 +63,7 @@ Exit status: 0 ok (also when nothing matches); 1 the query failed; 2 a bad
 filter value or an unknown --run.`,
 		Example: `  migrator history --app hermes-agent-7
   migrator history --since 24h --forced
+  migrator history --cause auto-update --busy-deferred --since 7d
   migrator history --cause auto-update --loud --since 2026-03-01 --until 2026-03-08
   migrator history --run 42 --outcome rolled_back --format json
   migrator history --since 30d --limit 0 --format csv > drains.csv`,
@@ -72,6 +81,7 @@ filter value or an unknown --run.`,
 	fl.BoolVar(&f.loud, "loud", false, "only loud drains (the gateway announced the restart)")
 	fl.StringVar(&f.outcome, "outcome", "", "only this outcome: "+strings.Join(machineOutcomes, ", "))
 	fl.BoolVar(&f.forced, "forced", false, "only drains whose deadline forced the update with agents still active")
+	fl.BoolVar(&f.busyDeferred, "busy-deferred", false, "only machines deferred because the agent was never idle (never drained)")
 	fl.StringVar(&f.format, "format", "table", "table, json or csv")
 	fl.IntVar(&f.limit, "limit", 100, "at most this many rows; 0 for all")
 	return cmd
@@ -80,7 +90,8 @@ filter value or an unknown --run.`,
 // filter validates the flags into a store filter.
 func (f historyFlags) filter(cmd *cobra.Command) (store.HistoryFilter, error) {
 	path := cmd.CommandPath()
-	hf := store.HistoryFilter{App: strings.TrimSpace(f.app), MachineID: strings.TrimSpace(f.machine), Forced: f.forced, Limit: f.limit}
+	hf := store.HistoryFilter{App: strings.TrimSpace(f.app), MachineID: strings.TrimSpace(f.machine), Forced: f.forced,
+		BusyDeferred: f.busyDeferred, Limit: f.limit}
 	if f.cause != "" {
 		c, err := policy.ParseCause(f.cause)
 		if err != nil {

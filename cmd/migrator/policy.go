@@ -224,6 +224,18 @@ func printExplanation(e *env, p *policy.Policy, c policy.Cause, m policy.Machine
 	} else {
 		row("quiet", "no (the gateway announces the restart on the home channel)")
 	}
+	switch {
+	case d.IdleWait > 0:
+		then := "defer, never drained"
+		if d.OnBusy == policy.BusyDrain {
+			then = "drain anyway"
+		}
+		row("idle wait", "%s (begin only when the agent has no work in flight; if it never has: %s)", d.IdleWait, then)
+	case d.MaxDeferrals > 0 && m.Deferrals >= d.MaxDeferrals:
+		row("idle wait", "none (all deferrals used: drain at once)")
+	default:
+		row("idle wait", "none (begin at once)")
+	}
 	row("wait", "%s", d.Wait)
 	row("deadline", "%s", stamp(d.Deadline))
 	switch {
@@ -284,28 +296,31 @@ type skippedRule struct {
 }
 
 type explainOutput struct {
-	Policy       string            `json:"policy"`
-	Version      string            `json:"version"`
-	Cause        policy.Cause      `json:"cause"`
-	App          string            `json:"app"`
-	MachineID    string            `json:"machine_id,omitempty"`
-	Region       string            `json:"region,omitempty"`
-	Labels       map[string]string `json:"labels"`
-	Deferrals    int               `json:"deferrals"`
-	At           string            `json:"at"`
-	Rule         string            `json:"rule"`
-	MatchedRule  *explainedRule    `json:"matched_rule"`
-	Skipped      []skippedRule     `json:"skipped"`
-	Quiet        bool              `json:"quiet"`
-	Wait         string            `json:"wait"`
-	WaitSeconds  float64           `json:"wait_seconds"`
-	Deadline     string            `json:"deadline"`
-	OnDeadline   policy.OnDeadline `json:"on_deadline"`
-	MaxDeferrals int               `json:"max_deferrals"`
-	InWindow     bool              `json:"in_window"`
-	Window       string            `json:"window"`
-	NextWindow   string            `json:"next_window,omitempty"`
-	WindowEnd    string            `json:"window_end,omitempty"`
+	Policy          string            `json:"policy"`
+	Version         string            `json:"version"`
+	Cause           policy.Cause      `json:"cause"`
+	App             string            `json:"app"`
+	MachineID       string            `json:"machine_id,omitempty"`
+	Region          string            `json:"region,omitempty"`
+	Labels          map[string]string `json:"labels"`
+	Deferrals       int               `json:"deferrals"`
+	At              string            `json:"at"`
+	Rule            string            `json:"rule"`
+	MatchedRule     *explainedRule    `json:"matched_rule"`
+	Skipped         []skippedRule     `json:"skipped"`
+	Quiet           bool              `json:"quiet"`
+	IdleWait        string            `json:"idle_wait"`
+	IdleWaitSeconds float64           `json:"idle_wait_seconds"`
+	OnBusy          policy.OnBusy     `json:"on_busy"`
+	Wait            string            `json:"wait"`
+	WaitSeconds     float64           `json:"wait_seconds"`
+	Deadline        string            `json:"deadline"`
+	OnDeadline      policy.OnDeadline `json:"on_deadline"`
+	MaxDeferrals    int               `json:"max_deferrals"`
+	InWindow        bool              `json:"in_window"`
+	Window          string            `json:"window"`
+	NextWindow      string            `json:"next_window,omitempty"`
+	WindowEnd       string            `json:"window_end,omitempty"`
 }
 
 func explainJSON(p *policy.Policy, c policy.Cause, m policy.Machine, now time.Time, ex policy.Explanation) explainOutput {
@@ -314,7 +329,8 @@ func explainJSON(p *policy.Policy, c policy.Cause, m policy.Machine, now time.Ti
 		Policy: p.Source(), Version: d.Version, Cause: c,
 		App: m.App, MachineID: m.MachineID, Region: m.Region, Labels: m.Labels, Deferrals: m.Deferrals,
 		At: stamp(now), Rule: d.Rule, Skipped: []skippedRule{},
-		Quiet: d.Quiet, Wait: d.Wait.String(), WaitSeconds: d.Wait.Seconds(), Deadline: stamp(d.Deadline),
+		Quiet: d.Quiet, IdleWait: d.IdleWait.String(), IdleWaitSeconds: d.IdleWait.Seconds(), OnBusy: d.OnBusy,
+		Wait: d.Wait.String(), WaitSeconds: d.Wait.Seconds(), Deadline: stamp(d.Deadline),
 		OnDeadline: d.OnDeadline, MaxDeferrals: d.MaxDeferrals,
 		InWindow: d.InWindow, Window: d.Window, NextWindow: stamp(d.NextWindow), WindowEnd: stamp(d.WindowEnd),
 	}

@@ -123,6 +123,7 @@ func TestPolicyExplainDefaults(t *testing.T) {
 		"machine:      acme-agent/m1 (3 deferrals so far)",
 		"rule:         default:auto-update (max deferrals reached) (no rule matched: the cause's settings)",
 		"quiet:        yes (no home-channel broadcast)",
+		"idle wait:    none (all deferrals used: drain at once)",
 		"wait:         30m0s",
 		"deadline:     2026-03-08T08:00:00Z",
 		"on deadline:  force (all 3 deferrals used)",
@@ -144,6 +145,7 @@ func TestPolicyExplainWithFile(t *testing.T) {
 	for _, want := range []string{
 		"rule:         vip (line 18: causes=[auto-update,image-migration] match={tier=vip})",
 		"quiet:        no (the gateway announces the restart on the home channel)",
+		"idle wait:    30m0s (begin only when the agent has no work in flight; if it never has: defer, never drained)",
 		"wait:         2h0m0s",
 		"on deadline:  defer (1 of 5 deferrals used; then force)",
 		// Monday noon UTC: the weekend-night window is closed until Saturday.
@@ -169,6 +171,7 @@ func TestPolicyExplainWithFile(t *testing.T) {
 		"max_deferrals": 5.0, "in_window": true, "window": "daily 01:00-04:00 Europe/Berlin",
 		"window_end": "2026-03-11T03:00:00Z", "deadline": "2026-03-11T03:15:00Z", "cause": "auto-update",
 		"app": "hermes-canary-3", "region": "fra", "at": "2026-03-11T02:30:00Z", "policy": examplePolicy,
+		"idle_wait": "30m0s", "idle_wait_seconds": 1800.0, "on_busy": "defer",
 	}
 	for k, v := range want {
 		if got[k] != v {
@@ -190,7 +193,8 @@ func TestPolicyExplainUsesServePolicy(t *testing.T) {
 	file := writePolicyFile(t, "p.toml", "[causes.operator]\nwait = \"25m\"\n")
 	code, out, errOut := runPolicyCLI(t, map[string]string{policyFileEnv: file}, "policy", "explain",
 		"--cause", "operator", "--app", "a", "--at", "2026-03-08T07:30:00Z", "--json")
-	if code != 0 || !strings.Contains(out, `"wait": "25m0s"`) || !strings.Contains(out, `"policy": "`+file+`"`) {
+	if code != 0 || !strings.Contains(out, `"wait": "25m0s"`) || !strings.Contains(out, `"policy": "`+file+`"`) ||
+		!strings.Contains(out, `"idle_wait": "0s"`) {
 		t.Errorf("code %d, stderr %q, out:\n%s", code, errOut, out)
 	}
 }

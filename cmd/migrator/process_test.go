@@ -247,3 +247,62 @@ func TestKillReplicaMidRunResumesEveryMachine(t *testing.T) {
 		}
 	}
 }
+
+// A replica killed with SIGKILL while a machine waits for its agent to be
+// idle loses nothing: the wait is in Postgres (pending, not_before, the
+// first look and the count), so another replica picks the machine up, goes
+// on looking where the dead one stopped, and migrates it at the agent's
+// first idle moment without refusing a turn.
+func TestKillWhileWaitingForIdleResumes(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t, fleetsim.Config{Apps: 1, Seed: 3}, 50, "MIGRATOR_JOB_TIMEOUT=2s", "MIGRATOR_RESCUE_AFTER=3s")
+	app := "hermes-agent-1"
+	id := w.sim.MachineIDs(app)[0]
+	// Busy for 20 simulated minutes (a task and a user turn every 20 s),
+	// then quiet. A pending machine is picked up again by the fill safety
+	// net, every 10 s of wall time (500 s of fleet time here), so this
+	// leaves room for two or three looks before the kill.
+	w.sim.AddTurn(app, id, fleetsim.Turn{Session: "task", Duration: 20 * time.Minute})
+	for at := 10 * time.Second; at < 20*time.Minute; at += 20 * time.Second {
+		w.sim.AddTurn(app, id, fleetsim.Turn{Session: "user", Start: at, Duration: 5 * time.Second})
+	}
+	a := w.startServe("a")
+	run, _, err := w.orch.CreateRun(context.Background(), orchestrator.RunRequest{Cause: policy.AutoUpdate,
+		Image: "registry.fly.io/hermes-agent:v2", RequestedBy: "cron", Selector: store.Selector{Apps: []string{app}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the machine has been found busy at least twice, then kill.
+	var before store.Migration
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		ms, err := w.st.Q().ListMigrations(context.Background(), run.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if before = ms[0]; before.Peeks >= 2 && before.State == store.StatePending {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("machine never waited for an idle moment: %+v\n%s", before, w.logTails())
+		}
+	}
+	a.kill9()
+	w.startServe("b")
+
+	if r := w.waitRun(run.ID, 2*time.Minute); r.State != store.RunSucceeded {
+		t.Fatalf("run %s: %s\n%s", r.State, r.StateReason, w.logTails())
+	}
+	ms, err := w.st.Q().ListMigrations(context.Background(), run.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := ms[0]
+	if m.Outcome != store.OutcomeMigrated || m.Peeks <= before.Peeks || !m.FirstPeekAt.Equal(before.FirstPeekAt) {
+		t.Fatalf("after the kill: %s, %d looks (%d before), first look %s (was %s): want migrated, the same wait going on",
+			m.Outcome, m.Peeks, before.Peeks, m.FirstPeekAt, before.FirstPeekAt)
+	}
+	v := w.sim.Machine(app, id)
+	if v.TurnsRefused != 0 || v.TurnsInterrupted != 0 || v.Updates != 1 {
+		t.Fatalf("machine %+v: want one update with no refused or interrupted turn", v)
+	}
+}

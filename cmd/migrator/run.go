@@ -120,6 +120,7 @@ type runCreateFlags struct {
 	maxUnavailable                string
 	canary, failureThreshold      int
 	deadline, reason, idemKey     string
+	idleWait                      string
 	noPin, dryRun, follow, asJSON bool
 	plain                         bool
 }
@@ -153,6 +154,7 @@ else the OS user.
 		Example: `  migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- \
       --max-unavailable 10% --canary 2 --reason "CVE-2026-1234" --follow
   migrator run create --cause operator --image registry.fly.io/hermes-agent:v2 --app hermes-agent-7 --deadline 2m
+  migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- --idle-wait 0
   migrator run create --cause auto-update --image registry.fly.io/hermes-agent:v2 --label hermes_auto_update=true --dry-run
   migrator run create --cause env-edit --image registry.fly.io/hermes-agent@sha256:… --idempotency-key deploy-881 --json`,
 		Args: checkArgs(cobra.NoArgs),
@@ -171,6 +173,7 @@ else the OS user.
 	fl.IntVar(&f.canary, "canary", 0, "move this many machines first; the rest wait until all of them migrated (a failed canary pauses the run)")
 	fl.IntVar(&f.failureThreshold, "failure-threshold", 0, "pause the run when more machines than this fail or roll back")
 	fl.StringVar(&f.deadline, "deadline", "", "how long each drain may wait for the agent to finish, overriding the policy's wait (e.g. 20m)")
+	fl.StringVar(&f.idleWait, "idle-wait", "", "how long to look for a moment when the agent is idle before draining it, overriding the policy's idle_wait (0: begin at once)")
 	fl.StringVar(&f.reason, "reason", "", "why, for the audit log")
 	fl.StringVar(&f.idemKey, "idempotency-key", "", "a repeated create with this key returns the existing run instead of creating another")
 	fl.BoolVar(&f.noPin, "no-pin", false, "do not resolve the tag to a digest; machines get the reference as given")
@@ -224,6 +227,14 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 			return out, usagef("%s: --deadline %q: want a duration from %s to %s, e.g. 20m or 1h30m", path, f.deadline, policy.MinWait, policy.MaxWait)
 		}
 	}
+	var idleWait *time.Duration
+	if f.idleWait != "" {
+		iw, err := policy.ParseIdleWait(strings.TrimSpace(f.idleWait))
+		if err != nil {
+			return out, usagef("%s: --idle-wait: %v", path, err)
+		}
+		idleWait = &iw
+	}
 	for _, a := range f.apps {
 		if strings.TrimSpace(a) == "" || strings.ContainsAny(a, " \t/") {
 			return out, usagef("%s: --app %q is not a Fly app name", path, a)
@@ -252,7 +263,7 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 	sel := store.Selector{Org: org, AppPrefix: f.appPrefix, AppRegex: f.appRegex, Apps: f.apps, MachineIDs: f.machines, Labels: labels}
 	out.req = orchestrator.RunRequest{Cause: cause, TargetImage: f.image, Image: f.image, Selector: sel,
 		MaxUnavailable: strings.TrimSpace(f.maxUnavailable), Canary: f.canary, FailureThreshold: f.failureThreshold,
-		DeadlineOverride: deadline, RequestedBy: principal(e), Reason: f.reason, IdempotencyKey: f.idemKey}
+		DeadlineOverride: deadline, IdleWaitOverride: idleWait, RequestedBy: principal(e), Reason: f.reason, IdempotencyKey: f.idemKey}
 	out.selector = describeSelector(sel)
 	return out, nil
 }
@@ -410,16 +421,21 @@ func describeSelector(s store.Selector) string {
 // ---- dry run ----
 
 type planDecisionJSON struct {
-	Quiet        bool              `json:"quiet"`
-	Rule         string            `json:"rule"`
-	Wait         string            `json:"wait"`
-	WaitSeconds  float64           `json:"wait_seconds"`
-	OnDeadline   policy.OnDeadline `json:"on_deadline"`
-	MaxDeferrals int               `json:"max_deferrals"`
-	Deferrals    int               `json:"deferrals"`
-	InWindow     bool              `json:"in_window"`
-	Window       string            `json:"window"`
-	NextWindow   string            `json:"next_window,omitempty"`
+	Quiet       bool    `json:"quiet"`
+	Rule        string  `json:"rule"`
+	Wait        string  `json:"wait"`
+	WaitSeconds float64 `json:"wait_seconds"`
+	// IdleWait is how long serve would look for an idle moment before the
+	// drain ("0s": begin at once); OnBusy what it does when none came.
+	IdleWait        string            `json:"idle_wait"`
+	IdleWaitSeconds float64           `json:"idle_wait_seconds"`
+	OnBusy          policy.OnBusy     `json:"on_busy"`
+	OnDeadline      policy.OnDeadline `json:"on_deadline"`
+	MaxDeferrals    int               `json:"max_deferrals"`
+	Deferrals       int               `json:"deferrals"`
+	InWindow        bool              `json:"in_window"`
+	Window          string            `json:"window"`
+	NextWindow      string            `json:"next_window,omitempty"`
 }
 
 type planMachineJSON struct {
@@ -493,8 +509,9 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 			if req.DeadlineOverride > 0 {
 				wait = req.DeadlineOverride
 			}
+			iw := orchestrator.IdleWait(d, n, req.IdleWaitOverride)
 			pm.Decision = &planDecisionJSON{Quiet: d.Quiet, Rule: d.Rule, Wait: wait.String(), WaitSeconds: wait.Seconds(),
-				OnDeadline: d.OnDeadline, MaxDeferrals: d.MaxDeferrals, Deferrals: n, InWindow: d.InWindow,
+				IdleWait: iw.String(), IdleWaitSeconds: iw.Seconds(), OnBusy: d.OnBusy, OnDeadline: d.OnDeadline, MaxDeferrals: d.MaxDeferrals, Deferrals: n, InWindow: d.InWindow,
 				Window: d.Window, NextWindow: stamp(d.NextWindow)}
 		}
 		out.Plan = append(out.Plan, pm)
@@ -520,10 +537,10 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		fmt.Fprintf(w, "order: app and machine (no machine has drain history yet)\n\n")
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "APP\tMACHINE\tREGION\tCURRENT IMAGE\tUP TO DATE\tCANARY\tEXPECTED DRAIN\tQUIET\tRULE\tWAIT\tON DEADLINE\tWINDOW")
+	fmt.Fprintln(tw, "APP\tMACHINE\tREGION\tCURRENT IMAGE\tUP TO DATE\tCANARY\tEXPECTED DRAIN\tQUIET\tRULE\tIDLE WAIT\tWAIT\tON DEADLINE\tWINDOW")
 	for _, p := range out.Plan {
 		if p.Decision == nil {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tyes\t-\t-\t-\t-\t-\t-\t-\n", p.App, p.MachineID, p.Region, p.Image)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tyes\t-\t-\t-\t-\t-\t-\t-\t-\n", p.App, p.MachineID, p.Region, p.Image)
 			continue
 		}
 		expected := "-"
@@ -542,10 +559,19 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		case d.Window != "":
 			window = "closed until " + d.NextWindow + " (" + d.Window + "): would be deferred"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, p.Image,
-			yesNo(p.Canary), expected, yesNo(d.Quiet), d.Rule, d.Wait, onDeadline, window)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, p.Image,
+			yesNo(p.Canary), expected, yesNo(d.Quiet), d.Rule, idleWaitText(d.IdleWaitSeconds, d.OnBusy), d.Wait, onDeadline, window)
 	}
 	return tw.Flush()
+}
+
+// idleWaitText says how long serve looks for an idle moment and what then:
+// "30m, then defer", or "none" (begin at once).
+func idleWaitText(seconds float64, onBusy policy.OnBusy) string {
+	if seconds <= 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%s, then %s", time.Duration(seconds*float64(time.Second)), onBusy)
 }
 
 func yesNo(b bool) string {
@@ -598,6 +624,7 @@ type runJSON struct {
 	Canary             int            `json:"canary"`
 	FailureThreshold   int            `json:"failure_threshold"`
 	DeadlineOverride   string         `json:"deadline_override,omitempty"`
+	IdleWaitOverride   string         `json:"idle_wait_override,omitempty"`
 	RequestedBy        string         `json:"requested_by"`
 	Reason             string         `json:"reason"`
 	IdempotencyKey     string         `json:"idempotency_key,omitempty"`
@@ -608,6 +635,7 @@ type runJSON struct {
 	Machines           int            `json:"machines"`
 	Done               int            `json:"done"`
 	SlotsHeld          int            `json:"slots_held"`
+	WaitingForIdle     int            `json:"waiting_for_idle"`
 	Counts             countsJSON     `json:"counts"`
 	InFlight           []inFlightJSON `json:"in_flight,omitempty"`
 }
@@ -618,9 +646,12 @@ func newRunJSON(r store.Run, c store.RunCounts, inFlight []store.MigrationView, 
 		Canary: r.Canary, FailureThreshold: r.FailureThreshold, RequestedBy: r.RequestedBy, Reason: r.Reason,
 		IdempotencyKey: r.IdempotencyKey, PolicyVersion: r.PolicyVersion, CreatedAt: stamp(r.CreatedAt),
 		StartedAt: stamp(r.StartedAt), FinishedAt: stamp(r.FinishedAt), Machines: c.Total, Done: c.ByState[store.StateDone],
-		SlotsHeld: c.SlotsHeld, Counts: countsJSON{ByState: nonNil(c.ByState), ByOutcome: nonNil(c.ByOutcome)}}
+		SlotsHeld: c.SlotsHeld, WaitingForIdle: c.WaitingForIdle, Counts: countsJSON{ByState: nonNil(c.ByState), ByOutcome: nonNil(c.ByOutcome)}}
 	if r.DeadlineOverride > 0 {
 		out.DeadlineOverride = r.DeadlineOverride.String()
+	}
+	if r.IdleWaitOverride != nil {
+		out.IdleWaitOverride = r.IdleWaitOverride.String()
 	}
 	if inFlight != nil {
 		out.InFlight = []inFlightJSON{}
@@ -741,6 +772,9 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	if r.DeadlineOverride > 0 {
 		budget += ", drain deadline " + r.DeadlineOverride.String()
 	}
+	if r.IdleWaitOverride != nil {
+		budget += ", idle wait " + r.IdleWaitOverride.String()
+	}
 	row("budget", "%s", budget)
 	row("policy version", "%s", r.PolicyVersion)
 	times := "created " + stamp(r.CreatedAt)
@@ -753,6 +787,9 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	row("times", "%s", times)
 	row("machines", "%d: %s", c.Total, countList(c.ByState, stateOrder))
 	row("outcomes", "%s", countList(c.ByOutcome, outcomeOrder))
+	if c.WaitingForIdle > 0 {
+		row("waiting for idle", "%d pending (their agents were busy when looked at: not draining, no slot held)", c.WaitingForIdle)
+	}
 	_ = tw.Flush()
 	if len(snap.InFlight) == 0 {
 		fmt.Fprintln(w, "in flight: none")

@@ -34,7 +34,9 @@ func newRunFollowCmd(e *env) *cobra.Command {
 		Long: `Watch a run until it ends. On a terminal: a view redrawn twice a second with a
 progress bar, the machines counted by state and by outcome, the ETA (from the
 completion rate so far), and the machines in flight, draining ones with how long
-they have waited and the gateway's last active_agents. Otherwise (a pipe, a
+they have waited and the gateway's last active_agents; then, apart, the machines
+waiting for an idle moment of their agent (busy when looked at, so not drained
+yet and holding no budget slot) with how long and how often they were looked at. Otherwise (a pipe, a
 file, --plain): one timestamped line whenever something changes.
 
 A run paused (by a person, a failed canary or the failure threshold) waits for
@@ -322,9 +324,30 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 	add("%s %d/%d %3d%%  elapsed %s  %s", p.bar(barWidth), p.done, p.total, p.percent(), short(p.elapsed), eta)
 	add("state    %s", countList(c.ByState, stateOrder))
 	add("outcome  %s", countList(c.ByOutcome, outcomeOrder))
+	var idle []string
+	if c.WaitingForIdle > 0 {
+		// Not draining and holding no slot: their agents were busy.
+		idle = append(idle, clip(fmt.Sprintf("waiting for an idle moment (%d, not draining, no slot held):", c.WaitingForIdle), width))
+		rows := [][]string{{"APP/MACHINE", "WAITING", "LOOKS", "ACTIVE AGENTS", "NEXT LOOK IN"}}
+		for _, m := range s.WaitingForIdle {
+			rows = append(rows, []string{m.App + "/" + m.MachineID, short(max(now.Sub(m.FirstPeekAt), 0)),
+				strconv.Itoa(m.Peeks), intOr(m.PeekActiveAgents, "?"), short(max(m.NotBefore.Sub(now), 0))})
+		}
+		for _, l := range alignColumns(rows) {
+			idle = append(idle, clip("  "+l, width))
+		}
+		if more := c.WaitingForIdle - len(s.WaitingForIdle); more > 0 {
+			idle = append(idle, fmt.Sprintf("  … and %d more", more))
+		}
+	}
+	// The machines in flight come first; those waiting get the room left.
+	withIdle := func(out []string) []string {
+		room := max(maxLines-len(out), 0)
+		return append(out, idle[:min(len(idle), room)]...)
+	}
 	if len(s.InFlight) == 0 {
 		add("in flight: none")
-		return out
+		return withIdle(out)
 	}
 	add("in flight (%d):", len(s.InFlight))
 	rows := [][]string{{"APP/MACHINE", "STATE", "WAITED", "DEADLINE IN", "ACTIVE AGENTS", "DRAIN"}}
@@ -351,7 +374,7 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 		}
 		rows = append(rows, []string{target, m.State, waited, left, agents, kind})
 	}
-	room := max(maxLines-len(out), 1)
+	room := max(maxLines-len(out)-min(len(idle), 3), 1)
 	table := alignColumns(rows)
 	if len(table) > room {
 		more := len(table) - room + 1
@@ -360,7 +383,7 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 	for _, l := range table {
 		add("  %s", l)
 	}
-	return out
+	return withIdle(out)
 }
 
 // alignColumns pads cells to their column's width.
@@ -493,6 +516,9 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 			msg += ": " + m.Error
 		}
 		line("%s", msg)
+	}
+	if w := cur.Counts.WaitingForIdle; prev == nil && w > 0 || prev != nil && prev.Counts.WaitingForIdle != w {
+		line("waiting for an idle moment: %d %s (agents busy when looked at; not draining, no slot held)", w, plural(w, "machine", "machines"))
 	}
 	// The run's own change comes after its machines' (the last machine
 	// done, then the run succeeded).

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -178,7 +179,7 @@ func TestRunCreateFollowStatusAndHistory(t *testing.T) {
 	w.startServe("a")
 
 	res := execMigrator(t, w.env, "run", "create", "--cause", "image-migration", "--image", "registry.fly.io/hermes-agent:v2",
-		"--no-pin", "--max-unavailable", "3", "--deadline", "30s", "--reason", "CVE fix", "--idempotency-key", "cve-1", "--follow")
+		"--no-pin", "--max-unavailable", "3", "--deadline", "30s", "--idle-wait", "20s", "--reason", "CVE fix", "--idempotency-key", "cve-1", "--follow")
 	if res.code != 0 {
 		t.Fatalf("create --follow: %s\n%s", res, w.logTails())
 	}
@@ -194,7 +195,10 @@ func TestRunCreateFollowStatusAndHistory(t *testing.T) {
 	joined := strings.Join(body, "\n")
 	// Polls are half a second of wall time, 25 s of fleet time here: short
 	// steps may fall between two polls, the end of each machine may not.
-	for _, want := range []string{busy + " draining (quiet, rule default:image-migration",
+	// The busy agent is looked at for 20 s (--idle-wait) before its drain
+	// begins anyway (image-migration: on_busy = "drain").
+	for _, want := range []string{"waiting for an idle moment: 1 machine (agents busy when looked at",
+		"waiting for an idle moment: 0 machines", busy + " draining (quiet, rule default:image-migration",
 		busy + " migrated (drain deadline_forced after ", ", 1 active agents)", "migrated (drain quiesced after "} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("follow output lacks %q:\n%s", want, joined)
@@ -347,6 +351,25 @@ func TestRunCreateFollowStatusAndHistory(t *testing.T) {
 	}
 	if forced != 1 {
 		t.Errorf("csv has %d forced rows, want 1", forced)
+	}
+	// The idle-first columns: the busy agent was looked at for the 20 s idle
+	// wait and its drain began with its turn in flight; the idle ones were
+	// looked at once and begun with none.
+	for _, r := range recs[1:] {
+		if r[col("cause")] != "image-migration" {
+			continue
+		}
+		iw, err := strconv.ParseFloat(r[col("idle_wait_seconds")], 64)
+		peeks, _ := strconv.Atoi(r[col("peeks")])
+		busyRow := r[col("machine_id")] == busy
+		if err != nil || busyRow && (iw < 20 || peeks < 2 || r[col("active_agents_at_begin")] != "1") ||
+			!busyRow && (iw > 2 || peeks != 1 || r[col("active_agents_at_begin")] != "0") {
+			t.Errorf("idle-first csv columns of %s: idle_wait_seconds %q, peeks %q, active_agents_at_begin %q", r[col("machine_id")],
+				r[col("idle_wait_seconds")], r[col("peeks")], r[col("active_agents_at_begin")])
+		}
+	}
+	if rows := hist("--busy-deferred"); len(rows) != 0 {
+		t.Errorf("history --busy-deferred: %+v, want none (on_busy drain)", rows)
 	}
 	table := execMigrator(t, w.env, "history", "--app", app1)
 	lines := strings.Split(strings.TrimRight(table.stdout, "\n"), "\n")
@@ -523,7 +546,7 @@ wait = "45m"
 		t.Fatalf("dry run: %s", res)
 	}
 	for _, want := range []string{"dry run: nothing was written", host + "/hermes-agent@" + digest.String(), "pinned from " + host + "/hermes-agent:v2",
-		"3 machines: 3 to move, 0 already on the image", "opted-in-loud", "45m0s", "CURRENT IMAGE",
+		"3 machines: 3 to move, 0 already on the image", "opted-in-loud", "45m0s", "CURRENT IMAGE", "IDLE WAIT", "30m0s, then defer",
 		"order: app and machine (no machine has drain history yet)"} {
 		if !strings.Contains(res.stdout, want) {
 			t.Errorf("dry run lacks %q:\n%s", want, res.stdout)
@@ -543,7 +566,7 @@ wait = "45m"
 		t.Errorf("dry run --json of up-to-date machines: %s", js)
 	}
 	js = execMigrator(t, w.env, "run", "create", "--dry-run", "--json", "--cause", "image-migration", "--image",
-		"registry.fly.io/hermes-agent:v2", "--no-pin", "--canary", "1", "--deadline", "90s")
+		"registry.fly.io/hermes-agent:v2", "--no-pin", "--canary", "1", "--deadline", "90s", "--idle-wait", "5m")
 	plan = decodeJSON[dryRunJSON](t, js)
 	if js.code != 0 || plan.ToMove != 3 || plan.MaxUnavailable != 1 || plan.PolicyVersion == "" {
 		t.Fatalf("dry run --json: %s", js)
@@ -551,6 +574,7 @@ wait = "45m"
 	for i, p := range plan.Plan {
 		d := p.Decision
 		if d == nil || !d.Quiet || d.Rule != "default:image-migration" || d.WaitSeconds != 90 || d.OnDeadline != "force" || !d.InWindow ||
+			d.IdleWaitSeconds != 300 || d.IdleWait != "5m0s" || d.OnBusy != "drain" ||
 			p.Canary != (i == 0) || p.ExpectedDrainSeconds != nil || p.DrainSamples != 0 {
 			t.Errorf("plan[%d] = %+v %+v", i, p, d)
 		}
@@ -599,6 +623,8 @@ func TestRunBadInputs(t *testing.T) {
 		{"duplicate label", full, create("--label", "a=1", "--label", "a=2"), 2, "given twice"},
 		{"bad duration", full, create("--deadline", "5 minutes"), 2, "--deadline \"5 minutes\""},
 		{"duration too long", full, create("--deadline", "300h"), 2, "--deadline"},
+		{"bad idle wait", full, create("--idle-wait", "soon"), 2, `--idle-wait: "soon" is not a duration`},
+		{"negative idle wait", full, create("--idle-wait", "-1m"), 2, `--idle-wait: "-1m": want 0s or more`},
 		{"bad max unavailable", full, create("--max-unavailable", "0"), 2, "max unavailable"},
 		{"bad percentage", full, create("--max-unavailable", "150%"), 2, "max unavailable"},
 		{"negative canary", full, create("--canary", "-1"), 2, "--canary -1"},
@@ -768,6 +794,43 @@ func TestRunFollowLiveFrame(t *testing.T) {
 	}
 	if last := narrow[len(narrow)-1]; !strings.Contains(last, "more") {
 		t.Errorf("cut table does not say so: %q", last)
+	}
+}
+
+// Machines waiting for an idle moment are shown apart from the draining
+// ones: how long and how often their agent was looked at, and its load.
+func TestRunFollowShowsWaitingForIdleApart(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 3, 8, 7, 30, 0, 0, time.UTC)
+	s := sampleSnapshot(now)
+	s.Counts.WaitingForIdle = 3
+	s.WaitingForIdle = []store.MigrationView{
+		{Migration: store.Migration{App: "hermes-agent-3", MachineID: "m3", State: store.StatePending, Peeks: 6,
+			FirstPeekAt: now.Add(-4 * time.Minute), NotBefore: now.Add(50 * time.Second), PeekActiveAgents: intp(2)}},
+		{Migration: store.Migration{App: "hermes-agent-4", MachineID: "m4", State: store.StatePending, Peeks: 1,
+			FirstPeekAt: now.Add(-3 * time.Second), NotBefore: now.Add(2 * time.Second), PeekActiveAgents: intp(1)}},
+	}
+	text := strings.Join(renderFrame(s, now, 100, 30), "\n")
+	inFlight, waiting := strings.Index(text, "in flight (2):"), strings.Index(text, "waiting for an idle moment (3, not draining, no slot held):")
+	if inFlight < 0 || waiting < inFlight {
+		t.Fatalf("want the waiting machines in their own section after the ones in flight:\n%s", text)
+	}
+	for _, want := range [][]string{{"hermes-agent-3/m3", "4m00s", "6", "2", "50s"}, {"hermes-agent-4/m4", "3s", "1", "1", "2s"}, {"…", "and", "1", "more"}} {
+		found := false
+		for _, l := range strings.Split(text[waiting:], "\n") {
+			if slices.Equal(strings.Fields(l), want) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no row %q in:\n%s", want, text[waiting:])
+		}
+	}
+	// In the line view, a change of how many wait is one line.
+	prev := sampleSnapshot(now)
+	lines := changeLines(&prev, s, nil, now)
+	if len(lines) != 1 || !strings.Contains(lines[0], "waiting for an idle moment: 3 machines (agents busy when looked at; not draining, no slot held)") {
+		t.Errorf("lines %q", lines)
 	}
 }
 

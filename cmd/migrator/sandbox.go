@@ -85,8 +85,9 @@ func newSandboxCmd(e *env) *cobra.Command {
 			"and the worker (what `migrator serve` runs) in this process. Then:\n\n" +
 			"  1. the \"stable\" channel moves to a new image and an auto-update run (quiet drains:\n" +
 			"     no home-channel broadcast) moves every opted-in agent. Idle agents are moved at\n" +
-			"     once, a busy one when its task is done; a few agents have a task of hours in\n" +
-			"     flight and are deferred at the --auto-update-wait deadline; one agent's gateway\n" +
+			"     once, a busy one at its first idle moment (its drain refuses no turn); a few\n" +
+			"     agents have a task of hours in flight and, never idle within --auto-update-wait,\n" +
+			"     are deferred without being drained; one agent's gateway\n" +
 			"     has crashed: it is recreated, does not come back serving, and is rolled back.\n" +
 			"  2. an operator run (loud drains) moves the deferred agents, forcing them at its\n" +
 			"     --operator-wait deadline: their users are told their task was interrupted.\n\n" +
@@ -359,9 +360,11 @@ func (sb *sandbox) play(ctx context.Context) ([]sandboxRun, error) {
 		MaxUnavailable:   "50%",
 		FailureThreshold: len(sb.crashed), // the crashed agent's rollback must not pause the run
 		DeadlineOverride: sb.cfg.AutoWait,
+		IdleWaitOverride: &sb.cfg.AutoWait, // the same bound on looking for an idle moment
 		RequestedBy:      "cron (sandbox)",
 		Reason:           "channel " + sandboxChannel + " moved to " + ch.Image,
-	}, fmt.Sprintf("wait %s, then %s", sandboxDur(sb.cfg.AutoWait), pol.OnDeadline))
+	}, fmt.Sprintf("idle wait %s, then %s; wait %s, then %s", sandboxDur(sb.cfg.AutoWait), pol.OnBusy,
+		sandboxDur(sb.cfg.AutoWait), pol.OnDeadline))
 	if err != nil {
 		return nil, err
 	}
@@ -447,7 +450,7 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 				count(*) FILTER (WHERE NOT quiet),
 				count(*) FILTER (WHERE drain_outcome = 'quiesced'),
 				count(*) FILTER (WHERE drain_outcome = 'deadline_forced'),
-				count(*) FILTER (WHERE drain_outcome = 'deadline_deferred'),
+				count(*) FILTER (WHERE outcome = 'deferred'), -- never idle, or at the deadline
 				count(*) FILTER (WHERE drain_outcome = 'gateway_down'),
 				count(*) FILTER (WHERE outcome = 'migrated'),
 				count(*) FILTER (WHERE outcome = 'rolled_back'),

@@ -98,7 +98,7 @@ func TestServeHealthReadyAndMetrics(t *testing.T) {
 	for _, name := range []string{"migrator_runs", "migrator_budget_slots_in_use", "migrator_machine_migrations_total",
 		"migrator_drain_wait_seconds_bucket", "migrator_drains_total", "migrator_drains_forced_total",
 		"migrator_machines_deferred_total", "migrator_auto_update_ticks_total", "migrator_fly_calls_total",
-		"migrator_gateway_calls_total"} {
+		"migrator_gateway_calls_total", "migrator_peeks_total", "migrator_idle_wait_seconds_bucket"} {
 		if !regexp.MustCompile(`(?m)^` + name + `[{ ]`).MatchString(body) {
 			t.Errorf("/metrics has no %s series", name)
 		}
@@ -114,6 +114,10 @@ func TestServeHealthReadyAndMetrics(t *testing.T) {
 		`migrator_drains_forced_total`:                              0,
 		`migrator_machines_deferred_total`:                          0,
 		`migrator_auto_update_ticks_total{outcome="nothing_to_do"}`: 0,
+		// Idle agents (auto-update looks first): one look each, all idle.
+		`migrator_peeks_total{result="idle"}`:             3,
+		`migrator_peeks_total{result="busy"}`:             0,
+		`migrator_idle_wait_seconds_count{result="idle"}`: 3,
 	} {
 		if got := metricValue(body, sample); got != want {
 			t.Errorf("%s = %g, want %g", sample, got, want)

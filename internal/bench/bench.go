@@ -137,6 +137,11 @@ type Result struct {
 	PostgresVersion string
 }
 
+// beginAtOnce is the idle wait of the drain-scheduling scenarios: they
+// measure how drains that wait are scheduled, so every drain begins when
+// its machine gets a slot (as --idle-wait 0), not at an idle moment.
+var beginAtOnce time.Duration
+
 // Round is one history rollout's schedule figures.
 type Round struct {
 	Makespan, LowerBound          time.Duration
@@ -150,7 +155,7 @@ func historyRound(ctx context.Context, orch *orchestrator.Orchestrator, db *pgxp
 	turns *drainTurns, clk *clock.Scaled, simOf func(time.Time) time.Time, cfg Config, round int) (Round, error) {
 	req := orchestrator.RunRequest{Cause: policy.ImageMigration, Image: fmt.Sprintf("%s-history-%d", TargetImage, round+1),
 		Selector: store.Selector{Org: sim.Org()}, MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline,
-		RequestedBy: "bench", Reason: fmt.Sprintf("fleet benchmark %s: history round %d", cfg.Name, round+1)}
+		IdleWaitOverride: &beginAtOnce, RequestedBy: "bench", Reason: fmt.Sprintf("fleet benchmark %s: history round %d", cfg.Name, round+1)}
 	planned, err := orch.Plan(ctx, req.Selector, req.Image, 0)
 	if err != nil {
 		return Round{}, fmt.Errorf("history round %d: plan: %w", round+1, err)
@@ -360,8 +365,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	req := orchestrator.RunRequest{Cause: policy.ImageMigration, Image: TargetImage, Selector: store.Selector{Org: sim.Org()},
-		MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline, RequestedBy: "bench",
-		Reason: "fleet benchmark " + cfg.Name}
+		MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline, IdleWaitOverride: &beginAtOnce,
+		RequestedBy: "bench", Reason: "fleet benchmark " + cfg.Name}
 	reqs0 := sim.Requests()
 	planWall0, planSim0 := time.Now(), clk.Now()
 	planned, err := orch.Plan(ctx, req.Selector, req.Image, 0)

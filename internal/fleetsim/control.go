@@ -33,7 +33,9 @@ func (s *Sim) Snapshot() State {
 // ControlOp is one POST /_sim/control request.
 type ControlOp struct {
 	// Op: "gateway_down", "dashboard_down", "wrong_secret", "fail_image_pull",
-	// "never_healthy", "hold_lease", "add_turn".
+	// "fail_image_prepare", "never_healthy", "crash_on_start", "slow_start"
+	// (Image, Duration),
+	// "hold_lease", "add_turn".
 	Op        string   `json:"op"`
 	App       string   `json:"app"`
 	MachineID string   `json:"machine_id"`
@@ -116,15 +118,22 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 			return
 		}
 		s.SetWrongSecret(op.App, op.On)
-	case "fail_image_pull", "never_healthy":
+	case "fail_image_pull", "fail_image_prepare", "never_healthy", "crash_on_start", "slow_start":
 		if op.Image == "" {
 			writeJSON(w, http.StatusBadRequest, flyError{Error: "image is required"})
 			return
 		}
-		if op.Op == "fail_image_pull" {
+		switch op.Op {
+		case "fail_image_pull":
 			s.FailImagePull(op.Image)
-		} else {
+		case "fail_image_prepare":
+			s.FailImagePrepare(op.Image)
+		case "never_healthy":
 			s.NeverHealthy(op.Image)
+		case "crash_on_start":
+			s.CrashOnStart(op.Image)
+		default:
+			s.SlowStart(op.Image, op.Duration.Duration)
 		}
 	case "hold_lease":
 		if !needMachine() {

@@ -51,7 +51,7 @@
 //	POST   /v1/apps/{app}/machines/{id}      update with fly.LaunchMachineInput → 200 fly.Machine
 //	GET    …/{id}/wait?instance_id=|version=&state=&timeout=   200 {"ok":true} | 408
 //	POST   …/{id}/lease?ttl=N                201 acquire, 200 refresh (nonce header) | 409 | 404
-//	GET    …/{id}/lease                      200 lease (nonce hidden) | 404
+//	GET    …/{id}/lease                      200 lease (nonce, owner, description) | 404
 //	DELETE …/{id}/lease                      200 | 404 "lease not found" | 409 wrong nonce
 //	POST   …/{id}/start, …/{id}/stop          200 | 412 while replacing
 //
@@ -60,7 +60,10 @@
 // {"status":"error","message":"machine ID X lease currently held by OWNER,
 // expires at RFC3339"} (also for a mutation without the lease's nonce
 // header, fly-machine-lease-nonce). A refresh with the nonce of an expired
-// lease is 404 "lease not found": the lease is gone, acquire again.
+// lease is 404 "lease not found": the lease is gone, acquire again. A lease
+// keeps the description its POST body gave; GET …/lease shows it with the
+// nonce, as Fly does to any holder of the token (flyctl's `machine leases
+// clear` reads the nonce and releases).
 //
 // An update of a started machine is a SIGTERM of the running instance
 // (recorded as a Shutdown), then "replacing" for BootTime with a new
@@ -74,8 +77,18 @@
 // every check is critical (updated_at = boot) until CheckDelay, then passing
 // (updated_at = boot + CheckDelay). FailImagePull(image): the boot ends on
 // the last good config and instance id, started, with no trace but the
-// state (the new instance id is "failed" for /wait). NeverHealthy(image):
-// checks stay critical and the gateway ends "startup_failed".
+// state (the new instance id is "failed" for /wait); the boot is a new epoch,
+// so the old marker reads absent. FailImagePrepare(image): flyd cannot
+// prepare the image, so the running instance is never touched: the update
+// is answered (200, a new instance id, state "replacing") but that instance
+// is "failed" for /wait at once, and the machine stays started on its old
+// instance and config, with no SIGTERM and the same epoch, so a drain
+// marker on it stays current and the agent keeps refusing turns until the
+// drain is cancelled. NeverHealthy(image): checks stay critical and the
+// gateway ends "startup_failed". CrashOnStart(image): the new instance exits
+// as it starts (its restarts spent): the machine rests "stopped" on it, with
+// an exit event. SlowStart(image, d): a gateway booted on image reports
+// "starting" for d instead of GatewayStartup, then runs.
 //
 // /wait answers once the machine, or the instance named by instance_id
 // (alias version; a replaced instance counts as "stopped"), is in one of
@@ -85,7 +98,10 @@
 // Rate limits (DefaultLimits, token buckets keyed per machine and action,
 // per app for lists, per org for the app list): over the limit is 429 with
 // Retry-After in whole seconds, counted by RateViolations. Injected 429s
-// (SetFaults) carry Retry-After too but are not violations.
+// (SetFaults) carry Retry-After too but are not violations. SetFaults can
+// also delay a route before it is handled (Latency) or hold its answer back
+// after it took effect (Hold: a lease granted whose answer a client killed
+// meanwhile never reads).
 //
 // # Dashboards
 //

@@ -199,6 +199,23 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, flyError{Error: "name cannot be changed by an update"})
 		return
 	}
+	if s.failPrepare[in.Config.Image] && !in.SkipLaunch {
+		// flyd cannot prepare the image: the new instance fails before the
+		// running one is touched, which goes on untouched (no SIGTERM, same
+		// epoch, its drain marker still current) on its old config.
+		newID := s.instanceID(now)
+		m.addPast(newID, "failed")
+		m.updates++
+		m.events = append(m.events, &fly.MachineEvent{Type: "update", Status: "failed", Source: "flyd", Timestamp: now.UnixMilli()})
+		s.touched(m, now)
+		out := s.render(m, now, false)
+		out.InstanceID, out.Config, out.State = newID, in.Config, "replacing"
+		out.ImageRef = imageRef(in.Config.Image)
+		s.cfg.Logger.Debug("fleetsim: update failed to prepare the image", "app", m.app.name, "machine_id", m.id, "image", in.Config.Image)
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
 	// Fly replaces the instance: the running one gets SIGTERM, the machine
 	// keeps its id and volume, and a new instance id is assigned at once.
 	m.events = m.events[:0] // an update resets the event history
@@ -262,9 +279,24 @@ func (s *Sim) handleStop(w http.ResponseWriter, r *http.Request) {
 
 // ---- leases -----------------------------------------------------------------
 
-func leaseJSON(l *lease) fly.MachineLease {
-	return fly.MachineLease{Status: "success", Data: &fly.MachineLeaseData{
-		Nonce: l.nonce, ExpiresAt: l.expires.Unix(), Owner: l.owner, Version: l.version}}
+// leaseAnswer is Fly's lease body: fly-go's MachineLease, plus the
+// description Fly returns (fly-go's MachineLeaseData has no field for it).
+type leaseAnswer struct {
+	Status string    `json:"status"`
+	Data   leaseData `json:"data"`
+}
+
+type leaseData struct {
+	Nonce       string `json:"nonce"`
+	ExpiresAt   int64  `json:"expires_at"`
+	Owner       string `json:"owner"`
+	Description string `json:"description,omitempty"`
+	Version     string `json:"version"`
+}
+
+func leaseJSON(l *lease) leaseAnswer {
+	return leaseAnswer{Status: "success", Data: leaseData{Nonce: l.nonce, ExpiresAt: l.expires.Unix(), Owner: l.owner,
+		Description: l.description, Version: l.version}}
 }
 
 // handleLease acquires (no nonce header) or refreshes (nonce of the
@@ -272,11 +304,15 @@ func leaseJSON(l *lease) fly.MachineLease {
 func (s *Sim) handleLease(w http.ResponseWriter, r *http.Request) {
 	ttl := DefaultLeaseTTL
 	raw := r.URL.Query().Get("ttl")
+	var body struct {
+		TTL         int    `json:"ttl"`
+		Description string `json:"description"`
+	}
+	if b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16)); len(b) > 0 {
+		_ = json.Unmarshal(b, &body) // optional: a bad body is no body
+	}
 	if raw == "" {
-		var body struct {
-			TTL int `json:"ttl"`
-		}
-		if b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16)); len(b) > 0 && json.Unmarshal(b, &body) == nil && body.TTL > 0 {
+		if body.TTL > 0 {
 			ttl = time.Duration(body.TTL) * time.Second
 		}
 	} else {
@@ -314,7 +350,7 @@ func (s *Sim) handleLease(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		writeJSON(w, http.StatusNotFound, leaseError{Status: "error", Message: "lease not found"})
 	default:
-		m.lease = &lease{nonce: s.hexID(32), owner: apiLeaseOwner, version: m.instanceID, expires: now.Add(ttl)}
+		m.lease = &lease{nonce: s.hexID(32), owner: apiLeaseOwner, description: body.Description, version: m.instanceID, expires: now.Add(ttl)}
 		out := leaseJSON(m.lease)
 		s.mu.Unlock()
 		writeJSON(w, http.StatusCreated, out)
@@ -331,8 +367,9 @@ func (s *Sim) handleLeaseGet(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.clk.Now()
 	if l := m.lease; l != nil && now.Before(l.expires) {
+		// The nonce is readable by any holder of the token, as at Fly
+		// (flyctl's `machine leases clear` reads it and releases).
 		out := leaseJSON(l)
-		out.Data.Nonce = "" // only the holder knows the nonce
 		s.mu.Unlock()
 		writeJSON(w, http.StatusOK, out)
 		return

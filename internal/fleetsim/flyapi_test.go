@@ -182,7 +182,10 @@ func TestLeases(t *testing.T) {
 	if h.sim.Updates(app, id) != 0 {
 		t.Fatal("refused update counted")
 	}
-	if r := h.fly("GET", app+"/machines/"+id+"/lease", nil, nil); r.code != 200 || strings.Contains(string(r.body), `"nonce"`) {
+	// As at Fly, any holder of the token reads the nonce (flyctl's
+	// `machine leases clear` relies on it), with owner and description.
+	if r := h.fly("GET", app+"/machines/"+id+"/lease", nil, nil); r.code != 200 || !strings.Contains(string(r.body), `"nonce":"`) ||
+		!strings.Contains(string(r.body), `"description":"held by someone@example.com"`) {
 		t.Fatalf("get lease: %d %s", r.code, r.body)
 	}
 	h.clk.Advance(31 * time.Second)
@@ -418,5 +421,115 @@ func TestSimTimeOptions(t *testing.T) {
 	}
 	if v := h.sim.RateViolations(); v != 0 {
 		t.Fatalf("violations %d", v)
+	}
+}
+
+// An image flyd cannot prepare: the update is answered with a new instance
+// id that is "failed" for /wait, and the running instance is untouched —
+// no SIGTERM, same epoch — so its drain marker stays current.
+func TestFailImagePrepareKeepsTheDrainingInstance(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	bad := "registry.fly.io/hermes-agent:unpreparable"
+	h.sim.FailImagePrepare(bad)
+	if r := h.drain(app, id, `{"action":"drain","suppress_notification":true}`); r.code != 200 {
+		t.Fatalf("drain: %d %s", r.code, r.body)
+	}
+	h.clk.Advance(DefaultWatcherDelay)
+	before := h.getMachine(app, id)
+	var upd fly.Machine
+	if r := h.update(app, id, bad, ""); r.code != 200 {
+		t.Fatalf("update: %d %s", r.code, r.body)
+	} else {
+		r.json(t, &upd)
+	}
+	if upd.InstanceID == "" || upd.InstanceID == before.InstanceID || upd.Config.Image != bad {
+		t.Fatalf("update answer: instance %s image %s, want a new instance on %s", upd.InstanceID, upd.Config.Image, bad)
+	}
+	h.clk.Advance(time.Minute)
+	after := h.getMachine(app, id)
+	if after.State != "started" || after.InstanceID != before.InstanceID || after.Config.Image != DefaultImage {
+		t.Fatalf("after the failed update: %s %s %s, want started on the old instance and image", after.State, after.InstanceID, after.Config.Image)
+	}
+	if r := h.fly("GET", app+"/machines/"+id+"/wait?instance_id="+upd.InstanceID+"&state=failed&timeout=1", nil, nil); r.code != 200 {
+		t.Fatalf("wait for the new instance to be failed: %d %s", r.code, r.body)
+	}
+	if n := len(h.shutdownsOf(id)); n != 0 {
+		t.Fatalf("%d shutdowns: the old instance got SIGTERM", n)
+	}
+	if v := h.sim.Machine(app, id); !v.Draining || !v.MarkerCurrent || v.GatewayState != "draining" || v.Updates != 1 {
+		t.Fatalf("view after the failed update: %+v, want still draining", v)
+	}
+	// Cancelling the drain is what makes it serve again.
+	h.drain(app, id, `{"action":"cancel"}`)
+	if got := h.state(app, id); got != "running" {
+		t.Fatalf("after cancel the gateway is %s", got)
+	}
+}
+
+// SlowStart: a gateway booted on the image reports "starting" for longer,
+// then runs.
+func TestSlowStart(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	slow := "registry.fly.io/hermes-agent:slow"
+	h.sim.SlowStart(slow, 90*time.Second)
+	h.recreate(app, id, slow)
+	h.clk.Advance(80 * time.Second)
+	if got := h.state(app, id); got != "starting" {
+		t.Fatalf("80 s after boot the gateway is %s, want starting", got)
+	}
+	h.clk.Advance(11 * time.Second)
+	if got := h.state(app, id); got != "running" {
+		t.Fatalf("91 s after boot the gateway is %s, want running", got)
+	}
+}
+
+// Hold: the request takes effect at once, its answer comes later.
+func TestHoldAnswer(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	const hold = 2 * time.Second
+	h.sim.SetFaults(Faults{Routes: map[string]RouteFaults{RouteLease: {Hold: hold}}})
+	done := make(chan resp, 1)
+	start := time.Now()
+	go func() { done <- h.fly("POST", app+"/machines/"+id+"/lease?ttl=60", nil, nil) }()
+	deadline := start.Add(hold)
+	for h.sim.Machine(app, id).LeaseOwner == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("the lease was not granted while its answer was held")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r := <-done
+	if r.code != 201 || time.Since(start) < hold || r.header.Get("Fly-Request-Id") == "" {
+		t.Fatalf("held answer: %d after %s (headers %v)", r.code, time.Since(start), r.header)
+	}
+}
+
+// CrashOnStart: the new instance exits as it starts; the machine rests
+// stopped on it, and an update that launches puts it back.
+func TestCrashOnStart(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	crash := "registry.fly.io/hermes-agent:crash"
+	h.sim.CrashOnStart(crash)
+	var upd fly.Machine
+	h.update(app, id, crash, "").json(t, &upd)
+	h.clk.Advance(DefaultBootTime)
+	m := h.getMachine(app, id)
+	if m.State != "stopped" || m.InstanceID != upd.InstanceID || m.Config.Image != crash {
+		t.Fatalf("after the crash: %s on %s (%s), want stopped on the new instance", m.State, m.InstanceID, m.Config.Image)
+	}
+	if r := h.fly("GET", app+"/machines/"+id+"/wait?instance_id="+upd.InstanceID+"&state=stopped&timeout=1", nil, nil); r.code != 200 {
+		t.Fatalf("wait for the crashed instance to be stopped: %d %s", r.code, r.body)
+	}
+	if v := h.sim.Machine(app, id); v.GatewayState != "unreachable" {
+		t.Fatalf("crashed machine's gateway: %s", v.GatewayState)
+	}
+	h.recreate(app, id, DefaultImage)
+	h.clk.Advance(DefaultGatewayStartup)
+	if m := h.getMachine(app, id); m.State != "started" || h.state(app, id) != "running" {
+		t.Fatalf("after the rollback: %s, gateway %s", m.State, h.state(app, id))
 	}
 }

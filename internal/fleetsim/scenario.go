@@ -87,12 +87,13 @@ type FaultSpec struct {
 	P429       float64  `toml:"p429" json:"p429"`
 	P5xx       float64  `toml:"p5xx" json:"p5xx"`
 	Latency    Duration `toml:"latency" json:"latency"`
+	Hold       Duration `toml:"hold" json:"hold"`
 	RetryAfter Duration `toml:"retry_after" json:"retry_after"`
 	Status5xx  int      `toml:"status_5xx" json:"status_5xx"`
 }
 
 func (f FaultSpec) routeFaults() RouteFaults {
-	return RouteFaults{P429: f.P429, P5xx: f.P5xx, Latency: f.Latency.Duration,
+	return RouteFaults{P429: f.P429, P5xx: f.P5xx, Latency: f.Latency.Duration, Hold: f.Hold.Duration,
 		RetryAfter: f.RetryAfter.Duration, Status5xx: f.Status5xx}
 }
 

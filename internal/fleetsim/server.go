@@ -169,9 +169,46 @@ func (s *Sim) fly(route string, sc scope, h http.HandlerFunc) http.HandlerFunc {
 			writeJSON(w, code, flyError{Error: http.StatusText(code)})
 			return
 		}
+		if hold := s.obs.hold(route); hold > 0 {
+			s.holdAnswer(w, r, hold, h)
+			return
+		}
 		h(w, r)
 	}
 }
+
+// holdAnswer handles the request at once (its effect happens: a lease is
+// granted) and holds the answer back for hold of wall time, as a slow or
+// lost return path would: a client killed meanwhile never learns of it.
+func (s *Sim) holdAnswer(w http.ResponseWriter, r *http.Request, hold time.Duration, h http.HandlerFunc) {
+	rec := &heldAnswer{header: http.Header{}, code: http.StatusOK}
+	h(rec, r)
+	t := time.NewTimer(hold)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+		return
+	case <-s.done:
+		return
+	}
+	for k, v := range rec.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(rec.code)
+	_, _ = w.Write(rec.body)
+}
+
+// heldAnswer records a handler's answer for holdAnswer.
+type heldAnswer struct {
+	header http.Header
+	code   int
+	body   []byte
+}
+
+func (a *heldAnswer) Header() http.Header         { return a.header }
+func (a *heldAnswer) WriteHeader(code int)        { a.code = code }
+func (a *heldAnswer) Write(b []byte) (int, error) { a.body = append(a.body, b...); return len(b), nil }
 
 func (s *Sim) flyAuthorized(r *http.Request) bool {
 	got := tokens.StripAuthorizationScheme(r.Header.Get("Authorization"))
@@ -201,12 +238,15 @@ type Faults struct {
 }
 
 // RouteFaults are the failures injected on one route. Latency is wall time
-// added before the request is handled. Injected 429s carry Retry-After
-// (RetryAfter, default 1s); injected 5xx use Status5xx (default 503).
+// added before the request is handled; Hold is wall time added after it is
+// handled, before the answer is sent (the effect has happened, the client
+// does not know yet). Injected 429s carry Retry-After (RetryAfter, default
+// 1s); injected 5xx use Status5xx (default 503).
 type RouteFaults struct {
 	P429       float64       `json:"p429"`
 	P5xx       float64       `json:"p5xx"`
 	Latency    time.Duration `json:"latency"`
+	Hold       time.Duration `json:"hold"`
 	RetryAfter time.Duration `json:"retry_after"`
 	Status5xx  int           `json:"status_5xx"`
 }
@@ -273,6 +313,13 @@ func (o *observer) delay(ctx context.Context, route string) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// hold is the route's injected answer hold-back.
+func (o *observer) hold(route string) time.Duration {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.faults.Routes[route].Hold
 }
 
 // inject draws the route's injected failure, if any.

@@ -33,7 +33,10 @@ type Sim struct {
 	rng          *mrand.Rand
 	shutdowns    []Shutdown
 	failPull     map[string]bool
+	failPrepare  map[string]bool
 	neverHealthy map[string]bool
+	crashOnStart map[string]bool
+	slowStart    map[string]time.Duration
 	relief       reliefHeap // when disrupted machines may stop being disrupted
 	disrupted    int
 	maxDisrupt   int
@@ -98,9 +101,11 @@ type machine struct {
 	bootAt     time.Time
 	bootFails  bool // the booting image cannot be pulled: flyd reverts
 	bootSick   bool // the booting instance never becomes healthy
+	bootCrash  bool // the booting instance exits at once
 	startedAt  time.Time
-	gwStart    time.Time // gateway process start (a restart keeps the epoch)
-	epoch      int       // changes on every VM boot
+	gwStart    time.Time     // gateway process start (a restart keeps the epoch)
+	gwStartup  time.Duration // how long this instance's gateway reports "starting"
+	epoch      int           // changes on every VM boot
 	unhealthy  bool
 	instanceID string
 	config     *fly.MachineConfig // never mutated once stored
@@ -135,6 +140,7 @@ type pastInstance struct{ id, state string }
 
 type lease struct {
 	nonce, owner, version string
+	description           string
 	expires               time.Time
 }
 
@@ -159,7 +165,10 @@ func New(cfg Config) (*Sim, error) {
 		appByName:    make(map[string]*app, cfg.Apps),
 		rng:          mrand.New(mrand.NewPCG(uint64(cfg.Seed), 0x5eed)),
 		failPull:     map[string]bool{},
+		failPrepare:  map[string]bool{},
 		neverHealthy: map[string]bool{},
+		crashOnStart: map[string]bool{},
+		slowStart:    map[string]time.Duration{},
 		done:         make(chan struct{}),
 	}
 	s.obs.init(cfg)
@@ -181,6 +190,7 @@ func New(cfg Config) (*Sim, error) {
 				state:      vmStarted,
 				startedAt:  booted,
 				gwStart:    booted,
+				gwStartup:  cfg.GatewayStartup,
 				epoch:      1,
 				instanceID: s.instanceID(booted),
 			}
@@ -298,11 +308,19 @@ func (s *Sim) settle(m *machine, t time.Time) {
 		// version back.
 		m.addPast(m.instanceID, "failed")
 		m.config, m.instanceID = m.good.config, m.good.instance
-	} else {
+	} else if !m.bootCrash {
 		m.good.config, m.good.instance = m.config, m.instanceID
 	}
+	m.gwStartup = s.gatewayStartup(m.config.Image)
 	m.unhealthy = m.bootSick
-	m.bootFails, m.bootSick = false, false
+	if m.bootCrash {
+		// The process exits as it starts (restarts spent): the machine
+		// rests stopped on the new instance, which never served.
+		m.state = vmStopped
+		m.events = append(m.events, &fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: m.bootAt.UnixMilli(),
+			Request: &fly.MachineRequest{ExitEvent: &fly.MachineExitEvent{ExitCode: 1, ExitedAt: m.bootAt.UTC()}}})
+	}
+	m.bootFails, m.bootSick, m.bootCrash = false, false, false
 }
 
 func (m *machine) addPast(id, state string) {
@@ -321,7 +339,7 @@ func (s *Sim) phaseAt(m *machine, t time.Time) phase {
 		return phaseOff
 	case m.gatewayDown:
 		return phaseDown
-	case t.Before(m.gwStart.Add(s.cfg.GatewayStartup)):
+	case t.Before(m.gwStart.Add(m.gwStartup)):
 		return phaseStarting
 	case m.unhealthy:
 		return phaseFailed
@@ -446,6 +464,7 @@ func (s *Sim) boot(m *machine, now time.Time, kind string) {
 		m.bootSick = s.neverHealthy[m.good.config.Image]
 	} else {
 		m.bootSick = s.neverHealthy[img]
+		m.bootCrash = s.crashOnStart[img]
 	}
 	m.events = append(m.events, &fly.MachineEvent{Type: "start", Status: "started", Source: "flyd", Timestamp: m.bootAt.UnixMilli()})
 }
@@ -473,7 +492,7 @@ func (s *Sim) nextRelief(m *machine, t time.Time) (time.Time, bool) {
 		consider(m.bootAt)
 	}
 	if ph := s.phaseAt(m, t); ph == phaseStarting && !m.unhealthy {
-		consider(m.gwStart.Add(s.cfg.GatewayStartup))
+		consider(m.gwStart.Add(m.gwStartup))
 	}
 	if s.markerCurrent(m, t) {
 		consider(m.marker.requestedAt.Add(s.cfg.MarkerTTL + 1))
@@ -772,7 +791,7 @@ func (s *Sim) HoldLease(appName, id, owner string, ttl time.Duration) {
 	if owner == "" {
 		owner = "someone-else@tokens.fly.io"
 	}
-	m.lease = &lease{nonce: s.hexID(32), owner: owner, version: m.instanceID, expires: now.Add(ttl)}
+	m.lease = &lease{nonce: s.hexID(32), owner: owner, description: "held by " + owner, version: m.instanceID, expires: now.Add(ttl)}
 	s.touched(m, now)
 }
 
@@ -828,6 +847,43 @@ func (s *Sim) FailImagePull(image string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failPull[image] = true
+}
+
+// FailImagePrepare makes updates to image fail before the running instance
+// is touched (flyd cannot prepare the image): the update is answered with a
+// new instance id, that instance is "failed" for /wait, and the machine
+// stays started on its old instance and config. The old instance never got
+// SIGTERM: same process, same epoch, so a drain marker on it stays current
+// and the agent goes on refusing turns until the drain is cancelled.
+func (s *Sim) FailImagePrepare(image string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failPrepare[image] = true
+}
+
+// CrashOnStart makes instances booted on image exit as they start: the
+// machine ends stopped on the new instance (its restarts spent), with an
+// exit event (exit code 1).
+func (s *Sim) CrashOnStart(image string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.crashOnStart[image] = true
+}
+
+// SlowStart makes gateways booted on image report "starting" for d (instead
+// of Config.GatewayStartup) before they run: a slow but healthy start.
+func (s *Sim) SlowStart(image string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.slowStart[image] = d
+}
+
+// gatewayStartup is how long a gateway booted on image starts.
+func (s *Sim) gatewayStartup(image string) time.Duration {
+	if d, ok := s.slowStart[image]; ok {
+		return d
+	}
+	return s.cfg.GatewayStartup
 }
 
 // NeverHealthy makes instances booted on image fail their health checks

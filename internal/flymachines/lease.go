@@ -18,6 +18,8 @@ type Lease struct {
 	Nonce     string
 	ExpiresAt time.Time
 	Owner     string
+	// Description is what the holder said the lease is for (FindLease).
+	Description string
 	// Version is the machine's instance_id when the lease was taken: if it
 	// differs from what was read before, re-read under the lease.
 	Version string
@@ -119,8 +121,50 @@ func (c *Client) leaseHeld(kind, app, id string, fe *flaps.FlapsError) *LeaseHel
 // heldByText matches the owner and expiry in Fly's lease-conflict message.
 var heldByText = regexp.MustCompile(`held by ([^\s,]+),? expires at (\S+)`)
 
+// leaseRead is GET …/lease: fly-go's MachineLeaseData has no description.
+type leaseRead struct {
+	Data *struct {
+		Nonce       string `json:"nonce"`
+		ExpiresAt   int64  `json:"expires_at"`
+		Owner       string `json:"owner"`
+		Description string `json:"description"`
+		Version     string `json:"version"`
+	} `json:"data"`
+}
+
+// FindLease reads the machine's current lease, nonce included (Fly shows
+// it to any holder of the token: flyctl's `machine leases clear` reads it
+// and releases). One request, like AcquireLease (fly-go's FindLease goes
+// through its retries); no lease is an error for which IsNotFound is true.
+func (c *Client) FindLease(ctx context.Context, app, id string) (Lease, error) {
+	const kind = "fly.lease_get"
+	if err := checkTarget(kind, app, id); err != nil {
+		return Lease{}, err
+	}
+	ctx, cancel := c.op(ctx, kind, app, id)
+	defer cancel()
+	var out leaseRead
+	if err := c.send(ctx, http.MethodGet, machinePath(app, id)+"/lease", nil, "", &out); err != nil {
+		return Lease{}, c.apiError(kind, app, id, err)
+	}
+	if out.Data == nil || out.Data.Nonce == "" {
+		return Lease{}, &APIError{Op: kind, App: app, MachineID: id, Status: http.StatusOK, Msg: "lease answer carries no nonce"}
+	}
+	d := out.Data
+	return Lease{Nonce: d.Nonce, ExpiresAt: unixTime(d.ExpiresAt), Owner: c.scrub(d.Owner),
+		Description: d.Description, Version: d.Version}, nil
+}
+
+// releaseTries bounds the DELETEs of one ReleaseLease.
+const releaseTries = 4
+
 // ReleaseLease gives the lease back. A lease that is already gone (404, or
-// 409/410: it expired and is no longer ours) counts as released.
+// 409/410: it expired and is no longer ours) counts as released. A
+// transient failure (5xx, no answer; a 429 is already waited out by the
+// transport, honouring Retry-After) is tried again after 1, 2, 4 s (clock
+// time), up to releaseTries sends in all and never past ctx: a lease left
+// behind blocks every other deployer of the machine until it expires.
+// Repeating is safe: a release that landed answers 404 the next time.
 func (c *Client) ReleaseLease(ctx context.Context, app, id, nonce string) error {
 	const kind = "fly.lease_release"
 	if err := checkTarget(kind, app, id); err != nil {
@@ -129,6 +173,21 @@ func (c *Client) ReleaseLease(ctx context.Context, app, id, nonce string) error 
 	if nonce == "" {
 		return fmt.Errorf("%s %s: nonce is empty", kind, target(app, id))
 	}
+	backoff := time.Second
+	for try := 1; ; try++ {
+		err := c.releaseOnce(ctx, kind, app, id, nonce)
+		if err == nil || !IsTransient(err) || try >= releaseTries || ctx.Err() != nil {
+			return err
+		}
+		c.log.Warn("fly lease release failed; trying again", "app", app, "machine_id", id, "status", Status(err), "try", try)
+		if sleep(ctx, c.clk.Wall(backoff)) != nil {
+			return err
+		}
+		backoff *= 2
+	}
+}
+
+func (c *Client) releaseOnce(ctx context.Context, kind, app, id, nonce string) error {
 	ctx, cancel := c.op(ctx, kind, app, id)
 	defer cancel()
 	err := c.send(ctx, http.MethodDelete, machinePath(app, id)+"/lease", nil, nonce, nil)

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/hermes-cloud/migrator/internal/clock"
 )
 
 func TestAcquireLease(t *testing.T) {
@@ -155,13 +157,66 @@ func TestLeaseRefreshAndRelease(t *testing.T) {
 	if err := c.ReleaseLease(ctx, "app1", "m1", l.Nonce); err != nil {
 		t.Errorf("second release: %v, want nil", err)
 	}
-	// A transient failure is an error.
+}
+
+// A release answered 5xx is tried again (a lease left behind blocks other
+// deployers until it expires), a bounded number of times.
+func TestReleaseLeaseRetriesTransientFailures(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, testToken)
+	f.addMachine("app1", "m1", "started", "img:1")
+	// 100× clock: the 1, 2, 4 s back-off takes 70 ms.
+	c, _ := newTestClient(t, f, testToken, func(cfg *Config) { cfg.Clock = clock.NewScaled(time.Now(), 100) })
+	ctx := context.Background()
+	l, err := c.AcquireLease(ctx, "app1", "m1", time.Minute, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const path = "/v1/apps/app1/machines/m1/lease"
+	f.mu.Lock()
+	f.fault = func(r *http.Request, nth int) (int, map[string]string, string, bool) {
+		return 503, nil, `{"error":"unavailable"}`, r.Method == http.MethodDelete && nth <= 2
+	}
+	f.mu.Unlock()
+	if err := c.ReleaseLease(ctx, "app1", "m1", l.Nonce); err != nil {
+		t.Fatalf("release after two 503s: %v, want nil", err)
+	}
+	if del := f.requests(http.MethodDelete, path); len(del) != 3 {
+		t.Fatalf("%d DELETEs, want 3 (two 503s, then the release)", len(del))
+	}
+	f.mu.Lock()
+	held := f.leases["app1/m1"] != nil
+	f.mu.Unlock()
+	if held {
+		t.Fatal("the lease is still held")
+	}
+
+	// Always failing: given up after releaseTries sends, with a transient error.
+	if l, err = c.AcquireLease(ctx, "app1", "m1", time.Minute, ""); err != nil {
+		t.Fatal(err)
+	}
 	f.mu.Lock()
 	f.fault = func(r *http.Request, _ int) (int, map[string]string, string, bool) {
 		return 503, nil, `{"error":"unavailable"}`, r.Method == http.MethodDelete
 	}
 	f.mu.Unlock()
 	if err := c.ReleaseLease(ctx, "app1", "m1", l.Nonce); !IsTransient(err) {
-		t.Errorf("release on 503: %v, want transient error", err)
+		t.Errorf("release on 503s: %v, want transient error", err)
+	}
+	if del := f.requests(http.MethodDelete, path); len(del) != 3+releaseTries {
+		t.Errorf("%d DELETEs, want %d more", len(del)-3, releaseTries)
+	}
+
+	// A permanent answer is not repeated.
+	f.mu.Lock()
+	f.fault = func(r *http.Request, _ int) (int, map[string]string, string, bool) {
+		return 400, nil, `{"error":"bad request"}`, r.Method == http.MethodDelete
+	}
+	f.mu.Unlock()
+	if err := c.ReleaseLease(ctx, "app1", "m1", l.Nonce); err == nil || IsTransient(err) {
+		t.Errorf("release on 400: %v, want a permanent error", err)
+	}
+	if del := f.requests(http.MethodDelete, path); len(del) != 4+releaseTries {
+		t.Errorf("a 400 was sent %d times, want once", len(del)-3-releaseTries)
 	}
 }

@@ -66,6 +66,18 @@ func settled(state string) bool {
 // the read is repeated; otherwise the update is sent again (at most
 // maxUpdateSends times in all).
 func (c *Client) UpdateImage(ctx context.Context, app, id, image, nonce string) (UpdateResult, error) {
+	return c.updateImage(ctx, app, id, image, nonce, false)
+}
+
+// RollbackImage is UpdateImage for putting back the image a running machine
+// had before an update that failed: the machine is launched on it even if
+// it is stopped now (the failed new instance exited), since it was running
+// before. Use UpdateImage for a machine that was stopped before.
+func (c *Client) RollbackImage(ctx context.Context, app, id, image, nonce string) (UpdateResult, error) {
+	return c.updateImage(ctx, app, id, image, nonce, true)
+}
+
+func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, launch bool) (UpdateResult, error) {
 	const kind = "fly.update"
 	if err := checkTarget(kind, app, id); err != nil {
 		return UpdateResult{}, err
@@ -95,7 +107,7 @@ func (c *Client) UpdateImage(ctx context.Context, app, id, image, nonce string) 
 			res.Launched = sent && launched
 			return res, nil
 		}
-		launched = launchAfterUpdate(m.State)
+		launched = launch || launchAfterUpdate(m.State)
 		cfg.Image = image // the only change: the rest is the fresh config as read
 		in := fly.LaunchMachineInput{
 			ID:         id,

@@ -165,3 +165,19 @@ func TestUpdateImage(t *testing.T) {
 		})
 	}
 }
+
+// RollbackImage launches a machine the failed instance left stopped: it was
+// running before the update, so the old image must run again.
+func TestRollbackImageLaunchesAStoppedMachine(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, testToken)
+	f.addMachine("app1", "m1", "stopped", "img:2")
+	c, _ := newTestClient(t, f, testToken, nil)
+	r, err := c.RollbackImage(context.Background(), "app1", "m1", "img:1", "")
+	if err != nil {
+		t.Fatalf("RollbackImage: %v", err)
+	}
+	if !r.Launched || f.lastUpdate().In.SkipLaunch || r.ToImage != "img:1" {
+		t.Errorf("result %+v, SkipLaunch %v: want the stopped machine launched on img:1", r, f.lastUpdate().In.SkipLaunch)
+	}
+}

@@ -24,7 +24,9 @@
 //	drains_total{quiet,outcome}          counter   drains ended (quiet="true": no home-channel broadcast)
 //	drain_wait_seconds{quiet}            histogram first begin → quiescence, gateway down or deadline
 //	drains_forced_total                  counter   drains forced at the deadline with work in flight
-//	machines_deferred_total              counter   machines deferred (outside the window, or at the deadline)
+//	machines_deferred_total              counter   machines deferred (outside the window, never idle, or at the deadline)
+//	peeks_total{result}                  counter   status reads before a drain: idle, busy, unreadable
+//	idle_wait_seconds{result}            histogram first peek → idle (begun), busy_drained or busy_deferred
 //	auto_update_ticks_total{outcome}     counter   auto-update ticks by what they did
 //	fly_calls_total{kind,code}           counter   Fly Machines API attempts (code 2xx..5xx, or "error")
 //	gateway_calls_total{kind,code}       counter   gateway drain endpoint attempts
@@ -101,6 +103,8 @@ type Metrics struct {
 	ticks    *prometheus.CounterVec
 	fly      *prometheus.CounterVec
 	gateway  *prometheus.CounterVec
+	peeks    *prometheus.CounterVec
+	idleWait *prometheus.HistogramVec
 }
 
 var _ orchestrator.Observer = (*Metrics)(nil)
@@ -143,7 +147,7 @@ func New(cfg Config) (*Metrics, error) {
 		forced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "drains_forced_total",
 			Help: "Drains forced at the deadline with agents possibly still working."}),
 		deferred: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "machines_deferred_total",
-			Help: "Machine migrations deferred (outside the maintenance window, or at the deadline)."}),
+			Help: "Machine migrations deferred (outside the maintenance window, never idle, or at the deadline)."}),
 		ticks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "auto_update_ticks_total",
 			Help: "Auto-update ticks worked on this replica, by what they did."}, []string{"outcome"}),
 		fly: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "fly_calls_total",
@@ -152,9 +156,20 @@ func New(cfg Config) (*Metrics, error) {
 		gateway: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "gateway_calls_total",
 			Help: "Gateway drain endpoint HTTP attempts, by operation and status class (error: no response)."},
 			[]string{"kind", "code"}),
+		peeks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "peeks_total",
+			Help: "Status reads of an agent before its drain (idle-first begin), by what they found."}, []string{"result"}),
+		idleWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "idle_wait_seconds",
+			Help:    "Seconds from the first status read before a drain to the end of the wait for an idle moment, by how it ended.",
+			Buckets: DrainWaitBuckets}, []string{"result"}),
 	}
 	for _, o := range outcomes {
 		m.machines.WithLabelValues(o)
+	}
+	for _, r := range []string{orchestrator.PeekIdle, orchestrator.PeekBusy, orchestrator.PeekUnreadable} {
+		m.peeks.WithLabelValues(r)
+	}
+	for _, r := range []string{orchestrator.IdleFound, orchestrator.IdleBusyDrained, orchestrator.IdleBusyDeferred} {
+		m.idleWait.WithLabelValues(r)
 	}
 	for _, q := range []string{"true", "false"} {
 		m.wait.WithLabelValues(q)
@@ -165,7 +180,7 @@ func New(cfg Config) (*Metrics, error) {
 	for _, o := range tickOutcomes {
 		m.ticks.WithLabelValues(o)
 	}
-	cs := []prometheus.Collector{m.machines, m.drains, m.wait, m.forced, m.deferred, m.ticks, m.fly, m.gateway,
+	cs := []prometheus.Collector{m.machines, m.drains, m.wait, m.forced, m.deferred, m.ticks, m.fly, m.gateway, m.peeks, m.idleWait,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
 	if cfg.Source != nil {
 		cs = append(cs, newStateCollector(cfg.Source, cfg.ScrapeTimeout))
@@ -211,6 +226,14 @@ func (m *Metrics) DrainEnded(quiet bool, outcome string, wait time.Duration) {
 
 // AutoUpdateTick implements orchestrator.Observer.
 func (m *Metrics) AutoUpdateTick(outcome string) { m.ticks.WithLabelValues(outcome).Inc() }
+
+// Peeked implements orchestrator.Observer.
+func (m *Metrics) Peeked(result string) { m.peeks.WithLabelValues(result).Inc() }
+
+// IdleWaitEnded implements orchestrator.Observer.
+func (m *Metrics) IdleWaitEnded(result string, wait time.Duration) {
+	m.idleWait.WithLabelValues(result).Observe(wait.Seconds())
+}
 
 // ObserveFly counts one Fly API attempt (flymachines.Config.Observe).
 func (m *Metrics) ObserveFly(c callrec.Call) { m.fly.WithLabelValues(c.Kind, codeClass(c)).Inc() }

@@ -70,6 +70,11 @@ func TestSeriesFromEventsAndDatabase(t *testing.T) {
 	m.ObserveFly(callrec.Call{Kind: "fly.get", Err: "connection refused"})
 	m.ObserveGateway(callrec.Call{Kind: "gateway.begin", Status: 202})
 	m.ObserveGateway(callrec.Call{Kind: "gateway.status", Status: 401})
+	m.Peeked("busy")
+	m.Peeked("busy")
+	m.Peeked("idle")
+	m.IdleWaitEnded("idle", 3*time.Minute)
+	m.IdleWaitEnded("busy_deferred", 30*time.Minute)
 
 	body := scrape(t, m)
 	wantLines(t, body,
@@ -97,6 +102,13 @@ func TestSeriesFromEventsAndDatabase(t *testing.T) {
 		`migrator_fly_calls_total{code="error",kind="fly.get"} 1`,
 		`migrator_gateway_calls_total{code="2xx",kind="gateway.begin"} 1`,
 		`migrator_gateway_calls_total{code="4xx",kind="gateway.status"} 1`,
+		`migrator_peeks_total{result="busy"} 2`,
+		`migrator_peeks_total{result="idle"} 1`,
+		`migrator_peeks_total{result="unreadable"} 0`,
+		`migrator_idle_wait_seconds_bucket{result="idle",le="120"} 0`,
+		`migrator_idle_wait_seconds_bucket{result="idle",le="300"} 1`,
+		`migrator_idle_wait_seconds_sum{result="busy_deferred"} 1800`,
+		`migrator_idle_wait_seconds_count{result="busy_drained"} 0`,
 	)
 	if !strings.Contains(body, "go_goroutines ") || !strings.Contains(body, "process_") {
 		t.Error("no Go runtime or process metrics")

@@ -139,6 +139,21 @@ func seedRun(t testing.TB, pool *pgxpool.Pool, s runSpec) int64 {
 			t.Fatal(err)
 		}
 	}
+	// The first pending machine waits for an idle moment (idle-first): it
+	// got a slot, peeked at a busy agent and gave the slot back.
+	if _, err := pool.Exec(ctx, `
+		WITH w AS (
+			UPDATE machine_migrations SET peeks = 2, peek_active_agents = 1, started_at = now() - interval '10 minutes',
+				first_peek_at = now() - interval '10 minutes', error = 'waiting for an idle moment: active_agents=1'
+			WHERE run_id = $1 AND seq = $2 AND state = 'pending'
+			RETURNING id, app
+		)
+		INSERT INTO events (at, run_id, migration_id, kind, target, detail)
+		SELECT now() - interval '9 minutes', $1, id, 'machine.pending', app,
+			'{"from": "ready", "reason": "waiting for an idle moment", "peeks": 2, "active_agents": 1}'::jsonb FROM w`,
+		r.ID, s.done+s.inFlight); err != nil {
+		t.Fatal(err)
+	}
 	if s.state != store.RunRunning {
 		if _, err := pool.Exec(ctx, `UPDATE runs SET state = $2, state_reason = $3, finished_at = now() WHERE id = $1`,
 			r.ID, s.state, "1 machine(s) failed or rolled back: "+errText); err != nil {
@@ -210,7 +225,9 @@ func timeline(t testing.TB, srv *httptest.Server, runID, after int64) timelineRe
 // transitionsFor counts the transitions a seeded machine gets.
 func transitionsFor(seq int, spec runSpec) int {
 	switch {
-	case seq >= spec.done+spec.inFlight:
+	case seq == spec.done+spec.inFlight:
+		return 1 // waiting for an idle moment
+	case seq > spec.done+spec.inFlight:
 		return 0
 	case seq >= spec.done:
 		return 2
@@ -312,6 +329,11 @@ func TestPagesRender(t *testing.T) {
 			recs, err := csv.NewReader(strings.NewReader(body)).ReadAll()
 			if code != http.StatusOK || err != nil || len(recs) != tc.spec.machines+1 {
 				t.Errorf("CSV of run %d = %d, %d records, %v", id, code, len(recs), err)
+			}
+			if w := tc.spec.done + tc.spec.inFlight; w < tc.spec.machines {
+				if m := tl.Machines[w]; m.State != "pending" || m.Peeks != 2 || m.PeekActiveAgents == nil || *m.PeekActiveAgents != 1 {
+					t.Errorf("the machine waiting for an idle moment: %+v", m)
+				}
 			}
 			m := tl.Machines[0]
 			code, body, _ = get(t, srv, fmt.Sprintf("/migrations/%d", m.ID))

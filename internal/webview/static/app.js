@@ -136,6 +136,7 @@
       if (q && !(m.app + "/" + m.machine_id).toLowerCase().includes(q)) continue;
       if (mode === "flight" && (m.state === "done" || m.state === "pending")) continue;
       if (mode === "problems" && !problem(m)) continue;
+      if (mode === "waiting" && !(m.state === "pending" && m.peeks)) continue;
       rows.push(m);
     }
     const first = (m) => (m.phases.length ? m.phases[0].a : m.cur ? m.cur.at : m.end ? m.end.at : Infinity);
@@ -304,6 +305,7 @@
     if (h.phase) lines.push(phaseName(h.phase.s) + ": " + fmtDur(h.phase.b - h.phase.a) + (h.phase.open ? " so far" : ""));
     lines.push("state " + m.state + (m.outcome ? ", " + m.outcome.replace(/_/g, " ") : ""));
     if (m.quiet !== undefined && m.quiet !== null) lines.push((m.quiet ? "quiet" : "loud") + " drain" + (m.drain_outcome ? ", " + m.drain_outcome.replace(/_/g, " ") : ""));
+    if (m.peeks) lines.push("peeks before the drain: " + m.peeks + (m.peek_active_agents != null ? ", last saw " + m.peek_active_agents + " active" : ""));
     if (m.state === "draining" && m.last_active_agents != null) lines.push("active agents: " + m.last_active_agents);
     if (m.active_agents_at_recreate != null) lines.push("active agents at recreate: " + m.active_agents_at_recreate);
     if (m.error) lines.push("error: " + m.error);
