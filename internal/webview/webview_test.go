@@ -561,7 +561,8 @@ func TestHistorySearch(t *testing.T) {
 		fmt.Sprintf("app=hermes-agent-%d-7", seeded):  {App: fmt.Sprintf("hermes-agent-%d-7", seeded)},
 		"cause=auto-update&since=7d&limit=0":          {Cause: "auto-update", SinceAgo: 7 * 24 * time.Hour},
 		fmt.Sprintf("run=%d&quiet=1&limit=0", other):  {RunID: other, Quiet: new(true)},
-		"loud=1": {Quiet: new(false)},
+		"loud=1":                  {Quiet: new(false)},
+		"busy_deferred=1&limit=0": {BusyDeferred: true},
 	} {
 		var want int
 		if err := q.History(context.Background(), f, func(store.HistoryRow) error { want++; return nil }); err != nil {
