@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,8 +29,7 @@ type historyFlags struct {
 	limit                    int
 }
 
-var machineOutcomes = []string{store.OutcomeMigrated, store.OutcomeRolledBack, store.OutcomeFailed,
-	store.OutcomeSkippedUpToDate, store.OutcomeDeferred, store.OutcomeCancelled}
+var machineOutcomes = store.MachineOutcomes
 
 func newHistoryCmd(e *env) *cobra.Command {
 	var f historyFlags
@@ -148,36 +146,9 @@ func (f historyFlags) filter(cmd *cobra.Command) (store.HistoryFilter, error) {
 	return hf, nil
 }
 
-var daysRe = regexp.MustCompile(`^(\d{1,5})d$`)
-
-// parseWhen reads a --since/--until value: a duration back from now
-// ("24h", "7d") or an instant (a date, or a date and time; UTC unless it
-// says otherwise). "" is no bound.
-func parseWhen(s string) (ago time.Duration, at time.Time, err error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return 0, time.Time{}, nil
-	}
-	if m := daysRe.FindStringSubmatch(s); m != nil {
-		n, _ := strconv.Atoi(m[1])
-		if n == 0 {
-			return 0, time.Time{}, fmt.Errorf("%q: want a positive duration", s)
-		}
-		return time.Duration(n) * 24 * time.Hour, time.Time{}, nil
-	}
-	if d, err := time.ParseDuration(s); err == nil {
-		if d <= 0 {
-			return 0, time.Time{}, fmt.Errorf("%q: want a positive duration back from now, e.g. 24h", s)
-		}
-		return d, time.Time{}, nil
-	}
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02T15:04", "2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02"} {
-		if t, err := time.Parse(layout, s); err == nil {
-			return 0, t, nil
-		}
-	}
-	return 0, time.Time{}, fmt.Errorf("%q: want a duration back from now (24h, 90m, 7d) or a date/time (2026-03-08, 2026-03-08T07:30:00Z)", s)
-}
+// parseWhen reads a --since/--until value (store.ParseWhen: the web view's
+// history search reads the same).
+func parseWhen(s string) (time.Duration, time.Time, error) { return store.ParseWhen(s) }
 
 func runHistory(cmd *cobra.Command, e *env, f historyFlags) error {
 	ctx := cmd.Context()
@@ -326,36 +297,7 @@ type historyCSV struct{ w *csv.Writer }
 
 func (c *historyCSV) begin() error { return c.w.Write(store.HistoryColumns) }
 
-func (c *historyCSV) row(r store.HistoryRow) error {
-	ts := func(t *time.Time) string {
-		if t == nil {
-			return ""
-		}
-		return t.UTC().Format(time.RFC3339Nano)
-	}
-	b := func(p *bool) string {
-		if p == nil {
-			return ""
-		}
-		return strconv.FormatBool(*p)
-	}
-	created := r.CreatedAt
-	return c.w.Write([]string{strconv.FormatInt(r.RunID, 10), r.Cause, r.RequestedBy, r.App, r.MachineID, r.FromImage,
-		r.ToImage, b(r.Quiet), strOr(r.PolicyRule, ""), b(r.SuppressionEchoed), ts(r.DrainStartedAt), ts(r.QuiescedAt),
-		ts(r.DeadlineAt), strOr(r.DrainOutcome, ""), intOr(r.ActiveAgentsAtRecreate, ""), ts(r.RecreatedAt),
-		strOr(r.Outcome, ""), strOr(r.Error, ""), strconv.FormatInt(r.MigrationID, 10), r.Region,
-		strOr(r.PolicyVersion, ""), ts(r.DrainDeadline), strOr(r.OnDeadline, ""), strconv.Itoa(r.Deferrals), r.Reason,
-		ts(&created), ts(r.FinishedAt), secs(r.ExpectedDrainSeconds), secs(r.DrainWaitSeconds),
-		secs(r.IdleWaitSeconds), strconv.Itoa(r.Peeks), intOr(r.ActiveAgentsAtBegin, "")})
-}
-
-// secs writes seconds with millisecond precision, "" for NULL.
-func secs(p *float64) string {
-	if p == nil {
-		return ""
-	}
-	return strconv.FormatFloat(*p, 'f', 3, 64)
-}
+func (c *historyCSV) row(r store.HistoryRow) error { return c.w.Write(r.CSVRecord()) }
 
 func (c *historyCSV) end() error {
 	c.w.Flush()

@@ -113,7 +113,9 @@ func newSandboxCmd(e *env) *cobra.Command {
 			"refused and interrupted turns per run.\n" +
 			"Everything is stopped and removed at the end, on failure and on Ctrl-C. With --keep,\n" +
 			"PostgreSQL, the simulator and the worker stay up after the summary until Ctrl-C, and\n" +
-			"DATABASE_URL is printed so you can try `migrator history` in another terminal.\n\n" +
+			"DATABASE_URL is printed so you can try `migrator history` in another terminal.\n" +
+			"The read-only web view (what `serve` serves) runs too; its URL is printed at the\n" +
+			"start, to watch the runs live in a browser, and again with --keep.\n\n" +
 			"Exit status: 0 when both runs ended as the story says, 1 otherwise, 2 for bad flags\n" +
 			"or no PostgreSQL server binaries.",
 		Example: "  go run ./cmd/migrator sandbox\n" +
@@ -136,7 +138,7 @@ func newSandboxCmd(e *env) *cobra.Command {
 	f.DurationVar(&cfg.AutoWait, "auto-update-wait", 10*time.Minute, "how long the auto-update run's drains may wait before deferring")
 	f.DurationVar(&cfg.AutoIdleWait, "auto-update-idle-wait", 10*time.Minute, "how long the auto-update run looks for an idle moment before deferring a busy agent")
 	f.DurationVar(&cfg.OperatorWait, "operator-wait", 10*time.Minute, "how long the operator run's drains may wait before forcing (the policy's default)")
-	f.BoolVar(&cfg.Keep, "keep", false, "after the summary keep PostgreSQL, the simulator and the worker up until Ctrl-C, and print DATABASE_URL")
+	f.BoolVar(&cfg.Keep, "keep", false, "after the summary keep PostgreSQL, the simulator and the worker up until Ctrl-C, and print DATABASE_URL and the web view's URL")
 	return cmd
 }
 
@@ -157,6 +159,7 @@ type sandbox struct {
 	// `run follow`'s view tells drain times on the simulated clock.
 	followEnv *env
 	cleanups  []func()
+	webURL    string // the read-only web view (web.go)
 
 	waited  []fleetsim.MachineView // an agent whose task the drain waits out
 	long    []fleetsim.MachineView // agents given a task that outlasts every deadline
@@ -358,6 +361,10 @@ func (sb *sandbox) startWorker(ctx context.Context) error {
 		cancel()
 	})
 	fmt.Fprintf(sb.e.stdout, "  worker running in this process (River, %d workers, policy %s)\n", sb.comp.workers, sb.comp.policy.Version())
+	if sb.webURL, err = sb.startWebView(log); err != nil {
+		return err
+	}
+	fmt.Fprintf(sb.e.stdout, "  web view on %s/runs (open it to watch the runs live)\n", sb.webURL)
 	return nil
 }
 
@@ -594,8 +601,9 @@ func (sb *sandbox) keep(ctx context.Context, firstRun int64) error {
 		"In another terminal:\n"+
 		"  export %s=%s\n"+
 		"  go run ./cmd/migrator history --run %d\n"+
-		"  . %s   # also the simulator's settings, to create runs of your own\n",
-		databaseURLEnv, sb.dsn, databaseURLEnv, shellQuote(sb.dsn), firstRun, envPath)
+		"  . %s   # also the simulator's settings, to create runs of your own\n"+
+		"Web view: %s/runs/%d\n",
+		databaseURLEnv, sb.dsn, databaseURLEnv, shellQuote(sb.dsn), firstRun, envPath, sb.webURL, firstRun)
 	<-ctx.Done()
 	fmt.Fprintln(out, "sandbox: interrupted; cleaning up")
 	return nil

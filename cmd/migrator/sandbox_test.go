@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -205,6 +206,14 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	}
 	if code, stdout, stderr := runCLI(t, dsn, "db", "status"); code != exitOK || !strings.Contains(stdout, "schema is current") {
 		t.Fatalf("db status against the kept database: exit %d\n%s%s", code, stdout, stderr)
+	}
+	// --keep: the web view is up at the printed URL, on the first run's page.
+	web := regexp.MustCompile(`(?m)^Web view: (http://\S+)$`).FindStringSubmatch(s.stdout.String())
+	if web == nil {
+		t.Fatalf("--keep printed no web view URL:\n%s", s.stdout.String())
+	}
+	if code, body := httpGet(t, web[1]); code != http.StatusOK || !strings.Contains(body, `data-run="1"`) {
+		t.Errorf("GET %s = %d, want run 1's page", web[1], code)
 	}
 	// The summary's numbers are drain_history's.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

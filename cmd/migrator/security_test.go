@@ -251,6 +251,10 @@ func TestSecurityServeHTTPIsReadOnly(t *testing.T) {
 				t.Errorf("GET %s = %d, want 200", path, code)
 			}
 		case "/metrics": // optional
+		case "/", "/runs": // the read-only web view (/ redirects to /runs)
+			if code != http.StatusOK {
+				t.Errorf("GET %s = %d, want 200 (the web view)", path, code)
+			}
 		default:
 			if code != http.StatusNotFound {
 				t.Errorf("GET %s = %d, want 404", path, code)

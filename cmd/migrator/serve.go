@@ -47,8 +47,9 @@ func newServeCmd(e *env) *cobra.Command {
 			"picked up by another within two minutes. River's leader enqueues the auto-update\n" +
 			"tick of the config file's [auto_update] schedule (" + configFileEnv + ", else ./" + defaultConfigFile + ").\n\n" +
 			"HTTP (" + httpAddrEnv + ", default :8080) serves GET /healthz (process up), /readyz\n" +
-			"(database reachable, schema current) and /metrics (Prometheus); it has no write\n" +
-			"endpoints. SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
+			"(database reachable, schema current), /metrics (Prometheus) and the read-only web\n" +
+			"view (/runs, /history; " + webTokenEnv + " or " + webBasicAuthEnv + " require credentials);\n" +
+			"it has no write endpoints. SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
 			"to finish, the rest is handed back to the other replicas; exit 0.\n\n" +
 			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; see the README for the rest.\n" +
 			"A bad config file, policy or setting refuses to start: one line, exit 2.",
@@ -113,11 +114,15 @@ func serve(ctx context.Context, e *env) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
+	web, err := newWebView(e, c.store, log)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return usagef("%s=%s: %v", httpAddrEnv, addr, err)
 	}
-	srv := &http.Server{Handler: healthHandler(c), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: withWebView(healthHandler(c), web), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "error", err)
