@@ -61,6 +61,15 @@ type Config struct {
 	// FlyToken is the token the Machines API accepts, sent as "Bearer …" or
 	// "FlyV1 …". Default: a generated throwaway token.
 	FlyToken string
+	// Unprovisioned selects the apps that start without the app secret
+	// HERMES_DASHBOARD_DRAIN_SECRET: their agents answer every drain POST
+	// with 401 until they are recreated, with min_secrets_version, after
+	// the secret was set. Default: none (every app has its derived secret
+	// at secrets version 1).
+	Unprovisioned func(app string) bool
+	// LegacyImages are images of an older Hermes without the drain route:
+	// their dashboards answer 404 to POST /api/gateway/drain.
+	LegacyImages []string
 	// DrainKey derives every agent's drain secret
 	// (drainsecret.Derive(DrainKey, app)). At least 32 bytes. Default: 43
 	// printable characters (32 random bytes, base64url), so that it can be
@@ -168,6 +177,10 @@ func DefaultLimits() map[string]Limit {
 		RouteWait:         action,
 		RouteStart:        action,
 		RouteStop:         action,
+		RouteSecretsList:  action,
+		RouteSecretSet:    action,
+		RouteSecretsSet:   action,
+		RouteSecretDelete: action,
 	}
 }
 
@@ -184,6 +197,10 @@ const (
 	RouteWait         = "fly.wait"
 	RouteStart        = "fly.start"
 	RouteStop         = "fly.stop"
+	RouteSecretsList  = "fly.secrets_list"
+	RouteSecretSet    = "fly.secret_set"
+	RouteSecretsSet   = "fly.secrets_update"
+	RouteSecretDelete = "fly.secret_delete"
 	RouteFlyUnknown   = "fly.unknown"
 	RouteDrain        = "gateway.drain"
 	RouteStatus       = "gateway.status"
