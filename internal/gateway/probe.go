@@ -9,10 +9,10 @@ import (
 // OpProbe names the readiness probe in callrec and errors.
 const OpProbe = "gateway.probe"
 
-// probeAction is an action no gateway knows: the gateway checks the bearer
+// ProbeAction is an action no gateway knows: the gateway checks the bearer
 // before it reads the body, then refuses the action with 400, so the probe
 // begins and cancels nothing.
-const probeAction = "migrator-readiness-probe"
+const ProbeAction = "migrator-readiness-probe"
 
 // Readiness is what a drain probe says about an agent's drain endpoint.
 type Readiness string
@@ -55,7 +55,7 @@ type ProbeResult struct {
 // secret and an unknown action. 5xx and transport errors are retried like
 // every call, within ctx.
 func (c *Client) Probe(ctx context.Context, t Target) ProbeResult {
-	status, _, err := c.do(ctx, OpProbe, t, http.MethodPost, drainRoute, cancelRequest{Action: probeAction})
+	status, _, err := c.do(ctx, OpProbe, t, http.MethodPost, drainRoute, cancelRequest{Action: ProbeAction})
 	if err == nil {
 		return ProbeResult{Readiness: Unexpected, StatusCode: status,
 			Err: &DecodeError{Op: OpProbe, Target: t.String(), StatusCode: status, Reason: "the gateway accepted an unknown drain action"}}
