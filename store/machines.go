@@ -24,18 +24,21 @@ const (
 
 // Outcomes of a machine migration.
 const (
-	OutcomeMigrated         = "migrated"
-	OutcomeRolledBack       = "rolled_back"
-	OutcomeFailed           = "failed"
-	OutcomeSkippedUpToDate  = "skipped_up_to_date"
-	OutcomeDeferred         = "deferred"
-	OutcomeCancelled        = "cancelled"
-	DrainQuiesced           = "quiesced"
-	DrainDeadlineForced     = "deadline_forced"
-	DrainDeadlineDeferred   = "deadline_deferred"
-	DrainGatewayDown        = "gateway_down"
-	DrainCancelled          = "cancelled"
-	DrainFailed             = "failed"
+	OutcomeMigrated        = "migrated"
+	OutcomeRolledBack      = "rolled_back"
+	OutcomeFailed          = "failed"
+	OutcomeSkippedUpToDate = "skipped_up_to_date"
+	OutcomeDeferred        = "deferred"
+	OutcomeCancelled       = "cancelled"
+	DrainQuiesced          = "quiesced"
+	DrainDeadlineForced    = "deadline_forced"
+	DrainDeadlineDeferred  = "deadline_deferred"
+	DrainGatewayDown       = "gateway_down"
+	DrainCancelled         = "cancelled"
+	DrainFailed            = "failed"
+	// DrainUndrainable: the drain endpoint answered 404 or 401 and the
+	// decision was undrainable = recreate: moved without a drain.
+	DrainUndrainable        = "undrainable"
 	fleetSlotAdvisoryLockID = 7_372_690_001
 )
 
@@ -99,6 +102,12 @@ type Drain struct {
 	ActiveAgentsAtRecreate *int
 	RecreatedAt            time.Time
 	Outcome                string
+	// Undrainable is the decision for a drain endpoint answering 404/401:
+	// "fail" or "recreate" (policy.Undrainable). Empty reads as "fail".
+	Undrainable string
+	// UndrainableStatus is the status the endpoint answered when the
+	// machine was moved without a drain; 0 otherwise.
+	UndrainableStatus int
 }
 
 const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, m.private_ip, m.labels, m.canary,
@@ -109,7 +118,7 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
 	d.begins, d.last_status_at, d.last_gateway_state, d.last_active_agents, d.quiesced_at, d.deadline_reached_at,
-	d.active_agents_at_recreate, d.recreated_at, coalesce(d.outcome, '')`
+	d.active_agents_at_recreate, d.recreated_at, coalesce(d.outcome, ''), d.undrainable, d.undrainable_status`
 
 func migrationDest(m *Migration, labels *[]byte, nb, lease, upd, started, finished **time.Time) []any {
 	return []any{&m.ID, &m.RunID, &m.Seq, &m.App, &m.MachineID, &m.Region, &m.PrivateIP, labels, &m.Canary,
@@ -136,12 +145,15 @@ type nullDrain struct {
 	deadlineReached, recreated                                         *time.Time
 	echoed                                                             *bool
 	lastActive, activeAtRecreate                                       *int
+	undrainable                                                        *string
+	undrainableStatus                                                  *int
 }
 
 func (n *nullDrain) dest() []any {
 	return []any{&n.id, &n.quiet, &n.rule, &n.version, &n.onDeadline, &n.maxDeferrals, &n.decided, &n.deadline,
 		&n.echoed, &n.gwReq, &n.started, &n.lastBegin, &n.begins, &n.lastStatus, &n.lastState, &n.lastActive,
-		&n.quiesced, &n.deadlineReached, &n.activeAtRecreate, &n.recreated, &n.outcome}
+		&n.quiesced, &n.deadlineReached, &n.activeAtRecreate, &n.recreated, &n.outcome, &n.undrainable,
+		&n.undrainableStatus}
 }
 
 func (n *nullDrain) drain() *Drain {
@@ -156,7 +168,15 @@ func (n *nullDrain) drain() *Drain {
 		LastStatusAt: fromNullTime(n.lastStatus), LastGatewayState: *n.lastState, LastActiveAgents: n.lastActive,
 		QuiescedAt: fromNullTime(n.quiesced), DeadlineReachedAt: fromNullTime(n.deadlineReached),
 		ActiveAgentsAtRecreate: n.activeAtRecreate, RecreatedAt: fromNullTime(n.recreated), Outcome: *n.outcome,
+		Undrainable: *n.undrainable, UndrainableStatus: derefInt(n.undrainableStatus),
 	}
+}
+
+func derefInt(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
 
 // MachineWork is what one execution of a machine job needs, read in one query.
@@ -180,12 +200,12 @@ func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) 
 	dest = append(dest, nd.dest()...)
 	dest = append(dest, &r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
-		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt)
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt, &r.Undrainable)
 	err := q.db.QueryRow(ctx, `SELECT `+migrationColumns+`, `+drainColumns+`, r.id, r.cause, r.target_image, r.image,
 			r.selector, r.max_unavailable, r.max_unavailable_spec, r.canary, r.failure_threshold,
 			coalesce(extract(epoch from r.deadline_override), 0)::float8, r.requested_by, r.reason,
 			coalesce(r.idempotency_key, ''), r.state, r.state_reason, r.policy_version, r.created_at, r.started_at,
-			r.finished_at, r.updated_at
+			r.finished_at, r.updated_at, coalesce(r.undrainable, '')
 		FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE m.id = $1`, id).Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -270,7 +290,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		nullTime(dd.LastBeginAt), dd.Begins, nullTime(dd.LastStatusAt), dd.LastGatewayState, dd.LastActiveAgents,
 		nullTime(dd.QuiescedAt), nullTime(dd.DeadlineReachedAt), dd.ActiveAgentsAtRecreate, nullTime(dd.RecreatedAt),
 		drainOutcome,
-		m.RunID, ev.at, ev.kinds, ev.targets, ev.methods, ev.statuses, ev.reqIDs, ev.durations, ev.errs, ev.details)
+		m.RunID, ev.at, ev.kinds, ev.targets, ev.methods, ev.statuses, ev.reqIDs, ev.durations, ev.errs, ev.details,
+		undrainableOf(dd), nullInt(dd.UndrainableStatus))
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -281,8 +302,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 	return nil
 }
 
-// saveStepSQL: $1-$18 the machine, $19 whether there is a drain, $20-$39 the
-// drain, $40 the run, $41-$49 the events as arrays. The drain and the events
+// saveStepSQL: $1-$18 the machine, $19 whether there is a drain, $20-$39 and
+// $50-$51 the drain, $40 the run, $41-$49 the events as arrays. The drain and the events
 // are written only when the machine's version guard held.
 const saveStepSQL = `
 WITH m AS (
@@ -299,8 +320,9 @@ WITH m AS (
 	INSERT INTO drains (migration_id, quiet, policy_rule, policy_version, on_deadline, max_deferrals,
 		decided_at, deadline_at, suppression_echoed, gateway_requested_at, started_at, last_begin_at, begins,
 		last_status_at, last_gateway_state, last_active_agents, quiesced_at, deadline_reached_at,
-		active_agents_at_recreate, recreated_at, outcome)
-	SELECT m.id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39
+		active_agents_at_recreate, recreated_at, outcome, undrainable, undrainable_status)
+	SELECT m.id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39,
+		$50, $51
 	FROM m WHERE $19
 	ON CONFLICT (migration_id) DO UPDATE SET
 		suppression_echoed = EXCLUDED.suppression_echoed, gateway_requested_at = EXCLUDED.gateway_requested_at,
@@ -309,7 +331,7 @@ WITH m AS (
 		last_active_agents = EXCLUDED.last_active_agents, quiesced_at = EXCLUDED.quiesced_at,
 		deadline_reached_at = EXCLUDED.deadline_reached_at,
 		active_agents_at_recreate = EXCLUDED.active_agents_at_recreate, recreated_at = EXCLUDED.recreated_at,
-		outcome = EXCLUDED.outcome
+		outcome = EXCLUDED.outcome, undrainable_status = EXCLUDED.undrainable_status
 	RETURNING 1
 ), e AS (
 	INSERT INTO events (at, run_id, migration_id, kind, target, http_method, http_status, request_id, duration_ms, error, detail)
@@ -320,3 +342,19 @@ WITH m AS (
 	RETURNING 1
 )
 SELECT 1 FROM m`
+
+// undrainableOf is the drain's undrainable decision as stored ("fail" when
+// unset).
+func undrainableOf(d Drain) string {
+	if d.Undrainable == "" {
+		return "fail"
+	}
+	return d.Undrainable
+}
+
+func nullInt(v int) *int {
+	if v == 0 {
+		return nil
+	}
+	return &v
+}
