@@ -35,9 +35,12 @@ type RunRequest struct {
 	Canary           int
 	FailureThreshold int
 	DeadlineOverride time.Duration // 0: the policy's wait
-	RequestedBy      string
-	Reason           string
-	IdempotencyKey   string
+	// Undrainable overrides the policy's undrainable setting for the run
+	// (`run create --undrainable`); empty: the policy decides.
+	Undrainable    policy.Undrainable
+	RequestedBy    string
+	Reason         string
+	IdempotencyKey string
 }
 
 // PlannedMachine is one machine a run would move, with what the policy
@@ -267,7 +270,7 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	}
 	r := store.Run{Cause: string(req.Cause), TargetImage: target, Image: req.Image, Selector: req.Selector,
 		MaxUnavailable: maxUnavail, MaxUnavailableSpec: req.MaxUnavailable, Canary: req.Canary,
-		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride,
+		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride, Undrainable: string(req.Undrainable),
 		RequestedBy: req.RequestedBy, Reason: req.Reason, IdempotencyKey: req.IdempotencyKey,
 		State: store.RunRunning, PolicyVersion: o.pol.Version()}
 	var out store.Run

@@ -67,6 +67,9 @@ type Config struct {
 	// the secret was set. Default: none (every app has its derived secret
 	// at secrets version 1).
 	Unprovisioned func(app string) bool
+	// AppImage, if set, returns the image an app's machines run at the
+	// start (e.g. a few on a legacy image); default Image for every app.
+	AppImage func(app string) string
 	// LegacyImages are images of an older Hermes without the drain route:
 	// their dashboards answer 404 to POST /api/gateway/drain.
 	LegacyImages []string

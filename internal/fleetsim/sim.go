@@ -250,6 +250,11 @@ func (s *Sim) initialConfig(base fly.MachineConfig, appName string, m *machine) 
 		md[k] = v
 	}
 	c.Metadata = md
+	if s.cfg.AppImage != nil {
+		if img := s.cfg.AppImage(appName); img != "" {
+			c.Image = img
+		}
+	}
 	c.Mounts = []fly.MachineMount{{Path: "/opt/data", Volume: m.volumeID, Name: "hermes_data", SizeGb: 1}}
 	return &c
 }
