@@ -38,3 +38,6 @@ CREATE TABLE secret_syncs (
 
 CREATE INDEX secret_syncs_app_idx ON secret_syncs (app, secret_name, id DESC) WHERE result = 'set';
 CREATE INDEX secret_syncs_at_idx ON secret_syncs (at);
+
+-- history --undrainable: every agent moved without a drain, for the audit.
+CREATE INDEX drains_undrainable_idx ON drains (migration_id) WHERE outcome = 'undrainable';

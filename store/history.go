@@ -32,6 +32,9 @@ type HistoryFilter struct {
 	Outcome string
 	// Forced keeps drains whose deadline forced the update.
 	Forced bool
+	// Undrainable keeps machines moved without a drain (drain endpoint
+	// 404/401 under undrainable = recreate).
+	Undrainable bool
 	// Limit caps the rows; 0 means no limit.
 	Limit int
 }
@@ -134,6 +137,9 @@ func historySQL(f HistoryFilter) (string, []any, error) {
 	}
 	if f.Forced {
 		add("drain_outcome = $%d", DrainDeadlineForced)
+	}
+	if f.Undrainable {
+		add("drain_outcome = $%d", DrainUndrainable)
 	}
 	var b strings.Builder
 	b.WriteString(`SELECT ` + strings.Join(HistoryColumns, ", ") + ` FROM drain_history`)

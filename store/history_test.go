@@ -217,6 +217,7 @@ func TestHistoryUsesIndexesAtScale(t *testing.T) {
 		{"newest", store.HistoryFilter{Limit: 100}},
 		{"cause", store.HistoryFilter{Cause: "operator", Limit: 100}},
 		{"forced", store.HistoryFilter{Forced: true, Limit: 100}},
+		{"undrainable", store.HistoryFilter{Undrainable: true, Limit: 100}},
 		{"outcome", store.HistoryFilter{Outcome: "rolled_back", Limit: 100}},
 		{"app quiet since", store.HistoryFilter{App: "app-7", Quiet: &yes, SinceAgo: 30 * 24 * time.Hour}},
 	} {
