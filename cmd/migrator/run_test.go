@@ -69,7 +69,7 @@ func baseEnv(extra ...string) []string {
 func rowCounts(t *testing.T, st *store.Store) map[string]int {
 	t.Helper()
 	out := map[string]int{}
-	for _, table := range []string{"runs", "machine_migrations", "drains", "events", "river_job", "channels", "channel_history"} {
+	for _, table := range []string{"runs", "machine_migrations", "drains", "events", "river_job", "channels", "channel_history", "secret_syncs"} {
 		var n int
 		if err := st.Pool().QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n); err != nil {
 			t.Fatal(err)
