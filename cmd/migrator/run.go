@@ -477,7 +477,8 @@ type planDecisionJSON struct {
 type planDrainJSON struct {
 	Readiness  gateway.Readiness `json:"readiness"`
 	StatusCode int               `json:"status_code,omitempty"`
-	// Path: "drain", "recreate_without_drain" or "fail".
+	// Path: "drain", "recreate_without_drain", "fail", or "none" (the
+	// machine is not running: it is moved without a drain, having no users).
 	Path string `json:"path"`
 }
 
@@ -644,9 +645,7 @@ func probeForDryRun(ctx context.Context, c *components, planned []orchestrator.P
 	}
 	out := make(map[store.MachineKey]fleetcheck.Agent, len(rep.Agents))
 	for _, a := range rep.Agents {
-		if a.Readiness != fleetcheck.NotRunning {
-			out[store.MachineKey{App: a.App, MachineID: a.MachineID}] = a
-		}
+		out[store.MachineKey{App: a.App, MachineID: a.MachineID}] = a
 	}
 	return out, nil
 }
@@ -656,6 +655,8 @@ func probeForDryRun(ctx context.Context, c *components, planned []orchestrator.P
 // not 404/401 is tried as a drain (and fails or retries as it answers then).
 func drainPath(a fleetcheck.Agent, undrainable policy.Undrainable) string {
 	switch a.Readiness {
+	case fleetcheck.NotRunning:
+		return "none"
 	case gateway.NoSecret, gateway.NoDrainRoute:
 		if undrainable == policy.UndrainableRecreate {
 			return "recreate_without_drain"
@@ -676,6 +677,8 @@ func drainColumn(d *planDecisionJSON) string {
 		return fmt.Sprintf("no drain: %d, recreate (loud)", d.Drain.StatusCode)
 	case "fail":
 		return fmt.Sprintf("would fail: %d (undrainable=%s)", d.Drain.StatusCode, d.Undrainable)
+	case "none":
+		return "none (not running)"
 	}
 	if d.Drain.Readiness != gateway.Ready {
 		return "drain (probe: " + string(d.Drain.Readiness) + ")"
