@@ -341,3 +341,42 @@ func randomToken(n int) string {
 	_, _ = rand.Read(b) // never fails (crypto/rand panics on failure)
 	return base64.RawURLEncoding.EncodeToString(b)
 }
+
+// LegacyImage is the image DayOne puts its legacy apps on: an older Hermes
+// without the drain route.
+const LegacyImage = "registry.fly.io/hermes-agent:v0"
+
+// DayOne shapes c as a fleet before enrolment: the first legacy apps run
+// LegacyImage (their drain endpoint answers 404) and the first
+// unprovisioned apps have no drain secret (401 until recreated after it is
+// set). Apps are counted by the number their names end in.
+func (c *Config) DayOne(legacy, unprovisioned int) {
+	if legacy > 0 {
+		c.LegacyImages = append(c.LegacyImages, LegacyImage)
+		c.AppImage = func(app string) string {
+			if appNumber(app) <= legacy {
+				return LegacyImage
+			}
+			return ""
+		}
+	}
+	if unprovisioned > 0 {
+		c.Unprovisioned = func(app string) bool { return appNumber(app) <= unprovisioned }
+	}
+}
+
+// appNumber is the number an app's name ends in (0 if none).
+func appNumber(app string) int {
+	i := len(app)
+	for i > 0 && app[i-1] >= '0' && app[i-1] <= '9' {
+		i--
+	}
+	n := 0
+	for _, c := range app[i:] {
+		n = n*10 + int(c-'0')
+		if n > 1<<30 {
+			return 0
+		}
+	}
+	return n
+}

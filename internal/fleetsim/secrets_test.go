@@ -131,3 +131,22 @@ func TestSecretsThroughFlaps(t *testing.T) {
 		t.Errorf("unknown app: %v", err)
 	}
 }
+
+func TestDayOne(t *testing.T) {
+	cfg := Config{Apps: 12}
+	cfg.DayOne(2, 11)
+	h := newHarness(t, cfg)
+	for _, app := range h.sim.Apps() {
+		id := h.sim.MachineIDs(app)[0]
+		want := http.StatusBadRequest
+		switch n := appNumber(app); {
+		case n <= 2:
+			want = http.StatusNotFound
+		case n <= 11:
+			want = http.StatusUnauthorized
+		}
+		if r := h.drain(app, id, probeBody); r.code != want {
+			t.Errorf("%s: %d, want %d", app, r.code, want)
+		}
+	}
+}
