@@ -400,10 +400,18 @@ func (s *step) leaseHeld(ctx context.Context, held *flymachines.LeaseHeldError) 
 	return finished, nil
 }
 
+// retryable reports whether a failed Fly call is worth trying again: a
+// transient error, or a call cut short by this execution's own context (the
+// replica shutting down, the step's deadline), which says nothing about the
+// machine and must never become its outcome.
+func retryable(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || flymachines.IsTransient(err) || errors.Is(err, context.DeadlineExceeded)
+}
+
 // flyError turns a failed Fly call before any change into a retry or a
 // failure: transient errors wait, permanent ones end the machine.
 func (s *step) flyError(ctx context.Context, op string, err error) (next, error) {
-	if flymachines.IsTransient(err) || errors.Is(err, context.DeadlineExceeded) {
+	if retryable(ctx, err) {
 		s.log.Warn(op+" failed, will retry", "error", err)
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
@@ -720,7 +728,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	m, h, err := s.o.fly.Inspect(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
 	if err == nil && !(m.InstanceID == s.m.ToInstanceID && m.State == want) && !settled(m.State) {
 		reached, werr := s.o.fly.WaitOnce(ctx, s.m.App, s.m.MachineID, s.m.ToInstanceID, want, s.o.cfg.WaitStep)
-		if werr != nil && !flymachines.IsTransient(werr) {
+		if werr != nil && !retryable(ctx, werr) {
 			return s.startRollback(ctx, fmt.Sprintf("wait for new instance: %v", werr))
 		}
 		if reached {
@@ -728,7 +736,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		}
 	}
 	if err != nil {
-		if late || !flymachines.IsTransient(err) {
+		if late && ctx.Err() == nil || !retryable(ctx, err) {
 			return s.startRollback(ctx, fmt.Sprintf("read the updated machine: %v", err))
 		}
 		s.persistCalls(ctx)
@@ -792,7 +800,7 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 	reason := s.m.Error
 	mach, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
 	if err != nil {
-		if flymachines.IsTransient(err) {
+		if retryable(ctx, err) {
 			s.persistCalls(ctx)
 			return wait(s.o.cfg.PollInterval), nil
 		}
@@ -801,7 +809,7 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
 	if mach.Image != s.m.FromImage {
 		if _, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
-			if flymachines.IsTransient(err) && !late {
+			if retryable(ctx, err) && (!late || ctx.Err() != nil) {
 				s.persistCalls(ctx)
 				return wait(s.o.cfg.PollInterval), nil
 			}
