@@ -15,8 +15,11 @@
 // Apps are named AppPrefix+"1" … AppPrefix+"N" (default hermes-agent-1…),
 // each with MachinesPerApp machines (14-hex ids, regions round-robin, a
 // volume mounted at /opt/data, an HTTP check "dashboard" on /api/status,
-// config.metadata = Fly's fly_* keys plus Config.Labels). Every agent's
-// drain secret is drainsecret.Derive(DrainKey, app). All names and ids are
+// config.metadata = Fly's fly_* keys plus Config.Labels), on Config.Image
+// (or Config.AppImage's per app). Every agent's drain secret is
+// drainsecret.Derive(DrainKey, app), set as its app secret unless the app
+// is Config.Unprovisioned. Config.DayOne shapes a fleet before enrolment
+// (legacy apps on LegacyImage, unprovisioned apps). All names and ids are
 // reproducible from Config.Seed.
 //
 // # Time
