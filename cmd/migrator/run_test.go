@@ -637,6 +637,17 @@ func TestRunBadInputs(t *testing.T) {
 		{"channel args", full, []string{"channel", "set", "stable"}, 2, "accepts 2 arg"},
 		{"unknown channel", full, []string{"channel", "history", "nope"}, 2, "channel nope not found"},
 		{"channel without database", noDB, []string{"channel", "list"}, 2, "DATABASE_URL is not set"},
+		{"bad undrainable", full, create("--undrainable", "blind"), 2, `--undrainable: undrainable "blind": want "fail" or "recreate"`},
+		{"fleet check without key", full, []string{"fleet", "check"}, 2, "MIGRATOR_DRAIN_KEY is not set"},
+		{"fleet check short key", append(full, "MIGRATOR_DRAIN_KEY=short"), []string{"fleet", "check"}, 2, "drain key is too short"},
+		{"fleet check bad label", full, []string{"fleet", "check", "--label", "tier"}, 2, "want KEY=VALUE"},
+		{"fleet check app and prefix", full, []string{"fleet", "check", "--app", "a", "--app-prefix", "b"}, 2, "one or the other"},
+		{"fleet check no org", noOrg, []string{"fleet", "check"}, 2, "--org (or MIGRATOR_FLY_ORG) or --app"},
+		{"fleet check args", full, []string{"fleet", "check", "hermes-agent-1"}, 2, "unknown command"},
+		{"secret sync without key", full, []string{"secret", "sync"}, 2, "MIGRATOR_DRAIN_KEY is not set"},
+		{"secret sync bad regex", full, []string{"secret", "sync", "--app-regex", "("}, 2, "--app-regex"},
+		{"secret sync no fly token", append(noFly, "MIGRATOR_DRAIN_KEY=0123456789abcdef0123456789abcdef"), []string{"secret", "sync"}, 2, "FLY_API_TOKEN is not set"},
+		{"secret sync no database", append(noDB, "MIGRATOR_DRAIN_KEY=0123456789abcdef0123456789abcdef"), []string{"secret", "sync"}, 2, "DATABASE_URL is not set"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -659,7 +670,7 @@ func TestRunCommandsHaveExamples(t *testing.T) {
 	root := newRoot(&env{getenv: func(string) string { return "" }, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}})
 	for _, path := range [][]string{{"run"}, {"run", "create"}, {"run", "status"}, {"run", "list"}, {"run", "follow"},
 		{"run", "cancel"}, {"run", "pause"}, {"run", "resume"}, {"history"}, {"channel"}, {"channel", "set"},
-		{"channel", "list"}, {"channel", "history"}} {
+		{"channel", "list"}, {"channel", "history"}, {"fleet", "check"}, {"secret", "sync"}} {
 		cmd, _, err := root.Find(path)
 		if err != nil || cmd.Name() != path[len(path)-1] {
 			t.Errorf("%v: not found (%v)", path, err)
