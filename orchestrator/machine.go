@@ -476,14 +476,23 @@ func (s *step) begin(ctx context.Context) (next, error) {
 	d := s.w.Drain
 	echo, err := s.o.gw.Begin(ctx, s.target(), d.Quiet)
 	if err != nil {
-		if code, ok := gateway.Undrainable(err); ok && d.Undrainable == string(policy.UndrainableRecreate) {
+		code, undrainable := gateway.Undrainable(err)
+		if undrainable && d.Undrainable == string(policy.UndrainableRecreate) {
 			return s.recreateUndrainable(ctx, code)
 		}
+		hint := ""
+		if undrainable {
+			hint = "; undrainable = fail: not recreated without a drain (see fleet check, secret sync, run create --undrainable)"
+		}
 		if gateway.IsPermanent(err) {
-			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway refused the drain: %v", err))
+			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway refused the drain: %v%s", err, hint))
 		}
 		if s.now().Sub(d.DecidedAt) > s.o.cfg.GatewayGrace {
-			return s.abortBeforeUpdate(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway unreachable for %s: %v", s.o.cfg.GatewayGrace, err))
+			what := "gateway unreachable"
+			if undrainable {
+				what = "no drain endpoint" // a 404 is retried within the grace: a proxy may answer so for a moment
+			}
+			return s.abortBeforeUpdate(ctx, store.OutcomeFailed, "", fmt.Sprintf("%s for %s: %v%s", what, s.o.cfg.GatewayGrace, err, hint))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil

@@ -123,5 +123,8 @@ func TestUndrainableFailIsTheDefault(t *testing.T) {
 		if sd := w.shutdownsOf(h.App, h.MachineID); len(sd) != 0 {
 			t.Errorf("%s was shut down: %+v", h.App, sd)
 		}
+		if !strings.Contains(h.Error, "undrainable = fail: not recreated without a drain") {
+			t.Errorf("%s: error %q does not say why it was not moved", h.App, h.Error)
+		}
 	}
 }
