@@ -160,6 +160,12 @@ func probe(ctx context.Context, cfg Config, gw Gateway, m flymachines.Machine, a
 	cancel()
 	if serr == nil {
 		a.Version = st.Version
+	} else if r, _ := gateway.Classify(serr); r == gateway.Unreachable {
+		// The same dashboard serves the drain route: no need to wait for
+		// it to fail twice.
+		a.Readiness, a.Detail = gateway.Unreachable, serr.Error()
+		cfg.Logger.Debug("fleet check", "app", m.App, "machine_id", m.ID, "readiness", string(a.Readiness))
+		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	res := gw.Probe(pctx, t)
