@@ -87,6 +87,11 @@ func TestCheck(t *testing.T) {
 	if rep.Ready() || rep.Counts[gateway.Ready] != 1 || rep.Counts[fleetcheck.NotRunning] != 1 || len(rep.Categories()) != 5 {
 		t.Errorf("report ready=%t counts %+v", rep.Ready(), rep.Counts)
 	}
+	// One probe per reachable, running agent (1, 2, 3): the unreachable
+	// dashboard is not asked twice, the stopped machine not at all.
+	if n := sim.Requests()[fleetsim.RouteDrain]; n != 3 {
+		t.Errorf("%d drain requests, want 3", n)
+	}
 	for _, m := range sim.Machines() {
 		if m.MarkerPresent || sim.Updates(m.App, m.ID) != 0 {
 			t.Errorf("%s/%s changed by the check: %+v", m.App, m.ID, m)
