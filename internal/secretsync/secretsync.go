@@ -176,12 +176,7 @@ func syncApp(ctx context.Context, cfg Config, keyID string, fly Fly, st *store.S
 		res.Action, res.Error = Failed, err.Error()
 		return res
 	}
-	digest, present := "", false
-	for _, s := range list {
-		if s.Name == SecretName {
-			digest, present = s.Digest, true
-		}
-	}
+	digest, present := digestOf(list)
 	switch {
 	case !present:
 		res.Reason = "missing"
@@ -209,7 +204,17 @@ func syncApp(ctx context.Context, cfg Config, keyID string, fly Fly, st *store.S
 		ev.Kind, ev.Error = "secret.set_failed", setErr.Error()
 		res.Action, res.Error = Failed, fmt.Sprintf("set secret: %v", setErr)
 	} else {
-		rec.Result, rec.FlyDigest, rec.SecretsVersion = store.SecretSet, set.Digest, set.Version
+		// Record the digest as the list shows it, since the list is what
+		// the next sync compares with (the write's answer may spell it
+		// otherwise, or not at all); the answer's digest if the list fails.
+		digest := set.Digest
+		if list, err := fly.ListAppSecrets(ctx, app); err == nil {
+			if d, ok := digestOf(list); ok && d != "" {
+				digest = d
+			}
+		}
+		rec.Result, rec.FlyDigest, rec.SecretsVersion = store.SecretSet, digest, set.Version
+		set.Digest = digest
 		ev.Detail["fly_digest"], ev.Detail["secrets_version"] = set.Digest, set.Version
 		res.Action, res.SecretsVersion = Set, set.Version
 	}
@@ -227,4 +232,14 @@ func syncApp(ctx context.Context, cfg Config, keyID string, fly Fly, st *store.S
 		res.Action, res.Error = Failed, fmt.Sprintf("record: %v", err)
 	}
 	return res
+}
+
+// digestOf finds the drain secret's digest in an app's secret list.
+func digestOf(list []flymachines.AppSecret) (string, bool) {
+	for _, s := range list {
+		if s.Name == SecretName {
+			return s.Digest, true
+		}
+	}
+	return "", false
 }

@@ -172,3 +172,26 @@ func TestSyncRefusesAShortKey(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// blankDigest answers writes without a digest, as an API might: the digest
+// recorded must be the one the list shows, which later syncs compare with.
+type blankDigest struct{ *flymachines.Client }
+
+func (b blankDigest) SetAppSecret(ctx context.Context, app, name, value string) (flymachines.SecretSet, error) {
+	s, err := b.Client.SetAppSecret(ctx, app, name, value)
+	s.Digest = ""
+	return s, err
+}
+
+func TestSyncRecordsTheListedDigest(t *testing.T) {
+	w := newWorld(t)
+	cfg := secretsync.Config{Key: w.sim.DrainKey(), RequestedBy: "ops"}
+	fly := blankDigest{w.fly}
+	if rep, err := secretsync.Sync(context.Background(), cfg, fly, w.st, w.sim.Apps()); err != nil || rep.Counts[secretsync.Set] != 4 {
+		t.Fatalf("first sync: %+v %v", rep, err)
+	}
+	rep, err := secretsync.Sync(context.Background(), cfg, fly, w.st, w.sim.Apps())
+	if err != nil || rep.Counts[secretsync.Current] != 4 {
+		t.Fatalf("second sync rewrote: %+v %v", rep, err)
+	}
+}
