@@ -18,7 +18,7 @@ ALTER TABLE drains ADD CONSTRAINT drains_outcome_check CHECK (outcome IN ('quies
 -- Every write of an agent's drain secret to its Fly app (and every failed
 -- attempt): never the secret, only what identifies it. key_id is a
 -- fingerprint of MIGRATOR_DRAIN_KEY (a rotation changes it); fly_digest is
--- the digest Fly answered for the value it stored, so a later sync that
+-- the digest Fly lists for the value after the write, so a later sync that
 -- lists the same digest under the same key_id knows the secret is current;
 -- secrets_version is the app's secrets version after the write, which a
 -- machine update asks for as min_secrets_version.

@@ -24,7 +24,7 @@ type SecretSync struct {
 	// KeyID fingerprints the control-plane key the secret was derived from.
 	KeyID  string
 	Result string // SecretSet or SecretFailed
-	// FlyDigest is the digest Fly answered for the stored value.
+	// FlyDigest is the digest Fly listed for the value after the write.
 	FlyDigest string
 	// SecretsVersion is the app's secrets version after the write (set only).
 	SecretsVersion uint64

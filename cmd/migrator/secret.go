@@ -89,7 +89,7 @@ machine to the secret derived from ` + drainKeyEnv + `, through the Machines API
 secrets endpoints (` + flyTokenEnv + `). The selector is run create's.
 
 An app whose secret is current is not written again: current means Fly lists
-the secret with the digest migrator's last write got back, under the same key
+the secret with the digest recorded at migrator's last write, under the same key
 (its fingerprint is recorded). Otherwise it is written, and the write is
 recorded in Postgres (secret_syncs, with an event): app, key fingerprint, Fly's
 digest, the app's new secrets version, who and when; never the secret. Failures

@@ -6,11 +6,12 @@
 // (drainsecret.Derive) and never stored. What is recorded, in Postgres
 // (store.SecretSync, with the call as an event, in one transaction), is
 // that it was written: the app, the key's fingerprint (drainsecret.KeyID),
-// the digest Fly answered for the stored value, the app's secrets version
-// after the write, who and when. Fly never shows a secret's value, only a
-// digest whose computation is Fly's own, so "current" is decided from that
-// record: the app lists the secret with the digest migrator's last write
-// got back, under the same key fingerprint. Anything else is written
+// the digest Fly lists for the value after the write, the app's secrets
+// version after the write, who and when. Fly never shows a secret's value,
+// only a digest whose computation is Fly's own, so "current" is decided
+// from that record: the app still lists the secret with the digest
+// recorded at migrator's last write, under the same key fingerprint.
+// Anything else is written
 // again: the secret is missing, was never written by migrator, was changed
 // by someone else (another digest), or the key was rotated (another
 // fingerprint). A sync is therefore idempotent: a second run writes
