@@ -36,8 +36,9 @@ CREATE TABLE secret_syncs (
     CHECK ((result = 'set') = (secrets_version IS NOT NULL))
 );
 
-CREATE INDEX secret_syncs_app_idx ON secret_syncs (app, secret_name, id DESC) WHERE result = 'set';
-CREATE INDEX secret_syncs_at_idx ON secret_syncs (at);
+-- An app's writes, newest first: the last set (sync, the update's
+-- min_secrets_version) and `secret history --app`.
+CREATE INDEX secret_syncs_app_idx ON secret_syncs (app, id DESC);
 
 -- history --undrainable: every agent moved without a drain, for the audit.
 CREATE INDEX drains_undrainable_idx ON drains (migration_id) WHERE outcome = 'undrainable';

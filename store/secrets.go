@@ -90,3 +90,33 @@ func (q *Q) AppSecretsVersion(ctx context.Context, app string) (uint64, error) {
 	}
 	return uint64(*v), nil
 }
+
+// ListSecretSyncs returns the secret writes (and failed attempts), newest
+// first: of app when not empty, at most limit rows (0: no limit).
+func (q *Q) ListSecretSyncs(ctx context.Context, app string, limit int) ([]SecretSync, error) {
+	var lim *int
+	if limit > 0 {
+		lim = &limit
+	}
+	rows, err := q.db.Query(ctx, `
+		SELECT id, app, secret_name, key_id, result, fly_digest, secrets_version, requested_by, error, at
+		FROM secret_syncs WHERE ($1 = '' OR app = $1) ORDER BY id DESC LIMIT $2`, app, lim)
+	if err != nil {
+		return nil, fmt.Errorf("list secret syncs: %w", err)
+	}
+	defer rows.Close()
+	var out []SecretSync
+	for rows.Next() {
+		var s SecretSync
+		var version *int64
+		if err := rows.Scan(&s.ID, &s.App, &s.SecretName, &s.KeyID, &s.Result, &s.FlyDigest, &version,
+			&s.RequestedBy, &s.Error, &s.At); err != nil {
+			return nil, fmt.Errorf("list secret syncs: %w", err)
+		}
+		if version != nil {
+			s.SecretsVersion = uint64(*version)
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}

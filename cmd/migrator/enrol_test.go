@@ -103,6 +103,12 @@ func TestEnrolFleetDayOne(t *testing.T) {
 	if err := w.st.Pool().QueryRow(ctx, `SELECT count(*) FROM secret_syncs WHERE result = 'set' AND requested_by = 'oncall-test'`).Scan(&recorded); err != nil || recorded != 6 {
 		t.Fatalf("%d secret writes recorded (%v), want 6", recorded, err)
 	}
+	secHist := execMigrator(t, w.env, "secret", "history", "--app", "hermes-agent-3", "--json")
+	sh := decodeJSON[[]map[string]any](t, secHist)
+	if secHist.code != 0 || len(sh) != 1 || sh[0]["result"] != "set" || sh[0]["requested_by"] != "oncall-test" ||
+		sh[0]["secrets_version"] != float64(1) || sh[0]["key_id"] == "" || sh[0]["fly_digest"] == "" {
+		t.Fatalf("secret history: %s", secHist)
+	}
 	// The agents see the secret only at their next recreate.
 	fc = decodeJSON[fleetCheckOut](t, execMigrator(t, w.env, "fleet", "check", "--json"))
 	if fc.Counts["no_secret"] != 2 || fc.Counts["no_drain_route"] != 2 {
@@ -195,7 +201,7 @@ func TestEnrolFleetDayOne(t *testing.T) {
 	findSecrets(t, "the database", dump, secrets)
 	for name, r := range map[string]cliResult{"fleet check": check, "fleet check table": table, "secret sync --dry-run": dry,
 		"secret sync": sync, "second sync": again, "dry run": plan, "dry run (fail)": failPlan, "enrolment run": run,
-		"history": hist, "auto-update": auto} {
+		"history": hist, "auto-update": auto, "secret history": secHist} {
 		findSecrets(t, name+" output", r.stdout+r.stderr, secrets)
 	}
 	for _, p := range w.procs {

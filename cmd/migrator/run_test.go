@@ -647,6 +647,8 @@ func TestRunBadInputs(t *testing.T) {
 		{"secret sync without key", full, []string{"secret", "sync"}, 2, "MIGRATOR_DRAIN_KEY is not set"},
 		{"secret sync bad regex", full, []string{"secret", "sync", "--app-regex", "("}, 2, "--app-regex"},
 		{"secret sync no fly token", append(noFly, "MIGRATOR_DRAIN_KEY=0123456789abcdef0123456789abcdef"), []string{"secret", "sync"}, 2, "FLY_API_TOKEN is not set"},
+		{"secret history limit", full, []string{"secret", "history", "--limit", "-1"}, 2, "--limit -1"},
+		{"secret history without database", noDB, []string{"secret", "history"}, 2, "DATABASE_URL is not set"},
 		{"secret sync no database", append(noDB, "MIGRATOR_DRAIN_KEY=0123456789abcdef0123456789abcdef"), []string{"secret", "sync"}, 2, "DATABASE_URL is not set"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -670,7 +672,7 @@ func TestRunCommandsHaveExamples(t *testing.T) {
 	root := newRoot(&env{getenv: func(string) string { return "" }, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}})
 	for _, path := range [][]string{{"run"}, {"run", "create"}, {"run", "status"}, {"run", "list"}, {"run", "follow"},
 		{"run", "cancel"}, {"run", "pause"}, {"run", "resume"}, {"history"}, {"channel"}, {"channel", "set"},
-		{"channel", "list"}, {"channel", "history"}, {"fleet", "check"}, {"secret", "sync"}} {
+		{"channel", "list"}, {"channel", "history"}, {"fleet", "check"}, {"secret", "sync"}, {"secret", "history"}} {
 		cmd, _, err := root.Find(path)
 		if err != nil || cmd.Name() != path[len(path)-1] {
 			t.Errorf("%v: not found (%v)", path, err)

@@ -13,6 +13,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/drainsecret"
 	"github.com/hermes-cloud/migrator/internal/secretsync"
 	"github.com/hermes-cloud/migrator/orchestrator"
+	"github.com/hermes-cloud/migrator/store"
 )
 
 // drainKeyEnv holds the control-plane key every agent's drain secret is
@@ -31,7 +32,7 @@ func newSecretCmd(e *env) *cobra.Command {
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newSecretShowCmd(e), newSecretSyncCmd(e))
+	cmd.AddCommand(newSecretShowCmd(e), newSecretSyncCmd(e), newSecretHistoryCmd(e))
 	return cmd
 }
 
@@ -189,4 +190,87 @@ func secretSync(cmd *cobra.Command, e *env, f secretSyncFlags) error {
 			n, plural(n, "app", "apps"))
 	}
 	return nil
+}
+
+type secretSyncJSON struct {
+	ID             int64   `json:"id"`
+	App            string  `json:"app"`
+	SecretName     string  `json:"secret_name"`
+	KeyID          string  `json:"key_id"`
+	Result         string  `json:"result"`
+	FlyDigest      string  `json:"fly_digest"`
+	SecretsVersion *uint64 `json:"secrets_version"`
+	RequestedBy    string  `json:"requested_by"`
+	Error          string  `json:"error"`
+	At             string  `json:"at"`
+}
+
+func newSecretHistoryCmd(e *env) *cobra.Command {
+	var (
+		app    string
+		limit  int
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "history [--app A] [--limit N] [--json]",
+		Short: "Audit drain secret writes: what was set, when and by whom (never the secret)",
+		Long: `List the drain secret writes secret sync made (and its failed attempts), newest
+first, from Postgres: app, result (set or failed), the key's fingerprint, the
+digest Fly listed after the write, the app's secrets version, who and when.
+
+Exit status: 0 ok (also when nothing matches); 1 the query failed; 2 a bad flag
+or no DATABASE_URL.`,
+		Example: `  migrator secret history --app hermes-agent-7
+  migrator secret history --limit 20 --json`,
+		Args: checkArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if limit < 0 {
+				return usagef("%s: --limit %d: want 0 (no limit) or more", cmd.CommandPath(), limit)
+			}
+			ctx := cmd.Context()
+			st, done, err := openRunStore(ctx, e)
+			if err != nil {
+				return err
+			}
+			defer done()
+			rows, err := st.Q().ListSecretSyncs(ctx, strings.TrimSpace(app), limit)
+			if err != nil {
+				return fmt.Errorf("secret history: %w", err)
+			}
+			if asJSON {
+				out := make([]secretSyncJSON, 0, len(rows))
+				for _, r := range rows {
+					j := secretSyncJSON{ID: r.ID, App: r.App, SecretName: r.SecretName, KeyID: r.KeyID, Result: r.Result,
+						FlyDigest: r.FlyDigest, RequestedBy: r.RequestedBy, Error: r.Error, At: stamp(r.At)}
+					if r.Result == store.SecretSet {
+						v := r.SecretsVersion
+						j.SecretsVersion = &v
+					}
+					out = append(out, j)
+				}
+				return writeJSON(e.stdout, out)
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "AT\tAPP\tRESULT\tKEY ID\tFLY DIGEST\tSECRETS VERSION\tREQUESTED BY\tERROR")
+			for _, r := range rows {
+				version, digest, errText := "-", r.FlyDigest, "-"
+				if r.Result == store.SecretSet {
+					version = fmt.Sprint(r.SecretsVersion)
+				}
+				if digest == "" {
+					digest = "-"
+				}
+				if r.Error != "" {
+					errText = oneLine(r.Error, 100)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.At), r.App, r.Result, r.KeyID, digest, version,
+					r.RequestedBy, errText)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&app, "app", "", "only this Fly app")
+	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many rows, newest first (0: all)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	return cmd
 }
