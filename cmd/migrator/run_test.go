@@ -830,6 +830,24 @@ func TestRunFollowChangeLines(t *testing.T) {
 	if len(lines) != 1 || !strings.HasSuffix(lines[0], "hermes-agent-7/m7 updating: deadline forced with 1 active agents after 2m40s") {
 		t.Errorf("forced: %q", lines)
 	}
+	// A machine moved without a drain says so, with the status, while it
+	// updates and when it is done.
+	s3 := s1
+	s3.InFlight = []store.MigrationView{s1.InFlight[0]}
+	und := store.Drain{Quiet: true, PolicyRule: "r", Outcome: store.DrainUndrainable, UndrainableStatus: 404, Undrainable: "recreate"}
+	s3.InFlight[0].State, s3.InFlight[0].Drain = store.StateUpdating, &und
+	lines = changeLines(&s1, s3, nil, later)
+	if len(lines) != 1 || !strings.HasSuffix(lines[0], "hermes-agent-7/m7 updating without a drain (drain endpoint HTTP 404; undrainable = recreate, loud)") {
+		t.Errorf("undrainable updating: %q", lines)
+	}
+	done := s3.InFlight[0]
+	done.State, done.Outcome, done.Error = store.StateDone, store.OutcomeMigrated, "moved without a drain: …"
+	s4 := s3
+	s4.InFlight = nil
+	lines = changeLines(&s3, s4, []store.MigrationView{done}, later)
+	if len(lines) != 1 || !strings.Contains(lines[0], "hermes-agent-7/m7 migrated (no drain: HTTP 404, loud): moved without a drain") {
+		t.Errorf("undrainable done: %q", lines)
+	}
 }
 
 // Where follow stops and what it says: nothing for a run that succeeded,
