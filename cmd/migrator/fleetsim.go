@@ -22,6 +22,7 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		seed              int64
 		scale, busy       float64
 		disableRateLimits bool
+		legacy, noSecret  int
 	)
 	cmd := &cobra.Command{
 		Use:   "fleetsim --apps N --listen 127.0.0.1:PORT",
@@ -36,7 +37,8 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			"GET /_sim/state, POST /_sim/faults and POST /_sim/control (Bearer FLY_API_TOKEN).",
 		Example: "  migrator fleetsim --apps 20 --listen 127.0.0.1:8719\n" +
 			"  migrator fleetsim --apps 5 --time-scale 10 > fleetsim.env & sleep 1; . ./fleetsim.env\n" +
-			"  migrator fleetsim --scenario faults.toml --listen 127.0.0.1:0 --seed 7",
+			"  migrator fleetsim --scenario faults.toml --listen 127.0.0.1:0 --seed 7\n" +
+			"  migrator fleetsim --apps 10 --legacy-apps 3 --unprovisioned-apps 8   # a fleet before enrolment",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := fleetsim.Config{Workload: fleetsim.Workload{BusyFraction: busy}}
@@ -70,6 +72,10 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			if flags.Changed("disable-rate-limits") {
 				cfg.DisableRateLimits = disableRateLimits
 			}
+			if legacy < 0 || noSecret < 0 {
+				return usagef("%s: --legacy-apps and --unprovisioned-apps must not be negative", cmd.CommandPath())
+			}
+			cfg.DayOne(legacy, noSecret)
 			switch {
 			case cfg.Apps < 1:
 				return usagef("%s: --apps must be at least 1, got %d", cmd.CommandPath(), cfg.Apps)
@@ -122,6 +128,8 @@ func newFleetsimCmd(e *env) *cobra.Command {
 	f.Float64Var(&busy, "busy-fraction", 0.2, "fraction of agents with work in flight at any time, in [0,1)")
 	f.StringVar(&scenario, "scenario", "", "TOML file describing the fleet, workload and faults")
 	f.BoolVar(&disableRateLimits, "disable-rate-limits", false, "do not enforce Fly's rate limits")
+	f.IntVar(&legacy, "legacy-apps", 0, "the first N apps run "+fleetsim.LegacyImage+", a Hermes without the drain route (404)")
+	f.IntVar(&noSecret, "unprovisioned-apps", 0, "the first N apps have no drain secret (401 until recreated after `migrator secret sync`)")
 	return cmd
 }
 
