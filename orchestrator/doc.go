@@ -78,6 +78,19 @@
 // machine, as without an idle wait (a broken dashboard is neither drained
 // blind nor deferred in silence).
 //
+//	decided ──drain POST 404/401 and undrainable=recreate (no drain)──▶ updating
+//
+// A drain POST answered 404 (no drain route: an older Hermes) or 401 (no
+// drain secret, or another one) fails the machine, unless the decision's
+// undrainable is "recreate" (policy setting, or the run's override from
+// `run create --undrainable recreate`): then decided goes straight to
+// updating, the drain outcome is "undrainable" with the status in the
+// machine's error, and the shutdown is loud (no marker). 403, 5xx and an
+// unreachable dashboard never take that path. Every update asks Fly for at
+// least the app secrets version `secret sync` last recorded
+// (min_secrets_version), since a machine sees app secrets only when it is
+// recreated.
+//
 // Each arrow is one write (store.Q.SaveStep: a single statement, or a
 // transaction when the machine frees its budget slot) of the machine's row
 // (guarded by its version, so a second execution of the same job cannot

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -263,6 +264,15 @@ func (s *step) finish(ctx context.Context, outcome, drainOutcome, errText string
 // finishDetail is finish with details for the outcome's event.
 func (s *step) finishDetail(ctx context.Context, outcome, errText string, detail map[string]any) (next, error) {
 	s.releaseLease(ctx)
+	if d := s.w.Drain; d != nil && d.Outcome == store.DrainUndrainable {
+		// Whatever the outcome, the audit keeps why there was no drain.
+		note := undrainableNote(d.UndrainableStatus)
+		if errText == "" {
+			errText = note
+		} else if !strings.HasPrefix(errText, note) {
+			errText = note + "; " + errText
+		}
+	}
 	s.m.Outcome = outcome
 	s.m.Error = errText
 	if err := s.transition(ctx, store.StateDone, detail); err != nil {
@@ -383,9 +393,14 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	if run.DeadlineOverride > 0 {
 		drainWait = run.DeadlineOverride
 	}
+	undrainable := d.Undrainable
+	if run.Undrainable != "" {
+		undrainable = policy.Undrainable(run.Undrainable)
+	}
 	s.w.Drain = &store.Drain{
 		MigrationID: s.m.ID, Quiet: d.Quiet, PolicyRule: d.Rule, PolicyVersion: d.Version,
 		OnDeadline: string(d.OnDeadline), MaxDeferrals: d.MaxDeferrals, DecidedAt: now, DeadlineAt: now.Add(drainWait),
+		Undrainable: string(undrainable),
 	}
 	if s.m.Peeks > 0 {
 		s.w.Drain.ActiveAgentsAtBegin = s.m.PeekActiveAgents
@@ -397,7 +412,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	}
 	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
 		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
-		"idle_wait": s.idleWait(d).String(), "peeks": s.m.Peeks}); err != nil {
+		"idle_wait": s.idleWait(d).String(), "peeks": s.m.Peeks, "undrainable": undrainable}); err != nil {
 		return next{}, err
 	}
 	if s.idleResult != "" {
@@ -669,11 +684,23 @@ func (s *step) begin(ctx context.Context) (next, error) {
 	d := s.w.Drain
 	echo, err := s.o.gw.Begin(ctx, s.target(), d.Quiet)
 	if err != nil {
+		code, undrainable := gateway.Undrainable(err)
+		if undrainable && d.Undrainable == string(policy.UndrainableRecreate) {
+			return s.recreateUndrainable(ctx, code)
+		}
+		hint := ""
+		if undrainable {
+			hint = "; undrainable = fail: not recreated without a drain (see fleet check, secret sync, run create --undrainable)"
+		}
 		if gateway.IsPermanent(err) {
-			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway refused the drain: %v", err))
+			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway refused the drain: %v%s", err, hint))
 		}
 		if s.now().Sub(d.DecidedAt) > s.o.cfg.GatewayGrace {
-			return s.abortBeforeUpdate(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway unreachable for %s: %v", s.o.cfg.GatewayGrace, err))
+			what := "gateway unreachable"
+			if undrainable {
+				what = "no drain endpoint" // a 404 is retried within the grace: a proxy may answer so for a moment
+			}
+			return s.abortBeforeUpdate(ctx, store.OutcomeFailed, "", fmt.Sprintf("%s for %s: %v%s", what, s.o.cfg.GatewayGrace, err, hint))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
@@ -692,6 +719,37 @@ func (s *step) begin(ctx context.Context) (next, error) {
 	}
 	// The gateway's watcher notices the marker within about a second.
 	return wait(min(s.o.cfg.PollInterval, time.Second)), nil
+}
+
+// recreateUndrainable moves a machine whose drain endpoint answered 404 (no
+// drain route) or 401 (no secret, or another one) without a drain, as
+// undrainable = recreate asks: there is no marker, so the shutdown is loud.
+// One status read records how many turns the recreate will cut off.
+func (s *step) recreateUndrainable(ctx context.Context, code int) (next, error) {
+	d := s.w.Drain
+	d.Outcome = store.DrainUndrainable
+	d.UndrainableStatus = code
+	detail := map[string]any{"drain": d.Outcome, "status": code}
+	if st, err := s.o.gw.Status(ctx, s.target()); err == nil {
+		active := st.ActiveAgents
+		d.LastStatusAt, d.LastGatewayState, d.LastActiveAgents = s.now(), st.State, &active
+		d.ActiveAgentsAtRecreate = &active
+		detail["active_agents"] = active
+	}
+	s.m.Error = undrainableNote(code)
+	s.log.Warn("drain endpoint refused; recreating without a drain (undrainable = recreate)", "status", code)
+	return next{}, s.transition(ctx, store.StateUpdating, detail)
+}
+
+// undrainableNote is the machine's error text for a move without a drain:
+// the audit finds every such agent by drain_outcome 'undrainable' and reads
+// the status here.
+func undrainableNote(code int) string {
+	why := "no drain route"
+	if code == http.StatusUnauthorized {
+		why = "drain secret refused"
+	}
+	return fmt.Sprintf("moved without a drain: drain endpoint answered HTTP %d (%s); undrainable = recreate", code, why)
 }
 
 // draining: poll until quiescent, the gateway is down, or the deadline.
@@ -834,8 +892,18 @@ func (s *step) update(ctx context.Context) (next, error) {
 	if n, ok, err := s.keepLease(ctx); !ok {
 		return n, err
 	}
+	// The new instance gets at least the app secrets migrator last wrote
+	// (`secret sync`): a machine sees app secrets only when recreated.
+	var opts []flymachines.UpdateOption
+	secretsVersion, err := s.o.store.Q().AppSecretsVersion(ctx, s.m.App)
+	if err != nil {
+		return next{}, err
+	}
+	if secretsVersion > 0 {
+		opts = append(opts, flymachines.WithMinSecretsVersion(secretsVersion))
+	}
 	before := s.now()
-	res, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.ToImage, s.m.LeaseNonce)
+	res, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.ToImage, s.m.LeaseNonce, opts...)
 	if err != nil {
 		return s.flyError(ctx, "update machine", err)
 	}
@@ -860,7 +928,11 @@ func (s *step) update(ctx context.Context) (next, error) {
 	if s.w.Drain != nil {
 		s.w.Drain.RecreatedAt = updatedAt
 	}
-	if err := s.transition(ctx, store.StateVerifying, map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched}); err != nil {
+	detail := map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched}
+	if secretsVersion > 0 {
+		detail["min_secrets_version"] = secretsVersion
+	}
+	if err := s.transition(ctx, store.StateVerifying, detail); err != nil {
 		return next{}, err
 	}
 	// A new instance takes seconds to boot and pass its checks: look first
@@ -1002,6 +1074,9 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 			// instance left it stopped.
 			put = s.o.fly.RollbackImage
 		}
+		// No min_secrets_version: the old image needs no secret synced for
+		// the new one, and a version Fly refused (412) would refuse the
+		// rollback too.
 		if _, err := put(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
 			if retryable(ctx, err) && (!late || ctx.Err() != nil) {
 				s.persistCalls(ctx)

@@ -38,9 +38,12 @@ type RunRequest struct {
 	// IdleWaitOverride replaces the policy's idle wait (0: begin at once);
 	// nil: the policy's.
 	IdleWaitOverride *time.Duration
-	RequestedBy      string
-	Reason           string
-	IdempotencyKey   string
+	// Undrainable overrides the policy's undrainable setting for the run
+	// (`run create --undrainable`); empty: the policy decides.
+	Undrainable    policy.Undrainable
+	RequestedBy    string
+	Reason         string
+	IdempotencyKey string
 }
 
 // PlannedMachine is one machine a run would move, with what the policy
@@ -81,6 +84,41 @@ func MaxUnavailable(spec string, n int) (int, error) {
 // (see orderByExpectedDrain), with canary machines picked among the
 // quickest drainers. A selector that matches nothing is ErrNothingSelected.
 func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image string, canary int) ([]PlannedMachine, error) {
+	machines, err := SelectMachines(ctx, o.fly, sel)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PlannedMachine, 0, len(machines))
+	for _, m := range machines {
+		out = append(out, PlannedMachine{Machine: m, UpToDate: m.Image == image})
+	}
+	keys := make([]store.MachineKey, 0, len(out))
+	for _, pm := range out {
+		if !pm.UpToDate {
+			keys = append(keys, store.MachineKey{App: pm.App, MachineID: pm.ID})
+		}
+	}
+	est, err := o.store.Q().DrainEstimates(ctx, keys, DrainHistory)
+	if err != nil {
+		return nil, err
+	}
+	orderByExpectedDrain(out, est)
+	pickCanaries(out, canary)
+	return out, nil
+}
+
+// Lister is what selecting machines needs of the Machines API.
+type Lister interface {
+	ListApps(ctx context.Context, org string) ([]flymachines.App, error)
+	ListMachines(ctx context.Context, app string) ([]flymachines.Machine, error)
+}
+
+// SelectMachines lists, through Fly, the machines sel matches, in app and
+// machine-list order: the org's apps by prefix or regex (or the named
+// apps), then the machine ids and labels asked for; destroyed machines are
+// left out. Runs, `fleet check` and `secret sync` select with it. A
+// selector that matches nothing is ErrNothingSelected.
+func SelectMachines(ctx context.Context, fly Lister, sel store.Selector) ([]flymachines.Machine, error) {
 	var appRe *regexp.Regexp
 	if sel.AppRegex != "" {
 		var err error
@@ -97,7 +135,7 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 		if sel.Org == "" {
 			return nil, errors.New("selector needs an org or explicit apps")
 		}
-		all, err := o.fly.ListApps(ctx, sel.Org)
+		all, err := fly.ListApps(ctx, sel.Org)
 		if err != nil {
 			return nil, fmt.Errorf("list apps of org %s: %w", sel.Org, err)
 		}
@@ -119,7 +157,7 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			perApp[i], errs[i] = o.fly.ListMachines(ctx, app)
+			perApp[i], errs[i] = fly.ListMachines(ctx, app)
 			if errs[i] != nil {
 				errs[i] = fmt.Errorf("list machines of %s: %w", app, errs[i])
 			}
@@ -129,7 +167,7 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	var out []PlannedMachine
+	var out []flymachines.Machine
 	for _, ms := range perApp {
 		for _, m := range ms {
 			if len(sel.MachineIDs) > 0 && !slices.Contains(sel.MachineIDs, m.ID) {
@@ -138,24 +176,12 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 			if !labelsMatch(m.Labels, sel.Labels) || m.State == "destroyed" || m.State == "destroying" {
 				continue
 			}
-			out = append(out, PlannedMachine{Machine: m, UpToDate: m.Image == image})
+			out = append(out, m)
 		}
 	}
 	if len(out) == 0 {
 		return nil, ErrNothingSelected
 	}
-	keys := make([]store.MachineKey, 0, len(out))
-	for _, pm := range out {
-		if !pm.UpToDate {
-			keys = append(keys, store.MachineKey{App: pm.App, MachineID: pm.ID})
-		}
-	}
-	est, err := o.store.Q().DrainEstimates(ctx, keys, DrainHistory)
-	if err != nil {
-		return nil, err
-	}
-	orderByExpectedDrain(out, est)
-	pickCanaries(out, canary)
 	return out, nil
 }
 
@@ -274,6 +300,7 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	r := store.Run{Cause: string(req.Cause), TargetImage: target, Image: req.Image, Selector: req.Selector,
 		MaxUnavailable: maxUnavail, MaxUnavailableSpec: req.MaxUnavailable, Canary: req.Canary,
 		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride, IdleWaitOverride: req.IdleWaitOverride,
+		Undrainable: string(req.Undrainable),
 		RequestedBy: req.RequestedBy, Reason: req.Reason, IdempotencyKey: req.IdempotencyKey,
 		State: store.RunRunning, PolicyVersion: o.pol.Version()}
 	var out store.Run

@@ -18,8 +18,8 @@ type Fly interface {
 	RefreshLease(ctx context.Context, app, id, nonce string, ttl time.Duration) (flymachines.Lease, error)
 	ReleaseLease(ctx context.Context, app, id, nonce string) error
 	FindLease(ctx context.Context, app, id string) (flymachines.Lease, error)
-	UpdateImage(ctx context.Context, app, id, image, nonce string) (flymachines.UpdateResult, error)
-	RollbackImage(ctx context.Context, app, id, image, nonce string) (flymachines.UpdateResult, error)
+	UpdateImage(ctx context.Context, app, id, image, nonce string, opts ...flymachines.UpdateOption) (flymachines.UpdateResult, error)
+	RollbackImage(ctx context.Context, app, id, image, nonce string, opts ...flymachines.UpdateOption) (flymachines.UpdateResult, error)
 	WaitOnce(ctx context.Context, app, id, instanceID, state string, timeout time.Duration) (bool, error)
 	Inspect(ctx context.Context, app, id string, since time.Time) (flymachines.Machine, flymachines.Health, error)
 }

@@ -81,8 +81,8 @@ type slowAfterUpdate struct {
 	pause time.Duration
 }
 
-func (s slowAfterUpdate) UpdateImage(ctx context.Context, app, id, image, nonce string) (flymachines.UpdateResult, error) {
-	res, err := s.Client.UpdateImage(ctx, app, id, image, nonce)
+func (s slowAfterUpdate) UpdateImage(ctx context.Context, app, id, image, nonce string, opts ...flymachines.UpdateOption) (flymachines.UpdateResult, error) {
+	res, err := s.Client.UpdateImage(ctx, app, id, image, nonce, opts...)
 	time.Sleep(s.pause)
 	return res, err
 }

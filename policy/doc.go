@@ -59,6 +59,7 @@
 //	window = "Mon-Fri 02:00-05:00 America/New_York" # "always" = no window
 //	idle_wait = "30m"                              # 0s .. 24h; "0s" = begin at once
 //	on_busy = "defer"                              # "defer" or "drain"
+//	undrainable = "fail"                           # or "recreate" (below)
 //
 //	[causes.operator]
 //	wait = "20m"
@@ -79,6 +80,13 @@
 //	match = { hermes_canary = "true" }
 //	wait = "5m"
 //	on_deadline = "force"
+//
+// undrainable says what happens to an agent that cannot be drained yet (its
+// drain endpoint answers 404: a Hermes without the drain route; or 401: it
+// does not hold its drain secret, until its next recreate after `secret
+// sync`): "fail" (the default) fails its migration and never recreates it
+// blind; "recreate" recreates it without a drain, loud by necessity. It is
+// left out of the version when "fail" in a cause, so older files keep theirs.
 //
 // A wait beyond the gateway drain marker's one-hour expiry is allowed: the
 // orchestrator refreshes the marker while it waits.

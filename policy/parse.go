@@ -145,7 +145,7 @@ func (d *decoder) policy(raw map[string]any) (*Policy, error) {
 	return p, nil
 }
 
-const settingKeys = "quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy"
+const settingKeys = "quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, undrainable"
 
 func (d *decoder) causes(v any, p *Policy) error {
 	path := []string{"causes"}
@@ -212,6 +212,16 @@ func (d *decoder) setting(path []string, where, k string, v any, o *Rule) (bool,
 			return bad(`%q: want "force" or "defer"`, s)
 		}
 		o.OnDeadline = &od
+	case "undrainable":
+		s, ok := v.(string)
+		if !ok {
+			return bad(`want "fail" or "recreate", got %s`, describe(v))
+		}
+		u, err := ParseUndrainable(s)
+		if err != nil {
+			return bad(`%q: want "fail" or "recreate"`, s)
+		}
+		o.Undrainable = &u
 	case "max_deferrals":
 		n, ok := v.(int64)
 		if !ok {

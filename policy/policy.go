@@ -57,6 +57,31 @@ const (
 	Defer OnDeadline = "defer"
 )
 
+// Undrainable is what happens to an agent that cannot be drained yet: its
+// drain endpoint answers 404 (a Hermes without the drain route) or 401 (it
+// does not hold its drain secret, e.g. until its next recreate after
+// `secret sync`).
+type Undrainable string
+
+const (
+	// UndrainableFail fails the machine's migration: it is never recreated
+	// blind. The default.
+	UndrainableFail Undrainable = "fail"
+	// UndrainableRecreate recreates it without a drain: loud by necessity
+	// (no marker, so the gateway broadcasts), recorded as drain outcome
+	// "undrainable" with the status code.
+	UndrainableRecreate Undrainable = "recreate"
+)
+
+// ParseUndrainable reads "fail" or "recreate".
+func ParseUndrainable(s string) (Undrainable, error) {
+	switch Undrainable(s) {
+	case UndrainableFail, UndrainableRecreate:
+		return Undrainable(s), nil
+	}
+	return "", fmt.Errorf("undrainable %q: want \"fail\" or \"recreate\"", s)
+}
+
 func parseOnDeadline(s string) (OnDeadline, error) {
 	switch OnDeadline(s) {
 	case Force, Defer:
@@ -106,6 +131,9 @@ type Settings struct {
 	// look; OnBusy says what happens when none came.
 	IdleWait time.Duration
 	OnBusy   OnBusy
+	// Undrainable: what to do when the drain endpoint answers 404 or 401.
+	// Empty means UndrainableFail.
+	Undrainable Undrainable
 }
 
 // Decision is the policy's answer for one machine at one moment.
@@ -145,6 +173,8 @@ type Decision struct {
 	Window     string
 	// Version identifies the effective policy that decided (Policy.Version).
 	Version string
+	// Undrainable is fail or recreate (see Undrainable).
+	Undrainable Undrainable
 }
 
 // Rule overrides a cause's settings for the machines it selects. A nil
@@ -166,6 +196,7 @@ type Rule struct {
 	Window       *Window
 	IdleWait     *time.Duration
 	OnBusy       *OnBusy
+	Undrainable  *Undrainable
 }
 
 // mismatch returns why r does not select the machine, "" if it does.
@@ -277,6 +308,9 @@ func (r Rule) apply(s Settings) Settings {
 	if r.OnBusy != nil {
 		s.OnBusy = *r.OnBusy
 	}
+	if r.Undrainable != nil {
+		s.Undrainable = *r.Undrainable
+	}
 	return s
 }
 
@@ -292,6 +326,7 @@ func (r Rule) clone() Rule {
 	c.Window = clonePtr(r.Window)
 	c.IdleWait = clonePtr(r.IdleWait)
 	c.OnBusy = clonePtr(r.OnBusy)
+	c.Undrainable = clonePtr(r.Undrainable)
 	return c
 }
 
@@ -401,14 +436,18 @@ func (p *Policy) Explain(c Cause, m Machine, now time.Time) Explanation {
 		}
 	}
 	d := Decision{
-		Quiet:      s.Quiet,
-		Rule:       rule,
-		Wait:       s.Wait,
-		Deadline:   now.Add(s.Wait),
-		OnDeadline: s.OnDeadline,
-		IdleWait:   s.IdleWait,
-		OnBusy:     s.OnBusy,
-		Version:    p.version,
+		Quiet:       s.Quiet,
+		Rule:        rule,
+		Wait:        s.Wait,
+		Deadline:    now.Add(s.Wait),
+		OnDeadline:  s.OnDeadline,
+		IdleWait:    s.IdleWait,
+		OnBusy:      s.OnBusy,
+		Version:     p.version,
+		Undrainable: s.Undrainable,
+	}
+	if d.Undrainable == "" {
+		d.Undrainable = UndrainableFail
 	}
 	if s.defers() {
 		d.MaxDeferrals = s.MaxDeferrals
@@ -445,6 +484,9 @@ type canonSettings struct {
 	Window       string `json:"window,omitempty"`
 	IdleWaitNS   *int64 `json:"idle_wait_ns,omitempty"`
 	OnBusy       string `json:"on_busy,omitempty"`
+	// Undrainable is left out when it is "fail" (the default), so policies
+	// written before the setting existed keep their version.
+	Undrainable string `json:"undrainable,omitempty"`
 }
 
 type canonRule struct {
@@ -473,6 +515,7 @@ func (p *Policy) computeVersion() string {
 		doc.Causes = append(doc.Causes, canonSettings{
 			Cause: string(c), Quiet: &s.Quiet, WaitNS: &w, OnDeadline: string(s.OnDeadline),
 			MaxDeferrals: &s.MaxDeferrals, Window: s.Window.String(), IdleWaitNS: &iw, OnBusy: string(s.OnBusy),
+			Undrainable: canonUndrainable(s.Undrainable),
 		})
 	}
 	for _, r := range p.rules {
@@ -500,6 +543,10 @@ func (p *Policy) computeVersion() string {
 		if r.OnBusy != nil {
 			cr.Set.OnBusy = string(*r.OnBusy)
 		}
+		if r.Undrainable != nil {
+			// A rule that sets "fail" differs from one that inherits.
+			cr.Set.Undrainable = string(*r.Undrainable)
+		}
 		doc.Rules = append(doc.Rules, cr)
 	}
 	b, err := json.Marshal(doc)
@@ -508,4 +555,11 @@ func (p *Policy) computeVersion() string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:6])
+}
+
+func canonUndrainable(u Undrainable) string {
+	if u == UndrainableFail {
+		return ""
+	}
+	return string(u)
 }

@@ -35,6 +35,9 @@ type HistoryFilter struct {
 	// BusyDeferred keeps machines deferred because their agent was never
 	// idle within the idle wait (deferred, never drained, after peeks).
 	BusyDeferred bool
+	// Undrainable keeps machines moved without a drain (drain endpoint
+	// 404/401 under undrainable = recreate).
+	Undrainable bool
 	// Limit caps the rows; 0 means no limit.
 	Limit int
 }
@@ -149,6 +152,9 @@ func historySQL(f HistoryFilter) (string, []any, error) {
 		// Served by the (outcome, created_at) index; a drain never begun
 		// has no drain outcome.
 		add("outcome = $%d AND drain_outcome IS NULL AND peeks > 0", OutcomeDeferred)
+	}
+	if f.Undrainable {
+		add("drain_outcome = $%d", DrainUndrainable)
 	}
 	var b strings.Builder
 	b.WriteString(`SELECT ` + strings.Join(HistoryColumns, ", ") + ` FROM drain_history`)

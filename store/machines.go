@@ -24,18 +24,21 @@ const (
 
 // Outcomes of a machine migration.
 const (
-	OutcomeMigrated         = "migrated"
-	OutcomeRolledBack       = "rolled_back"
-	OutcomeFailed           = "failed"
-	OutcomeSkippedUpToDate  = "skipped_up_to_date"
-	OutcomeDeferred         = "deferred"
-	OutcomeCancelled        = "cancelled"
-	DrainQuiesced           = "quiesced"
-	DrainDeadlineForced     = "deadline_forced"
-	DrainDeadlineDeferred   = "deadline_deferred"
-	DrainGatewayDown        = "gateway_down"
-	DrainCancelled          = "cancelled"
-	DrainFailed             = "failed"
+	OutcomeMigrated        = "migrated"
+	OutcomeRolledBack      = "rolled_back"
+	OutcomeFailed          = "failed"
+	OutcomeSkippedUpToDate = "skipped_up_to_date"
+	OutcomeDeferred        = "deferred"
+	OutcomeCancelled       = "cancelled"
+	DrainQuiesced          = "quiesced"
+	DrainDeadlineForced    = "deadline_forced"
+	DrainDeadlineDeferred  = "deadline_deferred"
+	DrainGatewayDown       = "gateway_down"
+	DrainCancelled         = "cancelled"
+	DrainFailed            = "failed"
+	// DrainUndrainable: the drain endpoint answered 404 or 401 and the
+	// decision was undrainable = recreate: moved without a drain.
+	DrainUndrainable        = "undrainable"
 	fleetSlotAdvisoryLockID = 7_372_690_001
 )
 
@@ -109,6 +112,12 @@ type Drain struct {
 	// ActiveAgentsAtBegin: the last peek's active_agents, or without a peek
 	// the first status read after the begin.
 	ActiveAgentsAtBegin *int
+	// Undrainable is the decision for a drain endpoint answering 404/401:
+	// "fail" or "recreate" (policy.Undrainable). Empty reads as "fail".
+	Undrainable string
+	// UndrainableStatus is the status the endpoint answered when the
+	// machine was moved without a drain; 0 otherwise.
+	UndrainableStatus int
 }
 
 const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, m.private_ip, m.labels, m.canary,
@@ -120,7 +129,8 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
 	d.begins, d.last_status_at, d.last_gateway_state, d.last_active_agents, d.quiesced_at, d.deadline_reached_at,
-	d.active_agents_at_recreate, d.recreated_at, coalesce(d.outcome, ''), d.active_agents_at_begin`
+	d.active_agents_at_recreate, d.recreated_at, coalesce(d.outcome, ''), d.active_agents_at_begin, d.undrainable,
+	d.undrainable_status`
 
 // migrationTimes receives the nullable times of a migration row.
 type migrationTimes struct{ nb, lease, upd, started, finished, firstPeek, lastPeek *time.Time }
@@ -153,12 +163,15 @@ type nullDrain struct {
 	deadlineReached, recreated                                         *time.Time
 	echoed                                                             *bool
 	lastActive, activeAtRecreate, activeAtBegin                        *int
+	undrainable                                                        *string
+	undrainableStatus                                                  *int
 }
 
 func (n *nullDrain) dest() []any {
 	return []any{&n.id, &n.quiet, &n.rule, &n.version, &n.onDeadline, &n.maxDeferrals, &n.decided, &n.deadline,
 		&n.echoed, &n.gwReq, &n.started, &n.lastBegin, &n.begins, &n.lastStatus, &n.lastState, &n.lastActive,
-		&n.quiesced, &n.deadlineReached, &n.activeAtRecreate, &n.recreated, &n.outcome, &n.activeAtBegin}
+		&n.quiesced, &n.deadlineReached, &n.activeAtRecreate, &n.recreated, &n.outcome, &n.activeAtBegin,
+		&n.undrainable, &n.undrainableStatus}
 }
 
 func (n *nullDrain) drain() *Drain {
@@ -173,8 +186,15 @@ func (n *nullDrain) drain() *Drain {
 		LastStatusAt: fromNullTime(n.lastStatus), LastGatewayState: *n.lastState, LastActiveAgents: n.lastActive,
 		QuiescedAt: fromNullTime(n.quiesced), DeadlineReachedAt: fromNullTime(n.deadlineReached),
 		ActiveAgentsAtRecreate: n.activeAtRecreate, RecreatedAt: fromNullTime(n.recreated), Outcome: *n.outcome,
-		ActiveAgentsAtBegin: n.activeAtBegin,
+		ActiveAgentsAtBegin: n.activeAtBegin, Undrainable: *n.undrainable, UndrainableStatus: derefInt(n.undrainableStatus),
 	}
+}
+
+func derefInt(p *int) int {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
 
 // MachineWork is what one execution of a machine job needs, read in one query.
@@ -199,12 +219,12 @@ func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) 
 	dest = append(dest, nd.dest()...)
 	dest = append(dest, &r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
-		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt, &idle)
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt, &idle, &r.Undrainable)
 	err := q.db.QueryRow(ctx, `SELECT `+migrationColumns+`, `+drainColumns+`, r.id, r.cause, r.target_image, r.image,
 			r.selector, r.max_unavailable, r.max_unavailable_spec, r.canary, r.failure_threshold,
 			coalesce(extract(epoch from r.deadline_override), 0)::float8, r.requested_by, r.reason,
 			coalesce(r.idempotency_key, ''), r.state, r.state_reason, r.policy_version, r.created_at, r.started_at,
-			r.finished_at, r.updated_at, extract(epoch from r.idle_wait_override)::float8
+			r.finished_at, r.updated_at, extract(epoch from r.idle_wait_override)::float8, coalesce(r.undrainable, '')
 		FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE m.id = $1`, id).Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -291,7 +311,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		nullTime(dd.QuiescedAt), nullTime(dd.DeadlineReachedAt), dd.ActiveAgentsAtRecreate, nullTime(dd.RecreatedAt),
 		drainOutcome,
 		m.RunID, ev.at, ev.kinds, ev.targets, ev.methods, ev.statuses, ev.reqIDs, ev.durations, ev.errs, ev.details,
-		nullTime(m.FirstPeekAt), m.Peeks, m.PeekActiveAgents, dd.ActiveAgentsAtBegin, nullTime(m.LastPeekAt))
+		nullTime(m.FirstPeekAt), m.Peeks, m.PeekActiveAgents, dd.ActiveAgentsAtBegin, nullTime(m.LastPeekAt),
+		undrainableOf(dd), nullInt(dd.UndrainableStatus))
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -304,7 +325,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 
 // saveStepSQL: $1-$18 the machine, $19 whether there is a drain, $20-$39 the
 // drain, $40 the run, $41-$49 the events as arrays, $50-$52 and $54 the
-// machine's peeks, $53 the drain's active_agents_at_begin. The drain and the events
+// machine's peeks, $53 the drain's active_agents_at_begin, $55-$56 the drain's
+// undrainable decision and status. The drain and the events
 // are written only when the machine's version guard held.
 const saveStepSQL = `
 WITH m AS (
@@ -322,8 +344,9 @@ WITH m AS (
 	INSERT INTO drains (migration_id, quiet, policy_rule, policy_version, on_deadline, max_deferrals,
 		decided_at, deadline_at, suppression_echoed, gateway_requested_at, started_at, last_begin_at, begins,
 		last_status_at, last_gateway_state, last_active_agents, quiesced_at, deadline_reached_at,
-		active_agents_at_recreate, recreated_at, outcome, active_agents_at_begin)
-	SELECT m.id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $53
+		active_agents_at_recreate, recreated_at, outcome, active_agents_at_begin, undrainable, undrainable_status)
+	SELECT m.id, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39,
+		$53, $55, $56
 	FROM m WHERE $19
 	ON CONFLICT (migration_id) DO UPDATE SET
 		suppression_echoed = EXCLUDED.suppression_echoed, gateway_requested_at = EXCLUDED.gateway_requested_at,
@@ -332,7 +355,8 @@ WITH m AS (
 		last_active_agents = EXCLUDED.last_active_agents, quiesced_at = EXCLUDED.quiesced_at,
 		deadline_reached_at = EXCLUDED.deadline_reached_at,
 		active_agents_at_recreate = EXCLUDED.active_agents_at_recreate, recreated_at = EXCLUDED.recreated_at,
-		outcome = EXCLUDED.outcome, active_agents_at_begin = EXCLUDED.active_agents_at_begin
+		outcome = EXCLUDED.outcome, active_agents_at_begin = EXCLUDED.active_agents_at_begin,
+		undrainable_status = EXCLUDED.undrainable_status
 	RETURNING 1
 ), e AS (
 	INSERT INTO events (at, run_id, migration_id, kind, target, http_method, http_status, request_id, duration_ms, error, detail)
@@ -343,3 +367,19 @@ WITH m AS (
 	RETURNING 1
 )
 SELECT 1 FROM m`
+
+// undrainableOf is the drain's undrainable decision as stored ("fail" when
+// unset).
+func undrainableOf(d Drain) string {
+	if d.Undrainable == "" {
+		return "fail"
+	}
+	return d.Undrainable
+}
+
+func nullInt(v int) *int {
+	if v == 0 {
+		return nil
+	}
+	return &v
+}

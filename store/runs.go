@@ -51,22 +51,25 @@ type Run struct {
 	// IdleWaitOverride replaces the policy's idle wait for this run (0:
 	// begin at once); nil: the policy's.
 	IdleWaitOverride *time.Duration
-	RequestedBy      string
-	Reason           string
-	IdempotencyKey   string
-	State            string
-	StateReason      string
-	PolicyVersion    string
-	CreatedAt        time.Time
-	StartedAt        time.Time
-	FinishedAt       time.Time
-	UpdatedAt        time.Time
+	// Undrainable overrides the policy's undrainable decision for every
+	// machine of the run ("fail" or "recreate"); empty: the policy decides.
+	Undrainable    string
+	RequestedBy    string
+	Reason         string
+	IdempotencyKey string
+	State          string
+	StateReason    string
+	PolicyVersion  string
+	CreatedAt      time.Time
+	StartedAt      time.Time
+	FinishedAt     time.Time
+	UpdatedAt      time.Time
 }
 
 const runColumns = `id, cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
 	failure_threshold, coalesce(extract(epoch from deadline_override), 0)::float8, requested_by, reason,
 	coalesce(idempotency_key, ''), state, state_reason, policy_version, created_at, started_at, finished_at, updated_at,
-	extract(epoch from idle_wait_override)::float8`
+	extract(epoch from idle_wait_override)::float8, coalesce(undrainable, '')`
 
 func scanRun(row pgx.Row) (Run, error) {
 	var r Run
@@ -76,7 +79,7 @@ func scanRun(row pgx.Row) (Run, error) {
 	var idle *float64
 	err := row.Scan(&r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
-		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &started, &finished, &r.UpdatedAt, &idle)
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &started, &finished, &r.UpdatedAt, &idle, &r.Undrainable)
 	if err != nil {
 		return Run{}, err
 	}
@@ -131,13 +134,14 @@ func (q *Q) CreateRun(ctx context.Context, r Run, machines []NewMachine) (Run, b
 	row := q.db.QueryRow(ctx, `
 		INSERT INTO runs (cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
 			failure_threshold, deadline_override, requested_by, reason, idempotency_key, state, state_reason,
-			policy_version, started_at, idle_wait_override)
+			policy_version, started_at, idle_wait_override, undrainable)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::interval, $10, $11, $12, $13, $14, $15,
-			CASE WHEN $13 = 'running' THEN now() END, $16::interval)
+			CASE WHEN $13 = 'running' THEN now() END, $16::interval, $17)
 		ON CONFLICT (idempotency_key) DO NOTHING
 		RETURNING `+runColumns,
 		r.Cause, r.TargetImage, r.Image, sel, r.MaxUnavailable, r.MaxUnavailableSpec, r.Canary,
-		r.FailureThreshold, deadline, r.RequestedBy, r.Reason, key, state, r.StateReason, r.PolicyVersion, idle)
+		r.FailureThreshold, deadline, r.RequestedBy, r.Reason, key, state, r.StateReason, r.PolicyVersion, idle,
+		nullString(r.Undrainable))
 	created, err := scanRun(row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		existing, err := q.RunByIdempotencyKey(ctx, r.IdempotencyKey)

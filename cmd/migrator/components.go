@@ -134,6 +134,9 @@ func loadPolicy(e *env) (*policy.Policy, error) {
 type needs struct {
 	fleet   bool // Fly API (planning, serve)
 	gateway bool // agents' drain endpoints (serve)
+	// noStore: the command writes and reads nothing in Postgres (fleet
+	// check), so it needs no DATABASE_URL; store and orch stay nil.
+	noStore bool
 	// flyCalls and gatewayCalls hear of every HTTP attempt of the adapters
 	// (serve's metrics). Optional.
 	flyCalls, gatewayCalls callrec.Observer
@@ -167,19 +170,19 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 	}
 	var gw orchestrator.Gateway
 	if n.gateway {
-		key := e.getenv(drainKeyEnv)
-		if key == "" {
-			return nil, usagef("%s is not set: set it to the control-plane drain key (at least %d bytes)", drainKeyEnv, drainsecret.MinKeyBytes)
-		}
-		if err := drainsecret.CheckKey([]byte(key)); err != nil {
-			return nil, usagef("%s: %v", drainKeyEnv, err)
+		key, err := drainKey(e)
+		if err != nil {
+			return nil, err
 		}
 		tmpl := strings.TrimSpace(e.getenv(gatewayURLEnv))
-		c.gw, err = gateway.New(gateway.Config{URLTemplate: tmpl, DrainKey: []byte(key), Logger: log, Observe: n.gatewayCalls})
+		c.gw, err = gateway.New(gateway.Config{URLTemplate: tmpl, DrainKey: key, Logger: log, Observe: n.gatewayCalls})
 		if err != nil {
 			return nil, usagef("%s: %v", gatewayURLEnv, err)
 		}
 		gw = c.gw
+	}
+	if n.noStore {
+		return c, nil
 	}
 	if c.pool, err = openDatabase(ctx, e, store.WithMaxConns(orchestrator.PoolSize(c.workers))); err != nil {
 		return nil, err
@@ -192,6 +195,19 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 		return nil, usagef("%v", err)
 	}
 	return c, nil
+}
+
+// drainKey reads MIGRATOR_DRAIN_KEY; missing or short is a configuration
+// error that never shows the key.
+func drainKey(e *env) ([]byte, error) {
+	key := e.getenv(drainKeyEnv)
+	if key == "" {
+		return nil, usagef("%s is not set: set it to the control-plane drain key (at least %d bytes)", drainKeyEnv, drainsecret.MinKeyBytes)
+	}
+	if err := drainsecret.CheckKey([]byte(key)); err != nil {
+		return nil, usagef("%s: %v", drainKeyEnv, err)
+	}
+	return []byte(key), nil
 }
 
 // principal is who a person's command is recorded as: MIGRATOR_PRINCIPAL,

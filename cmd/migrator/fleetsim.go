@@ -25,6 +25,7 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		activity          bool
 		turnsPerHour      float64
 		longTaskShare     float64
+		legacy, noSecret  int
 	)
 	cmd := &cobra.Command{
 		Use:   "fleetsim --apps N --listen 127.0.0.1:PORT",
@@ -46,7 +47,8 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		Example: "  migrator fleetsim --apps 20 --listen 127.0.0.1:8719\n" +
 			"  migrator fleetsim --apps 5 --time-scale 10 > fleetsim.env & sleep 1; . ./fleetsim.env\n" +
 			"  migrator fleetsim --scenario faults.toml --listen 127.0.0.1:0 --seed 7\n" +
-			"  migrator fleetsim --apps 200 --activity --turns-per-hour 4 --time-scale 10",
+			"  migrator fleetsim --apps 200 --activity --turns-per-hour 4 --time-scale 10\n" +
+			"  migrator fleetsim --apps 10 --legacy-apps 3 --unprovisioned-apps 8   # a fleet before enrolment",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := fleetsim.Config{Workload: fleetsim.Workload{BusyFraction: busy}}
@@ -100,6 +102,10 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			} else if cfg.Workload.Activity != nil && flags.Changed("busy-fraction") {
 				return usagef("%s: --busy-fraction: the scenario has an [activity] section", cmd.CommandPath())
 			}
+			if legacy < 0 || noSecret < 0 {
+				return usagef("%s: --legacy-apps and --unprovisioned-apps must not be negative", cmd.CommandPath())
+			}
+			cfg.DayOne(legacy, noSecret)
 			switch {
 			case cfg.Apps < 1:
 				return usagef("%s: --apps must be at least 1, got %d", cmd.CommandPath(), cfg.Apps)
@@ -159,6 +165,8 @@ func newFleetsimCmd(e *env) *cobra.Command {
 	f.Float64Var(&longTaskShare, "long-task-share", fleetsim.DefaultLongTaskShare, "with --activity: share of agents in a multi-hour task at the start")
 	f.StringVar(&scenario, "scenario", "", "TOML file describing the fleet, workload and faults")
 	f.BoolVar(&disableRateLimits, "disable-rate-limits", false, "do not enforce Fly's rate limits")
+	f.IntVar(&legacy, "legacy-apps", 0, "the first N apps run "+fleetsim.LegacyImage+", a Hermes without the drain route (404)")
+	f.IntVar(&noSecret, "unprovisioned-apps", 0, "the first N apps have no drain secret (401 until recreated after `migrator secret sync`)")
 	return cmd
 }
 

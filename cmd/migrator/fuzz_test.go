@@ -42,8 +42,8 @@ func FuzzRunCreateFlags(f *testing.F) {
 		return ""
 	}}
 	f.Fuzz(func(t *testing.T, cause, image, label, maxUnavailable, deadline, appRegex, app string) {
-		flags := runCreateFlags{cause: cause, image: image, labels: []string{label, "extra=1"}, maxUnavailable: maxUnavailable,
-			deadline: deadline, appRegex: appRegex}
+		flags := runCreateFlags{cause: cause, image: image, maxUnavailable: maxUnavailable, deadline: deadline,
+			selectorFlags: selectorFlags{labels: []string{label, "extra=1"}, appRegex: appRegex}}
 		if app != "" {
 			flags.apps, flags.appRegex = []string{app}, ""
 		}

@@ -25,6 +25,7 @@ type historyFlags struct {
 	since, until, outcome    string
 	quiet, loud, forced      bool
 	busyDeferred             bool
+	undrainable              bool
 	format                   string
 	limit                    int
 }
@@ -39,8 +40,9 @@ func newHistoryCmd(e *env) *cobra.Command {
 		Long: `Query the drain_history view: one row per machine migration with its run's
 cause and requester, the policy decision (quiet, rule), the gateway's echo of
 the suppression flag, how the drain ended (quiesced, deadline_forced with the
-active agents at the recreate, gateway_down, deferred, cancelled) and the
-outcome. Newest first; filters combine with AND and are served by indexes, so
+active agents at the recreate, gateway_down, deferred, cancelled, or
+undrainable: moved without a drain, the drain endpoint's status in the error)
+and the outcome. Newest first; filters combine with AND and are served by indexes, so
 they stay fast at millions of rows.
 
 --since and --until take a duration back from now (24h, 90m, 7d) or a date or
@@ -64,6 +66,7 @@ filter value or an unknown --run.`,
 		Example: `  migrator history --app hermes-agent-7
   migrator history --since 24h --forced
   migrator history --cause auto-update --busy-deferred --since 7d
+  migrator history --undrainable --since 7d        # every agent moved without a drain
   migrator history --cause auto-update --loud --since 2026-03-01 --until 2026-03-08
   migrator history --run 42 --outcome rolled_back --format json
   migrator history --since 30d --limit 0 --format csv > drains.csv`,
@@ -82,6 +85,7 @@ filter value or an unknown --run.`,
 	fl.StringVar(&f.outcome, "outcome", "", "only this outcome: "+strings.Join(machineOutcomes, ", "))
 	fl.BoolVar(&f.forced, "forced", false, "only drains whose deadline forced the update with agents still active")
 	fl.BoolVar(&f.busyDeferred, "busy-deferred", false, "only machines deferred because the agent was never idle (never drained)")
+	fl.BoolVar(&f.undrainable, "undrainable", false, "only agents moved without a drain (drain endpoint 404/401, undrainable = recreate)")
 	fl.StringVar(&f.format, "format", "table", "table, json or csv")
 	fl.IntVar(&f.limit, "limit", 100, "at most this many rows; 0 for all")
 	return cmd
@@ -91,7 +95,7 @@ filter value or an unknown --run.`,
 func (f historyFlags) filter(cmd *cobra.Command) (store.HistoryFilter, error) {
 	path := cmd.CommandPath()
 	hf := store.HistoryFilter{App: strings.TrimSpace(f.app), MachineID: strings.TrimSpace(f.machine), Forced: f.forced,
-		BusyDeferred: f.busyDeferred, Limit: f.limit}
+		BusyDeferred: f.busyDeferred, Undrainable: f.undrainable, Limit: f.limit}
 	if f.cause != "" {
 		c, err := policy.ParseCause(f.cause)
 		if err != nil {

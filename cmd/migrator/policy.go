@@ -246,6 +246,11 @@ func printExplanation(e *env, p *policy.Policy, c policy.Cause, m policy.Machine
 	default:
 		row("on deadline", "defer (%d of %d deferrals used; then force)", m.Deferrals, d.MaxDeferrals)
 	}
+	if d.Undrainable == policy.UndrainableRecreate {
+		row("undrainable", "recreate (a drain endpoint answering 404/401 is moved without a drain, loudly)")
+	} else {
+		row("undrainable", "fail (a drain endpoint answering 404/401 fails the machine)")
+	}
 	switch {
 	case d.Window == "":
 		row("window", "always")
@@ -296,31 +301,32 @@ type skippedRule struct {
 }
 
 type explainOutput struct {
-	Policy          string            `json:"policy"`
-	Version         string            `json:"version"`
-	Cause           policy.Cause      `json:"cause"`
-	App             string            `json:"app"`
-	MachineID       string            `json:"machine_id,omitempty"`
-	Region          string            `json:"region,omitempty"`
-	Labels          map[string]string `json:"labels"`
-	Deferrals       int               `json:"deferrals"`
-	At              string            `json:"at"`
-	Rule            string            `json:"rule"`
-	MatchedRule     *explainedRule    `json:"matched_rule"`
-	Skipped         []skippedRule     `json:"skipped"`
-	Quiet           bool              `json:"quiet"`
-	IdleWait        string            `json:"idle_wait"`
-	IdleWaitSeconds float64           `json:"idle_wait_seconds"`
-	OnBusy          policy.OnBusy     `json:"on_busy"`
-	Wait            string            `json:"wait"`
-	WaitSeconds     float64           `json:"wait_seconds"`
-	Deadline        string            `json:"deadline"`
-	OnDeadline      policy.OnDeadline `json:"on_deadline"`
-	MaxDeferrals    int               `json:"max_deferrals"`
-	InWindow        bool              `json:"in_window"`
-	Window          string            `json:"window"`
-	NextWindow      string            `json:"next_window,omitempty"`
-	WindowEnd       string            `json:"window_end,omitempty"`
+	Policy          string             `json:"policy"`
+	Version         string             `json:"version"`
+	Cause           policy.Cause       `json:"cause"`
+	App             string             `json:"app"`
+	MachineID       string             `json:"machine_id,omitempty"`
+	Region          string             `json:"region,omitempty"`
+	Labels          map[string]string  `json:"labels"`
+	Deferrals       int                `json:"deferrals"`
+	At              string             `json:"at"`
+	Rule            string             `json:"rule"`
+	MatchedRule     *explainedRule     `json:"matched_rule"`
+	Skipped         []skippedRule      `json:"skipped"`
+	Quiet           bool               `json:"quiet"`
+	IdleWait        string             `json:"idle_wait"`
+	IdleWaitSeconds float64            `json:"idle_wait_seconds"`
+	OnBusy          policy.OnBusy      `json:"on_busy"`
+	Wait            string             `json:"wait"`
+	WaitSeconds     float64            `json:"wait_seconds"`
+	Deadline        string             `json:"deadline"`
+	OnDeadline      policy.OnDeadline  `json:"on_deadline"`
+	MaxDeferrals    int                `json:"max_deferrals"`
+	InWindow        bool               `json:"in_window"`
+	Window          string             `json:"window"`
+	NextWindow      string             `json:"next_window,omitempty"`
+	WindowEnd       string             `json:"window_end,omitempty"`
+	Undrainable     policy.Undrainable `json:"undrainable"`
 }
 
 func explainJSON(p *policy.Policy, c policy.Cause, m policy.Machine, now time.Time, ex policy.Explanation) explainOutput {
@@ -333,6 +339,7 @@ func explainJSON(p *policy.Policy, c policy.Cause, m policy.Machine, now time.Ti
 		Wait: d.Wait.String(), WaitSeconds: d.Wait.Seconds(), Deadline: stamp(d.Deadline),
 		OnDeadline: d.OnDeadline, MaxDeferrals: d.MaxDeferrals,
 		InWindow: d.InWindow, Window: d.Window, NextWindow: stamp(d.NextWindow), WindowEnd: stamp(d.WindowEnd),
+		Undrainable: d.Undrainable,
 	}
 	if ex.Matched != nil {
 		out.MatchedRule = &explainedRule{Name: ex.Matched.Name, Line: ex.Matched.Line, Selector: ex.Matched.Selector()}

@@ -255,3 +255,20 @@ func TestPolicyCommandsHaveExamples(t *testing.T) {
 		}
 	}
 }
+
+func TestPolicyExplainUndrainable(t *testing.T) {
+	file := writePolicyFile(t, "p.toml", "[[rules]]\nname = \"legacy\"\napp_prefix = \"old-\"\nundrainable = \"recreate\"\n")
+	for app, want := range map[string]string{"old-1": "recreate (a drain endpoint answering 404/401 is moved without a drain",
+		"new-1": "fail (a drain endpoint answering 404/401 fails"} {
+		code, out, errOut := runPolicyCLI(t, map[string]string{policyFileEnv: file}, "policy", "explain",
+			"--cause", "operator", "--app", app, "--at", "2026-03-08T07:30:00Z")
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("%s: code %d, stderr %q, out:\n%s", app, code, errOut, out)
+		}
+	}
+	_, out, _ := runPolicyCLI(t, map[string]string{policyFileEnv: file}, "policy", "explain",
+		"--cause", "operator", "--app", "old-2", "--json")
+	if !strings.Contains(out, `"undrainable": "recreate"`) {
+		t.Errorf("json: %s", out)
+	}
+}

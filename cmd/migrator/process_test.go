@@ -193,9 +193,14 @@ func TestKillReplicaMidRunResumesEveryMachine(t *testing.T) {
 	w := newSimWorld(t, cfg, 50, "MIGRATOR_JOB_TIMEOUT=2s", "MIGRATOR_RESCUE_AFTER=3s", "MIGRATOR_FLEET_CAP=5")
 	replicas := []*serveProc{w.startServe("a"), w.startServe("b")}
 
+	// Every machine is drained at once (--idle-wait 0): with auto-update's
+	// idle wait (30m, then defer) a busy agent may be put off, never
+	// drained, which is not what this test is about (see
+	// TestKillWhileWaitingForIdleResumes for a kill during the idle wait).
+	noIdleWait := time.Duration(0)
 	run, _, err := w.orch.CreateRun(context.Background(), orchestrator.RunRequest{Cause: policy.AutoUpdate,
 		Image: "registry.fly.io/hermes-agent:v2", MaxUnavailable: "5", RequestedBy: "cron",
-		Selector: store.Selector{Org: w.sim.Org()}, DeadlineOverride: 2 * time.Minute}, nil)
+		Selector: store.Selector{Org: w.sim.Org()}, DeadlineOverride: 2 * time.Minute, IdleWaitOverride: &noIdleWait}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

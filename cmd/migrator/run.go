@@ -17,7 +17,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"github.com/hermes-cloud/migrator/internal/fleetcheck"
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/internal/imagepin"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
@@ -113,10 +117,62 @@ func parseLabelFlags(cmd *cobra.Command, flag string, kvs []string) (map[string]
 
 // ---- run create ----
 
+// selectorFlags are the machine selector of run create, fleet check and
+// secret sync.
+type selectorFlags struct {
+	org                    string
+	apps, labels, machines []string
+	appPrefix, appRegex    string
+}
+
+func (f *selectorFlags) add(fl *pflag.FlagSet, verb string) {
+	fl.StringVar(&f.org, "org", "", "Fly organization whose apps are selected (default $"+flyOrgEnv+")")
+	fl.StringArrayVar(&f.apps, "app", nil, "an app to "+verb+", instead of the org's apps (repeatable)")
+	fl.StringVar(&f.appPrefix, "app-prefix", "", "select the org's apps whose name starts with this")
+	fl.StringVar(&f.appRegex, "app-regex", "", "select the org's apps whose name matches this regular expression")
+	fl.StringArrayVar(&f.labels, "label", nil, "only machines with this metadata label KEY=VALUE (repeatable; all must hold)")
+	fl.StringArrayVar(&f.machines, "machine", nil, "only this machine id (repeatable)")
+}
+
+// selector validates the flags into a store.Selector.
+func (f selectorFlags) selector(cmd *cobra.Command, e *env) (store.Selector, error) {
+	path := cmd.CommandPath()
+	labels, err := parseLabelFlags(cmd, "label", f.labels)
+	if err != nil {
+		return store.Selector{}, err
+	}
+	for _, a := range f.apps {
+		if strings.TrimSpace(a) == "" || strings.ContainsAny(a, " \t/") {
+			return store.Selector{}, usagef("%s: --app %q is not a Fly app name", path, a)
+		}
+	}
+	for _, m := range f.machines {
+		if strings.TrimSpace(m) == "" || strings.ContainsAny(m, " \t/") {
+			return store.Selector{}, usagef("%s: --machine %q is not a machine id", path, m)
+		}
+	}
+	if len(f.apps) > 0 && (f.appPrefix != "" || f.appRegex != "") {
+		return store.Selector{}, usagef("%s: --app names the apps; --app-prefix and --app-regex select among the org's apps: use one or the other", path)
+	}
+	if f.appRegex != "" {
+		if _, err := regexp.Compile(f.appRegex); err != nil {
+			return store.Selector{}, usagef("%s: --app-regex: %s", path, regexpProblem(err))
+		}
+	}
+	org := strings.TrimSpace(f.org)
+	if org == "" && len(f.apps) == 0 {
+		org = strings.TrimSpace(e.getenv(flyOrgEnv))
+		if org == "" {
+			return store.Selector{}, usagef("%s: say which machines: --org (or %s) or --app", path, flyOrgEnv)
+		}
+	}
+	return store.Selector{Org: org, AppPrefix: f.appPrefix, AppRegex: f.appRegex, Apps: f.apps, MachineIDs: f.machines, Labels: labels}, nil
+}
+
 type runCreateFlags struct {
-	cause, image, org             string
-	apps, labels, machines        []string
-	appPrefix, appRegex           string
+	selectorFlags
+	cause, image                  string
+	undrainable                   string
 	maxUnavailable                string
 	canary, failureThreshold      int
 	deadline, reason, idemKey     string
@@ -142,11 +198,20 @@ The selector: --org (default ` + flyOrgEnv + `) with an optional --app-prefix or
 --app-regex, or explicit --app names; then optional --machine ids and --label
 filters on the machines' metadata.
 
+--undrainable recreate moves agents that cannot be drained yet (drain endpoint
+404: no drain route; 401: no drain secret until their next recreate after
+` + "`migrator secret sync`" + `) without a drain, loud by necessity; --undrainable fail
+(the built-in default) fails them. Without the flag the policy's undrainable
+setting decides. 403, 5xx and unreachable agents fail either way.
+
 On stdout: the run id (with --json, an object with id, state and counts); on
 stderr, a summary. A repeated create with the same --idempotency-key prints the
 existing run and says so on stderr. --dry-run prints the plan, each machine with
 the policy decision serve would make now (the same policy: ` + policyFileEnv + ` or the
-built-in defaults), and writes nothing. --follow then watches the run as
+built-in defaults), and writes nothing; with ` + drainKeyEnv + ` set it also probes each
+agent's drain endpoint (side-effect free, as fleet check does) and shows in
+DRAIN whether it would be drained, moved without a drain, or fail. --follow
+then watches the run as
 ` + "`migrator run follow`" + ` does. The run is recorded as requested by MIGRATOR_PRINCIPAL,
 else the OS user.
 
@@ -156,6 +221,7 @@ else the OS user.
   migrator run create --cause operator --image registry.fly.io/hermes-agent:v2 --app hermes-agent-7 --deadline 2m
   migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- --idle-wait 0
   migrator run create --cause auto-update --image registry.fly.io/hermes-agent:v2 --label hermes_auto_update=true --dry-run
+  migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- --undrainable recreate
   migrator run create --cause env-edit --image registry.fly.io/hermes-agent@sha256:… --idempotency-key deploy-881 --json`,
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error { return runCreate(cmd, e, f) },
@@ -163,12 +229,8 @@ else the OS user.
 	fl := cmd.Flags()
 	fl.StringVar(&f.cause, "cause", "", "why the machines move: "+causeNames()+" (required)")
 	fl.StringVar(&f.image, "image", "", "the image to move to, e.g. registry.fly.io/hermes-agent:v2 (required)")
-	fl.StringVar(&f.org, "org", "", "Fly organization whose apps are selected (default $"+flyOrgEnv+")")
-	fl.StringArrayVar(&f.apps, "app", nil, "an app to move, instead of the org's apps (repeatable)")
-	fl.StringVar(&f.appPrefix, "app-prefix", "", "select the org's apps whose name starts with this")
-	fl.StringVar(&f.appRegex, "app-regex", "", "select the org's apps whose name matches this regular expression")
-	fl.StringArrayVar(&f.labels, "label", nil, "only machines with this metadata label KEY=VALUE (repeatable; all must hold)")
-	fl.StringArrayVar(&f.machines, "machine", nil, "only this machine id (repeatable)")
+	f.selectorFlags.add(fl, "move")
+	fl.StringVar(&f.undrainable, "undrainable", "", `agents whose drain endpoint answers 404 or 401: "fail" them or "recreate" them without a drain (loud); default: the policy's undrainable (built-in: fail)`)
 	fl.StringVar(&f.maxUnavailable, "max-unavailable", "1", "machines of this run disrupted at once: a count (5) or a percentage of the machines to move (10%, rounded up)")
 	fl.IntVar(&f.canary, "canary", 0, "move this many machines first; the rest wait until all of them migrated (a failed canary pauses the run)")
 	fl.IntVar(&f.failureThreshold, "failure-threshold", 0, "pause the run when more machines than this fail or roll back")
@@ -207,9 +269,15 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 	if _, err := imagepin.Parse(f.image, false); err != nil {
 		return out, usagef("%s: --image: %v", path, err)
 	}
-	labels, err := parseLabelFlags(cmd, "label", f.labels)
+	sel, err := f.selectorFlags.selector(cmd, e)
 	if err != nil {
 		return out, err
+	}
+	var undrainable policy.Undrainable
+	if f.undrainable != "" {
+		if undrainable, err = policy.ParseUndrainable(f.undrainable); err != nil {
+			return out, usagef("%s: --undrainable: %v", path, err)
+		}
 	}
 	if _, err := orchestrator.MaxUnavailable(f.maxUnavailable, 1); err != nil {
 		return out, usagef("%s: --max-unavailable: %v", path, err)
@@ -235,35 +303,10 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 		}
 		idleWait = &iw
 	}
-	for _, a := range f.apps {
-		if strings.TrimSpace(a) == "" || strings.ContainsAny(a, " \t/") {
-			return out, usagef("%s: --app %q is not a Fly app name", path, a)
-		}
-	}
-	for _, m := range f.machines {
-		if strings.TrimSpace(m) == "" || strings.ContainsAny(m, " \t/") {
-			return out, usagef("%s: --machine %q is not a machine id", path, m)
-		}
-	}
-	if len(f.apps) > 0 && (f.appPrefix != "" || f.appRegex != "") {
-		return out, usagef("%s: --app names the apps; --app-prefix and --app-regex select among the org's apps: use one or the other", path)
-	}
-	if f.appRegex != "" {
-		if _, err := regexp.Compile(f.appRegex); err != nil {
-			return out, usagef("%s: --app-regex: %s", path, regexpProblem(err))
-		}
-	}
-	org := strings.TrimSpace(f.org)
-	if org == "" && len(f.apps) == 0 {
-		org = strings.TrimSpace(e.getenv(flyOrgEnv))
-		if org == "" {
-			return out, usagef("%s: say which machines: --org (or %s) or --app", path, flyOrgEnv)
-		}
-	}
-	sel := store.Selector{Org: org, AppPrefix: f.appPrefix, AppRegex: f.appRegex, Apps: f.apps, MachineIDs: f.machines, Labels: labels}
 	out.req = orchestrator.RunRequest{Cause: cause, TargetImage: f.image, Image: f.image, Selector: sel,
 		MaxUnavailable: strings.TrimSpace(f.maxUnavailable), Canary: f.canary, FailureThreshold: f.failureThreshold,
-		DeadlineOverride: deadline, IdleWaitOverride: idleWait, RequestedBy: principal(e), Reason: f.reason, IdempotencyKey: f.idemKey}
+		DeadlineOverride: deadline, IdleWaitOverride: idleWait, Undrainable: undrainable,
+		RequestedBy: principal(e), Reason: f.reason, IdempotencyKey: f.idemKey}
 	out.selector = describeSelector(sel)
 	return out, nil
 }
@@ -278,7 +321,10 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 		return usagef("%s: --follow does not go with --dry-run or --json", cmd.CommandPath())
 	}
 	log := cliLogger(e)
-	c, err := loadComponents(ctx, e, needs{fleet: true}, log)
+	// A dry run probes the agents' drain endpoints when it can derive their
+	// secrets, to show which would be moved without a drain.
+	probe := f.dryRun && e.getenv(drainKeyEnv) != ""
+	c, err := loadComponents(ctx, e, needs{fleet: true, gateway: probe}, log)
 	if err != nil {
 		return err
 	}
@@ -436,6 +482,21 @@ type planDecisionJSON struct {
 	InWindow        bool              `json:"in_window"`
 	Window          string            `json:"window"`
 	NextWindow      string            `json:"next_window,omitempty"`
+	// Undrainable is fail or recreate: what a 404/401 drain endpoint gets.
+	Undrainable policy.Undrainable `json:"undrainable"`
+	// Drain is the probe of the agent's drain endpoint (null: not probed,
+	// e.g. MIGRATOR_DRAIN_KEY not set, or the machine is not running).
+	Drain *planDrainJSON `json:"drain"`
+}
+
+// planDrainJSON says whether serve would drain the agent, move it without
+// a drain (undrainable = recreate), or fail it.
+type planDrainJSON struct {
+	Readiness  gateway.Readiness `json:"readiness"`
+	StatusCode int               `json:"status_code,omitempty"`
+	// Path: "drain", "recreate_without_drain", "fail", or "none" (the
+	// machine is not running: it is moved without a drain, having no users).
+	Path string `json:"path"`
 }
 
 type planMachineJSON struct {
@@ -467,6 +528,8 @@ type dryRunJSON struct {
 	UpToDate       int               `json:"up_to_date"`
 	MaxUnavailable int               `json:"max_unavailable"`
 	Plan           []planMachineJSON `json:"plan"`
+	// Probed: the agents' drain endpoints were probed (needs MIGRATOR_DRAIN_KEY).
+	Probed bool `json:"probed"`
 }
 
 // printDryRun shows the plan with the decision the policy makes for each
@@ -484,8 +547,12 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 	if err != nil {
 		return fmt.Errorf("run create --dry-run: %w", err)
 	}
+	probes, err := probeForDryRun(ctx, c, planned)
+	if err != nil {
+		return fmt.Errorf("run create --dry-run: %w", err)
+	}
 	now := c.clock.Now()
-	out := dryRunJSON{DryRun: true, Cause: req.Cause, TargetImage: req.TargetImage, Image: req.Image,
+	out := dryRunJSON{Probed: c.gw != nil, DryRun: true, Cause: req.Cause, TargetImage: req.TargetImage, Image: req.Image,
 		Pinned: req.Image != req.TargetImage, Selector: req.Selector, Policy: c.policy.Source(),
 		PolicyVersion: c.policy.Version(), DecidedAt: stamp(now), Machines: len(planned), MaxUnavailable: maxUnavail,
 		Plan: []planMachineJSON{}}
@@ -510,9 +577,16 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 				wait = req.DeadlineOverride
 			}
 			iw := orchestrator.IdleWait(d, n, req.IdleWaitOverride)
+			undrainable := d.Undrainable
+			if req.Undrainable != "" {
+				undrainable = req.Undrainable
+			}
 			pm.Decision = &planDecisionJSON{Quiet: d.Quiet, Rule: d.Rule, Wait: wait.String(), WaitSeconds: wait.Seconds(),
 				IdleWait: iw.String(), IdleWaitSeconds: iw.Seconds(), OnBusy: d.OnBusy, OnDeadline: d.OnDeadline, MaxDeferrals: d.MaxDeferrals, Deferrals: n, InWindow: d.InWindow,
-				Window: d.Window, NextWindow: stamp(d.NextWindow)}
+				Window: d.Window, NextWindow: stamp(d.NextWindow), Undrainable: undrainable}
+			if a, ok := probes[store.MachineKey{App: p.App, MachineID: p.ID}]; ok {
+				pm.Decision.Drain = &planDrainJSON{Readiness: a.Readiness, StatusCode: a.StatusCode, Path: drainPath(a, undrainable)}
+			}
 		}
 		out.Plan = append(out.Plan, pm)
 	}
@@ -530,6 +604,12 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 	fmt.Fprintf(w, "policy: %s (version %s), decisions as of %s\n", c.policy.Source(), c.policy.Version(), stamp(now))
 	fmt.Fprintf(w, "%d %s: %d to move, %d already on the image; max unavailable %d; canary %d\n\n",
 		out.Machines, plural(out.Machines, "machine", "machines"), out.ToMove, out.UpToDate, maxUnavail, req.Canary)
+	if !out.Probed {
+		fmt.Fprintf(w, "drain endpoints not probed (%s is not set): DRAIN shows only the undrainable setting\n\n", drainKeyEnv)
+	} else if n := countPath(out.Plan, "recreate_without_drain"); n > 0 {
+		fmt.Fprintf(w, "%d %s would be recreated without a drain (drain endpoint 404/401, undrainable = recreate): loud\n\n",
+			n, plural(n, "agent", "agents"))
+	}
 	if withHistory > 0 {
 		fmt.Fprintf(w, "order: longest expected drain first (the mean of each machine's last drains; %d of %d to move have drain history, the rest rank as the mean)\n\n",
 			withHistory, out.ToMove)
@@ -537,10 +617,10 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		fmt.Fprintf(w, "order: app and machine (no machine has drain history yet)\n\n")
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "APP\tMACHINE\tREGION\tCURRENT IMAGE\tUP TO DATE\tCANARY\tEXPECTED DRAIN\tQUIET\tRULE\tIDLE WAIT\tWAIT\tON DEADLINE\tWINDOW")
+	fmt.Fprintln(tw, "APP\tMACHINE\tREGION\tCURRENT IMAGE\tUP TO DATE\tCANARY\tEXPECTED DRAIN\tQUIET\tRULE\tIDLE WAIT\tWAIT\tON DEADLINE\tWINDOW\tDRAIN")
 	for _, p := range out.Plan {
 		if p.Decision == nil {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tyes\t-\t-\t-\t-\t-\t-\t-\t-\n", p.App, p.MachineID, p.Region, p.Image)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tyes\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", p.App, p.MachineID, p.Region, p.Image)
 			continue
 		}
 		expected := "-"
@@ -559,8 +639,8 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		case d.Window != "":
 			window = "closed until " + d.NextWindow + " (" + d.Window + "): would be deferred"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, p.Image,
-			yesNo(p.Canary), expected, yesNo(d.Quiet), d.Rule, idleWaitText(d.IdleWaitSeconds, d.OnBusy), d.Wait, onDeadline, window)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, p.Image,
+			yesNo(p.Canary), expected, yesNo(d.Quiet), d.Rule, idleWaitText(d.IdleWaitSeconds, d.OnBusy), d.Wait, onDeadline, window, drainColumn(d))
 	}
 	return tw.Flush()
 }
@@ -572,6 +652,75 @@ func idleWaitText(seconds float64, onBusy policy.OnBusy) string {
 		return "none"
 	}
 	return fmt.Sprintf("%s, then %s", time.Duration(seconds*float64(time.Second)), onBusy)
+}
+
+// probeForDryRun probes the drain endpoints of the running machines to
+// move (side-effect free, see fleetcheck), when the gateway is configured.
+func probeForDryRun(ctx context.Context, c *components, planned []orchestrator.PlannedMachine) (map[store.MachineKey]fleetcheck.Agent, error) {
+	if c.gw == nil {
+		return nil, nil
+	}
+	var ms []flymachines.Machine
+	for _, p := range planned {
+		if !p.UpToDate {
+			ms = append(ms, p.Machine)
+		}
+	}
+	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log}, c.gw, ms)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[store.MachineKey]fleetcheck.Agent, len(rep.Agents))
+	for _, a := range rep.Agents {
+		out[store.MachineKey{App: a.App, MachineID: a.MachineID}] = a
+	}
+	return out, nil
+}
+
+// drainPath is what serve would do with the agent's drain endpoint as
+// probed: drain it, move it without a drain, or fail it. Anything that is
+// not 404/401 is tried as a drain (and fails or retries as it answers then).
+func drainPath(a fleetcheck.Agent, undrainable policy.Undrainable) string {
+	switch a.Readiness {
+	case fleetcheck.NotRunning:
+		return "none"
+	case gateway.NoSecret, gateway.NoDrainRoute:
+		if undrainable == policy.UndrainableRecreate {
+			return "recreate_without_drain"
+		}
+		return "fail"
+	case gateway.Forbidden:
+		return "fail"
+	}
+	return "drain"
+}
+
+func drainColumn(d *planDecisionJSON) string {
+	if d.Drain == nil {
+		return "undrainable=" + string(d.Undrainable)
+	}
+	switch d.Drain.Path {
+	case "recreate_without_drain":
+		return fmt.Sprintf("no drain: %d, recreate (loud)", d.Drain.StatusCode)
+	case "fail":
+		return fmt.Sprintf("would fail: %d (undrainable=%s)", d.Drain.StatusCode, d.Undrainable)
+	case "none":
+		return "none (not running)"
+	}
+	if d.Drain.Readiness != gateway.Ready {
+		return "drain (probe: " + string(d.Drain.Readiness) + ")"
+	}
+	return "drain"
+}
+
+func countPath(plan []planMachineJSON, path string) int {
+	n := 0
+	for _, p := range plan {
+		if p.Decision != nil && p.Decision.Drain != nil && p.Decision.Drain.Path == path {
+			n++
+		}
+	}
+	return n
 }
 
 func yesNo(b bool) string {

@@ -505,7 +505,9 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 		}
 		explained[m.Outcome]++
 		msg := fmt.Sprintf("%s %s", m.Target(), m.Outcome)
-		if d := m.Drain; d != nil && d.Outcome != "" {
+		if d := m.Drain; d != nil && d.Outcome == store.DrainUndrainable {
+			msg += fmt.Sprintf(" (no drain: HTTP %d, loud)", d.UndrainableStatus)
+		} else if d != nil && d.Outcome != "" {
 			msg += fmt.Sprintf(" (drain %s after %s", d.Outcome, short(drainWaited(d, now)))
 			if d.ActiveAgentsAtRecreate != nil && d.Outcome == store.DrainDeadlineForced {
 				msg += fmt.Sprintf(", %d active agents", *d.ActiveAgentsAtRecreate)
@@ -565,6 +567,8 @@ func describeStep(m store.MigrationView, now time.Time) string {
 		return fmt.Sprintf("draining%s (%s, rule %s, active_agents %s)", canary, quietWord(d.Quiet), d.PolicyRule, intOr(d.LastActiveAgents, "?"))
 	case m.State == store.StateUpdating && d.Outcome == store.DrainDeadlineForced:
 		return fmt.Sprintf("updating: deadline forced with %s active agents after %s", intOr(d.ActiveAgentsAtRecreate, "?"), short(drainWaited(d, now)))
+	case m.State == store.StateUpdating && d.Outcome == store.DrainUndrainable:
+		return fmt.Sprintf("updating without a drain (drain endpoint HTTP %d; undrainable = recreate, loud)", d.UndrainableStatus)
 	case m.State == store.StateUpdating && d.Outcome != "":
 		return fmt.Sprintf("updating: drain %s after %s", d.Outcome, short(drainWaited(d, now)))
 	case m.State == store.StateRollingBack:

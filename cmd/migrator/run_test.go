@@ -70,7 +70,7 @@ func baseEnv(extra ...string) []string {
 func rowCounts(t *testing.T, st *store.Store) map[string]int {
 	t.Helper()
 	out := map[string]int{}
-	for _, table := range []string{"runs", "machine_migrations", "drains", "events", "river_job", "channels", "channel_history"} {
+	for _, table := range []string{"runs", "machine_migrations", "drains", "events", "river_job", "channels", "channel_history", "secret_syncs"} {
 		var n int
 		if err := st.Pool().QueryRow(context.Background(), "SELECT count(*) FROM "+table).Scan(&n); err != nil {
 			t.Fatal(err)
@@ -663,6 +663,19 @@ func TestRunBadInputs(t *testing.T) {
 		{"channel args", full, []string{"channel", "set", "stable"}, 2, "accepts 2 arg"},
 		{"unknown channel", full, []string{"channel", "history", "nope"}, 2, "channel nope not found"},
 		{"channel without database", noDB, []string{"channel", "list"}, 2, "DATABASE_URL is not set"},
+		{"bad undrainable", full, create("--undrainable", "blind"), 2, `--undrainable: undrainable "blind": want "fail" or "recreate"`},
+		{"fleet check without key", full, []string{"fleet", "check"}, 2, "MIGRATOR_DRAIN_KEY is not set"},
+		{"fleet check short key", append(full, "MIGRATOR_DRAIN_KEY=short"), []string{"fleet", "check"}, 2, "drain key is too short"},
+		{"fleet check bad label", full, []string{"fleet", "check", "--label", "tier"}, 2, "want KEY=VALUE"},
+		{"fleet check app and prefix", full, []string{"fleet", "check", "--app", "a", "--app-prefix", "b"}, 2, "one or the other"},
+		{"fleet check no org", noOrg, []string{"fleet", "check"}, 2, "--org (or MIGRATOR_FLY_ORG) or --app"},
+		{"fleet check args", full, []string{"fleet", "check", "hermes-agent-1"}, 2, "unknown command"},
+		{"secret sync without key", full, []string{"secret", "sync"}, 2, "MIGRATOR_DRAIN_KEY is not set"},
+		{"secret sync bad regex", full, []string{"secret", "sync", "--app-regex", "("}, 2, "--app-regex"},
+		{"secret sync no fly token", append(noFly, "MIGRATOR_DRAIN_KEY=0123456789abcdef0123456789abcdef"), []string{"secret", "sync"}, 2, "FLY_API_TOKEN is not set"},
+		{"secret history limit", full, []string{"secret", "history", "--limit", "-1"}, 2, "--limit -1"},
+		{"secret history without database", noDB, []string{"secret", "history"}, 2, "DATABASE_URL is not set"},
+		{"secret sync no database", append(noDB, "MIGRATOR_DRAIN_KEY=0123456789abcdef0123456789abcdef"), []string{"secret", "sync"}, 2, "DATABASE_URL is not set"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -685,7 +698,7 @@ func TestRunCommandsHaveExamples(t *testing.T) {
 	root := newRoot(&env{getenv: func(string) string { return "" }, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}})
 	for _, path := range [][]string{{"run"}, {"run", "create"}, {"run", "status"}, {"run", "list"}, {"run", "follow"},
 		{"run", "cancel"}, {"run", "pause"}, {"run", "resume"}, {"history"}, {"channel"}, {"channel", "set"},
-		{"channel", "list"}, {"channel", "history"}} {
+		{"channel", "list"}, {"channel", "history"}, {"fleet", "check"}, {"secret", "sync"}, {"secret", "history"}} {
 		cmd, _, err := root.Find(path)
 		if err != nil || cmd.Name() != path[len(path)-1] {
 			t.Errorf("%v: not found (%v)", path, err)
@@ -879,6 +892,24 @@ func TestRunFollowChangeLines(t *testing.T) {
 	lines = changeLines(&s1, s2, nil, later)
 	if len(lines) != 1 || !strings.HasSuffix(lines[0], "hermes-agent-7/m7 updating: deadline forced with 1 active agents after 2m40s") {
 		t.Errorf("forced: %q", lines)
+	}
+	// A machine moved without a drain says so, with the status, while it
+	// updates and when it is done.
+	s3 := s1
+	s3.InFlight = []store.MigrationView{s1.InFlight[0]}
+	und := store.Drain{Quiet: true, PolicyRule: "r", Outcome: store.DrainUndrainable, UndrainableStatus: 404, Undrainable: "recreate"}
+	s3.InFlight[0].State, s3.InFlight[0].Drain = store.StateUpdating, &und
+	lines = changeLines(&s1, s3, nil, later)
+	if len(lines) != 1 || !strings.HasSuffix(lines[0], "hermes-agent-7/m7 updating without a drain (drain endpoint HTTP 404; undrainable = recreate, loud)") {
+		t.Errorf("undrainable updating: %q", lines)
+	}
+	done := s3.InFlight[0]
+	done.State, done.Outcome, done.Error = store.StateDone, store.OutcomeMigrated, "moved without a drain: …"
+	s4 := s3
+	s4.InFlight = nil
+	lines = changeLines(&s3, s4, []store.MigrationView{done}, later)
+	if len(lines) != 1 || !strings.Contains(lines[0], "hermes-agent-7/m7 migrated (no drain: HTTP 404, loud): moved without a drain") {
+		t.Errorf("undrainable done: %q", lines)
 	}
 }
 

@@ -25,6 +25,12 @@
 //   - 401 is permanent, an unreachable dashboard is a retried transport
 //     error bounded by the context, a dead gateway reads as quiescent, and
 //     quiescence needs the watcher's "draining" and no turns in flight;
+//   - the readiness probe (a drain POST with an unknown action) reads 400 as
+//     ready, 401 as no secret and 404 as no drain route, and begins or
+//     cancels nothing;
+//   - an app secret set through fly-go's flaps answers its digest and the
+//     app's secrets version, reaches a machine only at an update carrying
+//     min_secrets_version, and never appears in an error;
 //   - the Fly token, the drain key and the derived drain secrets appear in
 //     no log line, error or audit record.
 //

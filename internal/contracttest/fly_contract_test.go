@@ -18,8 +18,10 @@ import (
 	fly "github.com/superfly/fly-go"
 	"github.com/superfly/fly-go/flaps"
 
+	"github.com/hermes-cloud/migrator/internal/drainsecret"
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
 )
 
 // TestFlyContract runs the Fly adapter against the simulator, one row per
@@ -53,6 +55,8 @@ func TestFlyContract(t *testing.T) {
 		{"ambiguous update outcomes are re-read, never applied twice", flyAmbiguousUpdate},
 		{"client-side pacing keeps a burst within Fly's limits (real clock)", flyBurstPaced},
 		{"the token never appears in logs, errors or audit records", flyTokenSecret},
+		{"app secrets: set returns digest and version, list shows the digest, an update with min_secrets_version hands the secret to the new instance", flyAppSecrets},
+		{"a secret being set never appears in its error, even when a proxy echoes the body", flySecretValueRedacted},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
@@ -955,4 +959,72 @@ func flyTokenSecret(t *testing.T) {
 		t.Error("no audit records captured")
 	}
 	// The cleanup checks the captured log and the audit records.
+}
+
+func flyAppSecrets(t *testing.T) {
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Unprovisioned: func(string) bool { return true }}})
+	ctx := w.ctx(20 * time.Second)
+	if r := w.gw.Probe(ctx, w.target()); r.Readiness != gateway.NoSecret {
+		t.Fatalf("unprovisioned agent probes %s", r.Readiness)
+	}
+	list, err := w.fly.ListAppSecrets(ctx, w.app)
+	if err != nil || len(list) != 0 {
+		t.Fatalf("ListAppSecrets: %v %+v", err, list)
+	}
+	secret := drainsecret.Derive(w.sim.DrainKey(), w.app)
+	set, err := w.fly.SetAppSecret(ctx, w.app, fleetsim.DrainSecretName, secret)
+	if err != nil || set.Version != 1 || set.Digest == "" || set.Name != fleetsim.DrainSecretName {
+		t.Fatalf("SetAppSecret: %v %+v", err, set)
+	}
+	list, err = w.fly.ListAppSecrets(ctx, w.app)
+	if err != nil || len(list) != 1 || list[0].Digest != set.Digest {
+		t.Fatalf("ListAppSecrets after set: %v %+v", err, list)
+	}
+	// The running agent does not see it; an update without the version
+	// does not give it either; one with it does.
+	l := w.lease(t)
+	if _, err := w.fly.UpdateImage(ctx, w.app, w.id, imageV2, l.Nonce); err != nil {
+		t.Fatal(err)
+	}
+	w.simSleep(time.Minute)
+	if r := w.gw.Probe(ctx, w.target()); r.Readiness != gateway.NoSecret {
+		t.Fatalf("after an update without min_secrets_version: %s, want no_secret", r.Readiness)
+	}
+	if _, err := w.fly.UpdateImage(ctx, w.app, w.id, "registry.fly.io/hermes-agent:v3", l.Nonce, flymachines.WithMinSecretsVersion(set.Version)); err != nil {
+		t.Fatal(err)
+	}
+	w.simSleep(time.Minute)
+	if r := w.gw.Probe(ctx, w.target()); r.Readiness != gateway.Ready {
+		t.Fatalf("after an update with min_secrets_version %d: %s (%v), want ready", set.Version, r.Readiness, r.Err)
+	}
+	// Asking for a version the app does not have is refused, permanently.
+	_, err = w.fly.UpdateImage(ctx, w.app, w.id, "registry.fly.io/hermes-agent:v4", l.Nonce, flymachines.WithMinSecretsVersion(set.Version+5))
+	if flymachines.Status(err) != http.StatusPreconditionFailed || flymachines.IsTransient(err) {
+		t.Errorf("min_secrets_version beyond the app's: %v", err)
+	}
+}
+
+func flySecretValueRedacted(t *testing.T) {
+	secret := "value-that-must-not-leak-0123456789abcdefghijkl"
+	echo := func(base http.RoundTripper) http.RoundTripper {
+		return rtFunc(func(r *http.Request) (*http.Response, error) {
+			if r.Method == http.MethodPost && strings.Contains(r.URL.Path, "/secrets/") {
+				body, _ := io.ReadAll(r.Body)
+				b, _ := json.Marshal(map[string]string{"error": "cannot parse " + string(body)})
+				return jsonResponse(r, http.StatusUnprocessableEntity, string(b)), nil
+			}
+			return base.RoundTrip(r)
+		})
+	}
+	w := newWorld(t, worldOpts{flyWrap: echo})
+	_, err := w.fly.SetAppSecret(w.ctx(10*time.Second), w.app, fleetsim.DrainSecretName, secret)
+	if err == nil || flymachines.Status(err) != http.StatusUnprocessableEntity {
+		t.Fatalf("err = %v, want the 422", err)
+	}
+	if !strings.Contains(errText(err), "[redacted]") {
+		t.Errorf("the echo was not redacted; the check below would be vacuous: %q", errText(err))
+	}
+	if strings.Contains(errText(err), secret) || strings.Contains(w.logs.String(), secret) {
+		t.Errorf("secret value leaked: %q", errText(err))
+	}
 }

@@ -43,6 +43,7 @@ func TestGatewayContract(t *testing.T) {
 		{"stale marker after the recreate: the new gateway serves, never draining", gwStaleMarker},
 		{"marker expires after MarkerTTL; re-begin refreshes it", gwMarkerTTL},
 		{"drain secret and key never appear in logs or errors", gwSecrets},
+		{"probe: 400 ready, 401 no secret, 404 no drain route; nothing begun or cancelled", gwProbe},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
@@ -526,4 +527,45 @@ func gwSecrets(t *testing.T) {
 		t.Errorf("the captured log lacks the per-attempt lines; the secret check would be vacuous:\n%s", logs)
 	}
 	// The cleanup checks the captured log and the audit records.
+}
+
+// gwProbe: the readiness probe is a drain POST with the derived secret and
+// an unknown action; the contract says the bearer is checked first and an
+// unknown action is then 400, so the answer tells the route and secret
+// apart without writing or removing a marker.
+func gwProbe(t *testing.T) {
+	legacy := "registry.fly.io/hermes-agent:v0"
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 3,
+		Unprovisioned: func(app string) bool { return app == "hermes-agent-2" }}})
+	ctx := w.ctx(10 * time.Second)
+	target := func(app string) gateway.Target {
+		return gateway.Target{App: app, MachineID: w.sim.MachineIDs(app)[0]}
+	}
+	// A drain in progress on the ready agent must survive the probe.
+	w.begin(t, true)
+	if r := w.gw.Probe(ctx, w.target()); r.Readiness != gateway.Ready || r.StatusCode != http.StatusBadRequest || r.Err != nil {
+		t.Errorf("provisioned agent: %+v, want ready (400)", r)
+	}
+	if v := w.sim.Machine(w.app, w.id); !v.MarkerPresent {
+		t.Error("the probe removed the drain marker")
+	}
+	r := w.gw.Probe(ctx, target("hermes-agent-2"))
+	if r.Readiness != gateway.NoSecret || r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("unprovisioned agent: %+v, want no_secret (401)", r)
+	}
+	if v := w.sim.Machine("hermes-agent-2", target("hermes-agent-2").MachineID); v.MarkerPresent {
+		t.Error("the probe wrote a marker")
+	}
+	// An older Hermes: a fleet on an image without the drain route.
+	w2 := newWorld(t, worldOpts{sim: fleetsim.Config{Image: legacy, LegacyImages: []string{legacy}}})
+	r = w2.gw.Probe(w2.ctx(10*time.Second), w2.target())
+	if r.Readiness != gateway.NoDrainRoute || r.StatusCode != http.StatusNotFound {
+		t.Errorf("legacy agent: %+v, want no_drain_route (404)", r)
+	}
+	if v := w2.sim.Machine(w2.app, w2.id); v.MarkerPresent {
+		t.Error("the probe wrote a marker on the legacy agent")
+	}
+	if n := w2.sim.Requests()[fleetsim.RouteDrain]; n != 1 {
+		t.Errorf("%d drain requests for one probe of a 404: it was retried", n)
+	}
 }

@@ -401,9 +401,9 @@ func checkPost(post recordedPost) error {
 		if len(body) != 2 {
 			return fmt.Errorf("body %q: fields beyond action and suppress_notification", post.Body)
 		}
-	case "cancel":
+	case "cancel", gateway.ProbeAction:
 		if len(body) != 1 {
-			return fmt.Errorf("body %q: a cancel carries only the action", post.Body)
+			return fmt.Errorf("body %q: a %s carries only the action", post.Body, action)
 		}
 	default:
 		return fmt.Errorf("body %q: action %q", post.Body, action)

@@ -51,3 +51,17 @@ func TestCheckSecret(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyID(t *testing.T) {
+	k1 := []byte("0123456789abcdef0123456789abcdef-one")
+	k2 := []byte("0123456789abcdef0123456789abcdef-two")
+	id := KeyID(k1)
+	if len(id) != 16 || id != KeyID(k1) || id == KeyID(k2) {
+		t.Fatalf("KeyID %q / %q", id, KeyID(k2))
+	}
+	for _, app := range []string{"", "hermes-agent-1"} {
+		if s := Derive(k1, app); strings.Contains(s, id) || strings.Contains(id, s[:16]) {
+			t.Errorf("key id overlaps the secret of %q", app)
+		}
+	}
+}

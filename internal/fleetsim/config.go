@@ -61,6 +61,18 @@ type Config struct {
 	// FlyToken is the token the Machines API accepts, sent as "Bearer …" or
 	// "FlyV1 …". Default: a generated throwaway token.
 	FlyToken string
+	// Unprovisioned selects the apps that start without the app secret
+	// HERMES_DASHBOARD_DRAIN_SECRET: their agents answer every drain POST
+	// with 401 until they are recreated, with min_secrets_version, after
+	// the secret was set. Default: none (every app has its derived secret
+	// at secrets version 1).
+	Unprovisioned func(app string) bool
+	// AppImage, if set, returns the image an app's machines run at the
+	// start (e.g. a few on a legacy image); default Image for every app.
+	AppImage func(app string) string
+	// LegacyImages are images of an older Hermes without the drain route:
+	// their dashboards answer 404 to POST /api/gateway/drain.
+	LegacyImages []string
 	// DrainKey derives every agent's drain secret
 	// (drainsecret.Derive(DrainKey, app)). At least 32 bytes. Default: 43
 	// printable characters (32 random bytes, base64url), so that it can be
@@ -172,6 +184,10 @@ func DefaultLimits() map[string]Limit {
 		RouteWait:         action,
 		RouteStart:        action,
 		RouteStop:         action,
+		RouteSecretsList:  action,
+		RouteSecretSet:    action,
+		RouteSecretsSet:   action,
+		RouteSecretDelete: action,
 	}
 }
 
@@ -188,6 +204,10 @@ const (
 	RouteWait         = "fly.wait"
 	RouteStart        = "fly.start"
 	RouteStop         = "fly.stop"
+	RouteSecretsList  = "fly.secrets_list"
+	RouteSecretSet    = "fly.secret_set"
+	RouteSecretsSet   = "fly.secrets_update"
+	RouteSecretDelete = "fly.secret_delete"
 	RouteFlyUnknown   = "fly.unknown"
 	RouteDrain        = "gateway.drain"
 	RouteStatus       = "gateway.status"
@@ -336,4 +356,43 @@ func randomToken(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b) // never fails (crypto/rand panics on failure)
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// LegacyImage is the image DayOne puts its legacy apps on: an older Hermes
+// without the drain route.
+const LegacyImage = "registry.fly.io/hermes-agent:v0"
+
+// DayOne shapes c as a fleet before enrolment: the first legacy apps run
+// LegacyImage (their drain endpoint answers 404) and the first
+// unprovisioned apps have no drain secret (401 until recreated after it is
+// set). Apps are counted by the number their names end in.
+func (c *Config) DayOne(legacy, unprovisioned int) {
+	if legacy > 0 {
+		c.LegacyImages = append(c.LegacyImages, LegacyImage)
+		c.AppImage = func(app string) string {
+			if appNumber(app) <= legacy {
+				return LegacyImage
+			}
+			return ""
+		}
+	}
+	if unprovisioned > 0 {
+		c.Unprovisioned = func(app string) bool { return appNumber(app) <= unprovisioned }
+	}
+}
+
+// appNumber is the number an app's name ends in (0 if none).
+func appNumber(app string) int {
+	i := len(app)
+	for i > 0 && app[i-1] >= '0' && app[i-1] <= '9' {
+		i--
+	}
+	n := 0
+	for _, c := range app[i:] {
+		n = n*10 + int(c-'0')
+		if n > 1<<30 {
+			return 0
+		}
+	}
+	return n
 }

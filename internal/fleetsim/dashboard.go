@@ -143,7 +143,14 @@ type cancelResponse struct {
 // fails with 500, action is trimmed and case-folded, and
 // suppress_notification goes through Python's bool().
 func (s *Sim) handleDrain(w http.ResponseWriter, r *http.Request, m *machine) {
-	if !s.drainAuthorized(r, m.app) {
+	s.mu.Lock()
+	route := s.hasDrainRoute(m.config.Image)
+	s.mu.Unlock()
+	if !route {
+		writeJSON(w, http.StatusNotFound, detail{Detail: "Not Found"})
+		return
+	}
+	if !s.drainAuthorized(r, m) {
 		writeJSON(w, http.StatusUnauthorized, detail{Detail: "Unauthorized"})
 		return
 	}
@@ -200,14 +207,17 @@ func (s *Sim) handleDrain(w http.ResponseWriter, r *http.Request, m *machine) {
 	}
 }
 
-func (s *Sim) drainAuthorized(r *http.Request, a *app) bool {
+func (s *Sim) drainAuthorized(r *http.Request, m *machine) bool {
 	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !strings.EqualFold(scheme, "Bearer") || tok == "" {
 		return false
 	}
 	s.mu.Lock()
-	want, wrong := a.secret, a.wrongSecret
+	want, wrong := m.drainSecret, m.app.wrongSecret
 	s.mu.Unlock()
+	if want == "" {
+		return false // no drain secret configured: the route refuses everyone
+	}
 	if wrong {
 		want = "a-different-secret-the-agent-was-provisioned-with"
 	}

@@ -15,8 +15,11 @@
 // Apps are named AppPrefix+"1" … AppPrefix+"N" (default hermes-agent-1…),
 // each with MachinesPerApp machines (14-hex ids, regions round-robin, a
 // volume mounted at /opt/data, an HTTP check "dashboard" on /api/status,
-// config.metadata = Fly's fly_* keys plus Config.Labels). Every agent's
-// drain secret is drainsecret.Derive(DrainKey, app). All names and ids are
+// config.metadata = Fly's fly_* keys plus Config.Labels), on Config.Image
+// (or Config.AppImage's per app). Every agent's drain secret is
+// drainsecret.Derive(DrainKey, app), set as its app secret unless the app
+// is Config.Unprovisioned. Config.DayOne shapes a fleet before enrolment
+// (legacy apps on LegacyImage, unprovisioned apps). All names and ids are
 // reproducible from Config.Seed.
 //
 // # Time
@@ -54,6 +57,19 @@
 //	GET    …/{id}/lease                      200 lease (nonce, owner, description) | 404
 //	DELETE …/{id}/lease                      200 | 404 "lease not found" | 409 wrong nonce
 //	POST   …/{id}/start, …/{id}/stop          200 | 412 while replacing
+//	GET    /v1/apps/{app}/secrets            {"secrets":[{name,digest,created_at,updated_at}…]} (never values)
+//	POST   /v1/apps/{app}/secrets/{name}     {"value":…} → 201 {name,digest,…,"version":N}
+//	POST   /v1/apps/{app}/secrets            {"values":{name: value|null}} → {"secrets":[…],"version":N}
+//	DELETE /v1/apps/{app}/secrets/{name}     {"version":N} | 404
+//
+// App secrets have one version per app, bumped by every write. A machine
+// sees the secrets only of the version it was last recreated with: an
+// update that carries min_secrets_version N (N at most the app's version,
+// else 412) gives the new instance the app's current secrets; one without
+// it keeps the secrets the machine had. Every app starts with its derived
+// HERMES_DASHBOARD_DRAIN_SECRET at version 1, except Config.Unprovisioned
+// apps, which have no secret (version 0) and whose agents answer 401 until
+// recreated with it. The digest is an opaque fingerprint of the value.
 //
 // Every response carries Fly-Request-Id. A missing or wrong Authorization
 // is 401 {"error":"unauthorized"}; errors are {"error":"…"}, lease conflicts
@@ -105,10 +121,14 @@
 //
 // # Dashboards
 //
+// A machine on one of Config.LegacyImages runs an older Hermes without the
+// drain route: POST /api/gateway/drain is 404 (before auth).
+//
 // /gateway/{app}/{machine_id}/api/gateway/drain and …/api/status behave as
 // shared/contracts/hermes-gateway.md says: 405 for another method (before
-// auth), 401 {"detail":…} unless Authorization is "Bearer <derived secret>"
-// (SetWrongSecret: the agent holds another secret, so always 401); a body
+// auth), 401 {"detail":…} unless Authorization is "Bearer <the secret the
+// instance booted with>" (none: always 401; SetWrongSecret: the agent holds
+// another secret, so always 401); a body
 // that is not JSON is {} and begins a drain; a JSON value that is not an
 // object (an array) is a plain-text 500, and so is a non-string action;
 // action is trimmed and lower-cased, falsy → "drain", unknown → 400

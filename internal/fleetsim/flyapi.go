@@ -199,6 +199,11 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, flyError{Error: "name cannot be changed by an update"})
 		return
 	}
+	if err := s.checkMinSecrets(m, in.MinSecretsVersion); err != nil {
+		s.mu.Unlock()
+		writeJSON(w, http.StatusPreconditionFailed, flyError{Error: err.Error()})
+		return
+	}
 	if s.failPrepare[in.Config.Image] && !in.SkipLaunch {
 		// flyd cannot prepare the image: the new instance fails before the
 		// running one is touched, which goes on untouched (no SIGTERM, same
@@ -216,6 +221,8 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, out)
 		return
 	}
+	// The new instance gets the app's secrets it asked for.
+	s.applySecrets(m, in.MinSecretsVersion)
 	// Fly replaces the instance: the running one gets SIGTERM, the machine
 	// keeps its id and volume, and a new instance id is assigned at once.
 	m.events = m.events[:0] // an update resets the event history

@@ -97,6 +97,10 @@ func (s *Sim) Handler() http.Handler {
 	mux.HandleFunc("DELETE "+ms+"/lease", s.fly(RouteLeaseRelease, scopeMachine, s.handleLeaseRelease))
 	mux.HandleFunc("POST "+ms+"/start", s.fly(RouteStart, scopeMachine, s.handleStart))
 	mux.HandleFunc("POST "+ms+"/stop", s.fly(RouteStop, scopeMachine, s.handleStop))
+	mux.HandleFunc("GET /v1/apps/{app}/secrets", s.fly(RouteSecretsList, scopeApp, s.handleListSecrets))
+	mux.HandleFunc("POST /v1/apps/{app}/secrets", s.fly(RouteSecretsSet, scopeApp, s.handleUpdateSecrets))
+	mux.HandleFunc("POST /v1/apps/{app}/secrets/{name}", s.fly(RouteSecretSet, scopeApp, s.handleSetSecret))
+	mux.HandleFunc("DELETE /v1/apps/{app}/secrets/{name}", s.fly(RouteSecretDelete, scopeApp, s.handleDeleteSecret))
 	mux.HandleFunc("/v1/", s.fly(RouteFlyUnknown, scopeNone, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusNotFound, flyError{Error: "not found"})
 	}))

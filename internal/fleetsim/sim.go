@@ -57,8 +57,12 @@ type app struct {
 	name, id    string
 	machines    []*machine
 	byID        map[string]*machine
-	secret      string // the agent's HERMES_DASHBOARD_DRAIN_SECRET
+	secret      string // the derived drain secret (what migrator sends)
 	wrongSecret bool
+	// secrets are the app secrets (Fly's vault) and secretsVersion their
+	// version, bumped by every write.
+	secrets        map[string]*appSecret
+	secretsVersion uint64
 }
 
 type vmState int
@@ -109,8 +113,13 @@ type machine struct {
 	epoch      int           // changes on every VM boot
 	unhealthy  bool
 	instanceID string
-	config     *fly.MachineConfig // never mutated once stored
-	good       struct {           // last config that booted
+	// drainSecret is the HERMES_DASHBOARD_DRAIN_SECRET the instance booted
+	// with ("" none: every drain POST is 401), from secrets version
+	// secretsVersion of its app.
+	drainSecret    string
+	secretsVersion uint64
+	config         *fly.MachineConfig // never mutated once stored
+	good           struct {           // last config that booted
 		config   *fly.MachineConfig
 		instance string
 	}
@@ -182,6 +191,11 @@ func New(cfg Config) (*Sim, error) {
 		a := &app{name: fmt.Sprintf("%s%d", cfg.AppPrefix, i), byID: make(map[string]*machine, cfg.MachinesPerApp)}
 		a.id = s.hexID(16)
 		a.secret = drainsecret.Derive(cfg.DrainKey, a.name)
+		provisioned := cfg.Unprovisioned == nil || !cfg.Unprovisioned(a.name)
+		if provisioned {
+			a.setSecret(DrainSecretName, a.secret, s.origin.Add(-24*time.Hour))
+			a.secretsVersion = 1
+		}
 		for j := 0; j < cfg.MachinesPerApp; j++ {
 			m := &machine{
 				app:        a,
@@ -197,6 +211,7 @@ func New(cfg Config) (*Sim, error) {
 				epoch:      1,
 				instanceID: s.instanceID(booted),
 			}
+			m.drainSecret, m.secretsVersion = a.drainSecretValue(), a.secretsVersion
 			m.name = fmt.Sprintf("%s-%d", a.name, j+1)
 			m.privateIP = fmt.Sprintf("fdaa:0:%x:a7b:%x:%s:%s:2", 0x1000+i%0xefff, 0x100+len(s.machines)%0xeff, m.id[:4], m.id[4:8])
 			m.config = s.initialConfig(base, a.name, m)
@@ -248,6 +263,11 @@ func (s *Sim) initialConfig(base fly.MachineConfig, appName string, m *machine) 
 		md[k] = v
 	}
 	c.Metadata = md
+	if s.cfg.AppImage != nil {
+		if img := s.cfg.AppImage(appName); img != "" {
+			c.Image = img
+		}
+	}
 	c.Mounts = []fly.MachineMount{{Path: "/opt/data", Volume: m.volumeID, Name: "hermes_data", SizeGb: 1}}
 	return &c
 }

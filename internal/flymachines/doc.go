@@ -53,6 +53,16 @@
 // read whose instance id or image differ. CheckHealth refuses the vacuous
 // pass of zero results and results older than the update.
 //
+// # App secrets
+//
+// ListAppSecrets and SetAppSecret go through fly-go's flaps client (GET and
+// POST /v1/apps/{app}/secrets…): names and Fly's digests come back, never
+// values; a write answers the app's new secrets version. A value being set
+// is scrubbed from any error, as the token is. UpdateImage takes
+// WithMinSecretsVersion, sent as min_secrets_version: a machine sees app
+// secrets only when recreated, and this makes its new instance hold at least
+// that version.
+//
 // # Errors
 //
 // Failures are *APIError (Op, App, MachineID, Status, RequestID, Msg) or one

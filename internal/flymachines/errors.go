@@ -181,7 +181,9 @@ func target(app, id string) string {
 
 // apiError classifies err from fly-go or from a direct request into an
 // *APIError naming op and target. Typed errors of this package pass through.
-func (c *Client) apiError(op, app, id string, err error) error {
+// redact lists further values (a secret being set) that must not survive
+// into the error, should a server or proxy echo the request.
+func (c *Client) apiError(op, app, id string, err error, redact ...string) error {
 	if err == nil {
 		return nil
 	}
@@ -200,7 +202,7 @@ func (c *Client) apiError(op, app, id string, err error) error {
 	case errors.As(err, &fe):
 		e.Status = fe.ResponseStatusCode
 		e.RequestID = fe.FlyRequestId
-		e.Msg = c.scrub(serverText(fe))
+		e.Msg = c.scrub(serverText(fe), redact...)
 		// Keep a copy with a short body: the original may hold a large one,
 		// and fly-go's wrapping adds nothing.
 		e.Err = &flaps.FlapsError{
@@ -218,11 +220,11 @@ func (c *Client) apiError(op, app, id string, err error) error {
 	case errors.As(err, &ue):
 		// A request that got no response: connection refused/reset, TLS, a
 		// rate-limit wait that would overrun the deadline.
-		e.Msg, e.temporary = c.scrub(describe(ue.Err)), true
+		e.Msg, e.temporary = c.scrub(describe(ue.Err), redact...), true
 	default:
 		// Building the request or decoding the answer failed: retrying the
 		// same exchange gives the same result.
-		e.Msg = c.scrub(describe(err))
+		e.Msg = c.scrub(describe(err), redact...)
 	}
 	e.Err = err
 	return e
@@ -262,9 +264,11 @@ func jsonErrorText(body []byte) string {
 
 // scrub shortens s to one line of at most maxMsg bytes and removes the token,
 // in case a server or proxy echoes request headers.
-func (c *Client) scrub(s string) string {
-	for _, secret := range c.secrets {
-		s = strings.ReplaceAll(s, secret, "[redacted]")
+func (c *Client) scrub(s string, redact ...string) string {
+	for _, secret := range append(redact, c.secrets...) {
+		if secret != "" {
+			s = strings.ReplaceAll(s, secret, "[redacted]")
+		}
 	}
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) > maxMsg {

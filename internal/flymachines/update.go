@@ -25,6 +25,19 @@ type UpdateResult struct {
 	UpdatedAt      time.Time // Fly's updated_at: pass it to CheckHealth as since
 }
 
+// UpdateOption adjusts an UpdateImage call.
+type UpdateOption func(*updateOptions)
+
+type updateOptions struct {
+	minSecretsVersion *uint64
+}
+
+// WithMinSecretsVersion makes the update carry min_secrets_version v, so
+// the new instance gets at least that version of the app's secrets.
+func WithMinSecretsVersion(v uint64) UpdateOption {
+	return func(o *updateOptions) { o.minSecretsVersion = &v }
+}
+
 const (
 	// maxUpdateSends bounds how often one UpdateImage sends the update when
 	// its outcome stays unknown.
@@ -56,28 +69,36 @@ func settled(state string) bool {
 // its full config with only Image changed (mounts, env, services, metadata
 // kept; region and name unchanged), under the lease nonce.
 //
-// MinSecretsVersion is left unset, as flyctl does when it has not itself set
-// the app's secrets (it sends the version its own `secrets set` produced):
-// an image-only update changes no secrets.
+// WithMinSecretsVersion asks Fly to start the new instance with at least
+// that version of the app's secrets (the version `secret sync` recorded);
+// without it the update carries no min_secrets_version, as flyctl sends
+// none when it has not itself set the app's secrets.
 //
 // The update is sent without fly-go's retries. When its outcome is unknown
 // (408, 5xx, no response) the machine is read again: if it already names
 // image, the update landed and is not sent twice; if it is still changing,
 // the read is repeated; otherwise the update is sent again (at most
 // maxUpdateSends times in all).
-func (c *Client) UpdateImage(ctx context.Context, app, id, image, nonce string) (UpdateResult, error) {
-	return c.updateImage(ctx, app, id, image, nonce, false)
+func (c *Client) UpdateImage(ctx context.Context, app, id, image, nonce string, opts ...UpdateOption) (UpdateResult, error) {
+	return c.updateImage(ctx, app, id, image, nonce, false, opts)
 }
 
 // RollbackImage is UpdateImage for putting back the image a running machine
 // had before an update that failed: the machine is launched on it even if
 // it is stopped now (the failed new instance exited), since it was running
-// before. Use UpdateImage for a machine that was stopped before.
-func (c *Client) RollbackImage(ctx context.Context, app, id, image, nonce string) (UpdateResult, error) {
-	return c.updateImage(ctx, app, id, image, nonce, true)
+// before. Use UpdateImage for a machine that was stopped before. It takes
+// the same options as UpdateImage (so either can be called through one
+// func value); a rollback to the old image passes none, since the old image
+// does not need the secrets synced for the new one.
+func (c *Client) RollbackImage(ctx context.Context, app, id, image, nonce string, opts ...UpdateOption) (UpdateResult, error) {
+	return c.updateImage(ctx, app, id, image, nonce, true, opts)
 }
 
-func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, launch bool) (UpdateResult, error) {
+func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, launch bool, opts []UpdateOption) (UpdateResult, error) {
+	var o updateOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	const kind = "fly.update"
 	if err := checkTarget(kind, app, id); err != nil {
 		return UpdateResult{}, err
@@ -115,6 +136,9 @@ func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, 
 			Region:     m.Region,
 			Config:     cfg,
 			SkipLaunch: !launched,
+			// The machine's secrets are only refreshed when it is
+			// recreated: this is the moment a synced secret reaches it.
+			MinSecretsVersion: o.minSecretsVersion,
 		}
 		out, err := c.postUpdate(ctx, app, id, in, nonce)
 		sends++

@@ -58,6 +58,18 @@
 //   - *TargetError: the target cannot be turned into a URL (an empty value
 //     for a placeholder the template uses). Permanent.
 //
+// # Readiness probe
+//
+// Probe is a drain POST with the agent's derived secret and an action no
+// gateway knows (ProbeAction). The gateway checks the bearer before it reads
+// the body and refuses an unknown action with 400, so the probe has no side
+// effect and its answer is a Readiness: 400 Ready, 401 NoSecret (no secret,
+// or another one), 404 NoDrainRoute (an older Hermes), 403 Forbidden, 5xx
+// ServerError (after retries), no answer Unreachable, anything else
+// (including a 2xx) Unexpected. Classify sorts any drain call's error the
+// same way, and Undrainable picks the two answers (401, 404) that a run
+// with undrainable = "recreate" moves without a drain.
+//
 // # Status
 //
 // Status.Quiescent is the contract's test (state "draining" and no active

@@ -1,0 +1,193 @@
+// Package fleetcheck reports which agents migrator can drain, without
+// changing anything on them: for each selected machine its app, id, state,
+// image, the Hermes version from GET /api/status, and the readiness of its
+// drain endpoint from the gateway client's side-effect-free probe (a drain
+// POST with the agent's derived secret and an unknown action: 400 ready,
+// 401 no secret, 404 no drain route, 403, 5xx, unreachable).
+//
+// Machines are listed by the caller (orchestrator.SelectMachines, through
+// the Fly transport that paces every call to Fly's rate limits); the
+// agents are then probed at most Config.Parallel at a time, each within
+// Config.Timeout. A machine that is not started has no agent to ask: it is
+// reported "not_running" and does not count against readiness, since a run
+// moves it without a drain (it has no users) and its update hands it the
+// app's current secrets.
+package fleetcheck
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+)
+
+// Gateway is what the check needs of the agents' dashboards.
+type Gateway interface {
+	Status(ctx context.Context, t gateway.Target) (gateway.Status, error)
+	Probe(ctx context.Context, t gateway.Target) gateway.ProbeResult
+}
+
+var _ Gateway = (*gateway.Client)(nil)
+
+// NotRunning is the category of a machine that is not started: nothing to
+// probe, nothing to drain.
+const NotRunning gateway.Readiness = "not_running"
+
+// Defaults.
+const (
+	DefaultParallel = 16
+	DefaultTimeout  = 30 * time.Second
+)
+
+// Config configures a check. Zero fields take the defaults.
+type Config struct {
+	// Parallel bounds the agents probed at once. Default 16.
+	Parallel int
+	// Timeout bounds the status read and the probe of one agent (each with
+	// the gateway client's retries). Default 30 s.
+	Timeout time.Duration
+	// Logger gets one debug line per agent. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Parallel < 0 || c.Timeout < 0 {
+		return c, fmt.Errorf("fleetcheck: parallel and timeout must not be negative")
+	}
+	if c.Parallel == 0 {
+		c.Parallel = DefaultParallel
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// Agent is one machine's line of the report.
+type Agent struct {
+	App       string            `json:"app"`
+	MachineID string            `json:"machine_id"`
+	State     string            `json:"state"`
+	Region    string            `json:"region"`
+	Image     string            `json:"image"`
+	Version   string            `json:"version"` // from /api/status; "" when unread
+	Readiness gateway.Readiness `json:"readiness"`
+	// StatusCode is the probe's HTTP status (400 for ready); 0 when none.
+	StatusCode int `json:"status_code,omitempty"`
+	// Detail says why an agent is not ready (one line, never a secret).
+	Detail string `json:"detail,omitempty"`
+}
+
+// Ready reports whether the agent does not stand in the way of a drain.
+func (a Agent) Ready() bool { return a.Readiness == gateway.Ready || a.Readiness == NotRunning }
+
+// Report is the whole check, agents in the order given.
+type Report struct {
+	Agents []Agent `json:"agents"`
+	// Counts per readiness category.
+	Counts map[gateway.Readiness]int `json:"counts"`
+}
+
+// Ready reports whether every agent is ready (or not running).
+func (r Report) Ready() bool {
+	for _, a := range r.Agents {
+		if !a.Ready() {
+			return false
+		}
+	}
+	return true
+}
+
+// Categories lists the report's categories in display order, ready first,
+// with their counts (only those that occur).
+func (r Report) Categories() []gateway.Readiness {
+	var out []gateway.Readiness
+	for _, c := range append(gateway.Readinesses(), NotRunning) {
+		if r.Counts[c] > 0 {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Check probes the agents of machines. It writes nothing anywhere; ctx
+// bounds the whole check.
+func Check(ctx context.Context, cfg Config, gw Gateway, machines []flymachines.Machine) (Report, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{Agents: make([]Agent, len(machines)), Counts: map[gateway.Readiness]int{}}
+	sem := make(chan struct{}, cfg.Parallel)
+	var wg sync.WaitGroup
+	for i, m := range machines {
+		rep.Agents[i] = Agent{App: m.App, MachineID: m.ID, State: m.State, Region: m.Region, Image: m.Image}
+		if m.State != "started" && m.State != "starting" {
+			rep.Agents[i].Readiness = NotRunning
+			continue
+		}
+		wg.Add(1)
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Done()
+			rep.Agents[i].Readiness, rep.Agents[i].Detail = gateway.Unreachable, ctx.Err().Error()
+			continue
+		}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			probe(ctx, cfg, gw, m, &rep.Agents[i])
+		}()
+	}
+	wg.Wait()
+	for _, a := range rep.Agents {
+		rep.Counts[a.Readiness]++
+	}
+	return rep, nil
+}
+
+func probe(ctx context.Context, cfg Config, gw Gateway, m flymachines.Machine, a *Agent) {
+	t := gateway.Target{App: m.App, MachineID: m.ID, Region: m.Region, PrivateIP: m.PrivateIP, InstanceID: m.InstanceID}
+	sctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	st, serr := gw.Status(sctx, t)
+	cancel()
+	if serr == nil {
+		a.Version = st.Version
+	} else if r, _ := gateway.Classify(serr); r == gateway.Unreachable {
+		// The same dashboard serves the drain route: no need to wait for
+		// it to fail twice.
+		a.Readiness, a.Detail = gateway.Unreachable, serr.Error()
+		cfg.Logger.Debug("fleet check", "app", m.App, "machine_id", m.ID, "readiness", string(a.Readiness))
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	res := gw.Probe(pctx, t)
+	cancel()
+	a.Readiness, a.StatusCode = res.Readiness, res.StatusCode
+	if res.Err != nil {
+		a.Detail = res.Err.Error()
+	}
+	cfg.Logger.Debug("fleet check", "app", m.App, "machine_id", m.ID, "readiness", string(a.Readiness),
+		"status", a.StatusCode, "version", a.Version)
+}
+
+// Explain says, for a category, what it means and what moves the agent on.
+func Explain(r gateway.Readiness) string {
+	return map[gateway.Readiness]string{
+		gateway.Ready:        "drain endpoint and secret good",
+		gateway.NoSecret:     "401: the agent holds no drain secret or another one; `migrator secret sync`, then a run (its recreate hands over the secret; --undrainable recreate until then)",
+		gateway.NoDrainRoute: "404: a Hermes without the drain endpoint; a run with --undrainable recreate moves it to a drain-aware image",
+		gateway.Forbidden:    "403: the gateway knows the token but not for drain-control",
+		gateway.ServerError:  "5xx: the gateway failed (marker write or auth provider)",
+		gateway.Unreachable:  "no answer from the dashboard",
+		gateway.Unexpected:   "an answer the gateway contract does not list",
+		NotRunning:           "machine not started: nothing to drain (a run moves it without one)",
+	}[r]
+}

@@ -1,0 +1,128 @@
+package fleetcheck_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/fleetcheck"
+	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/orchestrator"
+	"github.com/hermes-cloud/migrator/store"
+)
+
+const legacy = "registry.fly.io/hermes-agent:v0"
+
+// TestCheck: one agent per category the simulator can produce, counted
+// and explained; nothing is begun, cancelled or changed on any agent.
+func TestCheck(t *testing.T) {
+	clk := clock.NewScaled(time.Time{}, 100)
+	sim, err := fleetsim.New(fleetsim.Config{Apps: 5, Clock: clk, APISimTime: true, Seed: 9,
+		LegacyImages: []string{legacy},
+		AppImage: func(app string) string {
+			if app == "hermes-agent-2" {
+				return legacy
+			}
+			return ""
+		},
+		Unprovisioned: func(app string) bool { return app == "hermes-agent-3" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	id := func(app string) string { return sim.MachineIDs(app)[0] }
+	sim.SetDashboardDown("hermes-agent-4", id("hermes-agent-4"), true)
+	ctx := context.Background()
+	fly, err := flymachines.New(ctx, flymachines.Config{Token: sim.FlyToken(), BaseURL: sim.FlyBaseURL(), Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// hermes-agent-5 is stopped.
+	if err := stop(ctx, sim, "hermes-agent-5", id("hermes-agent-5")); err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(gateway.Config{URLTemplate: sim.GatewayURLTemplate(), DrainKey: sim.DrainKey(),
+		RetryMax: 1, RetryWaitMin: time.Millisecond, RetryWaitMax: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	machines, err := orchestrator.SelectMachines(ctx, fly, store.Selector{Org: sim.Org()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Parallel: 2, Timeout: 5 * time.Second}, gw, machines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]gateway.Readiness{
+		"hermes-agent-1": gateway.Ready, "hermes-agent-2": gateway.NoDrainRoute, "hermes-agent-3": gateway.NoSecret,
+		"hermes-agent-4": gateway.Unreachable, "hermes-agent-5": fleetcheck.NotRunning,
+	}
+	for _, a := range rep.Agents {
+		if a.Readiness != want[a.App] {
+			t.Errorf("%s: %s (%d %s), want %s", a.App, a.Readiness, a.StatusCode, a.Detail, want[a.App])
+		}
+		if fleetcheck.Explain(a.Readiness) == "" {
+			t.Errorf("no explanation for %s", a.Readiness)
+		}
+	}
+	got := map[string]fleetcheck.Agent{}
+	for _, a := range rep.Agents {
+		got[a.App] = a
+	}
+	if a := got["hermes-agent-2"]; a.Version != "v0" || a.Image != legacy || a.StatusCode != 404 || a.State != "started" {
+		t.Errorf("legacy agent line %+v", a)
+	}
+	if a := got["hermes-agent-1"]; a.Version != "v1" || a.StatusCode != 400 || a.Detail != "" {
+		t.Errorf("ready agent line %+v", a)
+	}
+	if rep.Ready() || rep.Counts[gateway.Ready] != 1 || rep.Counts[fleetcheck.NotRunning] != 1 || len(rep.Categories()) != 5 {
+		t.Errorf("report ready=%t counts %+v", rep.Ready(), rep.Counts)
+	}
+	// One probe per reachable, running agent (1, 2, 3): the unreachable
+	// dashboard is not asked twice, the stopped machine not at all.
+	if n := sim.Requests()[fleetsim.RouteDrain]; n != 3 {
+		t.Errorf("%d drain requests, want 3", n)
+	}
+	for _, m := range sim.Machines() {
+		if m.MarkerPresent || sim.Updates(m.App, m.ID) != 0 {
+			t.Errorf("%s/%s changed by the check: %+v", m.App, m.ID, m)
+		}
+	}
+	// Only ready and not running: the fleet is ready.
+	only := []flymachines.Machine{}
+	for _, m := range machines {
+		if m.App == "hermes-agent-1" || m.App == "hermes-agent-5" {
+			only = append(only, m)
+		}
+	}
+	if rep, _ := fleetcheck.Check(ctx, fleetcheck.Config{}, gw, only); !rep.Ready() {
+		t.Errorf("ready and stopped agents: not ready %+v", rep.Counts)
+	}
+}
+
+// stop stops a machine through the Machines API (POST …/stop).
+func stop(ctx context.Context, sim *fleetsim.Sim, app, id string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, sim.FlyBaseURL()+"/v1/apps/"+app+"/machines/"+id+"/stop", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+sim.FlyToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("stop %s/%s: HTTP %d", app, id, resp.StatusCode)
+	}
+	return nil
+}
