@@ -281,8 +281,14 @@ func TestServeSIGTERMExitsWithinBoundAndHandsBack(t *testing.T) {
 	w := newSimWorld(t, cfg, 50)
 	p := w.startServe("first")
 	serveAddr(t, p)
+	// Drains begin at once (--idle-wait 0), so that steps are in flight at
+	// the SIGTERM and no busy agent is deferred: under serve's 10 s (wall)
+	// fill period a 50× clock gives a waiting agent only a few looks within
+	// its 30-minute idle wait.
+	noIdleWait := time.Duration(0)
 	run, _, err := w.orch.CreateRun(context.Background(), orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: serveTestImage,
-		MaxUnavailable: "4", RequestedBy: "test", Selector: store.Selector{Org: w.sim.Org()}, DeadlineOverride: 5 * time.Minute}, nil)
+		MaxUnavailable: "4", RequestedBy: "test", Selector: store.Selector{Org: w.sim.Org()}, DeadlineOverride: 5 * time.Minute,
+		IdleWaitOverride: &noIdleWait}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

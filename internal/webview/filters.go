@@ -14,13 +14,13 @@ import (
 
 // historyFilter reads the history search's fields, named like `migrator
 // history`'s flags (app, machine, cause, run, since, until, quiet, loud,
-// outcome, forced, busy_deferred, limit) and checked the same way. defLimit applies when
+// outcome, forced, busy_deferred, undrainable, limit) and checked the same way. defLimit applies when
 // limit is absent.
 func historyFilter(q url.Values, defLimit int) (store.HistoryFilter, error) {
 	get := func(k string) string { return strings.TrimSpace(q.Get(k)) }
 	on := func(k string) bool { v := get(k); return v != "" && v != "0" && v != "false" }
 	f := store.HistoryFilter{App: get("app"), MachineID: get("machine"), Forced: on("forced"),
-		BusyDeferred: on("busy_deferred"), Limit: defLimit}
+		BusyDeferred: on("busy_deferred"), Undrainable: on("undrainable"), Limit: defLimit}
 	if s := get("cause"); s != "" {
 		c, err := policy.ParseCause(s)
 		if err != nil {

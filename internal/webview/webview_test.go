@@ -563,6 +563,7 @@ func TestHistorySearch(t *testing.T) {
 		fmt.Sprintf("run=%d&quiet=1&limit=0", other):  {RunID: other, Quiet: new(true)},
 		"loud=1":                  {Quiet: new(false)},
 		"busy_deferred=1&limit=0": {BusyDeferred: true},
+		"undrainable=1":           {Undrainable: true},
 	} {
 		var want int
 		if err := q.History(context.Background(), f, func(store.HistoryRow) error { want++; return nil }); err != nil {
