@@ -11,10 +11,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/policy"
@@ -150,20 +150,18 @@ func SelectMachines(ctx context.Context, fly Lister, sel store.Selector) ([]flym
 
 	perApp := make([][]flymachines.Machine, len(apps))
 	errs := make([]error, len(apps))
-	sem := make(chan struct{}, 8)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(8)
 	for i, app := range apps {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		g.Go(func() error {
 			perApp[i], errs[i] = fly.ListMachines(ctx, app)
 			if errs[i] != nil {
 				errs[i] = fmt.Errorf("list machines of %s: %w", app, errs[i])
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // errors are kept per app, all of them reported
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}

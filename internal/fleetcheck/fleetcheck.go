@@ -18,8 +18,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
@@ -125,28 +126,24 @@ func Check(ctx context.Context, cfg Config, gw Gateway, machines []flymachines.M
 		return Report{}, err
 	}
 	rep := Report{Agents: make([]Agent, len(machines)), Counts: map[gateway.Readiness]int{}}
-	sem := make(chan struct{}, cfg.Parallel)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(cfg.Parallel)
 	for i, m := range machines {
 		rep.Agents[i] = Agent{App: m.App, MachineID: m.ID, State: m.State, Region: m.Region, Image: m.Image}
 		if m.State != "started" && m.State != "starting" {
 			rep.Agents[i].Readiness = NotRunning
 			continue
 		}
-		wg.Add(1)
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Done()
-			rep.Agents[i].Readiness, rep.Agents[i].Detail = gateway.Unreachable, ctx.Err().Error()
-			continue
-		}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		g.Go(func() error {
+			if err := ctx.Err(); err != nil {
+				rep.Agents[i].Readiness, rep.Agents[i].Detail = gateway.Unreachable, err.Error()
+				return nil
+			}
 			probe(ctx, cfg, gw, m, &rep.Agents[i])
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // every probe records its own result
 	for _, a := range rep.Agents {
 		rep.Counts[a.Readiness]++
 	}

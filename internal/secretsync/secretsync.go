@@ -28,10 +28,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/hermes-cloud/migrator/internal/callrec"
 	"github.com/hermes-cloud/migrator/internal/drainsecret"
@@ -136,22 +136,20 @@ func Sync(ctx context.Context, cfg Config, fly Fly, st *store.Store, apps []stri
 	}
 	rep := Report{KeyID: drainsecret.KeyID(cfg.Key), DryRun: cfg.DryRun, Results: make([]Result, len(apps)),
 		Counts: map[string]int{}}
-	sem := make(chan struct{}, cfg.Parallel)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(cfg.Parallel)
 	for i, app := range apps {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		g.Go(func() error {
 			actx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 			defer cancel()
 			rep.Results[i] = syncApp(actx, cfg, rep.KeyID, fly, st, app)
 			r := rep.Results[i]
 			cfg.Logger.Info("secret sync", "app", app, "action", r.Action, "reason", r.Reason,
 				"secrets_version", r.SecretsVersion, "error", r.Error)
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // every app records its own result
 	for _, r := range rep.Results {
 		rep.Counts[r.Action]++
 	}
