@@ -46,14 +46,7 @@ func TestBenchWritesResults(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "bench", "results.md")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var stdout, stderr bytes.Buffer
-	admin := storetest.AdminDSN(t)
-	e := &env{getenv: func(k string) string {
-		if k == benchServerEnv {
-			return admin
-		}
-		return ""
-	}, stdout: &stdout, stderr: &stderr}
+	e, stdout, stderr := benchEnv(t)
 	code := run(ctx, e, []string{"bench", "--machines", "8", "--budget", "4", "--time-scale", "50", "--turn-median", "3s",
 		"--drain-wait-machines", "4", "--drain-wait", "5s", "--drain-wait-time-scale", "50", "--scenario", "fleet,drain-wait", "--out", out})
 	if code != exitOK {
@@ -87,14 +80,7 @@ func TestBenchActivityMergesIntoResults(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var stdout, stderr bytes.Buffer
-	admin := storetest.AdminDSN(t)
-	e := &env{getenv: func(k string) string {
-		if k == benchServerEnv {
-			return admin
-		}
-		return ""
-	}, stdout: &stdout, stderr: &stderr}
+	e, stdout, stderr := benchEnv(t)
 	code := run(ctx, e, []string{"bench", "--scenario", "activity", "--activity-machines", "12", "--activity-budget", "4",
 		"--activity-time-scale", "60", "--seed", "2", "--out", out})
 	if code != exitOK {
@@ -116,4 +102,17 @@ func TestBenchActivityMergesIntoResults(t *testing.T) {
 	if strings.Contains(string(b), "old notes") {
 		t.Error("the earlier notes on method were kept next to the fresh ones")
 	}
+}
+
+// benchEnv is the CLI environment of a bench test: the test harness's
+// PostgreSQL as the bench's server, output captured.
+func benchEnv(t *testing.T) (e *env, stdout, stderr *bytes.Buffer) {
+	admin := storetest.AdminDSN(t)
+	stdout, stderr = &bytes.Buffer{}, &bytes.Buffer{}
+	return &env{getenv: func(k string) string {
+		if k == benchServerEnv {
+			return admin
+		}
+		return ""
+	}, stdout: stdout, stderr: stderr}, stdout, stderr
 }
