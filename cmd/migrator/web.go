@@ -179,15 +179,11 @@ func withWebView(health, web http.Handler) http.Handler {
 // loopback port until cleanup, and returns its URL: open, as on any
 // loopback address, unless credentials are set.
 func (sb *sandbox) startWebView(log *slog.Logger) (string, error) {
-	access, err := loadWebAccess(sb.e)
-	if err != nil {
-		return "", err
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", fmt.Errorf("sandbox: web view: %w", err)
 	}
-	web, err := newWebView(access, access.mode(ln.Addr()), sb.comp.store, log)
+	web, err := newWebView(sb.web, sb.web.mode(ln.Addr()), sb.comp.store, log)
 	if err != nil {
 		ln.Close()
 		return "", err
