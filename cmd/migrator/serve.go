@@ -133,7 +133,9 @@ func serve(ctx context.Context, e *env) error {
 		return err
 	}
 	logWebMode(log, mode, ln.Addr())
-	srv := &http.Server{Handler: withWebView(healthHandler(c), web), ReadHeaderTimeout: 5 * time.Second}
+	// Every machine of the organization may connect: idle keep-alive
+	// connections are closed, so they cannot pile up.
+	srv := &http.Server{Handler: withWebView(healthHandler(c), web), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "error", err)
