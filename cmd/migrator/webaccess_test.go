@@ -18,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermes-cloud/migrator/internal/callrec"
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/internal/metrics"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"
@@ -380,5 +382,54 @@ func TestServeWebViewBeyondLoopback(t *testing.T) {
 		findSecrets(t, "serve's log", string(data), map[string]string{testWebToken: "the web token", "guess-0": "a presented guess",
 			testWebToken[:8]: "part of the web token"})
 		findSecrets(t, "serve's log", string(data), w.secrets())
+	}
+}
+
+// serve's metrics are labelled by what happened, never by whom: every
+// label of every migrator_ series is one of a closed set, and a call's
+// target (app/machine) never becomes a label value, whatever the adapters
+// report.
+func TestMetricLabelsNameNoCustomer(t *testing.T) {
+	m, err := metrics.New(metrics.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const app, machine = "hermes-agent-acme", "e784079b449483"
+	for _, c := range []callrec.Call{
+		{Kind: "fly.update", Target: app + "/" + machine, Method: http.MethodPost, Status: 200, RequestID: "req-" + machine},
+		{Kind: "gateway.begin", Target: app + "/" + machine, Method: http.MethodPost, Err: "dial tcp: " + app + ".internal: refused"},
+	} {
+		m.ObserveFly(c)
+		m.ObserveGateway(c)
+	}
+	m.MachineDone(store.OutcomeMigrated)
+	m.DrainEnded(true, store.DrainQuiesced, time.Minute)
+	m.Peeked(orchestrator.PeekIdle)
+	m.IdleWaitEnded(orchestrator.IdleFound, time.Second)
+	m.AutoUpdateTick(orchestrator.AutoUpdateCreated)
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed := map[string]bool{"state": true, "outcome": true, "quiet": true, "result": true, "kind": true, "code": true}
+	var series int
+	for _, f := range families {
+		if !strings.HasPrefix(f.GetName(), "migrator_") {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			series++
+			for _, l := range s.GetLabel() {
+				if !allowed[l.GetName()] {
+					t.Errorf("%s has label %s: not one of the closed set (state, outcome, quiet, result, kind, code)", f.GetName(), l.GetName())
+				}
+				if strings.Contains(l.GetValue(), app) || strings.Contains(l.GetValue(), machine) {
+					t.Errorf("%s{%s=%q} names the customer", f.GetName(), l.GetName(), l.GetValue())
+				}
+			}
+		}
+	}
+	if series < 20 {
+		t.Errorf("only %d migrator_ series gathered: the check proves little", series)
 	}
 }
