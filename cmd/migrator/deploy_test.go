@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -218,6 +219,26 @@ func TestDeployFlyToml(t *testing.T) {
 	if port != "8080" {
 		t.Errorf("[env] %s = %q, want :8080 (the port the checks use)", httpAddrEnv, cfg.Env[httpAddrEnv])
 	}
+	// Every machine of the organization reaches that address (the
+	// customers' agents too): as deployed, the web view is served with
+	// credentials from fly secrets, or not at all; never open.
+	for _, k := range []string{webTokenEnv, webBasicAuthEnv, webOpenEnv} {
+		if v, ok := cfg.Env[k]; ok {
+			t.Errorf("[env] sets %s=%q: the web view's credentials belong in fly secrets, and it is never open on Fly", k, v)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^#\s+fly secrets set ` + webTokenEnv + `=`).MatchString(repoFile(t, "fly.toml")) {
+		t.Errorf("fly.toml does not document `fly secrets set %s=…` in a comment", webTokenEnv)
+	}
+	ln, err := net.Listen("tcp", strings.TrimSuffix(cfg.Env[httpAddrEnv], port)+"0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	access, err := loadWebAccess(&env{getenv: func(k string) string { return cfg.Env[k] }})
+	if mode := access.mode(ln.Addr()); err != nil || mode != webOff {
+		t.Errorf("fly.toml's [env] on %s: web view %s (%v), want off without the secret", ln.Addr(), mode, err)
+	}
+	ln.Close()
 
 	// Every path Fly calls is served by serve's handler. /healthz needs no
 	// database, so the handler is built without one.

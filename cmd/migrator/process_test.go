@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -118,8 +119,9 @@ func newSimWorldDB(t *testing.T, dsn string, pool *pgxpool.Pool, cfg fleetsim.Co
 	return w
 }
 
-// startServe starts one `migrator serve` replica.
-func (w *simWorld) startServe(name string) *serveProc {
+// startServe starts one `migrator serve` replica, on the world's
+// environment plus extraEnv.
+func (w *simWorld) startServe(name string, extraEnv ...string) *serveProc {
 	w.t.Helper()
 	logPath := filepath.Join(w.t.TempDir(), name+".log")
 	f, err := os.Create(logPath)
@@ -127,7 +129,7 @@ func (w *simWorld) startServe(name string) *serveProc {
 		w.t.Fatal(err)
 	}
 	cmd := exec.Command(migratorBinary(w.t), "serve")
-	cmd.Env, cmd.Stdout, cmd.Stderr = w.env, f, f
+	cmd.Env, cmd.Stdout, cmd.Stderr = append(slices.Clone(w.env), extraEnv...), f, f
 	if err := cmd.Start(); err != nil {
 		w.t.Fatal(err)
 	}

@@ -159,7 +159,8 @@ type sandbox struct {
 	// `run follow`'s view tells drain times on the simulated clock.
 	followEnv *env
 	cleanups  []func()
-	webURL    string // the read-only web view (web.go)
+	webURL    string    // the read-only web view (web.go)
+	web       webAccess // its settings
 
 	waited  []fleetsim.MachineView // an agent whose task the drain waits out
 	long    []fleetsim.MachineView // agents given a task that outlasts every deadline
@@ -178,7 +179,12 @@ type sandboxRun struct {
 }
 
 func runSandbox(ctx context.Context, e *env, cfg sandboxConfig) (err error) {
-	sb := &sandbox{e: e, cfg: cfg, wall: time.Now()}
+	// The web view's settings are checked before anything starts.
+	web, err := loadWebAccess(e)
+	if err != nil {
+		return err
+	}
+	sb := &sandbox{e: e, cfg: cfg, wall: time.Now(), web: web}
 	defer func() {
 		if err != nil && sb.logPath != "" && ctx.Err() == nil {
 			sb.printLogTail(12)

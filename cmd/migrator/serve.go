@@ -47,9 +47,11 @@ func newServeCmd(e *env) *cobra.Command {
 			"picked up by another within two minutes. River's leader enqueues the auto-update\n" +
 			"tick of the config file's [auto_update] schedule (" + configFileEnv + ", else ./" + defaultConfigFile + ").\n\n" +
 			"HTTP (" + httpAddrEnv + ", default :8080) serves GET /healthz (process up), /readyz\n" +
-			"(database reachable, schema current), /metrics (Prometheus) and the read-only web\n" +
-			"view (/runs, /history; " + webTokenEnv + " or " + webBasicAuthEnv + " require credentials);\n" +
-			"it has no write endpoints. SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
+			"(database reachable, schema current) and /metrics (Prometheus) to anyone, with no\n" +
+			"customer identifier in them, and the read-only web view (/runs, /history), which\n" +
+			"shows every customer's apps: with " + webTokenEnv + " or " + webBasicAuthEnv + " set it asks\n" +
+			"for that credential; without, only a loopback address serves it, unless " + webOpenEnv + "=true.\n" +
+			"It has no write endpoints. SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
 			"to finish, the rest is handed back to the other replicas; exit 0.\n\n" +
 			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; see the README for the rest.\n" +
 			"A bad config file, policy or setting refuses to start: one line, exit 2.",
@@ -64,6 +66,10 @@ func newServeCmd(e *env) *cobra.Command {
 
 func serve(ctx context.Context, e *env) error {
 	log, err := newLogger(e, e.stderr)
+	if err != nil {
+		return err
+	}
+	access, err := loadWebAccess(e)
 	if err != nil {
 		return err
 	}
@@ -114,15 +120,22 @@ func serve(ctx context.Context, e *env) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
-	web, err := newWebView(e, c.store, log)
-	if err != nil {
-		return err
-	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return usagef("%s=%s: %v", httpAddrEnv, addr, err)
 	}
-	srv := &http.Server{Handler: withWebView(healthHandler(c), web), ReadHeaderTimeout: 5 * time.Second}
+	// Whether the view is served, and how, depends on where serve really
+	// listens (web.go).
+	mode := access.mode(ln.Addr())
+	web, err := newWebView(access, mode, c.store, log)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	logWebMode(log, mode, ln.Addr())
+	// Every machine of the organization may connect: idle keep-alive
+	// connections are closed, so they cannot pile up.
+	srv := &http.Server{Handler: withWebView(healthHandler(c), web), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "error", err)
@@ -132,7 +145,7 @@ func serve(ctx context.Context, e *env) error {
 		_ = srv.Close()
 		return fmt.Errorf("start workers: %w", err)
 	}
-	log.Info("serving", append([]any{"http_addr", ln.Addr().String()}, c.settings.logAttrs()...)...)
+	log.Info("serving", append([]any{"http_addr", ln.Addr().String(), "web_view", mode.String()}, c.settings.logAttrs()...)...)
 	<-ctx.Done()
 
 	c.stopping.Store(true) // /readyz turns 503 at once

@@ -20,7 +20,7 @@ import (
 // checks and scrapes), with no secret in a page.
 func TestServeWebView(t *testing.T) {
 	t.Parallel()
-	w := newSimWorld(t, fleetsim.Config{Apps: 3, Seed: 12}, 50, webBasicAuthEnv+"=oncall:view-pass-1")
+	w := newSimWorld(t, fleetsim.Config{Apps: 3, Seed: 12}, 50, webBasicAuthEnv+"=oncall:"+testWebPassword)
 	p := w.startServe("web")
 	base := "http://" + serveAddr(t, p)
 	run, _, err := w.orch.CreateRun(context.Background(), orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: serveTestImage,
@@ -50,7 +50,7 @@ func TestServeWebView(t *testing.T) {
 		"/static/app.js":                              "textContent",
 	} {
 		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
-		req.SetBasicAuth("oncall", "view-pass-1")
+		req.SetBasicAuth("oncall", testWebPassword)
 		res, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -60,7 +60,7 @@ func TestServeWebView(t *testing.T) {
 			t.Errorf("GET %s = %d, want 200 with %q", path, res.StatusCode, want)
 		}
 		findSecrets(t, "GET "+path, body, w.secrets())
-		if strings.Contains(body, "view-pass-1") {
+		if strings.Contains(body, testWebPassword) {
 			t.Errorf("GET %s shows the basic-auth password", path)
 		}
 	}

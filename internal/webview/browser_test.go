@@ -5,15 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/fetch"
 	"github.com/chromedp/chromedp"
 
 	"github.com/hermes-cloud/migrator/internal/clock"
@@ -108,12 +112,29 @@ func TestBrowserRunPageLive(t *testing.T) {
 		cancel()
 	})
 
-	view, err := webview.New(webview.Config{Store: st.Q(), Logger: log, PollInterval: 500 * time.Millisecond})
+	// The view requires credentials, as serve's does beyond loopback: the
+	// browser is challenged for basic auth and answers as a person would in
+	// its prompt (below); the page's own requests then carry them.
+	const user, password = "oncall", "browser-test-pass-0123"
+	var logs strings.Builder
+	var logMu sync.Mutex
+	viewLog := slog.New(slog.NewJSONHandler(writerFunc(func(p []byte) (int, error) {
+		logMu.Lock()
+		defer logMu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	view, err := webview.New(webview.Config{Store: st.Q(), Logger: viewLog, PollInterval: 500 * time.Millisecond,
+		BasicUser: user, BasicPassword: password})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(view)
 	t.Cleanup(srv.Close)
+	if res, err := http.Get(srv.URL + "/runs"); err != nil || res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("GET /runs without credentials: %v %v, want 401", res, err)
+	} else {
+		res.Body.Close()
+	}
 
 	run, _, err := orch.CreateRun(ctx, orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: "registry.fly.io/hermes-agent:v2",
 		Selector: store.Selector{Org: sim.Org()}, MaxUnavailable: "4", FailureThreshold: 2, DeadlineOverride: 10 * time.Minute,
@@ -129,6 +150,34 @@ func TestBrowserRunPageLive(t *testing.T) {
 	defer bcancel()
 	bctx, tcancel := context.WithTimeout(bctx, 2*time.Minute)
 	defer tcancel()
+
+	// Answer the view's basic-auth challenges; let every other request
+	// through (with Fetch enabled, Chrome pauses each one).
+	var challenges atomic.Int32
+	paused, authRequired := chromedp.Events(bctx, fetch.RequestPaused), chromedp.Events(bctx, fetch.AuthRequired)
+	go func() {
+		for ev, err := range paused {
+			if err != nil {
+				return
+			}
+			_, _ = chromedp.Call(bctx, fetch.ContinueRequest, fetch.ContinueRequestParams{RequestID: ev.RequestID})
+		}
+	}()
+	go func() {
+		for ev, err := range authRequired {
+			if err != nil {
+				return
+			}
+			challenges.Add(1)
+			_, _ = chromedp.Call(bctx, fetch.ContinueWithAuth, fetch.ContinueWithAuthParams{RequestID: ev.RequestID,
+				AuthChallengeResponse: &fetch.AuthChallengeResponse{Response: fetch.AuthChallengeResponseResponseProvideCredentials,
+					Username: user, Password: password}})
+		}
+	}()
+	handleAuth := true
+	if _, err := chromedp.Call(bctx, fetch.Enable, fetch.EnableParams{HandleAuthRequests: &handleAuth}); err != nil {
+		t.Fatalf("enable the browser's auth handling: %v", err)
+	}
 
 	// page reads what the page shows: its last event, done count and state.
 	type page struct {
@@ -225,4 +274,18 @@ func TestBrowserRunPageLive(t *testing.T) {
 	if len(png) < 10_000 {
 		t.Errorf("screenshot is %d bytes: a blank page?", len(png))
 	}
+	// The page was behind the credentials: the browser was asked for them,
+	// and never presented wrong ones.
+	if n := challenges.Load(); n < 1 {
+		t.Errorf("the browser was never challenged for credentials")
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if strings.Contains(logs.String(), "wrong credentials") || strings.Contains(logs.String(), password) {
+		t.Errorf("the view's log:\n%s", logs.String())
+	}
 }
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -27,8 +27,15 @@
 // At thousands of machines the timeline draws only the rows in view on a
 // canvas (virtualised), and the budget chart aggregates the run by phase.
 //
-// Access: the address of /metrics (the private network on Fly; reach it
-// with `fly proxy`). Config.BearerToken and Config.BasicUser/BasicPassword
-// require credentials for deployments that expose it wider. No page shows a
-// secret: the view reads runs, machines, drains and events, which hold none.
+// Access: the view holds every customer's app names, machine ids, drain
+// outcomes and the operators' reasons, so it is never open by omission:
+// Config.BearerToken and/or Config.BasicUser/BasicPassword require
+// credentials, or Config.Open says, explicitly, that whoever reaches the
+// address may read it (serve does so only on a loopback address or with
+// MIGRATOR_WEB_OPEN=true). Credentials are compared as SHA-256 digests in
+// constant time; a wrong one is logged (source address, method, path,
+// scheme; never what was presented) and counted against its source, which
+// after Config.AuthBurst wrong attempts is answered 429 with Retry-After
+// until its bucket refills (auth.go). No page shows a secret: the view
+// reads runs, machines, drains and events, which hold none.
 package webview

@@ -2,8 +2,6 @@ package webview
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"embed"
 	"encoding/csv"
 	"encoding/json"
@@ -50,9 +48,21 @@ type Config struct {
 	// BearerToken, when set, is accepted as "Authorization: Bearer …".
 	BearerToken string
 	// BasicUser and BasicPassword, when set (both), are accepted as HTTP
-	// basic auth (what a browser asks for). With neither credential set the
-	// view is open to whoever reaches the address.
+	// basic auth (what a browser asks for).
 	BasicUser, BasicPassword string
+	// Open serves the view without credentials, to whoever reaches the
+	// address. Exactly one of Open and a credential must be set: the view
+	// is never open by omission.
+	Open bool
+	// AuthBurst is how many wrong credentials one source may present
+	// before it is answered 429 (default 10); AuthRefill is how often it
+	// gets one more attempt back (default 10s, so 6 a minute after the
+	// burst). See auth.go.
+	AuthBurst  int
+	AuthRefill time.Duration
+	// AuthSources bounds the sources whose wrong attempts are remembered
+	// at once (default 10,000; a few hundred bytes each).
+	AuthSources int
 	// TransitionLimit caps the transitions of one timeline response
 	// (default 100,000); the page asks again for the rest.
 	TransitionLimit int
@@ -67,6 +77,16 @@ func (c *Config) validate() error {
 	}
 	if strings.ContainsRune(c.BasicUser, ':') {
 		return errors.New("webview: basic auth user may not contain ':'")
+	}
+	hasCreds := c.BearerToken != "" || c.BasicUser != ""
+	if c.Open && hasCreds {
+		return errors.New("webview: Open and credentials both set: keep one")
+	}
+	if !c.Open && !hasCreds {
+		return errors.New("webview: no credentials (BearerToken or BasicUser/BasicPassword) and not Open")
+	}
+	if c.AuthBurst < 0 || c.AuthRefill < 0 || c.AuthSources < 0 {
+		return errors.New("webview: negative auth burst, refill or sources")
 	}
 	if c.PollInterval != 0 && c.PollInterval < 500*time.Millisecond {
 		return fmt.Errorf("webview: poll interval %s is below 500ms", c.PollInterval)
@@ -89,6 +109,15 @@ func (c *Config) validate() error {
 	if c.TransitionLimit == 0 {
 		c.TransitionLimit = 100_000
 	}
+	if c.AuthBurst == 0 {
+		c.AuthBurst = 10
+	}
+	if c.AuthRefill == 0 {
+		c.AuthRefill = 10 * time.Second
+	}
+	if c.AuthSources == 0 {
+		c.AuthSources = 10_000
+	}
 	return nil
 }
 
@@ -100,9 +129,11 @@ var staticFS embed.FS
 
 // View is the web view's http.Handler.
 type View struct {
-	cfg   Config
-	pages map[string]*template.Template
-	mux   *http.ServeMux
+	cfg     Config
+	creds   credentials
+	limiter *failureLimiter
+	pages   map[string]*template.Template
+	mux     *http.ServeMux
 }
 
 var _ http.Handler = (*View)(nil)
@@ -112,7 +143,8 @@ func New(cfg Config) (*View, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	v := &View{cfg: cfg, pages: map[string]*template.Template{}, mux: http.NewServeMux()}
+	v := &View{cfg: cfg, creds: newCredentials(cfg), limiter: newFailureLimiter(cfg.AuthRefill, cfg.AuthBurst, cfg.AuthSources),
+		pages: map[string]*template.Template{}, mux: http.NewServeMux()}
 	funcs := template.FuncMap{"stamp": stamp, "dur": dur, "pct": pct, "deref": deref, "derefInt": derefInt,
 		"yesno": yesno, "secs": secs, "fv": func(q url.Values, k string) string { return q.Get(k) }}
 	for _, page := range []string{"runs", "run", "migration", "history", "error"} {
@@ -142,8 +174,8 @@ func New(cfg Config) (*View, error) {
 	return v, nil
 }
 
-// ServeHTTP checks the credentials (when configured), sets the security
-// headers and serves the page. Only GET and HEAD exist.
+// ServeHTTP sets the security headers, checks the credentials (unless the
+// view is Open; see auth.go) and serves the page. Only GET and HEAD exist.
 func (v *View) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "+
@@ -151,11 +183,7 @@ func (v *View) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("X-Frame-Options", "DENY")
-	if !v.authorized(r) {
-		if v.cfg.BasicUser != "" {
-			h.Set("WWW-Authenticate", `Basic realm="migrator", charset="UTF-8"`)
-		}
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
+	if !v.gate(w, r) {
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -167,31 +195,6 @@ func (v *View) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Cache-Control", "no-store")
 	}
 	v.mux.ServeHTTP(w, r)
-}
-
-// authorized: no credentials configured, or one of them presented. The
-// comparison hashes both sides first so it takes the same time whatever
-// the lengths.
-func (v *View) authorized(r *http.Request) bool {
-	c := v.cfg
-	if c.BearerToken == "" && c.BasicUser == "" {
-		return true
-	}
-	eq := func(a, b string) bool {
-		ha, hb := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
-		return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
-	}
-	if c.BearerToken != "" {
-		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && eq(strings.TrimSpace(tok), c.BearerToken) {
-			return true
-		}
-	}
-	if c.BasicUser != "" {
-		if u, p, ok := r.BasicAuth(); ok && eq(u, c.BasicUser) && eq(p, c.BasicPassword) {
-			return true
-		}
-	}
-	return false
 }
 
 func (v *View) ctx(r *http.Request) (context.Context, context.CancelFunc) {

@@ -163,9 +163,12 @@ func seedRun(t testing.TB, pool *pgxpool.Pool, s runSpec) int64 {
 	return r.ID
 }
 
+// newView serves the view over pool; without credentials in cfg it is
+// Open (as serve has it on loopback).
 func newView(t testing.TB, pool *pgxpool.Pool, cfg webview.Config) *httptest.Server {
 	t.Helper()
 	cfg.Store = store.New(pool).Q()
+	cfg.Open = cfg.BearerToken == "" && cfg.BasicUser == ""
 	v, err := webview.New(cfg)
 	if err != nil {
 		t.Fatal(err)
