@@ -182,12 +182,12 @@ func (q *Q) ListNotifications(ctx context.Context, f NotificationFilter) ([]Noti
 }
 
 // DueNotifications returns the pending notifications of the given sinks
-// whose next attempt is due, oldest first.
-func (q *Q) DueNotifications(ctx context.Context, sinks []string, limit int) ([]int64, error) {
+// whose next attempt is due at now, oldest first.
+func (q *Q) DueNotifications(ctx context.Context, sinks []string, now time.Time, limit int) ([]int64, error) {
 	rows, err := q.db.Query(ctx, `
 		SELECT id FROM notifications
-		WHERE state = 'pending' AND next_attempt_at <= now() AND sink = ANY ($1)
-		ORDER BY next_attempt_at, id LIMIT $2`, sinks, limit)
+		WHERE state = 'pending' AND next_attempt_at <= $2 AND sink = ANY ($1)
+		ORDER BY next_attempt_at, id LIMIT $3`, sinks, now, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list due notifications: %w", err)
 	}
@@ -213,21 +213,22 @@ type DeliveryAttempt struct {
 	RetryAfter time.Duration
 }
 
-// RecordDelivery writes what an attempt at notification id came to. Only a
-// pending notification changes: a second delivery of a notification
-// already recorded (a re-delivered job) changes nothing and returns false.
-func (q *Q) RecordDelivery(ctx context.Context, id int64, a DeliveryAttempt) (bool, error) {
+// RecordDelivery writes what an attempt at notification id, made at now,
+// came to. Only a pending notification changes: a second delivery of a
+// notification already recorded (a re-delivered job) changes nothing and
+// returns false.
+func (q *Q) RecordDelivery(ctx context.Context, id int64, a DeliveryAttempt, now time.Time) (bool, error) {
 	var status *int
 	if a.Status != 0 {
 		status = &a.Status
 	}
 	tag, err := q.db.Exec(ctx, `
-		UPDATE notifications SET state = $2, attempts = attempts + 1, last_attempt_at = now(),
+		UPDATE notifications SET state = $2, attempts = attempts + 1, last_attempt_at = $6::timestamptz,
 			last_status = $3, last_error = $4,
-			next_attempt_at = CASE WHEN $2 = 'pending' THEN now() + $5 * interval '1 microsecond' ELSE next_attempt_at END,
-			delivered_at = CASE WHEN $2 = 'delivered' THEN now() END
+			next_attempt_at = CASE WHEN $2 = 'pending' THEN $6::timestamptz + $5 * interval '1 microsecond' ELSE next_attempt_at END,
+			delivered_at = CASE WHEN $2 = 'delivered' THEN $6::timestamptz END
 		WHERE id = $1 AND state = 'pending'`,
-		id, a.State, status, a.Error, a.RetryAfter.Microseconds())
+		id, a.State, status, a.Error, a.RetryAfter.Microseconds(), now)
 	if err != nil {
 		return false, fmt.Errorf("record delivery of notification %d: %w", id, err)
 	}

@@ -286,21 +286,21 @@ func TestRecordDeliveryIsGuarded(t *testing.T) {
 		t.Fatal(err)
 	}
 	setState(t, s, r.ID, []string{store.RunRunning}, store.RunFailed, "x", "migrator")
-	due, err := s.Q().DueNotifications(ctx, []string{"pager"}, 10)
+	due, err := s.Q().DueNotifications(ctx, []string{"pager"}, time.Now(), 10)
 	if err != nil || len(due) != 1 {
 		t.Fatalf("due = %v, %v", due, err)
 	}
-	ok, err := s.Q().RecordDelivery(ctx, due[0], store.DeliveryAttempt{State: store.NotifyPending, Status: 503, Error: "503", RetryAfter: time.Hour})
+	ok, err := s.Q().RecordDelivery(ctx, due[0], store.DeliveryAttempt{State: store.NotifyPending, Status: 503, Error: "503", RetryAfter: time.Hour}, time.Now())
 	if err != nil || !ok {
 		t.Fatal(ok, err)
 	}
-	if again, _ := s.Q().DueNotifications(ctx, []string{"pager"}, 10); len(again) != 0 {
+	if again, _ := s.Q().DueNotifications(ctx, []string{"pager"}, time.Now(), 10); len(again) != 0 {
 		t.Fatalf("due again before its retry time: %v", again)
 	}
-	if ok, err := s.Q().RecordDelivery(ctx, due[0], store.DeliveryAttempt{State: store.NotifyDelivered, Status: 202}); err != nil || !ok {
+	if ok, err := s.Q().RecordDelivery(ctx, due[0], store.DeliveryAttempt{State: store.NotifyDelivered, Status: 202}, time.Now()); err != nil || !ok {
 		t.Fatal(ok, err)
 	}
-	if ok, err := s.Q().RecordDelivery(ctx, due[0], store.DeliveryAttempt{State: store.NotifyFailed, Status: 400}); err != nil || ok {
+	if ok, err := s.Q().RecordDelivery(ctx, due[0], store.DeliveryAttempt{State: store.NotifyFailed, Status: 400}, time.Now()); err != nil || ok {
 		t.Fatalf("a delivered notification changed: %v %v", ok, err)
 	}
 	n, _ := s.Q().GetNotification(ctx, due[0])

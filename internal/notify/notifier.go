@@ -104,7 +104,7 @@ func (n *Notifier) Deliver(ctx context.Context, id int64) (store.DeliveryAttempt
 	// was made, and only this execution knows its answer.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	recorded, err := q.RecordDelivery(wctx, id, a)
+	recorded, err := q.RecordDelivery(wctx, id, a, n.cfg.Now())
 	if err != nil {
 		return a, err
 	}
@@ -233,7 +233,7 @@ func (w *sweepWorker) Work(ctx context.Context, _ *river.Job[SweepArgs]) error {
 	if len(w.n.names) == 0 {
 		return nil
 	}
-	due, err := w.n.store.Q().DueNotifications(ctx, w.n.names, sweepBatch)
+	due, err := w.n.store.Q().DueNotifications(ctx, w.n.names, w.n.cfg.Now(), sweepBatch)
 	if err != nil || len(due) == 0 {
 		return err
 	}

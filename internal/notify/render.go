@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -213,7 +214,7 @@ func webhookBody(c Config, n store.Notification) ([]byte, error) {
 	if details == nil {
 		details = map[string]any{}
 	}
-	return json.Marshal(WebhookBody{Schema: WebhookSchema, ID: n.IdempotencyKey, Sink: n.Sink, Event: n.Event,
+	return marshal(WebhookBody{Schema: WebhookSchema, ID: n.IdempotencyKey, Sink: n.Sink, Event: n.Event,
 		Severity: n.Severity, Action: n.Action, Incident: n.Incident, OccurredAt: n.OccurredAt.UTC(), Summary: Summary(n),
 		URL: c.runURL(n), Details: details})
 }
@@ -262,7 +263,7 @@ func pagerDutyBody(c Config, s SinkConfig, n store.Notification) ([]byte, error)
 	ev := pdEvent{RoutingKey: s.RoutingKey, EventAction: "trigger", DedupKey: truncate(DedupKey(n.Incident), 255)}
 	if n.Action == "close" {
 		ev.EventAction = "resolve"
-		return json.Marshal(ev)
+		return marshal(ev)
 	}
 	f := facts(n.Facts)
 	details := map[string]any{"notification": n.IdempotencyKey, "event": n.Event}
@@ -277,7 +278,7 @@ func pagerDutyBody(c Config, s SinkConfig, n store.Notification) ([]byte, error)
 		ev.ClientURL = c.WebURL + "/runs"
 		ev.Links = []pdLink{{Href: u, Text: fmt.Sprintf("run %d in migrator's web view", f.num("run_id"))}}
 	}
-	return json.Marshal(ev)
+	return marshal(ev)
 }
 
 // Slack incoming webhooks: POST JSON with text (the notification's
@@ -358,7 +359,19 @@ func slackBody(c Config, n store.Notification) ([]byte, error) {
 	}
 	blocks = append(blocks, slackBlock{Type: "context", Elements: []slackText{mrk(fmt.Sprintf("%s · %s · %s · notification %s",
 		n.Severity, n.Incident, n.OccurredAt.UTC().Format(time.RFC3339), n.IdempotencyKey))}})
-	return json.Marshal(slackMessage{Text: slackIcon(n) + " " + sum, Blocks: blocks})
+	return marshal(slackMessage{Text: slackIcon(n) + " " + sum, Blocks: blocks})
+}
+
+// marshal is json.Marshal without HTML escaping: Slack's <url|text> links
+// and the summaries stay readable in the raw body.
+func marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b.Bytes(), "\n"), nil
 }
 
 func truncate(s string, n int) string {

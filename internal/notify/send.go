@@ -92,6 +92,13 @@ func (c Config) build(s SinkConfig, n store.Notification) (request, error) {
 	h.Set("User-Agent", "migrator-notify/1")
 	h.Set(HeaderIdempotencyKey, n.IdempotencyKey)
 	h.Set(HeaderEvent, n.Event)
+	if s.Kind == Webhook {
+		// Signed when sent: a retry later is signed anew, so a receiver
+		// may refuse old timestamps without refusing retries.
+		ts := strconv.FormatInt(c.Now().Unix(), 10)
+		h.Set(HeaderTimestamp, ts)
+		h.Set(HeaderSignature, Sign([]byte(s.Secret), ts, body))
+	}
 	return request{url: s.URL, body: body, headers: h}, nil
 }
 
