@@ -164,8 +164,9 @@ type Config struct {
 	AttemptTimeout time.Duration
 	// InlineRetries is how many times one delivery job retries at once
 	// (429, 5xx, no answer; after Retry-After up to InlineRetryMax)
-	// before leaving the next try to a later sweep. Default 2; negative:
-	// none.
+	// before leaving the next try to a later sweep. Default 1; negative:
+	// none. With the defaults a delivery job lasts at most 30 s, so the
+	// job of a replica killed mid-delivery is rescued soon after.
 	InlineRetries int
 	// InlineRetryMax bounds an in-job wait. Default 5s.
 	InlineRetryMax time.Duration
@@ -196,7 +197,7 @@ func (c Config) withDefaults() Config {
 		c.AttemptTimeout = 10 * time.Second
 	}
 	if c.InlineRetries == 0 {
-		c.InlineRetries = 2
+		c.InlineRetries = 1
 	}
 	if c.InlineRetryMax == 0 {
 		c.InlineRetryMax = 5 * time.Second

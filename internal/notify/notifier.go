@@ -261,7 +261,7 @@ type deliverWorker struct {
 func (w *deliverWorker) Timeout(*river.Job[DeliverArgs]) time.Duration {
 	c := w.n.cfg
 	r := time.Duration(max(c.InlineRetries, 0))
-	return (r+1)*c.AttemptTimeout + r*c.InlineRetryMax + 15*time.Second
+	return (r+1)*c.AttemptTimeout + r*c.InlineRetryMax + 5*time.Second
 }
 
 func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) error {
