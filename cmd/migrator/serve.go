@@ -99,7 +99,8 @@ func serve(ctx context.Context, e *env) error {
 		return err
 	}
 	src := &lateSource{}
-	met, err := metrics.New(metrics.Config{Source: src, OnCall: src, AutoUpdate: pre.autoUpdate != nil, Logger: log})
+	met, err := metrics.New(metrics.Config{Source: src, OnCall: src, AutoUpdate: pre.autoUpdate != nil, FleetCap: pre.fleetCap,
+		Logger: log})
 	if err != nil {
 		return err
 	}

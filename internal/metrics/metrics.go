@@ -20,6 +20,7 @@
 //
 //	runs{state}                          gauge     runs in each state
 //	budget_slots_in_use                  gauge     machines holding a budget slot
+//	fleet_cap                            gauge     the fleet-wide budget this replica enforces (0: none)
 //	machine_migrations_total{outcome}    counter   machine migrations ended, by outcome
 //	drains_total{quiet,outcome}          counter   drains ended (quiet="true": no home-channel broadcast)
 //	drain_wait_seconds{quiet}            histogram first begin → quiescence, gateway down or deadline
@@ -90,6 +91,10 @@ type Config struct {
 	// OnCall feeds the on-call gauges (paused runs, auto-update, agents
 	// left draining, lease release failures, notifications). Optional.
 	OnCall OnCallSource
+	// FleetCap is the replica's fleet-wide budget (MIGRATOR_FLEET_CAP; 0:
+	// no cap), exported as migrator_fleet_cap so dashboards draw the slots
+	// in use against it.
+	FleetCap int
 	// AutoUpdate says this replica runs the auto-update cron: only then
 	// are the auto-update gauges exported (an alert on a cron that is not
 	// configured would fire forever).
@@ -228,6 +233,10 @@ func New(cfg Config) (*Metrics, error) {
 	if cfg.OnCall != nil {
 		cs = append(cs, newOnCallCollector(cfg.OnCall, cfg.AutoUpdate, cfg.ScrapeTimeout))
 	}
+	fleetCap := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "fleet_cap",
+		Help: "Most machines disrupted at once across all runs and replicas (MIGRATOR_FLEET_CAP; 0: no cap)."})
+	fleetCap.Set(float64(cfg.FleetCap))
+	cs = append(cs, fleetCap)
 	for _, c := range cs {
 		if err := m.reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
