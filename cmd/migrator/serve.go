@@ -52,7 +52,10 @@ func newServeCmd(e *env) *cobra.Command {
 			"customer identifier in them, and the read-only web view (/runs, /history), which\n" +
 			"shows every customer's apps: with " + webTokenEnv + " or " + webBasicAuthEnv + " set it asks\n" +
 			"for that credential; without, only a loopback address serves it, unless " + webOpenEnv + "=true.\n" +
-			"It has no write endpoints. SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
+			"It has no write endpoints. Notifications for on-call (a run paused or failed, an agent\n" +
+			"left draining, …) go to the sinks of the config file's [[notify.sinks]] or the\n" +
+			"MIGRATOR_NOTIFY_* variables (see `migrator notify --help`); without any, none is written.\n" +
+			"SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
 			"to finish, the rest is handed back to the other replicas; exit 0.\n\n" +
 			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; see the README for the rest.\n" +
 			"A bad config file, policy or setting refuses to start: one line, exit 2.",
