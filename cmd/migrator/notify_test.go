@@ -378,3 +378,56 @@ func TestServeBadNotifyConfig(t *testing.T) {
 		})
 	}
 }
+
+// Sinks from the file and from the environment together, their secrets
+// read from the variables the file names.
+func TestLoadNotify(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "m.toml")
+	if err := os.WriteFile(path, []byte(`[notify]
+web_url = "http://localhost:8080/"
+retry_max = "2m"
+[[notify.sinks]]
+name = "oncall"
+kind = "pagerduty"
+routing_key_env = "PD_KEY"
+url = "https://events.eu.pagerduty.com/v2/enqueue"
+source = "migrator-prod"
+[[notify.sinks]]
+name = "fleet-channel"
+kind = "slack"
+url_env = "CHAT_URL"
+min_severity = "warning"
+events = ["run.paused", "machine.rolled_back"]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{configFileEnv: path, "PD_KEY": "k-123", "CHAT_URL": "https://hooks.slack.com/services/T/B/x",
+		notifyHookURLEnv: "https://audit.example.com/hook", notifyHookSecret: "0123456789abcdef0123"}
+	e := &env{getenv: func(k string) string { return vars[k] }}
+	s, err := loadSettings(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadNotify(e, s, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.WebURL != "http://localhost:8080/" || cfg.RetryMax != 2*time.Minute || len(cfg.Sinks) != 3 {
+		t.Fatalf("config = %+v", cfg)
+	}
+	pd, chat, hook := cfg.Sinks[0], cfg.Sinks[1], cfg.Sinks[2]
+	if pd.Name != "oncall" || pd.RoutingKey != "k-123" || pd.URL != "https://events.eu.pagerduty.com/v2/enqueue" || pd.Source != "migrator-prod" {
+		t.Errorf("pagerduty sink = %+v", pd)
+	}
+	if chat.URL != vars["CHAT_URL"] || chat.MinSeverity != "warning" || len(chat.Events) != 2 {
+		t.Errorf("slack sink = %+v", chat)
+	}
+	if hook.Name != "webhook" || hook.Secret != vars[notifyHookSecret] {
+		t.Errorf("webhook sink = %+v", hook)
+	}
+	if got := strings.Join(sinkSummary(cfg), "; "); strings.Contains(got, "k-123") || strings.Contains(got, "services/T") ||
+		!strings.Contains(got, "fleet-channel (slack, ≥ warning, run.paused machine.rolled_back)") {
+		t.Errorf("start-up summary %q", got)
+	}
+}
