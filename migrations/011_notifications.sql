@@ -102,7 +102,8 @@ $$;
 --   auto_update.tick, any other outcome         auto_update.recovered   info      close (auto-update/CHANNEL)
 --
 -- A sink gets an open or a note when the severity reaches its min_severity
--- and its event filter (if any) names the event. It gets a close only when
+-- and its event filter (if any) names the event (an auto-update that keeps
+-- failing only once, until a tick works). It gets a close only when
 -- it was told of that incident and not yet of its end, whatever its
 -- filter: a sink told of a problem is told when it ends, and a run that
 -- went well says nothing. A run that succeeds after deferring, rolling
@@ -196,10 +197,17 @@ BEGIN
 
     FOR s IN SELECT * FROM notification_sinks WHERE enabled ORDER BY name LOOP
         a := act;
-        IF a = 'close' THEN
+        last_action := NULL;
+        IF a = 'close' OR ev = 'auto_update.failed' THEN
             SELECT n.action INTO last_action FROM notifications n
             WHERE n.sink = s.name AND n.incident = inc AND n.action IN ('open', 'close')
             ORDER BY n.id DESC LIMIT 1;
+        END IF;
+        -- A cron that keeps failing says so once, until a tick works.
+        IF ev = 'auto_update.failed' AND coalesce(last_action, '') = 'open' THEN
+            CONTINUE;
+        END IF;
+        IF a = 'close' THEN
             IF coalesce(last_action, '') <> 'open' THEN
                 -- Nothing to close here: only a run that went badly says so.
                 IF NOT (ev = 'run.succeeded' AND problems) THEN
