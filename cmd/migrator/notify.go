@@ -304,6 +304,9 @@ func secretWhat(k string) string {
 
 func checkWebURL(raw string) error {
 	if err := (notify.Config{WebURL: raw}).Validate(); err != nil {
+		if strings.Contains(err.Error(), "credentials") {
+			return errors.New("carries credentials (user:password@): every notification would show them")
+		}
 		return errors.New("want an absolute http or https URL where on-call opens the web view, e.g. http://localhost:8080")
 	}
 	return nil

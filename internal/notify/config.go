@@ -236,6 +236,10 @@ func (c Config) Validate() error {
 		if err := checkURL(c.WebURL); err != nil {
 			return fmt.Errorf("web URL %w", err)
 		}
+		// It is copied into every message: a password in it would be too.
+		if u, _ := url.Parse(c.WebURL); u.User != nil {
+			return errors.New("web URL carries credentials (user:password@): every message would show them")
+		}
 	}
 	switch {
 	case c.SweepEvery < 100*time.Millisecond:

@@ -33,6 +33,7 @@ func TestConfigValidate(t *testing.T) {
 		{"bad severity", notify.SinkConfig{Name: "x", Kind: notify.Slack, URL: secretURL, MinSeverity: "page"}, "", `min_severity "page"`},
 		{"unknown event", notify.SinkConfig{Name: "x", Kind: notify.Slack, URL: secretURL, Events: []string{"run.paused", "run.exploded"}}, "", `event "run.exploded" is not one of`},
 		{"bad web url", good, "localhost:8080", "web URL is not an absolute http or https URL"},
+		{"web url with a password", good, "http://oncall:s3cr3tpw@localhost:8080", "web URL carries credentials"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := notify.Config{Sinks: []notify.SinkConfig{tc.sink}, WebURL: tc.web}.Validate()
