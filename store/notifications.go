@@ -282,8 +282,13 @@ type OnCallStatus struct {
 }
 
 // LeftDrainingWindow is how long after a failed drain cancel an agent is
-// counted as possibly left draining: the gateway ignores a drain marker
-// older than 3600 s (contracts/hermes-gateway.md, drain_control.py).
+// counted as possibly left draining: the gateway treats a marker whose
+// requested_at (its last write, before the failed cancel) is older than
+// DRAIN_REQUEST_MAX_AGE_SECONDS = 3600 as absent (hermes-agent
+// gateway/drain_control.py, _marker_is_expired, at 389709db;
+// contracts/hermes-gateway.md). A marker without requested_at (an older
+// Hermes) never expires: the window then undercounts, and the
+// agent.left_draining notification is what stays.
 const LeftDrainingWindow = time.Hour
 
 // ReadOnCallStatus reads OnCallStatus in one statement; every part is an
