@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strings"
 	"sync"
@@ -210,7 +211,11 @@ type autoUpdateWorker struct {
 
 func (w *autoUpdateWorker) Timeout(*river.Job[AutoUpdateArgs]) time.Duration { return w.o.jobTimeout }
 
-// Work runs one tick and logs one line about it.
+// Work runs one tick, logs one line about it and records it in the event
+// log (auto_update.tick, with its outcome): a tick that could not create
+// its run (an error on its last attempt, or no channel) is what on-call is
+// notified of, and the next tick that works closes that (migration
+// 011_notifications.sql); serve's metrics read the last good tick from it.
 func (w *autoUpdateWorker) Work(ctx context.Context, job *river.Job[AutoUpdateArgs]) error {
 	log := w.o.log.With("channel", job.Args.Channel, "tick", job.Args.Tick.UTC().Format(time.RFC3339))
 	if job.Args.Channel != w.cfg.Channel {
@@ -222,6 +227,9 @@ func (w *autoUpdateWorker) Work(ctx context.Context, job *river.Job[AutoUpdateAr
 	if err != nil {
 		w.o.obs.AutoUpdateTick("error")
 		log.Error("auto-update tick failed", "attempt", job.Attempt, "error", err)
+		if job.Attempt >= job.MaxAttempts {
+			w.recordTick(ctx, log, job, "error", AutoUpdateResult{}, err)
+		}
 		return err
 	}
 	w.o.obs.AutoUpdateTick(res.Outcome)
@@ -235,7 +243,32 @@ func (w *autoUpdateWorker) Work(ctx context.Context, job *river.Job[AutoUpdateAr
 	default:
 		log.Info("auto-update tick: nothing to do", "outcome", res.Outcome, "image", res.Image)
 	}
+	w.recordTick(ctx, log, job, res.Outcome, res, nil)
 	return nil
+}
+
+// recordTick writes the tick's auto_update.tick event. A failure to write
+// it is logged, not retried: the tick itself is done.
+func (w *autoUpdateWorker) recordTick(ctx context.Context, log *slog.Logger, job *river.Job[AutoUpdateArgs], outcome string,
+	res AutoUpdateResult, tickErr error) {
+	ev := store.Event{Kind: "auto_update.tick", Target: job.Args.Channel, Detail: map[string]any{
+		"channel": job.Args.Channel, "tick": job.Args.Tick.UTC().Format(time.RFC3339), "outcome": outcome,
+		"attempt": job.Attempt}}
+	var scope store.Scope
+	if res.Run.ID != 0 {
+		ev.Detail["run_id"], scope.RunID = res.Run.ID, res.Run.ID
+	}
+	if res.Image != "" {
+		ev.Detail["image"] = res.Image
+	}
+	if tickErr != nil {
+		ev.Error = tickErr.Error()
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := w.o.store.Q().AppendEvents(wctx, scope, ev); err != nil {
+		log.Error("record auto-update tick", "error", err)
+	}
 }
 
 // tickSchedule is the cron schedule as River sees it. River asks Next for

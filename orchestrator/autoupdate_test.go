@@ -364,3 +364,60 @@ func TestObserverHearsMachinesAndDrains(t *testing.T) {
 		t.Errorf("forced drain %+v: want a wait of about the 3m deadline", f)
 	}
 }
+
+// Each tick is recorded in the event log with its outcome: one that
+// cannot create its run (no channel) opens an auto_update.failed
+// notification, and the next tick that works closes it; serve's metrics
+// read the last good tick from the same events.
+func TestAutoUpdateTicksAreRecorded(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: idleFleet(1)})
+	ctx := context.Background()
+	if err := w.st.Q().SyncNotificationSinks(ctx, []store.NotificationSink{{Name: "chat", Kind: "slack", MinSeverity: "info"}}); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	w.takeOver(orchestrator.RiverOptions{Observer: rec, AutoUpdate: &orchestrator.AutoUpdateConfig{
+		Schedule: mustSchedule(t, "@every 1s"), Spec: "@every 1s", Channel: "stable",
+		Selector: store.Selector{Org: w.sim.Org()}}})
+	events := func(outcome string) int {
+		t.Helper()
+		var n int
+		if err := w.st.Pool().QueryRow(ctx, `SELECT count(*) FROM events WHERE kind = 'auto_update.tick'
+			AND detail ->> 'channel' = 'stable' AND detail ->> 'outcome' = $1`, outcome).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for events(orchestrator.AutoUpdateNoChannel) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no no_channel ticks recorded: %v", rec.tickOutcomes())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := w.st.Q().SetChannel(ctx, "stable", imgV1, "alice", "initial"); err != nil {
+		t.Fatal(err)
+	}
+	for events(orchestrator.AutoUpdateUpToDate) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no nothing_to_do tick recorded: %v", rec.tickOutcomes())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ns, err := w.st.Q().ListNotifications(ctx, store.NotificationFilter{Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for i := len(ns) - 1; i >= 0; i-- {
+		got = append(got, ns[i].Event+" "+ns[i].Action)
+	}
+	if strings.Join(got, ", ") != "auto_update.failed open, auto_update.recovered close" {
+		t.Fatalf("notifications = %v (ticks %v)", got, rec.tickOutcomes())
+	}
+	st, err := w.st.Q().ReadOnCallStatus(ctx)
+	if err != nil || st.LastAutoUpdateOK.IsZero() {
+		t.Fatalf("on-call status %+v, %v: the nothing_to_do tick is the last good one", st, err)
+	}
+}

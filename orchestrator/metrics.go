@@ -3,6 +3,8 @@ package orchestrator
 import (
 	"context"
 	"time"
+
+	"github.com/hermes-cloud/migrator/store"
 )
 
 // Observer is told what this replica's workers finished, for metrics. Each
@@ -53,4 +55,9 @@ func (o *Orchestrator) RunsByState(ctx context.Context) (map[string]int, error) 
 // SlotsInUse counts the machines holding a budget slot, fleet-wide.
 func (o *Orchestrator) SlotsInUse(ctx context.Context) (int, error) {
 	return o.store.Q().SlotsInUse(ctx)
+}
+
+// OnCallStatus reads what the alert rules' gauges need, fleet-wide.
+func (o *Orchestrator) OnCallStatus(ctx context.Context) (store.OnCallStatus, error) {
+	return o.store.Q().ReadOnCallStatus(ctx)
 }

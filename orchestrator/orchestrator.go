@@ -91,6 +91,17 @@ type RiverOptions struct {
 	// AutoUpdate, when set, adds the periodic auto-update job (River's
 	// leader enqueues one per tick of its schedule). Needs Workers > 0.
 	AutoUpdate *AutoUpdateConfig
+	// Extensions add the workers, queues and periodic jobs of other
+	// components (notification delivery) to a replica with workers.
+	Extensions []RiverExtension
+}
+
+// RiverExtension is a component whose River jobs run beside the
+// orchestrator's, in the same client (internal/notify).
+type RiverExtension interface {
+	// AddToRiver registers its workers and queues and returns its
+	// periodic jobs.
+	AddToRiver(workers *river.Workers, queues map[string]river.QueueConfig) []*river.PeriodicJob
 }
 
 // Crash-safety tuning, why:
@@ -169,6 +180,9 @@ func (o *Orchestrator) NewRiverClient(opts RiverOptions) (*river.Client[pgx.Tx],
 		if au := opts.AutoUpdate; au != nil {
 			river.AddWorker(workers, &autoUpdateWorker{o: o, cfg: *au})
 			cfg.PeriodicJobs = append(cfg.PeriodicJobs, autoUpdatePeriodicJob(*au))
+		}
+		for _, ext := range opts.Extensions {
+			cfg.PeriodicJobs = append(cfg.PeriodicJobs, ext.AddToRiver(workers, cfg.Queues)...)
 		}
 	}
 	c, err := river.NewClient(riverpgxv5.New(o.store.Pool()), cfg)

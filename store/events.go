@@ -11,6 +11,13 @@ import (
 
 // Event is one row of the append-only event log: an external call (kind
 // "fly.*", "gateway.*") or a state transition ("machine.*", "run.*").
+//
+// Some kinds are also notifications for on-call: the trigger events_notify
+// (migrations/011_notifications.sql) turns run.paused, run.failed,
+// run.running (a resume), run.succeeded, run.cancelled, machine.rolled_back,
+// machine.lease_release_failed, machine.cancel_drain_failed, machine.failed
+// (after the update) and auto_update.tick into outbox rows, in the same
+// statement. A new kind that needs a person is added there.
 type Event struct {
 	ID          int64
 	At          time.Time // zero: now()

@@ -261,6 +261,13 @@ func (q *Q) ListRuns(ctx context.Context, state string, limit int) ([]Run, error
 // SetRunState moves run id from one of the states in from to state `to`,
 // with a reason, and records the transition event. It returns ErrConflict
 // when the run is not in one of from.
+//
+// Every change of a run's state goes through here (pause, resume and
+// cancel from the CLI, SettleRun's automatic pauses and ends), and its
+// "run.<state>" event is what on-call is notified from: the outbox trigger
+// of migration 011 writes the notifications in the same statement as the
+// event, so a new way to pause a run notifies by calling this, with a
+// reason that says why.
 func (q *Q) SetRunState(ctx context.Context, id int64, from []string, to, reason, by string) (Run, error) {
 	r, err := scanRun(q.db.QueryRow(ctx, `
 		UPDATE runs SET state = $2, state_reason = $3, updated_at = now(),

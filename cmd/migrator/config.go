@@ -48,6 +48,15 @@ import (
 //	workers = 100             # jobs this replica runs at once
 //	poll_interval = "5s"      # between two status reads of a draining agent
 //
+//	[notify]                  # notifications for on-call (see notify.go)
+//	web_url = "http://localhost:8080"  # links to the web view; or $MIGRATOR_WEB_URL
+//	[[notify.sinks]]
+//	name = "oncall"
+//	kind = "pagerduty"                 # slack, pagerduty, webhook
+//	routing_key_env = "PD_ROUTING_KEY" # secrets are named here, read from the environment
+//	min_severity = "error"             # info, warning, error, critical
+//	events = ["run.paused", "run.failed"]  # default: every event
+//
 // Where a setting comes from, first match wins:
 //
 //	config file      $MIGRATOR_CONFIG (must exist), else ./migrator.toml if present, else none
@@ -75,6 +84,7 @@ type settings struct {
 	workers      int
 	pollInterval time.Duration
 	autoUpdate   *autoUpdateSettings // nil: off
+	notify       notifyFile          // the [notify] table (secrets come from the environment: notify.go)
 }
 
 // autoUpdateSettings is the [auto_update] table, validated.
@@ -113,6 +123,7 @@ type fileConfig struct {
 	fleetCap     *int
 	workers      *int
 	pollInterval *time.Duration
+	notify       notifyFile
 }
 
 // loadSettings reads the config file (if any) and the environment.
@@ -121,7 +132,7 @@ func loadSettings(e *env) (*settings, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &settings{configFile: fc.path}
+	s := &settings{configFile: fc.path, notify: fc.notify}
 
 	polPath := strings.TrimSpace(e.getenv(policyFileEnv))
 	switch {
@@ -215,6 +226,7 @@ type rawConfig struct {
 	AutoUpdate rawTable       `toml:"auto_update"`
 	Fleet      rawTable       `toml:"fleet"`
 	Worker     rawTable       `toml:"worker"`
+	Notify     rawTable       `toml:"notify"`
 }
 
 // configError is a problem in the config file, one line like policy.Error.
@@ -240,7 +252,7 @@ func parseConfig(file string, data []byte) (*fileConfig, error) {
 		}
 	}
 	if un := md.Undecoded(); len(un) > 0 {
-		return nil, configError(file, keyLine(data, un[0]), "unknown key %s (known: policy, auto_update, fleet, worker)", un[0])
+		return nil, configError(file, keyLine(data, un[0]), "unknown key %s (known: policy, auto_update, fleet, worker, notify)", un[0])
 	}
 	d := &configDecoder{file: file, data: data}
 	if raw.AutoUpdate.set {
@@ -269,6 +281,15 @@ func parseConfig(file string, data []byte) (*fileConfig, error) {
 			default:
 				return nil, d.unknown(path, "cap")
 			}
+		}
+	}
+	if raw.Notify.set {
+		m, err := d.table("notify", raw.Notify)
+		if err != nil {
+			return nil, err
+		}
+		if fc.notify, err = d.notify(m); err != nil {
+			return nil, err
 		}
 	}
 	if raw.Worker.set {

@@ -85,7 +85,7 @@ func TestParseConfigErrors(t *testing.T) {
 		name, doc, want string
 	}{
 		{"syntax", "[fleet]\ncap = = 1\n", "c.toml:2: "},
-		{"unknown table", "[fleet]\ncap = 1\n\n[wroker]\nworkers = 2\n", `c.toml:4: unknown key wroker (known: policy, auto_update, fleet, worker)`},
+		{"unknown table", "[fleet]\ncap = 1\n\n[wroker]\nworkers = 2\n", `c.toml:4: unknown key wroker (known: policy, auto_update, fleet, worker, notify)`},
 		{"unknown top key", "verbose = true\n", `c.toml:1: unknown key verbose`},
 		{"unknown fleet key", "[fleet]\n\ncapacity = 3\n", `c.toml:3: unknown key fleet.capacity (known: cap)`},
 		{"unknown auto_update key", "[auto_update]\nschedule = \"@daily\"\nchanel = \"x\"\n", `c.toml:3: unknown key auto_update.chanel`},

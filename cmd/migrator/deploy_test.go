@@ -204,10 +204,13 @@ func TestDeployFlyToml(t *testing.T) {
 		}
 	}
 	// No secret inline: these come from `fly secrets set`.
-	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv} {
+	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv, notifySlackURLEnv, notifyPDKeyEnv, notifyHookURLEnv, notifyHookSecret} {
 		if _, ok := cfg.Env[k]; ok {
 			t.Errorf("[env] sets the secret %s; it belongs in fly secrets", k)
 		}
+	}
+	if err := checkWebURL(cfg.Env[webURLEnv]); err != nil {
+		t.Errorf("[env] %s: %v", webURLEnv, err)
 	}
 	secretsLine := regexp.MustCompile(`(?m)^#\s+fly secrets set (.*)$`).FindStringSubmatch(repoFile(t, "fly.toml"))
 	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv} {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hermes-cloud/migrator/internal/clock"
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
+	"github.com/hermes-cloud/migrator/internal/notify"
 	"github.com/hermes-cloud/migrator/internal/pgcluster"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
@@ -161,6 +162,7 @@ type sandbox struct {
 	cleanups  []func()
 	webURL    string    // the read-only web view (web.go)
 	web       webAccess // its settings
+	sink      *sandboxSink
 
 	waited  []fleetsim.MachineView // an agent whose task the drain waits out
 	long    []fleetsim.MachineView // agents given a task that outlasts every deadline
@@ -310,16 +312,24 @@ func (sb *sandbox) startSim() error {
 func (sb *sandbox) startWorker(ctx context.Context) error {
 	// A configuration file of its own, so a migrator.toml in the current
 	// directory does not change the story: the built-in defaults.
+	// Notifications go to a local sink (sandbox_notify.go), swept often.
 	configPath := filepath.Join(sb.dir, "migrator.toml")
-	if err := os.WriteFile(configPath, []byte("# migrator sandbox: built-in defaults\n"), 0o600); err != nil {
+	if err := os.WriteFile(configPath, []byte("# migrator sandbox: built-in defaults, notifications to a local sink\n"+
+		"[notify]\nsweep_interval = \"250ms\"\nretry_min = \"500ms\"\nretry_max = \"2s\"\n"), 0o600); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
+	}
+	var err error
+	if sb.sink, err = sb.startSink(); err != nil {
+		return err
 	}
 	vars := map[string]string{
 		databaseURLEnv: sb.dsn,
 		configFileEnv:  configPath,
 		// The worker shares the simulator's timeline.
-		clockEnv:   fmt.Sprintf("scaled:%g:%d", sb.cfg.TimeScale, sb.clk.Start().UnixNano()),
-		workersEnv: "20",
+		clockEnv:         fmt.Sprintf("scaled:%g:%d", sb.cfg.TimeScale, sb.clk.Start().UnixNano()),
+		workersEnv:       "20",
+		notifyHookURLEnv: sb.sink.url,
+		notifyHookSecret: sb.sink.secret,
 	}
 	for k, v := range sb.simEnv {
 		vars[k] = v
@@ -343,12 +353,30 @@ func (sb *sandbox) startWorker(ctx context.Context) error {
 		return fmt.Errorf("sandbox: apply the schema: %w", err)
 	}
 	fmt.Fprintf(sb.e.stdout, "  schema applied: %d River and %d migrator migrations\n", len(res.River), len(res.Ours))
+	// Notifications exactly as serve configures and registers them.
+	ncfg, err := loadNotify(se, sb.comp.settings, log, nil)
+	if err != nil {
+		return fmt.Errorf("sandbox: notifications: %w", err)
+	}
+	// Messages link to the sandbox's web view, as MIGRATOR_WEB_URL makes them.
+	if sb.webURL, err = sb.startWebView(log); err != nil {
+		return err
+	}
+	ncfg.WebURL = sb.webURL
+	notifier, err := notify.New(ncfg, sb.comp.store)
+	if err != nil {
+		return fmt.Errorf("sandbox: notifications: %w", err)
+	}
+	if err := notifier.Register(ctx); err != nil {
+		return fmt.Errorf("sandbox: notifications: %w", err)
+	}
 
 	client, err := sb.comp.orch.NewRiverClient(orchestrator.RiverOptions{
 		Workers:           max(sb.comp.workers, 1),
 		FetchPollInterval: 50 * time.Millisecond,
 		FillEvery:         time.Second,
 		Logger:            log,
+		Extensions:        []orchestrator.RiverExtension{notifier},
 	})
 	if err != nil {
 		return fmt.Errorf("sandbox: worker: %w", err)
@@ -366,10 +394,8 @@ func (sb *sandbox) startWorker(ctx context.Context) error {
 		_ = client.StopAndCancel(sctx)
 		cancel()
 	})
-	fmt.Fprintf(sb.e.stdout, "  worker running in this process (River, %d workers, policy %s)\n", sb.comp.workers, sb.comp.policy.Version())
-	if sb.webURL, err = sb.startWebView(log); err != nil {
-		return err
-	}
+	fmt.Fprintf(sb.e.stdout, "  worker running in this process (River, %d workers, policy %s; notifications to a local sink)\n",
+		sb.comp.workers, sb.comp.policy.Version())
 	fmt.Fprintf(sb.e.stdout, "  web view on %s/runs (open it to watch the runs live)\n", sb.webURL)
 	return nil
 }
@@ -539,7 +565,8 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 	fmt.Fprintln(out, "  Quiet drains skip the agent's home-channel \"shutting down\" broadcast; loud ones send it.\n"+
 		"  Users whose turn a forced recreate cut off are always pinged, quiet or not.\n"+
 		"  A turn is refused when it arrives while the agent drains (\"draining for maintenance, resend shortly\").")
-	return sandboxCheck(runs, tallies, len(sb.long), len(sb.crashed)), nil
+	notes := sb.printNotifications(ctx)
+	return append(sandboxCheck(runs, tallies, len(sb.long), len(sb.crashed)), sandboxCheckNotes(runs, notes, len(sb.crashed))...), nil
 }
 
 // sandboxCheck says what in the two runs differs from the scenario: the

@@ -183,6 +183,20 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
+	// The notifications on-call would have had, through the real delivery
+	// path to the sandbox's local sink: the rollback and the failed run,
+	// once each, and nothing of the operator run.
+	for _, re := range []string{
+		`(?m)^  warning +machine\.rolled_back +migrator run 1 \(auto-update\): hermes-agent-4/\S+ rolled back to its old image: `,
+		`(?m)^  critical +run\.failed +migrator run 1 \(auto-update\) failed: 1 machine\(s\) failed or rolled back$`,
+	} {
+		if n := len(regexp.MustCompile(re).FindAllString(out, -1)); n != 1 {
+			t.Errorf("%d lines match %q, want 1", n, re)
+		}
+	}
+	if strings.Contains(out, "migrator run 2 (operator)") {
+		t.Errorf("the operator run, which went well, notified:\n%s", out)
+	}
 	rows := parseSummary(t, out)
 	auto, op := rows["1"], rows["2"]
 	if auto.cause != "auto-update" || auto.drains != "quiet" || auto.machines != 4 || auto.deferred != 1 ||

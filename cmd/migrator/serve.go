@@ -15,6 +15,7 @@ import (
 
 	"github.com/hermes-cloud/migrator/internal/imagepin"
 	"github.com/hermes-cloud/migrator/internal/metrics"
+	"github.com/hermes-cloud/migrator/internal/notify"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/store"
 )
@@ -51,7 +52,10 @@ func newServeCmd(e *env) *cobra.Command {
 			"customer identifier in them, and the read-only web view (/runs, /history), which\n" +
 			"shows every customer's apps: with " + webTokenEnv + " or " + webBasicAuthEnv + " set it asks\n" +
 			"for that credential; without, only a loopback address serves it, unless " + webOpenEnv + "=true.\n" +
-			"It has no write endpoints. SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
+			"It has no write endpoints. Notifications for on-call (a run paused or failed, an agent\n" +
+			"left draining, …) go to the sinks of the config file's [[notify.sinks]] or the\n" +
+			"MIGRATOR_NOTIFY_* variables (see `migrator notify --help`); without any, none is written.\n" +
+			"SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
 			"to finish, the rest is handed back to the other replicas; exit 0.\n\n" +
 			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; see the README for the rest.\n" +
 			"A bad config file, policy or setting refuses to start: one line, exit 2.",
@@ -91,8 +95,19 @@ func serve(ctx context.Context, e *env) error {
 	}
 	// The metrics exist before the adapters so every call is counted; their
 	// database gauges are wired once the orchestrator exists.
+	// The settings are checked before anything is opened or written: a bad
+	// notification sink is one line and exit 2, like a bad config file.
+	pre, err := loadSettings(e)
+	if err != nil {
+		return err
+	}
 	src := &lateSource{}
-	met, err := metrics.New(metrics.Config{Source: src, Logger: log})
+	met, err := metrics.New(metrics.Config{Source: src, OnCall: src, AutoUpdate: pre.autoUpdate != nil, FleetCap: pre.fleetCap,
+		Logger: log})
+	if err != nil {
+		return err
+	}
+	ncfg, err := loadNotify(e, pre, log, met.NotificationDelivery)
 	if err != nil {
 		return err
 	}
@@ -106,8 +121,18 @@ func serve(ctx context.Context, e *env) error {
 	if ok, err := store.SchemaCurrent(ctx, c.pool); err != nil || !ok {
 		return usagef("database schema is not current: run `migrator db upgrade` first")
 	}
+	notifier, err := notify.New(ncfg, c.store)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	// From now on the outbox trigger writes notifications for exactly these
+	// sinks (none: nothing is written).
+	if err := notifier.Register(ctx); err != nil {
+		return err
+	}
 	opts := orchestrator.RiverOptions{Workers: max(c.workers, 1), FetchPollInterval: fetchPoll,
-		JobTimeout: jobTimeout, RescueAfter: rescueAfter, Logger: log, Observer: met}
+		JobTimeout: jobTimeout, RescueAfter: rescueAfter, Logger: log, Observer: met,
+		Extensions: []orchestrator.RiverExtension{notifier}}
 	if au := c.settings.autoUpdate; au != nil {
 		pin := imagepin.New(imagepin.Config{FlyToken: strings.TrimSpace(e.getenv(flyTokenEnv))})
 		cfg, err := au.config(c.settings.configFile, pin.Resolve)
@@ -133,6 +158,10 @@ func serve(ctx context.Context, e *env) error {
 		return err
 	}
 	logWebMode(log, mode, ln.Addr())
+	if ncfg.WebURL != "" && mode == webOff {
+		log.Warn("notifications link to the web view, which this replica does not serve: the links will answer 404",
+			"web_url", ncfg.WebURL, "enable", "set "+webTokenEnv+" or "+webBasicAuthEnv)
+	}
 	// Every machine of the organization may connect: idle keep-alive
 	// connections are closed, so they cannot pile up.
 	srv := &http.Server{Handler: withWebView(healthHandler(c), web), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
@@ -145,7 +174,12 @@ func serve(ctx context.Context, e *env) error {
 		_ = srv.Close()
 		return fmt.Errorf("start workers: %w", err)
 	}
-	log.Info("serving", append([]any{"http_addr", ln.Addr().String(), "web_view", mode.String()}, c.settings.logAttrs()...)...)
+	notifyAttrs := []any{"notification_sinks", sinkSummary(ncfg)}
+	if len(ncfg.Sinks) == 0 {
+		notifyAttrs = []any{"notification_sinks", "none (nothing is written to the outbox)"}
+	}
+	log.Info("serving", append(append([]any{"http_addr", ln.Addr().String(), "web_view", mode.String()}, c.settings.logAttrs()...),
+		notifyAttrs...)...)
 	<-ctx.Done()
 
 	c.stopping.Store(true) // /readyz turns 503 at once
@@ -198,6 +232,13 @@ func (l *lateSource) RunsByState(ctx context.Context) (map[string]int, error) {
 		return o.RunsByState(ctx)
 	}
 	return nil, errNotReady
+}
+
+func (l *lateSource) OnCallStatus(ctx context.Context) (store.OnCallStatus, error) {
+	if o := l.o.Load(); o != nil {
+		return o.OnCallStatus(ctx)
+	}
+	return store.OnCallStatus{}, errNotReady
 }
 
 func (l *lateSource) SlotsInUse(ctx context.Context) (int, error) {

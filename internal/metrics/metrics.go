@@ -20,6 +20,7 @@
 //
 //	runs{state}                          gauge     runs in each state
 //	budget_slots_in_use                  gauge     machines holding a budget slot
+//	fleet_cap                            gauge     the fleet-wide budget this replica enforces (0: none)
 //	machine_migrations_total{outcome}    counter   machine migrations ended, by outcome
 //	drains_total{quiet,outcome}          counter   drains ended (quiet="true": no home-channel broadcast)
 //	drain_wait_seconds{quiet}            histogram first begin → quiescence, gateway down or deadline
@@ -28,8 +29,20 @@
 //	peeks_total{result}                  counter   status reads before a drain: idle, busy, unreadable
 //	idle_wait_seconds{result}            histogram first peek → idle (begun), busy_drained or busy_deferred
 //	auto_update_ticks_total{outcome}     counter   auto-update ticks by what they did
-//	fly_calls_total{kind,code}           counter   Fly Machines API attempts (code 2xx..5xx, or "error")
-//	gateway_calls_total{kind,code}       counter   gateway drain endpoint attempts
+//	fly_calls_total{kind,code}           counter   Fly Machines API attempts (code 2xx, 3xx, 4xx, 429, 5xx, or "error")
+//	gateway_calls_total{kind,code}       counter   gateway drain endpoint attempts (same codes)
+//	notification_deliveries_total{kind,result} counter notification delivery attempts by sink kind: delivered, retry, failed
+//
+// and, for the alert rules (deploy/prometheus/alerts.yml), fleet-wide from
+// the database at scrape time through an OnCallSource:
+//
+//	run_paused_since_timestamp_seconds            gauge   when the run paused longest ago was paused (absent: none paused)
+//	auto_update_last_success_timestamp_seconds    gauge   the last auto-update tick that did its job (absent before the first, or without auto-update)
+//	auto_update_last_run_created_timestamp_seconds gauge  when the last auto-update run was created (absent: none yet, or without auto-update)
+//	agents_left_draining                          gauge   machine migrations whose drain could not be cancelled in the last hour
+//	lease_release_failures_total                  counter Fly lease releases that finally failed (every replica, ever)
+//	notifications{kind,state}                     gauge   the notifications outbox by sink kind and state (pending, delivered, failed)
+//	notification_oldest_pending_timestamp_seconds gauge   when the oldest undelivered notification was written (absent: none pending)
 //
 // plus the Go runtime and process collectors.
 package metrics
@@ -62,11 +75,30 @@ type Source interface {
 
 var _ Source = (*orchestrator.Orchestrator)(nil)
 
+// OnCallSource reads what the alert rules need at scrape time
+// (orchestrator.Orchestrator).
+type OnCallSource interface {
+	OnCallStatus(ctx context.Context) (store.OnCallStatus, error)
+}
+
+var _ OnCallSource = (*orchestrator.Orchestrator)(nil)
+
 // Config configures Metrics.
 type Config struct {
 	// Source feeds the runs and budget gauges. Optional: without it those
 	// series are absent.
 	Source Source
+	// OnCall feeds the on-call gauges (paused runs, auto-update, agents
+	// left draining, lease release failures, notifications). Optional.
+	OnCall OnCallSource
+	// FleetCap is the replica's fleet-wide budget (MIGRATOR_FLEET_CAP; 0:
+	// no cap), exported as migrator_fleet_cap so dashboards draw the slots
+	// in use against it.
+	FleetCap int
+	// AutoUpdate says this replica runs the auto-update cron: only then
+	// are the auto-update gauges exported (an alert on a cron that is not
+	// configured would fire forever).
+	AutoUpdate bool
 	// ScrapeTimeout bounds the Source's reads of one scrape. Default 5s.
 	ScrapeTimeout time.Duration
 	// Logger receives scrape errors. Default: discard.
@@ -105,6 +137,7 @@ type Metrics struct {
 	gateway  *prometheus.CounterVec
 	peeks    *prometheus.CounterVec
 	idleWait *prometheus.HistogramVec
+	notify   *prometheus.CounterVec
 }
 
 var _ orchestrator.Observer = (*Metrics)(nil)
@@ -121,6 +154,10 @@ var (
 	tickOutcomes = []string{orchestrator.AutoUpdateCreated, orchestrator.AutoUpdateExists,
 		orchestrator.AutoUpdateInProgress, orchestrator.AutoUpdateUpToDate, orchestrator.AutoUpdateNoMachines,
 		orchestrator.AutoUpdateNoChannel, "error"}
+	// sinkKinds and notifyStates are notify.Kinds and the outbox states
+	// (not imported: notify does not need metrics, nor metrics notify).
+	sinkKinds    = []string{"slack", "pagerduty", "webhook"}
+	notifyStates = []string{store.NotifyPending, store.NotifyDelivered, store.NotifyFailed}
 )
 
 // DrainWaitBuckets span a drain's possible waits: seconds to the policy's
@@ -161,6 +198,9 @@ func New(cfg Config) (*Metrics, error) {
 		idleWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "idle_wait_seconds",
 			Help:    "Seconds from the first status read before a drain to the end of the wait for an idle moment, by how it ended.",
 			Buckets: DrainWaitBuckets}, []string{"result"}),
+		notify: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "notification_deliveries_total",
+			Help: "Notification delivery attempts on this replica, by sink kind and result (delivered, retry, failed)."},
+			[]string{"kind", "result"}),
 	}
 	for _, o := range outcomes {
 		m.machines.WithLabelValues(o)
@@ -180,11 +220,23 @@ func New(cfg Config) (*Metrics, error) {
 	for _, o := range tickOutcomes {
 		m.ticks.WithLabelValues(o)
 	}
+	for _, k := range sinkKinds {
+		for _, r := range []string{"delivered", "retry", "failed"} {
+			m.notify.WithLabelValues(k, r)
+		}
+	}
 	cs := []prometheus.Collector{m.machines, m.drains, m.wait, m.forced, m.deferred, m.ticks, m.fly, m.gateway, m.peeks, m.idleWait,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
+		m.notify, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
 	if cfg.Source != nil {
 		cs = append(cs, newStateCollector(cfg.Source, cfg.ScrapeTimeout))
 	}
+	if cfg.OnCall != nil {
+		cs = append(cs, newOnCallCollector(cfg.OnCall, cfg.AutoUpdate, cfg.ScrapeTimeout))
+	}
+	fleetCap := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "fleet_cap",
+		Help: "Most machines disrupted at once across all runs and replicas (MIGRATOR_FLEET_CAP; 0: no cap)."})
+	fleetCap.Set(float64(cfg.FleetCap))
+	cs = append(cs, fleetCap)
 	for _, c := range cs {
 		if err := m.reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
@@ -235,6 +287,12 @@ func (m *Metrics) IdleWaitEnded(result string, wait time.Duration) {
 	m.idleWait.WithLabelValues(result).Observe(wait.Seconds())
 }
 
+// NotificationDelivery counts one notification delivery attempt
+// (notify.Config.Observe).
+func (m *Metrics) NotificationDelivery(kind, result string) {
+	m.notify.WithLabelValues(kind, result).Inc()
+}
+
 // ObserveFly counts one Fly API attempt (flymachines.Config.Observe).
 func (m *Metrics) ObserveFly(c callrec.Call) { m.fly.WithLabelValues(c.Kind, codeClass(c)).Inc() }
 
@@ -243,11 +301,15 @@ func (m *Metrics) ObserveGateway(c callrec.Call) {
 	m.gateway.WithLabelValues(c.Kind, codeClass(c)).Inc()
 }
 
-// codeClass keeps the label set small: "2xx" … "5xx", or "error" when no
-// response arrived.
+// codeClass keeps the label set small: "2xx" … "5xx", "429" apart from
+// the other 4xx (rate limiting is what the alert rules watch), or "error"
+// when no response arrived.
 func codeClass(c callrec.Call) string {
 	if c.Status < 100 || c.Status > 599 {
 		return "error"
+	}
+	if c.Status == 429 {
+		return "429"
 	}
 	return strconv.Itoa(c.Status/100) + "xx"
 }
@@ -304,4 +366,72 @@ type printlnLogger struct{ log *slog.Logger }
 
 func (l printlnLogger) Println(v ...any) {
 	l.log.Warn("metrics scrape", "error", fmt.Sprint(v...))
+}
+
+// onCallCollector reads the on-call gauges from the database per scrape.
+type onCallCollector struct {
+	src                                                                  OnCallSource
+	autoUpdate                                                           bool
+	timeout                                                              time.Duration
+	paused, autoOK, autoRun, leftDraining, leaseFails, notes, oldestNote *prometheus.Desc
+}
+
+func newOnCallCollector(src OnCallSource, autoUpdate bool, timeout time.Duration) *onCallCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
+	}
+	return &onCallCollector{src: src, autoUpdate: autoUpdate, timeout: timeout,
+		paused: d("run_paused_since_timestamp_seconds",
+			"When the run paused longest ago was paused, Unix seconds; absent when no run is paused (fleet-wide)."),
+		autoOK: d("auto_update_last_success_timestamp_seconds",
+			"When the last auto-update tick that did its job (created a run, found one open, or nothing to do) ran, Unix seconds; absent before the first (fleet-wide)."),
+		autoRun: d("auto_update_last_run_created_timestamp_seconds",
+			"When the last auto-update run was created, Unix seconds; absent before the first (fleet-wide)."),
+		leftDraining: d("agents_left_draining",
+			"Machine migrations whose drain could not be cancelled in the last hour: their agents may still refuse turns (fleet-wide)."),
+		leaseFails: d("lease_release_failures_total",
+			"Fly lease releases that finally failed (the lease then expires by itself), fleet-wide, ever."),
+		notes: d("notifications",
+			"Notifications in the outbox by sink kind and state: pending, delivered, failed (fleet-wide).", "kind", "state"),
+		oldestNote: d("notification_oldest_pending_timestamp_seconds",
+			"When the oldest undelivered notification was written, Unix seconds; absent when none is pending (fleet-wide)."),
+	}
+}
+
+func (c *onCallCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.paused, c.autoOK, c.autoRun, c.leftDraining, c.leaseFails, c.notes, c.oldestNote} {
+		ch <- d
+	}
+}
+
+func (c *onCallCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	st, err := c.src.OnCallStatus(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.paused, fmt.Errorf("read on-call status: %w", err))
+		return
+	}
+	stamp := func(d *prometheus.Desc, t time.Time) {
+		if !t.IsZero() {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(t.UnixNano())/1e9)
+		}
+	}
+	stamp(c.paused, st.OldestPausedAt)
+	if c.autoUpdate {
+		stamp(c.autoOK, st.LastAutoUpdateOK)
+		stamp(c.autoRun, st.LastAutoUpdateRun)
+	}
+	ch <- prometheus.MustNewConstMetric(c.leftDraining, prometheus.GaugeValue, float64(st.AgentsLeftDraining))
+	ch <- prometheus.MustNewConstMetric(c.leaseFails, prometheus.CounterValue, float64(st.LeaseReleaseFailures))
+	counts := map[[2]string]int{}
+	for _, n := range st.Notifications {
+		counts[[2]string{n.Kind, n.State}] += n.N
+	}
+	for _, k := range sinkKinds {
+		for _, s := range notifyStates {
+			ch <- prometheus.MustNewConstMetric(c.notes, prometheus.GaugeValue, float64(counts[[2]string{k, s}]), k, s)
+		}
+	}
+	stamp(c.oldestNote, st.OldestPendingNotification)
 }

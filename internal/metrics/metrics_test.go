@@ -14,6 +14,7 @@ import (
 
 	"github.com/hermes-cloud/migrator/internal/callrec"
 	"github.com/hermes-cloud/migrator/internal/metrics"
+	"github.com/hermes-cloud/migrator/store"
 )
 
 type fakeSource struct {
@@ -161,5 +162,49 @@ func TestOwnRegistry(t *testing.T) {
 func TestConfigValidation(t *testing.T) {
 	if _, err := metrics.New(metrics.Config{ScrapeTimeout: -time.Second}); err == nil {
 		t.Fatal("negative scrape timeout accepted")
+	}
+}
+
+type onCallSource struct{ st store.OnCallStatus }
+
+func (s onCallSource) OnCallStatus(context.Context) (store.OnCallStatus, error) { return s.st, nil }
+
+// The on-call gauges come from the database per scrape: timestamps only
+// when there is one, the auto-update ones only where the cron runs; a 429
+// has its own code class.
+func TestOnCallSeries(t *testing.T) {
+	paused := time.Unix(1_700_000_000, 0)
+	src := onCallSource{store.OnCallStatus{OldestPausedAt: paused, LastAutoUpdateOK: paused.Add(time.Hour),
+		AgentsLeftDraining: 2, LeaseReleaseFailures: 5,
+		Notifications: []store.NotificationCount{{Kind: "slack", State: "pending", N: 3}, {Kind: "pagerduty", State: "delivered", N: 7}}}}
+	m, err := metrics.New(metrics.Config{OnCall: src, AutoUpdate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.ObserveFly(callrec.Call{Kind: "fly.lease_release", Status: 429})
+	m.NotificationDelivery("slack", "retry")
+	body := scrape(t, m)
+	wantLines(t, body,
+		"migrator_run_paused_since_timestamp_seconds 1.7e+09",
+		"migrator_auto_update_last_success_timestamp_seconds 1.7000036e+09",
+		"migrator_agents_left_draining 2",
+		"migrator_lease_release_failures_total 5",
+		`migrator_notifications{kind="slack",state="pending"} 3`,
+		`migrator_notifications{kind="pagerduty",state="delivered"} 7`,
+		`migrator_notifications{kind="webhook",state="failed"} 0`,
+		`migrator_fly_calls_total{code="429",kind="fly.lease_release"} 1`,
+		`migrator_notification_deliveries_total{kind="slack",result="retry"} 1`,
+	)
+	for _, absent := range []string{"migrator_auto_update_last_run_created_timestamp_seconds ", "migrator_notification_oldest_pending_timestamp_seconds "} {
+		if strings.Contains(body, "\n"+absent) {
+			t.Errorf("%s exported without a value", absent)
+		}
+	}
+	off, err := metrics.New(metrics.Config{OnCall: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(scrape(t, off), "\nmigrator_auto_update_last_success_timestamp_seconds ") {
+		t.Error("auto-update gauge exported by a replica without the cron")
 	}
 }

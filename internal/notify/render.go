@@ -1,0 +1,388 @@
+package notify
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hermes-cloud/migrator/store"
+)
+
+// WebhookSchema names the generic webhook's body format (documented in
+// the README, "Notifications").
+const WebhookSchema = "migrator.notification.v1"
+
+// Headers migrator sends. Every sink gets Idempotency-Key (the outbox
+// row's key: the same on every retry of one notification); the webhook
+// sink is signed: X-Migrator-Signature is "sha256=" and the hex
+// HMAC-SHA256, keyed with the sink's secret, of the X-Migrator-Timestamp
+// value (Unix seconds), a ".", and the raw body. A receiver recomputes it
+// and refuses a timestamp more than a few minutes old (a replay).
+const (
+	HeaderIdempotencyKey = "Idempotency-Key"
+	HeaderEvent          = "X-Migrator-Event"
+	HeaderTimestamp      = "X-Migrator-Timestamp"
+	HeaderSignature      = "X-Migrator-Signature"
+)
+
+// Sign returns the X-Migrator-Signature value of body sent at timestamp
+// (Unix seconds) with secret.
+func Sign(secret []byte, timestamp string, body []byte) string {
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(timestamp))
+	mac.Write([]byte("."))
+	mac.Write(body)
+	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
+}
+
+// Verify checks a webhook request's signature and that its timestamp is
+// within maxAge of now (receivers may use it; the tests and the sandbox
+// do).
+func Verify(secret []byte, h http.Header, body []byte, now time.Time, maxAge time.Duration) error {
+	ts := h.Get(HeaderTimestamp)
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return fmt.Errorf("%s %q is not Unix seconds", HeaderTimestamp, ts)
+	}
+	if age := now.Sub(time.Unix(sec, 0)); age > maxAge || age < -maxAge {
+		return fmt.Errorf("%s is %s away from now (at most %s): a replay?", HeaderTimestamp, age.Round(time.Second), maxAge)
+	}
+	if !hmac.Equal([]byte(h.Get(HeaderSignature)), []byte(Sign(secret, ts, body))) {
+		return fmt.Errorf("%s does not match the body", HeaderSignature)
+	}
+	return nil
+}
+
+// WebhookBody is the generic webhook's JSON body.
+type WebhookBody struct {
+	Schema string `json:"schema"` // WebhookSchema
+	// ID is the idempotency key: a receiver that saw it already has it.
+	ID       string `json:"id"`
+	Sink     string `json:"sink"`
+	Event    string `json:"event"`    // run.paused, … (notify.Events)
+	Severity string `json:"severity"` // info, warning, error, critical
+	// Action: "open" a problem (PagerDuty would trigger), "close" it
+	// (resolve), or a "note" that stands alone.
+	Action string `json:"action"`
+	// Incident groups the notifications of one problem: "run/42",
+	// "migration/7", "auto-update/stable".
+	Incident   string         `json:"incident"`
+	OccurredAt time.Time      `json:"occurred_at"`
+	Summary    string         `json:"summary"`
+	URL        string         `json:"url,omitempty"` // the run's page in the web view
+	Details    map[string]any `json:"details"`       // the facts (run, cause, image, counts, app, machine, error)
+}
+
+// facts reads the values the trigger stored.
+type facts map[string]any
+
+func (f facts) str(k string) string {
+	switch v := f[k].(type) {
+	case string:
+		return v
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	return ""
+}
+
+func (f facts) num(k string) int64 {
+	if v, ok := f[k].(float64); ok {
+		return int64(v)
+	}
+	return 0
+}
+
+// countOrder is the order outcomes and states are listed in messages.
+var countOrder = []string{store.OutcomeMigrated, store.OutcomeRolledBack, store.OutcomeFailed, store.OutcomeDeferred,
+	store.OutcomeCancelled, store.OutcomeSkippedUpToDate, store.StatePending, store.StateReady, store.StateDecided,
+	store.StateDraining, store.StateUpdating, store.StateVerifying, store.StateRollingBack}
+
+// countsText says a run's machines by outcome (and state for those not
+// done): "12 machines: 9 migrated, 1 rolled back, 2 deferred".
+func (f facts) countsText() string {
+	c, _ := f["counts"].(map[string]any)
+	if len(c) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int {
+		ia, ib := slices.Index(countOrder, a), slices.Index(countOrder, b)
+		if ia < 0 {
+			ia = len(countOrder)
+		}
+		if ib < 0 {
+			ib = len(countOrder)
+		}
+		if ia != ib {
+			return ia - ib
+		}
+		return strings.Compare(a, b)
+	})
+	var total int64
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		n, _ := c[k].(float64)
+		total += int64(n)
+		parts = append(parts, fmt.Sprintf("%d %s", int64(n), strings.ReplaceAll(k, "_", " ")))
+	}
+	noun := "machines"
+	if total == 1 {
+		noun = "machine"
+	}
+	return fmt.Sprintf("%d %s: %s", total, noun, strings.Join(parts, ", "))
+}
+
+// Summary is a notification's one line: what happened and why.
+func Summary(n store.Notification) string {
+	f := facts(n.Facts)
+	run := fmt.Sprintf("run %d (%s)", f.num("run_id"), f.str("cause"))
+	target := f.str("app") + "/" + f.str("machine_id")
+	if f.str("app") == "" {
+		target = f.str("target")
+	}
+	why := func(s, def string) string {
+		if s == "" {
+			return def
+		}
+		return s
+	}
+	switch n.Event {
+	case "run.paused":
+		return fmt.Sprintf("migrator %s paused: %s", run, why(f.str("state_reason"), "no reason recorded"))
+	case "run.failed":
+		return fmt.Sprintf("migrator %s failed: %s", run, why(f.str("state_reason"), "no reason recorded"))
+	case "run.resumed":
+		return fmt.Sprintf("migrator %s resumed by %s", run, why(f.str("by"), "someone"))
+	case "run.succeeded":
+		return fmt.Sprintf("migrator %s succeeded: %s", run, why(f.countsText(), "every machine done"))
+	case "run.cancelled":
+		return fmt.Sprintf("migrator %s cancelled by %s", run, why(f.str("by"), "someone"))
+	case "machine.rolled_back":
+		return fmt.Sprintf("migrator %s: %s rolled back to its old image: %s", run, target, why(f.str("error"), "no reason recorded"))
+	case "machine.lease_release_failed":
+		return fmt.Sprintf("migrator %s: the Fly lease of %s could not be released (it expires by itself): %s", run, target,
+			why(f.str("error"), "no reason recorded"))
+	case "agent.left_draining":
+		return fmt.Sprintf("migrator %s: agent %s may be left draining, refusing its users' turns: its drain could not be cancelled: %s",
+			run, target, why(f.str("error"), "no reason recorded"))
+	case "agent.not_serving":
+		return fmt.Sprintf("migrator %s: agent %s may not be serving: its machine failed after the update: %s", run, target,
+			why(f.str("error"), "no reason recorded"))
+	case "auto_update.failed":
+		reason := f.str("error")
+		if f.str("outcome") == "no_channel" {
+			reason = "the channel is not set (migrator channel set " + f.str("channel") + " IMAGE)"
+		}
+		return fmt.Sprintf("migrator auto-update of channel %s could not create its run: %s", f.str("channel"), why(reason, "no reason recorded"))
+	case "auto_update.recovered":
+		what := strings.ReplaceAll(f.str("outcome"), "_", " ")
+		if id := f.num("run_id"); id > 0 {
+			what += fmt.Sprintf(" (run %d)", id)
+		}
+		return fmt.Sprintf("migrator auto-update of channel %s works again: %s", f.str("channel"), what)
+	case testEvent:
+		return fmt.Sprintf("migrator test notification from sink %s: nothing happened, this is a test", n.Sink)
+	}
+	return fmt.Sprintf("migrator %s: %s", n.Event, target)
+}
+
+// runURL is the web view's page of the notification's run, if any.
+func (c Config) runURL(n store.Notification) string {
+	if c.WebURL == "" {
+		return ""
+	}
+	if id := facts(n.Facts).num("run_id"); id > 0 {
+		return fmt.Sprintf("%s/runs/%d", c.WebURL, id)
+	}
+	return ""
+}
+
+func webhookBody(c Config, n store.Notification) ([]byte, error) {
+	details := n.Facts
+	if details == nil {
+		details = map[string]any{}
+	}
+	return marshal(WebhookBody{Schema: WebhookSchema, ID: n.IdempotencyKey, Sink: n.Sink, Event: n.Event,
+		Severity: n.Severity, Action: n.Action, Incident: n.Incident, OccurredAt: n.OccurredAt.UTC(), Summary: Summary(n),
+		URL: c.runURL(n), Details: details})
+}
+
+// PagerDuty Events API v2, from PagerDuty's OpenAPI description
+// (PagerDuty/api-schema reference/events-v2/openapiv3.json): POST
+// /v2/enqueue {routing_key, event_action trigger|acknowledge|resolve,
+// dedup_key (required unless trigger), payload {summary, source, severity
+// critical|error|warning|info (all three required), timestamp, component,
+// group, class, custom_details}, client, client_url, links}. Answers: 202
+// accepted; 400 bad request, do not retry; 429 and 5xx and network
+// errors, retry after some time. A resolve carries no payload. summary is
+// cut at 1024 and dedup_key at 255 characters (the limits PagerDuty's
+// developer docs give).
+type pdEvent struct {
+	RoutingKey  string     `json:"routing_key"`
+	EventAction string     `json:"event_action"`
+	DedupKey    string     `json:"dedup_key"`
+	Payload     *pdPayload `json:"payload,omitempty"`
+	Client      string     `json:"client,omitempty"`
+	ClientURL   string     `json:"client_url,omitempty"`
+	Links       []pdLink   `json:"links,omitempty"`
+}
+
+type pdPayload struct {
+	Summary       string         `json:"summary"`
+	Source        string         `json:"source"`
+	Severity      string         `json:"severity"`
+	Timestamp     string         `json:"timestamp,omitempty"`
+	Component     string         `json:"component,omitempty"`
+	Group         string         `json:"group,omitempty"`
+	Class         string         `json:"class,omitempty"`
+	CustomDetails map[string]any `json:"custom_details,omitempty"`
+}
+
+type pdLink struct {
+	Href string `json:"href"`
+	Text string `json:"text"`
+}
+
+// DedupKey is the PagerDuty dedup_key of an incident: every trigger and
+// the resolve of one run (or machine migration, or channel) share it.
+func DedupKey(incident string) string { return "migrator/" + incident }
+
+func pagerDutyBody(c Config, s SinkConfig, n store.Notification) ([]byte, error) {
+	ev := pdEvent{RoutingKey: s.RoutingKey, EventAction: "trigger", DedupKey: truncate(DedupKey(n.Incident), 255)}
+	if n.Action == "close" {
+		ev.EventAction = "resolve"
+		return marshal(ev)
+	}
+	f := facts(n.Facts)
+	details := map[string]any{"notification": n.IdempotencyKey, "event": n.Event}
+	for k, v := range n.Facts {
+		details[k] = v
+	}
+	ev.Payload = &pdPayload{Summary: truncate(Summary(n), 1024), Source: s.Source, Severity: n.Severity,
+		Timestamp: n.OccurredAt.UTC().Format(time.RFC3339), Component: f.str("app"), Group: f.str("cause"),
+		Class: n.Event, CustomDetails: details}
+	ev.Client = "migrator"
+	if u := c.runURL(n); u != "" {
+		ev.ClientURL = c.WebURL + "/runs"
+		ev.Links = []pdLink{{Href: u, Text: fmt.Sprintf("run %d in migrator's web view", f.num("run_id"))}}
+	}
+	return marshal(ev)
+}
+
+// Slack incoming webhooks: POST JSON with text (the notification's
+// fallback) and blocks; 200 "ok". Slack's changelog of 2016-05-17
+// ("Improving error conditions for Incoming Webhooks") lists the failures:
+// 400 invalid_payload / user_not_found, 403 action_prohibited, 404
+// channel_not_found, 410 channel_is_archived (permanent: retrying the same
+// message cannot help) and 500 rollup_error; a 429 comes with Retry-After.
+// mrkdwn text needs &, < and > escaped.
+type slackMessage struct {
+	Text   string       `json:"text"`
+	Blocks []slackBlock `json:"blocks"`
+}
+
+type slackBlock struct {
+	Type     string      `json:"type"`
+	Text     *slackText  `json:"text,omitempty"`
+	Fields   []slackText `json:"fields,omitempty"`
+	Elements []slackText `json:"elements,omitempty"`
+}
+
+type slackText struct {
+	Type string `json:"type"`
+	Text string `json:"text"`
+}
+
+var slackEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
+
+func slackIcon(n store.Notification) string {
+	switch {
+	case n.Action == "close":
+		return ":white_check_mark:"
+	case n.Severity == string(Critical):
+		return ":rotating_light:"
+	case n.Severity == string(Error):
+		return ":x:"
+	case n.Severity == string(Warning):
+		return ":warning:"
+	}
+	return ":information_source:"
+}
+
+func slackBody(c Config, n store.Notification) ([]byte, error) {
+	f := facts(n.Facts)
+	sum := Summary(n)
+	mrk := func(s string) slackText { return slackText{Type: "mrkdwn", Text: truncate(s, 2000)} }
+	var fields []slackText
+	field := func(label, value string) {
+		if value != "" && len(fields) < 10 {
+			fields = append(fields, mrk("*"+label+"*\n"+value))
+		}
+	}
+	if id := f.num("run_id"); id > 0 {
+		run := strconv.FormatInt(id, 10)
+		if u := c.runURL(n); u != "" {
+			run = "<" + u + "|" + run + ">"
+		}
+		field("Run", run)
+	}
+	code := func(v string) string {
+		if v == "" {
+			return ""
+		}
+		return "`" + slackEscaper.Replace(v) + "`"
+	}
+	field("Cause", slackEscaper.Replace(f.str("cause")))
+	if f.str("app") != "" {
+		field("Agent", code(f.str("app")+"/"+f.str("machine_id")))
+	}
+	field("Image", code(f.str("image")))
+	field("Machines", slackEscaper.Replace(f.countsText()))
+	field("Requested by", slackEscaper.Replace(f.str("requested_by")))
+	field("Reason", slackEscaper.Replace(f.str("reason")))
+	blocks := []slackBlock{{Type: "section", Text: &slackText{Type: "mrkdwn",
+		Text: truncate(slackIcon(n)+" *"+slackEscaper.Replace(sum)+"*", 3000)}}}
+	if len(fields) > 0 {
+		blocks = append(blocks, slackBlock{Type: "section", Fields: fields})
+	}
+	blocks = append(blocks, slackBlock{Type: "context", Elements: []slackText{mrk(fmt.Sprintf("%s · %s · %s · notification %s",
+		n.Severity, n.Incident, n.OccurredAt.UTC().Format(time.RFC3339), n.IdempotencyKey))}})
+	return marshal(slackMessage{Text: slackIcon(n) + " " + sum, Blocks: blocks})
+}
+
+// marshal is json.Marshal without HTML escaping: Slack's <url|text> links
+// and the summaries stay readable in the raw body.
+func marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b.Bytes(), "\n"), nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8Start(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
