@@ -1068,16 +1068,12 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 	}
 	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
 	if mach.Image != s.m.FromImage {
-		put := s.o.fly.UpdateImage
-		if s.m.Launch {
-			// It was running before: launch it even if the failed
-			// instance left it stopped.
-			put = s.o.fly.RollbackImage
-		}
-		// No min_secrets_version: the old image needs no secret synced for
+		// The launch decision made at the lease: a machine that was running
+		// is launched even if the failed instance left it stopped. No
+		// min_secrets_version: the old image needs no secret synced for
 		// the new one, and a version Fly refused (412) would refuse the
 		// rollback too.
-		if _, err := put(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
+		if _, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce, flymachines.WithLaunch(s.m.Launch)); err != nil {
 			if retryable(ctx, err) && (!late || ctx.Err() != nil) {
 				s.persistCalls(ctx)
 				return wait(s.o.cfg.PollInterval), nil
