@@ -212,3 +212,11 @@ func tail(s string, n int) string {
 	}
 	return s[len(s)-n:]
 }
+
+// backOnV1 reports whether the machine runs again exactly what the fleet
+// started on: v1's digest, under the reference a rollback sends (v1, or
+// v1@digest from image_ref).
+func (w *world) backOnV1(v fleetsim.MachineView) bool {
+	d := w.sim.DigestOf(imgV1)
+	return v.Digest == d && (v.Image == imgV1 || v.Image == imgV1+"@"+d)
+}
