@@ -93,6 +93,10 @@ type RunRequest struct {
 	RequestedBy    string
 	Reason         string
 	IdempotencyKey string
+	// Excluded are the machines the selector matched that the run does
+	// not move (RunPlan.Excluded), recorded with the run's creation so the
+	// audit says why each was left out.
+	Excluded []Excluded
 }
 
 // PlannedMachine is one machine a run would move, with what the policy
@@ -388,10 +392,11 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		}
 	}
 	if planned == nil {
-		var err error
-		if planned, err = o.Plan(ctx, req.Selector, req.Image, req.Canary); err != nil {
+		p, err := o.PlanRun(ctx, req.Selector, req.Image, req.Canary)
+		if err != nil {
 			return store.Run{}, false, err
 		}
+		planned, req.Excluded = p.Machines, p.Excluded
 	}
 	toMove := 0
 	machines := make([]store.NewMachine, len(planned))
@@ -424,9 +429,17 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		if out, created, err = q.CreateRun(ctx, r, machines); err != nil || !created {
 			return err
 		}
+		detail := map[string]any{"cause": out.Cause, "image": out.Image, "machines": len(machines), "to_move": toMove,
+			"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason}
+		if len(req.Excluded) > 0 {
+			ex := make([]map[string]string, len(req.Excluded))
+			for i, x := range req.Excluded {
+				ex[i] = map[string]string{"app": x.App, "machine_id": x.ID, "state": x.State, "reason": x.Reason, "detail": x.Detail}
+			}
+			detail["excluded"] = ex
+		}
 		if err := q.AppendEvents(ctx, store.Scope{RunID: out.ID}, store.Event{Kind: "run.created", Target: fmt.Sprint(out.ID),
-			Detail: map[string]any{"cause": out.Cause, "image": out.Image, "machines": len(machines), "to_move": toMove,
-				"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason}}); err != nil {
+			Detail: detail}); err != nil {
 			return err
 		}
 		if err := o.fillTx(ctx, q, tx); err != nil {

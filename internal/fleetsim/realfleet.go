@@ -571,3 +571,17 @@ func RealFleetKind(app string) string {
 	}
 	return ""
 }
+
+// NeverHealthyOn is NeverHealthy for one machine only: instances it boots
+// on image (an image string or a digest) fail their checks forever, their
+// gateway ending in startup_failed (a build that breaks on this agent's
+// data, say), while other machines run it fine.
+func (s *Sim) NeverHealthyOn(appName, id, image string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.mustMachine(appName, id)
+	if m.sickOn == nil {
+		m.sickOn = map[string]bool{}
+	}
+	m.sickOn[image] = true
+}

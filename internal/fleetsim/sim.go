@@ -149,6 +149,7 @@ type machine struct {
 	lastTraffic time.Time
 	imageRef    fly.MachineImageRef
 	goodRef     fly.MachineImageRef
+	sickOn      map[string]bool // images (or digests) this machine never gets healthy on
 	wakes       int
 	autostops   int
 
@@ -561,9 +562,10 @@ func (s *Sim) boot(m *machine, now time.Time, kind string) {
 	img, digest := agentImage(m.config), m.imageRef.Digest
 	m.bootFails = s.failPull[img] || s.failPull[digest]
 	if m.bootFails {
-		m.bootSick = s.neverHealthy[agentImage(m.good.config)] || s.neverHealthy[m.goodRef.Digest]
+		m.bootSick = s.neverHealthy[agentImage(m.good.config)] || s.neverHealthy[m.goodRef.Digest] ||
+			m.sickOn[agentImage(m.good.config)] || m.sickOn[m.goodRef.Digest]
 	} else {
-		m.bootSick = s.neverHealthy[img] || s.neverHealthy[digest]
+		m.bootSick = s.neverHealthy[img] || s.neverHealthy[digest] || m.sickOn[img] || m.sickOn[digest]
 		m.bootCrash = s.crashOnStart[img] || s.crashOnStart[digest]
 	}
 	m.events = append(m.events, &fly.MachineEvent{Type: "start", Status: "started", Source: "flyd", Timestamp: m.bootAt.UnixMilli()})
