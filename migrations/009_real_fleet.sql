@@ -4,7 +4,8 @@
 -- What ran before the update: image_ref's digest and its full reference
 -- (fly-go's FullImageRef, "registry/repository:tag@digest"), read under the
 -- lease; the rollback sends exactly that reference. to_digest is the digest
--- of the instance verified after the update. machine_state is the state
+-- the machine runs when its migration ends: the verified new instance's,
+-- or after a rollback what ran before, again. machine_state is the state
 -- read under the lease, from which the one launch decision was made (also
 -- in `launch`).
 ALTER TABLE machine_migrations
@@ -73,7 +74,8 @@ SELECT
     d.active_agents_at_begin      AS active_agents_at_begin,
     -- a real fleet (009): what ran before the update (image_ref's digest,
     -- read under the lease; a rollback sends exactly it) and what runs
-    -- after it (the verified instance's digest); the machine's state under
+    -- when the migration ends (the verified new instance's, or after a
+    -- rollback the old one again); the machine's state under
     -- the lease (the one launch decision: started/starting/failed are
     -- launched and drained, stopped/suspended are moved without either);
     -- who held the machine's lease while migrator waited, and how long

@@ -1398,6 +1398,7 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
+	s.m.ToDigest = mach.ImageRef.Digest // what runs at the end: what ran before, again
 	if !s.m.Launch {
 		return s.finishDetail(ctx, store.OutcomeRolledBack, reason, map[string]any{"digest": mach.ImageRef.Digest, "left": mach.State})
 	}

@@ -187,7 +187,7 @@ func walkRealFleet(t *testing.T, faults bool) {
 	}
 	// The moved tag: rolled back to exactly the digest that ran, not to
 	// the broken build the tag points at now.
-	if mv := view(movedApp); h[movedApp].Outcome != "rolled_back" || h[movedApp].FromDigest != ran || mv.Digest != ran ||
+	if mv := view(movedApp); h[movedApp].Outcome != "rolled_back" || h[movedApp].FromDigest != ran || h[movedApp].ToDigest != ran || mv.Digest != ran ||
 		mv.State != "started" || mv.GatewayState != "running" || mv.Image != fleetsim.StableImage+"@"+ran {
 		t.Errorf("moved-tag agent: %+v, machine %+v; want rolled back to %s", h[movedApp], mv, ran)
 	}

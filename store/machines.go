@@ -87,8 +87,9 @@ type Migration struct {
 	// A real fleet (009). FromDigest and FromImageRef are what ran before
 	// the update (image_ref's digest, and fly-go's FullImageRef
 	// "registry/repository:tag@digest"), read under the lease; ToDigest is
-	// the verified new instance's. MachineState is the state read under the
-	// lease, from which Launch was decided.
+	// what runs when the migration ends (the verified new instance's, or
+	// after a rollback the old one again). MachineState is the state read
+	// under the lease, from which Launch was decided.
 	FromDigest, FromImageRef, ToDigest string
 	MachineState                       string
 	// Another deployer's lease: first found held at LeaseWaitSince by

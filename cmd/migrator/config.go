@@ -47,6 +47,7 @@ import (
 //	[worker]
 //	workers = 100             # jobs this replica runs at once
 //	poll_interval = "5s"      # between two status reads of a draining agent
+//	lease_wait = "15m"        # how long a machine waits for another deployer's Fly lease
 //
 // Where a setting comes from, first match wins:
 //
@@ -55,6 +56,7 @@ import (
 //	fleet cap        $MIGRATOR_FLEET_CAP, [fleet] cap, 100
 //	workers          $MIGRATOR_WORKERS, [worker] workers, 100
 //	poll interval    $MIGRATOR_POLL_INTERVAL, [worker] poll_interval, 5s
+//	lease wait       $MIGRATOR_LEASE_WAIT, [worker] lease_wait, 15m
 //	selector org     [auto_update.selector] org, $MIGRATOR_FLY_ORG
 //
 // Secrets (DATABASE_URL, FLY_API_TOKEN, MIGRATOR_DRAIN_KEY) come only from
@@ -74,7 +76,10 @@ type settings struct {
 	fleetCap     int
 	workers      int
 	pollInterval time.Duration
-	autoUpdate   *autoUpdateSettings // nil: off
+	// leaseWait bounds the wait for another deployer's Fly lease
+	// (orchestrator.Config.LeaseWait).
+	leaseWait  time.Duration
+	autoUpdate *autoUpdateSettings // nil: off
 }
 
 // autoUpdateSettings is the [auto_update] table, validated.
@@ -113,6 +118,7 @@ type fileConfig struct {
 	fleetCap     *int
 	workers      *int
 	pollInterval *time.Duration
+	leaseWait    *time.Duration
 }
 
 // loadSettings reads the config file (if any) and the environment.
@@ -149,6 +155,9 @@ func loadSettings(e *env) (*settings, error) {
 		return nil, err
 	}
 	if s.pollInterval, err = envDuration(e, pollIntervalEnv, deref(fc.pollInterval, 5*time.Second)); err != nil {
+		return nil, err
+	}
+	if s.leaseWait, err = envDuration(e, leaseWaitEnv, deref(fc.leaseWait, orchestrator.DefaultLeaseWait)); err != nil {
 		return nil, err
 	}
 	if fc.autoUpdate != nil && fc.autoUpdateOn {
@@ -291,8 +300,14 @@ func parseConfig(file string, data []byte) (*fileConfig, error) {
 					return nil, err
 				}
 				fc.pollInterval = &v
+			case "lease_wait":
+				v, err := d.duration(path, m[k])
+				if err != nil {
+					return nil, err
+				}
+				fc.leaseWait = &v
 			default:
-				return nil, d.unknown(path, "workers, poll_interval")
+				return nil, d.unknown(path, "workers, poll_interval, lease_wait")
 			}
 		}
 	}

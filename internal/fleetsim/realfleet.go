@@ -585,3 +585,33 @@ func (s *Sim) NeverHealthyOn(appName, id, image string) {
 	}
 	m.sickOn[image] = true
 }
+
+// DownApps is a Config.Shape with the machines of the last stopped apps
+// stopped and of the suspended apps before them suspended (autostop
+// "suspend", so a user turn wakes them), of apps numbered 1…apps with
+// perApp machines each; the others are plain.
+func DownApps(prefix string, apps, perApp, stopped, suspended int) func(string) []MachineShape {
+	if prefix == "" {
+		prefix = DefaultAppPrefix
+	}
+	perApp = max(perApp, 1)
+	return func(app string) []MachineShape {
+		if !strings.HasPrefix(app, prefix) {
+			return nil
+		}
+		var sh MachineShape
+		switch n := appNumber(app); {
+		case n > apps-stopped:
+			sh = MachineShape{State: "stopped"}
+		case n > apps-stopped-suspended:
+			sh = MachineShape{State: "suspended", Autostop: "suspend"}
+		default:
+			return nil
+		}
+		out := make([]MachineShape, perApp)
+		for i := range out {
+			out[i] = sh
+		}
+		return out
+	}
+}
