@@ -150,7 +150,9 @@ func historySQL(f HistoryFilter) (string, []any, error) {
 		add("created_at < now() - $%d::interval", fmt.Sprintf("%d microseconds", f.UntilAgo.Microseconds()))
 	}
 	if f.Quiet != nil {
-		add("quiet = $%d", *f.Quiet)
+		// A machine moved without a drain because it was not running was
+		// neither drained quietly nor loudly.
+		add("quiet = $%d AND drain_outcome IS DISTINCT FROM 'not_running'", *f.Quiet)
 	}
 	if f.Outcome != "" {
 		add("outcome = $%d", f.Outcome)

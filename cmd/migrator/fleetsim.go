@@ -173,8 +173,12 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			fmt.Fprintf(e.stderr, "fleetsim: %d apps × %d machines at %s (time ×%g); interrupt to stop\n",
 				cfg.Apps, cfg.MachinesPerApp, sim.URL(), scale)
 			if realFleet {
+				prefix := cfg.AppPrefix
+				if prefix == "" {
+					prefix = fleetsim.DefaultAppPrefix
+				}
 				for i, k := range fleetsim.RealFleetKinds {
-					fmt.Fprintf(e.stderr, "fleetsim:   %s%d: %s\n", cfg.AppPrefix, i+1, k)
+					fmt.Fprintf(e.stderr, "fleetsim:   %s%d: %s\n", prefix, i+1, k)
 				}
 			}
 			<-cmd.Context().Done()
