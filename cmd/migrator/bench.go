@@ -209,6 +209,7 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.Float64Var(&fleet.TurnSigma, "turn-sigma", bench.DefaultTurnSigma, "fleet scenario: σ of the log-normal drain durations")
 	f.Float64Var(&fleet.TurnPersistence, "turn-persistence", bench.DefaultTurnPersistence,
 		"share of a drain's log-variance that belongs to the machine and repeats in every rollout (0: none)")
+	f.Float64Var(&fleet.SuspendedShare, "suspended-share", 0, "fleet scenario: share of the apps whose machines are suspended at the start (moved without a drain, left down), in [0, 1)")
 	f.IntVar(&fleet.HistoryRounds, "history-rounds", bench.DefaultHistoryRounds,
 		"fleet scenario: rollouts before the measured one, so it is planned from drain history (0: none)")
 	f.IntVar(&large.HistoryRounds, "large-history-rounds", 0, "large scenario: rollouts before the measured one")

@@ -107,6 +107,18 @@ func (r Report) Targets() []Target {
 			return fmt.Sprintf("%.2f", v), v <= 10
 		})
 	}
+	if f != nil && f.Config.SuspendedShare > 0 {
+		add(f, "suspended machines cost no drain and no gateway call (fleet)", func(x Result) (string, bool) {
+			return fmt.Sprintf("%d suspended at the start: %d drains, %d gateway calls; %d moved without a drain and left down",
+				x.Suspended, x.SuspendedDrains, x.SuspendedGatewayCalls, x.SuspendedMovedDown),
+				x.Suspended > 0 && x.SuspendedDrains == 0 && x.SuspendedGatewayCalls == 0 && x.SuspendedMovedDown == x.Suspended
+		})
+		add(f, "≤ 10 Fly calls per suspended machine (fleet)", func(x Result) (string, bool) {
+			v := float64(x.SuspendedFlyCalls) / float64(max(x.Suspended, 1))
+			return fmt.Sprintf("%.2f (recorded calls; the others %.2f)", v, float64(x.FlyCallsOthers)/float64(max(x.N()-x.Suspended, 1))),
+				x.Suspended > 0 && v <= 10
+		})
+	}
 	out = append(out, r.activityTargets()...)
 	big := r.Large
 	if big == nil && f != nil && f.N() >= 10000 {
@@ -346,6 +358,13 @@ func (r Report) WriteMarkdown(w io.Writer) error {
 	})
 	row("Fly API calls / machine (planning incl.)", func(x Result) string { return fmt.Sprintf("%.2f", x.PerMachine(float64(x.FlyCalls()))) })
 	row("gateway calls / machine", func(x Result) string { return fmt.Sprintf("%.2f", x.PerMachine(float64(x.GatewayCalls()))) })
+	row("suspended at the start: machines / drains / gateway calls / Fly calls per machine (recorded)", func(x Result) string {
+		if x.Suspended == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%d / %d / %d / %.2f", x.Suspended, x.SuspendedDrains, x.SuspendedGatewayCalls,
+			float64(x.SuspendedFlyCalls)/float64(x.Suspended))
+	})
 	row("rate-limit violations", func(x Result) string { return fmt.Sprint(x.RateViolations) })
 	row("TCP connections to the simulator (whole scenario, history rounds included)", func(x Result) string { return fmt.Sprint(x.SimConnections) })
 	row("process CPU (user+sys) / machine", func(x Result) string { return fmtMS(x.PerMachine(ms(x.ProcessCPU))) })
