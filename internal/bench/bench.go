@@ -159,7 +159,7 @@ type Result struct {
 	// migrated with drain outcome not_running and still down. FlyCallsOthers
 	// is the recorded Fly calls of the other machines.
 	Suspended, SuspendedDrains, SuspendedGatewayCalls, SuspendedFlyCalls, SuspendedMovedDown int
-	FlyCallsOthers                                                                        int
+	FlyCallsOthers                                                                           int
 	// NotRunning: machines of the run moved without a drain because they
 	// were not running (not counted as Anomalies).
 	NotRunning int

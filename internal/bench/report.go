@@ -110,7 +110,7 @@ func (r Report) Targets() []Target {
 	if f != nil && f.Config.SuspendedShare > 0 {
 		add(f, "suspended machines cost no drain and no gateway call (fleet)", func(x Result) (string, bool) {
 			return fmt.Sprintf("%d suspended at the start: %d drains, %d gateway calls; %d moved without a drain and left down",
-				x.Suspended, x.SuspendedDrains, x.SuspendedGatewayCalls, x.SuspendedMovedDown),
+					x.Suspended, x.SuspendedDrains, x.SuspendedGatewayCalls, x.SuspendedMovedDown),
 				x.Suspended > 0 && x.SuspendedDrains == 0 && x.SuspendedGatewayCalls == 0 && x.SuspendedMovedDown == x.Suspended
 		})
 		add(f, "≤ 10 Fly calls per suspended machine (fleet)", func(x Result) (string, bool) {
