@@ -503,6 +503,12 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	s.m.PeekActiveAgents = nil
 	result := PeekBusy
 	switch {
+	case serr != nil && s.downOrHostLost(ctx):
+		// The dashboard does not answer because the machine went down
+		// (autostop, or it suspended itself) or its host is lost: there
+		// is nobody to wait for; the step reads the machine and decides.
+		s.idleResult, s.m.Error = IdleFound, ""
+		return next{}, false, nil
 	case serr != nil:
 		result = PeekUnreadable
 	case !st.Running || st.ActiveAgents == 0 && st.State != gateway.StateStarting:
@@ -555,6 +561,13 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 		return next{}, true, err
 	}
 	return finished, true, nil
+}
+
+// downOrHostLost reads the machine after a status read failed: true when
+// it is not running (stopped, suspended, …) or its host is not ok.
+func (s *step) downOrHostLost(ctx context.Context) bool {
+	m, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
+	return err == nil && (!running(m.State) || !m.HostOK())
 }
 
 // peekBackoff is the pause before the next peek: PollInterval doubling with

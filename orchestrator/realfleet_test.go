@@ -418,3 +418,30 @@ func TestContainerRun(t *testing.T) {
 		t.Errorf("the single-container machine: %+v", v)
 	}
 }
+
+// A machine waiting for its agent to be idle that goes down meanwhile (its
+// agent suspended itself) is not waited for until the idle wait ends: the
+// next look finds the dashboard gone and the machine down, and it is moved
+// without a drain.
+func TestDownWhileWaitingForIdle(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1}})
+	app := w.sim.Apps()[0]
+	id := w.sim.MachineIDs(app)[0]
+	w.sim.AddTurn(app, id, fleetsim.Turn{Session: "busy", Duration: time.Hour})
+	start := w.clk.Now()
+	run := w.createRun(orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: imgV2}) // idle wait 30m
+	waitFor(t, 10*time.Second, "first look", func() bool {
+		ms, _ := w.st.Q().ListMigrations(context.Background(), run.ID)
+		return len(ms) == 1 && ms[0].Peeks >= 1
+	})
+	w.sim.SetDown(app, id, "suspended")
+	r := w.waitRun(run.ID, time.Minute)
+	h := w.realHistory(r.ID)[app]
+	if r.State != store.RunSucceeded || h.Outcome != "migrated" || h.DrainOutcome != store.DrainNotRunning || h.MachineState != "suspended" {
+		t.Errorf("run %s, history %+v", r.State, h)
+	}
+	if took := w.clk.Now().Sub(start); took > 10*time.Minute {
+		t.Errorf("took %s of simulated time: the idle wait (30m) was waited out?", took)
+	}
+}
