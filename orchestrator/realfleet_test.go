@@ -445,3 +445,48 @@ func TestDownWhileWaitingForIdle(t *testing.T) {
 		t.Errorf("took %s of simulated time: the idle wait (30m) was waited out?", took)
 	}
 }
+
+// lapseOnRefresh makes migrator's lease lapse before its first refresh and
+// someone else take the machine meanwhile: their lease, their deploy, their
+// release; migrator's refresh then finds no lease and takes a new one.
+type lapseOnRefresh struct {
+	*flymachines.Client
+	once   sync.Once
+	meddle func()
+}
+
+func (f *lapseOnRefresh) RefreshLease(ctx context.Context, app, id, nonce string, ttl time.Duration) (flymachines.Lease, error) {
+	f.once.Do(f.meddle)
+	return f.Client.RefreshLease(ctx, app, id, nonce, ttl)
+}
+
+// A lease taken again after migrator's lapsed, on a machine someone else
+// updated meanwhile: re-read under the new lease, stopped and recorded, not
+// moved (and not rolled back over their change).
+func TestChangedWhileOurLeaseLapsed(t *testing.T) {
+	t.Parallel()
+	const theirs = "registry.fly.io/hermes-agent:v3"
+	var w *world
+	var app, id string
+	w = newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1}, wrapFly: func(c *flymachines.Client) orchestrator.Fly {
+		return &lapseOnRefresh{Client: c, meddle: func() {
+			w.sim.HoldLeaseWhile(app, id, "person@example.com", fleetsim.DeployTTL, fleetsim.DeployRefresh, 2*time.Second, theirs)
+			time.Sleep(w.clk.Wall(5 * time.Second))
+		}}
+	}})
+	app = w.sim.Apps()[0]
+	id = w.sim.MachineIDs(app)[0]
+	w.sim.AddTurn(app, id, fleetsim.Turn{Session: "long", Duration: 10 * time.Minute})
+	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2, FailureThreshold: 1}).ID, time.Minute)
+	h := w.realHistory(r.ID)[app]
+	if h.Outcome != "deferred" || !strings.Contains(h.Error, "changed by someone else while migrator's lease had lapsed") ||
+		!strings.Contains(h.Error, theirs) {
+		t.Errorf("history %+v", h)
+	}
+	if v := w.sim.Machine(app, id); v.Image != theirs || v.Updates != 1 || v.Draining {
+		t.Errorf("machine %+v: want their deploy kept, not draining", v)
+	}
+	if _, ok := eventOf(w.eventsOf(r.ID, id), "machine.changed_under_us"); !ok {
+		t.Error("no machine.changed_under_us event")
+	}
+}
