@@ -93,6 +93,8 @@ func newBenchCmd(e *env) *cobra.Command {
 				return usagef("%s: history rounds need --turns-at drain (turns from t=0 happen once)", cmd.CommandPath())
 			case activity.Machines < 1 || activity.Budget < 1 || activity.TimeScale <= 0 || activity.PeekBackoffMax < 0:
 				return usagef("%s: --activity-machines and --activity-budget must be at least 1, --activity-time-scale positive", cmd.CommandPath())
+			case !(fleet.SuspendedShare >= 0 && fleet.SuspendedShare < 1):
+				return usagef("%s: --suspended-share must be in [0, 1), got %g", cmd.CommandPath(), fleet.SuspendedShare)
 			case out == "":
 				return usagef("%s: --out must name a file, or - for stdout", cmd.CommandPath())
 			}
@@ -118,6 +120,10 @@ func newBenchCmd(e *env) *cobra.Command {
 			rep := bench.Report{Host: bench.ThisHost(start), Command: strings.Join(command, " ")}
 
 			fleet.Name, fleet.TurnsAt = "fleet", bench.TurnsAt(turnsAt)
+			if fleet.SuspendedShare > 0 {
+				// A variant of the fleet: its rows sit beside the plain fleet's.
+				fleet.Name = fmt.Sprintf("fleet-%.0f%%-suspended", 100*fleet.SuspendedShare)
+			}
 			common(&fleet)
 			var runErr error
 			// A scenario that ran but did not end well is still reported

@@ -83,10 +83,16 @@ func (r Report) Targets() []Target {
 		out = append(out, Target{What: what, Measured: m, Met: ok})
 	}
 	f := r.Fleet
-	add(f, "makespan ≤ 1.15 × LB (2,000 machines, B = 100)", func(x Result) (string, bool) {
+	// The makespan targets are the plain fleet's; a variant (a
+	// share suspended) is its own row, so a merged results file keeps both.
+	makespan, ahead := "makespan ≤ 1.15 × LB (2,000 machines, B = 100)", "ahead of the fixed-wave baseline"
+	if f != nil && f.Config.Name != "fleet" {
+		makespan, ahead = fmt.Sprintf("makespan ≤ 1.15 × LB (%s)", f.Config.Name), fmt.Sprintf("ahead of the fixed-wave baseline (%s)", f.Config.Name)
+	}
+	add(f, makespan, func(x Result) (string, bool) {
 		return fmt.Sprintf("%.3f × LB (%d machines, B = %d)", x.Ratio, x.N(), x.Config.Budget), x.Ratio > 0 && x.Ratio <= 1.15
 	})
-	add(f, "ahead of the fixed-wave baseline", func(x Result) (string, bool) {
+	add(f, ahead, func(x Result) (string, bool) {
 		return fmt.Sprintf("%.3f vs wave %.3f × LB", x.Ratio, x.WaveRatio), x.Ratio > 0 && x.Ratio < x.WaveRatio
 	})
 	add(r.DrainWait, "≤ 40 SQL statements per machine whose drain waits one simulated minute", func(x Result) (string, bool) {
