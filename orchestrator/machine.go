@@ -636,9 +636,10 @@ func (s *step) releaseOrphan(ctx context.Context) {
 // (13-s leases refreshed every 4 s until it is done) or another flyctl
 // command (120 s). The slot goes back until the lease's expiry, read from
 // the 409's text (either form Fly has used) or else from FindLease
-// (found), and the machine tries again then; this costs no LeaseRetries,
-// only time: past Config.LeaseWait since the first 409 the machine is
-// deferred with who held it. A lease that is not ours is never touched.
+// (found), and the machine tries again then. The wait is bounded in time,
+// not in tries (a deploy's 13-s leases would use up any count): past
+// Config.LeaseWait since the first 409 the machine is deferred with who
+// held it. A lease that is not ours is never touched.
 func (s *step) leaseHeld(ctx context.Context, held *flymachines.LeaseHeldError, found flymachines.Lease) (next, error) {
 	now := s.now()
 	owner, expires := held.Owner, held.ExpiresAt
@@ -673,7 +674,6 @@ func (s *step) leaseHeld(ctx context.Context, held *flymachines.LeaseHeldError, 
 		s.m.NotBefore = end
 	}
 	s.m.Error = fmt.Sprintf("waiting for the lease held by %s (until %s)", owner, expires.UTC().Format(time.RFC3339))
-	s.dropUnchangedStatusReads()
 	if err := s.transition(ctx, store.StatePending, map[string]any{"lease_owner": owner, "lease_expires_at": expires,
 		"lease_code": held.Code, "waiting_since": s.m.LeaseWaitSince}); err != nil {
 		return next{}, err
