@@ -114,12 +114,12 @@ func (r Report) Targets() []Target {
 		})
 	}
 	if f != nil && f.Config.SuspendedShare > 0 {
-		add(f, "suspended machines cost no drain and no gateway call (fleet)", func(x Result) (string, bool) {
+		add(f, fmt.Sprintf("suspended machines cost no drain and no gateway call (%s)", f.Config.Name), func(x Result) (string, bool) {
 			return fmt.Sprintf("%d suspended at the start: %d drains, %d gateway calls; %d moved without a drain and left down",
 					x.Suspended, x.SuspendedDrains, x.SuspendedGatewayCalls, x.SuspendedMovedDown),
 				x.Suspended > 0 && x.SuspendedDrains == 0 && x.SuspendedGatewayCalls == 0 && x.SuspendedMovedDown == x.Suspended
 		})
-		add(f, "≤ 10 Fly calls per suspended machine (fleet)", func(x Result) (string, bool) {
+		add(f, fmt.Sprintf("≤ 10 Fly calls per suspended machine (%s)", f.Config.Name), func(x Result) (string, bool) {
 			v := float64(x.SuspendedFlyCalls) / float64(max(x.Suspended, 1))
 			return fmt.Sprintf("%.2f (recorded calls; the others %.2f)", v, float64(x.FlyCallsOthers)/float64(max(x.N()-x.Suspended, 1))),
 				x.Suspended > 0 && v <= 10
