@@ -151,7 +151,8 @@ func (o *Orchestrator) AutoUpdate(ctx context.Context, cfg AutoUpdateConfig, tic
 		}
 	}
 	res := AutoUpdateResult{Image: image}
-	planned, err := o.Plan(ctx, cfg.Selector, image, cfg.Canary)
+	plan, err := o.PlanRun(ctx, cfg.Selector, image, cfg.Canary)
+	planned := plan.Machines
 	if errors.Is(err, ErrNothingSelected) {
 		res.Outcome = AutoUpdateNoMachines
 		return res, nil
@@ -175,7 +176,8 @@ func (o *Orchestrator) AutoUpdate(ctx context.Context, cfg AutoUpdateConfig, tic
 	}
 	r, created, err := o.CreateRun(ctx, RunRequest{Cause: policy.AutoUpdate, TargetImage: ch.Image, Image: image,
 		Selector: cfg.Selector, MaxUnavailable: cfg.MaxUnavailable, Canary: cfg.Canary,
-		FailureThreshold: cfg.FailureThreshold, RequestedBy: cfg.RequestedBy, Reason: reason, IdempotencyKey: key}, move)
+		FailureThreshold: cfg.FailureThreshold, RequestedBy: cfg.RequestedBy, Reason: reason, IdempotencyKey: key,
+		Excluded: plan.Excluded}, move)
 	if err != nil {
 		return AutoUpdateResult{}, err
 	}

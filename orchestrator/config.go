@@ -25,9 +25,12 @@ type Config struct {
 	// most drains need no refresh. The nonce is saved, so a replica resuming a
 	// machine keeps using it. Default 5m.
 	LeaseTTL time.Duration
-	// LeaseRetries is how often a machine whose lease another owner holds is
-	// tried again (each after that lease expires) before it fails. Default 5.
-	LeaseRetries int
+	// LeaseWait bounds how long a machine whose Fly lease another deployer
+	// holds (a person's `fly deploy`, another flyctl command) waits for it:
+	// tried again after each expiry the 409 (or FindLease) states, with its
+	// budget slot given back meanwhile; past the bound it is deferred with
+	// who held it. Default 15m.
+	LeaseWait time.Duration
 	// VerifyTimeout bounds the wait for the new instance to start, pass its
 	// checks and serve; past it the old image is put back. A definitive
 	// failure (startup_failed, machine failed, instance stopped, flyd's
@@ -53,6 +56,11 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// DefaultLeaseWait is Config.LeaseWait's default: long enough for a
+// person's deploy of the app to finish, short enough that a lease left
+// behind does not hold the run for long.
+const DefaultLeaseWait = 15 * time.Minute
+
 func (c Config) withDefaults() Config {
 	if c.PollInterval == 0 {
 		c.PollInterval = 5 * time.Second
@@ -63,8 +71,8 @@ func (c Config) withDefaults() Config {
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = 5 * time.Minute
 	}
-	if c.LeaseRetries == 0 {
-		c.LeaseRetries = 5
+	if c.LeaseWait == 0 {
+		c.LeaseWait = DefaultLeaseWait
 	}
 	if c.VerifyTimeout == 0 {
 		c.VerifyTimeout = 5 * time.Minute
@@ -92,7 +100,7 @@ func (c Config) validate() error {
 	if c.FleetCap < 0 {
 		errs = append(errs, fmt.Errorf("fleet cap %d is negative", c.FleetCap))
 	}
-	if c.PollInterval < 0 || c.LeaseTTL < 0 || c.VerifyTimeout < 0 || c.WaitStep < 0 || c.GatewayGrace < 0 || c.PeekBackoffMax < 0 {
+	if c.PollInterval < 0 || c.LeaseTTL < 0 || c.VerifyTimeout < 0 || c.WaitStep < 0 || c.GatewayGrace < 0 || c.PeekBackoffMax < 0 || c.LeaseWait < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
 	if c.MarkerRefresh > 20*time.Minute {

@@ -34,17 +34,78 @@
 // # The per-machine state machine
 //
 //	pending ──slot──▶ ready ──read, peek, lease, decide──▶ decided ──begin drain──▶ draining
-//	   ▲                │                                                          │
-//	   ├─lease held─────┤ (up to date: skipped_up_to_date;                          │ quiescent, gateway down,
-//	   └─agent busy─────┤  outside window: deferred;                               │ or deadline + force
-//	                    │  never idle within idle_wait, on_busy defer: deferred)   ▼
-//	                  done ◀──migrated── verifying ◀──update image──────────── updating
+//	   ▲                │   │                                                      │
+//	   ├─lease held─────┤   └──not running: no drain, no launch──────────┐         │ quiescent, gateway down,
+//	   ├─agent busy─────┤ (up to date: skipped_up_to_date;               │         │ machine down, or
+//	   └─woken (from    │  outside window, host not ok: deferred;        │         │ deadline + force
+//	      updating)     │  never idle within idle_wait, on_busy defer)   ▼         ▼
+//	                  done ◀──migrated── verifying ◀──update image──── updating ◀──┘
 //	                   ▲ ▲                   │
 //	                   │ └──rolled_back── rolling_back (revert; startup_failed, failed or
 //	                   │   (drain cancelled,    │        stopped at once; else not started /
 //	                   │    gateway serving)    │        unhealthy / not serving by VerifyTimeout)
 //	                   └──────failed────────────┘ (rollback impossible, or the agent does not
 //	                                               serve on the old image by VerifyTimeout)
+//
+// # A real fleet: one launch decision, what ran, who else deploys
+//
+// In ready the machine is read, and read again under the lease if the
+// lease's version (the instance id when it was granted) is not the one
+// read: what it is then is what everything is decided from, once, and
+// recorded (machine_state, launch, from_digest, from_image_ref) before
+// anything changes. flyctl decides the same way, from the machine as
+// captured before its deploy (internal/command/deploy/plan.go).
+//
+//   - Started or starting: drained, then updated with a launch; verified
+//     by instance, image, checks and the gateway serving.
+//   - Stopped, suspended (or created): nobody is on it. No drain, no
+//     gateway call: decided goes straight to updating with the drain
+//     outcome not_running, the update carries skip_launch, and it is
+//     verified by state and config (the new instance, the new image,
+//     resting down); a rollback leaves it down too. If Fly Proxy starts
+//     it for a user before the update is sent, the adapter refuses to
+//     send it (flymachines.IfStillDown: an update with skip_launch would
+//     stop that user's agent undrained) and the machine goes back to
+//     pending to be decided again, as a running one. If the proxy starts
+//     it after the update, on the new instance, it is verified as a
+//     launched machine.
+//   - Failed: launched (flyctl's rule), not drained.
+//   - A machine that goes down during its drain (autostop, or the agent
+//     suspending itself when idle): the drain ends not_running and the
+//     update follows with the launch decided at the lease.
+//
+// What ran is image_ref, not config.image (a tag that may have moved): its
+// digest and full reference are recorded under the lease, and a rollback
+// sends exactly that reference (store.Migration.RollbackImage, the one
+// place the rollback's image is chosen); the machine counts as back only
+// on that digest. to_digest records what runs when the migration ends.
+//
+// A machine whose host is not ok (host_status unknown or unreachable:
+// only an incomplete config, calls fail) is never leased or drained:
+// deferred, the next run picks it up. A host lost after the update is
+// read again each poll; past VerifyTimeout the machine fails with that
+// reason (neither verified nor rolled back while calls cannot reach it).
+//
+// A lease another deployer holds (a person's `fly deploy`: 13-s leases
+// refreshed every 4 s; other flyctl commands: 120 s) is waited out: the
+// slot goes back until the expiry the 409 states (RFC 3339 or Go's time
+// form) or FindLease reports, for at most Config.LeaseWait from the first
+// 409; then the machine is deferred naming the holder
+// (lease_wait_since/owner/ended_at). A lease that is not ours is never
+// touched. If the holder changed the machine meanwhile (its instance is
+// not the one read before the wait), migrator does not move it in this
+// run: deferred, with what changed. The same holds for a lease migrator
+// has to take again after its own lapsed: an instance that is neither the
+// one read before the update nor (once updated) the new one or flyd's
+// revert stops the machine and records it.
+//
+// Plans leave out release-command and console machines (fly-go's
+// IsReleaseCommandMachine, IsFlyAppsConsole) and destroyed ones, and
+// multi-container machines unless the selector names a container (then
+// that container's image is what the run moves, as `fly machine update
+// --container`); run.created lists what was left out and why. A machine
+// that turns out to be one of those when its turn comes is refused, never
+// half updated.
 //
 // # Idle-first begin
 //

@@ -131,7 +131,7 @@ func TestStartupFailedRollsBackAtOnce(t *testing.T) {
 		t.Errorf("rolling_back event %+v: want signal gateway_startup_failed", e)
 	}
 	v := w.sim.Machine(m.App, m.ID)
-	if v.Image != imgV1 || v.GatewayState != "running" || v.Draining || v.LeaseOwner != "" {
+	if !w.backOnV1(v) || v.GatewayState != "running" || v.Draining || v.LeaseOwner != "" {
 		t.Fatalf("after the rollback: %+v", v)
 	}
 	if !w.nextTurnServed(m.App, m.ID) {
@@ -160,7 +160,7 @@ func TestCrashedInstanceRollsBackAtOnce(t *testing.T) {
 		t.Errorf("rolling_back event %+v: want signal instance_stopped", e)
 	}
 	v := w.sim.Machine(m.App, m.ID)
-	if v.State != "started" || v.Image != imgV1 || v.GatewayState != "running" || v.LeaseOwner != "" {
+	if v.State != "started" || !w.backOnV1(v) || v.GatewayState != "running" || v.LeaseOwner != "" {
 		t.Fatalf("after the rollback: %+v; want started and serving on v1", v)
 	}
 	if !w.nextTurnServed(m.App, m.ID) {

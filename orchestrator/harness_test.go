@@ -56,6 +56,8 @@ type worldOpts struct {
 	// scale overrides timeScale, for tests that measure simulated time
 	// against a bound a loaded machine could blur at 50×.
 	scale float64
+	// orch, if set, adjusts every replica's orchestrator config.
+	orch func(*orchestrator.Config)
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
@@ -106,9 +108,13 @@ func (w *world) startReplica(fleetCap int) *replica {
 	if w.opts.wrapFly != nil {
 		f = w.opts.wrapFly(fly)
 	}
-	orch, err := orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: 2 * time.Second,
+	cfg := orchestrator.Config{FleetCap: fleetCap, PollInterval: 2 * time.Second,
 		LeaseTTL: 2 * time.Minute, VerifyTimeout: 2 * time.Minute, WaitStep: 5 * time.Second, GatewayGrace: 30 * time.Second,
-		Clock: w.clk, Logger: log}, w.st, f, gw, w.pol)
+		Clock: w.clk, Logger: log}
+	if w.opts.orch != nil {
+		w.opts.orch(&cfg)
+	}
+	orch, err := orchestrator.New(cfg, w.st, f, gw, w.pol)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,4 +217,12 @@ func tail(s string, n int) string {
 		return s
 	}
 	return s[len(s)-n:]
+}
+
+// backOnV1 reports whether the machine runs again exactly what the fleet
+// started on: v1's digest, under the reference a rollback sends (v1, or
+// v1@digest from image_ref).
+func (w *world) backOnV1(v fleetsim.MachineView) bool {
+	d := w.sim.DigestOf(imgV1)
+	return v.Digest == d && (v.Image == imgV1 || v.Image == imgV1+"@"+d)
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -329,13 +330,21 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		return s.flyError(ctx, "read machine", err)
 	}
 	s.m.Region, s.m.PrivateIP = mach.Region, mach.PrivateIP
-	if mach.Image == s.m.ToImage {
+	if n, stop, err := s.refuse(ctx, mach); stop {
+		return n, err
+	}
+	image, _ := mach.ImageOf(run.Selector.Container) // refuse checked it
+	if image == s.m.ToImage {
 		return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
 	}
-	s.m.FromImage, s.m.FromInstanceID = mach.Image, mach.InstanceID
+	if s.m.LeaseNonce == "" && !s.m.LeaseWaitSince.IsZero() && mach.InstanceID != s.m.FromInstanceID {
+		// The deployer whose lease was waited out changed the machine.
+		return s.changedUnderUs(ctx, mach, image)
+	}
+	s.m.FromImage, s.m.FromInstanceID = image, mach.InstanceID
 
 	now := s.now()
-	d := s.decide(mach.Region, mach.Image, mach.Labels)
+	d := s.decide(mach.Region, image, mach.Labels)
 	if !d.InWindow {
 		msg := "outside the maintenance window"
 		if d.Window != "" {
@@ -346,9 +355,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		}
 		return s.finish(ctx, store.OutcomeDeferred, "", msg)
 	}
-	// Only a started or starting machine has an agent with users to drain.
-	drain := mach.State == "started" || mach.State == "starting"
-	if iw := s.idleWait(d); drain && iw > 0 && !peeked && s.m.LeaseNonce == "" {
+	if iw := s.idleWait(d); running(mach.State) && iw > 0 && !peeked && s.m.LeaseNonce == "" {
 		// Idle-first: begin only at a moment with no work in flight.
 		if n, stop, err := s.peek(ctx, d, iw); stop {
 			return n, err
@@ -359,35 +366,60 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		var held *flymachines.LeaseHeldError
 		if errors.As(err, &held) {
 			var adopted bool
-			lease, adopted, err = s.adoptLease(ctx)
+			var found flymachines.Lease
+			found, adopted, err = s.adoptLease(ctx)
 			switch {
 			case flymachines.IsNotFound(err):
 				// Released or expired since the 409: acquire it next time.
 				s.persistCalls(ctx)
 				return wait(s.o.cfg.PollInterval), nil
 			case err == nil && !adopted:
-				return s.leaseHeld(ctx, held)
+				return s.leaseHeld(ctx, held, found)
 			}
+			lease = found
 		}
 		if err != nil {
 			return s.flyError(ctx, "lease machine", err)
 		}
 		s.m.LeaseNonce, s.m.LeaseExpiresAt = lease.Nonce, lease.ExpiresAt
+		if !s.m.LeaseWaitSince.IsZero() && s.m.LeaseWaitEndedAt.IsZero() {
+			s.m.LeaseWaitEndedAt = now
+			s.events = append(s.events, store.Event{Kind: "machine.lease_waited", Target: s.m.Target(),
+				Detail: map[string]any{"owner": s.m.LeaseWaitOwner, "since": s.m.LeaseWaitSince,
+					"waited_seconds": now.Sub(s.m.LeaseWaitSince).Seconds()}})
+		}
 		if lease.Version != "" && lease.Version != mach.InstanceID {
-			// The machine changed between our read and the lease: read again under it.
+			// The machine changed between our read and the lease: read again
+			// under it; what it is now is what is decided from.
 			if mach, err = s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID); err != nil {
 				return s.flyError(ctx, "read machine", err)
 			}
-			s.m.FromImage, s.m.FromInstanceID = mach.Image, mach.InstanceID
-			if mach.Image == s.m.ToImage {
+			if n, stop, err := s.refuse(ctx, mach); stop {
+				return n, err
+			}
+			if image, _ = mach.ImageOf(run.Selector.Container); image == s.m.ToImage {
 				return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
 			}
+			s.m.FromImage, s.m.FromInstanceID = image, mach.InstanceID
 		}
 	}
 
-	// Fly launches the new instance only for a machine that was started,
-	// starting or failed; a stopped one just gets the new config.
+	// The one launch decision, from the machine as read under the lease,
+	// carried through the update, the verification and the rollback (as
+	// flyctl decides from the machine it captured before its deploy):
+	// started, starting or failed machines are launched; stopped and
+	// suspended ones only get the new config, and have nobody to drain.
+	// What ran is recorded now, before the update: a rollback sends
+	// exactly that digest.
 	s.m.Launch = launchable(mach.State)
+	s.m.MachineState = mach.State
+	s.m.FromDigest, s.m.FromImageRef = mach.ImageRef.Digest, ""
+	if run.Selector.Container == "" || len(mach.Containers) == 0 {
+		if mach.ImageRef.Digest != "" && mach.ImageRef.Repository != "" {
+			s.m.FromImageRef = mach.ImageRef.Full()
+		}
+	}
+	drain := running(mach.State)
 
 	drainWait := d.Wait
 	if run.DeadlineOverride > 0 {
@@ -408,10 +440,13 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	// The decision is on record before the gateway hears of it.
 	to := store.StateDecided
 	if !drain {
+		// Nobody is on a machine that is not running: no drain, no launch.
 		to = store.StateUpdating
+		s.w.Drain.Outcome = store.DrainNotRunning
 	}
 	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
 		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
+		"launch": s.m.Launch, "from_digest": s.m.FromDigest,
 		"idle_wait": s.idleWait(d).String(), "peeks": s.m.Peeks, "undrainable": undrainable}); err != nil {
 		return next{}, err
 	}
@@ -468,6 +503,12 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	s.m.PeekActiveAgents = nil
 	result := PeekBusy
 	switch {
+	case serr != nil && s.downOrHostLost(ctx):
+		// The dashboard does not answer because the machine went down
+		// (autostop, or it suspended itself) or its host is lost: there
+		// is nobody to wait for; the step reads the machine and decides.
+		s.idleResult, s.m.Error = IdleFound, ""
+		return next{}, false, nil
 	case serr != nil:
 		result = PeekUnreadable
 	case !st.Running || st.ActiveAgents == 0 && st.State != gateway.StateStarting:
@@ -520,6 +561,13 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 		return next{}, true, err
 	}
 	return finished, true, nil
+}
+
+// downOrHostLost reads the machine after a status read failed: true when
+// it is not running (stopped, suspended, …) or its host is not ok.
+func (s *step) downOrHostLost(ctx context.Context) bool {
+	m, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
+	return err == nil && (!running(m.State) || !m.HostOK())
 }
 
 // peekBackoff is the pause before the next peek: PollInterval doubling with
@@ -584,23 +632,108 @@ func (s *step) releaseOrphan(ctx context.Context) {
 	}
 }
 
-// leaseHeld gives the slot back until another owner's lease runs out.
-func (s *step) leaseHeld(ctx context.Context, held *flymachines.LeaseHeldError) (next, error) {
+// leaseHeld waits out another deployer's lease: a person's `fly deploy`
+// (13-s leases refreshed every 4 s until it is done) or another flyctl
+// command (120 s). The slot goes back until the lease's expiry, read from
+// the 409's text (either form Fly has used) or else from FindLease
+// (found), and the machine tries again then. The wait is bounded in time,
+// not in tries (a deploy's 13-s leases would use up any count): past
+// Config.LeaseWait since the first 409 the machine is deferred with who
+// held it. A lease that is not ours is never touched.
+func (s *step) leaseHeld(ctx context.Context, held *flymachines.LeaseHeldError, found flymachines.Lease) (next, error) {
+	now := s.now()
+	owner, expires := held.Owner, held.ExpiresAt
+	if owner == "" {
+		owner = found.Owner
+	}
+	if expires.IsZero() {
+		expires = found.ExpiresAt
+	}
+	if owner == "" {
+		owner = "another deployer"
+	}
 	s.m.Attempts++
-	if s.m.Attempts > s.o.cfg.LeaseRetries {
-		return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("lease held by %s until %s, %d tries",
-			held.Owner, held.ExpiresAt.UTC().Format(time.RFC3339), s.m.Attempts-1))
+	if s.m.LeaseWaitSince.IsZero() {
+		s.m.LeaseWaitSince = now
+	}
+	s.m.LeaseWaitOwner = owner
+	if waited := now.Sub(s.m.LeaseWaitSince); waited >= s.o.cfg.LeaseWait {
+		s.m.LeaseWaitEndedAt = now
+		return s.finish(ctx, store.OutcomeDeferred, "", fmt.Sprintf(
+			"lease held by %s since %s (waited %s, the bound; %d tries): not moved now; the next run picks it up",
+			owner, s.m.LeaseWaitSince.UTC().Format(time.RFC3339), waited.Round(time.Second), s.m.Attempts))
 	}
 	s.m.SlotHeld = false
-	s.m.NotBefore = held.ExpiresAt
-	if s.m.NotBefore.Before(s.now()) {
-		s.m.NotBefore = s.now().Add(s.o.cfg.PollInterval)
+	// Try again just after the expiry, and at the latest when the wait's
+	// bound is reached (when no expiry could be read: after a poll).
+	s.m.NotBefore = expires.Add(time.Second)
+	if expires.IsZero() || s.m.NotBefore.Before(now) {
+		s.m.NotBefore = now.Add(s.o.cfg.PollInterval)
 	}
-	s.m.Error = held.Error()
-	if err := s.transition(ctx, store.StatePending, map[string]any{"lease_owner": held.Owner}); err != nil {
+	if end := s.m.LeaseWaitSince.Add(s.o.cfg.LeaseWait); s.m.NotBefore.After(end) {
+		s.m.NotBefore = end
+	}
+	s.m.Error = fmt.Sprintf("waiting for the lease held by %s (until %s)", owner, expires.UTC().Format(time.RFC3339))
+	if err := s.transition(ctx, store.StatePending, map[string]any{"lease_owner": owner, "lease_expires_at": expires,
+		"lease_code": held.Code, "waiting_since": s.m.LeaseWaitSince}); err != nil {
 		return next{}, err
 	}
 	return finished, nil
+}
+
+// refuse ends (or puts off) a machine that must not be leased or moved as
+// it is read now; stop=false lets the step go on.
+//   - A release-command or console machine is not the app (fly-go's
+//     IsReleaseCommandMachine, IsFlyAppsConsole): plans never select one,
+//     so one here means the plan is stale; it is never touched.
+//   - A machine whose host is not ok shows only an incomplete config and
+//     takes no call (flyctl does not lease it): deferred, never leased or
+//     drained; the next run picks it up.
+//   - A multi-container machine without the run's container (or lacking
+//     it): refused, never half updated.
+//   - A machine on its way between states (stopping, suspending,
+//     replacing, updating, destroying) is read again after a poll.
+func (s *step) refuse(ctx context.Context, mach flymachines.Machine) (n next, stop bool, err error) {
+	switch {
+	case mach.ReleaseCommand || mach.Console || mach.State == "destroyed" || mach.State == "destroying":
+		kind := "a release-command machine"
+		if mach.Console {
+			kind = "a console machine"
+		} else if !mach.ReleaseCommand {
+			kind = "destroyed"
+		}
+		n, err = s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("not moved: %s (not the app's machine); never touched", kind))
+		return n, true, err
+	case !mach.HostOK():
+		s.releaseLease(ctx)
+		n, err = s.finish(ctx, store.OutcomeDeferred, "", fmt.Sprintf(
+			"host not ok (host_status %q, config incomplete): never leased or drained; deferred, the next run picks it up", mach.HostStatus))
+		return n, true, err
+	}
+	if _, err := mach.ImageOf(s.w.Run.Selector.Container); err != nil {
+		s.releaseLease(ctx)
+		n, err = s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("refused: %v (never a half update: see run create --container)", err))
+		return n, true, err
+	}
+	switch mach.State {
+	case "stopping", "suspending", "replacing", "updating":
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), true, nil
+	}
+	return next{}, false, nil
+}
+
+// changedUnderUs ends a machine that another deployer updated while
+// migrator waited for its lease (its instance is not the one read before
+// the wait): migrator does not move a machine a person just changed in the
+// same run. It is recorded with what changed; the next run picks it up.
+func (s *step) changedUnderUs(ctx context.Context, mach flymachines.Machine, image string) (next, error) {
+	s.m.LeaseWaitEndedAt = s.now()
+	return s.finishDetail(ctx, store.OutcomeDeferred, fmt.Sprintf(
+		"changed by %s while migrator waited for its lease: instance %s → %s, image %s → %s; not moved now, the next run picks it up",
+		s.m.LeaseWaitOwner, s.m.FromInstanceID, mach.InstanceID, s.m.FromImage, image),
+		map[string]any{"changed_by": s.m.LeaseWaitOwner, "instance_before": s.m.FromInstanceID, "instance_now": mach.InstanceID,
+			"image_before": s.m.FromImage, "image_now": image})
 }
 
 // retryable reports whether a failed Fly call is worth trying again: a
@@ -764,6 +897,9 @@ func (s *step) draining(ctx context.Context) (next, error) {
 	st, err := s.o.gw.Status(ctx, s.target())
 	now := s.now()
 	if err != nil {
+		if n, gone, err := s.drainTargetGone(ctx); gone {
+			return n, err
+		}
 		if now.After(d.DeadlineAt.Add(s.o.cfg.GatewayGrace)) {
 			return s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed,
 				fmt.Sprintf("gateway status unreadable past the deadline: %v", err))
@@ -834,6 +970,31 @@ func (s *step) draining(ctx context.Context) (next, error) {
 	return wait(min(s.o.cfg.PollInterval, max(d.DeadlineAt.Sub(now), 0)+time.Millisecond)), nil
 }
 
+// drainTargetGone: the draining agent's status cannot be read; the
+// machine says why when it is down. Stopped or suspended during the drain
+// (autostop, or the agent suspending itself when idle): nobody is left to
+// drain, so the drain ends not_running and the update follows, with the
+// launch decided at the lease (as flyctl, which decides from the machine
+// as it was before its deploy). A host no longer ok: not moved, deferred
+// (the drain's cancel is tried). gone=false: the machine is up; the
+// status read is retried as before.
+func (s *step) drainTargetGone(ctx context.Context) (n next, gone bool, err error) {
+	mach, gerr := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
+	switch {
+	case gerr != nil:
+		return next{}, false, nil
+	case !mach.HostOK():
+		n, err = s.abortBeforeUpdate(ctx, store.OutcomeDeferred, store.DrainFailed, fmt.Sprintf(
+			"host not ok during the drain (host_status %q): not moved; the next run picks it up", mach.HostStatus))
+		return n, true, err
+	case down(mach.State):
+		s.w.Drain.Outcome = store.DrainNotRunning
+		return next{}, true, s.transition(ctx, store.StateUpdating, map[string]any{"drain": store.DrainNotRunning,
+			"machine_state": mach.State, "launch": s.m.Launch})
+	}
+	return next{}, false, nil
+}
+
 // keepLease refreshes the Fly lease at half-life. ok=false means the step
 // must return (n, err) instead of going on.
 func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
@@ -852,18 +1013,60 @@ func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
 			n, err := s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, msg)
 			return n, false, err
 		}
+		reacquired := false
 		if flymachines.IsNotFound(err) {
 			// Expired and gone: take a fresh one.
 			lease, err = s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, s.leaseDescription())
+			reacquired = true
 		}
 		if err != nil {
 			s.log.Warn("refresh lease failed, will retry", "error", err)
 			return next{}, true, nil
 		}
+		s.m.LeaseNonce, s.m.LeaseExpiresAt = lease.Nonce, lease.ExpiresAt
+		s.leaseDirty = true
+		if reacquired {
+			return s.unchangedUnderNewLease(ctx, lease)
+		}
+		return next{}, true, nil
 	}
 	s.m.LeaseNonce, s.m.LeaseExpiresAt = lease.Nonce, lease.ExpiresAt
 	s.leaseDirty = true
 	return next{}, true, nil
+}
+
+// unchangedUnderNewLease checks a lease taken again after ours lapsed: its
+// version is the machine's instance_id when it was granted. An instance
+// that is neither the one migrator read before the update nor (once
+// updated) the one it created means someone else updated the machine in
+// between: read it again under the new lease and, if so, stop and record
+// it (not moved before the update; after it, neither verified nor rolled
+// back over someone else's change). ok=true: go on.
+func (s *step) unchangedUnderNewLease(ctx context.Context, lease flymachines.Lease) (n next, ok bool, err error) {
+	if s.m.State == store.StateRollingBack {
+		return next{}, true, nil // the rollback's own update makes another instance
+	}
+	expected := []string{s.m.FromInstanceID}
+	if s.m.State == store.StateVerifying {
+		expected = append(expected, s.m.ToInstanceID) // or flyd's revert to the old one
+	}
+	if lease.Version == "" || slices.Contains(expected, lease.Version) {
+		return next{}, true, nil
+	}
+	mach, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
+	if err != nil || slices.Contains(expected, mach.InstanceID) {
+		return next{}, true, nil
+	}
+	msg := fmt.Sprintf("changed by someone else while migrator's lease had lapsed: machine on instance %s image %s, migrator expected %s",
+		mach.InstanceID, s.imageOf(mach), strings.Join(expected, " or "))
+	s.events = append(s.events, store.Event{Kind: "machine.changed_under_us", Target: s.m.Target(),
+		Detail: map[string]any{"instance_now": mach.InstanceID, "expected": expected, "image_now": s.imageOf(mach)}})
+	if s.m.State == store.StateVerifying {
+		n, err = s.finish(ctx, store.OutcomeFailed, "", msg+"; neither verified nor rolled back")
+		return n, false, err
+	}
+	n, err = s.abortBeforeUpdate(ctx, store.OutcomeDeferred, store.DrainCancelled, msg+"; not moved now, the next run picks it up")
+	return n, false, err
 }
 
 // releaseLease gives the lease back. The adapter retries transient failures
@@ -902,9 +1105,31 @@ func (s *step) update(ctx context.Context) (next, error) {
 	if secretsVersion > 0 {
 		opts = append(opts, flymachines.WithMinSecretsVersion(secretsVersion))
 	}
+	// The launch decided at the lease goes to the adapter as it is; a
+	// machine decided down must still be down (a user may have woken it).
+	opts = append(opts, flymachines.WithLaunch(s.m.Launch))
+	if !s.m.Launch {
+		opts = append(opts, flymachines.IfStillDown())
+	}
+	if c := s.w.Run.Selector.Container; c != "" {
+		opts = append(opts, flymachines.WithContainer(c))
+	}
 	before := s.now()
 	res, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, s.m.ToImage, s.m.LeaseNonce, opts...)
-	if err != nil {
+	var (
+		woke *flymachines.StateChangedError
+		host *flymachines.HostUnavailableError
+		ctr  *flymachines.ContainersError
+	)
+	switch {
+	case errors.As(err, &woke):
+		return s.decideAgain(ctx, woke.State)
+	case errors.As(err, &host):
+		return s.abortBeforeUpdate(ctx, store.OutcomeDeferred, store.DrainFailed, fmt.Sprintf(
+			"host not ok before the update (host_status %q): not moved; the next run picks it up", host.HostStatus))
+	case errors.As(err, &ctr):
+		return s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, fmt.Sprintf("refused: %v (never a half update)", err))
+	case err != nil:
 		return s.flyError(ctx, "update machine", err)
 	}
 	// Health results must be newer than the update itself, not than our
@@ -940,6 +1165,26 @@ func (s *step) update(ctx context.Context) (next, error) {
 	return wait(s.o.cfg.PollInterval), nil
 }
 
+// decideAgain: the machine was decided down (no drain, no launch), but a
+// user woke it before the update was sent (Fly Proxy's autostart). An
+// update with skip_launch would stop that user's agent undrained and leave
+// it down, so nothing is sent: the lease and slot go back and the machine
+// is decided again from a fresh read, as a running machine (idle-first,
+// drained, launched). The drain row recorded for "not running" is
+// replaced by the new decision.
+func (s *step) decideAgain(ctx context.Context, state string) (next, error) {
+	s.releaseLease(ctx)
+	s.w.Drain.Outcome = ""
+	s.m.SlotHeld = false
+	s.m.NotBefore = s.now().Add(s.o.cfg.PollInterval)
+	s.m.Error = fmt.Sprintf("decided down (%s) but %s before the update: deciding again", s.m.MachineState, state)
+	if err := s.transition(ctx, store.StatePending, map[string]any{"reason": "woken before the update",
+		"machine_state_decided": s.m.MachineState, "machine_state_now": state}); err != nil {
+		return next{}, err
+	}
+	return finished, nil
+}
+
 // verify: the new instance must start on the new image, pass its checks
 // and serve; else the old image goes back.
 func (s *step) verify(ctx context.Context) (next, error) {
@@ -947,10 +1192,14 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		return next{}, err
 	}
 	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
-	want := "started"
 	if !s.m.Launch {
-		want = "stopped"
+		if n, done, err := s.verifyNotLaunched(ctx, late); done {
+			return n, err
+		}
+		// Fly Proxy started it on the new image for a user: it is running
+		// now, so it is verified as a launched machine is.
 	}
+	const want = "started"
 	// One read says which instance and image the machine runs and how its
 	// checks are; only while the new instance is still on its way does a
 	// (bounded) /wait follow, and then one more read.
@@ -971,7 +1220,10 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
-	ours := m.InstanceID == s.m.ToInstanceID && m.Image == s.m.ToImage
+	if !m.HostOK() {
+		return s.hostLost(ctx, m, late)
+	}
+	ours := m.InstanceID == s.m.ToInstanceID && s.imageOf(m) == s.m.ToImage
 	switch {
 	case !ours && settled(m.State):
 		// flyd's revert: the machine settled on the old version. It may be
@@ -979,10 +1231,10 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		// prepare never touches it): rollback cancels the drain.
 		return s.startRollback(ctx, signalReverted, fmt.Sprintf(
 			"flyd reverted the update: machine is %s on instance %s image %s, not instance %s image %s",
-			m.State, m.InstanceID, m.Image, s.m.ToInstanceID, s.m.ToImage))
+			m.State, m.InstanceID, s.imageOf(m), s.m.ToInstanceID, s.m.ToImage))
 	case ours && m.State == "failed":
 		return s.startRollback(ctx, signalMachineFailed, fmt.Sprintf("new instance %s failed to start: machine state failed", s.m.ToInstanceID))
-	case ours && want == "started" && m.State == "stopped":
+	case ours && m.State == "stopped":
 		return s.startRollback(ctx, signalInstanceStopped, fmt.Sprintf("new instance %s exited: machine stopped", s.m.ToInstanceID))
 	case !ours || m.State != want:
 		if late {
@@ -990,10 +1242,6 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
-	}
-	if !s.m.Launch {
-		// A stopped machine has nothing to check or serve: its config is moved.
-		return s.finish(ctx, store.OutcomeMigrated, "", "")
 	}
 	// The gateway is read even before the checks pass: startup_failed is
 	// definitive, and waiting out VerifyTimeout would keep the agent down
@@ -1020,7 +1268,71 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
+	s.m.ToDigest = m.ImageRef.Digest
 	return s.finish(ctx, store.OutcomeMigrated, "", "")
+}
+
+// verifyNotLaunched verifies a machine updated without a launch (it was
+// stopped or suspended under the lease) by its state and config: the new
+// instance holds the new image and rests down; "a machine left stopped is
+// not a failed start". done=false: Fly Proxy has started it on the new
+// instance for a user meanwhile, and the caller verifies it as launched.
+func (s *step) verifyNotLaunched(ctx context.Context, late bool) (n next, done bool, err error) {
+	m, _, err := s.o.fly.Inspect(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
+	switch {
+	case err != nil && (late && ctx.Err() == nil || !retryable(ctx, err)):
+		n, err = s.startRollback(ctx, signalReadFailed, fmt.Sprintf("read the updated machine: %v", err))
+		return n, true, err
+	case err != nil:
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), true, nil
+	case !m.HostOK():
+		n, err = s.hostLost(ctx, m, late)
+		return n, true, err
+	}
+	ours := m.InstanceID == s.m.ToInstanceID && s.imageOf(m) == s.m.ToImage
+	switch {
+	case ours && down(m.State):
+		s.m.ToDigest = m.ImageRef.Digest
+		n, err = s.finishDetail(ctx, store.OutcomeMigrated, "", map[string]any{"left": m.State, "launched": false})
+		return n, true, err
+	case ours && running(m.State):
+		return next{}, false, nil
+	case !ours && settled(m.State):
+		n, err = s.startRollback(ctx, signalReverted, fmt.Sprintf(
+			"the update did not stick: machine is %s on instance %s image %s, not instance %s image %s",
+			m.State, m.InstanceID, s.imageOf(m), s.m.ToInstanceID, s.m.ToImage))
+		return n, true, err
+	case ours && m.State == "failed":
+		n, err = s.startRollback(ctx, signalMachineFailed, fmt.Sprintf("new instance %s: machine state failed", s.m.ToInstanceID))
+		return n, true, err
+	case late:
+		n, err = s.startRollback(ctx, signalTimeout, fmt.Sprintf("new instance %s not settled within %s (machine is %s)", s.m.ToInstanceID, s.o.cfg.VerifyTimeout, m.State))
+		return n, true, err
+	}
+	s.persistCalls(ctx)
+	return wait(s.o.cfg.PollInterval), true, nil
+}
+
+// hostLost: the machine's host stopped being ok after the update. Nothing
+// can be verified or rolled back while calls on the machine fail; the host
+// is read again each poll until the verify timeout, then the machine
+// fails with that reason (the drain, if any, is cancelled as far as the
+// agent can be reached).
+func (s *step) hostLost(ctx context.Context, m flymachines.Machine, late bool) (next, error) {
+	if late {
+		return s.failAfterUpdate(ctx, fmt.Sprintf("host not ok after the update (host_status %q) for %s: not verified, not rolled back; check the machine by hand",
+			m.HostStatus, s.o.cfg.VerifyTimeout))
+	}
+	s.persistCalls(ctx)
+	return wait(s.o.cfg.PollInterval), nil
+}
+
+// imageOf is the image of m this run moves: config.image, or the run's
+// container's.
+func (s *step) imageOf(m flymachines.Machine) string {
+	img, _ := m.ImageOf(s.w.Run.Selector.Container)
+	return img
 }
 
 // gatewayStartupFailed is the gateway_state of a gateway that could not start.
@@ -1067,37 +1379,56 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rollback failed: %v", reason, err))
 	}
 	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
-	if mach.Image != s.m.FromImage {
-		put := s.o.fly.UpdateImage
-		if s.m.Launch {
-			// It was running before: launch it even if the failed
-			// instance left it stopped.
-			put = s.o.fly.RollbackImage
+	if !mach.HostOK() {
+		return s.hostLost(ctx, mach, late)
+	}
+	back := s.m.RollbackImage()
+	if !s.backOnOld(mach) {
+		// Exactly what ran before (image_ref's digest), with the launch
+		// decision made at the lease: a machine that was running is
+		// launched even if the failed instance left it stopped, one that
+		// was down stays down. No min_secrets_version: the old image
+		// needs no secret synced for the new one, and a version Fly
+		// refused (412) would refuse the rollback too.
+		opts := []flymachines.UpdateOption{flymachines.WithLaunch(s.m.Launch)}
+		if c := s.w.Run.Selector.Container; c != "" {
+			opts = append(opts, flymachines.WithContainer(c))
 		}
-		// No min_secrets_version: the old image needs no secret synced for
-		// the new one, and a version Fly refused (412) would refuse the
-		// rollback too.
-		if _, err := put(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
+		if _, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, back, s.m.LeaseNonce, opts...); err != nil {
 			if retryable(ctx, err) && (!late || ctx.Err() != nil) {
 				s.persistCalls(ctx)
 				return wait(s.o.cfg.PollInterval), nil
 			}
-			return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rollback to %s failed: %v", reason, s.m.FromImage, err))
+			return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rollback to %s failed: %v", reason, back, err))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
-	if want := map[bool]string{true: "started", false: "stopped"}[s.m.Launch]; mach.State != want {
+	if s.m.Launch && mach.State != "started" || !s.m.Launch && !down(mach.State) {
 		if late {
-			return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rolled back to %s but the machine is %s", reason, s.m.FromImage, mach.State))
+			return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rolled back to %s but the machine is %s", reason, back, mach.State))
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
+	s.m.ToDigest = mach.ImageRef.Digest // what runs at the end: what ran before, again
 	if !s.m.Launch {
-		return s.finish(ctx, store.OutcomeRolledBack, "", reason)
+		return s.finishDetail(ctx, store.OutcomeRolledBack, reason, map[string]any{"digest": mach.ImageRef.Digest, "left": mach.State})
 	}
 	return s.restore(ctx, mach, reason, late)
+}
+
+// backOnOld reports whether the machine runs again what ran before the
+// update: the same digest (when Fly reported one) under the image the run
+// read then or the reference the rollback sends. flyd's revert keeps the
+// old config.image (a tag) and digest; a tag that moved meanwhile is not
+// "back" until the digest is.
+func (s *step) backOnOld(mach flymachines.Machine) bool {
+	img := s.imageOf(mach)
+	if img != s.m.FromImage && img != s.m.RollbackImage() {
+		return false
+	}
+	return s.m.FromDigest == "" || mach.ImageRef.Digest == s.m.FromDigest
 }
 
 // restore ends a rollback whose machine runs the old image again. If flyd
@@ -1116,7 +1447,7 @@ func (s *step) restore(ctx context.Context, mach flymachines.Machine, reason str
 		was, err := s.o.gw.Cancel(ctx, t)
 		if err != nil {
 			if late && ctx.Err() == nil {
-				return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rolled back to %s but the drain could not be cancelled: %v", reason, s.m.FromImage, err))
+				return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rolled back to %s but the drain could not be cancelled: %v", reason, s.m.RollbackImage(), err))
 			}
 			s.persistCalls(ctx)
 			return wait(s.o.cfg.PollInterval), nil
@@ -1146,7 +1477,7 @@ func (s *step) restore(ctx context.Context, mach flymachines.Machine, reason str
 			seen = err.Error()
 		}
 		return s.finishDetail(ctx, store.OutcomeFailed, fmt.Sprintf("%s; rolled back to %s but the gateway is not serving within %s: %s",
-			reason, s.m.FromImage, s.o.cfg.VerifyTimeout, seen), detail)
+			reason, s.m.RollbackImage(), s.o.cfg.VerifyTimeout, seen), detail)
 	default:
 		// Still starting after a rollback that recreated the machine, or
 		// the watcher has not yet seen the marker gone.
@@ -1184,7 +1515,22 @@ func settled(state string) bool {
 	return false
 }
 
-// launchable states are those after which Fly launches an updated machine.
+// launchable states are those after which Fly launches an updated machine
+// (flyctl's shouldSkipLaunch: started, starting, failed).
 func launchable(state string) bool {
 	return state == "started" || state == "starting" || state == "failed"
+}
+
+// running states are those of a machine with an agent that may be serving
+// users: only those are drained. A stopped or suspended machine has nobody
+// to drain (and a failed one serves nobody).
+func running(state string) bool {
+	return state == "started" || state == "starting"
+}
+
+// down states are where a machine that was not launched rests after its
+// update: stopped, or created (Fly's machine-states: a new version "may
+// stay in created if skip_launch is set"), or suspended.
+func down(state string) bool {
+	return state == "stopped" || state == "created" || state == "suspended"
 }

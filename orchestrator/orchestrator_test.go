@@ -184,7 +184,7 @@ func TestSilentRevertAndUnhealthyInstanceRollBack(t *testing.T) {
 	if h.Outcome != "rolled_back" || h.Error == "" {
 		t.Fatalf("unhealthy history %+v", h)
 	}
-	if v := w.sim.Machine(ms[1].App, ms[1].ID); v.Image != imgV1 || v.State != "started" {
+	if v := w.sim.Machine(ms[1].App, ms[1].ID); !w.backOnV1(v) || v.State != "started" {
 		t.Fatalf("after the rollback: %+v", v)
 	}
 }
@@ -414,8 +414,8 @@ func TestStoppedMachineMovesWithoutDrain(t *testing.T) {
 		t.Fatalf("run %s: %s", r.State, r.StateReason)
 	}
 	h := w.history(r.ID)[m.ID]
-	if h.Outcome != "migrated" || h.DrainOutcome != "" || !h.Recreated {
-		t.Fatalf("history %+v: want migrated with no drain", h)
+	if h.Outcome != "migrated" || h.DrainOutcome != store.DrainNotRunning || !h.Recreated {
+		t.Fatalf("history %+v: want migrated with no drain (drain outcome not_running)", h)
 	}
 	if v := w.sim.Machine(m.App, m.ID); v.Image != imgV2 || v.State != "stopped" || v.MarkerPresent {
 		t.Fatalf("machine after the run: %+v", v)

@@ -21,8 +21,57 @@ import (
 	"github.com/hermes-cloud/migrator/store"
 )
 
-// ErrNothingSelected is returned when a selector matches no machine.
+// ErrNothingSelected is returned when a selector matches no machines.
 var ErrNothingSelected = errors.New("selector matched no machines")
+
+// Why a machine a selector matched is not moved by a run (Excluded.Reason).
+const (
+	// ExcludedReleaseCommand, ExcludedConsole: not the app's machines
+	// (fly-go's IsReleaseCommandMachine, IsFlyAppsConsole; flaps.ListActive
+	// drops them and flyctl never updates them).
+	ExcludedReleaseCommand = "release-command machine"
+	ExcludedConsole        = "console machine"
+	// ExcludedDestroyed: not active (fly-go's IsActive).
+	ExcludedDestroyed = "destroyed"
+	// ExcludedContainers: a multi-container machine and no --container (an
+	// update of config.image would leave its containers on their images).
+	ExcludedContainers = "multi-container machine, no --container"
+	// ExcludedNoContainer: a multi-container machine without the
+	// container the run names.
+	ExcludedNoContainer = "no such container"
+)
+
+// Excluded is a machine a selector matched that a run does not move.
+type Excluded struct {
+	flymachines.Machine
+	Reason string // one of the Excluded* constants
+	Detail string // e.g. the machine's containers
+}
+
+// ExcludedOnlyError: the selector matched machines, but only ones a run
+// does not move. errors.Is(err, ErrNothingSelected) holds.
+type ExcludedOnlyError struct{ Excluded []Excluded }
+
+func (e *ExcludedOnlyError) Error() string {
+	var parts []string
+	for i, x := range e.Excluded {
+		if i == 3 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(e.Excluded)-3))
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s/%s (%s)", x.App, x.ID, x.Reason))
+	}
+	return "selector matched only machines a run does not move: " + strings.Join(parts, ", ")
+}
+
+func (e *ExcludedOnlyError) Unwrap() error { return ErrNothingSelected }
+
+// NoSuchContainerError: the run names a container no selected machine has.
+type NoSuchContainerError struct{ Container string }
+
+func (e *NoSuchContainerError) Error() string {
+	return fmt.Sprintf("no selected machine has a container %q", e.Container)
+}
 
 // RunRequest asks for a run. Image is what the machines get (already pinned
 // by the caller when pinning is wanted).
@@ -44,10 +93,15 @@ type RunRequest struct {
 	RequestedBy    string
 	Reason         string
 	IdempotencyKey string
+	// Excluded are the machines the selector matched that the run does
+	// not move (RunPlan.Excluded), recorded with the run's creation so the
+	// audit says why each was left out.
+	Excluded []Excluded
 }
 
 // PlannedMachine is one machine a run would move, with what the policy
-// would decide for it now.
+// would decide for it now. Its Image is the image the run moves:
+// config.image, or the selector's container's.
 type PlannedMachine struct {
 	flymachines.Machine
 	UpToDate bool
@@ -79,18 +133,58 @@ func MaxUnavailable(spec string, n int) (int, error) {
 	return v, nil
 }
 
+// RunPlan is what a run would move and what it leaves out, with why.
+type RunPlan struct {
+	Machines []PlannedMachine
+	Excluded []Excluded
+}
+
 // Plan lists the machines sel matches through Fly, marking those already on
 // image, in the order the run will start them: longest expected drain first
 // (see orderByExpectedDrain), with canary machines picked among the
-// quickest drainers. A selector that matches nothing is ErrNothingSelected.
+// quickest drainers. Machines a run does not move are left out (PlanRun
+// lists them). A selector that matches nothing is ErrNothingSelected; one
+// that matches only machines a run does not move is *ExcludedOnlyError.
 func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image string, canary int) ([]PlannedMachine, error) {
-	machines, err := SelectMachines(ctx, o.fly, sel)
+	p, err := o.PlanRun(ctx, sel, image, canary)
+	return p.Machines, err
+}
+
+// PlanRun is Plan with the machines left out and why: release-command,
+// console and destroyed machines, and multi-container machines without
+// the selector's container. A machine whose host is not ok is planned
+// (HostOK false): it is deferred when its turn comes unless the host is
+// back. A selector's container that no selected machine has is a
+// *NoSuchContainerError.
+func (o *Orchestrator) PlanRun(ctx context.Context, sel store.Selector, image string, canary int) (RunPlan, error) {
+	machines, excluded, err := SelectWithExclusions(ctx, o.fly, sel)
 	if err != nil {
-		return nil, err
+		return RunPlan{}, err
 	}
 	out := make([]PlannedMachine, 0, len(machines))
+	hasContainer := false
 	for _, m := range machines {
-		out = append(out, PlannedMachine{Machine: m, UpToDate: m.Image == image})
+		img, err := m.ImageOf(sel.Container)
+		var ce *flymachines.ContainersError
+		if errors.As(err, &ce) {
+			reason := ExcludedContainers
+			if ce.Want != "" {
+				reason = ExcludedNoContainer
+			}
+			excluded = append(excluded, Excluded{Machine: m, Reason: reason, Detail: "containers " + strings.Join(ce.Containers, ", ")})
+			continue
+		}
+		if len(m.Containers) > 0 {
+			hasContainer = true
+		}
+		m.Image = img
+		out = append(out, PlannedMachine{Machine: m, UpToDate: img == image})
+	}
+	if sel.Container != "" && !hasContainer {
+		return RunPlan{Excluded: excluded}, &NoSuchContainerError{Container: sel.Container}
+	}
+	if len(out) == 0 {
+		return RunPlan{Excluded: excluded}, &ExcludedOnlyError{Excluded: excluded}
 	}
 	keys := make([]store.MachineKey, 0, len(out))
 	for _, pm := range out {
@@ -100,11 +194,11 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 	}
 	est, err := o.store.Q().DrainEstimates(ctx, keys, DrainHistory)
 	if err != nil {
-		return nil, err
+		return RunPlan{}, err
 	}
 	orderByExpectedDrain(out, est)
 	pickCanaries(out, canary)
-	return out, nil
+	return RunPlan{Machines: out, Excluded: excluded}, nil
 }
 
 // Lister is what selecting machines needs of the Machines API.
@@ -113,31 +207,47 @@ type Lister interface {
 	ListMachines(ctx context.Context, app string) ([]flymachines.Machine, error)
 }
 
-// SelectMachines lists, through Fly, the machines sel matches, in app and
-// machine-list order: the org's apps by prefix or regex (or the named
-// apps), then the machine ids and labels asked for; destroyed machines are
-// left out. Runs, `fleet check` and `secret sync` select with it. A
-// selector that matches nothing is ErrNothingSelected.
+// SelectMachines lists, through Fly, the app machines sel matches, in app
+// and machine-list order: the org's apps by prefix or regex (or the named
+// apps), then the machine ids and labels asked for; release-command,
+// console and destroyed machines are left out (see SelectWithExclusions).
+// `fleet check` and `secret sync` select with it. A selector that matches
+// nothing is ErrNothingSelected (only left-out machines:
+// *ExcludedOnlyError, which is ErrNothingSelected too).
 func SelectMachines(ctx context.Context, fly Lister, sel store.Selector) ([]flymachines.Machine, error) {
+	ms, excluded, err := SelectWithExclusions(ctx, fly, sel)
+	if err == nil && len(ms) == 0 {
+		err = &ExcludedOnlyError{Excluded: excluded}
+	}
+	return ms, err
+}
+
+// SelectWithExclusions is SelectMachines with the machines it leaves out
+// and why: release-command and console machines, which sit in an app's
+// listing beside its machines (fly-go's IsReleaseCommandMachine and
+// IsFlyAppsConsole; flaps.ListActive drops them, and flyctl never updates
+// them), and machines that are not active (destroyed, destroying). A
+// selector that matches nothing at all is ErrNothingSelected.
+func SelectWithExclusions(ctx context.Context, fly Lister, sel store.Selector) ([]flymachines.Machine, []Excluded, error) {
 	var appRe *regexp.Regexp
 	if sel.AppRegex != "" {
 		var err error
 		if appRe, err = regexp.Compile(sel.AppRegex); err != nil {
 			var se *syntax.Error
 			if errors.As(err, &se) {
-				return nil, fmt.Errorf("app regex: invalid regular expression: %s", se.Code)
+				return nil, nil, fmt.Errorf("app regex: invalid regular expression: %s", se.Code)
 			}
-			return nil, errors.New("app regex: invalid regular expression")
+			return nil, nil, errors.New("app regex: invalid regular expression")
 		}
 	}
 	apps := slices.Clone(sel.Apps)
 	if len(apps) == 0 {
 		if sel.Org == "" {
-			return nil, errors.New("selector needs an org or explicit apps")
+			return nil, nil, errors.New("selector needs an org or explicit apps")
 		}
 		all, err := fly.ListApps(ctx, sel.Org)
 		if err != nil {
-			return nil, fmt.Errorf("list apps of org %s: %w", sel.Org, err)
+			return nil, nil, fmt.Errorf("list apps of org %s: %w", sel.Org, err)
 		}
 		for _, a := range all {
 			if strings.HasPrefix(a.Name, sel.AppPrefix) && (appRe == nil || appRe.MatchString(a.Name)) {
@@ -163,24 +273,34 @@ func SelectMachines(ctx context.Context, fly Lister, sel store.Selector) ([]flym
 	}
 	_ = g.Wait() // errors are kept per app, all of them reported
 	if err := errors.Join(errs...); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []flymachines.Machine
+	var excluded []Excluded
 	for _, ms := range perApp {
 		for _, m := range ms {
 			if len(sel.MachineIDs) > 0 && !slices.Contains(sel.MachineIDs, m.ID) {
 				continue
 			}
-			if !labelsMatch(m.Labels, sel.Labels) || m.State == "destroyed" || m.State == "destroying" {
+			if !labelsMatch(m.Labels, sel.Labels) {
 				continue
 			}
-			out = append(out, m)
+			switch {
+			case m.ReleaseCommand:
+				excluded = append(excluded, Excluded{Machine: m, Reason: ExcludedReleaseCommand})
+			case m.Console:
+				excluded = append(excluded, Excluded{Machine: m, Reason: ExcludedConsole})
+			case m.State == "destroyed" || m.State == "destroying":
+				excluded = append(excluded, Excluded{Machine: m, Reason: ExcludedDestroyed})
+			default:
+				out = append(out, m)
+			}
 		}
 	}
-	if len(out) == 0 {
-		return nil, ErrNothingSelected
+	if len(out) == 0 && len(excluded) == 0 {
+		return nil, nil, ErrNothingSelected
 	}
-	return out, nil
+	return out, excluded, nil
 }
 
 // DrainHistory is how many of a machine's most recent drains its expected
@@ -272,10 +392,11 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		}
 	}
 	if planned == nil {
-		var err error
-		if planned, err = o.Plan(ctx, req.Selector, req.Image, req.Canary); err != nil {
+		p, err := o.PlanRun(ctx, req.Selector, req.Image, req.Canary)
+		if err != nil {
 			return store.Run{}, false, err
 		}
+		planned, req.Excluded = p.Machines, p.Excluded
 	}
 	toMove := 0
 	machines := make([]store.NewMachine, len(planned))
@@ -308,9 +429,17 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		if out, created, err = q.CreateRun(ctx, r, machines); err != nil || !created {
 			return err
 		}
+		detail := map[string]any{"cause": out.Cause, "image": out.Image, "machines": len(machines), "to_move": toMove,
+			"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason}
+		if len(req.Excluded) > 0 {
+			ex := make([]map[string]string, len(req.Excluded))
+			for i, x := range req.Excluded {
+				ex[i] = map[string]string{"app": x.App, "machine_id": x.ID, "state": x.State, "reason": x.Reason, "detail": x.Detail}
+			}
+			detail["excluded"] = ex
+		}
 		if err := q.AppendEvents(ctx, store.Scope{RunID: out.ID}, store.Event{Kind: "run.created", Target: fmt.Sprint(out.ID),
-			Detail: map[string]any{"cause": out.Cause, "image": out.Image, "machines": len(machines), "to_move": toMove,
-				"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason}}); err != nil {
+			Detail: detail}); err != nil {
 			return err
 		}
 		if err := o.fillTx(ctx, q, tx); err != nil {

@@ -19,7 +19,6 @@ type Fly interface {
 	ReleaseLease(ctx context.Context, app, id, nonce string) error
 	FindLease(ctx context.Context, app, id string) (flymachines.Lease, error)
 	UpdateImage(ctx context.Context, app, id, image, nonce string, opts ...flymachines.UpdateOption) (flymachines.UpdateResult, error)
-	RollbackImage(ctx context.Context, app, id, image, nonce string, opts ...flymachines.UpdateOption) (flymachines.UpdateResult, error)
 	WaitOnce(ctx context.Context, app, id, instanceID, state string, timeout time.Duration) (bool, error)
 	Inspect(ctx context.Context, app, id string, since time.Time) (flymachines.Machine, flymachines.Health, error)
 }

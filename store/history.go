@@ -85,6 +85,14 @@ type HistoryRow struct {
 	IdleWaitSeconds     *float64 `json:"idle_wait_seconds"`
 	Peeks               int      `json:"peeks"`
 	ActiveAgentsAtBegin *int     `json:"active_agents_at_begin"`
+	// A real fleet (009): the digest that ran before the update (what a
+	// rollback restores) and after it; the machine's state under the
+	// lease; who held its lease while migrator waited, and how long.
+	FromDigest       *string  `json:"from_digest"`
+	ToDigest         *string  `json:"to_digest"`
+	MachineState     *string  `json:"machine_state"`
+	LeaseHolder      *string  `json:"lease_holder"`
+	LeaseWaitSeconds *float64 `json:"lease_wait_seconds"`
 }
 
 // HistoryColumns are drain_history's columns in HistoryRow's order (the CSV
@@ -93,14 +101,16 @@ var HistoryColumns = []string{"run_id", "cause", "requested_by", "app", "machine
 	"quiet", "policy_rule", "suppression_echoed", "drain_started_at", "quiesced_at", "deadline_at", "drain_outcome",
 	"active_agents_at_recreate", "recreated_at", "outcome", "error", "migration_id", "region", "policy_version",
 	"drain_deadline", "on_deadline", "deferrals", "reason", "created_at", "finished_at", "expected_drain_seconds",
-	"drain_wait_seconds", "idle_wait_seconds", "peeks", "active_agents_at_begin"}
+	"drain_wait_seconds", "idle_wait_seconds", "peeks", "active_agents_at_begin", "from_digest", "to_digest",
+	"machine_state", "lease_holder", "lease_wait_seconds"}
 
 func (r *HistoryRow) dest() []any {
 	return []any{&r.RunID, &r.Cause, &r.RequestedBy, &r.App, &r.MachineID, &r.FromImage, &r.ToImage, &r.Quiet,
 		&r.PolicyRule, &r.SuppressionEchoed, &r.DrainStartedAt, &r.QuiescedAt, &r.DeadlineAt, &r.DrainOutcome,
 		&r.ActiveAgentsAtRecreate, &r.RecreatedAt, &r.Outcome, &r.Error, &r.MigrationID, &r.Region,
 		&r.PolicyVersion, &r.DrainDeadline, &r.OnDeadline, &r.Deferrals, &r.Reason, &r.CreatedAt, &r.FinishedAt,
-		&r.ExpectedDrainSeconds, &r.DrainWaitSeconds, &r.IdleWaitSeconds, &r.Peeks, &r.ActiveAgentsAtBegin}
+		&r.ExpectedDrainSeconds, &r.DrainWaitSeconds, &r.IdleWaitSeconds, &r.Peeks, &r.ActiveAgentsAtBegin,
+		&r.FromDigest, &r.ToDigest, &r.MachineState, &r.LeaseHolder, &r.LeaseWaitSeconds}
 }
 
 // historySQL builds the one query behind History. Values are never spliced
@@ -140,7 +150,9 @@ func historySQL(f HistoryFilter) (string, []any, error) {
 		add("created_at < now() - $%d::interval", fmt.Sprintf("%d microseconds", f.UntilAgo.Microseconds()))
 	}
 	if f.Quiet != nil {
-		add("quiet = $%d", *f.Quiet)
+		// A machine moved without a drain because it was not running was
+		// neither drained quietly nor loudly.
+		add("quiet = $%d AND drain_outcome IS DISTINCT FROM 'not_running'", *f.Quiet)
 	}
 	if f.Outcome != "" {
 		add("outcome = $%d", f.Outcome)

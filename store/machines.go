@@ -38,7 +38,10 @@ const (
 	DrainFailed            = "failed"
 	// DrainUndrainable: the drain endpoint answered 404 or 401 and the
 	// decision was undrainable = recreate: moved without a drain.
-	DrainUndrainable        = "undrainable"
+	DrainUndrainable = "undrainable"
+	// DrainNotRunning: the machine was not running (stopped, suspended)
+	// when leased, or went down during its drain: nobody to drain.
+	DrainNotRunning         = "not_running"
 	fleetSlotAdvisoryLockID = 7_372_690_001
 )
 
@@ -81,10 +84,34 @@ type Migration struct {
 	LastPeekAt       time.Time
 	Peeks            int
 	PeekActiveAgents *int
+	// A real fleet (009). FromDigest and FromImageRef are what ran before
+	// the update (image_ref's digest, and fly-go's FullImageRef
+	// "registry/repository:tag@digest"), read under the lease; ToDigest is
+	// what runs when the migration ends (the verified new instance's, or
+	// after a rollback the old one again). MachineState is the state read
+	// under the lease, from which Launch was decided.
+	FromDigest, FromImageRef, ToDigest string
+	MachineState                       string
+	// Another deployer's lease: first found held at LeaseWaitSince by
+	// LeaseWaitOwner; the wait ended at LeaseWaitEndedAt (migrator's lease,
+	// or the deferral at the bound).
+	LeaseWaitSince, LeaseWaitEndedAt time.Time
+	LeaseWaitOwner                   string
 }
 
 // Target names the machine as "app/machine_id".
 func (m *Migration) Target() string { return m.App + "/" + m.MachineID }
+
+// RollbackImage is the image a rollback puts back: exactly what ran before
+// the update, image_ref's full reference with its digest, when Fly
+// reported one; else config.image as it was (a tag then pulls whatever it
+// points at now). The one place that choice is made, whatever rolls back.
+func (m *Migration) RollbackImage() string {
+	if m.FromImageRef != "" {
+		return m.FromImageRef
+	}
+	return m.FromImage
+}
 
 // Drain is the drain of one machine migration.
 type Drain struct {
@@ -124,7 +151,9 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 	m.from_image, m.to_image, m.from_instance_id, m.to_instance_id, m.state, coalesce(m.outcome, ''), m.slot_held,
 	m.attempts, m.deferrals, m.not_before, m.lease_nonce, m.lease_expires_at, m.updated_machine_at, m.launch, m.error,
 	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at, coalesce(m.expected_drain, interval '0'),
-	m.first_peek_at, m.last_peek_at, m.peeks, m.peek_active_agents`
+	m.first_peek_at, m.last_peek_at, m.peeks, m.peek_active_agents,
+	m.from_digest, m.from_image_ref, m.to_digest, m.machine_state, m.lease_wait_since, m.lease_wait_owner,
+	m.lease_wait_ended_at`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
@@ -133,19 +162,25 @@ const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, 
 	d.undrainable_status`
 
 // migrationTimes receives the nullable times of a migration row.
-type migrationTimes struct{ nb, lease, upd, started, finished, firstPeek, lastPeek *time.Time }
+type migrationTimes struct {
+	nb, lease, upd, started, finished, firstPeek, lastPeek *time.Time
+	leaseWaitSince, leaseWaitEnded                         *time.Time
+}
 
 func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
 	return []any{&m.ID, &m.RunID, &m.Seq, &m.App, &m.MachineID, &m.Region, &m.PrivateIP, labels, &m.Canary,
 		&m.FromImage, &m.ToImage, &m.FromInstanceID, &m.ToInstanceID, &m.State, &m.Outcome, &m.SlotHeld,
 		&m.Attempts, &m.Deferrals, &t.nb, &m.LeaseNonce, &t.lease, &t.upd, &m.Launch, &m.Error,
 		&m.Version, &m.CreatedAt, &t.started, &m.UpdatedAt, &t.finished, &m.ExpectedDrain,
-		&t.firstPeek, &t.lastPeek, &m.Peeks, &m.PeekActiveAgents}
+		&t.firstPeek, &t.lastPeek, &m.Peeks, &m.PeekActiveAgents,
+		&m.FromDigest, &m.FromImageRef, &m.ToDigest, &m.MachineState, &t.leaseWaitSince, &m.LeaseWaitOwner,
+		&t.leaseWaitEnded}
 }
 
 func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
 	nb, lease, upd, started, finished := t.nb, t.lease, t.upd, t.started, t.finished
 	m.FirstPeekAt, m.LastPeekAt = fromNullTime(t.firstPeek), fromNullTime(t.lastPeek)
+	m.LeaseWaitSince, m.LeaseWaitEndedAt = fromNullTime(t.leaseWaitSince), fromNullTime(t.leaseWaitEnded)
 	m.NotBefore, m.LeaseExpiresAt, m.UpdatedMachineAt = fromNullTime(nb), fromNullTime(lease), fromNullTime(upd)
 	m.StartedAt, m.FinishedAt = fromNullTime(started), fromNullTime(finished)
 	if err := json.Unmarshal(labels, &m.Labels); err != nil {
@@ -312,7 +347,9 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		drainOutcome,
 		m.RunID, ev.at, ev.kinds, ev.targets, ev.methods, ev.statuses, ev.reqIDs, ev.durations, ev.errs, ev.details,
 		nullTime(m.FirstPeekAt), m.Peeks, m.PeekActiveAgents, dd.ActiveAgentsAtBegin, nullTime(m.LastPeekAt),
-		undrainableOf(dd), nullInt(dd.UndrainableStatus))
+		undrainableOf(dd), nullInt(dd.UndrainableStatus),
+		m.FromDigest, m.FromImageRef, m.ToDigest, m.MachineState, nullTime(m.LeaseWaitSince), m.LeaseWaitOwner,
+		nullTime(m.LeaseWaitEndedAt))
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -326,8 +363,12 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 // saveStepSQL: $1-$18 the machine, $19 whether there is a drain, $20-$39 the
 // drain, $40 the run, $41-$49 the events as arrays, $50-$52 and $54 the
 // machine's peeks, $53 the drain's active_agents_at_begin, $55-$56 the drain's
-// undrainable decision and status. The drain and the events
-// are written only when the machine's version guard held.
+// undrainable decision and status, $57-$63 the machine's real-fleet facts
+// (from/to digests, from image ref, state under the lease, the wait for
+// another deployer's lease). The drain and the events
+// are written only when the machine's version guard held. A drain row
+// written again takes the whole decision (a machine decided down that a
+// user woke before its update is decided again, with a drain).
 const saveStepSQL = `
 WITH m AS (
 	UPDATE machine_migrations SET
@@ -335,6 +376,8 @@ WITH m AS (
 		slot_held = $8, attempts = $9, deferrals = $10, not_before = $11, lease_nonce = $12,
 		lease_expires_at = $13, updated_machine_at = $14, error = $15, region = $16, private_ip = $17, launch = $18,
 		first_peek_at = $50, peeks = $51, peek_active_agents = $52, last_peek_at = $54,
+		from_digest = $57, from_image_ref = $58, to_digest = $59, machine_state = $60,
+		lease_wait_since = $61, lease_wait_owner = $62, lease_wait_ended_at = $63,
 		started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
 		finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
 		version = version + 1, updated_at = now()
@@ -349,6 +392,9 @@ WITH m AS (
 		$53, $55, $56
 	FROM m WHERE $19
 	ON CONFLICT (migration_id) DO UPDATE SET
+		quiet = EXCLUDED.quiet, policy_rule = EXCLUDED.policy_rule, policy_version = EXCLUDED.policy_version,
+		on_deadline = EXCLUDED.on_deadline, max_deferrals = EXCLUDED.max_deferrals, decided_at = EXCLUDED.decided_at,
+		deadline_at = EXCLUDED.deadline_at, undrainable = EXCLUDED.undrainable,
 		suppression_echoed = EXCLUDED.suppression_echoed, gateway_requested_at = EXCLUDED.gateway_requested_at,
 		started_at = EXCLUDED.started_at, last_begin_at = EXCLUDED.last_begin_at, begins = EXCLUDED.begins,
 		last_status_at = EXCLUDED.last_status_at, last_gateway_state = EXCLUDED.last_gateway_state,

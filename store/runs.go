@@ -34,6 +34,12 @@ type Selector struct {
 	Apps       []string          `json:"apps,omitempty"`
 	MachineIDs []string          `json:"machine_ids,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
+	// Container, if set, names the container of multi-container machines
+	// (config.containers) whose image the run moves, as flyctl's `machine
+	// update --container`; machines without containers move config.image.
+	// Empty: multi-container machines are not selected (an update of
+	// config.image alone would leave their containers on the old images).
+	Container string `json:"container,omitempty"`
 }
 
 // Run is one request to move a set of machines to one image for one cause.

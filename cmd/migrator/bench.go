@@ -93,6 +93,8 @@ func newBenchCmd(e *env) *cobra.Command {
 				return usagef("%s: history rounds need --turns-at drain (turns from t=0 happen once)", cmd.CommandPath())
 			case activity.Machines < 1 || activity.Budget < 1 || activity.TimeScale <= 0 || activity.PeekBackoffMax < 0:
 				return usagef("%s: --activity-machines and --activity-budget must be at least 1, --activity-time-scale positive", cmd.CommandPath())
+			case !(fleet.SuspendedShare >= 0 && fleet.SuspendedShare < 1):
+				return usagef("%s: --suspended-share must be in [0, 1), got %g", cmd.CommandPath(), fleet.SuspendedShare)
 			case out == "":
 				return usagef("%s: --out must name a file, or - for stdout", cmd.CommandPath())
 			}
@@ -118,6 +120,10 @@ func newBenchCmd(e *env) *cobra.Command {
 			rep := bench.Report{Host: bench.ThisHost(start), Command: strings.Join(command, " ")}
 
 			fleet.Name, fleet.TurnsAt = "fleet", bench.TurnsAt(turnsAt)
+			if fleet.SuspendedShare > 0 {
+				// A variant of the fleet: its rows sit beside the plain fleet's.
+				fleet.Name = fmt.Sprintf("fleet-%.0f%%-suspended", 100*fleet.SuspendedShare)
+			}
 			common(&fleet)
 			var runErr error
 			// A scenario that ran but did not end well is still reported
@@ -209,6 +215,7 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.Float64Var(&fleet.TurnSigma, "turn-sigma", bench.DefaultTurnSigma, "fleet scenario: σ of the log-normal drain durations")
 	f.Float64Var(&fleet.TurnPersistence, "turn-persistence", bench.DefaultTurnPersistence,
 		"share of a drain's log-variance that belongs to the machine and repeats in every rollout (0: none)")
+	f.Float64Var(&fleet.SuspendedShare, "suspended-share", 0, "fleet scenario: share of the apps whose machines are suspended at the start (moved without a drain, left down), in [0, 1)")
 	f.IntVar(&fleet.HistoryRounds, "history-rounds", bench.DefaultHistoryRounds,
 		"fleet scenario: rollouts before the measured one, so it is planned from drain history (0: none)")
 	f.IntVar(&large.HistoryRounds, "large-history-rounds", 0, "large scenario: rollouts before the measured one")

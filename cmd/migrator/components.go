@@ -34,6 +34,7 @@ const (
 	fleetCapEnv     = "MIGRATOR_FLEET_CAP"
 	workersEnv      = "MIGRATOR_WORKERS"
 	pollIntervalEnv = "MIGRATOR_POLL_INTERVAL"
+	leaseWaitEnv    = "MIGRATOR_LEASE_WAIT"
 	logLevelEnv     = "MIGRATOR_LOG_LEVEL"
 	// clockEnv is for the simulator and tests only: "scaled:FACTOR:START_UNIX_NANO"
 	// makes this process share the simulator's scaled timeline.
@@ -188,7 +189,8 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 		return nil, err
 	}
 	c.store = store.New(c.pool)
-	c.orch, err = orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: poll, Clock: c.clock, Logger: log},
+	c.orch, err = orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: poll, LeaseWait: c.settings.leaseWait,
+		Clock: c.clock, Logger: log},
 		c.store, fly, gw, c.policy)
 	if err != nil {
 		c.close()

@@ -47,6 +47,7 @@ import (
 //	[worker]
 //	workers = 100             # jobs this replica runs at once
 //	poll_interval = "5s"      # between two status reads of a draining agent
+//	lease_wait = "15m"        # how long a machine waits for another deployer's Fly lease
 //
 //	[notify]                  # notifications for on-call (see notify.go)
 //	web_url = "http://localhost:8080"  # links to the web view; or $MIGRATOR_WEB_URL
@@ -64,6 +65,7 @@ import (
 //	fleet cap        $MIGRATOR_FLEET_CAP, [fleet] cap, 100
 //	workers          $MIGRATOR_WORKERS, [worker] workers, 100
 //	poll interval    $MIGRATOR_POLL_INTERVAL, [worker] poll_interval, 5s
+//	lease wait       $MIGRATOR_LEASE_WAIT, [worker] lease_wait, 15m
 //	selector org     [auto_update.selector] org, $MIGRATOR_FLY_ORG
 //
 // Secrets (DATABASE_URL, FLY_API_TOKEN, MIGRATOR_DRAIN_KEY) come only from
@@ -83,8 +85,11 @@ type settings struct {
 	fleetCap     int
 	workers      int
 	pollInterval time.Duration
-	autoUpdate   *autoUpdateSettings // nil: off
-	notify       notifyFile          // the [notify] table (secrets come from the environment: notify.go)
+	// leaseWait bounds the wait for another deployer's Fly lease
+	// (orchestrator.Config.LeaseWait).
+	leaseWait  time.Duration
+	autoUpdate *autoUpdateSettings // nil: off
+	notify     notifyFile          // the [notify] table (secrets come from the environment: notify.go)
 }
 
 // autoUpdateSettings is the [auto_update] table, validated.
@@ -124,6 +129,7 @@ type fileConfig struct {
 	workers      *int
 	pollInterval *time.Duration
 	notify       notifyFile
+	leaseWait    *time.Duration
 }
 
 // loadSettings reads the config file (if any) and the environment.
@@ -160,6 +166,9 @@ func loadSettings(e *env) (*settings, error) {
 		return nil, err
 	}
 	if s.pollInterval, err = envDuration(e, pollIntervalEnv, deref(fc.pollInterval, 5*time.Second)); err != nil {
+		return nil, err
+	}
+	if s.leaseWait, err = envDuration(e, leaseWaitEnv, deref(fc.leaseWait, orchestrator.DefaultLeaseWait)); err != nil {
 		return nil, err
 	}
 	if fc.autoUpdate != nil && fc.autoUpdateOn {
@@ -312,8 +321,14 @@ func parseConfig(file string, data []byte) (*fileConfig, error) {
 					return nil, err
 				}
 				fc.pollInterval = &v
+			case "lease_wait":
+				v, err := d.duration(path, m[k])
+				if err != nil {
+					return nil, err
+				}
+				fc.leaseWait = &v
 			default:
-				return nil, d.unknown(path, "workers, poll_interval")
+				return nil, d.unknown(path, "workers, poll_interval, lease_wait")
 			}
 		}
 	}

@@ -86,6 +86,10 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 	}
 	defer c.close()
 	machines, err := orchestrator.SelectMachines(ctx, c.fly, sel)
+	var only *orchestrator.ExcludedOnlyError
+	if errors.As(err, &only) {
+		return fmt.Errorf("fleet check: the selector (%s) %s", describeSelector(sel), strings.TrimPrefix(err.Error(), "selector "))
+	}
 	if errors.Is(err, orchestrator.ErrNothingSelected) {
 		return fmt.Errorf("fleet check: the selector (%s) matched no machines", describeSelector(sel))
 	}

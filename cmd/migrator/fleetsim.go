@@ -26,6 +26,10 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		turnsPerHour      float64
 		longTaskShare     float64
 		legacy, noSecret  int
+		realFleet         bool
+		leaseFormat       string
+		stoppedApps       int
+		suspendedApps     int
 	)
 	cmd := &cobra.Command{
 		Use:   "fleetsim --apps N --listen 127.0.0.1:PORT",
@@ -48,7 +52,9 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			"  migrator fleetsim --apps 5 --time-scale 10 > fleetsim.env & sleep 1; . ./fleetsim.env\n" +
 			"  migrator fleetsim --scenario faults.toml --listen 127.0.0.1:0 --seed 7\n" +
 			"  migrator fleetsim --apps 200 --activity --turns-per-hour 4 --time-scale 10\n" +
-			"  migrator fleetsim --apps 10 --legacy-apps 3 --unprovisioned-apps 8   # a fleet before enrolment",
+			"  migrator fleetsim --apps 10 --legacy-apps 3 --unprovisioned-apps 8   # a fleet before enrolment\n" +
+			"  migrator fleetsim --real-fleet --time-scale 10   # apps 1-9: one machine of each kind a real fleet holds\n" +
+			"  migrator fleetsim --apps 12 --stopped-apps 2 --suspended-apps 2   # the last apps' agents are down",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := fleetsim.Config{Workload: fleetsim.Workload{BusyFraction: busy}}
@@ -106,6 +112,24 @@ func newFleetsimCmd(e *env) *cobra.Command {
 				return usagef("%s: --legacy-apps and --unprovisioned-apps must not be negative", cmd.CommandPath())
 			}
 			cfg.DayOne(legacy, noSecret)
+			if stoppedApps < 0 || suspendedApps < 0 || stoppedApps+suspendedApps > cfg.Apps {
+				return usagef("%s: --stopped-apps and --suspended-apps must be 0 or more and together at most --apps", cmd.CommandPath())
+			}
+			if stoppedApps+suspendedApps > 0 {
+				if realFleet {
+					return usagef("%s: --real-fleet already shapes the fleet; --stopped-apps and --suspended-apps do not go with it", cmd.CommandPath())
+				}
+				cfg.Shape = fleetsim.DownApps(cfg.AppPrefix, cfg.Apps, cfg.MachinesPerApp, stoppedApps, suspendedApps)
+			}
+			if realFleet {
+				cfg.RealFleet()
+			}
+			switch leaseFormat {
+			case "", fleetsim.LeaseTimeRFC3339, fleetsim.LeaseTimeGo:
+				cfg.LeaseConflictFormat = leaseFormat
+			default:
+				return usagef("%s: --lease-conflict-format %q: want %s or %s", cmd.CommandPath(), leaseFormat, fleetsim.LeaseTimeRFC3339, fleetsim.LeaseTimeGo)
+			}
 			switch {
 			case cfg.Apps < 1:
 				return usagef("%s: --apps must be at least 1, got %d", cmd.CommandPath(), cfg.Apps)
@@ -148,6 +172,15 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			}
 			fmt.Fprintf(e.stderr, "fleetsim: %d apps × %d machines at %s (time ×%g); interrupt to stop\n",
 				cfg.Apps, cfg.MachinesPerApp, sim.URL(), scale)
+			if realFleet {
+				prefix := cfg.AppPrefix
+				if prefix == "" {
+					prefix = fleetsim.DefaultAppPrefix
+				}
+				for i, k := range fleetsim.RealFleetKinds {
+					fmt.Fprintf(e.stderr, "fleetsim:   %s%d: %s\n", prefix, i+1, k)
+				}
+			}
 			<-cmd.Context().Done()
 			fmt.Fprintln(e.stderr, "fleetsim: stopped")
 			return nil
@@ -167,6 +200,10 @@ func newFleetsimCmd(e *env) *cobra.Command {
 	f.BoolVar(&disableRateLimits, "disable-rate-limits", false, "do not enforce Fly's rate limits")
 	f.IntVar(&legacy, "legacy-apps", 0, "the first N apps run "+fleetsim.LegacyImage+", a Hermes without the drain route (404)")
 	f.IntVar(&noSecret, "unprovisioned-apps", 0, "the first N apps have no drain secret (401 until recreated after `migrator secret sync`)")
+	f.BoolVar(&realFleet, "real-fleet", false, "apps 1-9 are one of each kind a real fleet holds: started, stopped, suspended, autostop, with release-command and console machines, on an unreachable host, multi-container, on a tag that can move ("+fleetsim.StableImage+"), and one for another deployer's lease")
+	f.IntVar(&stoppedApps, "stopped-apps", 0, "the last N apps' machines are stopped at the start")
+	f.IntVar(&suspendedApps, "suspended-apps", 0, "the N apps before the stopped ones are suspended (autostop = suspend: a user turn wakes them)")
+	f.StringVar(&leaseFormat, "lease-conflict-format", "", "how a 409 on a held lease states its expiry: rfc3339 (default) or go (Fly's API reference, with \"code\")")
 	return cmd
 }
 

@@ -217,13 +217,13 @@ type historyWriter interface {
 type historyTable struct{ w *tabwriter.Writer }
 
 func (t *historyTable) begin() error {
-	_, err := fmt.Fprintln(t.w, "CREATED\tRUN\tCAUSE\tAPP\tMACHINE\tOUTCOME\tDRAIN\tQUIET\tWAITED\tAGENTS\tRULE\tERROR")
+	_, err := fmt.Fprintln(t.w, "CREATED\tRUN\tCAUSE\tAPP\tMACHINE\tSTATE\tOUTCOME\tDRAIN\tQUIET\tWAITED\tAGENTS\tDIGEST FROM → TO\tRULE\tERROR")
 	return err
 }
 
 func (t *historyTable) row(r store.HistoryRow) error {
 	quiet := "-"
-	if r.Quiet != nil {
+	if r.Quiet != nil && (r.DrainOutcome == nil || *r.DrainOutcome != store.DrainNotRunning) {
 		quiet = yesNo(*r.Quiet)
 	}
 	waited := "-"
@@ -235,10 +235,27 @@ func (t *historyTable) row(r store.HistoryRow) error {
 			}
 		}
 	}
-	_, err := fmt.Fprintf(t.w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.RunID, r.Cause, r.App,
-		r.MachineID, strOr(r.Outcome, "(in flight)"), strOr(r.DrainOutcome, "-"), quiet, waited,
-		intOr(r.ActiveAgentsAtRecreate, "-"), strOr(r.PolicyRule, "-"), oneLine(strOr(r.Error, ""), 60))
+	_, err := fmt.Fprintf(t.w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.RunID, r.Cause, r.App,
+		r.MachineID, strOr(r.MachineState, "-"), strOr(r.Outcome, "(in flight)"), strOr(r.DrainOutcome, "-"), quiet, waited,
+		intOr(r.ActiveAgentsAtRecreate, "-"), digests(r), strOr(r.PolicyRule, "-"), oneLine(strOr(r.Error, ""), 60))
 	return err
+}
+
+// digests is the DIGEST column: what ran before the update and after it
+// (the verified instance's, or after a rollback what runs again), each as
+// the first 12 hex digits; the full ones are in --format json/csv.
+func digests(r store.HistoryRow) string {
+	short := func(p *string) string {
+		if p == nil {
+			return "-"
+		}
+		d := strings.TrimPrefix(*p, "sha256:")
+		return d[:min(12, len(d))]
+	}
+	if r.FromDigest == nil && r.ToDigest == nil {
+		return "-"
+	}
+	return short(r.FromDigest) + " → " + short(r.ToDigest)
 }
 
 func (t *historyTable) end() error { return t.w.Flush() }

@@ -173,6 +173,7 @@ type runCreateFlags struct {
 	selectorFlags
 	cause, image                  string
 	undrainable                   string
+	container                     string
 	maxUnavailable                string
 	canary, failureThreshold      int
 	deadline, reason, idemKey     string
@@ -230,6 +231,7 @@ else the OS user.
 	fl.StringVar(&f.cause, "cause", "", "why the machines move: "+causeNames()+" (required)")
 	fl.StringVar(&f.image, "image", "", "the image to move to, e.g. registry.fly.io/hermes-agent:v2 (required)")
 	f.selectorFlags.add(fl, "move")
+	fl.StringVar(&f.container, "container", "", "on multi-container machines, move this container's image (as `fly machine update --container`); machines without containers move config.image; without it multi-container machines are left out")
 	fl.StringVar(&f.undrainable, "undrainable", "", `agents whose drain endpoint answers 404 or 401: "fail" them or "recreate" them without a drain (loud); default: the policy's undrainable (built-in: fail)`)
 	fl.StringVar(&f.maxUnavailable, "max-unavailable", "1", "machines of this run disrupted at once: a count (5) or a percentage of the machines to move (10%, rounded up)")
 	fl.IntVar(&f.canary, "canary", 0, "move this many machines first; the rest wait until all of them migrated (a failed canary pauses the run)")
@@ -272,6 +274,12 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 	sel, err := f.selectorFlags.selector(cmd, e)
 	if err != nil {
 		return out, err
+	}
+	if c := f.container; c != "" {
+		if strings.TrimSpace(c) != c || strings.ContainsAny(c, " \t/") {
+			return out, usagef("%s: --container %q is not a container name", path, c)
+		}
+		sel.Container = c
 	}
 	var undrainable policy.Undrainable
 	if f.undrainable != "" {
@@ -357,8 +365,19 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 		req.Image = pinned
 	}
 
-	planned, err := c.orch.Plan(ctx, req.Selector, req.Image, req.Canary)
-	if errors.Is(err, orchestrator.ErrNothingSelected) {
+	plan, err := c.orch.PlanRun(ctx, req.Selector, req.Image, req.Canary)
+	planned := plan.Machines
+	req.Excluded = plan.Excluded
+	var (
+		only    *orchestrator.ExcludedOnlyError
+		noSuchC *orchestrator.NoSuchContainerError
+	)
+	switch {
+	case errors.As(err, &only):
+		return usagef("run create: the selector (%s) %v", cr.selector, strings.TrimPrefix(err.Error(), "selector "))
+	case errors.As(err, &noSuchC):
+		return usagef("run create: --container %s: %v", req.Selector.Container, err)
+	case errors.Is(err, orchestrator.ErrNothingSelected):
 		return fmt.Errorf("run create: the selector (%s) matched no machines", cr.selector)
 	}
 	if err != nil {
@@ -378,6 +397,7 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 	if f.dryRun {
 		return printDryRun(ctx, e, c, req, cr.selector, planned, maxUnavail, f.asJSON)
 	}
+	printExcluded(e, req.Excluded)
 
 	if _, err := c.orch.NewRiverClient(orchestrator.RiverOptions{Logger: log}); err != nil {
 		return fmt.Errorf("run create: %w", err)
@@ -401,6 +421,20 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 		}
 	}
 	return printCreated(ctx, e, c.store, r, created, f)
+}
+
+// printExcluded says on stderr which selected machines the run leaves out,
+// and why (the audit has them in the run.created event).
+func printExcluded(e *env, excluded []orchestrator.Excluded) {
+	if len(excluded) == 0 {
+		return
+	}
+	var parts []string
+	for _, x := range excluded {
+		parts = append(parts, fmt.Sprintf("%s/%s (%s)", x.App, x.ID, x.Reason))
+	}
+	fmt.Fprintf(e.stderr, "%d %s left out, not moved: %s\n", len(excluded), plural(len(excluded), "machine", "machines"),
+		strings.Join(parts, ", "))
 }
 
 // printCreated prints a created (or existing) run: its id, or with --json an
@@ -450,6 +484,9 @@ func describeSelector(s store.Selector) string {
 	}
 	if len(s.MachineIDs) > 0 {
 		parts = append(parts, "machines "+strings.Join(s.MachineIDs, ","))
+	}
+	if s.Container != "" {
+		parts = append(parts, "container "+s.Container)
 	}
 	if len(s.Labels) > 0 {
 		var kv []string
@@ -504,8 +541,14 @@ type planMachineJSON struct {
 	MachineID string `json:"machine_id"`
 	Region    string `json:"region"`
 	Image     string `json:"image"`
-	UpToDate  bool   `json:"up_to_date"`
-	Canary    bool   `json:"canary"`
+	// State is the machine's state now (started, stopped, suspended, …):
+	// only a running one is drained and launched; HostStatus its host's
+	// (ok, unknown, unreachable: deferred when its turn comes, unless back).
+	State      string `json:"state"`
+	HostStatus string `json:"host_status"`
+	Digest     string `json:"digest,omitempty"`
+	UpToDate   bool   `json:"up_to_date"`
+	Canary     bool   `json:"canary"`
 	// ExpectedDrainSeconds is the mean of the machine's last drain waits
 	// (null: no drain history); the plan is ordered by it, longest first.
 	ExpectedDrainSeconds *float64          `json:"expected_drain_seconds"`
@@ -528,8 +571,19 @@ type dryRunJSON struct {
 	UpToDate       int               `json:"up_to_date"`
 	MaxUnavailable int               `json:"max_unavailable"`
 	Plan           []planMachineJSON `json:"plan"`
+	// Excluded are the machines the selector matched that a run leaves
+	// out, with why.
+	Excluded []excludedJSON `json:"excluded"`
 	// Probed: the agents' drain endpoints were probed (needs MIGRATOR_DRAIN_KEY).
 	Probed bool `json:"probed"`
+}
+
+type excludedJSON struct {
+	App       string `json:"app"`
+	MachineID string `json:"machine_id"`
+	State     string `json:"state"`
+	Reason    string `json:"reason"`
+	Detail    string `json:"detail,omitempty"`
 }
 
 // printDryRun shows the plan with the decision the policy makes for each
@@ -555,11 +609,17 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 	out := dryRunJSON{Probed: c.gw != nil, DryRun: true, Cause: req.Cause, TargetImage: req.TargetImage, Image: req.Image,
 		Pinned: req.Image != req.TargetImage, Selector: req.Selector, Policy: c.policy.Source(),
 		PolicyVersion: c.policy.Version(), DecidedAt: stamp(now), Machines: len(planned), MaxUnavailable: maxUnavail,
-		Plan: []planMachineJSON{}}
+		Plan: []planMachineJSON{}, Excluded: []excludedJSON{}}
+	for _, x := range req.Excluded {
+		out.Excluded = append(out.Excluded, excludedJSON{App: x.App, MachineID: x.ID, State: x.State, Reason: x.Reason, Detail: x.Detail})
+	}
 	withHistory := 0
 	for _, p := range planned {
 		pm := planMachineJSON{App: p.App, MachineID: p.ID, Region: p.Region, Image: p.Image, UpToDate: p.UpToDate, Canary: p.Canary,
-			DrainSamples: p.DrainSamples}
+			DrainSamples: p.DrainSamples, State: p.State, HostStatus: p.HostStatus, Digest: p.ImageRef.Digest}
+		if pm.HostStatus == "" {
+			pm.HostStatus = "ok"
+		}
 		if p.DrainSamples > 0 {
 			v := p.ExpectedDrain.Seconds()
 			pm.ExpectedDrainSeconds = &v
@@ -610,6 +670,14 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		fmt.Fprintf(w, "%d %s would be recreated without a drain (drain endpoint 404/401, undrainable = recreate): loud\n\n",
 			n, plural(n, "agent", "agents"))
 	}
+	if n := countDown(out.Plan); n > 0 {
+		fmt.Fprintf(w, "%d %s not running (stopped, suspended): moved without a drain and left down (skip_launch)\n\n",
+			n, plural(n, "machine is", "machines are"))
+	}
+	if n := countHostNotOK(out.Plan); n > 0 {
+		fmt.Fprintf(w, "%d %s on a host that is not ok: deferred when its turn comes (never leased or drained), unless the host is back\n\n",
+			n, plural(n, "machine is", "machines are"))
+	}
 	if withHistory > 0 {
 		fmt.Fprintf(w, "order: longest expected drain first (the mean of each machine's last drains; %d of %d to move have drain history, the rest rank as the mean)\n\n",
 			withHistory, out.ToMove)
@@ -617,10 +685,10 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		fmt.Fprintf(w, "order: app and machine (no machine has drain history yet)\n\n")
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "APP\tMACHINE\tREGION\tCURRENT IMAGE\tUP TO DATE\tCANARY\tEXPECTED DRAIN\tQUIET\tRULE\tIDLE WAIT\tWAIT\tON DEADLINE\tWINDOW\tDRAIN")
+	fmt.Fprintln(tw, "APP\tMACHINE\tREGION\tSTATE\tCURRENT IMAGE\tUP TO DATE\tCANARY\tEXPECTED DRAIN\tQUIET\tRULE\tIDLE WAIT\tWAIT\tON DEADLINE\tWINDOW\tDRAIN")
 	for _, p := range out.Plan {
 		if p.Decision == nil {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tyes\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", p.App, p.MachineID, p.Region, p.Image)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\tyes\t-\t-\t-\t-\t-\t-\t-\t-\t-\n", p.App, p.MachineID, p.Region, stateText(p), p.Image)
 			continue
 		}
 		expected := "-"
@@ -639,10 +707,65 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		case d.Window != "":
 			window = "closed until " + d.NextWindow + " (" + d.Window + "): would be deferred"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, p.Image,
-			yesNo(p.Canary), expected, yesNo(d.Quiet), d.Rule, idleWaitText(d.IdleWaitSeconds, d.OnBusy), d.Wait, onDeadline, window, drainColumn(d))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, stateText(p), p.Image,
+			yesNo(p.Canary), expected, yesNo(d.Quiet), d.Rule, idleWaitText(d.IdleWaitSeconds, d.OnBusy), d.Wait, onDeadline, window, drainColumn(p))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(out.Excluded) > 0 {
+		fmt.Fprintf(w, "\nleft out (%d, never touched):\n", len(out.Excluded))
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "APP\tMACHINE\tSTATE\tREASON")
+		for _, x := range out.Excluded {
+			reason := x.Reason
+			if x.Detail != "" {
+				reason += " (" + x.Detail + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", x.App, x.MachineID, x.State, reason)
+		}
+		return tw.Flush()
+	}
+	return nil
+}
+
+// stateText is the STATE column: the machine's state, and its host's
+// status when that is not ok.
+func stateText(p planMachineJSON) string {
+	if p.HostStatus != "ok" {
+		return p.State + ", host " + p.HostStatus
+	}
+	return p.State
+}
+
+// notRunning: a machine in this state is moved without a drain (it has no
+// agent serving users).
+func notRunning(state string) bool { return state != "started" && state != "starting" }
+
+// leftDown: a machine in this state is updated without a launch (flyctl's
+// skip-launch rule: only started, starting and failed machines launch).
+func leftDown(state string) bool {
+	return state == "stopped" || state == "suspended" || state == "created"
+}
+
+func countDown(plan []planMachineJSON) int {
+	n := 0
+	for _, p := range plan {
+		if !p.UpToDate && leftDown(p.State) && p.HostStatus == "ok" {
+			n++
+		}
+	}
+	return n
+}
+
+func countHostNotOK(plan []planMachineJSON) int {
+	n := 0
+	for _, p := range plan {
+		if !p.UpToDate && p.HostStatus != "ok" {
+			n++
+		}
+	}
+	return n
 }
 
 // idleWaitText says how long serve looks for an idle moment and what then:
@@ -695,8 +818,16 @@ func drainPath(a fleetcheck.Agent, undrainable policy.Undrainable) string {
 	return "drain"
 }
 
-func drainColumn(d *planDecisionJSON) string {
-	if d.Drain == nil {
+func drainColumn(p planMachineJSON) string {
+	d := p.Decision
+	switch {
+	case p.HostStatus != "ok":
+		return "none: host " + p.HostStatus + ", would be deferred"
+	case leftDown(p.State):
+		return "none (" + p.State + "): moved without a drain, left down"
+	case notRunning(p.State):
+		return "none (" + p.State + "): moved without a drain"
+	case d.Drain == nil:
 		return "undrainable=" + string(d.Undrainable)
 	}
 	switch d.Drain.Path {

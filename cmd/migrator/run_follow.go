@@ -507,6 +507,8 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 		msg := fmt.Sprintf("%s %s", m.Target(), m.Outcome)
 		if d := m.Drain; d != nil && d.Outcome == store.DrainUndrainable {
 			msg += fmt.Sprintf(" (no drain: HTTP %d, loud)", d.UndrainableStatus)
+		} else if d != nil && d.Outcome == store.DrainNotRunning {
+			msg += " (" + notRunningText(m.Migration) + ")"
 		} else if d != nil && d.Outcome != "" {
 			msg += fmt.Sprintf(" (drain %s after %s", d.Outcome, short(drainWaited(d, now)))
 			if d.ActiveAgentsAtRecreate != nil && d.Outcome == store.DrainDeadlineForced {
@@ -567,6 +569,8 @@ func describeStep(m store.MigrationView, now time.Time) string {
 		return fmt.Sprintf("draining%s (%s, rule %s, active_agents %s)", canary, quietWord(d.Quiet), d.PolicyRule, intOr(d.LastActiveAgents, "?"))
 	case m.State == store.StateUpdating && d.Outcome == store.DrainDeadlineForced:
 		return fmt.Sprintf("updating: deadline forced with %s active agents after %s", intOr(d.ActiveAgentsAtRecreate, "?"), short(drainWaited(d, now)))
+	case m.State == store.StateUpdating && d.Outcome == store.DrainNotRunning:
+		return "updating: " + notRunningText(m.Migration)
 	case m.State == store.StateUpdating && d.Outcome == store.DrainUndrainable:
 		return fmt.Sprintf("updating without a drain (drain endpoint HTTP %d; undrainable = recreate, loud)", d.UndrainableStatus)
 	case m.State == store.StateUpdating && d.Outcome != "":
@@ -576,6 +580,15 @@ func describeStep(m store.MigrationView, now time.Time) string {
 	default:
 		return m.State + canary
 	}
+}
+
+// notRunningText says how a machine that was not running is moved.
+func notRunningText(m store.Migration) string {
+	if m.Launch {
+		// It went down during its drain; it was running when leased.
+		return "no drain left: the machine went down during it; launched as decided at the lease"
+	}
+	return fmt.Sprintf("no drain: machine %s, left down", nonEmpty(m.MachineState, "not running"))
 }
 
 func sameInt(a, b *int) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }

@@ -31,7 +31,7 @@ func init() { register(newSandboxCmd) }
 const (
 	sandboxChannel = "stable"
 	sandboxTarget  = "registry.fly.io/hermes-agent:v2"
-	sandboxMinApps = 3 // one busy agent, one crashed, one idle at least
+	sandboxMinApps = 6 // one busy agent, one crashed, one stopped, one suspended, one idle at least
 	sandboxMaxApps = 500
 	// The worker's steps are paced in simulated time (polls every 5 simulated
 	// seconds, Fly leases of 5 simulated minutes refreshed at half-life);
@@ -105,7 +105,8 @@ func newSandboxCmd(e *env) *cobra.Command {
 			"     is refused. Idle agents are moved at once, a busy one when its task is done; a\n" +
 			"     few agents have a task of hours in flight and are deferred, never drained, after\n" +
 			"     --auto-update-idle-wait; one agent's gateway has crashed: it is recreated, does\n" +
-			"     not come back serving, and is rolled back.\n" +
+			"     not come back serving, and is rolled back; two agents are down (one stopped, one\n" +
+			"     suspended): nobody is on them, so they are moved without a drain and left down.\n" +
 			"  2. an operator run (loud drains, begun at once) moves the deferred agents, forcing\n" +
 			"     them at its --operator-wait deadline: their drains refuse the turns that arrive,\n" +
 			"     and their users are told their task was interrupted.\n\n" +
@@ -167,6 +168,7 @@ type sandbox struct {
 	waited  []fleetsim.MachineView // an agent whose task the drain waits out
 	long    []fleetsim.MachineView // agents given a task that outlasts every deadline
 	crashed []fleetsim.MachineView // agents whose gateway is down
+	down    []fleetsim.MachineView // agents stopped or suspended: nobody to drain
 }
 
 // sandboxRun is one run the sandbox made, with the simulator's shutdowns
@@ -252,11 +254,25 @@ func (sb *sandbox) start(ctx context.Context) error {
 }
 
 // startSim builds the fleet: every agent on v1, some busy with short turns,
-// a few with a task that outlasts every deadline, one with a crashed gateway.
+// a few with a task that outlasts every deadline, one with a crashed
+// gateway, and the two before the crashed one down: the last but one
+// stopped, the one before it suspended (by hand, `fly machine suspend`: no
+// autostart, so the story does not depend on when a user's turn comes).
 func (sb *sandbox) startSim() error {
 	start := time.Now()
 	sb.clk = clock.NewScaledAt(start, start, sb.cfg.TimeScale)
+	n := sb.cfg.Apps
+	downState := map[string]string{
+		fmt.Sprintf("%s%d", fleetsim.DefaultAppPrefix, n-1): "stopped",
+		fmt.Sprintf("%s%d", fleetsim.DefaultAppPrefix, n-2): "suspended",
+	}
 	sim, err := fleetsim.New(fleetsim.Config{
+		Shape: func(app string) []fleetsim.MachineShape {
+			if st, ok := downState[app]; ok {
+				return []fleetsim.MachineShape{{State: st}}
+			}
+			return nil
+		},
 		Apps:       sb.cfg.Apps,
 		Seed:       1,
 		Clock:      sb.clk,
@@ -280,7 +296,6 @@ func (sb *sandbox) startSim() error {
 
 	ms := sim.Machines()
 	sort.Slice(ms, func(i, j int) bool { return sandboxAppNumber(ms[i].App) < sandboxAppNumber(ms[j].App) })
-	n := len(ms)
 	nLong := max(1, n/6)
 	for i := range nLong {
 		m := ms[i*n/nLong+1]
@@ -294,6 +309,7 @@ func (sb *sandbox) startSim() error {
 	crash := ms[n-1]
 	sim.SetGatewayDown(crash.App, crash.ID, true)
 	sb.crashed = append(sb.crashed, crash)
+	sb.down = append(sb.down, ms[n-3], ms[n-2])
 
 	out := sb.e.stdout
 	fmt.Fprintf(out, "  fleet simulator on %s: %d agents on %s whose users keep talking (about %g turns an hour each, a few much chattier)\n",
@@ -303,6 +319,7 @@ func (sb *sandbox) startSim() error {
 	fmt.Fprintf(out, "    %s: a %s task in flight (auto-update will defer, the operator will force)\n",
 		sandboxNames(sb.long), sandboxDur(sb.cfg.longTurn()))
 	fmt.Fprintf(out, "    %s: gateway crashed (recreated, not serving on the new image: rolled back)\n", sandboxNames(sb.crashed))
+	fmt.Fprintf(out, "    %s: suspended and stopped (nobody to drain: moved without a drain, left down)\n", sandboxNames(sb.down))
 	return nil
 }
 
@@ -492,6 +509,7 @@ func (sb *sandbox) runAndFollow(ctx context.Context, label string, req orchestra
 // sandboxTally is one run's line of the summary.
 type sandboxTally struct {
 	Machines, Quiet, Loud, Quiesced, Forced, Deferred, GatewayDown int
+	NotRunning                                                     int // moved without a drain: not running
 	Migrated, RolledBack, Failed, UpToDate, Interrupted            int
 	Broadcasts, Pinged                                             int
 	TurnsRefused, TurnsInterrupted                                 int
@@ -507,8 +525,8 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 		// The audit view, as `migrator history` reads it.
 		err := sb.comp.pool.QueryRow(ctx, `
 			SELECT count(*),
-				count(*) FILTER (WHERE quiet),
-				count(*) FILTER (WHERE NOT quiet),
+				count(*) FILTER (WHERE quiet AND drain_outcome IS DISTINCT FROM 'not_running'),
+				count(*) FILTER (WHERE NOT quiet AND drain_outcome IS DISTINCT FROM 'not_running'),
 				count(*) FILTER (WHERE drain_outcome = 'quiesced'),
 				count(*) FILTER (WHERE drain_outcome = 'deadline_forced'),
 				count(*) FILTER (WHERE outcome = 'deferred'), -- never idle, or at the deadline
@@ -517,9 +535,10 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 				count(*) FILTER (WHERE outcome = 'rolled_back'),
 				count(*) FILTER (WHERE outcome = 'failed'),
 				count(*) FILTER (WHERE outcome = 'skipped_up_to_date'),
-				coalesce(sum(active_agents_at_recreate) FILTER (WHERE drain_outcome = 'deadline_forced'), 0)
+				coalesce(sum(active_agents_at_recreate) FILTER (WHERE drain_outcome = 'deadline_forced'), 0),
+				count(*) FILTER (WHERE drain_outcome = 'not_running' AND outcome = 'migrated')
 			FROM drain_history WHERE run_id = $1`, sr.run.ID).Scan(&t.Machines, &t.Quiet, &t.Loud, &t.Quiesced, &t.Forced,
-			&t.Deferred, &t.GatewayDown, &t.Migrated, &t.RolledBack, &t.Failed, &t.UpToDate, &t.Interrupted)
+			&t.Deferred, &t.GatewayDown, &t.Migrated, &t.RolledBack, &t.Failed, &t.UpToDate, &t.Interrupted, &t.NotRunning)
 		if err != nil {
 			return nil, fmt.Errorf("sandbox: read drain_history of run %d: %w", sr.run.ID, err)
 		}
@@ -534,11 +553,11 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 
 	fmt.Fprintln(out, "\nAudit summary (drain_history; broadcasts, pings and users' turns as the simulated agents saw them)")
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RUN\tCAUSE\tDRAINS\tMACHINES\tMIGRATED\tQUIESCED\tFORCED\tDEFERRED\tROLLED BACK\tHOME BROADCASTS\tSESSIONS PINGED\tTURNS REFUSED\tTURNS INTERRUPTED\tSTATE")
+	fmt.Fprintln(tw, "RUN\tCAUSE\tDRAINS\tMACHINES\tMIGRATED\tDOWN, NO DRAIN\tQUIESCED\tFORCED\tDEFERRED\tROLLED BACK\tHOME BROADCASTS\tSESSIONS PINGED\tTURNS REFUSED\tTURNS INTERRUPTED\tSTATE")
 	for i, sr := range runs {
 		t := tallies[i]
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", sr.run.ID, sr.run.Cause, sandboxDrainsWord(t.Quiet, t.Loud),
-			t.Machines, t.Migrated, t.Quiesced, t.Forced, t.Deferred, t.RolledBack, t.Broadcasts, t.Pinged, t.TurnsRefused,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", sr.run.ID, sr.run.Cause, sandboxDrainsWord(t.Quiet, t.Loud),
+			t.Machines, t.Migrated, t.NotRunning, t.Quiesced, t.Forced, t.Deferred, t.RolledBack, t.Broadcasts, t.Pinged, t.TurnsRefused,
 			t.TurnsInterrupted, sr.run.State)
 	}
 	tw.Flush()
@@ -562,11 +581,32 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sandbox: read drain_history: %w", err)
 	}
-	fmt.Fprintln(out, "  Quiet drains skip the agent's home-channel \"shutting down\" broadcast; loud ones send it.\n"+
+	fmt.Fprintln(out, "  DOWN, NO DRAIN: migrated while stopped or suspended: nobody to drain, updated without a launch, left down.\n"+
+		"  Quiet drains skip the agent's home-channel \"shutting down\" broadcast; loud ones send it.\n"+
 		"  Users whose turn a forced recreate cut off are always pinged, quiet or not.\n"+
 		"  A turn is refused when it arrives while the agent drains (\"draining for maintenance, resend shortly\").")
 	notes := sb.printNotifications(ctx)
-	return append(sandboxCheck(runs, tallies, len(sb.long), len(sb.crashed)), sandboxCheckNotes(runs, notes, len(sb.crashed))...), nil
+	problems := append(sandboxCheck(runs, tallies, len(sb.long), len(sb.crashed)), sandboxCheckNotes(runs, notes, len(sb.crashed))...)
+	return append(problems, sb.checkDown(runs[0])...), nil
+}
+
+// checkDown says what differs from the story for the agents that were down:
+// moved by the auto-update without a drain (drain outcome not_running) and
+// still down, on the new image, never started and never sent a SIGTERM.
+func (sb *sandbox) checkDown(auto sandboxRun) []string {
+	var p []string
+	for _, d := range sb.down {
+		v := sb.sim.Machine(d.App, d.ID)
+		if v.AgentImage != sandboxTarget || (v.State != "stopped" && v.State != "suspended") || v.Wakes != 0 || v.MarkerPresent {
+			p = append(p, fmt.Sprintf("%s (%s before): %s on %s, want still down on %s, never drained", d.App, d.State, v.State, v.AgentImage, sandboxTarget))
+		}
+		for _, s := range auto.shutdowns {
+			if s.MachineID == d.ID {
+				p = append(p, fmt.Sprintf("%s (%s before) got a SIGTERM", d.App, d.State))
+			}
+		}
+	}
+	return p
 }
 
 // sandboxCheck says what in the two runs differs from the scenario: the
@@ -597,6 +637,9 @@ func sandboxCheck(runs []sandboxRun, t []sandboxTally, long, crashed int) []stri
 	}
 	if a.Migrated == 0 {
 		p = append(p, "auto-update run migrated no agent")
+	}
+	if a.NotRunning != 2 {
+		p = append(p, fmt.Sprintf("auto-update run moved %d agents without a drain because they were down, want 2 (the stopped and the suspended one)", a.NotRunning))
 	}
 	if op.run.State != store.RunSucceeded {
 		p = append(p, fmt.Sprintf("operator run ended %s, want succeeded", op.run.State))

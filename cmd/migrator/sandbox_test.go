@@ -130,6 +130,7 @@ func assertCleanedUp(t *testing.T, dir string, postmaster int) {
 type summaryRow struct {
 	cause, drains, state                           string
 	machines, migrated, quiesced, forced, deferred int
+	notRunning                                     int
 	rolledBack, broadcasts, pinged                 int
 	refused, interrupted                           int
 }
@@ -143,10 +144,10 @@ func parseSummary(t *testing.T, out string) map[string]summaryRow {
 	rows := map[string]summaryRow{}
 	for _, line := range strings.Split(table, "\n")[1:] {
 		f := strings.Fields(line)
-		if len(f) != 14 || strings.TrimLeft(f[0], "0123456789") != "" {
+		if len(f) != 15 || strings.TrimLeft(f[0], "0123456789") != "" {
 			break // the table ends where its rows, which start with the run id, do
 		}
-		n := make([]int, 10)
+		n := make([]int, 11)
 		for i := range n {
 			v, err := strconv.Atoi(f[3+i])
 			if err != nil {
@@ -154,8 +155,9 @@ func parseSummary(t *testing.T, out string) map[string]summaryRow {
 			}
 			n[i] = v
 		}
-		rows[f[0]] = summaryRow{cause: f[1], drains: f[2], state: f[13], machines: n[0], migrated: n[1], quiesced: n[2],
-			forced: n[3], deferred: n[4], rolledBack: n[5], broadcasts: n[6], pinged: n[7], refused: n[8], interrupted: n[9]}
+		rows[f[0]] = summaryRow{cause: f[1], drains: f[2], state: f[14], machines: n[0], migrated: n[1], notRunning: n[2],
+			quiesced: n[3], forced: n[4], deferred: n[5], rolledBack: n[6], broadcasts: n[7], pinged: n[8], refused: n[9],
+			interrupted: n[10]}
 	}
 	return rows
 }
@@ -165,7 +167,7 @@ func parseSummary(t *testing.T, out string) map[string]summaryRow {
 // can use, and Ctrl-C then stops and removes everything.
 func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	t.Parallel()
-	s := startSandbox(t, "--apps", "4", "--time-scale", "60", "--auto-update-wait", "4m", "--operator-wait", "2m", "--keep")
+	s := startSandbox(t, "--apps", "6", "--time-scale", "60", "--auto-update-wait", "4m", "--operator-wait", "2m", "--keep")
 	dir := s.waitFor(sandboxDirRE, 30*time.Second)[1]
 	dsn := s.waitFor(sandboxDBRE, 3*time.Minute)[1]
 	out := s.stdout.String()
@@ -174,10 +176,11 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	for _, want := range []string{
 		"both runs ended as expected",
 		"hermes-agent-2: a 3h task in flight",
-		"hermes-agent-4: gateway crashed",
+		"hermes-agent-6: gateway crashed",
+		"hermes-agent-4, hermes-agent-5: suspended and stopped",
 		"run 1 created: auto-update (quiet)",
 		"run 2 created: operator (loud)",
-		"run 1 rolled back hermes-agent-4/",
+		"run 1 rolled back hermes-agent-6/",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
@@ -199,10 +202,10 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	}
 	rows := parseSummary(t, out)
 	auto, op := rows["1"], rows["2"]
-	if auto.cause != "auto-update" || auto.drains != "quiet" || auto.machines != 4 || auto.deferred != 1 ||
-		auto.rolledBack != 1 || auto.migrated != 2 || auto.broadcasts != 0 || auto.pinged != 0 || auto.interrupted != 0 ||
-		auto.state != "failed" {
-		t.Errorf("auto-update summary %+v: want quiet, 4 machines, 2 migrated, 1 deferred, 1 rolled back, no broadcast, no turn interrupted, failed", auto)
+	if auto.cause != "auto-update" || auto.drains != "quiet" || auto.machines != 6 || auto.deferred != 1 ||
+		auto.rolledBack != 1 || auto.migrated != 4 || auto.notRunning != 2 || auto.broadcasts != 0 || auto.pinged != 0 ||
+		auto.interrupted != 0 || auto.state != "failed" {
+		t.Errorf("auto-update summary %+v: want quiet, 6 machines, 4 migrated (2 of them down, without a drain), 1 deferred, 1 rolled back, no broadcast, no turn interrupted, failed", auto)
 	}
 	if op.cause != "operator" || op.drains != "loud" || op.machines != 1 || op.forced != 1 || op.migrated != 1 ||
 		op.broadcasts != 1 || op.pinged < 1 || op.interrupted < 1 || op.state != "succeeded" {
@@ -238,15 +241,18 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	}
 	for run, row := range map[int]summaryRow{1: auto, 2: op} {
 		var machines, quiet, loud, forced, deferred, rolledBack int
-		err := pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE quiet), count(*) FILTER (WHERE NOT quiet),
+		var notRunning int
+		err := pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE quiet AND drain_outcome IS DISTINCT FROM 'not_running'),
+			count(*) FILTER (WHERE NOT quiet AND drain_outcome IS DISTINCT FROM 'not_running'),
 			count(*) FILTER (WHERE drain_outcome = 'deadline_forced'), count(*) FILTER (WHERE outcome = 'deferred'),
-			count(*) FILTER (WHERE outcome = 'rolled_back') FROM drain_history WHERE run_id = $1`, run).
-			Scan(&machines, &quiet, &loud, &forced, &deferred, &rolledBack)
+			count(*) FILTER (WHERE outcome = 'rolled_back'), count(*) FILTER (WHERE drain_outcome = 'not_running' AND machine_state IN ('stopped', 'suspended'))
+			FROM drain_history WHERE run_id = $1`, run).
+			Scan(&machines, &quiet, &loud, &forced, &deferred, &rolledBack, &notRunning)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if machines != row.machines || forced != row.forced || deferred != row.deferred || rolledBack != row.rolledBack ||
-			(row.drains == "quiet") != (loud == 0 && quiet > 0) {
+			notRunning != row.notRunning || (row.drains == "quiet") != (loud == 0 && quiet > 0) {
 			t.Errorf("run %d: drain_history has %d machines, %d quiet, %d loud, %d forced, %d deferred, %d rolled back; summary says %+v",
 				run, machines, quiet, loud, forced, deferred, rolledBack, row)
 		}
@@ -277,7 +283,7 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 // Ctrl-C in the middle of a run stops and removes everything, and says so.
 func TestSandboxInterruptedCleansUp(t *testing.T) {
 	t.Parallel()
-	s := startSandbox(t, "--apps", "3")
+	s := startSandbox(t, "--apps", "6")
 	dir := s.waitFor(sandboxDirRE, 30*time.Second)[1]
 	s.waitFor(regexp.MustCompile(`run 1 created`), 2*time.Minute)
 	if len(postgresPIDs(t, dir)) == 0 {
@@ -298,7 +304,7 @@ func TestSandboxUsage(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--apps", "2"}, "--apps must be between 3 and 500"},
+		{[]string{"--apps", "5"}, "--apps must be between 6 and 500"},
 		{[]string{"--turns-per-hour", "0"}, "--turns-per-hour must be in (0, 120]"},
 		{[]string{"--time-scale", "0"}, "--time-scale must be between 1 and 60"},
 		{[]string{"--time-scale", "120"}, "--time-scale must be between 1 and 60"},

@@ -138,6 +138,10 @@ func secretSync(cmd *cobra.Command, e *env, f secretSyncFlags) error {
 		return err
 	}
 	machines, err := orchestrator.SelectMachines(ctx, c.fly, sel)
+	var only *orchestrator.ExcludedOnlyError
+	if errors.As(err, &only) {
+		return fmt.Errorf("secret sync: the selector (%s) %s", describeSelector(sel), strings.TrimPrefix(err.Error(), "selector "))
+	}
 	if errors.Is(err, orchestrator.ErrNothingSelected) {
 		return fmt.Errorf("secret sync: the selector (%s) matched no machines", describeSelector(sel))
 	}

@@ -208,7 +208,8 @@ func (s *settings) logAttrs() []any {
 		file = "none"
 	}
 	attrs := []any{"config_file", file, "policy_source", s.policySource, "policy_version", s.policy.Version(),
-		"fleet_cap", s.fleetCap, "workers", s.workers, "poll_interval", s.pollInterval.String()}
+		"fleet_cap", s.fleetCap, "workers", s.workers, "poll_interval", s.pollInterval.String(),
+		"lease_wait", s.leaseWait.String()}
 	au := s.autoUpdate
 	if au == nil {
 		return append(attrs, "auto_update", "off")

@@ -167,4 +167,25 @@ func TestMergeMarkdown(t *testing.T) {
 	if again := MergeMarkdown(merged, fresh.String(), date); again != merged {
 		t.Errorf("merging twice changed the file:\n%s\n---\n%s", merged, again)
 	}
+	// A later re-run of the fleet alone keeps the activity comparison and
+	// the earlier re-run.
+	var fleetOnly strings.Builder
+	later := date.Add(24 * time.Hour)
+	if err := (Report{Host: ThisHost(later), Command: "migrator bench --scenario fleet", Fleet: fleet}).WriteMarkdown(&fleetOnly); err != nil {
+		t.Fatal(err)
+	}
+	merged2 := MergeMarkdown(merged, fleetOnly.String(), later)
+	for _, want := range []string{
+		"## Activity: begin at once vs idle first",
+		"| activity: idle-first refuses ≥ 10× fewer turns than begin-at-once | 3 vs 90 (30.0× fewer) | met |",
+		"## Scenarios re-run on 2026-12-02 08:00 UTC\n\n| | activity-at-once | activity-idle-first |",
+		"## Scenarios re-run on 2026-12-03 08:00 UTC\n\n| | fleet |",
+	} {
+		if !strings.Contains(merged2, want) {
+			t.Errorf("second merge lacks %q:\n%s", want, merged2)
+		}
+	}
+	if strings.Count(merged2, "## Activity: begin at once vs idle first") != 1 {
+		t.Errorf("the activity section appears %d times", strings.Count(merged2, "## Activity: begin at once vs idle first"))
+	}
 }

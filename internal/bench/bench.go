@@ -152,6 +152,18 @@ type Result struct {
 		Peeks               int
 	}
 
+	// The suspended machines (Config.SuspendedShare) over the measured
+	// run: how many, how many got a drain begun, gateway calls (every kind,
+	// counted at the orchestrator's gateway port) and Fly calls (the run's
+	// recorded calls for them, retries included), and how many ended
+	// migrated with drain outcome not_running and still down. FlyCallsOthers
+	// is the recorded Fly calls of the other machines.
+	Suspended, SuspendedDrains, SuspendedGatewayCalls, SuspendedFlyCalls, SuspendedMovedDown int
+	FlyCallsOthers                                                                           int
+	// NotRunning: machines of the run moved without a drain because they
+	// were not running (not counted as Anomalies).
+	NotRunning int
+
 	Warnings        int // warnings and errors the orchestrator and River logged
 	WarningTexts    []string
 	PostgresVersion string
@@ -289,6 +301,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	clk := clock.NewScaled(simOrigin, cfg.TimeScale)
 	plan := turnPlan{seed: cfg.Seed, median: cfg.TurnMedian, sigma: cfg.TurnSigma, persistence: cfg.TurnPersistence, fixed: cfg.FixedTurns}
 	simCfg := fleetsim.Config{Apps: res.Apps, MachinesPerApp: cfg.MachinesPerApp, Seed: cfg.Seed, Clock: clk, APISimTime: true}
+	var suspendedApps map[string]bool
+	if cfg.SuspendedShare > 0 {
+		suspendedApps = suspendedAppSet(res.Apps, cfg.SuspendedShare)
+		simCfg.Shape = suspendedShape(suspendedApps, cfg.MachinesPerApp)
+	}
 	simCfg.Workload.Activity = cfg.Activity
 	if cfg.TurnsAt == TurnsAtStart && cfg.Activity == nil {
 		simCfg.Workload.Turns = func(app, id string, _ *mrand.Rand) []fleetsim.Turn {
@@ -404,6 +421,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.PlanRequests = diffInts(reqs0, reqs1)
 
 	sim.ResetMaxDisrupted()
+	gwBefore := map[string]int{}
+	for _, m := range planned {
+		gwBefore[m.App+"/"+m.ID] = turns.callsTo(m.App, m.ID)
+	}
 	labels0, stmts0, took0 := counter.ByLabel(), counter.Total(), counter.Took()
 	user0, sys0 := processCPU()
 	ps0 := pool.Stat()
@@ -455,6 +476,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if err := res.collect(ctx, monitor, run.ID, runSim0, simOf, turns); err != nil {
 		return res, err
 	}
+	if cfg.SuspendedShare > 0 {
+		if err := res.collectSuspended(ctx, monitor, run.ID, sim, turns, gwBefore, suspendedApps); err != nil {
+			return res, err
+		}
+	}
 	res.study()
 	res.PeakRSS = peakRSS()
 	if res.RunState != store.RunSucceeded {
@@ -489,7 +515,8 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 	}
 	rows, err := db.Query(ctx, `
 		SELECT m.app, m.machine_id, coalesce(m.outcome, ''), m.started_at, m.finished_at,
-			d.started_at, d.quiesced_at, d.deadline_reached_at, d.recreated_at, coalesce(m.expected_drain, interval '0')
+			d.started_at, d.quiesced_at, d.deadline_reached_at, d.recreated_at, coalesce(m.expected_drain, interval '0'),
+			coalesce(d.outcome, '')
 		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE m.run_id = $1 ORDER BY m.seq`, runID)
 	if err != nil {
@@ -503,7 +530,8 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 		var app, id, outcome string
 		var mStart, mEnd, dStart, quiesced, deadline, recreated *time.Time
 		var exp time.Duration
-		if err := rows.Scan(&app, &id, &outcome, &mStart, &mEnd, &dStart, &quiesced, &deadline, &recreated, &exp); err != nil {
+		var drainOutcome string
+		if err := rows.Scan(&app, &id, &outcome, &mStart, &mEnd, &dStart, &quiesced, &deadline, &recreated, &exp, &drainOutcome); err != nil {
 			return fmt.Errorf("read run %d: %w", runID, err)
 		}
 		r.Outcomes[outcome]++
@@ -539,7 +567,11 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 			}
 		case mStart != nil && mEnd != nil: // never drained: all of it counts as r
 			rc = end.Sub(simOf(*mStart))
-			r.Anomalies++
+			if drainOutcome == store.DrainNotRunning {
+				r.NotRunning++ // nobody to drain: as it should be
+			} else {
+				r.Anomalies++
+			}
 		default:
 			r.Anomalies++
 		}
@@ -864,4 +896,69 @@ func withDatabase(server, name string) (string, error) {
 	}
 	fields := slices.DeleteFunc(strings.Fields(server), func(f string) bool { return strings.HasPrefix(f, "dbname=") })
 	return strings.Join(append(fields, "dbname="+name), " "), nil
+}
+
+// suspendedAppSet is a share of the apps, spread evenly: app n is in it
+// when ⌊n·share⌋ > ⌊(n−1)·share⌋.
+func suspendedAppSet(apps int, share float64) map[string]bool {
+	suspended := map[string]bool{}
+	for n := 1; n <= apps; n++ {
+		if math.Floor(float64(n)*share) > math.Floor(float64(n-1)*share) {
+			suspended[fmt.Sprintf("%s%d", fleetsim.DefaultAppPrefix, n)] = true
+		}
+	}
+	return suspended
+}
+
+// suspendedShape suspends the machines of the apps in the set.
+func suspendedShape(suspended map[string]bool, perApp int) func(string) []fleetsim.MachineShape {
+	return func(app string) []fleetsim.MachineShape {
+		if !suspended[app] {
+			return nil
+		}
+		out := make([]fleetsim.MachineShape, perApp)
+		for i := range out {
+			out[i].State = "suspended"
+		}
+		return out
+	}
+}
+
+// collectSuspended measures what the machines suspended at the start cost
+// the run: drains, gateway calls and Fly calls, and whether they were moved
+// without a drain and left down. (After their first update, in a history
+// round, they rest stopped: the snapshot goes with the old config.)
+func (r *Result) collectSuspended(ctx context.Context, db *pgxpool.Pool, runID int64, sim *fleetsim.Sim, turns *drainTurns,
+	gwBefore map[string]int, suspended map[string]bool) error {
+	rows, err := db.Query(ctx, `
+		SELECT m.app, m.machine_id, coalesce(m.outcome, ''), m.machine_state, coalesce(d.outcome, ''), d.started_at IS NOT NULL,
+			(SELECT count(*) FROM events e WHERE e.migration_id = m.id AND e.kind LIKE 'fly.%' AND e.http_method <> '')
+		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id WHERE m.run_id = $1`, runID)
+	if err != nil {
+		return fmt.Errorf("read run %d: %w", runID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var app, id, outcome, state, drainOutcome string
+		var drained bool
+		var fly int
+		if err := rows.Scan(&app, &id, &outcome, &state, &drainOutcome, &drained, &fly); err != nil {
+			return fmt.Errorf("read run %d: %w", runID, err)
+		}
+		if !suspended[app] {
+			r.FlyCallsOthers += fly
+			continue
+		}
+		r.Suspended++
+		r.SuspendedFlyCalls += fly
+		r.SuspendedGatewayCalls += turns.callsTo(app, id) - gwBefore[app+"/"+id]
+		if drained {
+			r.SuspendedDrains++
+		}
+		if v := sim.Machine(app, id); outcome == store.OutcomeMigrated && drainOutcome == store.DrainNotRunning &&
+			(state == "suspended" || state == "stopped") && v.State != "started" && v.AgentImage == TargetImage && v.Wakes == 0 {
+			r.SuspendedMovedDown++
+		}
+	}
+	return rows.Err()
 }

@@ -146,3 +146,44 @@ func BenchmarkFleet(b *testing.B) {
 		b.ReportMetric(float64(r.RateViolations), "rate-violations")
 	}
 }
+
+// A share of the apps is suspended, spread evenly: a third of 9 apps is
+// apps 3, 6 and 9.
+func TestSuspendedAppSet(t *testing.T) {
+	got := suspendedAppSet(9, 1.0/3+1e-9)
+	if len(got) != 3 || !got["hermes-agent-3"] || !got["hermes-agent-6"] || !got["hermes-agent-9"] {
+		t.Errorf("suspendedAppSet(9, 1/3) = %v", got)
+	}
+	if n := len(suspendedAppSet(1000, 0.3334)); n != 333 {
+		t.Errorf("a third of 1000 apps: %d", n)
+	}
+	if n := len(suspendedAppSet(10, 0)); n != 0 {
+		t.Errorf("share 0: %d apps", n)
+	}
+}
+
+// A tiny fleet with a third of it suspended, through one history round
+// (after which those machines rest stopped): they cost no drain and no
+// gateway call in the measured run, and are moved and left down.
+func TestTinyFleetWithSuspendedMachines(t *testing.T) {
+	dsn, _ := storetest.NewDB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r, err := Run(ctx, Config{Name: "tiny-suspended", Machines: 18, Budget: 6, TimeScale: 20, SuspendedShare: 1.0/3 + 1e-9,
+		HistoryRounds: 1, TurnMedian: 5 * time.Second, TurnSigma: 0.8, DatabaseURL: dsn, Timeout: time.Minute,
+		SampleEvery: 20 * time.Millisecond, PlateauFraction: 0.2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RunState != "succeeded" || r.Outcomes["migrated"] != 18 || r.Anomalies != 0 || r.NotRunning != 6 {
+		t.Fatalf("run %s, outcomes %v, anomalies %d, not running %d", r.RunState, r.Outcomes, r.Anomalies, r.NotRunning)
+	}
+	if r.Suspended != 6 || r.SuspendedDrains != 0 || r.SuspendedGatewayCalls != 0 || r.SuspendedMovedDown != 6 ||
+		r.SuspendedFlyCalls == 0 || float64(r.SuspendedFlyCalls)/6 > 10 {
+		t.Errorf("suspended: %d machines, %d drains, %d gateway calls, %d Fly calls, %d moved down", r.Suspended,
+			r.SuspendedDrains, r.SuspendedGatewayCalls, r.SuspendedFlyCalls, r.SuspendedMovedDown)
+	}
+	if r.GatewayCalls() == 0 || r.FlyCallsOthers == 0 {
+		t.Errorf("the running machines were not drained: gateway %d, fly %d", r.GatewayCalls(), r.FlyCallsOthers)
+	}
+}

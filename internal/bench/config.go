@@ -84,6 +84,11 @@ type Config struct {
 	HistoryRounds int
 	// TurnsAt: TurnsAtDrain (default) or TurnsAtStart.
 	TurnsAt TurnsAt
+	// SuspendedShare (0 ≤ s < 1) of the apps have their machines suspended
+	// at the start (spread evenly over the app numbers): nobody is on
+	// them, so a run moves them without a drain, a gateway call or a
+	// launch. Default 0.
+	SuspendedShare float64
 	// Activity, if set, makes the simulated agents talk (fleetsim's
 	// activity model, from Seed): the benchmark then adds no turn of its
 	// own, drains wait for whatever the users are doing, and the result
@@ -214,6 +219,9 @@ func (c Config) validate() error {
 	}
 	if c.Activity != nil && c.HistoryRounds > 0 {
 		errs = append(errs, errors.New("history rounds need the benchmark's own turns, not the activity model"))
+	}
+	if c.SuspendedShare < 0 || c.SuspendedShare >= 1 || math.IsNaN(c.SuspendedShare) {
+		errs = append(errs, fmt.Errorf("suspended share must be in [0, 1), got %g", c.SuspendedShare))
 	}
 	if c.IdleWait != nil && *c.IdleWait < 0 {
 		errs = append(errs, fmt.Errorf("idle wait must not be negative, got %s", *c.IdleWait))

@@ -11,11 +11,13 @@ import (
 const keptNote = "Sections of scenarios not re-run are kept from an earlier run:"
 
 // MergeMarkdown folds a report of some scenarios (fresh) into an earlier
-// results file (old): the header, the activity section and the notes on
-// method are fresh; the targets table has the fresh rows and the old rows
-// of targets the fresh run did not measure; the old "## Scenarios" table is
-// kept as it was (with a note naming the run it came from), and the fresh
-// one follows it as "## Scenarios re-run on DATE".
+// results file (old): the header and the notes on method are fresh; the
+// targets table has the fresh rows and the old rows of targets the fresh
+// run did not measure; a section the fresh report does not have (the
+// activity comparison, when it was not re-run) is kept; the old "##
+// Scenarios" table and earlier re-runs are kept as they were (with a note
+// naming the run they came from), and the fresh one follows them as "##
+// Scenarios re-run on DATE".
 func MergeMarkdown(old, fresh string, date time.Time) string {
 	oh, oldSecs := splitSections(old)
 	fh, fs := splitSections(fresh)
@@ -38,10 +40,23 @@ func MergeMarkdown(old, fresh string, date time.Time) string {
 		case sec.title == "## Targets":
 			b.WriteString(section{title: sec.title, body: mergeTargets(findSection(oldSecs, "## Targets").body, sec.body)}.text())
 		case sec.title == "## Scenarios":
+			// Sections of scenarios not re-run (the activity comparison)
+			// are kept where they were, before the scenario tables.
+			for _, o := range oldSecs {
+				if o.title != "## Targets" && !strings.HasPrefix(o.title, "## Scenarios") && findSection(fs, o.title).title == "" {
+					b.WriteString(o.text())
+				}
+			}
 			if kept := findSection(oldSecs, "## Scenarios"); kept.title != "" {
 				b.WriteString(kept.text())
 			}
-			b.WriteString(section{title: "## Scenarios re-run on " + date.UTC().Format("2006-01-02 15:04 MST"), body: sec.body}.text())
+			rerun := "## Scenarios re-run on " + date.UTC().Format("2006-01-02 15:04 MST")
+			for _, o := range oldSecs { // earlier re-runs, but for this one's
+				if strings.HasPrefix(o.title, "## Scenarios re-run on ") && o.title != rerun {
+					b.WriteString(o.text())
+				}
+			}
+			b.WriteString(section{title: rerun, body: sec.body}.text())
 		default:
 			b.WriteString(sec.text())
 		}

@@ -59,6 +59,7 @@ type drainTurns struct {
 	origin  time.Time // the simulation's start (TurnsAtStart)
 
 	mu    sync.Mutex
+	calls map[string]int           // app/machine → gateway calls, every kind, every round
 	round int                      // the rollout under way: 0, 1, …
 	drawn map[string]time.Duration // app/machine → d_i, for machines whose drain began this round
 	ends  timeHeap                 // when the work of begun drains ends, for those still waiting
@@ -68,12 +69,27 @@ var _ orchestrator.Gateway = (*drainTurns)(nil)
 
 func newDrainTurns(gw orchestrator.Gateway, sim *fleetsim.Sim, clk clock.Clock, plan turnPlan, at TurnsAt) *drainTurns {
 	return &drainTurns{gw: gw, sim: sim, clk: clk, plan: plan, atDrain: at == TurnsAtDrain, origin: sim.Origin(),
-		drawn: map[string]time.Duration{}}
+		drawn: map[string]time.Duration{}, calls: map[string]int{}}
+}
+
+// count notes one gateway call for t.
+func (d *drainTurns) count(t gateway.Target) {
+	d.mu.Lock()
+	d.calls[t.App+"/"+t.MachineID]++
+	d.mu.Unlock()
+}
+
+// callsTo is how many gateway calls the machine got so far.
+func (d *drainTurns) callsTo(app, machineID string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.calls[app+"/"+machineID]
 }
 
 // Begin implements orchestrator.Gateway.
 func (d *drainTurns) Begin(ctx context.Context, t gateway.Target, quiet bool) (gateway.Echo, error) {
 	key := t.App + "/" + t.MachineID
+	d.count(t)
 	if d.none {
 		return d.gw.Begin(ctx, t, quiet)
 	}
@@ -97,11 +113,13 @@ func (d *drainTurns) Begin(ctx context.Context, t gateway.Target, quiet bool) (g
 
 // Cancel implements orchestrator.Gateway.
 func (d *drainTurns) Cancel(ctx context.Context, t gateway.Target) (bool, error) {
+	d.count(t)
 	return d.gw.Cancel(ctx, t)
 }
 
 // Status implements orchestrator.Gateway.
 func (d *drainTurns) Status(ctx context.Context, t gateway.Target) (gateway.Status, error) {
+	d.count(t)
 	return d.gw.Status(ctx, t)
 }
 

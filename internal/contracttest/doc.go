@@ -32,7 +32,20 @@
 //     app's secrets version, reaches a machine only at an update carrying
 //     min_secrets_version, and never appears in an error;
 //   - the Fly token, the drain key and the derived drain secrets appear in
-//     no log line, error or audit record.
+//     no log line, error or audit record;
+//   - a real fleet (fleet_contract_test.go, each row naming its source in
+//     fly-go, flyctl or Fly's docs): every machine state is listed as Fly
+//     names it; a resume keeps the process (and a drain marker), a stop
+//     discards it; autostop suspends an idle machine and a user turn
+//     through the proxy starts it again; a host that is not ok shows only
+//     an incomplete config and takes no call; release-command and console
+//     machines sit in the listing and fly-go's ListActive drops them; a
+//     held lease's 409 is read in both texts Fly has used (code
+//     "invalid"), with FindLease as the fallback; a deployer's 13-s leases
+//     refresh until it is done; a tag moves while a machine keeps its
+//     digest, and FullImageRef brings that digest back; a multi-container
+//     machine is never half updated; a machine decided down that a user
+//     woke is not updated with skip_launch.
 //
 // Time: each row runs its own simulator on a clock.Scaled at 100× with
 // fleetsim.Config.APISimTime, and gives the Fly client the same clock, so

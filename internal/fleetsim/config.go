@@ -31,7 +31,10 @@ const (
 	DefaultTurnMedian     = 30 * time.Second
 	DefaultTurnSigma      = 1.0
 	// DefaultLeaseTTL is the lease length when POST /lease has no ttl.
-	DefaultLeaseTTL = 30 * time.Second
+	DefaultLeaseTTL      = 30 * time.Second
+	DefaultAutostopAfter = 2 * time.Minute
+	DefaultResumeTime    = 300 * time.Millisecond
+	DefaultSidecarImage  = "registry.fly.io/log-shipper:v3"
 	// MaxWaitTimeout is Fly's cap on one /wait call.
 	MaxWaitTimeout = 60 * time.Second
 )
@@ -122,6 +125,27 @@ type Config struct {
 	// Logger receives debug lines about mutations. Default: discard.
 	Logger *slog.Logger
 
+	// Shape, if set, returns the machines of an app (overriding
+	// MachinesPerApp when it returns any): their state at the start,
+	// process group (release-command and console machines sit in the
+	// listing beside the agent's), host status, containers and autostop.
+	// See MachineShape and RealFleet.
+	Shape func(app string) []MachineShape
+	// AutostopAfter is how long a machine with autostop has no request
+	// before it is stopped or suspended. Default 2m (Hermes suspends an
+	// idle agent after about 2 minutes; Fly Proxy looks every few minutes).
+	AutostopAfter time.Duration
+	// ResumeTime is how long a suspended machine takes to resume.
+	// Default 300ms ("a few hundred ms", Fly's suspend-resume reference).
+	ResumeTime time.Duration
+	// LeaseConflictFormat is how a 409 on a held lease states the expiry:
+	// LeaseTimeRFC3339 (default; as Fly's logs show it this year) or
+	// LeaseTimeGo (Go's time.String form with "code", as Fly's API docs show).
+	LeaseConflictFormat string
+	// SidecarImage is the image of the containers beside "app" in a
+	// multi-container machine. Default "registry.fly.io/log-shipper:v3".
+	SidecarImage string
+
 	// wallNow is the wall clock of rate limits and /wait (tests).
 	wallNow func() time.Time
 }
@@ -184,6 +208,7 @@ func DefaultLimits() map[string]Limit {
 		RouteWait:         action,
 		RouteStart:        action,
 		RouteStop:         action,
+		RouteSuspend:      action,
 		RouteSecretsList:  action,
 		RouteSecretSet:    action,
 		RouteSecretsSet:   action,
@@ -204,6 +229,7 @@ const (
 	RouteWait         = "fly.wait"
 	RouteStart        = "fly.start"
 	RouteStop         = "fly.stop"
+	RouteSuspend      = "fly.suspend"
 	RouteSecretsList  = "fly.secrets_list"
 	RouteSecretSet    = "fly.secret_set"
 	RouteSecretsSet   = "fly.secrets_update"
@@ -261,6 +287,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MarkerTTL == 0 {
 		c.MarkerTTL = DefaultMarkerTTL
+	}
+	if c.AutostopAfter == 0 {
+		c.AutostopAfter = DefaultAutostopAfter
+	}
+	if c.ResumeTime == 0 {
+		c.ResumeTime = DefaultResumeTime
+	}
+	if c.LeaseConflictFormat == "" {
+		c.LeaseConflictFormat = LeaseTimeRFC3339
+	}
+	if c.SidecarImage == "" {
+		c.SidecarImage = DefaultSidecarImage
 	}
 	if c.APISimTime {
 		c.RateLimitsSimTime, c.WaitSimTime = true, true
@@ -323,10 +361,14 @@ func (c Config) validate() error {
 	for name, d := range map[string]time.Duration{
 		"boot time": c.BootTime, "check delay": c.CheckDelay, "gateway startup": c.GatewayStartup,
 		"watcher delay": c.WatcherDelay, "marker ttl": c.MarkerTTL, "rate tolerance": c.RateTolerance,
+		"autostop after": c.AutostopAfter, "resume time": c.ResumeTime,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))
 		}
+	}
+	if c.LeaseConflictFormat != LeaseTimeRFC3339 && c.LeaseConflictFormat != LeaseTimeGo {
+		errs = append(errs, fmt.Errorf("lease conflict format %q: want %q or %q", c.LeaseConflictFormat, LeaseTimeRFC3339, LeaseTimeGo))
 	}
 	w := c.Workload
 	if w.BusyFraction < 0 || w.BusyFraction >= 1 || math.IsNaN(w.BusyFraction) {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -37,7 +38,11 @@ type ControlOp struct {
 	// Op: "gateway_down", "dashboard_down", "wrong_secret", "fail_image_pull",
 	// "fail_image_prepare", "never_healthy", "crash_on_start", "slow_start"
 	// (Image, Duration),
-	// "hold_lease", "add_turn".
+	// "hold_lease" (Owner, TTL; with For: refreshed every Refresh for
+	// that long, then released, after updating the machine to Image if
+	// set), "add_turn", "host_status" (Status: ok, unknown,
+	// unreachable), "move_tag" (Image's tag to Digest), "set_down"
+	// (State: stopped or suspended).
 	Op        string   `json:"op"`
 	App       string   `json:"app"`
 	MachineID string   `json:"machine_id"`
@@ -48,6 +53,11 @@ type ControlOp struct {
 	Session   string   `json:"session"`
 	Start     Duration `json:"start"`
 	Duration  Duration `json:"duration"`
+	Refresh   Duration `json:"refresh"`
+	For       Duration `json:"for"`
+	Status    string   `json:"status"`
+	Digest    string   `json:"digest"`
+	State     string   `json:"state"`
 }
 
 // handleControl serves /_sim/state (GET), /_sim/faults (POST, a map of
@@ -141,7 +151,37 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 		if !needMachine() {
 			return
 		}
+		if op.For.Duration > 0 {
+			s.HoldLeaseWhile(op.App, op.MachineID, op.Owner, op.TTL.Duration, op.Refresh.Duration, op.For.Duration, op.Image)
+			break
+		}
 		s.HoldLease(op.App, op.MachineID, op.Owner, op.TTL.Duration)
+	case "host_status":
+		if !needMachine() {
+			return
+		}
+		switch op.Status {
+		case "ok", "unknown", "unreachable":
+		default:
+			writeJSON(w, http.StatusBadRequest, flyError{Error: "status must be ok, unknown or unreachable"})
+			return
+		}
+		s.SetHostStatus(op.App, op.MachineID, op.Status)
+	case "move_tag":
+		if op.Image == "" || !strings.HasPrefix(op.Digest, "sha256:") {
+			writeJSON(w, http.StatusBadRequest, flyError{Error: "image and a sha256: digest are required"})
+			return
+		}
+		s.MoveTag(op.Image, op.Digest)
+	case "set_down":
+		if !needMachine() {
+			return
+		}
+		if op.State != "stopped" && op.State != "suspended" {
+			writeJSON(w, http.StatusBadRequest, flyError{Error: "state must be stopped or suspended"})
+			return
+		}
+		s.SetDown(op.App, op.MachineID, op.State)
 	case "add_turn":
 		if !needMachine() {
 			return

@@ -102,7 +102,7 @@ func (s *Sim) handleStatus(w http.ResponseWriter, m *machine) {
 	ph := s.phaseAt(m, now)
 	st := ph.gatewayState()
 	b := statusBody{
-		GatewayState: &st, Version: versionOf(m.config.Image), HermesHome: "/opt/data",
+		GatewayState: &st, Version: versionOf(agentImage(m.config)), HermesHome: "/opt/data",
 		GatewayPlatforms: []string{"telegram"},
 	}
 	if ph.alive() {

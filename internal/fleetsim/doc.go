@@ -56,7 +56,7 @@
 //	POST   …/{id}/lease?ttl=N                201 acquire, 200 refresh (nonce header) | 409 | 404
 //	GET    …/{id}/lease                      200 lease (nonce, owner, description) | 404
 //	DELETE …/{id}/lease                      200 | 404 "lease not found" | 409 wrong nonce
-//	POST   …/{id}/start, …/{id}/stop          200 | 412 while replacing
+//	POST   …/{id}/start, …/{id}/stop, …/{id}/suspend   200 | 412 while replacing
 //	GET    /v1/apps/{app}/secrets            {"secrets":[{name,digest,created_at,updated_at}…]} (never values)
 //	POST   /v1/apps/{app}/secrets/{name}     {"value":…} → 201 {name,digest,…,"version":N}
 //	POST   /v1/apps/{app}/secrets            {"values":{name: value|null}} → {"secrets":[…],"version":N}
@@ -195,6 +195,44 @@
 // Disrupted counts machines with a current marker, booting or stopped, or
 // whose gateway is not "running"; MaxDisrupted is its peak, exact at every
 // instant.
+//
+// # A real fleet (realfleet.go, with its sources)
+//
+// Config.Shape makes an app's machines what a real fleet holds
+// (MachineShape): any of Fly's machine states at the start (stopped,
+// suspended, created, failed, destroyed; starting, replacing, updating,
+// stopping, suspending, destroying on their way), release-command and
+// console machines in the listing beside the agent (fly_process_group;
+// fly-go's ListActive drops them), a host whose host_status is not ok (GET
+// shows only incomplete_config, every call on the machine is 503, the
+// dashboard does not answer; SetHostStatus), multi-container machines
+// (config.containers, "app" running the agent, config.image empty: an
+// update of config.image alone leaves the agent on its image), and Fly
+// Proxy's autostop: idle for AutostopAfter (no request: a turn starting,
+// refused or served), the machine is stopped (a SIGTERM, Shutdown cause
+// "autostop") or suspended (frozen, no SIGTERM); a user turn for a machine
+// with autostop that is down starts it (resume in ResumeTime keeps the
+// process and epoch; a cold start boots a new epoch) and is served once it
+// is up. The proxy is assumed to start and stop machines whatever lease is
+// held (no source says either way; it is the harder case for a deployer).
+// POST …/suspend freezes a running machine; a stop discards the snapshot.
+// Down at rest (autostop, down from the start, or left down by an update
+// that did not launch it) is not counted as disrupted. Config.RealFleet
+// shapes apps 1…9 as one of each kind (RealFleetKinds).
+//
+// What runs is image_ref: an update resolves config.image (the agent's
+// image) in the registry at that moment and the machine keeps that digest;
+// MoveTag points a tag at another digest, as a push does, so the next
+// update naming the tag pulls the new build while "repo:tag@digest"
+// (fly-go's FullImageRef) pulls exactly the digest. Image faults
+// (FailImagePull, NeverHealthy, …) match the image string or the digest.
+//
+// Lease conflicts state the expiry in RFC 3339 (Config.LeaseConflictFormat
+// LeaseTimeRFC3339, default) or, as Fly's API reference shows it, in Go's
+// time format with "code":"invalid" (LeaseTimeGo). HoldLeaseWhile is a
+// deployer holding the lease the way flyctl's deploy does (13-s leases
+// refreshed every 4 s) until it is done, then updating the machine to its
+// image (a new instance id) and releasing.
 //
 // # Control from another process
 //

@@ -1,8 +1,6 @@
 package fleetsim
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -79,7 +77,7 @@ func (s *Sim) handleGetApp(w http.ResponseWriter, r *http.Request) {
 func (s *Sim) render(m *machine, now time.Time, summary bool) *fly.Machine {
 	fm := &fly.Machine{
 		ID: m.id, Name: m.name, State: apiState(m), Region: m.region,
-		ImageRef: imageRef(m.config.Image), InstanceID: m.instanceID, PrivateIP: m.privateIP,
+		ImageRef: m.imageRef, InstanceID: m.instanceID, PrivateIP: m.privateIP,
 		CreatedAt: m.createdAt.UTC().Format(time.RFC3339), UpdatedAt: m.updatedAt.UTC().Format(time.RFC3339),
 		Checks: s.checksAt(m, now), HostStatus: fly.HostStatusOk,
 	}
@@ -92,6 +90,7 @@ func (s *Sim) render(m *machine, now time.Time, summary bool) *fly.Machine {
 			}
 		}
 	}
+	s.partial(fm, m)
 	return fm
 }
 
@@ -156,13 +155,12 @@ func (s *Sim) handleGet(w http.ResponseWriter, r *http.Request) {
 
 // leaseConflict reports whether a current lease, not matching nonce, blocks
 // a mutation, and Fly's message for it.
-func (s *Sim) leaseConflict(m *machine, now time.Time, nonce string) (string, bool) {
+func (s *Sim) leaseConflict(m *machine, now time.Time, nonce string) (leaseError, bool) {
 	l := m.lease
 	if l == nil || !now.Before(l.expires) || (nonce != "" && nonce == l.nonce) {
-		return "", false
+		return leaseError{}, false
 	}
-	return fmt.Sprintf("machine ID %s lease currently held by %s, expires at %s",
-		m.id, l.owner, l.expires.UTC().Format(time.RFC3339)), true
+	return s.conflictBody(m.id, l), true
 }
 
 func nonceOf(r *http.Request) string { return r.Header.Get(flaps.NonceHeader) }
@@ -177,7 +175,7 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, flyError{Error: "invalid request body: " + err.Error()})
 		return
 	}
-	if in.Config == nil || in.Config.Image == "" {
+	if in.Config == nil || in.Config.Image == "" && len(in.Config.Containers) == 0 {
 		writeJSON(w, http.StatusBadRequest, flyError{Error: "invalid config: image is required"})
 		return
 	}
@@ -186,9 +184,9 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch {
-	case m.state == vmBooting:
+	case m.state == vmBooting || m.state == vmSettling:
 		s.mu.Unlock()
-		writeJSON(w, http.StatusConflict, flyError{Error: "unable to update machine: concurrent update in progress (machine is " + m.bootKind + ")"})
+		writeJSON(w, http.StatusConflict, flyError{Error: "unable to update machine: concurrent update in progress (machine is " + apiState(m) + ")"})
 		return
 	case in.Region != "" && in.Region != m.region:
 		s.mu.Unlock()
@@ -204,7 +202,7 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusPreconditionFailed, flyError{Error: err.Error()})
 		return
 	}
-	if s.failPrepare[in.Config.Image] && !in.SkipLaunch {
+	if (s.failPrepare[agentImage(in.Config)] || s.failPrepare[s.resolveImage(agentImage(in.Config)).Digest]) && !in.SkipLaunch {
 		// flyd cannot prepare the image: the new instance fails before the
 		// running one is touched, which goes on untouched (no SIGTERM, same
 		// epoch, its drain marker still current) on its old config.
@@ -215,7 +213,7 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		s.touched(m, now)
 		out := s.render(m, now, false)
 		out.InstanceID, out.Config, out.State = newID, in.Config, "replacing"
-		out.ImageRef = imageRef(in.Config.Image)
+		out.ImageRef = s.resolveImage(agentImage(in.Config))
 		s.cfg.Logger.Debug("fleetsim: update failed to prepare the image", "app", m.app.name, "machine_id", m.id, "image", in.Config.Image)
 		s.mu.Unlock()
 		writeJSON(w, http.StatusOK, out)
@@ -229,13 +227,19 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 	if m.state == vmStarted {
 		s.sigterm(m, now, "update")
 	}
+	// Down at rest before (stopped, suspended: its snapshot is dropped
+	// with the old config), down at rest after an update that does not
+	// launch it.
+	wasAtRest := m.state != vmStarted && m.atRest
 	m.addPast(m.instanceID, fly.MachineStateStopped)
 	m.config = in.Config
+	m.imageRef = s.resolveImage(agentImage(in.Config))
 	m.instanceID = s.instanceID(now)
 	m.updates++
 	m.events = append(m.events, &fly.MachineEvent{Type: "update", Status: "replacing", Source: "user", Timestamp: now.UnixMilli()})
+	m.downAs, m.atRest = "", false
 	if in.SkipLaunch {
-		m.state = vmStopped
+		m.state, m.atRest = vmStopped, wasAtRest
 	} else {
 		s.boot(m, now, "replacing")
 	}
@@ -253,11 +257,11 @@ func (s *Sim) handleStart(w http.ResponseWriter, r *http.Request) {
 	}
 	prev := apiState(m)
 	switch m.state {
-	case vmBooting:
+	case vmBooting, vmSettling:
 		s.mu.Unlock()
-		writeJSON(w, http.StatusPreconditionFailed, flyError{Error: "unable to start machine: machine getting replaced"})
+		writeJSON(w, http.StatusPreconditionFailed, flyError{Error: "unable to start machine: machine is " + prev})
 		return
-	case vmStopped:
+	case vmStopped, vmSuspended:
 		s.boot(m, now, "starting")
 		s.touched(m, now)
 	}
@@ -271,12 +275,16 @@ func (s *Sim) handleStop(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch m.state {
-	case vmBooting:
+	case vmBooting, vmSettling:
 		s.mu.Unlock()
-		writeJSON(w, http.StatusPreconditionFailed, flyError{Error: "unable to stop machine: machine getting replaced"})
+		writeJSON(w, http.StatusPreconditionFailed, flyError{Error: "unable to stop machine: machine is " + apiState(m)})
 		return
 	case vmStarted:
 		s.sigterm(m, now, "stop")
+		m.state = vmStopped
+		s.touched(m, now)
+	case vmSuspended:
+		// A stop discards the snapshot: the next start is a cold boot.
 		m.state = vmStopped
 		s.touched(m, now)
 	}
@@ -339,6 +347,9 @@ func (s *Sim) handleLease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.bringUp(m)
+	if !s.reachable(w, m) {
+		return
+	}
 	l := m.lease
 	current := l != nil && now.Before(l.expires)
 	switch {
@@ -348,9 +359,9 @@ func (s *Sim) handleLease(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		writeJSON(w, http.StatusOK, out)
 	case current:
-		msg, _ := s.leaseConflict(m, now, nonce)
+		body, _ := s.leaseConflict(m, now, nonce)
 		s.mu.Unlock()
-		writeJSON(w, http.StatusConflict, leaseError{Status: "error", Message: msg})
+		writeJSON(w, http.StatusConflict, body)
 	case nonce != "":
 		// A refresh of a lease that expired: it is gone; the caller must
 		// acquire again (and re-read the machine).
@@ -373,6 +384,7 @@ func (s *Sim) handleLeaseGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.clk.Now()
+	s.foreignLease(m, now)
 	if l := m.lease; l != nil && now.Before(l.expires) {
 		// The nonce is readable by any holder of the token, as at Fly
 		// (flyctl's `machine leases clear` reads it and releases).
@@ -395,15 +407,19 @@ func (s *Sim) handleLeaseRelease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.clk.Now()
+	s.foreignLease(m, now)
+	if !s.reachable(w, m) {
+		return
+	}
 	l := m.lease
 	switch {
 	case l == nil || !now.Before(l.expires):
 		s.mu.Unlock()
 		writeJSON(w, http.StatusNotFound, leaseError{Status: "error", Message: "lease not found"})
 	case nonce != l.nonce:
-		msg, _ := s.leaseConflict(m, now, nonce)
+		body, _ := s.leaseConflict(m, now, nonce)
 		s.mu.Unlock()
-		writeJSON(w, http.StatusConflict, leaseError{Status: "error", Message: msg})
+		writeJSON(w, http.StatusConflict, body)
 	default:
 		m.lease = nil
 		s.mu.Unlock()
@@ -465,6 +481,9 @@ func (s *Sim) handleWait(w http.ResponseWriter, r *http.Request) {
 		now := s.clk.Now()
 		s.pump(now)
 		s.advance(m, now)
+		if !s.reachable(w, m) {
+			return
+		}
 		cur, known := m.instanceID, true
 		state := apiState(m)
 		if version != "" && version != cur {
@@ -516,8 +535,19 @@ func (s *Sim) handleWait(w http.ResponseWriter, r *http.Request) {
 
 // ---- images -------------------------------------------------------------------
 
-// imageRef splits an image reference the way Fly reports it.
+// imageRef splits an image reference the way Fly reports it, with a digest
+// derived from the reference when it names none.
 func imageRef(image string) fly.MachineImageRef {
+	r := parseImageRef(image)
+	if r.Digest == "" {
+		r.Digest = defaultDigest(image)
+	}
+	return r
+}
+
+// parseImageRef splits an image reference into registry, repository, tag
+// and digest (empty when the reference names none).
+func parseImageRef(image string) fly.MachineImageRef {
 	ref, digest := image, ""
 	if i := strings.Index(ref, "@"); i >= 0 {
 		ref, digest = ref[:i], ref[i+1:]
@@ -529,10 +559,6 @@ func imageRef(image string) fly.MachineImageRef {
 	registry, repo := "docker-hub-mirror.fly.io", ref
 	if i := strings.Index(ref, "/"); i >= 0 && (strings.ContainsAny(ref[:i], ".:") || ref[:i] == "localhost") {
 		registry, repo = ref[:i], ref[i+1:]
-	}
-	if digest == "" {
-		sum := sha256.Sum256([]byte(image))
-		digest = "sha256:" + hex.EncodeToString(sum[:])
 	}
 	return fly.MachineImageRef{Registry: registry, Repository: repo, Tag: tag, Digest: digest}
 }
@@ -561,9 +587,12 @@ func (s *Sim) mutableMachine(w http.ResponseWriter, r *http.Request) (*machine, 
 		return nil, time.Time{}, false
 	}
 	now := s.bringUp(m)
-	if msg, held := s.leaseConflict(m, now, nonceOf(r)); held {
+	if !s.reachable(w, m) {
+		return nil, time.Time{}, false
+	}
+	if body, held := s.leaseConflict(m, now, nonceOf(r)); held {
 		s.mu.Unlock()
-		writeJSON(w, http.StatusConflict, leaseError{Status: "error", Message: msg})
+		writeJSON(w, http.StatusConflict, body)
 		return nil, time.Time{}, false
 	}
 	return m, now, true

@@ -97,6 +97,7 @@ func (s *Sim) Handler() http.Handler {
 	mux.HandleFunc("DELETE "+ms+"/lease", s.fly(RouteLeaseRelease, scopeMachine, s.handleLeaseRelease))
 	mux.HandleFunc("POST "+ms+"/start", s.fly(RouteStart, scopeMachine, s.handleStart))
 	mux.HandleFunc("POST "+ms+"/stop", s.fly(RouteStop, scopeMachine, s.handleStop))
+	mux.HandleFunc("POST "+ms+"/suspend", s.fly(RouteSuspend, scopeMachine, s.handleSuspend))
 	mux.HandleFunc("GET /v1/apps/{app}/secrets", s.fly(RouteSecretsList, scopeApp, s.handleListSecrets))
 	mux.HandleFunc("POST /v1/apps/{app}/secrets", s.fly(RouteSecretsSet, scopeApp, s.handleUpdateSecrets))
 	mux.HandleFunc("POST /v1/apps/{app}/secrets/{name}", s.fly(RouteSecretSet, scopeApp, s.handleSetSecret))
@@ -122,10 +123,12 @@ type flyError struct {
 	Error string `json:"error"`
 }
 
-// leaseError is the shape Fly uses for lease conflicts.
+// leaseError is the shape Fly uses for lease conflicts; Fly's API
+// reference shows a "code" with the Go-format expiry (conflictBody).
 type leaseError struct {
 	Status  string `json:"status"`
 	Message string `json:"message"`
+	Code    string `json:"code,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -37,7 +37,8 @@ type Sim struct {
 	neverHealthy map[string]bool
 	crashOnStart map[string]bool
 	slowStart    map[string]time.Duration
-	relief       reliefHeap // when disrupted machines may stop being disrupted
+	tags         map[string]string // the registry: "registry/repository:tag" → digest
+	relief       reliefHeap        // when disrupted machines may stop being disrupted
 	refusals     []Refusal
 	disrupted    int
 	maxDisrupt   int
@@ -68,9 +69,12 @@ type app struct {
 type vmState int
 
 const (
-	vmStarted vmState = iota
-	vmStopped
-	vmBooting
+	vmStarted   vmState = iota
+	vmStopped           // down: "stopped", or as downAs says ("created", "failed")
+	vmBooting           // starting, replacing or updating: bootKind
+	vmSuspended         // memory snapshot on disk: a start resumes the same process
+	vmSettling          // stopping, suspending or destroying: settleKind, until settleAt
+	vmDestroyed         // gone, but still listed (fly-go's ListActive drops it)
 )
 
 // phase is what the agent's processes are doing at an instant.
@@ -103,6 +107,11 @@ type machine struct {
 
 	state      vmState
 	bootKind   string // API state while booting: "replacing" or "starting"
+	downAs     string // API state of vmStopped: "" (stopped), "created" or "failed"
+	resuming   bool   // the boot resumes a suspended VM: same process and epoch
+	settleKind string // API state of vmSettling
+	settleTo   vmState
+	settleAt   time.Time
 	bootAt     time.Time
 	bootFails  bool // the booting image cannot be pulled: flyd reverts
 	bootSick   bool // the booting instance never becomes healthy
@@ -127,6 +136,22 @@ type machine struct {
 	staleChecks []*fly.MachineCheckStatus // shown while the VM is not running
 	events      []*fly.MachineEvent       // chronological; future ones hidden
 	updates     int
+
+	// The real-fleet shape (realfleet.go): the process group, the host's
+	// status ("" is ok), autostop ("stop"/"suspend"; autostart with it),
+	// whether the machine is down at rest (not a disruption), the last
+	// request through the proxy, what the instance runs (image_ref), and
+	// how often the proxy woke it or autostop put it down.
+	group       string
+	hostStatus  string
+	autostop    string
+	atRest      bool
+	lastTraffic time.Time
+	imageRef    fly.MachineImageRef
+	goodRef     fly.MachineImageRef
+	sickOn      map[string]bool // images (or digests) this machine never gets healthy on
+	wakes       int
+	autostops   int
 
 	lease         *lease
 	marker        *marker
@@ -154,6 +179,13 @@ type lease struct {
 	nonce, owner, version string
 	description           string
 	expires               time.Time
+	// A holder that refreshes its lease (flyctl's deploy: a 13-s lease
+	// refreshed every 4 s) from start until it is done (until), then
+	// releases it, having updated the machine to deploy if set.
+	start, until time.Time
+	ttl, refresh time.Duration
+	deploy       string
+	deployed     bool
 }
 
 // marker is {HERMES_HOME}/.drain_request.json on the machine's volume.
@@ -181,6 +213,7 @@ func New(cfg Config) (*Sim, error) {
 		neverHealthy: map[string]bool{},
 		crashOnStart: map[string]bool{},
 		slowStart:    map[string]time.Duration{},
+		tags:         map[string]string{},
 		done:         make(chan struct{}),
 	}
 	s.obs.init(cfg)
@@ -196,7 +229,11 @@ func New(cfg Config) (*Sim, error) {
 			a.setSecret(DrainSecretName, a.secret, s.origin.Add(-24*time.Hour))
 			a.secretsVersion = 1
 		}
-		for j := 0; j < cfg.MachinesPerApp; j++ {
+		shapes, err := s.shapesOf(a.name)
+		if err != nil {
+			return nil, fmt.Errorf("fleetsim: invalid config: %w", err)
+		}
+		for j, shape := range shapes {
 			m := &machine{
 				app:        a,
 				id:         s.hexID(14),
@@ -220,7 +257,12 @@ func New(cfg Config) (*Sim, error) {
 				{Type: "launch", Status: "created", Source: "user", Timestamp: m.createdAt.UnixMilli()},
 				{Type: "start", Status: "started", Source: "flyd", Timestamp: booted.UnixMilli()},
 			}
-			s.initTurns(m)
+			s.applyShape(m, shape)
+			if m.group == "" {
+				s.initTurns(m) // release-command and console machines have no users
+			} else {
+				m.accruedTo = s.origin
+			}
 			a.machines = append(a.machines, m)
 			a.byID[m.id] = m
 			s.machines = append(s.machines, m)
@@ -327,21 +369,32 @@ func (s *Sim) instanceID(at time.Time) string {
 
 // settle applies the boot that completed by t.
 func (s *Sim) settle(m *machine, t time.Time) {
+	if m.state == vmSettling && !t.Before(m.settleAt) {
+		m.state = m.settleTo
+	}
 	if m.state != vmBooting || t.Before(m.bootAt) {
 		return
 	}
 	m.state = vmStarted
+	m.downAs = ""
+	if m.resuming {
+		// A resume restores the snapshot: the same gateway process and
+		// epoch, nothing re-read (Fly's suspend-resume reference).
+		m.resuming = false
+		m.startedAt = m.bootAt
+		return
+	}
 	m.startedAt, m.gwStart = m.bootAt, m.bootAt
 	m.epoch++
 	if m.bootFails {
 		// flyd could not pull the image: it silently brings the old
 		// version back.
 		m.addPast(m.instanceID, "failed")
-		m.config, m.instanceID = m.good.config, m.good.instance
+		m.config, m.instanceID, m.imageRef = m.good.config, m.good.instance, m.goodRef
 	} else if !m.bootCrash {
-		m.good.config, m.good.instance = m.config, m.instanceID
+		m.good.config, m.good.instance, m.goodRef = m.config, m.instanceID, m.imageRef
 	}
-	m.gwStartup = s.gatewayStartup(m.config.Image)
+	m.gwStartup = s.gatewayStartup(agentImage(m.config), m.imageRef.Digest)
 	m.unhealthy = m.bootSick
 	if m.bootCrash {
 		// The process exits as it starts (restarts spent): the machine
@@ -365,7 +418,7 @@ func (m *machine) addPast(id, state string) {
 // phaseAt must follow settle(m, t).
 func (s *Sim) phaseAt(m *machine, t time.Time) phase {
 	switch {
-	case m.state != vmStarted || t.Before(m.startedAt):
+	case m.state != vmStarted || t.Before(m.startedAt) || m.hostStatus != "":
 		return phaseOff
 	case m.gatewayDown:
 		return phaseDown
@@ -389,6 +442,7 @@ func (s *Sim) markerCurrent(m *machine, t time.Time) bool {
 // admitted, refused (draining) or missed (gateway not serving), and the
 // in-flight list loses the turns that ended.
 func (s *Sim) advance(m *machine, now time.Time) {
+	s.foreignLease(m, now)
 	s.accrue(m, now)
 	for {
 		at, ok := m.turns.peek()
@@ -397,6 +451,11 @@ func (s *Sim) advance(m *machine, now time.Time) {
 		}
 		t := m.turns.pop()
 		s.settle(m, t.start)
+		s.autostopBy(m, t.start)
+		if s.wake(m, t) {
+			continue // the proxy started the machine: the turn waits for it
+		}
+		m.lastTraffic = later(m.lastTraffic, t.start)
 		switch s.phaseAt(m, t.start) {
 		case phaseRunning:
 			if len(m.inflight) >= 8 {
@@ -404,6 +463,7 @@ func (s *Sim) advance(m *machine, now time.Time) {
 			}
 			m.inflight = append(m.inflight, t)
 			m.served++
+			m.lastTraffic = later(m.lastTraffic, t.end())
 		case phaseDraining:
 			m.refused++
 			s.refusals = append(s.refusals, Refusal{App: m.app.name, MachineID: m.id, At: t.start, Session: t.session})
@@ -412,6 +472,7 @@ func (s *Sim) advance(m *machine, now time.Time) {
 		}
 	}
 	s.settle(m, now)
+	s.autostopBy(m, now)
 	m.inflight = pruneTurns(m.inflight, now)
 }
 
@@ -487,16 +548,25 @@ func (s *Sim) sigterm(m *machine, now time.Time, cause string) {
 
 // boot schedules the VM's next start.
 func (s *Sim) boot(m *machine, now time.Time, kind string) {
+	if m.state == vmSuspended && kind == "starting" {
+		// Resume from the snapshot: hundreds of milliseconds, the same
+		// process (Fly's suspend-resume reference).
+		m.state, m.bootKind, m.bootAt, m.resuming = vmBooting, kind, now.Add(s.cfg.ResumeTime), true
+		m.bootFails, m.bootSick, m.bootCrash = false, false, false
+		return
+	}
 	m.state = vmBooting
 	m.bootKind = kind
+	m.resuming = false
 	m.bootAt = now.Add(s.cfg.BootTime)
-	img := m.config.Image
-	m.bootFails = s.failPull[img]
+	img, digest := agentImage(m.config), m.imageRef.Digest
+	m.bootFails = s.failPull[img] || s.failPull[digest]
 	if m.bootFails {
-		m.bootSick = s.neverHealthy[m.good.config.Image]
+		m.bootSick = s.neverHealthy[agentImage(m.good.config)] || s.neverHealthy[m.goodRef.Digest] ||
+			m.sickOn[agentImage(m.good.config)] || m.sickOn[m.goodRef.Digest]
 	} else {
-		m.bootSick = s.neverHealthy[img]
-		m.bootCrash = s.crashOnStart[img]
+		m.bootSick = s.neverHealthy[img] || s.neverHealthy[digest] || m.sickOn[img] || m.sickOn[digest]
+		m.bootCrash = s.crashOnStart[img] || s.crashOnStart[digest]
 	}
 	m.events = append(m.events, &fly.MachineEvent{Type: "start", Status: "started", Source: "flyd", Timestamp: m.bootAt.UnixMilli()})
 }
@@ -506,7 +576,13 @@ func (s *Sim) boot(m *machine, now time.Time, kind string) {
 // isDisrupted: draining (a current marker, noticed or not), booting,
 // stopped, or a gateway that is not serving.
 func (s *Sim) isDisrupted(m *machine, t time.Time) bool {
-	return s.phaseAt(m, t) != phaseRunning || s.markerCurrent(m, t)
+	ph := s.phaseAt(m, t)
+	if ph == phaseRunning {
+		m.atRest = false
+	}
+	// A machine down at rest (autostop, or down from the start, or still
+	// down after an update that did not launch it) is nobody's outage.
+	return ph != phaseRunning && !m.atRest || s.markerCurrent(m, t)
 }
 
 // nextRelief is the earliest time a disrupted machine may stop being
@@ -694,6 +770,20 @@ type MachineView struct {
 	ChecksPassing  bool // every configured check passes (false if none)
 	VolumeAttached bool // the config still mounts the machine's volume
 
+	// The real fleet: the process group ("" for app machines), the
+	// host's status ("ok" or not), the digest the instance runs
+	// (image_ref), the image the agent runs (config.image, or the "app"
+	// container's), the containers by name, and how often Fly Proxy
+	// started it for a request (Wakes) or put it down when idle
+	// (Autostops).
+	ProcessGroup string
+	HostStatus   string
+	Digest       string
+	AgentImage   string
+	Containers   map[string]string
+	Wakes        int
+	Autostops    int
+
 	TurnsServed, TurnsRefused, TurnsMissed, TurnsInterrupted, TurnsLost int
 	// DrainingTime is how long the gateway has been "draining" in all
 	// (refusing every new turn), since the simulation's start.
@@ -741,6 +831,19 @@ func (s *Sim) view(m *machine, now time.Time) MachineView {
 	}
 	if ph.alive() {
 		v.ActiveAgents = m.active()
+	}
+	v.ProcessGroup, v.HostStatus, v.Digest, v.AgentImage = m.group, "ok", m.imageRef.Digest, agentImage(m.config)
+	if m.hostStatus != "" {
+		v.HostStatus = m.hostStatus
+	}
+	v.Wakes, v.Autostops = m.wakes, m.autostops
+	if len(m.config.Containers) > 0 {
+		v.Containers = make(map[string]string, len(m.config.Containers))
+		for _, c := range m.config.Containers {
+			if c != nil {
+				v.Containers[c.Name] = c.Image
+			}
+		}
 	}
 	if m.marker != nil {
 		v.MarkerQuiet = m.marker.suppress
@@ -914,8 +1017,11 @@ func (s *Sim) SlowStart(image string, d time.Duration) {
 }
 
 // gatewayStartup is how long a gateway booted on image starts.
-func (s *Sim) gatewayStartup(image string) time.Duration {
+func (s *Sim) gatewayStartup(image, digest string) time.Duration {
 	if d, ok := s.slowStart[image]; ok {
+		return d
+	}
+	if d, ok := s.slowStart[digest]; ok {
 		return d
 	}
 	return s.cfg.GatewayStartup
@@ -934,9 +1040,18 @@ func (s *Sim) NeverHealthy(image string) {
 func apiState(m *machine) string {
 	switch m.state {
 	case vmStopped:
+		if m.downAs != "" {
+			return m.downAs
+		}
 		return fly.MachineStateStopped
 	case vmBooting:
 		return m.bootKind
+	case vmSuspended:
+		return fly.MachineStateSuspended
+	case vmSettling:
+		return m.settleKind
+	case vmDestroyed:
+		return fly.MachineStateDestroyed
 	}
 	return fly.MachineStateStarted
 }

@@ -44,8 +44,55 @@ type Machine struct {
 	Image                        string            // config.image
 	Labels                       map[string]string // config.metadata
 	ChecksConfigured             int               // top-level checks + service checks
-	HostStatus                   string
-	UpdatedAt                    time.Time
+	// HostStatus is "ok", "unknown" or "unreachable" (fly-go's
+	// HostStatus). When it is not ok, Fly shows only an incomplete config
+	// (Incomplete) and calls on the machine fail: flyctl neither leases
+	// nor updates such machines (internal/machine/lease.go, deploy/plan.go).
+	HostStatus string
+	Incomplete bool
+	UpdatedAt  time.Time
+	// ImageRef is what runs: the image the instance was created from as
+	// Fly resolved it (image_ref). config.image is only the string that
+	// was sent, often a tag that may have moved since.
+	ImageRef ImageRef
+	// ReleaseCommand and Console are fly-go's IsReleaseCommandMachine and
+	// IsFlyAppsConsole: machines of the app's listing that are not the
+	// app (flaps.ListActive drops them, and flyctl never updates them).
+	ReleaseCommand, Console bool
+	// Containers are config.containers (multi-container machines), each
+	// with its own image; config.image may then be empty.
+	Containers []Container
+}
+
+// ImageRef is a machine's image_ref: registry, repository, tag, digest.
+type ImageRef struct{ Registry, Repository, Tag, Digest string }
+
+// Full is fly-go's FullImageRef: "registry/repository:tag@digest" (without
+// the parts Fly did not report), what `fly image update` starts from.
+func (r ImageRef) Full() string {
+	m := fly.Machine{ImageRef: fly.MachineImageRef{Registry: r.Registry, Repository: r.Repository, Tag: r.Tag, Digest: r.Digest}}
+	return m.FullImageRef()
+}
+
+// Container is one of config.containers.
+type Container struct{ Name, Image string }
+
+// ImageOf is the image an update with WithContainer(container) would
+// change: config.image, or the named container's; a machine with
+// containers and no container named (or one it does not have) is a
+// *ContainersError.
+func (m Machine) ImageOf(container string) (string, error) {
+	cfg := &fly.MachineConfig{Image: m.Image}
+	for _, c := range m.Containers {
+		cfg.Containers = append(cfg.Containers, &fly.ContainerConfig{Name: c.Name, Image: c.Image})
+	}
+	return imageIn(m.App, m.ID, cfg, container)
+}
+
+// HostOK reports whether the machine's host is reachable (an empty status
+// is read as ok, as Fly omits it in some answers).
+func (m Machine) HostOK() bool {
+	return m.HostStatus == "" || m.HostStatus == string(fly.HostStatusOk)
 }
 
 // New makes a Client. It makes no request.
@@ -211,9 +258,19 @@ func toMachine(app string, m *fly.Machine) Machine {
 		InstanceID: m.InstanceID,
 		PrivateIP:  m.PrivateIP,
 		HostStatus: string(m.HostStatus),
+		Incomplete: m.Config == nil,
 		UpdatedAt:  parseTime(m.UpdatedAt),
+		ImageRef: ImageRef{Registry: m.ImageRef.Registry, Repository: m.ImageRef.Repository,
+			Tag: m.ImageRef.Tag, Digest: m.ImageRef.Digest},
+		ReleaseCommand: m.IsReleaseCommandMachine(),
+		Console:        m.IsFlyAppsConsole(),
 	}
 	if cfg := m.GetConfig(); cfg != nil {
+		for _, c := range cfg.Containers {
+			if c != nil {
+				out.Containers = append(out.Containers, Container{Name: c.Name, Image: c.Image})
+			}
+		}
 		out.Image = cfg.Image
 		if len(cfg.Metadata) > 0 {
 			out.Labels = make(map[string]string, len(cfg.Metadata))
@@ -224,13 +281,6 @@ func toMachine(app string, m *fly.Machine) Machine {
 		out.ChecksConfigured = checksConfigured(cfg)
 	}
 	return out
-}
-
-func imageOf(m *fly.Machine) string {
-	if cfg := m.GetConfig(); cfg != nil {
-		return cfg.Image
-	}
-	return ""
 }
 
 // checksConfigured counts the checks Fly will report a status for: the

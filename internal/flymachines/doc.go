@@ -38,15 +38,27 @@
 // without fly-go's retries: flaps.AcquireLease spins for about a minute on a
 // held lease (its 409 check is dead code), and rehttp would re-send an
 // update whose first attempt may have landed. A 409 on a lease is a
-// *LeaseHeldError at once. An update whose outcome is unknown (408, 5xx, no
+// *LeaseHeldError at once, with the holder and expiry read from Fly's text
+// in either form it has used (RFC 3339; Go's time form with "code", as
+// Fly's API reference shows it); FindLease gives the expiry as a number. An update whose outcome is unknown (408, 5xx, no
 // response) is followed by a fresh read: if the machine already names the
 // image, the update is not sent again.
 //
 // # Update, wait, verify, health
 //
 // UpdateImage sends the machine's full, freshly read config with only the
-// image changed (mounts, env, services kept), launching only machines that
-// were started/starting/failed. WaitForInstance loops over /wait calls of at
+// image changed (mounts, env, services kept). Whether Fly launches the new
+// instance is the caller's one decision, WithLaunch (made from the machine
+// as read under the lease, and used again for the rollback); without it,
+// flyctl's rule on the fresh read (started, starting and failed machines
+// launch). IfStillDown refuses, unsent, to update a machine decided down
+// that runs now (*StateChangedError). A multi-container machine is refused
+// unsent (*ContainersError) unless WithContainer names the container to
+// move: changing config.image alone would leave its containers as they
+// were. A machine whose host is not ok (only incomplete_config readable)
+// is *HostUnavailableError, unsent. Machine carries image_ref (what runs:
+// ImageRef, with Full() = fly-go's FullImageRef), host_status, the
+// containers, and fly-go's release-command and console tests. WaitForInstance loops over /wait calls of at
 // most 60 s (Fly answers 408 when the state was not reached) and reads the
 // machine between them, because flyd silently reverts a failed update and
 // starts the old version again: that is a *RevertedError, as is any final

@@ -20,6 +20,8 @@ var (
 	_ error = (*LeaseHeldError)(nil)
 	_ error = (*RevertedError)(nil)
 	_ error = (*HostUnavailableError)(nil)
+	_ error = (*ContainersError)(nil)
+	_ error = (*StateChangedError)(nil)
 )
 
 // maxMsg bounds the server text kept in an error: enough for a human, never a
@@ -86,6 +88,8 @@ type LeaseHeldError struct {
 	ExpiresAt      time.Time // zero when Fly did not say
 	RequestID      string
 	Msg            string // Fly's short error text
+	// Code is the answer's "code" ("invalid" in Fly's API reference), if any.
+	Code string
 }
 
 func (e *LeaseHeldError) Error() string {
@@ -141,6 +145,41 @@ func (e *HostUnavailableError) Error() string {
 // Transient is true: hosts come back.
 func (e *HostUnavailableError) Transient() bool { return true }
 
+// ContainersError: the machine has config.containers and the update named
+// no container, or one it does not have. Nothing was sent: changing
+// config.image alone would leave every container on its old image.
+type ContainersError struct {
+	App, MachineID string
+	Containers     []string // the machine's containers
+	Want           string   // the container asked for ("": none)
+}
+
+func (e *ContainersError) Error() string {
+	if e.Want == "" {
+		return fmt.Sprintf("fly %s: multi-container machine (containers %s): an update of config.image would leave them on their images; name the container to move",
+			target(e.App, e.MachineID), strings.Join(e.Containers, ", "))
+	}
+	return fmt.Sprintf("fly %s: no container %q (containers %s)", target(e.App, e.MachineID), e.Want, strings.Join(e.Containers, ", "))
+}
+
+// Transient is false: the machine's config has to change first.
+func (e *ContainersError) Transient() bool { return false }
+
+// StateChangedError: the update was to leave a machine down (no launch),
+// but the fresh read shows it running: something started it since the
+// decision (Fly Proxy, for a user's request). Nothing was sent.
+type StateChangedError struct {
+	App, MachineID string
+	State          string // the state read now
+}
+
+func (e *StateChangedError) Error() string {
+	return fmt.Sprintf("fly %s: machine is %s now, not down as when the update was decided", target(e.App, e.MachineID), e.State)
+}
+
+// Transient is false: the caller must decide again, not resend.
+func (e *StateChangedError) Transient() bool { return false }
+
 // IsTransient reports whether err is worth retrying later.
 func IsTransient(err error) bool {
 	var t interface{ Transient() bool }
@@ -191,8 +230,12 @@ func (c *Client) apiError(op, app, id string, err error, redact ...string) error
 		held *LeaseHeldError
 		rev  *RevertedError
 		ae   *APIError
+		host *HostUnavailableError
+		ctr  *ContainersError
+		sc   *StateChangedError
 	)
-	if errors.As(err, &held) || errors.As(err, &rev) || errors.As(err, &ae) {
+	if errors.As(err, &held) || errors.As(err, &rev) || errors.As(err, &ae) || errors.As(err, &host) ||
+		errors.As(err, &ctr) || errors.As(err, &sc) {
 		return err
 	}
 	e := &APIError{Op: op, App: app, MachineID: id}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strings"
 	"time"
 
 	fly "github.com/superfly/fly-go"
@@ -88,10 +89,11 @@ func (c *Client) leaseHeld(kind, app, id string, fe *flaps.FlapsError) *LeaseHel
 		Data      *fly.MachineLeaseData `json:"data"`
 		Owner     string                `json:"owner"`
 		ExpiresAt int64                 `json:"expires_at"`
+		Code      string                `json:"code"`
 	}
 	_ = json.Unmarshal(fe.ResponseBody, &body) // best effort: the 409 is what counts
 	e := &LeaseHeldError{Op: kind, App: app, MachineID: id, RequestID: fe.FlyRequestId,
-		Owner: body.Owner, ExpiresAt: unixTime(body.ExpiresAt), Msg: c.scrub(serverText(fe))}
+		Owner: body.Owner, ExpiresAt: unixTime(body.ExpiresAt), Msg: c.scrub(serverText(fe)), Code: c.scrub(body.Code)}
 	if d := body.Data; d != nil {
 		if d.Owner != "" {
 			e.Owner = d.Owner
@@ -102,15 +104,15 @@ func (c *Client) leaseHeld(kind, app, id string, fe *flaps.FlapsError) *LeaseHel
 	}
 	if e.Owner == "" || e.ExpiresAt.IsZero() {
 		// Fly's 409 carries no fields, only the text: "machine ID X lease
-		// currently held by OWNER, expires at RFC3339". Classification stays
-		// the 409; the text only fills in who and until when, so the caller
-		// can snooze until the lease runs out instead of polling.
+		// currently held by OWNER, expires at T". Classification stays the
+		// 409; the text only fills in who and until when, so the caller
+		// can wait until the lease runs out instead of polling.
 		if m := heldByText.FindStringSubmatch(serverText(fe)); m != nil {
 			if e.Owner == "" {
 				e.Owner = m[1]
 			}
-			if at, err := time.Parse(time.RFC3339, m[2]); err == nil && e.ExpiresAt.IsZero() {
-				e.ExpiresAt = at.UTC()
+			if at, ok := parseLeaseExpiry(m[2]); ok && e.ExpiresAt.IsZero() {
+				e.ExpiresAt = at
 			}
 		}
 	}
@@ -119,7 +121,26 @@ func (c *Client) leaseHeld(kind, app, id string, fe *flaps.FlapsError) *LeaseHel
 }
 
 // heldByText matches the owner and expiry in Fly's lease-conflict message.
-var heldByText = regexp.MustCompile(`held by ([^\s,]+),? expires at (\S+)`)
+var heldByText = regexp.MustCompile(`held by ([^\s,]+),? expires at (.+?)\s*$`)
+
+// leaseExpiryLayouts are the forms Fly has written a lease's expiry in: RFC
+// 3339 ("2026-05-14T10:41:08Z", in 409s logged this year) and Go's
+// time.Time.String without monotonic part ("2022-10-20 19:59:06 +0000 UTC",
+// in Fly's API reference, reference/machines/_lease_resp.erb, beside
+// "code":"invalid").
+var leaseExpiryLayouts = []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999 -0700 MST"}
+
+// parseLeaseExpiry reads a 409's expiry in either form; false when it is
+// neither (the caller then asks FindLease, whose expires_at is a number).
+func parseLeaseExpiry(s string) (time.Time, bool) {
+	s = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(s), "."))
+	for _, layout := range leaseExpiryLayouts {
+		if at, err := time.Parse(layout, s); err == nil {
+			return at.UTC(), true
+		}
+	}
+	return time.Time{}, false
+}
 
 // leaseRead is GET …/lease: fly-go's MachineLeaseData has no description.
 type leaseRead struct {

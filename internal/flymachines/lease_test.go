@@ -220,3 +220,40 @@ func TestReleaseLeaseRetriesTransientFailures(t *testing.T) {
 		t.Errorf("a 400 was sent %d times, want once", len(del)-3-releaseTries)
 	}
 }
+
+// Fly has written a lease's expiry two ways in its 409 text: RFC 3339 (in
+// logs this year) and Go's time.String (in its API reference, with
+// "code":"invalid"). Both give owner and expiry; anything else gives the
+// owner and a zero expiry (the caller then reads FindLease).
+func TestLeaseHeldTextFormats(t *testing.T) {
+	t.Parallel()
+	const lease = "/v1/apps/app1/machines/m1/lease"
+	want := time.Date(2022, 10, 20, 19, 59, 6, 0, time.UTC)
+	for _, tt := range []struct {
+		name, body string
+		expires    time.Time
+		code       string
+	}{
+		{"RFC 3339", `{"status":"error","message":"machine ID m1 lease currently held by hello@fly.io, expires at 2022-10-20T19:59:06Z"}`, want, ""},
+		{"Go time with code (Fly's API reference)", `{"status":"error","message":"machine ID m1 lease currently held by hello@fly.io, expires at 2022-10-20 19:59:06 +0000 UTC","code":"invalid"}`, want, "invalid"},
+		{"Go time in another zone", `{"status":"error","message":"machine ID m1 lease currently held by hello@fly.io, expires at 2022-10-20 21:59:06 +0200 CEST"}`, want, ""},
+		{"an unknown form", `{"status":"error","message":"machine ID m1 lease currently held by hello@fly.io, expires at soon"}`, time.Time{}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake(t, testToken)
+			f.addMachine("app1", "m1", "started", "img:1")
+			f.fault = func(r *http.Request, _ int) (int, map[string]string, string, bool) {
+				return 409, nil, tt.body, r.URL.Path == lease
+			}
+			c, _ := newTestClient(t, f, testToken, nil)
+			_, err := c.AcquireLease(context.Background(), "app1", "m1", 30*time.Second, "")
+			var held *LeaseHeldError
+			if !errors.As(err, &held) {
+				t.Fatalf("err = %v, want *LeaseHeldError", err)
+			}
+			if held.Owner != "hello@fly.io" || !held.ExpiresAt.Equal(tt.expires) || held.Code != tt.code {
+				t.Errorf("held = owner %q, expires %s, code %q; want hello@fly.io, %s, %q", held.Owner, held.ExpiresAt, held.Code, tt.expires, tt.code)
+			}
+		})
+	}
+}

@@ -30,12 +30,45 @@ type UpdateOption func(*updateOptions)
 
 type updateOptions struct {
 	minSecretsVersion *uint64
+	launch            *bool
+	container         string
+	stillDown         bool
 }
 
 // WithMinSecretsVersion makes the update carry min_secrets_version v, so
 // the new instance gets at least that version of the app's secrets.
 func WithMinSecretsVersion(v uint64) UpdateOption {
 	return func(o *updateOptions) { o.minSecretsVersion = &v }
+}
+
+// WithLaunch says whether Fly launches the new instance (skip_launch is
+// its negation). A caller that decided it from the machine as it read it
+// (under its lease) passes that one decision here, for the update and the
+// rollback alike: flyctl decides once, from the machine as captured
+// before its deploy, and never again during retries
+// (internal/command/deploy/plan.go, updateProcessGroup). Without it the
+// adapter applies flyctl's rule (shouldSkipLaunch) to the fresh read.
+func WithLaunch(launch bool) UpdateOption {
+	return func(o *updateOptions) { o.launch = &launch }
+}
+
+// WithContainer moves the named container's image instead of config.image,
+// as flyctl's `machine update --container` does (a machine without
+// containers then gets config.image, as there). Without it, a machine with
+// config.containers is refused (*ContainersError): changing config.image
+// alone would leave every container on its old image.
+func WithContainer(name string) UpdateOption {
+	return func(o *updateOptions) { o.container = name }
+}
+
+// IfStillDown refuses the update, sending nothing, when the fresh read
+// shows the machine running (started, starting, replacing) although the
+// caller decided on a machine that was down: Fly Proxy may have started it
+// for a user since. The answer is *StateChangedError; an update with
+// skip_launch would stop that user's agent without a drain and leave it
+// down.
+func IfStillDown() UpdateOption {
+	return func(o *updateOptions) { o.stillDown = true }
 }
 
 const (
@@ -46,14 +79,70 @@ const (
 	maxSettleReads = 5
 )
 
-// launchAfterUpdate is flyctl's rule: relaunch only a machine that was
-// running (or trying to); stopped and suspended machines just get the config.
+// launchAfterUpdate is flyctl's rule (shouldSkipLaunch in
+// internal/command/deploy/machines_launchinput.go, and its TestSkipLaunch:
+// "stopped stays stopped", "suspended stays stopped"): relaunch only a
+// machine that was running (or trying to); stopped and suspended machines
+// just get the config.
 func launchAfterUpdate(state string) bool {
 	switch state {
 	case fly.MachineStateStarted, "starting", "failed":
 		return true
 	}
 	return false
+}
+
+// running states are those of a machine that is (or is about to be) up.
+func running(state string) bool {
+	switch state {
+	case fly.MachineStateStarted, "starting", "replacing", "updating":
+		return true
+	}
+	return false
+}
+
+// imageIn is the image an update to container would change: config.image,
+// or the named container's. A machine with containers needs a container
+// named (changing config.image alone would leave them on their images);
+// one without containers takes config.image whatever is named, as flyctl's
+// `machine update --container` does.
+func imageIn(app, id string, cfg *fly.MachineConfig, container string) (string, error) {
+	if len(cfg.Containers) == 0 {
+		return cfg.Image, nil
+	}
+	names := containerNames(cfg.Containers)
+	if container == "" {
+		return "", &ContainersError{App: app, MachineID: id, Containers: names}
+	}
+	for _, ct := range cfg.Containers {
+		if ct != nil && ct.Name == container {
+			return ct.Image, nil
+		}
+	}
+	return "", &ContainersError{App: app, MachineID: id, Containers: names, Want: container}
+}
+
+// setImage changes image where imageIn read it.
+func setImage(cfg *fly.MachineConfig, container, image string) {
+	if len(cfg.Containers) == 0 {
+		cfg.Image = image
+		return
+	}
+	for _, ct := range cfg.Containers {
+		if ct != nil && ct.Name == container {
+			ct.Image = image
+		}
+	}
+}
+
+func containerNames(cs []*fly.ContainerConfig) []string {
+	out := make([]string, 0, len(cs))
+	for _, ct := range cs {
+		if ct != nil {
+			out = append(out, ct.Name)
+		}
+	}
+	return out
 }
 
 // settled states are those a machine rests in; others mean work in flight.
@@ -80,21 +169,10 @@ func settled(state string) bool {
 // the read is repeated; otherwise the update is sent again (at most
 // maxUpdateSends times in all).
 func (c *Client) UpdateImage(ctx context.Context, app, id, image, nonce string, opts ...UpdateOption) (UpdateResult, error) {
-	return c.updateImage(ctx, app, id, image, nonce, false, opts)
+	return c.updateImage(ctx, app, id, image, nonce, opts)
 }
 
-// RollbackImage is UpdateImage for putting back the image a running machine
-// had before an update that failed: the machine is launched on it even if
-// it is stopped now (the failed new instance exited), since it was running
-// before. Use UpdateImage for a machine that was stopped before. It takes
-// the same options as UpdateImage (so either can be called through one
-// func value); a rollback to the old image passes none, since the old image
-// does not need the secrets synced for the new one.
-func (c *Client) RollbackImage(ctx context.Context, app, id, image, nonce string, opts ...UpdateOption) (UpdateResult, error) {
-	return c.updateImage(ctx, app, id, image, nonce, true, opts)
-}
-
-func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, launch bool, opts []UpdateOption) (UpdateResult, error) {
+func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, opts []UpdateOption) (UpdateResult, error) {
 	var o updateOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -110,26 +188,40 @@ func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, 
 	if err != nil {
 		return UpdateResult{}, err
 	}
-	res := UpdateResult{FromImage: imageOf(m), FromInstanceID: m.InstanceID}
+	res := UpdateResult{FromInstanceID: m.InstanceID}
 	var (
 		sent     bool // an update was sent whose outcome is unknown
 		launched bool
 	)
 	for sends := 0; ; {
 		cfg := m.Config
-		if cfg == nil {
-			// host_status is not ok: only a partial config is readable.
+		if cfg == nil || m.HostStatus != "" && m.HostStatus != fly.HostStatusOk {
+			// host_status is not ok: only a partial config is readable,
+			// and calls on the machine fail.
 			return res, &HostUnavailableError{App: app, MachineID: id, HostStatus: string(m.HostStatus)}
 		}
-		if cfg.Image == image {
+		current, err := imageIn(app, id, cfg, o.container)
+		if err != nil {
+			return res, err
+		}
+		if res.FromImage == "" && !sent {
+			res.FromImage = current
+		}
+		if current == image {
 			res.ToImage, res.ToInstanceID, res.State = image, m.InstanceID, m.State
 			res.UpdatedAt = parseTime(m.UpdatedAt)
 			res.AlreadyApplied = !sent
 			res.Launched = sent && launched
 			return res, nil
 		}
-		launched = launch || launchAfterUpdate(m.State)
-		cfg.Image = image // the only change: the rest is the fresh config as read
+		if o.stillDown && !sent && running(m.State) {
+			return res, &StateChangedError{App: app, MachineID: id, State: m.State}
+		}
+		launched = launchAfterUpdate(m.State)
+		if o.launch != nil {
+			launched = *o.launch
+		}
+		setImage(cfg, o.container, image) // the only change: the rest is the fresh config as read
 		in := fly.LaunchMachineInput{
 			ID:         id,
 			Name:       m.Name,
@@ -157,7 +249,7 @@ func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, 
 		sent = true
 		c.log.Warn("fly update outcome unknown; re-reading the machine before any retry",
 			"app", app, "machine_id", id, "status", Status(err), "send", sends)
-		if m, err = c.settle(ctx, app, id, image); err != nil {
+		if m, err = c.settle(ctx, app, id, image, o.container); err != nil {
 			return res, err
 		}
 	}
@@ -195,14 +287,14 @@ func ambiguous(err error, sentBefore bool) bool {
 
 // settle re-reads the machine until it names image or rests in a settled
 // state, backing off between reads.
-func (c *Client) settle(ctx context.Context, app, id, image string) (*fly.Machine, error) {
+func (c *Client) settle(ctx context.Context, app, id, image, container string) (*fly.Machine, error) {
 	wait := time.Second
 	for i := 0; ; i++ {
 		m, err := c.getRaw(ctx, "fly.get", app, id)
 		if err != nil {
 			return nil, err
 		}
-		if imageOf(m) == image || settled(m.State) || i+1 >= maxSettleReads {
+		if cur, _ := imageIn(app, id, m.GetConfig(), container); cur == image || settled(m.State) || i+1 >= maxSettleReads {
 			return m, nil
 		}
 		if err := sleep(ctx, c.clk.Wall(wait)); err != nil {

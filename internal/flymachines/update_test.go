@@ -166,18 +166,53 @@ func TestUpdateImage(t *testing.T) {
 	}
 }
 
-// RollbackImage launches a machine the failed instance left stopped: it was
-// running before the update, so the old image must run again.
-func TestRollbackImageLaunchesAStoppedMachine(t *testing.T) {
+// WithLaunch carries the caller's one decision: a machine that was running
+// when leased is launched even if its failed instance left it stopped (the
+// rollback), and one that was down is not launched even if it reads
+// "failed" now; without it, flyctl's rule reads the fresh state.
+func TestUpdateImageWithLaunchDecision(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, state string
+		opts        []UpdateOption
+		launched    bool
+	}{
+		{"decided launch, machine stopped now", "stopped", []UpdateOption{WithLaunch(true)}, true},
+		{"decided no launch, machine failed now", "failed", []UpdateOption{WithLaunch(false)}, false},
+		{"no decision, stopped: flyctl's rule", "stopped", nil, false},
+		{"no decision, suspended: flyctl's rule", "suspended", nil, false},
+		{"no decision, failed: flyctl's rule", "failed", nil, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake(t, testToken)
+			f.addMachine("app1", "m1", tt.state, "img:2")
+			c, _ := newTestClient(t, f, testToken, nil)
+			r, err := c.UpdateImage(context.Background(), "app1", "m1", "img:1", "", tt.opts...)
+			if err != nil {
+				t.Fatalf("UpdateImage: %v", err)
+			}
+			if r.Launched != tt.launched || f.lastUpdate().In.SkipLaunch == tt.launched || r.ToImage != "img:1" {
+				t.Errorf("result %+v, SkipLaunch %v: want launched=%v on img:1", r, f.lastUpdate().In.SkipLaunch, tt.launched)
+			}
+		})
+	}
+}
+
+// IfStillDown: a machine decided down that runs now is not updated (an
+// update with skip_launch would stop its agent undrained).
+func TestUpdateImageIfStillDown(t *testing.T) {
 	t.Parallel()
 	f := newFake(t, testToken)
-	f.addMachine("app1", "m1", "stopped", "img:2")
+	f.addMachine("app1", "m1", "started", "img:1")
 	c, _ := newTestClient(t, f, testToken, nil)
-	r, err := c.RollbackImage(context.Background(), "app1", "m1", "img:1", "")
-	if err != nil {
-		t.Fatalf("RollbackImage: %v", err)
+	_, err := c.UpdateImage(context.Background(), "app1", "m1", "img:2", "", WithLaunch(false), IfStillDown())
+	var sc *StateChangedError
+	if !errors.As(err, &sc) || sc.State != "started" || IsTransient(err) {
+		t.Fatalf("err = %v, want a permanent *StateChangedError naming started", err)
 	}
-	if !r.Launched || f.lastUpdate().In.SkipLaunch || r.ToImage != "img:1" {
-		t.Errorf("result %+v, SkipLaunch %v: want the stopped machine launched on img:1", r, f.lastUpdate().In.SkipLaunch)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.updates) != 0 {
+		t.Errorf("%d updates sent", len(f.updates))
 	}
 }
