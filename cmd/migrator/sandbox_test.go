@@ -190,7 +190,7 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	// path to the sandbox's local sink: the rollback and the failed run,
 	// once each, and nothing of the operator run.
 	for _, re := range []string{
-		`(?m)^  warning +machine\.rolled_back +migrator run 1 \(auto-update\): hermes-agent-4/\S+ rolled back to its old image: `,
+		`(?m)^  warning +machine\.rolled_back +migrator run 1 \(auto-update\): hermes-agent-6/\S+ rolled back to its old image: `,
 		`(?m)^  critical +run\.failed +migrator run 1 \(auto-update\) failed: 1 machine\(s\) failed or rolled back$`,
 	} {
 		if n := len(regexp.MustCompile(re).FindAllString(out, -1)); n != 1 {
