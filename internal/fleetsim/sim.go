@@ -37,6 +37,11 @@ type Sim struct {
 	neverHealthy map[string]bool
 	crashOnStart map[string]bool
 	slowStart    map[string]time.Duration
+	// Agent signals (agent.go): per image, platforms parked on boot, a
+	// terminal Nous session, a crash loop.
+	parkPlatform map[string]map[string]string
+	terminalNous map[string]bool
+	crashLoop    map[string]CrashLoop
 	relief       reliefHeap // when disrupted machines may stop being disrupted
 	refusals     []Refusal
 	disrupted    int
@@ -63,6 +68,11 @@ type app struct {
 	// version, bumped by every write.
 	secrets        map[string]*appSecret
 	secretsVersion uint64
+	// platforms are the messaging platforms the agent is configured with;
+	// platformState overrides one's state on every instance (a token that
+	// was revoked stays revoked across a recreate).
+	platforms     []string
+	platformState map[string]Platform
 }
 
 type vmState int
@@ -101,13 +111,22 @@ type machine struct {
 	createdAt time.Time
 	updatedAt time.Time
 
-	state      vmState
-	bootKind   string // API state while booting: "replacing" or "starting"
-	bootAt     time.Time
-	bootFails  bool // the booting image cannot be pulled: flyd reverts
-	bootSick   bool // the booting instance never becomes healthy
-	bootCrash  bool // the booting instance exits at once
-	startedAt  time.Time
+	state    vmState
+	bootKind string // API state while booting: "replacing" or "starting"
+	// restartBoot: this boot is flyd's restart of the same instance after
+	// it exited (the restart policy), not an update or a start.
+	restartBoot bool
+	bootAt      time.Time
+	bootFails   bool // the booting image cannot be pulled: flyd reverts
+	bootSick    bool // the booting instance never becomes healthy
+	bootCrash   bool // the booting instance exits at once
+	startedAt   time.Time
+	// A crash loop of the running instance (CrashLoop): it exits crash
+	// after first serving, at crashAt (zero: never); restarts counts the
+	// restarts flyd made of this instance.
+	crash      CrashLoop
+	crashAt    time.Time
+	restarts   int
 	gwStart    time.Time     // gateway process start (a restart keeps the epoch)
 	gwStartup  time.Duration // how long this instance's gateway reports "starting"
 	epoch      int           // changes on every VM boot
@@ -125,7 +144,7 @@ type machine struct {
 	}
 	past        []pastInstance
 	staleChecks []*fly.MachineCheckStatus // shown while the VM is not running
-	events      []*fly.MachineEvent       // chronological; future ones hidden
+	events      []*fly.MachineEvent       // chronological, at most maxEvents; future ones hidden
 	updates     int
 
 	lease         *lease
@@ -181,6 +200,9 @@ func New(cfg Config) (*Sim, error) {
 		neverHealthy: map[string]bool{},
 		crashOnStart: map[string]bool{},
 		slowStart:    map[string]time.Duration{},
+		parkPlatform: map[string]map[string]string{},
+		terminalNous: map[string]bool{},
+		crashLoop:    map[string]CrashLoop{},
 		done:         make(chan struct{}),
 	}
 	s.obs.init(cfg)
@@ -191,6 +213,7 @@ func New(cfg Config) (*Sim, error) {
 		a := &app{name: fmt.Sprintf("%s%d", cfg.AppPrefix, i), byID: make(map[string]*machine, cfg.MachinesPerApp)}
 		a.id = s.hexID(16)
 		a.secret = drainsecret.Derive(cfg.DrainKey, a.name)
+		a.platforms = s.platformsOf(a.name)
 		provisioned := cfg.Unprovisioned == nil || !cfg.Unprovisioned(a.name)
 		if provisioned {
 			a.setSecret(DrainSecretName, a.secret, s.origin.Add(-24*time.Hour))
@@ -325,14 +348,33 @@ func (s *Sim) instanceID(at time.Time) string {
 // looked at; every mutation first brings the machine up to now, so the past
 // is always evaluated under the parameters that held then.
 
-// settle applies the boot that completed by t.
+// settle applies the boots, and the crashes of a crash-looping instance,
+// that happened by t, in order.
 func (s *Sim) settle(m *machine, t time.Time) {
-	if m.state != vmBooting || t.Before(m.bootAt) {
-		return
+	for {
+		switch {
+		case m.state == vmBooting && !t.Before(m.bootAt):
+			s.completeBoot(m)
+		case m.state == vmStarted && !m.crashAt.IsZero() && !t.Before(m.crashAt):
+			s.crashNow(m)
+		default:
+			return
+		}
 	}
+}
+
+// completeBoot ends the boot due at m.bootAt.
+func (s *Sim) completeBoot(m *machine) {
 	m.state = vmStarted
 	m.startedAt, m.gwStart = m.bootAt, m.bootAt
 	m.epoch++
+	if m.restartBoot {
+		m.restartBoot = false
+		// flyd's restart policy started the same instance again: same
+		// config and image, a new boot (epoch).
+		m.crashAt = m.bootAt.Add(m.gwStartup + m.crash.After)
+		return
+	}
 	if m.bootFails {
 		// flyd could not pull the image: it silently brings the old
 		// version back.
@@ -343,11 +385,16 @@ func (s *Sim) settle(m *machine, t time.Time) {
 	}
 	m.gwStartup = s.gatewayStartup(m.config.Image)
 	m.unhealthy = m.bootSick
+	m.crash, m.crashAt, m.restarts = CrashLoop{}, time.Time{}, 0
+	if cl, ok := s.crashLoop[m.config.Image]; ok && !m.bootFails && !m.bootCrash && !m.bootSick {
+		m.crash = cl
+		m.crashAt = m.bootAt.Add(m.gwStartup + cl.After)
+	}
 	if m.bootCrash {
 		// The process exits as it starts (restarts spent): the machine
 		// rests stopped on the new instance, which never served.
 		m.state = vmStopped
-		m.events = append(m.events, &fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: m.bootAt.UnixMilli(),
+		m.addEvent(&fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: m.bootAt.UnixMilli(),
 			Request: &fly.MachineRequest{ExitEvent: &fly.MachineExitEvent{ExitCode: 1, ExitedAt: m.bootAt.UTC()}}})
 	}
 	m.bootFails, m.bootSick, m.bootCrash = false, false, false
@@ -478,8 +525,9 @@ func (s *Sim) sigterm(m *machine, now time.Time, cause string) {
 	m.interrupted += len(m.inflight)
 	m.inflight = m.inflight[:0]
 	m.staleChecks = s.checksAt(m, now)
-	m.events = append(m.events, &fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: now.UnixMilli(),
+	m.addEvent(&fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: now.UnixMilli(),
 		Request: &fly.MachineRequest{ExitEvent: &fly.MachineExitEvent{RequestedStop: true, Signal: 15, ExitedAt: now.UTC()}}})
+	m.crash, m.crashAt = CrashLoop{}, time.Time{}
 	s.shutdowns = append(s.shutdowns, sd)
 	s.cfg.Logger.Debug("fleetsim: sigterm", "app", sd.App, "machine_id", sd.MachineID, "cause", cause,
 		"active_agents", sd.ActiveAgents, "home_broadcast", sd.HomeBroadcast)
@@ -498,7 +546,7 @@ func (s *Sim) boot(m *machine, now time.Time, kind string) {
 		m.bootSick = s.neverHealthy[img]
 		m.bootCrash = s.crashOnStart[img]
 	}
-	m.events = append(m.events, &fly.MachineEvent{Type: "start", Status: "started", Source: "flyd", Timestamp: m.bootAt.UnixMilli()})
+	m.addEvent(&fly.MachineEvent{Type: "start", Status: "started", Source: "flyd", Timestamp: m.bootAt.UnixMilli()})
 }
 
 // ---- disruption accounting -------------------------------------------------
@@ -509,9 +557,9 @@ func (s *Sim) isDisrupted(m *machine, t time.Time) bool {
 	return s.phaseAt(m, t) != phaseRunning || s.markerCurrent(m, t)
 }
 
-// nextRelief is the earliest time a disrupted machine may stop being
-// disrupted without a mutation. Disruption only grows through mutations,
-// so tracking these is enough to know the count at every instant.
+// nextRelief is the earliest time a machine's disruption may change
+// without a mutation: a disrupted one may recover, a crash-looping one
+// crash. Tracking these is enough to know the count at every instant.
 func (s *Sim) nextRelief(m *machine, t time.Time) (time.Time, bool) {
 	var best time.Time
 	ok := false
@@ -529,6 +577,10 @@ func (s *Sim) nextRelief(m *machine, t time.Time) (time.Time, bool) {
 	if s.markerCurrent(m, t) {
 		consider(m.marker.requestedAt.Add(s.cfg.MarkerTTL + 1))
 	}
+	if m.state == vmStarted && !m.crashAt.IsZero() {
+		// A crash disrupts the machine without a mutation: evaluate then.
+		consider(m.crashAt)
+	}
 	return best, ok
 }
 
@@ -544,10 +596,8 @@ func (s *Sim) evalDisruption(m *machine, now time.Time) {
 	}
 	s.maxDisrupt = max(s.maxDisrupt, s.disrupted)
 	m.disGen++
-	if d {
-		if at, ok := s.nextRelief(m, now); ok {
-			heap.Push(&s.relief, reliefEntry{at: at, m: m, gen: m.disGen})
-		}
+	if at, ok := s.nextRelief(m, now); ok {
+		heap.Push(&s.relief, reliefEntry{at: at, m: m, gen: m.disGen})
 	}
 }
 
@@ -556,8 +606,10 @@ func (s *Sim) pump(now time.Time) {
 	for len(s.relief) > 0 && !s.relief[0].at.After(now) {
 		e := heap.Pop(&s.relief).(reliefEntry)
 		if e.gen == e.m.disGen {
-			s.advance(e.m, now)
-			s.evalDisruption(e.m, now)
+			// Evaluated when it happened: a crash and its restart both
+			// in the past still count once.
+			s.advance(e.m, e.at)
+			s.evalDisruption(e.m, e.at)
 		}
 	}
 }
@@ -678,8 +730,9 @@ type MachineView struct {
 	State           string // the Machines API state
 	InstanceID      string
 	Image           string
-	// GatewayState: "running", "draining", "starting", "startup_failed",
-	// "stopped" (gateway process down) or "unreachable" (VM not running).
+	// GatewayState: "running", "degraded" (a platform parked), "draining",
+	// "starting", "startup_failed", "stopped" (gateway process down) or
+	// "unreachable" (VM not running).
 	GatewayState string
 	ActiveAgents int
 	Draining     bool // the gateway refuses new turns
@@ -693,6 +746,14 @@ type MachineView struct {
 	LeaseOwner     string
 	ChecksPassing  bool // every configured check passes (false if none)
 	VolumeAttached bool // the config still mounts the machine's volume
+
+	// Platforms is each configured platform's state as /api/status shows
+	// it now (empty while the gateway is not serving); NousSession its
+	// nous_session_valid; Restarts the restarts flyd made of the running
+	// instance after it crashed (a crash loop).
+	Platforms   map[string]string
+	NousSession string
+	Restarts    int
 
 	TurnsServed, TurnsRefused, TurnsMissed, TurnsInterrupted, TurnsLost int
 	// DrainingTime is how long the gateway has been "draining" in all
@@ -727,7 +788,7 @@ func (s *Sim) Machines() []MachineView {
 
 func (s *Sim) view(m *machine, now time.Time) MachineView {
 	ph := s.phaseAt(m, now)
-	gs := ph.gatewayState()
+	gs := s.gatewayStateAt(m, ph, now)
 	if ph == phaseOff {
 		gs = "unreachable"
 	}
@@ -738,6 +799,10 @@ func (s *Sim) view(m *machine, now time.Time) MachineView {
 		VolumeAttached: mountsVolume(m.config, m.volumeID),
 		TurnsServed:    m.served, TurnsRefused: m.refused, TurnsMissed: m.missed,
 		TurnsInterrupted: m.interrupted, TurnsLost: m.lost, DrainingTime: m.draining,
+		NousSession: s.nousAt(m), Restarts: m.restarts, Platforms: map[string]string{},
+	}
+	for name, p := range s.platformStates(m, ph, now) {
+		v.Platforms[name] = p.State
 	}
 	if ph.alive() {
 		v.ActiveAgents = m.active()

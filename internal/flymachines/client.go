@@ -46,6 +46,9 @@ type Machine struct {
 	ChecksConfigured             int               // top-level checks + service checks
 	HostStatus                   string
 	UpdatedAt                    time.Time
+	// Events are the machine's recent events as GET machine shows them,
+	// newest first (absent from list summaries).
+	Events []Event
 }
 
 // New makes a Client. It makes no request.
@@ -223,6 +226,7 @@ func toMachine(app string, m *fly.Machine) Machine {
 		}
 		out.ChecksConfigured = checksConfigured(cfg)
 	}
+	out.Events = toEvents(m.Events)
 	return out
 }
 
