@@ -135,6 +135,8 @@ func (s *step) advance(ctx context.Context) (next, error) {
 		return s.update(ctx)
 	case store.StateVerifying:
 		return s.verify(ctx)
+	case store.StateBaking:
+		return s.bake(ctx)
 	case store.StateRollingBack:
 		return s.rollback(ctx)
 	}
@@ -476,6 +478,10 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	if serr == nil {
 		active := st.ActiveAgents
 		s.m.PeekActiveAgents = &active
+		// What the agent shows before its drain: the image is judged
+		// against it after the recreate. The last look before the begin
+		// wins.
+		s.m.SignalsBefore = encodeSignals(st.Signals(now))
 	}
 	s.o.obs.Peeked(result)
 	over := !now.Before(s.m.FirstPeekAt.Add(idleWait))
@@ -735,6 +741,9 @@ func (s *step) recreateUndrainable(ctx context.Context, code int) (next, error) 
 		d.LastStatusAt, d.LastGatewayState, d.LastActiveAgents = s.now(), st.State, &active
 		d.ActiveAgentsAtRecreate = &active
 		detail["active_agents"] = active
+		if s.m.SignalsBefore == nil {
+			s.m.SignalsBefore = encodeSignals(st.Signals(s.now()))
+		}
 	}
 	s.m.Error = undrainableNote(code)
 	s.log.Warn("drain endpoint refused; recreating without a drain (undrainable = recreate)", "status", code)
@@ -777,6 +786,12 @@ func (s *step) draining(ctx context.Context) (next, error) {
 	if d.ActiveAgentsAtBegin == nil {
 		// Begun without a peek: the first read after the begin says it.
 		d.ActiveAgentsAtBegin = &active
+		changed = true
+	}
+	if s.m.SignalsBefore == nil {
+		// Begun without a peek: the agent's signals are those of the first
+		// read (a drain changes its gateway state, not its platforms).
+		s.m.SignalsBefore = encodeSignals(st.Signals(now))
 		changed = true
 	}
 
@@ -984,6 +999,11 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		return s.startRollback(ctx, signalMachineFailed, fmt.Sprintf("new instance %s failed to start: machine state failed", s.m.ToInstanceID))
 	case ours && want == "started" && m.State == "stopped":
 		return s.startRollback(ctx, signalInstanceStopped, fmt.Sprintf("new instance %s exited: machine stopped", s.m.ToInstanceID))
+	case ours && want == "started" && crashed(m, s.m.UpdatedMachineAt):
+		// The new instance exited on its own; flyd's restart policy may
+		// already have started it again, so its state alone can miss it.
+		sig, why := flyCrash(m.Events, s.m.UpdatedMachineAt)
+		return s.startRollback(ctx, sig, fmt.Sprintf("new instance %s: %s", s.m.ToInstanceID, why))
 	case !ours || m.State != want:
 		if late {
 			return s.startRollback(ctx, signalTimeout, fmt.Sprintf("new instance %s not %s within %s (machine is %s)", s.m.ToInstanceID, want, s.o.cfg.VerifyTimeout, m.State))
@@ -995,12 +1015,20 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		// A stopped machine has nothing to check or serve: its config is moved.
 		return s.finish(ctx, store.OutcomeMigrated, "", "")
 	}
-	// The gateway is read even before the checks pass: startup_failed is
-	// definitive, and waiting out VerifyTimeout would keep the agent down
-	// for nothing.
+	// The gateway is read even before the checks pass: startup_failed, a
+	// platform parked or a Nous session gone terminal are definitive, and
+	// waiting out VerifyTimeout would keep the agent's users cut off for
+	// nothing.
 	st, gerr := s.o.gw.Status(ctx, s.target())
-	if gerr == nil && st.State == gatewayStartupFailed {
-		return s.startRollback(ctx, signalStartupFailed, fmt.Sprintf("new instance %s: gateway reports startup_failed (%s)", s.m.ToInstanceID, h.Detail))
+	before := decodeSignals(s.m.SignalsBefore)
+	if gerr == nil {
+		s.m.SignalsAfter = encodeSignals(st.Signals(s.now()))
+		if st.State == gatewayStartupFailed {
+			return s.startRollback(ctx, signalStartupFailed, fmt.Sprintf("new instance %s: gateway reports startup_failed (%s)", s.m.ToInstanceID, h.Detail))
+		}
+		if v := judgeAgent(before, st.Signals(s.now()), false); v.regressed {
+			return s.startRollback(ctx, v.signal, fmt.Sprintf("new instance %s: %s", s.m.ToInstanceID, v.reason))
+		}
 	}
 	if !h.OK {
 		if late {
@@ -1020,7 +1048,26 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
+	// Serving: every platform that served before must serve again within
+	// the window.
+	if v := judgeAgent(before, st.Signals(s.now()), late); v.regressed {
+		return s.startRollback(ctx, v.signal, fmt.Sprintf("new instance %s: %s within %s", s.m.ToInstanceID, v.reason, s.o.cfg.VerifyTimeout))
+	} else if v.pending {
+		s.dropUnchangedStatusReads()
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	if bake := s.canaryBake(); bake > 0 {
+		return s.startBake(ctx, bake)
+	}
 	return s.finish(ctx, store.OutcomeMigrated, "", "")
+}
+
+// crashed reports whether m's events show the new instance exiting on its
+// own (or being restarted) after the update.
+func crashed(m flymachines.Machine, since time.Time) bool {
+	sig, _ := flyCrash(m.Events, since)
+	return sig != ""
 }
 
 // gatewayStartupFailed is the gateway_state of a gateway that could not start.
@@ -1042,7 +1089,12 @@ const (
 func (s *step) startRollback(ctx context.Context, signal, reason string) (next, error) {
 	detail := map[string]any{"reason": reason, "signal": signal,
 		"since_update_seconds": s.now().Sub(s.m.UpdatedMachineAt).Seconds()}
+	if after := decodeSignals(s.m.SignalsAfter); after != nil {
+		detail["signals_after"] = after
+	}
+	s.o.obs.RollbackStarted(phaseOf(s.m.State), signal)
 	s.m.Error = reason
+	s.m.DecidingSignal = signal
 	s.m.UpdatedMachineAt = s.now() // the rollback's own verify clock
 	if err := s.transition(ctx, store.StateRollingBack, detail); err != nil {
 		return next{}, err

@@ -40,8 +40,11 @@ type RunRequest struct {
 	IdleWaitOverride *time.Duration
 	// Undrainable overrides the policy's undrainable setting for the run
 	// (`run create --undrainable`); empty: the policy decides.
-	Undrainable    policy.Undrainable
-	RequestedBy    string
+	Undrainable policy.Undrainable
+	// CanaryBakeOverride replaces the policy's canary_bake for the run's
+	// canaries (`run create --canary-bake`; 0: no bake); nil: the policy's.
+	CanaryBakeOverride *time.Duration
+	RequestedBy        string
 	Reason         string
 	IdempotencyKey string
 }
@@ -262,6 +265,9 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	if iw := req.IdleWaitOverride; iw != nil && (*iw < 0 || *iw > policy.MaxWait) {
 		return store.Run{}, false, fmt.Errorf("create run: idle wait %s: want 0 to %s", *iw, policy.MaxWait)
 	}
+	if b := req.CanaryBakeOverride; b != nil && (*b < 0 || *b > policy.MaxCanaryBake) {
+		return store.Run{}, false, fmt.Errorf("create run: canary bake %s: want 0 to %s", *b, policy.MaxCanaryBake)
+	}
 	if req.IdempotencyKey != "" {
 		r, err := o.store.Q().RunByIdempotencyKey(ctx, req.IdempotencyKey)
 		if err == nil {
@@ -298,7 +304,7 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	r := store.Run{Cause: string(req.Cause), TargetImage: target, Image: req.Image, Selector: req.Selector,
 		MaxUnavailable: maxUnavail, MaxUnavailableSpec: req.MaxUnavailable, Canary: req.Canary,
 		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride, IdleWaitOverride: req.IdleWaitOverride,
-		Undrainable: string(req.Undrainable),
+		Undrainable: string(req.Undrainable), CanaryBakeOverride: req.CanaryBakeOverride,
 		RequestedBy: req.RequestedBy, Reason: req.Reason, IdempotencyKey: req.IdempotencyKey,
 		State: store.RunRunning, PolicyVersion: o.pol.Version()}
 	var out store.Run
@@ -310,7 +316,8 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		}
 		if err := q.AppendEvents(ctx, store.Scope{RunID: out.ID}, store.Event{Kind: "run.created", Target: fmt.Sprint(out.ID),
 			Detail: map[string]any{"cause": out.Cause, "image": out.Image, "machines": len(machines), "to_move": toMove,
-				"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason}}); err != nil {
+				"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason,
+				"canary": out.Canary, "canary_bake_override": durationText(out.CanaryBakeOverride)}}); err != nil {
 			return err
 		}
 		if err := o.fillTx(ctx, q, tx); err != nil {
@@ -323,4 +330,12 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		return store.Run{}, false, fmt.Errorf("create run: %w", err)
 	}
 	return out, created, nil
+}
+
+// durationText is d as text, or nil (the policy's) when unset.
+func durationText(d *time.Duration) any {
+	if d == nil {
+		return nil
+	}
+	return d.String()
 }

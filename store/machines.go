@@ -18,6 +18,7 @@ const (
 	StateDraining    = "draining"     // drain begun; waiting for quiescence or the deadline
 	StateUpdating    = "updating"     // drain over; next: update the machine to the image
 	StateVerifying   = "verifying"    // update sent; waiting for the new instance to be healthy
+	StateBaking      = "baking"       // a canary that verified, watched until its bake ends
 	StateRollingBack = "rolling_back" // verification failed; putting the old image back
 	StateDone        = "done"         // outcome set
 )
@@ -81,6 +82,14 @@ type Migration struct {
 	LastPeekAt       time.Time
 	Peeks            int
 	PeekActiveAgents *int
+	// The agent's own signals (a gateway.Signals as JSON; nil: none read)
+	// before its drain and after the recreate, and the signal that decided
+	// a rollback or failure ("" otherwise).
+	SignalsBefore, SignalsAfter []byte
+	DecidingSignal              string
+	// A canary's bake: when it began and until when it is watched (cut
+	// short to the moment a regression ended it); zero: no bake.
+	BakeStartedAt, BakeUntil time.Time
 }
 
 // Target names the machine as "app/machine_id".
@@ -124,7 +133,8 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 	m.from_image, m.to_image, m.from_instance_id, m.to_instance_id, m.state, coalesce(m.outcome, ''), m.slot_held,
 	m.attempts, m.deferrals, m.not_before, m.lease_nonce, m.lease_expires_at, m.updated_machine_at, m.launch, m.error,
 	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at, coalesce(m.expected_drain, interval '0'),
-	m.first_peek_at, m.last_peek_at, m.peeks, m.peek_active_agents`
+	m.first_peek_at, m.last_peek_at, m.peeks, m.peek_active_agents, m.signals_before, m.signals_after,
+	m.deciding_signal, m.bake_started_at, m.bake_until`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
@@ -133,19 +143,23 @@ const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, 
 	d.undrainable_status`
 
 // migrationTimes receives the nullable times of a migration row.
-type migrationTimes struct{ nb, lease, upd, started, finished, firstPeek, lastPeek *time.Time }
+type migrationTimes struct {
+	nb, lease, upd, started, finished, firstPeek, lastPeek, bakeStarted, bakeUntil *time.Time
+}
 
 func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
 	return []any{&m.ID, &m.RunID, &m.Seq, &m.App, &m.MachineID, &m.Region, &m.PrivateIP, labels, &m.Canary,
 		&m.FromImage, &m.ToImage, &m.FromInstanceID, &m.ToInstanceID, &m.State, &m.Outcome, &m.SlotHeld,
 		&m.Attempts, &m.Deferrals, &t.nb, &m.LeaseNonce, &t.lease, &t.upd, &m.Launch, &m.Error,
 		&m.Version, &m.CreatedAt, &t.started, &m.UpdatedAt, &t.finished, &m.ExpectedDrain,
-		&t.firstPeek, &t.lastPeek, &m.Peeks, &m.PeekActiveAgents}
+		&t.firstPeek, &t.lastPeek, &m.Peeks, &m.PeekActiveAgents, &m.SignalsBefore, &m.SignalsAfter,
+		&m.DecidingSignal, &t.bakeStarted, &t.bakeUntil}
 }
 
 func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
 	nb, lease, upd, started, finished := t.nb, t.lease, t.upd, t.started, t.finished
 	m.FirstPeekAt, m.LastPeekAt = fromNullTime(t.firstPeek), fromNullTime(t.lastPeek)
+	m.BakeStartedAt, m.BakeUntil = fromNullTime(t.bakeStarted), fromNullTime(t.bakeUntil)
 	m.NotBefore, m.LeaseExpiresAt, m.UpdatedMachineAt = fromNullTime(nb), fromNullTime(lease), fromNullTime(upd)
 	m.StartedAt, m.FinishedAt = fromNullTime(started), fromNullTime(finished)
 	if err := json.Unmarshal(labels, &m.Labels); err != nil {
@@ -212,19 +226,21 @@ func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) 
 	var nd nullDrain
 	var sel []byte
 	var deadline float64
-	var idle *float64
-	var rStarted, rFinished *time.Time
+	var idle, bake *float64
+	var rStarted, rFinished, ack *time.Time
 	r := &w.Run
 	dest := migrationDest(&w.Migration, &labels, &mt)
 	dest = append(dest, nd.dest()...)
 	dest = append(dest, &r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
-		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt, &idle, &r.Undrainable)
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt, &idle, &r.Undrainable,
+		&bake, &ack)
 	err := q.db.QueryRow(ctx, `SELECT `+migrationColumns+`, `+drainColumns+`, r.id, r.cause, r.target_image, r.image,
 			r.selector, r.max_unavailable, r.max_unavailable_spec, r.canary, r.failure_threshold,
 			coalesce(extract(epoch from r.deadline_override), 0)::float8, r.requested_by, r.reason,
 			coalesce(r.idempotency_key, ''), r.state, r.state_reason, r.policy_version, r.created_at, r.started_at,
-			r.finished_at, r.updated_at, extract(epoch from r.idle_wait_override)::float8, coalesce(r.undrainable, '')
+			r.finished_at, r.updated_at, extract(epoch from r.idle_wait_override)::float8, coalesce(r.undrainable, ''),
+			extract(epoch from r.canary_bake_override)::float8, r.acknowledged_at
 		FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE m.id = $1`, id).Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -241,6 +257,8 @@ func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) 
 	}
 	r.DeadlineOverride = time.Duration(deadline * float64(time.Second))
 	r.IdleWaitOverride = secondsPtr(idle)
+	r.CanaryBakeOverride = secondsPtr(bake)
+	r.AcknowledgedAt = fromNullTime(ack)
 	r.StartedAt, r.FinishedAt = fromNullTime(rStarted), fromNullTime(rFinished)
 	w.Drain = nd.drain()
 	return w, nil
@@ -312,7 +330,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		drainOutcome,
 		m.RunID, ev.at, ev.kinds, ev.targets, ev.methods, ev.statuses, ev.reqIDs, ev.durations, ev.errs, ev.details,
 		nullTime(m.FirstPeekAt), m.Peeks, m.PeekActiveAgents, dd.ActiveAgentsAtBegin, nullTime(m.LastPeekAt),
-		undrainableOf(dd), nullInt(dd.UndrainableStatus))
+		undrainableOf(dd), nullInt(dd.UndrainableStatus),
+		nullJSON(m.SignalsBefore), nullJSON(m.SignalsAfter), m.DecidingSignal, nullTime(m.BakeStartedAt), nullTime(m.BakeUntil))
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -326,7 +345,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 // saveStepSQL: $1-$18 the machine, $19 whether there is a drain, $20-$39 the
 // drain, $40 the run, $41-$49 the events as arrays, $50-$52 and $54 the
 // machine's peeks, $53 the drain's active_agents_at_begin, $55-$56 the drain's
-// undrainable decision and status. The drain and the events
+// undrainable decision and status, $57-$61 the machine's signals before and
+// after, deciding signal and bake. The drain and the events
 // are written only when the machine's version guard held.
 const saveStepSQL = `
 WITH m AS (
@@ -335,6 +355,8 @@ WITH m AS (
 		slot_held = $8, attempts = $9, deferrals = $10, not_before = $11, lease_nonce = $12,
 		lease_expires_at = $13, updated_machine_at = $14, error = $15, region = $16, private_ip = $17, launch = $18,
 		first_peek_at = $50, peeks = $51, peek_active_agents = $52, last_peek_at = $54,
+		signals_before = $57::jsonb, signals_after = $58::jsonb, deciding_signal = $59,
+		bake_started_at = $60, bake_until = $61,
 		started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
 		finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
 		version = version + 1, updated_at = now()
@@ -381,5 +403,15 @@ func nullInt(v int) *int {
 	if v == 0 {
 		return nil
 	}
+	return &v
+}
+
+// nullJSON passes a JSON document as text for a ::jsonb parameter (nil:
+// NULL).
+func nullJSON(b []byte) *string {
+	if len(b) == 0 {
+		return nil
+	}
+	v := string(b)
 	return &v
 }
