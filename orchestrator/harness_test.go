@@ -56,6 +56,10 @@ type worldOpts struct {
 	// scale overrides timeScale, for tests that measure simulated time
 	// against a bound a loaded machine could blur at 50×.
 	scale float64
+	// obs hears what the replicas finish (metrics).
+	obs orchestrator.Observer
+	// poll overrides the replicas' poll interval (default 2s).
+	poll time.Duration
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
@@ -106,14 +110,18 @@ func (w *world) startReplica(fleetCap int) *replica {
 	if w.opts.wrapFly != nil {
 		f = w.opts.wrapFly(fly)
 	}
-	orch, err := orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: 2 * time.Second,
+	poll := 2 * time.Second
+	if w.opts.poll > 0 {
+		poll = w.opts.poll
+	}
+	orch, err := orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: poll,
 		LeaseTTL: 2 * time.Minute, VerifyTimeout: 2 * time.Minute, WaitStep: 5 * time.Second, GatewayGrace: 30 * time.Second,
 		Clock: w.clk, Logger: log}, w.st, f, gw, w.pol)
 	if err != nil {
 		t.Fatal(err)
 	}
 	client, err := orch.NewRiverClient(orchestrator.RiverOptions{Workers: 50, FetchPollInterval: 20 * time.Millisecond,
-		FillEvery: time.Second, Logger: slog.New(slog.DiscardHandler)})
+		FillEvery: time.Second, Logger: slog.New(slog.DiscardHandler), Observer: w.opts.obs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1119,6 +1119,12 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rollback failed: %v", reason, err))
 	}
 	late := s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout
+	if mach.Image != s.m.FromImage && !settled(mach.State) && !late {
+		// Mid-change (a crash-looping instance being restarted by flyd,
+		// a replace under way): Fly refuses an update until it is over.
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
 	if mach.Image != s.m.FromImage {
 		put := s.o.fly.UpdateImage
 		if s.m.Launch {
@@ -1130,7 +1136,7 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		// the new one, and a version Fly refused (412) would refuse the
 		// rollback too.
 		if _, err := put(ctx, s.m.App, s.m.MachineID, s.m.FromImage, s.m.LeaseNonce); err != nil {
-			if retryable(ctx, err) && (!late || ctx.Err() != nil) {
+			if (retryable(ctx, err) || flymachines.IsBusy(err)) && (!late || ctx.Err() != nil) {
 				s.persistCalls(ctx)
 				return wait(s.o.cfg.PollInterval), nil
 			}

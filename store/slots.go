@@ -139,7 +139,7 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 	// run was last resumed by a person were seen and pause it no more.
 	var open bool
 	var bad, badSince, canaryBad int
-	var canaryTarget, canaryError string
+	var canaryTarget, canarySignal, canaryError string
 	err = q.db.QueryRow(ctx, `
 		SELECT EXISTS (SELECT 1 FROM machine_migrations WHERE run_id = $1 AND state < 'done')
 				OR EXISTS (SELECT 1 FROM machine_migrations WHERE run_id = $1 AND state > 'done'),
@@ -147,10 +147,12 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 			count(*) FILTER (WHERE canary AND ($2::timestamptz IS NULL OR finished_at > $2)),
 			coalesce((array_agg(app || '/' || machine_id ORDER BY finished_at DESC)
 				FILTER (WHERE canary AND ($2::timestamptz IS NULL OR finished_at > $2)))[1], ''),
+			coalesce((array_agg(deciding_signal ORDER BY finished_at DESC)
+				FILTER (WHERE canary AND ($2::timestamptz IS NULL OR finished_at > $2)))[1], ''),
 			coalesce((array_agg(error ORDER BY finished_at DESC)
 				FILTER (WHERE canary AND ($2::timestamptz IS NULL OR finished_at > $2)))[1], '')
 		FROM machine_migrations WHERE run_id = $1 AND outcome IN ('failed', 'rolled_back')`,
-		runID, nullTime(r.AcknowledgedAt)).Scan(&open, &bad, &badSince, &canaryBad, &canaryTarget, &canaryError)
+		runID, nullTime(r.AcknowledgedAt)).Scan(&open, &bad, &badSince, &canaryBad, &canaryTarget, &canarySignal, &canaryError)
 	if err != nil {
 		return Run{}, false, fmt.Errorf("settle run %d: %w", runID, err)
 	}
@@ -164,6 +166,9 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 		to, reason = RunSucceeded, ""
 	case r.State == RunRunning && canaryBad > 0:
 		to, reason = RunPaused, fmt.Sprintf("canary failed (%d canary machine(s) failed or rolled back): %s", canaryBad, canaryTarget)
+		if canarySignal != "" {
+			reason += " (" + canarySignal + ")"
+		}
 		if canaryError != "" {
 			reason += ": " + oneLineReason(canaryError)
 		}
