@@ -45,8 +45,8 @@ type RunRequest struct {
 	// canaries (`run create --canary-bake`; 0: no bake); nil: the policy's.
 	CanaryBakeOverride *time.Duration
 	RequestedBy        string
-	Reason         string
-	IdempotencyKey string
+	Reason             string
+	IdempotencyKey     string
 }
 
 // PlannedMachine is one machine a run would move, with what the policy
