@@ -60,6 +60,8 @@ type worldOpts struct {
 	obs orchestrator.Observer
 	// poll overrides the replicas' poll interval (default 2s).
 	poll time.Duration
+	// minDrainVersion is the replicas' MinDrainVersion.
+	minDrainVersion string
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
@@ -116,7 +118,7 @@ func (w *world) startReplica(fleetCap int) *replica {
 	}
 	orch, err := orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: poll,
 		LeaseTTL: 2 * time.Minute, VerifyTimeout: 2 * time.Minute, WaitStep: 5 * time.Second, GatewayGrace: 30 * time.Second,
-		Clock: w.clk, Logger: log}, w.st, f, gw, w.pol)
+		Clock: w.clk, Logger: log, MinDrainVersion: w.opts.minDrainVersion}, w.st, f, gw, w.pol)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -269,9 +269,12 @@ func (s *step) finishDetail(ctx context.Context, outcome, errText string, detail
 	if d := s.w.Drain; d != nil && d.Outcome == store.DrainUndrainable {
 		// Whatever the outcome, the audit keeps why there was no drain.
 		note := undrainableNote(d.UndrainableStatus)
-		if errText == "" {
+		switch {
+		case errText == "" && strings.HasPrefix(s.m.Error, note):
+			errText = s.m.Error // with why a 401 was one
+		case errText == "":
 			errText = note
-		} else if !strings.HasPrefix(errText, note) {
+		case !strings.HasPrefix(errText, note):
 			errText = note + "; " + errText
 		}
 	}
@@ -691,12 +694,19 @@ func (s *step) begin(ctx context.Context) (next, error) {
 	echo, err := s.o.gw.Begin(ctx, s.target(), d.Quiet)
 	if err != nil {
 		code, undrainable := gateway.Undrainable(err)
+		why := ""
+		if code == http.StatusUnauthorized {
+			why = s.explain401(ctx, err)
+		}
 		if undrainable && d.Undrainable == string(policy.UndrainableRecreate) {
-			return s.recreateUndrainable(ctx, code)
+			return s.recreateUndrainable(ctx, code, why)
 		}
 		hint := ""
+		if why != "" {
+			hint = " — " + why
+		}
 		if undrainable {
-			hint = "; undrainable = fail: not recreated without a drain (see fleet check, secret sync, run create --undrainable)"
+			hint += "; undrainable = fail: not recreated without a drain (see fleet check, secret sync, run create --undrainable)"
 		}
 		if gateway.IsPermanent(err) {
 			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway refused the drain: %v%s", err, hint))
@@ -731,7 +741,20 @@ func (s *step) begin(ctx context.Context) (next, error) {
 // drain route) or 401 (no secret, or another one) without a drain, as
 // undrainable = recreate asks: there is no marker, so the shutdown is loud.
 // One status read records how many turns the recreate will cut off.
-func (s *step) recreateUndrainable(ctx context.Context, code int) (next, error) {
+// explain401 says which 401 a drain call got: the drain route's own (the
+// agent holds another secret), or a gated bind's login gate before
+// routing, which the agent's /api/status version against MinDrainVersion
+// tells apart as an older Hermes or a missing secret (one status read).
+func (s *step) explain401(ctx context.Context, err error) string {
+	version := ""
+	if st, serr := s.o.gw.Status(ctx, s.target()); serr == nil {
+		version = st.Version
+	}
+	_, why := gateway.Explain401(err, version, s.o.cfg.MinDrainVersion)
+	return why
+}
+
+func (s *step) recreateUndrainable(ctx context.Context, code int, why string) (next, error) {
 	d := s.w.Drain
 	d.Outcome = store.DrainUndrainable
 	d.UndrainableStatus = code
@@ -746,6 +769,9 @@ func (s *step) recreateUndrainable(ctx context.Context, code int) (next, error) 
 		}
 	}
 	s.m.Error = undrainableNote(code)
+	if why != "" {
+		s.m.Error += "; " + why
+	}
 	s.log.Warn("drain endpoint refused; recreating without a drain (undrainable = recreate)", "status", code)
 	return next{}, s.transition(ctx, store.StateUpdating, detail)
 }

@@ -51,6 +51,10 @@ then refuses with 400. So:
   ready           400: drain endpoint and secret good
   no_secret       401: no drain secret, or another one (secret sync, then a recreate)
   no_drain_route  404: a Hermes without the drain endpoint (move it with --undrainable recreate)
+  no_secret_or_drain_route
+                  401 from a gated dashboard's login gate, before routing: an older Hermes
+                  without the drain route or no drain secret; $` + minDrainVersionEnv + `
+                  (the oldest Hermes with the route) tells them apart by /api/status version
   forbidden       403: a token of another scope
   server_error    5xx, after retries
   unreachable     no answer from the dashboard
@@ -92,7 +96,7 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 	if err != nil {
 		return fmt.Errorf("fleet check: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
-	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log}, c.gw, machines)
+	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion}, c.gw, machines)
 	if err != nil {
 		return fmt.Errorf("fleet check: %w", err)
 	}

@@ -666,7 +666,7 @@ func probeForDryRun(ctx context.Context, c *components, planned []orchestrator.P
 			ms = append(ms, p.Machine)
 		}
 	}
-	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log}, c.gw, ms)
+	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion}, c.gw, ms)
 	if err != nil {
 		return nil, err
 	}
@@ -684,7 +684,7 @@ func drainPath(a fleetcheck.Agent, undrainable policy.Undrainable) string {
 	switch a.Readiness {
 	case fleetcheck.NotRunning:
 		return "none"
-	case gateway.NoSecret, gateway.NoDrainRoute:
+	case gateway.NoSecret, gateway.NoDrainRoute, gateway.NoSecretOrRoute:
 		if undrainable == policy.UndrainableRecreate {
 			return "recreate_without_drain"
 		}
