@@ -158,7 +158,7 @@ func TestUndrainableGatedBind(t *testing.T) {
 				row  historyRow
 				says string
 			}{
-				{older, "older Hermes (version v0, below v1) without the drain route"},
+				{older, "older Hermes v0 (below v1) without the drain route"},
 				{noSecret, "Hermes v1 has the drain route but no drain secret configured"},
 			} {
 				if c.row.Outcome != wantOutcome || c.row.DrainOutcome != wantDrain || !strings.Contains(c.row.Error, c.says) ||

@@ -85,5 +85,6 @@ func (r HistoryRow) CSVRecord() []string {
 		str(r.Outcome), str(r.Error), strconv.FormatInt(r.MigrationID, 10), r.Region,
 		str(r.PolicyVersion), ts(r.DrainDeadline), str(r.OnDeadline), strconv.Itoa(r.Deferrals), r.Reason,
 		ts(&created), ts(r.FinishedAt), secs(r.ExpectedDrainSeconds), secs(r.DrainWaitSeconds),
-		secs(r.IdleWaitSeconds), strconv.Itoa(r.Peeks), num(r.ActiveAgentsAtBegin)}
+		secs(r.IdleWaitSeconds), strconv.Itoa(r.Peeks), num(r.ActiveAgentsAtBegin), string(r.SignalsBefore),
+		string(r.SignalsAfter), str(r.DecidingSignal), strconv.FormatBool(r.Canary), secs(r.BakeSeconds)}
 }

@@ -118,7 +118,7 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "APP\tMACHINE\tSTATE\tREGION\tIMAGE\tVERSION\tREADINESS\tDETAIL")
 		for _, a := range rep.Agents {
-			version, detail := a.Version, oneLine(a.Detail, 100)
+			version, detail := a.Version, oneLine(a.Detail, 140)
 			if version == "" {
 				version = "-"
 			}
@@ -131,8 +131,12 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 			return err
 		}
 		fmt.Fprintln(e.stdout)
+		width := 15
 		for _, cat := range rep.Categories() {
-			fmt.Fprintf(e.stdout, "%-15s %5d  %s\n", cat, rep.Counts[cat], fleetcheck.Explain(cat))
+			width = max(width, len(cat))
+		}
+		for _, cat := range rep.Categories() {
+			fmt.Fprintf(e.stdout, "%-*s %5d  %s\n", width, cat, rep.Counts[cat], fleetcheck.Explain(cat))
 		}
 	}
 	if notReady > 0 {

@@ -18,6 +18,7 @@ package fleetcheck
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -92,6 +93,9 @@ type Agent struct {
 	StatusCode int `json:"status_code,omitempty"`
 	// Detail says why an agent is not ready (one line, never a secret).
 	Detail string `json:"detail,omitempty"`
+	// AuthLayer says, for a 401, which part of the dashboard refused: the
+	// drain route itself, or a gated bind's login gate before routing.
+	AuthLayer gateway.AuthLayer `json:"auth_layer,omitempty"`
 }
 
 // Ready reports whether the agent does not stand in the way of a drain.
@@ -183,6 +187,10 @@ func probe(ctx context.Context, cfg Config, gw Gateway, m flymachines.Machine, a
 		// Which 401: the drain route's, or a login gate's before routing
 		// (an older Hermes or no secret: the version tells).
 		a.Readiness, a.Detail = gateway.Explain401(res.Err, a.Version, cfg.MinDrainVersion)
+		var he *gateway.HTTPError
+		if errors.As(res.Err, &he) {
+			a.AuthLayer = he.Layer()
+		}
 	}
 	cfg.Logger.Debug("fleet check", "app", m.App, "machine_id", m.ID, "readiness", string(a.Readiness),
 		"status", a.StatusCode, "version", a.Version)
@@ -193,7 +201,7 @@ func Explain(r gateway.Readiness) string {
 	return map[gateway.Readiness]string{
 		gateway.Ready:        "drain endpoint and secret good",
 		gateway.NoSecret:     "401: the agent holds no drain secret or another one; `migrator secret sync`, then a run (its recreate hands over the secret; --undrainable recreate until then)",
-		gateway.NoDrainRoute: "404 (or a login gate's 401 below the minimum version): a Hermes without the drain endpoint; a run with --undrainable recreate moves it to a drain-aware image",
+		gateway.NoDrainRoute: "404: a Hermes without the drain endpoint (on a gated bind: a login gate's 401 from a version below the minimum); a run with --undrainable recreate moves it to a drain-aware image",
 		gateway.NoSecretOrRoute: "401 from a gated dashboard's login gate: an older Hermes without the drain route, or no drain secret configured; set " +
 			gateway.MinDrainVersionEnv + " to tell them apart (either way --undrainable recreate moves it)",
 		gateway.Forbidden:   "403: the gateway knows the token but not for drain-control",

@@ -173,11 +173,11 @@ func TestCheckGatedBind(t *testing.T) {
 	}{
 		{"v1", map[string]gateway.Readiness{"hermes-agent-1": gateway.Ready, "hermes-agent-2": gateway.NoDrainRoute,
 			"hermes-agent-3": gateway.NoSecret, "hermes-agent-4": gateway.NoSecret},
-			map[string]string{"hermes-agent-2": "older Hermes (version v0, below v1)", "hermes-agent-3": "no drain secret configured",
-				"hermes-agent-4": "another one than ours"}},
+			map[string]string{"hermes-agent-2": "older Hermes v0 (below v1) without the drain route", "hermes-agent-3": "no drain secret configured",
+				"hermes-agent-4": "another drain secret than ours"}},
 		{"", map[string]gateway.Readiness{"hermes-agent-1": gateway.Ready, "hermes-agent-2": gateway.NoSecretOrRoute,
 			"hermes-agent-3": gateway.NoSecretOrRoute, "hermes-agent-4": gateway.NoSecret},
-			map[string]string{"hermes-agent-2": "either an older Hermes without the drain route or no drain secret configured (version v0)",
+			map[string]string{"hermes-agent-2": "an older Hermes without the drain route, or no drain secret configured (version v0)",
 				"hermes-agent-3": "(version v1)"}},
 	} {
 		rep, err := fleetcheck.Check(ctx, fleetcheck.Config{MinDrainVersion: tc.min}, gw, machines)

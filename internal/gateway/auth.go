@@ -91,24 +91,24 @@ func Explain401(err error, version, minVersion string) (Readiness, string) {
 	}
 	switch he.Layer() {
 	case AuthDrainRoute:
-		return NoSecret, "401 from the drain route itself: the agent has a drain secret, another one than ours (a rotated key, or not recreated since `secret sync`)"
+		return NoSecret, "the agent holds another drain secret than ours (401 from the drain route itself: a rotated key, or not recreated since `secret sync`)"
 	case AuthOther:
 		return NoSecret, "401: the agent holds no drain secret, or another one"
 	}
-	gate := fmt.Sprintf("401 from the dashboard's login gate (reason %s) before routing", he.AuthReason)
+	gate := fmt.Sprintf("401 from the login gate before routing, reason %s", he.AuthReason)
 	if minVersion == "" {
-		return NoSecretOrRoute, fmt.Sprintf("%s: either an older Hermes without the drain route or no drain secret configured (version %s); set %s to tell them apart",
-			gate, v, MinDrainVersionEnv)
+		return NoSecretOrRoute, fmt.Sprintf("an older Hermes without the drain route, or no drain secret configured (version %s): %s; set %s to tell them apart",
+			v, gate, MinDrainVersionEnv)
 	}
 	cmp, ok := CompareVersions(version, minVersion)
 	switch {
 	case !ok:
-		return NoSecretOrRoute, fmt.Sprintf("%s: either an older Hermes without the drain route or no drain secret configured; version %s cannot be compared with the minimum %s",
-			gate, v, minVersion)
+		return NoSecretOrRoute, fmt.Sprintf("an older Hermes without the drain route, or no drain secret configured: version %s cannot be compared with the minimum %s (%s)",
+			v, minVersion, gate)
 	case cmp < 0:
-		return NoDrainRoute, fmt.Sprintf("%s: an older Hermes (version %s, below %s) without the drain route", gate, version, minVersion)
+		return NoDrainRoute, fmt.Sprintf("an older Hermes %s (below %s) without the drain route (%s)", version, minVersion, gate)
 	}
-	return NoSecret, fmt.Sprintf("%s: Hermes %s has the drain route but no drain secret configured (`secret sync`, then a recreate)", gate, version)
+	return NoSecret, fmt.Sprintf("Hermes %s has the drain route but no drain secret configured: `secret sync`, then a recreate (%s)", version, gate)
 }
 
 // MinDrainVersionEnv names the setting of the oldest Hermes version with

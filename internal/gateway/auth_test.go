@@ -23,14 +23,14 @@ func TestExplain401(t *testing.T) {
 		want                     Readiness
 		says                     []string
 	}{
-		{"drain route refused our secret", drainRoute, "0.21.5", "0.21.0", AuthDrainRoute, NoSecret, []string{"drain route itself", "another one"}},
+		{"drain route refused our secret", drainRoute, "0.21.5", "0.21.0", AuthDrainRoute, NoSecret, []string{"drain route itself", "another drain secret"}},
 		{"loopback detail only", loopback401, "0.21.5", "0.21.0", AuthOther, NoSecret, []string{"no drain secret, or another"}},
-		{"login gate, older Hermes", loginGate, "0.19.2", "0.21.0", AuthLoginGate, NoDrainRoute, []string{"login gate (reason no_cookie)", "older Hermes (version 0.19.2, below 0.21.0)"}},
+		{"login gate, older Hermes", loginGate, "0.19.2", "0.21.0", AuthLoginGate, NoDrainRoute, []string{"login gate before routing, reason no_cookie", "an older Hermes 0.19.2 (below 0.21.0) without the drain route"}},
 		{"login gate, v-prefixed tags", loginGate, "v0", "v1", AuthLoginGate, NoDrainRoute, []string{"older Hermes"}},
-		{"login gate, new enough: no secret", expired, "0.21.5", "0.21.0", AuthLoginGate, NoSecret, []string{"reason invalid_or_expired_session", "has the drain route but no drain secret"}},
+		{"login gate, new enough: no secret", expired, "0.21.5", "0.21.0", AuthLoginGate, NoSecret, []string{"reason invalid_or_expired_session", "Hermes 0.21.5 has the drain route but no drain secret"}},
 		{"login gate, the minimum itself", loginGate, "0.21.0", "0.21.0", AuthLoginGate, NoSecret, []string{"no drain secret"}},
-		{"login gate, no minimum", loginGate, "0.19.2", "", AuthLoginGate, NoSecretOrRoute, []string{"either an older Hermes without the drain route or no drain secret configured (version 0.19.2)", MinDrainVersionEnv}},
-		{"login gate, version unknown", loginGate, "", "0.21.0", AuthLoginGate, NoSecretOrRoute, []string{"version unknown cannot be compared"}},
+		{"login gate, no minimum", loginGate, "0.19.2", "", AuthLoginGate, NoSecretOrRoute, []string{"an older Hermes without the drain route, or no drain secret configured (version 0.19.2)", MinDrainVersionEnv}},
+		{"login gate, version unknown", loginGate, "", "0.21.0", AuthLoginGate, NoSecretOrRoute, []string{"version unknown cannot be compared with the minimum 0.21.0"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newServer(t, func(w http.ResponseWriter, r *http.Request, n int) { reply(w, 401, tc.body) })
@@ -112,6 +112,28 @@ func TestPlatformUpParked(t *testing.T) {
 	} {
 		if tc.p.Up() != tc.up || tc.p.Parked() != tc.parked {
 			t.Errorf("%+v: up %t parked %t, want %t %t", tc.p, tc.p.Up(), tc.p.Parked(), tc.up, tc.parked)
+		}
+	}
+}
+
+func TestChanges(t *testing.T) {
+	up := Platform{State: "connected"}
+	before := &Signals{NousSession: "valid", Platforms: map[string]Platform{"telegram": up, "discord": up, "slack": {State: "fatal"}}}
+	for _, tc := range []struct {
+		before, after *Signals
+		want          string
+	}{
+		{nil, nil, ""},
+		{before, nil, "before: discord, telegram up; slack fatal; nous valid"},
+		{nil, &Signals{}, "after: no platforms"},
+		{before, before, "unchanged: discord, telegram up; slack fatal; nous valid"},
+		{before, &Signals{NousSession: "terminal", Platforms: map[string]Platform{"telegram": {State: "fatal", ErrorCode: "telegram_token_lock"},
+			"discord": up, "slack": {State: "fatal"}}}, "telegram connected→fatal (telegram_token_lock), nous valid→terminal"},
+		{before, &Signals{NousSession: "valid", Platforms: map[string]Platform{"telegram": up, "slack": up}},
+			"discord connected→-, slack fatal→connected"},
+	} {
+		if got := Changes(tc.before, tc.after); got != tc.want {
+			t.Errorf("Changes = %q, want %q", got, tc.want)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -200,4 +201,77 @@ type Echo struct {
 // without the flag (an older gateway) does not match.
 func (e Echo) Matches(quiet bool) bool {
 	return e.Draining && e.SuppressNotification == quiet
+}
+
+// Changes says in one short line how an agent's signals after a recreate
+// differ from before: each platform whose state changed ("telegram
+// connected→fatal (telegram_token_lock)"), the Nous session if it changed,
+// or "unchanged" with the platforms up; with only one side read, that
+// side. "" when neither was read.
+func Changes(before, after *Signals) string {
+	switch {
+	case before == nil && after == nil:
+		return ""
+	case after == nil:
+		return "before: " + summary(*before)
+	case before == nil:
+		return "after: " + summary(*after)
+	}
+	var parts []string
+	names := map[string]bool{}
+	for k := range before.Platforms {
+		names[k] = true
+	}
+	for k := range after.Platforms {
+		names[k] = true
+	}
+	for _, k := range slices.Sorted(maps.Keys(names)) {
+		b, a := before.Platforms[k].State, after.Platforms[k].State
+		if b == a {
+			continue
+		}
+		part := k + " " + orDash(b) + "→" + orDash(a)
+		if code := after.Platforms[k].ErrorCode; code != "" && !after.Platforms[k].Up() {
+			part += " (" + code + ")"
+		}
+		parts = append(parts, part)
+	}
+	if before.NousSession != after.NousSession && after.NousSession != "" {
+		parts = append(parts, "nous "+orDash(before.NousSession)+"→"+after.NousSession)
+	}
+	if len(parts) == 0 {
+		return "unchanged: " + summary(*after)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// summary is "telegram, discord up; slack fatal; nous valid".
+func summary(s Signals) string {
+	var up, down []string
+	for _, k := range s.PlatformNames() {
+		if p := s.Platforms[k]; p.Up() {
+			up = append(up, k)
+		} else {
+			down = append(down, k+" "+orDash(p.State))
+		}
+	}
+	var parts []string
+	if len(up) > 0 {
+		parts = append(parts, strings.Join(up, ", ")+" up")
+	}
+	parts = append(parts, down...)
+	if len(parts) == 0 {
+		parts = append(parts, "no platforms")
+	}
+	if s.NousSession != "" {
+		parts = append(parts, "nous "+s.NousSession)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
