@@ -1152,6 +1152,7 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		return wait(s.o.cfg.PollInterval), nil
 	}
 	if mach.Image != s.m.FromImage {
+		s.quietBeforeRollback(ctx, mach)
 		put := s.o.fly.UpdateImage
 		if s.m.Launch {
 			// It was running before: launch it even if the failed
@@ -1182,6 +1183,35 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		return s.finish(ctx, store.OutcomeRolledBack, "", reason)
 	}
 	return s.restore(ctx, mach, reason, late)
+}
+
+// quietBeforeRollback keeps a quiet migration quiet when its new instance
+// is given up while it serves (a parked platform, a terminal Nous session,
+// a canary's bake): that instance's gateway has a new epoch, so the drain
+// marker from before the update no longer counts, and the rollback's
+// SIGTERM would send the home-channel "shutting down" broadcast the quiet
+// decision was made to avoid. A begin with the recorded flag writes a
+// current marker first. The rollback does not wait for quiescence (a
+// regression is rolled back at once): turns in flight are interrupted and
+// their users pinged, as at any recreate. Best effort: a gateway that is
+// down broadcasts nothing anyway.
+func (s *step) quietBeforeRollback(ctx context.Context, mach flymachines.Machine) {
+	d := s.w.Drain
+	if d == nil || !d.Quiet || !s.m.Launch || mach.State != "started" || d.Outcome == store.DrainUndrainable {
+		return
+	}
+	t := s.target()
+	t.InstanceID = mach.InstanceID
+	cctx, cancel := detached(ctx, cleanupTimeout)
+	defer cancel()
+	echo, err := s.o.gw.Begin(cctx, t, true)
+	ev := store.Event{Kind: "drain.begin_before_rollback", Target: s.m.Target(), Detail: map[string]any{"instance_id": mach.InstanceID}}
+	if err != nil {
+		ev.Error = err.Error()
+	} else {
+		ev.Detail["echoed"] = echo.SuppressNotification
+	}
+	s.events = append(s.events, ev)
 }
 
 // restore ends a rollback whose machine runs the old image again. If flyd

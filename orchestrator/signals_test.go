@@ -131,12 +131,13 @@ func TestPlatformDownBeforeMigrates(t *testing.T) {
 }
 
 // A terminal Nous session on the new image (every inference fails, every
-// probe green) is rolled back.
+// probe green) is rolled back; the migration being quiet, so is the
+// rollback's recreate of the serving new instance (no home broadcast).
 func TestTerminalNousRollsBack(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1, APISimTime: true}})
 	w.sim.TerminalNous(imgV2)
-	run := w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2})
+	run := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, IdleWaitOverride: new(time.Duration)})
 	w.waitRun(run.ID, time.Minute)
 	id := w.sim.MachineIDs("hermes-agent-1")[0]
 	s := w.signals(run.ID, id)
@@ -146,6 +147,18 @@ func TestTerminalNousRollsBack(t *testing.T) {
 	}
 	if v := w.sim.Machine("hermes-agent-1", id); v.Image != imgV1 || v.NousSession != gateway.NousValid {
 		t.Errorf("after the rollback %+v", v)
+	}
+	sd := w.shutdownsOf("hermes-agent-1", id)
+	if len(sd) != 2 || sd[1].Image != imgV2 || !sd[1].GatewayUp {
+		t.Fatalf("shutdowns %+v: want the update's and the rollback's of the serving new instance", sd)
+	}
+	for _, s := range sd {
+		if s.HomeBroadcast || !s.Quiet {
+			t.Errorf("shutdown of %s broadcast (quiet %t): a quiet migration's rollback must stay quiet", s.Image, s.Quiet)
+		}
+	}
+	if _, ok := eventOf(w.eventsOf(run.ID, id), "drain.begin_before_rollback"); !ok {
+		t.Error("no drain.begin_before_rollback event")
 	}
 }
 

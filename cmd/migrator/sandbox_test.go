@@ -178,6 +178,10 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 		"run 1 created: auto-update (quiet)",
 		"run 2 created: operator (loud)",
 		"run 1 rolled back hermes-agent-4/",
+		"hermes-agent-3: the only agent on slack",
+		"run 1 rolled back hermes-agent-3/",
+		"platform_parked: new instance",
+		"platform slack is fatal after the update (error_code slack_socket_mode_auth_failed",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
@@ -185,10 +189,17 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	}
 	rows := parseSummary(t, out)
 	auto, op := rows["1"], rows["2"]
+	// A turn in flight on the Slack agent when its new instance is given
+	// up is cut off (and pinged): the summary says so apart.
+	byRollback := 0
+	if m := regexp.MustCompile(`run 1: (\d+) turns? interrupted by a rollback`).FindStringSubmatch(out); m != nil {
+		byRollback, _ = strconv.Atoi(m[1])
+	}
 	if auto.cause != "auto-update" || auto.drains != "quiet" || auto.machines != 4 || auto.deferred != 1 ||
-		auto.rolledBack != 1 || auto.migrated != 2 || auto.broadcasts != 0 || auto.pinged != 0 || auto.interrupted != 0 ||
+		auto.rolledBack != 2 || auto.migrated != 1 || auto.broadcasts != 0 || auto.pinged != byRollback || auto.interrupted != byRollback ||
 		auto.state != "failed" {
-		t.Errorf("auto-update summary %+v: want quiet, 4 machines, 2 migrated, 1 deferred, 1 rolled back, no broadcast, no turn interrupted, failed", auto)
+		t.Errorf("auto-update summary %+v (%d interrupted by a rollback): want quiet, 4 machines, 1 migrated, 1 deferred, 2 rolled back, no broadcast, no turn interrupted but by the rollback, failed",
+			auto, byRollback)
 	}
 	if op.cause != "operator" || op.drains != "loud" || op.machines != 1 || op.forced != 1 || op.migrated != 1 ||
 		op.broadcasts != 1 || op.pinged < 1 || op.interrupted < 1 || op.state != "succeeded" {
@@ -263,7 +274,7 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 // Ctrl-C in the middle of a run stops and removes everything, and says so.
 func TestSandboxInterruptedCleansUp(t *testing.T) {
 	t.Parallel()
-	s := startSandbox(t, "--apps", "3")
+	s := startSandbox(t, "--apps", "4")
 	dir := s.waitFor(sandboxDirRE, 30*time.Second)[1]
 	s.waitFor(regexp.MustCompile(`run 1 created`), 2*time.Minute)
 	if len(postgresPIDs(t, dir)) == 0 {
@@ -284,7 +295,7 @@ func TestSandboxUsage(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--apps", "2"}, "--apps must be between 3 and 500"},
+		{[]string{"--apps", "3"}, "--apps must be between 4 and 500"},
 		{[]string{"--turns-per-hour", "0"}, "--turns-per-hour must be in (0, 120]"},
 		{[]string{"--time-scale", "0"}, "--time-scale must be between 1 and 60"},
 		{[]string{"--time-scale", "120"}, "--time-scale must be between 1 and 60"},
