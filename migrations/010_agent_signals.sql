@@ -77,12 +77,13 @@ SELECT
     -- the agent's own signals (010): before the drain, after the recreate,
     -- the one that decided a rollback or failure (NULL: none did), whether
     -- it was a canary, and how long it was watched in its bake (NULL: no
-    -- bake)
+    -- bake; bake_until is cut short to the moment a regression or a
+    -- cancel ended it, and both are on the fleet's clock)
     m.signals_before              AS signals_before,
     m.signals_after               AS signals_after,
     NULLIF(m.deciding_signal, '') AS deciding_signal,
     m.canary                      AS canary,
-    extract(epoch FROM least(coalesce(m.finished_at, now()), m.bake_until) - m.bake_started_at)::float8 AS bake_seconds
+    extract(epoch FROM m.bake_until - m.bake_started_at)::float8 AS bake_seconds
 FROM machine_migrations m
 JOIN runs r ON r.id = m.run_id
 LEFT JOIN drains d ON d.migration_id = m.id;

@@ -39,7 +39,8 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		Long: "Run the fleet simulator: a loopback server with the Fly Machines API subset migrator uses\n" +
 			"and one Hermes dashboard per machine, with agents doing scripted work. It prints, on\n" +
 			"stdout, the environment (FLY_API_TOKEN, FLY_FLAPS_BASE_URL, MIGRATOR_GATEWAY_URL,\n" +
-			"MIGRATOR_DRAIN_KEY, MIGRATOR_FLY_ORG) that points migrator at it, then serves until\n" +
+			"MIGRATOR_DRAIN_KEY, MIGRATOR_FLY_ORG, and with --time-scale MIGRATOR_CLOCK, so migrator\n" +
+			"runs on the simulated timeline) that points migrator at it, then serves until\n" +
 			"SIGINT. The token and drain key are throwaway values of this simulator.\n\n" +
 			"--activity makes the agents talk: per agent, user turns arrive as a Poisson process at\n" +
 			"the agent's own rate (log-normal across the fleet around --turns-per-hour: most quiet,\n" +
@@ -172,6 +173,11 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			}
 			defer sim.Close()
 			env := sim.Env()
+			if sc, ok := cfg.Clock.(*clock.Scaled); ok {
+				// serve, run follow and status share the simulated timeline:
+				// drain waits, bakes and Fly's event times agree.
+				env[clockEnv] = fmt.Sprintf("scaled:%g:%d", sc.Factor(), sc.Start().UnixNano())
+			}
 			keys := make([]string, 0, len(env))
 			for k := range env {
 				keys = append(keys, k)

@@ -587,9 +587,8 @@ func describeStep(m store.MigrationView, now time.Time) string {
 		}
 		return "rolling_back" + sig + ": " + nonEmpty(m.Error, "the new instance failed verification")
 	case m.State == store.StateBaking:
-		return fmt.Sprintf("baking%s: verified; watched until %s (%s): Fly events, gateway, platforms and Nous session against before (%s)",
-			canary, m.BakeUntil.UTC().Format(time.RFC3339), short(max(m.BakeUntil.Sub(m.BakeStartedAt), 0)),
-			nonEmpty(signalChanges(m.Migration), "no status read yet"))
+		return fmt.Sprintf("baking%s: verified; watched for %s (Fly events, gateway, platforms and Nous session against before: %s); the rest wait",
+			canary, short(max(m.BakeUntil.Sub(m.BakeStartedAt), 0)), nonEmpty(signalChanges(m.Migration), "no status read yet"))
 	default:
 		return m.State + canary
 	}
