@@ -359,3 +359,33 @@ func (w *world) eventually(limit time.Duration, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A run cancelled while its canary bakes will not widen: the canary, which
+// verified, ends migrated (its bake cut short), and nothing else starts.
+func TestCancelDuringBake(t *testing.T) {
+	t.Parallel()
+	rec := &recorder{}
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 3, APISimTime: true}, obs: rec})
+	bake := 10 * time.Minute
+	run := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, MaxUnavailable: "3", Canary: 1,
+		CanaryBakeOverride: &bake})
+	w.eventually(time.Minute, "the canary baking", func() bool {
+		c, _ := w.st.Q().CountRun(context.Background(), run.ID)
+		return c.ByState[store.StateBaking] == 1
+	})
+	if _, err := w.owner.Cancel(context.Background(), run.ID, "oncall"); err != nil {
+		t.Fatal(err)
+	}
+	if r := w.waitRun(run.ID, time.Minute); r.State != store.RunCancelled {
+		t.Fatalf("run %s (%s)", r.State, r.StateReason)
+	}
+	c, _ := w.st.Q().CountRun(context.Background(), run.ID)
+	if c.ByOutcome[store.OutcomeMigrated] != 1 || c.ByOutcome[store.OutcomeCancelled] != 2 {
+		t.Errorf("outcomes %v: want the canary migrated, the rest cancelled", c.ByOutcome)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if !slices.Equal(rec.bakes, []string{orchestrator.BakeCut}) {
+		t.Errorf("observed bakes %v", rec.bakes)
+	}
+}
