@@ -95,8 +95,15 @@ func (s *step) bake(ctx context.Context) (next, error) {
 	}
 	before := decodeSignals(s.m.SignalsBefore)
 	st, gerr := s.o.gw.Status(ctx, s.target())
+	// Each poll is its own execution: the last good read is what was saved.
+	// It is saved again at most every half of bakeUnreadable, so that a
+	// status unreadable for a moment is told from one unreadable too long
+	// without a write per poll.
+	keep := false
 	if gerr == nil {
 		after := st.Signals(now)
+		prev := decodeSignals(s.m.SignalsAfter)
+		keep = prev == nil || now.Sub(prev.At) >= s.bakeUnreadable()/2
 		s.m.SignalsAfter = encodeSignals(after)
 		if !st.Running {
 			return s.bakeRegressed(ctx, signalGatewayDown, fmt.Sprintf("the gateway is not running during the bake (gateway_state %q, exit reason %q)",
@@ -122,7 +129,13 @@ func (s *step) bake(ctx context.Context) (next, error) {
 			"baked_seconds": now.Sub(s.m.BakeStartedAt).Seconds()})
 	}
 	s.dropUnchangedStatusReads()
-	s.persistCalls(ctx)
+	if keep {
+		if err := s.commit(ctx, nil); err != nil {
+			return next{}, err
+		}
+	} else {
+		s.persistCalls(ctx)
+	}
 	return wait(min(s.o.cfg.PollInterval, s.m.BakeUntil.Sub(now)+time.Millisecond)), nil
 }
 

@@ -389,3 +389,41 @@ func TestCancelDuringBake(t *testing.T) {
 		t.Errorf("observed bakes %v", rec.bakes)
 	}
 }
+
+// A canary's dashboard unreadable for a moment during its bake (shorter
+// than the 30 s the bake allows) is no regression, however far into the
+// bake: each poll is its own execution, and the last good read is kept in
+// Postgres.
+func TestBakeToleratesABriefOutage(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 2, APISimTime: true}, scale: 10})
+	bake := 90 * time.Second
+	run := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, MaxUnavailable: "2", Canary: 1,
+		CanaryBakeOverride: &bake})
+	var canary store.Migration
+	w.eventually(time.Minute, "the canary 40 s into its bake", func() bool {
+		ms, _ := w.st.Q().ListMigrations(context.Background(), run.ID)
+		for _, m := range ms {
+			if m.Canary && m.State == store.StateBaking && w.clk.Now().Sub(m.BakeStartedAt) > 40*time.Second {
+				canary = m
+				return true
+			}
+		}
+		return false
+	})
+	w.sim.SetDashboardDown(canary.App, canary.MachineID, true)
+	time.Sleep(w.clk.Wall(12 * time.Second))
+	w.sim.SetDashboardDown(canary.App, canary.MachineID, false)
+	if r := w.waitRun(run.ID, time.Minute); r.State != store.RunSucceeded {
+		t.Fatalf("run %s (%s): a brief outage rolled the canary back", r.State, r.StateReason)
+	}
+	failed := 0
+	for _, e := range w.eventsOf(run.ID, canary.MachineID) {
+		if e.Kind == "gateway.status" && e.Error != "" {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Error("no status read failed during the outage: the test did not test it")
+	}
+}
