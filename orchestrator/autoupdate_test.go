@@ -26,6 +26,8 @@ type recorder struct {
 	ticks     []string
 	peeks     map[string]int
 	idleWaits []idleEnd
+	rollbacks []string // "phase/signal"
+	bakes     []string // results
 }
 
 type idleEnd struct {
@@ -67,6 +69,18 @@ func (r *recorder) IdleWaitEnded(result string, wait time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.idleWaits = append(r.idleWaits, idleEnd{result, wait})
+}
+
+func (r *recorder) RollbackStarted(phase, signal string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rollbacks = append(r.rollbacks, phase+"/"+signal)
+}
+
+func (r *recorder) BakeEnded(result string, _ time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.bakes = append(r.bakes, result)
 }
 
 func (r *recorder) AutoUpdateTick(outcome string) {

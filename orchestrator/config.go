@@ -50,6 +50,11 @@ type Config struct {
 	// 1m: once backed off, N busy agents cost at most 1.25·N status reads a
 	// minute.
 	PeekBackoffMax time.Duration
+	// MinDrainVersion is the oldest Hermes version with the drain route
+	// (MIGRATOR_HERMES_MIN_DRAIN_VERSION): a drain answered 401 by a gated
+	// bind's login gate is told apart as an older Hermes or a missing
+	// secret by the agent's version (gateway.Explain401). "": not told.
+	MinDrainVersion string
 	// Clock is the time source. Default clock.Real().
 	Clock clock.Clock
 	// Logger receives one line per transition. Default: discard.

@@ -14,8 +14,11 @@
 // the next pending machine gets it and its job is inserted (greedy refill:
 // no wave waits for its slowest member). A periodic fill job is the safety
 // net for machines whose not_before passed. Canaries go first; the rest
-// wait until every canary migrated; a failed canary, or more failures than
-// the run's threshold, pauses the run.
+// wait until every canary migrated (after its bake, below); a failed
+// canary, or more failures than the run's threshold, pauses the run. A
+// person resuming a paused run acknowledges what failed so far (the run's
+// acknowledged_at): the gate opens past those canaries and the threshold
+// counts afresh; `run resume --bake` first moves and bakes new canaries.
 //
 // # Plan order
 //
@@ -40,6 +43,8 @@
 //	   └─woken (from    │  outside window, host not ok: deferred;        │         │ deadline + force
 //	      updating)     │  never idle within idle_wait, on_busy defer)   ▼         ▼
 //	                  done ◀──migrated── verifying ◀──update image──── updating ◀──┘
+//	                   ▲ ▲   ▲               │ canary, bake > 0
+//	                   │ │   └──clean─── baking ──regression (run paused)──▶ rolling_back
 //	                   ▲ ▲                   │
 //	                   │ └──rolled_back── rolling_back (revert; startup_failed, failed or
 //	                   │   (drain cancelled,    │        stopped at once; else not started /
@@ -166,15 +171,39 @@
 // Every way out before the update (cancel, defer at the deadline, failure)
 // cancels the drain, so the agent takes turns again.
 //
-// Verification reads the machine once per poll (instance, image and checks
-// in one call), waiting on Fly's /wait only while the new instance is still
-// on its way; health results count only if newer than Fly's own update
-// time, and the gateway must report running or degraded. A definitive
-// failure rolls back at once instead of waiting out VerifyTimeout (which
-// stays for the undecided: still starting, checks not yet passing): the
+// Verification reads the machine once per poll (instance, image, checks and
+// events in one call), waiting on Fly's /wait only while the new instance
+// is still on its way; health results count only if newer than Fly's own
+// update time, and the gateway must report running or degraded. Then the
+// agent is judged against its own before (judgeAgent): the signals it
+// showed before its drain (the last peek, or the first status read of the
+// drain) are kept on the machine (signals_before), and after the recreate
+// every platform that was up must be up again within VerifyTimeout (one
+// that was already down does not count) and a Nous session that was valid
+// must not be terminal. A definitive failure rolls back at once instead of
+// waiting out VerifyTimeout (which stays for the undecided: still
+// starting, checks not yet passing, a platform still retrying): the
 // machine settled on another instance (flyd's revert), the new instance's
-// machine is failed or stopped, or its gateway reports startup_failed. The
-// deciding signal is recorded with the rolling_back transition.
+// machine is failed or stopped, a Fly exit event after the update that was
+// not asked for (flyd's restart policy may have hidden the crash from the
+// machine's state), its gateway reports startup_failed, a platform that was
+// up is parked (fatal, or retrying past needs_attention), or the Nous
+// session turned terminal. The deciding signal (deciding_signal) and the
+// signals seen (signals_after) are recorded with the rolling_back
+// transition.
+//
+// # The canary bake
+//
+// A canary that verified is "baking" for its bake (policy canary_bake, or
+// the run's --canary-bake), keeping its lease and slot, so the canary gate
+// holds the rest. Each poll reads its machine (Fly events newer than the
+// update, still on the new instance and started) and its /api/status (the
+// gateway running, no platform or Nous regression against the before); at
+// the end, a platform that was up must be up. A regression moves the
+// canary to rolling_back (the same rollback as verify's) and pauses the run
+// in the same transaction, naming the machine and the signal. bake_until is
+// in Postgres, so a replica killed mid-bake leaves the rest of the bake to
+// the next. A cancelled run ends its baking canaries migrated.
 //
 // # Every way out leaves the agent serving
 //

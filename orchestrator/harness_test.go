@@ -58,6 +58,12 @@ type worldOpts struct {
 	scale float64
 	// orch, if set, adjusts every replica's orchestrator config.
 	orch func(*orchestrator.Config)
+	// obs hears what the replicas finish (metrics).
+	obs orchestrator.Observer
+	// poll overrides the replicas' poll interval (default 2s).
+	poll time.Duration
+	// minDrainVersion is the replicas' MinDrainVersion.
+	minDrainVersion string
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
@@ -108,9 +114,13 @@ func (w *world) startReplica(fleetCap int) *replica {
 	if w.opts.wrapFly != nil {
 		f = w.opts.wrapFly(fly)
 	}
-	cfg := orchestrator.Config{FleetCap: fleetCap, PollInterval: 2 * time.Second,
+	poll := 2 * time.Second
+	if w.opts.poll > 0 {
+		poll = w.opts.poll
+	}
+	cfg := orchestrator.Config{FleetCap: fleetCap, PollInterval: poll,
 		LeaseTTL: 2 * time.Minute, VerifyTimeout: 2 * time.Minute, WaitStep: 5 * time.Second, GatewayGrace: 30 * time.Second,
-		Clock: w.clk, Logger: log}
+		Clock: w.clk, Logger: log, MinDrainVersion: w.opts.minDrainVersion}
 	if w.opts.orch != nil {
 		w.opts.orch(&cfg)
 	}
@@ -119,7 +129,7 @@ func (w *world) startReplica(fleetCap int) *replica {
 		t.Fatal(err)
 	}
 	client, err := orch.NewRiverClient(orchestrator.RiverOptions{Workers: 50, FetchPollInterval: 20 * time.Millisecond,
-		FillEvery: time.Second, Logger: slog.New(slog.DiscardHandler)})
+		FillEvery: time.Second, Logger: slog.New(slog.DiscardHandler), Observer: w.opts.obs})
 	if err != nil {
 		t.Fatal(err)
 	}

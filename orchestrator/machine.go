@@ -136,6 +136,8 @@ func (s *step) advance(ctx context.Context) (next, error) {
 		return s.update(ctx)
 	case store.StateVerifying:
 		return s.verify(ctx)
+	case store.StateBaking:
+		return s.bake(ctx)
 	case store.StateRollingBack:
 		return s.rollback(ctx)
 	}
@@ -268,9 +270,12 @@ func (s *step) finishDetail(ctx context.Context, outcome, errText string, detail
 	if d := s.w.Drain; d != nil && d.Outcome == store.DrainUndrainable {
 		// Whatever the outcome, the audit keeps why there was no drain.
 		note := undrainableNote(d.UndrainableStatus)
-		if errText == "" {
+		switch {
+		case errText == "" && strings.HasPrefix(s.m.Error, note):
+			errText = s.m.Error // with why a 401 was one
+		case errText == "":
 			errText = note
-		} else if !strings.HasPrefix(errText, note) {
+		case !strings.HasPrefix(errText, note):
 			errText = note + "; " + errText
 		}
 	}
@@ -517,6 +522,10 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	if serr == nil {
 		active := st.ActiveAgents
 		s.m.PeekActiveAgents = &active
+		// What the agent shows before its drain: the image is judged
+		// against it after the recreate. The last look before the begin
+		// wins.
+		s.m.SignalsBefore = encodeSignals(st.Signals(now))
 	}
 	s.o.obs.Peeked(result)
 	over := !now.Before(s.m.FirstPeekAt.Add(idleWait))
@@ -818,12 +827,19 @@ func (s *step) begin(ctx context.Context) (next, error) {
 	echo, err := s.o.gw.Begin(ctx, s.target(), d.Quiet)
 	if err != nil {
 		code, undrainable := gateway.Undrainable(err)
+		why := ""
+		if code == http.StatusUnauthorized {
+			why = s.explain401(ctx, err)
+		}
 		if undrainable && d.Undrainable == string(policy.UndrainableRecreate) {
-			return s.recreateUndrainable(ctx, code)
+			return s.recreateUndrainable(ctx, code, why)
 		}
 		hint := ""
+		if why != "" {
+			hint = " — " + why
+		}
 		if undrainable {
-			hint = "; undrainable = fail: not recreated without a drain (see fleet check, secret sync, run create --undrainable)"
+			hint += "; undrainable = fail: not recreated without a drain (see fleet check, secret sync, run create --undrainable)"
 		}
 		if gateway.IsPermanent(err) {
 			return s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("gateway refused the drain: %v%s", err, hint))
@@ -858,7 +874,20 @@ func (s *step) begin(ctx context.Context) (next, error) {
 // drain route) or 401 (no secret, or another one) without a drain, as
 // undrainable = recreate asks: there is no marker, so the shutdown is loud.
 // One status read records how many turns the recreate will cut off.
-func (s *step) recreateUndrainable(ctx context.Context, code int) (next, error) {
+// explain401 says which 401 a drain call got: the drain route's own (the
+// agent holds another secret), or a gated bind's login gate before
+// routing, which the agent's /api/status version against MinDrainVersion
+// tells apart as an older Hermes or a missing secret (one status read).
+func (s *step) explain401(ctx context.Context, err error) string {
+	version := ""
+	if st, serr := s.o.gw.Status(ctx, s.target()); serr == nil {
+		version = st.Version
+	}
+	_, why := gateway.Explain401(err, version, s.o.cfg.MinDrainVersion)
+	return why
+}
+
+func (s *step) recreateUndrainable(ctx context.Context, code int, why string) (next, error) {
 	d := s.w.Drain
 	d.Outcome = store.DrainUndrainable
 	d.UndrainableStatus = code
@@ -868,8 +897,14 @@ func (s *step) recreateUndrainable(ctx context.Context, code int) (next, error) 
 		d.LastStatusAt, d.LastGatewayState, d.LastActiveAgents = s.now(), st.State, &active
 		d.ActiveAgentsAtRecreate = &active
 		detail["active_agents"] = active
+		if s.m.SignalsBefore == nil {
+			s.m.SignalsBefore = encodeSignals(st.Signals(s.now()))
+		}
 	}
 	s.m.Error = undrainableNote(code)
+	if why != "" {
+		s.m.Error += "; " + why
+	}
 	s.log.Warn("drain endpoint refused; recreating without a drain (undrainable = recreate)", "status", code)
 	return next{}, s.transition(ctx, store.StateUpdating, detail)
 }
@@ -913,6 +948,12 @@ func (s *step) draining(ctx context.Context) (next, error) {
 	if d.ActiveAgentsAtBegin == nil {
 		// Begun without a peek: the first read after the begin says it.
 		d.ActiveAgentsAtBegin = &active
+		changed = true
+	}
+	if s.m.SignalsBefore == nil {
+		// Begun without a peek: the agent's signals are those of the first
+		// read (a drain changes its gateway state, not its platforms).
+		s.m.SignalsBefore = encodeSignals(st.Signals(now))
 		changed = true
 	}
 
@@ -1236,6 +1277,11 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		return s.startRollback(ctx, signalMachineFailed, fmt.Sprintf("new instance %s failed to start: machine state failed", s.m.ToInstanceID))
 	case ours && m.State == "stopped":
 		return s.startRollback(ctx, signalInstanceStopped, fmt.Sprintf("new instance %s exited: machine stopped", s.m.ToInstanceID))
+	case ours && crashed(m, s.m.UpdatedMachineAt):
+		// The new instance exited on its own; flyd's restart policy may
+		// already have started it again, so its state alone can miss it.
+		sig, why := flyCrash(m.Events, s.m.UpdatedMachineAt)
+		return s.startRollback(ctx, sig, fmt.Sprintf("new instance %s: %s", s.m.ToInstanceID, why))
 	case !ours || m.State != want:
 		if late {
 			return s.startRollback(ctx, signalTimeout, fmt.Sprintf("new instance %s not %s within %s (machine is %s)", s.m.ToInstanceID, want, s.o.cfg.VerifyTimeout, m.State))
@@ -1243,12 +1289,20 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
-	// The gateway is read even before the checks pass: startup_failed is
-	// definitive, and waiting out VerifyTimeout would keep the agent down
-	// for nothing.
+	// The gateway is read even before the checks pass: startup_failed, a
+	// platform parked or a Nous session gone terminal are definitive, and
+	// waiting out VerifyTimeout would keep the agent's users cut off for
+	// nothing.
 	st, gerr := s.o.gw.Status(ctx, s.target())
-	if gerr == nil && st.State == gatewayStartupFailed {
-		return s.startRollback(ctx, signalStartupFailed, fmt.Sprintf("new instance %s: gateway reports startup_failed (%s)", s.m.ToInstanceID, h.Detail))
+	before := decodeSignals(s.m.SignalsBefore)
+	if gerr == nil {
+		s.m.SignalsAfter = encodeSignals(st.Signals(s.now()))
+		if st.State == gatewayStartupFailed {
+			return s.startRollback(ctx, signalStartupFailed, fmt.Sprintf("new instance %s: gateway reports startup_failed (%s)", s.m.ToInstanceID, h.Detail))
+		}
+		if v := judgeAgent(before, st.Signals(s.now()), false); v.regressed {
+			return s.startRollback(ctx, v.signal, fmt.Sprintf("new instance %s: %s", s.m.ToInstanceID, v.reason))
+		}
 	}
 	if !h.OK {
 		if late {
@@ -1269,7 +1323,26 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		return wait(s.o.cfg.PollInterval), nil
 	}
 	s.m.ToDigest = m.ImageRef.Digest
+	// Serving: every platform that served before must serve again within
+	// the window.
+	if v := judgeAgent(before, st.Signals(s.now()), late); v.regressed {
+		return s.startRollback(ctx, v.signal, fmt.Sprintf("new instance %s: %s within %s", s.m.ToInstanceID, v.reason, s.o.cfg.VerifyTimeout))
+	} else if v.pending {
+		s.dropUnchangedStatusReads()
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), nil
+	}
+	if bake := s.canaryBake(); bake > 0 {
+		return s.startBake(ctx, bake)
+	}
 	return s.finish(ctx, store.OutcomeMigrated, "", "")
+}
+
+// crashed reports whether m's events show the new instance exiting on its
+// own (or being restarted) after the update.
+func crashed(m flymachines.Machine, since time.Time) bool {
+	sig, _ := flyCrash(m.Events, since)
+	return sig != ""
 }
 
 // verifyNotLaunched verifies a machine updated without a launch (it was
@@ -1354,7 +1427,12 @@ const (
 func (s *step) startRollback(ctx context.Context, signal, reason string) (next, error) {
 	detail := map[string]any{"reason": reason, "signal": signal,
 		"since_update_seconds": s.now().Sub(s.m.UpdatedMachineAt).Seconds()}
+	if after := decodeSignals(s.m.SignalsAfter); after != nil {
+		detail["signals_after"] = after
+	}
+	s.o.obs.RollbackStarted(phaseOf(s.m.State), signal)
 	s.m.Error = reason
+	s.m.DecidingSignal = signal
 	s.m.UpdatedMachineAt = s.now() // the rollback's own verify clock
 	if err := s.transition(ctx, store.StateRollingBack, detail); err != nil {
 		return next{}, err
@@ -1384,6 +1462,14 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 	}
 	back := s.m.RollbackImage()
 	if !s.backOnOld(mach) {
+		if !settled(mach.State) && !late {
+			// Mid-change (a crash-looping instance being restarted by
+			// flyd, a replace under way): Fly refuses an update until it
+			// is over.
+			s.persistCalls(ctx)
+			return wait(s.o.cfg.PollInterval), nil
+		}
+		s.quietBeforeRollback(ctx, mach)
 		// Exactly what ran before (image_ref's digest), with the launch
 		// decision made at the lease: a machine that was running is
 		// launched even if the failed instance left it stopped, one that
@@ -1395,7 +1481,7 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 			opts = append(opts, flymachines.WithContainer(c))
 		}
 		if _, err := s.o.fly.UpdateImage(ctx, s.m.App, s.m.MachineID, back, s.m.LeaseNonce, opts...); err != nil {
-			if retryable(ctx, err) && (!late || ctx.Err() != nil) {
+			if (retryable(ctx, err) || flymachines.IsBusy(err)) && (!late || ctx.Err() != nil) {
 				s.persistCalls(ctx)
 				return wait(s.o.cfg.PollInterval), nil
 			}
@@ -1429,6 +1515,35 @@ func (s *step) backOnOld(mach flymachines.Machine) bool {
 		return false
 	}
 	return s.m.FromDigest == "" || mach.ImageRef.Digest == s.m.FromDigest
+}
+
+// quietBeforeRollback keeps a quiet migration quiet when its new instance
+// is given up while it serves (a parked platform, a terminal Nous session,
+// a canary's bake): that instance's gateway has a new epoch, so the drain
+// marker from before the update no longer counts, and the rollback's
+// SIGTERM would send the home-channel "shutting down" broadcast the quiet
+// decision was made to avoid. A begin with the recorded flag writes a
+// current marker first. The rollback does not wait for quiescence (a
+// regression is rolled back at once): turns in flight are interrupted and
+// their users pinged, as at any recreate. Best effort: a gateway that is
+// down broadcasts nothing anyway.
+func (s *step) quietBeforeRollback(ctx context.Context, mach flymachines.Machine) {
+	d := s.w.Drain
+	if d == nil || !d.Quiet || !s.m.Launch || mach.State != "started" || d.Outcome == store.DrainUndrainable {
+		return
+	}
+	t := s.target()
+	t.InstanceID = mach.InstanceID
+	cctx, cancel := detached(ctx, cleanupTimeout)
+	defer cancel()
+	echo, err := s.o.gw.Begin(cctx, t, true)
+	ev := store.Event{Kind: "drain.begin_before_rollback", Target: s.m.Target(), Detail: map[string]any{"instance_id": mach.InstanceID}}
+	if err != nil {
+		ev.Error = err.Error()
+	} else {
+		ev.Detail["echoed"] = echo.SuppressNotification
+	}
+	s.events = append(s.events, ev)
 }
 
 // restore ends a rollback whose machine runs the old image again. If flyd

@@ -26,6 +26,12 @@ type Observer interface {
 	// result IdleFound, IdleBusyDrained or IdleBusyDeferred, after waiting
 	// wait (clock time from the first peek).
 	IdleWaitEnded(result string, wait time.Duration)
+	// RollbackStarted: a new instance was given up in phase "verify" or
+	// "bake", decided by signal (the deciding signal recorded with it).
+	RollbackStarted(phase, signal string)
+	// BakeEnded: a canary's bake ended with result BakeClean,
+	// BakeRegressed or BakeCut after watching it for d (clock time).
+	BakeEnded(result string, d time.Duration)
 }
 
 // Peek and idle-wait results, as the Observer hears them.
@@ -41,6 +47,8 @@ const (
 type nopObserver struct{}
 
 func (nopObserver) Peeked(string)                       {}
+func (nopObserver) RollbackStarted(string, string)      {}
+func (nopObserver) BakeEnded(string, time.Duration)     {}
 func (nopObserver) IdleWaitEnded(string, time.Duration) {}
 
 func (nopObserver) MachineDone(string)                     {}
@@ -60,4 +68,9 @@ func (o *Orchestrator) SlotsInUse(ctx context.Context) (int, error) {
 // OnCallStatus reads what the alert rules' gauges need, fleet-wide.
 func (o *Orchestrator) OnCallStatus(ctx context.Context) (store.OnCallStatus, error) {
 	return o.store.Q().ReadOnCallStatus(ctx)
+}
+
+// CanariesBaking counts the canaries being baked now, fleet-wide.
+func (o *Orchestrator) CanariesBaking(ctx context.Context) (int, error) {
+	return o.store.Q().CanariesBaking(ctx)
 }

@@ -290,15 +290,26 @@ func (o *Orchestrator) Pause(ctx context.Context, id int64, by string) (store.Ru
 	return out, err
 }
 
-// Resume lets a paused run start machines again.
+// Resume lets a paused run start machines again: what failed before (a
+// canary that regressed, failures past the threshold) was seen by the
+// person resuming, so the run widens without another canary bake.
 func (o *Orchestrator) Resume(ctx context.Context, id int64, by string) (store.Run, error) {
+	r, _, err := o.ResumeRun(ctx, id, by, false)
+	return r, err
+}
+
+// ResumeRun is Resume; with bake the run first moves and bakes new
+// canaries (its canary count, the next pending machines in plan order)
+// before the rest follow. It returns how many new canaries were picked.
+func (o *Orchestrator) ResumeRun(ctx context.Context, id int64, by string, bake bool) (store.Run, int, error) {
 	var out store.Run
+	var n int
 	err := o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
 		var err error
-		if out, err = q.SetRunState(ctx, id, []string{store.RunPaused}, store.RunRunning, "resumed by "+by, by); err != nil {
+		if out, n, err = q.ResumeRun(ctx, id, by, bake); err != nil {
 			return err
 		}
 		return o.fillTx(ctx, q, tx)
 	})
-	return out, err
+	return out, n, err
 }

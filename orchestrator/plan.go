@@ -89,10 +89,13 @@ type RunRequest struct {
 	IdleWaitOverride *time.Duration
 	// Undrainable overrides the policy's undrainable setting for the run
 	// (`run create --undrainable`); empty: the policy decides.
-	Undrainable    policy.Undrainable
-	RequestedBy    string
-	Reason         string
-	IdempotencyKey string
+	Undrainable policy.Undrainable
+	// CanaryBakeOverride replaces the policy's canary_bake for the run's
+	// canaries (`run create --canary-bake`; 0: no bake); nil: the policy's.
+	CanaryBakeOverride *time.Duration
+	RequestedBy        string
+	Reason             string
+	IdempotencyKey     string
 	// Excluded are the machines the selector matched that the run does
 	// not move (RunPlan.Excluded), recorded with the run's creation so the
 	// audit says why each was left out.
@@ -382,6 +385,9 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	if iw := req.IdleWaitOverride; iw != nil && (*iw < 0 || *iw > policy.MaxWait) {
 		return store.Run{}, false, fmt.Errorf("create run: idle wait %s: want 0 to %s", *iw, policy.MaxWait)
 	}
+	if b := req.CanaryBakeOverride; b != nil && (*b < 0 || *b > policy.MaxCanaryBake) {
+		return store.Run{}, false, fmt.Errorf("create run: canary bake %s: want 0 to %s", *b, policy.MaxCanaryBake)
+	}
 	if req.IdempotencyKey != "" {
 		r, err := o.store.Q().RunByIdempotencyKey(ctx, req.IdempotencyKey)
 		if err == nil {
@@ -419,7 +425,7 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	r := store.Run{Cause: string(req.Cause), TargetImage: target, Image: req.Image, Selector: req.Selector,
 		MaxUnavailable: maxUnavail, MaxUnavailableSpec: req.MaxUnavailable, Canary: req.Canary,
 		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride, IdleWaitOverride: req.IdleWaitOverride,
-		Undrainable: string(req.Undrainable),
+		Undrainable: string(req.Undrainable), CanaryBakeOverride: req.CanaryBakeOverride,
 		RequestedBy: req.RequestedBy, Reason: req.Reason, IdempotencyKey: req.IdempotencyKey,
 		State: store.RunRunning, PolicyVersion: o.pol.Version()}
 	var out store.Run
@@ -430,7 +436,8 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 			return err
 		}
 		detail := map[string]any{"cause": out.Cause, "image": out.Image, "machines": len(machines), "to_move": toMove,
-			"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason}
+			"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason,
+			"canary": out.Canary, "canary_bake_override": durationText(out.CanaryBakeOverride)}
 		if len(req.Excluded) > 0 {
 			ex := make([]map[string]string, len(req.Excluded))
 			for i, x := range req.Excluded {
@@ -452,4 +459,12 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		return store.Run{}, false, fmt.Errorf("create run: %w", err)
 	}
 	return out, created, nil
+}
+
+// durationText is d as text, or nil (the policy's) when unset.
+func durationText(d *time.Duration) any {
+	if d == nil {
+		return nil
+	}
+	return d.String()
 }

@@ -128,3 +128,47 @@ func TestUndrainableFailIsTheDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestUndrainableGatedBind: on a gated bind the older Hermes answers the
+// drain 401 before routing, like the agent without a secret; with the
+// minimum version configured, the audit says which each was, whether it
+// was moved without a drain or failed.
+func TestUndrainableGatedBind(t *testing.T) {
+	t.Parallel()
+	for _, recreate := range []bool{true, false} {
+		t.Run(map[bool]string{true: "recreate", false: "fail"}[recreate], func(t *testing.T) {
+			t.Parallel()
+			cfg := enrolFleet()
+			cfg.GatedBind = true
+			w := newWorld(t, worldOpts{sim: cfg, minDrainVersion: "v1"})
+			req := orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2, MaxUnavailable: "3", FailureThreshold: 5}
+			if recreate {
+				req.Undrainable = policy.UndrainableRecreate
+			}
+			run := w.createRun(req)
+			w.waitRun(run.ID, time.Minute)
+			h := w.history(run.ID)
+			older := h[w.sim.MachineIDs("hermes-agent-1")[0]]
+			noSecret := h[w.sim.MachineIDs("hermes-agent-2")[0]]
+			wantOutcome, wantDrain := store.OutcomeFailed, ""
+			if recreate {
+				wantOutcome, wantDrain = store.OutcomeMigrated, store.DrainUndrainable
+			}
+			for _, c := range []struct {
+				row  historyRow
+				says string
+			}{
+				{older, "older Hermes v0 (below v1) without the drain route"},
+				{noSecret, "Hermes v1 has the drain route but no drain secret configured"},
+			} {
+				if c.row.Outcome != wantOutcome || c.row.DrainOutcome != wantDrain || !strings.Contains(c.row.Error, c.says) ||
+					!strings.Contains(c.row.Error, "HTTP 401") {
+					t.Errorf("%s: %+v: want %s, drain %q, an error saying %q", c.row.App, c.row, wantOutcome, wantDrain, c.says)
+				}
+			}
+			if ready := h[w.sim.MachineIDs("hermes-agent-3")[0]]; ready.Outcome != store.OutcomeMigrated || ready.DrainOutcome != store.DrainQuiesced {
+				t.Errorf("ready agent %+v", ready)
+			}
+		})
+	}
+}

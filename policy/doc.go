@@ -10,12 +10,12 @@
 //
 // Every cause has settings; built-in defaults apply when there is no file:
 //
-//	cause            quiet  idle wait, then  wait  at the deadline
-//	auto-update      yes    30m, defer       30m   defer, at most 3 times, then force
-//	image-migration  yes    10m, drain       30m   force
-//	env-edit         no     10m, drain       15m   force
-//	profile-change   no     10m, drain       15m   force
-//	operator         no     0 (at once)      10m   force
+//	cause            quiet  idle wait, then  wait  at the deadline                      canary bake
+//	auto-update      yes    30m, defer       30m   defer, at most 3 times, then force   10m
+//	image-migration  yes    10m, drain       30m   force                                10m
+//	env-edit         no     10m, drain       15m   force                                5m
+//	profile-change   no     10m, drain       15m   force                                5m
+//	operator         no     0 (at once)      10m   force                                0 (none)
 //
 // and no maintenance window (always open).
 //
@@ -28,6 +28,12 @@
 // idle_wait = "0s" begins at once. Deferrals of either kind (busy, or at the
 // deadline) count toward max_deferrals; a machine that has had them all is
 // decided "then force": no idle wait, drain at once, force at the deadline.
+//
+// canary_bake is how long a run's canaries are watched after they verified
+// (their Fly events, their gateway, every platform and the Nous session
+// against what they showed before their drain) before the rest of the run
+// follows; a regression rolls the canary back and pauses the run. A run's
+// --canary-bake overrides it.
 //
 // A policy file overrides settings per cause and adds ordered rules. For a
 // decision, the rules are tried in order and the first whose selectors all
@@ -60,6 +66,7 @@
 //	idle_wait = "30m"                              # 0s .. 24h; "0s" = begin at once
 //	on_busy = "defer"                              # "defer" or "drain"
 //	undrainable = "fail"                           # or "recreate" (below)
+//	canary_bake = "10m"                            # 0s .. 24h; "0s" = no bake
 //
 //	[causes.operator]
 //	wait = "20m"

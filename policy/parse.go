@@ -145,7 +145,7 @@ func (d *decoder) policy(raw map[string]any) (*Policy, error) {
 	return p, nil
 }
 
-const settingKeys = "quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, undrainable"
+const settingKeys = "quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, undrainable, canary_bake"
 
 func (d *decoder) causes(v any, p *Policy) error {
 	path := []string{"causes"}
@@ -242,6 +242,16 @@ func (d *decoder) setting(path []string, where, k string, v any, o *Rule) (bool,
 			return bad("%v", err)
 		}
 		o.IdleWait = &w
+	case "canary_bake":
+		s, ok := v.(string)
+		if !ok {
+			return bad(`want a duration such as "10m" ("0s": no bake), got %s`, describe(v))
+		}
+		b, err := ParseCanaryBake(s)
+		if err != nil {
+			return bad("%v", err)
+		}
+		o.CanaryBake = &b
 	case "on_busy":
 		s, ok := v.(string)
 		if !ok {
@@ -294,6 +304,24 @@ func ParseIdleWait(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q: want at most %v", s, MaxWait)
 	}
 	return w, nil
+}
+
+// MaxCanaryBake bounds canary_bake (and run create --canary-bake).
+const MaxCanaryBake = 24 * time.Hour
+
+// ParseCanaryBake parses a canary bake: a Go duration from 0 (no bake) to
+// MaxCanaryBake. run create --canary-bake uses it too.
+func ParseCanaryBake(s string) (time.Duration, error) {
+	b, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf(`%q is not a duration (want e.g. "10m", or "0s" for no bake)`, s)
+	case b < 0:
+		return 0, fmt.Errorf("%q: want 0s or more", s)
+	case b > MaxCanaryBake:
+		return 0, fmt.Errorf("%q: want at most %v", s, MaxCanaryBake)
+	}
+	return b, nil
 }
 
 func (d *decoder) rules(v any) ([]Rule, error) {

@@ -134,6 +134,10 @@ type Settings struct {
 	// Undrainable: what to do when the drain endpoint answers 404 or 401.
 	// Empty means UndrainableFail.
 	Undrainable Undrainable
+	// CanaryBake is how long a run's canaries are watched after they
+	// verified, before the rest of the run follows (0: the rest follow as
+	// soon as every canary migrated).
+	CanaryBake time.Duration
 }
 
 // Decision is the policy's answer for one machine at one moment.
@@ -175,6 +179,9 @@ type Decision struct {
 	Version string
 	// Undrainable is fail or recreate (see Undrainable).
 	Undrainable Undrainable
+	// CanaryBake is how long this machine, when it is one of its run's
+	// canaries, is watched after it verified before the run widens.
+	CanaryBake time.Duration
 }
 
 // Rule overrides a cause's settings for the machines it selects. A nil
@@ -197,6 +204,7 @@ type Rule struct {
 	IdleWait     *time.Duration
 	OnBusy       *OnBusy
 	Undrainable  *Undrainable
+	CanaryBake   *time.Duration
 }
 
 // mismatch returns why r does not select the machine, "" if it does.
@@ -311,6 +319,9 @@ func (r Rule) apply(s Settings) Settings {
 	if r.Undrainable != nil {
 		s.Undrainable = *r.Undrainable
 	}
+	if r.CanaryBake != nil {
+		s.CanaryBake = *r.CanaryBake
+	}
 	return s
 }
 
@@ -327,6 +338,7 @@ func (r Rule) clone() Rule {
 	c.IdleWait = clonePtr(r.IdleWait)
 	c.OnBusy = clonePtr(r.OnBusy)
 	c.Undrainable = clonePtr(r.Undrainable)
+	c.CanaryBake = clonePtr(r.CanaryBake)
 	return c
 }
 
@@ -350,14 +362,21 @@ type Policy struct {
 // allows 3 deferrals so that a file switching a cause to defer gets a sane
 // bound without also having to set max_deferrals. Routine causes look for an
 // idle moment first (auto-update puts a busy agent off, the others drain it
-// anyway after 10 minutes); an operator wants it now.
+// anyway after 10 minutes); an operator wants it now. Canaries of a new
+// image bake 10 minutes before the fleet follows (a crash a minute in, a
+// platform that parks on first use), 5 for configuration changes, none
+// when an operator acts.
 func defaultSettings() map[Cause]Settings {
 	return map[Cause]Settings{
-		AutoUpdate:     {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Defer, MaxDeferrals: 3, IdleWait: 30 * time.Minute, OnBusy: BusyDefer},
-		ImageMigration: {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain},
-		EnvEdit:        {Quiet: false, Wait: 15 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain},
-		ProfileChange:  {Quiet: false, Wait: 15 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain},
-		Operator:       {Quiet: false, Wait: 10 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, OnBusy: BusyDrain},
+		AutoUpdate: {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Defer, MaxDeferrals: 3, IdleWait: 30 * time.Minute, OnBusy: BusyDefer,
+			CanaryBake: 10 * time.Minute},
+		ImageMigration: {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain,
+			CanaryBake: 10 * time.Minute},
+		EnvEdit: {Quiet: false, Wait: 15 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain,
+			CanaryBake: 5 * time.Minute},
+		ProfileChange: {Quiet: false, Wait: 15 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain,
+			CanaryBake: 5 * time.Minute},
+		Operator: {Quiet: false, Wait: 10 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, OnBusy: BusyDrain},
 	}
 }
 
@@ -445,6 +464,7 @@ func (p *Policy) Explain(c Cause, m Machine, now time.Time) Explanation {
 		OnBusy:      s.OnBusy,
 		Version:     p.version,
 		Undrainable: s.Undrainable,
+		CanaryBake:  s.CanaryBake,
 	}
 	if d.Undrainable == "" {
 		d.Undrainable = UndrainableFail
@@ -487,6 +507,8 @@ type canonSettings struct {
 	// Undrainable is left out when it is "fail" (the default), so policies
 	// written before the setting existed keep their version.
 	Undrainable string `json:"undrainable,omitempty"`
+	// CanaryBakeNS is left out when zero.
+	CanaryBakeNS *int64 `json:"canary_bake_ns,omitempty"`
 }
 
 type canonRule struct {
@@ -515,7 +537,7 @@ func (p *Policy) computeVersion() string {
 		doc.Causes = append(doc.Causes, canonSettings{
 			Cause: string(c), Quiet: &s.Quiet, WaitNS: &w, OnDeadline: string(s.OnDeadline),
 			MaxDeferrals: &s.MaxDeferrals, Window: s.Window.String(), IdleWaitNS: &iw, OnBusy: string(s.OnBusy),
-			Undrainable: canonUndrainable(s.Undrainable),
+			Undrainable: canonUndrainable(s.Undrainable), CanaryBakeNS: nonZeroNS(s.CanaryBake),
 		})
 	}
 	for _, r := range p.rules {
@@ -547,6 +569,11 @@ func (p *Policy) computeVersion() string {
 			// A rule that sets "fail" differs from one that inherits.
 			cr.Set.Undrainable = string(*r.Undrainable)
 		}
+		if r.CanaryBake != nil {
+			// A rule that sets 0 differs from one that inherits.
+			b := int64(*r.CanaryBake)
+			cr.Set.CanaryBakeNS = &b
+		}
 		doc.Rules = append(doc.Rules, cr)
 	}
 	b, err := json.Marshal(doc)
@@ -562,4 +589,12 @@ func canonUndrainable(u Undrainable) string {
 		return ""
 	}
 	return string(u)
+}
+
+func nonZeroNS(d time.Duration) *int64 {
+	if d == 0 {
+		return nil
+	}
+	n := int64(d)
+	return &n
 }

@@ -93,6 +93,15 @@ type HistoryRow struct {
 	MachineState     *string  `json:"machine_state"`
 	LeaseHolder      *string  `json:"lease_holder"`
 	LeaseWaitSeconds *float64 `json:"lease_wait_seconds"`
+	// The agent's own signals (a gateway.Signals object; null: none read)
+	// before its drain and after the recreate, the signal that decided a
+	// rollback or failure (nil: none did), whether the machine was a
+	// canary, and how long it was watched in its bake (nil: no bake).
+	SignalsBefore  json.RawMessage `json:"signals_before"`
+	SignalsAfter   json.RawMessage `json:"signals_after"`
+	DecidingSignal *string         `json:"deciding_signal"`
+	Canary         bool            `json:"canary"`
+	BakeSeconds    *float64        `json:"bake_seconds"`
 }
 
 // HistoryColumns are drain_history's columns in HistoryRow's order (the CSV
@@ -102,7 +111,8 @@ var HistoryColumns = []string{"run_id", "cause", "requested_by", "app", "machine
 	"active_agents_at_recreate", "recreated_at", "outcome", "error", "migration_id", "region", "policy_version",
 	"drain_deadline", "on_deadline", "deferrals", "reason", "created_at", "finished_at", "expected_drain_seconds",
 	"drain_wait_seconds", "idle_wait_seconds", "peeks", "active_agents_at_begin", "from_digest", "to_digest",
-	"machine_state", "lease_holder", "lease_wait_seconds"}
+	"machine_state", "lease_holder", "lease_wait_seconds", "signals_before", "signals_after",
+	"deciding_signal", "canary", "bake_seconds"}
 
 func (r *HistoryRow) dest() []any {
 	return []any{&r.RunID, &r.Cause, &r.RequestedBy, &r.App, &r.MachineID, &r.FromImage, &r.ToImage, &r.Quiet,
@@ -110,7 +120,8 @@ func (r *HistoryRow) dest() []any {
 		&r.ActiveAgentsAtRecreate, &r.RecreatedAt, &r.Outcome, &r.Error, &r.MigrationID, &r.Region,
 		&r.PolicyVersion, &r.DrainDeadline, &r.OnDeadline, &r.Deferrals, &r.Reason, &r.CreatedAt, &r.FinishedAt,
 		&r.ExpectedDrainSeconds, &r.DrainWaitSeconds, &r.IdleWaitSeconds, &r.Peeks, &r.ActiveAgentsAtBegin,
-		&r.FromDigest, &r.ToDigest, &r.MachineState, &r.LeaseHolder, &r.LeaseWaitSeconds}
+		&r.FromDigest, &r.ToDigest, &r.MachineState, &r.LeaseHolder, &r.LeaseWaitSeconds,
+		&r.SignalsBefore, &r.SignalsAfter, &r.DecidingSignal, &r.Canary, &r.BakeSeconds}
 }
 
 // historySQL builds the one query behind History. Values are never spliced

@@ -86,5 +86,7 @@ func (r HistoryRow) CSVRecord() []string {
 		str(r.PolicyVersion), ts(r.DrainDeadline), str(r.OnDeadline), strconv.Itoa(r.Deferrals), r.Reason,
 		ts(&created), ts(r.FinishedAt), secs(r.ExpectedDrainSeconds), secs(r.DrainWaitSeconds),
 		secs(r.IdleWaitSeconds), strconv.Itoa(r.Peeks), num(r.ActiveAgentsAtBegin), str(r.FromDigest),
-		str(r.ToDigest), str(r.MachineState), str(r.LeaseHolder), secs(r.LeaseWaitSeconds)}
+		str(r.ToDigest), str(r.MachineState), str(r.LeaseHolder), secs(r.LeaseWaitSeconds),
+		string(r.SignalsBefore), string(r.SignalsAfter), str(r.DecidingSignal), strconv.FormatBool(r.Canary),
+		secs(r.BakeSeconds)}
 }

@@ -18,6 +18,7 @@ const (
 	StateDraining    = "draining"     // drain begun; waiting for quiescence or the deadline
 	StateUpdating    = "updating"     // drain over; next: update the machine to the image
 	StateVerifying   = "verifying"    // update sent; waiting for the new instance to be healthy
+	StateBaking      = "baking"       // a canary that verified, watched until its bake ends
 	StateRollingBack = "rolling_back" // verification failed; putting the old image back
 	StateDone        = "done"         // outcome set
 )
@@ -97,6 +98,14 @@ type Migration struct {
 	// or the deferral at the bound).
 	LeaseWaitSince, LeaseWaitEndedAt time.Time
 	LeaseWaitOwner                   string
+	// The agent's own signals (a gateway.Signals as JSON; nil: none read)
+	// before its drain and after the recreate, and the signal that decided
+	// a rollback or failure ("" otherwise).
+	SignalsBefore, SignalsAfter []byte
+	DecidingSignal              string
+	// A canary's bake: when it began and until when it is watched (cut
+	// short to the moment a regression ended it); zero: no bake.
+	BakeStartedAt, BakeUntil time.Time
 }
 
 // Target names the machine as "app/machine_id".
@@ -153,7 +162,7 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at, coalesce(m.expected_drain, interval '0'),
 	m.first_peek_at, m.last_peek_at, m.peeks, m.peek_active_agents,
 	m.from_digest, m.from_image_ref, m.to_digest, m.machine_state, m.lease_wait_since, m.lease_wait_owner,
-	m.lease_wait_ended_at`
+	m.lease_wait_ended_at, m.signals_before, m.signals_after, m.deciding_signal, m.bake_started_at, m.bake_until`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
@@ -164,7 +173,7 @@ const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, 
 // migrationTimes receives the nullable times of a migration row.
 type migrationTimes struct {
 	nb, lease, upd, started, finished, firstPeek, lastPeek *time.Time
-	leaseWaitSince, leaseWaitEnded                         *time.Time
+	leaseWaitSince, leaseWaitEnded, bakeStarted, bakeUntil *time.Time
 }
 
 func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
@@ -174,13 +183,14 @@ func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
 		&m.Version, &m.CreatedAt, &t.started, &m.UpdatedAt, &t.finished, &m.ExpectedDrain,
 		&t.firstPeek, &t.lastPeek, &m.Peeks, &m.PeekActiveAgents,
 		&m.FromDigest, &m.FromImageRef, &m.ToDigest, &m.MachineState, &t.leaseWaitSince, &m.LeaseWaitOwner,
-		&t.leaseWaitEnded}
+		&t.leaseWaitEnded, &m.SignalsBefore, &m.SignalsAfter, &m.DecidingSignal, &t.bakeStarted, &t.bakeUntil}
 }
 
 func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
 	nb, lease, upd, started, finished := t.nb, t.lease, t.upd, t.started, t.finished
 	m.FirstPeekAt, m.LastPeekAt = fromNullTime(t.firstPeek), fromNullTime(t.lastPeek)
 	m.LeaseWaitSince, m.LeaseWaitEndedAt = fromNullTime(t.leaseWaitSince), fromNullTime(t.leaseWaitEnded)
+	m.BakeStartedAt, m.BakeUntil = fromNullTime(t.bakeStarted), fromNullTime(t.bakeUntil)
 	m.NotBefore, m.LeaseExpiresAt, m.UpdatedMachineAt = fromNullTime(nb), fromNullTime(lease), fromNullTime(upd)
 	m.StartedAt, m.FinishedAt = fromNullTime(started), fromNullTime(finished)
 	if err := json.Unmarshal(labels, &m.Labels); err != nil {
@@ -247,19 +257,21 @@ func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) 
 	var nd nullDrain
 	var sel []byte
 	var deadline float64
-	var idle *float64
-	var rStarted, rFinished *time.Time
+	var idle, bake *float64
+	var rStarted, rFinished, ack *time.Time
 	r := &w.Run
 	dest := migrationDest(&w.Migration, &labels, &mt)
 	dest = append(dest, nd.dest()...)
 	dest = append(dest, &r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
-		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt, &idle, &r.Undrainable)
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt, &idle, &r.Undrainable,
+		&bake, &ack)
 	err := q.db.QueryRow(ctx, `SELECT `+migrationColumns+`, `+drainColumns+`, r.id, r.cause, r.target_image, r.image,
 			r.selector, r.max_unavailable, r.max_unavailable_spec, r.canary, r.failure_threshold,
 			coalesce(extract(epoch from r.deadline_override), 0)::float8, r.requested_by, r.reason,
 			coalesce(r.idempotency_key, ''), r.state, r.state_reason, r.policy_version, r.created_at, r.started_at,
-			r.finished_at, r.updated_at, extract(epoch from r.idle_wait_override)::float8, coalesce(r.undrainable, '')
+			r.finished_at, r.updated_at, extract(epoch from r.idle_wait_override)::float8, coalesce(r.undrainable, ''),
+			extract(epoch from r.canary_bake_override)::float8, r.acknowledged_at
 		FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE m.id = $1`, id).Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -276,6 +288,8 @@ func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) 
 	}
 	r.DeadlineOverride = time.Duration(deadline * float64(time.Second))
 	r.IdleWaitOverride = secondsPtr(idle)
+	r.CanaryBakeOverride = secondsPtr(bake)
+	r.AcknowledgedAt = fromNullTime(ack)
 	r.StartedAt, r.FinishedAt = fromNullTime(rStarted), fromNullTime(rFinished)
 	w.Drain = nd.drain()
 	return w, nil
@@ -349,7 +363,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		nullTime(m.FirstPeekAt), m.Peeks, m.PeekActiveAgents, dd.ActiveAgentsAtBegin, nullTime(m.LastPeekAt),
 		undrainableOf(dd), nullInt(dd.UndrainableStatus),
 		m.FromDigest, m.FromImageRef, m.ToDigest, m.MachineState, nullTime(m.LeaseWaitSince), m.LeaseWaitOwner,
-		nullTime(m.LeaseWaitEndedAt))
+		nullTime(m.LeaseWaitEndedAt),
+		nullJSON(m.SignalsBefore), nullJSON(m.SignalsAfter), m.DecidingSignal, nullTime(m.BakeStartedAt), nullTime(m.BakeUntil))
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -365,7 +380,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 // machine's peeks, $53 the drain's active_agents_at_begin, $55-$56 the drain's
 // undrainable decision and status, $57-$63 the machine's real-fleet facts
 // (from/to digests, from image ref, state under the lease, the wait for
-// another deployer's lease). The drain and the events
+// another deployer's lease), $64-$68 the machine's signals before and
+// after, deciding signal and bake. The drain and the events
 // are written only when the machine's version guard held. A drain row
 // written again takes the whole decision (a machine decided down that a
 // user woke before its update is decided again, with a drain).
@@ -378,6 +394,8 @@ WITH m AS (
 		first_peek_at = $50, peeks = $51, peek_active_agents = $52, last_peek_at = $54,
 		from_digest = $57, from_image_ref = $58, to_digest = $59, machine_state = $60,
 		lease_wait_since = $61, lease_wait_owner = $62, lease_wait_ended_at = $63,
+		signals_before = $64::jsonb, signals_after = $65::jsonb, deciding_signal = $66,
+		bake_started_at = $67, bake_until = $68,
 		started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
 		finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
 		version = version + 1, updated_at = now()
@@ -427,5 +445,15 @@ func nullInt(v int) *int {
 	if v == 0 {
 		return nil
 	}
+	return &v
+}
+
+// nullJSON passes a JSON document as text for a ::jsonb parameter (nil:
+// NULL).
+func nullJSON(b []byte) *string {
+	if len(b) == 0 {
+		return nil
+	}
+	v := string(b)
 	return &v
 }

@@ -59,7 +59,14 @@ type Run struct {
 	IdleWaitOverride *time.Duration
 	// Undrainable overrides the policy's undrainable decision for every
 	// machine of the run ("fail" or "recreate"); empty: the policy decides.
-	Undrainable    string
+	Undrainable string
+	// CanaryBakeOverride replaces the policy's canary_bake for this run's
+	// canaries (0: no bake); nil: the policy's.
+	CanaryBakeOverride *time.Duration
+	// AcknowledgedAt is the last time a person resumed the run: canaries
+	// that failed and failures before it no longer hold it back or pause
+	// it again. Zero: never.
+	AcknowledgedAt time.Time
 	RequestedBy    string
 	Reason         string
 	IdempotencyKey string
@@ -75,17 +82,20 @@ type Run struct {
 const runColumns = `id, cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
 	failure_threshold, coalesce(extract(epoch from deadline_override), 0)::float8, requested_by, reason,
 	coalesce(idempotency_key, ''), state, state_reason, policy_version, created_at, started_at, finished_at, updated_at,
-	extract(epoch from idle_wait_override)::float8, coalesce(undrainable, '')`
+	extract(epoch from idle_wait_override)::float8, coalesce(undrainable, ''),
+	extract(epoch from canary_bake_override)::float8, acknowledged_at`
 
 func scanRun(row pgx.Row) (Run, error) {
 	var r Run
 	var sel []byte
 	var deadline float64
 	var started, finished *time.Time
-	var idle *float64
+	var idle, bake *float64
+	var ack *time.Time
 	err := row.Scan(&r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
-		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &started, &finished, &r.UpdatedAt, &idle, &r.Undrainable)
+		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &started, &finished, &r.UpdatedAt, &idle, &r.Undrainable,
+		&bake, &ack)
 	if err != nil {
 		return Run{}, err
 	}
@@ -94,6 +104,8 @@ func scanRun(row pgx.Row) (Run, error) {
 	}
 	r.DeadlineOverride = time.Duration(deadline * float64(time.Second))
 	r.IdleWaitOverride = secondsPtr(idle)
+	r.CanaryBakeOverride = secondsPtr(bake)
+	r.AcknowledgedAt = fromNullTime(ack)
 	r.StartedAt, r.FinishedAt = fromNullTime(started), fromNullTime(finished)
 	return r, nil
 }
@@ -133,6 +145,11 @@ func (q *Q) CreateRun(ctx context.Context, r Run, machines []NewMachine) (Run, b
 		d := fmt.Sprintf("%d microseconds", r.IdleWaitOverride.Microseconds())
 		idle = &d
 	}
+	var bake *string
+	if r.CanaryBakeOverride != nil {
+		d := fmt.Sprintf("%d microseconds", r.CanaryBakeOverride.Microseconds())
+		bake = &d
+	}
 	state := r.State
 	if state == "" {
 		state = RunRunning
@@ -140,14 +157,14 @@ func (q *Q) CreateRun(ctx context.Context, r Run, machines []NewMachine) (Run, b
 	row := q.db.QueryRow(ctx, `
 		INSERT INTO runs (cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
 			failure_threshold, deadline_override, requested_by, reason, idempotency_key, state, state_reason,
-			policy_version, started_at, idle_wait_override, undrainable)
+			policy_version, started_at, idle_wait_override, undrainable, canary_bake_override)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::interval, $10, $11, $12, $13, $14, $15,
-			CASE WHEN $13 = 'running' THEN now() END, $16::interval, $17)
+			CASE WHEN $13 = 'running' THEN now() END, $16::interval, $17, $18::interval)
 		ON CONFLICT (idempotency_key) DO NOTHING
 		RETURNING `+runColumns,
 		r.Cause, r.TargetImage, r.Image, sel, r.MaxUnavailable, r.MaxUnavailableSpec, r.Canary,
 		r.FailureThreshold, deadline, r.RequestedBy, r.Reason, key, state, r.StateReason, r.PolicyVersion, idle,
-		nullString(r.Undrainable))
+		nullString(r.Undrainable), bake)
 	created, err := scanRun(row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		existing, err := q.RunByIdempotencyKey(ctx, r.IdempotencyKey)

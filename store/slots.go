@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -18,7 +19,10 @@ type Claim struct {
 // replica and every run sees the same count:
 //   - fleet-wide, at most fleetCap machines hold a slot (0: no fleet cap);
 //   - per run, at most max_unavailable;
-//   - a run with canaries starts nothing else until every canary migrated;
+//   - a run with canaries starts nothing else until every canary migrated
+//     (a baking canary has not: its outcome comes when its bake ends); a
+//     canary that failed before the run was last resumed by a person
+//     (runs.acknowledged_at) no longer holds it back;
 //   - only running runs start machines, oldest run first, canaries first,
 //     then plan order; machines with not_before in the future wait.
 //
@@ -47,6 +51,7 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 				r.canary > 0 AND EXISTS (
 					SELECT 1 FROM machine_migrations c
 					WHERE c.run_id = r.id AND c.canary AND (c.outcome IS DISTINCT FROM 'migrated')
+					  AND (c.outcome IS NULL OR r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at)
 				) AS canary_gate
 			FROM runs r LEFT JOIN held h ON h.run_id = r.id
 			WHERE r.state = 'running'
@@ -90,6 +95,17 @@ func (q *Q) SlotsInUse(ctx context.Context) (int, error) {
 	return n, nil
 }
 
+// CanariesBaking counts the canaries in their bake, fleet-wide (they hold
+// a slot, so the slot index bounds the scan).
+func (q *Q) CanariesBaking(ctx context.Context) (int, error) {
+	var n int
+	err := q.db.QueryRow(ctx, `SELECT count(*) FROM machine_migrations WHERE slot_held AND state = 'baking'`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count baking canaries: %w", err)
+	}
+	return n, nil
+}
+
 // CancelPending ends every machine of run id that has not started yet with
 // outcome cancelled, and returns how many.
 func (q *Q) CancelPending(ctx context.Context, runID int64) (int, error) {
@@ -119,14 +135,24 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 	// done (state <> 'done' split into two range bounds of
 	// machine_migrations_run_idx (run_id, state), which a single <> cannot
 	// use), and failures are counted from machine_migrations_failed_idx,
-	// which holds only failed and rolled-back rows.
+	// which holds only failed and rolled-back rows. Failures before the
+	// run was last resumed by a person were seen and pause it no more.
 	var open bool
-	var bad, canaryBad int
+	var bad, badSince, canaryBad int
+	var canaryTarget, canarySignal, canaryError string
 	err = q.db.QueryRow(ctx, `
 		SELECT EXISTS (SELECT 1 FROM machine_migrations WHERE run_id = $1 AND state < 'done')
 				OR EXISTS (SELECT 1 FROM machine_migrations WHERE run_id = $1 AND state > 'done'),
-			count(*), count(*) FILTER (WHERE canary)
-		FROM machine_migrations WHERE run_id = $1 AND outcome IN ('failed', 'rolled_back')`, runID).Scan(&open, &bad, &canaryBad)
+			count(*), count(*) FILTER (WHERE $2::timestamptz IS NULL OR finished_at > $2),
+			count(*) FILTER (WHERE canary AND ($2::timestamptz IS NULL OR finished_at > $2)),
+			coalesce((array_agg(app || '/' || machine_id ORDER BY finished_at DESC)
+				FILTER (WHERE canary AND ($2::timestamptz IS NULL OR finished_at > $2)))[1], ''),
+			coalesce((array_agg(deciding_signal ORDER BY finished_at DESC)
+				FILTER (WHERE canary AND ($2::timestamptz IS NULL OR finished_at > $2)))[1], ''),
+			coalesce((array_agg(error ORDER BY finished_at DESC)
+				FILTER (WHERE canary AND ($2::timestamptz IS NULL OR finished_at > $2)))[1], '')
+		FROM machine_migrations WHERE run_id = $1 AND outcome IN ('failed', 'rolled_back')`,
+		runID, nullTime(r.AcknowledgedAt)).Scan(&open, &bad, &badSince, &canaryBad, &canaryTarget, &canarySignal, &canaryError)
 	if err != nil {
 		return Run{}, false, fmt.Errorf("settle run %d: %w", runID, err)
 	}
@@ -139,9 +165,15 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 	case !open:
 		to, reason = RunSucceeded, ""
 	case r.State == RunRunning && canaryBad > 0:
-		to, reason = RunPaused, fmt.Sprintf("canary failed (%d canary machine(s) failed or rolled back)", canaryBad)
-	case r.State == RunRunning && bad > r.FailureThreshold:
-		to, reason = RunPaused, fmt.Sprintf("failure threshold exceeded: %d failed or rolled back, threshold %d", bad, r.FailureThreshold)
+		to, reason = RunPaused, fmt.Sprintf("canary failed (%d canary machine(s) failed or rolled back): %s", canaryBad, canaryTarget)
+		if canarySignal != "" {
+			reason += " (" + canarySignal + ")"
+		}
+		if canaryError != "" {
+			reason += ": " + oneLineReason(canaryError)
+		}
+	case r.State == RunRunning && badSince > r.FailureThreshold:
+		to, reason = RunPaused, fmt.Sprintf("failure threshold exceeded: %d failed or rolled back, threshold %d", badSince, r.FailureThreshold)
 	default:
 		return r, false, nil
 	}
@@ -192,4 +224,46 @@ func (q *Q) CountRunsByState(ctx context.Context) (map[string]int, error) {
 		out[state] = n
 	}
 	return out, rows.Err()
+}
+
+// oneLineReason keeps a machine's error short enough for a run's reason.
+func oneLineReason(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > 300 {
+		s = string(r[:299]) + "…"
+	}
+	return s
+}
+
+// ResumeRun resumes paused run id for a person (by): every failure and
+// failed canary so far counts as seen (acknowledged_at), so the canary gate
+// opens and the failure threshold counts afresh. With bake, the run asks
+// for another bake first: its next canaries (as many as the run's canary
+// count, in plan order) among the pending machines become canaries, so the
+// rest wait until they migrated and baked. It returns the run and how many
+// new canaries were picked.
+func (q *Q) ResumeRun(ctx context.Context, id int64, by string, bake bool) (Run, int, error) {
+	reason := "resumed by " + by
+	r, err := q.SetRunState(ctx, id, []string{RunPaused}, RunRunning, reason, by)
+	if err != nil {
+		return r, 0, err
+	}
+	if err := q.db.QueryRow(ctx, `UPDATE runs SET acknowledged_at = now() WHERE id = $1 RETURNING acknowledged_at`, id).
+		Scan(&r.AcknowledgedAt); err != nil {
+		return Run{}, 0, fmt.Errorf("resume run %d: %w", id, err)
+	}
+	if !bake || r.Canary == 0 {
+		return r, 0, nil
+	}
+	tag, err := q.db.Exec(ctx, `
+		UPDATE machine_migrations SET canary = true, version = version + 1, updated_at = now()
+		WHERE id IN (SELECT id FROM machine_migrations WHERE run_id = $1 AND state = 'pending' AND NOT canary
+			ORDER BY seq LIMIT $2)`, id, r.Canary)
+	if err != nil {
+		return Run{}, 0, fmt.Errorf("resume run %d: pick new canaries: %w", id, err)
+	}
+	n := int(tag.RowsAffected())
+	err = q.AppendEvents(ctx, Scope{RunID: id}, Event{Kind: "run.rebake", Target: fmt.Sprint(id),
+		Detail: map[string]any{"new_canaries": n, "by": by}})
+	return r, n, err
 }

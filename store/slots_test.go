@@ -16,7 +16,9 @@ import (
 // oldFillSQL is FillSlots' statement as it was before it read only each
 // run's free slots' worth of pending machines: it ranks every pending machine
 // of every running run. It is the reference the differential test and the
-// benchmark compare the current statement with; keep it as it was.
+// benchmark compare the current statement with; keep it as it was (its
+// canary gate follows the current one's meaning: a failed canary a person
+// resumed the run after no longer closes it).
 const oldFillSQL = `
 		WITH held AS (
 			SELECT run_id, count(*) AS n FROM machine_migrations WHERE slot_held GROUP BY run_id
@@ -27,6 +29,7 @@ const oldFillSQL = `
 				r.canary > 0 AND EXISTS (
 					SELECT 1 FROM machine_migrations c
 					WHERE c.run_id = r.id AND c.canary AND (c.outcome IS DISTINCT FROM 'migrated')
+					  AND (c.outcome IS NULL OR r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at)
 				) AS canary_gate
 			FROM runs r LEFT JOIN held h ON h.run_id = r.id
 			WHERE r.state = 'running'
@@ -73,6 +76,9 @@ type runSpec struct {
 	maxUnavail int
 	canary     int // the run's canary count (the gate applies when > 0)
 	machines   []machineSpec
+	// ack: a person resumed the run after its done machines finished
+	// (runs.acknowledged_at).
+	ack bool
 }
 
 type machineSpec struct {
@@ -156,6 +162,15 @@ func buildWorld(ctx context.Context, t testing.TB, tx pgx.Tx, now time.Time, run
 		if err := rows.Err(); err != nil {
 			t.Fatalf("insert machines of run %s: %v", r.name, err)
 		}
+		if r.ack {
+			if _, err := tx.Exec(ctx, `UPDATE machine_migrations SET finished_at = $2::timestamptz - interval '2 minutes'
+				WHERE run_id = $1 AND state = 'done'`, runID, now); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, `UPDATE runs SET acknowledged_at = $2::timestamptz - interval '1 minute' WHERE id = $1`, runID, now); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	return w
 }
@@ -222,6 +237,18 @@ func TestFillSlotsClaimsExactly(t *testing.T) {
 			[]runSpec{{name: "a", maxUnavail: 5, canary: 1, machines: []machineSpec{
 				done("c0", store.OutcomeFailed, true), {name: "m0"}, {name: "m1"}}}},
 			nil},
+		{"canary gate: a baking canary keeps it closed", 0,
+			[]runSpec{{name: "a", maxUnavail: 5, canary: 1, machines: []machineSpec{
+				{name: "c0", canary: true, state: store.StateBaking, slot: true}, {name: "m0"}}}},
+			nil},
+		{"canary gate: a failed canary a person resumed the run after opens it", 0,
+			[]runSpec{{name: "a", maxUnavail: 2, canary: 1, ack: true, machines: []machineSpec{
+				done("c0", store.OutcomeRolledBack, true), {name: "m0"}, {name: "m1"}, {name: "m2"}}}},
+			[]string{"a/m0", "a/m1"}},
+		{"canary gate: after a resume, a canary still on its path (a new bake) keeps it closed", 0,
+			[]runSpec{{name: "a", maxUnavail: 2, canary: 1, ack: true, machines: []machineSpec{
+				done("c0", store.OutcomeRolledBack, true), {name: "c1", canary: true}, {name: "m0"}}}},
+			[]string{"a/c1"}},
 		{"canary gate opens when every canary migrated", 0,
 			[]runSpec{{name: "a", maxUnavail: 2, canary: 2, machines: []machineSpec{
 				{name: "m0"}, done("c0", store.OutcomeMigrated, true), {name: "m1"}, done("c1", store.OutcomeMigrated, true), {name: "m2"}}}},
@@ -443,62 +470,78 @@ func TestSettleRunDecisions(t *testing.T) {
 		changed       bool
 	}
 	unchanged := func(state string) want { return want{state: state} }
-	cases := []struct {
+	type tcase struct {
 		name      string
 		state     string
 		threshold int
 		machines  []machineSpec
 		want      want
-	}{
+		// ack: the run was resumed by a person a minute after every done
+		// machine finished, except the late ones, which finished after.
+		ack  bool
+		late []string
+	}
+	cases := []tcase{
 		{"all migrated: succeeded", store.RunRunning, 0,
 			[]machineSpec{done("m0", store.OutcomeMigrated, false), done("m1", store.OutcomeSkippedUpToDate, false)},
-			want{store.RunSucceeded, "", true}},
+			want{store.RunSucceeded, "", true}, false, nil},
 		{"all done, failures: failed", store.RunRunning, 5,
 			[]machineSpec{done("m0", store.OutcomeFailed, false), done("m1", store.OutcomeRolledBack, true), done("m2", store.OutcomeDeferred, false)},
-			want{store.RunFailed, "2 machine(s) failed or rolled back", true}},
+			want{store.RunFailed, "2 machine(s) failed or rolled back", true}, false, nil},
 		{"paused, all done: over", store.RunPaused, 0,
 			[]machineSpec{done("m0", store.OutcomeMigrated, false), done("m1", store.OutcomeCancelled, false)},
-			want{store.RunSucceeded, "", true}},
+			want{store.RunSucceeded, "", true}, false, nil},
 		{"cancelling, all done: cancelled, failures or not", store.RunCancelling, 0,
 			[]machineSpec{done("m0", store.OutcomeFailed, false), done("m1", store.OutcomeCancelled, false)},
-			want{store.RunCancelled, "cancelled", true}},
+			want{store.RunCancelled, "cancelled", true}, false, nil},
 		{"cancelling, a machine on its path: unchanged", store.RunCancelling, 0,
 			[]machineSpec{done("m0", store.OutcomeFailed, true), {name: "m1", state: store.StateDraining, slot: true}},
-			unchanged(store.RunCancelling)},
+			unchanged(store.RunCancelling), false, nil},
 		{"a failed canary pauses", store.RunRunning, 5,
 			[]machineSpec{done("c0", store.OutcomeFailed, true), {name: "m0"}},
-			want{store.RunPaused, "canary failed (1 canary machine(s) failed or rolled back)", true}},
+			want{store.RunPaused, "canary failed (1 canary machine(s) failed or rolled back): app/c0", true}, false, nil},
 		{"failures over the threshold pause", store.RunRunning, 1,
 			[]machineSpec{done("m0", store.OutcomeFailed, false), done("m1", store.OutcomeRolledBack, false), {name: "m2"}},
-			want{store.RunPaused, "failure threshold exceeded: 2 failed or rolled back, threshold 1", true}},
+			want{store.RunPaused, "failure threshold exceeded: 2 failed or rolled back, threshold 1", true}, false, nil},
 		{"failures at the threshold: unchanged", store.RunRunning, 2,
 			[]machineSpec{done("m0", store.OutcomeFailed, false), done("m1", store.OutcomeRolledBack, false), {name: "m2"}},
-			unchanged(store.RunRunning)},
+			unchanged(store.RunRunning), false, nil},
 		{"paused with failures, open: stays paused", store.RunPaused, 0,
 			[]machineSpec{done("c0", store.OutcomeFailed, true), {name: "m0"}},
-			unchanged(store.RunPaused)},
+			unchanged(store.RunPaused), false, nil},
 		{"pending run: unchanged", store.RunPending, 0,
 			[]machineSpec{done("m0", store.OutcomeMigrated, false)},
-			unchanged(store.RunPending)},
+			unchanged(store.RunPending), false, nil},
 		{"run over: unchanged", store.RunSucceeded, 0,
 			[]machineSpec{done("m0", store.OutcomeFailed, false)},
-			unchanged(store.RunSucceeded)},
-		{"no machines: succeeded", store.RunRunning, 0, nil,
-			want{store.RunSucceeded, "", true}},
+			unchanged(store.RunSucceeded), false, nil},
+		{name: "no machines: succeeded", state: store.RunRunning, want: want{store.RunSucceeded, "", true}},
+		{name: "a canary that failed before the run was resumed: no pause", state: store.RunRunning, threshold: 5,
+			machines: []machineSpec{done("c0", store.OutcomeRolledBack, true), {name: "m0"}}, ack: true,
+			want: unchanged(store.RunRunning)},
+		{name: "a canary that failed after the resume pauses again", state: store.RunRunning, threshold: 5,
+			machines: []machineSpec{done("c0", store.OutcomeRolledBack, true), done("c1", store.OutcomeFailed, true), {name: "m0"}},
+			ack:      true, late: []string{"c1"},
+			want: want{store.RunPaused, "canary failed (1 canary machine(s) failed or rolled back): app/c1", true}},
+		{name: "failures before the resume do not count toward the threshold", state: store.RunRunning, threshold: 1,
+			machines: []machineSpec{done("m0", store.OutcomeFailed, false), done("m1", store.OutcomeRolledBack, false), {name: "m2"}},
+			ack:      true, want: unchanged(store.RunRunning)},
+		{name: "… those after it do", state: store.RunRunning, threshold: 1,
+			machines: []machineSpec{done("m0", store.OutcomeFailed, false), done("m1", store.OutcomeRolledBack, false),
+				done("m2", store.OutcomeFailed, false), {name: "m3"}},
+			ack: true, late: []string{"m1", "m2"},
+			want: want{store.RunPaused, "failure threshold exceeded: 2 failed or rolled back, threshold 1", true}},
+		{name: "all done after a resume, failures before it: still failed", state: store.RunRunning,
+			machines: []machineSpec{done("m0", store.OutcomeFailed, false), done("m1", store.OutcomeMigrated, false)},
+			ack:      true, want: want{store.RunFailed, "1 machine(s) failed or rolled back", true}},
 	}
 	// Every state short of done keeps a run open, whichever side of 'done'
 	// it sorts on (the query splits state <> 'done' into two ranges).
 	for _, st := range []string{store.StatePending, store.StateReady, store.StateDecided, store.StateDraining,
-		store.StateUpdating, store.StateVerifying, store.StateRollingBack} {
-		cases = append(cases, struct {
-			name      string
-			state     string
-			threshold int
-			machines  []machineSpec
-			want      want
-		}{"one machine " + st + ": open", store.RunRunning, 0,
-			[]machineSpec{done("m0", store.OutcomeMigrated, false), {name: "m1", state: st, slot: st != store.StatePending}, done("m2", store.OutcomeMigrated, false)},
-			unchanged(store.RunRunning)})
+		store.StateUpdating, store.StateVerifying, store.StateBaking, store.StateRollingBack} {
+		cases = append(cases, tcase{name: "one machine " + st + ": open", state: store.RunRunning,
+			machines: []machineSpec{done("m0", store.OutcomeMigrated, false), {name: "m1", state: st, slot: st != store.StatePending}, done("m2", store.OutcomeMigrated, false)},
+			want:     unchanged(store.RunRunning)})
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -513,6 +556,16 @@ func TestSettleRunDecisions(t *testing.T) {
 				}
 				if _, err := tx.Exec(ctx, `UPDATE runs SET failure_threshold = $2 WHERE id = $1`, runID, tc.threshold); err != nil {
 					t.Fatal(err)
+				}
+				if tc.ack {
+					if _, err := tx.Exec(ctx, `UPDATE runs SET acknowledged_at = $2::timestamptz - interval '1 minute' WHERE id = $1`, runID, now); err != nil {
+						t.Fatal(err)
+					}
+					if _, err := tx.Exec(ctx, `UPDATE machine_migrations SET finished_at = CASE WHEN machine_id = ANY($3)
+						THEN $2::timestamptz ELSE $2::timestamptz - interval '2 minutes' END WHERE run_id = $1 AND state = 'done'`,
+						runID, now, tc.late); err != nil {
+						t.Fatal(err)
+					}
 				}
 				got, changed, err := store.NewQ(tx).SettleRun(ctx, runID)
 				if err != nil {

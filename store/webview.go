@@ -105,6 +105,16 @@ type TimelineMachine struct {
 	DrainOutcome           string `json:"drain_outcome,omitempty"`
 	ActiveAgentsAtRecreate *int   `json:"active_agents_at_recreate,omitempty"`
 	LastActiveAgents       *int   `json:"last_active_agents,omitempty"`
+	// The agent's signals: what decided a rollback or failure, until when
+	// a canary bakes; the signals themselves (before and after) only for
+	// machines whose signals matter now (a deciding signal, or verifying,
+	// baking, rolling back), for the page to summarise.
+	DecidingSignal string    `json:"deciding_signal,omitempty"`
+	BakeUntil      time.Time `json:"bake_until,omitzero"`
+	SignalsBefore  []byte    `json:"-"`
+	SignalsAfter   []byte    `json:"-"`
+	// Signals is what the page shows of them (set by the caller).
+	Signals string `json:"signals,omitempty"`
 }
 
 // TimelineMachines returns the machines of run id in plan order. With
@@ -120,7 +130,10 @@ func (q *Q) TimelineMachines(ctx context.Context, runID int64, changed []int64) 
 	}
 	rows, err := q.db.Query(ctx, `
 		SELECT m.id, m.seq, m.app, m.machine_id, m.region, m.canary, m.state, coalesce(m.outcome, ''), m.error,
-			m.deferrals, m.started_at, m.peeks, m.peek_active_agents, d.quiet, coalesce(d.outcome, ''), d.active_agents_at_recreate, d.last_active_agents
+			m.deferrals, m.started_at, m.peeks, m.peek_active_agents, d.quiet, coalesce(d.outcome, ''), d.active_agents_at_recreate, d.last_active_agents,
+			m.deciding_signal, m.bake_until,
+			CASE WHEN m.deciding_signal <> '' OR m.state IN ('verifying', 'baking', 'rolling_back') THEN m.signals_before END,
+			CASE WHEN m.deciding_signal <> '' OR m.state IN ('verifying', 'baking', 'rolling_back') THEN m.signals_after END
 		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE `+where+` ORDER BY m.seq`, args...)
 	if err != nil {
@@ -130,12 +143,13 @@ func (q *Q) TimelineMachines(ctx context.Context, runID int64, changed []int64) 
 	var out []TimelineMachine
 	for rows.Next() {
 		var m TimelineMachine
-		var started *time.Time
+		var started, bakeUntil *time.Time
 		if err := rows.Scan(&m.ID, &m.Seq, &m.App, &m.MachineID, &m.Region, &m.Canary, &m.State, &m.Outcome, &m.Error,
-			&m.Deferrals, &started, &m.Peeks, &m.PeekActiveAgents, &m.Quiet, &m.DrainOutcome, &m.ActiveAgentsAtRecreate, &m.LastActiveAgents); err != nil {
+			&m.Deferrals, &started, &m.Peeks, &m.PeekActiveAgents, &m.Quiet, &m.DrainOutcome, &m.ActiveAgentsAtRecreate, &m.LastActiveAgents,
+			&m.DecidingSignal, &bakeUntil, &m.SignalsBefore, &m.SignalsAfter); err != nil {
 			return nil, fmt.Errorf("read timeline machines of run %d: %w", runID, err)
 		}
-		m.StartedAt = fromNullTime(started)
+		m.StartedAt, m.BakeUntil = fromNullTime(started), fromNullTime(bakeUntil)
 		out = append(out, m)
 	}
 	if err := rows.Err(); err != nil {

@@ -36,6 +36,8 @@ const (
 	pollIntervalEnv = "MIGRATOR_POLL_INTERVAL"
 	leaseWaitEnv    = "MIGRATOR_LEASE_WAIT"
 	logLevelEnv     = "MIGRATOR_LOG_LEVEL"
+	// minDrainVersionEnv is the oldest Hermes version with the drain route.
+	minDrainVersionEnv = gateway.MinDrainVersionEnv
 	// clockEnv is for the simulator and tests only: "scaled:FACTOR:START_UNIX_NANO"
 	// makes this process share the simulator's scaled timeline.
 	clockEnv = "MIGRATOR_CLOCK"
@@ -56,6 +58,8 @@ type components struct {
 	log      *slog.Logger
 	workers  int
 	settings *settings // the effective configuration (config.go)
+	// minDrainVersion is MIGRATOR_HERMES_MIN_DRAIN_VERSION ("" unset).
+	minDrainVersion string
 	// metrics and stopping are serve's: its metrics, and whether it is
 	// shutting down (/readyz answers 503).
 	metrics  *metrics.Metrics
@@ -155,6 +159,11 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 		return nil, err
 	}
 	c.policy, c.workers = c.settings.policy, c.settings.workers
+	if c.minDrainVersion = strings.TrimSpace(e.getenv(minDrainVersionEnv)); c.minDrainVersion != "" {
+		if _, ok := gateway.CompareVersions(c.minDrainVersion, c.minDrainVersion); !ok {
+			return nil, usagef("%s=%q: want a Hermes version such as 0.21.0", minDrainVersionEnv, c.minDrainVersion)
+		}
+	}
 	fleetCap, poll := c.settings.fleetCap, c.settings.pollInterval
 	var fly orchestrator.Fly
 	if n.fleet {
@@ -190,7 +199,7 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 	}
 	c.store = store.New(c.pool)
 	c.orch, err = orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: poll, LeaseWait: c.settings.leaseWait,
-		Clock: c.clock, Logger: log},
+		Clock: c.clock, Logger: log, MinDrainVersion: c.minDrainVersion},
 		c.store, fly, gw, c.policy)
 	if err != nil {
 		c.close()

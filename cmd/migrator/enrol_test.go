@@ -119,7 +119,8 @@ func TestEnrolFleetDayOne(t *testing.T) {
 	plan := execMigrator(t, w.env, "run", "create", "--cause", "image-migration", "--image", "registry.fly.io/hermes-agent:v2",
 		"--no-pin", "--undrainable", "recreate", "--dry-run")
 	if plan.code != 0 || !strings.Contains(plan.stdout, "4 agents would be recreated without a drain") ||
-		strings.Count(plan.stdout, "no drain: 404, recreate (loud)") != 2 || strings.Count(plan.stdout, "no drain: 401, recreate (loud)") != 2 {
+		strings.Count(plan.stdout, "no drain: 404 no_drain_route, recreate (loud)") != 2 ||
+		strings.Count(plan.stdout, "no drain: 401 no_secret, recreate (loud)") != 2 {
 		t.Fatalf("dry run: %s", plan)
 	}
 	failPlan := execMigrator(t, w.env, "run", "create", "--cause", "image-migration", "--image", "registry.fly.io/hermes-agent:v2",
@@ -210,5 +211,50 @@ func TestEnrolFleetDayOne(t *testing.T) {
 			t.Fatalf("serve's log: %v (%d bytes)", err, len(data))
 		}
 		findSecrets(t, "serve's log", string(data), secrets)
+	}
+}
+
+// TestReadinessGatedBind: on a gated bind an older Hermes answers 401
+// before routing, like an agent without a secret. fleet check and --dry-run
+// tell them apart by the agents' versions against
+// MIGRATOR_HERMES_MIN_DRAIN_VERSION, and without it say plainly that the
+// 401 is one or the other; an invalid minimum is a configuration error.
+func TestReadinessGatedBind(t *testing.T) {
+	t.Parallel()
+	cfg := fleetsim.Config{Apps: 3, Seed: 17, GatedBind: true, LegacyImages: []string{imgLegacy},
+		AppImage: func(app string) string {
+			if app == "hermes-agent-1" {
+				return imgLegacy
+			}
+			return ""
+		},
+		Unprovisioned: func(app string) bool { return app == "hermes-agent-2" }}
+	w := newSimWorld(t, cfg, 20)
+	withMin := append(append([]string(nil), w.env...), "MIGRATOR_HERMES_MIN_DRAIN_VERSION=v1")
+
+	fc := decodeJSON[fleetCheckOut](t, execMigrator(t, withMin, "fleet", "check", "--json"))
+	if fc.Counts["no_drain_route"] != 1 || fc.Counts["no_secret"] != 1 || fc.Counts["ready"] != 1 {
+		t.Errorf("with a minimum: %+v", fc.Counts)
+	}
+	table := execMigrator(t, withMin, "fleet", "check")
+	for _, want := range []string{"older Hermes v0 (below v1) without the drain route", "Hermes v1 has the drain route but no drain secret configured"} {
+		if !strings.Contains(table.stdout, want) {
+			t.Errorf("fleet check lacks %q:\n%s", want, table)
+		}
+	}
+	plain := execMigrator(t, w.env, "fleet", "check")
+	if !strings.Contains(plain.stdout, "no_secret_or_drain_route") || strings.Count(plain.stdout, "an older Hermes without the drain route, or no drain secret configured (version v") != 2 ||
+		!strings.Contains(plain.stdout, "MIGRATOR_HERMES_MIN_DRAIN_VERSION") || plain.code != 1 {
+		t.Errorf("without a minimum:\n%s", plain)
+	}
+	plan := execMigrator(t, withMin, "run", "create", "--cause", "image-migration", "--image", "registry.fly.io/hermes-agent:v2",
+		"--no-pin", "--undrainable", "recreate", "--dry-run")
+	if plan.code != 0 || !strings.Contains(plan.stdout, "no drain: 401 no_drain_route, recreate (loud)") ||
+		!strings.Contains(plan.stdout, "no drain: 401 no_secret, recreate (loud)") || !strings.Contains(plan.stdout, "older Hermes v0 (below v1)") {
+		t.Errorf("dry run: %s", plan)
+	}
+	bad := execMigrator(t, append(append([]string(nil), w.env...), "MIGRATOR_HERMES_MIN_DRAIN_VERSION=latest"), "fleet", "check")
+	if bad.code != 2 || !strings.Contains(bad.stderr, "MIGRATOR_HERMES_MIN_DRAIN_VERSION=\"latest\": want a Hermes version") || strings.Count(bad.stderr, "\n") != 1 {
+		t.Errorf("an invalid minimum: %s", bad)
 	}
 }

@@ -51,6 +51,10 @@ then refuses with 400. So:
   ready           400: drain endpoint and secret good
   no_secret       401: no drain secret, or another one (secret sync, then a recreate)
   no_drain_route  404: a Hermes without the drain endpoint (move it with --undrainable recreate)
+  no_secret_or_drain_route
+                  401 from a gated dashboard's login gate, before routing: an older Hermes
+                  without the drain route or no drain secret; $` + minDrainVersionEnv + `
+                  (the oldest Hermes with the route) tells them apart by /api/status version
   forbidden       403: a token of another scope
   server_error    5xx, after retries
   unreachable     no answer from the dashboard
@@ -96,7 +100,7 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 	if err != nil {
 		return fmt.Errorf("fleet check: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
-	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log}, c.gw, machines)
+	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion}, c.gw, machines)
 	if err != nil {
 		return fmt.Errorf("fleet check: %w", err)
 	}
@@ -118,7 +122,7 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "APP\tMACHINE\tSTATE\tREGION\tIMAGE\tVERSION\tREADINESS\tDETAIL")
 		for _, a := range rep.Agents {
-			version, detail := a.Version, oneLine(a.Detail, 100)
+			version, detail := a.Version, oneLine(a.Detail, 140)
 			if version == "" {
 				version = "-"
 			}
@@ -131,8 +135,12 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 			return err
 		}
 		fmt.Fprintln(e.stdout)
+		width := 15
 		for _, cat := range rep.Categories() {
-			fmt.Fprintf(e.stdout, "%-15s %5d  %s\n", cat, rep.Counts[cat], fleetcheck.Explain(cat))
+			width = max(width, len(cat))
+		}
+		for _, cat := range rep.Categories() {
+			fmt.Fprintf(e.stdout, "%-*s %5d  %s\n", width, cat, rep.Counts[cat], fleetcheck.Explain(cat))
 		}
 	}
 	if notReady > 0 {

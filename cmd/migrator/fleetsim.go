@@ -30,6 +30,12 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		leaseFormat       string
 		stoppedApps       int
 		suspendedApps     int
+		gated             bool
+		platforms         string
+		parkPlatform      []string
+		terminalNous      []string
+		crashLoop         []string
+		platformDown      []string
 	)
 	cmd := &cobra.Command{
 		Use:   "fleetsim --apps N --listen 127.0.0.1:PORT",
@@ -37,7 +43,8 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		Long: "Run the fleet simulator: a loopback server with the Fly Machines API subset migrator uses\n" +
 			"and one Hermes dashboard per machine, with agents doing scripted work. It prints, on\n" +
 			"stdout, the environment (FLY_API_TOKEN, FLY_FLAPS_BASE_URL, MIGRATOR_GATEWAY_URL,\n" +
-			"MIGRATOR_DRAIN_KEY, MIGRATOR_FLY_ORG) that points migrator at it, then serves until\n" +
+			"MIGRATOR_DRAIN_KEY, MIGRATOR_FLY_ORG, and with --time-scale MIGRATOR_CLOCK, so migrator\n" +
+			"runs on the simulated timeline) that points migrator at it, then serves until\n" +
 			"SIGINT. The token and drain key are throwaway values of this simulator.\n\n" +
 			"--activity makes the agents talk: per agent, user turns arrive as a Poisson process at\n" +
 			"the agent's own rate (log-normal across the fleet around --turns-per-hour: most quiet,\n" +
@@ -45,6 +52,13 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			"multi-hour task; turns arriving while an agent drains are refused, turns in flight at\n" +
 			"the recreate interrupted (GET /_sim/state: activity, refusals, each machine's\n" +
 			"DrainingTime).\n\n" +
+			"New-image faults the agents' own signals show: --park-platform IMAGE=PLATFORM[:CODE] (the\n" +
+			"gateway on IMAGE parks PLATFORM as fatal with error_code CODE, degraded), --terminal-nous\n" +
+			"IMAGE (nous_session_valid terminal), --crash-loop IMAGE=AFTER[:oom] (the new instance exits\n" +
+			"AFTER after first serving, Fly exit events, restarted by the restart policy); and\n" +
+			"--platform-down APP=PLATFORM[:CODE] (down on every image: down before a migration too).\n" +
+			"--gated-bind serves the dashboards as on a non-loopback bind: an older Hermes answers the\n" +
+			"drain route 401 before routing, like an agent without a secret.\n\n" +
 			"A --scenario TOML file describes the fleet, workload and faults (see package fleetsim);\n" +
 			"flags given explicitly override it. Observe and inject faults at runtime through\n" +
 			"GET /_sim/state, POST /_sim/faults and POST /_sim/control (Bearer FLY_API_TOKEN).",
@@ -54,7 +68,9 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			"  migrator fleetsim --apps 200 --activity --turns-per-hour 4 --time-scale 10\n" +
 			"  migrator fleetsim --apps 10 --legacy-apps 3 --unprovisioned-apps 8   # a fleet before enrolment\n" +
 			"  migrator fleetsim --real-fleet --time-scale 10   # apps 1-9: one machine of each kind a real fleet holds\n" +
-			"  migrator fleetsim --apps 12 --stopped-apps 2 --suspended-apps 2   # the last apps' agents are down",
+			"  migrator fleetsim --apps 12 --stopped-apps 2 --suspended-apps 2   # the last apps' agents are down\n" +
+			"  migrator fleetsim --apps 5 --time-scale 10 --crash-loop registry.fly.io/hermes-agent:v2=6s\n" +
+			"  migrator fleetsim --apps 5 --platforms telegram,slack --park-platform registry.fly.io/hermes-agent:v2=telegram:telegram_token_lock",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := fleetsim.Config{Workload: fleetsim.Workload{BusyFraction: busy}}
@@ -130,6 +146,22 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			default:
 				return usagef("%s: --lease-conflict-format %q: want %s or %s", cmd.CommandPath(), leaseFormat, fleetsim.LeaseTimeRFC3339, fleetsim.LeaseTimeGo)
 			}
+			if gated {
+				cfg.GatedBind = true
+			}
+			if platforms != "" {
+				list := strings.Split(platforms, ",")
+				for i := range list {
+					if list[i] = strings.TrimSpace(list[i]); list[i] == "" {
+						return usagef("%s: --platforms %q: want names separated by commas, e.g. telegram,slack", cmd.CommandPath(), platforms)
+					}
+				}
+				cfg.Platforms = func(string) []string { return list }
+			}
+			faults, err := parseSimFaults(parkPlatform, terminalNous, crashLoop, platformDown)
+			if err != nil {
+				return usagef("%s: %v", cmd.CommandPath(), err)
+			}
 			switch {
 			case cfg.Apps < 1:
 				return usagef("%s: --apps must be at least 1, got %d", cmd.CommandPath(), cfg.Apps)
@@ -157,11 +189,19 @@ func newFleetsimCmd(e *env) *cobra.Command {
 					return usagef("%s: --scenario %s: %v", cmd.CommandPath(), scenario, err)
 				}
 			}
+			if err := faults.apply(sim); err != nil {
+				return usagef("%s: %v", cmd.CommandPath(), err)
+			}
 			if err := sim.Start(listen); err != nil {
 				return err
 			}
 			defer sim.Close()
 			env := sim.Env()
+			if sc, ok := cfg.Clock.(*clock.Scaled); ok {
+				// serve, run follow and status share the simulated timeline:
+				// drain waits, bakes and Fly's event times agree.
+				env[clockEnv] = fmt.Sprintf("scaled:%g:%d", sc.Factor(), sc.Start().UnixNano())
+			}
 			keys := make([]string, 0, len(env))
 			for k := range env {
 				keys = append(keys, k)
@@ -204,7 +244,87 @@ func newFleetsimCmd(e *env) *cobra.Command {
 	f.IntVar(&stoppedApps, "stopped-apps", 0, "the last N apps' machines are stopped at the start")
 	f.IntVar(&suspendedApps, "suspended-apps", 0, "the N apps before the stopped ones are suspended (autostop = suspend: a user turn wakes them)")
 	f.StringVar(&leaseFormat, "lease-conflict-format", "", "how a 409 on a held lease states its expiry: rfc3339 (default) or go (Fly's API reference, with \"code\")")
+	f.BoolVar(&gated, "gated-bind", false, "dashboards on a non-loopback bind: a login gate answers 401 before routing (an older Hermes too)")
+	f.StringVar(&platforms, "platforms", "", "every agent's messaging platforms, e.g. telegram,slack (default: a seeded subset of telegram, discord, slack)")
+	f.StringArrayVar(&parkPlatform, "park-platform", nil, "IMAGE=PLATFORM[:CODE]: gateways on IMAGE park PLATFORM (fatal, error_code CODE; repeatable)")
+	f.StringArrayVar(&terminalNous, "terminal-nous", nil, "IMAGE: gateways on IMAGE report nous_session_valid terminal (repeatable)")
+	f.StringArrayVar(&crashLoop, "crash-loop", nil, "IMAGE=AFTER[:oom]: instances on IMAGE exit AFTER (e.g. 6s) after first serving, again after each restart (repeatable)")
+	f.StringArrayVar(&platformDown, "platform-down", nil, "APP=PLATFORM[:CODE]: that agent's PLATFORM is fatal on every image (repeatable)")
 	return cmd
+}
+
+// simFaults are fleetsim's fault flags, parsed before the simulator starts.
+type simFaults struct {
+	park  []struct{ image, platform, code string }
+	nous  []string
+	crash []struct {
+		image string
+		loop  fleetsim.CrashLoop
+	}
+	down []struct{ app, platform, code string }
+}
+
+func parseSimFaults(park, nous, crash, down []string) (simFaults, error) {
+	var f simFaults
+	for _, v := range park {
+		img, rest, ok := strings.Cut(v, "=")
+		platform, code, _ := strings.Cut(rest, ":")
+		if !ok || strings.TrimSpace(img) == "" || strings.TrimSpace(platform) == "" {
+			return f, fmt.Errorf("--park-platform %q: want IMAGE=PLATFORM[:CODE], e.g. registry.fly.io/hermes-agent:v2=telegram:telegram_token_lock", v)
+		}
+		f.park = append(f.park, struct{ image, platform, code string }{strings.TrimSpace(img), strings.TrimSpace(platform), strings.TrimSpace(code)})
+	}
+	for _, v := range nous {
+		if strings.TrimSpace(v) == "" {
+			return f, fmt.Errorf("--terminal-nous: want an image")
+		}
+		f.nous = append(f.nous, strings.TrimSpace(v))
+	}
+	for _, v := range crash {
+		// The image may hold a ":" (its tag): the duration is after the last "=".
+		i := strings.LastIndex(v, "=")
+		if i <= 0 {
+			return f, fmt.Errorf("--crash-loop %q: want IMAGE=AFTER[:oom], e.g. registry.fly.io/hermes-agent:v2=6s", v)
+		}
+		img, spec := strings.TrimSpace(v[:i]), v[i+1:]
+		after, mode, _ := strings.Cut(spec, ":")
+		d, err := time.ParseDuration(strings.TrimSpace(after))
+		if err != nil || d <= 0 || (mode != "" && mode != "oom") {
+			return f, fmt.Errorf("--crash-loop %q: want IMAGE=AFTER[:oom] with a positive duration, e.g. registry.fly.io/hermes-agent:v2=6s", v)
+		}
+		f.crash = append(f.crash, struct {
+			image string
+			loop  fleetsim.CrashLoop
+		}{img, fleetsim.CrashLoop{After: d, OOM: mode == "oom"}})
+	}
+	for _, v := range down {
+		app, rest, ok := strings.Cut(v, "=")
+		platform, code, _ := strings.Cut(rest, ":")
+		if !ok || strings.TrimSpace(app) == "" || strings.TrimSpace(platform) == "" {
+			return f, fmt.Errorf("--platform-down %q: want APP=PLATFORM[:CODE], e.g. hermes-agent-2=telegram:telegram_token_revoked", v)
+		}
+		f.down = append(f.down, struct{ app, platform, code string }{strings.TrimSpace(app), strings.TrimSpace(platform), strings.TrimSpace(code)})
+	}
+	return f, nil
+}
+
+func (f simFaults) apply(sim *fleetsim.Sim) error {
+	for _, p := range f.park {
+		sim.ParkPlatform(p.image, p.platform, p.code)
+	}
+	for _, img := range f.nous {
+		sim.TerminalNous(img)
+	}
+	for _, c := range f.crash {
+		sim.CrashLoopOn(c.image, c.loop)
+	}
+	for _, d := range f.down {
+		if sim.MachineIDs(d.app) == nil {
+			return fmt.Errorf("--platform-down: no app %q", d.app)
+		}
+		sim.SetPlatformState(d.app, d.platform, "fatal", d.code, false)
+	}
+	return nil
 }
 
 // shellQuote quotes v for a POSIX shell when it holds anything but safe

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"
 )
@@ -56,7 +57,15 @@ status reads were made and the last active_agents.
 
 json and csv also carry the idle-first columns: idle_wait_seconds (first
 status read before the drain → its begin; NULL when the drain began at
-once), peeks (status reads before the begin) and active_agents_at_begin.
+once), peeks (status reads before the begin) and active_agents_at_begin;
+and the agent's own signals: signals_before (what /api/status showed
+before the drain: gateway state, version, Nous session, each platform's
+state and error_code), signals_after (after the recreate: the read that
+decided, or the last of a canary's bake), deciding_signal (what decided a
+rollback or failure: platform_parked, platform_not_up,
+nous_session_terminal, fly_exit, fly_oom_killed, gateway_not_running,
+gateway_startup_failed, flyd_revert, verify_timeout, …), canary and
+bake_seconds. The table shows DECIDED BY and what the signals changed.
 
 Formats: table (people), json (an array of objects keyed by the view's
 columns), csv (a header row with those columns, times in RFC 3339 UTC).
@@ -217,7 +226,7 @@ type historyWriter interface {
 type historyTable struct{ w *tabwriter.Writer }
 
 func (t *historyTable) begin() error {
-	_, err := fmt.Fprintln(t.w, "CREATED\tRUN\tCAUSE\tAPP\tMACHINE\tSTATE\tOUTCOME\tDRAIN\tQUIET\tWAITED\tAGENTS\tDIGEST FROM → TO\tRULE\tERROR")
+	_, err := fmt.Fprintln(t.w, "CREATED\tRUN\tCAUSE\tAPP\tMACHINE\tSTATE\tOUTCOME\tDRAIN\tQUIET\tWAITED\tAGENTS\tDIGEST FROM → TO\tRULE\tDECIDED BY\tSIGNALS\tERROR")
 	return err
 }
 
@@ -235,9 +244,19 @@ func (t *historyTable) row(r store.HistoryRow) error {
 			}
 		}
 	}
-	_, err := fmt.Fprintf(t.w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.RunID, r.Cause, r.App,
-		r.MachineID, strOr(r.MachineState, "-"), strOr(r.Outcome, "(in flight)"), strOr(r.DrainOutcome, "-"), quiet, waited,
-		intOr(r.ActiveAgentsAtRecreate, "-"), digests(r), strOr(r.PolicyRule, "-"), oneLine(strOr(r.Error, ""), 60))
+	outcome := strOr(r.Outcome, "(in flight)")
+	if r.Canary {
+		outcome += " (canary"
+		if r.BakeSeconds != nil {
+			outcome += ", baked " + short(time.Duration(*r.BakeSeconds*float64(time.Second)))
+		}
+		outcome += ")"
+	}
+	_, err := fmt.Fprintf(t.w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.RunID, r.Cause, r.App,
+		r.MachineID, strOr(r.MachineState, "-"), outcome, strOr(r.DrainOutcome, "-"), quiet, waited,
+		intOr(r.ActiveAgentsAtRecreate, "-"), digests(r), strOr(r.PolicyRule, "-"), strOr(r.DecidingSignal, "-"),
+		nonEmpty(oneLine(gateway.Changes(decodeSignals(r.SignalsBefore), decodeSignals(r.SignalsAfter)), 70), "-"),
+		oneLine(strOr(r.Error, ""), 60))
 	return err
 }
 

@@ -246,6 +246,11 @@ func printExplanation(e *env, p *policy.Policy, c policy.Cause, m policy.Machine
 	default:
 		row("on deadline", "defer (%d of %d deferrals used; then force)", m.Deferrals, d.MaxDeferrals)
 	}
+	if d.CanaryBake > 0 {
+		row("canary bake", "%s (a canary is watched this long after it verified before the run widens)", d.CanaryBake)
+	} else {
+		row("canary bake", "none (the run widens as soon as its canaries migrated)")
+	}
 	if d.Undrainable == policy.UndrainableRecreate {
 		row("undrainable", "recreate (a drain endpoint answering 404/401 is moved without a drain, loudly)")
 	} else {
@@ -327,6 +332,10 @@ type explainOutput struct {
 	NextWindow      string             `json:"next_window,omitempty"`
 	WindowEnd       string             `json:"window_end,omitempty"`
 	Undrainable     policy.Undrainable `json:"undrainable"`
+	// CanaryBake is how long a canary is watched after it verified ("0s":
+	// no bake).
+	CanaryBake        string  `json:"canary_bake"`
+	CanaryBakeSeconds float64 `json:"canary_bake_seconds"`
 }
 
 func explainJSON(p *policy.Policy, c policy.Cause, m policy.Machine, now time.Time, ex policy.Explanation) explainOutput {
@@ -339,7 +348,7 @@ func explainJSON(p *policy.Policy, c policy.Cause, m policy.Machine, now time.Ti
 		Wait: d.Wait.String(), WaitSeconds: d.Wait.Seconds(), Deadline: stamp(d.Deadline),
 		OnDeadline: d.OnDeadline, MaxDeferrals: d.MaxDeferrals,
 		InWindow: d.InWindow, Window: d.Window, NextWindow: stamp(d.NextWindow), WindowEnd: stamp(d.WindowEnd),
-		Undrainable: d.Undrainable,
+		Undrainable: d.Undrainable, CanaryBake: d.CanaryBake.String(), CanaryBakeSeconds: d.CanaryBake.Seconds(),
 	}
 	if ex.Matched != nil {
 		out.MatchedRule = &explainedRule{Name: ex.Matched.Name, Line: ex.Matched.Line, Selector: ex.Matched.Selector()}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -311,5 +312,87 @@ func TestKillWhileWaitingForIdleResumes(t *testing.T) {
 	v := w.sim.Machine(app, id)
 	if v.TurnsRefused != 0 || v.TurnsInterrupted != 0 || v.Updates != 1 {
 		t.Fatalf("machine %+v: want one update with no refused or interrupted turn", v)
+	}
+}
+
+// A serve replica killed with SIGKILL while a canary bakes loses nothing:
+// the bake's end is in Postgres, so the replica that picks the canary up
+// watches it to the end of the same bake (not a new one, not none), and
+// only then does the rest of the run follow.
+func TestKillDuringBakeResumesTheBake(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t, fleetsim.Config{Apps: 3, Seed: 5}, 10, "MIGRATOR_JOB_TIMEOUT=2s", "MIGRATOR_RESCUE_AFTER=3s")
+	a := w.startServe("a")
+	res := execMigrator(t, w.env, "run", "create", "--cause", "image-migration", "--image", "registry.fly.io/hermes-agent:v2",
+		"--no-pin", "--canary", "1", "--canary-bake", "60s", "--max-unavailable", "3", "--idle-wait", "0")
+	if res.code != 0 {
+		t.Fatalf("run create: %s", res)
+	}
+	runID, err := strconv.ParseInt(strings.TrimSpace(res.stdout), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var before store.Migration
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		ms, err := w.st.Q().ListMigrations(ctx, runID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			if m.Canary {
+				before = m
+			}
+		}
+		// Well into the bake: some of it is behind, most ahead.
+		if before.State == store.StateBaking && w.clk.Now().Sub(before.BakeStartedAt) > 10*time.Second {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the canary never baked: %+v\n%s", before, w.logTails())
+		}
+	}
+	a.kill9()
+	w.startServe("b")
+	if r := w.waitRun(runID, 3*time.Minute); r.State != store.RunSucceeded {
+		t.Fatalf("run %s: %s\n%s", r.State, r.StateReason, w.logTails())
+	}
+	ms, err := w.st.Q().ListMigrations(ctx, runID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var canary store.Migration
+	for _, m := range ms {
+		if m.Canary {
+			canary = m
+		}
+	}
+	if !canary.BakeStartedAt.Equal(before.BakeStartedAt) || !canary.BakeUntil.Equal(before.BakeUntil) {
+		t.Errorf("bake %s → %s after the kill, was %s → %s: want the same bake resumed", canary.BakeStartedAt, canary.BakeUntil,
+			before.BakeStartedAt, before.BakeUntil)
+	}
+	evs, err := w.st.Q().ListEvents(ctx, store.Scope{MigrationID: canary.ID}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bakes, baked := 0, 0.0
+	for _, e := range evs {
+		switch e.Kind {
+		case "machine.baking":
+			bakes++
+		case "machine.migrated":
+			baked, _ = e.Detail["baked_seconds"].(float64)
+			if e.Detail["bake"] != "clean" {
+				t.Errorf("migrated event %+v", e.Detail)
+			}
+		}
+	}
+	if bakes != 1 || baked < 60 {
+		t.Errorf("%d bakes begun, the canary watched %.1fs: want one bake watched its full 60 s", bakes, baked)
+	}
+	for _, m := range ms {
+		if !m.Canary && (m.Outcome != store.OutcomeMigrated || m.StartedAt.Before(canary.FinishedAt)) {
+			t.Errorf("%s: %s, started %s before the canary's bake ended (%s)", m.Target(), m.Outcome, m.StartedAt, canary.FinishedAt)
+		}
 	}
 }

@@ -178,6 +178,7 @@ type runCreateFlags struct {
 	canary, failureThreshold      int
 	deadline, reason, idemKey     string
 	idleWait                      string
+	canaryBake                    string
 	noPin, dryRun, follow, asJSON bool
 	plain                         bool
 }
@@ -219,6 +220,8 @@ else the OS user.
 ` + runExitCodes,
 		Example: `  migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- \
       --max-unavailable 10% --canary 2 --reason "CVE-2026-1234" --follow
+  migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- \
+      --canary 1 --canary-bake 25m --follow   # one canary, watched 25 minutes before the fleet follows
   migrator run create --cause operator --image registry.fly.io/hermes-agent:v2 --app hermes-agent-7 --deadline 2m
   migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- --idle-wait 0
   migrator run create --cause auto-update --image registry.fly.io/hermes-agent:v2 --label hermes_auto_update=true --dry-run
@@ -234,7 +237,8 @@ else the OS user.
 	fl.StringVar(&f.container, "container", "", "on multi-container machines, move this container's image (as `fly machine update --container`); machines without containers move config.image; without it multi-container machines are left out")
 	fl.StringVar(&f.undrainable, "undrainable", "", `agents whose drain endpoint answers 404 or 401: "fail" them or "recreate" them without a drain (loud); default: the policy's undrainable (built-in: fail)`)
 	fl.StringVar(&f.maxUnavailable, "max-unavailable", "1", "machines of this run disrupted at once: a count (5) or a percentage of the machines to move (10%, rounded up)")
-	fl.IntVar(&f.canary, "canary", 0, "move this many machines first; the rest wait until all of them migrated (a failed canary pauses the run)")
+	fl.IntVar(&f.canary, "canary", 0, "move this many machines first; the rest wait until all of them migrated and baked (a failed canary pauses the run)")
+	fl.StringVar(&f.canaryBake, "canary-bake", "", "watch each canary this long after it verified before the rest follow, overriding the policy's canary_bake (0: no bake; needs --canary)")
 	fl.IntVar(&f.failureThreshold, "failure-threshold", 0, "pause the run when more machines than this fail or roll back")
 	fl.StringVar(&f.deadline, "deadline", "", "how long each drain may wait for the agent to finish, overriding the policy's wait (e.g. 20m)")
 	fl.StringVar(&f.idleWait, "idle-wait", "", "how long to look for a moment when the agent is idle before draining it, overriding the policy's idle_wait (0: begin at once)")
@@ -311,9 +315,20 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 		}
 		idleWait = &iw
 	}
+	var canaryBake *time.Duration
+	if f.canaryBake != "" {
+		b, err := policy.ParseCanaryBake(strings.TrimSpace(f.canaryBake))
+		if err != nil {
+			return out, usagef("%s: --canary-bake: %v", path, err)
+		}
+		if f.canary == 0 {
+			return out, usagef("%s: --canary-bake bakes the run's canaries: give --canary N too", path)
+		}
+		canaryBake = &b
+	}
 	out.req = orchestrator.RunRequest{Cause: cause, TargetImage: f.image, Image: f.image, Selector: sel,
 		MaxUnavailable: strings.TrimSpace(f.maxUnavailable), Canary: f.canary, FailureThreshold: f.failureThreshold,
-		DeadlineOverride: deadline, IdleWaitOverride: idleWait, Undrainable: undrainable,
+		DeadlineOverride: deadline, IdleWaitOverride: idleWait, Undrainable: undrainable, CanaryBakeOverride: canaryBake,
 		RequestedBy: principal(e), Reason: f.reason, IdempotencyKey: f.idemKey}
 	out.selector = describeSelector(sel)
 	return out, nil
@@ -524,6 +539,10 @@ type planDecisionJSON struct {
 	// Drain is the probe of the agent's drain endpoint (null: not probed,
 	// e.g. MIGRATOR_DRAIN_KEY not set, or the machine is not running).
 	Drain *planDrainJSON `json:"drain"`
+	// CanaryBake is how long this machine, a canary, is watched after it
+	// verified before the run widens (null: not a canary).
+	CanaryBake        *string  `json:"canary_bake"`
+	CanaryBakeSeconds *float64 `json:"canary_bake_seconds"`
 }
 
 // planDrainJSON says whether serve would drain the agent, move it without
@@ -534,6 +553,9 @@ type planDrainJSON struct {
 	// Path: "drain", "recreate_without_drain", "fail", or "none" (the
 	// machine is not running: it is moved without a drain, having no users).
 	Path string `json:"path"`
+	// Detail says why an agent is not ready (a 401: which one, see fleet
+	// check).
+	Detail string `json:"detail,omitempty"`
 }
 
 type planMachineJSON struct {
@@ -646,6 +668,17 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 				Window: d.Window, NextWindow: stamp(d.NextWindow), Undrainable: undrainable}
 			if a, ok := probes[store.MachineKey{App: p.App, MachineID: p.ID}]; ok {
 				pm.Decision.Drain = &planDrainJSON{Readiness: a.Readiness, StatusCode: a.StatusCode, Path: drainPath(a, undrainable)}
+				if a.AuthLayer == gateway.AuthLoginGate || a.AuthLayer == gateway.AuthDrainRoute {
+					pm.Decision.Drain.Detail = a.Detail // which 401 it was
+				}
+			}
+			if p.Canary {
+				bake := d.CanaryBake
+				if req.CanaryBakeOverride != nil {
+					bake = *req.CanaryBakeOverride
+				}
+				text, secs := bake.String(), bake.Seconds()
+				pm.Decision.CanaryBake, pm.Decision.CanaryBakeSeconds = &text, &secs
 			}
 		}
 		out.Plan = append(out.Plan, pm)
@@ -678,6 +711,13 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		fmt.Fprintf(w, "%d %s on a host that is not ok: deferred when its turn comes (never leased or drained), unless the host is back\n\n",
 			n, plural(n, "machine is", "machines are"))
 	}
+	// Which 401s: a gated dashboard answers 401 before routing, so an older
+	// Hermes and a missing secret look alike but for the version.
+	for _, p := range out.Plan {
+		if d := p.Decision; d != nil && d.Drain != nil && d.Drain.Detail != "" {
+			fmt.Fprintf(w, "%s/%s: %s\n", p.App, p.MachineID, d.Drain.Detail)
+		}
+	}
 	if withHistory > 0 {
 		fmt.Fprintf(w, "order: longest expected drain first (the mean of each machine's last drains; %d of %d to move have drain history, the rest rank as the mean)\n\n",
 			withHistory, out.ToMove)
@@ -707,8 +747,15 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		case d.Window != "":
 			window = "closed until " + d.NextWindow + " (" + d.Window + "): would be deferred"
 		}
+		canary := yesNo(p.Canary)
+		if d.CanaryBake != nil {
+			canary = "yes, bake " + *d.CanaryBake
+			if *d.CanaryBakeSeconds == 0 {
+				canary = "yes, no bake"
+			}
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, stateText(p), p.Image,
-			yesNo(p.Canary), expected, yesNo(d.Quiet), d.Rule, idleWaitText(d.IdleWaitSeconds, d.OnBusy), d.Wait, onDeadline, window, drainColumn(p))
+			canary, expected, yesNo(d.Quiet), d.Rule, idleWaitText(d.IdleWaitSeconds, d.OnBusy), d.Wait, onDeadline, window, drainColumn(p))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -789,7 +836,7 @@ func probeForDryRun(ctx context.Context, c *components, planned []orchestrator.P
 			ms = append(ms, p.Machine)
 		}
 	}
-	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log}, c.gw, ms)
+	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion}, c.gw, ms)
 	if err != nil {
 		return nil, err
 	}
@@ -807,7 +854,7 @@ func drainPath(a fleetcheck.Agent, undrainable policy.Undrainable) string {
 	switch a.Readiness {
 	case fleetcheck.NotRunning:
 		return "none"
-	case gateway.NoSecret, gateway.NoDrainRoute:
+	case gateway.NoSecret, gateway.NoDrainRoute, gateway.NoSecretOrRoute:
 		if undrainable == policy.UndrainableRecreate {
 			return "recreate_without_drain"
 		}
@@ -832,9 +879,9 @@ func drainColumn(p planMachineJSON) string {
 	}
 	switch d.Drain.Path {
 	case "recreate_without_drain":
-		return fmt.Sprintf("no drain: %d, recreate (loud)", d.Drain.StatusCode)
+		return fmt.Sprintf("no drain: %d %s, recreate (loud)", d.Drain.StatusCode, d.Drain.Readiness)
 	case "fail":
-		return fmt.Sprintf("would fail: %d (undrainable=%s)", d.Drain.StatusCode, d.Undrainable)
+		return fmt.Sprintf("would fail: %d %s (undrainable=%s)", d.Drain.StatusCode, d.Drain.Readiness, d.Undrainable)
 	case "none":
 		return "none (not running)"
 	}
@@ -888,6 +935,15 @@ type inFlightJSON struct {
 	LastActiveAgents *int   `json:"last_active_agents"`
 	GatewayState     string `json:"gateway_state,omitempty"`
 	DrainOutcome     string `json:"drain_outcome,omitempty"`
+	// A baking canary: since when, until when it is watched; the agent's
+	// signals before its drain and at the last read after the recreate,
+	// and what they changed (gateway.Changes).
+	BakeStartedAt string          `json:"bake_started_at,omitempty"`
+	BakeUntil     string          `json:"bake_until,omitempty"`
+	SignalsBefore json.RawMessage `json:"signals_before,omitempty"`
+	SignalsAfter  json.RawMessage `json:"signals_after,omitempty"`
+	Signals       string          `json:"signals,omitempty"`
+	Error         string          `json:"error,omitempty"`
 }
 
 type runJSON struct {
@@ -905,19 +961,25 @@ type runJSON struct {
 	FailureThreshold   int            `json:"failure_threshold"`
 	DeadlineOverride   string         `json:"deadline_override,omitempty"`
 	IdleWaitOverride   string         `json:"idle_wait_override,omitempty"`
-	RequestedBy        string         `json:"requested_by"`
-	Reason             string         `json:"reason"`
-	IdempotencyKey     string         `json:"idempotency_key,omitempty"`
-	PolicyVersion      string         `json:"policy_version"`
-	CreatedAt          string         `json:"created_at"`
-	StartedAt          string         `json:"started_at,omitempty"`
-	FinishedAt         string         `json:"finished_at,omitempty"`
-	Machines           int            `json:"machines"`
-	Done               int            `json:"done"`
-	SlotsHeld          int            `json:"slots_held"`
-	WaitingForIdle     int            `json:"waiting_for_idle"`
-	Counts             countsJSON     `json:"counts"`
-	InFlight           []inFlightJSON `json:"in_flight,omitempty"`
+	CanaryBakeOverride string         `json:"canary_bake_override,omitempty"`
+	// AcknowledgedAt: when a person last resumed the run (failures
+	// before it no longer hold it back).
+	AcknowledgedAt string `json:"acknowledged_at,omitempty"`
+	// Baking counts the canaries in their bake now.
+	Baking         int            `json:"baking"`
+	RequestedBy    string         `json:"requested_by"`
+	Reason         string         `json:"reason"`
+	IdempotencyKey string         `json:"idempotency_key,omitempty"`
+	PolicyVersion  string         `json:"policy_version"`
+	CreatedAt      string         `json:"created_at"`
+	StartedAt      string         `json:"started_at,omitempty"`
+	FinishedAt     string         `json:"finished_at,omitempty"`
+	Machines       int            `json:"machines"`
+	Done           int            `json:"done"`
+	SlotsHeld      int            `json:"slots_held"`
+	WaitingForIdle int            `json:"waiting_for_idle"`
+	Counts         countsJSON     `json:"counts"`
+	InFlight       []inFlightJSON `json:"in_flight,omitempty"`
 }
 
 func newRunJSON(r store.Run, c store.RunCounts, inFlight []store.MigrationView, now time.Time) runJSON {
@@ -933,11 +995,18 @@ func newRunJSON(r store.Run, c store.RunCounts, inFlight []store.MigrationView, 
 	if r.IdleWaitOverride != nil {
 		out.IdleWaitOverride = r.IdleWaitOverride.String()
 	}
+	if r.CanaryBakeOverride != nil {
+		out.CanaryBakeOverride = r.CanaryBakeOverride.String()
+	}
+	out.AcknowledgedAt = stamp(r.AcknowledgedAt)
+	out.Baking = c.ByState[store.StateBaking]
 	if inFlight != nil {
 		out.InFlight = []inFlightJSON{}
 	}
 	for _, v := range inFlight {
-		j := inFlightJSON{App: v.App, MachineID: v.MachineID, Region: v.Region, State: v.State, Canary: v.Canary}
+		j := inFlightJSON{App: v.App, MachineID: v.MachineID, Region: v.Region, State: v.State, Canary: v.Canary,
+			BakeStartedAt: stamp(v.BakeStartedAt), BakeUntil: stamp(v.BakeUntil), SignalsBefore: v.SignalsBefore,
+			SignalsAfter: v.SignalsAfter, Signals: signalChanges(v.Migration), Error: v.Error}
 		if d := v.Drain; d != nil {
 			q := d.Quiet
 			j.Quiet, j.Rule, j.DeadlineAt = &q, d.PolicyRule, stamp(d.DeadlineAt)
@@ -1055,6 +1124,9 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	if r.IdleWaitOverride != nil {
 		budget += ", idle wait " + r.IdleWaitOverride.String()
 	}
+	if r.CanaryBakeOverride != nil {
+		budget += ", canary bake " + r.CanaryBakeOverride.String()
+	}
 	row("budget", "%s", budget)
 	row("policy version", "%s", r.PolicyVersion)
 	times := "created " + stamp(r.CreatedAt)
@@ -1070,6 +1142,19 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	if c.WaitingForIdle > 0 {
 		row("waiting for idle", "%d pending (their agents were busy when looked at: not draining, no slot held)", c.WaitingForIdle)
 	}
+	if n := c.ByState[store.StateBaking]; n > 0 {
+		var until time.Time
+		for _, v := range snap.InFlight {
+			if v.State == store.StateBaking && v.BakeUntil.After(until) {
+				until = v.BakeUntil
+			}
+		}
+		row("baking", "%d %s watched (Fly events, gateway, platforms, Nous session) until %s, %s from now; the rest wait",
+			n, plural(n, "canary", "canaries"), stamp(until), short(max(until.Sub(now), 0)))
+	}
+	if !r.AcknowledgedAt.IsZero() {
+		row("resumed", "%s (failures before it no longer hold the run back)", stamp(r.AcknowledgedAt))
+	}
 	_ = tw.Flush()
 	if len(snap.InFlight) == 0 {
 		fmt.Fprintln(w, "in flight: none")
@@ -1077,9 +1162,16 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	}
 	fmt.Fprintf(w, "in flight (%d):\n", len(snap.InFlight))
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  APP\tMACHINE\tREGION\tSTATE\tWAITED\tDEADLINE IN\tACTIVE AGENTS\tGATEWAY\tDRAIN\tRULE")
+	fmt.Fprintln(tw, "  APP\tMACHINE\tREGION\tSTATE\tWAITED\tDEADLINE IN\tACTIVE AGENTS\tGATEWAY\tDRAIN\tRULE\tSIGNALS")
 	for _, v := range snap.InFlight {
 		waited, deadline, agents, gw, kind, rule := "-", "-", "-", "-", "-", "-"
+		state := v.State
+		if v.Canary {
+			state += " (canary)"
+		}
+		if v.State == store.StateBaking {
+			deadline = "bake " + short(max(v.BakeUntil.Sub(now), 0))
+		}
 		if d := v.Drain; d != nil {
 			kind, rule = quietWord(d.Quiet), d.PolicyRule
 			if v.State == store.StateDecided || v.State == store.StateDraining {
@@ -1095,9 +1187,33 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 				gw = d.LastGatewayState
 			}
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.App, v.MachineID, v.Region, v.State, waited, deadline, agents, gw, kind, rule)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.App, v.MachineID, v.Region, state, waited, deadline, agents, gw,
+			kind, rule, nonEmpty(oneLine(signalChanges(v.Migration), 80), "-"))
 	}
 	_ = tw.Flush()
+	for _, v := range snap.InFlight {
+		if v.State == store.StateRollingBack && v.Error != "" {
+			fmt.Fprintf(w, "  %s rolling back (%s): %s\n", v.Target(), nonEmpty(v.DecidingSignal, "?"), oneLine(v.Error, 300))
+		}
+	}
+}
+
+// signalChanges is what the agent's signals after the recreate changed
+// against before (gateway.Changes), "" when none were read.
+func signalChanges(m store.Migration) string {
+	return gateway.Changes(decodeSignals(m.SignalsBefore), decodeSignals(m.SignalsAfter))
+}
+
+// decodeSignals reads stored signals (nil: none, or unreadable).
+func decodeSignals(b []byte) *gateway.Signals {
+	if len(b) == 0 {
+		return nil
+	}
+	var s gateway.Signals
+	if json.Unmarshal(b, &s) != nil {
+		return nil
+	}
+	return &s
 }
 
 func quietWord(q bool) string {
@@ -1109,7 +1225,7 @@ func quietWord(q bool) string {
 
 var (
 	stateOrder = []string{store.StatePending, store.StateReady, store.StateDecided, store.StateDraining,
-		store.StateUpdating, store.StateVerifying, store.StateRollingBack, store.StateDone}
+		store.StateUpdating, store.StateVerifying, store.StateBaking, store.StateRollingBack, store.StateDone}
 	outcomeOrder = []string{store.OutcomeMigrated, store.OutcomeSkippedUpToDate, store.OutcomeDeferred,
 		store.OutcomeRolledBack, store.OutcomeFailed, store.OutcomeCancelled}
 	runStates = []string{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling,
@@ -1229,11 +1345,14 @@ func newRunStateCmd(e *env, verb string) *cobra.Command {
 	case "resume":
 		short = "Resume a paused run (paused by a person, a failed canary or the failure threshold)"
 		long = "Resume a paused run: machines start again within the budget. A run paused because a\n" +
-			"canary failed or failures passed the threshold resumes too; look at\n" +
-			"`migrator history --run ID --outcome rolled_back` first."
-		example = "  migrator run resume 42\n  migrator run resume 42 --json"
+			"canary failed (in verify or in its bake) or failures passed the threshold resumes too:\n" +
+			"what failed so far counts as seen, so the rest follow without another canary bake and\n" +
+			"the threshold counts afresh. --bake asks for another bake first: the next machines in\n" +
+			"plan order (as many as the run's --canary) become canaries, move and bake before the\n" +
+			"rest. Look at `migrator history --run ID --outcome rolled_back` first."
+		example = "  migrator run resume 42\n  migrator run resume 42 --bake   # new canaries, baked, before the rest\n  migrator run resume 42 --json"
 	}
-	var asJSON bool
+	var asJSON, bake bool
 	cmd := &cobra.Command{
 		Use:   verb + " ID",
 		Short: short,
@@ -1261,6 +1380,9 @@ func newRunStateCmd(e *env, verb string) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if bake && before.Canary == 0 {
+				return usagef("%s: --bake: run %d has no canaries (created without --canary): nothing to bake", cmd.CommandPath(), id)
+			}
 			if _, err := c.orch.NewRiverClient(orchestrator.RiverOptions{Logger: log}); err != nil {
 				return fmt.Errorf("run %s: %w", verb, err)
 			}
@@ -1272,7 +1394,15 @@ func newRunStateCmd(e *env, verb string) *cobra.Command {
 			case "pause":
 				r, err = c.orch.Pause(ctx, id, by)
 			case "resume":
-				r, err = c.orch.Resume(ctx, id, by)
+				var picked int
+				r, picked, err = c.orch.ResumeRun(ctx, id, by, bake)
+				if err == nil && bake {
+					if picked == 0 {
+						fmt.Fprintf(e.stderr, "run %d: no machine left to make a canary (--bake): the rest follow as they are\n", id)
+					} else {
+						fmt.Fprintf(e.stderr, "run %d: %d new %s, baked before the rest follow\n", id, picked, plural(picked, "canary", "canaries"))
+					}
+				}
 			}
 			if errors.Is(err, store.ErrConflict) {
 				return refusedChange(ctx, c.store, verb, before)
@@ -1295,6 +1425,9 @@ func newRunStateCmd(e *env, verb string) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the run after the change as a JSON object, as run status --json does")
+	if verb == "resume" {
+		cmd.Flags().BoolVar(&bake, "bake", false, "move and bake new canaries (the run's canary count) before the rest follow")
+	}
 	return cmd
 }
 

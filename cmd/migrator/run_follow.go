@@ -361,6 +361,9 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 			if m.State == store.StateDraining || m.State == store.StateDecided {
 				left = short(max(d.DeadlineAt.Sub(now), 0))
 			}
+			if m.State == store.StateBaking {
+				left = "bake " + short(max(m.BakeUntil.Sub(now), 0))
+			}
 			if d.LastActiveAgents != nil {
 				agents = strconv.Itoa(*d.LastActiveAgents)
 			}
@@ -505,6 +508,12 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 		}
 		explained[m.Outcome]++
 		msg := fmt.Sprintf("%s %s", m.Target(), m.Outcome)
+		if !m.BakeStartedAt.IsZero() && m.Outcome == store.OutcomeMigrated {
+			msg += fmt.Sprintf(" after a clean bake of %s", short(m.BakeUntil.Sub(m.BakeStartedAt)))
+		}
+		if m.DecidingSignal != "" {
+			msg += " [" + m.DecidingSignal + "]"
+		}
 		if d := m.Drain; d != nil && d.Outcome == store.DrainUndrainable {
 			msg += fmt.Sprintf(" (no drain: HTTP %d, loud)", d.UndrainableStatus)
 		} else if d != nil && d.Outcome == store.DrainNotRunning {
@@ -576,7 +585,14 @@ func describeStep(m store.MigrationView, now time.Time) string {
 	case m.State == store.StateUpdating && d.Outcome != "":
 		return fmt.Sprintf("updating: drain %s after %s", d.Outcome, short(drainWaited(d, now)))
 	case m.State == store.StateRollingBack:
-		return "rolling_back: " + nonEmpty(m.Error, "the new instance failed verification")
+		sig := ""
+		if m.DecidingSignal != "" {
+			sig = " [" + m.DecidingSignal + "]"
+		}
+		return "rolling_back" + sig + ": " + nonEmpty(m.Error, "the new instance failed verification")
+	case m.State == store.StateBaking:
+		return fmt.Sprintf("baking%s: verified; watched for %s (Fly events, gateway, platforms and Nous session against before: %s); the rest wait",
+			canary, short(max(m.BakeUntil.Sub(m.BakeStartedAt), 0)), nonEmpty(signalChanges(m.Migration), "no status read yet"))
 	default:
 		return m.State + canary
 	}

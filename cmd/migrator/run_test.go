@@ -566,7 +566,7 @@ wait = "45m"
 		t.Errorf("dry run --json of up-to-date machines: %s", js)
 	}
 	js = execMigrator(t, w.env, "run", "create", "--dry-run", "--json", "--cause", "image-migration", "--image",
-		"registry.fly.io/hermes-agent:v2", "--no-pin", "--canary", "1", "--deadline", "90s", "--idle-wait", "5m")
+		"registry.fly.io/hermes-agent:v2", "--no-pin", "--canary", "1", "--deadline", "90s", "--idle-wait", "5m", "--canary-bake", "25s")
 	plan = decodeJSON[dryRunJSON](t, js)
 	if js.code != 0 || plan.ToMove != 3 || plan.MaxUnavailable != 1 || plan.PolicyVersion == "" {
 		t.Fatalf("dry run --json: %s", js)
@@ -577,6 +577,9 @@ wait = "45m"
 			d.IdleWaitSeconds != 300 || d.IdleWait != "5m0s" || d.OnBusy != "drain" ||
 			p.Canary != (i == 0) || p.ExpectedDrainSeconds != nil || p.DrainSamples != 0 {
 			t.Errorf("plan[%d] = %+v %+v", i, p, d)
+		}
+		if p.Canary != (d.CanaryBakeSeconds != nil) || p.Canary && (*d.CanaryBakeSeconds != 25 || *d.CanaryBake != "25s") {
+			t.Errorf("plan[%d]: canary %t, bake %v", i, p.Canary, d.CanaryBake)
 		}
 	}
 
@@ -625,6 +628,9 @@ func TestRunBadInputs(t *testing.T) {
 		{"duration too long", full, create("--deadline", "300h"), 2, "--deadline"},
 		{"bad idle wait", full, create("--idle-wait", "soon"), 2, `--idle-wait: "soon" is not a duration`},
 		{"negative idle wait", full, create("--idle-wait", "-1m"), 2, `--idle-wait: "-1m": want 0s or more`},
+		{"bad canary bake", full, create("--canary", "1", "--canary-bake", "soon"), 2, `--canary-bake: "soon" is not a duration`},
+		{"canary bake too long", full, create("--canary", "1", "--canary-bake", "25h"), 2, `--canary-bake: "25h": want at most 24h0m0s`},
+		{"canary bake without canaries", full, create("--canary-bake", "10m"), 2, "--canary-bake bakes the run's canaries: give --canary N too"},
 		{"bad max unavailable", full, create("--max-unavailable", "0"), 2, "max unavailable"},
 		{"bad percentage", full, create("--max-unavailable", "150%"), 2, "max unavailable"},
 		{"negative canary", full, create("--canary", "-1"), 2, "--canary -1"},

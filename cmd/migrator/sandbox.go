@@ -31,7 +31,7 @@ func init() { register(newSandboxCmd) }
 const (
 	sandboxChannel = "stable"
 	sandboxTarget  = "registry.fly.io/hermes-agent:v2"
-	sandboxMinApps = 6 // one busy agent, one crashed, one stopped, one suspended, one idle at least
+	sandboxMinApps = 6 // one busy agent, one crashed, one stopped, one suspended, one on Slack, one idle at least
 	sandboxMaxApps = 500
 	// The worker's steps are paced in simulated time (polls every 5 simulated
 	// seconds, Fly leases of 5 simulated minutes refreshed at half-life);
@@ -41,6 +41,10 @@ const (
 	// sandboxTurnsPerHour makes the story visible on a dozen agents: the
 	// loud run's drains refuse a few turns.
 	sandboxTurnsPerHour = 12
+	// The new image breaks one integration: only one agent uses it, and
+	// its gateway parks it at boot (fatal, this error_code).
+	sandboxBrokenPlatform = "slack"
+	sandboxBrokenCode     = "slack_socket_mode_auth_failed"
 )
 
 // sandboxConfig is what the flags ask for.
@@ -106,7 +110,10 @@ func newSandboxCmd(e *env) *cobra.Command {
 			"     few agents have a task of hours in flight and are deferred, never drained, after\n" +
 			"     --auto-update-idle-wait; one agent's gateway has crashed: it is recreated, does\n" +
 			"     not come back serving, and is rolled back; two agents are down (one stopped, one\n" +
-			"     suspended): nobody is on them, so they are moved without a drain and left down.\n" +
+			"     suspended): nobody is on them, so they are moved without a drain and left down;\n" +
+			"     and the new image breaks Slack, which one agent uses: its gateway parks Slack at\n" +
+			"     boot, and that agent alone is rolled back (judged against what it showed before\n" +
+			"     its drain: Slack was connected).\n" +
 			"  2. an operator run (loud drains, begun at once) moves the deferred agents, forcing\n" +
 			"     them at its --operator-wait deadline: their drains refuse the turns that arrive,\n" +
 			"     and their users are told their task was interrupted.\n\n" +
@@ -169,6 +176,7 @@ type sandbox struct {
 	long    []fleetsim.MachineView // agents given a task that outlasts every deadline
 	crashed []fleetsim.MachineView // agents whose gateway is down
 	down    []fleetsim.MachineView // agents stopped or suspended: nobody to drain
+	parked  []fleetsim.MachineView // agents whose platform the new image parks
 }
 
 // sandboxRun is one run the sandbox made, with the simulator's shutdowns
@@ -266,6 +274,19 @@ func (sb *sandbox) startSim() error {
 		fmt.Sprintf("%s%d", fleetsim.DefaultAppPrefix, n-1): "stopped",
 		fmt.Sprintf("%s%d", fleetsim.DefaultAppPrefix, n-2): "suspended",
 	}
+	nLong := max(1, n/6)
+	longIdx := map[int]bool{}
+	for i := range nLong {
+		longIdx[i*n/nLong+1] = true
+	}
+	// The agent on Slack: the last one that has no other part in the story
+	// (the first waits, the last has crashed, the two before it are down, a
+	// few are busy for hours).
+	slackIdx := n - 4
+	for slackIdx > 0 && longIdx[slackIdx] {
+		slackIdx--
+	}
+	slackApp := fmt.Sprintf("%s%d", fleetsim.DefaultAppPrefix, slackIdx+1)
 	sim, err := fleetsim.New(fleetsim.Config{
 		Shape: func(app string) []fleetsim.MachineShape {
 			if st, ok := downState[app]; ok {
@@ -283,6 +304,12 @@ func (sb *sandbox) startSim() error {
 		// auto-update's wait and muddles the story.
 		Workload: fleetsim.Workload{Activity: &fleetsim.Activity{TurnsPerHour: sb.cfg.TurnsPerHour, RateSigma: 1,
 			TurnMedian: 20 * time.Second, TurnSigma: 0.8}},
+		Platforms: func(app string) []string {
+			if app == slackApp {
+				return []string{"telegram", "discord", sandboxBrokenPlatform}
+			}
+			return []string{"telegram", "discord"}
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("sandbox: fleet simulator: %w", err)
@@ -293,10 +320,11 @@ func (sb *sandbox) startSim() error {
 	sb.sim = sim
 	sb.defer_(sim.Close)
 	sb.simEnv = sim.Env()
+	// The new image breaks the Slack integration: parked at boot.
+	sim.ParkPlatform(sandboxTarget, sandboxBrokenPlatform, sandboxBrokenCode)
 
 	ms := sim.Machines()
 	sort.Slice(ms, func(i, j int) bool { return sandboxAppNumber(ms[i].App) < sandboxAppNumber(ms[j].App) })
-	nLong := max(1, n/6)
 	for i := range nLong {
 		m := ms[i*n/nLong+1]
 		sim.AddTurn(m.App, m.ID, fleetsim.Turn{Session: fmt.Sprintf("long-task-%d", i+1), Duration: sb.cfg.longTurn()})
@@ -310,6 +338,7 @@ func (sb *sandbox) startSim() error {
 	sim.SetGatewayDown(crash.App, crash.ID, true)
 	sb.crashed = append(sb.crashed, crash)
 	sb.down = append(sb.down, ms[n-3], ms[n-2])
+	sb.parked = append(sb.parked, ms[slackIdx])
 
 	out := sb.e.stdout
 	fmt.Fprintf(out, "  fleet simulator on %s: %d agents on %s whose users keep talking (about %g turns an hour each, a few much chattier)\n",
@@ -320,6 +349,8 @@ func (sb *sandbox) startSim() error {
 		sandboxNames(sb.long), sandboxDur(sb.cfg.longTurn()))
 	fmt.Fprintf(out, "    %s: gateway crashed (recreated, not serving on the new image: rolled back)\n", sandboxNames(sb.crashed))
 	fmt.Fprintf(out, "    %s: suspended and stopped (nobody to drain: moved without a drain, left down)\n", sandboxNames(sb.down))
+	fmt.Fprintf(out, "    %s: the only agent on %s, which the new image breaks (parked at boot: rolled back, the others on telegram and discord migrate)\n",
+		sandboxNames(sb.parked), sandboxBrokenPlatform)
 	return nil
 }
 
@@ -433,8 +464,9 @@ func (sb *sandbox) play(ctx context.Context) ([]sandboxRun, error) {
 		Selector: store.Selector{Org: sb.sim.Org(), Labels: map[string]string{"hermes_auto_update": "true"}},
 		// Half the fleet at a time: the waiting agents hold budget slots,
 		// and a small fleet should not queue behind them.
-		MaxUnavailable:   "50%",
-		FailureThreshold: len(sb.crashed), // the crashed agent's rollback must not pause the run
+		MaxUnavailable: "50%",
+		// The crashed and the Slack agents' rollbacks must not pause the run.
+		FailureThreshold: len(sb.crashed) + len(sb.parked),
 		DeadlineOverride: sb.cfg.AutoWait,
 		IdleWaitOverride: &sb.cfg.AutoIdleWait,
 		RequestedBy:      "cron (sandbox)",
@@ -513,6 +545,9 @@ type sandboxTally struct {
 	Migrated, RolledBack, Failed, UpToDate, Interrupted            int
 	Broadcasts, Pinged                                             int
 	TurnsRefused, TurnsInterrupted                                 int
+	// RollbackInterrupted: turns cut off when a new instance was given up
+	// (rolled back at once, users pinged), not by a drain's recreate.
+	RollbackInterrupted int
 }
 
 // summarize prints the audit summary and returns what did not go as the
@@ -548,6 +583,9 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 				t.Broadcasts++
 			}
 			t.Pinged += s.SessionsPinged
+			if s.Image == sr.run.Image {
+				t.RollbackInterrupted += s.ActiveAgents
+			}
 		}
 	}
 
@@ -561,8 +599,13 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 			t.TurnsInterrupted, sr.run.State)
 	}
 	tw.Flush()
+	for i, sr := range runs {
+		if n := tallies[i].RollbackInterrupted; n > 0 {
+			fmt.Fprintf(out, "  run %d: %s interrupted by a rollback of a new instance (users pinged)\n", sr.run.ID, sandboxPlural(n, "turn"))
+		}
+	}
 	rows, err := sb.comp.pool.Query(ctx, `
-		SELECT run_id, app, machine_id, outcome, coalesce(error, '')
+		SELECT run_id, app, machine_id, outcome, coalesce(deciding_signal, '?') || ': ' || coalesce(error, '')
 		FROM drain_history WHERE run_id = ANY($1) AND outcome IN ('rolled_back', 'failed') ORDER BY run_id, app`,
 		[]int64{runs[0].run.ID, runs[len(runs)-1].run.ID})
 	if err != nil {
@@ -586,8 +629,23 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 		"  Users whose turn a forced recreate cut off are always pinged, quiet or not.\n"+
 		"  A turn is refused when it arrives while the agent drains (\"draining for maintenance, resend shortly\").")
 	notes := sb.printNotifications(ctx)
-	problems := append(sandboxCheck(runs, tallies, len(sb.long), len(sb.crashed)), sandboxCheckNotes(runs, notes, len(sb.crashed))...)
-	return append(problems, sb.checkDown(runs[0])...), nil
+	rolledBack := len(sb.crashed) + len(sb.parked)
+	p := append(sandboxCheck(runs, tallies, len(sb.long), rolledBack), sandboxCheckNotes(runs, notes, rolledBack)...)
+	p = append(p, sb.checkDown(runs[0])...)
+	// The Slack agent was rolled back for its parked platform, and said so.
+	for _, m := range sb.parked {
+		var outcome, signal, reason string
+		err := sb.comp.pool.QueryRow(ctx, `SELECT coalesce(outcome, ''), coalesce(deciding_signal, ''), coalesce(error, '')
+			FROM drain_history WHERE run_id = $1 AND machine_id = $2`, runs[0].run.ID, m.ID).Scan(&outcome, &signal, &reason)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox: read drain_history: %w", err)
+		}
+		if outcome != store.OutcomeRolledBack || signal != "platform_parked" || !strings.Contains(reason, sandboxBrokenPlatform) ||
+			!strings.Contains(reason, sandboxBrokenCode) {
+			p = append(p, fmt.Sprintf("%s: %s (%s: %s), want rolled back for its parked %s", m.App, outcome, signal, reason, sandboxBrokenPlatform))
+		}
+	}
+	return p, nil
 }
 
 // checkDown says what differs from the story for the agents that were down:
@@ -623,8 +681,8 @@ func sandboxCheck(runs []sandboxRun, t []sandboxTally, long, crashed int) []stri
 	if auto.run.State != wantAuto {
 		p = append(p, fmt.Sprintf("auto-update run ended %s, want %s", auto.run.State, wantAuto))
 	}
-	if a.TurnsInterrupted > 0 {
-		p = append(p, fmt.Sprintf("auto-update run interrupted %d turns, want none (it defers instead of forcing)", a.TurnsInterrupted))
+	if n := a.TurnsInterrupted - a.RollbackInterrupted; n > 0 {
+		p = append(p, fmt.Sprintf("auto-update run interrupted %d turns at its recreates, want none (it defers instead of forcing)", n))
 	}
 	if a.Loud > 0 || a.Broadcasts > 0 {
 		p = append(p, fmt.Sprintf("auto-update run: %d loud drains, %d home broadcasts, want none", a.Loud, a.Broadcasts))

@@ -181,17 +181,22 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 		"run 1 created: auto-update (quiet)",
 		"run 2 created: operator (loud)",
 		"run 1 rolled back hermes-agent-6/",
+		"hermes-agent-3: the only agent on slack",
+		"run 1 rolled back hermes-agent-3/",
+		"platform_parked: new instance",
+		"platform slack is fatal after the update (error_code slack_socket_mode_auth_failed",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
 	// The notifications on-call would have had, through the real delivery
-	// path to the sandbox's local sink: the rollback and the failed run,
+	// path to the sandbox's local sink: each rollback and the failed run,
 	// once each, and nothing of the operator run.
 	for _, re := range []string{
 		`(?m)^  warning +machine\.rolled_back +migrator run 1 \(auto-update\): hermes-agent-6/\S+ rolled back to its old image: `,
-		`(?m)^  critical +run\.failed +migrator run 1 \(auto-update\) failed: 1 machine\(s\) failed or rolled back$`,
+		`(?m)^  warning +machine\.rolled_back +migrator run 1 \(auto-update\): hermes-agent-3/\S+ rolled back to its old image: .*slack`,
+		`(?m)^  critical +run\.failed +migrator run 1 \(auto-update\) failed: 2 machine\(s\) failed or rolled back$`,
 	} {
 		if n := len(regexp.MustCompile(re).FindAllString(out, -1)); n != 1 {
 			t.Errorf("%d lines match %q, want 1", n, re)
@@ -202,10 +207,17 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	}
 	rows := parseSummary(t, out)
 	auto, op := rows["1"], rows["2"]
+	// A turn in flight on the Slack agent when its new instance is given
+	// up is cut off (and pinged): the summary says so apart.
+	byRollback := 0
+	if m := regexp.MustCompile(`run 1: (\d+) turns? interrupted by a rollback`).FindStringSubmatch(out); m != nil {
+		byRollback, _ = strconv.Atoi(m[1])
+	}
 	if auto.cause != "auto-update" || auto.drains != "quiet" || auto.machines != 6 || auto.deferred != 1 ||
-		auto.rolledBack != 1 || auto.migrated != 4 || auto.notRunning != 2 || auto.broadcasts != 0 || auto.pinged != 0 ||
-		auto.interrupted != 0 || auto.state != "failed" {
-		t.Errorf("auto-update summary %+v: want quiet, 6 machines, 4 migrated (2 of them down, without a drain), 1 deferred, 1 rolled back, no broadcast, no turn interrupted, failed", auto)
+		auto.rolledBack != 2 || auto.migrated != 3 || auto.notRunning != 2 || auto.broadcasts != 0 ||
+		auto.pinged != byRollback || auto.interrupted != byRollback || auto.state != "failed" {
+		t.Errorf("auto-update summary %+v (%d interrupted by a rollback): want quiet, 6 machines, 3 migrated (2 of them down, without a drain), 1 deferred, 2 rolled back, no broadcast, no turn interrupted but by the rollback, failed",
+			auto, byRollback)
 	}
 	if op.cause != "operator" || op.drains != "loud" || op.machines != 1 || op.forced != 1 || op.migrated != 1 ||
 		op.broadcasts != 1 || op.pinged < 1 || op.interrupted < 1 || op.state != "succeeded" {

@@ -249,6 +249,13 @@ func (l *lateSource) SlotsInUse(ctx context.Context) (int, error) {
 	return 0, errNotReady
 }
 
+func (l *lateSource) CanariesBaking(ctx context.Context) (int, error) {
+	if o := l.o.Load(); o != nil {
+		return o.CanariesBaking(ctx)
+	}
+	return 0, errNotReady
+}
+
 // healthHandler is serve's HTTP handler. Its routes are read-only: any
 // other method is 405, any other path 404. Without c.metrics (tests) it
 // serves metrics of its own.

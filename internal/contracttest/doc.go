@@ -27,7 +27,18 @@
 //     quiescence needs the watcher's "draining" and no turns in flight;
 //   - the readiness probe (a drain POST with an unknown action) reads 400 as
 //     ready, 401 as no secret and 404 as no drain route, and begins or
-//     cancels nothing;
+//     cancels nothing; on a gated bind the 401's body names the layer that
+//     refused (the drain route, or the login gate before routing), and an
+//     older Hermes answers 401 with an older version;
+//   - /api/status has hermes-agent's shape: gateway_platforms an object per
+//     platform (a platform parked at boot is "fatal" with its error_code
+//     and the gateway "degraded"; one down before stays down), overall, and
+//     nous_session_valid ("terminal" while everything else looks healthy);
+//   - GET machine's events come newest first: an update's SIGTERM is an exit
+//     with requested_stop; a crash loop's exits are not requested, carry
+//     restarting and a growing restart_count, each followed by flyd's start
+//     of the same instance, until the restart policy gives up; an OOM kill
+//     is oom_killed;
 //   - an app secret set through fly-go's flaps answers its digest and the
 //     app's secrets version, reaches a machine only at an update carrying
 //     min_secrets_version, and never appears in an error;

@@ -57,6 +57,9 @@ func TestFlyContract(t *testing.T) {
 		{"the token never appears in logs, errors or audit records", flyTokenSecret},
 		{"app secrets: set returns digest and version, list shows the digest, an update with min_secrets_version hands the secret to the new instance", flyAppSecrets},
 		{"a secret being set never appears in its error, even when a proxy echoes the body", flySecretValueRedacted},
+		{"events: an update's SIGTERM is an exit with requested_stop, newest first", flyEventsUpdate},
+		{"events: a crash loop's exits are not requested, restarting with a restart count, each followed by a start; the restart policy gives up", flyEventsCrashLoop},
+		{"events: an OOM kill is oom_killed with exit code 137", flyEventsOOM},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
@@ -1027,4 +1030,110 @@ func flySecretValueRedacted(t *testing.T) {
 	if strings.Contains(errText(err), secret) || strings.Contains(w.logs.String(), secret) {
 		t.Errorf("secret value leaked: %q", errText(err))
 	}
+}
+
+// GET machine's events come newest first (fly-go's GetLatestEventOfType
+// and MostRecentStartTimeAfterLaunch read them so); the SIGTERM of an
+// update is an exit that was asked for.
+func flyEventsUpdate(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	res := w.recreate(t, imageV2)
+	m, err := w.fly.GetMachine(w.ctx(5*time.Second), w.app, w.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Events) < 3 {
+		t.Fatalf("events %+v", m.Events)
+	}
+	for i := 1; i < len(m.Events); i++ {
+		if m.Events[i].At.After(m.Events[i-1].At) {
+			t.Fatalf("events not newest first: %+v", m.Events)
+		}
+	}
+	var exit *flymachines.Event
+	for i, e := range m.Events {
+		if e.Type == "exit" {
+			exit = &m.Events[i]
+			break
+		}
+	}
+	if exit == nil || exit.Exit == nil || !exit.Exit.RequestedStop || exit.Exit.Crashed() || exit.At.After(res.UpdatedAt.Add(time.Second)) {
+		t.Errorf("the update's exit: %+v", exit)
+	}
+	if m.Events[0].Type != "start" || m.Events[0].Source != "flyd" {
+		t.Errorf("newest event %+v, want flyd's start of the new instance", m.Events[0])
+	}
+}
+
+// A crash loop: every exit not requested, restarting with a growing
+// restart_count (flyctl's isConstantlyRestarting reads the newest exit
+// so), each followed by flyd's start of the same instance; after
+// max_retries the last exit is not restarting and the machine rests
+// stopped. The events kept stay bounded, newest first.
+func flyEventsCrashLoop(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	const after = 6 * time.Second
+	w.sim.CrashLoopOn(imageV2, fleetsim.CrashLoop{After: after})
+	res := w.recreate(t, imageV2)
+	served := w.waitGatewayState(t, gateway.StateRunning, time.Minute)
+	if !served.Serving() {
+		t.Fatal("the crash-looping image never served")
+	}
+	// The first crash.
+	var m flymachines.Machine
+	w.eventually(t, time.Minute, "an exit after the update", func() bool {
+		var err error
+		m, err = w.fly.GetMachine(w.ctx(5*time.Second), w.app, w.id)
+		return err == nil && m.Events[0].Type == "exit" || len(m.Events) > 1 && m.Events[1].Type == "exit" && m.Events[1].At.After(res.UpdatedAt.Add(time.Second))
+	})
+	first := m.Events[0]
+	if first.Type != "exit" {
+		first = m.Events[1]
+	}
+	if first.Exit == nil || !first.Exit.Crashed() || !first.Exit.Restarting || first.Exit.RestartCount != 1 || first.Exit.ExitCode == 0 {
+		t.Fatalf("first crash %+v", first.Exit)
+	}
+	if m.InstanceID != res.ToInstanceID {
+		t.Errorf("a restart changed the instance: %s, want %s", m.InstanceID, res.ToInstanceID)
+	}
+	// Until the policy (on-failure, 10 retries) gives up.
+	w.eventually(t, 10*time.Minute, "stopped", func() bool {
+		var err error
+		m, err = w.fly.GetMachine(w.ctx(5*time.Second), w.app, w.id)
+		return err == nil && m.State == "stopped"
+	})
+	last := m.Events[0]
+	if last.Type != "exit" || last.Exit == nil || last.Exit.Restarting || !last.Exit.Crashed() {
+		t.Errorf("the last exit %+v, want a crash flyd did not restart", last.Exit)
+	}
+	restarts := 0
+	for _, e := range m.Events {
+		if e.Exit != nil && e.Exit.Restarting {
+			restarts = max(restarts, e.Exit.RestartCount)
+		}
+	}
+	if restarts != 10 || len(m.Events) > 16 {
+		t.Errorf("restart count %d (want 10), %d events kept", restarts, len(m.Events))
+	}
+	if v := w.sim.Machine(w.app, w.id); v.Restarts != 10 || v.State != "stopped" {
+		t.Errorf("sim view %+v", v)
+	}
+}
+
+func flyEventsOOM(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	w.sim.CrashLoopOn(imageV2, fleetsim.CrashLoop{After: 3 * time.Second, OOM: true})
+	w.recreate(t, imageV2)
+	w.eventually(t, time.Minute, "an OOM exit", func() bool {
+		m, err := w.fly.GetMachine(w.ctx(5*time.Second), w.app, w.id)
+		if err != nil {
+			return false
+		}
+		for _, e := range m.Events {
+			if e.Exit != nil && e.Exit.OOMKilled && e.Exit.ExitCode == 137 && e.Exit.Crashed() {
+				return true
+			}
+		}
+		return false
+	})
 }

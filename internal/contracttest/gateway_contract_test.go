@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -44,6 +45,10 @@ func TestGatewayContract(t *testing.T) {
 		{"marker expires after MarkerTTL; re-begin refreshes it", gwMarkerTTL},
 		{"drain secret and key never appear in logs or errors", gwSecrets},
 		{"probe: 400 ready, 401 no secret, 404 no drain route; nothing begun or cancelled", gwProbe},
+		{"gateway_platforms: a platform parked at boot is fatal with its error_code, the gateway degraded and serving the others", gwParkedPlatform},
+		{"a platform down before the recreate is down after it, whatever the image", gwPlatformDownBefore},
+		{"nous_session_valid terminal while the gateway runs and its checks pass", gwTerminalNous},
+		{"gated bind: the 401's body names the layer; an older Hermes answers 401 (not 404) with an older version; no pid or home", gwGatedBind},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
@@ -194,12 +199,14 @@ func gwWhyBooleans(t *testing.T) {
 }
 
 func gwStatusFields(t *testing.T) {
-	w := newWorld(t, worldOpts{})
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Platforms: func(string) []string { return []string{"telegram", "slack"} }}})
 	w.sim.AddTurn(w.app, w.id, fleetsim.Turn{Session: "chat-1", Duration: time.Hour})
 	w.sim.AddTurn(w.app, w.id, fleetsim.Turn{Session: "chat-2", Duration: time.Hour})
 	st := w.status(t)
-	want := gateway.Status{Running: true, State: gateway.StateRunning, ActiveAgents: 2, Version: "v1", RestartDrainTimeout: 0}
-	if st != want {
+	want := gateway.Status{Running: true, State: gateway.StateRunning, ActiveAgents: 2, Version: "v1", RestartDrainTimeout: 0,
+		Overall: "ok", NousSession: gateway.NousValid,
+		Platforms: map[string]gateway.Platform{"telegram": {State: "connected"}, "slack": {State: "connected"}}}
+	if !reflect.DeepEqual(st, want) {
 		t.Errorf("Status = %+v, want %+v", st, want)
 	}
 	if !st.Serving() || st.Quiescent() {
@@ -567,5 +574,131 @@ func gwProbe(t *testing.T) {
 	}
 	if n := w2.sim.Requests()[fleetsim.RouteDrain]; n != 1 {
 		t.Errorf("%d drain requests for one probe of a 404: it was retried", n)
+	}
+}
+
+// hermes-agent parks a platform that fails non-retryably at boot ("fatal",
+// its error_code) and serves the others: gateway_state "degraded", overall
+// "degraded" (gateway/run_startup.py; the status route's rollup). While
+// the new gateway starts it reports no platforms yet.
+func gwParkedPlatform(t *testing.T) {
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Platforms: func(string) []string { return []string{"telegram", "discord"} }}})
+	w.sim.ParkPlatform(imageV2, "telegram", "telegram_token_lock")
+	if st := w.status(t); st.State != gateway.StateRunning || st.Overall != "ok" || len(st.Platforms) != 2 {
+		t.Fatalf("before: %+v", st)
+	}
+	w.recreate(t, imageV2)
+	if st := w.status(t); st.State == gateway.StateStarting && len(st.Platforms) != 0 {
+		t.Errorf("a starting gateway reports platforms: %+v", st)
+	}
+	st := w.waitGatewayState(t, gateway.StateDegraded, time.Minute)
+	tg, dc := st.Platforms["telegram"], st.Platforms["discord"]
+	if !st.Serving() || st.Overall != "degraded" || tg.State != "fatal" || tg.ErrorCode != "telegram_token_lock" ||
+		!tg.Parked() || tg.ErrorMessage == "" || !dc.Up() {
+		t.Errorf("after the recreate on the image that parks telegram: %+v", st)
+	}
+	// Back on the old image: connected again.
+	w.recreate(t, imageV1)
+	st = w.waitGatewayState(t, gateway.StateRunning, time.Minute)
+	if !st.Platforms["telegram"].Up() || st.Overall != "ok" {
+		t.Errorf("after going back: %+v", st)
+	}
+}
+
+func gwPlatformDownBefore(t *testing.T) {
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Platforms: func(string) []string { return []string{"telegram", "slack"} }}})
+	w.sim.SetPlatformState(w.app, "telegram", "fatal", "telegram_token_revoked", false)
+	st := w.status(t)
+	if st.State != gateway.StateDegraded || st.Platforms["telegram"].ErrorCode != "telegram_token_revoked" || !st.Platforms["slack"].Up() {
+		t.Fatalf("before: %+v", st)
+	}
+	w.recreate(t, imageV2)
+	st = w.waitGatewayState(t, gateway.StateDegraded, time.Minute)
+	if st.Platforms["telegram"].State != "fatal" || !st.Platforms["slack"].Up() || st.Version != "v2" {
+		t.Errorf("after: %+v", st)
+	}
+	w.sim.SetPlatformState(w.app, "slack", "retrying", "network", true)
+	if p := w.status(t).Platforms["slack"]; p.State != "retrying" || !p.NeedsAttention || p.RetryingSince == "" || !p.Parked() {
+		t.Errorf("slack retrying past the attention threshold: %+v", p)
+	}
+}
+
+// nous_session_valid is the only signal of a hosted agent whose Nous auth
+// died: the machine, its checks and the gateway all look healthy.
+func gwTerminalNous(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	w.sim.TerminalNous(imageV2)
+	if st := w.status(t); st.NousSession != gateway.NousValid {
+		t.Fatalf("before: %+v", st)
+	}
+	res := w.recreate(t, imageV2)
+	st := w.waitGatewayState(t, gateway.StateRunning, time.Minute)
+	if st.NousSession != gateway.NousTerminal || !st.Serving() || st.Overall != "ok" {
+		t.Errorf("on the image: %+v", st)
+	}
+	w.eventually(t, time.Minute, "checks passing", func() bool {
+		h, err := w.fly.CheckHealth(w.ctx(5*time.Second), w.app, w.id, res.UpdatedAt)
+		return err == nil && h.OK
+	})
+}
+
+// On a gated bind (how a control plane reaches an agent) the login gate
+// answers before routing: an older Hermes answers the drain path 401 with
+// the gate's reason, not 404, and reports an older version; a Hermes with
+// no drain secret answers the gate's 401 too; a Hermes with another secret
+// answers from the drain route itself, without a reason.
+func gwGatedBind(t *testing.T) {
+	legacy := fleetsim.LegacyImage
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 3, GatedBind: true, LegacyImages: []string{legacy},
+		AppImage: func(app string) string {
+			if app == "hermes-agent-1" {
+				return legacy
+			}
+			return ""
+		},
+		Unprovisioned: func(app string) bool { return app == "hermes-agent-2" }}})
+	w.sim.SetWrongSecret("hermes-agent-3", true)
+	ctx := w.ctx(10 * time.Second)
+	for _, tc := range []struct {
+		app, version string
+		layer        gateway.AuthLayer
+		reason       string
+		explained    gateway.Readiness
+	}{
+		{"hermes-agent-1", "v0", gateway.AuthLoginGate, "no_cookie", gateway.NoDrainRoute},
+		{"hermes-agent-2", "v1", gateway.AuthLoginGate, "invalid_or_expired_session", gateway.NoSecret},
+		{"hermes-agent-3", "v1", gateway.AuthDrainRoute, "", gateway.NoSecret},
+	} {
+		tg := gateway.Target{App: tc.app, MachineID: w.sim.MachineIDs(tc.app)[0]}
+		st, err := w.gw.Status(ctx, tg)
+		if err != nil || st.Version != tc.version {
+			t.Fatalf("%s status: %+v %v", tc.app, st, err)
+		}
+		r := w.gw.Probe(ctx, tg)
+		var he *gateway.HTTPError
+		if r.StatusCode != http.StatusUnauthorized || !errors.As(r.Err, &he) || he.Layer() != tc.layer || he.AuthReason != tc.reason {
+			t.Errorf("%s: probe %+v (%#v), want 401 from %s, reason %q", tc.app, r, r.Err, tc.layer, tc.reason)
+			continue
+		}
+		if got, text := gateway.Explain401(r.Err, st.Version, "v1"); got != tc.explained {
+			t.Errorf("%s: explained as %s (%s), want %s", tc.app, got, text, tc.explained)
+		}
+		if v := w.sim.Machine(tc.app, tg.MachineID); v.MarkerPresent {
+			t.Errorf("%s: the probe wrote a marker", tc.app)
+		}
+	}
+	// The status route is public and leaves out the loopback-only fields.
+	req, _ := http.NewRequest(http.MethodGet, w.sim.URL()+"/gateway/hermes-agent-2/"+w.sim.MachineIDs("hermes-agent-2")[0]+"/api/status", nil)
+	resp, err := w.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var raw map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("status: %d %v", resp.StatusCode, err)
+	}
+	if _, ok := raw["gateway_pid"]; ok || raw["hermes_home"] != nil || raw["auth_required"] != true {
+		t.Errorf("gated status shows loopback-only fields: %v", raw)
 	}
 }

@@ -3,7 +3,9 @@
 // image, the Hermes version from GET /api/status, and the readiness of its
 // drain endpoint from the gateway client's side-effect-free probe (a drain
 // POST with the agent's derived secret and an unknown action: 400 ready,
-// 401 no secret, 404 no drain route, 403, 5xx, unreachable).
+// 401 no secret, 404 no drain route, 403, 5xx, unreachable). A 401 is
+// refined by its body and the version (gateway.Explain401): on a gated
+// bind an older Hermes answers 401 before routing, like a missing secret.
 //
 // Machines are listed by the caller (orchestrator.SelectMachines, through
 // the Fly transport that paces every call to Fly's rate limits); the
@@ -16,6 +18,7 @@ package fleetcheck
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -53,6 +56,12 @@ type Config struct {
 	Timeout time.Duration
 	// Logger gets one debug line per agent. Default: discard.
 	Logger *slog.Logger
+	// MinDrainVersion is the oldest Hermes version with the drain route
+	// (MIGRATOR_HERMES_MIN_DRAIN_VERSION). A probe answered 401 by a gated
+	// bind's login gate (before routing) is an older Hermes below it, a
+	// missing drain secret at or above it; "" leaves it undetermined
+	// (gateway.NoSecretOrRoute). See gateway.Explain401.
+	MinDrainVersion string
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -84,6 +93,9 @@ type Agent struct {
 	StatusCode int `json:"status_code,omitempty"`
 	// Detail says why an agent is not ready (one line, never a secret).
 	Detail string `json:"detail,omitempty"`
+	// AuthLayer says, for a 401, which part of the dashboard refused: the
+	// drain route itself, or a gated bind's login gate before routing.
+	AuthLayer gateway.AuthLayer `json:"auth_layer,omitempty"`
 }
 
 // Ready reports whether the agent does not stand in the way of a drain.
@@ -171,6 +183,15 @@ func probe(ctx context.Context, cfg Config, gw Gateway, m flymachines.Machine, a
 	if res.Err != nil {
 		a.Detail = res.Err.Error()
 	}
+	if res.Readiness == gateway.NoSecret {
+		// Which 401: the drain route's, or a login gate's before routing
+		// (an older Hermes or no secret: the version tells).
+		a.Readiness, a.Detail = gateway.Explain401(res.Err, a.Version, cfg.MinDrainVersion)
+		var he *gateway.HTTPError
+		if errors.As(res.Err, &he) {
+			a.AuthLayer = he.Layer()
+		}
+	}
 	cfg.Logger.Debug("fleet check", "app", m.App, "machine_id", m.ID, "readiness", string(a.Readiness),
 		"status", a.StatusCode, "version", a.Version)
 }
@@ -180,11 +201,13 @@ func Explain(r gateway.Readiness) string {
 	return map[gateway.Readiness]string{
 		gateway.Ready:        "drain endpoint and secret good",
 		gateway.NoSecret:     "401: the agent holds no drain secret or another one; `migrator secret sync`, then a run (its recreate hands over the secret; --undrainable recreate until then)",
-		gateway.NoDrainRoute: "404: a Hermes without the drain endpoint; a run with --undrainable recreate moves it to a drain-aware image",
-		gateway.Forbidden:    "403: the gateway knows the token but not for drain-control",
-		gateway.ServerError:  "5xx: the gateway failed (marker write or auth provider)",
-		gateway.Unreachable:  "no answer from the dashboard",
-		gateway.Unexpected:   "an answer the gateway contract does not list",
-		NotRunning:           "machine not started: nothing to drain (a run moves it without one)",
+		gateway.NoDrainRoute: "404: a Hermes without the drain endpoint (on a gated bind: a login gate's 401 from a version below the minimum); a run with --undrainable recreate moves it to a drain-aware image",
+		gateway.NoSecretOrRoute: "401 from a gated dashboard's login gate: an older Hermes without the drain route, or no drain secret configured; set " +
+			gateway.MinDrainVersionEnv + " to tell them apart (either way --undrainable recreate moves it)",
+		gateway.Forbidden:   "403: the gateway knows the token but not for drain-control",
+		gateway.ServerError: "5xx: the gateway failed (marker write or auth provider)",
+		gateway.Unreachable: "no answer from the dashboard",
+		gateway.Unexpected:  "an answer the gateway contract does not list",
+		NotRunning:          "machine not started: nothing to drain (a run moves it without one)",
 	}[r]
 }

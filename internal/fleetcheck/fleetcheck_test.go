@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,4 +126,74 @@ func stop(ctx context.Context, sim *fleetsim.Sim, app, id string) error {
 		return fmt.Errorf("stop %s/%s: HTTP %d", app, id, resp.StatusCode)
 	}
 	return nil
+}
+
+// TestCheckGatedBind: on a gated bind an older Hermes answers the probe 401
+// before routing, like an agent without a drain secret; the version against
+// the configured minimum tells them apart, and without a minimum the
+// report says plainly it is one or the other. A secret other than ours is
+// told by the drain route's own 401.
+func TestCheckGatedBind(t *testing.T) {
+	clk := clock.NewScaled(time.Time{}, 100)
+	sim, err := fleetsim.New(fleetsim.Config{Apps: 4, Clock: clk, APISimTime: true, Seed: 9, GatedBind: true,
+		LegacyImages: []string{legacy},
+		AppImage: func(app string) string {
+			if app == "hermes-agent-2" {
+				return legacy
+			}
+			return ""
+		},
+		Unprovisioned: func(app string) bool { return app == "hermes-agent-3" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	sim.SetWrongSecret("hermes-agent-4", true)
+	ctx := context.Background()
+	fly, err := flymachines.New(ctx, flymachines.Config{Token: sim.FlyToken(), BaseURL: sim.FlyBaseURL(), Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(gateway.Config{URLTemplate: sim.GatewayURLTemplate(), DrainKey: sim.DrainKey(), RetryMax: 1,
+		RetryWaitMin: time.Millisecond, RetryWaitMax: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	machines, err := orchestrator.SelectMachines(ctx, fly, store.Selector{Org: sim.Org()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		min  string
+		want map[string]gateway.Readiness
+		says map[string]string
+	}{
+		{"v1", map[string]gateway.Readiness{"hermes-agent-1": gateway.Ready, "hermes-agent-2": gateway.NoDrainRoute,
+			"hermes-agent-3": gateway.NoSecret, "hermes-agent-4": gateway.NoSecret},
+			map[string]string{"hermes-agent-2": "older Hermes v0 (below v1) without the drain route", "hermes-agent-3": "no drain secret configured",
+				"hermes-agent-4": "another drain secret than ours"}},
+		{"", map[string]gateway.Readiness{"hermes-agent-1": gateway.Ready, "hermes-agent-2": gateway.NoSecretOrRoute,
+			"hermes-agent-3": gateway.NoSecretOrRoute, "hermes-agent-4": gateway.NoSecret},
+			map[string]string{"hermes-agent-2": "an older Hermes without the drain route, or no drain secret configured (version v0)",
+				"hermes-agent-3": "(version v1)"}},
+	} {
+		rep, err := fleetcheck.Check(ctx, fleetcheck.Config{MinDrainVersion: tc.min}, gw, machines)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range rep.Agents {
+			if a.Readiness != tc.want[a.App] || a.StatusCode != map[bool]int{true: 400, false: 401}[a.App == "hermes-agent-1"] {
+				t.Errorf("min %q: %s: %s (%d %s), want %s", tc.min, a.App, a.Readiness, a.StatusCode, a.Detail, tc.want[a.App])
+			}
+			if want := tc.says[a.App]; want != "" && !strings.Contains(a.Detail, want) {
+				t.Errorf("min %q: %s detail %q lacks %q", tc.min, a.App, a.Detail, want)
+			}
+		}
+		if fleetcheck.Explain(gateway.NoSecretOrRoute) == "" {
+			t.Error("no explanation for no_secret_or_drain_route")
+		}
+	}
 }

@@ -155,6 +155,9 @@ func (s *Sim) accrue(m *machine, now time.Time) {
 	}
 	lo := later(later(mk.noticeAt, m.gwStart.Add(m.gwStartup)), m.startedAt)
 	hi := mk.requestedAt.Add(s.cfg.MarkerTTL)
+	if !m.crashAt.IsZero() {
+		hi = earlier(hi, m.crashAt) // the process dies there
+	}
 	lo, hi = later(lo, from), earlier(hi, now)
 	if hi.After(lo) {
 		m.draining += hi.Sub(lo)

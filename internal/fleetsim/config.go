@@ -74,8 +74,20 @@ type Config struct {
 	// start (e.g. a few on a legacy image); default Image for every app.
 	AppImage func(app string) string
 	// LegacyImages are images of an older Hermes without the drain route:
-	// their dashboards answer 404 to POST /api/gateway/drain.
+	// their dashboards answer 404 to POST /api/gateway/drain (401 on a
+	// GatedBind).
 	LegacyImages []string
+	// GatedBind serves every dashboard as on a non-loopback bind, which is
+	// how a control plane reaches an agent: a login gate answers every
+	// non-public /api request no auth provider accepts with 401 before
+	// routing (so an older Hermes without the drain route answers 401, not
+	// 404), and /api/status leaves out gateway_pid and hermes_home.
+	// Default false: a loopback bind.
+	GatedBind bool
+	// Platforms returns the messaging platforms an app's agent is
+	// configured with. Default: a non-empty subset of DefaultPlatforms,
+	// seeded from Seed and the app's name.
+	Platforms func(app string) []string
 	// DrainKey derives every agent's drain secret
 	// (drainsecret.Derive(DrainKey, app)). At least 32 bytes. Default: 43
 	// printable characters (32 random bytes, base64url), so that it can be

@@ -37,7 +37,10 @@ func (s *Sim) Snapshot() State {
 type ControlOp struct {
 	// Op: "gateway_down", "dashboard_down", "wrong_secret", "fail_image_pull",
 	// "fail_image_prepare", "never_healthy", "crash_on_start", "slow_start"
-	// (Image, Duration),
+	// (Image, Duration), "park_platform" (Image, Platform, Code),
+	// "terminal_nous" (Image), "crash_loop" (Image, Duration: after first
+	// serving, OOM), "platform_state" (App, Platform, State, Code; On:
+	// needs_attention; State "" clears),
 	// "hold_lease" (Owner, TTL; with For: refreshed every Refresh for
 	// that long, then released, after updating the machine to Image if
 	// set), "add_turn", "host_status" (Status: ok, unknown,
@@ -58,6 +61,9 @@ type ControlOp struct {
 	Status    string   `json:"status"`
 	Digest    string   `json:"digest"`
 	State     string   `json:"state"`
+	Platform  string   `json:"platform"`
+	Code      string   `json:"code"`
+	OOM       bool     `json:"oom"`
 }
 
 // handleControl serves /_sim/state (GET), /_sim/faults (POST, a map of
@@ -130,7 +136,18 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 			return
 		}
 		s.SetWrongSecret(op.App, op.On)
-	case "fail_image_pull", "fail_image_prepare", "never_healthy", "crash_on_start", "slow_start":
+	case "platform_state":
+		if s.MachineIDs(op.App) == nil {
+			writeJSON(w, http.StatusNotFound, flyError{Error: "app not found"})
+			return
+		}
+		if op.Platform == "" {
+			writeJSON(w, http.StatusBadRequest, flyError{Error: "platform is required"})
+			return
+		}
+		s.SetPlatformState(op.App, op.Platform, op.State, op.Code, op.On)
+	case "fail_image_pull", "fail_image_prepare", "never_healthy", "crash_on_start", "slow_start",
+		"park_platform", "terminal_nous", "crash_loop":
 		if op.Image == "" {
 			writeJSON(w, http.StatusBadRequest, flyError{Error: "image is required"})
 			return
@@ -144,6 +161,20 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 			s.NeverHealthy(op.Image)
 		case "crash_on_start":
 			s.CrashOnStart(op.Image)
+		case "park_platform":
+			if op.Platform == "" {
+				writeJSON(w, http.StatusBadRequest, flyError{Error: "platform is required"})
+				return
+			}
+			s.ParkPlatform(op.Image, op.Platform, op.Code)
+		case "terminal_nous":
+			s.TerminalNous(op.Image)
+		case "crash_loop":
+			if op.Duration.Duration <= 0 {
+				writeJSON(w, http.StatusBadRequest, flyError{Error: "duration (after first serving) must be positive"})
+				return
+			}
+			s.CrashLoopOn(op.Image, CrashLoop{After: op.Duration.Duration, OOM: op.OOM})
 		default:
 			s.SlowStart(op.Image, op.Duration.Duration)
 		}

@@ -3,6 +3,7 @@ package fleetsim
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -62,7 +63,7 @@ func (s *Sim) handleGateway(w http.ResponseWriter, r *http.Request) {
 		}
 		s.handleStatus(w, m)
 	case RouteDrain:
-		if r.Method != http.MethodPost {
+		if r.Method != http.MethodPost && !s.cfg.GatedBind {
 			methodNotAllowed(w, "POST")
 			return
 		}
@@ -77,22 +78,27 @@ func methodNotAllowed(w http.ResponseWriter, allow string) {
 	writeJSON(w, http.StatusMethodNotAllowed, detail{Detail: "Method Not Allowed"})
 }
 
-// statusBody is /api/status. Fields after Version are a sample of what the
-// real endpoint carries besides; clients must ignore them.
+// statusBody is /api/status as hermes-agent's status route builds it (the
+// fields migrator reads, and a sample of the rest, which clients must
+// ignore). gateway_pid and hermes_home appear only on a loopback bind.
 type statusBody struct {
-	GatewayRunning      bool    `json:"gateway_running"`
-	GatewayState        *string `json:"gateway_state"`
-	ActiveAgents        int     `json:"active_agents"`
-	GatewayBusy         bool    `json:"gateway_busy"`
-	GatewayDrainable    bool    `json:"gateway_drainable"`
-	RestartDrainTimeout int     `json:"restart_drain_timeout"`
-	Version             string  `json:"version"`
+	Version             string              `json:"version"`
+	GatewayRunning      bool                `json:"gateway_running"`
+	GatewayState        *string             `json:"gateway_state"`
+	GatewayPlatforms    map[string]Platform `json:"gateway_platforms"`
+	GatewayExitReason   *string             `json:"gateway_exit_reason"`
+	ActiveAgents        int                 `json:"active_agents"`
+	GatewayBusy         bool                `json:"gateway_busy"`
+	GatewayDrainable    bool                `json:"gateway_drainable"`
+	RestartDrainTimeout int                 `json:"restart_drain_timeout"`
+	ActiveSessions      int                 `json:"active_sessions"`
+	AuthRequired        bool                `json:"auth_required"`
+	NousSessionValid    string              `json:"nous_session_valid"`
+	Components          map[string]any      `json:"components"`
+	Overall             string              `json:"overall"`
 
-	HermesHome       string   `json:"hermes_home"`
-	GatewayPID       *int     `json:"gateway_pid"`
-	ActiveSessions   int      `json:"active_sessions"`
-	GatewayPlatforms []string `json:"gateway_platforms"`
-	UptimeSeconds    float64  `json:"gateway_uptime_seconds"`
+	HermesHome string `json:"hermes_home,omitempty"`
+	GatewayPID *int   `json:"gateway_pid,omitempty"`
 }
 
 func (s *Sim) handleStatus(w http.ResponseWriter, m *machine) {
@@ -100,15 +106,32 @@ func (s *Sim) handleStatus(w http.ResponseWriter, m *machine) {
 	now := s.clk.Now()
 	s.advance(m, now)
 	ph := s.phaseAt(m, now)
-	st := ph.gatewayState()
+	st := s.gatewayStateAt(m, ph, now)
+	plats := s.platformStates(m, ph, now)
 	b := statusBody{
-		GatewayState: &st, Version: versionOf(agentImage(m.config)), HermesHome: "/opt/data",
-		GatewayPlatforms: []string{"telegram"},
+		GatewayState: &st, Version: versionOf(agentImage(m.config)), GatewayPlatforms: plats,
+		AuthRequired: s.cfg.GatedBind, NousSessionValid: s.nousAt(m),
+	}
+	switch {
+	case ph == phaseFailed:
+		reason := "gateway startup failed: health check never passed"
+		b.GatewayExitReason = &reason
+	case m.restarts > 0:
+		reason := fmt.Sprintf("gateway exited with code %d", 1)
+		if m.crash.OOM {
+			reason = "gateway killed: out of memory"
+		}
+		b.GatewayExitReason = &reason
+	}
+	if !s.cfg.GatedBind {
+		b.HermesHome = "/opt/data"
 	}
 	if ph.alive() {
-		pid := 100 + m.epoch
-		b.GatewayRunning, b.GatewayPID = true, &pid
-		b.UptimeSeconds = now.Sub(m.gwStart).Seconds()
+		if !s.cfg.GatedBind {
+			pid := 100 + m.epoch
+			b.GatewayPID = &pid
+		}
+		b.GatewayRunning = true
 		b.ActiveAgents = m.active()
 		sessions := map[string]struct{}{}
 		for _, t := range m.inflight {
@@ -119,6 +142,27 @@ func (s *Sim) handleStatus(w http.ResponseWriter, m *machine) {
 	if ph == phaseRunning {
 		b.GatewayBusy = b.ActiveAgents > 0
 		b.GatewayDrainable = b.ActiveAgents == 0
+	}
+	connected := 0
+	for _, p := range plats {
+		if p.State == "connected" {
+			connected++
+		}
+	}
+	comp := func(ok bool) map[string]any {
+		if ok {
+			return map[string]any{"status": "ok"}
+		}
+		return map[string]any{"status": "degraded"}
+	}
+	gw := comp(b.GatewayRunning && (st == "running" || st == "draining"))
+	gw["state"] = st
+	pl := comp(connected == len(plats))
+	pl["configured"], pl["connected"] = len(plats), connected
+	b.Components = map[string]any{"gateway": gw, "dashboard": comp(true), "storage": comp(true), "platforms": pl}
+	b.Overall = "degraded"
+	if gw["status"] == "ok" && pl["status"] == "ok" {
+		b.Overall = "ok"
 	}
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, b)
@@ -143,15 +187,12 @@ type cancelResponse struct {
 // fails with 500, action is trimmed and case-folded, and
 // suppress_notification goes through Python's bool().
 func (s *Sim) handleDrain(w http.ResponseWriter, r *http.Request, m *machine) {
-	s.mu.Lock()
-	route := s.hasDrainRoute(m.config.Image)
-	s.mu.Unlock()
-	if !route {
-		writeJSON(w, http.StatusNotFound, detail{Detail: "Not Found"})
+	if code, body, ok := s.drainAuth(r, m); !ok {
+		writeJSON(w, code, body)
 		return
 	}
-	if !s.drainAuthorized(r, m) {
-		writeJSON(w, http.StatusUnauthorized, detail{Detail: "Unauthorized"})
+	if r.Method != http.MethodPost {
+		methodNotAllowed(w, "POST")
 		return
 	}
 	raw, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
@@ -207,21 +248,57 @@ func (s *Sim) handleDrain(w http.ResponseWriter, r *http.Request, m *machine) {
 	}
 }
 
-func (s *Sim) drainAuthorized(r *http.Request, m *machine) bool {
-	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !strings.EqualFold(scheme, "Bearer") || tok == "" {
-		return false
-	}
+// The 401 bodies of hermes-agent's dashboard auth layers.
+var (
+	// The drain route's own bearer check (dashboard_auth/token_auth.py):
+	// the route is registered (a drain secret is configured) and refused
+	// the bearer.
+	unauthTokenRoute = map[string]string{"error": "unauthenticated", "detail": "Unauthorized"}
+	// The login gate of an older Hermes on a gated bind, without the
+	// bearer path (dashboard_auth/middleware.py: no session cookie).
+	unauthNoCookie = map[string]string{"error": "unauthenticated", "detail": "Unauthorized", "reason": "no_cookie", "login_url": "/login"}
+	// The login gate of a current Hermes on a gated bind, given a bearer
+	// no provider recognises (the RFC 8252 bearer path).
+	unauthBearer = map[string]string{"error": "session_expired", "detail": "Unauthorized", "reason": "invalid_or_expired_session", "login_url": "/login"}
+)
+
+// drainAuth decides who answers a request to the drain path, and how,
+// before the route (and, on a gated bind, before the method check):
+//
+//   - an older Hermes without the route: on a loopback bind 404; on a
+//     gated bind the login gate's 401 (no_cookie) before routing;
+//   - a Hermes whose agent has no drain secret: the drain plugin registers
+//     no token route (web_server gateway_drain's docstring), so the login
+//     gate answers on a gated bind (a bearer no provider knows: 401
+//     invalid_or_expired_session), the session-token check on a loopback
+//     one (401 {"detail": "Unauthorized"});
+//   - a drain secret other than the bearer: the token route's own 401.
+//
+// On a loopback bind a wrong method is 405 before any of this (the
+// route's own check); handleGateway does that.
+func (s *Sim) drainAuth(r *http.Request, m *machine) (int, any, bool) {
 	s.mu.Lock()
-	want, wrong := m.drainSecret, m.app.wrongSecret
+	route, want, wrong, gated := s.hasDrainRoute(agentImage(m.config)), m.drainSecret, m.app.wrongSecret, s.cfg.GatedBind
 	s.mu.Unlock()
-	if want == "" {
-		return false // no drain secret configured: the route refuses everyone
+	switch {
+	case !route && gated:
+		return http.StatusUnauthorized, unauthNoCookie, false
+	case !route:
+		return http.StatusNotFound, detail{Detail: "Not Found"}, false
+	case want == "" && gated:
+		return http.StatusUnauthorized, unauthBearer, false
+	case want == "":
+		return http.StatusUnauthorized, detail{Detail: "Unauthorized"}, false
 	}
 	if wrong {
 		want = "a-different-secret-the-agent-was-provisioned-with"
 	}
-	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), []byte(want)) == 1
+	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !strings.EqualFold(scheme, "Bearer") || tok == "" ||
+		subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), []byte(want)) != 1 {
+		return http.StatusUnauthorized, unauthTokenRoute, false
+	}
+	return 0, nil, true
 }
 
 func internalError(w http.ResponseWriter) {

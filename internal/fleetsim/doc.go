@@ -122,7 +122,29 @@
 // # Dashboards
 //
 // A machine on one of Config.LegacyImages runs an older Hermes without the
-// drain route: POST /api/gateway/drain is 404 (before auth).
+// drain route: POST /api/gateway/drain is 404 (before auth) on a loopback
+// bind. Config.GatedBind serves every dashboard as on a non-loopback bind
+// (how a control plane reaches an agent): the login gate answers before
+// routing, so the older Hermes answers the drain path 401 {"error":
+// "unauthenticated", "reason": "no_cookie", "login_url": …}; an agent with
+// no drain secret (no token route registered) 401 {"error":
+// "session_expired", "reason": "invalid_or_expired_session", …}; a drain
+// secret other than the bearer 401 {"error": "unauthenticated", "detail":
+// "Unauthorized"} from the route itself (also on a loopback bind); and
+// /api/status leaves out gateway_pid and hermes_home.
+//
+// /api/status has hermes-agent's shape: gateway_platforms is an object per
+// configured platform (Config.Platforms, default a seeded subset of
+// telegram, discord, slack): {state, error_code, error_message,
+// needs_attention, retrying_since, updated_at}, empty while the gateway
+// starts or is down; overall and components roll them up;
+// nous_session_valid is "valid"; gateway_exit_reason says why a crashed or
+// startup_failed gateway exited. ParkPlatform(image, platform, code): on
+// image that platform is "fatal" with the code and the gateway "degraded"
+// (serving the others). SetPlatformState(app, platform, state, code,
+// attention): that platform reports state on every image (down before a
+// migration, down after it). TerminalNous(image): nous_session_valid
+// "terminal" while everything else looks healthy.
 //
 // /gateway/{app}/{machine_id}/api/gateway/drain and …/api/status behave as
 // shared/contracts/hermes-gateway.md says: 405 for another method (before

@@ -84,7 +84,7 @@ func (s *Sim) render(m *machine, now time.Time, summary bool) *fly.Machine {
 	if !summary {
 		fm.Config = m.config
 		nowMs := now.UnixMilli()
-		for i := len(m.events) - 1; i >= 0 && len(fm.Events) < 20; i-- {
+		for i := len(m.events) - 1; i >= 0; i-- {
 			if e := m.events[i]; e.Timestamp <= nowMs {
 				fm.Events = append(fm.Events, e)
 			}
@@ -209,7 +209,7 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 		newID := s.instanceID(now)
 		m.addPast(newID, "failed")
 		m.updates++
-		m.events = append(m.events, &fly.MachineEvent{Type: "update", Status: "failed", Source: "flyd", Timestamp: now.UnixMilli()})
+		m.addEvent(&fly.MachineEvent{Type: "update", Status: "failed", Source: "flyd", Timestamp: now.UnixMilli()})
 		s.touched(m, now)
 		out := s.render(m, now, false)
 		out.InstanceID, out.Config, out.State = newID, in.Config, "replacing"
@@ -236,7 +236,7 @@ func (s *Sim) handleUpdate(w http.ResponseWriter, r *http.Request) {
 	m.imageRef = s.resolveImage(agentImage(in.Config))
 	m.instanceID = s.instanceID(now)
 	m.updates++
-	m.events = append(m.events, &fly.MachineEvent{Type: "update", Status: "replacing", Source: "user", Timestamp: now.UnixMilli()})
+	m.addEvent(&fly.MachineEvent{Type: "update", Status: "replacing", Source: "user", Timestamp: now.UnixMilli()})
 	m.downAs, m.atRest = "", false
 	if in.SkipLaunch {
 		m.state, m.atRest = vmStopped, wasAtRest
@@ -509,6 +509,9 @@ func (s *Sim) handleWait(w http.ResponseWriter, r *http.Request) {
 		wake := 250 * time.Millisecond
 		if m.state == vmBooting {
 			wake = min(wake, s.clk.Wall(m.bootAt.Sub(now))+time.Millisecond)
+		}
+		if m.state == vmStarted && !m.crashAt.IsZero() {
+			wake = min(wake, s.clk.Wall(m.crashAt.Sub(now))+time.Millisecond)
 		}
 		ch := m.waiter()
 		s.mu.Unlock()

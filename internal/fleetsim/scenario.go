@@ -20,6 +20,27 @@ import (
 //	never_healthy = ["registry.fly.io/hermes-agent:sick"]
 //	wrong_secret = ["hermes-agent-3"]
 //	gateway_down = ["hermes-agent-2"]      # every machine of these apps
+//	gated_bind = true                      # dashboards on a non-loopback bind
+//	terminal_nous = ["registry.fly.io/hermes-agent:nous"]
+//
+//	[platforms]                            # per app; default a seeded subset
+//	hermes-agent-1 = ["telegram", "slack"]
+//
+//	[[park_platform]]                      # gateways on image park platform
+//	image = "registry.fly.io/hermes-agent:v2"
+//	platform = "telegram"
+//	error_code = "telegram_token_lock"
+//
+//	[[crash_loop]]                         # exits "after" first serving
+//	image = "registry.fly.io/hermes-agent:leaky"
+//	after = "6s"
+//	oom = true
+//
+//	[[platform_state]]                     # down on every image
+//	app = "hermes-agent-2"
+//	platform = "telegram"
+//	state = "fatal"
+//	error_code = "telegram_token_revoked"
 //
 //	[labels]                               # every machine's labels
 //	hermes_auto_update = "true"
@@ -91,7 +112,27 @@ type Scenario struct {
 	NeverHealthy  []string             `toml:"never_healthy"`
 	WrongSecret   []string             `toml:"wrong_secret"`
 	GatewayDown   []string             `toml:"gateway_down"`
-	Leases        []struct {
+	GatedBind     bool                 `toml:"gated_bind"`
+	TerminalNous  []string             `toml:"terminal_nous"`
+	Platforms     map[string][]string  `toml:"platforms"`
+	ParkPlatform  []struct {
+		Image     string `toml:"image"`
+		Platform  string `toml:"platform"`
+		ErrorCode string `toml:"error_code"`
+	} `toml:"park_platform"`
+	CrashLoop []struct {
+		Image string   `toml:"image"`
+		After Duration `toml:"after"`
+		OOM   bool     `toml:"oom"`
+	} `toml:"crash_loop"`
+	PlatformState []struct {
+		App       string `toml:"app"`
+		Platform  string `toml:"platform"`
+		State     string `toml:"state"`
+		ErrorCode string `toml:"error_code"`
+		Attention bool   `toml:"needs_attention"`
+	} `toml:"platform_state"`
+	Leases []struct {
 		App     string   `toml:"app"`
 		Machine string   `toml:"machine"` // empty: every machine of the app
 		Owner   string   `toml:"owner"`
@@ -160,7 +201,7 @@ func (sc *Scenario) Config() Config {
 		Image: sc.Image, Regions: sc.Regions, Seed: sc.Seed, FlyToken: sc.FlyToken,
 		BootTime: sc.BootTime.Duration, CheckDelay: sc.CheckDelay.Duration,
 		GatewayStartup: sc.GatewayStartup.Duration, WatcherDelay: sc.WatcherDelay.Duration,
-		MarkerTTL: sc.MarkerTTL.Duration, DisableRateLimits: sc.DisableRateLimits,
+		MarkerTTL: sc.MarkerTTL.Duration, DisableRateLimits: sc.DisableRateLimits, GatedBind: sc.GatedBind,
 		RateLimitsSimTime: sc.RateLimitsSimTime, WaitSimTime: sc.WaitSimTime, APISimTime: sc.APISimTime,
 		Workload: Workload{BusyFraction: sc.Workload.BusyFraction, TurnMedian: sc.Workload.TurnMedian.Duration,
 			TurnSigma: sc.Workload.TurnSigma},
@@ -176,6 +217,15 @@ func (sc *Scenario) Config() Config {
 	}
 	if sc.DrainKey != "" {
 		c.DrainKey = []byte(sc.DrainKey)
+	}
+	if len(sc.Platforms) > 0 {
+		per := sc.Platforms
+		c.Platforms = func(app string) []string {
+			if p, ok := per[app]; ok {
+				return p
+			}
+			return DefaultPlatforms
+		}
 	}
 	if sc.Labels != nil || sc.AppLabels != nil {
 		def, perApp := sc.Labels, sc.AppLabels
@@ -206,6 +256,30 @@ func (sc *Scenario) Apply(s *Sim) error {
 	}
 	for _, img := range sc.NeverHealthy {
 		s.NeverHealthy(img)
+	}
+	for _, img := range sc.TerminalNous {
+		s.TerminalNous(img)
+	}
+	for _, p := range sc.ParkPlatform {
+		if p.Image == "" || p.Platform == "" {
+			return errors.New("scenario: park_platform needs an image and a platform")
+		}
+		s.ParkPlatform(p.Image, p.Platform, p.ErrorCode)
+	}
+	for _, c := range sc.CrashLoop {
+		if c.Image == "" || c.After.Duration <= 0 {
+			return errors.New("scenario: crash_loop needs an image and a positive after")
+		}
+		s.CrashLoopOn(c.Image, CrashLoop{After: c.After.Duration, OOM: c.OOM})
+	}
+	for _, p := range sc.PlatformState {
+		if s.MachineIDs(p.App) == nil {
+			return fmt.Errorf("scenario: platform_state: no app %q", p.App)
+		}
+		if p.Platform == "" || p.State == "" {
+			return errors.New("scenario: platform_state needs a platform and a state")
+		}
+		s.SetPlatformState(p.App, p.Platform, p.State, p.ErrorCode, p.Attention)
 	}
 	for _, a := range sc.WrongSecret {
 		if s.MachineIDs(a) == nil {

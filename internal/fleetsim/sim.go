@@ -38,7 +38,12 @@ type Sim struct {
 	crashOnStart map[string]bool
 	slowStart    map[string]time.Duration
 	tags         map[string]string // the registry: "registry/repository:tag" → digest
-	relief       reliefHeap        // when disrupted machines may stop being disrupted
+	// Agent signals (agent.go): per image, platforms parked on boot, a
+	// terminal Nous session, a crash loop.
+	parkPlatform map[string]map[string]string
+	terminalNous map[string]bool
+	crashLoop    map[string]CrashLoop
+	relief       reliefHeap // when disrupted machines may stop being disrupted
 	refusals     []Refusal
 	disrupted    int
 	maxDisrupt   int
@@ -64,6 +69,11 @@ type app struct {
 	// version, bumped by every write.
 	secrets        map[string]*appSecret
 	secretsVersion uint64
+	// platforms are the messaging platforms the agent is configured with;
+	// platformState overrides one's state on every instance (a token that
+	// was revoked stays revoked across a recreate).
+	platforms     []string
+	platformState map[string]Platform
 }
 
 type vmState int
@@ -112,11 +122,20 @@ type machine struct {
 	settleKind string // API state of vmSettling
 	settleTo   vmState
 	settleAt   time.Time
-	bootAt     time.Time
-	bootFails  bool // the booting image cannot be pulled: flyd reverts
-	bootSick   bool // the booting instance never becomes healthy
-	bootCrash  bool // the booting instance exits at once
-	startedAt  time.Time
+	// restartBoot: this boot is flyd's restart of the same instance after
+	// it exited (the restart policy), not an update or a start.
+	restartBoot bool
+	bootAt      time.Time
+	bootFails   bool // the booting image cannot be pulled: flyd reverts
+	bootSick    bool // the booting instance never becomes healthy
+	bootCrash   bool // the booting instance exits at once
+	startedAt   time.Time
+	// A crash loop of the running instance (CrashLoop): it exits crash
+	// after first serving, at crashAt (zero: never); restarts counts the
+	// restarts flyd made of this instance.
+	crash      CrashLoop
+	crashAt    time.Time
+	restarts   int
 	gwStart    time.Time     // gateway process start (a restart keeps the epoch)
 	gwStartup  time.Duration // how long this instance's gateway reports "starting"
 	epoch      int           // changes on every VM boot
@@ -134,7 +153,7 @@ type machine struct {
 	}
 	past        []pastInstance
 	staleChecks []*fly.MachineCheckStatus // shown while the VM is not running
-	events      []*fly.MachineEvent       // chronological; future ones hidden
+	events      []*fly.MachineEvent       // chronological, at most maxEvents; future ones hidden
 	updates     int
 
 	// The real-fleet shape (realfleet.go): the process group, the host's
@@ -214,6 +233,9 @@ func New(cfg Config) (*Sim, error) {
 		crashOnStart: map[string]bool{},
 		slowStart:    map[string]time.Duration{},
 		tags:         map[string]string{},
+		parkPlatform: map[string]map[string]string{},
+		terminalNous: map[string]bool{},
+		crashLoop:    map[string]CrashLoop{},
 		done:         make(chan struct{}),
 	}
 	s.obs.init(cfg)
@@ -224,6 +246,7 @@ func New(cfg Config) (*Sim, error) {
 		a := &app{name: fmt.Sprintf("%s%d", cfg.AppPrefix, i), byID: make(map[string]*machine, cfg.MachinesPerApp)}
 		a.id = s.hexID(16)
 		a.secret = drainsecret.Derive(cfg.DrainKey, a.name)
+		a.platforms = s.platformsOf(a.name)
 		provisioned := cfg.Unprovisioned == nil || !cfg.Unprovisioned(a.name)
 		if provisioned {
 			a.setSecret(DrainSecretName, a.secret, s.origin.Add(-24*time.Hour))
@@ -367,14 +390,25 @@ func (s *Sim) instanceID(at time.Time) string {
 // looked at; every mutation first brings the machine up to now, so the past
 // is always evaluated under the parameters that held then.
 
-// settle applies the boot that completed by t.
+// settle applies the boots, and the crashes of a crash-looping instance,
+// that happened by t, in order.
 func (s *Sim) settle(m *machine, t time.Time) {
-	if m.state == vmSettling && !t.Before(m.settleAt) {
-		m.state = m.settleTo
+	for {
+		switch {
+		case m.state == vmSettling && !t.Before(m.settleAt):
+			m.state = m.settleTo
+		case m.state == vmBooting && !t.Before(m.bootAt):
+			s.completeBoot(m)
+		case m.state == vmStarted && !m.crashAt.IsZero() && !t.Before(m.crashAt):
+			s.crashNow(m)
+		default:
+			return
+		}
 	}
-	if m.state != vmBooting || t.Before(m.bootAt) {
-		return
-	}
+}
+
+// completeBoot ends the boot due at m.bootAt.
+func (s *Sim) completeBoot(m *machine) {
 	m.state = vmStarted
 	m.downAs = ""
 	if m.resuming {
@@ -386,6 +420,13 @@ func (s *Sim) settle(m *machine, t time.Time) {
 	}
 	m.startedAt, m.gwStart = m.bootAt, m.bootAt
 	m.epoch++
+	if m.restartBoot {
+		m.restartBoot = false
+		// flyd's restart policy started the same instance again: same
+		// config and image, a new boot (epoch).
+		m.crashAt = m.bootAt.Add(m.gwStartup + m.crash.After)
+		return
+	}
 	if m.bootFails {
 		// flyd could not pull the image: it silently brings the old
 		// version back.
@@ -396,11 +437,16 @@ func (s *Sim) settle(m *machine, t time.Time) {
 	}
 	m.gwStartup = s.gatewayStartup(agentImage(m.config), m.imageRef.Digest)
 	m.unhealthy = m.bootSick
+	m.crash, m.crashAt, m.restarts = CrashLoop{}, time.Time{}, 0
+	if cl, ok := s.crashLoop[agentImage(m.config)]; ok && !m.bootFails && !m.bootCrash && !m.bootSick {
+		m.crash = cl
+		m.crashAt = m.bootAt.Add(m.gwStartup + cl.After)
+	}
 	if m.bootCrash {
 		// The process exits as it starts (restarts spent): the machine
 		// rests stopped on the new instance, which never served.
 		m.state = vmStopped
-		m.events = append(m.events, &fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: m.bootAt.UnixMilli(),
+		m.addEvent(&fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: m.bootAt.UnixMilli(),
 			Request: &fly.MachineRequest{ExitEvent: &fly.MachineExitEvent{ExitCode: 1, ExitedAt: m.bootAt.UTC()}}})
 	}
 	m.bootFails, m.bootSick, m.bootCrash = false, false, false
@@ -539,8 +585,9 @@ func (s *Sim) sigterm(m *machine, now time.Time, cause string) {
 	m.interrupted += len(m.inflight)
 	m.inflight = m.inflight[:0]
 	m.staleChecks = s.checksAt(m, now)
-	m.events = append(m.events, &fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: now.UnixMilli(),
+	m.addEvent(&fly.MachineEvent{Type: "exit", Status: "stopped", Source: "flyd", Timestamp: now.UnixMilli(),
 		Request: &fly.MachineRequest{ExitEvent: &fly.MachineExitEvent{RequestedStop: true, Signal: 15, ExitedAt: now.UTC()}}})
+	m.crash, m.crashAt = CrashLoop{}, time.Time{}
 	s.shutdowns = append(s.shutdowns, sd)
 	s.cfg.Logger.Debug("fleetsim: sigterm", "app", sd.App, "machine_id", sd.MachineID, "cause", cause,
 		"active_agents", sd.ActiveAgents, "home_broadcast", sd.HomeBroadcast)
@@ -568,7 +615,7 @@ func (s *Sim) boot(m *machine, now time.Time, kind string) {
 		m.bootSick = s.neverHealthy[img] || s.neverHealthy[digest] || m.sickOn[img] || m.sickOn[digest]
 		m.bootCrash = s.crashOnStart[img] || s.crashOnStart[digest]
 	}
-	m.events = append(m.events, &fly.MachineEvent{Type: "start", Status: "started", Source: "flyd", Timestamp: m.bootAt.UnixMilli()})
+	m.addEvent(&fly.MachineEvent{Type: "start", Status: "started", Source: "flyd", Timestamp: m.bootAt.UnixMilli()})
 }
 
 // ---- disruption accounting -------------------------------------------------
@@ -585,9 +632,9 @@ func (s *Sim) isDisrupted(m *machine, t time.Time) bool {
 	return ph != phaseRunning && !m.atRest || s.markerCurrent(m, t)
 }
 
-// nextRelief is the earliest time a disrupted machine may stop being
-// disrupted without a mutation. Disruption only grows through mutations,
-// so tracking these is enough to know the count at every instant.
+// nextRelief is the earliest time a machine's disruption may change
+// without a mutation: a disrupted one may recover, a crash-looping one
+// crash. Tracking these is enough to know the count at every instant.
 func (s *Sim) nextRelief(m *machine, t time.Time) (time.Time, bool) {
 	var best time.Time
 	ok := false
@@ -605,6 +652,10 @@ func (s *Sim) nextRelief(m *machine, t time.Time) (time.Time, bool) {
 	if s.markerCurrent(m, t) {
 		consider(m.marker.requestedAt.Add(s.cfg.MarkerTTL + 1))
 	}
+	if m.state == vmStarted && !m.crashAt.IsZero() {
+		// A crash disrupts the machine without a mutation: evaluate then.
+		consider(m.crashAt)
+	}
 	return best, ok
 }
 
@@ -620,10 +671,8 @@ func (s *Sim) evalDisruption(m *machine, now time.Time) {
 	}
 	s.maxDisrupt = max(s.maxDisrupt, s.disrupted)
 	m.disGen++
-	if d {
-		if at, ok := s.nextRelief(m, now); ok {
-			heap.Push(&s.relief, reliefEntry{at: at, m: m, gen: m.disGen})
-		}
+	if at, ok := s.nextRelief(m, now); ok {
+		heap.Push(&s.relief, reliefEntry{at: at, m: m, gen: m.disGen})
 	}
 }
 
@@ -632,8 +681,10 @@ func (s *Sim) pump(now time.Time) {
 	for len(s.relief) > 0 && !s.relief[0].at.After(now) {
 		e := heap.Pop(&s.relief).(reliefEntry)
 		if e.gen == e.m.disGen {
-			s.advance(e.m, now)
-			s.evalDisruption(e.m, now)
+			// Evaluated when it happened: a crash and its restart both
+			// in the past still count once.
+			s.advance(e.m, e.at)
+			s.evalDisruption(e.m, e.at)
 		}
 	}
 }
@@ -754,8 +805,9 @@ type MachineView struct {
 	State           string // the Machines API state
 	InstanceID      string
 	Image           string
-	// GatewayState: "running", "draining", "starting", "startup_failed",
-	// "stopped" (gateway process down) or "unreachable" (VM not running).
+	// GatewayState: "running", "degraded" (a platform parked), "draining",
+	// "starting", "startup_failed", "stopped" (gateway process down) or
+	// "unreachable" (VM not running).
 	GatewayState string
 	ActiveAgents int
 	Draining     bool // the gateway refuses new turns
@@ -783,6 +835,13 @@ type MachineView struct {
 	Containers   map[string]string
 	Wakes        int
 	Autostops    int
+	// Platforms is each configured platform's state as /api/status shows
+	// it now (empty while the gateway is not serving); NousSession its
+	// nous_session_valid; Restarts the restarts flyd made of the running
+	// instance after it crashed (a crash loop).
+	Platforms   map[string]string
+	NousSession string
+	Restarts    int
 
 	TurnsServed, TurnsRefused, TurnsMissed, TurnsInterrupted, TurnsLost int
 	// DrainingTime is how long the gateway has been "draining" in all
@@ -817,7 +876,7 @@ func (s *Sim) Machines() []MachineView {
 
 func (s *Sim) view(m *machine, now time.Time) MachineView {
 	ph := s.phaseAt(m, now)
-	gs := ph.gatewayState()
+	gs := s.gatewayStateAt(m, ph, now)
 	if ph == phaseOff {
 		gs = "unreachable"
 	}
@@ -828,6 +887,10 @@ func (s *Sim) view(m *machine, now time.Time) MachineView {
 		VolumeAttached: mountsVolume(m.config, m.volumeID),
 		TurnsServed:    m.served, TurnsRefused: m.refused, TurnsMissed: m.missed,
 		TurnsInterrupted: m.interrupted, TurnsLost: m.lost, DrainingTime: m.draining,
+		NousSession: s.nousAt(m), Restarts: m.restarts, Platforms: map[string]string{},
+	}
+	for name, p := range s.platformStates(m, ph, now) {
+		v.Platforms[name] = p.State
 	}
 	if ph.alive() {
 		v.ActiveAgents = m.active()

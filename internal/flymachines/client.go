@@ -62,6 +62,9 @@ type Machine struct {
 	// Containers are config.containers (multi-container machines), each
 	// with its own image; config.image may then be empty.
 	Containers []Container
+	// Events are the machine's recent events as GET machine shows them,
+	// newest first (absent from list summaries).
+	Events []Event
 }
 
 // ImageRef is a machine's image_ref: registry, repository, tag, digest.
@@ -280,6 +283,7 @@ func toMachine(app string, m *fly.Machine) Machine {
 		}
 		out.ChecksConfigured = checksConfigured(cfg)
 	}
+	out.Events = toEvents(m.Events)
 	return out
 }
 

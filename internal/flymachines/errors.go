@@ -198,6 +198,19 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
 }
 
+// IsBusy reports whether Fly refused a mutation because the machine is in
+// the middle of another change (409 that is not a lease: "concurrent update
+// in progress" while it is replacing or starting). It is no verdict on the
+// machine: the same call can succeed once that change is over.
+func IsBusy(err error) bool {
+	var held *LeaseHeldError
+	if errors.As(err, &held) {
+		return false
+	}
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusConflict
+}
+
 // Status returns the HTTP status behind err, or 0.
 func Status(err error) int {
 	var ae *APIError

@@ -186,6 +186,12 @@ func (c *Client) Status(ctx context.Context, t Target) (Status, error) {
 		ActiveAgents        *int     `json:"active_agents"`
 		Version             *string  `json:"version"`
 		RestartDrainTimeout *float64 `json:"restart_drain_timeout"`
+		// Read leniently: a shape this client does not know is left out,
+		// never an error (they judge the new image, not quiescence).
+		Platforms  json.RawMessage `json:"gateway_platforms"`
+		Overall    json.RawMessage `json:"overall"`
+		Nous       json.RawMessage `json:"nous_session_valid"`
+		ExitReason json.RawMessage `json:"gateway_exit_reason"`
 	}
 	if err := decodeObject(data, &r); err != nil {
 		return Status{}, &DecodeError{Op: OpStatus, Target: t.String(), StatusCode: status, Reason: "status is not the contract's JSON", Err: err}
@@ -213,6 +219,8 @@ func (c *Client) Status(ctx context.Context, t Target) (Status, error) {
 	if r.RestartDrainTimeout != nil {
 		s.RestartDrainTimeout = *r.RestartDrainTimeout
 	}
+	s.Platforms = decodePlatforms(r.Platforms)
+	s.Overall, s.NousSession, s.ExitReason = jsonString(r.Overall), jsonString(r.Nous), jsonString(r.ExitReason)
 	return s, nil
 }
 
@@ -277,6 +285,9 @@ func (c *Client) do(ctx context.Context, op string, t Target, method, route stri
 			Detail: detail(data, secret, string(c.key))}
 		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 			he.RetryAfter, _ = retryAfter(resp.Header)
+		}
+		if resp.StatusCode == http.StatusUnauthorized {
+			he.AuthError, he.AuthReason = authFields(data)
 		}
 		return 0, nil, he
 	}

@@ -176,6 +176,26 @@ func TestStatus(t *testing.T) {
 			want: Status{Running: true, State: "running", ActiveAgents: 1, RestartDrainTimeout: 2.5}},
 		{name: "stopped without agents", body: `{"gateway_running":false,"gateway_state":"stopped","active_agents":null,"version":null}`,
 			want: Status{State: "stopped"}},
+		// hermes-agent's /api/status on a gated bind (hermes_cli status
+		// routes): platforms as an object, the rollup, the Nous session.
+		{name: "real shape, degraded",
+			body: `{"version":"0.21.5","release_date":"2026.9.24","gateway_running":true,"gateway_state":"degraded",` +
+				`"gateway_platforms":{"telegram":{"state":"fatal","error_code":"telegram_token_lock","error_message":"another poller\nholds the token","needs_attention":false,"retrying_since":null,"updated_at":"2026-09-24T10:00:00Z"},` +
+				`"discord":{"state":"connected","error_code":null,"error_message":null},"slack":{"state":"retrying","error_code":"network","needs_attention":true,"retrying_since":"2026-09-24T09:00:00Z"},` +
+				`"worker:matrix":{"state":"some_future_state"},"odd":"not an object","typed":{"state":7,"needs_attention":"yes"}},` +
+				`"gateway_exit_reason":null,"active_agents":0,"components":{"platforms":{"status":"degraded","configured":3,"connected":1}},` +
+				`"overall":"degraded","nous_session_valid":"terminal","memory":{"pressure":"ok"}}`,
+			want: Status{Running: true, State: "degraded", Version: "0.21.5", Overall: "degraded", NousSession: "terminal",
+				Platforms: map[string]Platform{
+					"telegram":      {State: "fatal", ErrorCode: "telegram_token_lock", ErrorMessage: "another poller\nholds the token"},
+					"discord":       {State: "connected"},
+					"slack":         {State: "retrying", ErrorCode: "network", NeedsAttention: true, RetryingSince: "2026-09-24T09:00:00Z"},
+					"worker:matrix": {State: "some_future_state"},
+					"typed":         {},
+				}}},
+		{name: "stopped with an exit reason, platforms a list (not the shape: ignored)",
+			body: `{"gateway_running":false,"gateway_state":"startup_failed","gateway_exit_reason":"telegram conflict","gateway_platforms":["telegram"],"nous_session_valid":true,"overall":null}`,
+			want: Status{State: "startup_failed", ExitReason: "telegram conflict"}},
 		{name: "no gateway_running", body: `{"gateway_state":"draining","active_agents":0}`, wantErr: true},
 		{name: "running without active_agents", body: `{"gateway_running":true,"gateway_state":"draining"}`, wantErr: true},
 		{name: "negative active_agents", body: `{"gateway_running":true,"gateway_state":"draining","active_agents":-1}`, wantErr: true},
@@ -208,7 +228,7 @@ func TestStatus(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("Status = %+v, want %+v", got, tt.want)
 			}
 		})

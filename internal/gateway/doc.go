@@ -70,11 +70,24 @@
 // same way, and Undrainable picks the two answers (401, 404) that a run
 // with undrainable = "recreate" moves without a drain.
 //
+// A 401 is told apart by its body (Explain401): the drain route's own
+// bearer check answers {"error":"unauthenticated"} without a reason (the
+// agent holds another secret); a gated bind's login gate answers before
+// routing with a "reason" (no drain route there: an older Hermes, or no
+// drain secret configured), which /api/status's version against
+// MIGRATOR_HERMES_MIN_DRAIN_VERSION tells apart.
+//
 // # Status
 //
 // Status.Quiescent is the contract's test (state "draining" and no active
-// agents, or the gateway not running); Status.Serving is what to wait for
-// after the recreate (running, state "running" or "degraded"). A status
+// agents, or the gateway not running); Status.Serving says the gateway
+// process takes turns (running, state "running" or "degraded"). Status
+// also carries what the agent says of itself: gateway_platforms (per
+// platform state, error_code, error_message, needs_attention,
+// retrying_since), overall, nous_session_valid, version and
+// gateway_exit_reason, read leniently (an unknown shape or state is kept or
+// left out, never an error). Status.Signals is that, time-stamped, as the
+// orchestrator records it before a drain and judges a new image by. A status
 // answer without gateway_running, or without active_agents while running, is
 // a DecodeError rather than a silent zero, because a zero there would read as
 // quiescent and let the machine be recreated under a user's turn.

@@ -28,6 +28,10 @@ type HTTPError struct {
 	// RetryAfter is the server's Retry-After on 429/503, when given.
 	RetryAfter time.Duration
 	Attempts   int
+	// AuthError and AuthReason are the "error" and "reason" of a 401's
+	// JSON body, when it has them: they say which layer of the dashboard
+	// refused (see Explain401).
+	AuthError, AuthReason string
 }
 
 // Error is one line and never holds a secret.

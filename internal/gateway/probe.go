@@ -40,7 +40,7 @@ const (
 
 // Readinesses lists every category, ready first, in report order.
 func Readinesses() []Readiness {
-	return []Readiness{Ready, NoSecret, NoDrainRoute, Forbidden, ServerError, Unreachable, Unexpected}
+	return []Readiness{Ready, NoSecret, NoDrainRoute, NoSecretOrRoute, Forbidden, ServerError, Unreachable, Unexpected}
 }
 
 // ProbeResult is one probe's answer.

@@ -1,6 +1,12 @@
 package gateway
 
-import "time"
+import (
+	"encoding/json"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
 
 // Gateway states reported by /api/status (there is no "drained" state).
 const (
@@ -12,13 +18,76 @@ const (
 	StateStartupFailed = "startup_failed"
 )
 
-// Status is what migrator needs from GET /api/status.
+// Nous session validity (nous_session_valid). Hermes reports "terminal"
+// only for a terminal failure of the hosted agent's Nous auth: every
+// inference turn then fails while every liveness probe stays green
+// (hermes-agent hermes_cli/auth.py get_nous_session_validity, and the
+// comment beside nous_session_valid in the /api/status route).
+const (
+	NousValid    = "valid"
+	NousTerminal = "terminal"
+	NousUnknown  = "unknown"
+)
+
+// Platform is one entry of gateway_platforms: what the gateway wrote for a
+// messaging platform in its runtime status (hermes-agent gateway/status.py
+// write_runtime_status: state, error_code, error_message, needs_attention,
+// retrying_since, updated_at).
+type Platform struct {
+	State        string `json:"state"`
+	ErrorCode    string `json:"error_code,omitempty"`
+	ErrorMessage string `json:"error_message,omitempty"`
+	// NeedsAttention: the reconnect loop has retried past its attention
+	// threshold (a signal for owners, not a circuit breaker).
+	NeedsAttention bool   `json:"needs_attention,omitempty"`
+	RetryingSince  string `json:"retrying_since,omitempty"`
+}
+
+// Up reports whether the platform serves its users: the states the
+// dashboard's own rollup counts as connected (hermes-agent's status routes,
+// _HEALTHY_PLATFORM_STATES = {"connected", "running", "ok"}).
+func (p Platform) Up() bool { return PlatformStateUp(p.State) }
+
+// Parked reports whether the platform is down for good on this instance:
+// "fatal" (a non-retryable error: the gateway parks it and serves the
+// others, gateway_state "degraded"), "disabled", or a retry loop that has
+// escalated to needs_attention. "retrying", "connecting" and unknown
+// states may still come up.
+func (p Platform) Parked() bool {
+	return p.State == "fatal" || p.State == "disabled" || p.NeedsAttention && !p.Up()
+}
+
+// PlatformStateUp reports whether a platform state is one of the healthy ones.
+func PlatformStateUp(state string) bool {
+	switch state {
+	case "connected", "running", "ok":
+		return true
+	}
+	return false
+}
+
+// Status is what migrator needs from GET /api/status. Fields the gateway
+// does not send (an older Hermes) stay zero; unknown fields and states are
+// ignored, never an error.
 type Status struct {
 	Running             bool    // gateway_running
 	State               string  // gateway_state; "" when null
 	ActiveAgents        int     // active_agents: work in flight
-	Version             string  // the Hermes version; "" when absent
+	Version             string  // the Hermes version (__version__); "" when absent
 	RestartDrainTimeout float64 // seconds of grace given to in-flight work on SIGTERM
+	// Platforms is gateway_platforms, keyed by platform (a namespaced
+	// "<profile>:<platform>" key on multi-profile hosts); nil when absent or
+	// not an object. A stopped gateway reports none (a startup_failed one
+	// only its fatal ones).
+	Platforms map[string]Platform
+	// Overall is "ok" or "degraded" (the rollup of components); "" when
+	// absent.
+	Overall string
+	// NousSession is nous_session_valid: NousValid, NousTerminal,
+	// NousUnknown, or "" when absent (a Hermes without it).
+	NousSession string
+	// ExitReason is gateway_exit_reason: why the gateway last exited.
+	ExitReason string
 }
 
 // Quiescent reports whether the agent may be recreated without cutting work
@@ -29,10 +98,93 @@ func (s Status) Quiescent() bool {
 	return !s.Running || (s.State == StateDraining && s.ActiveAgents == 0)
 }
 
-// Serving reports whether the agent takes turns: what to wait for after the
-// recreate.
+// Serving reports whether the gateway process takes turns at all: running,
+// state "running" or "degraded". Whether every platform that served before
+// serves again is judged against the agent's signals before the recreate.
 func (s Status) Serving() bool {
 	return s.Running && (s.State == StateRunning || s.State == StateDegraded)
+}
+
+// Signals is what an agent showed about itself at one moment, kept for the
+// audit and for judging a new image against the agent's own before.
+type Signals struct {
+	At             time.Time           `json:"at"`
+	GatewayRunning bool                `json:"gateway_running"`
+	GatewayState   string              `json:"gateway_state"`
+	Version        string              `json:"version,omitempty"`
+	NousSession    string              `json:"nous_session,omitempty"`
+	Overall        string              `json:"overall,omitempty"`
+	ExitReason     string              `json:"gateway_exit_reason,omitempty"`
+	Platforms      map[string]Platform `json:"platforms,omitempty"`
+}
+
+// Signals returns what s says about the agent, read at at. Error messages
+// are cut to one short line.
+func (s Status) Signals(at time.Time) Signals {
+	out := Signals{At: at.UTC(), GatewayRunning: s.Running, GatewayState: s.State, Version: s.Version,
+		NousSession: s.NousSession, Overall: s.Overall, ExitReason: oneLine(s.ExitReason)}
+	if len(s.Platforms) > 0 {
+		out.Platforms = make(map[string]Platform, len(s.Platforms))
+		for k, p := range s.Platforms {
+			p.ErrorMessage = oneLine(p.ErrorMessage)
+			out.Platforms[k] = p
+		}
+	}
+	return out
+}
+
+// PlatformNames lists the platforms in s, sorted.
+func (s Signals) PlatformNames() []string {
+	return slices.Sorted(maps.Keys(s.Platforms))
+}
+
+// UpPlatforms lists the platforms that were up, sorted.
+func (s Signals) UpPlatforms() []string {
+	var out []string
+	for _, k := range s.PlatformNames() {
+		if s.Platforms[k].Up() {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// decodePlatforms reads gateway_platforms leniently: an absent, null or
+// non-object value is no platforms; an entry that is not an object, or
+// whose fields have unexpected types, keeps what could be read.
+func decodePlatforms(raw json.RawMessage) map[string]Platform {
+	var entries map[string]json.RawMessage
+	if len(raw) == 0 || decodeObject(raw, &entries) != nil || len(entries) == 0 {
+		return nil
+	}
+	out := make(map[string]Platform, len(entries))
+	for name, e := range entries {
+		var f map[string]json.RawMessage
+		if decodeObject(e, &f) != nil {
+			continue
+		}
+		var p Platform
+		p.State = jsonString(f["state"])
+		if p.State == "" {
+			// The dashboard's rollup reads "status" when "state" is absent.
+			p.State = jsonString(f["status"])
+		}
+		p.ErrorCode = jsonString(f["error_code"])
+		p.ErrorMessage = jsonString(f["error_message"])
+		p.RetryingSince = jsonString(f["retrying_since"])
+		_ = json.Unmarshal(f["needs_attention"], &p.NeedsAttention)
+		out[name] = p
+	}
+	return out
+}
+
+// jsonString is a JSON string's value; "" for null, absent or another type.
+func jsonString(raw json.RawMessage) string {
+	var s string
+	if len(raw) == 0 || json.Unmarshal(raw, &s) != nil {
+		return ""
+	}
+	return s
 }
 
 // Echo is the gateway's answer to a begin.
@@ -49,4 +201,77 @@ type Echo struct {
 // without the flag (an older gateway) does not match.
 func (e Echo) Matches(quiet bool) bool {
 	return e.Draining && e.SuppressNotification == quiet
+}
+
+// Changes says in one short line how an agent's signals after a recreate
+// differ from before: each platform whose state changed ("telegram
+// connected→fatal (telegram_token_lock)"), the Nous session if it changed,
+// or "unchanged" with the platforms up; with only one side read, that
+// side. "" when neither was read.
+func Changes(before, after *Signals) string {
+	switch {
+	case before == nil && after == nil:
+		return ""
+	case after == nil:
+		return "before: " + summary(*before)
+	case before == nil:
+		return "after: " + summary(*after)
+	}
+	var parts []string
+	names := map[string]bool{}
+	for k := range before.Platforms {
+		names[k] = true
+	}
+	for k := range after.Platforms {
+		names[k] = true
+	}
+	for _, k := range slices.Sorted(maps.Keys(names)) {
+		b, a := before.Platforms[k].State, after.Platforms[k].State
+		if b == a {
+			continue
+		}
+		part := k + " " + orDash(b) + "→" + orDash(a)
+		if code := after.Platforms[k].ErrorCode; code != "" && !after.Platforms[k].Up() {
+			part += " (" + code + ")"
+		}
+		parts = append(parts, part)
+	}
+	if before.NousSession != after.NousSession && after.NousSession != "" {
+		parts = append(parts, "nous "+orDash(before.NousSession)+"→"+after.NousSession)
+	}
+	if len(parts) == 0 {
+		return "unchanged: " + summary(*after)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// summary is "telegram, discord up; slack fatal; nous valid".
+func summary(s Signals) string {
+	var up, down []string
+	for _, k := range s.PlatformNames() {
+		if p := s.Platforms[k]; p.Up() {
+			up = append(up, k)
+		} else {
+			down = append(down, k+" "+orDash(p.State))
+		}
+	}
+	var parts []string
+	if len(up) > 0 {
+		parts = append(parts, strings.Join(up, ", ")+" up")
+	}
+	parts = append(parts, down...)
+	if len(parts) == 0 {
+		parts = append(parts, "no platforms")
+	}
+	if s.NousSession != "" {
+		parts = append(parts, "nous "+s.NousSession)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

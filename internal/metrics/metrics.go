@@ -28,6 +28,10 @@
 //	machines_deferred_total              counter   machines deferred (outside the window, never idle, or at the deadline)
 //	peeks_total{result}                  counter   status reads before a drain: idle, busy, unreadable
 //	idle_wait_seconds{result}            histogram first peek → idle (begun), busy_drained or busy_deferred
+//	rollbacks_total{phase,signal}        counter   new instances given up, in verify or a canary's bake, by deciding signal
+//	canary_bakes_total{result}           counter   canary bakes ended: clean, regressed, cut_short
+//	canary_bake_seconds{result}          histogram how long a canary was watched before its bake ended
+//	canaries_baking                      gauge     canaries in their bake now, fleet-wide
 //	auto_update_ticks_total{outcome}     counter   auto-update ticks by what they did
 //	fly_calls_total{kind,code}           counter   Fly Machines API attempts (code 2xx, 3xx, 4xx, 429, 5xx, or "error")
 //	gateway_calls_total{kind,code}       counter   gateway drain endpoint attempts (same codes)
@@ -71,6 +75,7 @@ const namespace = "migrator"
 type Source interface {
 	RunsByState(ctx context.Context) (map[string]int, error)
 	SlotsInUse(ctx context.Context) (int, error)
+	CanariesBaking(ctx context.Context) (int, error)
 }
 
 var _ Source = (*orchestrator.Orchestrator)(nil)
@@ -138,6 +143,9 @@ type Metrics struct {
 	peeks    *prometheus.CounterVec
 	idleWait *prometheus.HistogramVec
 	notify   *prometheus.CounterVec
+	rollback *prometheus.CounterVec
+	bakes    *prometheus.CounterVec
+	bakeTime *prometheus.HistogramVec
 }
 
 var _ orchestrator.Observer = (*Metrics)(nil)
@@ -201,6 +209,19 @@ func New(cfg Config) (*Metrics, error) {
 		notify: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "notification_deliveries_total",
 			Help: "Notification delivery attempts on this replica, by sink kind and result (delivered, retry, failed)."},
 			[]string{"kind", "result"}),
+		rollback: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "rollbacks_total",
+			Help: "New instances given up on this replica, in verify or in a canary's bake, by the signal that decided."},
+			[]string{"phase", "signal"}),
+		bakes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "canary_bakes_total",
+			Help: "Canary bakes ended on this replica: clean (the run widens), regressed (rolled back, run paused), cut_short (run cancelled)."},
+			[]string{"result"}),
+		bakeTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "canary_bake_seconds",
+			Help:    "Seconds a canary was watched in its bake, by how the bake ended.",
+			Buckets: DrainWaitBuckets}, []string{"result"}),
+	}
+	for _, r := range []string{orchestrator.BakeClean, orchestrator.BakeRegressed, orchestrator.BakeCut} {
+		m.bakes.WithLabelValues(r)
+		m.bakeTime.WithLabelValues(r)
 	}
 	for _, o := range outcomes {
 		m.machines.WithLabelValues(o)
@@ -226,7 +247,8 @@ func New(cfg Config) (*Metrics, error) {
 		}
 	}
 	cs := []prometheus.Collector{m.machines, m.drains, m.wait, m.forced, m.deferred, m.ticks, m.fly, m.gateway, m.peeks, m.idleWait,
-		m.notify, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
+		m.notify, m.rollback, m.bakes, m.bakeTime,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
 	if cfg.Source != nil {
 		cs = append(cs, newStateCollector(cfg.Source, cfg.ScrapeTimeout))
 	}
@@ -293,6 +315,17 @@ func (m *Metrics) NotificationDelivery(kind, result string) {
 	m.notify.WithLabelValues(kind, result).Inc()
 }
 
+// RollbackStarted implements orchestrator.Observer.
+func (m *Metrics) RollbackStarted(phase, signal string) {
+	m.rollback.WithLabelValues(phase, signal).Inc()
+}
+
+// BakeEnded implements orchestrator.Observer.
+func (m *Metrics) BakeEnded(result string, d time.Duration) {
+	m.bakes.WithLabelValues(result).Inc()
+	m.bakeTime.WithLabelValues(result).Observe(d.Seconds())
+}
+
 // ObserveFly counts one Fly API attempt (flymachines.Config.Observe).
 func (m *Metrics) ObserveFly(c callrec.Call) { m.fly.WithLabelValues(c.Kind, codeClass(c)).Inc() }
 
@@ -321,6 +354,7 @@ type stateCollector struct {
 	timeout time.Duration
 	runs    *prometheus.Desc
 	slots   *prometheus.Desc
+	baking  *prometheus.Desc
 }
 
 func newStateCollector(src Source, timeout time.Duration) *stateCollector {
@@ -329,12 +363,15 @@ func newStateCollector(src Source, timeout time.Duration) *stateCollector {
 			"Runs in each state, fleet-wide (the same on every replica).", []string{"state"}, nil),
 		slots: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "budget_slots_in_use"),
 			"Machines holding a disruption budget slot, fleet-wide (the same on every replica).", nil, nil),
+		baking: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "canaries_baking"),
+			"Canaries in their bake, holding their runs back, fleet-wide (the same on every replica).", nil, nil),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.runs
 	ch <- c.slots
+	ch <- c.baking
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -356,9 +393,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	slots, err := c.src.SlotsInUse(ctx)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.slots, fmt.Errorf("read budget slots: %w", err))
+	} else {
+		ch <- prometheus.MustNewConstMetric(c.slots, prometheus.GaugeValue, float64(slots))
+	}
+	baking, err := c.src.CanariesBaking(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.baking, fmt.Errorf("count baking canaries: %w", err))
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(c.slots, prometheus.GaugeValue, float64(slots))
+	ch <- prometheus.MustNewConstMetric(c.baking, prometheus.GaugeValue, float64(baking))
 }
 
 // printlnLogger adapts slog to promhttp's error log.

@@ -18,13 +18,15 @@ import (
 )
 
 type fakeSource struct {
-	runs  map[string]int
-	slots int
-	err   error
+	runs   map[string]int
+	slots  int
+	baking int
+	err    error
 }
 
 func (f *fakeSource) RunsByState(context.Context) (map[string]int, error) { return f.runs, f.err }
 func (f *fakeSource) SlotsInUse(context.Context) (int, error)             { return f.slots, f.err }
+func (f *fakeSource) CanariesBaking(context.Context) (int, error)         { return f.baking, f.err }
 
 func scrape(t *testing.T, m *metrics.Metrics) string {
 	t.Helper()
@@ -55,7 +57,7 @@ func wantLines(t *testing.T, body string, lines ...string) {
 }
 
 func TestSeriesFromEventsAndDatabase(t *testing.T) {
-	src := &fakeSource{runs: map[string]int{"running": 2, "succeeded": 5, "someday": 1}, slots: 3}
+	src := &fakeSource{runs: map[string]int{"running": 2, "succeeded": 5, "someday": 1}, slots: 3, baking: 1}
 	m, err := metrics.New(metrics.Config{Source: src})
 	if err != nil {
 		t.Fatal(err)
@@ -76,6 +78,11 @@ func TestSeriesFromEventsAndDatabase(t *testing.T) {
 	m.Peeked("idle")
 	m.IdleWaitEnded("idle", 3*time.Minute)
 	m.IdleWaitEnded("busy_deferred", 30*time.Minute)
+	m.RollbackStarted("verify", "platform_parked")
+	m.RollbackStarted("bake", "fly_exit")
+	m.RollbackStarted("bake", "fly_exit")
+	m.BakeEnded("regressed", 8*time.Second)
+	m.BakeEnded("clean", 10*time.Minute)
 
 	body := scrape(t, m)
 	wantLines(t, body,
@@ -110,14 +117,22 @@ func TestSeriesFromEventsAndDatabase(t *testing.T) {
 		`migrator_idle_wait_seconds_bucket{result="idle",le="300"} 1`,
 		`migrator_idle_wait_seconds_sum{result="busy_deferred"} 1800`,
 		`migrator_idle_wait_seconds_count{result="busy_drained"} 0`,
+		`migrator_rollbacks_total{phase="verify",signal="platform_parked"} 1`,
+		`migrator_rollbacks_total{phase="bake",signal="fly_exit"} 2`,
+		`migrator_canary_bakes_total{result="regressed"} 1`,
+		`migrator_canary_bakes_total{result="clean"} 1`,
+		`migrator_canary_bakes_total{result="cut_short"} 0`,
+		`migrator_canary_bake_seconds_bucket{result="regressed",le="15"} 1`,
+		`migrator_canary_bake_seconds_sum{result="clean"} 600`,
+		`migrator_canaries_baking 1`,
 	)
 	if !strings.Contains(body, "go_goroutines ") || !strings.Contains(body, "process_") {
 		t.Error("no Go runtime or process metrics")
 	}
 
 	// The database is read at each scrape, never cached.
-	src.runs["running"], src.slots = 0, 1
-	wantLines(t, scrape(t, m), `migrator_runs{state="running"} 0`, `migrator_budget_slots_in_use 1`)
+	src.runs["running"], src.slots, src.baking = 0, 1, 0
+	wantLines(t, scrape(t, m), `migrator_runs{state="running"} 0`, `migrator_budget_slots_in_use 1`, `migrator_canaries_baking 0`)
 }
 
 // A database that cannot be read leaves out its gauges; the rest is served.

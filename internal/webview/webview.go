@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -146,7 +147,16 @@ func New(cfg Config) (*View, error) {
 	v := &View{cfg: cfg, creds: newCredentials(cfg), limiter: newFailureLimiter(cfg.AuthRefill, cfg.AuthBurst, cfg.AuthSources),
 		pages: map[string]*template.Template{}, mux: http.NewServeMux()}
 	funcs := template.FuncMap{"stamp": stamp, "dur": dur, "pct": pct, "deref": deref, "derefInt": derefInt,
-		"yesno": yesno, "secs": secs, "fv": func(q url.Values, k string) string { return q.Get(k) }}
+		"yesno": yesno, "secs": secs, "fv": func(q url.Values, k string) string { return q.Get(k) },
+		// changes: what the agent's signals after the recreate changed
+		// against before; signals: one side alone.
+		"changes": func(before, after []byte) string { return gateway.Changes(decodeSignals(before), decodeSignals(after)) },
+		"signals": func(b []byte) string {
+			if s := decodeSignals(b); s != nil {
+				return strings.TrimPrefix(gateway.Changes(s, nil), "before: ")
+			}
+			return ""
+		}}
 	for _, page := range []string{"runs", "run", "migration", "history", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+page+".html")
 		if err != nil {
@@ -413,6 +423,10 @@ func (v *View) timeline(w http.ResponseWriter, r *http.Request) {
 	if out.Machines == nil {
 		out.Machines = []store.TimelineMachine{}
 	}
+	for i := range out.Machines {
+		m := &out.Machines[i]
+		m.Signals = gateway.Changes(decodeSignals(m.SignalsBefore), decodeSignals(m.SignalsAfter))
+	}
 	for i, t := range ts {
 		done := 0
 		if t.Done {
@@ -565,4 +579,16 @@ func (v *View) historyCSV(w http.ResponseWriter, r *http.Request) {
 		v.cfg.Logger.Error("web view: history csv", "error", err)
 		_, _ = fmt.Fprintln(w, "# error: the download is incomplete (see the server log)")
 	}
+}
+
+// decodeSignals reads stored signals (nil: none, or unreadable).
+func decodeSignals(b []byte) *gateway.Signals {
+	if len(b) == 0 {
+		return nil
+	}
+	var s gateway.Signals
+	if json.Unmarshal(b, &s) != nil {
+		return nil
+	}
+	return &s
 }

@@ -25,7 +25,8 @@ type everything struct{}
 func (everything) RunsByState(context.Context) (map[string]int, error) {
 	return map[string]int{store.RunPaused: 1}, nil
 }
-func (everything) SlotsInUse(context.Context) (int, error) { return 1, nil }
+func (everything) SlotsInUse(context.Context) (int, error)     { return 1, nil }
+func (everything) CanariesBaking(context.Context) (int, error) { return 1, nil }
 func (everything) OnCallStatus(context.Context) (store.OnCallStatus, error) {
 	now := time.Now()
 	return store.OnCallStatus{OldestPausedAt: now, LastAutoUpdateOK: now, LastAutoUpdateRun: now, AgentsLeftDraining: 1,

@@ -15,6 +15,7 @@
     draining: ["draining", "#4a90d9"],
     updating: ["updating", "#8e6bd1"],
     verifying: ["verifying", "#2bb3a3"],
+    baking: ["baking (canary watched)", "#7fb800"],
     rolling_back: ["rolling back", "#e8833a"],
   };
   const OUTCOMES = {
@@ -308,6 +309,9 @@
     if (m.peeks) lines.push("peeks before the drain: " + m.peeks + (m.peek_active_agents != null ? ", last saw " + m.peek_active_agents + " active" : ""));
     if (m.state === "draining" && m.last_active_agents != null) lines.push("active agents: " + m.last_active_agents);
     if (m.active_agents_at_recreate != null) lines.push("active agents at recreate: " + m.active_agents_at_recreate);
+    if (m.state === "baking" && m.bake_until) lines.push("bake ends " + m.bake_until.replace("T", " ").replace(/\.\d+Z$/, "Z"));
+    if (m.deciding_signal) lines.push("decided by: " + m.deciding_signal);
+    if (m.signals) lines.push("agent's signals: " + m.signals);
     if (m.error) lines.push("error: " + m.error);
     lines.push("click: audit events");
     tip.textContent = lines.join("\n");
