@@ -202,7 +202,7 @@ func walkRealFleet(t *testing.T, faults bool) {
 		}
 	}
 	if n := w.sim.RateViolations(); n != 0 {
-		t.Errorf("%d rate-limit violations", n)
+		t.Errorf("%d rate-limit violations (by route %v; peak per second %v)", n, w.sim.RateViolationsByRoute(), w.sim.PeakPerSecond())
 	}
 }
 

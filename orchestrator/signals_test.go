@@ -62,6 +62,13 @@ func (w *world) signals(runID int64, machineID string) signalsRow {
 
 func twoPlatforms(string) []string { return []string{"telegram", "discord"} }
 
+// backOn reports whether a rolled-back machine runs again the digest that
+// ran before (ran), under image: the rollback sends image_ref's
+// "repository:tag@digest", never the tag alone, which may have moved.
+func backOn(v fleetsim.MachineView, image, ran string) bool {
+	return ran != "" && v.Digest == ran && strings.HasPrefix(v.Image, image)
+}
+
 // A new image that parks Telegram: rolled back within 3 poll intervals of
 // the regression (the new gateway's first serving moment), with the
 // platform and its error_code in the audit, the agent back on the old image
@@ -72,9 +79,10 @@ func TestParkedPlatformRollsBack(t *testing.T) {
 	rec := &recorder{}
 	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1, APISimTime: true, Platforms: twoPlatforms}, scale: 10, poll: poll, obs: rec})
 	w.sim.ParkPlatform(imgV2, "telegram", "telegram_token_lock")
+	app, id := w.sim.Apps()[0], w.sim.MachineIDs(w.sim.Apps()[0])[0]
+	ran := w.sim.Machine(app, id).Digest
 	run := w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2})
 	r := w.waitRun(run.ID, time.Minute)
-	app, id := w.sim.Apps()[0], w.sim.MachineIDs(w.sim.Apps()[0])[0]
 	if r.State != store.RunFailed {
 		t.Fatalf("run %s (%s), want failed: its one machine rolled back", r.State, r.StateReason)
 	}
@@ -101,8 +109,8 @@ func TestParkedPlatformRollsBack(t *testing.T) {
 		t.Errorf("rolling_back event %+v", ev.Detail)
 	}
 	v := w.sim.Machine(app, id)
-	if v.Image != imgV1 || v.Platforms["telegram"] != "connected" || v.Draining || !w.nextTurnServed(app, id) {
-		t.Errorf("after the rollback: %+v", v)
+	if !backOn(v, imgV1, ran) || v.Platforms["telegram"] != "connected" || v.Draining || !w.nextTurnServed(app, id) {
+		t.Errorf("after the rollback: %+v, want back on %s digest %s", v, imgV1, ran)
 	}
 	if !slices.Contains(rec.rollbacks, "verify/platform_parked") {
 		t.Errorf("rollbacks observed %v", rec.rollbacks)
@@ -137,16 +145,17 @@ func TestTerminalNousRollsBack(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1, APISimTime: true}})
 	w.sim.TerminalNous(imgV2)
+	id := w.sim.MachineIDs("hermes-agent-1")[0]
+	ran := w.sim.Machine("hermes-agent-1", id).Digest
 	run := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, IdleWaitOverride: new(time.Duration)})
 	w.waitRun(run.ID, time.Minute)
-	id := w.sim.MachineIDs("hermes-agent-1")[0]
 	s := w.signals(run.ID, id)
 	if s.Outcome != store.OutcomeRolledBack || s.DecidingSignal != "nous_session_terminal" || !strings.Contains(s.Error, "nous_session_valid is terminal") ||
 		s.Before == nil || s.Before.NousSession != gateway.NousValid || s.After == nil || s.After.NousSession != gateway.NousTerminal {
 		t.Fatalf("audit %+v", s)
 	}
-	if v := w.sim.Machine("hermes-agent-1", id); v.Image != imgV1 || v.NousSession != gateway.NousValid {
-		t.Errorf("after the rollback %+v", v)
+	if v := w.sim.Machine("hermes-agent-1", id); !backOn(v, imgV1, ran) || v.NousSession != gateway.NousValid {
+		t.Errorf("after the rollback %+v, want back on %s digest %s", v, imgV1, ran)
 	}
 	sd := w.shutdownsOf("hermes-agent-1", id)
 	if len(sd) != 2 || sd[1].Image != imgV2 || !sd[1].GatewayUp {
@@ -174,6 +183,10 @@ func TestCrashLoopCanaryBakePauses(t *testing.T) {
 	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 5, APISimTime: true}, obs: rec, scale: 5})
 	w.sim.CrashLoopOn(imgV2, fleetsim.CrashLoop{After: 6 * time.Second})
 	bake := 25 * time.Second
+	ran := map[string]string{}
+	for _, m := range w.sim.Machines() {
+		ran[m.ID] = m.Digest
+	}
 	run := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, MaxUnavailable: "5", Canary: 1,
 		CanaryBakeOverride: &bake})
 	r := w.waitRun(run.ID, 2*time.Minute)
@@ -206,8 +219,8 @@ func TestCrashLoopCanaryBakePauses(t *testing.T) {
 	for _, m := range w.sim.Machines() {
 		switch {
 		case m.ID == canary.MachineID:
-			if m.Image != imgV1 || m.Updates != 2 || m.State != "started" {
-				t.Errorf("canary %+v: want back on %s after one update and its rollback", m, imgV1)
+			if !backOn(m, imgV1, ran[m.ID]) || m.Updates != 2 || m.State != "started" {
+				t.Errorf("canary %+v: want back on %s digest %s after one update and its rollback", m, imgV1, ran[m.ID])
 			}
 		case m.Updates != 0 || m.MarkerPresent || m.DrainingTime != 0 || len(w.shutdownsOf(m.App, m.ID)) != 0:
 			t.Errorf("%s/%s was touched: %+v", m.App, m.ID, m)

@@ -268,6 +268,7 @@ type observer struct {
 	rateScale  float64
 	buckets    map[string]*bucket
 	violations int
+	violated   map[string]int // route → violations
 	peak       map[string]int // route → most requests one key got in one wall second
 }
 
@@ -296,6 +297,7 @@ func (o *observer) init(cfg Config) {
 	}
 	o.buckets = map[string]*bucket{}
 	o.peak = map[string]int{}
+	o.violated = map[string]int{}
 }
 
 func (o *observer) count(route string) {
@@ -394,6 +396,7 @@ func (o *observer) allow(key, route string, now time.Time) (bool, time.Duration)
 		return true, 0
 	}
 	o.violations++
+	o.violated[route]++
 	return false, time.Duration((1 - b.tokens) / rate * float64(time.Second))
 }
 
@@ -414,6 +417,18 @@ func (s *Sim) RateViolations() int {
 	s.obs.mu.Lock()
 	defer s.obs.mu.Unlock()
 	return s.obs.violations
+}
+
+// RateViolationsByRoute is RateViolations by route name: which limit a
+// client overran.
+func (s *Sim) RateViolationsByRoute() map[string]int {
+	s.obs.mu.Lock()
+	defer s.obs.mu.Unlock()
+	out := make(map[string]int, len(s.obs.violated))
+	for k, v := range s.obs.violated {
+		out[k] = v
+	}
+	return out
 }
 
 // Requests counts requests by route name (every arrival, refused or not).
