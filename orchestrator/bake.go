@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -83,17 +84,37 @@ func (s *step) bake(ctx context.Context) (next, error) {
 		}
 		return s.bakeRegressed(ctx, signalReadFailed, fmt.Sprintf("read the baking machine: %v", err))
 	}
+	before := decodeSignals(s.m.SignalsBefore)
 	switch {
-	case m.InstanceID != s.m.ToInstanceID || m.Image != s.m.ToImage:
+	case m.InstanceID != s.m.ToInstanceID || s.imageOf(m) != s.m.ToImage:
 		return s.bakeRegressed(ctx, signalInstanceChanged, fmt.Sprintf("the machine left the new instance during the bake: %s on instance %s image %s, not instance %s image %s",
-			m.State, m.InstanceID, m.Image, s.m.ToInstanceID, s.m.ToImage))
+			m.State, m.InstanceID, s.imageOf(m), s.m.ToInstanceID, s.m.ToImage))
 	case crashed(m, s.m.UpdatedMachineAt):
 		sig, why := flyCrash(m.Events, s.m.UpdatedMachineAt)
 		return s.bakeRegressed(ctx, sig, why)
+	case asleep(m, s.m.UpdatedMachineAt):
+		// Put down at someone's request while idle: Fly Proxy's autostop,
+		// or Hermes suspending an idle agent itself (hermes-gateway.md,
+		// "Scale to zero"). Nobody is on it, its dashboard does not
+		// answer, and that says nothing against the image: the bake goes
+		// on watching Fly's events (a user's turn wakes it on the new
+		// image), and ends on what the agent showed last.
+		if now.Before(s.m.BakeUntil) {
+			s.persistCalls(ctx)
+			return wait(min(s.o.cfg.PollInterval, s.m.BakeUntil.Sub(now)+time.Millisecond)), nil
+		}
+		last := decodeSignals(s.m.SignalsAfter)
+		if last != nil {
+			if v := judgeAgent(before, *last, true); v.regressed {
+				return s.bakeRegressed(ctx, v.signal, v.reason+" before it was put down, idle")
+			}
+		}
+		s.o.obs.BakeEnded(BakeClean, now.Sub(s.m.BakeStartedAt))
+		return s.finishDetail(ctx, store.OutcomeMigrated, "", map[string]any{"bake": "clean", "left": m.State,
+			"baked_seconds": now.Sub(s.m.BakeStartedAt).Seconds(), "note": "put down while idle during the bake (autostop or the agent itself)"})
 	case m.State == "stopped" || m.State == "failed":
 		return s.bakeRegressed(ctx, signalInstanceStopped, fmt.Sprintf("the new instance is %s during the bake", m.State))
 	}
-	before := decodeSignals(s.m.SignalsBefore)
 	st, gerr := s.o.gw.Status(ctx, s.target())
 	// Each poll is its own execution: the last good read is what was saved.
 	// It is saved again at most every half of bakeUnreadable, so that a
@@ -137,6 +158,29 @@ func (s *step) bake(ctx context.Context) (next, error) {
 		s.persistCalls(ctx)
 	}
 	return wait(min(s.o.cfg.PollInterval, s.m.BakeUntil.Sub(now)+time.Millisecond)), nil
+}
+
+// asleep reports whether the machine is down, or on its way down, at
+// someone's request since since: suspended (flyd suspends only when asked:
+// Fly Proxy's autostop, Hermes itself, a person), or stopped with the
+// newest exit since then a requested stop (fly-go's
+// MachineExitEvent.RequestedStop; flyctl reads it the same way in
+// isConstantlyRestarting). A crash is never asleep.
+func asleep(m flymachines.Machine, since time.Time) bool {
+	switch m.State {
+	case "suspended", "suspending":
+		return true
+	case "stopped", "stopping":
+		for _, e := range m.Events { // newest first
+			if !e.At.After(since) {
+				break
+			}
+			if e.Type == "exit" && e.Exit != nil {
+				return e.Exit.RequestedStop
+			}
+		}
+	}
+	return false
 }
 
 // bakeRegressed ends a bake on a regression: the canary goes to

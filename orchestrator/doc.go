@@ -203,7 +203,12 @@
 // canary to rolling_back (the same rollback as verify's) and pauses the run
 // in the same transaction, naming the machine and the signal. bake_until is
 // in Postgres, so a replica killed mid-bake leaves the rest of the bake to
-// the next. A cancelled run ends its baking canaries migrated.
+// the next. A cancelled run ends its baking canaries migrated. A canary
+// put down while idle during its bake (suspended, or stopped with a
+// requested stop: Fly Proxy's autostop, Hermes suspending itself) is not a
+// regression: the bake watches Fly's events to its end and judges what the
+// agent showed last. Canaries are picked among running machines on a host
+// that is ok: a machine moved without a launch proves nothing.
 //
 // # Every way out leaves the agent serving
 //

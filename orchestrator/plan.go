@@ -343,10 +343,13 @@ func orderByExpectedDrain(ms []PlannedMachine, est map[store.MachineKey]store.Dr
 	slices.SortStableFunc(ms, func(a, b PlannedMachine) int { return cmp.Compare(rank(b), rank(a)) })
 }
 
-// pickCanaries marks n machines to move as the run's canaries: those with
-// the shortest expected drains (no history counts as the longest), so the
-// canary gate, which holds back every other machine, opens as soon as the
-// new image has proved itself. The canary tests the image, not the drain.
+// pickCanaries marks n machines to move as the run's canaries: running
+// machines on a host that is ok first (a stopped or suspended machine is
+// moved without a launch and a host not ok is deferred: neither proves the
+// image, nor is baked), and among them those with the shortest expected
+// drains (no history counts as the longest), so the canary gate, which
+// holds back every other machine, opens as soon as the new image has
+// proved itself. The canary tests the image, not the drain.
 func pickCanaries(ms []PlannedMachine, n int) {
 	if n <= 0 {
 		return
@@ -357,13 +360,19 @@ func pickCanaries(ms []PlannedMachine, n int) {
 			idx = append(idx, i)
 		}
 	}
+	proves := func(i int) int {
+		if running(ms[i].State) && ms[i].HostOK() {
+			return 0
+		}
+		return 1
+	}
 	key := func(i int) time.Duration {
 		if ms[i].DrainSamples == 0 {
 			return math.MaxInt64
 		}
 		return ms[i].ExpectedDrain
 	}
-	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(key(a), key(b)) })
+	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Or(cmp.Compare(proves(a), proves(b)), cmp.Compare(key(a), key(b))) })
 	for _, i := range idx[:min(n, len(idx))] {
 		ms[i].Canary = true
 	}

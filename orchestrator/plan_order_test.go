@@ -14,6 +14,7 @@ func TestOrderByExpectedDrainAndPickCanaries(t *testing.T) {
 		id       string
 		upToDate bool
 		hist     time.Duration // 0: no drain history
+		state    string        // "": started
 	}
 	cases := []struct {
 		name       string
@@ -53,6 +54,13 @@ func TestOrderByExpectedDrainAndPickCanaries(t *testing.T) {
 			wantOrder: []string{"x", "k", "y"}, wantCanary: []string{"x", "k"},
 		},
 		{
+			name: "canaries run: a stopped or suspended machine (moved without a launch) or one on a host not ok only when no running one is left",
+			machines: []m{{id: "stopped", state: "stopped", hist: time.Second}, {id: "suspended", state: "suspended", hist: time.Second},
+				{id: "run", hist: time.Hour}, {id: "starting", state: "starting"}, {id: "unreachable", state: "unreachable", hist: time.Second}},
+			canaries:  3,
+			wantOrder: []string{"run", "starting", "stopped", "suspended", "unreachable"}, wantCanary: []string{"run", "starting", "stopped"},
+		},
+		{
 			name:      "more canaries than machines to move",
 			machines:  []m{{id: "a", hist: time.Minute}, {id: "up", upToDate: true}},
 			canaries:  5,
@@ -64,7 +72,14 @@ func TestOrderByExpectedDrainAndPickCanaries(t *testing.T) {
 			var ms []PlannedMachine
 			est := map[store.MachineKey]store.DrainEstimate{}
 			for _, x := range tc.machines {
-				ms = append(ms, PlannedMachine{Machine: flymachines.Machine{App: "app", ID: x.id}, UpToDate: x.upToDate})
+				mach := flymachines.Machine{App: "app", ID: x.id, State: x.state}
+				switch x.state {
+				case "":
+					mach.State = "started"
+				case "unreachable":
+					mach.State, mach.HostStatus = "started", "unreachable"
+				}
+				ms = append(ms, PlannedMachine{Machine: mach, UpToDate: x.upToDate})
 				if x.hist > 0 && !x.upToDate {
 					est[store.MachineKey{App: "app", MachineID: x.id}] = store.DrainEstimate{Mean: x.hist, Samples: 3}
 				}

@@ -440,3 +440,40 @@ func TestBakeToleratesABriefOutage(t *testing.T) {
 		t.Error("no status read failed during the outage: the test did not test it")
 	}
 }
+
+// A canary put down while idle during its bake — Fly Proxy's autostop
+// stopping it, or Hermes suspending an idle agent itself (hermes-gateway.md,
+// "Scale to zero") — is not a regression: nobody is on it and it did not
+// crash (the stop was requested). Its bake ends clean, on what the agent
+// showed last, and the run widens.
+func TestCanaryPutDownIdleDuringBakeIsClean(t *testing.T) {
+	t.Parallel()
+	for _, autostop := range []string{"suspend", "stop"} {
+		t.Run(autostop, func(t *testing.T) {
+			t.Parallel()
+			shape := func(string) []fleetsim.MachineShape { return []fleetsim.MachineShape{{Autostop: autostop}} }
+			w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 3, APISimTime: true, Shape: shape, AutostopAfter: 5 * time.Minute}})
+			bake := 10 * time.Minute
+			run := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, MaxUnavailable: "3", Canary: 1,
+				CanaryBakeOverride: &bake, IdleWaitOverride: new(time.Duration)})
+			if r := w.waitRun(run.ID, time.Minute); r.State != store.RunSucceeded {
+				t.Fatalf("run %s (%s), want succeeded: a canary put down while idle did not regress", r.State, r.StateReason)
+			}
+			ms, _ := w.st.Q().ListMigrations(context.Background(), run.ID)
+			for _, m := range ms {
+				if !m.Canary {
+					continue
+				}
+				if m.Outcome != store.OutcomeMigrated || m.BakeUntil.Sub(m.BakeStartedAt) != bake {
+					t.Errorf("canary %s: %s, baked %s, want migrated after a whole bake of %s", m.Target(), m.Outcome, m.BakeUntil.Sub(m.BakeStartedAt), bake)
+				}
+				if v := w.sim.Machine(m.App, m.MachineID); v.Autostops == 0 || v.Updates != 1 || v.AgentImage != imgV2 {
+					t.Errorf("canary %+v: want put down by its autostop during the bake, on %s, updated once", v, imgV2)
+				}
+				if baked, ok := eventOf(w.eventsOf(run.ID, m.MachineID), "machine.migrated"); !ok || baked.Detail["bake"] != "clean" {
+					t.Errorf("canary's migrated event %+v", baked.Detail)
+				}
+			}
+		})
+	}
+}
