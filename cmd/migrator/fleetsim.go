@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +37,8 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		terminalNous      []string
 		crashLoop         []string
 		platformDown      []string
+		drainTurns        string
+		apiSimTime        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "fleetsim --apps N --listen 127.0.0.1:PORT",
@@ -59,6 +62,11 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			"--platform-down APP=PLATFORM[:CODE] (down on every image: down before a migration too).\n" +
 			"--gated-bind serves the dashboards as on a non-loopback bind: an older Hermes answers the\n" +
 			"drain route 401 before routing, like an agent without a secret.\n\n" +
+			"For the benchmark (`migrator bench --scenario replicas` runs it as its own process):\n" +
+			"--drain-turns MEDIAN[:SIGMA] starts a turn of agent work on a machine whenever a drain is\n" +
+			"begun on it, log-normal (default σ 1) from --seed and the machine's name, so every drain\n" +
+			"waits its own length; --api-sim-time puts Fly's rate limits and /wait timeouts on the\n" +
+			"simulated clock (for clients that pace themselves on MIGRATOR_CLOCK).\n\n" +
 			"A --scenario TOML file describes the fleet, workload and faults (see package fleetsim);\n" +
 			"flags given explicitly override it. Observe and inject faults at runtime through\n" +
 			"GET /_sim/state, POST /_sim/faults and POST /_sim/control (Bearer FLY_API_TOKEN).",
@@ -128,6 +136,14 @@ func newFleetsimCmd(e *env) *cobra.Command {
 				return usagef("%s: --legacy-apps and --unprovisioned-apps must not be negative", cmd.CommandPath())
 			}
 			cfg.DayOne(legacy, noSecret)
+			if drainTurns != "" {
+				dt, err := parseDrainTurns(drainTurns)
+				if err != nil {
+					return usagef("%s: %v", cmd.CommandPath(), err)
+				}
+				cfg.Workload.AtDrain = &dt
+			}
+			cfg.APISimTime = apiSimTime
 			if stoppedApps < 0 || suspendedApps < 0 || stoppedApps+suspendedApps > cfg.Apps {
 				return usagef("%s: --stopped-apps and --suspended-apps must be 0 or more and together at most --apps", cmd.CommandPath())
 			}
@@ -250,7 +266,28 @@ func newFleetsimCmd(e *env) *cobra.Command {
 	f.StringArrayVar(&terminalNous, "terminal-nous", nil, "IMAGE: gateways on IMAGE report nous_session_valid terminal (repeatable)")
 	f.StringArrayVar(&crashLoop, "crash-loop", nil, "IMAGE=AFTER[:oom]: instances on IMAGE exit AFTER (e.g. 6s) after first serving, again after each restart (repeatable)")
 	f.StringArrayVar(&platformDown, "platform-down", nil, "APP=PLATFORM[:CODE]: that agent's PLATFORM is fatal on every image (repeatable)")
+	f.StringVar(&drainTurns, "drain-turns", "", "MEDIAN[:SIGMA]: a turn of agent work starts with every drain begun, log-normal (the benchmark's drain model)")
+	f.BoolVar(&apiSimTime, "api-sim-time", false, "Fly's rate limits and /wait timeouts on the simulated clock (clients pacing on MIGRATOR_CLOCK)")
 	return cmd
+}
+
+// parseDrainTurns reads --drain-turns MEDIAN[:SIGMA] (σ default 1).
+func parseDrainTurns(v string) (fleetsim.DrainTurns, error) {
+	med, sig, hasSigma := strings.Cut(strings.TrimSpace(v), ":")
+	dt := fleetsim.DrainTurns{Sigma: 1}
+	d, err := time.ParseDuration(med)
+	if err != nil || d <= 0 {
+		return dt, fmt.Errorf("--drain-turns %q: want MEDIAN[:SIGMA] with a positive duration, e.g. 30s:1", v)
+	}
+	dt.Median = d
+	if hasSigma {
+		f, err := strconv.ParseFloat(sig, 64)
+		if err != nil || f < 0 || f > 5 {
+			return dt, fmt.Errorf("--drain-turns %q: σ must be a number in [0, 5]", v)
+		}
+		dt.Sigma = f
+	}
+	return dt, nil
 }
 
 // simFaults are fleetsim's fault flags, parsed before the simulator starts.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermes-cloud/migrator/internal/drainsecret"
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/logbuf"
 )
@@ -112,6 +113,89 @@ func TestFleetsimActivity(t *testing.T) {
 	<-done
 }
 
+// --drain-turns starts the benchmark's turn with every drain begun: the
+// agent is idle until its drain, then busy with one turn.
+func TestFleetsimDrainTurns(t *testing.T) {
+	var stdout, stderr logbuf.Buffer
+	e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, e, []string{"fleetsim", "--apps", "2", "--drain-turns", "1h:0", "--api-sim-time", "--time-scale", "20",
+			"--listen", "127.0.0.1:0", "--seed", "3"})
+	}()
+	vars := waitFleetsimEnv(t, &stdout, &stderr)
+	exports := fleetsim.ParseExports(stdout.String())
+	base := strings.NewReplacer("{app}", "hermes-agent-1").Replace(exports["MIGRATOR_GATEWAY_URL"])
+	var st fleetsim.State
+	get := func() {
+		t.Helper()
+		req, _ := http.NewRequest("GET", vars["FLY_FLAPS_BASE_URL"]+"/_sim/state", nil)
+		req.Header.Set("Authorization", "Bearer "+vars["FLY_API_TOKEN"])
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		if err := json.NewDecoder(res.Body).Decode(&st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get()
+	var id string
+	for _, m := range st.Machines {
+		if m.ActiveAgents != 0 {
+			t.Fatalf("%s busy before any drain", m.App)
+		}
+		if m.App == "hermes-agent-1" {
+			id = m.ID
+		}
+	}
+	key := exports["MIGRATOR_DRAIN_KEY"]
+	req, err := http.NewRequest("POST", strings.Replace(base, "{machine_id}", id, 1)+"/api/gateway/drain",
+		strings.NewReader(`{"action":"drain","suppress_notification":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+drainsecret.Derive([]byte(key), "hermes-agent-1"))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("begin: %d", res.StatusCode)
+	}
+	get()
+	for _, m := range st.Machines {
+		if want := map[bool]int{true: 1, false: 0}[m.ID == id]; m.ActiveAgents != want || m.DrainsBegun != want {
+			t.Errorf("%s: active %d, drains begun %d; want %d", m.App, m.ActiveAgents, m.DrainsBegun, want)
+		}
+	}
+	cancel()
+	<-done
+}
+
+// What fleetsim prints, a program starting it reads back.
+func TestFleetsimExportsRoundTrip(t *testing.T) {
+	vals := map[string]string{"A": "plain-1.2:3", "B": "http://h/{app}/{machine_id}", "C": "it's a 'quote' \\ and $HOME", "D": ""}
+	var b strings.Builder
+	for k, v := range vals {
+		b.WriteString("export " + k + "=" + shellQuote(v) + "\n")
+	}
+	b.WriteString("fleetsim: not an export\n")
+	got := fleetsim.ParseExports(b.String())
+	if len(got) != len(vals) {
+		t.Fatalf("parsed %v from %q", got, b.String())
+	}
+	for k, v := range vals {
+		if got[k] != v {
+			t.Errorf("%s: %q, want %q (printed %q)", k, got[k], v, shellQuote(v))
+		}
+	}
+}
+
 func TestFleetsimUsage(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.toml")
@@ -129,6 +213,9 @@ func TestFleetsimUsage(t *testing.T) {
 		{"fleetsim", "--turns-per-hour", "3"},
 		{"fleetsim", "--activity", "--turns-per-hour", "0"},
 		{"fleetsim", "--activity", "--long-task-share", "2"},
+		{"fleetsim", "--drain-turns", "0s"},
+		{"fleetsim", "--drain-turns", "30s:many"},
+		{"fleetsim", "--drain-turns", "30s:9"},
 	} {
 		var stdout, stderr bytes.Buffer
 		e := &env{getenv: func(string) string { return "" }, stdout: &stdout, stderr: &stderr}

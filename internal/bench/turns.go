@@ -3,9 +3,6 @@ package bench
 import (
 	"container/heap"
 	"context"
-	"hash/fnv"
-	"math"
-	mrand "math/rand/v2"
 	"sync"
 	"time"
 
@@ -31,16 +28,13 @@ type turnPlan struct {
 }
 
 func (p turnPlan) duration(app, machineID string, round int) time.Duration {
-	if p.fixed {
-		return p.median
-	}
-	h := fnv.New64a()
-	h.Write([]byte(app + "/" + machineID))
-	key := h.Sum64()
-	agent := mrand.New(mrand.NewPCG(uint64(p.seed), key)).NormFloat64()
-	moment := mrand.New(mrand.NewPCG(uint64(p.seed), key^(uint64(round+1)*0x9e3779b97f4a7c15))).NormFloat64()
-	z := math.Sqrt(p.persistence)*agent + math.Sqrt(1-p.persistence)*moment
-	return max(time.Duration(float64(p.median)*math.Exp(p.sigma*z)), time.Millisecond)
+	return p.drainTurns().Duration(p.seed, app, machineID, round)
+}
+
+// drainTurns is the same draw as the simulator's drain model (a simulator
+// in another process starts each drain's turn itself, fleetsim.DrainTurns).
+func (p turnPlan) drainTurns() fleetsim.DrainTurns {
+	return fleetsim.DrainTurns{Median: p.median, Sigma: p.sigma, Persistence: p.persistence, Fixed: p.fixed}
 }
 
 // drainTurns sits between the orchestrator and its gateway client. It

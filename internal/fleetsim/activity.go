@@ -182,6 +182,10 @@ func earlier(a, b time.Time) time.Time {
 type Refusal struct {
 	App, MachineID, Session string
 	At                      time.Time
+	// DrainBegunAt is when the begin that wrote the marker was received
+	// (a refresh keeps it); NoticedAt when the gateway's watcher saw it
+	// and began refusing.
+	DrainBegunAt, NoticedAt time.Time
 }
 
 // Refusals returns every refused turn so far, in the order they were
@@ -230,4 +234,53 @@ func (s *Sim) Activity() ActivityStats {
 		}
 	}
 	return a
+}
+
+// IdleMoment is the first instant t ≥ from at which the agent of machine
+// (app, id) has no turn in flight and no turn arrives within window after
+// t: the first moment at which a drain begun could end in the recreate's
+// SIGTERM without refusing a turn, window being what the drain needs at
+// least (the watcher noticing the marker, a status read that finds it
+// quiescent, the update). It replays the agent's workload from the
+// simulation's start (the same draws as the live agent: seed and name), so
+// the live agent is not disturbed; turns added at run time (AddTurn, the
+// benchmark's drain turns) are not part of it, nor are wakes. ok=false:
+// there is no such moment before from+horizon, or no such machine.
+func (s *Sim) IdleMoment(app, id string, from time.Time, window, horizon time.Duration) (time.Time, bool) {
+	s.mu.Lock()
+	m := s.lookup(app, id)
+	if m == nil {
+		s.mu.Unlock()
+		return time.Time{}, false
+	}
+	ts := s.workloadTurns(m)
+	s.mu.Unlock()
+	return idleMoment(&ts, from, window, from.Add(horizon))
+}
+
+// idleMoment walks turns (in start order) to the first idle moment t ≥
+// from with no arrival in (t, t+window], before until.
+func idleMoment(ts *turnSource, from time.Time, window time.Duration, until time.Time) (time.Time, bool) {
+	cand := from
+	var busyUntil time.Time // the latest end of the turns started so far
+	for !cand.After(until) {
+		// Every turn that started by cand is in flight until its end.
+		for {
+			at, ok := ts.peek()
+			if !ok || at.After(cand) {
+				break
+			}
+			busyUntil = later(busyUntil, ts.pop().end())
+		}
+		if busyUntil.After(cand) {
+			cand = busyUntil
+			continue
+		}
+		at, ok := ts.peek()
+		if !ok || at.After(cand.Add(window)) {
+			return cand, true
+		}
+		cand = at // an arrival within the window: wait for it to end
+	}
+	return time.Time{}, false
 }

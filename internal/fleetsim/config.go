@@ -181,6 +181,10 @@ type Workload struct {
 	// script (offsets from the simulation's start), called once per machine
 	// at New with a generator seeded for that machine.
 	Turns func(app, machineID string, rng *mrand.Rand) []Turn
+	// AtDrain, if set, starts the benchmark's turn on a machine whenever a
+	// drain is begun on it (DrainTurns). It goes with any of the above
+	// (an otherwise idle fleet, for the benchmark).
+	AtDrain *DrainTurns
 }
 
 // Turn is one unit of agent work: a chat turn of Session beginning Start
@@ -396,6 +400,9 @@ func (c Config) validate() error {
 		if err := w.Activity.validate(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if w.AtDrain != nil && !w.AtDrain.valid() {
+		errs = append(errs, fmt.Errorf("workload: drain turns need a positive median, sigma in [0, 5] and persistence in [0, 1], got %+v", *w.AtDrain))
 	}
 	for name, l := range c.Limits {
 		if l.Rate <= 0 || l.Burst <= 0 {

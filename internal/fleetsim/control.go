@@ -224,3 +224,39 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 	}
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
 }
+
+// ParseExports reads the environment `migrator fleetsim` prints ("export
+// K=V" lines, V single-quoted for a POSIX shell when it holds anything but
+// safe characters), for a program that starts the simulator as its own
+// process. Other lines are ignored.
+func ParseExports(text string) map[string]string {
+	out := map[string]string{}
+	for _, line := range strings.Split(text, "\n") {
+		k, v, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "export "), "=")
+		if !ok || k == "" || strings.ContainsAny(k, " \t") {
+			continue
+		}
+		out[k] = unquoteShell(v)
+	}
+	return out
+}
+
+// unquoteShell undoes POSIX single quoting ('a'\''b' is a'b).
+func unquoteShell(v string) string {
+	if !strings.HasPrefix(v, "'") {
+		return v
+	}
+	var b strings.Builder
+	for quoted, i := false, 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '\'':
+			quoted = !quoted
+		case c == '\\' && !quoted && i+1 < len(v):
+			i++
+			b.WriteByte(v[i])
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}

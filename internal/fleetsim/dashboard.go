@@ -48,6 +48,7 @@ func (s *Sim) handleGateway(w http.ResponseWriter, r *http.Request) {
 		refuse() // no such host
 	}
 	now := s.clk.Now()
+	m.noteRequest(now)
 	s.pump(now)
 	s.advance(m, now)
 	if m.dashboardDown || s.phaseAt(m, now) == phaseOff {
@@ -225,7 +226,13 @@ func (s *Sim) handleDrain(w http.ResponseWriter, r *http.Request, m *machine) {
 		if !s.markerCurrent(m, now) {
 			// A new drain: the watcher notices it on its next tick. A
 			// refresh of a current one changes only its age and flag.
-			m.marker = &marker{noticeAt: now.Add(s.cfg.WatcherDelay)}
+			m.marker = &marker{noticeAt: now.Add(s.cfg.WatcherDelay), begunAt: now}
+			if at := s.cfg.Workload.AtDrain; at != nil {
+				// The benchmark's drain model: a turn starts with the drain
+				// (served: the watcher has not noticed the marker yet).
+				m.turns.add(absTurn{session: DrainTurnSession, start: now, dur: at.Duration(s.cfg.Seed, m.app.name, m.id, m.drainsBegun)})
+			}
+			m.drainsBegun++
 		} else {
 			cp := *m.marker
 			m.marker = &cp

@@ -201,6 +201,20 @@
 // the busy-fraction generator it is lazy, one turn ahead per machine, and
 // reproducible from Seed and the machine's name.
 //
+// Workload.AtDrain (DrainTurns) is the fleet benchmark's drain model, not
+// an agent's behaviour: a turn of a drawn length starts on a machine as a
+// drain is begun on it, so each drain waits its own length whatever the
+// schedule (a benchmark in another process draws the same lengths).
+// IdleMoment replays an agent's workload from the start to the first
+// moment after a given one at which it has nothing in flight and nothing
+// arrives for a window: the earliest a drain could end without refusing a
+// turn (the activity benchmark's LB_idle).
+//
+// Every request for a machine (a Machines API call on it, its dashboard)
+// is counted on it with its time; MachineView.LongestQuiet is the longest
+// pause between two, the benchmark's "longest a machine stood still".
+// Each Refusal names the drain that refused it (begun, noticed).
+//
 // Drain time: each agent accrues the time its gateway_state was "draining"
 // (from the watcher noticing the marker to a cancel, the marker's expiry,
 // the SIGTERM of a recreate, or the gateway dying), exactly, at its next

@@ -148,6 +148,9 @@ func (s *Sim) fly(route string, sc scope, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Fly-Request-Id", s.requestID())
 		s.obs.count(route)
+		if sc == scopeMachine {
+			s.noteMachineRequest(r.PathValue("app"), r.PathValue("id"))
+		}
 		if !s.obs.delay(r.Context(), route) {
 			return
 		}

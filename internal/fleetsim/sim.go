@@ -190,6 +190,16 @@ type machine struct {
 	disrupted bool
 	disGen    uint64
 	waitCh    chan struct{} // closed on the next mutation; nil if nobody waits
+
+	// drainsBegun counts the drains begun on the machine (new markers).
+	drainsBegun int
+	// The requests for this machine (Machines API calls on it, its
+	// dashboard): how many, the first and last, and the longest time
+	// between two consecutive ones (when it ended).
+	requests          int
+	firstReq, lastReq time.Time
+	longestQuiet      time.Duration
+	longestQuietEnd   time.Time
 }
 
 type pastInstance struct{ id, state string }
@@ -213,6 +223,7 @@ type marker struct {
 	requestedAt time.Time
 	suppress    bool
 	noticeAt    time.Time // when the watcher sees it
+	begunAt     time.Time // the begin that wrote it (a refresh keeps it)
 }
 
 // New builds the fleet; Start serves it.
@@ -338,23 +349,32 @@ func (s *Sim) initialConfig(base fly.MachineConfig, appName string, m *machine) 
 }
 
 func (s *Sim) initTurns(m *machine) {
+	m.turns = s.workloadTurns(m)
+	m.accruedTo = s.origin
+}
+
+// workloadTurns is machine m's workload from the simulation's start: the
+// same draws every time it is called (seed and name alone), so IdleMoment
+// can replay what the live agent does.
+func (s *Sim) workloadTurns(m *machine) turnSource {
+	var ts turnSource
 	w := s.cfg.Workload
 	switch {
 	case w.Turns != nil:
 		rng := mrand.New(mrand.NewPCG(uint64(s.cfg.Seed), hashKey(m.app.name+"/"+m.id)))
 		for _, t := range w.Turns(m.app.name, m.id, rng) {
-			m.turns.add(absTurn{session: t.Session, start: s.origin.Add(t.Start), dur: t.Duration})
+			ts.add(absTurn{session: t.Session, start: s.origin.Add(t.Start), dur: t.Duration})
 		}
 	case w.Activity != nil:
 		var inflight []absTurn
-		m.turns.gen, inflight = newActivity(s.cfg.Seed, m.app.name+"/"+m.id, s.origin, *w.Activity)
+		ts.gen, inflight = newActivity(s.cfg.Seed, m.app.name+"/"+m.id, s.origin, *w.Activity)
 		for _, t := range inflight {
-			m.turns.add(t)
+			ts.add(t)
 		}
 	case w.BusyFraction > 0:
-		m.turns.gen = newGenerator(s.cfg.Seed, m.app.name+"/"+m.id, s.origin, w)
+		ts.gen = newGenerator(s.cfg.Seed, m.app.name+"/"+m.id, s.origin, w)
 	}
-	m.accruedTo = s.origin
+	return ts
 }
 
 func (s *Sim) hexID(n int) string {
@@ -512,7 +532,8 @@ func (s *Sim) advance(m *machine, now time.Time) {
 			m.lastTraffic = later(m.lastTraffic, t.end())
 		case phaseDraining:
 			m.refused++
-			s.refusals = append(s.refusals, Refusal{App: m.app.name, MachineID: m.id, At: t.start, Session: t.session})
+			s.refusals = append(s.refusals, Refusal{App: m.app.name, MachineID: m.id, At: t.start, Session: t.session,
+				DrainBegunAt: m.marker.begunAt, NoticedAt: m.marker.noticeAt})
 		default:
 			m.missed++
 		}
@@ -531,6 +552,27 @@ func pruneTurns(ts []absTurn, now time.Time) []absTurn {
 	}
 	clear(ts[len(out):])
 	return out
+}
+
+// noteRequest counts a request for m at now (call with s.mu held): its
+// first, its last, and the longest time between two consecutive ones.
+func (m *machine) noteRequest(now time.Time) {
+	m.requests++
+	if m.firstReq.IsZero() {
+		m.firstReq = now
+	} else if gap := now.Sub(m.lastReq); gap > m.longestQuiet {
+		m.longestQuiet, m.longestQuietEnd = gap, now
+	}
+	m.lastReq = later(m.lastReq, now)
+}
+
+// noteMachineRequest is noteRequest for a request naming app and id.
+func (s *Sim) noteMachineRequest(app, id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m := s.lookup(app, id); m != nil {
+		m.noteRequest(s.clk.Now())
+	}
 }
 
 // active is the number of turns in flight; call after advance.
@@ -847,6 +889,18 @@ type MachineView struct {
 	// DrainingTime is how long the gateway has been "draining" in all
 	// (refusing every new turn), since the simulation's start.
 	DrainingTime time.Duration
+	// DrainsBegun counts the drains begun on it (new markers, not
+	// refreshes).
+	DrainsBegun int
+	// Requests counts the requests for this machine (Machines API calls
+	// on it, its dashboard; not app listings), FirstRequest and
+	// LastRequest are the first and last, and LongestQuiet is the longest
+	// time between two consecutive ones (ending at LongestQuietEnd): for
+	// a machine moved once, the longest its migration stood still.
+	Requests                  int
+	FirstRequest, LastRequest time.Time
+	LongestQuiet              time.Duration
+	LongestQuietEnd           time.Time
 }
 
 // Machine returns the view of one machine; it panics on an unknown name.
@@ -888,6 +942,8 @@ func (s *Sim) view(m *machine, now time.Time) MachineView {
 		TurnsServed:    m.served, TurnsRefused: m.refused, TurnsMissed: m.missed,
 		TurnsInterrupted: m.interrupted, TurnsLost: m.lost, DrainingTime: m.draining,
 		NousSession: s.nousAt(m), Restarts: m.restarts, Platforms: map[string]string{},
+		Requests: m.requests, FirstRequest: m.firstReq, LastRequest: m.lastReq, LongestQuiet: m.longestQuiet,
+		LongestQuietEnd: m.longestQuietEnd, DrainsBegun: m.drainsBegun,
 	}
 	for name, p := range s.platformStates(m, ph, now) {
 		v.Platforms[name] = p.State
