@@ -241,7 +241,7 @@ func ParseExports(text string) map[string]string {
 	return out
 }
 
-// unquoteShell undoes POSIX single quoting ('a'\''b' is a'b).
+// unquoteShell undoes POSIX single quoting ('a'\”b' is a'b).
 func unquoteShell(v string) string {
 	if !strings.HasPrefix(v, "'") {
 		return v
