@@ -241,7 +241,9 @@ func ParseExports(text string) map[string]string {
 	return out
 }
 
-// unquoteShell undoes POSIX single quoting ('a'\”b' is a'b).
+// unquoteShell undoes POSIX single quoting: text between single quotes is
+// literal, and outside them a backslash escapes the next character (a
+// quote inside a quoted value is written as quote, backslash, quote, quote).
 func unquoteShell(v string) string {
 	if !strings.HasPrefix(v, "'") {
 		return v
