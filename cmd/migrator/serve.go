@@ -22,8 +22,10 @@ import (
 
 const (
 	httpAddrEnv = "MIGRATOR_HTTP_ADDR"
-	// fetchPollEnv lowers River's fetch poll for the simulator's scaled time.
+	// fetchPollEnv lowers River's fetch poll for the simulator's scaled time,
+	// and fillEveryEnv the period of the budget's fill safety net (10s).
 	fetchPollEnv = "MIGRATOR_FETCH_POLL_INTERVAL"
+	fillEveryEnv = "MIGRATOR_FILL_INTERVAL"
 	// jobTimeoutEnv and rescueAfterEnv override River's crash-safety tuning
 	// (orchestrator.RiverOptions); the defaults resume a dead replica's
 	// machine within two minutes.
@@ -55,6 +57,7 @@ func newServeCmd(e *env) *cobra.Command {
 			"It has no write endpoints. Notifications for on-call (a run paused or failed, an agent\n" +
 			"left draining, …) go to the sinks of the config file's [[notify.sinks]] or the\n" +
 			"MIGRATOR_NOTIFY_* variables (see `migrator notify --help`); without any, none is written.\n" +
+			pprofAddrEnv + " (off by default) serves Go's profiles on a loopback address only.\n" +
 			"SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
 			"to finish, the rest is handed back to the other replicas; exit 0.\n\n" +
 			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; see the README for the rest.\n" +
@@ -82,6 +85,10 @@ func serve(ctx context.Context, e *env) error {
 		addr = ":8080"
 	}
 	fetchPoll, err := envDuration(e, fetchPollEnv, time.Second)
+	if err != nil {
+		return err
+	}
+	fillEvery, err := envDuration(e, fillEveryEnv, 0)
 	if err != nil {
 		return err
 	}
@@ -130,7 +137,7 @@ func serve(ctx context.Context, e *env) error {
 	if err := notifier.Register(ctx); err != nil {
 		return err
 	}
-	opts := orchestrator.RiverOptions{Workers: max(c.workers, 1), FetchPollInterval: fetchPoll,
+	opts := orchestrator.RiverOptions{Workers: max(c.workers, 1), FetchPollInterval: fetchPoll, FillEvery: fillEvery,
 		JobTimeout: jobTimeout, RescueAfter: rescueAfter, Logger: log, Observer: met,
 		Extensions: []orchestrator.RiverExtension{notifier}}
 	if au := c.settings.autoUpdate; au != nil {
@@ -145,9 +152,20 @@ func serve(ctx context.Context, e *env) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
+	pln, err := listenPprof(e)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
+		if pln != nil {
+			_ = pln.Close()
+		}
 		return usagef("%s=%s: %v", httpAddrEnv, addr, err)
+	}
+	if pln != nil {
+		psrv := servePprof(pln, log)
+		defer psrv.Close()
 	}
 	// Whether the view is served, and how, depends on where serve really
 	// listens (web.go).
@@ -178,7 +196,8 @@ func serve(ctx context.Context, e *env) error {
 	if len(ncfg.Sinks) == 0 {
 		notifyAttrs = []any{"notification_sinks", "none (nothing is written to the outbox)"}
 	}
-	log.Info("serving", append(append([]any{"http_addr", ln.Addr().String(), "web_view", mode.String()}, c.settings.logAttrs()...),
+	log.Info("serving", append(append([]any{"http_addr", ln.Addr().String(), "web_view", mode.String(), "replica", client.ID()},
+		c.settings.logAttrs()...),
 		notifyAttrs...)...)
 	<-ctx.Done()
 
