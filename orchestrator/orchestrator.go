@@ -119,6 +119,13 @@ const (
 	rescueAfter = 75 * time.Second
 )
 
+// DefaultJobTimeout and DefaultRescueAfter are RiverOptions' defaults (the
+// crash-safety tuning above).
+const (
+	DefaultJobTimeout  = jobTimeout
+	DefaultRescueAfter = rescueAfter
+)
+
 type retryPolicy struct{}
 
 func (retryPolicy) NextRetry(job *rivertype.JobRow) time.Time {

@@ -26,6 +26,7 @@ func init() { register(newBenchCmd) }
 func newBenchCmd(e *env) *cobra.Command {
 	var (
 		fleet, drainWait, large, activity bench.Config
+		replicas                          bench.ReplicasConfig
 		turnsAt, out                      string
 		timeout                           time.Duration
 		scenarios                         []string
@@ -50,7 +51,16 @@ func newBenchCmd(e *env) *cobra.Command {
 			"              twice by an auto-update run from the same starting state: with idle wait 0\n" +
 			"              (the drain begins at once) and with the policy's idle wait (idle-first):\n" +
 			"              turns refused and interrupted, agent-seconds draining, deferrals, makespan\n" +
-			"              of the migrated machines ÷ LB_r, calls and SQL per machine, side by side.\n\n" +
+			"              of the migrated machines ÷ LB_idle, calls and SQL per machine, side by side;\n" +
+			"  replicas    --replicas-machines (default 10,000) machines, B = --replicas-budget (100),\n" +
+			"              moved by real `migrator serve` processes (this binary, or --replicas-binary)\n" +
+			"              against one PostgreSQL and one `migrator fleetsim` process, at\n" +
+			"              --replicas-time-scale (20): once per count of --replicas-counts (1,3), then\n" +
+			"              with the most replicas and River's leader SIGKILLed at --replicas-kill-at\n" +
+			"              (0.4) of the machines done: makespan ÷ LB, SQL (pg_stat_statements) and Fly\n" +
+			"              calls per machine, connections, per-replica RSS and CPU, the spread of the\n" +
+			"              machines, exactly-once updates, the longest a machine stood still, and the\n" +
+			"              heap of one replica at full load (its MIGRATOR_PPROF_ADDR).\n\n" +
 			"--scenario picks some of them (repeat it or separate with commas; default all). When it\n" +
 			"leaves some out and --out names an existing results file, the sections of the scenarios\n" +
 			"run replace theirs in it and the rest is kept, with a note saying which were not re-run.\n\n" +
@@ -93,6 +103,10 @@ func newBenchCmd(e *env) *cobra.Command {
 				return usagef("%s: history rounds need --turns-at drain (turns from t=0 happen once)", cmd.CommandPath())
 			case activity.Machines < 1 || activity.Budget < 1 || activity.TimeScale <= 0 || activity.PeekBackoffMax < 0:
 				return usagef("%s: --activity-machines and --activity-budget must be at least 1, --activity-time-scale positive", cmd.CommandPath())
+			case replicas.Machines < 1 || replicas.Budget < 1 || replicas.TimeScale <= 0:
+				return usagef("%s: --replicas-machines and --replicas-budget must be at least 1, --replicas-time-scale positive", cmd.CommandPath())
+			case !(replicas.KillAt >= 0 && replicas.KillAt < 1):
+				return usagef("%s: --replicas-kill-at must be in [0, 1) (0: no kill run), got %g", cmd.CommandPath(), replicas.KillAt)
 			case !(fleet.SuspendedShare >= 0 && fleet.SuspendedShare < 1):
 				return usagef("%s: --suspended-share must be in [0, 1), got %g", cmd.CommandPath(), fleet.SuspendedShare)
 			case out == "":
@@ -164,7 +178,24 @@ func newBenchCmd(e *env) *cobra.Command {
 			if want["activity"] {
 				rep.AtOnce, rep.IdleFirst = runActivity(activity, common, runScenario)
 			}
-			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil && rep.AtOnce == nil && rep.IdleFirst == nil {
+			if want["replicas"] && runErr == nil {
+				if replicas.Binary == "" {
+					if replicas.Binary, err = os.Executable(); err != nil {
+						return fmt.Errorf("replicas scenario: find this binary: %w (give --replicas-binary)", err)
+					}
+				}
+				replicas.Seed, replicas.TurnMedian, replicas.TurnSigma, replicas.Logger = fleet.Seed, fleet.TurnMedian, fleet.TurnSigma, log
+				replicas.Timeout = timeout
+				if replicas.KillAt == 0 {
+					replicas.KillAt = -1 // no kill run
+				}
+				var rerr error
+				rep.Replicas, rerr = bench.RunReplicas(cmd.Context(), replicas)
+				if rerr != nil {
+					runErr = fmt.Errorf("replicas scenario: %w", rerr)
+				}
+			}
+			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil && rep.AtOnce == nil && rep.IdleFirst == nil && len(rep.Replicas) == 0 {
 				return runErr
 			}
 			rep.Wall = time.Since(start)
@@ -234,13 +265,19 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.IntVar(&activity.Budget, "activity-budget", bench.DefaultBudget, "activity scenario: fleet budget B")
 	f.Float64Var(&activity.TimeScale, "activity-time-scale", bench.DefaultActivityTimeScale, "activity scenario: time scale")
 	f.DurationVar(&activity.PeekBackoffMax, "activity-peek-backoff-max", 0, "activity scenario: longest pause between status reads of a busy agent (0: the orchestrator's, 1m)")
-	f.StringSliceVar(&scenarios, "scenario", nil, "scenarios to run: fleet, drain-wait, large, activity (default all)")
+	f.IntVar(&replicas.Machines, "replicas-machines", bench.DefaultReplicasMachines, "replicas scenario: machines")
+	f.IntVar(&replicas.Budget, "replicas-budget", bench.DefaultBudget, "replicas scenario: fleet budget B")
+	f.Float64Var(&replicas.TimeScale, "replicas-time-scale", bench.DefaultReplicasTimeScale, "replicas scenario: time scale")
+	f.IntSliceVar(&replicas.Replicas, "replicas-counts", bench.DefaultReplicaCounts, "replicas scenario: serve processes of each run")
+	f.Float64Var(&replicas.KillAt, "replicas-kill-at", bench.DefaultReplicasKillAt, "replicas scenario: share of machines done at which River's leader is killed in a last run (0: no kill run)")
+	f.StringVar(&replicas.Binary, "replicas-binary", "", "replicas scenario: the migrator binary to run (default: this one)")
+	f.StringSliceVar(&scenarios, "scenario", nil, "scenarios to run: fleet, drain-wait, large, activity, replicas (default all)")
 	f.StringVar(&out, "out", "bench/results.md", "results file (- for stdout)")
 	return cmd
 }
 
 // benchScenarioNames are --scenario's values.
-var benchScenarioNames = []string{"fleet", "drain-wait", "large", "activity"}
+var benchScenarioNames = []string{"fleet", "drain-wait", "large", "activity", "replicas"}
 
 // benchScenarios reads --scenario: none given is all of them.
 func benchScenarios(names []string) (map[string]bool, error) {

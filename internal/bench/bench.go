@@ -203,7 +203,7 @@ func historyRound(ctx context.Context, orch *orchestrator.Orchestrator, db *pgxp
 		return Round{}, fmt.Errorf("history round %d: %w", round+1, err)
 	}
 	r := Result{Config: cfg}
-	if err := r.collect(ctx, db, run.ID, sim0, simOf, turns); err != nil {
+	if err := r.collect(ctx, db, run.ID, sim0, simOf, turns.drawnOnly); err != nil {
 		return Round{}, err
 	}
 	if final.State != store.RunSucceeded {
@@ -473,7 +473,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.Plateau = s.plateau()
 	res.Warnings, res.WarningTexts = warn.count()
 
-	if err := res.collect(ctx, monitor, run.ID, runSim0, simOf, turns); err != nil {
+	if err := res.collect(ctx, monitor, run.ID, runSim0, simOf, turns.drawnOnly); err != nil {
 		return res, err
 	}
 	if cfg.SuspendedShare > 0 {
@@ -494,7 +494,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 // collect reads every machine's timestamps and computes the schedule figures.
 func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 time.Time,
-	simOf func(time.Time) time.Time, turns *drainTurns) error {
+	simOf func(time.Time) time.Time, drawn func(app, id string) time.Duration) error {
 	r.CallsByKind = map[string]int{}
 	krows, err := db.Query(ctx, `SELECT kind, count(*) FROM events WHERE run_id = $1 AND http_method <> '' GROUP BY kind`, runID)
 	if err != nil {
@@ -577,8 +577,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 		}
 		r.Drain = append(r.Drain, max(d, 0))
 		r.Recreate = append(r.Recreate, max(rc, 0))
-		drawn, _ := turns.drawnFor(app, id)
-		r.DrawnDrain = append(r.DrawnDrain, drawn)
+		r.DrawnDrain = append(r.DrawnDrain, drawn(app, id))
 		p = append(p, max(d, 0)+max(rc, 0))
 		expected = append(expected, exp)
 	}

@@ -35,34 +35,53 @@ func MergeMarkdown(old, fresh string, date time.Time) string {
 	if origin != "" {
 		fmt.Fprintf(&b, "%s %s\n\n", keptNote, origin)
 	}
+	rerun := "## Scenarios re-run on " + date.UTC().Format("2006-01-02 15:04 MST")
+	// kept writes what the fresh report does not replace: sections of
+	// scenarios not re-run (the activity comparison, the replicas), the
+	// old scenario table and earlier re-runs, once, before the fresh
+	// scenario table (or, without one, before the notes on method).
+	keptDone := false
+	kept := func() {
+		if keptDone {
+			return
+		}
+		keptDone = true
+		for _, o := range oldSecs {
+			if o.title != "## Targets" && o.title != methodTitle && !strings.HasPrefix(o.title, "## Scenarios") &&
+				findSection(fs, o.title).title == "" {
+				b.WriteString(o.text())
+			}
+		}
+		if k := findSection(oldSecs, "## Scenarios"); k.title != "" {
+			b.WriteString(k.text())
+		}
+		for _, o := range oldSecs { // earlier re-runs, but for this one's
+			if strings.HasPrefix(o.title, "## Scenarios re-run on ") && o.title != rerun {
+				b.WriteString(o.text())
+			}
+		}
+	}
 	for _, sec := range fs {
 		switch {
 		case sec.title == "## Targets":
 			b.WriteString(section{title: sec.title, body: mergeTargets(findSection(oldSecs, "## Targets").body, sec.body)}.text())
 		case sec.title == "## Scenarios":
-			// Sections of scenarios not re-run (the activity comparison)
-			// are kept where they were, before the scenario tables.
-			for _, o := range oldSecs {
-				if o.title != "## Targets" && !strings.HasPrefix(o.title, "## Scenarios") && findSection(fs, o.title).title == "" {
-					b.WriteString(o.text())
-				}
-			}
-			if kept := findSection(oldSecs, "## Scenarios"); kept.title != "" {
-				b.WriteString(kept.text())
-			}
-			rerun := "## Scenarios re-run on " + date.UTC().Format("2006-01-02 15:04 MST")
-			for _, o := range oldSecs { // earlier re-runs, but for this one's
-				if strings.HasPrefix(o.title, "## Scenarios re-run on ") && o.title != rerun {
-					b.WriteString(o.text())
-				}
-			}
+			kept()
 			b.WriteString(section{title: rerun, body: sec.body}.text())
+		case sec.title == methodTitle:
+			kept()
+			b.WriteString(sec.text())
 		default:
 			b.WriteString(sec.text())
 		}
 	}
+	kept()
 	return strings.TrimRight(b.String(), "\n") + "\n"
 }
+
+// methodTitle heads the notes on method, last in every results file.
+const methodTitle = "## How it is measured"
+
 
 type section struct{ title, body string }
 

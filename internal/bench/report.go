@@ -62,6 +62,9 @@ type Report struct {
 	// cause, with an idle wait of 0 (the drain begins the moment the
 	// machine gets its slot) and with the policy's idle wait.
 	AtOnce, IdleFirst *Result
+	// Replicas are the replicas scenario's runs (RunReplicas); empty: not
+	// run.
+	Replicas []ReplicaRun
 }
 
 // Target is one of the targets, checked.
@@ -126,6 +129,7 @@ func (r Report) Targets() []Target {
 		})
 	}
 	out = append(out, r.activityTargets()...)
+	out = append(out, r.replicasTargets()...)
 	big := r.Large
 	if big == nil && f != nil && f.N() >= 10000 {
 		big = f
@@ -229,8 +233,14 @@ func (r Report) WriteMarkdown(w io.Writer) error {
 	}
 
 	r.writeActivity(b)
+	r.writeReplicas(b)
 
 	sc := r.scenarios()
+	if len(sc) == 0 {
+		b.WriteString(methodNotes)
+		_, err := io.WriteString(w, b.String())
+		return err
+	}
 	b.WriteString("\n## Scenarios\n\n| |")
 	for _, s := range sc {
 		fmt.Fprintf(b, " %s |", s.Config.Name)

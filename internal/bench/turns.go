@@ -137,6 +137,12 @@ func (d *drainTurns) waiting(now time.Time) int {
 	return len(d.ends)
 }
 
+// drawnOnly is drawnFor without the flag (0 for a machine never drained).
+func (d *drainTurns) drawnOnly(app, machineID string) time.Duration {
+	v, _ := d.drawnFor(app, machineID)
+	return v
+}
+
 // drawnFor returns d_i of a machine whose drain began.
 func (d *drainTurns) drawnFor(app, machineID string) (time.Duration, bool) {
 	d.mu.Lock()

@@ -41,6 +41,9 @@ type Config struct {
 	// StartTimeout bounds initdb plus the wait for the server to accept
 	// connections. Default 60 s.
 	StartTimeout time.Duration
+	// Settings are more server settings, "name=value" each (postgres -c),
+	// after the defaults above (the benchmark preloads pg_stat_statements).
+	Settings []string
 }
 
 func (c Config) validate() error {
@@ -52,6 +55,11 @@ func (c Config) validate() error {
 	}
 	if c.MaxConnections < 0 || c.StartTimeout < 0 {
 		return errors.New("pgcluster: Config.MaxConnections and StartTimeout must not be negative")
+	}
+	for _, kv := range c.Settings {
+		if k, _, ok := strings.Cut(kv, "="); !ok || strings.TrimSpace(k) == "" {
+			return fmt.Errorf("pgcluster: setting %q: want name=value", kv)
+		}
 	}
 	return nil
 }
@@ -291,17 +299,20 @@ func (c *Cluster) launch(ctx context.Context) (exited bool, err error) {
 		return false, fmt.Errorf("pgcluster: open server log: %w", err)
 	}
 	defer logf.Close() // the child keeps its own copy of the descriptor
-	cmd := exec.Command(filepath.Join(c.binDir, "postgres"),
-		"-D", c.dataDir,
+	args := []string{"-D", c.dataDir,
 		"-c", "listen_addresses=127.0.0.1",
-		"-c", "port="+strconv.Itoa(c.port),
+		"-c", "port=" + strconv.Itoa(c.port),
 		"-c", "unix_socket_directories=", // TCP only: no socket path limits, no /var/run writes
-		"-c", "max_connections="+strconv.Itoa(c.cfg.MaxConnections),
+		"-c", "max_connections=" + strconv.Itoa(c.cfg.MaxConnections),
 		"-c", "shared_buffers=32MB",
 		"-c", "fsync=off",
 		"-c", "full_page_writes=off",
 		"-c", "synchronous_commit=off",
-	)
+	}
+	for _, kv := range c.cfg.Settings {
+		args = append(args, "-c", kv)
+	}
+	cmd := exec.Command(filepath.Join(c.binDir, "postgres"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = c.childEnv()
 	cmd.Dir = c.cfg.Dir

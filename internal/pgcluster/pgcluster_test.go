@@ -108,11 +108,14 @@ func TestTwoClustersSideBySide(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Stop() })
-	b, err := Start(clusterDir(t))
+	b, err := StartConfig(Config{Dir: clusterDir(t), Settings: []string{"statement_timeout=4242"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Stop() })
+	if n, err := query(t, b.DSN("postgres"), "SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'"); err != nil || n != 4242 {
+		t.Fatalf("a setting of Config.Settings: statement_timeout %d, err %v", n, err)
+	}
 	if a.Port() == b.Port() {
 		t.Fatalf("both clusters on port %d", a.Port())
 	}
@@ -170,7 +173,7 @@ func TestFindBinariesFallbackGlob(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	for _, c := range []Config{{}, {Dir: "x", Port: -1}, {Dir: "x", Port: 70000}, {Dir: "x", StartTimeout: -1}} {
+	for _, c := range []Config{{}, {Dir: "x", Port: -1}, {Dir: "x", Port: 70000}, {Dir: "x", StartTimeout: -1}, {Dir: "x", Settings: []string{"fsync"}}} {
 		if err := c.validate(); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
