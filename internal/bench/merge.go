@@ -82,7 +82,6 @@ func MergeMarkdown(old, fresh string, date time.Time) string {
 // methodTitle heads the notes on method, last in every results file.
 const methodTitle = "## How it is measured"
 
-
 type section struct{ title, body string }
 
 // text is the section with one blank line after its heading and after

@@ -240,8 +240,8 @@ type Kill struct {
 	Leader  bool
 	// Done is how many machines were done when it was killed; At the time
 	// since CreateRun, simulated and wall.
-	Done          int
-	At, AtWall    time.Duration
+	Done        int
+	At, AtWall  time.Duration
 	RunningJobs int // machine jobs it was executing (left "running" for River's rescuer)
 }
 
@@ -834,7 +834,9 @@ func startReplica(cfg ReplicasConfig, simEnv map[string]string, dsn string, i in
 	if err != nil {
 		return nil, err
 	}
-	scaled := func(d time.Duration) string { return max(time.Duration(float64(d)/cfg.TimeScale), time.Millisecond).String() }
+	scaled := func(d time.Duration) string {
+		return max(time.Duration(float64(d)/cfg.TimeScale), time.Millisecond).String()
+	}
 	env := map[string]string{
 		"DATABASE_URL":       withAppName(dsn, fmt.Sprintf("migrator-replica-%d", i+1)),
 		"MIGRATOR_HTTP_ADDR": "127.0.0.1:0",
