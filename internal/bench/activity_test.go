@@ -74,7 +74,7 @@ func TestTinyActivity(t *testing.T) {
 func TestActivityTargets(t *testing.T) {
 	mk := func(refused int, draining time.Duration, interrupted int, makespan time.Duration, ratio float64, gw int) *Result {
 		return &Result{Config: Config{Machines: 100}, Turns: fleetsim.ActivityStats{Refused: refused, Draining: draining, Interrupted: interrupted},
-			MigratedMakespan: makespan, RatioR: ratio, Statements: 3000,
+			MigratedMakespan: makespan, RatioIdle: ratio, Statements: 3000, Outcomes: map[string]int{"migrated": 95, "deferred": 5},
 			RunRequests: map[string]int{"fly.get": 300, "gateway.status": gw}}
 	}
 	check := func(rep Report, want map[string]bool) {
@@ -93,12 +93,13 @@ func TestActivityTargets(t *testing.T) {
 		}
 	}
 	atOnce := mk(500, 40000*time.Second, 0, 40*time.Minute, 1.9, 800)
-	check(Report{AtOnce: atOnce, IdleFirst: mk(20, 3000*time.Second, 0, 35*time.Minute, 1.2, 2000)}, map[string]bool{
+	check(Report{AtOnce: atOnce, IdleFirst: mk(0, 3000*time.Second, 0, 35*time.Minute, 1.2, 2000)}, map[string]bool{
 		"activity: idle-first refuses ≥ 10× fewer turns than begin-at-once":         true,
+		"activity: ≤ 1 refused turn per 1,000 migrated agents (idle-first)":         true,
 		"activity: idle-first spends ≥ 10× fewer agent-seconds draining":            true,
 		"activity: 0 interrupted turns (quiet cause, idle-first)":                   true,
 		"activity: makespan of the migrated machines no worse than begin-at-once's": true,
-		"activity: makespan of the migrated machines ≤ 1.25 × LB_r":                 true,
+		"activity: makespan of the migrated machines ≤ 1.25 × LB_idle (idle-first)": true,
 		"activity: ≤ 10 Fly calls per machine (idle-first)":                         true,
 		"activity: ≤ 40 SQL statements per machine (idle-first)":                    true,
 		"activity: ≤ 25 gateway calls per machine, peeks included (idle-first)":     true,
@@ -106,10 +107,11 @@ func TestActivityTargets(t *testing.T) {
 	})
 	check(Report{AtOnce: atOnce, IdleFirst: mk(51, 4001*time.Second, 2, 41*time.Minute, 1.3, 2600)}, map[string]bool{
 		"activity: idle-first refuses ≥ 10× fewer turns than begin-at-once":         false,
+		"activity: ≤ 1 refused turn per 1,000 migrated agents (idle-first)":         false,
 		"activity: idle-first spends ≥ 10× fewer agent-seconds draining":            false,
 		"activity: 0 interrupted turns (quiet cause, idle-first)":                   false,
 		"activity: makespan of the migrated machines no worse than begin-at-once's": false,
-		"activity: makespan of the migrated machines ≤ 1.25 × LB_r":                 false,
+		"activity: makespan of the migrated machines ≤ 1.25 × LB_idle (idle-first)": false,
 		"activity: ≤ 25 gateway calls per machine, peeks included (idle-first)":     false,
 	})
 	for _, tg := range (Report{AtOnce: atOnce}).activityTargets() {
@@ -187,5 +189,30 @@ func TestMergeMarkdown(t *testing.T) {
 	}
 	if strings.Count(merged2, "## Activity: begin at once vs idle first") != 1 {
 		t.Errorf("the activity section appears %d times", strings.Count(merged2, "## Activity: begin at once vs idle first"))
+	}
+	// A run of the replicas scenario alone (no scenario table) keeps every
+	// earlier section, once, before the notes on method; a retired
+	// target's old row goes.
+	retired := "| activity: makespan of the migrated machines ≤ 1.25 × LB_r | 8.56 × LB_r | **missed** |"
+	withRetired := strings.Replace(merged2, "|---|---|---|\n", "|---|---|---|\n"+retired+"\n", 1)
+	replicas := Report{Host: ThisHost(later.Add(time.Hour)), Command: "migrator bench --scenario replicas", Replicas: []ReplicaRun{{
+		Name: "replicas-1", Replicas: 1, StatementsCounted: "pg_stat_statements", Statements: 300,
+		Res:   Result{Config: Config{Machines: 10, Budget: 2, TimeScale: 20}, Outcomes: map[string]int{"migrated": 10}, Ratio: 1.02, RunWall: time.Minute},
+		Procs: []ReplicaProc{{ID: "a", PeakRSS: 40e6, CPU: time.Second, Updates: 10}}}}}
+	var rfresh strings.Builder
+	if err := replicas.WriteMarkdown(&rfresh); err != nil {
+		t.Fatal(err)
+	}
+	merged3 := MergeMarkdown(withRetired, rfresh.String(), later.Add(time.Hour))
+	for _, want := range []string{"## Activity: begin at once vs idle first", "## Scenarios\n\n| | fleet |",
+		"## Scenarios re-run on 2026-12-03 08:00 UTC", "## Replicas: one and several serve processes",
+		"| replicas: each serve replica ≤ 120 MB RSS at 10,000 machines | at most 40 MB (replicas-1 replica 1, 10 machines) | met |"} {
+		if !strings.Contains(merged3, want) {
+			t.Errorf("replicas merge lacks %q:\n%s", want, merged3)
+		}
+	}
+	if strings.Contains(merged3, retired) || strings.Count(merged3, "## How it is measured") != 1 ||
+		strings.Index(merged3, "## How it is measured") < strings.Index(merged3, "## Scenarios re-run on") {
+		t.Errorf("replicas merge: retired row kept, or the notes on method not once and last:\n%s", merged3)
 	}
 }

@@ -142,6 +142,24 @@ type Result struct {
 	// instant; RatioR is their quotient.
 	MigratedMakespan, LowerBoundR time.Duration
 	RatioR                        float64
+	// LowerBoundIdle is LB_idle = max(max_i (t_idle_i + r_i), Σ r_i / B)
+	// over the migrated machines, t_idle_i being the first moment from
+	// CreateRun at which agent i has nothing in flight and no turn arrives
+	// for IdleWindow (the simulator replays its activity trace:
+	// fleetsim.IdleMoment), so that a drain begun then ends in the recreate
+	// without refusing a turn. RatioIdle is MigratedMakespan ÷ it; IdleBound
+	// the machine whose t_idle_i + r_i sets it (when that term does), and
+	// its t_idle_i.
+	LowerBoundIdle time.Duration
+	RatioIdle      float64
+	IdleWindow     time.Duration
+	IdleBound      string
+	IdleBoundAt    time.Duration
+	// Refusals are the turns refused during the run, each with where it
+	// fell in its drain (activity scenario).
+	Refusals []RefusedTurn
+	// migrated are the migrated machines with their r_i (collect).
+	migrated []migratedMachine
 	// MigratedDone is when the migrated machines were done, from
 	// CreateRun: p50, p95, p99. Last is the last migrated machine's waits
 	// (drain_history): for an idle moment (first peek → drain begin) and
@@ -430,7 +448,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	ps0 := pool.Stat()
 	simCPU0 := meter.total()
 	pgCPU0 := treeCPU(pgPID)
-	turns0, draining0 := sim.Activity(), drainingByAgent(sim)
+	turns0, draining0, refusals0 := sim.Activity(), drainingByAgent(sim), sim.Refusals()
 	runWall0, runSim0 := time.Now(), clk.Now()
 	run, _, err := orch.CreateRun(ctx, req, planned)
 	if err != nil {
@@ -478,6 +496,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	if cfg.SuspendedShare > 0 {
 		if err := res.collectSuspended(ctx, monitor, run.ID, sim, turns, gwBefore, suspendedApps); err != nil {
+			return res, err
+		}
+	}
+	if cfg.Activity != nil {
+		res.idleBound(sim, runSim0)
+		refusals := sim.Refusals()
+		if err := res.collectRefusals(ctx, monitor, run.ID, refusals[len(refusals0):], sim.Shutdowns()); err != nil {
 			return res, err
 		}
 	}
@@ -561,6 +586,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 			d, rc = stop.Sub(*dStart), end.Sub(*recreated)
 			if outcome == store.OutcomeMigrated {
 				migratedR, migratedDone = append(migratedR, max(rc, 0)), append(migratedDone, end.Sub(t0))
+				r.migrated = append(r.migrated, migratedMachine{app: app, id: id, r: max(rc, 0)})
 				if end.After(lastMigrated) {
 					lastMigrated = end
 				}

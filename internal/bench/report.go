@@ -151,7 +151,12 @@ func (r Report) activityTargets() []Target {
 	a, i := r.AtOnce, r.IdleFirst
 	both := a != nil && i != nil
 	var out []Target
+	tag := ""
+	if x := firstOf(a, i); x != nil {
+		tag = activityTag(*x)
+	}
 	add := func(ok bool, what, measured string) {
+		what = "activity" + tag + ": " + what
 		if !both {
 			out = append(out, Target{What: what, Measured: "not run", Skipped: true})
 			return
@@ -162,27 +167,40 @@ func (r Report) activityTargets() []Target {
 		a, i = &Result{}, &Result{}
 	}
 	add(i.Turns.Refused*10 <= a.Turns.Refused && a.Turns.Refused > 0,
-		"activity: idle-first refuses ≥ 10× fewer turns than begin-at-once",
+		"idle-first refuses ≥ 10× fewer turns than begin-at-once",
 		fmt.Sprintf("%d vs %d (%s)", i.Turns.Refused, a.Turns.Refused, times(a.Turns.Refused, i.Turns.Refused)))
+	migrated := i.Outcomes["migrated"]
+	add(migrated > 0 && i.Turns.Refused*1000 <= migrated, "≤ 1 refused turn per 1,000 migrated agents (idle-first)",
+		fmt.Sprintf("%d refused for %d migrated (%.2f per 1,000)", i.Turns.Refused, migrated, 1000*float64(i.Turns.Refused)/float64(max(migrated, 1))))
 	add(i.Turns.Draining*10 <= a.Turns.Draining && a.Turns.Draining > 0,
-		"activity: idle-first spends ≥ 10× fewer agent-seconds draining",
+		"idle-first spends ≥ 10× fewer agent-seconds draining",
 		fmt.Sprintf("%.0f vs %.0f agent-s (%s)", i.Turns.Draining.Seconds(), a.Turns.Draining.Seconds(),
 			times(int(a.Turns.Draining.Seconds()), int(i.Turns.Draining.Seconds()))))
-	add(i.Turns.Interrupted == 0, "activity: 0 interrupted turns (quiet cause, idle-first)",
+	add(i.Turns.Interrupted == 0, "0 interrupted turns (quiet cause, idle-first)",
 		fmt.Sprintf("%d (begin-at-once: %d)", i.Turns.Interrupted, a.Turns.Interrupted))
 	add(i.MigratedMakespan > 0 && i.MigratedMakespan <= a.MigratedMakespan,
-		"activity: makespan of the migrated machines no worse than begin-at-once's",
+		"makespan of the migrated machines no worse than begin-at-once's",
 		fmt.Sprintf("%s vs %s", fmtDur(i.MigratedMakespan), fmtDur(a.MigratedMakespan)))
-	add(i.RatioR > 0 && i.RatioR <= 1.25, "activity: makespan of the migrated machines ≤ 1.25 × LB_r",
-		fmt.Sprintf("%.2f × LB_r (begin-at-once: %.2f)", i.RatioR, a.RatioR))
+	add(i.RatioIdle > 0 && i.RatioIdle <= 1.25, "makespan of the migrated machines ≤ 1.25 × LB_idle (idle-first)",
+		fmt.Sprintf("%.2f × LB_idle = %s (begin-at-once: %.2f)", i.RatioIdle, fmtDur(i.LowerBoundIdle), a.RatioIdle))
 	perMachine := func(x *Result, v float64) float64 { return x.PerMachine(v) }
-	add(perMachine(i, float64(i.FlyCalls())) <= 10, "activity: ≤ 10 Fly calls per machine (idle-first)",
+	add(perMachine(i, float64(i.FlyCalls())) <= 10, "≤ 10 Fly calls per machine (idle-first)",
 		fmt.Sprintf("%.2f", perMachine(i, float64(i.FlyCalls()))))
-	add(perMachine(i, float64(i.Statements)) <= 40, "activity: ≤ 40 SQL statements per machine (idle-first)",
+	add(perMachine(i, float64(i.Statements)) <= 40, "≤ 40 SQL statements per machine (idle-first)",
 		fmt.Sprintf("%.1f", perMachine(i, float64(i.Statements))))
-	add(perMachine(i, float64(i.GatewayCalls())) <= 25, "activity: ≤ 25 gateway calls per machine, peeks included (idle-first)",
+	add(perMachine(i, float64(i.GatewayCalls())) <= 25, "≤ 25 gateway calls per machine, peeks included (idle-first)",
 		fmt.Sprintf("%.1f", perMachine(i, float64(i.GatewayCalls()))))
 	return out
+}
+
+// activityTag tells an activity scenario on another seed than the default
+// one apart in target names and the section title, so a results file keeps
+// both.
+func activityTag(x Result) string {
+	if s := x.Config.Seed; s != 0 && s != DefaultSeed {
+		return fmt.Sprintf(" (seed %d)", s)
+	}
+	return ""
 }
 
 // times says how many times fewer b is than a.
@@ -563,7 +581,7 @@ func (r Report) writeActivity(b *strings.Builder) {
 		return
 	}
 	cols := []*Result{a, i}
-	b.WriteString("\n## Activity: begin at once vs idle first\n\n")
+	b.WriteString("\n## Activity: begin at once vs idle first" + activityTag(*firstOf(a, i)) + "\n\n")
 	if x := firstOf(a, i); x != nil && x.Config.Activity != nil {
 		act := x.Config.Activity
 		fmt.Fprintf(b, "%d agents whose users keep talking (fleetsim's activity model, seed %d: per agent a Poisson process "+
@@ -600,6 +618,16 @@ func (r Report) writeActivity(b *strings.Builder) {
 	row("run ended", func(x Result) string { return x.RunState })
 	row("outcomes", func(x Result) string { return outcomes(x.Outcomes) })
 	row("**turns refused** (arrived while draining)", func(x Result) string { return fmt.Sprintf("**%d**", x.Turns.Refused) })
+	row("refused per 1,000 migrated agents", func(x Result) string {
+		return fmt.Sprintf("%.2f", 1000*float64(x.Turns.Refused)/float64(max(x.Outcomes["migrated"], 1)))
+	})
+	row("where the refused turns fell: waiting for a turn in flight / before the quiescence read / after it, before the SIGTERM / other", func(x Result) string {
+		n := map[string]int{}
+		for _, t := range x.Refusals {
+			n[t.Where]++
+		}
+		return fmt.Sprintf("%d / %d / %d / %d", n[RefusalSlippedIn], n[RefusalBeforeRead], n[RefusalAfterRead], n[RefusalOther])
+	})
 	row("turns interrupted (in flight at the recreate)", func(x Result) string { return fmt.Sprint(x.Turns.Interrupted) })
 	row("turns served / missed (gateway not serving) during the run", func(x Result) string {
 		return fmt.Sprintf("%d / %d", x.Turns.Served, x.Turns.Missed)
@@ -611,7 +639,17 @@ func (r Report) writeActivity(b *strings.Builder) {
 	row("deferrals", func(x Result) string { return fmt.Sprint(x.Outcomes["deferred"]) })
 	row("makespan of the migrated machines (simulated)", func(x Result) string { return fmtDur(x.MigratedMakespan) })
 	row("LB_r = max(max r_i, Σ r_i / B), migrated machines", func(x Result) string { return fmtDur(x.LowerBoundR) })
-	row("**makespan ÷ LB_r**", func(x Result) string { return fmt.Sprintf("**%.2f**", x.RatioR) })
+	row("makespan ÷ LB_r", func(x Result) string { return fmt.Sprintf("%.2f", x.RatioR) })
+	row("LB_idle = max(max_i (t_idle_i + r_i), Σ r_i / B), migrated machines", func(x Result) string {
+		if x.LowerBoundIdle <= 0 {
+			return "–"
+		}
+		if x.IdleBound != "" {
+			return fmt.Sprintf("%s (%s, first idle for %s at %s)", fmtDur(x.LowerBoundIdle), x.IdleBound, fmtDur(x.IdleWindow), fmtDur(x.IdleBoundAt))
+		}
+		return fmtDur(x.LowerBoundIdle) + " (Σ r_i / B)"
+	})
+	row("**makespan ÷ LB_idle**", func(x Result) string { return fmt.Sprintf("**%.2f**", x.RatioIdle) })
 	row("migrated machines done by: p50 / p95 / p99 / last", func(x Result) string {
 		d := x.MigratedDone
 		return fmt.Sprintf("%s / %s / %s / %s", fmtDur(d[0]), fmtDur(d[1]), fmtDur(d[2]), fmtDur(x.MigratedMakespan))
@@ -631,7 +669,39 @@ func (r Report) writeActivity(b *strings.Builder) {
 		"flight at the recreate's SIGTERM; agent-seconds draining are the simulator's, from the watcher noticing the " +
 		"marker to the SIGTERM, a cancel or the marker's expiry. Makespan of the migrated machines runs from CreateRun " +
 		"to the last migrated machine done; r_i is its recreate + verify time (recreated_at → finished_at); deferred " +
-		"machines are not in either.\n")
+		"machines are not in either. LB_r is the makespan if every drain were instant; LB_idle adds that no agent " +
+		"can be drained before its first idle moment from the run's start long enough for a drain to end in the " +
+		"recreate without refusing a turn (nothing in flight, no turn arriving for the watcher's delay + 1 s: the " +
+		"simulator replays each agent's activity trace, fleetsim.IdleMoment).\n")
+	if i != nil && len(i.Refusals) > 0 {
+		b.WriteString("\nEach turn idle-first refused (the simulator's refusals, placed in their drain: arrival after the begin " +
+			"as the gateway received it, relative to the status read that found the agent quiescent, before the SIGTERM):\n\n" +
+			"| machine | after the begin | vs the quiescence read | before the SIGTERM | turns in flight | drain begin → quiescent | where |\n" +
+			"|---|---:|---:|---:|---:|---:|---|\n")
+		for n, t := range i.Refusals {
+			if n == 30 {
+				fmt.Fprintf(b, "| … %d more | | | | | | |\n", len(i.Refusals)-n)
+				break
+			}
+			q, sd := "–", "–"
+			if t.HasQuiesced {
+				q = signedDur(t.AfterQuiesced)
+			}
+			if t.HasSIGTERM {
+				sd = fmtDur(t.BeforeSIGTERM)
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %d | %s | %s |\n", t.Machine, fmtDur(t.AfterBegin), q, sd, t.InFlight,
+				fmtDur(t.DrainWait), t.Where)
+		}
+	}
+}
+
+// signedDur is fmtDur with a sign.
+func signedDur(d time.Duration) string {
+	if d < 0 {
+		return "−" + fmtDur(-d)
+	}
+	return "+" + fmtDur(d)
 }
 
 func firstOf(rs ...*Result) *Result {

@@ -186,6 +186,9 @@ type Refusal struct {
 	// (a refresh keeps it); NoticedAt when the gateway's watcher saw it
 	// and began refusing.
 	DrainBegunAt, NoticedAt time.Time
+	// InFlight is the turns in flight when it was refused: the drain was
+	// waiting for them (0: the agent was idle, waiting for its reader).
+	InFlight int
 }
 
 // Refusals returns every refused turn so far, in the order they were

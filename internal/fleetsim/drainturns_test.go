@@ -114,14 +114,17 @@ func TestRefusalNamesItsDrain(t *testing.T) {
 	h.clk.Advance(time.Minute)
 	begun := h.clk.Now()
 	h.drain(app, id, `{"suppress_notification":true}`)
+	h.sim.AddTurn(app, id, Turn{Session: "slipped", Start: 500 * time.Millisecond, Duration: 4 * time.Second})
 	h.sim.AddTurn(app, id, Turn{Session: "late", Start: 3 * time.Second, Duration: time.Second})
+	h.sim.AddTurn(app, id, Turn{Session: "later", Start: 6 * time.Second, Duration: time.Second})
 	h.clk.Advance(2 * time.Second)
 	h.drain(app, id, `{"suppress_notification":true}`) // a refresh keeps the begin
-	h.clk.Advance(2 * time.Second)
+	h.clk.Advance(5 * time.Second)
 	rs := h.sim.Refusals()
-	if len(rs) != 1 || !rs[0].DrainBegunAt.Equal(begun) || !rs[0].NoticedAt.Equal(begun.Add(DefaultWatcherDelay)) ||
-		!rs[0].At.Equal(begun.Add(3*time.Second)) {
-		t.Fatalf("refusals %+v: want one at begin+3s naming the begin at %s", rs, begun)
+	if len(rs) != 2 || !rs[0].DrainBegunAt.Equal(begun) || !rs[0].NoticedAt.Equal(begun.Add(DefaultWatcherDelay)) ||
+		!rs[0].At.Equal(begun.Add(3*time.Second)) || rs[0].InFlight != 1 || !rs[1].At.Equal(begun.Add(6*time.Second)) ||
+		rs[1].InFlight != 0 {
+		t.Fatalf("refusals %+v: want one at begin+3s while the slipped-in turn ran, one at +6s with nothing in flight, naming the begin at %s", rs, begun)
 	}
 }
 

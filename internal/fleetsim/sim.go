@@ -532,8 +532,14 @@ func (s *Sim) advance(m *machine, now time.Time) {
 			m.lastTraffic = later(m.lastTraffic, t.end())
 		case phaseDraining:
 			m.refused++
+			inFlight := 0
+			for _, f := range m.inflight {
+				if f.end().After(t.start) {
+					inFlight++
+				}
+			}
 			s.refusals = append(s.refusals, Refusal{App: m.app.name, MachineID: m.id, At: t.start, Session: t.session,
-				DrainBegunAt: m.marker.begunAt, NoticedAt: m.marker.noticeAt})
+				DrainBegunAt: m.marker.begunAt, NoticedAt: m.marker.noticeAt, InFlight: inFlight})
 		default:
 			m.missed++
 		}
