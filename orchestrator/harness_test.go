@@ -64,6 +64,12 @@ type worldOpts struct {
 	poll time.Duration
 	// minDrainVersion is the replicas' MinDrainVersion.
 	minDrainVersion string
+	// fillEvery overrides the fill safety net's period (wall; default 1s),
+	// fetchPoll River's fetch poll (wall; default 20ms).
+	fillEvery, fetchPoll time.Duration
+	// wrapGateway, if set, stands between every replica and the gateway
+	// client (to start a turn with a drain, say).
+	wrapGateway func(orchestrator.Gateway) orchestrator.Gateway
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
@@ -114,6 +120,10 @@ func (w *world) startReplica(fleetCap int) *replica {
 	if w.opts.wrapFly != nil {
 		f = w.opts.wrapFly(fly)
 	}
+	var g orchestrator.Gateway = gw
+	if w.opts.wrapGateway != nil {
+		g = w.opts.wrapGateway(gw)
+	}
 	poll := 2 * time.Second
 	if w.opts.poll > 0 {
 		poll = w.opts.poll
@@ -124,12 +134,20 @@ func (w *world) startReplica(fleetCap int) *replica {
 	if w.opts.orch != nil {
 		w.opts.orch(&cfg)
 	}
-	orch, err := orchestrator.New(cfg, w.st, f, gw, w.pol)
+	orch, err := orchestrator.New(cfg, w.st, f, g, w.pol)
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := orch.NewRiverClient(orchestrator.RiverOptions{Workers: 50, FetchPollInterval: 20 * time.Millisecond,
-		FillEvery: time.Second, Logger: slog.New(slog.DiscardHandler), Observer: w.opts.obs})
+	fill := time.Second
+	if w.opts.fillEvery > 0 {
+		fill = w.opts.fillEvery
+	}
+	fetch := 20 * time.Millisecond
+	if w.opts.fetchPoll > 0 {
+		fetch = w.opts.fetchPoll
+	}
+	client, err := orch.NewRiverClient(orchestrator.RiverOptions{Workers: 50, FetchPollInterval: fetch,
+		FillEvery: fill, Logger: slog.New(slog.DiscardHandler), Observer: w.opts.obs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,11 @@ func (w *machineWorker) Work(ctx context.Context, job *river.Job[MachineArgs]) e
 	if next.done {
 		return nil
 	}
-	return river.JobSnooze(max(w.o.cfg.Clock.Wall(next.after), 10*time.Millisecond))
+	d := max(w.o.cfg.Clock.Wall(next.after), 10*time.Millisecond)
+	if m := w.o.maxSnooze; m > 0 && d > m {
+		d = m // woken early, the step sees its wait is not over and snoozes again
+	}
+	return river.JobSnooze(d)
 }
 
 // next is what a step asks for: done, or wait this long (clock time).
@@ -76,6 +80,12 @@ type step struct {
 	// idleResult: how this execution's peeks ended the idle wait (reported
 	// once the decision is committed); "" without one.
 	idleResult string
+	// heldSlot: the machine held a budget slot as last committed (a save
+	// that gives it back refills it for the next machine).
+	heldSlot bool
+	// lookedIdle: this execution's look without a slot found the agent
+	// idle (ready does not look again).
+	lookedIdle bool
 }
 
 // Bounds that keep one execution inside its job timeout and make its writes
@@ -100,7 +110,7 @@ func (o *Orchestrator) Step(ctx context.Context, id int64) (next, error) {
 	if err != nil {
 		return next{}, err
 	}
-	s := &step{o: o, w: w, calls: calls}
+	s := &step{o: o, w: w, calls: calls, heldSlot: w.Migration.SlotHeld}
 	s.m = &s.w.Migration
 	s.drainEnded = w.Drain != nil && w.Drain.Outcome != ""
 	s.log = o.log.With("run_id", s.m.RunID, "app", s.m.App, "machine_id", s.m.MachineID)
@@ -124,6 +134,9 @@ func (o *Orchestrator) Step(ctx context.Context, id int64) (next, error) {
 func (s *step) advance(ctx context.Context) (next, error) {
 	switch s.m.State {
 	case store.StatePending:
+		if s.m.IdleWatch {
+			return s.watchIdle(ctx)
+		}
 		// Not ours to run: the budget has not given it a slot (a stale job).
 		return finished, nil
 	case store.StateReady:
@@ -188,7 +201,10 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 	if ev != nil {
 		events = append(events, *ev)
 	}
-	slotFreed := !s.m.SlotHeld || s.m.State == store.StateDone
+	// A save that gives the slot back (or ends the machine) refills it and
+	// settles the run in the same transaction; one of a machine that held
+	// no slot (a look while it waits for an idle moment) is one statement.
+	slotFreed := s.heldSlot && !s.m.SlotHeld || s.m.State == store.StateDone
 	write := func() error {
 		if !slotFreed {
 			// The common step: one statement, atomic by itself.
@@ -225,6 +241,7 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 	}
 	s.events = nil
 	s.leaseDirty = false
+	s.heldSlot = s.m.SlotHeld
 	return nil
 }
 
@@ -320,8 +337,8 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	}
 	// A machine already waiting for an idle moment looks at its agent
 	// first: while it is busy, the slot goes back without a Fly call.
-	peeked := false
-	if s.m.Peeks > 0 {
+	peeked := s.lookedIdle
+	if s.m.Peeks > 0 && !peeked {
 		d := s.decide(s.m.Region, s.m.FromImage, s.m.Labels)
 		if iw := s.idleWait(d); iw > 0 && d.InWindow {
 			if n, stop, err := s.peek(ctx, d, iw); stop {
@@ -434,6 +451,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	if run.Undrainable != "" {
 		undrainable = policy.Undrainable(run.Undrainable)
 	}
+	s.drainEnded = false // a new decision: an earlier drain (cancelled when a turn slipped in) ended before
 	s.w.Drain = &store.Drain{
 		MigrationID: s.m.ID, Quiet: d.Quiet, PolicyRule: d.Rule, PolicyVersion: d.Version,
 		OnDeadline: string(d.OnDeadline), MaxDeferrals: d.MaxDeferrals, DecidedAt: now, DeadlineAt: now.Add(drainWait),
@@ -552,8 +570,9 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	}
 	// Busy (or unreadable): give the slot back at once, in this write, so
 	// the next candidate gets it; look again after a growing pause, and at
-	// the latest when the idle wait ends.
-	s.m.SlotHeld = false
+	// the latest when the idle wait ends, on this machine's own job (idle
+	// watch: snoozed until then, holding no slot).
+	s.m.SlotHeld, s.m.IdleWatch = false, true
 	s.m.NotBefore = now.Add(s.peekBackoff())
 	if end := s.m.FirstPeekAt.Add(idleWait); s.m.NotBefore.After(end) {
 		s.m.NotBefore = end
@@ -569,7 +588,65 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	if err := s.transition(ctx, store.StatePending, detail); err != nil {
 		return next{}, true, err
 	}
-	return finished, true, nil
+	return wait(max(s.m.NotBefore.Sub(now), time.Millisecond)), true, nil
+}
+
+// watchIdle is a look at the agent of a machine waiting for an idle moment,
+// on the machine's own job, without a budget slot (idle watch). Busy: the
+// next look is scheduled (peek). Idle (or the idle wait over with on_busy
+// drain, or the status unreadable to its end): the machine takes a free
+// slot at once (store.ClaimSlot) and goes on to lease and begin in this
+// execution, so the moment is not lost waiting for a freed slot or the fill
+// tick; with none free it waits for one in plan order like any pending
+// machine (FillSlots; its next step looks again). A machine whose run is
+// paused stops watching: the resume's fill gives it a slot and it looks
+// then.
+func (s *step) watchIdle(ctx context.Context) (next, error) {
+	now := s.now()
+	if s.w.Run.State != store.RunRunning {
+		s.m.IdleWatch = false
+		return finished, s.transition(ctx, store.StatePending, map[string]any{"reason": "run " + s.w.Run.State + ": idle watch stopped"})
+	}
+	if s.m.NotBefore.After(now) {
+		return wait(s.m.NotBefore.Sub(now)), nil // woken early (a snooze taken in parts)
+	}
+	d := s.decide(s.m.Region, s.m.FromImage, s.m.Labels)
+	iw := s.idleWait(d)
+	if iw <= 0 || !d.InWindow {
+		// Nothing to look for now (deferrals used up, or the window
+		// closed): the machine waits for a slot and ready decides.
+		s.m.IdleWatch = false
+		return finished, s.transition(ctx, store.StatePending, map[string]any{"reason": "idle watch over: waiting for a slot"})
+	}
+	n, stop, err := s.peek(ctx, d, iw)
+	if stop {
+		return n, err
+	}
+	var version int
+	var ok bool
+	err = s.o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
+		var err error
+		if version, ok, err = q.ClaimSlot(ctx, s.m.ID, s.m.Version, s.o.cfg.FleetCap); err != nil || !ok {
+			return err
+		}
+		return q.AppendEvents(ctx, store.Scope{RunID: s.m.RunID, MigrationID: s.m.ID}, store.Event{Kind: "machine.ready",
+			Target: s.m.Target(), Detail: map[string]any{"from": store.StatePending, "reason": "agent idle: took a free budget slot",
+				"peeks": s.m.Peeks}})
+	})
+	if err != nil {
+		return next{}, err
+	}
+	if !ok {
+		// No slot free: wait for one, eligible at once (plan order), no
+		// longer watching; ready looks again when the slot comes.
+		s.m.IdleWatch, s.m.NotBefore, s.idleResult = false, now, ""
+		s.m.Error = "agent idle, waiting for a free budget slot"
+		return finished, s.transition(ctx, store.StatePending, map[string]any{"reason": "agent idle: no free budget slot",
+			"peeks": s.m.Peeks})
+	}
+	s.m.Version, s.m.State, s.m.SlotHeld, s.m.IdleWatch, s.m.NotBefore = version, store.StateReady, true, false, time.Time{}
+	s.heldSlot, s.lookedIdle = true, true
+	return next{}, nil
 }
 
 // downOrHostLost reads the machine after a status read failed: true when
@@ -866,8 +943,71 @@ func (s *step) begin(ctx context.Context) (next, error) {
 	if err := s.transition(ctx, store.StateDraining, map[string]any{"quiet": d.Quiet, "echoed": echoed}); err != nil {
 		return next{}, err
 	}
+	if s.idleBegun() {
+		// Begun at an idle moment: read at once, at short intervals, in
+		// this execution (drainStatus), so the update follows the moment
+		// the agent shows it is quiescent.
+		return next{}, nil
+	}
 	// The gateway's watcher notices the marker within about a second.
 	return wait(min(s.o.cfg.PollInterval, time.Second)), nil
+}
+
+// Reading a drain begun at an idle moment: the gateway's watcher re-reads
+// the marker every second (hermes-agent gateway/drain_control.py: "the
+// watcher re-reads every second"), so it shows "draining" within a second
+// of the begin. From then until the recreate's SIGTERM every new turn of the
+// agent is refused, so the status is read every settleRead (one read after
+// the watcher's tick instead of a snooze that River's fetch poll makes up
+// to a second longer) for up to settleFor (two of its ticks and slack),
+// within one execution.
+const (
+	settleRead = 250 * time.Millisecond
+	settleFor  = 2500 * time.Millisecond
+)
+
+// idleBegun: this drain was begun at an idle moment (the look before it
+// found nothing in flight).
+func (s *step) idleBegun() bool {
+	d := s.w.Drain
+	return s.m.Peeks > 0 && d != nil && d.ActiveAgentsAtBegin != nil && *d.ActiveAgentsAtBegin == 0 && d.Begins == 1
+}
+
+// drainStatus reads the draining agent's status; right after a drain begun
+// at an idle moment, every settleRead until the gateway shows "draining"
+// (or is not running), for at most settleFor from the begin. The reads that
+// found it not draining yet say nothing new and are not logged.
+func (s *step) drainStatus(ctx context.Context) (gateway.Status, error) {
+	d := s.w.Drain
+	fresh := func() bool { return s.idleBegun() && s.now().Sub(d.LastBeginAt) < settleFor }
+	if !fresh() {
+		return s.o.gw.Status(ctx, s.target())
+	}
+	if w := d.LastBeginAt.Add(settleRead).Sub(s.now()); w > 0 && !s.sleep(ctx, w) {
+		return s.o.gw.Status(ctx, s.target())
+	}
+	for {
+		st, err := s.o.gw.Status(ctx, s.target())
+		if err != nil || !st.Running || st.State == gateway.StateDraining || !fresh() {
+			return st, err
+		}
+		s.dropUnchangedStatusReads()
+		if !s.sleep(ctx, settleRead) {
+			return st, nil
+		}
+	}
+}
+
+// sleep waits d of clock time within the step; false when ctx ended first.
+func (s *step) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(s.o.cfg.Clock.Wall(d))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // recreateUndrainable moves a machine whose drain endpoint answered 404 (no
@@ -929,7 +1069,7 @@ func (s *step) draining(ctx context.Context) (next, error) {
 	if n, ok, err := s.keepLease(ctx); !ok {
 		return n, err
 	}
-	st, err := s.o.gw.Status(ctx, s.target())
+	st, err := s.drainStatus(ctx)
 	now := s.now()
 	if err != nil {
 		if n, gone, err := s.drainTargetGone(ctx); gone {
@@ -943,6 +1083,7 @@ func (s *step) draining(ctx context.Context) (next, error) {
 		return wait(s.o.cfg.PollInterval), nil
 	}
 	changed := d.LastGatewayState != st.State || d.LastActiveAgents == nil || *d.LastActiveAgents != st.ActiveAgents
+	firstDraining := d.LastGatewayState != gateway.StateDraining && st.State == gateway.StateDraining
 	active := st.ActiveAgents
 	d.LastStatusAt, d.LastGatewayState, d.LastActiveAgents = now, st.State, &active
 	if d.ActiveAgentsAtBegin == nil {
@@ -962,6 +1103,12 @@ func (s *step) draining(ctx context.Context) (next, error) {
 		d.Outcome = store.DrainGatewayDown
 		d.ActiveAgentsAtRecreate = &active
 		return next{}, s.transition(ctx, store.StateUpdating, map[string]any{"drain": d.Outcome})
+	case firstDraining && active > 0 && s.idleBegun():
+		if n, ok, err := s.slipped(ctx, st); ok {
+			return n, err
+		}
+	}
+	switch {
 	case st.Quiescent():
 		d.Outcome = store.DrainQuiesced
 		d.QuiescedAt = now
@@ -1009,6 +1156,50 @@ func (s *step) draining(ctx context.Context) (next, error) {
 		s.persistCalls(ctx)
 	}
 	return wait(min(s.o.cfg.PollInterval, max(d.DeadlineAt.Sub(now), 0)+time.Millisecond)), nil
+}
+
+// slipped: a drain begun at an idle moment shows work in flight the first
+// time its gateway shows the marker: turns that began between the look
+// that found the agent idle and the watcher noticing (they are served;
+// every turn after them is refused while the drain waits for them).
+// Waiting out a turn (20 s at the median, minutes in the tail) would refuse
+// the agent's users all that time, so the drain is cancelled at once and
+// the machine waits for the next idle moment, as after a busy look: slot
+// and lease given back, its own job looking again after the back-off,
+// within the same idle wait. ok=false (the idle wait is over, or the
+// cancel failed): the drain goes on and waits for the turn, as before.
+func (s *step) slipped(ctx context.Context, st gateway.Status) (n next, ok bool, err error) {
+	now := s.now()
+	dec := s.decide(s.m.Region, s.m.FromImage, s.m.Labels)
+	iw := s.idleWait(dec)
+	if iw <= 0 || !now.Before(s.m.FirstPeekAt.Add(iw)) {
+		return next{}, false, nil
+	}
+	cctx, cancel := detached(ctx, cleanupTimeout)
+	_, cerr := s.o.gw.Cancel(cctx, s.target())
+	cancel()
+	if cerr != nil {
+		s.log.Warn("cancel a drain a turn slipped into failed; waiting for the turn", "error", cerr)
+		return next{}, false, nil
+	}
+	s.releaseLease(ctx)
+	d := s.w.Drain
+	d.Outcome = store.DrainCancelled
+	active := st.ActiveAgents
+	s.m.Peeks++
+	s.m.LastPeekAt, s.m.PeekActiveAgents = now, &active
+	s.m.SlotHeld, s.m.IdleWatch = false, true
+	s.m.NotBefore = now.Add(s.peekBackoff())
+	if end := s.m.FirstPeekAt.Add(iw); s.m.NotBefore.After(end) {
+		s.m.NotBefore = end
+	}
+	s.m.Error = fmt.Sprintf("waiting for an idle moment: a turn began as the drain did (active_agents=%d); drain cancelled at once", active)
+	s.o.obs.Peeked(PeekBusy)
+	if err := s.transition(ctx, store.StatePending, map[string]any{"reason": "a turn began as the drain did: drain cancelled",
+		"active_agents": active, "drain": d.Outcome, "peeks": s.m.Peeks, "next_peek_at": s.m.NotBefore}); err != nil {
+		return next{}, true, err
+	}
+	return wait(max(s.m.NotBefore.Sub(now), time.Millisecond)), true, nil
 }
 
 // drainTargetGone: the draining agent's status cannot be read; the

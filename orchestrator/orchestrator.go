@@ -54,6 +54,8 @@ type Orchestrator struct {
 	log   *slog.Logger
 	// jobTimeout bounds one machine step (RiverOptions.JobTimeout).
 	jobTimeout time.Duration
+	// maxSnooze bounds one snooze, wall time (RiverOptions.MaxSnooze).
+	maxSnooze time.Duration
 	// obs hears of finished work (RiverOptions.Observer); never nil.
 	obs Observer
 }
@@ -85,6 +87,13 @@ type RiverOptions struct {
 	// (tests that kill replicas shorten them). RescueAfter must exceed
 	// JobTimeout.
 	JobTimeout, RescueAfter time.Duration
+	// MaxSnooze bounds one snooze of a machine's job (wall time; 0: none).
+	// River makes a snooze longer than its scheduler's interval (5 s, wall
+	// time) "scheduled", and its leader's scheduler makes it available up
+	// to that interval late; on a scaled clock that lateness is scaled up
+	// too. A benchmark on a scaled clock sets 5 s: a longer wait is then
+	// taken in parts, each woken on time.
+	MaxSnooze time.Duration
 	Logger                  *slog.Logger
 	// Observer hears of the work this replica finishes (metrics). Optional.
 	Observer Observer
@@ -114,9 +123,14 @@ type RiverExtension interface {
 //     job kind it cannot work.
 //   - retryPolicy: errors (database down, a bug) retry within seconds, never
 //     the default hours, so a draining agent is not left waiting.
+//   - overdueLook: a machine watching its agent for an idle moment whose
+//     look is this late lost its job (River's scheduler moves a snoozed
+//     job within 5 s; a rescued one takes longer): the fill tick inserts
+//     it again (a no-op if it is alive).
 const (
 	jobTimeout  = 45 * time.Second
 	rescueAfter = 75 * time.Second
+	overdueLook = 2 * time.Minute
 )
 
 // DefaultJobTimeout and DefaultRescueAfter are RiverOptions' defaults (the
@@ -159,6 +173,10 @@ func (o *Orchestrator) NewRiverClient(opts RiverOptions) (*river.Client[pgx.Tx],
 		opts.AutoUpdate = &au
 	}
 	o.jobTimeout = opts.JobTimeout
+	if opts.MaxSnooze < 0 {
+		return nil, fmt.Errorf("river options: max snooze %s is negative", opts.MaxSnooze)
+	}
+	o.maxSnooze = opts.MaxSnooze
 	if opts.Observer != nil {
 		o.obs = opts.Observer
 	}
@@ -241,6 +259,13 @@ func (w *fillWorker) Work(ctx context.Context, _ *river.Job[FillArgs]) error {
 		if err != nil {
 			return err
 		}
+		// So must a machine whose own job watches its agent for an idle
+		// moment: one whose look is overdue lost its job.
+		overdue, err := q.OverdueIdleWatch(ctx, w.o.cfg.Clock.Now().Add(-overdueLook))
+		if err != nil {
+			return err
+		}
+		active = append(active, overdue...)
 		if len(active) > 0 {
 			params := make([]river.InsertManyParams, len(active))
 			for i, id := range active {

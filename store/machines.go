@@ -85,6 +85,10 @@ type Migration struct {
 	LastPeekAt       time.Time
 	Peeks            int
 	PeekActiveAgents *int
+	// IdleWatch: pending, holding no slot, while its own job looks at its
+	// agent for an idle moment (FillSlots leaves it alone). SaveStep
+	// stores it only with state pending.
+	IdleWatch bool
 	// A real fleet (009). FromDigest and FromImageRef are what ran before
 	// the update (image_ref's digest, and fly-go's FullImageRef
 	// "registry/repository:tag@digest"), read under the lease; ToDigest is
@@ -162,7 +166,8 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 	m.version, m.created_at, m.started_at, m.updated_at, m.finished_at, coalesce(m.expected_drain, interval '0'),
 	m.first_peek_at, m.last_peek_at, m.peeks, m.peek_active_agents,
 	m.from_digest, m.from_image_ref, m.to_digest, m.machine_state, m.lease_wait_since, m.lease_wait_owner,
-	m.lease_wait_ended_at, m.signals_before, m.signals_after, m.deciding_signal, m.bake_started_at, m.bake_until`
+	m.lease_wait_ended_at, m.signals_before, m.signals_after, m.deciding_signal, m.bake_started_at, m.bake_until,
+	m.idle_watch`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
@@ -183,7 +188,8 @@ func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
 		&m.Version, &m.CreatedAt, &t.started, &m.UpdatedAt, &t.finished, &m.ExpectedDrain,
 		&t.firstPeek, &t.lastPeek, &m.Peeks, &m.PeekActiveAgents,
 		&m.FromDigest, &m.FromImageRef, &m.ToDigest, &m.MachineState, &t.leaseWaitSince, &m.LeaseWaitOwner,
-		&t.leaseWaitEnded, &m.SignalsBefore, &m.SignalsAfter, &m.DecidingSignal, &t.bakeStarted, &t.bakeUntil}
+		&t.leaseWaitEnded, &m.SignalsBefore, &m.SignalsAfter, &m.DecidingSignal, &t.bakeStarted, &t.bakeUntil,
+		&m.IdleWatch}
 }
 
 func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
@@ -334,6 +340,9 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 	if m.State == StateDone {
 		m.SlotHeld = false
 	}
+	if m.State != StatePending {
+		m.IdleWatch = false
+	}
 	var outcome *string
 	if m.Outcome != "" {
 		outcome = &m.Outcome
@@ -364,7 +373,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		undrainableOf(dd), nullInt(dd.UndrainableStatus),
 		m.FromDigest, m.FromImageRef, m.ToDigest, m.MachineState, nullTime(m.LeaseWaitSince), m.LeaseWaitOwner,
 		nullTime(m.LeaseWaitEndedAt),
-		nullJSON(m.SignalsBefore), nullJSON(m.SignalsAfter), m.DecidingSignal, nullTime(m.BakeStartedAt), nullTime(m.BakeUntil))
+		nullJSON(m.SignalsBefore), nullJSON(m.SignalsAfter), m.DecidingSignal, nullTime(m.BakeStartedAt), nullTime(m.BakeUntil),
+		m.IdleWatch)
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -381,7 +391,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 // undrainable decision and status, $57-$63 the machine's real-fleet facts
 // (from/to digests, from image ref, state under the lease, the wait for
 // another deployer's lease), $64-$68 the machine's signals before and
-// after, deciding signal and bake. The drain and the events
+// after, deciding signal and bake, $69 the machine's idle watch (kept only
+// while pending). The drain and the events
 // are written only when the machine's version guard held. A drain row
 // written again takes the whole decision (a machine decided down that a
 // user woke before its update is decided again, with a drain).
@@ -395,7 +406,7 @@ WITH m AS (
 		from_digest = $57, from_image_ref = $58, to_digest = $59, machine_state = $60,
 		lease_wait_since = $61, lease_wait_owner = $62, lease_wait_ended_at = $63,
 		signals_before = $64::jsonb, signals_after = $65::jsonb, deciding_signal = $66,
-		bake_started_at = $67, bake_until = $68,
+		bake_started_at = $67, bake_until = $68, idle_watch = $69 AND $6 = 'pending',
 		started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
 		finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
 		version = version + 1, updated_at = now()

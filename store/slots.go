@@ -2,9 +2,12 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Claim is a machine migration just given a budget slot.
@@ -24,7 +27,9 @@ type Claim struct {
 //     canary that failed before the run was last resumed by a person
 //     (runs.acknowledged_at) no longer holds it back;
 //   - only running runs start machines, oldest run first, canaries first,
-//     then plan order; machines with not_before in the future wait.
+//     then plan order; machines with not_before in the future wait, and so
+//     do machines whose own job watches their agent for an idle moment
+//     (idle_watch: ClaimSlot gives them a slot when the agent is idle).
 //
 // Call it inside the transaction that freed a slot or changed a run, and
 // insert the claimed machines' jobs in that same transaction.
@@ -60,12 +65,12 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 			FROM runs_open ro CROSS JOIN LATERAL (
 				SELECT m.id, m.canary, m.seq FROM machine_migrations m
 				WHERE m.run_id = ro.id AND m.state = 'pending' AND m.canary >= ro.canary_gate
-				  AND (m.not_before IS NULL OR m.not_before <= $2)
+				  AND (m.not_before IS NULL OR m.not_before <= $2) AND NOT m.idle_watch
 				ORDER BY m.canary DESC, m.seq
 				LIMIT ro.free
 			) c
 		)
-		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL,
+		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
 			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
 		FROM per_run p, fleet f
 		WHERE m.id = p.id AND p.fleet_rn <= f.free
@@ -81,6 +86,66 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 			return nil, fmt.Errorf("fill budget slots: %w", err)
 		}
 		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// ClaimSlot gives machine migration id, pending at version, a budget slot
+// now if one is free under FillSlots' rules (the fleet cap, the run's
+// max_unavailable, the canary gate, a running run), out of plan order: its
+// agent was just found idle, and an idle moment does not wait for its turn.
+// It returns the machine's new version; ok=false when no slot is free or
+// the machine moved (nothing changed). Call it in a transaction: it takes
+// the budget's advisory lock.
+func (q *Q) ClaimSlot(ctx context.Context, id int64, version, fleetCap int) (int, bool, error) {
+	if _, err := q.db.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(fleetSlotAdvisoryLockID)); err != nil {
+		return 0, false, fmt.Errorf("lock budget: %w", err)
+	}
+	var v int
+	err := q.db.QueryRow(ctx, `
+		WITH held AS (
+			SELECT run_id, count(*) AS n FROM machine_migrations WHERE slot_held GROUP BY run_id
+		), fleet AS (
+			SELECT CASE WHEN $3::int <= 0 THEN 2147483647 ELSE $3::int - coalesce(sum(n), 0) END AS free FROM held
+		), target AS (
+			SELECT m.id FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN held h ON h.run_id = r.id, fleet f
+			WHERE m.id = $1 AND m.version = $2 AND m.state = 'pending' AND r.state = 'running'
+			  AND f.free > 0 AND r.max_unavailable - coalesce(h.n, 0) > 0
+			  AND (m.canary OR r.canary = 0 OR NOT EXISTS (
+				SELECT 1 FROM machine_migrations c
+				WHERE c.run_id = r.id AND c.canary AND (c.outcome IS DISTINCT FROM 'migrated')
+				  AND (c.outcome IS NULL OR r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at)))
+		)
+		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
+			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
+		FROM target t WHERE m.id = t.id
+		RETURNING m.version`, id, version, fleetCap).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return version, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("claim a budget slot for machine migration %d: %w", id, err)
+	}
+	return v, true, nil
+}
+
+// OverdueIdleWatch returns the machines whose own job watches their agent
+// and whose next look was due before before: their job was lost (the fill
+// safety net inserts it again; River's uniqueness skips a live one).
+func (q *Q) OverdueIdleWatch(ctx context.Context, before time.Time) ([]int64, error) {
+	rows, err := q.db.Query(ctx, `SELECT id FROM machine_migrations
+		WHERE idle_watch AND state = 'pending' AND not_before < $1 ORDER BY not_before LIMIT 1000`, before)
+	if err != nil {
+		return nil, fmt.Errorf("list overdue idle watches: %w", err)
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("list overdue idle watches: %w", err)
+		}
+		out = append(out, id)
 	}
 	return out, rows.Err()
 }

@@ -89,6 +89,7 @@ type machineSpec struct {
 	slot    bool   // holds a budget slot
 	due     string // not_before: "" NULL, "past", "now", "future"
 	seq     int    // plan order; 0: the index in runSpec.machines
+	watch   bool   // its own job watches its agent for an idle moment (idle_watch)
 }
 
 // world maps machine migration ids to "run/machine".
@@ -121,7 +122,7 @@ func buildWorld(ctx context.Context, t testing.TB, tx pgx.Tx, now time.Time, run
 		}
 		n := len(r.machines)
 		seqs, ids, states, outcomes, dues := make([]int32, n), make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
-		canaries, slots, hasDue := make([]bool, n), make([]bool, n), make([]bool, n)
+		canaries, slots, hasDue, watches := make([]bool, n), make([]bool, n), make([]bool, n), make([]bool, n)
 		for i, m := range r.machines {
 			seqs[i], ids[i], states[i], outcomes[i] = int32(i), m.name, m.state, m.outcome
 			if m.seq != 0 {
@@ -130,7 +131,7 @@ func buildWorld(ctx context.Context, t testing.TB, tx pgx.Tx, now time.Time, run
 			if states[i] == "" {
 				states[i] = store.StatePending
 			}
-			canaries[i], slots[i] = m.canary, m.slot
+			canaries[i], slots[i], watches[i] = m.canary, m.slot, m.watch
 			hasDue[i] = m.due != ""
 			switch m.due {
 			case "past":
@@ -142,12 +143,12 @@ func buildWorld(ctx context.Context, t testing.TB, tx pgx.Tx, now time.Time, run
 			}
 		}
 		rows, err := tx.Query(ctx, `
-			INSERT INTO machine_migrations (run_id, seq, app, machine_id, to_image, canary, state, outcome, slot_held, not_before)
+			INSERT INTO machine_migrations (run_id, seq, app, machine_id, to_image, canary, state, outcome, slot_held, not_before, idle_watch)
 			SELECT $1, t.seq, 'app', t.machine_id, 'img:v2', t.canary, t.state, nullif(t.outcome, ''), t.slot,
-				CASE WHEN t.has_due THEN t.due END
-			FROM unnest($2::int[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::bool[], $8::bool[], $9::timestamptz[])
-				AS t(seq, machine_id, canary, state, outcome, slot, has_due, due)
-			RETURNING id, machine_id`, runID, seqs, ids, canaries, states, outcomes, slots, hasDue, dues)
+				CASE WHEN t.has_due THEN t.due END, t.watch
+			FROM unnest($2::int[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::bool[], $8::bool[], $9::timestamptz[], $10::bool[])
+				AS t(seq, machine_id, canary, state, outcome, slot, has_due, due, watch)
+			RETURNING id, machine_id`, runID, seqs, ids, canaries, states, outcomes, slots, hasDue, dues, watches)
 		if err != nil {
 			t.Fatalf("insert machines of run %s: %v", r.name, err)
 		}
@@ -574,6 +575,99 @@ func TestSettleRunDecisions(t *testing.T) {
 				if got.State != tc.want.state || changed != tc.want.changed || (changed && got.StateReason != tc.want.reason) {
 					t.Fatalf("SettleRun = %s %q changed=%v, want %s %q changed=%v",
 						got.State, got.StateReason, changed, tc.want.state, tc.want.reason, tc.want.changed)
+				}
+			})
+		})
+	}
+}
+
+// A machine whose own job watches its agent for an idle moment is left
+// alone by FillSlots, due or not; its job takes a slot for it with
+// ClaimSlot, under the same caps and gate, only if one is free; and the
+// fill safety net finds a watch whose look is overdue.
+func TestClaimSlotAndIdleWatch(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	find := func(w world, name string) int64 {
+		for id, n := range w {
+			if n == name {
+				return id
+			}
+		}
+		t.Fatalf("no machine %s", name)
+		return 0
+	}
+	rollbackTx(ctx, t, s, func(tx pgx.Tx) {
+		w := buildWorld(ctx, t, tx, now, []runSpec{{name: "a", maxUnavail: 3, machines: []machineSpec{
+			{name: "w0", watch: true, due: "past"}, {name: "m1"}, {name: "w2", watch: true, due: "future"}, {name: "m3"}}}})
+		claims, err := store.NewQ(tx).FillSlots(ctx, 0, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []int64
+		for _, c := range claims {
+			ids = append(ids, c.MigrationID)
+		}
+		if got := w.names(ids); !slices.Equal(got, []string{"a/m1", "a/m3"}) {
+			t.Fatalf("FillSlots claimed %v, want the two machines not watching", got)
+		}
+		overdue, err := store.NewQ(tx).OverdueIdleWatch(ctx, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := w.names(overdue); !slices.Equal(got, []string{"a/w0"}) {
+			t.Fatalf("overdue watches %v, want a/w0", got)
+		}
+		// One slot is free (3 - 2 held): the watching machine takes it.
+		id := find(w, "a/w0")
+		v, ok, err := store.NewQ(tx).ClaimSlot(ctx, id, 0, 0)
+		if err != nil || !ok || v != 1 {
+			t.Fatalf("claim with a free slot: version %d, ok %v, err %v", v, ok, err)
+		}
+		var state string
+		var slot, watch bool
+		if err := tx.QueryRow(ctx, `SELECT state, slot_held, idle_watch FROM machine_migrations WHERE id = $1`, id).
+			Scan(&state, &slot, &watch); err != nil {
+			t.Fatal(err)
+		}
+		if state != store.StateReady || !slot || watch {
+			t.Fatalf("claimed machine: %s, slot %v, watching %v", state, slot, watch)
+		}
+		// The run is full now.
+		if _, ok, err := store.NewQ(tx).ClaimSlot(ctx, find(w, "a/w2"), 0, 0); err != nil || ok {
+			t.Fatalf("claim in a full run: ok %v, err %v", ok, err)
+		}
+	})
+	for _, tc := range []struct {
+		name     string
+		fleetCap int
+		runs     []runSpec
+		claim    string
+		version  int
+		want     bool
+	}{
+		{"the fleet cap full", 2, []runSpec{{name: "other", age: time.Hour, maxUnavail: 5, machines: []machineSpec{held("h0"), held("h1")}},
+			{name: "a", maxUnavail: 5, machines: []machineSpec{{name: "w0", watch: true}}}}, "a/w0", 0, false},
+		{"under the fleet cap", 3, []runSpec{{name: "other", age: time.Hour, maxUnavail: 5, machines: []machineSpec{held("h0"), held("h1")}},
+			{name: "a", maxUnavail: 5, machines: []machineSpec{{name: "w0", watch: true}}}}, "a/w0", 0, true},
+		{"behind a closed canary gate", 0, []runSpec{{name: "a", maxUnavail: 5, canary: 1, machines: []machineSpec{
+			{name: "c0", canary: true}, {name: "w0", watch: true}}}}, "a/w0", 0, false},
+		{"a canary itself passes its gate", 0, []runSpec{{name: "a", maxUnavail: 5, canary: 1, machines: []machineSpec{
+			{name: "c0", canary: true, watch: true}, {name: "m0"}}}}, "a/c0", 0, true},
+		{"the run paused", 0, []runSpec{{name: "a", state: store.RunPaused, maxUnavail: 5, machines: []machineSpec{
+			{name: "w0", watch: true}}}}, "a/w0", 0, false},
+		{"another execution moved it (version)", 0, []runSpec{{name: "a", maxUnavail: 5, machines: []machineSpec{
+			{name: "w0", watch: true}}}}, "a/w0", 7, false},
+		{"not pending", 0, []runSpec{{name: "a", maxUnavail: 5, machines: []machineSpec{held("w0")}}}, "a/w0", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rollbackTx(ctx, t, s, func(tx pgx.Tx) {
+				w := buildWorld(ctx, t, tx, now, tc.runs)
+				id := find(w, tc.claim)
+				v, ok, err := store.NewQ(tx).ClaimSlot(ctx, id, tc.version, tc.fleetCap)
+				if err != nil || ok != tc.want || ok && v != tc.version+1 {
+					t.Fatalf("ClaimSlot: version %d, ok %v, err %v; want ok %v", v, ok, err, tc.want)
 				}
 			})
 		})

@@ -155,6 +155,11 @@ type Result struct {
 	IdleWindow     time.Duration
 	IdleBound      string
 	IdleBoundAt    time.Duration
+	// IdleLag is, over the migrated machines, how long after the agent's
+	// first idle moment (t_idle_i) its drain began: p50, p95, max; and the
+	// last migrated machine's.
+	IdleLag     [3]time.Duration
+	IdleLagLast time.Duration
 	// Refusals are the turns refused during the run, each with where it
 	// fell in its drain (activity scenario).
 	Refusals []RefusedTurn
@@ -186,6 +191,12 @@ type Result struct {
 	WarningTexts    []string
 	PostgresVersion string
 }
+
+// riverSchedulerInterval is River's scheduler period (its
+// maintenance.JobSchedulerIntervalDefault, not configurable): a snooze
+// longer than it is made available by the leader's scheduler, up to this
+// late.
+const riverSchedulerInterval = 5 * time.Second
 
 // beginAtOnce is the idle wait of the drain-scheduling scenarios: they
 // measure how drains that wait are scheduled, so every drain begins when
@@ -394,7 +405,10 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		// and the fill safety net (10 s) are scaled like everything else.
 		FetchPollInterval: max(clk.Wall(time.Second), time.Millisecond),
 		FillEvery:         max(clk.Wall(10*time.Second), time.Millisecond),
-		Logger:            wlog})
+		// River's scheduler (every 5 s of wall time) would make longer
+		// snoozes up to 5 s late, 5·scale on the fleet's clock.
+		MaxSnooze: riverSchedulerInterval,
+		Logger:    wlog})
 	if err != nil {
 		return res, err
 	}
@@ -586,7 +600,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 			d, rc = stop.Sub(*dStart), end.Sub(*recreated)
 			if outcome == store.OutcomeMigrated {
 				migratedR, migratedDone = append(migratedR, max(rc, 0)), append(migratedDone, end.Sub(t0))
-				r.migrated = append(r.migrated, migratedMachine{app: app, id: id, r: max(rc, 0)})
+				r.migrated = append(r.migrated, migratedMachine{app: app, id: id, r: max(rc, 0), begun: *dStart})
 				if end.After(lastMigrated) {
 					lastMigrated = end
 				}

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -21,6 +22,7 @@ const idleWindowExtra = time.Second
 type migratedMachine struct {
 	app, id string
 	r       time.Duration
+	begun   time.Time // its drain's begin (simulated)
 }
 
 // idleBound computes LB_idle over the migrated machines (see
@@ -31,6 +33,8 @@ func (r *Result) idleBound(sim *fleetsim.Sim, t0 time.Time) {
 	}
 	r.IdleWindow = fleetsim.DefaultWatcherDelay + idleWindowExtra
 	var sum, most time.Duration
+	var lags []time.Duration
+	var last time.Time
 	for _, m := range r.migrated {
 		sum += m.r
 		at, ok := sim.IdleMoment(m.app, m.id, t0, r.IdleWindow, 24*time.Hour)
@@ -40,6 +44,15 @@ func (r *Result) idleBound(sim *fleetsim.Sim, t0 time.Time) {
 		if v := at.Sub(t0) + m.r; v > most {
 			most, r.IdleBound, r.IdleBoundAt = v, m.app+"/"+m.id, at.Sub(t0)
 		}
+		lag := m.begun.Sub(at)
+		lags = append(lags, lag)
+		if end := m.begun.Add(m.r); end.After(last) {
+			last, r.IdleLagLast = end, lag
+		}
+	}
+	if len(lags) > 0 {
+		slices.Sort(lags)
+		r.IdleLag = [3]time.Duration{lags[len(lags)/2], lags[min(len(lags)-1, len(lags)*95/100)], lags[len(lags)-1]}
 	}
 	r.LowerBoundIdle = max(most, sum/time.Duration(max(r.Config.Budget, 1)))
 	if r.LowerBoundIdle != most {

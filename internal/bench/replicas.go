@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hermes-cloud/migrator/internal/clock"
@@ -339,13 +340,13 @@ func runReplicas(ctx context.Context, cfg ReplicasConfig, cluster *pgcluster.Clu
 		return run, fmt.Errorf("open server: %w", err)
 	}
 	defer admin.Close()
-	if _, err := admin.Exec(ctx, `CREATE DATABASE `+dbname); err != nil {
+	if _, err := admin.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{dbname}.Sanitize()); err != nil {
 		return run, fmt.Errorf("create database: %w", err)
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, _ = admin.Exec(dctx, `DROP DATABASE IF EXISTS `+dbname+` WITH (FORCE)`)
+		_, _ = admin.Exec(dctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{dbname}.Sanitize()+` WITH (FORCE)`)
 	}()
 	dsn := cluster.DSN(dbname)
 	if err := upgrade(ctx, dsn); err != nil {

@@ -650,6 +650,13 @@ func (r Report) writeActivity(b *strings.Builder) {
 		return fmtDur(x.LowerBoundIdle) + " (Σ r_i / B)"
 	})
 	row("**makespan ÷ LB_idle**", func(x Result) string { return fmt.Sprintf("**%.2f**", x.RatioIdle) })
+	row("drain begun after the agent's first idle moment: p50 / p95 / max; the last migrated machine", func(x Result) string {
+		if x.LowerBoundIdle <= 0 {
+			return "–"
+		}
+		l := x.IdleLag
+		return fmt.Sprintf("%s / %s / %s; %s", signedDur(l[0]), signedDur(l[1]), signedDur(l[2]), signedDur(x.IdleLagLast))
+	})
 	row("migrated machines done by: p50 / p95 / p99 / last", func(x Result) string {
 		d := x.MigratedDone
 		return fmt.Sprintf("%s / %s / %s / %s", fmtDur(d[0]), fmtDur(d[1]), fmtDur(d[2]), fmtDur(x.MigratedMakespan))
