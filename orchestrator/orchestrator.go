@@ -94,7 +94,7 @@ type RiverOptions struct {
 	// too. A benchmark on a scaled clock sets 5 s: a longer wait is then
 	// taken in parts, each woken on time.
 	MaxSnooze time.Duration
-	Logger                  *slog.Logger
+	Logger    *slog.Logger
 	// Observer hears of the work this replica finishes (metrics). Optional.
 	Observer Observer
 	// AutoUpdate, when set, adds the periodic auto-update job (River's
