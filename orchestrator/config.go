@@ -50,6 +50,14 @@ type Config struct {
 	// 1m: once backed off, N busy agents cost at most 1.25·N status reads a
 	// minute.
 	PeekBackoffMax time.Duration
+	// PeekBackoffTail bounds that pause once no machine of the run waits
+	// for a budget slot (the run's tail: what is left is in flight or
+	// waiting for its agent to be idle, and the budget no longer holds it
+	// back). A busy agent is idle only in gaps between its turns; a look
+	// lands in one with a chance that grows with how often it looks, and
+	// the tail's few machines set the run's end. Default 15s (at most
+	// PeekBackoffMax).
+	PeekBackoffTail time.Duration
 	// MinDrainVersion is the oldest Hermes version with the drain route
 	// (MIGRATOR_HERMES_MIN_DRAIN_VERSION): a drain answered 401 by a gated
 	// bind's login gate is told apart as an older Hermes or a missing
@@ -91,6 +99,9 @@ func (c Config) withDefaults() Config {
 	if c.PeekBackoffMax == 0 {
 		c.PeekBackoffMax = time.Minute
 	}
+	if c.PeekBackoffTail == 0 {
+		c.PeekBackoffTail = min(15*time.Second, c.PeekBackoffMax)
+	}
 	if c.Clock == nil {
 		c.Clock = clock.Real()
 	}
@@ -105,7 +116,7 @@ func (c Config) validate() error {
 	if c.FleetCap < 0 {
 		errs = append(errs, fmt.Errorf("fleet cap %d is negative", c.FleetCap))
 	}
-	if c.PollInterval < 0 || c.LeaseTTL < 0 || c.VerifyTimeout < 0 || c.WaitStep < 0 || c.GatewayGrace < 0 || c.PeekBackoffMax < 0 || c.LeaseWait < 0 {
+	if c.PollInterval < 0 || c.LeaseTTL < 0 || c.VerifyTimeout < 0 || c.WaitStep < 0 || c.GatewayGrace < 0 || c.PeekBackoffMax < 0 || c.PeekBackoffTail < 0 || c.LeaseWait < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
 	if c.MarkerRefresh > 20*time.Minute {

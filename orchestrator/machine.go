@@ -573,7 +573,7 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	// the latest when the idle wait ends, on this machine's own job (idle
 	// watch: snoozed until then, holding no slot).
 	s.m.SlotHeld, s.m.IdleWatch = false, true
-	s.m.NotBefore = now.Add(s.peekBackoff())
+	s.m.NotBefore = now.Add(s.lookPause(ctx))
 	if end := s.m.FirstPeekAt.Add(idleWait); s.m.NotBefore.After(end) {
 		s.m.NotBefore = end
 	}
@@ -656,11 +656,25 @@ func (s *step) downOrHostLost(ctx context.Context) bool {
 	return err == nil && (!running(m.State) || !m.HostOK())
 }
 
-// peekBackoff is the pause before the next peek: PollInterval doubling with
-// every peek up to PeekBackoffMax, ±20 % so that agents found busy together
-// are not read together again.
-func (s *step) peekBackoff() time.Duration {
-	return peekPause(s.o.cfg.PollInterval, s.o.cfg.PeekBackoffMax, s.m.Peeks, rand.Float64())
+// lookPause is the pause before the next look at a busy agent: the
+// back-off, bounded by PeekBackoffTail once no machine of the run waits for
+// a slot (one read of the slot queue, only when the back-off is longer).
+func (s *step) lookPause(ctx context.Context) time.Duration {
+	u := rand.Float64()
+	pause := peekPause(s.o.cfg.PollInterval, s.o.cfg.PeekBackoffMax, s.m.Peeks, u)
+	tail := peekPause(s.o.cfg.PollInterval, s.o.cfg.PeekBackoffTail, s.m.Peeks, u)
+	if tail >= pause {
+		return pause
+	}
+	empty, err := s.o.store.Q().RunQueueEmpty(ctx, s.m.RunID)
+	if err != nil {
+		s.log.Warn("read the run's slot queue", "error", err)
+		return pause
+	}
+	if empty {
+		return tail
+	}
+	return pause
 }
 
 // peekPause is the pause after the peeks-th look: poll doubling per look,
@@ -1189,7 +1203,7 @@ func (s *step) slipped(ctx context.Context, st gateway.Status) (n next, ok bool,
 	s.m.Peeks++
 	s.m.LastPeekAt, s.m.PeekActiveAgents = now, &active
 	s.m.SlotHeld, s.m.IdleWatch = false, true
-	s.m.NotBefore = now.Add(s.peekBackoff())
+	s.m.NotBefore = now.Add(s.lookPause(ctx))
 	if end := s.m.FirstPeekAt.Add(iw); s.m.NotBefore.After(end) {
 		s.m.NotBefore = end
 	}

@@ -129,6 +129,21 @@ func (q *Q) ClaimSlot(ctx context.Context, id int64, version, fleetCap int) (int
 	return v, true, nil
 }
 
+// RunQueueEmpty reports whether no machine of run id waits for a budget
+// slot (pending, not watching its agent): every machine left is in flight
+// or waiting for an idle moment, so the budget no longer holds the run back.
+// The scan of the pending index stops at the first machine that waits for
+// a slot.
+func (q *Q) RunQueueEmpty(ctx context.Context, runID int64) (bool, error) {
+	var empty bool
+	err := q.db.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM machine_migrations
+		WHERE run_id = $1 AND state = 'pending' AND NOT idle_watch)`, runID).Scan(&empty)
+	if err != nil {
+		return false, fmt.Errorf("read the slot queue of run %d: %w", runID, err)
+	}
+	return empty, nil
+}
+
 // OverdueIdleWatch returns the machines whose own job watches their agent
 // and whose next look was due before before: their job was lost (the fill
 // safety net inserts it again; River's uniqueness skips a live one).

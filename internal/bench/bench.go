@@ -160,6 +160,17 @@ type Result struct {
 	// last migrated machine's.
 	IdleLag     [3]time.Duration
 	IdleLagLast time.Duration
+	// LowerBoundLook is LB_idle with each agent's first idle moment counted
+	// from the orchestrator's first look at it instead of the run's start
+	// (the budget's order kept): what noticing each idle moment at once
+	// would have reached. LookLag is, over the migrated machines looked at
+	// before their drain, how long after that moment the drain began: p50,
+	// p95, max. Last describes the last migrated machine: its first look
+	// and its first idle moments from the start and from that look (from
+	// CreateRun).
+	LowerBoundLook time.Duration
+	LookLag        [3]time.Duration
+	LastLook       struct{ FirstLook, IdleFromStart, IdleFromLook, Begun time.Duration }
 	// Refusals are the turns refused during the run, each with where it
 	// fell in its drain (activity scenario).
 	Refusals []RefusedTurn
@@ -555,7 +566,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 	rows, err := db.Query(ctx, `
 		SELECT m.app, m.machine_id, coalesce(m.outcome, ''), m.started_at, m.finished_at,
 			d.started_at, d.quiesced_at, d.deadline_reached_at, d.recreated_at, coalesce(m.expected_drain, interval '0'),
-			coalesce(d.outcome, '')
+			coalesce(d.outcome, ''), m.first_peek_at
 		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE m.run_id = $1 ORDER BY m.seq`, runID)
 	if err != nil {
@@ -567,10 +578,11 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 	var p, expected, migratedR, migratedDone []time.Duration
 	for rows.Next() {
 		var app, id, outcome string
-		var mStart, mEnd, dStart, quiesced, deadline, recreated *time.Time
+		var mStart, mEnd, dStart, quiesced, deadline, recreated, firstLook *time.Time
 		var exp time.Duration
 		var drainOutcome string
-		if err := rows.Scan(&app, &id, &outcome, &mStart, &mEnd, &dStart, &quiesced, &deadline, &recreated, &exp, &drainOutcome); err != nil {
+		if err := rows.Scan(&app, &id, &outcome, &mStart, &mEnd, &dStart, &quiesced, &deadline, &recreated, &exp, &drainOutcome,
+			&firstLook); err != nil {
 			return fmt.Errorf("read run %d: %w", runID, err)
 		}
 		r.Outcomes[outcome]++
@@ -600,7 +612,11 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 			d, rc = stop.Sub(*dStart), end.Sub(*recreated)
 			if outcome == store.OutcomeMigrated {
 				migratedR, migratedDone = append(migratedR, max(rc, 0)), append(migratedDone, end.Sub(t0))
-				r.migrated = append(r.migrated, migratedMachine{app: app, id: id, r: max(rc, 0), begun: *dStart})
+				mm := migratedMachine{app: app, id: id, r: max(rc, 0), begun: *dStart}
+				if firstLook != nil {
+					mm.firstLook = *firstLook
+				}
+				r.migrated = append(r.migrated, mm)
 				if end.After(lastMigrated) {
 					lastMigrated = end
 				}

@@ -23,6 +23,9 @@ type migratedMachine struct {
 	app, id string
 	r       time.Duration
 	begun   time.Time // its drain's begin (simulated)
+	// firstLook is the orchestrator's first status read of it before the
+	// drain (zero: none).
+	firstLook time.Time
 }
 
 // idleBound computes LB_idle over the migrated machines (see
@@ -32,8 +35,8 @@ func (r *Result) idleBound(sim *fleetsim.Sim, t0 time.Time) {
 		return
 	}
 	r.IdleWindow = fleetsim.DefaultWatcherDelay + idleWindowExtra
-	var sum, most time.Duration
-	var lags []time.Duration
+	var sum, most, mostLook time.Duration
+	var lags, lookLags []time.Duration
 	var last time.Time
 	for _, m := range r.migrated {
 		sum += m.r
@@ -46,14 +49,25 @@ func (r *Result) idleBound(sim *fleetsim.Sim, t0 time.Time) {
 		}
 		lag := m.begun.Sub(at)
 		lags = append(lags, lag)
+		look := at
+		if !m.firstLook.IsZero() {
+			if la, ok := sim.IdleMoment(m.app, m.id, m.firstLook, r.IdleWindow, 24*time.Hour); ok {
+				look = la
+				lookLags = append(lookLags, m.begun.Sub(la))
+			}
+		}
+		mostLook = max(mostLook, look.Sub(t0)+m.r)
 		if end := m.begun.Add(m.r); end.After(last) {
 			last, r.IdleLagLast = end, lag
+			r.LastLook.IdleFromStart, r.LastLook.IdleFromLook, r.LastLook.Begun = at.Sub(t0), look.Sub(t0), m.begun.Sub(t0)
+			r.LastLook.FirstLook = 0
+			if !m.firstLook.IsZero() {
+				r.LastLook.FirstLook = m.firstLook.Sub(t0)
+			}
 		}
 	}
-	if len(lags) > 0 {
-		slices.Sort(lags)
-		r.IdleLag = [3]time.Duration{lags[len(lags)/2], lags[min(len(lags)-1, len(lags)*95/100)], lags[len(lags)-1]}
-	}
+	r.IdleLag, r.LookLag = quantiles3(lags), quantiles3(lookLags)
+	r.LowerBoundLook = max(mostLook, sum/time.Duration(max(r.Config.Budget, 1)))
 	r.LowerBoundIdle = max(most, sum/time.Duration(max(r.Config.Budget, 1)))
 	if r.LowerBoundIdle != most {
 		r.IdleBound, r.IdleBoundAt = "", 0 // the work, not one agent, sets it
@@ -61,6 +75,16 @@ func (r *Result) idleBound(sim *fleetsim.Sim, t0 time.Time) {
 	if r.LowerBoundIdle > 0 {
 		r.RatioIdle = float64(r.MigratedMakespan) / float64(r.LowerBoundIdle)
 	}
+}
+
+// quantiles3 is p50, p95 and the maximum (zeros when empty).
+func quantiles3(ds []time.Duration) [3]time.Duration {
+	if len(ds) == 0 {
+		return [3]time.Duration{}
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return [3]time.Duration{s[len(s)/2], s[min(len(s)-1, len(s)*95/100)], s[len(s)-1]}
 }
 
 // RefusedTurn is one turn the simulator refused during the run, placed in

@@ -650,12 +650,32 @@ func (r Report) writeActivity(b *strings.Builder) {
 		return fmtDur(x.LowerBoundIdle) + " (Σ r_i / B)"
 	})
 	row("**makespan ÷ LB_idle**", func(x Result) string { return fmt.Sprintf("**%.2f**", x.RatioIdle) })
-	row("drain begun after the agent's first idle moment: p50 / p95 / max; the last migrated machine", func(x Result) string {
+	row("drain begun after the agent's first idle moment from the start: p50 / p95 / max", func(x Result) string {
 		if x.LowerBoundIdle <= 0 {
 			return "–"
 		}
 		l := x.IdleLag
-		return fmt.Sprintf("%s / %s / %s; %s", signedDur(l[0]), signedDur(l[1]), signedDur(l[2]), signedDur(x.IdleLagLast))
+		return fmt.Sprintf("%s / %s / %s", signedDur(l[0]), signedDur(l[1]), signedDur(l[2]))
+	})
+	row("drain begun after the agent's first idle moment from its first look: p50 / p95 / max", func(x Result) string {
+		if x.LowerBoundIdle <= 0 {
+			return "–"
+		}
+		l := x.LookLag
+		return fmt.Sprintf("%s / %s / %s", signedDur(l[0]), signedDur(l[1]), signedDur(l[2]))
+	})
+	row("LB_idle counting each agent's first idle moment from its first look (the budget's order kept)", func(x Result) string {
+		if x.LowerBoundLook <= 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%s (makespan ÷ it: %.2f)", fmtDur(x.LowerBoundLook), float64(x.MigratedMakespan)/float64(x.LowerBoundLook))
+	})
+	row("the last migrated machine: first look; first idle moment from the start / from that look; drain begun", func(x Result) string {
+		if x.LowerBoundIdle <= 0 {
+			return "–"
+		}
+		l := x.LastLook
+		return fmt.Sprintf("%s; %s / %s; %s", fmtDur(l.FirstLook), fmtDur(l.IdleFromStart), fmtDur(l.IdleFromLook), fmtDur(l.Begun))
 	})
 	row("migrated machines done by: p50 / p95 / p99 / last", func(x Result) string {
 		d := x.MigratedDone
