@@ -123,13 +123,29 @@
 // that gives its slot back (slot_held false; the commit refills the slot
 // for the next candidate, so a waiting machine is never counted as
 // disrupted), with not_before = now + a back-off (PollInterval doubling up
-// to PeekBackoffMax, ±20 %, never past the idle wait's end). FillSlots
-// gives it a slot again when that has passed (a freed slot or the fill
-// safety net); its next peek comes before any Fly call, so a busy agent
-// costs one status read, one write and a slot hand-over per look. Idle (or
-// the gateway not running at all: nobody is being served) → lease, record
-// the decision (active_agents_at_begin from the peek) and begin at once.
-// A turn slipping in between is waited for as without an idle wait.
+// to PeekBackoffMax, ±20 %, never past the idle wait's end; at most
+// PeekBackoffTail once no machine of the run waits for a slot, the run's
+// tail) and idle_watch set: its own job snoozes until then and looks again
+// without a slot (FillSlots leaves a watching machine alone), so a busy
+// agent costs one status read and one single-statement write per look.
+// The look that finds it idle takes a free slot at once (store.ClaimSlot,
+// under the budget's lock and rules) and goes on to lease and begin in the
+// same execution; with no slot free, idle_watch is cleared and it waits for
+// one in plan order (FillSlots; ready looks again). The fill tick inserts
+// the job of a watch whose look is overdue (a lost job). Idle (or the
+// gateway not running at all: nobody is being served) → lease, record the
+// decision (active_agents_at_begin from the peek) and begin at once.
+//
+// A drain begun at an idle moment is read every 250 ms in the execution
+// that began it, until the gateway shows the marker (hermes-agent's watcher
+// re-reads it every second) — not after a snooze that River's fetch poll
+// makes up to a second longer — and the update follows that read at once:
+// from the watcher noticing to the SIGTERM every new turn is refused. If
+// that first "draining" read shows work in flight, turns began between the
+// idle look and the watcher noticing: they are served, and the drain is
+// cancelled at once rather than refusing the agent's next turns while it
+// waits for them; the machine watches for the next idle moment within the
+// same idle wait (past it, the drain waits for them as without one).
 //
 // The idle wait counts from the first peek (first_peek_at, kept across
 // looks, leases held elsewhere and replica crashes: it is in Postgres).
