@@ -198,6 +198,10 @@ type Result struct {
 	// were not running (not counted as Anomalies).
 	NotRunning int
 
+	// Heap is this process's heap (the simulator and the replica in it)
+	// when half the machines were done; nil below 10,000 machines.
+	Heap *HeapProfile
+
 	Warnings        int // warnings and errors the orchestrator and River logged
 	WarningTexts    []string
 	PostgresVersion string
@@ -481,7 +485,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	s := &sampler{counter: counter, sim: sim, turns: turns, clk: clk,
-		threshold: max(1, int(cfg.PlateauFraction*float64(min(cfg.Budget, cfg.Machines))))}
+		threshold: max(1, int(cfg.PlateauFraction*float64(min(cfg.Budget, cfg.Machines)))), profile: cfg.Machines >= 10000}
 	final, err := s.wait(ctx, monitor, run.ID, cfg, runWall0)
 	res.RunWall = time.Since(runWall0)
 	if err != nil {
@@ -514,6 +518,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.SimConnections = conns.Load()
 	res.RunState, res.RunReason = final.State, final.StateReason
 	res.Plateau = s.plateau()
+	res.Heap = s.heap
 	res.Warnings, res.WarningTexts = warn.count()
 
 	if err := res.collect(ctx, monitor, run.ID, runSim0, simOf, turns.drawnOnly); err != nil {
@@ -750,8 +755,11 @@ type sampler struct {
 
 	in         Plateau
 	waitingSum float64
-	samples    int
-	labels     map[string]int64
+	// profile: read this process's heap once half the machines are done.
+	profile bool
+	heap    *HeapProfile
+	samples int
+	labels  map[string]int64
 }
 
 type sample struct {
@@ -814,6 +822,12 @@ func (s *sampler) wait(ctx context.Context, db *pgxpool.Pool, id int64, cfg Conf
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()
 			c, _ := q.CountRun(ctx, id)
+			if s.heap == nil && s.profile && 2*c.ByState[store.StateDone] >= c.Total && c.Total > 0 {
+				if h, err := selfHeapProfile(); err == nil {
+					h.Done = c.ByState[store.StateDone]
+					s.heap = &h
+				}
+			}
 			cfg.Logger.Info("progress", "name", cfg.Name, "done", c.ByState[store.StateDone], "of", c.Total,
 				"draining", c.ByState[store.StateDraining], "drains_waiting", cur.waiting, "statements", cur.stmts)
 		}

@@ -2,11 +2,15 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"os"
+	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,6 +39,21 @@ type HeapProfile struct {
 type HeapEntry struct {
 	Func           string
 	Bytes, Objects int64
+}
+
+// selfHeapProfile is this process's heap profile now.
+func selfHeapProfile() (HeapProfile, error) {
+	var b bytes.Buffer
+	runtime.GC() // the in-use figures are as of the last collection
+	if err := pprof.Lookup("heap").WriteTo(&b, 1); err != nil {
+		return HeapProfile{}, err
+	}
+	h, err := parseHeapProfile(&b, 12)
+	if err != nil {
+		return h, err
+	}
+	h.RSS = procRSS(os.Getpid())
+	return h, nil
 }
 
 // readHeapProfile fetches a heap profile from a pprof address.

@@ -350,15 +350,8 @@ func (r Report) writeReplicas(b *strings.Builder) {
 	for _, x := range runs {
 		if h := x.Heap; h != nil {
 			fmt.Fprintf(b, "\n### %s: the heap of serve replica 1 with %d of %d machines done\n\n", x.Name, h.Done, x.Res.N())
-			fmt.Fprintf(b, "From its `MIGRATOR_PPROF_ADDR` (`/debug/pprof/heap`, in-use space, sampled and scaled as `go tool pprof` "+
-				"does; flat: the function that allocated). RSS then %.1f MB; the runtime holds %.1f MB from the OS (Sys), heap in "+
-				"use %.1f MB of %.1f MB reserved, goroutine stacks %.1f MB, next GC at %.1f MB.\n\n"+
-				"| allocated by | in use | objects |\n|---|---:|---:|\n", float64(h.RSS)/1e6, float64(h.Sys)/1e6,
-				float64(h.HeapInuse)/1e6, float64(h.HeapSys)/1e6, float64(h.StackInuse)/1e6, float64(h.NextGC)/1e6)
-			for _, e := range h.Top {
-				fmt.Fprintf(b, "| `%s` | %.2f MB | %d |\n", e.Func, float64(e.Bytes)/1e6, e.Objects)
-			}
-			fmt.Fprintf(b, "| (all sampled allocations in use) | %.2f MB | |\n", float64(h.InUse)/1e6)
+			b.WriteString("From its `MIGRATOR_PPROF_ADDR`. ")
+			writeHeap(b, h)
 		}
 	}
 	for _, x := range runs {
@@ -369,4 +362,17 @@ func (r Report) writeReplicas(b *strings.Builder) {
 			fmt.Fprintf(b, "\n%s: machines that did not migrate (first %d): %s\n", x.Name, len(x.Res.Failures), strings.Join(x.Res.Failures, "; "))
 		}
 	}
+}
+
+// writeHeap writes a heap profile's summary and top entries.
+func writeHeap(b *strings.Builder, h *HeapProfile) {
+	fmt.Fprintf(b, "In-use space (`/debug/pprof/heap`, sampled and scaled as `go tool pprof` does; flat: the function that "+
+		"allocated). RSS then %.1f MB; the Go runtime holds %.1f MB from the OS (Sys), heap in use %.1f MB of %.1f MB reserved, "+
+		"goroutine stacks %.1f MB, next GC at %.1f MB.\n\n| allocated by | in use | objects |\n|---|---:|---:|\n",
+		float64(h.RSS)/1e6, float64(h.Sys)/1e6, float64(h.HeapInuse)/1e6, float64(h.HeapSys)/1e6, float64(h.StackInuse)/1e6,
+		float64(h.NextGC)/1e6)
+	for _, e := range h.Top {
+		fmt.Fprintf(b, "| `%s` | %.2f MB | %d |\n", e.Func, float64(e.Bytes)/1e6, e.Objects)
+	}
+	fmt.Fprintf(b, "| (all sampled allocations in use) | %.2f MB | |\n", float64(h.InUse)/1e6)
 }

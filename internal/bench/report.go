@@ -480,6 +480,10 @@ func (r Report) WriteMarkdown(w io.Writer) error {
 				fmt.Fprintf(b, "| %.2f | %.3f | %.3f | %.3f | %.0f %% |\n", st.Persistence, o[0], o[1], o[2], 100*st.OrderedOver)
 			}
 		}
+		if h := s.Heap; h != nil {
+			fmt.Fprintf(b, "\n### %s: the heap of the benchmark process (simulator and replica) with %d of %d machines done\n\n", s.Config.Name, h.Done, s.N())
+			writeHeap(b, h)
+		}
 		if len(s.Failures) > 0 {
 			fmt.Fprintf(b, "\nMachines that did not migrate (first %d): %s\n", len(s.Failures), strings.Join(s.Failures, "; "))
 		}
