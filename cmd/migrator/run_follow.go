@@ -546,16 +546,28 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 		line("%s", msg)
 	}
 	// Outcomes that changed without a machine line: machines that went from
-	// pending straight to done (cancelled before starting, skipped).
+	// pending straight to done (cancelled before starting, skipped), or
+	// were in flight only between two looks (a machine waiting for an idle
+	// moment is drained and updated in one step the moment its agent is
+	// idle, then verified in seconds).
 	if prev != nil {
-		var parts []string
+		var unstarted, brief []string
 		for _, o := range outcomeOrder {
 			if d := cur.Counts.ByOutcome[o] - prev.Counts.ByOutcome[o] - explained[o]; d > 0 {
-				parts = append(parts, fmt.Sprintf("%d %s", d, o))
+				part := fmt.Sprintf("%d %s", d, o)
+				if o == store.OutcomeCancelled || o == store.OutcomeSkippedUpToDate {
+					unstarted = append(unstarted, part)
+				} else {
+					brief = append(brief, part)
+				}
 			}
 		}
-		if len(parts) > 0 {
-			line("%s without starting", strings.Join(parts, ", "))
+		if len(unstarted) > 0 {
+			line("%s without starting", strings.Join(unstarted, ", "))
+		}
+		if len(brief) > 0 {
+			line("%s since the last look (in flight only between two looks; `migrator history --run %d` has them)",
+				strings.Join(brief, ", "), r.ID)
 		}
 	}
 	return out

@@ -889,6 +889,14 @@ func TestRunFollowChangeLines(t *testing.T) {
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
 		t.Errorf("change lines:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
+	// A machine that waited for an idle moment and was moved between two
+	// looks (never seen in flight) started: it is not "without starting".
+	quick := s1
+	quick.Counts.ByOutcome = map[string]int{"migrated": 5, "skipped_up_to_date": 2, "cancelled": 2}
+	if l := changeLines(&s1, quick, nil, later); len(l) != 1 ||
+		!strings.HasSuffix(l[0], "1 migrated since the last look (in flight only between two looks; `migrator history --run 42` has them)") {
+		t.Errorf("a machine moved between two looks: %q", l)
+	}
 	// A forced drain says with how many agents.
 	s2 := s1
 	s2.InFlight = []store.MigrationView{s1.InFlight[0]}
