@@ -35,8 +35,8 @@ func newBenchCmd(e *env) *cobra.Command {
 		Use:   "bench [--machines N] [--budget B] [--seed S] [--time-scale F] [--out FILE]",
 		Short: "Measure fleet-scale performance against the simulator and a real PostgreSQL",
 		Long: "Run the fleet benchmark and write its results as Markdown (default bench/results.md).\n\n" +
-			"Three scenarios, each with its own simulator, database and orchestrator replica in this\n" +
-			"process, on one scaled clock:\n" +
+			"Five scenarios; the first four each with its own simulator, database and orchestrator\n" +
+			"replica in this process, on one scaled clock, the last with processes of their own:\n" +
 			"  fleet       N machines (default 2,000), fleet budget B (default 100), heavy-tailed\n" +
 			"              (log-normal) drain durations: makespan ÷ lower bound, the fixed-wave\n" +
 			"              baseline from the same durations, SQL, Fly and gateway calls, CPU, RSS;\n" +
@@ -65,13 +65,17 @@ func newBenchCmd(e *env) *cobra.Command {
 			"leaves some out and --out names an existing results file, the sections of the scenarios\n" +
 			"run replace theirs in it and the rest is kept, with a note saying which were not re-run.\n\n" +
 			"The database is a throwaway PostgreSQL started from the server binaries on PATH or in\n" +
-			"/usr/lib/postgresql/*/bin, or a throwaway database on the server " + benchServerEnv + " names.\n" +
+			"/usr/lib/postgresql/*/bin, or a throwaway database on the server " + benchServerEnv + " names\n" +
+			"(the replicas scenario always starts its own, with pg_stat_statements preloaded).\n" +
 			"Targets missed are reported, not failed: the exit status is 0 when every scenario ran\n" +
 			"and every machine migrated; a run that ended otherwise is still written, then exits 1.",
 		Example: "  migrator bench\n" +
 			"  migrator bench --machines 500 --budget 50 --drain-wait-machines 0 --out -\n" +
 			"  migrator bench --large-machines 10000 --out bench/results.md\n" +
-			"  migrator bench --scenario activity --out bench/results.md",
+			"  migrator bench --scenario activity --out bench/results.md\n" +
+			"  migrator bench --scenario activity --seed 7 --activity-machines 1000 --activity-budget 50 --out bench/results.md\n" +
+			"  migrator bench --scenario replicas,activity,large --large-machines 10000 --large-time-scale 5 --out bench/results.md\n" +
+			"  migrator bench --scenario replicas --replicas-machines 2000 --out -   # a quick look (5 minutes)",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {
