@@ -45,13 +45,44 @@
 // simulator's turns refused (arrived while draining) and interrupted (in
 // flight at the recreate) over the run, the agent-time spent draining in
 // all and per agent (p99, max), and, over the migrated machines alone, the
-// makespan from CreateRun to the last one done against LB_r = max(max r_i,
-// Σ r_i / B), r_i being recreate + verify: the makespan if every drain
-// were instant. `migrator bench --scenario activity` runs it twice from
+// makespan from CreateRun to the last one done against LB_idle =
+// max(max_i (t_idle_i + r_i), Σ r_i / B), r_i being recreate + verify and
+// t_idle_i the first moment from the run's start at which agent i has
+// nothing in flight and no turn arrives for the watcher's delay and a
+// second (the simulator replays its activity trace: fleetsim.IdleMoment),
+// so a drain begun then could end in the recreate without refusing a turn
+// (LB_r, the same without t_idle_i, is kept for comparison); the same bound
+// counted from each agent's first look shows what the budget's order cost
+// apart from noticing; and each refused turn placed in its drain (while it
+// waited for a turn in flight, before or after the read that found it
+// quiescent). `migrator bench --scenario activity` runs it twice from
 // the same state (same seed, fresh simulator and database each) with an
 // auto-update run: with IdleWait 0 (the drain begins as the machine gets
 // its slot) and with the policy's idle wait (idle first), and reports them
 // side by side (Report.AtOnce, Report.IdleFirst).
+//
+// # Replicas
+//
+// RunReplicas moves one fleet (10,000 machines by default, the drain model
+// of the fleet scenario started by the simulator itself:
+// fleetsim.DrainTurns) with real `migrator serve` processes, each with its
+// own pool and River client, against one PostgreSQL (pg_stat_statements
+// preloaded) and one `migrator fleetsim` process, so each process's CPU and
+// RSS are its own (/proc): once per replica count, then with the most
+// replicas and River's leader SIGKILLed, not restarted, at a share of the
+// machines done. The run is planned and created in this process, as `run
+// create` does. It reports the schedule figures as above, SQL statements
+// per machine (pg_stat_statements, less the benchmark's own), connections
+// (pg_stat_activity by application name), each replica's RSS, CPU and
+// share of the work (its log's updates, River's attempted_by), updates per
+// machine from the simulator (exactly once), the longest any machine went
+// without a request from migrator (the simulator's per-machine timeline),
+// and a heap profile of one replica at full load (MIGRATOR_PPROF_ADDR).
+// River's crash-safety timers (job timeout, rescue-after, its rescuer's
+// period, leader election) run on the wall clock at serve's settings, so
+// the stand-still a kill causes is measured in wall time; on the scaled
+// timeline it is stretched by the time scale, which makes the kill run's
+// makespan a pessimistic figure.
 //
 // # Counters
 //
@@ -67,7 +98,8 @@
 //   - Memory: the process's resident-set peak (VmHWM, reset per scenario).
 //   - The simulator's rate-limit violations and peak of disrupted machines.
 //
-// Everything runs in one process so that one clock drives it; River's
+// The in-process scenarios run in one process so that one clock drives
+// it; River's
 // internal timers are wall time, so its fetch poll and the fill period are
 // scaled explicitly, and at a time scale above 1 its batching is a little
 // kinder than in production (the report says so).
