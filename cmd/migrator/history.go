@@ -244,7 +244,7 @@ func (t *historyTable) row(r store.HistoryRow) error {
 			}
 		}
 	}
-	outcome := strOr(r.Outcome, "(in flight)")
+	outcome := strOr(r.Outcome, notDoneText(r))
 	if r.Canary {
 		outcome += " (canary"
 		if r.BakeSeconds != nil {
@@ -342,4 +342,17 @@ func (c *historyCSV) row(r store.HistoryRow) error { return c.w.Write(r.CSVRecor
 func (c *historyCSV) end() error {
 	c.w.Flush()
 	return c.w.Error()
+}
+
+// notDoneText is the OUTCOME of a machine migration that has none yet: not
+// started (still pending: never leased, peeked or drained), waiting for its
+// agent to be idle, or in flight.
+func notDoneText(r store.HistoryRow) string {
+	switch {
+	case r.DrainStartedAt != nil || r.RecreatedAt != nil || r.MachineState != nil:
+		return "(in flight)"
+	case r.Peeks > 0:
+		return "(waiting for idle)"
+	}
+	return "(not started)"
 }
