@@ -1294,7 +1294,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	// waiting out VerifyTimeout would keep the agent's users cut off for
 	// nothing.
 	st, gerr := s.o.gw.Status(ctx, s.target())
-	before := decodeSignals(s.m.SignalsBefore)
+	before := gateway.DecodeSignals(s.m.SignalsBefore)
 	if gerr == nil {
 		s.m.SignalsAfter = encodeSignals(st.Signals(s.now()))
 		if st.State == gatewayStartupFailed {
@@ -1427,7 +1427,7 @@ const (
 func (s *step) startRollback(ctx context.Context, signal, reason string) (next, error) {
 	detail := map[string]any{"reason": reason, "signal": signal,
 		"since_update_seconds": s.now().Sub(s.m.UpdatedMachineAt).Seconds()}
-	if after := decodeSignals(s.m.SignalsAfter); after != nil {
+	if after := gateway.DecodeSignals(s.m.SignalsAfter); after != nil {
 		detail["signals_after"] = after
 	}
 	s.o.obs.RollbackStarted(phaseOf(s.m.State), signal)

@@ -255,7 +255,7 @@ func (t *historyTable) row(r store.HistoryRow) error {
 	_, err := fmt.Fprintf(t.w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.RunID, r.Cause, r.App,
 		r.MachineID, strOr(r.MachineState, "-"), outcome, strOr(r.DrainOutcome, "-"), quiet, waited,
 		intOr(r.ActiveAgentsAtRecreate, "-"), digests(r), strOr(r.PolicyRule, "-"), strOr(r.DecidingSignal, "-"),
-		nonEmpty(oneLine(gateway.Changes(decodeSignals(r.SignalsBefore), decodeSignals(r.SignalsAfter)), 70), "-"),
+		nonEmpty(oneLine(gateway.Changes(gateway.DecodeSignals(r.SignalsBefore), gateway.DecodeSignals(r.SignalsAfter)), 70), "-"),
 		oneLine(strOr(r.Error, ""), 60))
 	return err
 }
