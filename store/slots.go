@@ -120,7 +120,8 @@ func (q *Q) CancelPending(ctx context.Context, runID int64) (int, error) {
 }
 
 // SettleRun decides what a running, paused or cancelling run becomes now:
-// over (succeeded, failed or cancelled) when all its machines are done;
+// over (succeeded, failed or cancelled) when all its machines are done (a
+// cancelling run's pending machines end cancelled first);
 // paused when a canary failed or failures passed the threshold. It returns the
 // run and whether its state changed.
 func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
@@ -130,6 +131,16 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 	}
 	if RunTerminal(r.State) || r.State == RunPending {
 		return r, false, nil
+	}
+	if r.State == RunCancelling {
+		// A step that read the run before the cancel may have put its
+		// machine back to pending after CancelPending ran (a pause, a busy
+		// agent, another deployer's lease): nothing gives a cancelling
+		// run's machine a slot again, so it is cancelled here, or the run
+		// would stay cancelling for ever.
+		if _, err := q.CancelPending(ctx, runID); err != nil {
+			return Run{}, false, err
+		}
 	}
 	// Cheap whatever the run's size: "open" stops at the first machine not
 	// done (state <> 'done' split into two range bounds of
