@@ -250,12 +250,17 @@ func TestWokenBeforeUpdateIsDecidedAgain(t *testing.T) {
 	var w *world
 	var app, id string
 	w = newWorld(t, worldOpts{
-		sim: fleetsim.Config{Apps: 1, Shape: func(string) []fleetsim.MachineShape {
+		// Once woken it stays up (autostop an hour after the last request)
+		// and its user's turn lasts 2 simulated minutes: on a loaded
+		// machine a few wall seconds may pass between the wake and the
+		// update's read, and the machine must not be put down again, nor
+		// the turn be over, before the test has seen it woken.
+		sim: fleetsim.Config{Apps: 1, AutostopAfter: time.Hour, Shape: func(string) []fleetsim.MachineShape {
 			return []fleetsim.MachineShape{{State: "suspended", Autostop: "suspend"}}
 		}},
 		wrapFly: func(c *flymachines.Client) orchestrator.Fly {
 			return &wakeBeforeUpdate{Client: c, wake: func() {
-				w.sim.AddTurn(app, id, fleetsim.Turn{Session: "woke-it", Duration: 20 * time.Second})
+				w.sim.AddTurn(app, id, fleetsim.Turn{Session: "woke-it", Duration: 2 * time.Minute})
 				waitFor(t, 10*time.Second, "woken", func() bool { return w.sim.Machine(app, id).ActiveAgents == 1 })
 			}}
 		},
