@@ -74,7 +74,10 @@ func TestRealFleetWalk(t *testing.T) {
 }
 
 func walkRealFleet(t *testing.T, faults bool) {
-	cfg := fleetsim.Config{LeaseConflictFormat: fleetsim.LeaseTimeGo} // Fly's documented 409 text
+	// Fly's documented 409 text. APISimTime: the client paces itself on the
+	// test's 50× clock, so the simulator must count Fly's limits on the
+	// same timeline for "no violation" to mean the client kept them.
+	cfg := fleetsim.Config{LeaseConflictFormat: fleetsim.LeaseTimeGo, APISimTime: true}
 	cfg.RealFleet()
 	w := newWorld(t, worldOpts{sim: cfg})
 	kind := map[string]string{}
