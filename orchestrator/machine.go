@@ -198,6 +198,12 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 			if err := q.SaveStep(ctx, s.m, s.w.Drain, events); err != nil {
 				return err
 			}
+			if s.unprovenCanary() {
+				// Before the fill: the gate no longer waits for this one.
+				if err := q.ReplaceUnprovenCanary(ctx, s.m); err != nil {
+					return err
+				}
+			}
 			if err := s.o.fillTx(ctx, q, tx); err != nil {
 				return err
 			}
@@ -226,6 +232,13 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 	s.events = nil
 	s.leaseDirty = false
 	return nil
+}
+
+// unprovenCanary: this canary just ended without proving the image
+// (deferred, or found up to date), so another takes its place.
+func (s *step) unprovenCanary() bool {
+	return s.m.Canary && s.m.State == store.StateDone &&
+		(s.m.Outcome == store.OutcomeDeferred || s.m.Outcome == store.OutcomeSkippedUpToDate)
 }
 
 // observe tells the Observer what the save just committed: the version
