@@ -403,7 +403,9 @@ func TestAutoUpdateTicksAreRecorded(t *testing.T) {
 		}
 		return n
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	// Generous: the ticks come from River's leader, which a loaded machine
+	// may take a while to elect after the hand-over.
+	deadline := time.Now().Add(time.Minute)
 	for events(orchestrator.AutoUpdateNoChannel) < 2 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no no_channel ticks recorded: %v", rec.tickOutcomes())
@@ -413,6 +415,7 @@ func TestAutoUpdateTicksAreRecorded(t *testing.T) {
 	if _, err := w.st.Q().SetChannel(ctx, "stable", imgV1, "alice", "initial"); err != nil {
 		t.Fatal(err)
 	}
+	deadline = time.Now().Add(time.Minute)
 	for events(orchestrator.AutoUpdateUpToDate) < 1 {
 		if time.Now().After(deadline) {
 			t.Fatalf("no nothing_to_do tick recorded: %v", rec.tickOutcomes())

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -84,7 +85,7 @@ func (s *step) bake(ctx context.Context) (next, error) {
 		}
 		return s.bakeRegressed(ctx, signalReadFailed, fmt.Sprintf("read the baking machine: %v", err))
 	}
-	before := decodeSignals(s.m.SignalsBefore)
+	before := gateway.DecodeSignals(s.m.SignalsBefore)
 	switch {
 	case m.InstanceID != s.m.ToInstanceID || s.imageOf(m) != s.m.ToImage:
 		return s.bakeRegressed(ctx, signalInstanceChanged, fmt.Sprintf("the machine left the new instance during the bake: %s on instance %s image %s, not instance %s image %s",
@@ -103,7 +104,7 @@ func (s *step) bake(ctx context.Context) (next, error) {
 			s.persistCalls(ctx)
 			return wait(min(s.o.cfg.PollInterval, s.m.BakeUntil.Sub(now)+time.Millisecond)), nil
 		}
-		last := decodeSignals(s.m.SignalsAfter)
+		last := gateway.DecodeSignals(s.m.SignalsAfter)
 		if last != nil {
 			if v := judgeAgent(before, *last, true); v.regressed {
 				return s.bakeRegressed(ctx, v.signal, v.reason+" before it was put down, idle")
@@ -123,7 +124,7 @@ func (s *step) bake(ctx context.Context) (next, error) {
 	keep := false
 	if gerr == nil {
 		after := st.Signals(now)
-		prev := decodeSignals(s.m.SignalsAfter)
+		prev := gateway.DecodeSignals(s.m.SignalsAfter)
 		keep = prev == nil || now.Sub(prev.At) >= s.bakeUnreadable()/2
 		s.m.SignalsAfter = encodeSignals(after)
 		if !st.Running {
@@ -133,12 +134,12 @@ func (s *step) bake(ctx context.Context) (next, error) {
 		if v := judgeAgent(before, after, false); v.regressed {
 			return s.bakeRegressed(ctx, v.signal, v.reason)
 		}
-	} else if last := decodeSignals(s.m.SignalsAfter); ctx.Err() == nil && (last == nil || now.Sub(last.At) > s.bakeUnreadable()) {
+	} else if last := gateway.DecodeSignals(s.m.SignalsAfter); ctx.Err() == nil && (last == nil || now.Sub(last.At) > s.bakeUnreadable()) {
 		return s.bakeRegressed(ctx, signalGatewayUnread, fmt.Sprintf("the gateway's status is unreadable during the bake: %v", gerr))
 	}
 	if !now.Before(s.m.BakeUntil) {
 		// Over: what was allowed to come up meanwhile must have.
-		last := decodeSignals(s.m.SignalsAfter)
+		last := gateway.DecodeSignals(s.m.SignalsAfter)
 		if last == nil || now.Sub(last.At) > s.bakeUnreadable() {
 			return s.bakeRegressed(ctx, signalGatewayUnread, "the gateway's status was unreadable at the end of the bake")
 		}
@@ -196,7 +197,7 @@ func (s *step) bakeRegressed(ctx context.Context, signal, reason string) (next, 
 	s.m.DecidingSignal = signal
 	detail := map[string]any{"reason": s.m.Error, "signal": signal, "since_update_seconds": now.Sub(s.m.UpdatedMachineAt).Seconds(),
 		"baked_seconds": watched.Seconds()}
-	if after := decodeSignals(s.m.SignalsAfter); after != nil {
+	if after := gateway.DecodeSignals(s.m.SignalsAfter); after != nil {
 		detail["signals_after"] = after
 	}
 	s.m.UpdatedMachineAt = now // the rollback's own verify clock

@@ -19,6 +19,13 @@
 // person resuming a paused run acknowledges what failed so far (the run's
 // acknowledged_at): the gate opens past those canaries and the threshold
 // counts afresh; `run resume --bake` first moves and bakes new canaries.
+// A canary that ends without proving the image (deferred: outside its
+// window, its agent never idle, its host not ok, another deployer's lease;
+// or found up to date) does not hold the gate: in the transaction that
+// ends it, the next pending machine in plan order becomes a canary in its
+// place (store.Q.ReplaceUnprovenCanary); once more than
+// store.MaxUnprovenCanaries × the canary count ended so, the run pauses
+// naming them.
 //
 // # Plan order
 //

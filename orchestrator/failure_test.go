@@ -42,6 +42,16 @@ func (w *world) eventsOf(runID int64, machineID string) []store.Event {
 	return nil
 }
 
+// runEvents returns run's own events (not its machines').
+func (w *world) runEvents(runID int64) []store.Event {
+	w.t.Helper()
+	evs, err := w.st.Q().ListEvents(context.Background(), store.Scope{RunID: runID}, 0)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return evs
+}
+
 func eventOf(evs []store.Event, kind string) (store.Event, bool) {
 	for _, e := range evs {
 		if e.Kind == kind {

@@ -290,3 +290,69 @@ func TestPeekAtADownOrUnreachableGateway(t *testing.T) {
 		t.Fatalf("an agent whose status could not be read was recreated: %+v", v)
 	}
 }
+
+// A canary whose agent is busy for the whole idle wait is deferred without a
+// drain, and proves nothing: the next machine in plan order becomes a canary
+// in its place, is baked, and the run widens (before, the deferred canary
+// held the canary gate shut and the run stayed running for ever). Canaries
+// that keep ending unproven pause the run, naming them.
+func TestDeferredCanaryIsReplaced(t *testing.T) {
+	t.Parallel()
+	pol := mustPolicy(t, "[causes.auto-update]\nidle_wait = \"3m\"\ncanary_bake = \"30s\"\n")
+	t.Run("replaced, the run widens", func(t *testing.T) {
+		t.Parallel()
+		w := newWorld(t, worldOpts{sim: idleFleet(4), policy: pol})
+		ms := machinesOf(w)
+		busy := ms[0] // plan order: the first canary
+		chatter(w, busy, 6*time.Hour)
+		run := w.createRun(orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: imgV2, MaxUnavailable: "2", Canary: 1})
+		r := w.waitRun(run.ID, time.Minute)
+		if r.State != store.RunSucceeded {
+			t.Fatalf("run %s (%s): want succeeded, the deferred canary replaced", r.State, r.StateReason)
+		}
+		got, err := w.st.Q().ListMigrations(context.Background(), run.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var replacement store.Migration
+		for _, m := range got {
+			switch {
+			case m.MachineID == busy.ID:
+				if !m.Canary || m.Outcome != store.OutcomeDeferred {
+					t.Errorf("busy canary %s: canary %t, %s; want a deferred canary", m.Target(), m.Canary, m.Outcome)
+				}
+			case m.Canary:
+				replacement = m
+			}
+		}
+		if replacement.MachineID != ms[1].ID || replacement.Outcome != store.OutcomeMigrated || replacement.BakeStartedAt.IsZero() {
+			t.Fatalf("replacement canary %+v: want %s, migrated after a bake", replacement, ms[1].ID)
+		}
+		for _, m := range got {
+			if !m.Canary && m.StartedAt.Before(replacement.FinishedAt) {
+				t.Errorf("%s started %s, before the replacement canary's bake ended %s", m.Target(), m.StartedAt, replacement.FinishedAt)
+			}
+		}
+		if e, ok := eventOf(w.runEvents(run.ID), "run.canary_replaced"); !ok || e.Detail["new_canary"] != replacement.Target() {
+			t.Errorf("run.canary_replaced event %+v", e.Detail)
+		}
+	})
+	t.Run("too many unproven canaries pause the run", func(t *testing.T) {
+		t.Parallel()
+		w := newWorld(t, worldOpts{sim: idleFleet(5), policy: pol})
+		ms := machinesOf(w)
+		for _, m := range ms[:3] { // the canary and its two replacements
+			chatter(w, m, 6*time.Hour)
+		}
+		run := w.createRun(orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: imgV2, MaxUnavailable: "2", Canary: 1})
+		r := w.waitRun(run.ID, 2*time.Minute)
+		if r.State != store.RunPaused || !strings.Contains(r.StateReason, "3 canaries ended without proving the image") {
+			t.Fatalf("run %s (%s): want paused after 3 unproven canaries", r.State, r.StateReason)
+		}
+		for _, m := range ms[3:] {
+			if v := w.sim.Machine(m.App, m.ID); v.Updates != 0 || v.MarkerPresent {
+				t.Errorf("%s/%s was moved without a proof: %+v", m.App, m.ID, v)
+			}
+		}
+	})
+}

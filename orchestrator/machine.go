@@ -214,6 +214,12 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 			if err := q.SaveStep(ctx, s.m, s.w.Drain, events); err != nil {
 				return err
 			}
+			if s.unprovenCanary() {
+				// Before the fill: the gate no longer waits for this one.
+				if err := q.ReplaceUnprovenCanary(ctx, s.m); err != nil {
+					return err
+				}
+			}
 			if err := s.o.fillTx(ctx, q, tx); err != nil {
 				return err
 			}
@@ -243,6 +249,13 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 	s.leaseDirty = false
 	s.heldSlot = s.m.SlotHeld
 	return nil
+}
+
+// unprovenCanary: this canary just ended without proving the image
+// (deferred, or found up to date), so another takes its place.
+func (s *step) unprovenCanary() bool {
+	return s.m.Canary && s.m.State == store.StateDone &&
+		(s.m.Outcome == store.OutcomeDeferred || s.m.Outcome == store.OutcomeSkippedUpToDate)
 }
 
 // observe tells the Observer what the save just committed: the version
@@ -1499,7 +1512,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	// waiting out VerifyTimeout would keep the agent's users cut off for
 	// nothing.
 	st, gerr := s.o.gw.Status(ctx, s.target())
-	before := decodeSignals(s.m.SignalsBefore)
+	before := gateway.DecodeSignals(s.m.SignalsBefore)
 	if gerr == nil {
 		s.m.SignalsAfter = encodeSignals(st.Signals(s.now()))
 		if st.State == gatewayStartupFailed {
@@ -1632,7 +1645,7 @@ const (
 func (s *step) startRollback(ctx context.Context, signal, reason string) (next, error) {
 	detail := map[string]any{"reason": reason, "signal": signal,
 		"since_update_seconds": s.now().Sub(s.m.UpdatedMachineAt).Seconds()}
-	if after := decodeSignals(s.m.SignalsAfter); after != nil {
+	if after := gateway.DecodeSignals(s.m.SignalsAfter); after != nil {
 		detail["signals_after"] = after
 	}
 	s.o.obs.RollbackStarted(phaseOf(s.m.State), signal)

@@ -74,7 +74,10 @@ func TestRealFleetWalk(t *testing.T) {
 }
 
 func walkRealFleet(t *testing.T, faults bool) {
-	cfg := fleetsim.Config{LeaseConflictFormat: fleetsim.LeaseTimeGo} // Fly's documented 409 text
+	// Fly's documented 409 text. APISimTime: the client paces itself on the
+	// test's 50× clock, so the simulator must count Fly's limits on the
+	// same timeline for "no violation" to mean the client kept them.
+	cfg := fleetsim.Config{LeaseConflictFormat: fleetsim.LeaseTimeGo, APISimTime: true}
 	cfg.RealFleet()
 	w := newWorld(t, worldOpts{sim: cfg})
 	kind := map[string]string{}
@@ -250,12 +253,17 @@ func TestWokenBeforeUpdateIsDecidedAgain(t *testing.T) {
 	var w *world
 	var app, id string
 	w = newWorld(t, worldOpts{
-		sim: fleetsim.Config{Apps: 1, Shape: func(string) []fleetsim.MachineShape {
+		// Once woken it stays up (autostop an hour after the last request)
+		// and its user's turn lasts 2 simulated minutes: on a loaded
+		// machine a few wall seconds may pass between the wake and the
+		// update's read, and the machine must not be put down again, nor
+		// the turn be over, before the test has seen it woken.
+		sim: fleetsim.Config{Apps: 1, AutostopAfter: time.Hour, Shape: func(string) []fleetsim.MachineShape {
 			return []fleetsim.MachineShape{{State: "suspended", Autostop: "suspend"}}
 		}},
 		wrapFly: func(c *flymachines.Client) orchestrator.Fly {
 			return &wakeBeforeUpdate{Client: c, wake: func() {
-				w.sim.AddTurn(app, id, fleetsim.Turn{Session: "woke-it", Duration: 20 * time.Second})
+				w.sim.AddTurn(app, id, fleetsim.Turn{Session: "woke-it", Duration: 2 * time.Minute})
 				waitFor(t, 10*time.Second, "woken", func() bool { return w.sim.Machine(app, id).ActiveAgents == 1 })
 			}}
 		},

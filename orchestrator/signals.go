@@ -148,15 +148,3 @@ func encodeSignals(s gateway.Signals) []byte {
 	}
 	return b
 }
-
-// decodeSignals reads stored signals; nil when none (or unreadable).
-func decodeSignals(b []byte) *gateway.Signals {
-	if len(b) == 0 {
-		return nil
-	}
-	var s gateway.Signals
-	if json.Unmarshal(b, &s) != nil {
-		return nil
-	}
-	return &s
-}

@@ -25,7 +25,9 @@ type Claim struct {
 //   - a run with canaries starts nothing else until every canary migrated
 //     (a baking canary has not: its outcome comes when its bake ends); a
 //     canary that failed before the run was last resumed by a person
-//     (runs.acknowledged_at) no longer holds it back;
+//     (runs.acknowledged_at) no longer holds it back, nor does one that
+//     ended without proving the image (deferred, or found up to date: it
+//     is replaced, see ReplaceUnprovenCanary);
 //   - only running runs start machines, oldest run first, canaries first,
 //     then plan order; machines with not_before in the future wait, and so
 //     do machines whose own job watches their agent for an idle moment
@@ -55,8 +57,8 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 			SELECT r.id, r.created_at, greatest(r.max_unavailable - coalesce(h.n, 0), 0) AS free,
 				r.canary > 0 AND EXISTS (
 					SELECT 1 FROM machine_migrations c
-					WHERE c.run_id = r.id AND c.canary AND (c.outcome IS DISTINCT FROM 'migrated')
-					  AND (c.outcome IS NULL OR r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at)
+					WHERE c.run_id = r.id AND c.canary AND (c.outcome IS NULL
+					  OR c.outcome IN ('failed', 'rolled_back') AND (r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at))
 				) AS canary_gate
 			FROM runs r LEFT JOIN held h ON h.run_id = r.id
 			WHERE r.state = 'running'
@@ -200,7 +202,8 @@ func (q *Q) CancelPending(ctx context.Context, runID int64) (int, error) {
 }
 
 // SettleRun decides what a running, paused or cancelling run becomes now:
-// over (succeeded, failed or cancelled) when all its machines are done;
+// over (succeeded, failed or cancelled) when all its machines are done (a
+// cancelling run's pending machines end cancelled first);
 // paused when a canary failed or failures passed the threshold. It returns the
 // run and whether its state changed.
 func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
@@ -210,6 +213,16 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 	}
 	if RunTerminal(r.State) || r.State == RunPending {
 		return r, false, nil
+	}
+	if r.State == RunCancelling {
+		// A step that read the run before the cancel may have put its
+		// machine back to pending after CancelPending ran (a pause, a busy
+		// agent, another deployer's lease): nothing gives a cancelling
+		// run's machine a slot again, so it is cancelled here, or the run
+		// would stay cancelling for ever.
+		if _, err := q.CancelPending(ctx, runID); err != nil {
+			return Run{}, false, err
+		}
 	}
 	// Cheap whatever the run's size: "open" stops at the first machine not
 	// done (state <> 'done' split into two range bounds of
@@ -335,15 +348,75 @@ func (q *Q) ResumeRun(ctx context.Context, id int64, by string, bake bool) (Run,
 	if !bake || r.Canary == 0 {
 		return r, 0, nil
 	}
-	tag, err := q.db.Exec(ctx, `
-		UPDATE machine_migrations SET canary = true, version = version + 1, updated_at = now()
-		WHERE id IN (SELECT id FROM machine_migrations WHERE run_id = $1 AND state = 'pending' AND NOT canary
-			ORDER BY seq LIMIT $2)`, id, r.Canary)
+	picked, err := q.promoteCanaries(ctx, id, r.Canary)
 	if err != nil {
-		return Run{}, 0, fmt.Errorf("resume run %d: pick new canaries: %w", id, err)
+		return Run{}, 0, fmt.Errorf("resume run %d: %w", id, err)
 	}
-	n := int(tag.RowsAffected())
+	n := len(picked)
 	err = q.AppendEvents(ctx, Scope{RunID: id}, Event{Kind: "run.rebake", Target: fmt.Sprint(id),
 		Detail: map[string]any{"new_canaries": n, "by": by}})
 	return r, n, err
+}
+
+// promoteCanaries makes the next n pending machines of run id (in plan
+// order) canaries, and returns them ("app/machine_id").
+func (q *Q) promoteCanaries(ctx context.Context, id int64, n int) ([]string, error) {
+	rows, err := q.db.Query(ctx, `
+		UPDATE machine_migrations SET canary = true, version = version + 1, updated_at = now()
+		WHERE id IN (SELECT id FROM machine_migrations WHERE run_id = $1 AND state = 'pending' AND NOT canary
+			ORDER BY seq LIMIT $2)
+		RETURNING app || '/' || machine_id`, id, n)
+	if err != nil {
+		return nil, fmt.Errorf("pick new canaries: %w", err)
+	}
+	picked, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("pick new canaries: %w", err)
+	}
+	return picked, nil
+}
+
+// MaxUnprovenCanaries is how many canaries per requested canary may end
+// without proving the image before the run pauses instead of replacing
+// them.
+const MaxUnprovenCanaries = 2
+
+// ReplaceUnprovenCanary is called, in the transaction that ends canary m,
+// when m ended without proving the image: deferred (outside its window,
+// its agent never idle, its host not ok, another deployer's lease held
+// too long) or found already up to date. The canary gate does not wait
+// for such a canary, so the next pending machine in plan order becomes a
+// canary in its place and the rest still wait for a proof. Once more than
+// MaxUnprovenCanaries × the run's canary count have ended unproven, the run
+// pauses instead, naming them: a person decides (`run resume` widens
+// without a proof, `run resume --bake` picks new canaries). A run that is
+// not running is left alone.
+func (q *Q) ReplaceUnprovenCanary(ctx context.Context, m *Migration) error {
+	r, err := q.GetRun(ctx, m.RunID)
+	if err != nil || r.State != RunRunning {
+		return err
+	}
+	var n int
+	var which string
+	if err := q.db.QueryRow(ctx, `
+		SELECT count(*), coalesce(string_agg(app || '/' || machine_id || ' ' || outcome, ', ' ORDER BY finished_at), '')
+		FROM machine_migrations WHERE run_id = $1 AND canary AND outcome IN ('deferred', 'skipped_up_to_date')`,
+		m.RunID).Scan(&n, &which); err != nil {
+		return fmt.Errorf("replace canary %s: %w", m.Target(), err)
+	}
+	if n > MaxUnprovenCanaries*max(r.Canary, 1) {
+		_, err := q.SetRunState(ctx, r.ID, []string{RunRunning}, RunPaused, fmt.Sprintf(
+			"%d canaries ended without proving the image (%s); resume to widen without a proof, or resume --bake for new canaries",
+			n, oneLineReason(which)), "migrator")
+		if errors.Is(err, ErrConflict) {
+			return nil
+		}
+		return err
+	}
+	picked, err := q.promoteCanaries(ctx, r.ID, 1)
+	if err != nil || len(picked) == 0 {
+		return err
+	}
+	return q.AppendEvents(ctx, Scope{RunID: r.ID}, Event{Kind: "run.canary_replaced", Target: fmt.Sprint(r.ID),
+		Detail: map[string]any{"unproven": m.Target(), "outcome": m.Outcome, "error": oneLineReason(m.Error), "new_canary": picked[0]}})
 }

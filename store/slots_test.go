@@ -18,7 +18,8 @@ import (
 // of every running run. It is the reference the differential test and the
 // benchmark compare the current statement with; keep it as it was (its
 // canary gate follows the current one's meaning: a failed canary a person
-// resumed the run after no longer closes it).
+// resumed the run after no longer closes it, nor does one that ended
+// without proving the image).
 const oldFillSQL = `
 		WITH held AS (
 			SELECT run_id, count(*) AS n FROM machine_migrations WHERE slot_held GROUP BY run_id
@@ -28,8 +29,8 @@ const oldFillSQL = `
 			SELECT r.id, r.created_at, r.max_unavailable - coalesce(h.n, 0) AS free,
 				r.canary > 0 AND EXISTS (
 					SELECT 1 FROM machine_migrations c
-					WHERE c.run_id = r.id AND c.canary AND (c.outcome IS DISTINCT FROM 'migrated')
-					  AND (c.outcome IS NULL OR r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at)
+					WHERE c.run_id = r.id AND c.canary AND (c.outcome IS NULL
+					  OR c.outcome IN ('failed', 'rolled_back') AND (r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at))
 				) AS canary_gate
 			FROM runs r LEFT JOIN held h ON h.run_id = r.id
 			WHERE r.state = 'running'
@@ -250,6 +251,15 @@ func TestFillSlotsClaimsExactly(t *testing.T) {
 			[]runSpec{{name: "a", maxUnavail: 2, canary: 1, ack: true, machines: []machineSpec{
 				done("c0", store.OutcomeRolledBack, true), {name: "c1", canary: true}, {name: "m0"}}}},
 			[]string{"a/c1"}},
+		{"canary gate: a canary that ended unproven (deferred, up to date) does not hold it; its replacement does", 0,
+			[]runSpec{{name: "a", maxUnavail: 3, canary: 2, machines: []machineSpec{
+				done("c0", store.OutcomeDeferred, true), done("c1", store.OutcomeSkippedUpToDate, true), {name: "c2", canary: true},
+				{name: "m0"}}}},
+			[]string{"a/c2"}},
+		{"canary gate: unproven canaries and migrated ones open it", 0,
+			[]runSpec{{name: "a", maxUnavail: 2, canary: 2, machines: []machineSpec{
+				done("c0", store.OutcomeDeferred, true), done("c1", store.OutcomeMigrated, true), {name: "m0"}, {name: "m1"}}}},
+			[]string{"a/m0", "a/m1"}},
 		{"canary gate opens when every canary migrated", 0,
 			[]runSpec{{name: "a", maxUnavail: 2, canary: 2, machines: []machineSpec{
 				{name: "m0"}, done("c0", store.OutcomeMigrated, true), {name: "m1"}, done("c1", store.OutcomeMigrated, true), {name: "m2"}}}},
@@ -498,6 +508,9 @@ func TestSettleRunDecisions(t *testing.T) {
 		{"cancelling, a machine on its path: unchanged", store.RunCancelling, 0,
 			[]machineSpec{done("m0", store.OutcomeFailed, true), {name: "m1", state: store.StateDraining, slot: true}},
 			unchanged(store.RunCancelling), false, nil},
+		{"cancelling, a machine back to pending after the cancel: cancelled too, the run cancelled", store.RunCancelling, 0,
+			[]machineSpec{done("m0", store.OutcomeCancelled, false), {name: "m1"}},
+			want{store.RunCancelled, "cancelled", true}, false, nil},
 		{"a failed canary pauses", store.RunRunning, 5,
 			[]machineSpec{done("c0", store.OutcomeFailed, true), {name: "m0"}},
 			want{store.RunPaused, "canary failed (1 canary machine(s) failed or rolled back): app/c0", true}, false, nil},

@@ -244,7 +244,7 @@ func (t *historyTable) row(r store.HistoryRow) error {
 			}
 		}
 	}
-	outcome := strOr(r.Outcome, "(in flight)")
+	outcome := strOr(r.Outcome, notDoneText(r))
 	if r.Canary {
 		outcome += " (canary"
 		if r.BakeSeconds != nil {
@@ -255,7 +255,7 @@ func (t *historyTable) row(r store.HistoryRow) error {
 	_, err := fmt.Fprintf(t.w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.RunID, r.Cause, r.App,
 		r.MachineID, strOr(r.MachineState, "-"), outcome, strOr(r.DrainOutcome, "-"), quiet, waited,
 		intOr(r.ActiveAgentsAtRecreate, "-"), digests(r), strOr(r.PolicyRule, "-"), strOr(r.DecidingSignal, "-"),
-		nonEmpty(oneLine(gateway.Changes(decodeSignals(r.SignalsBefore), decodeSignals(r.SignalsAfter)), 70), "-"),
+		nonEmpty(oneLine(gateway.Changes(gateway.DecodeSignals(r.SignalsBefore), gateway.DecodeSignals(r.SignalsAfter)), 70), "-"),
 		oneLine(strOr(r.Error, ""), 60))
 	return err
 }
@@ -342,4 +342,17 @@ func (c *historyCSV) row(r store.HistoryRow) error { return c.w.Write(r.CSVRecor
 func (c *historyCSV) end() error {
 	c.w.Flush()
 	return c.w.Error()
+}
+
+// notDoneText is the OUTCOME of a machine migration that has none yet: not
+// started (still pending: never leased, peeked or drained), waiting for its
+// agent to be idle, or in flight.
+func notDoneText(r store.HistoryRow) string {
+	switch {
+	case r.DrainStartedAt != nil || r.RecreatedAt != nil || r.MachineState != nil:
+		return "(in flight)"
+	case r.Peeks > 0:
+		return "(waiting for idle)"
+	}
+	return "(not started)"
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hermes-cloud/migrator/store"
 )
 
 func parseCSV(t *testing.T, s string) [][]string {
@@ -51,6 +53,29 @@ func TestHistoryParseWhen(t *testing.T) {
 		}
 		if err != nil && (strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), tc.in)) {
 			t.Errorf("parseWhen(%q) error %q: want one line naming the value", tc.in, err)
+		}
+	}
+}
+
+// A machine migration without an outcome says how far it got: a paused
+// run's pending machines are not "in flight".
+func TestHistoryNotDoneText(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	started := "started"
+	for _, tc := range []struct {
+		name string
+		row  store.HistoryRow
+		want string
+	}{
+		{"pending, never looked at", store.HistoryRow{}, "(not started)"},
+		{"waiting for an idle moment", store.HistoryRow{Peeks: 2}, "(waiting for idle)"},
+		{"leased and decided", store.HistoryRow{Peeks: 1, MachineState: &started}, "(in flight)"},
+		{"draining", store.HistoryRow{DrainStartedAt: &now}, "(in flight)"},
+		{"recreated without a drain", store.HistoryRow{RecreatedAt: &now}, "(in flight)"},
+	} {
+		if got := notDoneText(tc.row); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }

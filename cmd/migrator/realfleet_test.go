@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
 )
@@ -14,7 +15,10 @@ import (
 // machine has, a selector that matches only machines a run does not move.
 func TestRunCreateRealFleet(t *testing.T) {
 	t.Parallel()
-	cfg := fleetsim.Config{}
+	// The autostop agent stays up for the test: at 50× its idle timeout
+	// would pass during a slow set-up and make the count of down machines
+	// depend on the machine's load.
+	cfg := fleetsim.Config{AutostopAfter: 24 * time.Hour}
 	cfg.RealFleet()
 	w := newSimWorld(t, cfg, 50)
 	id := func(app string, i int) string { return w.sim.MachineIDs(app)[i] }

@@ -1201,19 +1201,7 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 // signalChanges is what the agent's signals after the recreate changed
 // against before (gateway.Changes), "" when none were read.
 func signalChanges(m store.Migration) string {
-	return gateway.Changes(decodeSignals(m.SignalsBefore), decodeSignals(m.SignalsAfter))
-}
-
-// decodeSignals reads stored signals (nil: none, or unreadable).
-func decodeSignals(b []byte) *gateway.Signals {
-	if len(b) == 0 {
-		return nil
-	}
-	var s gateway.Signals
-	if json.Unmarshal(b, &s) != nil {
-		return nil
-	}
-	return &s
+	return gateway.Changes(gateway.DecodeSignals(m.SignalsBefore), gateway.DecodeSignals(m.SignalsAfter))
 }
 
 func quietWord(q bool) string {

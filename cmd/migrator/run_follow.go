@@ -587,7 +587,16 @@ func describeStep(m store.MigrationView, now time.Time) string {
 		return fmt.Sprintf("decided%s: %s, rule %s, deadline in %s then %s", canary, quietWord(d.Quiet), d.PolicyRule,
 			short(max(d.DeadlineAt.Sub(now), 0)), d.OnDeadline)
 	case m.State == store.StateDraining:
-		return fmt.Sprintf("draining%s (%s, rule %s, active_agents %s)", canary, quietWord(d.Quiet), d.PolicyRule, intOr(d.LastActiveAgents, "?"))
+		// One parenthesis: "(canary, quiet, rule R, active_agents N)"; the
+		// count only once a status read after the begin said it.
+		what := quietWord(d.Quiet) + ", rule " + d.PolicyRule
+		if m.Canary {
+			what = "canary, " + what
+		}
+		if d.LastActiveAgents != nil {
+			what += ", active_agents " + strconv.Itoa(*d.LastActiveAgents)
+		}
+		return "draining (" + what + ")"
 	case m.State == store.StateUpdating && d.Outcome == store.DrainDeadlineForced:
 		return fmt.Sprintf("updating: deadline forced with %s active agents after %s", intOr(d.ActiveAgentsAtRecreate, "?"), short(drainWaited(d, now)))
 	case m.State == store.StateUpdating && d.Outcome == store.DrainNotRunning:

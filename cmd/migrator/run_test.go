@@ -860,7 +860,7 @@ func TestRunFollowChangeLines(t *testing.T) {
 	lines := changeLines(nil, s0, nil, now)
 	if len(lines) != 4 || !strings.HasPrefix(lines[0], "2026-03-08T07:30:00Z [5/12] run 42 running: image-migration → ") ||
 		!strings.Contains(lines[1], "already done: migrated 3, skipped_up_to_date 2") ||
-		!strings.Contains(lines[2], "hermes-agent-7/m7 draining (canary) (quiet, rule default:image-migration, active_agents 2)") ||
+		!strings.Contains(lines[2], "hermes-agent-7/m7 draining (canary, quiet, rule default:image-migration, active_agents 2)") ||
 		!strings.Contains(lines[3], "hermes-agent-8/m8 verifying") {
 		t.Fatalf("first lines:\n%s", strings.Join(lines, "\n"))
 	}

@@ -118,6 +118,19 @@ type Signals struct {
 	Platforms      map[string]Platform `json:"platforms,omitempty"`
 }
 
+// DecodeSignals reads Signals as stored (their JSON); nil when there are
+// none or they cannot be read.
+func DecodeSignals(b []byte) *Signals {
+	if len(b) == 0 {
+		return nil
+	}
+	var s Signals
+	if json.Unmarshal(b, &s) != nil {
+		return nil
+	}
+	return &s
+}
+
 // Signals returns what s says about the agent, read at at. Error messages
 // are cut to one short line.
 func (s Status) Signals(at time.Time) Signals {

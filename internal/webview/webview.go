@@ -150,9 +150,11 @@ func New(cfg Config) (*View, error) {
 		"yesno": yesno, "secs": secs, "fv": func(q url.Values, k string) string { return q.Get(k) },
 		// changes: what the agent's signals after the recreate changed
 		// against before; signals: one side alone.
-		"changes": func(before, after []byte) string { return gateway.Changes(decodeSignals(before), decodeSignals(after)) },
+		"changes": func(before, after []byte) string {
+			return gateway.Changes(gateway.DecodeSignals(before), gateway.DecodeSignals(after))
+		},
 		"signals": func(b []byte) string {
-			if s := decodeSignals(b); s != nil {
+			if s := gateway.DecodeSignals(b); s != nil {
 				return strings.TrimPrefix(gateway.Changes(s, nil), "before: ")
 			}
 			return ""
@@ -425,7 +427,7 @@ func (v *View) timeline(w http.ResponseWriter, r *http.Request) {
 	}
 	for i := range out.Machines {
 		m := &out.Machines[i]
-		m.Signals = gateway.Changes(decodeSignals(m.SignalsBefore), decodeSignals(m.SignalsAfter))
+		m.Signals = gateway.Changes(gateway.DecodeSignals(m.SignalsBefore), gateway.DecodeSignals(m.SignalsAfter))
 	}
 	for i, t := range ts {
 		done := 0
@@ -579,16 +581,4 @@ func (v *View) historyCSV(w http.ResponseWriter, r *http.Request) {
 		v.cfg.Logger.Error("web view: history csv", "error", err)
 		_, _ = fmt.Fprintln(w, "# error: the download is incomplete (see the server log)")
 	}
-}
-
-// decodeSignals reads stored signals (nil: none, or unreadable).
-func decodeSignals(b []byte) *gateway.Signals {
-	if len(b) == 0 {
-		return nil
-	}
-	var s gateway.Signals
-	if json.Unmarshal(b, &s) != nil {
-		return nil
-	}
-	return &s
 }
