@@ -16,6 +16,14 @@ type Claim struct {
 	RunID       int64
 }
 
+// canaryHoldsGate is true of canary c of run r while it holds the rest of
+// the run back: not done yet, or failed (or rolled back) since a person last
+// resumed the run. A canary that ended without proving the image (deferred,
+// found up to date) does not: ReplaceUnprovenCanary puts another in its
+// place. FillSlots and ClaimSlot share it so both see the same gate.
+const canaryHoldsGate = `c.run_id = r.id AND c.canary AND (c.outcome IS NULL
+	OR c.outcome IN ('failed', 'rolled_back') AND (r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at))`
+
 // FillSlots gives free budget slots to pending machines, greedily: a slot
 // freed by one machine is refilled in the same transaction, so no wave waits
 // for its slowest member. It enforces, under one advisory lock so that every
@@ -55,11 +63,7 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 			SELECT CASE WHEN $1::int <= 0 THEN 2147483647 ELSE $1::int - coalesce(sum(n), 0) END AS free FROM held
 		), runs_open AS MATERIALIZED (
 			SELECT r.id, r.created_at, greatest(r.max_unavailable - coalesce(h.n, 0), 0) AS free,
-				r.canary > 0 AND EXISTS (
-					SELECT 1 FROM machine_migrations c
-					WHERE c.run_id = r.id AND c.canary AND (c.outcome IS NULL
-					  OR c.outcome IN ('failed', 'rolled_back') AND (r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at))
-				) AS canary_gate
+				r.canary > 0 AND EXISTS (SELECT 1 FROM machine_migrations c WHERE `+canaryHoldsGate+`) AS canary_gate
 			FROM runs r LEFT JOIN held h ON h.run_id = r.id
 			WHERE r.state = 'running'
 		), per_run AS (
@@ -113,10 +117,7 @@ func (q *Q) ClaimSlot(ctx context.Context, id int64, version, fleetCap int) (int
 			SELECT m.id FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN held h ON h.run_id = r.id, fleet f
 			WHERE m.id = $1 AND m.version = $2 AND m.state = 'pending' AND r.state = 'running'
 			  AND f.free > 0 AND r.max_unavailable - coalesce(h.n, 0) > 0
-			  AND (m.canary OR r.canary = 0 OR NOT EXISTS (
-				SELECT 1 FROM machine_migrations c
-				WHERE c.run_id = r.id AND c.canary AND (c.outcome IS DISTINCT FROM 'migrated')
-				  AND (c.outcome IS NULL OR r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at)))
+			  AND (m.canary OR r.canary = 0 OR NOT EXISTS (SELECT 1 FROM machine_migrations c WHERE `+canaryHoldsGate+`))
 		)
 		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
 			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
