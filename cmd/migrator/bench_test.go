@@ -91,7 +91,7 @@ func TestBenchActivityMergesIntoResults(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"## Activity: begin at once vs idle first", "| | begin at once | idle first |",
-		"| idle wait | 0s (run override) | the policy's |", "activity: idle-first refuses ≥ 10× fewer turns",
+		"| idle wait | 0s (run override) | the policy's |", "activity (seed 2): idle-first refuses ≥ 10× fewer turns",
 		"Sections of scenarios not re-run are kept from an earlier run: `migrator bench --large-machines 10000` on 2026-11-27 21:43 UTC",
 		"| makespan ≤ 1.15 × LB (2,000 machines, B = 100) | 1.047 × LB (2000 machines, B = 100) | met |",
 		"## Scenarios\n\n| | fleet |", "| activity-at-once | activity-idle-first |"} {

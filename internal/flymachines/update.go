@@ -243,6 +243,15 @@ func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, 
 			res.Launched = launched
 			return res, nil
 		}
+		if o.stillDown && !sent && Status(err) == http.StatusConflict && ctx.Err() == nil {
+			// Woken between the read and the send: Fly answers an update
+			// of a machine that is starting 409 "concurrent update in
+			// progress (machine is starting)". A fresh read tells a wake
+			// (the caller decides again) from another conflict.
+			if now, rerr := c.getRaw(ctx, "fly.get", app, id); rerr == nil && running(now.State) {
+				return res, &StateChangedError{App: app, MachineID: id, State: now.State}
+			}
+		}
 		if !ambiguous(err, sent) || sends >= maxUpdateSends || ctx.Err() != nil {
 			return res, c.apiError(kind, app, id, err)
 		}

@@ -216,3 +216,34 @@ func TestUpdateImageIfStillDown(t *testing.T) {
 		t.Errorf("%d updates sent", len(f.updates))
 	}
 }
+
+// IfStillDown, woken between the read and the send: Fly answers an update
+// of a starting machine 409 "concurrent update in progress" (the
+// simulator's flyapi.go models it); a fresh read shows the wake, and the
+// caller gets *StateChangedError to decide again, not a failed machine.
+func TestUpdateImageIfStillDownWokenDuringSend(t *testing.T) {
+	t.Parallel()
+	f := newFake(t, testToken)
+	m := f.addMachine("app1", "m1", "suspended", "img:1")
+	f.updateFault = func(int) (int, bool) {
+		m.State = "starting" // Fly Proxy started it for a user's request (f.mu is held)
+		return http.StatusConflict, false
+	}
+	c, _ := newTestClient(t, f, testToken, nil)
+	_, err := c.UpdateImage(context.Background(), "app1", "m1", "img:2", "", WithLaunch(false), IfStillDown())
+	var sc *StateChangedError
+	if !errors.As(err, &sc) || sc.State != "starting" {
+		t.Fatalf("err = %v, want *StateChangedError naming starting", err)
+	}
+
+	// A 409 on a machine that is still down is another conflict: reported
+	// as the API's error, not as a wake.
+	f2 := newFake(t, testToken)
+	f2.addMachine("app1", "m1", "stopped", "img:1")
+	f2.updateFault = func(int) (int, bool) { return http.StatusConflict, false }
+	c2, _ := newTestClient(t, f2, testToken, nil)
+	_, err = c2.UpdateImage(context.Background(), "app1", "m1", "img:2", "", WithLaunch(false), IfStillDown())
+	if err == nil || errors.As(err, &sc) || Status(err) != http.StatusConflict {
+		t.Fatalf("err = %v, want the 409 itself", err)
+	}
+}
