@@ -65,9 +65,14 @@ func TestTinyActivity(t *testing.T) {
 	if idle.Last.Peeks < 1 {
 		t.Errorf("idle first: the last migrated machine %+v: want a status read before its drain", idle.Last)
 	}
-	if idle.Turns.AgentsDrained > idle.Outcomes["migrated"] || idle.DrainingMax >= time.Minute {
-		t.Errorf("idle first: %d agents drained for %d migrated, longest drain %s: a deferred machine drained",
-			idle.Turns.AgentsDrained, idle.Outcomes["migrated"], idle.DrainingMax)
+	// A deferred machine is never drained for its idle wait or deadline. It
+	// may have been drained for an instant: a drain begun at an idle moment
+	// is cancelled at once when a turn slipped in before the watcher noticed
+	// (orchestrator slipped), and the agent may then stay busy to the end of
+	// its idle wait. So every drain is short, not only the migrated ones.
+	if idle.DrainingMax >= time.Minute || idle.Turns.Draining > time.Duration(idle.Turns.AgentsDrained)*5*time.Second {
+		t.Errorf("idle first: %d agents drained for %d migrated, longest drain %s, %s in all: a machine drained while busy",
+			idle.Turns.AgentsDrained, idle.Outcomes["migrated"], idle.DrainingMax, idle.Turns.Draining)
 	}
 }
 
