@@ -18,6 +18,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/drainsecret"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/imagepin"
 	"github.com/hermes-cloud/migrator/internal/metrics"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
@@ -41,6 +42,9 @@ const (
 	// clockEnv is for the simulator and tests only: "scaled:FACTOR:START_UNIX_NANO"
 	// makes this process share the simulator's scaled timeline.
 	clockEnv = "MIGRATOR_CLOCK"
+	// flyRegistryURLEnv is for the simulator and tests only: where image
+	// pins for registry.fly.io are resolved (the simulator's registry).
+	flyRegistryURLEnv = "MIGRATOR_FLY_REGISTRY_URL"
 
 	defaultFleetCap = 100
 	defaultWorkers  = 100
@@ -233,4 +237,11 @@ func principal(e *env) string {
 		}
 	}
 	return fmt.Sprintf("uid-%d", os.Getuid())
+}
+
+// imagePinner resolves run images to digests at registry.fly.io with the
+// Fly token (or at the simulator's registry, MIGRATOR_FLY_REGISTRY_URL).
+func imagePinner(e *env) *imagepin.Resolver {
+	return imagepin.New(imagepin.Config{FlyToken: strings.TrimSpace(e.getenv(flyTokenEnv)),
+		FlyRegistryURL: strings.TrimSpace(e.getenv(flyRegistryURLEnv))})
 }

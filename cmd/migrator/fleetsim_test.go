@@ -66,7 +66,7 @@ func waitFleetsimEnv(t *testing.T, stdout, stderr *logbuf.Buffer) map[string]str
 			}
 		}
 	}
-	for _, k := range []string{"FLY_API_TOKEN", "FLY_FLAPS_BASE_URL", "MIGRATOR_GATEWAY_URL", "MIGRATOR_DRAIN_KEY", "MIGRATOR_FLY_ORG"} {
+	for _, k := range []string{"FLY_API_TOKEN", "FLY_FLAPS_BASE_URL", "MIGRATOR_GATEWAY_URL", "MIGRATOR_DRAIN_KEY", "MIGRATOR_FLY_ORG", "MIGRATOR_FLY_REGISTRY_URL"} {
 		if vars[k] == "" {
 			t.Fatalf("%s missing from %q", k, stdout.String())
 		}

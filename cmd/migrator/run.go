@@ -373,7 +373,7 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 	}
 
 	if !f.noPin {
-		pinned, err := imagepin.New(imagepin.Config{FlyToken: strings.TrimSpace(e.getenv(flyTokenEnv))}).Resolve(ctx, req.Image)
+		pinned, err := imagePinner(e).Resolve(ctx, req.Image)
 		if err != nil {
 			return fmt.Errorf("run create: %w (use --no-pin to keep the reference as given)", err)
 		}

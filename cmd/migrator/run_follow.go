@@ -531,7 +531,11 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 		line("%s", msg)
 	}
 	if w := cur.Counts.WaitingForIdle; prev == nil && w > 0 || prev != nil && prev.Counts.WaitingForIdle != w {
-		line("waiting for an idle moment: %d %s (agents busy when looked at; not draining, no slot held)", w, plural(w, "machine", "machines"))
+		if w == 0 {
+			line("no machine waits for an idle moment any more")
+		} else {
+			line("waiting for an idle moment: %d %s (agents busy when looked at; not draining, no slot held)", w, plural(w, "machine", "machines"))
+		}
 	}
 	// The run's own change comes after its machines' (the last machine
 	// done, then the run succeeded).

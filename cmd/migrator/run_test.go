@@ -198,7 +198,7 @@ func TestRunCreateFollowStatusAndHistory(t *testing.T) {
 	// The busy agent is looked at for 20 s (--idle-wait) before its drain
 	// begins anyway (image-migration: on_busy = "drain").
 	for _, want := range []string{"waiting for an idle moment: 1 machine (agents busy when looked at",
-		"waiting for an idle moment: 0 machines", busy + " draining (quiet, rule default:image-migration",
+		"no machine waits for an idle moment any more", busy + " draining (quiet, rule default:image-migration",
 		busy + " migrated (drain deadline_forced after ", ", 1 active agents)", "migrated (drain quiesced after "} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("follow output lacks %q:\n%s", want, joined)
@@ -230,10 +230,11 @@ func TestRunCreateFollowStatusAndHistory(t *testing.T) {
 	}
 
 	// A loud operator run on one app, followed on its own; its agent finishes
-	// a 20 s turn first.
+	// a 20 s turn first. Its image is pinned to a digest at the simulator's
+	// registry (MIGRATOR_FLY_REGISTRY_URL, from the simulator's environment).
 	w.sim.AddTurn("hermes-agent-2", w.sim.MachineIDs("hermes-agent-2")[0], fleetsim.Turn{Session: "short", Duration: 20 * time.Second})
 	created := execMigrator(t, w.env, "run", "create", "--cause", "operator", "--image", "registry.fly.io/hermes-agent:v3",
-		"--app", "hermes-agent-2", "--no-pin", "--json")
+		"--app", "hermes-agent-2", "--json")
 	c2 := decodeJSON[statusOut](t, created)
 	if created.code != 0 || c2.ID == 0 || c2.ID == runID || c2.State != "running" || c2.Created == nil || !*c2.Created || c2.Machines != 1 {
 		t.Fatalf("create --json: %+v\n%s", c2, created)
@@ -243,6 +244,10 @@ func TestRunCreateFollowStatusAndHistory(t *testing.T) {
 		t.Fatalf("follow: %s", fol)
 	}
 	checkFollowLines(t, fol.stdout, 0, fmt.Sprintf("run %d succeeded", c2.ID))
+	pinned := "registry.fly.io/hermes-agent@" + w.sim.DigestOf("registry.fly.io/hermes-agent:v3")
+	if m := w.sim.Machine("hermes-agent-2", w.sim.MachineIDs("hermes-agent-2")[0]); m.Image != pinned {
+		t.Errorf("operator run updated hermes-agent-2 to %q, want the pinned %q", m.Image, pinned)
+	}
 	// The drain waited for the 20 s turn to end (less the second it ran
 	// before the drain began).
 	waited := regexp.MustCompile(`migrated \(drain quiesced after (\d+)s\)`).FindStringSubmatch(fol.stdout)

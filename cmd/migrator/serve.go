@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/hermes-cloud/migrator/internal/imagepin"
 	"github.com/hermes-cloud/migrator/internal/metrics"
 	"github.com/hermes-cloud/migrator/internal/notify"
 	"github.com/hermes-cloud/migrator/orchestrator"
@@ -141,7 +140,7 @@ func serve(ctx context.Context, e *env) error {
 		JobTimeout: jobTimeout, RescueAfter: rescueAfter, Logger: log, Observer: met,
 		Extensions: []orchestrator.RiverExtension{notifier}}
 	if au := c.settings.autoUpdate; au != nil {
-		pin := imagepin.New(imagepin.Config{FlyToken: strings.TrimSpace(e.getenv(flyTokenEnv))})
+		pin := imagePinner(e)
 		cfg, err := au.config(c.settings.configFile, pin.Resolve)
 		if err != nil {
 			return err

@@ -20,6 +20,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/imagepin"
 )
 
 // TestRealFleetContract: what a real fleet holds besides started app
@@ -350,9 +351,25 @@ func realMovedTag(t *testing.T) {
 	if m.Image != fleetsim.StableImage || ran.Tag != "stable" || !strings.HasPrefix(ran.Digest, "sha256:") || ran.Repository != "hermes-agent" {
 		t.Fatalf("machine on the tag: image %q, image_ref %+v", m.Image, ran)
 	}
+	// The registry answers a manifest HEAD with the digest the tag points
+	// at now (OCI distribution-spec: Docker-Content-Digest), so a run
+	// pinned through it names what the machine pulled; registry.fly.io
+	// wants the Fly token as user "x"'s password (`fly auth docker`).
+	pinAt := func(token string) (string, error) {
+		return imagepin.New(imagepin.Config{FlyToken: token, FlyRegistryURL: w.sim.URL()}).Resolve(ctx, fleetsim.StableImage)
+	}
+	if pin, err := pinAt(w.sim.FlyToken()); err != nil || pin != "registry.fly.io/hermes-agent@"+ran.Digest {
+		t.Fatalf("pin of %s = %q, %v; want the digest the machine runs, %s", fleetsim.StableImage, pin, err, ran.Digest)
+	}
+	if pin, err := pinAt("not-the-token"); err == nil || strings.Contains(err.Error(), "not-the-token") {
+		t.Errorf("pin with a wrong token = %q, %v; want a refusal that does not echo the token", pin, err)
+	}
 	// A new build is pushed under the same tag.
 	const pushed = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 	w.sim.MoveTag(fleetsim.StableImage, pushed)
+	if pin, err := pinAt(w.sim.FlyToken()); err != nil || pin != "registry.fly.io/hermes-agent@"+pushed {
+		t.Errorf("pin after the push = %q, %v; want %s", pin, err, pushed)
+	}
 	if m, _ := w.fly.GetMachine(ctx, w.app, w.id); m.ImageRef.Digest != ran.Digest || m.Image != fleetsim.StableImage {
 		t.Errorf("after the tag moved: %+v; the machine still runs what it pulled", m.ImageRef)
 	}

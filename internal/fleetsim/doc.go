@@ -262,6 +262,10 @@
 // update naming the tag pulls the new build while "repo:tag@digest"
 // (fly-go's FullImageRef) pulls exactly the digest. Image faults
 // (FailImagePull, NeverHealthy, …) match the image string or the digest.
+// The same registry answers the OCI distribution API's manifest HEAD
+// under /v2/ (registry.go), with user "x" and the Fly token as Fly's
+// registry takes them, so `run create` pins a run's image here
+// (MIGRATOR_FLY_REGISTRY_URL) to the digest an update would pull.
 //
 // Lease conflicts state the expiry in RFC 3339 (Config.LeaseConflictFormat
 // LeaseTimeRFC3339, default) or, as Fly's API reference shows it, in Go's

@@ -78,6 +78,9 @@ func (s *Sim) Env() map[string]string {
 		"MIGRATOR_GATEWAY_URL": s.GatewayURLTemplate(),
 		"MIGRATOR_DRAIN_KEY":   string(s.cfg.DrainKey),
 		"MIGRATOR_FLY_ORG":     s.cfg.Org,
+		// Where run create and the auto-update cron pin registry.fly.io
+		// images (the simulator's registry, registry.go).
+		"MIGRATOR_FLY_REGISTRY_URL": s.URL(),
 	}
 }
 
@@ -107,6 +110,7 @@ func (s *Sim) Handler() http.Handler {
 	}))
 	mux.HandleFunc("/gateway/{app}/{id}/{rest...}", s.handleGateway)
 	mux.HandleFunc("/_sim/", s.handleControl)
+	mux.HandleFunc("/v2/", s.handleRegistry)
 	return mux
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -27,7 +28,16 @@ type Config struct {
 	Transport http.RoundTripper
 	// Insecure allows plain-HTTP registries (tests, local registries).
 	Insecure bool
+	// FlyRegistryURL, when set, is where requests for registry.fly.io go
+	// instead ("http://127.0.0.1:PORT": the fleet simulator's registry).
+	// Simulator and tests only; the reference and its pin keep naming
+	// registry.fly.io, which is what the machines are given.
+	FlyRegistryURL string
 }
+
+// flyRegistry is Fly's registry host; FLY_API_TOKEN authenticates to it as
+// the password of user "x" (what `fly auth docker` configures).
+const flyRegistry = "registry.fly.io"
 
 // Resolver pins image references to digests.
 type Resolver struct{ cfg Config }
@@ -40,7 +50,29 @@ func New(cfg Config) *Resolver {
 	if cfg.Transport == nil {
 		cfg.Transport = http.DefaultTransport
 	}
+	if cfg.FlyRegistryURL != "" {
+		cfg.Transport = redirectHost{host: flyRegistry, to: cfg.FlyRegistryURL, next: cfg.Transport}
+	}
 	return &Resolver{cfg: cfg}
+}
+
+// redirectHost sends requests for host to the base URL to instead.
+type redirectHost struct {
+	host, to string
+	next     http.RoundTripper
+}
+
+func (t redirectHost) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Host != t.host {
+		return t.next.RoundTrip(req)
+	}
+	to, err := url.Parse(t.to)
+	if err != nil {
+		return nil, fmt.Errorf("registry URL %q: %w", t.to, err)
+	}
+	r := req.Clone(req.Context())
+	r.URL.Scheme, r.URL.Host, r.Host = to.Scheme, to.Host, to.Host
+	return t.next.RoundTrip(r)
 }
 
 // ReferenceError is a malformed image reference.
@@ -88,7 +120,7 @@ func (r *Resolver) Resolve(ctx context.Context, ref string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	auth := authn.Anonymous
-	if r.cfg.FlyToken != "" && parsed.Context().RegistryStr() == "registry.fly.io" {
+	if r.cfg.FlyToken != "" && parsed.Context().RegistryStr() == flyRegistry {
 		auth = &authn.Basic{Username: "x", Password: r.cfg.FlyToken}
 	}
 	desc, err := remote.Head(parsed, remote.WithContext(ctx), remote.WithAuth(auth), remote.WithTransport(r.cfg.Transport))
