@@ -2,43 +2,15 @@ package bench
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/hermes-cloud/migrator/internal/testbin"
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// migratorBinary builds cmd/migrator once for the tests that run it as a
-// process.
-func migratorBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "migrator-bench-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "migrator")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/hermes-cloud/migrator/cmd/migrator").CombinedOutput()
-		if err != nil {
-			binErr = err
-			t.Logf("go build: %s", out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
+// migratorBinary is the real binary, built once per test binary.
+func migratorBinary(t *testing.T) string { return testbin.Migrator(t) }
 
 // The replicas scenario at a small size, end to end with real processes:
 // one serve, then two, then two with River's leader killed (River's
