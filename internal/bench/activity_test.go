@@ -110,6 +110,14 @@ func TestActivityTargets(t *testing.T) {
 		"activity: ≤ 25 gateway calls per machine, peeks included (idle-first)":     true,
 		"0 rate-limit violations (" + atOnce.Config.Name + ")":                      true,
 	})
+	// Another seed's targets carry it, so a results file keeps both seeds'.
+	seven := func(r *Result, name string) *Result { c := *r; c.Config.Seed, c.Config.Name = 7, name; return &c }
+	check(Report{AtOnce: seven(atOnce, "activity-at-once"),
+		IdleFirst: seven(mk(0, 3000*time.Second, 0, 35*time.Minute, 1.2, 2000), "activity-idle-first")}, map[string]bool{
+		"activity (seed 7): ≤ 1 refused turn per 1,000 migrated agents (idle-first)": true,
+		"0 rate-limit violations (activity-at-once, seed 7)":                         true,
+		"0 rate-limit violations (activity-idle-first, seed 7)":                      true,
+	})
 	check(Report{AtOnce: atOnce, IdleFirst: mk(51, 4001*time.Second, 2, 41*time.Minute, 1.3, 2600)}, map[string]bool{
 		"activity: idle-first refuses ≥ 10× fewer turns than begin-at-once":         false,
 		"activity: ≤ 1 refused turn per 1,000 migrated agents (idle-first)":         false,

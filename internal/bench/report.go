@@ -138,7 +138,11 @@ func (r Report) Targets() []Target {
 		return fmt.Sprintf("%.0f MB (%d machines)", float64(x.PeakRSS)/1e6, x.N()), x.PeakRSS > 0 && x.PeakRSS <= 200e6
 	})
 	for _, res := range r.scenarios() {
-		add(res, fmt.Sprintf("0 rate-limit violations (%s)", res.Config.Name), func(x Result) (string, bool) {
+		name := res.Config.Name
+		if (res == r.AtOnce || res == r.IdleFirst) && activityTag(*res) != "" {
+			name += fmt.Sprintf(", seed %d", res.Config.Seed) // kept beside the default seed's in a merged file
+		}
+		add(res, fmt.Sprintf("0 rate-limit violations (%s)", name), func(x Result) (string, bool) {
 			return fmt.Sprint(x.RateViolations), x.RateViolations == 0
 		})
 	}
