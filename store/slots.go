@@ -24,6 +24,15 @@ type Claim struct {
 const canaryHoldsGate = `c.run_id = r.id AND c.canary AND (c.outcome IS NULL
 	OR c.outcome IN ('failed', 'rolled_back') AND (r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at))`
 
+// budgetHeld are the budget's common table expressions: held, the slots
+// each run holds, and fleet, the free slots under the fleet cap ($1; 0 or
+// less: none). FillSlots and ClaimSlot count them the same way.
+const budgetHeld = `held AS (
+			SELECT run_id, count(*) AS n FROM machine_migrations WHERE slot_held GROUP BY run_id
+		), fleet AS (
+			SELECT CASE WHEN $1::int <= 0 THEN 2147483647 ELSE $1::int - coalesce(sum(n), 0) END AS free FROM held
+		)`
+
 // FillSlots gives free budget slots to pending machines, greedily: a slot
 // freed by one machine is refilled in the same transaction, so no wave waits
 // for its slowest member. It enforces, under one advisory lock so that every
@@ -57,11 +66,7 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 	// run, (canary DESC, seq) is the per-run rank, so the fleet-wide order is
 	// oldest run first, then that rank.
 	rows, err := q.db.Query(ctx, `
-		WITH held AS (
-			SELECT run_id, count(*) AS n FROM machine_migrations WHERE slot_held GROUP BY run_id
-		), fleet AS (
-			SELECT CASE WHEN $1::int <= 0 THEN 2147483647 ELSE $1::int - coalesce(sum(n), 0) END AS free FROM held
-		), runs_open AS MATERIALIZED (
+		WITH `+budgetHeld+`, runs_open AS MATERIALIZED (
 			SELECT r.id, r.created_at, greatest(r.max_unavailable - coalesce(h.n, 0), 0) AS free,
 				r.canary > 0 AND EXISTS (SELECT 1 FROM machine_migrations c WHERE `+canaryHoldsGate+`) AS canary_gate
 			FROM runs r LEFT JOIN held h ON h.run_id = r.id
@@ -109,20 +114,16 @@ func (q *Q) ClaimSlot(ctx context.Context, id int64, version, fleetCap int) (int
 	}
 	var v int
 	err := q.db.QueryRow(ctx, `
-		WITH held AS (
-			SELECT run_id, count(*) AS n FROM machine_migrations WHERE slot_held GROUP BY run_id
-		), fleet AS (
-			SELECT CASE WHEN $3::int <= 0 THEN 2147483647 ELSE $3::int - coalesce(sum(n), 0) END AS free FROM held
-		), target AS (
+		WITH `+budgetHeld+`, target AS (
 			SELECT m.id FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN held h ON h.run_id = r.id, fleet f
-			WHERE m.id = $1 AND m.version = $2 AND m.state = 'pending' AND r.state = 'running'
+			WHERE m.id = $2 AND m.version = $3 AND m.state = 'pending' AND r.state = 'running'
 			  AND f.free > 0 AND r.max_unavailable - coalesce(h.n, 0) > 0
 			  AND (m.canary OR r.canary = 0 OR NOT EXISTS (SELECT 1 FROM machine_migrations c WHERE `+canaryHoldsGate+`))
 		)
 		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
 			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
 		FROM target t WHERE m.id = t.id
-		RETURNING m.version`, id, version, fleetCap).Scan(&v)
+		RETURNING m.version`, fleetCap, id, version).Scan(&v)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return version, false, nil
 	}
