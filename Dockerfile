@@ -12,7 +12,10 @@ COPY . .
 ARG VERSION=dev
 # Static (no cgo), no local paths, no symbol table. Time zones for policy
 # windows are embedded in the binary (time/tzdata), so the base needs none.
-RUN CGO_ENABLED=0 GOOS=linux go build -trimpath \
+# -tags release leaves out the sandbox, fleetsim and bench commands and the
+# test kits they link (internal/testkit: the fleet simulator, the benchmark,
+# the PostgreSQL launcher).
+RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -tags release \
       -ldflags "-s -w -X main.version=${VERSION}" \
       -o /out/migrator ./cmd/migrator
 

@@ -10,10 +10,10 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/hermes-cloud/migrator/internal/clock"
-	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
-	"github.com/hermes-cloud/migrator/internal/logbuf"
+	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
+	"github.com/hermes-cloud/migrator/internal/testkit/logbuf"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"

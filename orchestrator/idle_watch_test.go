@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"

@@ -16,12 +16,12 @@ import (
 	fly "github.com/superfly/fly-go"
 	"github.com/superfly/fly-go/flaps"
 
-	"github.com/hermes-cloud/migrator/internal/logbuf"
+	"github.com/hermes-cloud/migrator/internal/testkit/logbuf"
 )
 
 // fakeFly is a small in-test Machines API: the endpoints this package calls,
 // with the status codes and JSON shapes fly-go expects, plus fault hooks.
-// (The full simulator lives in internal/fleetsim.)
+// (The full simulator lives in internal/testkit/fleetsim.)
 type fakeFly struct {
 	t        *testing.T
 	srv      *httptest.Server

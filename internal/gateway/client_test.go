@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/hermes-cloud/migrator/internal/callrec"
-	"github.com/hermes-cloud/migrator/internal/logbuf"
+	"github.com/hermes-cloud/migrator/internal/testkit/logbuf"
 )
 
 func TestBeginSendsContractRequest(t *testing.T) {

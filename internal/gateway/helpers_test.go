@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/hermes-cloud/migrator/internal/drainsecret"
-	"github.com/hermes-cloud/migrator/internal/logbuf"
+	"github.com/hermes-cloud/migrator/internal/testkit/logbuf"
 )
 
 // testKey is distinctive so a leak is easy to find in captured output.

@@ -8,9 +8,9 @@ import (
 
 	"github.com/hermes-cloud/migrator/internal/clock"
 	"github.com/hermes-cloud/migrator/internal/drainsecret"
-	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/secretsync"
+	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
 	"github.com/hermes-cloud/migrator/store"
 	"github.com/hermes-cloud/migrator/store/storetest"
 )

@@ -21,9 +21,9 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/hermes-cloud/migrator/internal/clock"
-	"github.com/hermes-cloud/migrator/internal/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/webview"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"

@@ -15,7 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/hermes-cloud/migrator/internal/bench"
+	"github.com/hermes-cloud/migrator/internal/testkit/bench"
 	"github.com/hermes-cloud/migrator/internal/webview"
 	"github.com/hermes-cloud/migrator/store"
 	"github.com/hermes-cloud/migrator/store/storetest"

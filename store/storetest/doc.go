@@ -1,6 +1,6 @@
 // Package storetest gives tests real PostgreSQL databases, no mocks.
 //
-// One throwaway cluster (internal/pgcluster) is started per test binary, on
+// One throwaway cluster (internal/testkit/pgcluster) is started per test binary, on
 // first use, from the PostgreSQL server binaries installed on the machine,
 // and stopped and removed when the binary exits. A template database is
 // migrated once with store.Upgrade; every test then gets its own database

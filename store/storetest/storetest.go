@@ -20,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/hermes-cloud/migrator/internal/pgcluster"
+	"github.com/hermes-cloud/migrator/internal/testkit/pgcluster"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -28,7 +28,7 @@ import (
 // server instead of a throwaway cluster.
 const EnvDatabaseURL = "TEST_DATABASE_URL"
 
-// Cluster is a throwaway PostgreSQL server (see internal/pgcluster).
+// Cluster is a throwaway PostgreSQL server (see internal/testkit/pgcluster).
 type Cluster = pgcluster.Cluster
 
 // StartCluster starts a cluster of its own in dir, for tests that stop or
