@@ -438,8 +438,9 @@ func newNotifyCmd(e *env) *cobra.Command {
 			"or not serving, a rollback, a lease release that failed, the auto-update unable to create\n" +
 			"its run) and what closes it (the run resumed, succeeded or was cancelled), to the sinks\n" +
 			"configured in [[notify.sinks]] of the config file or by MIGRATOR_NOTIFY_* variables (see\n" +
-			"the README, \"Notifications\"). Each notification is written with the change that causes it\n" +
-			"and delivered at least once, with an idempotency key, retried while the receiver is down.",
+			"docs/operations.md, \"Notifications\"). Each notification is written with the change that\n" +
+			"causes it and delivered at least once, with an idempotency key, retried while the receiver\n" +
+			"is down.",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}

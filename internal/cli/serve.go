@@ -59,7 +59,7 @@ func newServeCmd(e *env) *cobra.Command {
 			pprofAddrEnv + " (off by default) serves Go's profiles on a loopback address only.\n" +
 			"SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
 			"to finish, the rest is handed back to the other replicas; exit 0.\n\n" +
-			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; see the README for the rest.\n" +
+			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; docs/configuration.md has the rest.\n" +
 			"A bad config file, policy or setting refuses to start: one line, exit 2.",
 		Example: "  DATABASE_URL=postgres://… FLY_API_TOKEN=… MIGRATOR_DRAIN_KEY=… migrator serve\n" +
 			"  MIGRATOR_CONFIG=/etc/migrator.toml MIGRATOR_HTTP_ADDR=127.0.0.1:9090 migrator serve",
