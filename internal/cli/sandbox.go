@@ -353,8 +353,8 @@ func (sb *sandbox) keep(ctx context.Context, firstRun int64) error {
 	return nil
 }
 
-// defer_ registers a cleanup; they run in reverse order.
-func (sb *sandbox) defer_(f func()) { sb.cleanups = append(sb.cleanups, f) }
+// onCleanup registers f to run at cleanup; cleanups run in reverse order.
+func (sb *sandbox) onCleanup(f func()) { sb.cleanups = append(sb.cleanups, f) }
 
 func (sb *sandbox) cleanup() {
 	for i := len(sb.cleanups) - 1; i >= 0; i-- {

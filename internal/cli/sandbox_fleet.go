@@ -36,7 +36,7 @@ func (sb *sandbox) start(ctx context.Context) error {
 		return fmt.Errorf("sandbox: create working directory: %w", err)
 	}
 	sb.dir, sb.logPath = dir, filepath.Join(dir, "migrator.log")
-	sb.defer_(func() { _ = os.RemoveAll(dir) })
+	sb.onCleanup(func() { _ = os.RemoveAll(dir) })
 	fmt.Fprintf(out, "  working directory %s (worker log: %s)\n", dir, filepath.Base(sb.logPath))
 
 	// The cluster directory is the working directory itself: when running as
@@ -50,7 +50,7 @@ func (sb *sandbox) start(ctx context.Context) error {
 		}
 		return fmt.Errorf("sandbox: start PostgreSQL: %w", err)
 	}
-	sb.defer_(func() { _ = sb.cluster.Stop() })
+	sb.onCleanup(func() { _ = sb.cluster.Stop() })
 	sb.dsn = sb.cluster.DSN("postgres")
 	fmt.Fprintf(out, "  PostgreSQL up on 127.0.0.1:%d in %s\n", sb.cluster.Port(), sandboxWallDur(time.Since(t0)))
 
@@ -117,7 +117,7 @@ func (sb *sandbox) startSim() error {
 		return fmt.Errorf("sandbox: fleet simulator: %w", err)
 	}
 	sb.sim = sim
-	sb.defer_(sim.Close)
+	sb.onCleanup(sim.Close)
 	sb.simEnv = sim.Env()
 	// The new image breaks the Slack integration: parked at boot.
 	sim.ParkPlatform(sandboxTarget, sandboxBrokenPlatform, sandboxBrokenCode)
@@ -187,14 +187,14 @@ func (sb *sandbox) startWorker(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sandbox: worker log: %w", err)
 	}
-	sb.defer_(func() { _ = logf.Close() })
+	sb.onCleanup(func() { _ = logf.Close() })
 	log := slog.New(slog.NewJSONHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
 	sb.comp, err = loadComponents(ctx, se, needs{fleet: true, gateway: true}, log)
 	if err != nil {
 		return fmt.Errorf("sandbox: wire the worker: %w", err)
 	}
-	sb.defer_(sb.comp.close)
+	sb.onCleanup(sb.comp.close)
 	res, err := store.Upgrade(ctx, sb.comp.pool, log)
 	if err != nil {
 		return fmt.Errorf("sandbox: apply the schema: %w", err)
@@ -235,7 +235,7 @@ func (sb *sandbox) startWorker(ctx context.Context) error {
 		cancel()
 		return fmt.Errorf("sandbox: start the worker: %w", err)
 	}
-	sb.defer_(func() {
+	sb.onCleanup(func() {
 		sctx, scancel := context.WithTimeout(context.Background(), sandboxStopGrace)
 		defer scancel()
 		_ = client.StopAndCancel(sctx)
@@ -274,6 +274,6 @@ func (sb *sandbox) startWebView(log *slog.Logger) (string, error) {
 	}
 	srv := &http.Server{Handler: web, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	sb.defer_(func() { _ = srv.Close() })
+	sb.onCleanup(func() { _ = srv.Close() })
 	return "http://" + ln.Addr().String(), nil
 }
