@@ -6,27 +6,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/hermes-cloud/migrator/internal/clock"
-	"github.com/hermes-cloud/migrator/internal/notify"
 	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/testkit/pgcluster"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"
 )
+
+// `migrator sandbox`: the command, its session (what it started, and the
+// cleanups that stop it), the two runs it makes and follows, and --keep.
+// Starting the world is in sandbox_fleet.go, the audit summary and its
+// checks in sandbox_report.go, the notification sink in sandbox_notify.go.
 
 func init() { register(newSandboxCmd) }
 
@@ -233,225 +232,6 @@ func runSandbox(ctx context.Context, e *env, cfg sandboxConfig) (err error) {
 	return nil
 }
 
-// start brings up PostgreSQL, the schema, the simulator and the worker.
-func (sb *sandbox) start(ctx context.Context) error {
-	out := sb.e.stdout
-	dir, err := os.MkdirTemp("", "migrator-sandbox-")
-	if err != nil {
-		return fmt.Errorf("sandbox: create working directory: %w", err)
-	}
-	sb.dir, sb.logPath = dir, filepath.Join(dir, "migrator.log")
-	sb.defer_(func() { _ = os.RemoveAll(dir) })
-	fmt.Fprintf(out, "  working directory %s (worker log: %s)\n", dir, filepath.Base(sb.logPath))
-
-	// The cluster directory is the working directory itself: when running as
-	// root, pgcluster hands it to the OS user postgres, whose server could
-	// not reach a subdirectory of a root-only temp directory.
-	t0 := time.Now()
-	sb.cluster, err = pgcluster.Start(dir)
-	if err != nil {
-		if errors.Is(err, pgcluster.ErrNoServerBinaries) {
-			return usagef("sandbox: %v", err)
-		}
-		return fmt.Errorf("sandbox: start PostgreSQL: %w", err)
-	}
-	sb.defer_(func() { _ = sb.cluster.Stop() })
-	sb.dsn = sb.cluster.DSN("postgres")
-	fmt.Fprintf(out, "  PostgreSQL up on 127.0.0.1:%d in %s\n", sb.cluster.Port(), sandboxWallDur(time.Since(t0)))
-
-	if err := sb.startSim(); err != nil {
-		return err
-	}
-	return sb.startWorker(ctx)
-}
-
-// startSim builds the fleet: every agent on v1, some busy with short turns,
-// a few with a task that outlasts every deadline, one with a crashed
-// gateway, and the two before the crashed one down: the last but one
-// stopped, the one before it suspended (by hand, `fly machine suspend`: no
-// autostart, so the story does not depend on when a user's turn comes).
-func (sb *sandbox) startSim() error {
-	start := time.Now()
-	sb.clk = clock.NewScaledAt(start, start, sb.cfg.TimeScale)
-	n := sb.cfg.Apps
-	downState := map[string]string{
-		fmt.Sprintf("%s%d", fleetsim.DefaultAppPrefix, n-1): "stopped",
-		fmt.Sprintf("%s%d", fleetsim.DefaultAppPrefix, n-2): "suspended",
-	}
-	nLong := max(1, n/6)
-	longIdx := map[int]bool{}
-	for i := range nLong {
-		longIdx[i*n/nLong+1] = true
-	}
-	// The agent on Slack: the last one that has no other part in the story
-	// (the first waits, the last has crashed, the two before it are down, a
-	// few are busy for hours).
-	slackIdx := n - 4
-	for slackIdx > 0 && longIdx[slackIdx] {
-		slackIdx--
-	}
-	slackApp := fmt.Sprintf("%s%d", fleetsim.DefaultAppPrefix, slackIdx+1)
-	sim, err := fleetsim.New(fleetsim.Config{
-		Shape: func(app string) []fleetsim.MachineShape {
-			if st, ok := downState[app]; ok {
-				return []fleetsim.MachineShape{{State: st}}
-			}
-			return nil
-		},
-		Apps:       sb.cfg.Apps,
-		Seed:       1,
-		Clock:      sb.clk,
-		APISimTime: true, // the worker paces itself on the same scaled clock
-		// The activity model, without its own long tasks: the story gives
-		// them to the agents it names. Turns a little less heavy-tailed
-		// than the model's default, so that no random turn outlasts the
-		// auto-update's wait and muddles the story.
-		Workload: fleetsim.Workload{Activity: &fleetsim.Activity{TurnsPerHour: sb.cfg.TurnsPerHour, RateSigma: 1,
-			TurnMedian: 20 * time.Second, TurnSigma: 0.8}},
-		Platforms: func(app string) []string {
-			if app == slackApp {
-				return []string{"telegram", "discord", sandboxBrokenPlatform}
-			}
-			return []string{"telegram", "discord"}
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("sandbox: fleet simulator: %w", err)
-	}
-	if err := sim.Start("127.0.0.1:0"); err != nil {
-		return fmt.Errorf("sandbox: fleet simulator: %w", err)
-	}
-	sb.sim = sim
-	sb.defer_(sim.Close)
-	sb.simEnv = sim.Env()
-	// The new image breaks the Slack integration: parked at boot.
-	sim.ParkPlatform(sandboxTarget, sandboxBrokenPlatform, sandboxBrokenCode)
-
-	ms := sim.Machines()
-	sort.Slice(ms, func(i, j int) bool { return sandboxAppNumber(ms[i].App) < sandboxAppNumber(ms[j].App) })
-	for i := range nLong {
-		m := ms[i*n/nLong+1]
-		sim.AddTurn(m.App, m.ID, fleetsim.Turn{Session: fmt.Sprintf("long-task-%d", i+1), Duration: sb.cfg.longTurn()})
-		sb.long = append(sb.long, m)
-	}
-	// The first agent is in the middle of a task the drain waits out.
-	first := ms[0]
-	sim.AddTurn(first.App, first.ID, fleetsim.Turn{Session: "task-in-progress", Duration: sb.cfg.midTurn()})
-	sb.waited = append(sb.waited, first)
-	crash := ms[n-1]
-	sim.SetGatewayDown(crash.App, crash.ID, true)
-	sb.crashed = append(sb.crashed, crash)
-	sb.down = append(sb.down, ms[n-3], ms[n-2])
-	sb.parked = append(sb.parked, ms[slackIdx])
-
-	out := sb.e.stdout
-	fmt.Fprintf(out, "  fleet simulator on %s: %d agents on %s whose users keep talking (about %g turns an hour each, a few much chattier)\n",
-		sim.URL(), n, fleetsim.DefaultImage, sb.cfg.TurnsPerHour)
-	fmt.Fprintf(out, "    %s: a %s task in flight (the drain waits for it to finish)\n",
-		sandboxNames(sb.waited), sandboxDur(sb.cfg.midTurn()))
-	fmt.Fprintf(out, "    %s: a %s task in flight (auto-update will defer, the operator will force)\n",
-		sandboxNames(sb.long), sandboxDur(sb.cfg.longTurn()))
-	fmt.Fprintf(out, "    %s: gateway crashed (recreated, not serving on the new image: rolled back)\n", sandboxNames(sb.crashed))
-	fmt.Fprintf(out, "    %s: suspended and stopped (nobody to drain: moved without a drain, left down)\n", sandboxNames(sb.down))
-	fmt.Fprintf(out, "    %s: the only agent on %s, which the new image breaks (parked at boot: rolled back, the others on telegram and discord migrate)\n",
-		sandboxNames(sb.parked), sandboxBrokenPlatform)
-	return nil
-}
-
-// startWorker wires the orchestrator exactly as `migrator serve` does, from
-// an environment pointing at the simulator and the throwaway database, and
-// starts its River workers in this process.
-func (sb *sandbox) startWorker(ctx context.Context) error {
-	// A configuration file of its own, so a migrator.toml in the current
-	// directory does not change the story: the built-in defaults.
-	// Notifications go to a local sink (sandbox_notify.go), swept often.
-	configPath := filepath.Join(sb.dir, "migrator.toml")
-	if err := os.WriteFile(configPath, []byte("# migrator sandbox: built-in defaults, notifications to a local sink\n"+
-		"[notify]\nsweep_interval = \"250ms\"\nretry_min = \"500ms\"\nretry_max = \"2s\"\n"), 0o600); err != nil {
-		return fmt.Errorf("sandbox: %w", err)
-	}
-	var err error
-	if sb.sink, err = sb.startSink(); err != nil {
-		return err
-	}
-	vars := map[string]string{
-		databaseURLEnv: sb.dsn,
-		configFileEnv:  configPath,
-		// The worker shares the simulator's timeline.
-		clockEnv:         fmt.Sprintf("scaled:%g:%d", sb.cfg.TimeScale, sb.clk.Start().UnixNano()),
-		workersEnv:       "20",
-		notifyHookURLEnv: sb.sink.url,
-		notifyHookSecret: sb.sink.secret,
-	}
-	for k, v := range sb.simEnv {
-		vars[k] = v
-	}
-	se := &env{getenv: func(k string) string { return vars[k] }, stdout: io.Discard, stderr: io.Discard}
-	sb.followEnv = &env{getenv: se.getenv, stdout: sb.e.stdout, stderr: sb.e.stderr}
-	logf, err := os.OpenFile(sb.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("sandbox: worker log: %w", err)
-	}
-	sb.defer_(func() { _ = logf.Close() })
-	log := slog.New(slog.NewJSONHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
-
-	sb.comp, err = loadComponents(ctx, se, needs{fleet: true, gateway: true}, log)
-	if err != nil {
-		return fmt.Errorf("sandbox: wire the worker: %w", err)
-	}
-	sb.defer_(sb.comp.close)
-	res, err := store.Upgrade(ctx, sb.comp.pool, log)
-	if err != nil {
-		return fmt.Errorf("sandbox: apply the schema: %w", err)
-	}
-	fmt.Fprintf(sb.e.stdout, "  schema applied: %d River and %d migrator migrations\n", len(res.River), len(res.Ours))
-	// Notifications exactly as serve configures and registers them.
-	ncfg, err := loadNotify(se, sb.comp.settings, log, nil)
-	if err != nil {
-		return fmt.Errorf("sandbox: notifications: %w", err)
-	}
-	// Messages link to the sandbox's web view, as MIGRATOR_WEB_URL makes them.
-	if sb.webURL, err = sb.startWebView(log); err != nil {
-		return err
-	}
-	ncfg.WebURL = sb.webURL
-	notifier, err := notify.New(ncfg, sb.comp.store)
-	if err != nil {
-		return fmt.Errorf("sandbox: notifications: %w", err)
-	}
-	if err := notifier.Register(ctx); err != nil {
-		return fmt.Errorf("sandbox: notifications: %w", err)
-	}
-
-	client, err := sb.comp.orch.NewRiverClient(orchestrator.RiverOptions{
-		Workers:           max(sb.comp.workers, 1),
-		FetchPollInterval: 50 * time.Millisecond,
-		FillEvery:         time.Second,
-		Logger:            log,
-		Extensions:        []orchestrator.RiverExtension{notifier},
-	})
-	if err != nil {
-		return fmt.Errorf("sandbox: worker: %w", err)
-	}
-	// Its own context: on Ctrl-C the client is stopped in order below, not
-	// torn down by the cancelled command context.
-	rctx, cancel := context.WithCancel(context.Background())
-	if err := client.Start(rctx); err != nil {
-		cancel()
-		return fmt.Errorf("sandbox: start the worker: %w", err)
-	}
-	sb.defer_(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), sandboxStopGrace)
-		defer scancel()
-		_ = client.StopAndCancel(sctx)
-		cancel()
-	})
-	fmt.Fprintf(sb.e.stdout, "  worker running in this process (River, %d workers, policy %s; notifications to a local sink)\n",
-		sb.comp.workers, sb.comp.policy.Version())
-	fmt.Fprintf(sb.e.stdout, "  web view on %s/runs (open it to watch the runs live)\n", sb.webURL)
-	return nil
-}
-
 // play makes the two runs and follows each to its end.
 func (sb *sandbox) play(ctx context.Context) ([]sandboxRun, error) {
 	out, q := sb.e.stdout, sb.comp.store.Q()
@@ -542,180 +322,6 @@ func (sb *sandbox) runAndFollow(ctx context.Context, label string, req orchestra
 		turns: fleetsim.ActivityStats{Refused: turns1.Refused - turns0.Refused, Interrupted: turns1.Interrupted - turns0.Interrupted}}, nil
 }
 
-// sandboxTally is one run's line of the summary.
-type sandboxTally struct {
-	Machines, Quiet, Loud, Quiesced, Forced, Deferred, GatewayDown int
-	NotRunning                                                     int // moved without a drain: not running
-	Migrated, RolledBack, Failed, UpToDate, Interrupted            int
-	Broadcasts, Pinged                                             int
-	TurnsRefused, TurnsInterrupted                                 int
-	// RollbackInterrupted: turns cut off when a new instance was given up
-	// (rolled back at once, users pinged), not by a drain's recreate.
-	RollbackInterrupted int
-}
-
-// summarize prints the audit summary and returns what did not go as the
-// scenario expects.
-func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, error) {
-	out := sb.e.stdout
-	tallies := make([]sandboxTally, len(runs))
-	for i, sr := range runs {
-		t := &tallies[i]
-		// The audit view, as `migrator history` reads it.
-		err := sb.comp.pool.QueryRow(ctx, `
-			SELECT count(*),
-				count(*) FILTER (WHERE quiet AND drain_outcome IS DISTINCT FROM 'not_running'),
-				count(*) FILTER (WHERE NOT quiet AND drain_outcome IS DISTINCT FROM 'not_running'),
-				count(*) FILTER (WHERE drain_outcome = 'quiesced'),
-				count(*) FILTER (WHERE drain_outcome = 'deadline_forced'),
-				count(*) FILTER (WHERE outcome = 'deferred'), -- never idle, or at the deadline
-				count(*) FILTER (WHERE drain_outcome = 'gateway_down'),
-				count(*) FILTER (WHERE outcome = 'migrated'),
-				count(*) FILTER (WHERE outcome = 'rolled_back'),
-				count(*) FILTER (WHERE outcome = 'failed'),
-				count(*) FILTER (WHERE outcome = 'skipped_up_to_date'),
-				coalesce(sum(active_agents_at_recreate) FILTER (WHERE drain_outcome = 'deadline_forced'), 0),
-				count(*) FILTER (WHERE drain_outcome = 'not_running' AND outcome = 'migrated')
-			FROM drain_history WHERE run_id = $1`, sr.run.ID).Scan(&t.Machines, &t.Quiet, &t.Loud, &t.Quiesced, &t.Forced,
-			&t.Deferred, &t.GatewayDown, &t.Migrated, &t.RolledBack, &t.Failed, &t.UpToDate, &t.Interrupted, &t.NotRunning)
-		if err != nil {
-			return nil, fmt.Errorf("sandbox: read drain_history of run %d: %w", sr.run.ID, err)
-		}
-		t.TurnsRefused, t.TurnsInterrupted = sr.turns.Refused, sr.turns.Interrupted
-		for _, s := range sr.shutdowns {
-			if s.HomeBroadcast {
-				t.Broadcasts++
-			}
-			t.Pinged += s.SessionsPinged
-			if s.Image == sr.run.Image {
-				t.RollbackInterrupted += s.ActiveAgents
-			}
-		}
-	}
-
-	fmt.Fprintln(out, "\nAudit summary (drain_history; broadcasts, pings and users' turns as the simulated agents saw them)")
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RUN\tCAUSE\tDRAINS\tMACHINES\tMIGRATED\tDOWN, NO DRAIN\tQUIESCED\tFORCED\tDEFERRED\tROLLED BACK\tHOME BROADCASTS\tSESSIONS PINGED\tTURNS REFUSED\tTURNS INTERRUPTED\tSTATE")
-	for i, sr := range runs {
-		t := tallies[i]
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", sr.run.ID, sr.run.Cause, sandboxDrainsWord(t.Quiet, t.Loud),
-			t.Machines, t.Migrated, t.NotRunning, t.Quiesced, t.Forced, t.Deferred, t.RolledBack, t.Broadcasts, t.Pinged, t.TurnsRefused,
-			t.TurnsInterrupted, sr.run.State)
-	}
-	tw.Flush()
-	for i, sr := range runs {
-		if n := tallies[i].RollbackInterrupted; n > 0 {
-			fmt.Fprintf(out, "  run %d: %s interrupted by a rollback of a new instance (users pinged)\n", sr.run.ID, sandboxPlural(n, "turn"))
-		}
-	}
-	rows, err := sb.comp.pool.Query(ctx, `
-		SELECT run_id, app, machine_id, outcome, coalesce(deciding_signal, '?') || ': ' || coalesce(error, '')
-		FROM drain_history WHERE run_id = ANY($1) AND outcome IN ('rolled_back', 'failed') ORDER BY run_id, app`,
-		[]int64{runs[0].run.ID, runs[len(runs)-1].run.ID})
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: read drain_history: %w", err)
-	}
-	for rows.Next() {
-		var id int64
-		var app, machine, outcome, reason string
-		if err := rows.Scan(&id, &app, &machine, &outcome, &reason); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("sandbox: read drain_history: %w", err)
-		}
-		fmt.Fprintf(out, "  run %d %s %s/%s: %s\n", id, strings.ReplaceAll(outcome, "_", " "), app, machine, reason)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sandbox: read drain_history: %w", err)
-	}
-	fmt.Fprintln(out, "  DOWN, NO DRAIN: migrated while stopped or suspended: nobody to drain, updated without a launch, left down.\n"+
-		"  Quiet drains skip the agent's home-channel \"shutting down\" broadcast; loud ones send it.\n"+
-		"  Users whose turn a forced recreate cut off are always pinged, quiet or not.\n"+
-		"  A turn is refused when it arrives while the agent drains (\"draining for maintenance, resend shortly\").")
-	notes := sb.printNotifications(ctx)
-	rolledBack := len(sb.crashed) + len(sb.parked)
-	p := append(sandboxCheck(runs, tallies, len(sb.long), rolledBack), sandboxCheckNotes(runs, notes, rolledBack)...)
-	p = append(p, sb.checkDown(runs[0])...)
-	// The Slack agent was rolled back for its parked platform, and said so.
-	for _, m := range sb.parked {
-		var outcome, signal, reason string
-		err := sb.comp.pool.QueryRow(ctx, `SELECT coalesce(outcome, ''), coalesce(deciding_signal, ''), coalesce(error, '')
-			FROM drain_history WHERE run_id = $1 AND machine_id = $2`, runs[0].run.ID, m.ID).Scan(&outcome, &signal, &reason)
-		if err != nil {
-			return nil, fmt.Errorf("sandbox: read drain_history: %w", err)
-		}
-		if outcome != store.OutcomeRolledBack || signal != "platform_parked" || !strings.Contains(reason, sandboxBrokenPlatform) ||
-			!strings.Contains(reason, sandboxBrokenCode) {
-			p = append(p, fmt.Sprintf("%s: %s (%s: %s), want rolled back for its parked %s", m.App, outcome, signal, reason, sandboxBrokenPlatform))
-		}
-	}
-	return p, nil
-}
-
-// checkDown says what differs from the story for the agents that were down:
-// moved by the auto-update without a drain (drain outcome not_running) and
-// still down, on the new image, never started and never sent a SIGTERM.
-func (sb *sandbox) checkDown(auto sandboxRun) []string {
-	var p []string
-	for _, d := range sb.down {
-		v := sb.sim.Machine(d.App, d.ID)
-		if v.AgentImage != sandboxTarget || (v.State != "stopped" && v.State != "suspended") || v.Wakes != 0 || v.MarkerPresent {
-			p = append(p, fmt.Sprintf("%s (%s before): %s on %s, want still down on %s, never drained", d.App, d.State, v.State, v.AgentImage, sandboxTarget))
-		}
-		for _, s := range auto.shutdowns {
-			if s.MachineID == d.ID {
-				p = append(p, fmt.Sprintf("%s (%s before) got a SIGTERM", d.App, d.State))
-			}
-		}
-	}
-	return p
-}
-
-// sandboxCheck says what in the two runs differs from the scenario: the
-// auto-update quiet, deferring the long-task agents and rolling back the
-// crashed one without broadcasting; the operator run loud, forcing them.
-func sandboxCheck(runs []sandboxRun, t []sandboxTally, long, crashed int) []string {
-	var p []string
-	auto, op := runs[0], runs[1]
-	a, o := t[0], t[1]
-	wantAuto := store.RunSucceeded
-	if crashed > 0 {
-		wantAuto = store.RunFailed // a rolled-back machine fails its run
-	}
-	if auto.run.State != wantAuto {
-		p = append(p, fmt.Sprintf("auto-update run ended %s, want %s", auto.run.State, wantAuto))
-	}
-	if n := a.TurnsInterrupted - a.RollbackInterrupted; n > 0 {
-		p = append(p, fmt.Sprintf("auto-update run interrupted %d turns at its recreates, want none (it defers instead of forcing)", n))
-	}
-	if a.Loud > 0 || a.Broadcasts > 0 {
-		p = append(p, fmt.Sprintf("auto-update run: %d loud drains, %d home broadcasts, want none", a.Loud, a.Broadcasts))
-	}
-	if a.Deferred < long {
-		p = append(p, fmt.Sprintf("auto-update run deferred %d agents, want at least %d", a.Deferred, long))
-	}
-	if a.RolledBack != crashed || a.Failed > 0 {
-		p = append(p, fmt.Sprintf("auto-update run: %d rolled back and %d failed, want %d and 0", a.RolledBack, a.Failed, crashed))
-	}
-	if a.Migrated == 0 {
-		p = append(p, "auto-update run migrated no agent")
-	}
-	if a.NotRunning != 2 {
-		p = append(p, fmt.Sprintf("auto-update run moved %d agents without a drain because they were down, want 2 (the stopped and the suspended one)", a.NotRunning))
-	}
-	if op.run.State != store.RunSucceeded {
-		p = append(p, fmt.Sprintf("operator run ended %s, want succeeded", op.run.State))
-	}
-	if o.TurnsInterrupted < long {
-		p = append(p, fmt.Sprintf("operator run interrupted %d turns, want at least %d (the long tasks it forces)", o.TurnsInterrupted, long))
-	}
-	if o.Quiet > 0 || o.Forced < long || o.Broadcasts < o.Forced || o.Pinged < o.Forced {
-		p = append(p, fmt.Sprintf("operator run: %d quiet drains, %d forced, %d home broadcasts, %d pinged; want loud, at least %d forced, each broadcast and pinging",
-			o.Quiet, o.Forced, o.Broadcasts, o.Pinged, long))
-	}
-	return p
-}
-
 // keep prints how to reach the sandbox and waits for Ctrl-C.
 func (sb *sandbox) keep(ctx context.Context, firstRun int64) error {
 	out := sb.e.stdout
@@ -747,8 +353,8 @@ func (sb *sandbox) keep(ctx context.Context, firstRun int64) error {
 	return nil
 }
 
-// defer_ registers a cleanup; they run in reverse order.
-func (sb *sandbox) defer_(f func()) { sb.cleanups = append(sb.cleanups, f) }
+// onCleanup registers f to run at cleanup; cleanups run in reverse order.
+func (sb *sandbox) onCleanup(f func()) { sb.cleanups = append(sb.cleanups, f) }
 
 func (sb *sandbox) cleanup() {
 	for i := len(sb.cleanups) - 1; i >= 0; i-- {
@@ -793,53 +399,10 @@ func sandboxDur(d time.Duration) string {
 	return s
 }
 
-func sandboxDrainsWord(quiet, loud int) string {
-	switch {
-	case loud == 0 && quiet > 0:
-		return "quiet"
-	case quiet == 0 && loud > 0:
-		return "loud"
-	case quiet == 0 && loud == 0:
-		return "none"
-	}
-	return fmt.Sprintf("%d quiet, %d loud", quiet, loud)
-}
-
 func sandboxNames(ms []fleetsim.MachineView) string {
 	names := make([]string, len(ms))
 	for i, m := range ms {
 		names[i] = m.App
 	}
 	return strings.Join(names, ", ")
-}
-
-// sandboxAppNumber orders hermes-agent-2 before hermes-agent-10.
-func sandboxAppNumber(app string) int {
-	n := 0
-	for _, r := range app[strings.LastIndexByte(app, '-')+1:] {
-		if r < '0' || r > '9' {
-			return 0
-		}
-		n = n*10 + int(r-'0')
-	}
-	return n
-}
-
-// startWebView serves the web view of the sandbox's database on a free
-// loopback port until cleanup, and returns its URL: open, as on any
-// loopback address, unless credentials are set.
-func (sb *sandbox) startWebView(log *slog.Logger) (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("sandbox: web view: %w", err)
-	}
-	web, err := newWebView(sb.web, sb.web.mode(ln.Addr()), sb.comp.store, log)
-	if err != nil {
-		ln.Close()
-		return "", err
-	}
-	srv := &http.Server{Handler: web, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	sb.defer_(func() { _ = srv.Close() })
-	return "http://" + ln.Addr().String(), nil
 }

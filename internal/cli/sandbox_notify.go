@@ -49,7 +49,7 @@ func (sb *sandbox) startSink() (*sandboxSink, error) {
 	}
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(s.serve)}
 	go func() { _ = srv.Serve(ln) }()
-	sb.defer_(func() { _ = srv.Close() })
+	sb.onCleanup(func() { _ = srv.Close() })
 	s.url = "http://" + ln.Addr().String() + "/notifications"
 	return s, nil
 }

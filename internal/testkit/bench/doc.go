@@ -103,4 +103,25 @@
 // internal timers are wall time, so its fetch poll and the fill period are
 // scaled explicitly, and at a time scale above 1 its batching is a little
 // kinder than in production (the report says so).
+//
+// # Files
+//
+//	config.go          Config, its defaults and validation
+//	bench.go           Run: the in-process scenario from set-up to figures; history rounds
+//	database.go        the scenario's PostgreSQL, its schema, the server's clock skew
+//	turns.go           the drain model: a turn started as each drain begins (drainTurns)
+//	sampler.go         during a run: counters, the plateau, the heap at half-way
+//	collect.go         after a run: d_i, r_i, bounds and makespans, the seed study
+//	idle.go            the activity scenario's LB_idle and the refused turns
+//	result.go          Result and the figures derived from it
+//	schedule.go        lower bound, wave, greedy and LPT makespans; StudySeeds
+//	sqltrace.go        StatementCounter: SQL statements labelled by their source
+//	procstat.go        CPU and memory from getrusage and /proc; the simulator's CPU meter
+//	heapprof.go        heap profiles (this process's, or a replica's over HTTP)
+//	logcount.go        warnings and errors the workers logged
+//	replicas.go        RunReplicas: its config, what a run reports, one run
+//	replicas_procs.go  the fleetsim and serve processes of a replicas run
+//	replicas_watch.go  watching a replicas run, the kill, pg_stat_statements
+//	report.go, replicas_report.go   Report: targets and bench/results.md
+//	merge.go           MergeMarkdown: a re-run of some scenarios into an earlier file
 package bench

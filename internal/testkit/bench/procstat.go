@@ -170,3 +170,25 @@ func heapInUse() int64 {
 	runtime.ReadMemStats(&ms)
 	return int64(ms.HeapInuse)
 }
+
+// procCPU is a process's user+sys CPU from /proc (0 when gone).
+func procCPU(pid int) time.Duration {
+	st, ok := procStat(pid)
+	if !ok {
+		return 0
+	}
+	return time.Duration(st.utime+st.stime) * time.Second / clockTicks
+}
+
+// procHWM and procRSS are a process's peak and current resident set.
+func procHWM(pid int) int64 { return procStatus(pid, "VmHWM:") }
+func procRSS(pid int) int64 { return procStatus(pid, "VmRSS:") }
+
+func procStatus(pid int, field string) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	v, _ := statusField(b, field)
+	return v
+}

@@ -280,4 +280,21 @@
 // request counts, activity totals and refusals), POST /_sim/faults (route
 // name → FaultSpec) and POST /_sim/control (ControlOp), so tests driving a
 // standalone `migrator fleetsim` can observe and inject faults.
+//
+// # Files
+//
+//	sim.go          the Sim, New (the fleet built from the seed), lookups and accessors
+//	machine.go      a machine's state: VM state, agent phase, lease, marker; API state and checks
+//	lifecycle.go    the lazy model: boots, the phase at an instant, turns, mutations, the SIGTERM
+//	disruption.go   the disruption count and its peak (the relief heap)
+//	view.go         what tests read: Shutdowns, MachineView
+//	inject.go       what tests do: AddTurn, HoldLease, SetGatewayDown, … and the image faults
+//	agent.go        /api/status's platforms, Nous session, crash loops (hermes-agent's signals)
+//	realfleet.go    a real fleet's machines: states, groups, host status, containers, autostop
+//	workload.go, activity.go, drainturns.go   the turns: generator, activity model, drain model
+//	config.go, scenario.go   Config and its defaults; the TOML scenario of `migrator fleetsim`
+//	server.go       the HTTP server, auth, rate limits and injected faults (SetFaults)
+//	flyapi.go, secrets.go, registry.go   the Machines API, app secrets, the image registry
+//	dashboard.go    the Hermes dashboard: drain and status
+//	control.go      /_sim/state, /_sim/faults, /_sim/control for another process
 package fleetsim
