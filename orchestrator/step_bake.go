@@ -1,18 +1,5 @@
 package orchestrator
 
-import (
-	"context"
-	"errors"
-	"fmt"
-	"time"
-
-	"github.com/jackc/pgx/v5"
-
-	"github.com/hermes-cloud/migrator/internal/flymachines"
-	"github.com/hermes-cloud/migrator/internal/gateway"
-	"github.com/hermes-cloud/migrator/store"
-)
-
 // The canary bake. A canary that verified is not done yet: it stays
 // "baking" for its bake (the policy's canary_bake for its cause and rule,
 // or the run's --canary-bake), keeping its lease and budget slot, and the
@@ -28,6 +15,23 @@ import (
 // ends the canary migrated and the gate opens. The bake's end is in
 // Postgres (bake_until), so a replica that dies mid-bake hands the rest of
 // it, not a skipped one, to the next.
+//
+//	baking → done          migrated: a clean bake (or the run cancelled)
+//	baking → rolling_back  a regression: the run paused in the same
+//	                       transaction (step_rollback.go)
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/store"
+)
 
 // Bake results, as the Observer hears them.
 const (
