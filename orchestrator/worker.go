@@ -2,7 +2,7 @@ package orchestrator
 
 // The River worker that walks one machine migration. Each execution
 // (machineWorker.Work) loads the machine, takes every step that needs no
-// waiting (Orchestrator.Step) and returns what happens next: nil when the
+// waiting (Orchestrator.stepMachine) and returns what happens next: nil when the
 // machine is done, a snooze while it waits. advance dispatches on the
 // machine's state to the file that handles it:
 //
@@ -41,7 +41,7 @@ func (w *machineWorker) Timeout(*river.Job[MachineArgs]) time.Duration { return 
 // state, takes as many steps as need no waiting, and returns what happens
 // next: nil when the machine is done, a snooze while it waits.
 func (w *machineWorker) Work(ctx context.Context, job *river.Job[MachineArgs]) error {
-	next, err := w.o.Step(ctx, job.Args.MigrationID)
+	next, err := w.o.stepMachine(ctx, job.Args.MigrationID)
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return river.JobCancel(err)
@@ -72,8 +72,9 @@ func wait(d time.Duration) next { return next{after: d} }
 
 var finished = next{done: true}
 
-// Step advances migration id as far as it can go without waiting.
-func (o *Orchestrator) Step(ctx context.Context, id int64) (next, error) {
+// stepMachine advances migration id as far as it can go without waiting:
+// one execution of its job (Work), and what the job does next.
+func (o *Orchestrator) stepMachine(ctx context.Context, id int64) (next, error) {
 	calls := &callrec.Log{}
 	ctx = callrec.WithLog(ctx, calls)
 	w, err := o.store.Q().LoadMachineWork(ctx, id)
