@@ -287,7 +287,11 @@
 //
 // worker.go is the River worker and the dispatch on the state (advance);
 // step.go what every step shares (the step, its writes, the ways a machine
-// ends, the machine-state predicates). Around the state machine: plan.go
+// ends, the machine-state predicates). decision.go is the policy's decision
+// with the run's overrides applied (decideFor) and the drain path of an
+// undrainable agent: the steps take them from there, and so does
+// preview.go, the dry run (Preview: what a run would do with each machine,
+// which `run create --dry-run` only renders). Around the state machine: plan.go
 // plans and creates runs (plan order, exclusions), orchestrator.go wires
 // River and the budget's fill job, signals.go judges an agent against its
 // own before, autoupdate.go is the periodic auto-update, metrics.go the

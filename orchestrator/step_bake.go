@@ -41,13 +41,10 @@ const (
 )
 
 // canaryBake is how long this machine bakes after it verified: 0 unless it
-// is a canary; the run's override, else the policy's decision.
+// is a canary; the run's override, else the policy's decision (decideFor).
 func (s *step) canaryBake() time.Duration {
 	if !s.m.Canary {
 		return 0
-	}
-	if o := s.w.Run.CanaryBakeOverride; o != nil {
-		return *o
 	}
 	return s.decide(s.m.Region, s.m.FromImage, s.m.Labels).CanaryBake
 }

@@ -40,7 +40,7 @@ func (s *step) begin(ctx context.Context) (next, error) {
 		if code == http.StatusUnauthorized {
 			why = s.explain401(ctx, err)
 		}
-		if undrainable && d.Undrainable == string(policy.UndrainableRecreate) {
+		if undrainable && undrainablePath(policy.Undrainable(d.Undrainable)) == DrainPathRecreate {
 			return s.recreateUndrainable(ctx, code, why)
 		}
 		hint := ""
@@ -303,7 +303,7 @@ func (s *step) draining(ctx context.Context) (next, error) {
 func (s *step) slipped(ctx context.Context, st gateway.Status) (n next, ok bool, err error) {
 	now := s.now()
 	dec := s.decide(s.m.Region, s.m.FromImage, s.m.Labels)
-	iw := s.idleWait(dec)
+	iw := dec.IdleWait
 	if iw <= 0 || !now.Before(s.m.FirstPeekAt.Add(iw)) {
 		return next{}, false, nil
 	}

@@ -24,25 +24,6 @@ import (
 	"github.com/hermes-cloud/migrator/store"
 )
 
-// idleWait is how long this machine looks for an idle moment.
-func (s *step) idleWait(d policy.Decision) time.Duration {
-	return IdleWait(d, s.m.Deferrals, s.w.Run.IdleWaitOverride)
-}
-
-// IdleWait is how long a machine with this decision and these deferrals
-// looks for an idle moment before its drain: the decision's idle wait, or
-// the run's override of it (nil: none); a machine out of deferrals is
-// drained at once ("then force") either way.
-func IdleWait(d policy.Decision, deferrals int, override *time.Duration) time.Duration {
-	if d.MaxDeferrals > 0 && deferrals >= d.MaxDeferrals {
-		return 0
-	}
-	if override != nil {
-		return *override
-	}
-	return d.IdleWait
-}
-
 // peek reads the agent's status before the machine is leased and drained.
 // stop=false: go on to lease and drain now, because the agent is idle
 // (nothing in flight and serving, or its gateway is not running at all, so
@@ -148,7 +129,7 @@ func (s *step) watchIdle(ctx context.Context) (next, error) {
 		return wait(s.m.NotBefore.Sub(now)), nil // woken early (a snooze taken in parts)
 	}
 	d := s.decide(s.m.Region, s.m.FromImage, s.m.Labels)
-	iw := s.idleWait(d)
+	iw := d.IdleWait
 	if iw <= 0 || !d.InWindow {
 		// Nothing to look for now (deferrals used up, or the window
 		// closed): the machine waits for a slot and ready decides.

@@ -44,7 +44,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	peeked := s.lookedIdle
 	if s.m.Peeks > 0 && !peeked {
 		d := s.decide(s.m.Region, s.m.FromImage, s.m.Labels)
-		if iw := s.idleWait(d); iw > 0 && d.InWindow {
+		if iw := d.IdleWait; iw > 0 && d.InWindow {
 			if n, stop, err := s.peek(ctx, d, iw); stop {
 				return n, err
 			}
@@ -81,7 +81,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		}
 		return s.finish(ctx, store.OutcomeDeferred, "", msg)
 	}
-	if iw := s.idleWait(d); running(mach.State) && iw > 0 && !peeked && s.m.LeaseNonce == "" {
+	if iw := d.IdleWait; running(mach.State) && iw > 0 && !peeked && s.m.LeaseNonce == "" {
 		// Idle-first: begin only at a moment with no work in flight.
 		if n, stop, err := s.peek(ctx, d, iw); stop {
 			return n, err
@@ -147,14 +147,8 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	}
 	drain := running(mach.State)
 
-	drainWait := d.Wait
-	if run.DeadlineOverride > 0 {
-		drainWait = run.DeadlineOverride
-	}
-	undrainable := d.Undrainable
-	if run.Undrainable != "" {
-		undrainable = policy.Undrainable(run.Undrainable)
-	}
+	// The run's overrides are in d already (decideFor).
+	drainWait, undrainable := d.Wait, d.Undrainable
 	s.drainEnded = false // a new decision: an earlier drain (cancelled when a turn slipped in) ended before
 	s.w.Drain = &store.Drain{
 		MigrationID: s.m.ID, Quiet: d.Quiet, PolicyRule: d.Rule, PolicyVersion: d.Version,
@@ -174,7 +168,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
 		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
 		"launch": s.m.Launch, "from_digest": s.m.FromDigest,
-		"idle_wait": s.idleWait(d).String(), "peeks": s.m.Peeks, "undrainable": undrainable}); err != nil {
+		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable}); err != nil {
 		return next{}, err
 	}
 	if s.idleResult != "" {
@@ -183,12 +177,13 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	return next{}, nil
 }
 
-// decide asks the policy about this machine with the given facts.
+// decide asks the policy about this machine with the given facts, and
+// applies the run's overrides (decideFor, as the dry run does).
 func (s *step) decide(region, image string, labels map[string]string) policy.Decision {
-	return s.o.pol.Decide(policy.Cause(s.w.Run.Cause), policy.Machine{
+	return decideFor(s.o.pol, policy.Cause(s.w.Run.Cause), policy.Machine{
 		App: s.m.App, MachineID: s.m.MachineID, Region: region, Image: image,
 		Labels: labels, Deferrals: s.m.Deferrals,
-	}, s.now())
+	}, runOverrides(s.w.Run), s.now())
 }
 
 // downOrHostLost reads the machine after a status read failed: true when

@@ -20,7 +20,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/hermes-cloud/migrator/internal/fleetcheck"
-	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/internal/imagepin"
 	"github.com/hermes-cloud/migrator/orchestrator"
@@ -552,13 +551,17 @@ type planDrainJSON struct {
 	StatusCode int               `json:"status_code,omitempty"`
 	// Path: "drain", "recreate_without_drain", "fail", or "none" (the
 	// machine is not running: it is moved without a drain, having no users).
-	Path string `json:"path"`
+	Path orchestrator.DrainPath `json:"path"`
 	// Detail says why an agent is not ready (a 401: which one, see fleet
 	// check).
 	Detail string `json:"detail,omitempty"`
 }
 
 type planMachineJSON struct {
+	// What the preview decided about the machine's drain and launch, for
+	// the text (the JSON has the state and host status they come from).
+	hostOK, drained, leftDown bool
+
 	App       string `json:"app"`
 	MachineID string `json:"machine_id"`
 	Region    string `json:"region"`
@@ -608,39 +611,36 @@ type excludedJSON struct {
 	Detail    string `json:"detail,omitempty"`
 }
 
-// printDryRun shows the plan with the decision the policy makes for each
-// machine now, exactly as serve would (same policy, same prior deferrals,
-// same deadline override), and writes nothing.
+// printDryRun renders the orchestrator's Preview of the plan: the decision
+// serve would make for each machine now (same policy, same prior
+// deferrals, same overrides, by the same code), and writes nothing.
 func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.RunRequest, sel string,
 	planned []orchestrator.PlannedMachine, maxUnavail int, asJSON bool) error {
-	keys := make([]store.MachineKey, 0, len(planned))
-	for _, p := range planned {
-		if !p.UpToDate {
-			keys = append(keys, store.MachineKey{App: p.App, MachineID: p.ID})
-		}
+	var probe orchestrator.Prober
+	if c.gw != nil {
+		// Side-effect free, as fleet check is.
+		probe = fleetcheck.Prober{Config: fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion}, Gateway: c.gw}
 	}
-	deferrals, err := c.store.Q().PriorDeferrals(ctx, keys)
+	pv, err := c.orch.Preview(ctx, req, planned, probe)
 	if err != nil {
 		return fmt.Errorf("run create --dry-run: %w", err)
 	}
-	probes, err := probeForDryRun(ctx, c, planned)
-	if err != nil {
-		return fmt.Errorf("run create --dry-run: %w", err)
-	}
-	now := c.clock.Now()
-	out := dryRunJSON{Probed: c.gw != nil, DryRun: true, Cause: req.Cause, TargetImage: req.TargetImage, Image: req.Image,
+	now := pv.DecidedAt
+	out := dryRunJSON{Probed: pv.Probed, DryRun: true, Cause: req.Cause, TargetImage: req.TargetImage, Image: req.Image,
 		Pinned: req.Image != req.TargetImage, Selector: req.Selector, Policy: c.policy.Source(),
-		PolicyVersion: c.policy.Version(), DecidedAt: stamp(now), Machines: len(planned), MaxUnavailable: maxUnavail,
+		PolicyVersion: pv.PolicyVersion, DecidedAt: stamp(now), Machines: len(pv.Machines), MaxUnavailable: maxUnavail,
 		Plan: []planMachineJSON{}, Excluded: []excludedJSON{}}
-	for _, x := range req.Excluded {
+	for _, x := range pv.Excluded {
 		out.Excluded = append(out.Excluded, excludedJSON{App: x.App, MachineID: x.ID, State: x.State, Reason: x.Reason, Detail: x.Detail})
 	}
 	withHistory := 0
-	for _, p := range planned {
+	for _, m := range pv.Machines {
+		p := m.PlannedMachine
 		pm := planMachineJSON{App: p.App, MachineID: p.ID, Region: p.Region, Image: p.Image, UpToDate: p.UpToDate, Canary: p.Canary,
-			DrainSamples: p.DrainSamples, State: p.State, HostStatus: p.HostStatus, Digest: p.ImageRef.Digest}
-		if pm.HostStatus == "" {
-			pm.HostStatus = "ok"
+			DrainSamples: p.DrainSamples, State: p.State, HostStatus: p.HostStatus, Digest: p.ImageRef.Digest,
+			hostOK: m.HostOK, drained: m.Drained, leftDown: m.LeftDown}
+		if m.HostOK {
+			pm.HostStatus = "ok" // Fly leaves it out at times
 		}
 		if p.DrainSamples > 0 {
 			v := p.ExpectedDrain.Seconds()
@@ -651,33 +651,19 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 			out.UpToDate++
 		} else {
 			out.ToMove++
-			n := deferrals[store.MachineKey{App: p.App, MachineID: p.ID}]
-			d := c.policy.Decide(req.Cause, policy.Machine{App: p.App, MachineID: p.ID, Region: p.Region, Image: p.Image,
-				Labels: p.Labels, Deferrals: n}, now)
-			wait := d.Wait
-			if req.DeadlineOverride > 0 {
-				wait = req.DeadlineOverride
-			}
-			iw := orchestrator.IdleWait(d, n, req.IdleWaitOverride)
-			undrainable := d.Undrainable
-			if req.Undrainable != "" {
-				undrainable = req.Undrainable
-			}
-			pm.Decision = &planDecisionJSON{Quiet: d.Quiet, Rule: d.Rule, Wait: wait.String(), WaitSeconds: wait.Seconds(),
-				IdleWait: iw.String(), IdleWaitSeconds: iw.Seconds(), OnBusy: d.OnBusy, OnDeadline: d.OnDeadline, MaxDeferrals: d.MaxDeferrals, Deferrals: n, InWindow: d.InWindow,
-				Window: d.Window, NextWindow: stamp(d.NextWindow), Undrainable: undrainable}
-			if a, ok := probes[store.MachineKey{App: p.App, MachineID: p.ID}]; ok {
-				pm.Decision.Drain = &planDrainJSON{Readiness: a.Readiness, StatusCode: a.StatusCode, Path: drainPath(a, undrainable)}
+			d := m.Decision
+			pm.Decision = &planDecisionJSON{Quiet: d.Quiet, Rule: d.Rule, Wait: d.Wait.String(), WaitSeconds: d.Wait.Seconds(),
+				IdleWait: d.IdleWait.String(), IdleWaitSeconds: d.IdleWait.Seconds(), OnBusy: d.OnBusy, OnDeadline: d.OnDeadline,
+				MaxDeferrals: d.MaxDeferrals, Deferrals: m.Deferrals, InWindow: d.InWindow,
+				Window: d.Window, NextWindow: stamp(d.NextWindow), Undrainable: d.Undrainable}
+			if a := m.Probe; a != nil {
+				pm.Decision.Drain = &planDrainJSON{Readiness: a.Readiness, StatusCode: a.StatusCode, Path: a.Path}
 				if a.AuthLayer == gateway.AuthLoginGate || a.AuthLayer == gateway.AuthDrainRoute {
 					pm.Decision.Drain.Detail = a.Detail // which 401 it was
 				}
 			}
-			if p.Canary {
-				bake := d.CanaryBake
-				if req.CanaryBakeOverride != nil {
-					bake = *req.CanaryBakeOverride
-				}
-				text, secs := bake.String(), bake.Seconds()
+			if b := m.CanaryBake; b != nil {
+				text, secs := b.String(), b.Seconds()
 				pm.Decision.CanaryBake, pm.Decision.CanaryBakeSeconds = &text, &secs
 			}
 		}
@@ -694,12 +680,12 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 	fmt.Fprintf(w, "dry run: nothing was written\n")
 	fmt.Fprintf(w, "cause %s, image %s (%s)\n", req.Cause, req.Image, pin)
 	fmt.Fprintf(w, "selector: %s\n", sel)
-	fmt.Fprintf(w, "policy: %s (version %s), decisions as of %s\n", c.policy.Source(), c.policy.Version(), stamp(now))
+	fmt.Fprintf(w, "policy: %s (version %s), decisions as of %s\n", c.policy.Source(), pv.PolicyVersion, stamp(now))
 	fmt.Fprintf(w, "%d %s: %d to move, %d already on the image; max unavailable %d; canary %d\n\n",
 		out.Machines, plural(out.Machines, "machine", "machines"), out.ToMove, out.UpToDate, maxUnavail, req.Canary)
 	if !out.Probed {
 		fmt.Fprintf(w, "drain endpoints not probed (%s is not set): DRAIN shows only the undrainable setting\n\n", drainKeyEnv)
-	} else if n := countPath(out.Plan, "recreate_without_drain"); n > 0 {
+	} else if n := countPath(out.Plan, orchestrator.DrainPathRecreate); n > 0 {
 		fmt.Fprintf(w, "%d %s would be recreated without a drain (drain endpoint 404/401, undrainable = recreate): loud\n\n",
 			n, plural(n, "agent", "agents"))
 	}
@@ -779,26 +765,16 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 // stateText is the STATE column: the machine's state, and its host's
 // status when that is not ok.
 func stateText(p planMachineJSON) string {
-	if p.HostStatus != "ok" {
+	if !p.hostOK {
 		return p.State + ", host " + p.HostStatus
 	}
 	return p.State
 }
 
-// notRunning: a machine in this state is moved without a drain (it has no
-// agent serving users).
-func notRunning(state string) bool { return state != "started" && state != "starting" }
-
-// leftDown: a machine in this state is updated without a launch (flyctl's
-// skip-launch rule: only started, starting and failed machines launch).
-func leftDown(state string) bool {
-	return state == "stopped" || state == "suspended" || state == "created"
-}
-
 func countDown(plan []planMachineJSON) int {
 	n := 0
 	for _, p := range plan {
-		if !p.UpToDate && leftDown(p.State) && p.HostStatus == "ok" {
+		if !p.UpToDate && p.leftDown && p.hostOK {
 			n++
 		}
 	}
@@ -808,7 +784,7 @@ func countDown(plan []planMachineJSON) int {
 func countHostNotOK(plan []planMachineJSON) int {
 	n := 0
 	for _, p := range plan {
-		if !p.UpToDate && p.HostStatus != "ok" {
+		if !p.UpToDate && !p.hostOK {
 			n++
 		}
 	}
@@ -824,65 +800,26 @@ func idleWaitText(seconds float64, onBusy policy.OnBusy) string {
 	return fmt.Sprintf("%s, then %s", time.Duration(seconds*float64(time.Second)), onBusy)
 }
 
-// probeForDryRun probes the drain endpoints of the running machines to
-// move (side-effect free, see fleetcheck), when the gateway is configured.
-func probeForDryRun(ctx context.Context, c *components, planned []orchestrator.PlannedMachine) (map[store.MachineKey]fleetcheck.Agent, error) {
-	if c.gw == nil {
-		return nil, nil
-	}
-	var ms []flymachines.Machine
-	for _, p := range planned {
-		if !p.UpToDate {
-			ms = append(ms, p.Machine)
-		}
-	}
-	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion}, c.gw, ms)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[store.MachineKey]fleetcheck.Agent, len(rep.Agents))
-	for _, a := range rep.Agents {
-		out[store.MachineKey{App: a.App, MachineID: a.MachineID}] = a
-	}
-	return out, nil
-}
-
-// drainPath is what serve would do with the agent's drain endpoint as
-// probed: drain it, move it without a drain, or fail it. Anything that is
-// not 404/401 is tried as a drain (and fails or retries as it answers then).
-func drainPath(a fleetcheck.Agent, undrainable policy.Undrainable) string {
-	switch a.Readiness {
-	case fleetcheck.NotRunning:
-		return "none"
-	case gateway.NoSecret, gateway.NoDrainRoute, gateway.NoSecretOrRoute:
-		if undrainable == policy.UndrainableRecreate {
-			return "recreate_without_drain"
-		}
-		return "fail"
-	case gateway.Forbidden:
-		return "fail"
-	}
-	return "drain"
-}
-
+// drainColumn is the DRAIN column: what serve would do about the machine's
+// drain, as the preview decided it.
 func drainColumn(p planMachineJSON) string {
 	d := p.Decision
 	switch {
-	case p.HostStatus != "ok":
+	case !p.hostOK:
 		return "none: host " + p.HostStatus + ", would be deferred"
-	case leftDown(p.State):
+	case p.leftDown:
 		return "none (" + p.State + "): moved without a drain, left down"
-	case notRunning(p.State):
+	case !p.drained:
 		return "none (" + p.State + "): moved without a drain"
 	case d.Drain == nil:
 		return "undrainable=" + string(d.Undrainable)
 	}
 	switch d.Drain.Path {
-	case "recreate_without_drain":
+	case orchestrator.DrainPathRecreate:
 		return fmt.Sprintf("no drain: %d %s, recreate (loud)", d.Drain.StatusCode, d.Drain.Readiness)
-	case "fail":
+	case orchestrator.DrainPathFail:
 		return fmt.Sprintf("would fail: %d %s (undrainable=%s)", d.Drain.StatusCode, d.Drain.Readiness, d.Undrainable)
-	case "none":
+	case orchestrator.DrainPathNone:
 		return "none (not running)"
 	}
 	if d.Drain.Readiness != gateway.Ready {
@@ -891,7 +828,7 @@ func drainColumn(p planMachineJSON) string {
 	return "drain"
 }
 
-func countPath(plan []planMachineJSON, path string) int {
+func countPath(plan []planMachineJSON, path orchestrator.DrainPath) int {
 	n := 0
 	for _, p := range plan {
 		if p.Decision != nil && p.Decision.Drain != nil && p.Decision.Drain.Path == path {
