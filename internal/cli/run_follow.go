@@ -1,5 +1,10 @@
 package cli
 
+// run follow: watches a run until it ends or pauses, reading only
+// Postgres: on a terminal a view redrawn twice a second (progress, counts,
+// the machines in flight and those waiting for an idle moment), otherwise
+// one timestamped line per change.
+
 import (
 	"context"
 	"fmt"
