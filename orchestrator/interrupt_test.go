@@ -69,7 +69,9 @@ func TestInterruptedStepLeavesTheMachineOnItsPath(t *testing.T) {
 	if err := orch.Step(stopped, id); err != nil {
 		t.Logf("interrupted step: %v", err) // an error is fine: River retries the job
 	}
-	var state, outcome, errText string
+	var state store.MigrationState
+	var outcome store.Outcome
+	var errText string
 	if err := pool.QueryRow(ctx, `SELECT state, coalesce(outcome, ''), error FROM machine_migrations WHERE id = $1`, id).
 		Scan(&state, &outcome, &errText); err != nil {
 		t.Fatal(err)

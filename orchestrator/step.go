@@ -76,10 +76,10 @@ func (s *step) target() gateway.Target {
 
 // save writes the machine (and drain) with its calls and a transition event
 // in one transaction; a machine that gave back its slot lets the next one in.
-func (s *step) save(ctx context.Context, from string, detail map[string]any) error {
-	ev := store.Event{Kind: "machine." + s.m.State, Target: s.m.Target(), Detail: map[string]any{"from": from}}
+func (s *step) save(ctx context.Context, from store.MigrationState, detail map[string]any) error {
+	ev := store.Event{Kind: "machine." + string(s.m.State), Target: s.m.Target(), Detail: map[string]any{"from": from}}
 	if s.m.Outcome != "" {
-		ev.Kind = "machine." + s.m.Outcome
+		ev.Kind = "machine." + string(s.m.Outcome)
 		ev.Detail["outcome"] = s.m.Outcome
 	}
 	if s.m.Error != "" && s.m.State == store.StateDone {
@@ -185,7 +185,7 @@ func (s *step) observe() {
 }
 
 // transition moves the machine to state to and saves it.
-func (s *step) transition(ctx context.Context, to string, detail map[string]any) error {
+func (s *step) transition(ctx context.Context, to store.MigrationState, detail map[string]any) error {
 	from := s.m.State
 	s.m.State = to
 	return s.save(ctx, from, detail)
@@ -193,7 +193,7 @@ func (s *step) transition(ctx context.Context, to string, detail map[string]any)
 
 // finish ends the machine with an outcome: the lease is released, the slot
 // given back. errText is the one-line reason for anything but success.
-func (s *step) finish(ctx context.Context, outcome, drainOutcome, errText string) (next, error) {
+func (s *step) finish(ctx context.Context, outcome store.Outcome, drainOutcome store.DrainOutcome, errText string) (next, error) {
 	if drainOutcome != "" && s.w.Drain != nil && s.w.Drain.Outcome == "" {
 		s.w.Drain.Outcome = drainOutcome
 	}
@@ -201,7 +201,7 @@ func (s *step) finish(ctx context.Context, outcome, drainOutcome, errText string
 }
 
 // finishDetail is finish with details for the outcome's event.
-func (s *step) finishDetail(ctx context.Context, outcome, errText string, detail map[string]any) (next, error) {
+func (s *step) finishDetail(ctx context.Context, outcome store.Outcome, errText string, detail map[string]any) (next, error) {
 	s.releaseLease(ctx)
 	if d := s.w.Drain; d != nil && d.Outcome == store.DrainUndrainable {
 		// Whatever the outcome, the audit keeps why there was no drain.
@@ -225,7 +225,7 @@ func (s *step) finishDetail(ctx context.Context, outcome, errText string, detail
 
 // abortBeforeUpdate ends a machine that will not be updated: its drain is
 // cancelled so the agent takes turns again.
-func (s *step) abortBeforeUpdate(ctx context.Context, outcome, drainOutcome, errText string) (next, error) {
+func (s *step) abortBeforeUpdate(ctx context.Context, outcome store.Outcome, drainOutcome store.DrainOutcome, errText string) (next, error) {
 	if s.w.Drain != nil && !s.w.Drain.StartedAt.IsZero() || s.m.State == store.StateDecided {
 		cctx, cancel := detached(ctx, cleanupTimeout)
 		_, err := s.o.gw.Cancel(cctx, s.target())

@@ -205,7 +205,7 @@ func (s *step) bakeRegressed(ctx context.Context, signal, reason string) (next, 
 	from := s.m.State
 	s.m.State = store.StateRollingBack
 	pause := fmt.Sprintf("canary %s regressed during its bake (%s): %s; rolling it back", s.m.Target(), signal, shorten(reason, 200))
-	ev := store.Event{Kind: "machine." + s.m.State, Target: s.m.Target(), Detail: map[string]any{"from": from}}
+	ev := store.Event{Kind: "machine." + string(s.m.State), Target: s.m.Target(), Detail: map[string]any{"from": from}}
 	for k, v := range detail {
 		ev.Detail[k] = v
 	}
@@ -228,7 +228,7 @@ func (s *step) commitAndPause(ctx context.Context, ev *store.Event, reason strin
 		if err := q.SaveStep(ctx, s.m, s.w.Drain, events); err != nil {
 			return err
 		}
-		_, err := q.SetRunState(ctx, s.m.RunID, []string{store.RunRunning}, store.RunPaused, reason, "migrator")
+		_, err := q.SetRunState(ctx, s.m.RunID, []store.RunState{store.RunRunning}, store.RunPaused, reason, "migrator")
 		if errors.Is(err, store.ErrConflict) {
 			return nil // paused, cancelling or over already
 		}
@@ -242,13 +242,13 @@ func (s *step) commitAndPause(ctx context.Context, ev *store.Event, reason strin
 	}
 	s.events = nil
 	s.leaseDirty = false
-	s.log.Info("machine "+s.m.State, "to", s.m.State, "error", s.m.Error)
+	s.log.Info("machine "+string(s.m.State), "to", s.m.State, "error", s.m.Error)
 	s.observe()
 	return nil
 }
 
 // phaseOf names where a rollback was decided, for the metrics.
-func phaseOf(state string) string {
+func phaseOf(state store.MigrationState) string {
 	if state == store.StateBaking {
 		return "bake"
 	}

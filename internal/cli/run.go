@@ -227,24 +227,24 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 type countsJSON struct {
-	ByState   map[string]int `json:"by_state"`
-	ByOutcome map[string]int `json:"by_outcome"`
+	ByState   map[store.MigrationState]int `json:"by_state"`
+	ByOutcome map[store.Outcome]int        `json:"by_outcome"`
 }
 
 type inFlightJSON struct {
-	App              string `json:"app"`
-	MachineID        string `json:"machine_id"`
-	Region           string `json:"region"`
-	State            string `json:"state"`
-	Canary           bool   `json:"canary"`
-	Quiet            *bool  `json:"quiet"`
-	Rule             string `json:"rule,omitempty"`
-	DrainStartedAt   string `json:"drain_started_at,omitempty"`
-	WaitedSeconds    *int64 `json:"waited_seconds"`
-	DeadlineAt       string `json:"deadline_at,omitempty"`
-	LastActiveAgents *int   `json:"last_active_agents"`
-	GatewayState     string `json:"gateway_state,omitempty"`
-	DrainOutcome     string `json:"drain_outcome,omitempty"`
+	App              string               `json:"app"`
+	MachineID        string               `json:"machine_id"`
+	Region           string               `json:"region"`
+	State            store.MigrationState `json:"state"`
+	Canary           bool                 `json:"canary"`
+	Quiet            *bool                `json:"quiet"`
+	Rule             string               `json:"rule,omitempty"`
+	DrainStartedAt   string               `json:"drain_started_at,omitempty"`
+	WaitedSeconds    *int64               `json:"waited_seconds"`
+	DeadlineAt       string               `json:"deadline_at,omitempty"`
+	LastActiveAgents *int                 `json:"last_active_agents"`
+	GatewayState     string               `json:"gateway_state,omitempty"`
+	DrainOutcome     store.DrainOutcome   `json:"drain_outcome,omitempty"`
 	// A baking canary: since when, until when it is watched; the agent's
 	// signals before its drain and at the last read after the recreate,
 	// and what they changed (gateway.Changes).
@@ -258,7 +258,7 @@ type inFlightJSON struct {
 
 type runJSON struct {
 	ID                 int64          `json:"id"`
-	State              string         `json:"state"`
+	State              store.RunState `json:"state"`
 	StateReason        string         `json:"state_reason"`
 	Created            *bool          `json:"created,omitempty"`
 	Cause              string         `json:"cause"`
@@ -332,9 +332,9 @@ func newRunJSON(r store.Run, c store.RunCounts, inFlight []store.MigrationView, 
 	return out
 }
 
-func nonNil(m map[string]int) map[string]int {
+func nonNil[K ~string](m map[K]int) map[K]int {
 	if m == nil {
-		return map[string]int{}
+		return map[K]int{}
 	}
 	return m
 }
@@ -368,17 +368,17 @@ func quietWord(q bool) string {
 }
 
 var (
-	stateOrder = []string{store.StatePending, store.StateReady, store.StateDecided, store.StateDraining,
+	stateOrder = []store.MigrationState{store.StatePending, store.StateReady, store.StateDecided, store.StateDraining,
 		store.StateUpdating, store.StateVerifying, store.StateBaking, store.StateRollingBack, store.StateDone}
-	outcomeOrder = []string{store.OutcomeMigrated, store.OutcomeSkippedUpToDate, store.OutcomeDeferred,
+	outcomeOrder = []store.Outcome{store.OutcomeMigrated, store.OutcomeSkippedUpToDate, store.OutcomeDeferred,
 		store.OutcomeRolledBack, store.OutcomeFailed, store.OutcomeCancelled}
-	runStates = []string{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling,
+	runStates = []store.RunState{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling,
 		store.RunSucceeded, store.RunFailed, store.RunCancelled}
 )
 
 // countList prints the non-zero counts in order ("pending 3, done 2"), or
 // "none".
-func countList(m map[string]int, order []string) string {
+func countList[K ~string](m map[K]int, order []K) string {
 	var parts []string
 	for _, k := range order {
 		if m[k] > 0 {

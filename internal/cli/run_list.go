@@ -25,13 +25,13 @@ func newRunListCmd(e *env) *cobra.Command {
 		Use:   "list [--state S] [--limit N]",
 		Short: "List runs, newest first",
 		Long: "List runs, newest first, with their progress (machines done of all).\n" +
-			"--state is one of " + strings.Join(runStates, ", ") + ".\n\n" + runExitCodes,
+			"--state is one of " + joinStates(runStates) + ".\n\n" + runExitCodes,
 		Example: "  migrator run list\n  migrator run list --state running --json",
 		Args:    checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if state != "" && !slices.Contains(runStates, state) {
-				return usagef("%s: --state %q: want one of %s", cmd.CommandPath(), state, strings.Join(runStates, ", "))
+			if state != "" && !slices.Contains(runStates, store.RunState(state)) {
+				return usagef("%s: --state %q: want one of %s", cmd.CommandPath(), state, joinStates(runStates))
 			}
 			if limit < 1 || limit > 10000 {
 				return usagef("%s: --limit %d: want 1 to 10000", cmd.CommandPath(), limit)
@@ -41,7 +41,7 @@ func newRunListCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer closeDB()
-			runs, err := st.Q().ListRuns(ctx, state, limit)
+			runs, err := st.Q().ListRuns(ctx, store.RunState(state), limit)
 			if err != nil {
 				return err
 			}
@@ -75,4 +75,14 @@ func newRunListCmd(e *env) *cobra.Command {
 	cmd.Flags().IntVar(&limit, "limit", 20, "at most this many runs")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of runs")
 	return cmd
+}
+
+// joinStates lists states as a help text or an error says them: "pending,
+// running, …".
+func joinStates[S ~string](states []S) string {
+	out := make([]string, len(states))
+	for i, s := range states {
+		out[i] = string(s)
+	}
+	return strings.Join(out, ", ")
 }

@@ -65,7 +65,7 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	r, c := snap.Run, snap.Counts
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, args...)) }
-	state := r.State
+	state := string(r.State)
 	if r.StateReason != "" {
 		state += " (" + r.StateReason + ")"
 	}

@@ -516,7 +516,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.RateViolations = sim.RateViolations()
 	res.MaxDisrupted = sim.MaxDisrupted()
 	res.SimConnections = conns.Load()
-	res.RunState, res.RunReason = final.State, final.StateReason
+	res.RunState, res.RunReason = string(final.State), final.StateReason
 	res.Plateau = s.plateau()
 	res.Heap = s.heap
 	res.Warnings, res.WarningTexts = warn.count()
@@ -538,7 +538,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	res.study()
 	res.PeakRSS = peakRSS()
-	if res.RunState != store.RunSucceeded {
+	if res.RunState != string(store.RunSucceeded) {
 		return res, fmt.Errorf("run %d ended %s (%s): outcomes %v; first failures: %s", run.ID, res.RunState, res.RunReason,
 			res.Outcomes, strings.Join(res.Failures, "; "))
 	}
@@ -591,7 +591,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 			return fmt.Errorf("read run %d: %w", runID, err)
 		}
 		r.Outcomes[outcome]++
-		if outcome != "" && outcome != store.OutcomeMigrated && len(r.Failures) < keepWarnings {
+		if outcome != "" && outcome != string(store.OutcomeMigrated) && len(r.Failures) < keepWarnings {
 			var text string
 			if err := db.QueryRow(ctx, `SELECT error FROM machine_migrations WHERE run_id = $1 AND app = $2 AND machine_id = $3`,
 				runID, app, id).Scan(&text); err == nil {
@@ -615,7 +615,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 				stop = *deadline
 			}
 			d, rc = stop.Sub(*dStart), end.Sub(*recreated)
-			if outcome == store.OutcomeMigrated {
+			if outcome == string(store.OutcomeMigrated) {
 				migratedR, migratedDone = append(migratedR, max(rc, 0)), append(migratedDone, end.Sub(t0))
 				mm := migratedMachine{app: app, id: id, r: max(rc, 0), begun: *dStart}
 				if firstLook != nil {
@@ -628,7 +628,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 			}
 		case mStart != nil && mEnd != nil: // never drained: all of it counts as r
 			rc = end.Sub(simOf(*mStart))
-			if drainOutcome == store.DrainNotRunning {
+			if drainOutcome == string(store.DrainNotRunning) {
 				r.NotRunning++ // nobody to drain: as it should be
 			} else {
 				r.Anomalies++
@@ -1024,7 +1024,7 @@ func (r *Result) collectSuspended(ctx context.Context, db *pgxpool.Pool, runID i
 		if drained {
 			r.SuspendedDrains++
 		}
-		if v := sim.Machine(app, id); outcome == store.OutcomeMigrated && drainOutcome == store.DrainNotRunning &&
+		if v := sim.Machine(app, id); outcome == string(store.OutcomeMigrated) && drainOutcome == string(store.DrainNotRunning) &&
 			(state == "suspended" || state == "stopped") && v.State != "started" && v.AgentImage == TargetImage && v.Wakes == 0 {
 			r.SuspendedMovedDown++
 		}
