@@ -191,7 +191,7 @@ func (o *Orchestrator) AutoUpdate(ctx context.Context, cfg AutoUpdateConfig, tic
 // openAutoUpdateRun finds an auto-update run of channel that is not over.
 func (o *Orchestrator) openAutoUpdateRun(ctx context.Context, channel string) (store.Run, bool, error) {
 	prefix := "auto-update:" + channel + ":"
-	for _, state := range []string{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling} {
+	for _, state := range []store.RunState{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling} {
 		runs, err := o.store.Q().ListRuns(ctx, state, 1000)
 		if err != nil {
 			return store.Run{}, false, err

@@ -21,7 +21,7 @@ import (
 // recorder is an orchestrator.Observer that keeps what it hears.
 type recorder struct {
 	mu        sync.Mutex
-	machines  map[string]int
+	machines  map[store.Outcome]int
 	drains    []drainEnd
 	ticks     []string
 	peeks     map[string]int
@@ -37,20 +37,20 @@ type idleEnd struct {
 
 type drainEnd struct {
 	quiet   bool
-	outcome string
+	outcome store.DrainOutcome
 	wait    time.Duration
 }
 
-func (r *recorder) MachineDone(outcome string) {
+func (r *recorder) MachineDone(outcome store.Outcome) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.machines == nil {
-		r.machines = map[string]int{}
+		r.machines = map[store.Outcome]int{}
 	}
 	r.machines[outcome]++
 }
 
-func (r *recorder) DrainEnded(quiet bool, outcome string, wait time.Duration) {
+func (r *recorder) DrainEnded(quiet bool, outcome store.DrainOutcome, wait time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.drains = append(r.drains, drainEnd{quiet, outcome, wait})
@@ -366,7 +366,7 @@ func TestObserverHearsMachinesAndDrains(t *testing.T) {
 	if len(rec.drains) != 2 {
 		t.Fatalf("drains %+v: want 2", rec.drains)
 	}
-	got := map[string]drainEnd{}
+	got := map[store.DrainOutcome]drainEnd{}
 	for _, d := range rec.drains {
 		got[d.outcome] = d
 	}

@@ -269,4 +269,32 @@
 // each external effect is either naturally idempotent (begin, cancel,
 // release) or checked against the machine first (the update re-reads the
 // machine and skips when it already runs the image).
+//
+// # Where the code is
+//
+// One file per state of the per-machine state machine above, each opening
+// with what its step does and which states it moves between:
+//
+//	pending (idle watch)  step_idle.go      peek, watchIdle: looks for an idle moment
+//	ready                 step_ready.go     read, refuse, decide, record the decision
+//	                      step_lease.go     take, adopt, wait out, refresh, release the lease
+//	decided, draining     step_drain.go     begin, poll, undrainable, slipped turns
+//	updating              step_update.go    the recreate on the new image
+//	verifying             step_verify.go    the new instance and its agent judged
+//	baking                step_bake.go      a canary watched before the run widens
+//	rolling_back          step_rollback.go  the old image back, the agent serving
+//	done                  step.go           finish: the lease released, the slot refilled
+//
+// worker.go is the River worker and the dispatch on the state (advance);
+// step.go what every step shares (the step, its writes, the ways a machine
+// ends, the machine-state predicates). decision.go is the policy's decision
+// with the run's overrides applied (decideFor) and the drain path of an
+// undrainable agent: the steps take them from there, and so does
+// preview.go, the dry run (Preview: what a run would do with each machine,
+// which `run create --dry-run` only renders). Around the state machine: plan.go
+// plans and creates runs (plan order, exclusions), orchestrator.go wires
+// River and the budget's fill job, signals.go judges an agent against its
+// own before, autoupdate.go is the periodic auto-update, metrics.go the
+// Observer, ports.go the interfaces of Fly, the gateway and the policy
+// this package needs, config.go the tuning.
 package orchestrator

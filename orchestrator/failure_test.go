@@ -375,10 +375,10 @@ on_deadline = "defer"
 	type want struct {
 		i       int // machine
 		run     int64
-		outcome string
+		outcome store.Outcome
 	}
 	var wants []want
-	expect := func(run store.Run, i int, outcome string) { wants = append(wants, want{i, run.ID, outcome}) }
+	expect := func(run store.Run, i int, outcome store.Outcome) { wants = append(wants, want{i, run.ID, outcome}) }
 	runOf := func(cause policy.Cause, image string, idx ...int) store.Run {
 		var apps []string
 		for _, i := range idx {
@@ -416,7 +416,7 @@ on_deadline = "defer"
 	expect(r5, 5, store.OutcomeRolledBack) // startup_failed, recreated on v1
 	expect(r5, 6, store.OutcomeRolledBack) // its gateway was down before the run
 
-	seen := map[string]bool{}
+	seen := map[store.Outcome]bool{}
 	for _, wt := range wants {
 		m := ms[wt.i]
 		h := w.history(wt.run)[m.ID]
@@ -452,7 +452,7 @@ on_deadline = "defer"
 			}
 		}
 	}
-	for _, o := range []string{store.OutcomeMigrated, store.OutcomeRolledBack, store.OutcomeFailed, store.OutcomeDeferred,
+	for _, o := range []store.Outcome{store.OutcomeMigrated, store.OutcomeRolledBack, store.OutcomeFailed, store.OutcomeDeferred,
 		store.OutcomeCancelled, store.OutcomeSkippedUpToDate} {
 		if !seen[o] {
 			t.Errorf("no machine ended %s: the walk missed an outcome", o)

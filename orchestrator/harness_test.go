@@ -202,10 +202,12 @@ func (w *world) waitRun(id int64, limit time.Duration) store.Run {
 
 // history reads drain_history of a run, keyed by machine id.
 type historyRow struct {
-	App, MachineID, Outcome, DrainOutcome, PolicyRule, Error string
-	Quiet, Echoed                                            *bool
-	ActiveAtRecreate                                         *int
-	Recreated                                                bool
+	App, MachineID, PolicyRule, Error string
+	Outcome                           store.Outcome
+	DrainOutcome                      store.DrainOutcome
+	Quiet, Echoed                     *bool
+	ActiveAtRecreate                  *int
+	Recreated                         bool
 }
 
 func (w *world) history(runID int64) map[string]historyRow {

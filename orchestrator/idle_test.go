@@ -18,11 +18,13 @@ func ptr[T any](v T) *T { return &v }
 
 // idleRow is drain_history's idle-first columns and a little context.
 type idleRow struct {
-	Outcome, DrainOutcome, Rule, Error string
-	IdleWaitSeconds                    *float64
-	Peeks                              int
-	ActiveAtBegin, ActiveAtRecreate    *int
-	DrainStarted, Finished             *time.Time
+	Outcome                         store.Outcome
+	DrainOutcome                    store.DrainOutcome
+	Rule, Error                     string
+	IdleWaitSeconds                 *float64
+	Peeks                           int
+	ActiveAtBegin, ActiveAtRecreate *int
+	DrainStarted, Finished          *time.Time
 }
 
 func (w *world) idleHistory(runID int64, machineID string) idleRow {
@@ -184,7 +186,7 @@ func TestIdleWaitZeroAndOperatorBeginAtOnce(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		req  orchestrator.RunRequest
-		want string // drain outcome at the 1m deadline
+		want store.DrainOutcome // at the 1m deadline
 	}{
 		{"auto-update --idle-wait 0", orchestrator.RunRequest{Cause: policy.AutoUpdate, IdleWaitOverride: ptr(time.Duration(0)),
 			Selector: store.Selector{Apps: []string{ms[0].App}}}, store.DrainDeadlineDeferred},

@@ -66,10 +66,12 @@ func TestInterruptedStepLeavesTheMachineOnItsPath(t *testing.T) {
 	// The replica is told to stop while its lease request is in flight.
 	stopped, cancel := context.WithCancel(ctx)
 	stopping.cancel = cancel
-	if _, err := orch.Step(stopped, id); err != nil {
+	if err := orch.Step(stopped, id); err != nil {
 		t.Logf("interrupted step: %v", err) // an error is fine: River retries the job
 	}
-	var state, outcome, errText string
+	var state store.MigrationState
+	var outcome store.Outcome
+	var errText string
 	if err := pool.QueryRow(ctx, `SELECT state, coalesce(outcome, ''), error FROM machine_migrations WHERE id = $1`, id).
 		Scan(&state, &outcome, &errText); err != nil {
 		t.Fatal(err)
@@ -83,7 +85,7 @@ func TestInterruptedStepLeavesTheMachineOnItsPath(t *testing.T) {
 
 	// The next execution takes it from there.
 	for range 200 {
-		if _, err := orch.Step(ctx, id); err != nil {
+		if err := orch.Step(ctx, id); err != nil {
 			t.Fatal(err)
 		}
 		if err := pool.QueryRow(ctx, `SELECT state, coalesce(outcome, ''), error FROM machine_migrations WHERE id = $1`, id).

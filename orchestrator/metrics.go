@@ -12,10 +12,10 @@ import (
 // job that finds its work done reports nothing). Calls must not block.
 type Observer interface {
 	// MachineDone: a machine migration ended with outcome (store.Outcome*).
-	MachineDone(outcome string)
+	MachineDone(outcome store.Outcome)
 	// DrainEnded: a begun drain ended with outcome (store.Drain*) after
 	// waiting wait (clock time from the first begin to the end).
-	DrainEnded(quiet bool, outcome string, wait time.Duration)
+	DrainEnded(quiet bool, outcome store.DrainOutcome, wait time.Duration)
 	// AutoUpdateTick: an auto-update tick ended with outcome (AutoUpdate*),
 	// or "error".
 	AutoUpdateTick(outcome string)
@@ -51,9 +51,9 @@ func (nopObserver) RollbackStarted(string, string)      {}
 func (nopObserver) BakeEnded(string, time.Duration)     {}
 func (nopObserver) IdleWaitEnded(string, time.Duration) {}
 
-func (nopObserver) MachineDone(string)                     {}
-func (nopObserver) DrainEnded(bool, string, time.Duration) {}
-func (nopObserver) AutoUpdateTick(string)                  {}
+func (nopObserver) MachineDone(store.Outcome)                          {}
+func (nopObserver) DrainEnded(bool, store.DrainOutcome, time.Duration) {}
+func (nopObserver) AutoUpdateTick(string)                              {}
 
 // RunsByState counts runs by state, fleet-wide (every replica sees the same).
 func (o *Orchestrator) RunsByState(ctx context.Context) (map[string]int, error) {

@@ -298,7 +298,7 @@ func (w *fillWorker) Work(ctx context.Context, _ *river.Job[FillArgs]) error {
 func (o *Orchestrator) Cancel(ctx context.Context, id int64, by string) (store.Run, error) {
 	var out store.Run
 	err := o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
-		r, err := q.SetRunState(ctx, id, []string{store.RunPending, store.RunRunning, store.RunPaused}, store.RunCancelling, "cancelled by "+by, by)
+		r, err := q.SetRunState(ctx, id, []store.RunState{store.RunPending, store.RunRunning, store.RunPaused}, store.RunCancelling, "cancelled by "+by, by)
 		if err != nil {
 			return err
 		}
@@ -316,7 +316,7 @@ func (o *Orchestrator) Pause(ctx context.Context, id int64, by string) (store.Ru
 	var out store.Run
 	err := o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
 		var err error
-		out, err = q.SetRunState(ctx, id, []string{store.RunRunning}, store.RunPaused, "paused by "+by, by)
+		out, err = q.SetRunState(ctx, id, []store.RunState{store.RunRunning}, store.RunPaused, "paused by "+by, by)
 		return err
 	})
 	return out, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/hermes-cloud/migrator/internal/fleetcheck"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/policy"
@@ -40,4 +41,5 @@ var (
 	_ Fly     = (*flymachines.Client)(nil)
 	_ Gateway = (*gateway.Client)(nil)
 	_ Policy  = (*policy.Policy)(nil)
+	_ Prober  = fleetcheck.Prober{}
 )

@@ -17,11 +17,13 @@ import (
 
 // realRow is one drain_history row with the columns a real fleet adds.
 type realRow struct {
-	App, MachineID, Outcome, DrainOutcome, Error string
-	FromDigest, ToDigest, MachineState           string
-	LeaseHolder                                  string
-	LeaseWaitSeconds                             float64
-	Peeks                                        int
+	App, MachineID, Error              string
+	Outcome                            store.Outcome
+	DrainOutcome                       store.DrainOutcome
+	FromDigest, ToDigest, MachineState string
+	LeaseHolder                        string
+	LeaseWaitSeconds                   float64
+	Peeks                              int
 }
 
 func (w *world) realHistory(runID int64) map[string]realRow {

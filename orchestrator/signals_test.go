@@ -27,7 +27,7 @@ type signalsRow struct {
 	Canary         bool
 	BakeSeconds    *float64
 	Error          string
-	Outcome        string
+	Outcome        store.Outcome
 }
 
 func (w *world) signals(runID int64, machineID string) signalsRow {

@@ -150,7 +150,7 @@ func TestUndrainableGatedBind(t *testing.T) {
 			h := w.history(run.ID)
 			older := h[w.sim.MachineIDs("hermes-agent-1")[0]]
 			noSecret := h[w.sim.MachineIDs("hermes-agent-2")[0]]
-			wantOutcome, wantDrain := store.OutcomeFailed, ""
+			wantOutcome, wantDrain := store.OutcomeFailed, store.DrainOutcome("")
 			if recreate {
 				wantOutcome, wantDrain = store.OutcomeMigrated, store.DrainUndrainable
 			}

@@ -326,7 +326,7 @@ func TestSettleRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	ms, _ := s.Q().ListMigrations(ctx, run.ID)
-	finish := func(m store.Migration, outcome string) {
+	finish := func(m store.Migration, outcome store.Outcome) {
 		m.State, m.Outcome = store.StateDone, outcome
 		if err := s.Q().SaveMigration(ctx, &m); err != nil {
 			t.Fatal(err)
@@ -337,7 +337,7 @@ func TestSettleRun(t *testing.T) {
 	if err != nil || !changed || got.State != store.RunPaused {
 		t.Fatalf("after a failure over threshold 0: %s changed=%v %v, want paused", got.State, changed, err)
 	}
-	if _, err := s.Q().SetRunState(ctx, run.ID, []string{store.RunPaused}, store.RunRunning, "resume", "bob"); err != nil {
+	if _, err := s.Q().SetRunState(ctx, run.ID, []store.RunState{store.RunPaused}, store.RunRunning, "resume", "bob"); err != nil {
 		t.Fatal(err)
 	}
 	finish(ms[1], store.OutcomeMigrated)
@@ -345,7 +345,7 @@ func TestSettleRun(t *testing.T) {
 	if err != nil || got.State != store.RunFailed || got.FinishedAt.IsZero() {
 		t.Fatalf("all done with a rollback: %+v %v, want failed", got, err)
 	}
-	if _, err := s.Q().SetRunState(ctx, run.ID, []string{store.RunRunning}, store.RunPaused, "", "x"); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.Q().SetRunState(ctx, run.ID, []store.RunState{store.RunRunning}, store.RunPaused, "", "x"); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("pausing a finished run = %v, want ErrConflict", err)
 	}
 	evs, _ := s.Q().ListEvents(ctx, store.Scope{RunID: run.ID}, 0)

@@ -10,8 +10,8 @@ import (
 
 // MachineOutcomes are the outcomes a history filter accepts, in the order
 // help texts list them.
-var MachineOutcomes = []string{OutcomeMigrated, OutcomeRolledBack, OutcomeFailed,
-	OutcomeSkippedUpToDate, OutcomeDeferred, OutcomeCancelled}
+var MachineOutcomes = []string{string(OutcomeMigrated), string(OutcomeRolledBack), string(OutcomeFailed),
+	string(OutcomeSkippedUpToDate), string(OutcomeDeferred), string(OutcomeCancelled)}
 
 var daysRe = regexp.MustCompile(`^(\d{1,5})d$`)
 

@@ -10,41 +10,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Machine migration states: where a machine is on its path.
-const (
-	StatePending     = "pending"      // waiting for a budget slot
-	StateReady       = "ready"        // holds a slot; next: read, lease, decide
-	StateDecided     = "decided"      // policy decision recorded; next: begin the drain
-	StateDraining    = "draining"     // drain begun; waiting for quiescence or the deadline
-	StateUpdating    = "updating"     // drain over; next: update the machine to the image
-	StateVerifying   = "verifying"    // update sent; waiting for the new instance to be healthy
-	StateBaking      = "baking"       // a canary that verified, watched until its bake ends
-	StateRollingBack = "rolling_back" // verification failed; putting the old image back
-	StateDone        = "done"         // outcome set
-)
-
-// Outcomes of a machine migration.
-const (
-	OutcomeMigrated        = "migrated"
-	OutcomeRolledBack      = "rolled_back"
-	OutcomeFailed          = "failed"
-	OutcomeSkippedUpToDate = "skipped_up_to_date"
-	OutcomeDeferred        = "deferred"
-	OutcomeCancelled       = "cancelled"
-	DrainQuiesced          = "quiesced"
-	DrainDeadlineForced    = "deadline_forced"
-	DrainDeadlineDeferred  = "deadline_deferred"
-	DrainGatewayDown       = "gateway_down"
-	DrainCancelled         = "cancelled"
-	DrainFailed            = "failed"
-	// DrainUndrainable: the drain endpoint answered 404 or 401 and the
-	// decision was undrainable = recreate: moved without a drain.
-	DrainUndrainable = "undrainable"
-	// DrainNotRunning: the machine was not running (stopped, suspended)
-	// when leased, or went down during its drain: nobody to drain.
-	DrainNotRunning         = "not_running"
-	fleetSlotAdvisoryLockID = 7_372_690_001
-)
+// fleetSlotAdvisoryLockID is the Postgres advisory lock that serialises
+// the budget's slots (FillSlots, ClaimSlot) across every replica and run.
+const fleetSlotAdvisoryLockID = 7_372_690_001
 
 // Migration is one machine's path through a run.
 type Migration struct {
@@ -59,8 +27,8 @@ type Migration struct {
 	ToImage           string
 	FromInstanceID    string
 	ToInstanceID      string
-	State             string
-	Outcome           string
+	State             MigrationState
+	Outcome           Outcome // "" until done
 	SlotHeld          bool
 	Attempts          int
 	Deferrals         int
@@ -148,7 +116,7 @@ type Drain struct {
 	DeadlineReachedAt      time.Time
 	ActiveAgentsAtRecreate *int
 	RecreatedAt            time.Time
-	Outcome                string
+	Outcome                DrainOutcome // "" while the drain lasts
 	// ActiveAgentsAtBegin: the last peek's active_agents, or without a peek
 	// the first status read after the begin.
 	ActiveAgentsAtBegin *int
@@ -236,7 +204,7 @@ func (n *nullDrain) drain() *Drain {
 		StartedAt: fromNullTime(n.started), LastBeginAt: fromNullTime(n.lastBegin), Begins: *n.begins,
 		LastStatusAt: fromNullTime(n.lastStatus), LastGatewayState: *n.lastState, LastActiveAgents: n.lastActive,
 		QuiescedAt: fromNullTime(n.quiesced), DeadlineReachedAt: fromNullTime(n.deadlineReached),
-		ActiveAgentsAtRecreate: n.activeAtRecreate, RecreatedAt: fromNullTime(n.recreated), Outcome: *n.outcome,
+		ActiveAgentsAtRecreate: n.activeAtRecreate, RecreatedAt: fromNullTime(n.recreated), Outcome: DrainOutcome(*n.outcome),
 		ActiveAgentsAtBegin: n.activeAtBegin, Undrainable: *n.undrainable, UndrainableStatus: derefInt(n.undrainableStatus),
 	}
 }
@@ -345,7 +313,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 	}
 	var outcome *string
 	if m.Outcome != "" {
-		outcome = &m.Outcome
+		o := string(m.Outcome)
+		outcome = &o
 	}
 	ev, err := eventArrays(events)
 	if err != nil {
@@ -357,7 +326,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 	}
 	var drainOutcome *string
 	if dd.Outcome != "" {
-		drainOutcome = &dd.Outcome
+		o := string(dd.Outcome)
+		drainOutcome = &o
 	}
 	tag, err := q.db.Exec(ctx, saveStepSQL,
 		m.ID, m.Version, m.FromImage, m.FromInstanceID, m.ToInstanceID, m.State, outcome, m.SlotHeld,

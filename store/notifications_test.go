@@ -34,7 +34,7 @@ func outbox(t *testing.T, s *store.Store, runID int64) []string {
 	return out
 }
 
-func setState(t *testing.T, s *store.Store, id int64, from []string, to, reason, by string) {
+func setState(t *testing.T, s *store.Store, id int64, from []store.RunState, to store.RunState, reason, by string) {
 	t.Helper()
 	if _, err := s.Q().SetRunState(context.Background(), id, from, to, reason, by); err != nil {
 		t.Fatal(err)
@@ -58,7 +58,7 @@ func TestNotificationsAreWrittenWithTheirStateChange(t *testing.T) {
 
 	// Rolled back with the state change: nothing.
 	err = s.InTx(ctx, func(q *store.Q, _ pgx.Tx) error {
-		if _, err := q.SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunPaused, "paused by alice", "alice"); err != nil {
+		if _, err := q.SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "paused by alice", "alice"); err != nil {
 			return err
 		}
 		if got := outbox(t, store.New(s.Pool()), r.ID); len(got) != 0 {
@@ -73,7 +73,7 @@ func TestNotificationsAreWrittenWithTheirStateChange(t *testing.T) {
 		t.Fatalf("a rolled-back pause left notifications: %v", got)
 	}
 
-	setState(t, s, r.ID, []string{store.RunRunning}, store.RunPaused, "paused by alice", "alice")
+	setState(t, s, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "paused by alice", "alice")
 	want := []string{"chat run.paused open", "pager run.paused open"}
 	if got := outbox(t, s, r.ID); !slices.Equal(got, want) {
 		t.Fatalf("after the pause: %v, want %v", got, want)
@@ -89,13 +89,13 @@ func TestNotificationsAreWrittenWithTheirStateChange(t *testing.T) {
 		t.Fatalf("counts = %v", n.Facts["counts"])
 	}
 
-	setState(t, s, r.ID, []string{store.RunPaused}, store.RunRunning, "resumed by bob", "bob")
+	setState(t, s, r.ID, []store.RunState{store.RunPaused}, store.RunRunning, "resumed by bob", "bob")
 	want = append(want, "chat run.resumed close", "pager run.resumed close")
 	if got := outbox(t, s, r.ID); !slices.Equal(got, want) {
 		t.Fatalf("after the resume: %v, want %v", got, want)
 	}
 	// Success after a closed pause and without problems says nothing more.
-	setState(t, s, r.ID, []string{store.RunRunning}, store.RunSucceeded, "", "migrator")
+	setState(t, s, r.ID, []store.RunState{store.RunRunning}, store.RunSucceeded, "", "migrator")
 	if got := outbox(t, s, r.ID); !slices.Equal(got, want) {
 		t.Fatalf("after success: %v, want %v", got, want)
 	}
@@ -128,8 +128,8 @@ func TestNoSinkWritesNoNotification(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	setState(t, s, r.ID, []string{store.RunRunning}, store.RunPaused, "failure threshold exceeded", "migrator")
-	setState(t, s, r.ID, []string{store.RunPaused}, store.RunFailed, "1 machine(s) failed", "migrator")
+	setState(t, s, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "failure threshold exceeded", "migrator")
+	setState(t, s, r.ID, []store.RunState{store.RunPaused}, store.RunFailed, "1 machine(s) failed", "migrator")
 	var n int
 	if err := s.Pool().QueryRow(ctx, `SELECT count(*) FROM notifications`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("%d notifications written without a sink (%v)", n, err)
@@ -199,7 +199,7 @@ func TestMachineEventNotifications(t *testing.T) {
 		t.Fatalf("a failure before the update notified: %v", got)
 	}
 	// Its run failing does, and the run's success with deferrals is a note.
-	setState(t, s, r2.ID, []string{store.RunRunning}, store.RunFailed, "1 machine(s) failed or rolled back", "migrator")
+	setState(t, s, r2.ID, []store.RunState{store.RunRunning}, store.RunFailed, "1 machine(s) failed or rolled back", "migrator")
 	if got := outbox(t, s, r2.ID); !slices.Equal(got, []string{"chat run.failed open", "pager run.failed open"}) {
 		t.Fatalf("run failed: %v", got)
 	}
@@ -216,7 +216,7 @@ func TestRunSucceededWithDeferralsIsANote(t *testing.T) {
 		t.Fatal(err)
 	}
 	ms, _ := s.Q().ListMigrations(ctx, r.ID)
-	for i, outcome := range []string{store.OutcomeMigrated, store.OutcomeDeferred} {
+	for i, outcome := range []store.Outcome{store.OutcomeMigrated, store.OutcomeDeferred} {
 		m := ms[i]
 		m.State, m.Outcome = store.StateDone, outcome
 		if err := s.Q().SaveStep(ctx, &m, nil, nil); err != nil {
@@ -286,7 +286,7 @@ func TestRecordDeliveryIsGuarded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	setState(t, s, r.ID, []string{store.RunRunning}, store.RunFailed, "x", "migrator")
+	setState(t, s, r.ID, []store.RunState{store.RunRunning}, store.RunFailed, "x", "migrator")
 	due, err := s.Q().DueNotifications(ctx, []string{"pager"}, time.Now(), 10)
 	if err != nil || len(due) != 1 {
 		t.Fatalf("due = %v, %v", due, err)

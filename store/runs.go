@@ -10,22 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Run states.
-const (
-	RunPending    = "pending"
-	RunRunning    = "running"
-	RunPaused     = "paused"
-	RunCancelling = "cancelling"
-	RunSucceeded  = "succeeded"
-	RunFailed     = "failed"
-	RunCancelled  = "cancelled"
-)
-
-// RunTerminal reports whether a run in state s is over.
-func RunTerminal(s string) bool {
-	return s == RunSucceeded || s == RunFailed || s == RunCancelled
-}
-
 // Selector says which machines a run moves. Stored as JSON on the run.
 type Selector struct {
 	Org        string            `json:"org,omitempty"`
@@ -70,7 +54,7 @@ type Run struct {
 	RequestedBy    string
 	Reason         string
 	IdempotencyKey string
-	State          string
+	State          RunState
 	StateReason    string
 	PolicyVersion  string
 	CreatedAt      time.Time
@@ -190,7 +174,7 @@ func (q *Q) insertMachines(ctx context.Context, r Run, machines []NewMachine) er
 	canary := make([]bool, n)
 	fromImg, fromInst, outcomes := make([]string, n), make([]string, n), make([]*string, n)
 	expectedUS := make([]*int64, n)
-	skipped := OutcomeSkippedUpToDate
+	skipped := string(OutcomeSkippedUpToDate)
 	for i, m := range machines {
 		seq[i] = int32(i)
 		apps[i], ids[i], regions[i], ips[i] = m.App, m.MachineID, m.Region, m.PrivateIP
@@ -261,11 +245,11 @@ func (q *Q) GetRun(ctx context.Context, id int64) (Run, error) {
 }
 
 // ListRuns returns runs, newest first; state "" means any.
-func (q *Q) ListRuns(ctx context.Context, state string, limit int) ([]Run, error) {
+func (q *Q) ListRuns(ctx context.Context, state RunState, limit int) ([]Run, error) {
 	if limit <= 0 {
 		limit = 50
 	}
-	rows, err := q.db.Query(ctx, `SELECT `+runColumns+` FROM runs WHERE ($1 = '' OR state = $1) ORDER BY id DESC LIMIT $2`, state, limit)
+	rows, err := q.db.Query(ctx, `SELECT `+runColumns+` FROM runs WHERE ($1 = '' OR state = $1) ORDER BY id DESC LIMIT $2`, string(state), limit)
 	if err != nil {
 		return nil, fmt.Errorf("list runs: %w", err)
 	}
@@ -291,13 +275,17 @@ func (q *Q) ListRuns(ctx context.Context, state string, limit int) ([]Run, error
 // of migration 011 writes the notifications in the same statement as the
 // event, so a new way to pause a run notifies by calling this, with a
 // reason that says why.
-func (q *Q) SetRunState(ctx context.Context, id int64, from []string, to, reason, by string) (Run, error) {
+func (q *Q) SetRunState(ctx context.Context, id int64, from []RunState, to RunState, reason, by string) (Run, error) {
+	fromText := make([]string, len(from))
+	for i, s := range from {
+		fromText[i] = string(s)
+	}
 	r, err := scanRun(q.db.QueryRow(ctx, `
 		UPDATE runs SET state = $2, state_reason = $3, updated_at = now(),
 			started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
 			finished_at = CASE WHEN $2 IN ('succeeded', 'failed', 'cancelled') THEN now() ELSE finished_at END
 		WHERE id = $1 AND state = ANY($4)
-		RETURNING `+runColumns, id, to, reason, from))
+		RETURNING `+runColumns, id, string(to), reason, fromText))
 	if errors.Is(err, pgx.ErrNoRows) {
 		cur, gerr := q.GetRun(ctx, id)
 		if gerr != nil {
@@ -308,15 +296,15 @@ func (q *Q) SetRunState(ctx context.Context, id int64, from []string, to, reason
 	if err != nil {
 		return Run{}, fmt.Errorf("set run %d %s: %w", id, to, err)
 	}
-	err = q.AppendEvents(ctx, Scope{RunID: id}, Event{Kind: "run." + to, Target: fmt.Sprint(id),
+	err = q.AppendEvents(ctx, Scope{RunID: id}, Event{Kind: "run." + string(to), Target: fmt.Sprint(id),
 		Detail: map[string]any{"from": from, "reason": reason, "by": by}})
 	return r, err
 }
 
 // RunCounts counts a run's machines by state and by outcome.
 type RunCounts struct {
-	ByState   map[string]int
-	ByOutcome map[string]int
+	ByState   map[MigrationState]int
+	ByOutcome map[Outcome]int
 	Total     int
 	SlotsHeld int
 	// WaitingForIdle counts pending machines that wait for an idle moment
@@ -334,9 +322,10 @@ func (q *Q) CountRun(ctx context.Context, id int64) (RunCounts, error) {
 		return RunCounts{}, fmt.Errorf("count run %d: %w", id, err)
 	}
 	defer rows.Close()
-	c := RunCounts{ByState: map[string]int{}, ByOutcome: map[string]int{}}
+	c := RunCounts{ByState: map[MigrationState]int{}, ByOutcome: map[Outcome]int{}}
 	for rows.Next() {
-		var state, outcome string
+		var state MigrationState
+		var outcome Outcome
 		var n, held, idle int
 		if err := rows.Scan(&state, &outcome, &n, &held, &idle); err != nil {
 			return RunCounts{}, err

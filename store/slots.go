@@ -251,7 +251,8 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 	if err != nil {
 		return Run{}, false, fmt.Errorf("settle run %d: %w", runID, err)
 	}
-	var to, reason string
+	var to RunState
+	var reason string
 	switch {
 	case !open && r.State == RunCancelling:
 		to, reason = RunCancelled, "cancelled"
@@ -272,7 +273,7 @@ func (q *Q) SettleRun(ctx context.Context, runID int64) (Run, bool, error) {
 	default:
 		return r, false, nil
 	}
-	nr, err := q.SetRunState(ctx, runID, []string{r.State}, to, reason, "migrator")
+	nr, err := q.SetRunState(ctx, runID, []RunState{r.State}, to, reason, "migrator")
 	if err != nil {
 		return Run{}, false, err
 	}
@@ -339,7 +340,7 @@ func oneLineReason(s string) string {
 // new canaries were picked.
 func (q *Q) ResumeRun(ctx context.Context, id int64, by string, bake bool) (Run, int, error) {
 	reason := "resumed by " + by
-	r, err := q.SetRunState(ctx, id, []string{RunPaused}, RunRunning, reason, by)
+	r, err := q.SetRunState(ctx, id, []RunState{RunPaused}, RunRunning, reason, by)
 	if err != nil {
 		return r, 0, err
 	}
@@ -407,7 +408,7 @@ func (q *Q) ReplaceUnprovenCanary(ctx context.Context, m *Migration) error {
 		return fmt.Errorf("replace canary %s: %w", m.Target(), err)
 	}
 	if n > MaxUnprovenCanaries*max(r.Canary, 1) {
-		_, err := q.SetRunState(ctx, r.ID, []string{RunRunning}, RunPaused, fmt.Sprintf(
+		_, err := q.SetRunState(ctx, r.ID, []RunState{RunRunning}, RunPaused, fmt.Sprintf(
 			"%d canaries ended without proving the image (%s); resume to widen without a proof, or resume --bake for new canaries",
 			n, oneLineReason(which)), "migrator")
 		if errors.Is(err, ErrConflict) {

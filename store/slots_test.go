@@ -72,8 +72,8 @@ func oldFill(ctx context.Context, db pgx.Tx, fleetCap int, now time.Time) ([]int
 // test can put any machine in any state.
 type runSpec struct {
 	name       string
-	state      string        // "": running
-	age        time.Duration // created_at = now - age
+	state      store.RunState // "": running
+	age        time.Duration  // created_at = now - age
 	maxUnavail int
 	canary     int // the run's canary count (the gate applies when > 0)
 	machines   []machineSpec
@@ -85,12 +85,12 @@ type runSpec struct {
 type machineSpec struct {
 	name    string
 	canary  bool
-	state   string // "": pending
-	outcome string // set when state is done
-	slot    bool   // holds a budget slot
-	due     string // not_before: "" NULL, "past", "now", "future"
-	seq     int    // plan order; 0: the index in runSpec.machines
-	watch   bool   // its own job watches its agent for an idle moment (idle_watch)
+	state   store.MigrationState // "": pending
+	outcome store.Outcome        // set when state is done
+	slot    bool                 // holds a budget slot
+	due     string               // not_before: "" NULL, "past", "now", "future"
+	seq     int                  // plan order; 0: the index in runSpec.machines
+	watch   bool                 // its own job watches its agent for an idle moment (idle_watch)
 }
 
 // world maps machine migration ids to "run/machine".
@@ -125,12 +125,12 @@ func buildWorld(ctx context.Context, t testing.TB, tx pgx.Tx, now time.Time, run
 		seqs, ids, states, outcomes, dues := make([]int32, n), make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
 		canaries, slots, hasDue, watches := make([]bool, n), make([]bool, n), make([]bool, n), make([]bool, n)
 		for i, m := range r.machines {
-			seqs[i], ids[i], states[i], outcomes[i] = int32(i), m.name, m.state, m.outcome
+			seqs[i], ids[i], states[i], outcomes[i] = int32(i), m.name, string(m.state), string(m.outcome)
 			if m.seq != 0 {
 				seqs[i] = int32(m.seq)
 			}
 			if states[i] == "" {
-				states[i] = store.StatePending
+				states[i] = string(store.StatePending)
 			}
 			canaries[i], slots[i], watches[i] = m.canary, m.slot, m.watch
 			hasDue[i] = m.due != ""
@@ -190,7 +190,7 @@ func held(name string) machineSpec {
 	return machineSpec{name: name, state: store.StateDraining, slot: true}
 }
 
-func done(name, outcome string, canary bool) machineSpec {
+func done(name string, outcome store.Outcome, canary bool) machineSpec {
 	return machineSpec{name: name, state: store.StateDone, outcome: outcome, canary: canary}
 }
 
@@ -435,11 +435,11 @@ func TestFillSlotsMatchesOldStatement(t *testing.T) {
 }
 
 func randomWorld(rng *rand.Rand) []runSpec {
-	runStates := []string{store.RunRunning, store.RunRunning, store.RunRunning, store.RunRunning,
+	runStates := []store.RunState{store.RunRunning, store.RunRunning, store.RunRunning, store.RunRunning,
 		store.RunPaused, store.RunCancelling, store.RunPending, store.RunSucceeded}
-	active := []string{store.StateReady, store.StateDecided, store.StateDraining, store.StateUpdating,
+	active := []store.MigrationState{store.StateReady, store.StateDecided, store.StateDraining, store.StateUpdating,
 		store.StateVerifying, store.StateRollingBack}
-	outcomes := []string{store.OutcomeMigrated, store.OutcomeMigrated, store.OutcomeMigrated, store.OutcomeFailed,
+	outcomes := []store.Outcome{store.OutcomeMigrated, store.OutcomeMigrated, store.OutcomeMigrated, store.OutcomeFailed,
 		store.OutcomeRolledBack, store.OutcomeSkippedUpToDate, store.OutcomeDeferred, store.OutcomeCancelled}
 	dues := []string{"", "", "", "", "past", "now", "future", "future"}
 	var runs []runSpec
@@ -477,13 +477,14 @@ func TestSettleRunDecisions(t *testing.T) {
 	s := newStore(t)
 	now := time.Now()
 	type want struct {
-		state, reason string
-		changed       bool
+		state   store.RunState
+		reason  string
+		changed bool
 	}
-	unchanged := func(state string) want { return want{state: state} }
+	unchanged := func(state store.RunState) want { return want{state: state} }
 	type tcase struct {
 		name      string
-		state     string
+		state     store.RunState
 		threshold int
 		machines  []machineSpec
 		want      want
@@ -551,9 +552,9 @@ func TestSettleRunDecisions(t *testing.T) {
 	}
 	// Every state short of done keeps a run open, whichever side of 'done'
 	// it sorts on (the query splits state <> 'done' into two ranges).
-	for _, st := range []string{store.StatePending, store.StateReady, store.StateDecided, store.StateDraining,
+	for _, st := range []store.MigrationState{store.StatePending, store.StateReady, store.StateDecided, store.StateDraining,
 		store.StateUpdating, store.StateVerifying, store.StateBaking, store.StateRollingBack} {
-		cases = append(cases, tcase{name: "one machine " + st + ": open", state: store.RunRunning,
+		cases = append(cases, tcase{name: "one machine " + string(st) + ": open", state: store.RunRunning,
 			machines: []machineSpec{done("m0", store.OutcomeMigrated, false), {name: "m1", state: st, slot: st != store.StatePending}, done("m2", store.OutcomeMigrated, false)},
 			want:     unchanged(store.RunRunning)})
 	}
@@ -638,7 +639,7 @@ func TestClaimSlotAndIdleWatch(t *testing.T) {
 		if err != nil || !ok || v != 1 {
 			t.Fatalf("claim with a free slot: version %d, ok %v, err %v", v, ok, err)
 		}
-		var state string
+		var state store.MigrationState
 		var slot, watch bool
 		if err := tx.QueryRow(ctx, `SELECT state, slot_held, idle_watch FROM machine_migrations WHERE id = $1`, id).
 			Scan(&state, &slot, &watch); err != nil {

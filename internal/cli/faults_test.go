@@ -70,7 +70,7 @@ func (w *simWorld) doneCount(runID int64) int {
 //     marker is on the volume;
 //   - the audit log ends with exactly one terminal event for the outcome, and
 //     a migrated machine has every transition and the calls behind them.
-func (w *simWorld) checkEnd(runID int64, allowed ...string) map[string]int {
+func (w *simWorld) checkEnd(runID int64, allowed ...store.Outcome) map[store.Outcome]int {
 	w.t.Helper()
 	t := w.t
 	ctx := context.Background()
@@ -78,7 +78,7 @@ func (w *simWorld) checkEnd(runID int64, allowed ...string) map[string]int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	counts := map[string]int{}
+	counts := map[store.Outcome]int{}
 	for _, m := range ms {
 		counts[m.Outcome]++
 		v := w.sim.Machine(m.App, m.MachineID)
@@ -116,8 +116,8 @@ func (w *simWorld) checkEnd(runID int64, allowed ...string) map[string]int {
 		for _, e := range evs {
 			seen[e.Kind]++
 		}
-		if seen["machine."+m.Outcome] != 1 {
-			t.Errorf("%s: %d machine.%s events, want 1 (saw %v)", m.Target(), seen["machine."+m.Outcome], m.Outcome, seen)
+		if seen["machine."+string(m.Outcome)] != 1 {
+			t.Errorf("%s: %d machine.%s events, want 1 (saw %v)", m.Target(), seen["machine."+string(m.Outcome)], m.Outcome, seen)
 		}
 		if m.Outcome == store.OutcomeMigrated {
 			for _, k := range []string{"machine.decided", "machine.draining", "machine.updating", "machine.verifying",

@@ -232,7 +232,7 @@ func (t *historyTable) begin() error {
 
 func (t *historyTable) row(r store.HistoryRow) error {
 	quiet := "-"
-	if r.Quiet != nil && (r.DrainOutcome == nil || *r.DrainOutcome != store.DrainNotRunning) {
+	if r.Quiet != nil && (r.DrainOutcome == nil || *r.DrainOutcome != string(store.DrainNotRunning)) {
 		quiet = yesNo(*r.Quiet)
 	}
 	waited := "-"

@@ -1,5 +1,10 @@
 package cli
 
+// run follow: watches a run until it ends or pauses, reading only
+// Postgres: on a terminal a view redrawn twice a second (progress, counts,
+// the machines in flight and those waiting for an idle moment), otherwise
+// one timestamped line per change.
+
 import (
 	"context"
 	"fmt"
@@ -151,7 +156,7 @@ func follow(ctx context.Context, e *env, st *store.Store, id int64, opts followO
 
 // followOver reports whether follow stops at a run in state: when it is
 // over, or paused (a person has to act) unless asked to keep watching.
-func followOver(state string, opts followOptions) bool {
+func followOver(state store.RunState, opts followOptions) bool {
 	return store.RunTerminal(state) || state == store.RunPaused && !opts.keepWatching
 }
 
@@ -306,7 +311,7 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 	var out []string
 	add := func(format string, args ...any) { out = append(out, clip(fmt.Sprintf(format, args...), width)) }
 
-	state := r.State
+	state := string(r.State)
 	if r.StateReason != "" && r.State != store.RunRunning {
 		state += ": " + r.StateReason
 	}
@@ -368,14 +373,14 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 				agents = strconv.Itoa(*d.LastActiveAgents)
 			}
 			if d.Outcome != "" {
-				kind += " (" + d.Outcome + ")"
+				kind += " (" + string(d.Outcome) + ")"
 			}
 		}
 		target := m.App + "/" + m.MachineID
 		if m.Canary {
 			target += " (canary)"
 		}
-		rows = append(rows, []string{target, m.State, waited, left, agents, kind})
+		rows = append(rows, []string{target, string(m.State), waited, left, agents, kind})
 	}
 	room := max(maxLines-len(out)-min(len(idle), 3), 1)
 	table := alignColumns(rows)
@@ -487,7 +492,7 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 			before[m.ID] = m
 		}
 	}
-	explained := map[string]int{}
+	explained := map[store.Outcome]int{}
 	for _, m := range cur.InFlight {
 		old, seen := before[m.ID]
 		switch {
@@ -586,7 +591,7 @@ func describeStep(m store.MigrationView, now time.Time) string {
 	}
 	switch {
 	case d == nil:
-		return m.State + canary
+		return string(m.State) + canary
 	case m.State == store.StateDecided:
 		return fmt.Sprintf("decided%s: %s, rule %s, deadline in %s then %s", canary, quietWord(d.Quiet), d.PolicyRule,
 			short(max(d.DeadlineAt.Sub(now), 0)), d.OnDeadline)
@@ -619,7 +624,7 @@ func describeStep(m store.MigrationView, now time.Time) string {
 		return fmt.Sprintf("baking%s: verified; watched for %s (Fly events, gateway, platforms and Nous session against before: %s); the rest wait",
 			canary, short(max(m.BakeUntil.Sub(m.BakeStartedAt), 0)), nonEmpty(signalChanges(m.Migration), "no status read yet"))
 	default:
-		return m.State + canary
+		return string(m.State) + canary
 	}
 }
 

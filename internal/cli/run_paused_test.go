@@ -140,7 +140,7 @@ func TestRunFollowStopsAtPause(t *testing.T) {
 	// Paused already (as SettleRun pauses a run whose canary failed):
 	// follow stops after its first read.
 	canary := "canary failed (1 canary machine(s) failed or rolled back)"
-	if _, err := w.st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunPaused, canary, "test"); err != nil {
+	if _, err := w.st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, canary, "test"); err != nil {
 		t.Fatal(err)
 	}
 	res := execMigrator(t, w.env, "run", "follow", id)

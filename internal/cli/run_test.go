@@ -730,8 +730,8 @@ func sampleSnapshot(now time.Time) store.RunSnapshot {
 	return store.RunSnapshot{
 		Run: store.Run{ID: 42, Cause: "image-migration", Image: "registry.fly.io/hermes-agent@sha256:abc", State: store.RunRunning,
 			MaxUnavailable: 2, RequestedBy: "alice", StartedAt: start, CreatedAt: start},
-		Counts: store.RunCounts{Total: 12, ByState: map[string]int{"pending": 5, "draining": 1, "verifying": 1, "done": 5},
-			ByOutcome: map[string]int{"migrated": 3, "skipped_up_to_date": 2}},
+		Counts: store.RunCounts{Total: 12, ByState: map[store.MigrationState]int{"pending": 5, "draining": 1, "verifying": 1, "done": 5},
+			ByOutcome: map[store.Outcome]int{"migrated": 3, "skipped_up_to_date": 2}},
 		InFlight: []store.MigrationView{
 			{Migration: store.Migration{ID: 7, RunID: 42, App: "hermes-agent-7", MachineID: "m7", State: store.StateDraining, Canary: true},
 				Drain: &store.Drain{Quiet: true, PolicyRule: "default:image-migration", StartedAt: now.Add(-130 * time.Second),
@@ -753,8 +753,8 @@ func TestRunProgressETA(t *testing.T) {
 	if p.done != 5 || p.total != 12 || !p.etaKnown || p.eta != 23*time.Minute+20*time.Second || p.elapsed != 10*time.Minute {
 		t.Errorf("progress = %+v", p)
 	}
-	s.Counts.ByOutcome = map[string]int{"skipped_up_to_date": 2}
-	s.Counts.ByState = map[string]int{"pending": 10, "done": 2}
+	s.Counts.ByOutcome = map[store.Outcome]int{"skipped_up_to_date": 2}
+	s.Counts.ByState = map[store.MigrationState]int{"pending": 10, "done": 2}
 	if p := runProgress(s); p.etaKnown {
 		t.Errorf("ETA known with nothing moved yet: %+v", p)
 	}
@@ -880,8 +880,8 @@ func TestRunFollowChangeLines(t *testing.T) {
 	s1.Run.State, s1.Run.StateReason = store.RunCancelling, "cancelled by alice"
 	s1.InFlight = s1.InFlight[:1]
 	s1.InFlight[0].Drain.LastActiveAgents = intp(1)
-	s1.Counts.ByState = map[string]int{"pending": 3, "draining": 1, "done": 8}
-	s1.Counts.ByOutcome = map[string]int{"migrated": 4, "skipped_up_to_date": 2, "cancelled": 2}
+	s1.Counts.ByState = map[store.MigrationState]int{"pending": 3, "draining": 1, "done": 8}
+	s1.Counts.ByOutcome = map[store.Outcome]int{"migrated": 4, "skipped_up_to_date": 2, "cancelled": 2}
 	m8 := sampleSnapshot(now).InFlight[1]
 	m8.State, m8.Outcome = store.StateDone, store.OutcomeMigrated
 	lines = changeLines(&s0, s1, []store.MigrationView{m8}, later)
@@ -897,7 +897,7 @@ func TestRunFollowChangeLines(t *testing.T) {
 	// A machine that waited for an idle moment and was moved between two
 	// looks (never seen in flight) started: it is not "without starting".
 	quick := s1
-	quick.Counts.ByOutcome = map[string]int{"migrated": 5, "skipped_up_to_date": 2, "cancelled": 2}
+	quick.Counts.ByOutcome = map[store.Outcome]int{"migrated": 5, "skipped_up_to_date": 2, "cancelled": 2}
 	if l := changeLines(&s1, quick, nil, later); len(l) != 1 ||
 		!strings.HasSuffix(l[0], "1 migrated since the last look (in flight only between two looks; `migrator history --run 42` has them)") {
 		t.Errorf("a machine moved between two looks: %q", l)
@@ -936,7 +936,7 @@ func TestRunFollowChangeLines(t *testing.T) {
 // an operation failure (exit 1) otherwise, with the way on for a paused run.
 func TestRunEndExitStatus(t *testing.T) {
 	t.Parallel()
-	snap := func(state, reason string, byState map[string]int) store.RunSnapshot {
+	snap := func(state store.RunState, reason string, byState map[store.MigrationState]int) store.RunSnapshot {
 		total := 0
 		for _, n := range byState {
 			total += n
@@ -949,14 +949,14 @@ func TestRunEndExitStatus(t *testing.T) {
 		s    store.RunSnapshot
 		want string // "" for no error
 	}{
-		{snap(store.RunSucceeded, "", map[string]int{"done": 3}), ""},
-		{snap(store.RunFailed, "2 failed", map[string]int{"done": 3}), "run 12 failed: 2 failed (see `migrator history --run 12`)"},
-		{snap(store.RunCancelled, "cancelled by bob", map[string]int{"done": 3}), "run 12 was cancelled (cancelled by bob)"},
-		{snap(store.RunPaused, canary, map[string]int{"done": 1, "pending": 5}),
+		{snap(store.RunSucceeded, "", map[store.MigrationState]int{"done": 3}), ""},
+		{snap(store.RunFailed, "2 failed", map[store.MigrationState]int{"done": 3}), "run 12 failed: 2 failed (see `migrator history --run 12`)"},
+		{snap(store.RunCancelled, "cancelled by bob", map[store.MigrationState]int{"done": 3}), "run 12 was cancelled (cancelled by bob)"},
+		{snap(store.RunPaused, canary, map[store.MigrationState]int{"done": 1, "pending": 5}),
 			"run 12 paused: " + canary + "; resume with: migrator run resume 12 (or cancel: migrator run cancel 12)"},
-		{snap(store.RunPaused, "paused by\nalice", map[string]int{"pending": 2, "draining": 1, "verifying": 1}),
+		{snap(store.RunPaused, "paused by\nalice", map[store.MigrationState]int{"pending": 2, "draining": 1, "verifying": 1}),
 			"run 12 paused: paused by alice; 2 machines in flight finish; resume with: migrator run resume 12 (or cancel: migrator run cancel 12)"},
-		{snap(store.RunPaused, "", map[string]int{"updating": 1}),
+		{snap(store.RunPaused, "", map[store.MigrationState]int{"updating": 1}),
 			"run 12 paused; 1 machine in flight finishes; resume with: migrator run resume 12 (or cancel: migrator run cancel 12)"},
 	} {
 		err := runEndError(tc.s)

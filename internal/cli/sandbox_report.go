@@ -117,7 +117,7 @@ func (sb *sandbox) summarize(ctx context.Context, runs []sandboxRun) ([]string, 
 		if err != nil {
 			return nil, fmt.Errorf("sandbox: read drain_history: %w", err)
 		}
-		if outcome != store.OutcomeRolledBack || signal != "platform_parked" || !strings.Contains(reason, sandboxBrokenPlatform) ||
+		if outcome != string(store.OutcomeRolledBack) || signal != "platform_parked" || !strings.Contains(reason, sandboxBrokenPlatform) ||
 			!strings.Contains(reason, sandboxBrokenCode) {
 			p = append(p, fmt.Sprintf("%s: %s (%s: %s), want rolled back for its parked %s", m.App, outcome, signal, reason, sandboxBrokenPlatform))
 		}

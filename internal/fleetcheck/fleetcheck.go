@@ -162,6 +162,19 @@ func Check(ctx context.Context, cfg Config, gw Gateway, machines []flymachines.M
 	return rep, nil
 }
 
+// Prober is Check with its configuration and gateway bound: what a dry
+// run probes the machines it would move with (orchestrator.Prober).
+type Prober struct {
+	Config  Config
+	Gateway Gateway
+}
+
+// Probe checks machines and returns their agents, in the order given.
+func (p Prober) Probe(ctx context.Context, machines []flymachines.Machine) ([]Agent, error) {
+	rep, err := Check(ctx, p.Config, p.Gateway, machines)
+	return rep.Agents, err
+}
+
 func probe(ctx context.Context, cfg Config, gw Gateway, m flymachines.Machine, a *Agent) {
 	t := gateway.Target{App: m.App, MachineID: m.ID, Region: m.Region, PrivateIP: m.PrivateIP, InstanceID: m.InstanceID}
 	sctx, cancel := context.WithTimeout(ctx, cfg.Timeout)

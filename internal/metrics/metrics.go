@@ -153,12 +153,12 @@ var _ orchestrator.Observer = (*Metrics)(nil)
 // Known label values, set to zero up front so every series exists (and
 // rate() works) before the first event.
 var (
-	runStates = []string{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling,
-		store.RunSucceeded, store.RunFailed, store.RunCancelled}
-	outcomes = []string{store.OutcomeMigrated, store.OutcomeRolledBack, store.OutcomeFailed,
-		store.OutcomeSkippedUpToDate, store.OutcomeDeferred, store.OutcomeCancelled}
-	drainOutcomes = []string{store.DrainQuiesced, store.DrainGatewayDown, store.DrainDeadlineForced,
-		store.DrainDeadlineDeferred, store.DrainCancelled, store.DrainFailed}
+	runStates = labels(store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling,
+		store.RunSucceeded, store.RunFailed, store.RunCancelled)
+	outcomes = labels(store.OutcomeMigrated, store.OutcomeRolledBack, store.OutcomeFailed,
+		store.OutcomeSkippedUpToDate, store.OutcomeDeferred, store.OutcomeCancelled)
+	drainOutcomes = labels(store.DrainQuiesced, store.DrainGatewayDown, store.DrainDeadlineForced,
+		store.DrainDeadlineDeferred, store.DrainCancelled, store.DrainFailed)
 	tickOutcomes = []string{orchestrator.AutoUpdateCreated, orchestrator.AutoUpdateExists,
 		orchestrator.AutoUpdateInProgress, orchestrator.AutoUpdateUpToDate, orchestrator.AutoUpdateNoMachines,
 		orchestrator.AutoUpdateNoChannel, "error"}
@@ -280,18 +280,27 @@ func (m *Metrics) Handler() http.Handler {
 	})
 }
 
+// labels are the store's states or outcomes as label values.
+func labels[T ~string](vs ...T) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = string(v)
+	}
+	return out
+}
+
 // MachineDone implements orchestrator.Observer.
-func (m *Metrics) MachineDone(outcome string) {
-	m.machines.WithLabelValues(outcome).Inc()
+func (m *Metrics) MachineDone(outcome store.Outcome) {
+	m.machines.WithLabelValues(string(outcome)).Inc()
 	if outcome == store.OutcomeDeferred {
 		m.deferred.Inc()
 	}
 }
 
 // DrainEnded implements orchestrator.Observer.
-func (m *Metrics) DrainEnded(quiet bool, outcome string, wait time.Duration) {
+func (m *Metrics) DrainEnded(quiet bool, outcome store.DrainOutcome, wait time.Duration) {
 	q := strconv.FormatBool(quiet)
-	m.drains.WithLabelValues(q, outcome).Inc()
+	m.drains.WithLabelValues(q, string(outcome)).Inc()
 	m.wait.WithLabelValues(q).Observe(wait.Seconds())
 	if outcome == store.DrainDeadlineForced {
 		m.forced.Inc()

@@ -162,7 +162,7 @@ func TestPauseTriggersResumeResolves(t *testing.T) {
 	n := newNotifier(t, st, notify.Config{Sinks: sinks(rc)[:2]})
 	r := newRun(t, st)
 
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunPaused, "paused by alice", "alice"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "paused by alice", "alice"); err != nil {
 		t.Fatal(err)
 	}
 	deliverDue(t, st, n)
@@ -201,10 +201,10 @@ func TestPauseTriggersResumeResolves(t *testing.T) {
 		t.Errorf("idempotency keys: slack %q, pagerduty %q", slack[0].Header.Get("Idempotency-Key"), pd[0].Header.Get("Idempotency-Key"))
 	}
 
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunPaused}, store.RunRunning, "resumed by bob", "bob"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunPaused}, store.RunRunning, "resumed by bob", "bob"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunSucceeded, "", "migrator"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunSucceeded, "", "migrator"); err != nil {
 		t.Fatal(err)
 	}
 	deliverDue(t, st, n)
@@ -264,7 +264,7 @@ func TestReceiverDownThenUpGetsItWithTheSameKey(t *testing.T) {
 	clk := &fakeClock{t: time.Now()}
 	n := newNotifier(t, st, notify.Config{Sinks: sinks(rc)[1:2], InlineRetries: 1, Now: clk.Now})
 	r := newRun(t, st)
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunFailed, "1 machine(s) failed or rolled back", "migrator"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunFailed, "1 machine(s) failed or rolled back", "migrator"); err != nil {
 		t.Fatal(err)
 	}
 	clk.Add(time.Since(clk.Now()) + time.Millisecond) // past the row's creation (the database's clock)
@@ -350,7 +350,7 @@ func TestRefusedIsFailedAndSecretsStayOut(t *testing.T) {
 	var logs strings.Builder
 	n := newNotifier(t, st, notify.Config{Sinks: sinks(rc), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	r := newRun(t, st)
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunPaused, "canary failed", "migrator"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "canary failed", "migrator"); err != nil {
 		t.Fatal(err)
 	}
 	deliverDue(t, st, n)
@@ -389,7 +389,7 @@ func TestWebhookIsSignedAndDocumented(t *testing.T) {
 	rc := newReceiver(t)
 	n := newNotifier(t, st, notify.Config{Sinks: sinks(rc)[2:]})
 	r := newRun(t, st)
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunFailed, "2 machine(s) failed", "migrator"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunFailed, "2 machine(s) failed", "migrator"); err != nil {
 		t.Fatal(err)
 	}
 	deliverDue(t, st, n)

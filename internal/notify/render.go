@@ -102,9 +102,10 @@ func (f facts) num(k string) int64 {
 }
 
 // countOrder is the order outcomes and states are listed in messages.
-var countOrder = []string{store.OutcomeMigrated, store.OutcomeRolledBack, store.OutcomeFailed, store.OutcomeDeferred,
-	store.OutcomeCancelled, store.OutcomeSkippedUpToDate, store.StatePending, store.StateReady, store.StateDecided,
-	store.StateDraining, store.StateUpdating, store.StateVerifying, store.StateRollingBack}
+var countOrder = []string{string(store.OutcomeMigrated), string(store.OutcomeRolledBack), string(store.OutcomeFailed),
+	string(store.OutcomeDeferred), string(store.OutcomeCancelled), string(store.OutcomeSkippedUpToDate),
+	string(store.StatePending), string(store.StateReady), string(store.StateDecided), string(store.StateDraining),
+	string(store.StateUpdating), string(store.StateVerifying), string(store.StateRollingBack)}
 
 // countsText says a run's machines by outcome (and state for those not
 // done): "12 machines: 9 migrated, 1 rolled back, 2 deferred".

@@ -183,10 +183,10 @@ func yesno(p *bool) string {
 	return "no"
 }
 
-func sorted(m map[string]int) []kv {
+func sorted[K ~string](m map[K]int) []kv {
 	out := make([]kv, 0, len(m))
 	for k, n := range m {
-		out = append(out, kv{k, n})
+		out = append(out, kv{string(k), n})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].K < out[j].K })
 	return out

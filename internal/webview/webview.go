@@ -271,8 +271,8 @@ func pathID(r *http.Request) (int64, error) {
 
 // ---- runs ----
 
-var runStates = []string{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling,
-	store.RunSucceeded, store.RunFailed, store.RunCancelled}
+var runStates = []string{string(store.RunPending), string(store.RunRunning), string(store.RunPaused),
+	string(store.RunCancelling), string(store.RunSucceeded), string(store.RunFailed), string(store.RunCancelled)}
 
 func (v *View) runs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -416,7 +416,7 @@ func (v *View) timeline(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := timelineJSON{
-		Run: runJSON{ID: run.ID, State: run.State, StateReason: run.StateReason, MaxUnavailable: run.MaxUnavailable,
+		Run: runJSON{ID: run.ID, State: string(run.State), StateReason: run.StateReason, MaxUnavailable: run.MaxUnavailable,
 			CreatedAt: unixMS(run.CreatedAt), StartedAt: unixMS(run.StartedAt), FinishedAt: unixMS(run.FinishedAt),
 			Terminal: store.RunTerminal(run.State)},
 		Now: v.cfg.Clock.Now().UnixMilli(), Machines: ms, Transitions: make([][5]any, len(ts)), LastEvent: after,

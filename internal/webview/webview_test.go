@@ -34,8 +34,8 @@ const (
 // forced), [done, done+inFlight) draining, the rest pending.
 type runSpec struct {
 	machines, done, inFlight int
-	state                    string // the run's state (default running)
-	hostile                  bool   // machine 0's app and every error are hostile
+	state                    store.RunState // the run's state (default running)
+	hostile                  bool           // machine 0's app and every error are hostile
 }
 
 // seeded numbers the seeded runs, so each has its own apps.

@@ -23,7 +23,7 @@ import (
 type everything struct{}
 
 func (everything) RunsByState(context.Context) (map[string]int, error) {
-	return map[string]int{store.RunPaused: 1}, nil
+	return map[string]int{string(store.RunPaused): 1}, nil
 }
 func (everything) SlotsInUse(context.Context) (int, error)     { return 1, nil }
 func (everything) CanariesBaking(context.Context) (int, error) { return 1, nil }

@@ -299,7 +299,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.RateViolations = sim.RateViolations()
 	res.MaxDisrupted = sim.MaxDisrupted()
 	res.SimConnections = conns.Load()
-	res.RunState, res.RunReason = final.State, final.StateReason
+	res.RunState, res.RunReason = string(final.State), final.StateReason
 	res.Plateau = s.plateau()
 	res.Heap = s.heap
 	res.Warnings, res.WarningTexts = warn.count()
@@ -321,7 +321,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	res.study()
 	res.PeakRSS = peakRSS()
-	if res.RunState != store.RunSucceeded {
+	if res.RunState != string(store.RunSucceeded) {
 		return res, fmt.Errorf("run %d ended %s (%s): outcomes %v; first failures: %s", run.ID, res.RunState, res.RunReason,
 			res.Outcomes, strings.Join(res.Failures, "; "))
 	}

@@ -63,7 +63,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 			return fmt.Errorf("read run %d: %w", runID, err)
 		}
 		r.Outcomes[outcome]++
-		if outcome != "" && outcome != store.OutcomeMigrated && len(r.Failures) < keepWarnings {
+		if outcome != "" && outcome != string(store.OutcomeMigrated) && len(r.Failures) < keepWarnings {
 			var text string
 			if err := db.QueryRow(ctx, `SELECT error FROM machine_migrations WHERE run_id = $1 AND app = $2 AND machine_id = $3`,
 				runID, app, id).Scan(&text); err == nil {
@@ -87,7 +87,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 				stop = *deadline
 			}
 			d, rc = stop.Sub(*dStart), end.Sub(*recreated)
-			if outcome == store.OutcomeMigrated {
+			if outcome == string(store.OutcomeMigrated) {
 				migratedR, migratedDone = append(migratedR, max(rc, 0)), append(migratedDone, end.Sub(t0))
 				mm := migratedMachine{app: app, id: id, r: max(rc, 0), begun: *dStart}
 				if firstLook != nil {
@@ -100,7 +100,7 @@ func (r *Result) collect(ctx context.Context, db *pgxpool.Pool, runID int64, t0 
 			}
 		case mStart != nil && mEnd != nil: // never drained: all of it counts as r
 			rc = end.Sub(simOf(*mStart))
-			if drainOutcome == store.DrainNotRunning {
+			if drainOutcome == string(store.DrainNotRunning) {
 				r.NotRunning++ // nobody to drain: as it should be
 			} else {
 				r.Anomalies++
@@ -258,7 +258,7 @@ func (r *Result) collectSuspended(ctx context.Context, db *pgxpool.Pool, runID i
 		if drained {
 			r.SuspendedDrains++
 		}
-		if v := sim.Machine(app, id); outcome == store.OutcomeMigrated && drainOutcome == store.DrainNotRunning &&
+		if v := sim.Machine(app, id); outcome == string(store.OutcomeMigrated) && drainOutcome == string(store.DrainNotRunning) &&
 			(state == "suspended" || state == "stopped") && v.State != "started" && v.AgentImage == TargetImage && v.Wakes == 0 {
 			r.SuspendedMovedDown++
 		}

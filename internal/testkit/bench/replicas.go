@@ -475,7 +475,7 @@ func runReplicas(ctx context.Context, cfg ReplicasConfig, cluster *pgcluster.Clu
 	simOf := func(db time.Time) time.Time {
 		return clk.Origin().Add(time.Duration(float64(db.Add(-skew).Sub(clk.Start())) * clk.Factor()))
 	}
-	res.RunState, res.RunReason = final.State, final.StateReason
+	res.RunState, res.RunReason = string(final.State), final.StateReason
 	if err := res.collect(ctx, monitor, created.ID, runSim0, simOf, func(app, id string) time.Duration {
 		return plan.duration(app, id, 0)
 	}); err != nil {
@@ -503,7 +503,7 @@ func runReplicas(ctx context.Context, cfg ReplicasConfig, cluster *pgcluster.Clu
 		}
 		run.Procs = append(run.Procs, p)
 	}
-	if res.RunState != store.RunSucceeded {
+	if res.RunState != string(store.RunSucceeded) {
 		return run, fmt.Errorf("run %d ended %s (%s): outcomes %v; first failures: %s", created.ID, res.RunState, res.RunReason,
 			res.Outcomes, strings.Join(res.Failures, "; "))
 	}

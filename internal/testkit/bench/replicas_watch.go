@@ -76,7 +76,7 @@ func (w *replicaWatch) wait(ctx context.Context) (store.Run, error) {
 			h.Done, h.RSS = done, procRSS(w.reps[0].cmd.Process.Pid)
 			w.run.Heap = &h
 		}
-		if store.RunTerminal(state) || state == store.RunPaused {
+		if s := store.RunState(state); store.RunTerminal(s) || s == store.RunPaused {
 			if w.samples > 0 {
 				w.run.ConnsMean = w.connSum / float64(w.samples)
 			}

@@ -1,18 +1,5 @@
 package orchestrator
 
-import (
-	"context"
-	"errors"
-	"fmt"
-	"time"
-
-	"github.com/jackc/pgx/v5"
-
-	"github.com/hermes-cloud/migrator/internal/flymachines"
-	"github.com/hermes-cloud/migrator/internal/gateway"
-	"github.com/hermes-cloud/migrator/store"
-)
-
 // The canary bake. A canary that verified is not done yet: it stays
 // "baking" for its bake (the policy's canary_bake for its cause and rule,
 // or the run's --canary-bake), keeping its lease and budget slot, and the
@@ -28,6 +15,23 @@ import (
 // ends the canary migrated and the gate opens. The bake's end is in
 // Postgres (bake_until), so a replica that dies mid-bake hands the rest of
 // it, not a skipped one, to the next.
+//
+//	baking → done          migrated: a clean bake (or the run cancelled)
+//	baking → rolling_back  a regression: the run paused in the same
+//	                       transaction (step_rollback.go)
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/store"
+)
 
 // Bake results, as the Observer hears them.
 const (
@@ -37,13 +41,10 @@ const (
 )
 
 // canaryBake is how long this machine bakes after it verified: 0 unless it
-// is a canary; the run's override, else the policy's decision.
+// is a canary; the run's override, else the policy's decision (decideFor).
 func (s *step) canaryBake() time.Duration {
 	if !s.m.Canary {
 		return 0
-	}
-	if o := s.w.Run.CanaryBakeOverride; o != nil {
-		return *o
 	}
 	return s.decide(s.m.Region, s.m.FromImage, s.m.Labels).CanaryBake
 }
@@ -204,7 +205,7 @@ func (s *step) bakeRegressed(ctx context.Context, signal, reason string) (next, 
 	from := s.m.State
 	s.m.State = store.StateRollingBack
 	pause := fmt.Sprintf("canary %s regressed during its bake (%s): %s; rolling it back", s.m.Target(), signal, shorten(reason, 200))
-	ev := store.Event{Kind: "machine." + s.m.State, Target: s.m.Target(), Detail: map[string]any{"from": from}}
+	ev := store.Event{Kind: "machine." + string(s.m.State), Target: s.m.Target(), Detail: map[string]any{"from": from}}
 	for k, v := range detail {
 		ev.Detail[k] = v
 	}
@@ -227,7 +228,7 @@ func (s *step) commitAndPause(ctx context.Context, ev *store.Event, reason strin
 		if err := q.SaveStep(ctx, s.m, s.w.Drain, events); err != nil {
 			return err
 		}
-		_, err := q.SetRunState(ctx, s.m.RunID, []string{store.RunRunning}, store.RunPaused, reason, "migrator")
+		_, err := q.SetRunState(ctx, s.m.RunID, []store.RunState{store.RunRunning}, store.RunPaused, reason, "migrator")
 		if errors.Is(err, store.ErrConflict) {
 			return nil // paused, cancelling or over already
 		}
@@ -241,13 +242,13 @@ func (s *step) commitAndPause(ctx context.Context, ev *store.Event, reason strin
 	}
 	s.events = nil
 	s.leaseDirty = false
-	s.log.Info("machine "+s.m.State, "to", s.m.State, "error", s.m.Error)
+	s.log.Info("machine "+string(s.m.State), "to", s.m.State, "error", s.m.Error)
 	s.observe()
 	return nil
 }
 
 // phaseOf names where a rollback was decided, for the metrics.
-func phaseOf(state string) string {
+func phaseOf(state store.MigrationState) string {
 	if state == store.StateBaking {
 		return "bake"
 	}

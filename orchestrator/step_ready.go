@@ -1,0 +1,249 @@
+package orchestrator
+
+// ready: the machine holds a budget slot. It is read (and refused if it
+// must not be moved as it is), its agent looked at for an idle moment when
+// its decision has an idle wait (step_idle.go), it is leased
+// (step_lease.go), and its decision is recorded once, before the gateway
+// hears of it:
+//
+//	ready → decided   running: drained next (step_drain.go)
+//	ready → updating  not running: no drain, no launch (step_update.go)
+//	ready → done      up to date, outside its window, host not ok,
+//	                  refused, run cancelled
+//	ready → pending   run paused, lease held elsewhere, agent busy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hermes-cloud/migrator/internal/flymachines"
+	"github.com/hermes-cloud/migrator/policy"
+	"github.com/hermes-cloud/migrator/store"
+)
+
+// ready: read the machine, lease it, record the policy decision.
+func (s *step) ready(ctx context.Context) (next, error) {
+	run := s.w.Run
+	switch run.State {
+	case store.RunCancelling, store.RunCancelled:
+		s.releaseOrphan(ctx)
+		return s.finish(ctx, store.OutcomeCancelled, "", "run cancelled before this machine started")
+	case store.RunPaused:
+		// Nothing new starts while paused: give the slot back, keep the lease off.
+		s.releaseLease(ctx)
+		s.m.SlotHeld = false
+		if err := s.transition(ctx, store.StatePending, map[string]any{"reason": "run paused"}); err != nil {
+			return next{}, err
+		}
+		return finished, nil
+	}
+	// A machine already waiting for an idle moment looks at its agent
+	// first: while it is busy, the slot goes back without a Fly call.
+	peeked := s.lookedIdle
+	if s.m.Peeks > 0 && !peeked {
+		d := s.decide(s.m.Region, s.m.FromImage, s.m.Labels)
+		if iw := d.IdleWait; iw > 0 && d.InWindow {
+			if n, stop, err := s.peek(ctx, d, iw); stop {
+				return n, err
+			}
+			peeked = true
+		}
+	}
+	mach, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
+	if err != nil {
+		return s.flyError(ctx, "read machine", err)
+	}
+	s.m.Region, s.m.PrivateIP = mach.Region, mach.PrivateIP
+	if n, stop, err := s.refuse(ctx, mach); stop {
+		return n, err
+	}
+	image, _ := mach.ImageOf(run.Selector.Container) // refuse checked it
+	if image == s.m.ToImage {
+		return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
+	}
+	if s.m.LeaseNonce == "" && !s.m.LeaseWaitSince.IsZero() && mach.InstanceID != s.m.FromInstanceID {
+		// The deployer whose lease was waited out changed the machine.
+		return s.changedUnderUs(ctx, mach, image)
+	}
+	s.m.FromImage, s.m.FromInstanceID = image, mach.InstanceID
+
+	now := s.now()
+	d := s.decide(mach.Region, image, mach.Labels)
+	if !d.InWindow {
+		msg := "outside the maintenance window"
+		if d.Window != "" {
+			msg += " " + d.Window
+		}
+		if !d.NextWindow.IsZero() {
+			msg += "; next opens " + d.NextWindow.UTC().Format(time.RFC3339)
+		}
+		return s.finish(ctx, store.OutcomeDeferred, "", msg)
+	}
+	if iw := d.IdleWait; running(mach.State) && iw > 0 && !peeked && s.m.LeaseNonce == "" {
+		// Idle-first: begin only at a moment with no work in flight.
+		if n, stop, err := s.peek(ctx, d, iw); stop {
+			return n, err
+		}
+	}
+	if s.m.LeaseNonce == "" {
+		lease, err := s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, s.leaseDescription())
+		var held *flymachines.LeaseHeldError
+		if errors.As(err, &held) {
+			var adopted bool
+			var found flymachines.Lease
+			found, adopted, err = s.adoptLease(ctx)
+			switch {
+			case flymachines.IsNotFound(err):
+				// Released or expired since the 409: acquire it next time.
+				s.persistCalls(ctx)
+				return wait(s.o.cfg.PollInterval), nil
+			case err == nil && !adopted:
+				return s.leaseHeld(ctx, held, found)
+			}
+			lease = found
+		}
+		if err != nil {
+			return s.flyError(ctx, "lease machine", err)
+		}
+		s.m.LeaseNonce, s.m.LeaseExpiresAt = lease.Nonce, lease.ExpiresAt
+		if !s.m.LeaseWaitSince.IsZero() && s.m.LeaseWaitEndedAt.IsZero() {
+			s.m.LeaseWaitEndedAt = now
+			s.events = append(s.events, store.Event{Kind: "machine.lease_waited", Target: s.m.Target(),
+				Detail: map[string]any{"owner": s.m.LeaseWaitOwner, "since": s.m.LeaseWaitSince,
+					"waited_seconds": now.Sub(s.m.LeaseWaitSince).Seconds()}})
+		}
+		if lease.Version != "" && lease.Version != mach.InstanceID {
+			// The machine changed between our read and the lease: read again
+			// under it; what it is now is what is decided from.
+			if mach, err = s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID); err != nil {
+				return s.flyError(ctx, "read machine", err)
+			}
+			if n, stop, err := s.refuse(ctx, mach); stop {
+				return n, err
+			}
+			if image, _ = mach.ImageOf(run.Selector.Container); image == s.m.ToImage {
+				return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
+			}
+			s.m.FromImage, s.m.FromInstanceID = image, mach.InstanceID
+		}
+	}
+
+	// The one launch decision, from the machine as read under the lease,
+	// carried through the update, the verification and the rollback (as
+	// flyctl decides from the machine it captured before its deploy):
+	// started, starting or failed machines are launched; stopped and
+	// suspended ones only get the new config, and have nobody to drain.
+	// What ran is recorded now, before the update: a rollback sends
+	// exactly that digest.
+	s.m.Launch = launchable(mach.State)
+	s.m.MachineState = mach.State
+	s.m.FromDigest, s.m.FromImageRef = mach.ImageRef.Digest, ""
+	if run.Selector.Container == "" || len(mach.Containers) == 0 {
+		if mach.ImageRef.Digest != "" && mach.ImageRef.Repository != "" {
+			s.m.FromImageRef = mach.ImageRef.Full()
+		}
+	}
+	drain := running(mach.State)
+
+	// The run's overrides are in d already (decideFor).
+	drainWait, undrainable := d.Wait, d.Undrainable
+	s.drainEnded = false // a new decision: an earlier drain (cancelled when a turn slipped in) ended before
+	s.w.Drain = &store.Drain{
+		MigrationID: s.m.ID, Quiet: d.Quiet, PolicyRule: d.Rule, PolicyVersion: d.Version,
+		OnDeadline: string(d.OnDeadline), MaxDeferrals: d.MaxDeferrals, DecidedAt: now, DeadlineAt: now.Add(drainWait),
+		Undrainable: string(undrainable),
+	}
+	if s.m.Peeks > 0 {
+		s.w.Drain.ActiveAgentsAtBegin = s.m.PeekActiveAgents
+	}
+	// The decision is on record before the gateway hears of it.
+	to := store.StateDecided
+	if !drain {
+		// Nobody is on a machine that is not running: no drain, no launch.
+		to = store.StateUpdating
+		s.w.Drain.Outcome = store.DrainNotRunning
+	}
+	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
+		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
+		"launch": s.m.Launch, "from_digest": s.m.FromDigest,
+		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable}); err != nil {
+		return next{}, err
+	}
+	if s.idleResult != "" {
+		s.o.obs.IdleWaitEnded(s.idleResult, max(now.Sub(s.m.FirstPeekAt), 0))
+	}
+	return next{}, nil
+}
+
+// decide asks the policy about this machine with the given facts, and
+// applies the run's overrides (decideFor, as the dry run does).
+func (s *step) decide(region, image string, labels map[string]string) policy.Decision {
+	return decideFor(s.o.pol, policy.Cause(s.w.Run.Cause), policy.Machine{
+		App: s.m.App, MachineID: s.m.MachineID, Region: region, Image: image,
+		Labels: labels, Deferrals: s.m.Deferrals,
+	}, runOverrides(s.w.Run), s.now())
+}
+
+// downOrHostLost reads the machine after a status read failed: true when
+// it is not running (stopped, suspended, …) or its host is not ok.
+func (s *step) downOrHostLost(ctx context.Context) bool {
+	m, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
+	return err == nil && (!running(m.State) || !m.HostOK())
+}
+
+// refuse ends (or puts off) a machine that must not be leased or moved as
+// it is read now; stop=false lets the step go on.
+//   - A release-command or console machine is not the app (fly-go's
+//     IsReleaseCommandMachine, IsFlyAppsConsole): plans never select one,
+//     so one here means the plan is stale; it is never touched.
+//   - A machine whose host is not ok shows only an incomplete config and
+//     takes no call (flyctl does not lease it): deferred, never leased or
+//     drained; the next run picks it up.
+//   - A multi-container machine without the run's container (or lacking
+//     it): refused, never half updated.
+//   - A machine on its way between states (stopping, suspending,
+//     replacing, updating, destroying) is read again after a poll.
+func (s *step) refuse(ctx context.Context, mach flymachines.Machine) (n next, stop bool, err error) {
+	switch {
+	case mach.ReleaseCommand || mach.Console || mach.State == "destroyed" || mach.State == "destroying":
+		kind := "a release-command machine"
+		if mach.Console {
+			kind = "a console machine"
+		} else if !mach.ReleaseCommand {
+			kind = "destroyed"
+		}
+		n, err = s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("not moved: %s (not the app's machine); never touched", kind))
+		return n, true, err
+	case !mach.HostOK():
+		s.releaseLease(ctx)
+		n, err = s.finish(ctx, store.OutcomeDeferred, "", fmt.Sprintf(
+			"host not ok (host_status %q, config incomplete): never leased or drained; deferred, the next run picks it up", mach.HostStatus))
+		return n, true, err
+	}
+	if _, err := mach.ImageOf(s.w.Run.Selector.Container); err != nil {
+		s.releaseLease(ctx)
+		n, err = s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("refused: %v (never a half update: see run create --container)", err))
+		return n, true, err
+	}
+	switch mach.State {
+	case "stopping", "suspending", "replacing", "updating":
+		s.persistCalls(ctx)
+		return wait(s.o.cfg.PollInterval), true, nil
+	}
+	return next{}, false, nil
+}
+
+// changedUnderUs ends a machine that another deployer updated while
+// migrator waited for its lease (its instance is not the one read before
+// the wait): migrator does not move a machine a person just changed in the
+// same run. It is recorded with what changed; the next run picks it up.
+func (s *step) changedUnderUs(ctx context.Context, mach flymachines.Machine, image string) (next, error) {
+	s.m.LeaseWaitEndedAt = s.now()
+	return s.finishDetail(ctx, store.OutcomeDeferred, fmt.Sprintf(
+		"changed by %s while migrator waited for its lease: instance %s → %s, image %s → %s; not moved now, the next run picks it up",
+		s.m.LeaseWaitOwner, s.m.FromInstanceID, mach.InstanceID, s.m.FromImage, image),
+		map[string]any{"changed_by": s.m.LeaseWaitOwner, "instance_before": s.m.FromInstanceID, "instance_now": mach.InstanceID,
+			"image_before": s.m.FromImage, "image_now": image})
+}
