@@ -2,6 +2,7 @@ package bench
 
 import (
 	"math"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -50,7 +51,14 @@ func TestParseHeapProfile(t *testing.T) {
 	if _, err := parseHeapProfile(strings.NewReader("goroutine profile: total 3\n"), 10); err == nil {
 		t.Fatal("a goroutine profile parsed as a heap profile")
 	}
+	// Something live and large enough to be sampled for certain (the heap
+	// profile samples about one allocation per 512 KiB, and shows what was
+	// live at the last collection): a quiet test process may hold nothing
+	// sampled at all.
+	live := make([]byte, 8<<20)
+	runtime.GC()
 	self, err := selfHeapProfile()
+	runtime.KeepAlive(live)
 	if err != nil || self.Sys <= 0 || self.RSS <= 0 || len(self.Top) == 0 {
 		t.Fatalf("this process's heap: %+v, %v", self, err)
 	}
