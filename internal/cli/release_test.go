@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"errors"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -28,6 +30,36 @@ func TestReleaseBuildHoldsNoTestKit(t *testing.T) {
 	for _, want := range []string{kit + "fleetsim", kit + "pgcluster", kit + "bench"} {
 		if !strings.Contains(dev, want+"\n") && !strings.HasSuffix(dev, want) {
 			t.Errorf("the development build lacks %s (the sandbox, fleetsim and bench commands need it)", want)
+		}
+	}
+}
+
+// The release binary itself: no development command in its help, and one
+// asked for by name is a usage error that says where it is.
+func TestReleaseBinaryHasNoDevelopmentCommands(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the release binary")
+	}
+	bin := filepath.Join(t.TempDir(), "migrator")
+	if out, err := exec.Command("go", "build", "-tags", "release", "-o", bin, "github.com/hermes-cloud/migrator/cmd/migrator").CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags release: %v\n%s", err, out)
+	}
+	help, err := exec.Command(bin, "--help").Output()
+	if err != nil {
+		t.Fatalf("migrator --help: %v", err)
+	}
+	for _, name := range []string{"sandbox", "fleetsim", "bench"} {
+		if strings.Contains(string(help), "  "+name+" ") {
+			t.Errorf("the release binary's help lists %s:\n%s", name, help)
+		}
+		cmd := exec.Command(bin, name, "--apps", "3")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != exitUsage ||
+			!strings.Contains(stderr.String(), name+" is a development command, left out of this release build") {
+			t.Errorf("migrator %s on the release binary: %v, stderr %q; want exit 2 saying it is a development command", name, err, stderr.String())
 		}
 	}
 }
