@@ -180,6 +180,20 @@ func Summary(n store.Notification) string {
 	case "agent.not_serving":
 		return fmt.Sprintf("migrator %s: agent %s may not be serving: its machine failed after the update: %s", run, target,
 			why(f.str("error"), "no reason recorded"))
+	case "run.recovered":
+		return fmt.Sprintf("migrator %s is resolved: run %d succeeded on the machines it left behind", run, f.num("resolved_by_run"))
+	case "agent.serving":
+		how := "its drain marker expired (the gateway drops one after an hour)"
+		switch f.str("how") {
+		case "migrated":
+			how = fmt.Sprintf("run %d migrated it and found it serving", f.num("resolved_by_run"))
+		case "skipped_up_to_date":
+			how = fmt.Sprintf("run %d found it up to date and healthy", f.num("resolved_by_run"))
+		}
+		return fmt.Sprintf("migrator %s: agent %s is serving again: %s", run, target, how)
+	case "incident.resolved":
+		return fmt.Sprintf("migrator incident %s resolved by %s: %s", f.str("incident"), why(f.str("by"), "someone"),
+			why(f.str("reason"), "no reason given"))
 	case "auto_update.failed":
 		reason := f.str("error")
 		if f.str("outcome") == "no_channel" {
