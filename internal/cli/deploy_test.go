@@ -204,7 +204,7 @@ func TestDeployFlyToml(t *testing.T) {
 		}
 	}
 	// No secret inline: these come from `fly secrets set`.
-	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv, notifySlackURLEnv, notifyPDKeyEnv, notifyHookURLEnv, notifyHookSecret} {
+	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv, notifySlackURLEnv, notifyPDKeyEnv, notifyHookURLEnv, notifyHookSecret, notifyHookPrevious} {
 		if _, ok := cfg.Env[k]; ok {
 			t.Errorf("[env] sets the secret %s; it belongs in fly secrets", k)
 		}

@@ -30,12 +30,14 @@ import (
 //	retry_min = "10s"                    # wait before the 2nd delivery, doubling…
 //	retry_max = "5m"                     # …up to this (a longer Retry-After is honoured)
 //	give_up_after = "24h"                # undelivered this long after written: failed
+//	retention = "720h"                   # delivered/failed/dropped notifications older than this are deleted (30 days)
 //
 //	[[notify.sinks]]
 //	name = "fleet-channel"               # [a-z0-9_-], unique
 //	kind = "slack"                       # slack | pagerduty | webhook
 //	url_env = "SLACK_WEBHOOK_URL"        # slack, webhook: the variable holding the URL
-//	secret_env = "WEBHOOK_SECRET"        # webhook: the variable holding the HMAC key (≥ 16 bytes)
+//	secret_env = "WEBHOOK_SECRET"        # webhook: the variable holding the signing secret (whsec_<base64 of ≥ 24 bytes>)
+//	previous_secret_env = "WEBHOOK_SECRET_OLD"  # webhook, optional: the secret being rotated out (signs too)
 //	routing_key_env = "PD_ROUTING_KEY"   # pagerduty: the variable holding the integration key
 //	url = "https://events.eu.pagerduty.com/v2/enqueue"  # pagerduty only: the endpoint (not a secret)
 //	source = "migrator-prod"             # pagerduty only: payload.source (default migrator)
@@ -47,6 +49,7 @@ import (
 //	MIGRATOR_NOTIFY_SLACK_URL                                   sink "slack"
 //	MIGRATOR_NOTIFY_PAGERDUTY_ROUTING_KEY [, _URL]             sink "pagerduty"
 //	MIGRATOR_NOTIFY_WEBHOOK_URL and MIGRATOR_NOTIFY_WEBHOOK_SECRET   sink "webhook"
+//	  [, MIGRATOR_NOTIFY_WEBHOOK_PREVIOUS_SECRET while rotating]
 const (
 	webURLEnv          = "MIGRATOR_WEB_URL"
 	notifySlackURLEnv  = "MIGRATOR_NOTIFY_SLACK_URL"
@@ -54,6 +57,7 @@ const (
 	notifyPDURLEnv     = "MIGRATOR_NOTIFY_PAGERDUTY_URL"
 	notifyHookURLEnv   = "MIGRATOR_NOTIFY_WEBHOOK_URL"
 	notifyHookSecret   = "MIGRATOR_NOTIFY_WEBHOOK_SECRET"
+	notifyHookPrevious = "MIGRATOR_NOTIFY_WEBHOOK_PREVIOUS_SECRET"
 	defaultNotifySweep = 5 * time.Second
 )
 
@@ -61,6 +65,7 @@ const (
 type notifyFile struct {
 	webURL                            string
 	sweep, retryMin, retryMax, giveUp time.Duration // 0: the default
+	retention                         time.Duration // 0: the default
 	sinks                             []fileSink
 }
 
@@ -70,6 +75,7 @@ type fileSink struct {
 	name, kind, minSeverity          string
 	events                           []string
 	urlEnv, routingKeyEnv, secretEnv string
+	previousSecretEnv                string
 	url, source                      string
 }
 
@@ -98,10 +104,12 @@ func (d *configDecoder) notify(m map[string]any) (notifyFile, error) {
 			nf.retryMax, err = d.durationIn(path, v, 100*time.Millisecond, 24*time.Hour)
 		case "give_up_after":
 			nf.giveUp, err = d.durationIn(path, v, time.Minute, 30*24*time.Hour)
+		case "retention":
+			nf.retention, err = d.durationIn(path, v, 24*time.Hour, 10*365*24*time.Hour)
 		case "sinks":
 			nf.sinks, err = d.sinks(path, v)
 		default:
-			err = d.unknown(path, "web_url, sweep_interval, retry_min, retry_max, give_up_after, sinks")
+			err = d.unknown(path, "web_url, sweep_interval, retry_min, retry_max, give_up_after, retention, sinks")
 		}
 		if err != nil {
 			return notifyFile{}, err
@@ -207,6 +215,8 @@ func (d *configDecoder) sinks(path []string, v any) ([]fileSink, error) {
 				fs.routingKeyEnv, err = str(k)
 			case "secret_env":
 				fs.secretEnv, err = str(k)
+			case "previous_secret_env":
+				fs.previousSecretEnv, err = str(k)
 			case "url":
 				fs.url, err = str(k)
 			case "source":
@@ -226,7 +236,7 @@ func (d *configDecoder) sinks(path []string, v any) ([]fileSink, error) {
 					fs.events = append(fs.events, s)
 				}
 			default:
-				err = d.sinkErr(i, k, "unknown key (known: name, kind, min_severity, events, url_env, secret_env, routing_key_env, url, source)")
+				err = d.sinkErr(i, k, "unknown key (known: name, kind, min_severity, events, url_env, secret_env, previous_secret_env, routing_key_env, url, source)")
 			}
 			if err != nil {
 				return nil, err
@@ -263,7 +273,7 @@ func (d *configDecoder) checkSink(i int, fs fileSink) error {
 	// The rest of the checks notify makes itself, with placeholders for
 	// the secrets.
 	probe := notify.SinkConfig{Name: fs.name, Kind: kind, MinSeverity: notify.Severity(fs.minSeverity), Events: fs.events,
-		URL: "https://secret.invalid/", RoutingKey: "placeholder", Secret: strings.Repeat("s", 32)}
+		URL: "https://secret.invalid/", RoutingKey: "placeholder", Secret: placeholderWebhookSecret}
 	if kind == notify.PagerDuty && fs.url != "" {
 		probe.URL = fs.url
 	}
@@ -283,13 +293,16 @@ func (d *configDecoder) checkSink(i int, fs fileSink) error {
 	}
 	need := map[notify.Kind][]string{notify.Slack: {"url_env"}, notify.Webhook: {"url_env", "secret_env"},
 		notify.PagerDuty: {"routing_key_env"}}[kind]
-	vals := map[string]string{"url_env": fs.urlEnv, "secret_env": fs.secretEnv, "routing_key_env": fs.routingKeyEnv}
-	for _, k := range []string{"url_env", "secret_env", "routing_key_env"} {
+	vals := map[string]string{"url_env": fs.urlEnv, "secret_env": fs.secretEnv, "routing_key_env": fs.routingKeyEnv,
+		"previous_secret_env": fs.previousSecretEnv}
+	optional := map[notify.Kind][]string{notify.Webhook: {"previous_secret_env"}}[kind]
+	for _, k := range []string{"url_env", "secret_env", "previous_secret_env", "routing_key_env"} {
 		v := vals[k]
 		switch {
+		case slices.Contains(optional, k) && v == "":
 		case slices.Contains(need, k) && v == "":
 			return d.sinkErr(i, k, "required for a %s sink: the name of the environment variable holding its %s", kind, secretWhat(k))
-		case !slices.Contains(need, k) && v != "":
+		case !slices.Contains(need, k) && !slices.Contains(optional, k) && v != "":
 			return d.sinkErr(i, k, "not used by a %s sink", kind)
 		case v != "" && !envName.MatchString(v):
 			return d.sinkErr(i, k, "%q is not an environment variable name", v)
@@ -301,6 +314,10 @@ func (d *configDecoder) checkSink(i int, fs fileSink) error {
 func secretWhat(k string) string {
 	return map[string]string{"url_env": "URL", "secret_env": "signing secret", "routing_key_env": "routing key"}[k]
 }
+
+// placeholderWebhookSecret stands for a webhook sink's secret while the
+// file alone is checked (a valid whsec_ value of 32 bytes).
+const placeholderWebhookSecret = "whsec_cGxhY2Vob2xkZXItcGxhY2Vob2xkZXItcGxhY2Vob2xk"
 
 func checkWebURL(raw string) error {
 	if err := (notify.Config{WebURL: raw}).Validate(); err != nil {
@@ -318,7 +335,7 @@ func checkWebURL(raw string) error {
 func loadNotify(e *env, s *settings, log *slog.Logger, observe func(kind, result string)) (notify.Config, error) {
 	nf := s.notify
 	cfg := notify.Config{WebURL: nf.webURL, SweepEvery: nf.sweep, RetryMin: nf.retryMin, RetryMax: nf.retryMax,
-		GiveUpAfter: nf.giveUp, Logger: log, Observe: observe}
+		GiveUpAfter: nf.giveUp, Retention: nf.retention, Logger: log, Observe: observe}
 	if cfg.SweepEvery == 0 {
 		cfg.SweepEvery = defaultNotifySweep
 	}
@@ -355,6 +372,17 @@ func loadNotify(e *env, s *settings, log *slog.Logger, observe func(kind, result
 		if fs.secretEnv != "" {
 			if sc.Secret, err = secret(fs.name, fs.secretEnv, fs.where); err != nil {
 				return notify.Config{}, err
+			}
+			if _, err := notify.ParseWebhookSecret(sc.Secret); err != nil {
+				return notify.Config{}, usagef("notification sink %s (%s): %s %v", fs.name, fs.where, fs.secretEnv, err)
+			}
+		}
+		if fs.previousSecretEnv != "" {
+			if sc.PreviousSecret, err = secret(fs.name, fs.previousSecretEnv, fs.where); err != nil {
+				return notify.Config{}, err
+			}
+			if _, err := notify.ParseWebhookSecret(sc.PreviousSecret); err != nil {
+				return notify.Config{}, usagef("notification sink %s (%s): %s %v", fs.name, fs.where, fs.previousSecretEnv, err)
 			}
 		}
 		cfg.Sinks = append(cfg.Sinks, sc)
@@ -393,14 +421,26 @@ func loadNotify(e *env, s *settings, log *slog.Logger, observe func(kind, result
 			return notify.Config{}, err
 		}
 	}
-	hookURL, hookSecret := strings.TrimSpace(e.getenv(notifyHookURLEnv)), e.getenv(notifyHookSecret)
+	hookURL, hookSecret := strings.TrimSpace(e.getenv(notifyHookURLEnv)), strings.TrimSpace(e.getenv(notifyHookSecret))
+	hookPrevious := strings.TrimSpace(e.getenv(notifyHookPrevious))
 	switch {
+	case hookPrevious != "" && hookURL == "":
+		return notify.Config{}, usagef("%s is set but %s is not", notifyHookPrevious, notifyHookURLEnv)
 	case hookURL != "" && hookSecret == "":
 		return notify.Config{}, usagef("%s is set but %s is not: the webhook sink signs every body", notifyHookURLEnv, notifyHookSecret)
 	case hookURL == "" && hookSecret != "":
 		return notify.Config{}, usagef("%s is set but %s is not", notifyHookSecret, notifyHookURLEnv)
 	case hookURL != "":
-		if err := envSink(notify.SinkConfig{Name: "webhook", Kind: notify.Webhook, URL: hookURL, Secret: hookSecret}, notifyHookURLEnv); err != nil {
+		if _, err := notify.ParseWebhookSecret(hookSecret); err != nil {
+			return notify.Config{}, usagef("%s %v", notifyHookSecret, err)
+		}
+		if hookPrevious != "" {
+			if _, err := notify.ParseWebhookSecret(hookPrevious); err != nil {
+				return notify.Config{}, usagef("%s %v", notifyHookPrevious, err)
+			}
+		}
+		if err := envSink(notify.SinkConfig{Name: "webhook", Kind: notify.Webhook, URL: hookURL, Secret: hookSecret,
+			PreviousSecret: hookPrevious}, notifyHookURLEnv); err != nil {
 			return notify.Config{}, err
 		}
 	}

@@ -348,6 +348,12 @@ func TestServeBadNotifyConfig(t *testing.T) {
 			"url.toml:4: notify.sinks[0].url: a slack sink's URL is a credential"},
 		{"a webhook without its secret", map[string]string{notifyHookURLEnv: "https://example.invalid/hook"},
 			"MIGRATOR_NOTIFY_WEBHOOK_URL is set but MIGRATOR_NOTIFY_WEBHOOK_SECRET is not"},
+		{"a webhook secret that is not whsec_", map[string]string{notifyHookURLEnv: "https://example.invalid/hook",
+			notifyHookSecret: "0123456789abcdef0123456789abcdef"},
+			"MIGRATOR_NOTIFY_WEBHOOK_SECRET is not of the form whsec_<base64>"},
+		{"a webhook secret too short", map[string]string{notifyHookURLEnv: "https://example.invalid/hook",
+			notifyHookSecret: "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="},
+			"MIGRATOR_NOTIFY_WEBHOOK_SECRET is 16 bytes, shorter than 24"},
 		{"a bad web URL", map[string]string{webURLEnv: "localhost:8080"}, "MIGRATOR_WEB_URL: want an absolute http or https URL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -387,6 +393,7 @@ func TestLoadNotify(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`[notify]
 web_url = "http://localhost:8080/"
 retry_max = "2m"
+retention = "1440h"
 [[notify.sinks]]
 name = "oncall"
 kind = "pagerduty"
@@ -399,11 +406,19 @@ kind = "slack"
 url_env = "CHAT_URL"
 min_severity = "warning"
 events = ["run.paused", "machine.rolled_back"]
+[[notify.sinks]]
+name = "audit-file"
+kind = "webhook"
+url_env = "AUDIT_URL"
+secret_env = "AUDIT_SECRET"
+previous_secret_env = "AUDIT_SECRET_OLD"
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	vars := map[string]string{configFileEnv: path, "PD_KEY": "k-123", "CHAT_URL": "https://hooks.slack.com/services/T/B/x",
-		notifyHookURLEnv: "https://audit.example.com/hook", notifyHookSecret: "0123456789abcdef0123"}
+		notifyHookURLEnv: "https://audit.example.com/hook", notifyHookSecret: "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+		"AUDIT_URL": "https://audit.example.com/file", "AUDIT_SECRET": "whsec_bmV3LW5ldy1uZXctbmV3LW5ldy1uZXctbmV3LW5ldw==",
+		"AUDIT_SECRET_OLD": "whsec_b2xkLW9sZC1vbGQtb2xkLW9sZC1vbGQtb2xkLW9sZA=="}
 	e := &env{getenv: func(k string) string { return vars[k] }}
 	s, err := loadSettings(e)
 	if err != nil {
@@ -413,10 +428,13 @@ events = ["run.paused", "machine.rolled_back"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.WebURL != "http://localhost:8080/" || cfg.RetryMax != 2*time.Minute || len(cfg.Sinks) != 3 {
+	if cfg.WebURL != "http://localhost:8080/" || cfg.RetryMax != 2*time.Minute || cfg.Retention != 60*24*time.Hour || len(cfg.Sinks) != 4 {
 		t.Fatalf("config = %+v", cfg)
 	}
-	pd, chat, hook := cfg.Sinks[0], cfg.Sinks[1], cfg.Sinks[2]
+	pd, chat, file, hook := cfg.Sinks[0], cfg.Sinks[1], cfg.Sinks[2], cfg.Sinks[3]
+	if file.Secret != vars["AUDIT_SECRET"] || file.PreviousSecret != vars["AUDIT_SECRET_OLD"] || file.URL != vars["AUDIT_URL"] {
+		t.Errorf("file webhook sink = %+v", file)
+	}
 	if pd.Name != "oncall" || pd.RoutingKey != "k-123" || pd.URL != "https://events.eu.pagerduty.com/v2/enqueue" || pd.Source != "migrator-prod" {
 		t.Errorf("pagerduty sink = %+v", pd)
 	}

@@ -55,7 +55,8 @@ const DefaultRetention = 30 * 24 * time.Hour
 // EU accounts use https://events.eu.pagerduty.com/v2/enqueue).
 const DefaultPagerDutyURL = "https://events.pagerduty.com/v2/enqueue"
 
-// SinkConfig is one sink. URL, RoutingKey and Secret are secrets (a Slack
+// SinkConfig is one sink. URL, RoutingKey, Secret and PreviousSecret are
+// secrets (a Slack
 // webhook URL is a credential): they are never logged, stored or put in an
 // error.
 type SinkConfig struct {
@@ -74,9 +75,13 @@ type SinkConfig struct {
 	URL string
 	// RoutingKey is a PagerDuty sink's integration key (required).
 	RoutingKey string
-	// Secret signs a webhook sink's bodies (HMAC-SHA256; required, at
-	// least 16 bytes).
+	// Secret signs a webhook sink's bodies (Standard Webhooks, webhook.go;
+	// required): "whsec_" and the base64 of at least 24 random bytes.
 	Secret string
+	// PreviousSecret, while receivers move to a new Secret, signs too (a
+	// second webhook-signature value), so that a receiver still holding
+	// it verifies. Optional; same form.
+	PreviousSecret string
 	// Source is PagerDuty's payload.source. Default "migrator".
 	Source string
 }
@@ -98,9 +103,6 @@ func (s SinkConfig) withDefaults() SinkConfig {
 	}
 	return s
 }
-
-// minWebhookSecret is the shortest HMAC secret accepted.
-const minWebhookSecret = 16
 
 // validate checks one sink. Messages name the setting, never its value.
 func (s SinkConfig) validate() error {
@@ -127,9 +129,20 @@ func (s SinkConfig) validate() error {
 			return fmt.Errorf("sink %s: no routing key (the PagerDuty integration key of an Events API v2 integration)", s.Name)
 		}
 	case Webhook:
-		if len(s.Secret) < minWebhookSecret {
-			return fmt.Errorf("sink %s: the signing secret is missing or shorter than %d bytes", s.Name, minWebhookSecret)
+		if strings.TrimSpace(s.Secret) == "" {
+			return fmt.Errorf("sink %s: no signing secret (whsec_ and the base64 of at least %d random bytes)", s.Name, MinWebhookSecretBytes)
 		}
+		if _, err := ParseWebhookSecret(s.Secret); err != nil {
+			return fmt.Errorf("sink %s: the signing secret %w", s.Name, err)
+		}
+		if s.PreviousSecret != "" {
+			if _, err := ParseWebhookSecret(s.PreviousSecret); err != nil {
+				return fmt.Errorf("sink %s: the previous signing secret %w", s.Name, err)
+			}
+		}
+	}
+	if s.PreviousSecret != "" && s.Kind != Webhook {
+		return fmt.Errorf("sink %s: only a webhook sink has a previous signing secret", s.Name)
 	}
 	return nil
 }

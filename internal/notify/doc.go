@@ -67,7 +67,10 @@
 // and nothing else: notes (a rollback, a lease release that failed, a run
 // that succeeded with deferrals) open and close nothing, so they go to
 // chat sinks and webhooks only (the outbox trigger does not write them
-// for a PagerDuty sink). The webhook gets WebhookBody, signed (Sign). Secrets (webhook URLs, routing keys, signing secrets) are never
-// logged, stored or put in an error: answers and errors are redacted
-// before they are recorded.
+// for a PagerDuty sink). The webhook gets WebhookBody, signed as Standard
+// Webhooks says (webhook.go: webhook-id, webhook-timestamp,
+// webhook-signature; a previous secret signs too while keys rotate).
+// Secrets (webhook URLs, routing keys, signing secrets) are never logged,
+// stored or put in an error: answers and errors are redacted before they
+// are recorded.
 package notify

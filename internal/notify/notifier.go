@@ -93,7 +93,7 @@ func (n *Notifier) Deliver(ctx context.Context, id int64) (store.DeliveryAttempt
 		if err != nil {
 			return store.DeliveryAttempt{}, err
 		}
-		ans := n.send.send(ctx, req, s.RoutingKey, s.Secret)
+		ans := n.send.send(ctx, req, s.RoutingKey, s.Secret, s.PreviousSecret)
 		a = store.DeliveryAttempt{Status: ans.Status}
 		switch ans.Outcome() {
 		case Delivered:
@@ -168,7 +168,7 @@ func (n *Notifier) Test(ctx context.Context, name string, by string) ([]TestResu
 		if err != nil {
 			return out, err
 		}
-		ans := n.send.send(ctx, req, s.RoutingKey, s.Secret)
+		ans := n.send.send(ctx, req, s.RoutingKey, s.Secret, s.PreviousSecret)
 		out = append(out, TestResult{Action: act, Answer: ans})
 		if ans.Outcome() != Delivered && i == 0 {
 			break
