@@ -473,7 +473,7 @@ func init() { register(newNotifyCmd) }
 func newNotifyCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "notify",
-		Short: "Notifications for on-call: list the outbox, test a sink, retry failed ones",
+		Short: "Notifications for on-call: list the outbox, test a sink, retry failed ones, resolve an incident",
 		Long: "serve sends on-call what needs a person (a run paused or failed, an agent left draining\n" +
 			"or not serving, a rollback, a lease release that failed, the auto-update unable to create\n" +
 			"its run) and what closes it (the run resumed, succeeded or was cancelled), to the sinks\n" +
@@ -483,7 +483,7 @@ func newNotifyCmd(e *env) *cobra.Command {
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newNotifyListCmd(e), newNotifyTestCmd(e), newNotifyRetryCmd(e))
+	cmd.AddCommand(newNotifyListCmd(e), newNotifyTestCmd(e), newNotifyRetryCmd(e), newNotifyResolveCmd(e))
 	return cmd
 }
 
@@ -492,14 +492,14 @@ func newNotifyListCmd(e *env) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List notifications and their delivery: pending, delivered, or failed with the last answer",
+		Short: "List notifications and their delivery: pending, delivered, failed with the last answer, or dropped",
 		Example: "  migrator notify list\n" +
 			"  migrator notify list --state pending        # not yet delivered: attempts, last answer, next try\n" +
 			"  migrator notify list --run 42 --json",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if f.State != "" && !slices.Contains([]string{store.NotifyPending, store.NotifyDelivered, store.NotifyFailed}, f.State) {
-				return usagef("--state %q: want pending, delivered or failed", f.State)
+			if f.State != "" && !slices.Contains(store.NotifyStates, f.State) {
+				return usagef("--state %q: want pending, delivered, failed or dropped", f.State)
 			}
 			if f.Limit < 1 || f.Limit > 10000 {
 				return usagef("--limit %d: want 1 to 10000", f.Limit)
@@ -521,7 +521,7 @@ func newNotifyListCmd(e *env) *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.State, "state", "", "only pending, delivered or failed")
+	fl.StringVar(&f.State, "state", "", "only pending, delivered, failed or dropped")
 	fl.StringVar(&f.Sink, "sink", "", "only this sink")
 	fl.Int64Var(&f.RunID, "run", 0, "only this run's")
 	fl.IntVar(&f.Limit, "limit", 50, "at most this many, newest first")
@@ -693,5 +693,59 @@ func newNotifyRetryCmd(e *env) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&sink, "sink", "", "only this sink's")
 	cmd.Flags().Int64Var(&id, "id", 0, "only this notification")
+	return cmd
+}
+
+// incidentName is what `notify resolve` accepts: the incident column of
+// `notify list --json` (run/42, migration/7, auto-update/stable).
+var incidentName = regexp.MustCompile(`^(run|migration|auto-update)/[A-Za-z0-9._/-]{1,200}$`)
+
+func newNotifyResolveCmd(e *env) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "resolve INCIDENT",
+		Short: "Close an incident by hand: its sinks get the close (PagerDuty a resolve)",
+		Long: "Close INCIDENT (run/ID, migration/ID or auto-update/CHANNEL: the incident column of\n" +
+			"`migrator notify list --json`) on every sink it is open on, as if what it was about were\n" +
+			"over: PagerDuty gets a resolve with the incident's dedup_key, chat sinks a message. Most\n" +
+			"incidents close by themselves (a run resumed, succeeded or cancelled; a failed run's machines\n" +
+			"migrated by a later run that succeeds; an agent migrated again or its drain marker expired;\n" +
+			"the auto-update working again); this is for the rest. Recorded in the audit log\n" +
+			"(notify.resolved) with who and why. Exit 0 when a close was queued, 1 when the incident is\n" +
+			"open on no sink, 2 for a malformed incident.",
+		Example: "  migrator notify resolve run/42 --reason \"machines fixed by hand\"\n" +
+			"  migrator notify resolve migration/1234",
+		Args: checkArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			incident := strings.TrimSpace(args[0])
+			if !incidentName.MatchString(incident) {
+				return usagef("incident %q: want run/ID, migration/ID or auto-update/CHANNEL (the incident column of notify list --json)",
+					truncateText(incident, 80))
+			}
+			var runID int64
+			if id, ok := strings.CutPrefix(incident, "run/"); ok {
+				n, err := strconv.ParseInt(id, 10, 64)
+				if err != nil || n <= 0 {
+					return usagef("incident %q: a run's incident is run/ID with a positive ID", incident)
+				}
+				runID = n
+			}
+			pool, err := openDatabase(cmd.Context(), e)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			sinks, err := store.New(pool).Q().ResolveIncident(cmd.Context(), incident, runID, principal(e), strings.TrimSpace(reason))
+			if errors.Is(err, store.ErrIncidentNotOpen) {
+				return fmt.Errorf("incident %s is not open on any notification sink: nothing to resolve (see migrator notify list)", incident)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "incident %s resolved: a close is queued for %s\n", incident, strings.Join(sinks, ", "))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why, for the message and the audit log")
 	return cmd
 }

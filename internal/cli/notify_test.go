@@ -449,3 +449,53 @@ previous_secret_env = "AUDIT_SECRET_OLD"
 		t.Errorf("start-up summary %q", got)
 	}
 }
+
+// `notify resolve` closes an open incident on the sinks it is open on
+// (exit 0), says so in one line when it is open nowhere (exit 1), and
+// refuses a malformed incident (exit 2); `notify list --state dropped`
+// lists what was never sent on purpose.
+func TestNotifyResolve(t *testing.T) {
+	ctx := context.Background()
+	dsn, pool := storetest.NewDB(t)
+	st := store.New(pool)
+	if err := st.Q().SyncNotificationSinks(ctx, []store.NotificationSink{{Name: "oncall", Kind: "pagerduty", MinSeverity: "error"},
+		{Name: "fleet", Kind: "slack", MinSeverity: "info"}}); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := st.Q().CreateRun(ctx, store.Run{Cause: "operator", TargetImage: "img:v2", Image: "img@sha256:2", MaxUnavailable: 1,
+		RequestedBy: "alice", Reason: "test", State: store.RunRunning}, []store.NewMachine{{App: "hermes-agent-1", MachineID: "m1", FromImage: "v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunFailed, "1 machine(s) failed", "migrator"); err != nil {
+		t.Fatal(err)
+	}
+	cli := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		vars := map[string]string{databaseURLEnv: dsn, "USER": "bob"}
+		e := &env{getenv: func(k string) string { return vars[k] }, stdout: &out, stderr: &errb}
+		return run(ctx, e, args), out.String(), errb.String()
+	}
+	inc := "run/" + strconv.FormatInt(r.ID, 10)
+	code, out, errs := cli("notify", "resolve", inc, "--reason", "machines fixed by hand")
+	if code != 0 || out != "incident "+inc+" resolved: a close is queued for fleet, oncall\n" {
+		t.Fatalf("resolve: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	ns, err := st.Q().ListNotifications(ctx, store.NotificationFilter{RunID: r.ID})
+	if err != nil || len(ns) != 4 || ns[0].Event != "incident.resolved" || ns[0].Action != "close" ||
+		ns[0].Facts["reason"] != "machines fixed by hand" || ns[0].Facts["by"] == "" {
+		t.Fatalf("outbox after resolve = %+v, %v", ns, err)
+	}
+	code, out, errs = cli("notify", "resolve", inc)
+	if code != 1 || out != "" || errs != "migrator: incident "+inc+" is not open on any notification sink: nothing to resolve (see migrator notify list)\n" {
+		t.Fatalf("resolve again: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	for _, bad := range []string{"42", "run/abc", "run/-1", "pager/1", "run/1 2"} {
+		if code, _, errs := cli("notify", "resolve", bad); code != 2 || strings.Count(errs, "\n") != 1 {
+			t.Errorf("resolve %q: exit %d, stderr %q; want 2 and one line", bad, code, errs)
+		}
+	}
+	if code, out, errs := cli("notify", "list", "--state", "dropped"); code != 0 || out != "no notifications\n" {
+		t.Fatalf("list --state dropped: exit %d, %q, %q", code, out, errs)
+	}
+}
