@@ -24,7 +24,13 @@ const (
 	NotifyPending   = "pending"
 	NotifyDelivered = "delivered"
 	NotifyFailed    = "failed"
+	// NotifyDropped: never sent, on purpose: a close whose open never went
+	// out (failed or dropped itself), or a note for a PagerDuty sink.
+	NotifyDropped = "dropped"
 )
+
+// NotifyStates lists the delivery states.
+var NotifyStates = []string{NotifyPending, NotifyDelivered, NotifyFailed, NotifyDropped}
 
 // NotificationSink is one configured sink as the database knows it.
 type NotificationSink struct {
@@ -182,12 +188,18 @@ func (q *Q) ListNotifications(ctx context.Context, f NotificationFilter) ([]Noti
 }
 
 // DueNotifications returns the pending notifications of the given sinks
-// whose next attempt is due at now, oldest first.
+// whose next attempt is due at now, oldest first. A notification is due
+// only while no earlier notification of its (sink, incident) is pending
+// (waiting for a retry or being delivered right now): the notifications of
+// one incident reach a sink in the order they were written, whichever
+// replica delivers them (ClaimNotification checks it again).
 func (q *Q) DueNotifications(ctx context.Context, sinks []string, now time.Time, limit int) ([]int64, error) {
 	rows, err := q.db.Query(ctx, `
-		SELECT id FROM notifications
-		WHERE state = 'pending' AND next_attempt_at <= $2 AND sink = ANY ($1)
-		ORDER BY next_attempt_at, id LIMIT $3`, sinks, now, limit)
+		SELECT n.id FROM notifications n
+		WHERE n.state = 'pending' AND n.next_attempt_at <= $2 AND n.sink = ANY ($1)
+			AND NOT EXISTS (SELECT 1 FROM notifications e
+				WHERE e.sink = n.sink AND e.incident = n.incident AND e.id < n.id AND e.state = 'pending')
+		ORDER BY n.next_attempt_at, n.id LIMIT $3`, sinks, now, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list due notifications: %w", err)
 	}
@@ -237,15 +249,29 @@ func (q *Q) RecordDelivery(ctx context.Context, id int64, a DeliveryAttempt, now
 
 // RetryNotifications puts failed notifications back to pending, due now
 // (`migrator notify retry`): all of sink (or of every sink when ""), or
-// only id when id > 0. It returns how many.
+// only id when id > 0. A close dropped because its open had failed comes
+// back with that open (it then follows it, in order). It returns how many
+// failed notifications were queued again.
 func (q *Q) RetryNotifications(ctx context.Context, sink string, id int64) (int, error) {
-	tag, err := q.db.Exec(ctx, `
-		UPDATE notifications SET state = 'pending', next_attempt_at = now()
-		WHERE state = 'failed' AND ($1 = '' OR sink = $1) AND ($2::bigint = 0 OR id = $2)`, sink, id)
+	var n int
+	err := q.db.QueryRow(ctx, `
+		WITH retried AS (
+			UPDATE notifications SET state = 'pending', next_attempt_at = now()
+			WHERE state = 'failed' AND ($1 = '' OR sink = $1) AND ($2::bigint = 0 OR id = $2)
+			RETURNING id, sink, incident
+		), revived AS (
+			UPDATE notifications d SET state = 'pending', next_attempt_at = now(), last_error = ''
+			FROM (SELECT sink, incident, min(id) AS id FROM retried GROUP BY 1, 2) r
+			WHERE d.state = 'dropped' AND d.action = 'close' AND d.sink = r.sink AND d.incident = r.incident
+				AND d.id > r.id
+			RETURNING d.id
+		)
+		-- (revived runs to completion whether read or not)
+		SELECT count(*) FROM retried`, sink, id).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("retry notifications: %w", err)
 	}
-	return int(tag.RowsAffected()), nil
+	return n, nil
 }
 
 // NotificationCount is how many notifications of one sink kind are in one
@@ -267,6 +293,10 @@ type OnCallStatus struct {
 	LastAutoUpdateOK time.Time
 	// LastAutoUpdateRun is when the latest auto-update run was created.
 	LastAutoUpdateRun time.Time
+	// FirstAutoUpdateTick is the first auto-update tick ever recorded,
+	// whatever it did; zero before the first. With LastAutoUpdateOK zero,
+	// it is how long the cron has been failing without ever working.
+	FirstAutoUpdateTick time.Time
 	// AgentsLeftDraining counts machine migrations whose drain could not be
 	// cancelled within the last hour (Hermes drops a drain marker older
 	// than an hour: contracts/hermes-gateway.md).
@@ -296,7 +326,7 @@ const LeftDrainingWindow = time.Hour
 // notifications_due_idx) plus a count of the outbox by sink.
 func (q *Q) ReadOnCallStatus(ctx context.Context) (OnCallStatus, error) {
 	var s OnCallStatus
-	var paused, okTick, lastRun, oldest *time.Time
+	var paused, okTick, lastRun, firstTick, oldest *time.Time
 	var counts []byte
 	err := q.db.QueryRow(ctx, `
 		SELECT
@@ -304,6 +334,7 @@ func (q *Q) ReadOnCallStatus(ctx context.Context) (OnCallStatus, error) {
 			(SELECT max(at) FROM events WHERE kind = 'auto_update.tick'
 				AND coalesce(detail ->> 'outcome', '') NOT IN ('error', 'no_channel')),
 			(SELECT max(created_at) FROM runs WHERE cause = 'auto-update'),
+			(SELECT min(at) FROM events WHERE kind = 'auto_update.tick'),
 			(SELECT count(DISTINCT coalesce(migration_id, 0)) FROM events
 				WHERE kind = 'machine.cancel_drain_failed' AND at > now() - $1 * interval '1 second'),
 			(SELECT count(*) FROM events WHERE kind = 'machine.lease_release_failed'),
@@ -311,7 +342,7 @@ func (q *Q) ReadOnCallStatus(ctx context.Context) (OnCallStatus, error) {
 				FROM (SELECT s.kind, n.state, count(*) AS n FROM notifications n
 					JOIN notification_sinks s ON s.name = n.sink GROUP BY 1, 2) c),
 			(SELECT min(created_at) FROM notifications WHERE state = 'pending')`,
-		LeftDrainingWindow.Seconds()).Scan(&paused, &okTick, &lastRun, &s.AgentsLeftDraining, &s.LeaseReleaseFailures,
+		LeftDrainingWindow.Seconds()).Scan(&paused, &okTick, &lastRun, &firstTick, &s.AgentsLeftDraining, &s.LeaseReleaseFailures,
 		&counts, &oldest)
 	if err != nil {
 		return OnCallStatus{}, fmt.Errorf("read on-call status: %w", err)
@@ -328,6 +359,6 @@ func (q *Q) ReadOnCallStatus(ctx context.Context) (OnCallStatus, error) {
 		s.Notifications = append(s.Notifications, NotificationCount{Kind: c.Kind, State: c.State, N: c.N})
 	}
 	s.OldestPausedAt, s.LastAutoUpdateOK, s.LastAutoUpdateRun = fromNullTime(paused), fromNullTime(okTick), fromNullTime(lastRun)
-	s.OldestPendingNotification = fromNullTime(oldest)
+	s.OldestPendingNotification, s.FirstAutoUpdateTick = fromNullTime(oldest), fromNullTime(firstTick)
 	return s, nil
 }

@@ -85,3 +85,33 @@ func TestAlertRulesAreCoveredAndReadRealSeries(t *testing.T) {
 		}
 	}
 }
+
+// runbookBase is where every alert's runbook_url points: the alert's
+// section of docs/runbook.md, whose anchor is the alert's name in lower
+// case (GitHub's anchor for a heading that is the name alone).
+const runbookBase = "https://github.com/hermes-cloud/migrator/blob/main/docs/runbook.md#"
+
+// Every alert carries a runbook_url annotation pointing at its own
+// section of the runbook.
+func TestEveryAlertHasItsRunbookURL(t *testing.T) {
+	rules, err := os.ReadFile("alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile(`(?m)^\s+- alert: `).Split(string(rules), -1)[1:]
+	if len(blocks) < 9 {
+		t.Fatalf("%d alerts parsed from alerts.yml", len(blocks))
+	}
+	urlRE := regexp.MustCompile(`(?m)^\s+runbook_url: "([^"]*)"$`)
+	for _, b := range blocks {
+		name := strings.TrimSpace(strings.SplitN(b, "\n", 2)[0])
+		m := urlRE.FindAllStringSubmatch(b, -1)
+		if len(m) != 1 {
+			t.Errorf("%s: %d runbook_url annotations, want 1", name, len(m))
+			continue
+		}
+		if want := runbookBase + strings.ToLower(name); m[0][1] != want {
+			t.Errorf("%s: runbook_url %q, want %q", name, m[0][1], want)
+		}
+	}
+}

@@ -85,9 +85,13 @@ type dockerImage struct {
 	binary          string // where the final stage copies the binary
 	stages          []string
 	buildLine       string
+	autoToolchain   bool // the build stage sets GOTOOLCHAIN=auto
 }
 
 var dockerJSONInstr = regexp.MustCompile(`^(ENTRYPOINT|CMD)\s+(\[.*\])\s*$`)
+
+// pinnedImage is a base image named by tag and pinned by digest.
+var pinnedImage = regexp.MustCompile(`^[a-z0-9./-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}$`)
 
 func parseDockerfile(t *testing.T) dockerImage {
 	t.Helper()
@@ -104,7 +108,11 @@ func parseDockerfile(t *testing.T) dockerImage {
 		switch strings.ToUpper(instr) {
 		case "FROM":
 			// A new stage starts over: only the final one's settings count.
-			img = dockerImage{stages: append(img.stages, rest), buildLine: img.buildLine}
+			img = dockerImage{stages: append(img.stages, rest), buildLine: img.buildLine, autoToolchain: img.autoToolchain}
+		case "ENV":
+			if strings.ReplaceAll(rest, " ", "") == "GOTOOLCHAIN=auto" && len(img.stages) == 1 {
+				img.autoToolchain = true
+			}
 		case "ENTRYPOINT", "CMD":
 			m := dockerJSONInstr.FindStringSubmatch(line)
 			if m == nil {
@@ -166,6 +174,21 @@ func TestDeployDockerfile(t *testing.T) {
 	if len(img.stages) < 2 || !strings.HasPrefix(img.stages[0], "golang:1.26") {
 		t.Errorf("stages %q: want a golang:1.26 builder and a separate final stage", img.stages)
 	}
+	// Every base pinned by digest (the tag beside it says what it is).
+	for _, st := range img.stages {
+		ref := strings.Fields(st)[0]
+		if !pinnedImage.MatchString(ref) {
+			t.Errorf("FROM %s: want IMAGE:TAG@sha256:<64 hex digits>, a base pinned by digest", ref)
+		}
+	}
+	// The builder image sets GOTOOLCHAIN=local; the build must honour
+	// go.mod's toolchain line (what CI tests and govulncheck scans).
+	if !img.autoToolchain {
+		t.Error("the build stage does not set ENV GOTOOLCHAIN=auto: go.mod's toolchain line would be ignored")
+	}
+	if !regexp.MustCompile(`(?m)^toolchain go1\.26\.\d+$`).MatchString(repoFile(t, "go.mod")) {
+		t.Error("go.mod names no go1.26 toolchain for the build stage to use")
+	}
 	if got := subcommand(t, img, append(img.entrypoint, img.cmd...)); got != "migrator serve" {
 		t.Errorf("the image runs %q by default, want migrator serve", got)
 	}
@@ -204,7 +227,7 @@ func TestDeployFlyToml(t *testing.T) {
 		}
 	}
 	// No secret inline: these come from `fly secrets set`.
-	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv, notifySlackURLEnv, notifyPDKeyEnv, notifyHookURLEnv, notifyHookSecret} {
+	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv, notifySlackURLEnv, notifyPDKeyEnv, notifyHookURLEnv, notifyHookSecret, notifyHookPrevious} {
 		if _, ok := cfg.Env[k]; ok {
 			t.Errorf("[env] sets the secret %s; it belongs in fly secrets", k)
 		}

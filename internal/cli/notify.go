@@ -30,12 +30,14 @@ import (
 //	retry_min = "10s"                    # wait before the 2nd delivery, doubling…
 //	retry_max = "5m"                     # …up to this (a longer Retry-After is honoured)
 //	give_up_after = "24h"                # undelivered this long after written: failed
+//	retention = "720h"                   # delivered/failed/dropped notifications older than this are deleted (30 days)
 //
 //	[[notify.sinks]]
 //	name = "fleet-channel"               # [a-z0-9_-], unique
 //	kind = "slack"                       # slack | pagerduty | webhook
 //	url_env = "SLACK_WEBHOOK_URL"        # slack, webhook: the variable holding the URL
-//	secret_env = "WEBHOOK_SECRET"        # webhook: the variable holding the HMAC key (≥ 16 bytes)
+//	secret_env = "WEBHOOK_SECRET"        # webhook: the variable holding the signing secret (whsec_<base64 of ≥ 24 bytes>)
+//	previous_secret_env = "WEBHOOK_SECRET_OLD"  # webhook, optional: the secret being rotated out (signs too)
 //	routing_key_env = "PD_ROUTING_KEY"   # pagerduty: the variable holding the integration key
 //	url = "https://events.eu.pagerduty.com/v2/enqueue"  # pagerduty only: the endpoint (not a secret)
 //	source = "migrator-prod"             # pagerduty only: payload.source (default migrator)
@@ -47,6 +49,7 @@ import (
 //	MIGRATOR_NOTIFY_SLACK_URL                                   sink "slack"
 //	MIGRATOR_NOTIFY_PAGERDUTY_ROUTING_KEY [, _URL]             sink "pagerduty"
 //	MIGRATOR_NOTIFY_WEBHOOK_URL and MIGRATOR_NOTIFY_WEBHOOK_SECRET   sink "webhook"
+//	  [, MIGRATOR_NOTIFY_WEBHOOK_PREVIOUS_SECRET while rotating]
 const (
 	webURLEnv          = "MIGRATOR_WEB_URL"
 	notifySlackURLEnv  = "MIGRATOR_NOTIFY_SLACK_URL"
@@ -54,6 +57,7 @@ const (
 	notifyPDURLEnv     = "MIGRATOR_NOTIFY_PAGERDUTY_URL"
 	notifyHookURLEnv   = "MIGRATOR_NOTIFY_WEBHOOK_URL"
 	notifyHookSecret   = "MIGRATOR_NOTIFY_WEBHOOK_SECRET"
+	notifyHookPrevious = "MIGRATOR_NOTIFY_WEBHOOK_PREVIOUS_SECRET"
 	defaultNotifySweep = 5 * time.Second
 )
 
@@ -61,6 +65,7 @@ const (
 type notifyFile struct {
 	webURL                            string
 	sweep, retryMin, retryMax, giveUp time.Duration // 0: the default
+	retention                         time.Duration // 0: the default
 	sinks                             []fileSink
 }
 
@@ -70,6 +75,7 @@ type fileSink struct {
 	name, kind, minSeverity          string
 	events                           []string
 	urlEnv, routingKeyEnv, secretEnv string
+	previousSecretEnv                string
 	url, source                      string
 }
 
@@ -98,10 +104,12 @@ func (d *configDecoder) notify(m map[string]any) (notifyFile, error) {
 			nf.retryMax, err = d.durationIn(path, v, 100*time.Millisecond, 24*time.Hour)
 		case "give_up_after":
 			nf.giveUp, err = d.durationIn(path, v, time.Minute, 30*24*time.Hour)
+		case "retention":
+			nf.retention, err = d.durationIn(path, v, 24*time.Hour, 10*365*24*time.Hour)
 		case "sinks":
 			nf.sinks, err = d.sinks(path, v)
 		default:
-			err = d.unknown(path, "web_url, sweep_interval, retry_min, retry_max, give_up_after, sinks")
+			err = d.unknown(path, "web_url, sweep_interval, retry_min, retry_max, give_up_after, retention, sinks")
 		}
 		if err != nil {
 			return notifyFile{}, err
@@ -207,6 +215,8 @@ func (d *configDecoder) sinks(path []string, v any) ([]fileSink, error) {
 				fs.routingKeyEnv, err = str(k)
 			case "secret_env":
 				fs.secretEnv, err = str(k)
+			case "previous_secret_env":
+				fs.previousSecretEnv, err = str(k)
 			case "url":
 				fs.url, err = str(k)
 			case "source":
@@ -226,7 +236,7 @@ func (d *configDecoder) sinks(path []string, v any) ([]fileSink, error) {
 					fs.events = append(fs.events, s)
 				}
 			default:
-				err = d.sinkErr(i, k, "unknown key (known: name, kind, min_severity, events, url_env, secret_env, routing_key_env, url, source)")
+				err = d.sinkErr(i, k, "unknown key (known: name, kind, min_severity, events, url_env, secret_env, previous_secret_env, routing_key_env, url, source)")
 			}
 			if err != nil {
 				return nil, err
@@ -263,7 +273,7 @@ func (d *configDecoder) checkSink(i int, fs fileSink) error {
 	// The rest of the checks notify makes itself, with placeholders for
 	// the secrets.
 	probe := notify.SinkConfig{Name: fs.name, Kind: kind, MinSeverity: notify.Severity(fs.minSeverity), Events: fs.events,
-		URL: "https://secret.invalid/", RoutingKey: "placeholder", Secret: strings.Repeat("s", 32)}
+		URL: "https://secret.invalid/", RoutingKey: "placeholder", Secret: placeholderWebhookSecret}
 	if kind == notify.PagerDuty && fs.url != "" {
 		probe.URL = fs.url
 	}
@@ -283,13 +293,16 @@ func (d *configDecoder) checkSink(i int, fs fileSink) error {
 	}
 	need := map[notify.Kind][]string{notify.Slack: {"url_env"}, notify.Webhook: {"url_env", "secret_env"},
 		notify.PagerDuty: {"routing_key_env"}}[kind]
-	vals := map[string]string{"url_env": fs.urlEnv, "secret_env": fs.secretEnv, "routing_key_env": fs.routingKeyEnv}
-	for _, k := range []string{"url_env", "secret_env", "routing_key_env"} {
+	vals := map[string]string{"url_env": fs.urlEnv, "secret_env": fs.secretEnv, "routing_key_env": fs.routingKeyEnv,
+		"previous_secret_env": fs.previousSecretEnv}
+	optional := map[notify.Kind][]string{notify.Webhook: {"previous_secret_env"}}[kind]
+	for _, k := range []string{"url_env", "secret_env", "previous_secret_env", "routing_key_env"} {
 		v := vals[k]
 		switch {
+		case slices.Contains(optional, k) && v == "":
 		case slices.Contains(need, k) && v == "":
 			return d.sinkErr(i, k, "required for a %s sink: the name of the environment variable holding its %s", kind, secretWhat(k))
-		case !slices.Contains(need, k) && v != "":
+		case !slices.Contains(need, k) && !slices.Contains(optional, k) && v != "":
 			return d.sinkErr(i, k, "not used by a %s sink", kind)
 		case v != "" && !envName.MatchString(v):
 			return d.sinkErr(i, k, "%q is not an environment variable name", v)
@@ -301,6 +314,10 @@ func (d *configDecoder) checkSink(i int, fs fileSink) error {
 func secretWhat(k string) string {
 	return map[string]string{"url_env": "URL", "secret_env": "signing secret", "routing_key_env": "routing key"}[k]
 }
+
+// placeholderWebhookSecret stands for a webhook sink's secret while the
+// file alone is checked (a valid whsec_ value of 32 bytes).
+const placeholderWebhookSecret = "whsec_cGxhY2Vob2xkZXItcGxhY2Vob2xkZXItcGxhY2Vob2xk"
 
 func checkWebURL(raw string) error {
 	if err := (notify.Config{WebURL: raw}).Validate(); err != nil {
@@ -318,7 +335,7 @@ func checkWebURL(raw string) error {
 func loadNotify(e *env, s *settings, log *slog.Logger, observe func(kind, result string)) (notify.Config, error) {
 	nf := s.notify
 	cfg := notify.Config{WebURL: nf.webURL, SweepEvery: nf.sweep, RetryMin: nf.retryMin, RetryMax: nf.retryMax,
-		GiveUpAfter: nf.giveUp, Logger: log, Observe: observe}
+		GiveUpAfter: nf.giveUp, Retention: nf.retention, Logger: log, Observe: observe}
 	if cfg.SweepEvery == 0 {
 		cfg.SweepEvery = defaultNotifySweep
 	}
@@ -355,6 +372,17 @@ func loadNotify(e *env, s *settings, log *slog.Logger, observe func(kind, result
 		if fs.secretEnv != "" {
 			if sc.Secret, err = secret(fs.name, fs.secretEnv, fs.where); err != nil {
 				return notify.Config{}, err
+			}
+			if _, err := notify.ParseWebhookSecret(sc.Secret); err != nil {
+				return notify.Config{}, usagef("notification sink %s (%s): %s %v", fs.name, fs.where, fs.secretEnv, err)
+			}
+		}
+		if fs.previousSecretEnv != "" {
+			if sc.PreviousSecret, err = secret(fs.name, fs.previousSecretEnv, fs.where); err != nil {
+				return notify.Config{}, err
+			}
+			if _, err := notify.ParseWebhookSecret(sc.PreviousSecret); err != nil {
+				return notify.Config{}, usagef("notification sink %s (%s): %s %v", fs.name, fs.where, fs.previousSecretEnv, err)
 			}
 		}
 		cfg.Sinks = append(cfg.Sinks, sc)
@@ -393,14 +421,26 @@ func loadNotify(e *env, s *settings, log *slog.Logger, observe func(kind, result
 			return notify.Config{}, err
 		}
 	}
-	hookURL, hookSecret := strings.TrimSpace(e.getenv(notifyHookURLEnv)), e.getenv(notifyHookSecret)
+	hookURL, hookSecret := strings.TrimSpace(e.getenv(notifyHookURLEnv)), strings.TrimSpace(e.getenv(notifyHookSecret))
+	hookPrevious := strings.TrimSpace(e.getenv(notifyHookPrevious))
 	switch {
+	case hookPrevious != "" && hookURL == "":
+		return notify.Config{}, usagef("%s is set but %s is not", notifyHookPrevious, notifyHookURLEnv)
 	case hookURL != "" && hookSecret == "":
 		return notify.Config{}, usagef("%s is set but %s is not: the webhook sink signs every body", notifyHookURLEnv, notifyHookSecret)
 	case hookURL == "" && hookSecret != "":
 		return notify.Config{}, usagef("%s is set but %s is not", notifyHookSecret, notifyHookURLEnv)
 	case hookURL != "":
-		if err := envSink(notify.SinkConfig{Name: "webhook", Kind: notify.Webhook, URL: hookURL, Secret: hookSecret}, notifyHookURLEnv); err != nil {
+		if _, err := notify.ParseWebhookSecret(hookSecret); err != nil {
+			return notify.Config{}, usagef("%s %v", notifyHookSecret, err)
+		}
+		if hookPrevious != "" {
+			if _, err := notify.ParseWebhookSecret(hookPrevious); err != nil {
+				return notify.Config{}, usagef("%s %v", notifyHookPrevious, err)
+			}
+		}
+		if err := envSink(notify.SinkConfig{Name: "webhook", Kind: notify.Webhook, URL: hookURL, Secret: hookSecret,
+			PreviousSecret: hookPrevious}, notifyHookURLEnv); err != nil {
 			return notify.Config{}, err
 		}
 	}
@@ -433,7 +473,7 @@ func init() { register(newNotifyCmd) }
 func newNotifyCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "notify",
-		Short: "Notifications for on-call: list the outbox, test a sink, retry failed ones",
+		Short: "Notifications for on-call: list the outbox, test a sink, retry failed ones, resolve an incident",
 		Long: "serve sends on-call what needs a person (a run paused or failed, an agent left draining\n" +
 			"or not serving, a rollback, a lease release that failed, the auto-update unable to create\n" +
 			"its run) and what closes it (the run resumed, succeeded or was cancelled), to the sinks\n" +
@@ -444,7 +484,7 @@ func newNotifyCmd(e *env) *cobra.Command {
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newNotifyListCmd(e), newNotifyTestCmd(e), newNotifyRetryCmd(e))
+	cmd.AddCommand(newNotifyListCmd(e), newNotifyTestCmd(e), newNotifyRetryCmd(e), newNotifyResolveCmd(e))
 	return cmd
 }
 
@@ -453,14 +493,14 @@ func newNotifyListCmd(e *env) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List notifications and their delivery: pending, delivered, or failed with the last answer",
+		Short: "List notifications and their delivery: pending, delivered, failed with the last answer, or dropped",
 		Example: "  migrator notify list\n" +
 			"  migrator notify list --state pending        # not yet delivered: attempts, last answer, next try\n" +
 			"  migrator notify list --run 42 --json",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if f.State != "" && !slices.Contains([]string{store.NotifyPending, store.NotifyDelivered, store.NotifyFailed}, f.State) {
-				return usagef("--state %q: want pending, delivered or failed", f.State)
+			if f.State != "" && !slices.Contains(store.NotifyStates, f.State) {
+				return usagef("--state %q: want pending, delivered, failed or dropped", f.State)
 			}
 			if f.Limit < 1 || f.Limit > 10000 {
 				return usagef("--limit %d: want 1 to 10000", f.Limit)
@@ -482,7 +522,7 @@ func newNotifyListCmd(e *env) *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.State, "state", "", "only pending, delivered or failed")
+	fl.StringVar(&f.State, "state", "", "only pending, delivered, failed or dropped")
 	fl.StringVar(&f.Sink, "sink", "", "only this sink")
 	fl.Int64Var(&f.RunID, "run", 0, "only this run's")
 	fl.IntVar(&f.Limit, "limit", 50, "at most this many, newest first")
@@ -654,5 +694,59 @@ func newNotifyRetryCmd(e *env) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&sink, "sink", "", "only this sink's")
 	cmd.Flags().Int64Var(&id, "id", 0, "only this notification")
+	return cmd
+}
+
+// incidentName is what `notify resolve` accepts: the incident column of
+// `notify list --json` (run/42, migration/7, auto-update/stable).
+var incidentName = regexp.MustCompile(`^(run|migration|auto-update)/[A-Za-z0-9._/-]{1,200}$`)
+
+func newNotifyResolveCmd(e *env) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "resolve INCIDENT",
+		Short: "Close an incident by hand: its sinks get the close (PagerDuty a resolve)",
+		Long: "Close INCIDENT (run/ID, migration/ID or auto-update/CHANNEL: the incident column of\n" +
+			"`migrator notify list --json`) on every sink it is open on, as if what it was about were\n" +
+			"over: PagerDuty gets a resolve with the incident's dedup_key, chat sinks a message. Most\n" +
+			"incidents close by themselves (a run resumed, succeeded or cancelled; a failed run's machines\n" +
+			"migrated by a later run that succeeds; an agent migrated again or its drain marker expired;\n" +
+			"the auto-update working again); this is for the rest. Recorded in the audit log\n" +
+			"(notify.resolved) with who and why. Exit 0 when a close was queued, 1 when the incident is\n" +
+			"open on no sink, 2 for a malformed incident.",
+		Example: "  migrator notify resolve run/42 --reason \"machines fixed by hand\"\n" +
+			"  migrator notify resolve migration/1234",
+		Args: checkArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			incident := strings.TrimSpace(args[0])
+			if !incidentName.MatchString(incident) {
+				return usagef("incident %q: want run/ID, migration/ID or auto-update/CHANNEL (the incident column of notify list --json)",
+					truncateText(incident, 80))
+			}
+			var runID int64
+			if id, ok := strings.CutPrefix(incident, "run/"); ok {
+				n, err := strconv.ParseInt(id, 10, 64)
+				if err != nil || n <= 0 {
+					return usagef("incident %q: a run's incident is run/ID with a positive ID", incident)
+				}
+				runID = n
+			}
+			pool, err := openDatabase(cmd.Context(), e)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			sinks, err := store.New(pool).Q().ResolveIncident(cmd.Context(), incident, runID, principal(e), strings.TrimSpace(reason))
+			if errors.Is(err, store.ErrIncidentNotOpen) {
+				return fmt.Errorf("incident %s is not open on any notification sink: nothing to resolve (see migrator notify list)", incident)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "incident %s resolved: a close is queued for %s\n", incident, strings.Join(sinks, ", "))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why, for the message and the audit log")
 	return cmd
 }

@@ -348,6 +348,12 @@ func TestServeBadNotifyConfig(t *testing.T) {
 			"url.toml:4: notify.sinks[0].url: a slack sink's URL is a credential"},
 		{"a webhook without its secret", map[string]string{notifyHookURLEnv: "https://example.invalid/hook"},
 			"MIGRATOR_NOTIFY_WEBHOOK_URL is set but MIGRATOR_NOTIFY_WEBHOOK_SECRET is not"},
+		{"a webhook secret that is not whsec_", map[string]string{notifyHookURLEnv: "https://example.invalid/hook",
+			notifyHookSecret: "0123456789abcdef0123456789abcdef"},
+			"MIGRATOR_NOTIFY_WEBHOOK_SECRET is not of the form whsec_<base64>"},
+		{"a webhook secret too short", map[string]string{notifyHookURLEnv: "https://example.invalid/hook",
+			notifyHookSecret: "whsec_MDEyMzQ1Njc4OWFiY2RlZg=="},
+			"MIGRATOR_NOTIFY_WEBHOOK_SECRET is 16 bytes, shorter than 24"},
 		{"a bad web URL", map[string]string{webURLEnv: "localhost:8080"}, "MIGRATOR_WEB_URL: want an absolute http or https URL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -387,6 +393,7 @@ func TestLoadNotify(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`[notify]
 web_url = "http://localhost:8080/"
 retry_max = "2m"
+retention = "1440h"
 [[notify.sinks]]
 name = "oncall"
 kind = "pagerduty"
@@ -399,11 +406,19 @@ kind = "slack"
 url_env = "CHAT_URL"
 min_severity = "warning"
 events = ["run.paused", "machine.rolled_back"]
+[[notify.sinks]]
+name = "audit-file"
+kind = "webhook"
+url_env = "AUDIT_URL"
+secret_env = "AUDIT_SECRET"
+previous_secret_env = "AUDIT_SECRET_OLD"
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	vars := map[string]string{configFileEnv: path, "PD_KEY": "k-123", "CHAT_URL": "https://hooks.slack.com/services/T/B/x",
-		notifyHookURLEnv: "https://audit.example.com/hook", notifyHookSecret: "0123456789abcdef0123"}
+		notifyHookURLEnv: "https://audit.example.com/hook", notifyHookSecret: "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+		"AUDIT_URL": "https://audit.example.com/file", "AUDIT_SECRET": "whsec_bmV3LW5ldy1uZXctbmV3LW5ldy1uZXctbmV3LW5ldw==",
+		"AUDIT_SECRET_OLD": "whsec_b2xkLW9sZC1vbGQtb2xkLW9sZC1vbGQtb2xkLW9sZA=="}
 	e := &env{getenv: func(k string) string { return vars[k] }}
 	s, err := loadSettings(e)
 	if err != nil {
@@ -413,10 +428,13 @@ events = ["run.paused", "machine.rolled_back"]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.WebURL != "http://localhost:8080/" || cfg.RetryMax != 2*time.Minute || len(cfg.Sinks) != 3 {
+	if cfg.WebURL != "http://localhost:8080/" || cfg.RetryMax != 2*time.Minute || cfg.Retention != 60*24*time.Hour || len(cfg.Sinks) != 4 {
 		t.Fatalf("config = %+v", cfg)
 	}
-	pd, chat, hook := cfg.Sinks[0], cfg.Sinks[1], cfg.Sinks[2]
+	pd, chat, file, hook := cfg.Sinks[0], cfg.Sinks[1], cfg.Sinks[2], cfg.Sinks[3]
+	if file.Secret != vars["AUDIT_SECRET"] || file.PreviousSecret != vars["AUDIT_SECRET_OLD"] || file.URL != vars["AUDIT_URL"] {
+		t.Errorf("file webhook sink = %+v", file)
+	}
 	if pd.Name != "oncall" || pd.RoutingKey != "k-123" || pd.URL != "https://events.eu.pagerduty.com/v2/enqueue" || pd.Source != "migrator-prod" {
 		t.Errorf("pagerduty sink = %+v", pd)
 	}
@@ -429,5 +447,55 @@ events = ["run.paused", "machine.rolled_back"]
 	if got := strings.Join(sinkSummary(cfg), "; "); strings.Contains(got, "k-123") || strings.Contains(got, "services/T") ||
 		!strings.Contains(got, "fleet-channel (slack, ≥ warning, run.paused machine.rolled_back)") {
 		t.Errorf("start-up summary %q", got)
+	}
+}
+
+// `notify resolve` closes an open incident on the sinks it is open on
+// (exit 0), says so in one line when it is open nowhere (exit 1), and
+// refuses a malformed incident (exit 2); `notify list --state dropped`
+// lists what was never sent on purpose.
+func TestNotifyResolve(t *testing.T) {
+	ctx := context.Background()
+	dsn, pool := storetest.NewDB(t)
+	st := store.New(pool)
+	if err := st.Q().SyncNotificationSinks(ctx, []store.NotificationSink{{Name: "oncall", Kind: "pagerduty", MinSeverity: "error"},
+		{Name: "fleet", Kind: "slack", MinSeverity: "info"}}); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := st.Q().CreateRun(ctx, store.Run{Cause: "operator", TargetImage: "img:v2", Image: "img@sha256:2", MaxUnavailable: 1,
+		RequestedBy: "alice", Reason: "test", State: store.RunRunning}, []store.NewMachine{{App: "hermes-agent-1", MachineID: "m1", FromImage: "v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunFailed, "1 machine(s) failed", "migrator"); err != nil {
+		t.Fatal(err)
+	}
+	cli := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		vars := map[string]string{databaseURLEnv: dsn, "USER": "bob"}
+		e := &env{getenv: func(k string) string { return vars[k] }, stdout: &out, stderr: &errb}
+		return run(ctx, e, args), out.String(), errb.String()
+	}
+	inc := "run/" + strconv.FormatInt(r.ID, 10)
+	code, out, errs := cli("notify", "resolve", inc, "--reason", "machines fixed by hand")
+	if code != 0 || out != "incident "+inc+" resolved: a close is queued for fleet, oncall\n" {
+		t.Fatalf("resolve: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	ns, err := st.Q().ListNotifications(ctx, store.NotificationFilter{RunID: r.ID})
+	if err != nil || len(ns) != 4 || ns[0].Event != "incident.resolved" || ns[0].Action != "close" ||
+		ns[0].Facts["reason"] != "machines fixed by hand" || ns[0].Facts["by"] == "" {
+		t.Fatalf("outbox after resolve = %+v, %v", ns, err)
+	}
+	code, out, errs = cli("notify", "resolve", inc)
+	if code != 1 || out != "" || errs != "migrator: incident "+inc+" is not open on any notification sink: nothing to resolve (see migrator notify list)\n" {
+		t.Fatalf("resolve again: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	for _, bad := range []string{"42", "run/abc", "run/-1", "pager/1", "run/1 2"} {
+		if code, _, errs := cli("notify", "resolve", bad); code != 2 || strings.Count(errs, "\n") != 1 {
+			t.Errorf("resolve %q: exit %d, stderr %q; want 2 and one line", bad, code, errs)
+		}
+	}
+	if code, out, errs := cli("notify", "list", "--state", "dropped"); code != 0 || out != "no notifications\n" {
+		t.Fatalf("list --state dropped: exit %d, %q, %q", code, out, errs)
 	}
 }

@@ -5,7 +5,7 @@ package cli
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,7 +21,8 @@ import (
 // sandboxSink is the sandbox's local notification sink: a webhook
 // receiver on a loopback port standing in for Slack and PagerDuty. serve's
 // delivery path sends it what on-call would get (signed, with idempotency
-// keys); it checks the signature and keeps each message once.
+// keys); it checks the Standard Webhooks signature and keeps each message
+// once.
 type sandboxSink struct {
 	url    string
 	secret string
@@ -38,11 +39,12 @@ type sandboxNote struct {
 }
 
 func (sb *sandbox) startSink() (*sandboxSink, error) {
-	key := make([]byte, 24)
+	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("sandbox: notification sink: %w", err)
 	}
-	s := &sandboxSink{secret: hex.EncodeToString(key), seen: map[string]bool{}}
+	// A Standard Webhooks secret, as an operator would make one.
+	s := &sandboxSink{secret: "whsec_" + base64.StdEncoding.EncodeToString(key), seen: map[string]bool{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: notification sink: %w", err)
@@ -62,7 +64,8 @@ func (s *sandboxSink) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := notify.Verify([]byte(s.secret), r.Header, body, time.Now(), 5*time.Minute); err != nil {
+	// Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature.
+	if err := notify.Verify(s.secret, r.Header, body, time.Now(), 5*time.Minute); err != nil {
 		s.bad = append(s.bad, err.Error())
 		http.Error(w, "bad signature", http.StatusUnauthorized)
 		return

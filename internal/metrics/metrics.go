@@ -43,9 +43,10 @@
 //	run_paused_since_timestamp_seconds            gauge   when the run paused longest ago was paused (absent: none paused)
 //	auto_update_last_success_timestamp_seconds    gauge   the last auto-update tick that did its job (absent before the first, or without auto-update)
 //	auto_update_last_run_created_timestamp_seconds gauge  when the last auto-update run was created (absent: none yet, or without auto-update)
+//	auto_update_first_tick_timestamp_seconds      gauge   the first auto-update tick ever, whatever it did (absent before the first, or without auto-update)
 //	agents_left_draining                          gauge   machine migrations whose drain could not be cancelled in the last hour
 //	lease_release_failures_total                  counter Fly lease releases that finally failed (every replica, ever)
-//	notifications{kind,state}                     gauge   the notifications outbox by sink kind and state (pending, delivered, failed)
+//	notifications{kind,state}                     gauge   the notifications outbox by sink kind and state (pending, delivered, failed, dropped)
 //	notification_oldest_pending_timestamp_seconds gauge   when the oldest undelivered notification was written (absent: none pending)
 //
 // plus the Go runtime and process collectors.
@@ -165,7 +166,7 @@ var (
 	// sinkKinds and notifyStates are notify.Kinds and the outbox states
 	// (not imported: notify does not need metrics, nor metrics notify).
 	sinkKinds    = []string{"slack", "pagerduty", "webhook"}
-	notifyStates = []string{store.NotifyPending, store.NotifyDelivered, store.NotifyFailed}
+	notifyStates = store.NotifyStates
 )
 
 // DrainWaitBuckets span a drain's possible waits: seconds to the policy's
@@ -422,10 +423,10 @@ func (l printlnLogger) Println(v ...any) {
 
 // onCallCollector reads the on-call gauges from the database per scrape.
 type onCallCollector struct {
-	src                                                                  OnCallSource
-	autoUpdate                                                           bool
-	timeout                                                              time.Duration
-	paused, autoOK, autoRun, leftDraining, leaseFails, notes, oldestNote *prometheus.Desc
+	src                                                                             OnCallSource
+	autoUpdate                                                                      bool
+	timeout                                                                         time.Duration
+	paused, autoOK, autoRun, autoFirst, leftDraining, leaseFails, notes, oldestNote *prometheus.Desc
 }
 
 func newOnCallCollector(src OnCallSource, autoUpdate bool, timeout time.Duration) *onCallCollector {
@@ -439,19 +440,21 @@ func newOnCallCollector(src OnCallSource, autoUpdate bool, timeout time.Duration
 			"When the last auto-update tick that did its job (created a run, found one open, or nothing to do) ran, Unix seconds; absent before the first (fleet-wide)."),
 		autoRun: d("auto_update_last_run_created_timestamp_seconds",
 			"When the last auto-update run was created, Unix seconds; absent before the first (fleet-wide)."),
+		autoFirst: d("auto_update_first_tick_timestamp_seconds",
+			"When the first auto-update tick ever recorded ran, whatever it did, Unix seconds; absent before the first (fleet-wide)."),
 		leftDraining: d("agents_left_draining",
 			"Machine migrations whose drain could not be cancelled in the last hour: their agents may still refuse turns (fleet-wide)."),
 		leaseFails: d("lease_release_failures_total",
 			"Fly lease releases that finally failed (the lease then expires by itself), fleet-wide, ever."),
 		notes: d("notifications",
-			"Notifications in the outbox by sink kind and state: pending, delivered, failed (fleet-wide).", "kind", "state"),
+			"Notifications in the outbox by sink kind and state: pending, delivered, failed, dropped (fleet-wide).", "kind", "state"),
 		oldestNote: d("notification_oldest_pending_timestamp_seconds",
 			"When the oldest undelivered notification was written, Unix seconds; absent when none is pending (fleet-wide)."),
 	}
 }
 
 func (c *onCallCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.paused, c.autoOK, c.autoRun, c.leftDraining, c.leaseFails, c.notes, c.oldestNote} {
+	for _, d := range []*prometheus.Desc{c.paused, c.autoOK, c.autoRun, c.autoFirst, c.leftDraining, c.leaseFails, c.notes, c.oldestNote} {
 		ch <- d
 	}
 }
@@ -473,6 +476,7 @@ func (c *onCallCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.autoUpdate {
 		stamp(c.autoOK, st.LastAutoUpdateOK)
 		stamp(c.autoRun, st.LastAutoUpdateRun)
+		stamp(c.autoFirst, st.FirstAutoUpdateTick)
 	}
 	ch <- prometheus.MustNewConstMetric(c.leftDraining, prometheus.GaugeValue, float64(st.AgentsLeftDraining))
 	ch <- prometheus.MustNewConstMetric(c.leaseFails, prometheus.CounterValue, float64(st.LeaseReleaseFailures))

@@ -42,16 +42,21 @@ var Severities = []Severity{Info, Warning, Error, Critical}
 // Events are the notifications migrator writes (migration
 // 011_notifications.sql maps event rows to them), for sink filters.
 var Events = []string{
-	"run.paused", "run.failed", "run.resumed", "run.succeeded", "run.cancelled",
-	"machine.rolled_back", "machine.lease_release_failed", "agent.left_draining", "agent.not_serving",
-	"auto_update.failed", "auto_update.recovered",
+	"run.paused", "run.failed", "run.resumed", "run.succeeded", "run.cancelled", "run.recovered",
+	"machine.rolled_back", "machine.lease_release_failed", "agent.left_draining", "agent.not_serving", "agent.serving",
+	"auto_update.failed", "auto_update.recovered", "incident.resolved",
 }
+
+// DefaultRetention is how long the outbox keeps a notification that is
+// done with (Config.Retention).
+const DefaultRetention = 30 * 24 * time.Hour
 
 // DefaultPagerDutyURL is the Events API v2 endpoint (PagerDuty's docs;
 // EU accounts use https://events.eu.pagerduty.com/v2/enqueue).
 const DefaultPagerDutyURL = "https://events.pagerduty.com/v2/enqueue"
 
-// SinkConfig is one sink. URL, RoutingKey and Secret are secrets (a Slack
+// SinkConfig is one sink. URL, RoutingKey, Secret and PreviousSecret are
+// secrets (a Slack
 // webhook URL is a credential): they are never logged, stored or put in an
 // error.
 type SinkConfig struct {
@@ -70,9 +75,13 @@ type SinkConfig struct {
 	URL string
 	// RoutingKey is a PagerDuty sink's integration key (required).
 	RoutingKey string
-	// Secret signs a webhook sink's bodies (HMAC-SHA256; required, at
-	// least 16 bytes).
+	// Secret signs a webhook sink's bodies (Standard Webhooks, webhook.go;
+	// required): "whsec_" and the base64 of at least 24 random bytes.
 	Secret string
+	// PreviousSecret, while receivers move to a new Secret, signs too (a
+	// second webhook-signature value), so that a receiver still holding
+	// it verifies. Optional; same form.
+	PreviousSecret string
 	// Source is PagerDuty's payload.source. Default "migrator".
 	Source string
 }
@@ -94,9 +103,6 @@ func (s SinkConfig) withDefaults() SinkConfig {
 	}
 	return s
 }
-
-// minWebhookSecret is the shortest HMAC secret accepted.
-const minWebhookSecret = 16
 
 // validate checks one sink. Messages name the setting, never its value.
 func (s SinkConfig) validate() error {
@@ -123,9 +129,20 @@ func (s SinkConfig) validate() error {
 			return fmt.Errorf("sink %s: no routing key (the PagerDuty integration key of an Events API v2 integration)", s.Name)
 		}
 	case Webhook:
-		if len(s.Secret) < minWebhookSecret {
-			return fmt.Errorf("sink %s: the signing secret is missing or shorter than %d bytes", s.Name, minWebhookSecret)
+		if strings.TrimSpace(s.Secret) == "" {
+			return fmt.Errorf("sink %s: no signing secret (whsec_ and the base64 of at least %d random bytes)", s.Name, MinWebhookSecretBytes)
 		}
+		if _, err := ParseWebhookSecret(s.Secret); err != nil {
+			return fmt.Errorf("sink %s: the signing secret %w", s.Name, err)
+		}
+		if s.PreviousSecret != "" {
+			if _, err := ParseWebhookSecret(s.PreviousSecret); err != nil {
+				return fmt.Errorf("sink %s: the previous signing secret %w", s.Name, err)
+			}
+		}
+	}
+	if s.PreviousSecret != "" && s.Kind != Webhook {
+		return fmt.Errorf("sink %s: only a webhook sink has a previous signing secret", s.Name)
 	}
 	return nil
 }
@@ -160,6 +177,14 @@ type Config struct {
 	// GiveUpAfter: a notification still undelivered this long after it
 	// was written is marked failed. Default 24h.
 	GiveUpAfter time.Duration
+	// Retention: notifications written longer ago than this, and in a
+	// final state (delivered, failed, dropped), are deleted by the periodic
+	// upkeep (an incident still open keeps its last open). Default 30 days
+	// (DefaultRetention).
+	Retention time.Duration
+	// HousekeepEvery is how often the upkeep runs (old notifications
+	// deleted, expired left drains announced). Default 1m.
+	HousekeepEvery time.Duration
 	// AttemptTimeout bounds one HTTP request. Default 10s.
 	AttemptTimeout time.Duration
 	// InlineRetries is how many times one delivery job retries at once
@@ -192,6 +217,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.GiveUpAfter == 0 {
 		c.GiveUpAfter = 24 * time.Hour
+	}
+	if c.Retention == 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.HousekeepEvery == 0 {
+		c.HousekeepEvery = time.Minute
 	}
 	if c.AttemptTimeout == 0 {
 		c.AttemptTimeout = 10 * time.Second
@@ -250,6 +281,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("give-up age %s is shorter than the longest retry wait %s", c.GiveUpAfter, c.RetryMax)
 	case c.AttemptTimeout <= 0 || c.InlineRetryMax < 0:
 		return errors.New("attempt timeout and inline wait must be positive")
+	case c.Retention < c.GiveUpAfter:
+		// A row is final at most GiveUpAfter after it was written.
+		return fmt.Errorf("retention %s is shorter than the give-up age %s: pending notifications would be deleted", c.Retention, c.GiveUpAfter)
+	case c.HousekeepEvery < time.Second:
+		return fmt.Errorf("upkeep interval %s is below 1s", c.HousekeepEvery)
 	}
 	return nil
 }

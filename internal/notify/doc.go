@@ -34,6 +34,25 @@
 // A receiver down for an hour loses nothing; `migrator notify list` shows
 // every row's state, attempts and last answer.
 //
+// # Order
+//
+// The notifications of one incident reach a sink in the order they were
+// written, one at a time: a notification is due only while no earlier one
+// of its (sink, incident) is pending, and its job checks that again before
+// it sends (store.ClaimNotification), in SQL, so it holds across replicas.
+// A resolve therefore never overtakes its trigger (a pause and a resume
+// within one sweep; a trigger retried after a 429), which PagerDuty would
+// drop, opening the late trigger for good. A close whose open never went
+// out (failed, or dropped) is dropped too: there is nothing to close.
+//
+// # Upkeep
+//
+// A second periodic job (every Config.HousekeepEvery) announces agents
+// whose left drain has expired (the gateway drops a drain marker after an
+// hour: store.LeftDrainingWindow) as serving again, and deletes the
+// notifications older than Config.Retention (30 days) that are done with,
+// in batches; an incident still open keeps its last open.
+//
 // # Messages
 //
 // One line (Summary) says what happened and why; Slack gets it with the
@@ -42,8 +61,16 @@
 // run paused or failed, an agent left draining or not serving, an
 // auto-update that cannot create its run) and a resolve, with the same
 // dedup_key, when it closes (the run resumed, succeeded or was cancelled;
-// the auto-update works again); the webhook gets WebhookBody, signed
-// (Sign). Secrets (webhook URLs, routing keys, signing secrets) are never
-// logged, stored or put in an error: answers and errors are redacted
-// before they are recorded.
+// the auto-update works again; a failed run's machines brought up by a
+// later run that succeeded; the agent found serving by a later migration
+// of its machine, or its drain marker expired; `migrator notify resolve`),
+// and nothing else: notes (a rollback, a lease release that failed, a run
+// that succeeded with deferrals) open and close nothing, so they go to
+// chat sinks and webhooks only (the outbox trigger does not write them
+// for a PagerDuty sink). The webhook gets WebhookBody, signed as Standard
+// Webhooks says (webhook.go: webhook-id, webhook-timestamp,
+// webhook-signature; a previous secret signs too while keys rotate).
+// Secrets (webhook URLs, routing keys, signing secrets) are never logged,
+// stored or put in an error: answers and errors are redacted before they
+// are recorded.
 package notify

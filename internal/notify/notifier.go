@@ -66,14 +66,22 @@ func (n *Notifier) Register(ctx context.Context) error {
 // at most, with the same idempotency key.
 func (n *Notifier) Deliver(ctx context.Context, id int64) (store.DeliveryAttempt, error) {
 	q := n.store.Q()
-	note, err := q.GetNotification(ctx, id)
+	note, claim, err := q.ClaimNotification(ctx, id)
 	if err != nil {
 		return store.DeliveryAttempt{}, err
 	}
-	if note.State != store.NotifyPending {
-		return store.DeliveryAttempt{State: note.State}, nil
-	}
 	log := n.cfg.Logger.With("notification_id", note.ID, "sink", note.Sink, "event", note.Event, "run_id", note.RunID)
+	switch claim {
+	case store.NotifyDone:
+		return store.DeliveryAttempt{State: note.State}, nil
+	case store.NotifyWait:
+		// An earlier notification of its incident is not delivered yet:
+		// this one follows it (a later sweep hands it out again).
+		return store.DeliveryAttempt{State: store.NotifyPending}, nil
+	case store.NotifyDropNow:
+		log.Info("notification dropped", "action", note.Action, "incident", note.Incident, "reason", note.LastError)
+		return store.DeliveryAttempt{State: store.NotifyDropped, Error: note.LastError}, nil
+	}
 	var a store.DeliveryAttempt
 	s, ok := n.sinks[note.Sink]
 	if !ok {
@@ -85,7 +93,7 @@ func (n *Notifier) Deliver(ctx context.Context, id int64) (store.DeliveryAttempt
 		if err != nil {
 			return store.DeliveryAttempt{}, err
 		}
-		ans := n.send.send(ctx, req, s.RoutingKey, s.Secret)
+		ans := n.send.send(ctx, req, s.RoutingKey, s.Secret, s.PreviousSecret)
 		a = store.DeliveryAttempt{Status: ans.Status}
 		switch ans.Outcome() {
 		case Delivered:
@@ -160,7 +168,7 @@ func (n *Notifier) Test(ctx context.Context, name string, by string) ([]TestResu
 		if err != nil {
 			return out, err
 		}
-		ans := n.send.send(ctx, req, s.RoutingKey, s.Secret)
+		ans := n.send.send(ctx, req, s.RoutingKey, s.Secret, s.PreviousSecret)
 		out = append(out, TestResult{Action: act, Answer: ans})
 		if ans.Outcome() != Delivered && i == 0 {
 			break
@@ -209,14 +217,88 @@ func (DeliverArgs) InsertOpts() river.InsertOpts {
 	}}}
 }
 
-// AddToRiver adds the notification workers, their queue and the periodic
-// sweep to a replica's River configuration (orchestrator.RiverExtension).
+// HousekeepArgs is the outbox's periodic upkeep: agents whose left drain
+// has expired are announced serving again, and notifications older than
+// Config.Retention are deleted.
+type HousekeepArgs struct{}
+
+// Kind implements river.JobArgs.
+func (HousekeepArgs) Kind() string { return "notify_housekeep" }
+
+// InsertOpts puts the upkeep in the notify queue, one at a time.
+func (HousekeepArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: Queue, MaxAttempts: 1, UniqueOpts: river.UniqueOpts{ByArgs: true, ByState: []rivertype.JobState{
+		rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
+		rivertype.JobStateRunning, rivertype.JobStateScheduled,
+	}}}
+}
+
+// AddToRiver adds the notification workers, their queue, the periodic
+// sweep and the periodic upkeep to a replica's River configuration
+// (orchestrator.RiverExtension).
 func (n *Notifier) AddToRiver(workers *river.Workers, queues map[string]river.QueueConfig) []*river.PeriodicJob {
 	river.AddWorker(workers, &sweepWorker{n: n})
 	river.AddWorker(workers, &deliverWorker{n: n})
+	river.AddWorker(workers, &housekeepWorker{n: n})
 	queues[Queue] = river.QueueConfig{MaxWorkers: QueueWorkers}
-	return []*river.PeriodicJob{river.NewPeriodicJob(river.PeriodicInterval(n.cfg.SweepEvery),
-		func() (river.JobArgs, *river.InsertOpts) { return SweepArgs{}, nil }, &river.PeriodicJobOpts{RunOnStart: true})}
+	return []*river.PeriodicJob{
+		river.NewPeriodicJob(river.PeriodicInterval(n.cfg.SweepEvery),
+			func() (river.JobArgs, *river.InsertOpts) { return SweepArgs{}, nil }, &river.PeriodicJobOpts{RunOnStart: true}),
+		river.NewPeriodicJob(river.PeriodicInterval(n.cfg.HousekeepEvery),
+			func() (river.JobArgs, *river.InsertOpts) { return HousekeepArgs{}, nil }, &river.PeriodicJobOpts{RunOnStart: true}),
+	}
+}
+
+// retentionBatch is how many notifications one DELETE removes: short
+// statements, so the outbox's writers (every state change's trigger) never
+// wait long behind the upkeep.
+const retentionBatch = 1000
+
+// Housekeep does the outbox's upkeep once: it records the agents whose
+// left drain has expired (store.ExpireLeftDrains, which closes their
+// incidents) and deletes the notifications older than Config.Retention in
+// batches of retentionBatch until none is left or ctx ends. It returns how
+// many drains it recorded expired and how many notifications it deleted.
+func (n *Notifier) Housekeep(ctx context.Context) (expired, deleted int, err error) {
+	q := n.store.Q()
+	now := n.cfg.Now()
+	if expired, err = q.ExpireLeftDrains(ctx, now); err != nil {
+		return 0, 0, err
+	}
+	if expired > 0 {
+		n.cfg.Logger.Info("agents left draining are serving again: their drain marker expired", "count", expired)
+	}
+	before := now.Add(-n.cfg.Retention)
+	for ctx.Err() == nil {
+		d, err := q.DeleteOldNotifications(ctx, before, retentionBatch)
+		deleted += d
+		if err != nil {
+			return expired, deleted, err
+		}
+		if d < retentionBatch {
+			break
+		}
+	}
+	if deleted > 0 {
+		n.cfg.Logger.Info("old notifications deleted", "count", deleted, "older_than", n.cfg.Retention.String())
+	}
+	return expired, deleted, ctx.Err()
+}
+
+type housekeepWorker struct {
+	river.WorkerDefaults[HousekeepArgs]
+	n *Notifier
+}
+
+// Timeout: a long backlog is worked through over several runs.
+func (w *housekeepWorker) Timeout(*river.Job[HousekeepArgs]) time.Duration { return time.Minute }
+
+func (w *housekeepWorker) Work(ctx context.Context, _ *river.Job[HousekeepArgs]) error {
+	_, _, err := w.n.Housekeep(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		return nil // the rest is left to the next run
+	}
+	return err
 }
 
 // sweepBatch bounds one sweep; the rest waits for the next.

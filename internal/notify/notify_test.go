@@ -78,7 +78,9 @@ func (rc *receiver) requests(prefix string) []received {
 const (
 	slackPath  = "/slack/services/T0001/B0001/XXXXsecretXXXX"
 	routingKey = "R0UT1NGKEY0000000000000000000001"
-	hookSecret = "webhook-signing-secret-0123456789"
+	// Standard Webhooks secrets: whsec_ and the base64 of ≥ 24 bytes.
+	hookSecret    = "whsec_bWlncmF0b3ItdGVzdC13ZWJob29rLWtleS0wMTIzNDU2Nzg5"
+	oldHookSecret = "whsec_bWlncmF0b3Itb2xkLXdlYmhvb2sta2V5LTk4NzY1NDMyMTA="
 )
 
 func sinks(rc *receiver) []notify.SinkConfig {
@@ -397,14 +399,17 @@ func TestWebhookIsSignedAndDocumented(t *testing.T) {
 	if len(got) != 1 {
 		t.Fatalf("%d webhook requests", len(got))
 	}
-	if err := notify.Verify([]byte(hookSecret), got[0].Header, got[0].Body, time.Now(), 5*time.Minute); err != nil {
+	if err := notify.Verify(hookSecret, got[0].Header, got[0].Body, time.Now(), 5*time.Minute); err != nil {
 		t.Fatalf("signature: %v", err)
 	}
-	if err := notify.Verify([]byte("another-secret-0123456789"), got[0].Header, got[0].Body, time.Now(), 5*time.Minute); err == nil {
+	if err := notify.Verify(oldHookSecret, got[0].Header, got[0].Body, time.Now(), 5*time.Minute); err == nil {
 		t.Fatal("a signature checked with the wrong secret")
 	}
-	if err := notify.Verify([]byte(hookSecret), got[0].Header, got[0].Body, time.Now().Add(10*time.Minute), 5*time.Minute); err == nil {
+	if err := notify.Verify(hookSecret, got[0].Header, got[0].Body, time.Now().Add(10*time.Minute), 5*time.Minute); err == nil {
 		t.Fatal("a 10-minute-old signature was accepted")
+	}
+	if got[0].Header.Get("webhook-id") != got[0].Header.Get("Idempotency-Key") {
+		t.Fatalf("webhook-id %q, Idempotency-Key %q: want the same", got[0].Header.Get("webhook-id"), got[0].Header.Get("Idempotency-Key"))
 	}
 	var b notify.WebhookBody
 	if err := json.Unmarshal(got[0].Body, &b); err != nil {

@@ -2,12 +2,8 @@ package notify
 
 import (
 	"bytes"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,47 +15,6 @@ import (
 // WebhookSchema names the generic webhook's body format (documented in
 // the README, "Notifications").
 const WebhookSchema = "migrator.notification.v1"
-
-// Headers migrator sends. Every sink gets Idempotency-Key (the outbox
-// row's key: the same on every retry of one notification); the webhook
-// sink is signed: X-Migrator-Signature is "sha256=" and the hex
-// HMAC-SHA256, keyed with the sink's secret, of the X-Migrator-Timestamp
-// value (Unix seconds), a ".", and the raw body. A receiver recomputes it
-// and refuses a timestamp more than a few minutes old (a replay).
-const (
-	HeaderIdempotencyKey = "Idempotency-Key"
-	HeaderEvent          = "X-Migrator-Event"
-	HeaderTimestamp      = "X-Migrator-Timestamp"
-	HeaderSignature      = "X-Migrator-Signature"
-)
-
-// Sign returns the X-Migrator-Signature value of body sent at timestamp
-// (Unix seconds) with secret.
-func Sign(secret []byte, timestamp string, body []byte) string {
-	mac := hmac.New(sha256.New, secret)
-	mac.Write([]byte(timestamp))
-	mac.Write([]byte("."))
-	mac.Write(body)
-	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
-}
-
-// Verify checks a webhook request's signature and that its timestamp is
-// within maxAge of now (receivers may use it; the tests and the sandbox
-// do).
-func Verify(secret []byte, h http.Header, body []byte, now time.Time, maxAge time.Duration) error {
-	ts := h.Get(HeaderTimestamp)
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return fmt.Errorf("%s %q is not Unix seconds", HeaderTimestamp, ts)
-	}
-	if age := now.Sub(time.Unix(sec, 0)); age > maxAge || age < -maxAge {
-		return fmt.Errorf("%s is %s away from now (at most %s): a replay?", HeaderTimestamp, age.Round(time.Second), maxAge)
-	}
-	if !hmac.Equal([]byte(h.Get(HeaderSignature)), []byte(Sign(secret, ts, body))) {
-		return fmt.Errorf("%s does not match the body", HeaderSignature)
-	}
-	return nil
-}
 
 // WebhookBody is the generic webhook's JSON body.
 type WebhookBody struct {
@@ -181,6 +136,20 @@ func Summary(n store.Notification) string {
 	case "agent.not_serving":
 		return fmt.Sprintf("migrator %s: agent %s may not be serving: its machine failed after the update: %s", run, target,
 			why(f.str("error"), "no reason recorded"))
+	case "run.recovered":
+		return fmt.Sprintf("migrator %s is resolved: run %d succeeded on the machines it left behind", run, f.num("resolved_by_run"))
+	case "agent.serving":
+		how := "its drain marker expired (the gateway drops one after an hour)"
+		switch f.str("how") {
+		case "migrated":
+			how = fmt.Sprintf("run %d migrated it and found it serving", f.num("resolved_by_run"))
+		case "skipped_up_to_date":
+			how = fmt.Sprintf("run %d found it up to date and healthy", f.num("resolved_by_run"))
+		}
+		return fmt.Sprintf("migrator %s: agent %s is serving again: %s", run, target, how)
+	case "incident.resolved":
+		return fmt.Sprintf("migrator incident %s resolved by %s: %s", f.str("incident"), why(f.str("by"), "someone"),
+			why(f.str("reason"), "no reason given"))
 	case "auto_update.failed":
 		reason := f.str("error")
 		if f.str("outcome") == "no_channel" {

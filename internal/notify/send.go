@@ -95,9 +95,23 @@ func (c Config) build(s SinkConfig, n store.Notification) (request, error) {
 	if s.Kind == Webhook {
 		// Signed when sent: a retry later is signed anew, so a receiver
 		// may refuse old timestamps without refusing retries.
-		ts := strconv.FormatInt(c.Now().Unix(), 10)
-		h.Set(HeaderTimestamp, ts)
-		h.Set(HeaderSignature, Sign([]byte(s.Secret), ts, body))
+		keys := make([][]byte, 0, 2)
+		for _, secret := range []string{s.Secret, s.PreviousSecret} {
+			if secret == "" {
+				continue
+			}
+			k, err := ParseWebhookSecret(secret)
+			if err != nil {
+				return request{}, fmt.Errorf("sign notification %d for sink %s: the signing secret %w", n.ID, s.Name, err)
+			}
+			keys = append(keys, k)
+		}
+		ts := c.Now().Unix()
+		h.Set(HeaderWebhookID, n.IdempotencyKey)
+		h.Set(HeaderWebhookTimestamp, strconv.FormatInt(ts, 10))
+		h.Set(HeaderWebhookSignature, Sign(n.IdempotencyKey, ts, body, keys...))
+		h.Set(HeaderTimestamp, strconv.FormatInt(ts, 10))
+		h.Set(HeaderSignature, SignLegacy([]byte(s.Secret), strconv.FormatInt(ts, 10), body))
 	}
 	return request{url: s.URL, body: body, headers: h}, nil
 }

@@ -29,7 +29,7 @@ func (everything) SlotsInUse(context.Context) (int, error)     { return 1, nil }
 func (everything) CanariesBaking(context.Context) (int, error) { return 1, nil }
 func (everything) OnCallStatus(context.Context) (store.OnCallStatus, error) {
 	now := time.Now()
-	return store.OnCallStatus{OldestPausedAt: now, LastAutoUpdateOK: now, LastAutoUpdateRun: now, AgentsLeftDraining: 1,
+	return store.OnCallStatus{OldestPausedAt: now, LastAutoUpdateOK: now, LastAutoUpdateRun: now, FirstAutoUpdateTick: now, AgentsLeftDraining: 1,
 		LeaseReleaseFailures: 1, OldestPendingNotification: now,
 		Notifications: []store.NotificationCount{{Kind: "slack", State: store.NotifyPending, N: 1}}}, nil
 }
