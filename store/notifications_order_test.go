@@ -59,8 +59,8 @@ func TestAnIncidentsNotificationsGoOutInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A pause and a resume within one sweep.
-	setState(t, s, r.ID, []string{store.RunRunning}, store.RunPaused, "canary failed", "migrator")
-	setState(t, s, r.ID, []string{store.RunPaused}, store.RunRunning, "resumed by bob", "bob")
+	setState(t, s, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "canary failed", "migrator")
+	setState(t, s, r.ID, []store.RunState{store.RunPaused}, store.RunRunning, "resumed by bob", "bob")
 	ns := notesOf(t, s, "pager")
 	if len(ns) != 2 || ns[0].Action != "open" || ns[1].Action != "close" {
 		t.Fatalf("outbox = %+v", ns)
@@ -105,8 +105,8 @@ func TestACloseWhoseOpenFailedIsDropped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	setState(t, s, r.ID, []string{store.RunRunning}, store.RunPaused, "canary failed", "migrator")
-	setState(t, s, r.ID, []string{store.RunPaused}, store.RunRunning, "resumed by bob", "bob")
+	setState(t, s, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "canary failed", "migrator")
+	setState(t, s, r.ID, []store.RunState{store.RunPaused}, store.RunRunning, "resumed by bob", "bob")
 	ns := notesOf(t, s, "pager")
 	record(t, s, ns[0].ID, store.NotifyFailed, 0) // refused: a bad routing key
 	n, c, err := s.Q().ClaimNotification(ctx, ns[1].ID)
@@ -159,7 +159,7 @@ func TestPagerDutyGetsNoNotes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// (SettleRun would fail a run with a rollback; set it by hand.)
-	setState(t, s, r.ID, []string{store.RunRunning}, store.RunSucceeded, "", "migrator")
+	setState(t, s, r.ID, []store.RunState{store.RunRunning}, store.RunSucceeded, "", "migrator")
 	want := []string{"chat machine.rolled_back note", "chat machine.lease_release_failed note", "chat run.succeeded note"}
 	if got := outbox(t, s, r.ID); !slices.Equal(got, want) {
 		t.Fatalf("outbox = %v\nwant     %v", got, want)
@@ -167,10 +167,10 @@ func TestPagerDutyGetsNoNotes(t *testing.T) {
 }
 
 // finish ends migration m of a run with outcome and its event.
-func finish(t *testing.T, s *store.Store, m store.Migration, outcome string) {
+func finish(t *testing.T, s *store.Store, m store.Migration, outcome store.Outcome) {
 	t.Helper()
 	m.State, m.Outcome = store.StateDone, outcome
-	if err := s.Q().SaveStep(context.Background(), &m, nil, []store.Event{{Kind: "machine." + outcome, Target: m.Target(),
+	if err := s.Q().SaveStep(context.Background(), &m, nil, []store.Event{{Kind: "machine." + string(outcome), Target: m.Target(),
 		Detail: map[string]any{"from": "verifying"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -204,20 +204,20 @@ func TestAFailedRunIsResolvedByARunThatSucceedsOnItsMachines(t *testing.T) {
 	failed, fms := newRunOf(t, s, "tick-1", machines)
 	finish(t, s, fms[0], store.OutcomeMigrated)
 	finish(t, s, fms[1], store.OutcomeRolledBack)
-	setState(t, s, failed.ID, []string{store.RunRunning}, store.RunFailed, "1 machine(s) rolled back", "migrator")
+	setState(t, s, failed.ID, []store.RunState{store.RunRunning}, store.RunFailed, "1 machine(s) rolled back", "migrator")
 
 	// A run elsewhere (machine m1 only, which had migrated) succeeds: the
 	// machine left behind (m2) is not covered.
 	other, oms := newRunOf(t, s, "tick-2", machines[:1])
 	finish(t, s, oms[0], store.OutcomeMigrated)
-	setState(t, s, other.ID, []string{store.RunRunning}, store.RunSucceeded, "", "migrator")
+	setState(t, s, other.ID, []store.RunState{store.RunRunning}, store.RunSucceeded, "", "migrator")
 	if got := outbox(t, s, failed.ID); !slices.Equal(got, []string{"chat machine.rolled_back note", "chat run.failed open", "pager run.failed open"}) {
 		t.Fatalf("after a run that did not cover it: %v", got)
 	}
 	// The next run migrates m2 and succeeds: resolved, on both sinks.
 	next, nms := newRunOf(t, s, "tick-3", machines[1:])
 	finish(t, s, nms[0], store.OutcomeMigrated)
-	setState(t, s, next.ID, []string{store.RunRunning}, store.RunSucceeded, "", "migrator")
+	setState(t, s, next.ID, []store.RunState{store.RunRunning}, store.RunSucceeded, "", "migrator")
 	want := []string{"chat machine.rolled_back note", "chat run.failed open", "pager run.failed open", "chat run.recovered close",
 		"pager run.recovered close"}
 	if got := outbox(t, s, failed.ID); !slices.Equal(got, want) {
@@ -231,7 +231,7 @@ func TestAFailedRunIsResolvedByARunThatSucceedsOnItsMachines(t *testing.T) {
 	// Once: a later success resolves nothing more.
 	again, ams := newRunOf(t, s, "tick-4", machines[1:])
 	finish(t, s, ams[0], store.OutcomeMigrated)
-	setState(t, s, again.ID, []string{store.RunRunning}, store.RunSucceeded, "", "migrator")
+	setState(t, s, again.ID, []store.RunState{store.RunRunning}, store.RunSucceeded, "", "migrator")
 	if got := outbox(t, s, failed.ID); !slices.Equal(got, want) {
 		t.Fatalf("after another success: %v", got)
 	}
@@ -297,7 +297,7 @@ func TestAgentIncidentsAreResolved(t *testing.T) {
 		t.Fatalf("after a later migration: %v", got[inc1])
 	}
 	// By hand: the failed run's own incident.
-	setState(t, s, r.ID, []string{store.RunRunning}, store.RunFailed, "2 machine(s) failed", "migrator")
+	setState(t, s, r.ID, []store.RunState{store.RunRunning}, store.RunFailed, "2 machine(s) failed", "migrator")
 	sinks, err := s.Q().ResolveIncident(ctx, "run/"+itoa(r.ID), r.ID, "alice", "fixed by hand")
 	if err != nil || !slices.Equal(sinks, []string{"pager"}) {
 		t.Fatalf("resolve = %v, %v", sinks, err)
@@ -326,9 +326,9 @@ func TestOldNotificationsAreDeleted(t *testing.T) {
 	var runs []store.Run
 	for i := range 6 {
 		r, _ := newRunOf(t, s, "tick-"+itoa(int64(i)), sampleMachines()[:1])
-		setState(t, s, r.ID, []string{store.RunRunning}, store.RunPaused, "canary failed", "migrator")
+		setState(t, s, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "canary failed", "migrator")
 		if i < 5 {
-			setState(t, s, r.ID, []string{store.RunPaused}, store.RunRunning, "resumed", "bob")
+			setState(t, s, r.ID, []store.RunState{store.RunPaused}, store.RunRunning, "resumed", "bob")
 		}
 		runs = append(runs, r)
 	}
@@ -379,7 +379,7 @@ func TestOldNotificationsAreDeleted(t *testing.T) {
 		t.Fatalf("left: %v", got)
 	}
 	// Its close, however late, is still written and sendable.
-	setState(t, s, runs[5].ID, []string{store.RunPaused}, store.RunRunning, "resumed", "bob")
+	setState(t, s, runs[5].ID, []store.RunState{store.RunPaused}, store.RunRunning, "resumed", "bob")
 	if got := outbox(t, s, runs[5].ID); len(got) != 4 {
 		t.Fatalf("after the late resume: %v", got)
 	}

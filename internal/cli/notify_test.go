@@ -467,7 +467,7 @@ func TestNotifyResolve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunFailed, "1 machine(s) failed", "migrator"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunFailed, "1 machine(s) failed", "migrator"); err != nil {
 		t.Fatal(err)
 	}
 	cli := func(args ...string) (int, string, string) {

@@ -75,10 +75,10 @@ func TestAResolveNeverPrecedesItsTrigger(t *testing.T) {
 	const runs = 10
 	for i := range runs {
 		r := newRunKey(t, st, "order-"+itoa(int64(i)))
-		if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunPaused, "canary failed", "migrator"); err != nil {
+		if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "canary failed", "migrator"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunPaused}, store.RunRunning, "resumed by bob", "bob"); err != nil {
+		if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunPaused}, store.RunRunning, "resumed by bob", "bob"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -161,10 +161,10 @@ func TestHousekeepDeletesOldNotificationsAndExpiresDrains(t *testing.T) {
 	clk := &fakeClock{t: time.Now()}
 	n := newNotifier(t, st, notify.Config{Sinks: sinks(rc)[:2], Now: clk.Now})
 	r := newRun(t, st)
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunPaused, "canary failed", "migrator"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunPaused, "canary failed", "migrator"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunPaused}, store.RunRunning, "resumed", "bob"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunPaused}, store.RunRunning, "resumed", "bob"); err != nil {
 		t.Fatal(err)
 	}
 	ms, err := st.Q().ListMigrations(ctx, r.ID)

@@ -28,7 +28,7 @@ func TestWebhookVerifiesWithTheStandardWebhooksLibrary(t *testing.T) {
 	hook.PreviousSecret = oldHookSecret
 	n := newNotifier(t, st, notify.Config{Sinks: []notify.SinkConfig{hook}})
 	r := newRun(t, st)
-	if _, err := st.Q().SetRunState(ctx, r.ID, []string{store.RunRunning}, store.RunFailed, "2 machine(s) failed", "migrator"); err != nil {
+	if _, err := st.Q().SetRunState(ctx, r.ID, []store.RunState{store.RunRunning}, store.RunFailed, "2 machine(s) failed", "migrator"); err != nil {
 		t.Fatal(err)
 	}
 	deliverDue(t, st, n)
