@@ -54,9 +54,9 @@ WHERE s.name = n.sink AND s.kind = 'pagerduty' AND n.action = 'note' AND n.state
 --   machine.cancel_drain_failed                 agent.left_draining     critical  open  (migration/ID)
 --   machine.failed after the update was sent    agent.not_serving       critical  open  (migration/ID)
 --     (from verifying or rolling_back)
---   machine.migrated, machine.skipped_up_to_date agent.serving          info      close (migration/OLD) for
---                                                                                 every agent incident of the
---                                                                                 same machine
+--   machine.migrated, launched (the agent       agent.serving           info      close (migration/OLD) for
+--     verified serving; not one moved while                                       every agent incident of the
+--     down, nor one found up to date)                                             same machine
 --   machine.drain_expired (the gateway drops    agent.serving           info      close (migration/ID), unless
 --     a drain marker after an hour; written                                       the agent was also found
 --     by notify's housekeeping job)                                               not serving
@@ -192,16 +192,19 @@ BEGIN
                 -- after its update serve.
                 'unless_open', CASE WHEN ev = 'agent.serving' THEN 'agent.not_serving' END));
         END IF;
-        -- The machine verified serving (or found up to date and healthy):
-        -- every agent incident of it is over. (One index probe per machine
-        -- that ends well, and only with a sink configured.)
-        IF NEW.kind IN ('machine.migrated', 'machine.skipped_up_to_date') AND NEW.migration_id IS NOT NULL THEN
+        -- The machine was launched and verified serving: every agent
+        -- incident of it is over. Found up to date, or moved while down
+        -- (skip_launch, verified by config only), proves nothing of the
+        -- agent: its incident stays open. (One index probe per machine that
+        -- ends well, and only with a sink configured.)
+        IF NEW.kind = 'machine.migrated' AND NEW.migration_id IS NOT NULL THEN
             FOR rec IN
                 SELECT DISTINCT om.id, om.run_id, om.app, om.machine_id, om.region, nm.to_image
                 FROM notifications n
                     JOIN machine_migrations om ON om.id = n.migration_id
                     JOIN machine_migrations nm ON nm.id = NEW.migration_id
                 WHERE n.event IN ('agent.left_draining', 'agent.not_serving')
+                    AND nm.launch
                     AND om.app = nm.app AND om.machine_id = nm.machine_id
                 ORDER BY om.id
             LOOP

@@ -7,7 +7,7 @@ import (
 
 // The pause between two looks at a busy agent doubles from the poll
 // interval to the cap, with ±20 % jitter: the bound on status reads the
-// README states (at most 1.25 reads a minute per busy agent once backed
+// docs state (at most 1.25 reads a minute per busy agent once backed
 // off) rests on the shortest capped pause being 48 s.
 func TestPeekPause(t *testing.T) {
 	t.Parallel()

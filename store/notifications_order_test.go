@@ -289,7 +289,18 @@ func TestAgentIncidentsAreResolved(t *testing.T) {
 		!slices.Equal(got[inc1], []string{"agent.left_draining open", "agent.not_serving open"}) {
 		t.Fatalf("after the hour: %v", got)
 	}
-	// A later run migrates machine 1 and finds it serving: resolved.
+	// A later run that finds machine 1 up to date, or moves it while it is
+	// down (no launch: verified by config only), proves nothing of its
+	// agent: still open.
+	_, upToDate := newRunOf(t, s, "tick-2a", machines[1:])
+	finish(t, s, upToDate[0], store.OutcomeSkippedUpToDate)
+	_, down := newRunOf(t, s, "tick-2b", machines[1:])
+	down[0].Launch = false
+	finish(t, s, down[0], store.OutcomeMigrated)
+	if got := state(); !slices.Equal(got[inc1], []string{"agent.left_draining open", "agent.not_serving open"}) {
+		t.Fatalf("after a run that found it up to date or moved it down: %v", got[inc1])
+	}
+	// A later run migrates machine 1, launched, and finds it serving: resolved.
 	_, nms := newRunOf(t, s, "tick-2", machines[1:])
 	finish(t, s, nms[0], store.OutcomeMigrated)
 	got = state()

@@ -10,7 +10,7 @@
 //	go run ./deploy/grafana -o -             # prints it
 //
 // Import it into Fly's managed Grafana (fly-metrics.net): Dashboards → New →
-// Import, and pick the "Prometheus on Fly" data source (README, "Alerts and
+// Import, and pick the "Prometheus on Fly" data source (docs/operations.md, "Alerts and
 // the dashboard").
 package main
 

@@ -19,7 +19,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// Exit codes, as documented in the README.
+// Exit codes, as documented in docs/runbook.md.
 const (
 	exitOK      = 0
 	exitFailed  = 1 // the operation failed

@@ -26,7 +26,7 @@ import (
 )
 
 // Environment variables read by the commands that act on the fleet. The
-// README's configuration reference lists them all with their defaults.
+// docs/configuration.md lists them all with their defaults.
 const (
 	flyTokenEnv     = "FLY_API_TOKEN"
 	flyBaseURLEnv   = "FLY_FLAPS_BASE_URL"

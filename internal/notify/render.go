@@ -13,7 +13,7 @@ import (
 )
 
 // WebhookSchema names the generic webhook's body format (documented in
-// the README, "Notifications").
+// docs/operations.md, "Notifications").
 const WebhookSchema = "migrator.notification.v1"
 
 // WebhookBody is the generic webhook's JSON body.
@@ -143,8 +143,6 @@ func Summary(n store.Notification) string {
 		switch f.str("how") {
 		case "migrated":
 			how = fmt.Sprintf("run %d migrated it and found it serving", f.num("resolved_by_run"))
-		case "skipped_up_to_date":
-			how = fmt.Sprintf("run %d found it up to date and healthy", f.num("resolved_by_run"))
 		}
 		return fmt.Sprintf("migrator %s: agent %s is serving again: %s", run, target, how)
 	case "incident.resolved":

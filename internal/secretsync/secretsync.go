@@ -20,7 +20,7 @@
 // A machine sees an app secret only when it is recreated; every machine
 // update a run makes asks for at least the version recorded here
 // (min_secrets_version), so an agent answers 401 from the sync until its
-// next recreate. See the README's "Enrolling a fleet" for rotation.
+// next recreate. See docs/operations.md, "Enrolling a fleet", for rotation.
 package secretsync
 
 import (

@@ -32,7 +32,7 @@ import (
 )
 
 // screenshotEnv, when set, names a file the browser test also writes its
-// screenshot to (the README's picture of the run page).
+// screenshot to (the picture of the run page in docs/operations.md).
 const screenshotEnv = "MIGRATOR_WEBVIEW_SCREENSHOT"
 
 // chromium finds Debian's chromium (or another Chrome). Without one the test
