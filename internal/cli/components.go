@@ -68,11 +68,18 @@ type components struct {
 	// shutting down (/readyz answers 503).
 	metrics  *metrics.Metrics
 	stopping atomic.Bool
+	// probes is serve's second, small pool: readiness and the metrics'
+	// database gauges read through it, so requests to the open endpoints
+	// never take a connection the workers need (nil: they use pool).
+	probes *pgxpool.Pool
 }
 
 func (c *components) close() {
 	if c.pool != nil {
 		c.pool.Close()
+	}
+	if c.probes != nil {
+		c.probes.Close()
 	}
 }
 

@@ -48,7 +48,15 @@
 //	notifications{kind,state}                     gauge   the notifications outbox by sink kind and state (pending, delivered, failed)
 //	notification_oldest_pending_timestamp_seconds gauge   when the oldest undelivered notification was written (absent: none pending)
 //
-// plus the Go runtime and process collectors.
+// the statistics of this replica's database pools (WatchPool: serve's
+// "workers" and "probes"), db_pool_acquires_total, db_pool_empty_acquires_total,
+// db_pool_acquire_seconds_total, db_pool_empty_acquire_wait_seconds_total,
+// db_pool_canceled_acquires_total, db_pool_conns{state}, db_pool_max_conns,
+// all labelled pool (probes.go),
+//
+// plus the Go runtime and process collectors. The database gauges are read
+// at most every two seconds (StoreSource) and at most MaxScrapesInFlight
+// scrapes are served at once: /metrics is open to the whole private network.
 package metrics
 
 import (
@@ -277,6 +285,9 @@ func (m *Metrics) Handler() http.Handler {
 		ErrorLog:      printlnLogger{m.log},
 		ErrorHandling: promhttp.ContinueOnError,
 		Timeout:       30 * time.Second,
+		// Open to every machine of the organization: a flood is answered
+		// 503 beyond a few scrapes at once (probes.go).
+		MaxRequestsInFlight: MaxScrapesInFlight,
 	})
 }
 
