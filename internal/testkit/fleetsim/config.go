@@ -89,9 +89,9 @@ type Config struct {
 	// seeded from Seed and the app's name.
 	Platforms func(app string) []string
 	// DrainKey derives every agent's drain secret
-	// (drainsecret.Derive(DrainKey, app)). At least 32 bytes. Default: 43
-	// printable characters (32 random bytes, base64url), so that it can be
-	// passed as MIGRATOR_DRAIN_KEY, whose bytes are the key.
+	// (drainsecret.Derive(DrainKey, app)): base64 of at least 32 random
+	// bytes (drainsecret.CheckKey), as MIGRATOR_DRAIN_KEY must be, whose
+	// text is the key. Default: 32 random bytes, base64url (43 characters).
 	DrainKey []byte
 	// Clock is the simulated timeline. Default clock.Real().
 	Clock clock.Clock
