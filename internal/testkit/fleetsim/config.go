@@ -53,6 +53,12 @@ type Config struct {
 	MachinesPerApp int
 	// AppPrefix prefixes the app names. Default "hermes-agent-".
 	AppPrefix string
+	// Hostile makes the first Hostile apps' agents hostile (hostile.go):
+	// huge and hostile headers, 1,000 platforms with names and errors
+	// carrying Slack mentions, terminal escapes and formulas, and one
+	// platform (HostilePlatform) that fails on any image but Image.
+	// Default 0.
+	Hostile int
 	// Image every machine runs at the start. Default
 	// "registry.fly.io/hermes-agent:v1".
 	Image string
@@ -355,6 +361,9 @@ func (c Config) validate() error {
 	}
 	if c.MachinesPerApp < 0 {
 		errs = append(errs, fmt.Errorf("machines per app must be positive, got %d", c.MachinesPerApp))
+	}
+	if c.Hostile < 0 || c.Hostile > c.Apps {
+		errs = append(errs, fmt.Errorf("hostile apps must be between 0 and the apps (%d), got %d", c.Apps, c.Hostile))
 	}
 	if strings.ContainsAny(c.AppPrefix, "/ ?#{}") {
 		errs = append(errs, fmt.Errorf("app prefix %q has a character not allowed in an app name", c.AppPrefix))
