@@ -17,6 +17,10 @@ import (
 // pile up. A real scraper asks every 15 s or so.
 const MaxScrapesInFlight = 2
 
+// GatherEvery is how often the handler gathers its series at most; every
+// scrape in between is served what was gathered last.
+const GatherEvery = time.Second
+
 // StoreSource is the Source and OnCallSource of serve's gauges: it reads
 // the database through the store it is given (serve gives it the probes'
 // pool, not the workers'), each value at most health.DefaultTTL old and
