@@ -23,6 +23,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/internal/imagepin"
+	"github.com/hermes-cloud/migrator/internal/printsafe"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"
@@ -1304,14 +1305,9 @@ func newRunListCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-// oneLine flattens s to one line of at most n runes.
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if r := []rune(s); len(r) > n {
-		return string(r[:n-1]) + "…"
-	}
-	return s
-}
+// oneLine is s, which may quote what an agent or Fly sent, as one clean
+// line (no control sequence or character) of at most n runes.
+func oneLine(s string, n int) string { return printsafe.Line(s, n) }
 
 // ---- run cancel | pause | resume ----
 
