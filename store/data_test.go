@@ -147,7 +147,8 @@ func TestEventsAppendOnly(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	calls := []callrec.Call{{Kind: "fly.update", Target: "a/m", Method: "POST", Status: 200, RequestID: "req-1",
-		Duration: 120 * time.Millisecond, At: time.Now()}, {Kind: "gateway.status", Target: "a/m", Method: "GET", Err: "connection refused"}}
+		Duration: 120 * time.Millisecond, At: time.Now()}, {Kind: "gateway.status", Target: "a/m", Method: "GET", Err: "connection refused",
+		Note: "request id dropped: 1048576 bytes"}}
 	evs := append(store.EventsFromCalls(calls), store.Event{Kind: "machine.draining", Target: "a/m", Detail: map[string]any{"quiet": true}})
 	if err := s.Q().AppendEvents(ctx, store.Scope{RunID: 7, MigrationID: 9}, evs...); err != nil {
 		t.Fatal(err)
@@ -158,6 +159,7 @@ func TestEventsAppendOnly(t *testing.T) {
 	}
 	if len(got) != 3 || got[0].Kind != "fly.update" || got[0].Status != 200 || got[0].RequestID != "req-1" ||
 		got[0].Duration != 120*time.Millisecond || got[1].Error != "connection refused" || got[2].Detail["quiet"] != true ||
+		got[1].Detail["note"] != "request id dropped: 1048576 bytes" || got[1].RequestID != "" ||
 		got[2].RunID != 7 {
 		t.Fatalf("events %+v", got)
 	}

@@ -39,12 +39,19 @@ type Scope struct {
 	MigrationID int64
 }
 
-// EventsFromCalls turns recorded external calls into events.
+// EventsFromCalls turns recorded external calls into events. The calls are
+// bounded where they are recorded (callrec: a request id of at most
+// callrec.MaxRequestID bytes, an error of one line).
 func EventsFromCalls(calls []callrec.Call) []Event {
 	out := make([]Event, len(calls))
 	for i, c := range calls {
 		out[i] = Event{At: c.At, Kind: c.Kind, Target: c.Target, Method: c.Method, Status: c.Status,
 			RequestID: c.RequestID, Duration: c.Duration, Error: c.Err}
+		if c.Note != "" {
+			// What the answer carried that was not kept (an oversized
+			// request id): said, not stored.
+			out[i].Detail = map[string]any{"note": c.Note}
+		}
 	}
 	return out
 }

@@ -24,6 +24,7 @@ type openConfig struct {
 	connectTimeout time.Duration
 	tracer         pgx.QueryTracer
 	maxConns       int32
+	appName        string
 }
 
 // OpenOption adjusts Open.
@@ -44,6 +45,13 @@ func WithQueryTracer(t pgx.QueryTracer) OpenOption {
 // URL's pool_max_conns). Upgrade needs at least 2.
 func WithMaxConns(n int32) OpenOption {
 	return func(c *openConfig) { c.maxConns = n }
+}
+
+// WithApplicationName sets the connections' application_name (what
+// pg_stat_activity shows), over the URL's: serve names its probes' pool
+// apart from the workers'.
+func WithApplicationName(name string) OpenOption {
+	return func(c *openConfig) { c.appName = name }
 }
 
 // ConfigError says the connection string cannot be used. Its message is
@@ -89,6 +97,9 @@ func Open(ctx context.Context, databaseURL string, opts ...OpenOption) (*pgxpool
 	}
 	if oc.maxConns > 0 {
 		cfg.MaxConns = oc.maxConns
+	}
+	if oc.appName != "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = oc.appName
 	}
 	target := describeTarget(cfg.ConnConfig)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)

@@ -10,9 +10,22 @@ package callrec
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/hermes-cloud/migrator/internal/printsafe"
+)
+
+// What a Call keeps of what the other side sent. A request id is a short
+// token (Fly's are 26 characters); anything longer or unprintable is not
+// one, and an agent is a tenant's and may send megabytes in a header, so
+// such a value is dropped and the Call says so in Note instead of storing
+// it. Errors are kept to one printable line.
+const (
+	MaxRequestID = 128 // bytes of printable ASCII
+	MaxErr       = 300 // runes
 )
 
 // Call is one HTTP attempt against an external system. It never holds a
@@ -25,8 +38,11 @@ type Call struct {
 	Status    int // 0 when no response arrived
 	RequestID string
 	Duration  time.Duration
-	Err       string // transport error, without URL or secrets
+	Err       string // transport error, without URL or secrets; one line, at most MaxErr runes
 	At        time.Time
+	// Note says what was cut from the answer instead of being kept, e.g.
+	// "request id dropped: 1048576 bytes"; "" when nothing was.
+	Note string
 }
 
 // Log collects calls; safe for concurrent use.
@@ -110,12 +126,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		c.Target = req.URL.Host
 	}
 	if err != nil {
-		c.Err = describe(err)
+		c.Err = printsafe.Line(describe(err), MaxErr)
 	} else {
 		c.Status = resp.StatusCode
 		for _, h := range t.RequestIDHeaders {
 			if v := resp.Header.Get(h); v != "" {
-				c.RequestID = v
+				c.RequestID, c.Note = requestID(v)
 				break
 			}
 		}
@@ -127,6 +143,21 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.Observe(c)
 	}
 	return resp, err
+}
+
+// requestID keeps v when it is a request id (at most MaxRequestID bytes of
+// printable ASCII, no space); otherwise it is dropped, and the note says
+// why.
+func requestID(v string) (id, note string) {
+	if len(v) > MaxRequestID {
+		return "", fmt.Sprintf("request id dropped: %d bytes (at most %d kept)", len(v), MaxRequestID)
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] <= ' ' || v[i] > '~' {
+			return "", fmt.Sprintf("request id dropped: not printable ASCII (%d bytes)", len(v))
+		}
+	}
+	return v, ""
 }
 
 // describe reduces a transport error to its cause without the URL, which for

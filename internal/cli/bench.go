@@ -29,6 +29,7 @@ func newBenchCmd(e *env) *cobra.Command {
 	var (
 		fleet, drainWait, large, activity bench.Config
 		replicas                          bench.ReplicasConfig
+		flood                             bench.FloodConfig
 		turnsAt, out                      string
 		timeout                           time.Duration
 		scenarios                         []string
@@ -37,8 +38,8 @@ func newBenchCmd(e *env) *cobra.Command {
 		Use:   "bench [--machines N] [--budget B] [--seed S] [--time-scale F] [--out FILE]",
 		Short: "Measure fleet-scale performance against the simulator and a real PostgreSQL",
 		Long: "Run the fleet benchmark and write its results as Markdown (default bench/results.md).\n\n" +
-			"Five scenarios; the first four each with its own simulator, database and orchestrator\n" +
-			"replica in this process, on one scaled clock, the last with processes of their own:\n" +
+			"Six scenarios; the first four each with its own simulator, database and orchestrator\n" +
+			"replica in this process, on one scaled clock, the last two with processes of their own:\n" +
 			"  fleet       N machines (default 2,000), fleet budget B (default 100), heavy-tailed\n" +
 			"              (log-normal) drain durations: makespan ÷ lower bound, the fixed-wave\n" +
 			"              baseline from the same durations, SQL, Fly and gateway calls, CPU, RSS;\n" +
@@ -62,7 +63,12 @@ func newBenchCmd(e *env) *cobra.Command {
 			"              (0.4) of the machines done: makespan ÷ LB, SQL (pg_stat_statements) and Fly\n" +
 			"              calls per machine, connections, per-replica RSS and CPU, the spread of the\n" +
 			"              machines, exactly-once updates, the longest a machine stood still, and the\n" +
-			"              heap of one replica at full load (its MIGRATOR_PPROF_ADDR).\n\n" +
+			"              heap of one replica at full load (its MIGRATOR_PPROF_ADDR);\n" +
+			"  flood       --flood-machines (200) machines, B = --flood-budget (50), moved by one real\n" +
+			"              `migrator serve` at --flood-time-scale (3), --flood-pairs (2) pairs of runs: one\n" +
+			"              quiet, one while a client sends --flood-rate (200) requests/s to /readyz and\n" +
+			"              /metrics for --flood-for (60s): the makespans and the workers' pool acquire\n" +
+			"              waits (pgxpool stats) side by side.\n\n" +
 			"--scenario picks some of them (repeat it or separate with commas; default all). When it\n" +
 			"leaves some out and --out names an existing results file, the sections of the scenarios\n" +
 			"run replace theirs in it and the rest is kept, with a note saying which were not re-run.\n\n" +
@@ -201,7 +207,35 @@ func newBenchCmd(e *env) *cobra.Command {
 					runErr = fmt.Errorf("replicas scenario: %w", rerr)
 				}
 			}
-			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil && rep.AtOnce == nil && rep.IdleFirst == nil && len(rep.Replicas) == 0 {
+			var floodMD string
+			if want["flood"] && runErr == nil {
+				if flood.Binary == "" {
+					if flood.Binary, err = os.Executable(); err != nil {
+						return fmt.Errorf("flood scenario: find this binary: %w", err)
+					}
+				}
+				flood.Seed, flood.TurnMedian, flood.TurnSigma, flood.Logger, flood.Timeout = fleet.Seed, fleet.TurnMedian, fleet.TurnSigma, log, timeout
+				runs, ferr := bench.RunFlood(cmd.Context(), flood)
+				if ferr != nil {
+					runErr = fmt.Errorf("flood scenario: %w", ferr)
+				}
+				if len(runs) > 0 {
+					var b strings.Builder
+					if err := bench.WriteFloodMarkdown(&b, flood, runs); err != nil {
+						return err
+					}
+					floodMD = b.String()
+					if v, ok := bench.FloodVerdictOf(runs); ok {
+						fmt.Fprintf(e.stdout, "%-8s flood: makespan flooded within 10 %% of quiet: %s vs %s (%+.1f %%)\n", metVerdict(v.MakespanMet),
+							v.FloodedMakespan.Round(time.Second), v.QuietMakespan.Round(time.Second), 100*v.MakespanChange)
+						fmt.Fprintf(e.stdout, "%-8s flood: workers' pool waits unchanged: %s flooded vs %s quiet (empty acquires %.0f vs %.0f)\n",
+							metVerdict(v.WaitsMet), v.FloodedEmptyWait.Round(time.Millisecond), v.QuietEmptyWait.Round(time.Millisecond),
+							v.FloodedEmpty, v.QuietEmpty)
+					}
+				}
+			}
+			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil && rep.AtOnce == nil && rep.IdleFirst == nil && len(rep.Replicas) == 0 &&
+				floodMD == "" {
 				return runErr
 			}
 			rep.Wall = time.Since(start)
@@ -220,6 +254,7 @@ func newBenchCmd(e *env) *cobra.Command {
 				if err := rep.WriteMarkdown(e.stdout); err != nil {
 					return err
 				}
+				fmt.Fprint(e.stdout, floodMD)
 				return runErr
 			}
 			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
@@ -229,7 +264,7 @@ func newBenchCmd(e *env) *cobra.Command {
 			if err := rep.WriteMarkdown(&buf); err != nil {
 				return fmt.Errorf("write results to %s: %w", out, err)
 			}
-			text := buf.String()
+			text := buf.String() + floodMD
 			if len(want) < len(benchScenarioNames) {
 				if old, err := os.ReadFile(out); err == nil {
 					text = bench.MergeMarkdown(string(old), text, rep.Host.Date)
@@ -277,13 +312,27 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.IntSliceVar(&replicas.Replicas, "replicas-counts", bench.DefaultReplicaCounts, "replicas scenario: serve processes of each run")
 	f.Float64Var(&replicas.KillAt, "replicas-kill-at", bench.DefaultReplicasKillAt, "replicas scenario: share of machines done at which River's leader is killed in a last run (0: no kill run)")
 	f.StringVar(&replicas.Binary, "replicas-binary", "", "replicas scenario: the migrator binary to run (default: this one)")
-	f.StringSliceVar(&scenarios, "scenario", nil, "scenarios to run: fleet, drain-wait, large, activity, replicas (default all)")
+	f.IntVar(&flood.Machines, "flood-machines", bench.DefaultFloodMachines, "flood scenario: machines")
+	f.IntVar(&flood.Budget, "flood-budget", bench.DefaultFloodBudget, "flood scenario: fleet budget B")
+	f.Float64Var(&flood.TimeScale, "flood-time-scale", bench.DefaultFloodTimeScale, "flood scenario: time scale")
+	f.Float64Var(&flood.Rate, "flood-rate", bench.DefaultFloodRate, "flood scenario: requests per second to /readyz and /metrics")
+	f.DurationVar(&flood.For, "flood-for", bench.DefaultFloodFor, "flood scenario: how long the flood lasts (wall)")
+	f.IntVar(&flood.Pairs, "flood-pairs", bench.DefaultFloodPairs, "flood scenario: pairs of a quiet and a flooded run")
+	f.StringSliceVar(&scenarios, "scenario", nil, "scenarios to run: fleet, drain-wait, large, activity, replicas, flood (default all)")
 	f.StringVar(&out, "out", "bench/results.md", "results file (- for stdout)")
 	return cmd
 }
 
 // benchScenarioNames are --scenario's values.
-var benchScenarioNames = []string{"fleet", "drain-wait", "large", "activity", "replicas"}
+var benchScenarioNames = []string{"fleet", "drain-wait", "large", "activity", "replicas", "flood"}
+
+// metVerdict is a target's verdict word.
+func metVerdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
 
 // benchScenarios reads --scenario: none given is all of them.
 func benchScenarios(names []string) (map[string]bool, error) {

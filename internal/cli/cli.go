@@ -17,6 +17,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/hermes-cloud/migrator/internal/printsafe"
 )
 
 // Exit codes, as documented in docs/runbook.md.
@@ -45,6 +47,25 @@ type env struct {
 	stderr io.Writer
 	// version is the build's version ("" reads as "dev").
 	version string
+}
+
+// cleaned returns e with its stdout and stderr behind printsafe writers.
+// Commands print what came from outside (agents' platform names and
+// errors, Fly's answers, rows of the database, operators' reasons): nothing
+// any of them prints reaches the terminal with a control sequence (OSC 52
+// writes the operator's clipboard, ESC [2J clears the screen) or a control
+// character other than newline and tab. run follow's live view, the one
+// printer that moves the cursor itself, writes its own sequences to the
+// writer underneath (Unwrap).
+func (e *env) cleaned() *env {
+	c := *e
+	if _, done := e.stdout.(*printsafe.Writer); !done && e.stdout != nil {
+		c.stdout = printsafe.NewWriter(e.stdout)
+	}
+	if _, done := e.stderr.(*printsafe.Writer); !done && e.stderr != nil {
+		c.stderr = printsafe.NewWriter(e.stderr)
+	}
+	return &c
 }
 
 // commands holds the constructors of every subcommand; each file registers
@@ -76,6 +97,7 @@ func newRoot(e *env) *cobra.Command {
 }
 
 func run(ctx context.Context, e *env, args []string) int {
+	e = e.cleaned()
 	root := newRoot(e)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)

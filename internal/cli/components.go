@@ -68,11 +68,18 @@ type components struct {
 	// shutting down (/readyz answers 503).
 	metrics  *metrics.Metrics
 	stopping atomic.Bool
+	// probes is serve's second, small pool: readiness and the metrics'
+	// database gauges read through it, so requests to the open endpoints
+	// never take a connection the workers need (nil: they use pool).
+	probes *pgxpool.Pool
 }
 
 func (c *components) close() {
 	if c.pool != nil {
 		c.pool.Close()
+	}
+	if c.probes != nil {
+		c.probes.Close()
 	}
 }
 
@@ -212,12 +219,14 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 	return c, nil
 }
 
-// drainKey reads MIGRATOR_DRAIN_KEY; missing or short is a configuration
-// error that never shows the key.
+// drainKey reads MIGRATOR_DRAIN_KEY; missing, not base64, short or not
+// random (drainsecret.CheckKey) is a configuration error that never shows
+// the key.
 func drainKey(e *env) ([]byte, error) {
 	key := e.getenv(drainKeyEnv)
 	if key == "" {
-		return nil, usagef("%s is not set: set it to the control-plane drain key (at least %d bytes)", drainKeyEnv, drainsecret.MinKeyBytes)
+		return nil, usagef("%s is not set: set it to the control-plane drain key, base64 of at least %d random bytes (%s)",
+			drainKeyEnv, drainsecret.MinKeyBytes, drainsecret.GenerateHint)
 	}
 	if err := drainsecret.CheckKey([]byte(key)); err != nil {
 		return nil, usagef("%s: %v", drainKeyEnv, err)

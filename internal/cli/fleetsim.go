@@ -41,6 +41,7 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		platformDown      []string
 		drainTurns        string
 		apiSimTime        bool
+		hostile           int
 	)
 	cmd := &cobra.Command{
 		Use:   "fleetsim --apps N --listen 127.0.0.1:PORT",
@@ -63,6 +64,11 @@ func newFleetsimCmd(e *env) *cobra.Command {
 			"IMAGE (nous_session_valid terminal), --crash-loop IMAGE=AFTER[:oom] (the new instance exits\n" +
 			"AFTER after first serving, Fly exit events, restarted by the restart policy); and\n" +
 			"--platform-down APP=PLATFORM[:CODE] (down on every image: down before a migration too).\n" +
+			"--hostile N makes the first N apps' agents hostile, as a tenant who controls the machine can:\n" +
+			"every other answer with a 1 MiB X-Request-Id, 1,000 platforms whose names and errors carry\n" +
+			"Slack mentions, terminal escapes and spreadsheet formulas, and a platform named\n" +
+			"\"" + fleetsim.HostilePlatform + "\" that fails on any image but the first\n" +
+			"(a migration rolls it back).\n" +
 			"--gated-bind serves the dashboards as on a non-loopback bind: an older Hermes answers the\n" +
 			"drain route 401 before routing, like an agent without a secret.\n\n" +
 			"For the benchmark (`migrator bench --scenario replicas` runs it as its own process):\n" +
@@ -147,6 +153,9 @@ func newFleetsimCmd(e *env) *cobra.Command {
 				cfg.Workload.AtDrain = &dt
 			}
 			cfg.APISimTime = apiSimTime
+			if flags.Changed("hostile") {
+				cfg.Hostile = hostile
+			}
 			if stoppedApps < 0 || suspendedApps < 0 || stoppedApps+suspendedApps > cfg.Apps {
 				return usagef("%s: --stopped-apps and --suspended-apps must be 0 or more and together at most --apps", cmd.CommandPath())
 			}
@@ -257,6 +266,7 @@ func newFleetsimCmd(e *env) *cobra.Command {
 	f.Float64Var(&longTaskShare, "long-task-share", fleetsim.DefaultLongTaskShare, "with --activity: share of agents in a multi-hour task at the start")
 	f.StringVar(&scenario, "scenario", "", "TOML file describing the fleet, workload and faults")
 	f.BoolVar(&disableRateLimits, "disable-rate-limits", false, "do not enforce Fly's rate limits")
+	f.IntVar(&hostile, "hostile", 0, "the first N apps run hostile agents (huge headers, 1,000 platforms, escapes, mentions, formulas; a platform that fails after an update)")
 	f.IntVar(&legacy, "legacy-apps", 0, "the first N apps run "+fleetsim.LegacyImage+", a Hermes without the drain route (404)")
 	f.IntVar(&noSecret, "unprovisioned-apps", 0, "the first N apps have no drain secret (401 until recreated after `migrator secret sync`)")
 	f.BoolVar(&realFleet, "real-fleet", false, "apps 1-9 are one of each kind a real fleet holds: started, stopped, suspended, autostop, with release-command and console machines, on an unreachable host, multi-container, on a tag that can move ("+fleetsim.StableImage+"), and one for another deployer's lease")

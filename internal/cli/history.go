@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/printsafe"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"
 )
@@ -337,7 +338,12 @@ type historyCSV struct{ w *csv.Writer }
 
 func (c *historyCSV) begin() error { return c.w.Write(store.HistoryColumns) }
 
-func (c *historyCSV) row(r store.HistoryRow) error { return c.w.Write(r.CSVRecord()) }
+// row writes r with every cell neutralised for spreadsheets
+// (printsafe.CSVCell: a platform name or error an agent chose may start
+// with "=").
+func (c *historyCSV) row(r store.HistoryRow) error {
+	return c.w.Write(printsafe.CSVRecord(r.CSVRecord()))
+}
 
 func (c *historyCSV) end() error {
 	c.w.Flush()

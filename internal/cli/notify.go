@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hermes-cloud/migrator/internal/notify"
+	"github.com/hermes-cloud/migrator/internal/printsafe"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -562,13 +563,9 @@ func printNotifications(e *env, list []store.Notification) {
 	tw.Flush()
 }
 
-func truncateText(s string, n int) string {
-	r := []rune(s)
-	if len(r) <= n {
-		return s
-	}
-	return string(r[:n-1]) + "…"
-}
+// truncateText is s (a receiver's answer, a summary quoting an agent) as
+// one clean line of at most n runes.
+func truncateText(s string, n int) string { return printsafe.Line(s, n) }
 
 func printNotificationsJSON(e *env, list []store.Notification) error {
 	type row struct {

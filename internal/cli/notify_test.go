@@ -357,7 +357,7 @@ func TestServeBadNotifyConfig(t *testing.T) {
 		{"a bad web URL", map[string]string{webURLEnv: "localhost:8080"}, "MIGRATOR_WEB_URL: want an absolute http or https URL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			vars := map[string]string{databaseURLEnv: dsn, flyTokenEnv: "fm2_test", drainKeyEnv: strings.Repeat("k", 40),
+			vars := map[string]string{databaseURLEnv: dsn, flyTokenEnv: "fm2_test", drainKeyEnv: "RFX3FT7gQInAovWvl0Kfn3dGoocMa67xc8T0T+pawILK",
 				httpAddrEnv: "127.0.0.1:0", configFileEnv: write("empty.toml", "")}
 			for k, v := range tc.vars {
 				vars[k] = v

@@ -26,6 +26,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/printsafe"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -396,14 +397,9 @@ func countList[K ~string](m map[K]int, order []K) string {
 	return strings.Join(parts, ", ")
 }
 
-// oneLine flattens s to one line of at most n runes.
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if r := []rune(s); len(r) > n {
-		return string(r[:n-1]) + "…"
-	}
-	return s
-}
+// oneLine is s, which may quote what an agent or Fly sent, as one clean
+// line (no control sequence or character) of at most n runes.
+func oneLine(s string, n int) string { return printsafe.Line(s, n) }
 
 // regexpProblem names what is wrong with a regular expression without
 // repeating it: the pattern may hold line breaks, and an error is one line.

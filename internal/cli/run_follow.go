@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/hermes-cloud/migrator/internal/printsafe"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -82,10 +83,11 @@ malformed or unknown run id.`,
 	return cmd
 }
 
-// terminal returns, when w is a terminal, a function reading its size now
-// (it may be resized while the view runs).
+// terminal returns, when w (or the writer under env's printsafe writer)
+// is a terminal, a function reading its size now (it may be resized while
+// the view runs).
 func terminal(w io.Writer) (size func() (width, height int), ok bool) {
-	f, isFile := w.(*os.File)
+	f, isFile := underneath(w).(*os.File)
 	if !isFile || !term.IsTerminal(int(f.Fd())) {
 		return nil, false
 	}
@@ -96,6 +98,15 @@ func terminal(w io.Writer) (size func() (width, height int), ok bool) {
 		}
 		return width, height
 	}, true
+}
+
+// underneath is the writer under env's printsafe writer (cli.go): the live
+// view writes its own cursor movements there, and cleans its text itself.
+func underneath(w io.Writer) io.Writer {
+	if u, ok := w.(interface{ Unwrap() io.Writer }); ok {
+		return u.Unwrap()
+	}
+	return w
 }
 
 // followOptions are follow's flags.
@@ -117,7 +128,7 @@ func follow(ctx context.Context, e *env, st *store.Store, id int64, opts followO
 	}
 	var view followView
 	if size, tty := terminal(e.stdout); tty && !opts.plain {
-		view = &liveView{w: e.stdout, size: size}
+		view = &liveView{w: underneath(e.stdout), size: size}
 	} else {
 		view = &lineView{w: e.stdout, st: st}
 	}
@@ -289,7 +300,10 @@ func (v *liveView) show(_ context.Context, s store.RunSnapshot, now time.Time) e
 	}
 	b.WriteString("\r\x1b[J") // and clear from there down
 	for _, l := range frame {
-		b.WriteString(l)
+		// The view writes under the printsafe writer: the frame's text
+		// (app names, reasons, errors) is cleaned here, one line each, so
+		// only the sequences above move the cursor.
+		b.WriteString(frameLine(l))
 		b.WriteByte('\n')
 	}
 	v.lines = len(frame)
@@ -417,6 +431,17 @@ func alignColumns(rows [][]string) []string {
 		out[i] = b.String()
 	}
 	return out
+}
+
+// frameLine is l without control sequences or characters, on one line
+// (the redraw counts lines), its spaces kept (columns stay aligned).
+func frameLine(l string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\t' {
+			return ' '
+		}
+		return r
+	}, printsafe.Text(l))
 }
 
 // clip cuts s to width runes.

@@ -676,17 +676,18 @@ func TestRunBadInputs(t *testing.T) {
 		{"channel without database", noDB, []string{"channel", "list"}, 2, "DATABASE_URL is not set"},
 		{"bad undrainable", full, create("--undrainable", "blind"), 2, `--undrainable: undrainable "blind": want "fail" or "recreate"`},
 		{"fleet check without key", full, []string{"fleet", "check"}, 2, "MIGRATOR_DRAIN_KEY is not set"},
-		{"fleet check short key", append(full, "MIGRATOR_DRAIN_KEY=short"), []string{"fleet", "check"}, 2, "drain key is too short"},
+		{"fleet check short key", append(full, "MIGRATOR_DRAIN_KEY=c2hvcnQta2V5"), []string{"fleet", "check"}, 2, "drain key is too short"},
+		{"fleet check weak key", append(full, "MIGRATOR_DRAIN_KEY="+strings.Repeat("a", 44)), []string{"fleet", "check"}, 2, "drain key repeats a pattern"},
 		{"fleet check bad label", full, []string{"fleet", "check", "--label", "tier"}, 2, "want KEY=VALUE"},
 		{"fleet check app and prefix", full, []string{"fleet", "check", "--app", "a", "--app-prefix", "b"}, 2, "one or the other"},
 		{"fleet check no org", noOrg, []string{"fleet", "check"}, 2, "--org (or MIGRATOR_FLY_ORG) or --app"},
 		{"fleet check args", full, []string{"fleet", "check", "hermes-agent-1"}, 2, "unknown command"},
 		{"secret sync without key", full, []string{"secret", "sync"}, 2, "MIGRATOR_DRAIN_KEY is not set"},
 		{"secret sync bad regex", full, []string{"secret", "sync", "--app-regex", "("}, 2, "--app-regex"},
-		{"secret sync no fly token", append(noFly, "MIGRATOR_DRAIN_KEY=0123456789abcdef0123456789abcdef"), []string{"secret", "sync"}, 2, "FLY_API_TOKEN is not set"},
+		{"secret sync no fly token", append(noFly, "MIGRATOR_DRAIN_KEY=TkZ7yHbs3lvS9ETyIg2TBWidszAhH7NBc/aJXw0k2qiM"), []string{"secret", "sync"}, 2, "FLY_API_TOKEN is not set"},
 		{"secret history limit", full, []string{"secret", "history", "--limit", "-1"}, 2, "--limit -1"},
 		{"secret history without database", noDB, []string{"secret", "history"}, 2, "DATABASE_URL is not set"},
-		{"secret sync no database", append(noDB, "MIGRATOR_DRAIN_KEY=0123456789abcdef0123456789abcdef"), []string{"secret", "sync"}, 2, "DATABASE_URL is not set"},
+		{"secret sync no database", append(noDB, "MIGRATOR_DRAIN_KEY=TkZ7yHbs3lvS9ETyIg2TBWidszAhH7NBc/aJXw0k2qiM"), []string{"secret", "sync"}, 2, "DATABASE_URL is not set"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

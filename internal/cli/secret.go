@@ -26,7 +26,7 @@ func newSecretCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "secret",
 		Short: "Per-agent drain secrets (derived from " + drainKeyEnv + ", never stored)",
-		Example: "  export " + drainKeyEnv + "=\"$(openssl rand -base64 48)\"\n" +
+		Example: "  export " + drainKeyEnv + "=\"$(openssl rand -base64 32)\"\n" +
 			"  migrator secret sync --app-prefix hermes-agent- --dry-run\n" +
 			"  migrator secret show --app hermes-agent-1",
 		Args: checkArgs(cobra.NoArgs),
@@ -41,10 +41,13 @@ func newSecretShowCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show --app APP",
 		Short: "Print the drain secret of one agent, for provisioning",
-		Long: "Print the drain secret of one agent's Fly app on stdout, and on stderr the command that\n" +
-			"provisions it as HERMES_DASHBOARD_DRAIN_SECRET. The secret is derived from " + drainKeyEnv + "\n" +
-			"(at least 32 bytes) and the app name, so migrator never stores it. Note that\n" +
-			"`fly secrets set` restarts the app's machines unless given --stage.",
+		Long: "Print the drain secret of one agent's Fly app on stdout, and nothing else there; on stderr\n" +
+			"a hint of the command that provisions it as HERMES_DASHBOARD_DRAIN_SECRET, with a\n" +
+			"placeholder instead of the value (stderr ends up in CI logs and terminals' scrollback).\n" +
+			"The secret is derived from " + drainKeyEnv + " (base64 of at least 32 random bytes) and the\n" +
+			"app name, so migrator never stores it. The hint stages the secret (--stage): without it\n" +
+			"`fly secrets set` restarts the app's machines, cutting its users off; the agent picks the\n" +
+			"secret up at its next recreate (the next run). `migrator secret sync` does this for a fleet.",
 		Example: "  migrator secret show --app hermes-agent-1\n" +
 			"  fly secrets set --stage HERMES_DASHBOARD_DRAIN_SECRET=\"$(migrator secret show --app hermes-agent-1 2>/dev/null)\" -a hermes-agent-1",
 		Args: checkArgs(cobra.NoArgs),
@@ -55,19 +58,16 @@ func newSecretShowCmd(e *env) *cobra.Command {
 			if strings.IndexFunc(app, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0 {
 				return usagef("%s: --app %q is not a Fly app name", cmd.CommandPath(), app)
 			}
-			key := e.getenv(drainKeyEnv)
-			if key == "" {
-				return usagef("%s is not set (it must hold at least %d bytes)", drainKeyEnv, drainsecret.MinKeyBytes)
+			key, err := drainKey(e)
+			if err != nil {
+				return err
 			}
-			if err := drainsecret.CheckKey([]byte(key)); err != nil {
-				return usagef("%s: %v", drainKeyEnv, err)
-			}
-			secret := drainsecret.Derive([]byte(key), app)
+			secret := drainsecret.Derive(key, app)
 			if err := drainsecret.CheckSecret(secret); err != nil {
 				return fmt.Errorf("derived secret for %s: %w", app, err)
 			}
 			fmt.Fprintln(e.stdout, secret)
-			fmt.Fprintf(e.stderr, "fly secrets set HERMES_DASHBOARD_DRAIN_SECRET=%s -a %s\n", secret, app)
+			fmt.Fprintf(e.stderr, "fly secrets set --stage HERMES_DASHBOARD_DRAIN_SECRET=<value from stdout> -a %s\n", app)
 			return nil
 		},
 	}

@@ -10,8 +10,10 @@ import (
 )
 
 func TestSecretShow(t *testing.T) {
-	const key = "SECRET-SHOW-test-key-0123456789abcdef"
+	const key = "SECRETshowTESTK/T2aI010sieWr2fHDzk4b65VO3R5T+nIzu1plwpKQJp"
 	const shortKey = "too-short-key-value"
+	const weakKey = "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=" // base64 of 32 × 'a'
+	const notBase64 = "a drain key that is a sentence, not base64"
 	tests := []struct {
 		name       string
 		env        map[string]string
@@ -22,6 +24,8 @@ func TestSecretShow(t *testing.T) {
 		{name: "prints secret and hint", env: map[string]string{drainKeyEnv: key}, args: []string{"secret", "show", "--app", "hermes-agent-1"}, wantCode: exitOK},
 		{name: "no key", env: nil, args: []string{"secret", "show", "--app", "hermes-agent-1"}, wantCode: exitUsage, wantStderr: drainKeyEnv + " is not set"},
 		{name: "short key", env: map[string]string{drainKeyEnv: shortKey}, args: []string{"secret", "show", "--app", "hermes-agent-1"}, wantCode: exitUsage, wantStderr: drainKeyEnv + ": drain key is too short"},
+		{name: "weak key", env: map[string]string{drainKeyEnv: weakKey}, args: []string{"secret", "show", "--app", "hermes-agent-1"}, wantCode: exitUsage, wantStderr: drainKeyEnv + ": drain key repeats a pattern of 1 byte"},
+		{name: "not base64", env: map[string]string{drainKeyEnv: notBase64}, args: []string{"secret", "show", "--app", "hermes-agent-1"}, wantCode: exitUsage, wantStderr: drainKeyEnv + ": drain key is not base64"},
 		{name: "no app", env: map[string]string{drainKeyEnv: key}, args: []string{"secret", "show"}, wantCode: exitUsage, wantStderr: "--app is required"},
 		{name: "blank app", env: map[string]string{drainKeyEnv: key}, args: []string{"secret", "show", "--app", " hermes-agent-1"}, wantCode: exitUsage, wantStderr: "not a Fly app name"},
 		{name: "positional arg", env: map[string]string{drainKeyEnv: key}, args: []string{"secret", "show", "hermes-agent-1"}, wantCode: exitUsage},
@@ -42,7 +46,8 @@ func TestSecretShow(t *testing.T) {
 				if !strings.Contains(stderr.String(), tt.wantStderr) || strings.Count(stderr.String(), "\n") != 1 {
 					t.Errorf("stderr = %q, want one line with %q", stderr.String(), tt.wantStderr)
 				}
-				if strings.Contains(stderr.String(), key) || strings.Contains(stderr.String(), shortKey) {
+				if strings.Contains(stderr.String(), key) || strings.Contains(stderr.String(), shortKey) ||
+					strings.Contains(stderr.String(), weakKey) || strings.Contains(stderr.String(), notBase64) {
 					t.Error("the key leaked into the error")
 				}
 				return
@@ -51,8 +56,13 @@ func TestSecretShow(t *testing.T) {
 			if stdout.String() != secret+"\n" {
 				t.Fatalf("stdout = %q, want the derived secret", stdout.String())
 			}
-			if want := "fly secrets set HERMES_DASHBOARD_DRAIN_SECRET=" + secret + " -a hermes-agent-1\n"; stderr.String() != want {
+			// The value on stdout only; the hint stages it and shows a
+			// placeholder (stderr reaches CI logs and scrollback).
+			if want := "fly secrets set --stage HERMES_DASHBOARD_DRAIN_SECRET=<value from stdout> -a hermes-agent-1\n"; stderr.String() != want {
 				t.Fatalf("stderr = %q, want %q", stderr.String(), want)
+			}
+			if strings.Contains(stderr.String(), secret) {
+				t.Fatal("the secret is on stderr")
 			}
 			if strings.Contains(stdout.String()+stderr.String(), key) {
 				t.Fatal("the key itself was printed")

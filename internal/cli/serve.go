@@ -11,8 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/hermes-cloud/migrator/internal/health"
 	"github.com/hermes-cloud/migrator/internal/metrics"
 	"github.com/hermes-cloud/migrator/internal/notify"
 	"github.com/hermes-cloud/migrator/orchestrator"
@@ -123,7 +125,17 @@ func serve(ctx context.Context, e *env) error {
 	}
 	defer c.close()
 	c.metrics = met
-	src.set(c.orch)
+	// The open endpoints' pool: a flood of /readyz or /metrics waits for
+	// these connections, never for the workers'.
+	if c.probes, err = openDatabase(ctx, e, store.WithMaxConns(probeConns), store.WithApplicationName(probesAppName)); err != nil {
+		return err
+	}
+	src.set(metrics.NewStoreSource(store.New(c.probes), 0))
+	for name, p := range map[string]*pgxpool.Pool{"workers": c.pool, "probes": c.probes} {
+		if err := met.WatchPool(name, p); err != nil {
+			return err
+		}
+	}
 	if ok, err := store.SchemaCurrent(ctx, c.pool); err != nil || !ok {
 		return usagef("database schema is not current: run `migrator db upgrade` first")
 	}
@@ -237,51 +249,83 @@ func (s *settings) logAttrs() []any {
 		"max_unavailable", au.maxUnavailable, "canary", au.canary, "failure_threshold", au.failureThreshold, "pin", au.pin))
 }
 
-// lateSource lets the metrics exist before the orchestrator they read.
-type lateSource struct {
-	o atomic.Pointer[orchestrator.Orchestrator]
+// The open endpoints' pool (components.probes): readiness and the
+// metrics' gauges, each read at most every health.DefaultTTL.
+const (
+	probeConns    = 2
+	probesAppName = "migrator-probes"
+)
+
+// probeSource is what the metrics' database gauges read.
+type probeSource interface {
+	metrics.Source
+	metrics.OnCallSource
 }
 
-func (l *lateSource) set(o *orchestrator.Orchestrator) { l.o.Store(o) }
+// lateSource lets the metrics exist before the pool they read.
+type lateSource struct {
+	s atomic.Pointer[probeSource]
+}
+
+func (l *lateSource) set(s probeSource) { l.s.Store(&s) }
 
 var errNotReady = errors.New("not started")
 
 func (l *lateSource) RunsByState(ctx context.Context) (map[string]int, error) {
-	if o := l.o.Load(); o != nil {
-		return o.RunsByState(ctx)
+	if s := l.s.Load(); s != nil {
+		return (*s).RunsByState(ctx)
 	}
 	return nil, errNotReady
 }
 
 func (l *lateSource) OnCallStatus(ctx context.Context) (store.OnCallStatus, error) {
-	if o := l.o.Load(); o != nil {
-		return o.OnCallStatus(ctx)
+	if s := l.s.Load(); s != nil {
+		return (*s).OnCallStatus(ctx)
 	}
 	return store.OnCallStatus{}, errNotReady
 }
 
 func (l *lateSource) SlotsInUse(ctx context.Context) (int, error) {
-	if o := l.o.Load(); o != nil {
-		return o.SlotsInUse(ctx)
+	if s := l.s.Load(); s != nil {
+		return (*s).SlotsInUse(ctx)
 	}
 	return 0, errNotReady
 }
 
 func (l *lateSource) CanariesBaking(ctx context.Context) (int, error) {
-	if o := l.o.Load(); o != nil {
-		return o.CanariesBaking(ctx)
+	if s := l.s.Load(); s != nil {
+		return (*s).CanariesBaking(ctx)
 	}
 	return 0, errNotReady
 }
 
 // healthHandler is serve's HTTP handler. Its routes are read-only: any
 // other method is 405, any other path 404. Without c.metrics (tests) it
-// serves metrics of its own.
+// serves metrics of its own. /readyz reads the database (reachable, schema
+// current) through the probes' pool at most every health.DefaultTTL, one
+// request at a time, whatever the rate of requests (health.Memo); /metrics
+// serves MaxScrapesInFlight scrapes at once.
 func healthHandler(c *components) http.Handler {
 	met := c.metrics
 	if met == nil {
 		met, _ = metrics.New(metrics.Config{}) // cannot fail without a config
 	}
+	db := c.probes
+	if db == nil {
+		db = c.pool
+	}
+	ready := health.NewMemo(health.DefaultTTL, 3*time.Second, nil, func(ctx context.Context) (string, error) {
+		if db == nil {
+			return "database unreachable", errNotReady
+		}
+		if err := db.Ping(ctx); err != nil {
+			return "database unreachable", err
+		}
+		if ok, err := store.SchemaCurrent(ctx, db); err != nil || !ok {
+			return "schema not current", errors.Join(err, errNotReady)
+		}
+		return "ready", nil
+	})
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -293,15 +337,15 @@ func healthHandler(c *components) http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
-		if err := c.pool.Ping(ctx); err != nil {
-			http.Error(w, "database unreachable", http.StatusServiceUnavailable)
+		text, err := ready.Get(ctx)
+		if err != nil {
+			if text == "" {
+				text = "database unreachable"
+			}
+			http.Error(w, text, http.StatusServiceUnavailable)
 			return
 		}
-		if ok, err := store.SchemaCurrent(ctx, c.pool); err != nil || !ok {
-			http.Error(w, "schema not current", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
+		fmt.Fprintln(w, text)
 	})
 	mux.Handle("GET /metrics", met.Handler())
 	return mux

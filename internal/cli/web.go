@@ -7,6 +7,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/hermes-cloud/migrator/internal/secretcheck"
 	"github.com/hermes-cloud/migrator/internal/webview"
 	"github.com/hermes-cloud/migrator/store"
 )
@@ -29,10 +30,12 @@ const (
 	webBasicAuthEnv = "MIGRATOR_WEB_BASIC_AUTH" // "user:password", for browsers
 	webOpenEnv      = "MIGRATOR_WEB_OPEN"       // "true": serve the view without credentials beyond loopback
 
-	// minWebSecret is the shortest token or password accepted. The view
-	// slows wrong guesses per source (webview's auth.go), but a Fly
-	// organization has many sources; a random secret of this length is
-	// out of reach of guessing however many there are.
+	// minWebSecret is the shortest token or password accepted, and it must
+	// look random (package secretcheck: no repeated pattern such as
+	// "passwordpassword", enough distinct characters). The view slows
+	// wrong guesses per source (webview's auth.go), but a Fly organization
+	// has many sources; a random secret of this length is out of reach of
+	// guessing however many there are.
 	minWebSecret = 16
 )
 
@@ -57,8 +60,8 @@ func loadWebAccess(e *env) (webAccess, error) {
 		return a, usagef("%s=%q: want true or false", webOpenEnv, v)
 	}
 	if a.token = strings.TrimSpace(e.getenv(webTokenEnv)); a.token != "" {
-		if len(a.token) < minWebSecret {
-			return a, usagef("%s is shorter than %d characters: use a random one, e.g. `openssl rand -base64 32`", webTokenEnv, minWebSecret)
+		if err := secretcheck.Text("the token", a.token, minWebSecret); err != nil {
+			return a, usagef("%s: %v: use a random one, e.g. `openssl rand -base64 32`", webTokenEnv, err)
 		}
 		for _, r := range a.token {
 			if r <= ' ' || r > '~' {
@@ -74,8 +77,8 @@ func loadWebAccess(e *env) (webAccess, error) {
 		if strings.IndexFunc(v, unicode.IsControl) >= 0 {
 			return a, usagef("%s: control characters are not allowed", webBasicAuthEnv)
 		}
-		if len(pass) < minWebSecret {
-			return a, usagef("%s: the password is shorter than %d characters: use a random one, e.g. `openssl rand -base64 32`", webBasicAuthEnv, minWebSecret)
+		if err := secretcheck.Text("the password", pass, minWebSecret); err != nil {
+			return a, usagef("%s: %v: use a random one, e.g. `openssl rand -base64 32`", webBasicAuthEnv, err)
 		}
 		a.user, a.password = user, pass
 	}

@@ -133,9 +133,12 @@ func TestLoadWebAccess(t *testing.T) {
 		{"basic without a colon", map[string]string{webBasicAuthEnv: "oncall" + testWebPassword}, webAccess{}, "MIGRATOR_WEB_BASIC_AUTH: want user:password"},
 		{"basic without a user", map[string]string{webBasicAuthEnv: ":" + testWebPassword}, webAccess{}, "MIGRATOR_WEB_BASIC_AUTH: want user:password"},
 		{"basic without a password", map[string]string{webBasicAuthEnv: "oncall:"}, webAccess{}, "MIGRATOR_WEB_BASIC_AUTH: want user:password"},
-		{"basic, short password", map[string]string{webBasicAuthEnv: "oncall:pw-short-1"}, webAccess{}, "MIGRATOR_WEB_BASIC_AUTH: the password is shorter than 16"},
+		{"basic, short password", map[string]string{webBasicAuthEnv: "oncall:pw-short-1"}, webAccess{}, "MIGRATOR_WEB_BASIC_AUTH: the password is too short: 10 characters, need at least 16"},
+		{"basic, passwordpassword", map[string]string{webBasicAuthEnv: "oncall:passwordpassword"}, webAccess{}, "MIGRATOR_WEB_BASIC_AUTH: the password repeats a pattern of 8 characters"},
+		{"basic, one letter", map[string]string{webBasicAuthEnv: "oncall:aaaaaaaaaaaaaaaaaaab"}, webAccess{}, "MIGRATOR_WEB_BASIC_AUTH: the password does not look random"},
+		{"weak token", map[string]string{webTokenEnv: "abcdefghijklmnopqrstuvwxyz"}, webAccess{}, "MIGRATOR_WEB_TOKEN: the token does not look random"},
 		{"basic, control character", map[string]string{webBasicAuthEnv: "on\x01call:" + testWebPassword}, webAccess{}, "MIGRATOR_WEB_BASIC_AUTH: control characters"},
-		{"short token", map[string]string{webTokenEnv: "tok-short-12"}, webAccess{}, "MIGRATOR_WEB_TOKEN is shorter than 16 characters"},
+		{"short token", map[string]string{webTokenEnv: "tok-short-12"}, webAccess{}, "MIGRATOR_WEB_TOKEN: the token is too short: 12 characters, need at least 16"},
 		{"token with a space", map[string]string{webTokenEnv: "web token Zq8ncTq2uRk4"}, webAccess{}, "MIGRATOR_WEB_TOKEN: want printable ASCII"},
 		{"open and a token", map[string]string{webOpenEnv: "true", webTokenEnv: testWebToken}, webAccess{}, "MIGRATOR_WEB_OPEN=true and MIGRATOR_WEB_TOKEN/MIGRATOR_WEB_BASIC_AUTH are both set"},
 	}
@@ -167,7 +170,8 @@ func TestServeBadWebSettingExits2(t *testing.T) {
 	for _, tc := range []struct{ env, want string }{
 		{webOpenEnv + "=maybe", `migrator: MIGRATOR_WEB_OPEN="maybe": want true or false`},
 		{webBasicAuthEnv + "=oncall-" + testWebPassword, "migrator: MIGRATOR_WEB_BASIC_AUTH: want user:password"},
-		{webTokenEnv + "=short-token", "migrator: MIGRATOR_WEB_TOKEN is shorter than 16 characters"},
+		{webTokenEnv + "=short-token", "migrator: MIGRATOR_WEB_TOKEN: the token is too short: 11 characters, need at least 16"},
+		{webBasicAuthEnv + "=oncall:passwordpassword", "migrator: MIGRATOR_WEB_BASIC_AUTH: the password repeats a pattern of 8 characters"},
 	} {
 		cmd := exec.Command(migratorBinary(t), "serve")
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), tc.env} // nothing else: checked before the database

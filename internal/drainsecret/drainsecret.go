@@ -6,6 +6,14 @@
 //
 // That is 43 characters, which meets the gateway's rule for registering the
 // drain route (at least 43 characters, at least 16 distinct).
+//
+// The app names are public and a customer can read their own agent's
+// secret, so a guessable key is found offline: the key must be base64
+// (standard or URL alphabet, padded or not) of at least MinKeyBytes random
+// bytes, which CheckKey judges with package secretcheck (no repeated
+// pattern, no ramp, enough distinct bytes for its length). The key's text
+// as given is the HMAC key, as it always was: a key that passes derives
+// the secrets it derived before. Generate one with GenerateHint.
 package drainsecret
 
 import (
@@ -15,6 +23,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+
+	"github.com/hermes-cloud/migrator/internal/secretcheck"
 )
 
 // MinKeyBytes is the shortest MIGRATOR_DRAIN_KEY accepted.
@@ -28,15 +38,41 @@ const (
 
 const domain = "hermes-drain-secret/v1:"
 
-// ErrKeyTooShort is returned for a key under MinKeyBytes.
-var ErrKeyTooShort = errors.New("drain key is too short")
+// GenerateHint is the command that makes a good key.
+const GenerateHint = "`openssl rand -base64 32`"
 
-// CheckKey refuses a key shorter than MinKeyBytes. The error never holds the key.
+// Why CheckKey refuses a key (errors.Is). A key that does not look random
+// is a *secretcheck.Weak (errors.As).
+var (
+	ErrKeyTooShort  = errors.New("drain key is too short")
+	ErrKeyNotBase64 = errors.New("drain key is not base64")
+)
+
+// CheckKey refuses a key that is not base64 of at least MinKeyBytes random
+// bytes (see the package doc), in one line that says how to make a good
+// one. The error never holds the key.
 func CheckKey(key []byte) error {
-	if len(key) < MinKeyBytes {
-		return fmt.Errorf("%w: %d bytes, need at least %d", ErrKeyTooShort, len(key), MinKeyBytes)
+	raw, ok := decodeKey(key)
+	switch {
+	case !ok:
+		return fmt.Errorf("%w (of at least %d random bytes): generate one with %s", ErrKeyNotBase64, MinKeyBytes, GenerateHint)
+	case len(raw) < MinKeyBytes:
+		return fmt.Errorf("%w: %d bytes once decoded, need at least %d: generate one with %s", ErrKeyTooShort, len(raw), MinKeyBytes, GenerateHint)
+	}
+	if err := secretcheck.Bytes("drain key", raw, MinKeyBytes); err != nil {
+		return fmt.Errorf("%w: generate one with %s", err, GenerateHint)
 	}
 	return nil
+}
+
+// decodeKey reads key as base64 in any of its four usual forms.
+func decodeKey(key []byte) ([]byte, bool) {
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if raw, err := enc.DecodeString(string(key)); err == nil && len(key) > 0 {
+			return raw, true
+		}
+	}
+	return nil, false
 }
 
 // Derive returns the drain secret of app.

@@ -3,6 +3,7 @@ package drainsecret
 import (
 	"bytes"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -11,7 +12,7 @@ import (
 )
 
 func TestDeriveMatchesSpecAndGatewayRule(t *testing.T) {
-	key := bytes.Repeat([]byte("k"), 32)
+	key := []byte("QQ/VSbyvwff621cArdct9Dyb6XvDQvvUQkbVirYf3E7b")
 	got := Derive(key, "hermes-agent-1")
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte("hermes-drain-secret/v1:hermes-agent-1"))
@@ -29,16 +30,48 @@ func TestDeriveMatchesSpecAndGatewayRule(t *testing.T) {
 	}
 }
 
+// A key must be base64 of at least 32 random bytes: refused in one line
+// that never shows it and says how to make one; accepted as generators
+// make them, in any base64 alphabet, padded or not.
 func TestCheckKey(t *testing.T) {
-	err := CheckKey([]byte("short-secret-value"))
-	if !errors.Is(err, ErrKeyTooShort) {
-		t.Fatalf("err = %v", err)
+	b64 := base64.StdEncoding.EncodeToString
+	ramp := make([]byte, 32)
+	for i := range ramp {
+		ramp[i] = byte(i)
 	}
-	if strings.Contains(err.Error(), "short-secret-value") {
-		t.Fatal("error leaks the key")
+	for _, tc := range []struct {
+		name, key string
+		is        error
+		want      string
+	}{
+		{"not base64", "my drain key is a sentence, not base64!", ErrKeyNotBase64, "is not base64"},
+		{"empty", "", ErrKeyNotBase64, "is not base64"},
+		{"short", "short-secret-value", ErrKeyTooShort, "13 bytes once decoded, need at least 32"},
+		{"32 × a", b64(bytes.Repeat([]byte("a"), 32)), nil, "repeats a pattern of 1 byte"},
+		{"43 × a (base64 text of one letter)", strings.Repeat("a", 43), nil, "repeats a pattern of 3 bytes"},
+		{"password × 4", b64([]byte(strings.Repeat("password", 4))), nil, "repeats a pattern of 8 bytes"},
+		{"a ramp", b64(ramp), nil, "follow a pattern"},
+	} {
+		err := CheckKey([]byte(tc.key))
+		switch {
+		case err == nil:
+			t.Errorf("%s: accepted", tc.name)
+		case tc.is != nil && !errors.Is(err, tc.is), !strings.Contains(err.Error(), tc.want):
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		case tc.key != "" && strings.Contains(err.Error(), tc.key), strings.Contains(err.Error(), "\n"):
+			t.Errorf("%s: the error shows the key or is not one line: %v", tc.name, err)
+		case !strings.Contains(err.Error(), "openssl rand -base64 32"):
+			t.Errorf("%s: the error does not say how to make a key: %v", tc.name, err)
+		}
 	}
-	if err := CheckKey(bytes.Repeat([]byte{1}, 32)); err != nil {
-		t.Fatal(err)
+	for i := range 200 {
+		raw := make([]byte, 32+i%17)
+		_, _ = rand.Read(raw)
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+			if err := CheckKey([]byte(enc.EncodeToString(raw))); err != nil {
+				t.Fatalf("a random %d-byte key was refused: %v", len(raw), err)
+			}
+		}
 	}
 }
 

@@ -94,8 +94,9 @@ type Config struct {
 	RateLimits *RateLimits
 	// Max429Retries bounds re-sends after a 429 (default 5; negative: none).
 	Max429Retries int
-	// Transport is the base round tripper (default http.DefaultTransport);
-	// tests use it for fault injection.
+	// Transport is the base round tripper (default: a clone of
+	// http.DefaultTransport without a proxy); tests use it for fault
+	// injection.
 	Transport http.RoundTripper
 	// Observe is told of every HTTP attempt (metrics).
 	Observe callrec.Observer
@@ -157,6 +158,9 @@ func (cfg *Config) validate() error {
 		// TLS connection.
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.MaxIdleConnsPerHost = 100
+		// The client carries the Fly API token: HTTPS_PROXY in the
+		// environment must not route it through anyone.
+		t.Proxy = nil
 		cfg.Transport = t
 	}
 	if cfg.Clock == nil {

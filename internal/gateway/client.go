@@ -61,8 +61,11 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	base := cfg.Transport
-	if base == nil {
-		base = http.DefaultTransport.(*http.Transport).Clone()
+	switch t := base.(type) {
+	case nil:
+		base = boundedTransport(nil)
+	case *http.Transport:
+		base = boundedTransport(t)
 	}
 	c := &Client{
 		tmpl:          tmpl,
@@ -141,7 +144,7 @@ func (c *Client) Begin(ctx context.Context, t Target, quiet bool) (Echo, error) 
 	case !*r.Draining:
 		return Echo{}, &DecodeError{Op: OpBegin, Target: t.String(), StatusCode: status, Reason: `gateway answered "draining": false`}
 	}
-	e := Echo{Draining: true, RawAction: r.Action}
+	e := Echo{Draining: true, RawAction: field(r.Action, maxWord)}
 	if r.Suppress != nil {
 		e.SuppressEchoed, e.SuppressNotification = true, *r.Suppress
 	}
@@ -206,21 +209,25 @@ func (c *Client) Status(ctx context.Context, t Target) (Status, error) {
 	case r.ActiveAgents != nil && *r.ActiveAgents < 0:
 		return Status{}, &DecodeError{Op: OpStatus, Target: t.String(), StatusCode: status, Reason: fmt.Sprintf(`"active_agents" is %d`, *r.ActiveAgents)}
 	}
+	// Every string is cleaned and bounded here, once (bounds.go).
+	var b bounds
 	s := Status{Running: *r.Running}
 	if r.State != nil {
-		s.State = *r.State
+		s.State = b.clean(*r.State, maxWord)
 	}
 	if r.ActiveAgents != nil {
 		s.ActiveAgents = *r.ActiveAgents
 	}
 	if r.Version != nil {
-		s.Version = *r.Version
+		s.Version = b.clean(*r.Version, maxWord)
 	}
 	if r.RestartDrainTimeout != nil {
 		s.RestartDrainTimeout = *r.RestartDrainTimeout
 	}
-	s.Platforms = decodePlatforms(r.Platforms)
-	s.Overall, s.NousSession, s.ExitReason = jsonString(r.Overall), jsonString(r.Nous), jsonString(r.ExitReason)
+	s.Platforms = decodePlatforms(r.Platforms, &b)
+	s.Overall, s.NousSession = b.clean(jsonString(r.Overall), maxWord), b.clean(jsonString(r.Nous), maxWord)
+	s.ExitReason = b.clean(jsonString(r.ExitReason), maxText)
+	s.Oversized = b.oversized()
 	return s, nil
 }
 

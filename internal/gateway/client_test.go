@@ -187,7 +187,7 @@ func TestStatus(t *testing.T) {
 				`"overall":"degraded","nous_session_valid":"terminal","memory":{"pressure":"ok"}}`,
 			want: Status{Running: true, State: "degraded", Version: "0.21.5", Overall: "degraded", NousSession: "terminal",
 				Platforms: map[string]Platform{
-					"telegram":      {State: "fatal", ErrorCode: "telegram_token_lock", ErrorMessage: "another poller\nholds the token"},
+					"telegram":      {State: "fatal", ErrorCode: "telegram_token_lock", ErrorMessage: "another poller holds the token"},
 					"discord":       {State: "connected"},
 					"slack":         {State: "retrying", ErrorCode: "network", NeedsAttention: true, RetryingSince: "2026-09-24T09:00:00Z"},
 					"worker:matrix": {State: "some_future_state"},

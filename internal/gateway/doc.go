@@ -31,6 +31,21 @@
 // is not JSON as a begin, so nothing else is ever sent. Unknown response
 // fields are ignored.
 //
+// # What an agent sends is bounded
+//
+// An agent is a tenant's and may answer anything (bounds.go). The transport
+// refuses headers over MaxHeaderBytes (64 KiB; Go's default is 10 MiB) and
+// never uses a proxy (the drain secret travels in clear on the private
+// network); a body is read up to 1 MiB; callrec keeps a request id only when
+// it is at most callrec.MaxRequestID bytes of printable ASCII, else the call
+// says "request id dropped" instead. Every string read from /api/status or a
+// drain answer is cleaned once, where it is parsed, to one printable line of
+// a bounded length (package printsafe: terminal escapes, control and bidi
+// characters removed); at most MaxPlatforms platforms are kept, the first by
+// name; Status.Oversized (kept with the signals) says what was over a bound.
+// Errors quote an agent's text only through the same cleaning, cut to 200
+// characters.
+//
 // # Failures
 //
 // Every call goes through go-retryablehttp: transport errors, 5xx and 429 are

@@ -6,7 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
-	"unicode"
+
+	"github.com/hermes-cloud/migrator/internal/printsafe"
 )
 
 // IsPermanent reports whether err says that repeating the call cannot help
@@ -103,7 +104,9 @@ func (e *CallError) Error() string {
 		}
 		s += ": "
 	}
-	return s + e.Err.Error()
+	// The cause may quote what the agent sent (net/textproto quotes a
+	// malformed header line whole): one bounded line.
+	return s + oneLine(e.Err.Error())
 }
 
 func (e *CallError) Unwrap() error { return e.Err }
@@ -130,28 +133,18 @@ func (e *TargetError) Permanent() bool { return true }
 
 const maxDetail = 200
 
-// oneLine makes s printable on one line of at most maxDetail runes, with
-// every string in redact replaced by "[redacted]".
+// oneLine makes s printable on one line of at most maxDetail runes
+// (package printsafe), with every string in redact replaced by
+// "[redacted]".
 func oneLine(s string, redact ...string) string {
-	// Clean first, then redact: a secret split by a control character would
-	// otherwise survive the redaction and be joined again by the cleaning.
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsSpace(r) {
-			return ' '
-		}
-		if !unicode.IsPrint(r) {
-			return -1
-		}
-		return r
-	}, s)
-	s = strings.Join(strings.Fields(s), " ")
+	// Clean first, then redact, then cut: a secret split by a control
+	// character or sequence would otherwise survive the redaction and be
+	// joined again by the cleaning.
+	s = printsafe.Line(s, 0)
 	for _, r := range redact {
 		if r != "" {
 			s = strings.ReplaceAll(s, r, "[redacted]")
 		}
 	}
-	if rs := []rune(s); len(rs) > maxDetail {
-		s = string(rs[:maxDetail]) + "…"
-	}
-	return s
+	return printsafe.Cut(s, maxDetail)
 }

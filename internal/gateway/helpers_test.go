@@ -14,7 +14,7 @@ import (
 )
 
 // testKey is distinctive so a leak is easy to find in captured output.
-var testKey = []byte("TEST-drain-key-7f3a9c1e5b2d8f4a6c0e")
+var testKey = []byte("TESTdrainKEYQQ/VSbyvwff621cArdct9Dyb6XvDQvvUQkbVirYf3E7b")
 
 var testTarget = Target{App: "hermes-a", MachineID: "m1", Region: "fra", PrivateIP: "fdaa:0:1::5", InstanceID: "01HX"}
 

@@ -88,6 +88,12 @@ type Status struct {
 	NousSession string
 	// ExitReason is gateway_exit_reason: why the gateway last exited.
 	ExitReason string
+	// Oversized says what the answer carried beyond the bounds of
+	// bounds.go (more than MaxPlatforms platforms, strings cut), e.g.
+	// "gateway_platforms: 1000 platforms, kept the first 64 by name"; nil
+	// when nothing was. Every string field above is one printable line,
+	// already bounded.
+	Oversized []string
 }
 
 // Quiescent reports whether the agent may be recreated without cutting work
@@ -116,6 +122,9 @@ type Signals struct {
 	Overall        string              `json:"overall,omitempty"`
 	ExitReason     string              `json:"gateway_exit_reason,omitempty"`
 	Platforms      map[string]Platform `json:"platforms,omitempty"`
+	// Oversized is Status.Oversized: what the agent sent beyond the
+	// bounds, said instead of kept.
+	Oversized []string `json:"oversized,omitempty"`
 }
 
 // DecodeSignals reads Signals as stored (their JSON); nil when there are
@@ -131,19 +140,12 @@ func DecodeSignals(b []byte) *Signals {
 	return &s
 }
 
-// Signals returns what s says about the agent, read at at. Error messages
-// are cut to one short line.
+// Signals returns what s says about the agent, read at at (its strings
+// were cleaned and bounded when s was read).
 func (s Status) Signals(at time.Time) Signals {
-	out := Signals{At: at.UTC(), GatewayRunning: s.Running, GatewayState: s.State, Version: s.Version,
-		NousSession: s.NousSession, Overall: s.Overall, ExitReason: oneLine(s.ExitReason)}
-	if len(s.Platforms) > 0 {
-		out.Platforms = make(map[string]Platform, len(s.Platforms))
-		for k, p := range s.Platforms {
-			p.ErrorMessage = oneLine(p.ErrorMessage)
-			out.Platforms[k] = p
-		}
-	}
-	return out
+	return Signals{At: at.UTC(), GatewayRunning: s.Running, GatewayState: s.State, Version: s.Version,
+		NousSession: s.NousSession, Overall: s.Overall, ExitReason: s.ExitReason, Platforms: maps.Clone(s.Platforms),
+		Oversized: slices.Clone(s.Oversized)}
 }
 
 // PlatformNames lists the platforms in s, sorted.
@@ -164,27 +166,49 @@ func (s Signals) UpPlatforms() []string {
 
 // decodePlatforms reads gateway_platforms leniently: an absent, null or
 // non-object value is no platforms; an entry that is not an object, or
-// whose fields have unexpected types, keeps what could be read.
-func decodePlatforms(raw json.RawMessage) map[string]Platform {
+// whose fields have unexpected types, keeps what could be read. Names and
+// fields are cleaned and bounded (bounds.go); a name left empty by the
+// cleaning, or the same as another's, is left out; of more than
+// MaxPlatforms, the first MaxPlatforms by name are kept, the same ones on
+// every read, so before and after a recreate compare alike.
+func decodePlatforms(raw json.RawMessage, b *bounds) map[string]Platform {
 	var entries map[string]json.RawMessage
 	if len(raw) == 0 || decodeObject(raw, &entries) != nil || len(entries) == 0 {
 		return nil
 	}
-	out := make(map[string]Platform, len(entries))
+	byName := make(map[string]json.RawMessage, min(len(entries), 4*MaxPlatforms))
+	dropped := 0
 	for name, e := range entries {
+		clean := b.clean(name, maxName)
+		if _, dup := byName[clean]; dup || clean == "" {
+			dropped++
+			continue
+		}
+		byName[clean] = e
+	}
+	if dropped > 0 {
+		b.note("gateway_platforms: %d platform %s empty or repeated once cleaned, left out", dropped, plural(dropped, "name", "names"))
+	}
+	names := slices.Sorted(maps.Keys(byName))
+	if len(names) > MaxPlatforms {
+		b.note("gateway_platforms: %d platforms, kept the first %d by name", len(names), MaxPlatforms)
+		names = names[:MaxPlatforms]
+	}
+	out := make(map[string]Platform, len(names))
+	for _, name := range names {
 		var f map[string]json.RawMessage
-		if decodeObject(e, &f) != nil {
+		if decodeObject(byName[name], &f) != nil {
 			continue
 		}
 		var p Platform
-		p.State = jsonString(f["state"])
+		p.State = b.clean(jsonString(f["state"]), maxWord)
 		if p.State == "" {
 			// The dashboard's rollup reads "status" when "state" is absent.
-			p.State = jsonString(f["status"])
+			p.State = b.clean(jsonString(f["status"]), maxWord)
 		}
-		p.ErrorCode = jsonString(f["error_code"])
-		p.ErrorMessage = jsonString(f["error_message"])
-		p.RetryingSince = jsonString(f["retrying_since"])
+		p.ErrorCode = b.clean(jsonString(f["error_code"]), maxWord)
+		p.ErrorMessage = b.clean(jsonString(f["error_message"]), maxText)
+		p.RetryingSince = b.clean(jsonString(f["retrying_since"]), maxWord)
 		_ = json.Unmarshal(f["needs_attention"], &p.NeedsAttention)
 		out[name] = p
 	}

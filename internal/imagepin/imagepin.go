@@ -24,7 +24,8 @@ type Config struct {
 	FlyToken string
 	// Timeout bounds one resolution. Default 30s.
 	Timeout time.Duration
-	// Transport is the HTTP transport (tests). Default http.DefaultTransport.
+	// Transport is the HTTP transport (tests). Default: a clone of
+	// http.DefaultTransport without a proxy.
 	Transport http.RoundTripper
 	// Insecure allows plain-HTTP registries (tests, local registries).
 	Insecure bool
@@ -48,7 +49,11 @@ func New(cfg Config) *Resolver {
 		cfg.Timeout = 30 * time.Second
 	}
 	if cfg.Transport == nil {
-		cfg.Transport = http.DefaultTransport
+		// The Fly token authenticates to registry.fly.io: no proxy from
+		// the environment.
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.Proxy = nil
+		cfg.Transport = t
 	}
 	if cfg.FlyRegistryURL != "" {
 		cfg.Transport = redirectHost{host: flyRegistry, to: cfg.FlyRegistryURL, next: cfg.Transport}

@@ -49,7 +49,15 @@
 //	notifications{kind,state}                     gauge   the notifications outbox by sink kind and state (pending, delivered, failed, dropped)
 //	notification_oldest_pending_timestamp_seconds gauge   when the oldest undelivered notification was written (absent: none pending)
 //
-// plus the Go runtime and process collectors.
+// the statistics of this replica's database pools (WatchPool: serve's
+// "workers" and "probes"), db_pool_acquires_total, db_pool_empty_acquires_total,
+// db_pool_acquire_seconds_total, db_pool_empty_acquire_wait_seconds_total,
+// db_pool_canceled_acquires_total, db_pool_conns{state}, db_pool_max_conns,
+// all labelled pool (probes.go),
+//
+// plus the Go runtime and process collectors. The database gauges are read
+// at most every two seconds (StoreSource) and at most MaxScrapesInFlight
+// scrapes are served at once: /metrics is open to the whole private network.
 package metrics
 
 import (
@@ -64,8 +72,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/hermes-cloud/migrator/internal/callrec"
+	"github.com/hermes-cloud/migrator/internal/health"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/store"
 )
@@ -273,11 +283,23 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Handler serves the text exposition format. A failed database read leaves
 // out the fleet-wide gauges and is logged; the other series are served.
+// The handler gathers at most once every GatherEvery, for however many
+// requests (health.Memo): /metrics is open to the whole private network,
+// and a gather (the Go runtime's and /proc's series, the database gauges)
+// costs about a millisecond of CPU, so a flood must not buy one per
+// request. A scraper asking every 15 s never sees the difference.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+	gathered := health.NewMemo(GatherEvery, 0, nil, func(context.Context) ([]*dto.MetricFamily, error) { return m.reg.Gather() })
+	g := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) { return gathered.Get(context.Background()) })
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{
 		ErrorLog:      printlnLogger{m.log},
 		ErrorHandling: promhttp.ContinueOnError,
 		Timeout:       30 * time.Second,
+		// Open to every machine of the organization: a flood is answered
+		// 503 beyond a few scrapes at once (probes.go), and buys no gzip
+		// (three quarters of a scrape's CPU; the page is ~20 KB).
+		MaxRequestsInFlight: MaxScrapesInFlight,
+		DisableCompression:  true,
 	})
 }
 

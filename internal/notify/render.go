@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	"github.com/hermes-cloud/migrator/internal/printsafe"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -100,8 +103,18 @@ func (f facts) countsText() string {
 	return fmt.Sprintf("%d %s: %s", total, noun, strings.Join(parts, ", "))
 }
 
-// Summary is a notification's one line: what happened and why.
+// Summary is a notification's one line: what happened and why, cleaned
+// (package printsafe: no control characters or terminal escapes; the facts
+// may quote what an agent sent) and at most maxSummary characters.
 func Summary(n store.Notification) string {
+	return printsafe.Line(summary(n), maxSummary)
+}
+
+// maxSummary bounds Summary: PagerDuty's payload.summary limit, and long
+// enough for any one line a person reads.
+const maxSummary = pdMaxSummary
+
+func summary(n store.Notification) string {
 	f := facts(n.Facts)
 	run := fmt.Sprintf("run %d (%s)", f.num("run_id"), f.str("cause"))
 	target := f.str("app") + "/" + f.str("machine_id")
@@ -195,8 +208,12 @@ func webhookBody(c Config, n store.Notification) ([]byte, error) {
 // group, class, custom_details}, client, client_url, links}. Answers: 202
 // accepted; 400 bad request, do not retry; 429 and 5xx and network
 // errors, retry after some time. A resolve carries no payload. summary is
-// cut at 1024 and dedup_key at 255 characters (the limits PagerDuty's
-// developer docs give).
+// cut at 1024 and dedup_key at 255 characters, and a whole event must stay
+// under 512 KB (the limits of PagerDuty's developer docs: "Send an Alert
+// Event" and the Events API v2 overview's "Size Limits"; PagerDuty/
+// developer-docs docs/events-API-v2): custom_details carries the facts,
+// which may quote what an agent sent, so they are bounded (pdDetails) and,
+// should the event still be too large, replaced by a note saying so.
 type pdEvent struct {
 	RoutingKey  string     `json:"routing_key"`
 	EventAction string     `json:"event_action"`
@@ -234,19 +251,80 @@ func pagerDutyBody(c Config, s SinkConfig, n store.Notification) ([]byte, error)
 		return marshal(ev)
 	}
 	f := facts(n.Facts)
-	details := map[string]any{"notification": n.IdempotencyKey, "event": n.Event}
+	details := map[string]any{}
 	for k, v := range n.Facts {
 		details[k] = v
 	}
-	ev.Payload = &pdPayload{Summary: truncate(Summary(n), 1024), Source: s.Source, Severity: n.Severity,
-		Timestamp: n.OccurredAt.UTC().Format(time.RFC3339), Component: f.str("app"), Group: f.str("cause"),
-		Class: n.Event, CustomDetails: details}
+	details = pdDetails(details, 0).(map[string]any)
+	details["notification"], details["event"] = n.IdempotencyKey, n.Event
+	ev.Payload = &pdPayload{Summary: Summary(n), Source: s.Source, Severity: n.Severity,
+		Timestamp: n.OccurredAt.UTC().Format(time.RFC3339), Component: printsafe.Line(f.str("app"), pdMaxField),
+		Group: printsafe.Line(f.str("cause"), pdMaxField), Class: n.Event, CustomDetails: details}
 	ev.Client = "migrator"
 	if u := c.runURL(n); u != "" {
 		ev.ClientURL = c.WebURL + "/runs"
 		ev.Links = []pdLink{{Href: u, Text: fmt.Sprintf("run %d in migrator's web view", f.num("run_id"))}}
 	}
+	body, err := marshal(ev)
+	if err != nil || len(body) <= pdMaxEvent {
+		return body, err
+	}
+	// Still too large (the bounds below allow more than PagerDuty takes
+	// only in contrived cases): the page goes out with the summary and a
+	// note rather than be refused.
+	ev.Payload.CustomDetails = map[string]any{"notification": n.IdempotencyKey, "event": n.Event,
+		"details_left_out": fmt.Sprintf("the facts were %d bytes over PagerDuty's %d-byte event limit; see `migrator notify list` or the web view",
+			len(body)-pdMaxEvent, pdMaxEvent)}
 	return marshal(ev)
+}
+
+// PagerDuty's limits, and the bounds custom_details is kept within.
+const (
+	pdMaxSummary = 1024      // payload.summary, characters
+	pdMaxEvent   = 500 << 10 // under the 512 KB an event may be, with room for the envelope
+	pdMaxField   = 255       // component, group
+	pdMaxString  = 2048      // one string of custom_details, characters
+	pdMaxKeys    = 64        // keys of one object of custom_details
+	pdMaxItems   = 32        // items of one array of custom_details
+	pdMaxDepth   = 4         // nesting of custom_details
+)
+
+// pdDetails bounds v for custom_details: strings cleaned (printsafe.Text)
+// and cut, objects and arrays cut to their first keys (by name) and items,
+// nesting cut at pdMaxDepth; what was cut is said in place.
+func pdDetails(v any, depth int) any {
+	switch x := v.(type) {
+	case string:
+		return printsafe.Cut(printsafe.Text(x), pdMaxString)
+	case map[string]any:
+		if depth >= pdMaxDepth {
+			return fmt.Sprintf("(an object of %d keys, nested too deep)", len(x))
+		}
+		keys := slices.Sorted(maps.Keys(x))
+		out := make(map[string]any, min(len(keys), pdMaxKeys+1))
+		for i, k := range keys {
+			if i == pdMaxKeys {
+				out["keys_left_out"] = len(keys) - pdMaxKeys
+				break
+			}
+			out[printsafe.Line(k, 128)] = pdDetails(x[k], depth+1)
+		}
+		return out
+	case []any:
+		if depth >= pdMaxDepth {
+			return fmt.Sprintf("(an array of %d items, nested too deep)", len(x))
+		}
+		out := make([]any, 0, min(len(x), pdMaxItems+1))
+		for i, e := range x {
+			if i == pdMaxItems {
+				out = append(out, fmt.Sprintf("(%d more items left out)", len(x)-pdMaxItems))
+				break
+			}
+			out = append(out, pdDetails(e, depth+1))
+		}
+		return out
+	}
+	return v
 }
 
 // Slack incoming webhooks: POST JSON with text (the notification's
@@ -255,7 +333,12 @@ func pagerDutyBody(c Config, s SinkConfig, n store.Notification) ([]byte, error)
 // 400 invalid_payload / user_not_found, 403 action_prohibited, 404
 // channel_not_found, 410 channel_is_archived (permanent: retrying the same
 // message cannot help) and 500 rollup_error; a 429 comes with Retry-After.
-// mrkdwn text needs &, < and > escaped.
+// mrkdwn text needs &, < and > escaped: Slack parses them as controls
+// (<!channel>, <@U123>, <https://evil.example|runbook>) in the top-level
+// text as in blocks (api.slack.com/reference/surfaces/formatting, "Escaping
+// text"). Everything from the facts (which may quote what an agent sent)
+// is escaped first, then cut (slackCut), never inside an entity: a section
+// text is at most 3000 characters, a field 2000.
 type slackMessage struct {
 	Text   string       `json:"text"`
 	Blocks []slackBlock `json:"blocks"`
@@ -275,6 +358,32 @@ type slackText struct {
 
 var slackEscaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
 
+// slackEscape is s cleaned to one printable line and escaped for mrkdwn.
+func slackEscape(s string) string { return slackEscaper.Replace(printsafe.Line(s, 0)) }
+
+// slackCut cuts escaped mrkdwn to at most n characters, the last an
+// ellipsis, never inside an entity (&amp; &lt; &gt;): a cut "&l" would show
+// as text, a cut "&lt" would leave a bare "&" Slack may read as the start of
+// another.
+func slackCut(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	body := strings.TrimSuffix(printsafe.Cut(s, n), printsafe.Ellipsis)
+	if i := strings.LastIndexByte(body, '&'); i >= 0 && len(body)-i < len("&amp;") && !strings.Contains(body[i:], ";") {
+		body = body[:i]
+	}
+	return body + printsafe.Ellipsis
+}
+
+// Slack's limits on text objects (Block Kit reference: section text 3000
+// characters, each field 2000) and on the message's text.
+const (
+	slackMaxSection = 3000
+	slackMaxField   = 2000
+	slackMaxText    = 3000
+)
+
 func slackIcon(n store.Notification) string {
 	switch {
 	case n.Action == "close":
@@ -291,8 +400,8 @@ func slackIcon(n store.Notification) string {
 
 func slackBody(c Config, n store.Notification) ([]byte, error) {
 	f := facts(n.Facts)
-	sum := Summary(n)
-	mrk := func(s string) slackText { return slackText{Type: "mrkdwn", Text: truncate(s, 2000)} }
+	sum := slackEscape(Summary(n))
+	mrk := func(s string) slackText { return slackText{Type: "mrkdwn", Text: slackCut(s, slackMaxField)} }
 	var fields []slackText
 	field := func(label, value string) {
 		if value != "" && len(fields) < 10 {
@@ -310,24 +419,27 @@ func slackBody(c Config, n store.Notification) ([]byte, error) {
 		if v == "" {
 			return ""
 		}
-		return "`" + slackEscaper.Replace(v) + "`"
+		// A backtick would end the code span early.
+		return "`" + slackEscape(strings.ReplaceAll(v, "`", "'")) + "`"
 	}
-	field("Cause", slackEscaper.Replace(f.str("cause")))
+	field("Cause", slackEscape(f.str("cause")))
 	if f.str("app") != "" {
 		field("Agent", code(f.str("app")+"/"+f.str("machine_id")))
 	}
 	field("Image", code(f.str("image")))
-	field("Machines", slackEscaper.Replace(f.countsText()))
-	field("Requested by", slackEscaper.Replace(f.str("requested_by")))
-	field("Reason", slackEscaper.Replace(f.str("reason")))
+	field("Machines", slackEscape(f.countsText()))
+	field("Requested by", slackEscape(f.str("requested_by")))
+	field("Reason", slackEscape(f.str("reason")))
 	blocks := []slackBlock{{Type: "section", Text: &slackText{Type: "mrkdwn",
-		Text: truncate(slackIcon(n)+" *"+slackEscaper.Replace(sum)+"*", 3000)}}}
+		Text: slackIcon(n) + " *" + slackCut(sum, slackMaxSection-len(slackIcon(n))-4) + "*"}}}
 	if len(fields) > 0 {
 		blocks = append(blocks, slackBlock{Type: "section", Fields: fields})
 	}
-	blocks = append(blocks, slackBlock{Type: "context", Elements: []slackText{mrk(fmt.Sprintf("%s · %s · %s · notification %s",
-		n.Severity, n.Incident, n.OccurredAt.UTC().Format(time.RFC3339), n.IdempotencyKey))}})
-	return marshal(slackMessage{Text: slackIcon(n) + " " + sum, Blocks: blocks})
+	blocks = append(blocks, slackBlock{Type: "context", Elements: []slackText{mrk(slackEscape(fmt.Sprintf("%s · %s · %s · notification %s",
+		n.Severity, n.Incident, n.OccurredAt.UTC().Format(time.RFC3339), n.IdempotencyKey)))}})
+	// The top-level text is what a phone's notification shows: escaped as
+	// the blocks are.
+	return marshal(slackMessage{Text: slackIcon(n) + " " + slackCut(sum, slackMaxText), Blocks: blocks})
 }
 
 // marshal is json.Marshal without HTML escaping: Slack's <url|text> links

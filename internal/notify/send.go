@@ -127,8 +127,13 @@ type sender struct {
 }
 
 func newSender(cfg Config) *sender {
+	// Sink URLs are credentials (a Slack hook's path, a webhook's query):
+	// no proxy from the environment.
+	noProxy := http.DefaultTransport.(*http.Transport).Clone()
+	noProxy.Proxy = nil
 	hc := &http.Client{
-		Timeout: cfg.AttemptTimeout,
+		Transport: noProxy,
+		Timeout:   cfg.AttemptTimeout,
 		// A webhook that redirects is misconfigured; following it would
 		// send the body (and, for some receivers, a credential in the
 		// URL) elsewhere.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/hermes-cloud/migrator/internal/clock"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/printsafe"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -574,7 +575,9 @@ func (v *View) historyCSV(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Disposition", `attachment; filename="drain_history.csv"`)
 	cw := csv.NewWriter(w)
 	_ = cw.Write(store.HistoryColumns)
-	err = v.cfg.Store.History(ctx, f, func(h store.HistoryRow) error { return cw.Write(h.CSVRecord()) })
+	// Every cell neutralised for spreadsheets (printsafe.CSVCell): an agent
+	// chooses its platform names and errors, and "=" starts a formula.
+	err = v.cfg.Store.History(ctx, f, func(h store.HistoryRow) error { return cw.Write(printsafe.CSVRecord(h.CSVRecord())) })
 	cw.Flush()
 	if err != nil {
 		// Headers are gone: the truncated file ends with a line saying so.

@@ -53,6 +53,12 @@ type Config struct {
 	MachinesPerApp int
 	// AppPrefix prefixes the app names. Default "hermes-agent-".
 	AppPrefix string
+	// Hostile makes the first Hostile apps' agents hostile (hostile.go):
+	// huge and hostile headers, 1,000 platforms with names and errors
+	// carrying Slack mentions, terminal escapes and formulas, and one
+	// platform (HostilePlatform) that fails on any image but Image.
+	// Default 0.
+	Hostile int
 	// Image every machine runs at the start. Default
 	// "registry.fly.io/hermes-agent:v1".
 	Image string
@@ -89,9 +95,9 @@ type Config struct {
 	// seeded from Seed and the app's name.
 	Platforms func(app string) []string
 	// DrainKey derives every agent's drain secret
-	// (drainsecret.Derive(DrainKey, app)). At least 32 bytes. Default: 43
-	// printable characters (32 random bytes, base64url), so that it can be
-	// passed as MIGRATOR_DRAIN_KEY, whose bytes are the key.
+	// (drainsecret.Derive(DrainKey, app)): base64 of at least 32 random
+	// bytes (drainsecret.CheckKey), as MIGRATOR_DRAIN_KEY must be, whose
+	// text is the key. Default: 32 random bytes, base64url (43 characters).
 	DrainKey []byte
 	// Clock is the simulated timeline. Default clock.Real().
 	Clock clock.Clock
@@ -355,6 +361,9 @@ func (c Config) validate() error {
 	}
 	if c.MachinesPerApp < 0 {
 		errs = append(errs, fmt.Errorf("machines per app must be positive, got %d", c.MachinesPerApp))
+	}
+	if c.Hostile < 0 || c.Hostile > c.Apps {
+		errs = append(errs, fmt.Errorf("hostile apps must be between 0 and the apps (%d), got %d", c.Apps, c.Hostile))
 	}
 	if strings.ContainsAny(c.AppPrefix, "/ ?#{}") {
 		errs = append(errs, fmt.Errorf("app prefix %q has a character not allowed in an app name", c.AppPrefix))

@@ -56,6 +56,7 @@ func (s *Sim) handleGateway(w http.ResponseWriter, r *http.Request) {
 		refuse()
 	}
 	s.mu.Unlock()
+	s.hostileHeaders(w, m)
 	switch route {
 	case RouteStatus:
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -165,6 +166,7 @@ func (s *Sim) handleStatus(w http.ResponseWriter, m *machine) {
 	if gw["status"] == "ok" && pl["status"] == "ok" {
 		b.Overall = "ok"
 	}
+	s.hostileStatus(m, &b)
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, b)
 }

@@ -180,6 +180,13 @@
 // gateway_busy and gateway_drainable are false; active_agents is turns in
 // flight; restart_drain_timeout is 0; version is the image tag.
 //
+// Config.Hostile makes the first apps' agents hostile, as a tenant who
+// controls the machine can (hostile.go, with the hermes-agent source that
+// puts tenant-chosen names into /api/status): a 1 MiB X-Request-Id on
+// every other answer, 1,000 platforms whose names and errors carry Slack
+// mentions, terminal escapes and spreadsheet formulas, and HostilePlatform,
+// which fails ("fatal") on any image but Config.Image.
+//
 // # Agents and shutdowns
 //
 // Each machine has turns (Workload: a seeded alternating renewal process,

@@ -50,8 +50,9 @@ type Sim struct {
 	disrupted    int
 	maxDisrupt   int
 
-	obs   observer
-	reqID atomic.Uint64
+	obs     observer
+	reqID   atomic.Uint64
+	hostile hostile // the hostile agents' answers (hostile.go)
 
 	srvMu  sync.Mutex
 	srv    *http.Server
