@@ -61,7 +61,7 @@ type planDrainJSON struct {
 type planMachineJSON struct {
 	// What the preview decided about the machine's drain and launch, for
 	// the text (the JSON has the state and host status they come from).
-	hostOK, drained, leftDown bool
+	hostOK, drained, leftDown, woken bool
 
 	App       string `json:"app"`
 	MachineID string `json:"machine_id"`
@@ -139,7 +139,7 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		p := m.PlannedMachine
 		pm := planMachineJSON{App: p.App, MachineID: p.ID, Region: p.Region, Image: p.Image, UpToDate: p.UpToDate, Canary: p.Canary,
 			DrainSamples: p.DrainSamples, State: p.State, HostStatus: p.HostStatus, Digest: p.ImageRef.Digest,
-			hostOK: m.HostOK, drained: m.Drained, leftDown: m.LeftDown}
+			hostOK: m.HostOK, drained: m.Drained, leftDown: m.LeftDown, woken: m.Woken}
 		if m.HostOK {
 			pm.HostStatus = "ok" // Fly leaves it out at times
 		}
@@ -308,6 +308,8 @@ func drainColumn(p planMachineJSON) string {
 	switch {
 	case !p.hostOK:
 		return "none: host " + p.HostStatus + ", would be deferred"
+	case p.woken:
+		return "none (" + p.State + "): canary woken to run the image, then put back " + p.State
 	case p.leftDown:
 		return "none (" + p.State + "): moved without a drain, left down"
 	case !p.drained:

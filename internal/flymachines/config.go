@@ -86,7 +86,9 @@ type Config struct {
 	BaseURL string
 	// APIBaseURL is Fly's API (its GraphQL endpoint is APIBaseURL+
 	// "/graphql": releases, release.go). Default https://api.fly.io (as
-	// flyctl's FLY_API_BASE_URL).
+	// flyctl's FLY_API_BASE_URL), or BaseURL when that is set: a
+	// simulator or proxy standing in for the Machines API stands in for
+	// this one too.
 	APIBaseURL string
 	// UserAgent is sent with every request. Default "migrator".
 	UserAgent string
@@ -130,6 +132,9 @@ func (cfg *Config) validate() error {
 	}
 	if cfg.APIBaseURL == "" {
 		cfg.APIBaseURL = DefaultAPIBaseURL
+		if cfg.BaseURL != "" {
+			cfg.APIBaseURL = cfg.BaseURL
+		}
 	}
 	if u, err := url.Parse(cfg.APIBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
 		u.User != nil || u.RawQuery != "" || u.Fragment != "" {

@@ -37,6 +37,13 @@ import (
 // uses api.fly.io's REST endpoints (internal/uiex/releases.go); fly-go
 // still carries the GraphQL ones.
 
+// The config.metadata keys of the release a machine was deployed with
+// (flyctl's setMachineReleaseData).
+const (
+	MetadataReleaseID      = fly.MachineConfigMetadataKeyFlyReleaseId
+	MetadataReleaseVersion = fly.MachineConfigMetadataKeyFlyReleaseVersion
+)
+
 // Release statuses, as flyctl sets them.
 const (
 	ReleaseRunning     = "running"
