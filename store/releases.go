@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -37,6 +36,10 @@ type RunRelease struct {
 }
 
 const runReleaseColumns = `run_id, app, image, state, release_id, version, status, error, claimed_at, created_at, finished_at`
+
+// runReleaseColumnsRR are runReleaseColumns of run_releases as rr.
+const runReleaseColumnsRR = `rr.run_id, rr.app, rr.image, rr.state, rr.release_id, rr.version, rr.status, rr.error,
+	rr.claimed_at, rr.created_at, rr.finished_at`
 
 func scanRunRelease(row pgx.Row) (RunRelease, error) {
 	var r RunRelease
@@ -109,7 +112,7 @@ type ReleaseToFinish struct {
 // machines of the run are all done.
 func (q *Q) ReleasesToFinish(ctx context.Context, limit int) ([]ReleaseToFinish, error) {
 	rows, err := q.db.Query(ctx, `
-		SELECT `+prefixed("rr.", runReleaseColumns)+`, c.bad, c.cancelled, c.n
+		SELECT `+runReleaseColumnsRR+`, c.bad, c.cancelled, c.n
 		FROM run_releases rr
 		CROSS JOIN LATERAL (
 			SELECT count(*) FILTER (WHERE m.outcome IN ('failed', 'rolled_back')) AS bad,
@@ -173,13 +176,4 @@ func (q *Q) RunReleases(ctx context.Context, runID int64) ([]RunRelease, error) 
 		out = append(out, r)
 	}
 	return out, rows.Err()
-}
-
-// prefixed puts p before each of the comma-separated columns.
-func prefixed(p, columns string) string {
-	cols := strings.Split(columns, ",")
-	for i, c := range cols {
-		cols[i] = p + strings.TrimSpace(c)
-	}
-	return strings.Join(cols, ", ")
 }
