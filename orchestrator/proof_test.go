@@ -510,3 +510,50 @@ func TestReleasesUnavailableFailNothing(t *testing.T) {
 		t.Errorf("run.release_unavailable %d times, createRelease asked %d times; want once each", said, asked)
 	}
 }
+
+// The rollback's wait for the old image to serve (restore) reads the same
+// rule: the old instance put down on request before restore saw it serve
+// is started once, and the machine ends rolled back when it serves.
+func TestAsleepDuringRestoreIsWokenOnce(t *testing.T) {
+	t.Parallel()
+	cfg := fleetsim.Config{Apps: 1, APISimTime: true, AutostopAfter: 30 * time.Second,
+		Shape: func(string) []fleetsim.MachineShape { return []fleetsim.MachineShape{{Autostop: "stop"}} }}
+	var blind atomic.Bool
+	w := newWorld(t, worldOpts{sim: cfg, orch: func(c *orchestrator.Config) { c.VerifyTimeout = 10 * time.Minute },
+		wrapGateway: func(g orchestrator.Gateway) orchestrator.Gateway { return &blindGateway{Gateway: g, blind: &blind} }})
+	app := w.sim.Apps()[0]
+	id := w.sim.MachineIDs(app)[0]
+	w.sim.NeverHealthy(imgV2)
+	// Once the rollback put v1 back, the dashboard cannot be read until
+	// that instance has been stopped once (by its autostop).
+	go func() {
+		sawV2, base := false, -1
+		for range 8000 {
+			v := w.sim.Machine(app, id)
+			switch {
+			case v.AgentImage == imgV2:
+				sawV2 = true
+			case !sawV2:
+			case base < 0:
+				base = v.Autostops
+				blind.Store(true)
+			case v.Autostops > base:
+				blind.Store(false)
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	w.sim.AddTurn(app, id, fleetsim.Turn{Session: "chat", Duration: 10 * time.Second}) // up until the drain
+	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2, IdleWaitOverride: ptr(time.Duration(0))}).ID, 2*time.Minute)
+	if h := w.realHistory(r.ID)[app]; h.MachineState != "started" {
+		t.Fatalf("history %+v: the agent was not up before its update: the test proves nothing", h)
+	}
+	row := w.proofRows(r.ID)[app]
+	if row.Outcome != store.OutcomeRolledBack || row.VerifyWakes != 1 {
+		t.Fatalf("run %s (%s), machine %+v: want rolled back after one wake", r.State, r.StateReason, row)
+	}
+	if v := w.sim.Machine(app, id); !w.backOnV1(v) {
+		t.Errorf("machine %+v: want back on v1", v)
+	}
+}

@@ -2,7 +2,7 @@ package orchestrator
 
 // The canary bake. A canary that verified is not done yet: it stays
 // "baking" for its bake (the policy's canary_bake for its cause and rule,
-// or the run's --canary-bake), keeping its lease and budget slot, and the
+// or the run's --canary-bake), keeping its budget slot (not its lease), and the
 // canary gate holds the rest of the run back until it ends migrated. Every
 // poll interval one execution reads the machine (its Fly events newer than
 // the update: an exit it did not ask for, an OOM kill, a restart; the
@@ -16,7 +16,9 @@ package orchestrator
 // Postgres (bake_until), so a replica that dies mid-bake hands the rest of
 // it, not a skipped one, to the next.
 //
-//	baking → done          migrated: a clean bake (or the run cancelled)
+//	baking → done          migrated: a clean bake (or the run cancelled);
+//	                       deferred: someone else updated the machine
+//	baking → putting_down  a woken canary's clean bake (step_wake.go)
 //	baking → rolling_back  a regression: the run paused in the same
 //	                       transaction (step_rollback.go)
 

@@ -1,15 +1,17 @@
 package orchestrator
 
 // ready: the machine holds a budget slot. It is read (and refused if it
-// must not be moved as it is), its agent looked at for an idle moment when
-// its decision has an idle wait (step_idle.go), it is leased
-// (step_lease.go), and its decision is recorded once, before the gateway
-// hears of it:
+// must not be moved as it is; waited out while it is between states), its
+// agent looked at for an idle moment when its decision has an idle wait
+// (step_idle.go), another deployer's lease looked for (no lease is taken
+// for the drain: step_lease.go), and its decision is recorded once, before
+// the gateway hears of it:
 //
 //	ready → decided   running: drained next (step_drain.go)
-//	ready → updating  not running: no drain, no launch (step_update.go)
+//	ready → updating  not running: no drain; no launch, unless it is a
+//	                  canary (woken to run the image: step_wake.go)
 //	ready → done      up to date, outside its window, host not ok,
-//	                  refused, run cancelled
+//	                  stuck in a transient state, refused, run cancelled
 //	ready → pending   run paused, lease held elsewhere, agent busy
 
 import (
