@@ -194,6 +194,10 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		fmt.Fprintf(w, "%d %s not running (stopped, suspended): moved without a drain and left down (skip_launch)\n\n",
 			n, plural(n, "machine is", "machines are"))
 	}
+	if n := countWoken(out.Plan); n > 0 {
+		fmt.Fprintf(w, "%d %s down: woken by %s update to run the image (a canary proves it only by running it), then put back down\n\n",
+			n, plural(n, "canary is", "canaries are"), plural(n, "its", "their"))
+	}
 	if n := countHostNotOK(out.Plan); n > 0 {
 		fmt.Fprintf(w, "%d %s on a host that is not ok: deferred when its turn comes (never leased or drained), unless the host is back\n\n",
 			n, plural(n, "machine is", "machines are"))
@@ -276,6 +280,16 @@ func countDown(plan []planMachineJSON) int {
 	n := 0
 	for _, p := range plan {
 		if !p.UpToDate && p.leftDown && p.hostOK {
+			n++
+		}
+	}
+	return n
+}
+
+func countWoken(plan []planMachineJSON) int {
+	n := 0
+	for _, p := range plan {
+		if !p.UpToDate && p.woken {
 			n++
 		}
 	}
