@@ -147,8 +147,9 @@ func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
 		if errors.As(err, &held) {
 			msg := fmt.Sprintf("lost the lease to %s", held.Owner)
 			s.m.LeaseNonce = ""
-			if s.m.State == store.StateVerifying || s.m.State == store.StateRollingBack {
-				return next{}, true, nil // the update happened; finish verifying without it
+			switch s.m.State {
+			case store.StateVerifying, store.StateRollingBack, store.StateBaking, store.StatePuttingDown:
+				return next{}, true, nil // the update happened; go on without it (a put-down takes it again)
 			}
 			n, err := s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, msg)
 			return n, false, err
@@ -183,8 +184,10 @@ func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
 // it (not moved before the update; after it, neither verified nor rolled
 // back over someone else's change). ok=true: go on.
 func (s *step) unchangedUnderNewLease(ctx context.Context, lease flymachines.Lease) (n next, ok bool, err error) {
-	if s.m.State == store.StateRollingBack {
-		return next{}, true, nil // the rollback's own update makes another instance
+	if s.m.State == store.StateRollingBack || s.m.State == store.StatePuttingDown {
+		// The rollback's own update makes another instance; a put-down
+		// checks the machine itself before it acts.
+		return next{}, true, nil
 	}
 	expected := []string{s.m.FromInstanceID}
 	if s.m.State == store.StateVerifying {

@@ -83,6 +83,11 @@ func (s *step) putDown(ctx context.Context) (next, error) {
 	case s.m.PutDown != "" || transient(mach.State):
 		s.persistCalls(ctx)
 		return wait(min(s.o.cfg.PollInterval, time.Second)), nil
+	case s.m.PendingOutcome == store.OutcomeMigrated && mach.InstanceID != s.m.ToInstanceID,
+		s.m.PendingOutcome == store.OutcomeRolledBack && !s.backOnOld(mach):
+		// Someone else changed the machine since: not ours to put down.
+		return s.endPutDown(ctx, fmt.Sprintf("not put back down: changed by someone else since (instance %s image %s)",
+			mach.InstanceID, s.imageOf(mach)), nil)
 	}
 	how, why := "stop", ""
 	if s.m.WokeFrom == "suspended" {
