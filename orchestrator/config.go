@@ -58,6 +58,13 @@ type Config struct {
 	// the tail's few machines set the run's end. Default 15s (at most
 	// PeekBackoffMax).
 	PeekBackoffTail time.Duration
+	// TransientWait bounds how long a machine read in a transient state
+	// (creating, starting, restarting, replacing, updating, stopping,
+	// suspending: Fly's machine-states) is waited out before it is
+	// deferred as stuck; it is never taken for down. Default 5m: Fly's
+	// docs call a machine starting, stopping or restarting for longer
+	// "wedged" (machines/machine-states, "Diagnosing stuck Machines").
+	TransientWait time.Duration
 	// MinDrainVersion is the oldest Hermes version with the drain route
 	// (MIGRATOR_HERMES_MIN_DRAIN_VERSION): a drain answered 401 by a gated
 	// bind's login gate is told apart as an older Hermes or a missing
@@ -68,6 +75,9 @@ type Config struct {
 	// Logger receives one line per transition. Default: discard.
 	Logger *slog.Logger
 }
+
+// DefaultTransientWait is Config.TransientWait's default.
+const DefaultTransientWait = 5 * time.Minute
 
 // DefaultLeaseWait is Config.LeaseWait's default: long enough for a
 // person's deploy of the app to finish, short enough that a lease left
@@ -96,6 +106,9 @@ func (c Config) withDefaults() Config {
 	if c.GatewayGrace == 0 {
 		c.GatewayGrace = 2 * time.Minute
 	}
+	if c.TransientWait == 0 {
+		c.TransientWait = DefaultTransientWait
+	}
 	if c.PeekBackoffMax == 0 {
 		c.PeekBackoffMax = time.Minute
 	}
@@ -116,7 +129,7 @@ func (c Config) validate() error {
 	if c.FleetCap < 0 {
 		errs = append(errs, fmt.Errorf("fleet cap %d is negative", c.FleetCap))
 	}
-	if c.PollInterval < 0 || c.LeaseTTL < 0 || c.VerifyTimeout < 0 || c.WaitStep < 0 || c.GatewayGrace < 0 || c.PeekBackoffMax < 0 || c.PeekBackoffTail < 0 || c.LeaseWait < 0 {
+	if c.PollInterval < 0 || c.LeaseTTL < 0 || c.VerifyTimeout < 0 || c.WaitStep < 0 || c.GatewayGrace < 0 || c.PeekBackoffMax < 0 || c.PeekBackoffTail < 0 || c.LeaseWait < 0 || c.TransientWait < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
 	}
 	if c.MarkerRefresh > 20*time.Minute {

@@ -43,36 +43,57 @@
 //
 // # The per-machine state machine
 //
-//	pending ──slot──▶ ready ──read, peek, lease, decide──▶ decided ──begin drain──▶ draining
-//	   ▲                │   │                                                      │
-//	   ├─lease held─────┤   └──not running: no drain, no launch──────────┐         │ quiescent, gateway down,
-//	   ├─agent busy─────┤ (up to date: skipped_up_to_date;               │         │ machine down, or
-//	   └─woken (from    │  outside window, host not ok: deferred;        │         │ deadline + force
-//	      updating)     │  never idle within idle_wait, on_busy defer)   ▼         ▼
-//	                  done ◀──migrated── verifying ◀──update image──── updating ◀──┘
-//	                   ▲ ▲   ▲               │ canary, bake > 0
-//	                   │ │   └──clean─── baking ──regression (run paused)──▶ rolling_back
-//	                   ▲ ▲                   │
-//	                   │ └──rolled_back── rolling_back (revert; startup_failed, failed or
-//	                   │   (drain cancelled,    │        stopped at once; else not started /
-//	                   │    gateway serving)    │        unhealthy / not serving by VerifyTimeout)
-//	                   └──────failed────────────┘ (rollback impossible, or the agent does not
-//	                                               serve on the old image by VerifyTimeout)
+//	pending ──slot──▶ ready ──read, peek, look for a lease, decide──▶ decided ──begin drain──▶ draining
+//	   ▲                │   │                                                          │
+//	   ├─lease held─────┤   └──not running: no drain (a canary: woken)───────┐           │ quiescent, gateway down,
+//	   ├─agent busy─────┤ (up to date: skipped_up_to_date;                   │           │ machine down, or
+//	   ├─woken (from    │  outside window, host not ok, stuck in a           │           │ deadline + force
+//	   │  updating)     │  transient state: deferred;                        ▼           ▼
+//	   └─lease held at  │  never idle within idle_wait, on_busy defer)   updating ◀────────┘
+//	      the update    │                                                   │ take the lease, read again
+//	      (drain        │                                                   │ under it, update image
+//	      cancelled)    ▼                                                   ▼
+//	                  done ◀──migrated──────────────────────────────── verifying
+//	                   ▲ ▲ ▲   ▲                                       │   │ canary, bake > 0
+//	                   │ │ │   └──clean─── baking ◀────────────────────┘   │ (lease given back)
+//	                   │ │ │                  │ regression (run paused)    │
+//	                   │ │ │                  ▼                            │ startup_failed, failed,
+//	                   │ │ └──rolled_back── rolling_back ◀─────────────────┘ crashed, or undecided
+//	                   │ │   (drain cancelled, │  (lease taken again)          by VerifyTimeout
+//	                   │ │    gateway serving) │
+//	                   │ └──────failed─────────┘ (rollback impossible, or the agent does not
+//	                   │                          serve on the old image by VerifyTimeout)
+//	                   └──any outcome── putting_down ◀── verifying, baking, rolling_back:
+//	                                    (a woken canary: suspended or stopped as it was)
+//
+// A machine read in a transient state (starting, restarting, replacing,
+// updating, creating, stopping, suspending) is waited out in ready or
+// updating, for at most Config.TransientWait, never taken for down.
 //
 // # A real fleet: one launch decision, what ran, who else deploys
 //
-// In ready the machine is read, and read again under the lease if the
-// lease's version (the instance id when it was granted) is not the one
-// read: what it is then is what everything is decided from, once, and
-// recorded (machine_state, launch, from_digest, from_image_ref) before
-// anything changes. flyctl decides the same way, from the machine as
-// captured before its deploy (internal/command/deploy/plan.go).
+// In ready the machine is read (without a lease: a drain changes nothing
+// on Fly), and what it is then is what everything is decided from, once,
+// and recorded (machine_state, launch, from_digest, from_image_ref, the
+// Fly release it runs) before anything changes. flyctl decides the same
+// way, from the machine as captured before its deploy
+// (internal/command/deploy/plan.go). The lease is taken in updating, just
+// before the update, and the machine read again under it (unless Fly
+// granted it on the very instance the drain began on): another instance or
+// image is someone else's deploy, and the machine is not moved over it.
 //
-//   - Started or starting: drained, then updated with a launch; verified
-//     by instance, image, checks and the gateway serving.
-//   - Stopped, suspended (or created): nobody is on it. No drain, no
-//     gateway call: decided goes straight to updating with the drain
-//     outcome not_running, the update carries skip_launch, and it is
+//   - Started: drained, then updated with a launch; verified by instance,
+//     image, checks and the gateway serving.
+//   - A canary that is stopped, suspended or created (on a host that is
+//     ok): a canary proves the image only by running it. No drain (nobody
+//     is on it); its update launches the new image (woke_from); verified
+//     and baked as any canary, then put back down the way it was
+//     (putting_down: suspended if it was and Fly allows it, else stopped),
+//     whatever its outcome (step_wake.go). A canary moved with skip_launch
+//     would never count as proof (store.UnprovenCanary).
+//   - Stopped, suspended (or created), not a canary: nobody is on it. No
+//     drain, no gateway call: decided goes straight to updating with the
+//     drain outcome not_running, the update carries skip_launch, and it is
 //     verified by state and config (the new instance, the new image,
 //     resting down); a rollback leaves it down too. If Fly Proxy starts
 //     it for a user before the update is sent, the adapter refuses to
@@ -84,7 +105,13 @@
 //   - Failed: launched (flyctl's rule), not drained.
 //   - A machine that goes down during its drain (autostop, or the agent
 //     suspending itself when idle): the drain ends not_running and the
-//     update follows with the launch decided at the lease.
+//     update follows with the launch decided at ready.
+//   - A new instance put down on request during its verification, the
+//     rollback's or a canary's bake (autostop's stop, whose exit event
+//     says requested_stop; a suspend; Hermes's scale-to-zero) is asleep,
+//     not broken: judged on what it showed while up, and started once if
+//     it never showed its platforms (asleep.go: one rule for verify,
+//     restore and the bake).
 //
 // What ran is image_ref, not config.image (a tag that may have moved): its
 // digest and full reference are recorded under the lease, and a rollback
@@ -98,18 +125,33 @@
 // read again each poll; past VerifyTimeout the machine fails with that
 // reason (neither verified nor rolled back while calls cannot reach it).
 //
-// A lease another deployer holds (a person's `fly deploy`: 13-s leases
-// refreshed every 4 s; other flyctl commands: 120 s) is waited out: the
-// slot goes back until the expiry the 409 states (RFC 3339 or Go's time
-// form) or FindLease reports, for at most Config.LeaseWait from the first
-// 409; then the machine is deferred naming the holder
+// The lease is held only to change the machine: from just before the
+// update through verify and rollback (and a woken canary's put-down), not
+// during a drain (up to the policy's wait, hours) nor a bake: every `fly
+// deploy`, `fly secrets set` or `fly machine update` of the app would fail
+// on "lease currently held by" after flyctl's minute of retries. A lease
+// another deployer holds (a person's `fly deploy`: 13-s leases refreshed
+// every 4 s; other flyctl commands: 120 s) is looked for in ready
+// (FindLease) before a drain is begun, and met again at the update: it is
+// waited out, the slot going back until the expiry the 409 states (RFC
+// 3339 or Go's time form) or FindLease reports, for at most
+// Config.LeaseWait from the first; at the update the drain is cancelled
+// meanwhile (the agent takes turns again) and the machine decided again
+// after; past the bound it is deferred naming the holder
 // (lease_wait_since/owner/ended_at). A lease that is not ours is never
 // touched. If the holder changed the machine meanwhile (its instance is
 // not the one read before the wait), migrator does not move it in this
-// run: deferred, with what changed. The same holds for a lease migrator
-// has to take again after its own lapsed: an instance that is neither the
-// one read before the update nor (once updated) the new one or flyd's
-// revert stops the machine and records it.
+// run: deferred, with what changed. So is a machine someone deployed
+// during its drain (the drain falls out of "draining" on their new
+// instance; or the re-read under the lease shows it): the drain is
+// cancelled. One taken again after ours lapsed is checked the same way.
+//
+// A Fly release is recorded per run and app for the image (release.go):
+// fly_release_id and fly_release_version go into each update's
+// config.metadata, as `fly deploy` writes them, and the release is
+// finished complete, failed or interrupted by the fill tick once the
+// app's machines are done; a token Fly's GraphQL API refuses moves
+// machines all the same, without releases.
 //
 // Plans leave out release-command and console machines (fly-go's
 // IsReleaseCommandMachine, IsFlyAppsConsole) and destroyed ones, and
@@ -218,8 +260,9 @@
 // # The canary bake
 //
 // A canary that verified is "baking" for its bake (policy canary_bake, or
-// the run's --canary-bake), keeping its lease and slot, so the canary gate
-// holds the rest. Each poll reads its machine (Fly events newer than the
+// the run's --canary-bake), keeping its slot (not its lease: the bake
+// changes nothing; a rollback takes it again), so the canary gate holds
+// the rest. Each poll reads its machine (Fly events newer than the
 // update, still on the new instance and started) and its /api/status (the
 // gateway running, no platform or Nous regression against the before); at
 // the end, a platform that was up must be up. A regression moves the
@@ -230,8 +273,12 @@
 // put down while idle during its bake (suspended, or stopped with a
 // requested stop: Fly Proxy's autostop, Hermes suspending itself) is not a
 // regression: the bake watches Fly's events to its end and judges what the
-// agent showed last. Canaries are picked among running machines on a host
-// that is ok: a machine moved without a launch proves nothing.
+// agent showed while up (asleep.go). A machine someone else updated during
+// the bake (another instance, another image) ends deferred, unproven.
+// Canaries are picked among running machines on a host that is ok, then
+// among sleeping ones, which are woken to run the image and put back down
+// (step_wake.go); a canary migrated without running the image (skip_launch)
+// never opens the gate.
 //
 // # Every way out leaves the agent serving
 //
@@ -247,8 +294,9 @@
 // ends failed, as does a rollback that cannot be sent; either tries to
 // cancel the drain first.
 //
-// The Fly lease's description names the machine migration ("migrator run R
-// migration M"). A replica that dies after Fly granted the lease but before
+// The Fly lease's description names the machine migration and says how to
+// let it go ("migrator run R migration M (hermes-cloud control plane);
+// release: migrator run cancel R, or fly machine leases clear"). A replica that dies after Fly granted the lease but before
 // its nonce was saved leaves the lease behind; the next attempt's 409 is
 // followed by one read of the lease (Fly shows the nonce to any holder of
 // the token) and a lease with this migration's description is adopted, not
@@ -283,7 +331,11 @@
 //	verifying             step_verify.go    the new instance and its agent judged
 //	baking                step_bake.go      a canary watched before the run widens
 //	rolling_back          step_rollback.go  the old image back, the agent serving
+//	putting_down          step_wake.go      a woken canary put back down
 //	done                  step.go           finish: the lease released, the slot refilled
+//
+// asleep.go is the one rule for an instance put down on request (verify,
+// restore, bake); release.go the Fly release per run and app.
 //
 // worker.go is the River worker and the dispatch on the state (advance);
 // step.go what every step shares (the step, its writes, the ways a machine

@@ -276,7 +276,8 @@ func TestOwnOrphanedLeaseIsAdopted(t *testing.T) {
 		t.Fatalf("run took %s of simulated time: the orphaned lease was waited out", took)
 	}
 	evs := w.eventsOf(r.ID, m.ID)
-	if e, ok := eventOf(evs, "machine.lease_adopted"); !ok || e.Detail["description"] != fmt.Sprintf("migrator run %d migration %d", r.ID, ms[0].ID) {
+	if e, ok := eventOf(evs, "machine.lease_adopted"); !ok || e.Detail["description"] != fmt.Sprintf(
+		"migrator run %d migration %d (hermes-cloud control plane); release: migrator run cancel %d, or fly machine leases clear", r.ID, ms[0].ID, r.ID) {
 		t.Fatalf("lease_adopted event %+v", e)
 	}
 	if _, ok := eventOf(evs, "fly.lease_get"); !ok {

@@ -353,7 +353,7 @@ func TestDeferredCanaryIsReplaced(t *testing.T) {
 		}
 		run := w.createRun(orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: imgV2, MaxUnavailable: "2", Canary: 1})
 		r := w.waitRun(run.ID, 2*time.Minute)
-		if r.State != store.RunPaused || !strings.Contains(r.StateReason, "3 canaries ended without proving the image") {
+		if r.State != store.RunPaused || !strings.Contains(r.StateReason, "3 ended without proving it") {
 			t.Fatalf("run %s (%s): want paused after 3 unproven canaries", r.State, r.StateReason)
 		}
 		for _, m := range ms[3:] {

@@ -63,11 +63,16 @@ func TestInterruptedStepLeavesTheMachineOnItsPath(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The replica is told to stop while its lease request is in flight.
+	// The replica is told to stop while its lease request is in flight:
+	// just before the update (the drain holds no lease), so the machine is
+	// stepped through its drain until then.
 	stopped, cancel := context.WithCancel(ctx)
 	stopping.cancel = cancel
-	if err := orch.Step(stopped, id); err != nil {
-		t.Logf("interrupted step: %v", err) // an error is fine: River retries the job
+	for i := 0; stopping.cancel != nil && i < 200; i++ {
+		if err := orch.Step(stopped, id); err != nil {
+			t.Logf("interrupted step: %v", err) // an error is fine: River retries the job
+		}
+		time.Sleep(clk.Wall(time.Second))
 	}
 	var state store.MigrationState
 	var outcome store.Outcome

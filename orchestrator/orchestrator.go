@@ -247,6 +247,9 @@ type fillWorker struct {
 }
 
 func (w *fillWorker) Work(ctx context.Context, _ *river.Job[FillArgs]) error {
+	// Fly releases whose app's machines are all done get their final
+	// status (release.go): calls to Fly, outside the transaction.
+	defer w.o.finishReleases(ctx)
 	return w.o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
 		if err := w.o.fillTx(ctx, q, tx); err != nil {
 			return err

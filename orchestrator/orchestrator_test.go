@@ -427,14 +427,26 @@ func TestStoppedMachineMovesWithoutDrain(t *testing.T) {
 	}
 }
 
-// A long drain refreshes its Fly lease about once per half-life, not on
-// every poll: the refreshed lease is saved even when nothing else changed.
-func TestLongDrainRefreshesLeaseAtHalfLife(t *testing.T) {
+// A long drain holds no Fly lease (a person's `fly deploy` meanwhile is
+// not blocked): nothing is leased, refreshed or held while it waits; the
+// lease is taken once, after the drain ended, just before the update.
+// A long verification refreshes it about once per half-life, not on every
+// poll: the refreshed lease is saved even when nothing else changed.
+func TestLongDrainHoldsNoLeaseVerifyRefreshes(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, worldOpts{sim: idleFleet(1)})
+	w := newWorld(t, worldOpts{sim: idleFleet(1), orch: func(c *orchestrator.Config) { c.VerifyTimeout = 10 * time.Minute }})
 	m := machinesOf(w)[0]
 	w.sim.AddTurn(m.App, m.ID, fleetsim.Turn{Session: "dana", Duration: 6 * time.Minute})
-	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, IdleWaitOverride: ptr(time.Duration(0))}).ID, time.Minute)
+	// The new gateway starts for 6 minutes: the lease (2 minutes) is
+	// refreshed through the verification.
+	w.sim.SlowStart(imgV2, 6*time.Minute)
+	id := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, IdleWaitOverride: ptr(time.Duration(0))}).ID
+	waitFor(t, 30*time.Second, "the drain under way", func() bool { return w.sim.Machine(m.App, m.ID).Draining })
+	time.Sleep(w.clk.Wall(3 * time.Minute))
+	if v := w.sim.Machine(m.App, m.ID); !v.Draining || v.LeaseOwner != "" {
+		t.Fatalf("3 minutes into the drain: %+v; want draining with no lease held", v)
+	}
+	r := w.waitRun(id, time.Minute)
 	if r.State != store.RunSucceeded {
 		t.Fatalf("run %s: %s", r.State, r.StateReason)
 	}
@@ -442,18 +454,27 @@ func TestLongDrainRefreshesLeaseAtHalfLife(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	refreshes, polls := 0, 0
-	for _, e := range evs {
+	acquires, refreshes, drainOver := 0, 0, false
+	for _, e := range evs { // in the order they were written
 		switch e.Kind {
+		case "machine.updating":
+			drainOver = true
+		case "fly.lease_acquire":
+			acquires++
+			if !drainOver {
+				t.Errorf("lease taken before the drain ended (event %d)", e.ID)
+			}
 		case "fly.lease_refresh":
 			refreshes++
-		case "gateway.status":
-			polls++
 		}
 	}
-	// 6 simulated minutes with a 2m lease refreshed at half-life: about 6.
+	if acquires != 1 {
+		t.Errorf("%d lease acquisitions, want 1 (just before the update)", acquires)
+	}
+	// 6 simulated minutes of verification with a 2m lease refreshed at
+	// half-life: about 6.
 	if refreshes < 3 || refreshes > 10 {
-		t.Fatalf("%d lease refreshes over a 6-minute drain (%d status polls), want about 6", refreshes, polls)
+		t.Fatalf("%d lease refreshes over a 6-minute verification, want about 6", refreshes)
 	}
 }
 

@@ -343,13 +343,18 @@ func orderByExpectedDrain(ms []PlannedMachine, est map[store.MachineKey]store.Dr
 	slices.SortStableFunc(ms, func(a, b PlannedMachine) int { return cmp.Compare(rank(b), rank(a)) })
 }
 
-// pickCanaries marks n machines to move as the run's canaries: running
-// machines on a host that is ok first (a stopped or suspended machine is
-// moved without a launch and a host not ok is deferred: neither proves the
-// image, nor is baked), and among them those with the shortest expected
-// drains (no history counts as the longest), so the canary gate, which
-// holds back every other machine, opens as soon as the new image has
-// proved itself. The canary tests the image, not the drain.
+// pickCanaries marks n machines to move as the run's canaries. A canary
+// proves the image only by running it, so running machines on a host that
+// is ok come first (drained, launched, judged against what their agent
+// showed before), then machines that are down on a host that is ok
+// (stopped, suspended, created: woken by their update to run the image,
+// then put back down, step_wake.go; in a fleet that is mostly asleep
+// these are most of the candidates), and machines whose host is not ok
+// last (deferred: they prove nothing, and are replaced). Within each,
+// those with the shortest expected drains (no history counts as the
+// longest), so the canary gate, which holds back every other machine,
+// opens as soon as the new image has proved itself. The canary tests the
+// image, not the drain.
 func pickCanaries(ms []PlannedMachine, n int) {
 	if n <= 0 {
 		return
@@ -361,10 +366,15 @@ func pickCanaries(ms []PlannedMachine, n int) {
 		}
 	}
 	proves := func(i int) int {
-		if running(ms[i].State) && ms[i].HostOK() {
+		switch {
+		case !ms[i].HostOK():
+			return 3
+		case running(ms[i].State):
 			return 0
+		case wakes(true, ms[i].Machine):
+			return 1
 		}
-		return 1
+		return 2 // failed, or on its way between states
 	}
 	key := func(i int) time.Duration {
 		if ms[i].DrainSamples == 0 {

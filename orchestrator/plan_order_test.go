@@ -54,7 +54,14 @@ func TestOrderByExpectedDrainAndPickCanaries(t *testing.T) {
 			wantOrder: []string{"x", "k", "y"}, wantCanary: []string{"x", "k"},
 		},
 		{
-			name: "canaries run: a stopped or suspended machine (moved without a launch) or one on a host not ok only when no running one is left",
+			name: "a mostly-asleep fleet: sleeping machines (woken to run the image) before a failed one or a host not ok",
+			machines: []m{{id: "failed", state: "failed", hist: time.Second}, {id: "unreachable", state: "unreachable", hist: time.Second},
+				{id: "suspended", state: "suspended", hist: time.Hour}, {id: "stopped", state: "stopped"}},
+			canaries:  2,
+			wantOrder: []string{"suspended", "stopped", "failed", "unreachable"}, wantCanary: []string{"suspended", "stopped"},
+		},
+		{
+			name: "canaries run: a stopped or suspended machine (woken) or one on a host not ok only when no running one is left",
 			machines: []m{{id: "stopped", state: "stopped", hist: time.Second}, {id: "suspended", state: "suspended", hist: time.Second},
 				{id: "run", hist: time.Hour}, {id: "starting", state: "starting"}, {id: "unreachable", state: "unreachable", hist: time.Second}},
 			canaries:  3,

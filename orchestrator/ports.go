@@ -22,6 +22,15 @@ type Fly interface {
 	UpdateImage(ctx context.Context, app, id, image, nonce string, opts ...flymachines.UpdateOption) (flymachines.UpdateResult, error)
 	WaitOnce(ctx context.Context, app, id, instanceID, state string, timeout time.Duration) (bool, error)
 	Inspect(ctx context.Context, app, id string, since time.Time) (flymachines.Machine, flymachines.Health, error)
+	// A canary woken to run the image is put back down; an instance put
+	// down before it showed its platforms is started once (step_wake.go,
+	// asleep.go).
+	Start(ctx context.Context, app, id, nonce string) error
+	Stop(ctx context.Context, app, id, nonce string) error
+	Suspend(ctx context.Context, app, id, nonce string) error
+	// One Fly release per run and app (release.go).
+	CreateRelease(ctx context.Context, app, image string) (flymachines.Release, error)
+	UpdateRelease(ctx context.Context, app, id, status, errText string) error
 }
 
 // Gateway is what the orchestrator needs of each agent's drain endpoint.

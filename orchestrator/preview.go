@@ -54,8 +54,14 @@ type MachinePreview struct {
 	// nobody is on it.
 	Drained bool
 	// LeftDown: the machine is stopped, suspended or created: updated
-	// without a launch (skip_launch), it rests down.
+	// without a launch (skip_launch), it rests down. A canary is not: it
+	// is Woken.
 	LeftDown bool
+	// Woken: a canary that is down (stopped, suspended, created) on a
+	// host that is ok: its update launches the new image (no drain:
+	// nobody is on it), it is verified and baked, then put back down the
+	// way it was (step_wake.go).
+	Woken bool
 	// Deferrals are the machine's deferrals since it last moved (they
 	// count toward max_deferrals).
 	Deferrals int
@@ -110,7 +116,9 @@ func (o *Orchestrator) Preview(ctx context.Context, req RunRequest, planned []Pl
 	out := Preview{DecidedAt: now, PolicyVersion: o.pol.Version(), Excluded: req.Excluded, Probed: probe != nil,
 		Machines: make([]MachinePreview, 0, len(planned))}
 	for _, p := range planned {
-		mp := MachinePreview{PlannedMachine: p, HostOK: p.HostOK(), Drained: running(p.State), LeftDown: down(p.State)}
+		mp := MachinePreview{PlannedMachine: p, HostOK: p.HostOK(), Drained: running(p.State), LeftDown: down(p.State),
+			Woken: wakes(p.Canary, p.Machine)}
+		mp.LeftDown = mp.LeftDown && !mp.Woken
 		if !p.UpToDate {
 			key := store.MachineKey{App: p.App, MachineID: p.ID}
 			mp.Deferrals = deferrals[key]

@@ -470,31 +470,33 @@ func (f *lapseOnRefresh) RefreshLease(ctx context.Context, app, id, nonce string
 	return f.Client.RefreshLease(ctx, app, id, nonce, ttl)
 }
 
-// A lease taken again after migrator's lapsed, on a machine someone else
-// updated meanwhile: re-read under the new lease, stopped and recorded, not
-// moved (and not rolled back over their change).
+// A lease taken again after migrator's lapsed (during a long verification:
+// no lease is held during the drain), on a machine someone else updated
+// meanwhile: re-read under the new lease, stopped and recorded, neither
+// verified nor rolled back over their change.
 func TestChangedWhileOurLeaseLapsed(t *testing.T) {
 	t.Parallel()
 	const theirs = "registry.fly.io/hermes-agent:v3"
 	var w *world
 	var app, id string
-	w = newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1}, wrapFly: func(c *flymachines.Client) orchestrator.Fly {
-		return &lapseOnRefresh{Client: c, meddle: func() {
-			w.sim.HoldLeaseWhile(app, id, "person@example.com", fleetsim.DeployTTL, fleetsim.DeployRefresh, 2*time.Second, theirs)
-			time.Sleep(w.clk.Wall(5 * time.Second))
-		}}
-	}})
+	w = newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1}, orch: func(c *orchestrator.Config) { c.VerifyTimeout = 20 * time.Minute },
+		wrapFly: func(c *flymachines.Client) orchestrator.Fly {
+			return &lapseOnRefresh{Client: c, meddle: func() {
+				w.sim.HoldLeaseWhile(app, id, "person@example.com", fleetsim.DeployTTL, fleetsim.DeployRefresh, 2*time.Second, theirs)
+				time.Sleep(w.clk.Wall(5 * time.Second))
+			}}
+		}})
 	app = w.sim.Apps()[0]
 	id = w.sim.MachineIDs(app)[0]
-	w.sim.AddTurn(app, id, fleetsim.Turn{Session: "long", Duration: 10 * time.Minute})
+	w.sim.SlowStart(imgV2, 10*time.Minute) // the verification outlives the first lease refresh
 	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2, FailureThreshold: 1}).ID, time.Minute)
 	h := w.realHistory(r.ID)[app]
-	if h.Outcome != "deferred" || !strings.Contains(h.Error, "changed by someone else while migrator's lease had lapsed") ||
-		!strings.Contains(h.Error, theirs) {
+	if h.Outcome != "failed" || !strings.Contains(h.Error, "changed by someone else while migrator's lease had lapsed") ||
+		!strings.Contains(h.Error, theirs) || !strings.Contains(h.Error, "neither verified nor rolled back") {
 		t.Errorf("history %+v", h)
 	}
-	if v := w.sim.Machine(app, id); v.Image != theirs || v.Updates != 1 || v.Draining {
-		t.Errorf("machine %+v: want their deploy kept, not draining", v)
+	if v := w.sim.Machine(app, id); v.Image != theirs || v.Updates != 2 || v.Draining {
+		t.Errorf("machine %+v: want their deploy kept (migrator's update, then theirs), not draining", v)
 	}
 	if _, ok := eventOf(w.eventsOf(r.ID, id), "machine.changed_under_us"); !ok {
 		t.Error("no machine.changed_under_us event")

@@ -47,6 +47,9 @@ type step struct {
 	// lookedIdle: this execution's look without a slot found the agent
 	// idle (ready does not look again).
 	lookedIdle bool
+	// leaseVersion: the machine's instance when Fly granted the lease this
+	// execution took ("" when none was taken here).
+	leaseVersion string
 }
 
 // Bounds that keep one execution inside its job timeout and make its writes
@@ -158,10 +161,10 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 }
 
 // unprovenCanary: this canary just ended without proving the image
-// (deferred, or found up to date), so another takes its place.
+// (deferred, found up to date, or migrated without running it), so
+// another takes its place (store.UnprovenCanary).
 func (s *step) unprovenCanary() bool {
-	return s.m.Canary && s.m.State == store.StateDone &&
-		(s.m.Outcome == store.OutcomeDeferred || s.m.Outcome == store.OutcomeSkippedUpToDate)
+	return s.m.Canary && s.m.State == store.StateDone && store.UnprovenCanary(s.m.Outcome, s.m.Launch)
 }
 
 // observe tells the Observer what the save just committed: the version
@@ -334,4 +337,16 @@ func running(state string) bool {
 // stay in created if skip_launch is set"), or suspended.
 func down(state string) bool {
 	return state == "stopped" || state == "created" || state == "suspended"
+}
+
+// transient states are Fly's short-lived ones (machines/machine-states:
+// "The Machine will move to a new state automatically"): a machine read
+// in one is on its way somewhere and is waited out (Config.TransientWait),
+// never taken for down. destroying is not: the machine is going away.
+func transient(state string) bool {
+	switch state {
+	case "creating", "starting", "restarting", "replacing", "updating", "stopping", "suspending", "launch_failed":
+		return true
+	}
+	return false
 }

@@ -2,7 +2,7 @@ package orchestrator
 
 // The canary bake. A canary that verified is not done yet: it stays
 // "baking" for its bake (the policy's canary_bake for its cause and rule,
-// or the run's --canary-bake), keeping its lease and budget slot, and the
+// or the run's --canary-bake), keeping its budget slot (not its lease), and the
 // canary gate holds the rest of the run back until it ends migrated. Every
 // poll interval one execution reads the machine (its Fly events newer than
 // the update: an exit it did not ask for, an OOM kill, a restart; the
@@ -16,7 +16,9 @@ package orchestrator
 // Postgres (bake_until), so a replica that dies mid-bake hands the rest of
 // it, not a skipped one, to the next.
 //
-//	baking → done          migrated: a clean bake (or the run cancelled)
+//	baking → done          migrated: a clean bake (or the run cancelled);
+//	                       deferred: someone else updated the machine
+//	baking → putting_down  a woken canary's clean bake (step_wake.go)
 //	baking → rolling_back  a regression: the run paused in the same
 //	                       transaction (step_rollback.go)
 
@@ -49,9 +51,12 @@ func (s *step) canaryBake() time.Duration {
 	return s.decide(s.m.Region, s.m.FromImage, s.m.Labels).CanaryBake
 }
 
-// startBake moves a verified canary to baking until now+bake.
+// startBake moves a verified canary to baking until now+bake. The lease
+// is given back: a bake changes nothing (a person's `fly deploy` may run
+// meanwhile), and a rollback or put-down after it takes it again.
 func (s *step) startBake(ctx context.Context, bake time.Duration) (next, error) {
 	now := s.now()
+	s.releaseLease(ctx)
 	s.m.BakeStartedAt, s.m.BakeUntil = now, now.Add(bake)
 	if err := s.transition(ctx, store.StateBaking, map[string]any{"bake": bake.String(), "bake_until": s.m.BakeUntil}); err != nil {
 		return next{}, err
@@ -73,10 +78,12 @@ func (s *step) bake(ctx context.Context) (next, error) {
 		// The run will not widen: the canary runs the image, verified.
 		s.m.BakeUntil = now
 		s.o.obs.BakeEnded(BakeCut, max(now.Sub(s.m.BakeStartedAt), 0))
-		return s.finishDetail(ctx, store.OutcomeMigrated, "", map[string]any{"bake": "cut short: run cancelled"})
+		return s.endRan(ctx, store.OutcomeMigrated, "", map[string]any{"bake": "cut short: run cancelled"})
 	}
-	if _, ok, err := s.keepLease(ctx); !ok {
-		return next{}, err
+	if s.m.LeaseNonce != "" {
+		// Taken before the bake by an older version: a bake holds none.
+		s.releaseLease(ctx)
+		s.leaseDirty = true
 	}
 	m, _, err := s.o.fly.Inspect(ctx, s.m.App, s.m.MachineID, s.m.UpdatedMachineAt)
 	if err != nil {
@@ -88,31 +95,35 @@ func (s *step) bake(ctx context.Context) (next, error) {
 	}
 	before := gateway.DecodeSignals(s.m.SignalsBefore)
 	switch {
+	case m.InstanceID != s.m.ToInstanceID && m.InstanceID != s.m.FromInstanceID && s.imageOf(m) != s.m.ToImage:
+		// Someone else updated the machine during the bake (the bake
+		// holds no lease): the image is neither proved nor disproved.
+		return s.changedDuringBake(ctx, m)
 	case m.InstanceID != s.m.ToInstanceID || s.imageOf(m) != s.m.ToImage:
 		return s.bakeRegressed(ctx, signalInstanceChanged, fmt.Sprintf("the machine left the new instance during the bake: %s on instance %s image %s, not instance %s image %s",
 			m.State, m.InstanceID, s.imageOf(m), s.m.ToInstanceID, s.m.ToImage))
 	case crashed(m, s.m.UpdatedMachineAt):
 		sig, why := flyCrash(m.Events, s.m.UpdatedMachineAt)
 		return s.bakeRegressed(ctx, sig, why)
-	case asleep(m, s.m.UpdatedMachineAt):
-		// Put down at someone's request while idle: Fly Proxy's autostop,
-		// or Hermes suspending an idle agent itself (hermes-gateway.md,
-		// "Scale to zero"). Nobody is on it, its dashboard does not
-		// answer, and that says nothing against the image: the bake goes
-		// on watching Fly's events (a user's turn wakes it on the new
-		// image), and ends on what the agent showed last.
+	case putDownOnRequest(m, s.m.UpdatedMachineAt) != "":
+		// Put down at someone's request while idle (asleep.go): nobody
+		// is on it, its dashboard does not answer, and that says nothing
+		// against the image. The bake goes on watching Fly's events (a
+		// user's turn wakes it on the new image) and ends on what the
+		// agent showed while up.
 		if now.Before(s.m.BakeUntil) {
 			s.persistCalls(ctx)
 			return wait(min(s.o.cfg.PollInterval, s.m.BakeUntil.Sub(now)+time.Millisecond)), nil
 		}
-		last := gateway.DecodeSignals(s.m.SignalsAfter)
-		if last != nil {
-			if v := judgeAgent(before, *last, true); v.regressed {
-				return s.bakeRegressed(ctx, v.signal, v.reason+" before it was put down, idle")
-			}
+		j := judgeAsleep(before, showedServing(s.m.SignalsAfter, s.m.UpdatedMachineAt), s.m.VerifyWakes)
+		switch {
+		case j.v.regressed:
+			return s.bakeRegressed(ctx, j.v.signal, j.v.reason+" before it was put down, idle")
+		case j.wake:
+			return s.wakeToFinish(ctx, m.State)
 		}
 		s.o.obs.BakeEnded(BakeClean, now.Sub(s.m.BakeStartedAt))
-		return s.finishDetail(ctx, store.OutcomeMigrated, "", map[string]any{"bake": "clean", "left": m.State,
+		return s.endRan(ctx, store.OutcomeMigrated, "", map[string]any{"bake": "clean", "left": m.State,
 			"baked_seconds": now.Sub(s.m.BakeStartedAt).Seconds(), "note": "put down while idle during the bake (autostop or the agent itself)"})
 	case m.State == "stopped" || m.State == "failed":
 		return s.bakeRegressed(ctx, signalInstanceStopped, fmt.Sprintf("the new instance is %s during the bake", m.State))
@@ -148,7 +159,7 @@ func (s *step) bake(ctx context.Context) (next, error) {
 			return s.bakeRegressed(ctx, v.signal, v.reason+" at the end of the bake")
 		}
 		s.o.obs.BakeEnded(BakeClean, now.Sub(s.m.BakeStartedAt))
-		return s.finishDetail(ctx, store.OutcomeMigrated, "", map[string]any{"bake": "clean",
+		return s.endRan(ctx, store.OutcomeMigrated, "", map[string]any{"bake": "clean",
 			"baked_seconds": now.Sub(s.m.BakeStartedAt).Seconds()})
 	}
 	s.dropUnchangedStatusReads()
@@ -162,27 +173,19 @@ func (s *step) bake(ctx context.Context) (next, error) {
 	return wait(min(s.o.cfg.PollInterval, s.m.BakeUntil.Sub(now)+time.Millisecond)), nil
 }
 
-// asleep reports whether the machine is down, or on its way down, at
-// someone's request since since: suspended (flyd suspends only when asked:
-// Fly Proxy's autostop, Hermes itself, a person), or stopped with the
-// newest exit since then a requested stop (fly-go's
-// MachineExitEvent.RequestedStop; flyctl reads it the same way in
-// isConstantlyRestarting). A crash is never asleep.
-func asleep(m flymachines.Machine, since time.Time) bool {
-	switch m.State {
-	case "suspended", "suspending":
-		return true
-	case "stopped", "stopping":
-		for _, e := range m.Events { // newest first
-			if !e.At.After(since) {
-				break
-			}
-			if e.Type == "exit" && e.Exit != nil {
-				return e.Exit.RequestedStop
-			}
-		}
-	}
-	return false
+// changedDuringBake ends a canary whose machine someone else updated
+// during its bake (an instance migrator did not make, on another image):
+// deferred, unproven, so another canary takes its place; it is neither
+// rolled back nor put down over someone else's change.
+func (s *step) changedDuringBake(ctx context.Context, m flymachines.Machine) (next, error) {
+	now := s.now()
+	s.o.obs.BakeEnded(BakeCut, max(now.Sub(s.m.BakeStartedAt), 0))
+	s.m.BakeUntil = now
+	s.events = append(s.events, store.Event{Kind: "machine.changed_under_us", Target: s.m.Target(),
+		Detail: map[string]any{"instance_now": m.InstanceID, "image_now": s.imageOf(m), "phase": "bake"}})
+	return s.finishDetail(ctx, store.OutcomeDeferred, fmt.Sprintf(
+		"changed by someone else during the canary's bake: machine on instance %s image %s, not migrator's %s; neither proved nor rolled back",
+		m.InstanceID, s.imageOf(m), s.m.ToInstanceID), map[string]any{"instance_now": m.InstanceID, "image_now": s.imageOf(m)})
 }
 
 // bakeRegressed ends a bake on a regression: the canary goes to
@@ -202,6 +205,7 @@ func (s *step) bakeRegressed(ctx context.Context, signal, reason string) (next, 
 		detail["signals_after"] = after
 	}
 	s.m.UpdatedMachineAt = now // the rollback's own verify clock
+	s.m.VerifyWakes = 0        // and its own wake, if put down before it serves
 	from := s.m.State
 	s.m.State = store.StateRollingBack
 	pause := fmt.Sprintf("canary %s regressed during its bake (%s): %s; rolling it back", s.m.Target(), signal, shorten(reason, 200))

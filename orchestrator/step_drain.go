@@ -264,6 +264,14 @@ func (s *step) draining(ctx context.Context) (next, error) {
 		if st.State != "draining" && now.Sub(d.LastBeginAt) < 2*time.Second {
 			break
 		}
+		if st.State != "draining" {
+			// No lease is held during a drain: someone may have deployed
+			// the machine meanwhile (its new instance ignores the old
+			// marker). Then it is theirs: not drained again, not moved.
+			if n, changed, err := s.changedDuringDrain(ctx); changed {
+				return n, err
+			}
+		}
 		echo, err := s.o.gw.Begin(ctx, s.target(), d.Quiet)
 		if err != nil {
 			if gateway.IsPermanent(err) {
@@ -357,4 +365,25 @@ func (s *step) drainTargetGone(ctx context.Context) (n next, gone bool, err erro
 			"machine_state": mach.State, "launch": s.m.Launch})
 	}
 	return next{}, false, nil
+}
+
+// changedDuringDrain reads the machine of a drain that fell out of
+// "draining": an instance other than the one the drain began on is
+// someone else's deploy (the drain holds no lease), so the drain is
+// cancelled and the machine deferred, recorded with what changed; the
+// next run picks it up. changed=false: the same instance (the marker
+// expired, or the gateway restarted), or the machine could not be read.
+func (s *step) changedDuringDrain(ctx context.Context) (n next, changed bool, err error) {
+	mach, gerr := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
+	if gerr != nil || mach.InstanceID == s.m.FromInstanceID || s.m.FromInstanceID == "" {
+		return next{}, false, nil
+	}
+	image := s.imageOf(mach)
+	s.events = append(s.events, store.Event{Kind: "machine.changed_under_us", Target: s.m.Target(),
+		Detail: map[string]any{"instance_before": s.m.FromInstanceID, "instance_now": mach.InstanceID,
+			"image_before": s.m.FromImage, "image_now": image, "phase": "drain"}})
+	n, err = s.abortBeforeUpdate(ctx, store.OutcomeDeferred, store.DrainCancelled, fmt.Sprintf(
+		"changed by someone else during the drain: instance %s → %s, image %s → %s; drain cancelled, not moved now, the next run picks it up",
+		s.m.FromInstanceID, mach.InstanceID, s.m.FromImage, image))
+	return n, true, err
 }

@@ -1,13 +1,19 @@
 package orchestrator
 
-// The Fly lease. Taken in ready under this migration's description (and
-// adopted when an earlier execution was granted it and died before saving
-// it); another deployer's lease is waited out, the slot given back
-// (ready → pending), for at most Config.LeaseWait (then ready → done,
-// deferred). Every later step refreshes it at half-life (keepLease); one
-// taken again after it lapsed is checked against the machine (someone
-// else's change stops the machine); it is released when the machine
-// ends.
+// The Fly lease, held only to change the machine. A drain needs no lease:
+// ready only looks for another deployer's lease (FindLease) and waits it
+// out before a drain is begun (ready → pending, for at most
+// Config.LeaseWait; then ready → done, deferred). The lease is taken just
+// before the update (takeLease: updating), under this migration's
+// description (and adopted when an earlier execution was granted it and
+// died before saving it), and kept through verify and rollback, refreshed
+// at half-life (keepLease); a baking canary gives it back, and a rollback
+// or a put-down after the bake takes it again. Another deployer's lease met
+// at the update is waited out with the drain cancelled meanwhile (the
+// agent takes turns again; its users are not refused for another's
+// deploy), the machine decided again afterwards; one taken again after
+// ours lapsed is checked against the machine (someone else's change stops
+// the machine); it is released when the machine ends.
 
 import (
 	"context"
@@ -23,9 +29,23 @@ import (
 
 // leaseDescription names this machine migration uniquely, so that a lease
 // granted to an execution that died before saving its nonce is recognised
-// as ours by the next one (adoptLease).
+// as ours by the next one (adoptLease), and tells whoever reads it (`fly
+// machine leases view`) who holds it and how to let it go.
 func (s *step) leaseDescription() string {
+	return fmt.Sprintf("%s (hermes-cloud control plane); release: migrator run cancel %d, or fly machine leases clear",
+		s.leaseName(), s.m.RunID)
+}
+
+// leaseName is the part of the description that identifies the holder.
+func (s *step) leaseName() string {
 	return fmt.Sprintf("migrator run %d migration %d", s.m.RunID, s.m.ID)
+}
+
+// ownsLease reports whether a lease's description names this machine
+// migration (descriptions of older versions were the name alone).
+func (s *step) ownsLease(description string) bool {
+	rest, ok := strings.CutPrefix(description, s.leaseName())
+	return ok && (rest == "" || strings.HasPrefix(rest, " "))
 }
 
 // adoptLease reads the lease that answered 409: if its description names
@@ -37,7 +57,7 @@ func (s *step) adoptLease(ctx context.Context) (flymachines.Lease, bool, error) 
 	switch {
 	case err != nil:
 		return l, false, err
-	case l.Description != s.leaseDescription():
+	case !s.ownsLease(l.Description):
 		return l, false, nil
 	}
 	s.events = append(s.events, store.Event{Kind: "machine.lease_adopted", Target: s.m.Target(),
@@ -127,8 +147,9 @@ func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
 		if errors.As(err, &held) {
 			msg := fmt.Sprintf("lost the lease to %s", held.Owner)
 			s.m.LeaseNonce = ""
-			if s.m.State == store.StateVerifying || s.m.State == store.StateRollingBack {
-				return next{}, true, nil // the update happened; finish verifying without it
+			switch s.m.State {
+			case store.StateVerifying, store.StateRollingBack, store.StateBaking, store.StatePuttingDown:
+				return next{}, true, nil // the update happened; go on without it (a put-down takes it again)
 			}
 			n, err := s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, msg)
 			return n, false, err
@@ -163,8 +184,10 @@ func (s *step) keepLease(ctx context.Context) (n next, ok bool, err error) {
 // it (not moved before the update; after it, neither verified nor rolled
 // back over someone else's change). ok=true: go on.
 func (s *step) unchangedUnderNewLease(ctx context.Context, lease flymachines.Lease) (n next, ok bool, err error) {
-	if s.m.State == store.StateRollingBack {
-		return next{}, true, nil // the rollback's own update makes another instance
+	if s.m.State == store.StateRollingBack || s.m.State == store.StatePuttingDown {
+		// The rollback's own update makes another instance; a put-down
+		// checks the machine itself before it acts.
+		return next{}, true, nil
 	}
 	expected := []string{s.m.FromInstanceID}
 	if s.m.State == store.StateVerifying {
@@ -206,4 +229,150 @@ func (s *step) releaseLease(ctx context.Context) {
 			Detail: map[string]any{"expires_at": s.m.LeaseExpiresAt}})
 	}
 	s.m.LeaseNonce, s.m.LeaseExpiresAt = "", time.Time{}
+}
+
+// leaseAtReady looks, before a drain is begun, for a lease someone else
+// holds on the machine (one read of it; a drain needs no lease of its
+// own): a person's `fly deploy` is changing it, so no drain is begun that
+// their update would cut short; the wait is leaseHeld's. A lease of this
+// very migration left behind by an execution that died is released. An
+// unreadable lease is not waited for: the lease taken at the update
+// decides then. stop=false: no lease in the way; go on.
+func (s *step) leaseAtReady(ctx context.Context) (n next, stop bool, err error) {
+	l, ferr := s.o.fly.FindLease(ctx, s.m.App, s.m.MachineID)
+	switch {
+	case flymachines.IsNotFound(ferr):
+	case ferr != nil:
+		s.log.Warn("read the machine's lease before the drain", "error", ferr)
+	case s.ownsLease(l.Description):
+		s.m.LeaseNonce, s.m.LeaseExpiresAt = l.Nonce, l.ExpiresAt
+		s.events = append(s.events, store.Event{Kind: "machine.lease_adopted", Target: s.m.Target(),
+			Detail: map[string]any{"description": l.Description, "expires_at": l.ExpiresAt,
+				"note": "left by an earlier attempt; released: no lease is held during a drain"}})
+		s.releaseLease(ctx)
+	case l.ExpiresAt.IsZero() || l.ExpiresAt.After(s.now()):
+		n, err := s.leaseHeld(ctx, &flymachines.LeaseHeldError{Op: "fly.lease_get", App: s.m.App, MachineID: s.m.MachineID,
+			Owner: l.Owner, ExpiresAt: l.ExpiresAt}, l)
+		return n, true, err
+	}
+	s.leaseWaitOver()
+	return next{}, false, nil
+}
+
+// leaseWaitOver ends a wait for another deployer's lease, once: recorded
+// with the next save.
+func (s *step) leaseWaitOver() {
+	if s.m.LeaseWaitSince.IsZero() || !s.m.LeaseWaitEndedAt.IsZero() {
+		return
+	}
+	now := s.now()
+	s.m.LeaseWaitEndedAt = now
+	s.events = append(s.events, store.Event{Kind: "machine.lease_waited", Target: s.m.Target(),
+		Detail: map[string]any{"owner": s.m.LeaseWaitOwner, "since": s.m.LeaseWaitSince,
+			"waited_seconds": now.Sub(s.m.LeaseWaitSince).Seconds()}})
+}
+
+// takeLease takes the Fly lease to change the machine (the update, a
+// rollback, a put-down), or refreshes the one held. A lease granted to an
+// earlier execution of this migration is adopted; another deployer's
+// lease is met by heldByOther, which depends on the state. ok=false: the
+// step returns (n, err).
+func (s *step) takeLease(ctx context.Context) (n next, ok bool, err error) {
+	if s.m.LeaseNonce != "" {
+		return s.keepLease(ctx)
+	}
+	lease, err := s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, s.leaseDescription())
+	var held *flymachines.LeaseHeldError
+	if errors.As(err, &held) {
+		found, adopted, ferr := s.adoptLease(ctx)
+		switch {
+		case flymachines.IsNotFound(ferr):
+			// Released or expired since the 409: take it next time.
+			s.persistCalls(ctx)
+			return wait(s.o.cfg.PollInterval), false, nil
+		case ferr == nil && !adopted:
+			n, err := s.heldByOther(ctx, held, found)
+			return n, false, err
+		}
+		lease, err = found, ferr
+	}
+	if err != nil {
+		if retryable(ctx, err) {
+			s.log.Warn("lease machine failed, will retry", "error", err)
+			s.persistCalls(ctx)
+			return wait(s.o.cfg.PollInterval), false, nil
+		}
+		n, err := s.cannotLease(ctx, fmt.Sprintf("lease machine: %v", err))
+		return n, false, err
+	}
+	s.m.LeaseNonce, s.m.LeaseExpiresAt = lease.Nonce, lease.ExpiresAt
+	s.leaseVersion = lease.Version
+	s.leaseDirty = true
+	s.leaseWaitOver()
+	return next{}, true, nil
+}
+
+// heldByOther meets another deployer's lease where migrator is about to
+// change the machine:
+//   - before the update, it is waited out as at ready (leaseHeld: slot
+//     back, for at most LeaseWait) with the drain cancelled meanwhile: a
+//     person's `fly deploy` takes about a minute, and the agent's users
+//     are not refused turns for someone else's change. The machine is
+//     decided again afterwards (drained again), or deferred if the holder
+//     changed it;
+//   - a rollback waits for it, within its own VerifyTimeout (then the
+//     machine fails for a person: the holder is changing it anyway);
+//   - a put-down is given up: the holder is changing the machine.
+func (s *step) heldByOther(ctx context.Context, held *flymachines.LeaseHeldError, found flymachines.Lease) (next, error) {
+	owner := held.Owner
+	if owner == "" {
+		owner = found.Owner
+	}
+	switch s.m.State {
+	case store.StateUpdating:
+		if d := s.w.Drain; d != nil && !d.StartedAt.IsZero() {
+			cctx, cancel := detached(ctx, cleanupTimeout)
+			was, cerr := s.o.gw.Cancel(cctx, s.target())
+			cancel()
+			ev := store.Event{Kind: "drain.cancelled_for_lease", Target: s.m.Target(),
+				Detail: map[string]any{"lease_owner": owner, "was_draining": was,
+					"note": "another deployer holds the lease: the agent takes turns again while it waits; drained again after"}}
+			if cerr != nil {
+				ev.Error = cerr.Error()
+			}
+			s.events = append(s.events, ev)
+		}
+		return s.leaseHeld(ctx, held, found)
+	case store.StatePuttingDown:
+		return s.endPutDown(ctx, fmt.Sprintf("not put back down: lease held by %s (someone is changing the machine)", nonEmpty(owner, "another deployer")), nil)
+	}
+	if s.now().Sub(s.m.UpdatedMachineAt) > s.o.cfg.VerifyTimeout {
+		return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rollback blocked: lease held by %s past %s", s.m.Error,
+			nonEmpty(owner, "another deployer"), s.o.cfg.VerifyTimeout))
+	}
+	s.persistCalls(ctx)
+	until := held.ExpiresAt
+	if until.IsZero() {
+		until = found.ExpiresAt
+	}
+	return wait(max(min(until.Sub(s.now())+time.Second, s.o.cfg.LeaseWait), s.o.cfg.PollInterval)), nil
+}
+
+// cannotLease ends a machine whose lease Fly refused for good.
+func (s *step) cannotLease(ctx context.Context, msg string) (next, error) {
+	switch s.m.State {
+	case store.StateUpdating:
+		return s.abortBeforeUpdate(ctx, store.OutcomeFailed, "", msg)
+	case store.StatePuttingDown:
+		return s.endPutDown(ctx, "not put back down: "+msg, nil)
+	}
+	return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rollback: %s", s.m.Error, msg))
+}
+
+// nonEmpty is s, or def when s is empty.
+func nonEmpty(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

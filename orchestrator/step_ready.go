@@ -1,20 +1,21 @@
 package orchestrator
 
 // ready: the machine holds a budget slot. It is read (and refused if it
-// must not be moved as it is), its agent looked at for an idle moment when
-// its decision has an idle wait (step_idle.go), it is leased
-// (step_lease.go), and its decision is recorded once, before the gateway
-// hears of it:
+// must not be moved as it is; waited out while it is between states), its
+// agent looked at for an idle moment when its decision has an idle wait
+// (step_idle.go), another deployer's lease looked for (no lease is taken
+// for the drain: step_lease.go), and its decision is recorded once, before
+// the gateway hears of it:
 //
 //	ready → decided   running: drained next (step_drain.go)
-//	ready → updating  not running: no drain, no launch (step_update.go)
+//	ready → updating  not running: no drain; no launch, unless it is a
+//	                  canary (woken to run the image: step_wake.go)
 //	ready → done      up to date, outside its window, host not ok,
-//	                  refused, run cancelled
+//	                  stuck in a transient state, refused, run cancelled
 //	ready → pending   run paused, lease held elsewhere, agent busy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -23,7 +24,8 @@ import (
 	"github.com/hermes-cloud/migrator/store"
 )
 
-// ready: read the machine, lease it, record the policy decision.
+// ready: read the machine, look for another deployer's lease, record the
+// policy decision.
 func (s *step) ready(ctx context.Context) (next, error) {
 	run := s.w.Run
 	switch run.State {
@@ -63,7 +65,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	if image == s.m.ToImage {
 		return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
 	}
-	if s.m.LeaseNonce == "" && !s.m.LeaseWaitSince.IsZero() && mach.InstanceID != s.m.FromInstanceID {
+	if !s.m.LeaseWaitSince.IsZero() && mach.InstanceID != s.m.FromInstanceID {
 		// The deployer whose lease was waited out changed the machine.
 		return s.changedUnderUs(ctx, mach, image)
 	}
@@ -81,64 +83,37 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		}
 		return s.finish(ctx, store.OutcomeDeferred, "", msg)
 	}
-	if iw := d.IdleWait; running(mach.State) && iw > 0 && !peeked && s.m.LeaseNonce == "" {
+	if iw := d.IdleWait; running(mach.State) && iw > 0 && !peeked {
 		// Idle-first: begin only at a moment with no work in flight.
 		if n, stop, err := s.peek(ctx, d, iw); stop {
 			return n, err
 		}
 	}
-	if s.m.LeaseNonce == "" {
-		lease, err := s.o.fly.AcquireLease(ctx, s.m.App, s.m.MachineID, s.o.cfg.LeaseTTL, s.leaseDescription())
-		var held *flymachines.LeaseHeldError
-		if errors.As(err, &held) {
-			var adopted bool
-			var found flymachines.Lease
-			found, adopted, err = s.adoptLease(ctx)
-			switch {
-			case flymachines.IsNotFound(err):
-				// Released or expired since the 409: acquire it next time.
-				s.persistCalls(ctx)
-				return wait(s.o.cfg.PollInterval), nil
-			case err == nil && !adopted:
-				return s.leaseHeld(ctx, held, found)
-			}
-			lease = found
-		}
-		if err != nil {
-			return s.flyError(ctx, "lease machine", err)
-		}
-		s.m.LeaseNonce, s.m.LeaseExpiresAt = lease.Nonce, lease.ExpiresAt
-		if !s.m.LeaseWaitSince.IsZero() && s.m.LeaseWaitEndedAt.IsZero() {
-			s.m.LeaseWaitEndedAt = now
-			s.events = append(s.events, store.Event{Kind: "machine.lease_waited", Target: s.m.Target(),
-				Detail: map[string]any{"owner": s.m.LeaseWaitOwner, "since": s.m.LeaseWaitSince,
-					"waited_seconds": now.Sub(s.m.LeaseWaitSince).Seconds()}})
-		}
-		if lease.Version != "" && lease.Version != mach.InstanceID {
-			// The machine changed between our read and the lease: read again
-			// under it; what it is now is what is decided from.
-			if mach, err = s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID); err != nil {
-				return s.flyError(ctx, "read machine", err)
-			}
-			if n, stop, err := s.refuse(ctx, mach); stop {
-				return n, err
-			}
-			if image, _ = mach.ImageOf(run.Selector.Container); image == s.m.ToImage {
-				return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
-			}
-			s.m.FromImage, s.m.FromInstanceID = image, mach.InstanceID
-		}
+	// No lease is taken for the drain (step_lease.go): another deployer's
+	// is only looked for, and waited out before a drain is begun.
+	if n, stop, err := s.leaseAtReady(ctx); stop {
+		return n, err
 	}
 
-	// The one launch decision, from the machine as read under the lease,
-	// carried through the update, the verification and the rollback (as
-	// flyctl decides from the machine it captured before its deploy):
-	// started, starting or failed machines are launched; stopped and
-	// suspended ones only get the new config, and have nobody to drain.
-	// What ran is recorded now, before the update: a rollback sends
-	// exactly that digest.
+	// The one launch decision, from the machine as read now, carried
+	// through the update (which reads it again under the lease), the
+	// verification and the rollback (as flyctl decides from the machine
+	// it captured before its deploy): started machines are drained and
+	// launched, failed ones launched; stopped, suspended and created ones
+	// have nobody to drain and only get the new config, unless the
+	// machine is a canary: a canary proves the image only by running it,
+	// so one that is down is woken by its update (a launch, no drain) and
+	// put back down afterwards (step_wake.go). What ran is recorded now,
+	// before the update: a rollback sends exactly that digest.
 	s.m.Launch = launchable(mach.State)
+	s.m.WokeFrom = ""
+	if wakes(s.m.Canary, mach) {
+		s.m.Launch, s.m.WokeFrom = true, mach.State
+	}
 	s.m.MachineState = mach.State
+	// The Fly release it runs (flyctl's metadata): a rollback puts it back.
+	s.m.PrevReleaseID = mach.Labels[flymachines.MetadataReleaseID]
+	s.m.PrevReleaseVersion = mach.Labels[flymachines.MetadataReleaseVersion]
 	s.m.FromDigest, s.m.FromImageRef = mach.ImageRef.Digest, ""
 	if run.Selector.Container == "" || len(mach.Containers) == 0 {
 		if mach.ImageRef.Digest != "" && mach.ImageRef.Repository != "" {
@@ -161,14 +136,19 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	// The decision is on record before the gateway hears of it.
 	to := store.StateDecided
 	if !drain {
-		// Nobody is on a machine that is not running: no drain, no launch.
+		// Nobody is on a machine that is not running: no drain.
 		to = store.StateUpdating
 		s.w.Drain.Outcome = store.DrainNotRunning
 	}
-	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
+	detail := map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
 		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
 		"launch": s.m.Launch, "from_digest": s.m.FromDigest,
-		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable}); err != nil {
+		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable}
+	if s.m.WokeFrom != "" {
+		detail["woke_from"] = s.m.WokeFrom
+		detail["note"] = "a canary proves the image only by running it: woken by its update, put back down after"
+	}
+	if err := s.transition(ctx, to, detail); err != nil {
 		return next{}, err
 	}
 	if s.idleResult != "" {
@@ -227,12 +207,44 @@ func (s *step) refuse(ctx context.Context, mach flymachines.Machine) (n next, st
 		n, err = s.finish(ctx, store.OutcomeFailed, "", fmt.Sprintf("refused: %v (never a half update: see run create --container)", err))
 		return n, true, err
 	}
-	switch mach.State {
-	case "stopping", "suspending", "replacing", "updating":
-		s.persistCalls(ctx)
+	return s.waitTransient(ctx, mach)
+}
+
+// waitTransient waits out a machine read in a transient state (starting,
+// restarting, replacing, stopping, …): it is on its way to another state,
+// and is never taken for down (an update with skip_launch would leave a
+// machine that was coming up down). The wait is bounded by
+// Config.TransientWait from the first such read (transient_since, kept in
+// Postgres); past it the machine is deferred as stuck (Fly's docs call a
+// machine in such a state for minutes wedged). wait=false: the machine is
+// settled; go on.
+func (s *step) waitTransient(ctx context.Context, mach flymachines.Machine) (n next, waiting bool, err error) {
+	if !transient(mach.State) {
+		s.m.TransientSince = time.Time{}
+		return next{}, false, nil
+	}
+	now := s.now()
+	if s.m.TransientSince.IsZero() {
+		s.m.TransientSince = now
+		s.events = append(s.events, store.Event{Kind: "machine.transient_wait", Target: s.m.Target(),
+			Detail: map[string]any{"machine_state": mach.State, "bound": s.o.cfg.TransientWait.String()}})
+		if err := s.commit(ctx, nil); err != nil {
+			return next{}, true, err
+		}
 		return wait(s.o.cfg.PollInterval), true, nil
 	}
-	return next{}, false, nil
+	if waited := now.Sub(s.m.TransientSince); waited > s.o.cfg.TransientWait {
+		msg := fmt.Sprintf("stuck %s for %s (Fly's transient state; the bound is %s): not moved; the next run picks it up",
+			mach.State, waited.Round(time.Second), s.o.cfg.TransientWait)
+		if s.m.State == store.StateReady {
+			n, err := s.finish(ctx, store.OutcomeDeferred, "", msg)
+			return n, true, err
+		}
+		n, err := s.abortBeforeUpdate(ctx, store.OutcomeDeferred, "", msg)
+		return n, true, err
+	}
+	s.persistCalls(ctx)
+	return wait(s.o.cfg.PollInterval), true, nil
 }
 
 // changedUnderUs ends a machine that another deployer updated while

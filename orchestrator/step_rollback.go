@@ -30,6 +30,7 @@ func (s *step) startRollback(ctx context.Context, signal, reason string) (next, 
 	s.m.Error = reason
 	s.m.DecidingSignal = signal
 	s.m.UpdatedMachineAt = s.now() // the rollback's own verify clock
+	s.m.VerifyWakes = 0            // and its own wake, if put down before it serves
 	if err := s.transition(ctx, store.StateRollingBack, detail); err != nil {
 		return next{}, err
 	}
@@ -40,8 +41,8 @@ func (s *step) startRollback(ctx context.Context, signal, reason string) (next, 
 // current image says whether the rollback update was already sent. Once the
 // machine runs the old image again, the agent must serve (restore).
 func (s *step) rollback(ctx context.Context) (next, error) {
-	if _, ok, err := s.keepLease(ctx); !ok {
-		return next{}, err
+	if n, ok, err := s.takeLease(ctx); !ok {
+		return n, err
 	}
 	reason := s.m.Error
 	mach, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
@@ -73,6 +74,11 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		// needs no secret synced for the new one, and a version Fly
 		// refused (412) would refuse the rollback too.
 		opts := []flymachines.UpdateOption{flymachines.WithLaunch(s.m.Launch)}
+		if s.m.ReleaseID != "" {
+			// The machine is back on the release it ran before.
+			opts = append(opts, flymachines.WithMetadata(map[string]string{
+				flymachines.MetadataReleaseID: s.m.PrevReleaseID, flymachines.MetadataReleaseVersion: s.m.PrevReleaseVersion}))
+		}
 		if c := s.w.Run.Selector.Container; c != "" {
 			opts = append(opts, flymachines.WithContainer(c))
 		}
@@ -85,6 +91,16 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		}
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
+	}
+	if how := putDownOnRequest(mach, s.m.UpdatedMachineAt); s.m.Launch && how != "" {
+		// Back on the old image and put down on request (autostop, the
+		// agent itself) before restore saw it serve: started once to see
+		// it serve (asleep.go); put down again, it is not seen serving.
+		if s.m.VerifyWakes == 0 {
+			return s.wakeToFinish(ctx, mach.State)
+		}
+		return s.failAfterUpdate(ctx, fmt.Sprintf("%s; rolled back to %s but put down on request (%s) before it was seen serving, twice",
+			reason, back, how))
 	}
 	if s.m.Launch && mach.State != "started" || !s.m.Launch && !down(mach.State) {
 		if late {
@@ -180,6 +196,8 @@ func (s *step) restore(ctx context.Context, mach flymachines.Machine, reason str
 	wasServing := d != nil && !d.StartedAt.IsZero() && d.Outcome != store.DrainGatewayDown
 	switch {
 	case err == nil && st.Serving():
+	case err == nil && s.dormant(st):
+		detail["note"] = "the agent is dormant (scale-to-zero resumed by migrator, no inbound message yet): alive"
 	case err == nil && !wasServing:
 		detail["note"] = "gateway was not serving before the update either"
 	case late && ctx.Err() == nil: // a step cut short learned nothing
@@ -187,7 +205,7 @@ func (s *step) restore(ctx context.Context, mach flymachines.Machine, reason str
 		if err != nil {
 			seen = err.Error()
 		}
-		return s.finishDetail(ctx, store.OutcomeFailed, fmt.Sprintf("%s; rolled back to %s but the gateway is not serving within %s: %s",
+		return s.endRan(ctx, store.OutcomeFailed, fmt.Sprintf("%s; rolled back to %s but the gateway is not serving within %s: %s",
 			reason, s.m.RollbackImage(), s.o.cfg.VerifyTimeout, seen), detail)
 	default:
 		// Still starting after a rollback that recreated the machine, or
@@ -195,7 +213,7 @@ func (s *step) restore(ctx context.Context, mach flymachines.Machine, reason str
 		s.persistCalls(ctx)
 		return wait(min(s.o.cfg.PollInterval, time.Second)), nil
 	}
-	return s.finishDetail(ctx, store.OutcomeRolledBack, reason, detail)
+	return s.endRan(ctx, store.OutcomeRolledBack, reason, detail)
 }
 
 // failAfterUpdate ends a machine whose update or rollback went wrong. The
@@ -214,5 +232,5 @@ func (s *step) failAfterUpdate(ctx context.Context, errText string) (next, error
 			detail["drain_cancelled"], detail["was_draining"] = true, was
 		}
 	}
-	return s.finishDetail(ctx, store.OutcomeFailed, errText, detail)
+	return s.endRan(ctx, store.OutcomeFailed, errText, detail)
 }

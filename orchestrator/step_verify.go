@@ -70,6 +70,10 @@ func (s *step) verify(ctx context.Context) (next, error) {
 			m.State, m.InstanceID, s.imageOf(m), s.m.ToInstanceID, s.m.ToImage))
 	case ours && m.State == "failed":
 		return s.startRollback(ctx, signalMachineFailed, fmt.Sprintf("new instance %s failed to start: machine state failed", s.m.ToInstanceID))
+	case ours && putDownOnRequest(m, s.m.UpdatedMachineAt) != "":
+		// Put down on request (autostop, the agent itself), not broken:
+		// judged on what it showed while up (asleep.go).
+		return s.verifyAsleep(ctx, m)
 	case ours && m.State == "stopped":
 		return s.startRollback(ctx, signalInstanceStopped, fmt.Sprintf("new instance %s exited: machine stopped", s.m.ToInstanceID))
 	case ours && crashed(m, s.m.UpdatedMachineAt):
@@ -88,6 +92,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	// platform parked or a Nous session gone terminal are definitive, and
 	// waiting out VerifyTimeout would keep the agent's users cut off for
 	// nothing.
+	stored := s.m.SignalsAfter // as last saved
 	st, gerr := s.o.gw.Status(ctx, s.target())
 	before := gateway.DecodeSignals(s.m.SignalsBefore)
 	if gerr == nil {
@@ -99,6 +104,14 @@ func (s *step) verify(ctx context.Context) (next, error) {
 			return s.startRollback(ctx, v.signal, fmt.Sprintf("new instance %s: %s", s.m.ToInstanceID, v.reason))
 		}
 	}
+	serving := gerr == nil && (st.Serving() || s.dormant(st))
+	if serving {
+		// What it showed while up is what it is judged on if it is put
+		// down on request before verify ends (asleep.go): kept.
+		if err := s.keepServingRead(ctx, st, stored); err != nil {
+			return next{}, err
+		}
+	}
 	if !h.OK {
 		if late {
 			return s.startRollback(ctx, signalTimeout, fmt.Sprintf("health checks not passing within %s: %s", s.o.cfg.VerifyTimeout, h.Detail))
@@ -106,7 +119,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 		s.persistCalls(ctx)
 		return wait(s.o.cfg.PollInterval), nil
 	}
-	if gerr != nil || !st.Serving() {
+	if !serving {
 		if late && ctx.Err() == nil {
 			detail := fmt.Sprintf("gateway_running=%t state=%q", st.Running, st.State)
 			if gerr != nil {
@@ -130,7 +143,57 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	if bake := s.canaryBake(); bake > 0 {
 		return s.startBake(ctx, bake)
 	}
-	return s.finish(ctx, store.OutcomeMigrated, "", "")
+	return s.endRan(ctx, store.OutcomeMigrated, "", nil)
+}
+
+// verifyAsleep judges a new instance put down on request during its
+// verification on what it showed while up (asleep.go): as good as before,
+// it is migrated (a canary bakes); a regression is rolled back; nothing
+// shown yet, it is started once to finish.
+func (s *step) verifyAsleep(ctx context.Context, m flymachines.Machine) (next, error) {
+	how := putDownOnRequest(m, s.m.UpdatedMachineAt)
+	j := judgeAsleep(gateway.DecodeSignals(s.m.SignalsBefore), showedServing(s.m.SignalsAfter, s.m.UpdatedMachineAt), s.m.VerifyWakes)
+	switch {
+	case j.v.regressed:
+		return s.startRollback(ctx, j.v.signal, fmt.Sprintf("new instance %s: %s (then %s on request, idle)", s.m.ToInstanceID, j.v.reason, how))
+	case j.wake:
+		return s.wakeToFinish(ctx, m.State)
+	}
+	s.m.ToDigest = m.ImageRef.Digest
+	note := fmt.Sprintf("%s on request (autostop, or the agent itself) after it served: judged on what it showed while up", how)
+	if bake := s.canaryBake(); bake > 0 {
+		s.events = append(s.events, store.Event{Kind: "machine.verified_asleep", Target: s.m.Target(),
+			Detail: map[string]any{"left": m.State, "note": note}})
+		return s.startBake(ctx, bake)
+	}
+	return s.endRan(ctx, store.OutcomeMigrated, "", map[string]any{"left": m.State, "note": note})
+}
+
+// keepServingRead saves a serving read of the new instance when it shows
+// something the stored one does not (the first, or a gateway or platform
+// state that changed), so what it showed while up outlives this execution.
+func (s *step) keepServingRead(ctx context.Context, st gateway.Status, stored []byte) error {
+	cur := st.Signals(s.now())
+	s.m.SignalsAfter = encodeSignals(cur)
+	if prev := showedServing(stored, s.m.UpdatedMachineAt); prev != nil && sameShowing(*prev, cur) {
+		return nil
+	}
+	s.dropUnchangedStatusReads()
+	return s.commit(ctx, nil)
+}
+
+// sameShowing: a and b show the same gateway state, Nous session and
+// platform states.
+func sameShowing(a, b gateway.Signals) bool {
+	if a.GatewayState != b.GatewayState || a.NousSession != b.NousSession || len(a.Platforms) != len(b.Platforms) {
+		return false
+	}
+	for name, p := range a.Platforms {
+		if q, ok := b.Platforms[name]; !ok || q.State != p.State {
+			return false
+		}
+	}
+	return true
 }
 
 // crashed reports whether m's events show the new instance exiting on its

@@ -13,6 +13,7 @@ package orchestrator
 //	verifying             step_verify.go
 //	baking                step_bake.go
 //	rolling_back          step_rollback.go
+//	putting_down          step_wake.go
 //
 // What every step shares (the writes, the ways a machine ends) is in
 // step.go.
@@ -124,6 +125,8 @@ func (s *step) advance(ctx context.Context) (next, error) {
 		return s.bake(ctx)
 	case store.StateRollingBack:
 		return s.rollback(ctx)
+	case store.StatePuttingDown:
+		return s.putDown(ctx)
 	}
 	return next{}, fmt.Errorf("machine migration %d: unknown state %q", s.m.ID, s.m.State)
 }

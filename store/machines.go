@@ -78,6 +78,24 @@ type Migration struct {
 	// A canary's bake: when it began and until when it is watched (cut
 	// short to the moment a regression ended it); zero: no bake.
 	BakeStartedAt, BakeUntil time.Time
+	// Proof on a real fleet (015). A canary that was down at its turn is
+	// woken to run the image: WokeFrom is the state it was down in (""
+	// not woken), PutDown how it was put back down ("suspend", "stop"),
+	// PendingOutcome the outcome it ends with once it is down again
+	// (state putting_down). VerifyWakes counts the starts of an instance
+	// put down before it showed its platforms, to finish its
+	// verification. TransientSince is when the machine was first read in
+	// a transient state being waited out (zero: none).
+	WokeFrom, PutDown string
+	PendingOutcome    Outcome
+	VerifyWakes       int
+	TransientSince    time.Time
+	// The Fly release this machine's update carried in config.metadata
+	// (fly_release_id/fly_release_version; "" and 0: none) and what it
+	// carried before (a rollback puts that back).
+	ReleaseID                         string
+	ReleaseVersion                    int
+	PrevReleaseID, PrevReleaseVersion string
 }
 
 // Target names the machine as "app/machine_id".
@@ -135,7 +153,8 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 	m.first_peek_at, m.last_peek_at, m.peeks, m.peek_active_agents,
 	m.from_digest, m.from_image_ref, m.to_digest, m.machine_state, m.lease_wait_since, m.lease_wait_owner,
 	m.lease_wait_ended_at, m.signals_before, m.signals_after, m.deciding_signal, m.bake_started_at, m.bake_until,
-	m.idle_watch`
+	m.idle_watch, m.woke_from, m.put_down, m.pending_outcome, m.verify_wakes, m.transient_since,
+	m.release_id, m.release_version, m.prev_release_id, m.prev_release_version`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
@@ -147,6 +166,7 @@ const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, 
 type migrationTimes struct {
 	nb, lease, upd, started, finished, firstPeek, lastPeek *time.Time
 	leaseWaitSince, leaseWaitEnded, bakeStarted, bakeUntil *time.Time
+	transientSince                                         *time.Time
 }
 
 func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
@@ -157,7 +177,8 @@ func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
 		&t.firstPeek, &t.lastPeek, &m.Peeks, &m.PeekActiveAgents,
 		&m.FromDigest, &m.FromImageRef, &m.ToDigest, &m.MachineState, &t.leaseWaitSince, &m.LeaseWaitOwner,
 		&t.leaseWaitEnded, &m.SignalsBefore, &m.SignalsAfter, &m.DecidingSignal, &t.bakeStarted, &t.bakeUntil,
-		&m.IdleWatch}
+		&m.IdleWatch, &m.WokeFrom, &m.PutDown, &m.PendingOutcome, &m.VerifyWakes, &t.transientSince,
+		&m.ReleaseID, &m.ReleaseVersion, &m.PrevReleaseID, &m.PrevReleaseVersion}
 }
 
 func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
@@ -165,6 +186,7 @@ func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
 	m.FirstPeekAt, m.LastPeekAt = fromNullTime(t.firstPeek), fromNullTime(t.lastPeek)
 	m.LeaseWaitSince, m.LeaseWaitEndedAt = fromNullTime(t.leaseWaitSince), fromNullTime(t.leaseWaitEnded)
 	m.BakeStartedAt, m.BakeUntil = fromNullTime(t.bakeStarted), fromNullTime(t.bakeUntil)
+	m.TransientSince = fromNullTime(t.transientSince)
 	m.NotBefore, m.LeaseExpiresAt, m.UpdatedMachineAt = fromNullTime(nb), fromNullTime(lease), fromNullTime(upd)
 	m.StartedAt, m.FinishedAt = fromNullTime(started), fromNullTime(finished)
 	if err := json.Unmarshal(labels, &m.Labels); err != nil {
@@ -344,7 +366,9 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		m.FromDigest, m.FromImageRef, m.ToDigest, m.MachineState, nullTime(m.LeaseWaitSince), m.LeaseWaitOwner,
 		nullTime(m.LeaseWaitEndedAt),
 		nullJSON(m.SignalsBefore), nullJSON(m.SignalsAfter), m.DecidingSignal, nullTime(m.BakeStartedAt), nullTime(m.BakeUntil),
-		m.IdleWatch)
+		m.IdleWatch,
+		m.WokeFrom, m.PutDown, string(m.PendingOutcome), m.VerifyWakes, nullTime(m.TransientSince),
+		m.ReleaseID, m.ReleaseVersion, m.PrevReleaseID, m.PrevReleaseVersion)
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -362,7 +386,9 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 // (from/to digests, from image ref, state under the lease, the wait for
 // another deployer's lease), $64-$68 the machine's signals before and
 // after, deciding signal and bake, $69 the machine's idle watch (kept only
-// while pending). The drain and the events
+// while pending), $70-$78 its proof on a real fleet (a canary woken and
+// put back down, wakes to finish a verification, a transient state
+// waited out, the Fly release its update carried). The drain and the events
 // are written only when the machine's version guard held. A drain row
 // written again takes the whole decision (a machine decided down that a
 // user woke before its update is decided again, with a drain).
@@ -377,6 +403,8 @@ WITH m AS (
 		lease_wait_since = $61, lease_wait_owner = $62, lease_wait_ended_at = $63,
 		signals_before = $64::jsonb, signals_after = $65::jsonb, deciding_signal = $66,
 		bake_started_at = $67, bake_until = $68, idle_watch = $69 AND $6 = 'pending',
+		woke_from = $70, put_down = $71, pending_outcome = $72, verify_wakes = $73, transient_since = $74,
+		release_id = $75, release_version = $76, prev_release_id = $77, prev_release_version = $78,
 		started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
 		finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
 		version = version + 1, updated_at = now()

@@ -123,7 +123,9 @@ type RunSnapshot struct {
 	// WaitingForIdle: up to SnapshotWaitingForIdle of the machines whose
 	// agent was busy when looked at (Counts.WaitingForIdle has them all).
 	WaitingForIdle []MigrationView
-	DBNow          time.Time
+	// Releases are the Fly releases the run recorded (one per app).
+	Releases []RunRelease
+	DBNow    time.Time
 }
 
 // SnapshotWaitingForIdle bounds RunSnapshot.WaitingForIdle.
@@ -149,8 +151,11 @@ func (s *Store) Snapshot(ctx context.Context, runID int64) (RunSnapshot, error) 
 			return err
 		}
 		if snap.Counts.WaitingForIdle > 0 {
-			snap.WaitingForIdle, err = q.WaitingForIdle(ctx, runID, SnapshotWaitingForIdle)
+			if snap.WaitingForIdle, err = q.WaitingForIdle(ctx, runID, SnapshotWaitingForIdle); err != nil {
+				return err
+			}
 		}
+		snap.Releases, err = q.RunReleases(ctx, runID)
 		return err
 	})
 	return snap, err

@@ -19,8 +19,10 @@ type Claim struct {
 // canaryHoldsGate is true of canary c of run r while it holds the rest of
 // the run back: not done yet, or failed (or rolled back) since a person last
 // resumed the run. A canary that ended without proving the image (deferred,
-// found up to date) does not: ReplaceUnprovenCanary puts another in its
-// place. FillSlots and ClaimSlot share it so both see the same gate.
+// found up to date, or migrated without running it: updated with
+// skip_launch, launch false) does not hold it, and does not open it either:
+// ReplaceUnprovenCanary puts another in its place in the transaction that
+// ends it. FillSlots and ClaimSlot share it so both see the same gate.
 const canaryHoldsGate = `c.run_id = r.id AND c.canary AND (c.outcome IS NULL
 	OR c.outcome IN ('failed', 'rolled_back') AND (r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at))`
 
@@ -384,10 +386,19 @@ func (q *Q) promoteCanaries(ctx context.Context, id int64, n int) ([]string, err
 // them.
 const MaxUnprovenCanaries = 2
 
+// UnprovenCanary reports whether canary outcome o (with its launch) ended
+// without proving the image: deferred, found up to date, or migrated
+// without having run it (updated with skip_launch). Only a canary that
+// booted the image, verified and baked proves it.
+func UnprovenCanary(o Outcome, launched bool) bool {
+	return o == OutcomeDeferred || o == OutcomeSkippedUpToDate || o == OutcomeMigrated && !launched
+}
+
 // ReplaceUnprovenCanary is called, in the transaction that ends canary m,
-// when m ended without proving the image: deferred (outside its window,
-// its agent never idle, its host not ok, another deployer's lease held
-// too long) or found already up to date. The canary gate does not wait
+// when m ended without proving the image (UnprovenCanary): deferred
+// (outside its window, its agent never idle, its host not ok, another
+// deployer's lease held too long, changed by someone else), found already
+// up to date, or migrated without running the image. The canary gate does not wait
 // for such a canary, so the next pending machine in plan order becomes a
 // canary in its place and the rest still wait for a proof. Once more than
 // MaxUnprovenCanaries × the run's canary count have ended unproven, the run
@@ -403,13 +414,14 @@ func (q *Q) ReplaceUnprovenCanary(ctx context.Context, m *Migration) error {
 	var which string
 	if err := q.db.QueryRow(ctx, `
 		SELECT count(*), coalesce(string_agg(app || '/' || machine_id || ' ' || outcome, ', ' ORDER BY finished_at), '')
-		FROM machine_migrations WHERE run_id = $1 AND canary AND outcome IN ('deferred', 'skipped_up_to_date')`,
+		FROM machine_migrations WHERE run_id = $1 AND canary
+			AND (outcome IN ('deferred', 'skipped_up_to_date') OR outcome = 'migrated' AND NOT launch)`,
 		m.RunID).Scan(&n, &which); err != nil {
 		return fmt.Errorf("replace canary %s: %w", m.Target(), err)
 	}
 	if n > MaxUnprovenCanaries*max(r.Canary, 1) {
 		_, err := q.SetRunState(ctx, r.ID, []RunState{RunRunning}, RunPaused, fmt.Sprintf(
-			"%d canaries ended without proving the image (%s); resume to widen without a proof, or resume --bake for new canaries",
+			"no canary could run the image: %d ended without proving it (%s); resume to widen without a proof, or resume --bake for new canaries",
 			n, oneLineReason(which)), "migrator")
 		if errors.Is(err, ErrConflict) {
 			return nil

@@ -687,3 +687,61 @@ func TestClaimSlotAndIdleWatch(t *testing.T) {
 		})
 	}
 }
+
+// A canary proves the image only by running it: one that ended migrated
+// without a launch (updated with skip_launch) is unproven like a deferred
+// one. It does not open the gate: in the transaction that ends it the next
+// pending machine becomes a canary, and FillSlots starts only canaries.
+func TestSkipLaunchCanaryIsNotProof(t *testing.T) {
+	for _, tc := range []struct {
+		outcome  store.Outcome
+		launched bool
+		want     bool
+	}{
+		{store.OutcomeMigrated, true, false},
+		{store.OutcomeMigrated, false, true},
+		{store.OutcomeDeferred, true, true},
+		{store.OutcomeSkippedUpToDate, false, true},
+		{store.OutcomeRolledBack, true, false},
+		{store.OutcomeFailed, false, false},
+	} {
+		if got := store.UnprovenCanary(tc.outcome, tc.launched); got != tc.want {
+			t.Errorf("UnprovenCanary(%s, launched %v) = %v, want %v", tc.outcome, tc.launched, got, tc.want)
+		}
+	}
+	ctx := context.Background()
+	s := newStore(t)
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	rollbackTx(ctx, t, s, func(tx pgx.Tx) {
+		w := buildWorld(ctx, t, tx, now, []runSpec{{name: "a", maxUnavail: 3, canary: 1, machines: []machineSpec{
+			{name: "c0", canary: true, state: store.StateDone, outcome: store.OutcomeMigrated}, {name: "m1"}, {name: "m2"}}}})
+		var c0 int64
+		for id, n := range w {
+			if n == "a/c0" {
+				c0 = id
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE machine_migrations SET launch = false WHERE id = $1`, c0); err != nil {
+			t.Fatal(err)
+		}
+		q := store.NewQ(tx)
+		m := store.Migration{ID: c0, RunID: 0, App: "a", MachineID: "c0", Canary: true, Outcome: store.OutcomeMigrated}
+		if err := tx.QueryRow(ctx, `SELECT run_id FROM machine_migrations WHERE id = $1`, c0).Scan(&m.RunID); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.ReplaceUnprovenCanary(ctx, &m); err != nil {
+			t.Fatal(err)
+		}
+		claims, err := q.FillSlots(ctx, 0, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []int64
+		for _, c := range claims {
+			ids = append(ids, c.MigrationID)
+		}
+		if got := w.names(ids); !slices.Equal(got, []string{"a/m1"}) {
+			t.Fatalf("FillSlots after a skip_launch canary claimed %v, want only the new canary a/m1", got)
+		}
+	})
+}

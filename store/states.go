@@ -17,6 +17,7 @@ const (
 	StateVerifying   MigrationState = "verifying"    // update sent; waiting for the new instance to be healthy
 	StateBaking      MigrationState = "baking"       // a canary that verified, watched until its bake ends
 	StateRollingBack MigrationState = "rolling_back" // verification failed; putting the old image back
+	StatePuttingDown MigrationState = "putting_down" // a canary woken to run the image, being put back down
 	StateDone        MigrationState = "done"         // outcome set
 )
 

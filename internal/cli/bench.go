@@ -31,7 +31,7 @@ func newBenchCmd(e *env) *cobra.Command {
 		replicas                          bench.ReplicasConfig
 		flood                             bench.FloodConfig
 		turnsAt, out                      string
-		timeout                           time.Duration
+		timeout, canaryBake               time.Duration
 		scenarios                         []string
 	)
 	cmd := &cobra.Command{
@@ -119,6 +119,8 @@ func newBenchCmd(e *env) *cobra.Command {
 				return usagef("%s: --replicas-machines and --replicas-budget must be at least 1, --replicas-time-scale positive", cmd.CommandPath())
 			case !(replicas.KillAt >= 0 && replicas.KillAt < 1):
 				return usagef("%s: --replicas-kill-at must be in [0, 1) (0: no kill run), got %g", cmd.CommandPath(), replicas.KillAt)
+			case fleet.Canary < 0 || canaryBake < -1:
+				return usagef("%s: --canary and --canary-bake must not be negative", cmd.CommandPath())
 			case !(fleet.SuspendedShare >= 0 && fleet.SuspendedShare < 1):
 				return usagef("%s: --suspended-share must be in [0, 1), got %g", cmd.CommandPath(), fleet.SuspendedShare)
 			case out == "":
@@ -148,7 +150,17 @@ func newBenchCmd(e *env) *cobra.Command {
 			fleet.Name, fleet.TurnsAt = "fleet", bench.TurnsAt(turnsAt)
 			if fleet.SuspendedShare > 0 {
 				// A variant of the fleet: its rows sit beside the plain fleet's.
-				fleet.Name = fmt.Sprintf("fleet-%.0f%%-suspended", 100*fleet.SuspendedShare)
+				pct := fmt.Sprintf("%.0f", 100*fleet.SuspendedShare)
+				if pct == "100" { // 99.9 % is not all of them
+					pct = fmt.Sprintf("%.4g", 100*fleet.SuspendedShare)
+				}
+				fleet.Name = fmt.Sprintf("fleet-%s%%-suspended", pct)
+			}
+			if fleet.Canary > 0 {
+				fleet.Name += fmt.Sprintf("-canary-%d", fleet.Canary)
+			}
+			if canaryBake >= 0 {
+				fleet.CanaryBake = &canaryBake
 			}
 			common(&fleet)
 			var runErr error
@@ -287,7 +299,9 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.Float64Var(&fleet.TurnSigma, "turn-sigma", bench.DefaultTurnSigma, "fleet scenario: σ of the log-normal drain durations")
 	f.Float64Var(&fleet.TurnPersistence, "turn-persistence", bench.DefaultTurnPersistence,
 		"share of a drain's log-variance that belongs to the machine and repeats in every rollout (0: none)")
-	f.Float64Var(&fleet.SuspendedShare, "suspended-share", 0, "fleet scenario: share of the apps whose machines are suspended at the start (moved without a drain, left down), in [0, 1)")
+	f.Float64Var(&fleet.SuspendedShare, "suspended-share", 0, "fleet scenario: share of the apps whose machines are suspended at the start (moved without a drain, left down; a canary among them is woken to run the image, then put back down), in [0, 1)")
+	f.IntVar(&fleet.Canary, "canary", 0, "fleet scenario: canaries of the measured run (picked among running machines, then sleeping ones)")
+	f.DurationVar(&canaryBake, "canary-bake", -1, "fleet scenario: the canaries' bake (default: the policy's, 10m for image-migration)")
 	f.IntVar(&fleet.HistoryRounds, "history-rounds", bench.DefaultHistoryRounds,
 		"fleet scenario: rollouts before the measured one, so it is planned from drain history (0: none)")
 	f.IntVar(&large.HistoryRounds, "large-history-rounds", 0, "large scenario: rollouts before the measured one")

@@ -36,7 +36,11 @@ const (
 	workersEnv      = "MIGRATOR_WORKERS"
 	pollIntervalEnv = "MIGRATOR_POLL_INTERVAL"
 	leaseWaitEnv    = "MIGRATOR_LEASE_WAIT"
-	logLevelEnv     = "MIGRATOR_LOG_LEVEL"
+	// transientWaitEnv bounds the wait for a machine in a transient state.
+	transientWaitEnv = "MIGRATOR_TRANSIENT_WAIT"
+	// flyAPIBaseURLEnv is Fly's API (GraphQL: releases), as flyctl's.
+	flyAPIBaseURLEnv = "FLY_API_BASE_URL"
+	logLevelEnv      = "MIGRATOR_LOG_LEVEL"
 	// minDrainVersionEnv is the oldest Hermes version with the drain route.
 	minDrainVersionEnv = gateway.MinDrainVersionEnv
 	// clockEnv is for the simulator and tests only: "scaled:FACTOR:START_UNIX_NANO"
@@ -183,9 +187,9 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 			return nil, usagef("%s is not set: set it to a Fly API token for the fleet's organization", flyTokenEnv)
 		}
 		c.fly, err = flymachines.New(ctx, flymachines.Config{Token: tok, BaseURL: strings.TrimSpace(e.getenv(flyBaseURLEnv)),
-			Clock: c.clock, Logger: log, Observe: n.flyCalls})
+			APIBaseURL: strings.TrimSpace(e.getenv(flyAPIBaseURLEnv)), Clock: c.clock, Logger: log, Observe: n.flyCalls})
 		if err != nil {
-			return nil, usagef("%s/%s: %v", flyTokenEnv, flyBaseURLEnv, err)
+			return nil, usagef("%s/%s/%s: %v", flyTokenEnv, flyBaseURLEnv, flyAPIBaseURLEnv, err)
 		}
 		fly = c.fly
 	}
@@ -210,7 +214,8 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 	}
 	c.store = store.New(c.pool)
 	c.orch, err = orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: poll, LeaseWait: c.settings.leaseWait,
-		Clock: c.clock, Logger: log, MinDrainVersion: c.minDrainVersion},
+		TransientWait: c.settings.transientWait,
+		Clock:         c.clock, Logger: log, MinDrainVersion: c.minDrainVersion},
 		c.store, fly, gw, c.policy)
 	if err != nil {
 		c.close()

@@ -48,6 +48,7 @@ import (
 //	workers = 100             # jobs this replica runs at once
 //	poll_interval = "5s"      # between two status reads of a draining agent
 //	lease_wait = "15m"        # how long a machine waits for another deployer's Fly lease
+//	transient_wait = "5m"     # how long a machine in a transient state (starting, restarting, …) is waited out
 //
 //	[notify]                  # notifications for on-call (see notify.go)
 //	web_url = "http://localhost:8080"  # links to the web view; or $MIGRATOR_WEB_URL
@@ -66,6 +67,7 @@ import (
 //	workers          $MIGRATOR_WORKERS, [worker] workers, 100
 //	poll interval    $MIGRATOR_POLL_INTERVAL, [worker] poll_interval, 5s
 //	lease wait       $MIGRATOR_LEASE_WAIT, [worker] lease_wait, 15m
+//	transient wait   $MIGRATOR_TRANSIENT_WAIT, [worker] transient_wait, 5m
 //	selector org     [auto_update.selector] org, $MIGRATOR_FLY_ORG
 //
 // Secrets (DATABASE_URL, FLY_API_TOKEN, MIGRATOR_DRAIN_KEY) come only from
@@ -87,9 +89,12 @@ type settings struct {
 	pollInterval time.Duration
 	// leaseWait bounds the wait for another deployer's Fly lease
 	// (orchestrator.Config.LeaseWait).
-	leaseWait  time.Duration
-	autoUpdate *autoUpdateSettings // nil: off
-	notify     notifyFile          // the [notify] table (secrets come from the environment: notify.go)
+	leaseWait time.Duration
+	// transientWait bounds the wait for a machine in a transient state
+	// (orchestrator.Config.TransientWait).
+	transientWait time.Duration
+	autoUpdate    *autoUpdateSettings // nil: off
+	notify        notifyFile          // the [notify] table (secrets come from the environment: notify.go)
 }
 
 // autoUpdateSettings is the [auto_update] table, validated.
@@ -130,6 +135,8 @@ type fileConfig struct {
 	pollInterval *time.Duration
 	notify       notifyFile
 	leaseWait    *time.Duration
+	// transientWait is [worker] transient_wait.
+	transientWait *time.Duration
 }
 
 // loadSettings reads the config file (if any) and the environment.
@@ -169,6 +176,9 @@ func loadSettings(e *env) (*settings, error) {
 		return nil, err
 	}
 	if s.leaseWait, err = envDuration(e, leaseWaitEnv, deref(fc.leaseWait, orchestrator.DefaultLeaseWait)); err != nil {
+		return nil, err
+	}
+	if s.transientWait, err = envDuration(e, transientWaitEnv, deref(fc.transientWait, orchestrator.DefaultTransientWait)); err != nil {
 		return nil, err
 	}
 	if fc.autoUpdate != nil && fc.autoUpdateOn {
@@ -327,8 +337,14 @@ func parseConfig(file string, data []byte) (*fileConfig, error) {
 					return nil, err
 				}
 				fc.leaseWait = &v
+			case "transient_wait":
+				v, err := d.duration(path, m[k])
+				if err != nil {
+					return nil, err
+				}
+				fc.transientWait = &v
 			default:
-				return nil, d.unknown(path, "workers, poll_interval, lease_wait")
+				return nil, d.unknown(path, "workers, poll_interval, lease_wait, transient_wait")
 			}
 		}
 	}

@@ -35,6 +35,9 @@ type fleetCheckJSON struct {
 	Ready  bool               `json:"ready"`
 	Agents []fleetcheck.Agent `json:"agents"`
 	Counts map[string]int     `json:"counts"`
+	// Releases says whether the token may use Fly's GraphQL API, where
+	// runs record a Fly release per app (fleet_releases.go).
+	Releases releasesCheckJSON `json:"releases"`
 }
 
 func newFleetCheckCmd(e *env) *cobra.Command {
@@ -60,6 +63,10 @@ then refuses with 400. So:
   unreachable     no answer from the dashboard
   unexpected      any other answer
   not_running     the machine is not started: nothing to drain, not counted against readiness
+
+A last line says whether the token may use Fly's GraphQL API (one read of the first app's
+releases), where each run records a Fly release per app it moves (fly releases, and the
+image fly scale count clones); a token it refuses moves machines all the same, without.
 
 The selector is run create's. Machines are listed through the Fly API
 (` + flyTokenEnv + `, paced to Fly's rate limits); at most 16 agents are probed at once.
@@ -104,6 +111,7 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 	if err != nil {
 		return fmt.Errorf("fleet check: %w", err)
 	}
+	rel := checkReleases(ctx, c.fly, machines)
 	notReady := 0
 	for _, a := range rep.Agents {
 		if !a.Ready() {
@@ -111,7 +119,7 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 		}
 	}
 	if f.asJSON {
-		out := fleetCheckJSON{Ready: rep.Ready(), Agents: rep.Agents, Counts: map[string]int{}}
+		out := fleetCheckJSON{Ready: rep.Ready(), Agents: rep.Agents, Counts: map[string]int{}, Releases: rel}
 		for k, v := range rep.Counts {
 			out.Counts[string(k)] = v
 		}
@@ -142,6 +150,7 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 		for _, cat := range rep.Categories() {
 			fmt.Fprintf(e.stdout, "%-*s %5d  %s\n", width, cat, rep.Counts[cat], fleetcheck.Explain(cat))
 		}
+		fmt.Fprintf(e.stdout, "\nfly releases: %s\n", rel.text())
 	}
 	if notReady > 0 {
 		return fmt.Errorf("fleet check: %d of %d %s not ready", notReady, len(rep.Agents), plural(len(rep.Agents), "agent", "agents"))

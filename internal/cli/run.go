@@ -255,6 +255,19 @@ type inFlightJSON struct {
 	SignalsAfter  json.RawMessage `json:"signals_after,omitempty"`
 	Signals       string          `json:"signals,omitempty"`
 	Error         string          `json:"error,omitempty"`
+	// WokeFrom: a canary that was down (stopped, suspended), woken by its
+	// update to run the image and put back down after.
+	WokeFrom string `json:"woke_from,omitempty"`
+}
+
+// releaseJSON is the Fly release a run recorded for an app.
+type releaseJSON struct {
+	App       string `json:"app"`
+	State     string `json:"state"`
+	ReleaseID string `json:"release_id,omitempty"`
+	Version   int    `json:"version,omitempty"`
+	Status    string `json:"status,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 type runJSON struct {
@@ -291,6 +304,9 @@ type runJSON struct {
 	WaitingForIdle int            `json:"waiting_for_idle"`
 	Counts         countsJSON     `json:"counts"`
 	InFlight       []inFlightJSON `json:"in_flight,omitempty"`
+	// Releases are the Fly releases the run recorded, one per app
+	// (run status only).
+	Releases []releaseJSON `json:"releases,omitempty"`
 }
 
 func newRunJSON(r store.Run, c store.RunCounts, inFlight []store.MigrationView, now time.Time) runJSON {
@@ -317,7 +333,7 @@ func newRunJSON(r store.Run, c store.RunCounts, inFlight []store.MigrationView, 
 	for _, v := range inFlight {
 		j := inFlightJSON{App: v.App, MachineID: v.MachineID, Region: v.Region, State: v.State, Canary: v.Canary,
 			BakeStartedAt: stamp(v.BakeStartedAt), BakeUntil: stamp(v.BakeUntil), SignalsBefore: v.SignalsBefore,
-			SignalsAfter: v.SignalsAfter, Signals: signalChanges(v.Migration), Error: v.Error}
+			SignalsAfter: v.SignalsAfter, Signals: signalChanges(v.Migration), Error: v.Error, WokeFrom: v.WokeFrom}
 		if d := v.Drain; d != nil {
 			q := d.Quiet
 			j.Quiet, j.Rule, j.DeadlineAt = &q, d.PolicyRule, stamp(d.DeadlineAt)
@@ -370,7 +386,7 @@ func quietWord(q bool) string {
 
 var (
 	stateOrder = []store.MigrationState{store.StatePending, store.StateReady, store.StateDecided, store.StateDraining,
-		store.StateUpdating, store.StateVerifying, store.StateBaking, store.StateRollingBack, store.StateDone}
+		store.StateUpdating, store.StateVerifying, store.StateBaking, store.StateRollingBack, store.StatePuttingDown, store.StateDone}
 	outcomeOrder = []store.Outcome{store.OutcomeMigrated, store.OutcomeSkippedUpToDate, store.OutcomeDeferred,
 		store.OutcomeRolledBack, store.OutcomeFailed, store.OutcomeCancelled}
 	runStates = []store.RunState{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling,

@@ -61,7 +61,7 @@ type planDrainJSON struct {
 type planMachineJSON struct {
 	// What the preview decided about the machine's drain and launch, for
 	// the text (the JSON has the state and host status they come from).
-	hostOK, drained, leftDown bool
+	hostOK, drained, leftDown, woken bool
 
 	App       string `json:"app"`
 	MachineID string `json:"machine_id"`
@@ -139,7 +139,7 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		p := m.PlannedMachine
 		pm := planMachineJSON{App: p.App, MachineID: p.ID, Region: p.Region, Image: p.Image, UpToDate: p.UpToDate, Canary: p.Canary,
 			DrainSamples: p.DrainSamples, State: p.State, HostStatus: p.HostStatus, Digest: p.ImageRef.Digest,
-			hostOK: m.HostOK, drained: m.Drained, leftDown: m.LeftDown}
+			hostOK: m.HostOK, drained: m.Drained, leftDown: m.LeftDown, woken: m.Woken}
 		if m.HostOK {
 			pm.HostStatus = "ok" // Fly leaves it out at times
 		}
@@ -193,6 +193,10 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 	if n := countDown(out.Plan); n > 0 {
 		fmt.Fprintf(w, "%d %s not running (stopped, suspended): moved without a drain and left down (skip_launch)\n\n",
 			n, plural(n, "machine is", "machines are"))
+	}
+	if n := countWoken(out.Plan); n > 0 {
+		fmt.Fprintf(w, "%d %s down: woken by %s update to run the image (a canary proves it only by running it), then put back down\n\n",
+			n, plural(n, "canary is", "canaries are"), plural(n, "its", "their"))
 	}
 	if n := countHostNotOK(out.Plan); n > 0 {
 		fmt.Fprintf(w, "%d %s on a host that is not ok: deferred when its turn comes (never leased or drained), unless the host is back\n\n",
@@ -282,6 +286,16 @@ func countDown(plan []planMachineJSON) int {
 	return n
 }
 
+func countWoken(plan []planMachineJSON) int {
+	n := 0
+	for _, p := range plan {
+		if !p.UpToDate && p.woken {
+			n++
+		}
+	}
+	return n
+}
+
 func countHostNotOK(plan []planMachineJSON) int {
 	n := 0
 	for _, p := range plan {
@@ -308,6 +322,8 @@ func drainColumn(p planMachineJSON) string {
 	switch {
 	case !p.hostOK:
 		return "none: host " + p.HostStatus + ", would be deferred"
+	case p.woken:
+		return "none (" + p.State + "): canary woken to run the image, then put back " + p.State
 	case p.leftDown:
 		return "none (" + p.State + "): moved without a drain, left down"
 	case !p.drained:

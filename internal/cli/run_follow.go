@@ -648,6 +648,9 @@ func describeStep(m store.MigrationView, now time.Time) string {
 	case m.State == store.StateBaking:
 		return fmt.Sprintf("baking%s: verified; watched for %s (Fly events, gateway, platforms and Nous session against before: %s); the rest wait",
 			canary, short(max(m.BakeUntil.Sub(m.BakeStartedAt), 0)), nonEmpty(signalChanges(m.Migration), "no status read yet"))
+	case m.State == store.StatePuttingDown:
+		return fmt.Sprintf("putting_down%s: woken from %s to run the image (%s); put back %s", canary, m.WokeFrom,
+			m.PendingOutcome, m.WokeFrom)
 	default:
 		return string(m.State) + canary
 	}
@@ -655,9 +658,12 @@ func describeStep(m store.MigrationView, now time.Time) string {
 
 // notRunningText says how a machine that was not running is moved.
 func notRunningText(m store.Migration) string {
+	if m.WokeFrom != "" {
+		return fmt.Sprintf("no drain: a canary %s, woken by its update to run the image, put back down after", m.WokeFrom)
+	}
 	if m.Launch {
 		// It went down during its drain; it was running when leased.
-		return "no drain left: the machine went down during it; launched as decided at the lease"
+		return "no drain left: the machine went down during it; launched as decided before the drain"
 	}
 	return fmt.Sprintf("no drain: machine %s, left down", nonEmpty(m.MachineState, "not running"))
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -51,7 +52,12 @@ func newRunStatusCmd(e *env) *cobra.Command {
 			}
 			now := clk.Now()
 			if asJSON {
-				return writeJSON(e.stdout, newRunJSON(snap.Run, snap.Counts, snap.InFlight, now))
+				out := newRunJSON(snap.Run, snap.Counts, snap.InFlight, now)
+				for _, r := range snap.Releases {
+					out.Releases = append(out.Releases, releaseJSON{App: r.App, State: r.State, ReleaseID: r.ReleaseID,
+						Version: r.Version, Status: r.Status, Error: r.Error})
+				}
+				return writeJSON(e.stdout, out)
 			}
 			printRunStatus(e.stdout, snap, now)
 			return nil
@@ -128,6 +134,9 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	if !r.AcknowledgedAt.IsZero() {
 		row("resumed", "%s (failures before it no longer hold the run back)", stamp(r.AcknowledgedAt))
 	}
+	if text := releasesText(snap.Releases); text != "" {
+		row("fly releases", "%s", text)
+	}
 	_ = tw.Flush()
 	if len(snap.InFlight) == 0 {
 		fmt.Fprintln(w, "in flight: none")
@@ -139,7 +148,10 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	for _, v := range snap.InFlight {
 		waited, deadline, agents, gw, kind, rule := "-", "-", "-", "-", "-", "-"
 		state := v.State
-		if v.Canary {
+		switch {
+		case v.Canary && v.WokeFrom != "":
+			state += store.MigrationState(" (canary, woken from " + v.WokeFrom + ")")
+		case v.Canary:
 			state += " (canary)"
 		}
 		if v.State == store.StateBaking {
@@ -169,4 +181,43 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 			fmt.Fprintf(w, "  %s rolling back (%s): %s\n", v.Target(), nonEmpty(v.DecidingSignal, "?"), oneLine(v.Error, 300))
 		}
 	}
+}
+
+// releasesText sums up the Fly releases a run recorded: how many apps got
+// one (and their status), and why the others did not ("" when none was
+// tried).
+func releasesText(rels []store.RunRelease) string {
+	if len(rels) == 0 {
+		return ""
+	}
+	by := map[string]int{}
+	unavailable := ""
+	for _, r := range rels {
+		key := r.State
+		if r.State == store.ReleaseFinished {
+			key = r.Status
+		}
+		by[key]++
+		if r.State == store.ReleaseUnavailable && unavailable == "" {
+			unavailable = oneLine(r.Error, 160)
+		}
+	}
+	var parts []string
+	for _, k := range []string{store.ReleaseCreated, "complete", "failed", "interrupted", store.ReleaseClaimed, store.ReleaseError, store.ReleaseUnavailable} {
+		if n := by[k]; n > 0 {
+			word := k
+			switch k {
+			case store.ReleaseCreated:
+				word = "running"
+			case store.ReleaseClaimed:
+				word = "being recorded"
+			case store.ReleaseError:
+				word = "not recorded (error)"
+			case store.ReleaseUnavailable:
+				word = "not recorded: the token's scope does not cover Fly's GraphQL API (" + unavailable + ")"
+			}
+			parts = append(parts, fmt.Sprintf("%d %s", n, word))
+		}
+	}
+	return fmt.Sprintf("%d %s: %s", len(rels), plural(len(rels), "app", "apps"), strings.Join(parts, ", "))
 }

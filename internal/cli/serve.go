@@ -239,7 +239,7 @@ func (s *settings) logAttrs() []any {
 	}
 	attrs := []any{"config_file", file, "policy_source", s.policySource, "policy_version", s.policy.Version(),
 		"fleet_cap", s.fleetCap, "workers", s.workers, "poll_interval", s.pollInterval.String(),
-		"lease_wait", s.leaseWait.String()}
+		"lease_wait", s.leaseWait.String(), "transient_wait", s.transientWait.String()}
 	au := s.autoUpdate
 	if au == nil {
 		return append(attrs, "auto_update", "off")

@@ -10,8 +10,10 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
+	genq "github.com/Khan/genqlient/graphql"
 	fly "github.com/superfly/fly-go"
 	"github.com/superfly/fly-go/flaps"
 	"github.com/superfly/fly-go/tokens"
@@ -31,6 +33,9 @@ type Client struct {
 	secrets []string
 	clk     clock.Clock
 	log     *slog.Logger
+	// gql is Fly's GraphQL API (release.go), made on first use.
+	gqlOnce sync.Once
+	gql     genq.Client
 }
 
 // App is a Fly app of an organization.
@@ -65,6 +70,9 @@ type Machine struct {
 	// Events are the machine's recent events as GET machine shows them,
 	// newest first (absent from list summaries).
 	Events []Event
+	// SuspendBlocked is why Fly would not suspend the machine as
+	// configured ("" when it would; actions.go).
+	SuspendBlocked string
 }
 
 // ImageRef is a machine's image_ref: registry, repository, tag, digest.
@@ -282,6 +290,7 @@ func toMachine(app string, m *fly.Machine) Machine {
 			}
 		}
 		out.ChecksConfigured = checksConfigured(cfg)
+		out.SuspendBlocked = suspendBlocked(cfg)
 	}
 	out.Events = toEvents(m.Events)
 	return out

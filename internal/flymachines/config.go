@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -17,6 +18,7 @@ import (
 // Defaults, per Fly's published Machines API limits and the /wait clamp.
 const (
 	DefaultUserAgent   = "migrator"
+	DefaultAPIBaseURL  = "https://api.fly.io"
 	DefaultCallTimeout = 30 * time.Second
 	// MaxWaitStep is the longest a single /wait call may block: Fly clamps it.
 	MaxWaitStep     = 60 * time.Second
@@ -82,6 +84,12 @@ type Config struct {
 	// rewrites the scheme and host of every request (and prefixes its path,
 	// which fly-go would drop), so a simulator on 127.0.0.1 works.
 	BaseURL string
+	// APIBaseURL is Fly's API (its GraphQL endpoint is APIBaseURL+
+	// "/graphql": releases, release.go). Default https://api.fly.io (as
+	// flyctl's FLY_API_BASE_URL), or BaseURL when that is set: a
+	// simulator or proxy standing in for the Machines API stands in for
+	// this one too.
+	APIBaseURL string
 	// UserAgent is sent with every request. Default "migrator".
 	UserAgent string
 	// CallTimeout is the wall-clock deadline of each HTTP call (including its
@@ -123,6 +131,17 @@ func (cfg *Config) validate() error {
 			return errors.New("flymachines: config: BaseURL must not carry user info, a query or a fragment")
 		}
 	}
+	if cfg.APIBaseURL == "" {
+		cfg.APIBaseURL = DefaultAPIBaseURL
+		if cfg.BaseURL != "" {
+			cfg.APIBaseURL = cfg.BaseURL
+		}
+	}
+	if u, err := url.Parse(cfg.APIBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return errors.New("flymachines: config: APIBaseURL must be an absolute http(s) URL without user info, query or fragment")
+	}
+	cfg.APIBaseURL = strings.TrimSuffix(cfg.APIBaseURL, "/")
 	if cfg.UserAgent == "" {
 		cfg.UserAgent = DefaultUserAgent
 	}

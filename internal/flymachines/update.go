@@ -33,6 +33,7 @@ type updateOptions struct {
 	launch            *bool
 	container         string
 	stillDown         bool
+	metadata          map[string]string
 }
 
 // WithMinSecretsVersion makes the update carry min_secrets_version v, so
@@ -59,6 +60,14 @@ func WithLaunch(launch bool) UpdateOption {
 // alone would leave every container on its old image.
 func WithContainer(name string) UpdateOption {
 	return func(o *updateOptions) { o.container = name }
+}
+
+// WithMetadata sets these config.metadata keys in the update (the rest of
+// the machine's metadata is kept): the Fly release the update belongs to
+// (fly_release_id, fly_release_version), as flyctl's
+// setMachineReleaseData writes them into every machine it deploys.
+func WithMetadata(md map[string]string) UpdateOption {
+	return func(o *updateOptions) { o.metadata = md }
 }
 
 // IfStillDown refuses the update, sending nothing, when the fresh read
@@ -95,7 +104,7 @@ func launchAfterUpdate(state string) bool {
 // running states are those of a machine that is (or is about to be) up.
 func running(state string) bool {
 	switch state {
-	case fly.MachineStateStarted, "starting", "replacing", "updating":
+	case fly.MachineStateStarted, "starting", "replacing", "updating", "restarting":
 		return true
 	}
 	return false
@@ -221,7 +230,17 @@ func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, 
 		if o.launch != nil {
 			launched = *o.launch
 		}
-		setImage(cfg, o.container, image) // the only change: the rest is the fresh config as read
+		setImage(cfg, o.container, image) // the change: the rest is the fresh config as read
+		if len(o.metadata) > 0 {
+			md := make(map[string]string, len(cfg.Metadata)+len(o.metadata))
+			for k, v := range cfg.Metadata {
+				md[k] = v
+			}
+			for k, v := range o.metadata {
+				md[k] = v
+			}
+			cfg.Metadata = md
+		}
 		in := fly.LaunchMachineInput{
 			ID:         id,
 			Name:       m.Name,

@@ -63,7 +63,7 @@ func historyRound(ctx context.Context, orch *orchestrator.Orchestrator, db *pgxp
 	req := orchestrator.RunRequest{Cause: policy.ImageMigration, Image: fmt.Sprintf("%s-history-%d", TargetImage, round+1),
 		Selector: store.Selector{Org: sim.Org()}, MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline,
 		IdleWaitOverride: &beginAtOnce, RequestedBy: "bench", Reason: fmt.Sprintf("fleet benchmark %s: history round %d", cfg.Name, round+1)}
-	planned, err := orch.Plan(ctx, req.Selector, req.Image, 0)
+	planned, err := orch.Plan(ctx, req.Selector, req.Image, cfg.Canary)
 	if err != nil {
 		return Round{}, fmt.Errorf("history round %d: plan: %w", round+1, err)
 	}
@@ -236,13 +236,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 	req := orchestrator.RunRequest{Cause: cfg.Cause, Image: TargetImage, Selector: store.Selector{Org: sim.Org()},
 		MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: cfg.Deadline, RequestedBy: "bench",
-		Reason: "fleet benchmark " + cfg.Name, IdleWaitOverride: cfg.IdleWait}
+		Reason: "fleet benchmark " + cfg.Name, IdleWaitOverride: cfg.IdleWait, Canary: cfg.Canary, CanaryBakeOverride: cfg.CanaryBake}
 	if cfg.IdleWait == nil && cfg.Activity == nil {
 		req.IdleWaitOverride = &beginAtOnce
 	}
 	reqs0 := sim.Requests()
 	planWall0, planSim0 := time.Now(), clk.Now()
-	planned, err := orch.Plan(ctx, req.Selector, req.Image, 0)
+	planned, err := orch.Plan(ctx, req.Selector, req.Image, cfg.Canary)
 	if err != nil {
 		return res, fmt.Errorf("plan: %w", err)
 	}

@@ -235,18 +235,34 @@ func (r *Result) collectSuspended(ctx context.Context, db *pgxpool.Pool, runID i
 	gwBefore map[string]int, suspended map[string]bool) error {
 	rows, err := db.Query(ctx, `
 		SELECT m.app, m.machine_id, coalesce(m.outcome, ''), m.machine_state, coalesce(d.outcome, ''), d.started_at IS NOT NULL,
-			(SELECT count(*) FROM events e WHERE e.migration_id = m.id AND e.kind LIKE 'fly.%' AND e.http_method <> '')
+			(SELECT count(*) FROM events e WHERE e.migration_id = m.id AND e.kind LIKE 'fly.%' AND e.http_method <> ''),
+			m.canary, m.woke_from, m.put_down
 		FROM machine_migrations m LEFT JOIN drains d ON d.migration_id = m.id WHERE m.run_id = $1`, runID)
 	if err != nil {
 		return fmt.Errorf("read run %d: %w", runID, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var app, id, outcome, state, drainOutcome string
-		var drained bool
+		var app, id, outcome, state, drainOutcome, wokeFrom, putDown string
+		var drained, canary bool
 		var fly int
-		if err := rows.Scan(&app, &id, &outcome, &state, &drainOutcome, &drained, &fly); err != nil {
+		if err := rows.Scan(&app, &id, &outcome, &state, &drainOutcome, &drained, &fly, &canary, &wokeFrom, &putDown); err != nil {
 			return fmt.Errorf("read run %d: %w", runID, err)
+		}
+		if canary {
+			r.Canaries++
+		}
+		if canary && suspended[app] {
+			// A sleeping canary is woken to run the image, then put back.
+			if wokeFrom != "" {
+				r.CanariesWoken++
+			}
+			if v := sim.Machine(app, id); putDown != "" && v.State != "started" && v.AgentImage == TargetImage {
+				r.CanariesPutBack++
+			}
+			r.WokenGatewayCalls += turns.callsTo(app, id) - gwBefore[app+"/"+id]
+			r.WokenFlyCalls += fly
+			continue
 		}
 		if !suspended[app] {
 			r.FlyCallsOthers += fly

@@ -89,6 +89,12 @@ type Config struct {
 	// them, so a run moves them without a drain, a gateway call or a
 	// launch. Default 0.
 	SuspendedShare float64
+	// Canary is the measured run's canary count (run create --canary) and
+	// CanaryBake its bake (nil: the policy's). A canary proves the image
+	// only by running it: picked among the running machines first, then
+	// the sleeping ones, woken to run the image and put back down.
+	Canary     int
+	CanaryBake *time.Duration
 	// Activity, if set, makes the simulated agents talk (fleetsim's
 	// activity model, from Seed): the benchmark then adds no turn of its
 	// own, drains wait for whatever the users are doing, and the result

@@ -124,9 +124,17 @@ func (r Report) Targets() []Target {
 		})
 		add(f, fmt.Sprintf("≤ 10 Fly calls per suspended machine (%s)", f.Config.Name), func(x Result) (string, bool) {
 			v := float64(x.SuspendedFlyCalls) / float64(max(x.Suspended, 1))
-			return fmt.Sprintf("%.2f (recorded calls; the others %.2f)", v, float64(x.FlyCallsOthers)/float64(max(x.N()-x.Suspended, 1))),
+			return fmt.Sprintf("%.2f (recorded calls; the others %.2f)", v, float64(x.FlyCallsOthers)/float64(max(x.N()-x.Suspended-x.CanariesWoken, 1))),
 				x.Suspended > 0 && v <= 10
 		})
+		if f.Config.Canary > 0 && f.CanariesWoken > 0 {
+			add(f, fmt.Sprintf("a sleeping canary runs the image and is put back down (%s)", f.Config.Name), func(x Result) (string, bool) {
+				return fmt.Sprintf("%d of %d canaries woken, %d put back down; %.1f gateway and %.1f Fly calls each",
+						x.CanariesWoken, x.Canaries, x.CanariesPutBack, float64(x.WokenGatewayCalls)/float64(max(x.CanariesWoken, 1)),
+						float64(x.WokenFlyCalls)/float64(max(x.CanariesWoken, 1))),
+					x.CanariesPutBack == x.CanariesWoken
+			})
+		}
 	}
 	out = append(out, r.activityTargets()...)
 	out = append(out, r.replicasTargets()...)
@@ -396,6 +404,16 @@ func (r Report) WriteMarkdown(w io.Writer) error {
 	})
 	row("Fly API calls / machine (planning incl.)", func(x Result) string { return fmt.Sprintf("%.2f", x.PerMachine(float64(x.FlyCalls()))) })
 	row("gateway calls / machine", func(x Result) string { return fmt.Sprintf("%.2f", x.PerMachine(float64(x.GatewayCalls()))) })
+	row("canaries: picked / woken from sleep (run the image, put back down) / put back", func(x Result) string {
+		if x.Config.Canary == 0 {
+			return "–"
+		}
+		bake := "the policy's bake"
+		if b := x.Config.CanaryBake; b != nil {
+			bake = "bake " + b.String()
+		}
+		return fmt.Sprintf("%d / %d / %d (%s)", x.Canaries, x.CanariesWoken, x.CanariesPutBack, bake)
+	})
 	row("suspended at the start: machines / drains / gateway calls / Fly calls per machine (recorded)", func(x Result) string {
 		if x.Suspended == 0 {
 			return "–"

@@ -159,6 +159,12 @@ type Result struct {
 	// is the recorded Fly calls of the other machines.
 	Suspended, SuspendedDrains, SuspendedGatewayCalls, SuspendedFlyCalls, SuspendedMovedDown int
 	FlyCallsOthers                                                                           int
+	// Canaries of the measured run (Config.Canary), and those of them that
+	// were suspended at the start: woken to run the image (their update
+	// launched it), put back down (the simulator shows them down on the
+	// new image), and their gateway and recorded Fly calls. They are not
+	// counted among Suspended.
+	Canaries, CanariesWoken, CanariesPutBack, WokenGatewayCalls, WokenFlyCalls int
 	// NotRunning: machines of the run moved without a drain because they
 	// were not running (not counted as Anomalies).
 	NotRunning int

@@ -56,7 +56,19 @@
 //     refresh until it is done; a tag moves while a machine keeps its
 //     digest, and FullImageRef brings that digest back; a multi-container
 //     machine is never half updated; a machine decided down that a user
-//     woke is not updated with skip_launch.
+//     woke is not updated with skip_launch;
+//   - a proof that holds on a real fleet (proof_contract_test.go, issue
+//     26): autostop's stop passes through "stopping" and leaves an exit
+//     event with requested_stop; Hermes's scale-to-zero marks itself
+//     draining without a marker and suspends its machine (no SIGTERM), a
+//     resume keeps it dormant until a message; Fly's transient states
+//     (restarting, stopping, suspending) keep the dashboard away and an
+//     update busy; a suspend is refused past Fly's requirements (over
+//     2 GB, …) and Machine.SuspendBlocked says why; an update carries the
+//     Fly release in config.metadata; releases go through Fly's GraphQL
+//     API with fly-go's own operations, `fly releases` (fly-go's query)
+//     lists them, and a token without the scope is
+//     *ReleasesUnauthorizedError.
 //
 // Time: each row runs its own simulator on a clock.Scaled at 100× with
 // fleetsim.Config.APISimTime, and gives the Fly client the same clock, so

@@ -413,6 +413,8 @@ func flySkipLaunch(t *testing.T) {
 	if code := w.rawFly(t, http.MethodPost, "/v1/apps/"+w.app+"/machines/"+w.id+"/stop"); code != http.StatusOK {
 		t.Fatalf("stop: HTTP %d", code)
 	}
+	// "stopping" is transient (Fly's machine states): wait for stopped.
+	w.eventually(t, 10*time.Second, "stopped", func() bool { return w.sim.Machine(w.app, w.id).State == "stopped" })
 	shutdowns := len(w.sim.Shutdowns())
 	l := w.lease(t)
 	ctx := w.ctx(20 * time.Second)

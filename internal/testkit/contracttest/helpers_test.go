@@ -108,7 +108,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	if o.flyWrap != nil {
 		flyBase = o.flyWrap(flyBase)
 	}
-	fcfg := flymachines.Config{Token: sim.FlyToken(), BaseURL: sim.FlyBaseURL(), Clock: clk, Logger: log, Transport: flyBase}
+	fcfg := flymachines.Config{Token: sim.FlyToken(), BaseURL: sim.FlyBaseURL(), APIBaseURL: sim.URL(), Clock: clk, Logger: log, Transport: flyBase}
 	if o.flyCfg != nil {
 		o.flyCfg(&fcfg)
 	}

@@ -177,6 +177,11 @@ func degraded(ps map[string]Platform) bool {
 
 // gatewayStateAt is the gateway_state /api/status reports in phase ph.
 func (s *Sim) gatewayStateAt(m *machine, ph phase, now time.Time) string {
+	if ph == phaseRunning && m.dormant {
+		// Scale-to-zero's dormant state: "draining" without a marker
+		// (turns are not refused), until the next inbound message.
+		return "draining"
+	}
 	if ph == phaseRunning && degraded(s.platformStates(m, ph, now)) {
 		return "degraded"
 	}

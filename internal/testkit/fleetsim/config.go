@@ -35,6 +35,17 @@ const (
 	DefaultAutostopAfter = 2 * time.Minute
 	DefaultResumeTime    = 300 * time.Millisecond
 	DefaultSidecarImage  = "registry.fly.io/log-shipper:v3"
+	// DefaultScaleToZeroIdle is hermes-agent's scale-to-zero idle timeout
+	// (gateway/scale_to_zero.py DEFAULT_IDLE_TIMEOUT_MINUTES = 2).
+	DefaultScaleToZeroIdle = 2 * time.Minute
+	// DefaultSuspendTime is how long a suspend takes from the request to
+	// the freeze: hermes-agent measured 2.25 s to 4.19 s on Fly
+	// (gateway/scale_to_zero.py, FLY_FREEZE_GRACE_S's comment).
+	DefaultSuspendTime = 3 * time.Second
+	// DefaultStopTime is how long a stop of a running machine stays
+	// "stopping": the gateway exits on SIGTERM at once when nothing is in
+	// flight (hermes-gateway.md: restart_drain_timeout 0, 5 s grace).
+	DefaultStopTime = time.Second
 	// MaxWaitTimeout is Fly's cap on one /wait call.
 	MaxWaitTimeout = 60 * time.Second
 )
@@ -163,6 +174,16 @@ type Config struct {
 	// SidecarImage is the image of the containers beside "app" in a
 	// multi-container machine. Default "registry.fly.io/log-shipper:v3".
 	SidecarImage string
+	// ScaleToZeroIdle is the idle timeout of agents with scale-to-zero
+	// (MachineShape.SelfSuspend). Default 2m (scaletozero.go).
+	ScaleToZeroIdle time.Duration
+	// SuspendTime is how long a machine stays "suspending" before it is
+	// suspended (the API's suspend, autostop, an agent suspending itself).
+	// Default 3s.
+	SuspendTime time.Duration
+	// StopTime is how long a running machine stays "stopping" before it is
+	// stopped (the API's stop, autostop). Default 1s.
+	StopTime time.Duration
 
 	// wallNow is the wall clock of rate limits and /wait (tests).
 	wallNow func() time.Time
@@ -256,6 +277,8 @@ const (
 	RouteSecretSet    = "fly.secret_set"
 	RouteSecretsSet   = "fly.secrets_update"
 	RouteSecretDelete = "fly.secret_delete"
+	// RouteGraphQL is Fly's GraphQL API (api.fly.io/graphql): releases.
+	RouteGraphQL      = "graphql"
 	RouteFlyUnknown   = "fly.unknown"
 	RouteDrain        = "gateway.drain"
 	RouteStatus       = "gateway.status"
@@ -322,6 +345,15 @@ func (c Config) withDefaults() (Config, error) {
 	if c.SidecarImage == "" {
 		c.SidecarImage = DefaultSidecarImage
 	}
+	if c.ScaleToZeroIdle == 0 {
+		c.ScaleToZeroIdle = DefaultScaleToZeroIdle
+	}
+	if c.SuspendTime == 0 {
+		c.SuspendTime = DefaultSuspendTime
+	}
+	if c.StopTime == 0 {
+		c.StopTime = DefaultStopTime
+	}
 	if c.APISimTime {
 		c.RateLimitsSimTime, c.WaitSimTime = true, true
 	}
@@ -387,6 +419,7 @@ func (c Config) validate() error {
 		"boot time": c.BootTime, "check delay": c.CheckDelay, "gateway startup": c.GatewayStartup,
 		"watcher delay": c.WatcherDelay, "marker ttl": c.MarkerTTL, "rate tolerance": c.RateTolerance,
 		"autostop after": c.AutostopAfter, "resume time": c.ResumeTime,
+		"scale-to-zero idle": c.ScaleToZeroIdle, "suspend time": c.SuspendTime, "stop time": c.StopTime,
 	} {
 		if d < 0 {
 			errs = append(errs, fmt.Errorf("%s must not be negative, got %s", name, d))

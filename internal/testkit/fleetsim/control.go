@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 )
@@ -45,7 +46,9 @@ type ControlOp struct {
 	// that long, then released, after updating the machine to Image if
 	// set), "add_turn", "host_status" (Status: ok, unknown,
 	// unreachable), "move_tag" (Image's tag to Digest), "set_down"
-	// (State: stopped or suspended).
+	// (State: stopped or suspended), "transient" (State: one of Fly's
+	// transient states, for Duration), "graphql_unauthorized" (On: Fly's
+	// GraphQL API refuses the token).
 	Op        string   `json:"op"`
 	App       string   `json:"app"`
 	MachineID string   `json:"machine_id"`
@@ -218,6 +221,17 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 			return
 		}
 		s.AddTurn(op.App, op.MachineID, Turn{Session: op.Session, Start: op.Start.Duration, Duration: op.Duration.Duration})
+	case "transient":
+		if !needMachine() {
+			return
+		}
+		if !slices.Contains(transientStates, op.State) {
+			writeJSON(w, http.StatusBadRequest, flyError{Error: "state must be one of " + strings.Join(transientStates, ", ")})
+			return
+		}
+		s.SetTransient(op.App, op.MachineID, op.State, op.Duration.Duration)
+	case "graphql_unauthorized":
+		s.SetGraphQLUnauthorized(op.On)
 	default:
 		writeJSON(w, http.StatusBadRequest, flyError{Error: "unknown op " + op.Op})
 		return

@@ -35,6 +35,9 @@ func (s *Sim) nextRelief(m *machine, t time.Time) (time.Time, bool) {
 	if m.state == vmBooting {
 		consider(m.bootAt)
 	}
+	if m.state == vmSettling {
+		consider(m.settleAt)
+	}
 	if ph := s.phaseAt(m, t); ph == phaseStarting && !m.unhealthy {
 		consider(m.gwStart.Add(m.gwStartup))
 	}

@@ -6,6 +6,7 @@
 //
 //	FLY_API_TOKEN         the token the API accepts (Bearer or FlyV1)
 //	FLY_FLAPS_BASE_URL    Sim.URL(); flaps reads it when the client is built
+//	FLY_API_BASE_URL      Sim.URL(): Fly's GraphQL API (releases) at /graphql
 //	MIGRATOR_GATEWAY_URL  Sim.URL()+"/gateway/{app}/{machine_id}"
 //	MIGRATOR_DRAIN_KEY    the key every agent's secret is derived from
 //	MIGRATOR_FLY_ORG      the org slug ListApps answers for
@@ -56,7 +57,8 @@
 //	POST   …/{id}/lease?ttl=N                201 acquire, 200 refresh (nonce header) | 409 | 404
 //	GET    …/{id}/lease                      200 lease (nonce, owner, description) | 404
 //	DELETE …/{id}/lease                      200 | 404 "lease not found" | 409 wrong nonce
-//	POST   …/{id}/start, …/{id}/stop, …/{id}/suspend   200 | 412 while replacing
+//	POST   …/{id}/start, …/{id}/stop, …/{id}/suspend   200 | 412 while replacing | 400 suspend refused
+//	POST   /graphql                          Fly's GraphQL API: createRelease, updateRelease, app { releasesUnprocessed, currentReleaseUnprocessed }
 //	GET    /v1/apps/{app}/secrets            {"secrets":[{name,digest,created_at,updated_at}…]} (never values)
 //	POST   /v1/apps/{app}/secrets/{name}     {"value":…} → 201 {name,digest,…,"version":N}
 //	POST   /v1/apps/{app}/secrets            {"values":{name: value|null}} → {"secrets":[…],"version":N}
@@ -281,6 +283,30 @@
 // refreshed every 4 s) until it is done, then updating the machine to its
 // image (a new instance id) and releasing.
 //
+// # Transient states, sleep and releases (transient.go, scaletozero.go, releases.go)
+//
+// A stop through the API or autostop is "stopping" for StopTime (the
+// SIGTERM at its start, the exit event requested_stop), then stopped; a
+// suspend "suspending" for SuspendTime (no SIGTERM), then suspended; an
+// update or a start meanwhile is busy. Fly refuses a suspend of a machine
+// over 2 GB, with swap, a schedule or a GPU (400 here). SetTransient holds
+// a machine in any transient state Fly names (restarting, creating, …) for
+// a test's duration; shapes may start in them.
+//
+// MachineShape.SelfSuspend is Hermes's scale-to-zero: the agent's watcher
+// (first look 60 s after start, then every 30 s) finds it idle for
+// ScaleToZeroIdle (default 2m) with nothing in flight, marks the gateway
+// "draining" without a marker (turns are not refused), and a second later
+// suspends its machine through the local flaps socket; a user turn
+// through the proxy wakes it (autostart). A resume is the same process,
+// still "draining" until an inbound turn; an update is a new process.
+//
+// Every app starts with one Fly release (v1, complete, its first image).
+// POST /graphql serves fly-go's CreateRelease, UpdateRelease and the
+// queries `fly releases` and LatestImage send; SetGraphQLUnauthorized
+// answers every request as for a token without the scope. Sim.Env sets
+// FLY_API_BASE_URL to the simulator.
+//
 // # Control from another process
 //
 // Behind the Fly token: GET /_sim/state (State: machines, shutdowns,
@@ -298,6 +324,9 @@
 //	inject.go       what tests do: AddTurn, HoldLease, SetGatewayDown, … and the image faults
 //	agent.go        /api/status's platforms, Nous session, crash loops (hermes-agent's signals)
 //	realfleet.go    a real fleet's machines: states, groups, host status, containers, autostop
+//	transient.go    stopping, suspending and the other transient states; suspend's requirements
+//	scaletozero.go  Hermes suspending itself when idle
+//	releases.go     Fly releases through the GraphQL API
 //	workload.go, activity.go, drainturns.go   the turns: generator, activity model, drain model
 //	config.go, scenario.go   Config and its defaults; the TOML scenario of `migrator fleetsim`
 //	server.go       the HTTP server, auth, rate limits and injected faults (SetFaults)

@@ -280,8 +280,7 @@ func (s *Sim) handleStop(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusPreconditionFailed, flyError{Error: "unable to stop machine: machine is " + apiState(m)})
 		return
 	case vmStarted:
-		s.sigterm(m, now, "stop")
-		m.state = vmStopped
+		s.beginStop(m, now, "stop")
 		s.touched(m, now)
 	case vmSuspended:
 		// A stop discards the snapshot: the next start is a cold boot.

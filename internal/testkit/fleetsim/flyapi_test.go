@@ -140,6 +140,12 @@ func TestSkipLaunchAndStartStop(t *testing.T) {
 	if sd := h.shutdownsOf(id); len(sd) != 1 || sd[0].Cause != "stop" {
 		t.Fatalf("stop shutdowns: %+v", sd)
 	}
+	// A stop is "stopping" for StopTime (Fly's transient state), then
+	// "stopped"; an update meanwhile is a concurrent update.
+	if got := h.getMachine(app, id).State; got != "stopping" {
+		t.Fatalf("right after stop: %s, want stopping", got)
+	}
+	h.clk.Advance(DefaultStopTime)
 	m := h.getMachine(app, id)
 	cfg := *m.Config
 	cfg.Image = "registry.fly.io/hermes-agent:v2"

@@ -46,6 +46,7 @@ func (s *Sim) completeBoot(m *machine) {
 	}
 	m.startedAt, m.gwStart = m.bootAt, m.bootAt
 	m.epoch++
+	m.newProcess()
 	if m.restartBoot {
 		m.restartBoot = false
 		// flyd's restart policy started the same instance again: same
@@ -124,10 +125,12 @@ func (s *Sim) advance(m *machine, now time.Time) {
 		t := m.turns.pop()
 		s.settle(m, t.start)
 		s.autostopBy(m, t.start)
+		s.selfSuspendBy(m, t.start)
 		if s.wake(m, t) {
 			continue // the proxy started the machine: the turn waits for it
 		}
 		m.lastTraffic = later(m.lastTraffic, t.start)
+		m.noteInbound(t.start)
 		switch s.phaseAt(m, t.start) {
 		case phaseRunning:
 			if len(m.inflight) >= 8 {
@@ -152,6 +155,8 @@ func (s *Sim) advance(m *machine, now time.Time) {
 	}
 	s.settle(m, now)
 	s.autostopBy(m, now)
+	s.selfSuspendBy(m, now)
+	s.settle(m, now)
 	m.inflight = pruneTurns(m.inflight, now)
 }
 

@@ -107,6 +107,19 @@ type machine struct {
 	wakes       int
 	autostops   int
 
+	// Hermes scale-to-zero (scaletozero.go): the agent suspends itself
+	// when idle (selfSuspend: HERMES_SCALE_TO_ZERO stamped); dormant: its
+	// watcher wrote gateway_state "draining" (no marker) on the way to
+	// sleep, until the next inbound turn; lastInbound is that turn's
+	// arrival; s2zCooldown the watcher's re-arm cooldown; selfSuspends
+	// how often it suspended itself.
+	selfSuspend  bool
+	dormant      bool
+	lastInbound  time.Time
+	s2zCooldown  time.Time
+	s2zSuspendAt time.Time // dormant: when the suspend is asked for
+	selfSuspends int
+
 	lease         *lease
 	marker        *marker
 	gatewayDown   bool

@@ -34,7 +34,7 @@ import (
 
 // Machine states a MachineShape may start in.
 var shapeStates = []string{"", "started", "stopped", "suspended", "created", "failed", "destroyed",
-	"starting", "replacing", "updating", "stopping", "suspending", "destroying"}
+	"starting", "replacing", "updating", "restarting", "creating", "stopping", "suspending", "destroying"}
 
 // MachineShape is one machine of an app (Config.Shape).
 type MachineShape struct {
@@ -59,6 +59,11 @@ type MachineShape struct {
 	// with autostart): idle for Config.AutostopAfter, the machine goes
 	// down; a user turn through the proxy starts it again.
 	Autostop string
+	// SelfSuspend: the agent has Hermes's scale-to-zero armed
+	// (HERMES_SCALE_TO_ZERO): idle for Config.ScaleToZeroIdle, it marks
+	// itself "draining" and suspends its machine through the local flaps
+	// socket (scaletozero.go); Fly Proxy's autostart wakes it for a user.
+	SelfSuspend bool
 }
 
 func (sh MachineShape) validate() error {
@@ -144,7 +149,9 @@ func (s *Sim) applyShape(m *machine, sh MachineShape) {
 		m.hostStatus = ""
 	}
 	m.autostop = sh.Autostop
+	m.selfSuspend = sh.SelfSuspend
 	m.lastTraffic = s.origin // an autostop machine idles from the start
+	m.lastInbound = s.origin // and so does one that suspends itself
 	at := s.origin
 	switch sh.State {
 	case "stopped", "created", "failed":
@@ -156,7 +163,7 @@ func (s *Sim) applyShape(m *machine, sh MachineShape) {
 		m.state, m.atRest = vmSuspended, true
 	case "destroyed":
 		m.state, m.atRest = vmDestroyed, true
-	case "starting", "replacing", "updating":
+	case "starting", "replacing", "updating", "restarting", "creating":
 		s.boot(m, at, sh.State)
 	case "stopping", "suspending", "destroying":
 		m.state, m.settleKind, m.settleAt = vmSettling, sh.State, at.Add(s.cfg.BootTime)
@@ -264,22 +271,21 @@ func (s *Sim) autostopBy(m *machine, t time.Time) {
 		return // cannot happen: lastTraffic covers the turns served
 	}
 	m.autostops++
-	m.atRest = true
 	if m.autostop == "suspend" {
-		m.state = vmSuspended
+		s.beginSuspend(m, at)
 	} else {
-		s.sigterm(m, at, "autostop")
-		m.state = vmStopped
+		s.beginStop(m, at, "autostop")
 	}
-	m.updatedAt = at
 }
 
-// wake is Fly Proxy's autostart: a request for a machine with autostop that
-// is down (or on its way down, or booting) is held until the machine serves,
-// and a stopped or suspended machine is started for it. The turn is queued
-// again for that moment; false means it is handled as it arrives.
+// wake is Fly Proxy's autostart: a request for a machine with autostop (or
+// an agent that suspends itself: its wake URL goes through the proxy) that
+// is down (or on its way down, or booting) is held until the machine
+// serves, and a stopped or suspended machine is started for it. The turn
+// is queued again for that moment; false means it is handled as it
+// arrives.
 func (s *Sim) wake(m *machine, t absTurn) bool {
-	if m.autostop == "" || m.hostStatus != "" {
+	if m.autostop == "" && !m.selfSuspend || m.hostStatus != "" {
 		return false
 	}
 	var ready time.Time
@@ -371,7 +377,12 @@ func (s *Sim) handleSuspend(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusPreconditionFailed, flyError{Error: "unable to suspend machine: machine is " + apiState(m)})
 		return
 	case vmStarted:
-		s.suspend(m, now)
+		if why := suspendRefusal(m.config); why != "" {
+			s.mu.Unlock()
+			writeJSON(w, http.StatusBadRequest, flyError{Error: "machine cannot be suspended: " + why})
+			return
+		}
+		s.beginSuspend(m, now)
 		s.touched(m, now)
 	}
 	s.mu.Unlock()

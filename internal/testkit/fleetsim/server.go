@@ -81,6 +81,8 @@ func (s *Sim) Env() map[string]string {
 		// Where run create and the auto-update cron pin registry.fly.io
 		// images (the simulator's registry, registry.go).
 		"MIGRATOR_FLY_REGISTRY_URL": s.URL(),
+		// Fly's GraphQL API (releases), as flyctl's FLY_API_BASE_URL.
+		"FLY_API_BASE_URL": s.URL(),
 	}
 }
 
@@ -108,6 +110,7 @@ func (s *Sim) Handler() http.Handler {
 	mux.HandleFunc("/v1/", s.fly(RouteFlyUnknown, scopeNone, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusNotFound, flyError{Error: "not found"})
 	}))
+	mux.HandleFunc("/graphql", s.handleGraphQL)
 	mux.HandleFunc("/gateway/{app}/{id}/{rest...}", s.handleGateway)
 	mux.HandleFunc("/_sim/", s.handleControl)
 	mux.HandleFunc("/v2/", s.handleRegistry)

@@ -45,10 +45,13 @@ type Sim struct {
 	parkPlatform map[string]map[string]string
 	terminalNous map[string]bool
 	crashLoop    map[string]CrashLoop
-	relief       reliefHeap // when disrupted machines may stop being disrupted
-	refusals     []Refusal
-	disrupted    int
-	maxDisrupt   int
+	// gqlUnauthorized: Fly's GraphQL API refuses every request as for a
+	// token without the scope (releases.go).
+	gqlUnauthorized bool
+	relief          reliefHeap // when disrupted machines may stop being disrupted
+	refusals        []Refusal
+	disrupted       int
+	maxDisrupt      int
 
 	obs     observer
 	reqID   atomic.Uint64
@@ -77,6 +80,8 @@ type app struct {
 	// was revoked stays revoked across a recreate).
 	platforms     []string
 	platformState map[string]Platform
+	// releases are the app's Fly releases, oldest first (releases.go).
+	releases []*Release
 }
 
 // New builds the fleet; Start serves it.
@@ -153,6 +158,9 @@ func New(cfg Config) (*Sim, error) {
 			a.machines = append(a.machines, m)
 			a.byID[m.id] = m
 			s.machines = append(s.machines, m)
+		}
+		if len(a.machines) > 0 {
+			s.seedRelease(a, a.machines[0].config.Image)
 		}
 		s.apps = append(s.apps, a)
 		s.appByName[a.name] = a
