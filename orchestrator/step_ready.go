@@ -8,8 +8,9 @@ package orchestrator
 //
 //	ready → decided   running: drained next (step_drain.go)
 //	ready → updating  not running: no drain, no launch (step_update.go)
-//	ready → done      up to date, outside its window, host not ok,
-//	                  refused, run cancelled
+//	ready → done      up to date (against the whole change: change.go),
+//	                  outside its window, host not ok, refused, run
+//	                  cancelled
 //	ready → pending   run paused, lease held elsewhere, agent busy
 
 import (
@@ -60,8 +61,8 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		return n, err
 	}
 	image, _ := mach.ImageOf(run.Selector.Container) // refuse checked it
-	if image == s.m.ToImage {
-		return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
+	if n, stop, err := s.judgeChange(ctx, mach, image); stop {
+		return n, err
 	}
 	if s.m.LeaseNonce == "" && !s.m.LeaseWaitSince.IsZero() && mach.InstanceID != s.m.FromInstanceID {
 		// The deployer whose lease was waited out changed the machine.
@@ -123,8 +124,9 @@ func (s *step) ready(ctx context.Context) (next, error) {
 			if n, stop, err := s.refuse(ctx, mach); stop {
 				return n, err
 			}
-			if image, _ = mach.ImageOf(run.Selector.Container); image == s.m.ToImage {
-				return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
+			image, _ = mach.ImageOf(run.Selector.Container)
+			if n, stop, err := s.judgeChange(ctx, mach, image); stop {
+				return n, err
 			}
 			s.m.FromImage, s.m.FromInstanceID = image, mach.InstanceID
 		}
@@ -168,7 +170,8 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
 		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
 		"launch": s.m.Launch, "from_digest": s.m.FromDigest,
-		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable}); err != nil {
+		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable,
+		"change": s.changeDetail()}); err != nil {
 		return next{}, err
 	}
 	if s.idleResult != "" {

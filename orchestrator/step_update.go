@@ -1,7 +1,7 @@
 package orchestrator
 
 // updating → verifying: the drain is over and the machine is recreated on
-// the new image (the drain is never cancelled first: the marker must be on
+// the change (the new image, env, secrets version: change.go; the drain is never cancelled first: the marker must be on
 // the volume at SIGTERM for a quiet drain to stay quiet), with the launch
 // decided at the lease and at least the app secrets `secret sync` wrote.
 //
@@ -28,10 +28,24 @@ func (s *step) update(ctx context.Context) (next, error) {
 	}
 	// The new instance gets at least the app secrets migrator last wrote
 	// (`secret sync`): a machine sees app secrets only when recreated.
-	var opts []flymachines.UpdateOption
-	secretsVersion, err := s.o.store.Q().AppSecretsVersion(ctx, s.m.App)
+	synced, err := s.o.store.Q().AppSecretsVersion(ctx, s.m.App)
 	if err != nil {
 		return next{}, err
+	}
+	// The change beyond the image (change.go): env set and unset, the
+	// run's secrets version, a restart; recorded before it is sent.
+	opts, secretsVersion, err := s.changeOptions(ctx, synced)
+	var (
+		ce  *changeError
+		api *flymachines.APIError
+	)
+	switch {
+	case errors.As(err, &ce):
+		return s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, fmt.Sprintf("the run's change: %v", err))
+	case errors.As(err, &api) || err != nil && retryable(ctx, err):
+		return s.flyError(ctx, "read machine", err)
+	case err != nil:
+		return next{}, err // the database: the job tries again
 	}
 	if secretsVersion > 0 {
 		opts = append(opts, flymachines.WithMinSecretsVersion(secretsVersion))
@@ -84,7 +98,7 @@ func (s *step) update(ctx context.Context) (next, error) {
 	if s.w.Drain != nil {
 		s.w.Drain.RecreatedAt = updatedAt
 	}
-	detail := map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched}
+	detail := map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched, "change": s.changeDetail()}
 	if secretsVersion > 0 {
 		detail["min_secrets_version"] = secretsVersion
 	}
