@@ -225,6 +225,7 @@ func DefaultLimits() map[string]Limit {
 		RouteStart:        action,
 		RouteStop:         action,
 		RouteSuspend:      action,
+		RouteRestart:      action,
 		RouteSecretsList:  action,
 		RouteSecretSet:    action,
 		RouteSecretsSet:   action,
@@ -246,6 +247,7 @@ const (
 	RouteStart        = "fly.start"
 	RouteStop         = "fly.stop"
 	RouteSuspend      = "fly.suspend"
+	RouteRestart      = "fly.restart"
 	RouteSecretsList  = "fly.secrets_list"
 	RouteSecretSet    = "fly.secret_set"
 	RouteSecretsSet   = "fly.secrets_update"

@@ -45,7 +45,8 @@ type ControlOp struct {
 	// that long, then released, after updating the machine to Image if
 	// set), "add_turn", "host_status" (Status: ok, unknown,
 	// unreachable), "move_tag" (Image's tag to Digest), "set_down"
-	// (State: stopped or suspended).
+	// (State: stopped or suspended), "reject_env" (Key, Value, Platform,
+	// Code: gateways booted with that env value park the platform).
 	Op        string   `json:"op"`
 	App       string   `json:"app"`
 	MachineID string   `json:"machine_id"`
@@ -64,6 +65,8 @@ type ControlOp struct {
 	Platform  string   `json:"platform"`
 	Code      string   `json:"code"`
 	OOM       bool     `json:"oom"`
+	Key       string   `json:"key"`
+	Value     string   `json:"value"`
 }
 
 // handleControl serves /_sim/state (GET), /_sim/faults (POST, a map of
@@ -178,6 +181,12 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 		default:
 			s.SlowStart(op.Image, op.Duration.Duration)
 		}
+	case "reject_env":
+		if op.Key == "" || op.Platform == "" {
+			writeJSON(w, http.StatusBadRequest, flyError{Error: "key and platform are required"})
+			return
+		}
+		s.RejectEnv(op.Key, op.Value, op.Platform, op.Code)
 	case "hold_lease":
 		if !needMachine() {
 			return

@@ -101,6 +101,7 @@ func (s *Sim) Handler() http.Handler {
 	mux.HandleFunc("POST "+ms+"/start", s.fly(RouteStart, scopeMachine, s.handleStart))
 	mux.HandleFunc("POST "+ms+"/stop", s.fly(RouteStop, scopeMachine, s.handleStop))
 	mux.HandleFunc("POST "+ms+"/suspend", s.fly(RouteSuspend, scopeMachine, s.handleSuspend))
+	mux.HandleFunc("POST "+ms+"/restart", s.fly(RouteRestart, scopeMachine, s.handleRestart))
 	mux.HandleFunc("GET /v1/apps/{app}/secrets", s.fly(RouteSecretsList, scopeApp, s.handleListSecrets))
 	mux.HandleFunc("POST /v1/apps/{app}/secrets", s.fly(RouteSecretsSet, scopeApp, s.handleUpdateSecrets))
 	mux.HandleFunc("POST /v1/apps/{app}/secrets/{name}", s.fly(RouteSecretSet, scopeApp, s.handleSetSecret))

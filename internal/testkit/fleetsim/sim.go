@@ -44,6 +44,9 @@ type Sim struct {
 	// terminal Nous session, a crash loop.
 	parkPlatform map[string]map[string]string
 	terminalNous map[string]bool
+	// rejectEnv: gateways booted with an env value that a platform
+	// rejects park it (change.go).
+	rejectEnv []envReject
 	crashLoop    map[string]CrashLoop
 	relief       reliefHeap // when disrupted machines may stop being disrupted
 	refusals     []Refusal
