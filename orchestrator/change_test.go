@@ -464,7 +464,10 @@ func TestRunRequestValidation(t *testing.T) {
 			t.Errorf("%s: the error shows a value: %v", tc.name, err)
 		}
 	}
-	ok := with(func(r *orchestrator.RunRequest) { r.Env = map[string]string{"TELEGRAM_BOT_TOKEN": ""}; r.UnsetEnv = []string{"B"} })
+	ok := with(func(r *orchestrator.RunRequest) {
+		r.Env = map[string]string{"TELEGRAM_BOT_TOKEN": ""}
+		r.UnsetEnv = []string{"B"}
+	})
 	if err := orchestrator.ValidateRequest(ok); err != nil {
 		t.Errorf("a valid request: %v", err)
 	}

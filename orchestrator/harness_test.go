@@ -29,17 +29,17 @@ const timeScale = 50
 
 // world is a simulated fleet, a real Postgres and one or more replicas.
 type world struct {
-	t     *testing.T
-	clk   *clock.Scaled
-	sim   *fleetsim.Sim
-	st    *store.Store
-	pol   *policy.Policy
-	logs  *logbuf.Buffer
-	reps  []*replica
+	t    *testing.T
+	clk  *clock.Scaled
+	sim  *fleetsim.Sim
+	st   *store.Store
+	pol  *policy.Policy
+	logs *logbuf.Buffer
+	reps []*replica
 	// sealKey is every replica's seal key (MIGRATOR_SEAL_KEY).
 	sealKey *seal.Key
-	owner *orchestrator.Orchestrator // the first replica's, for run operations
-	opts  worldOpts
+	owner   *orchestrator.Orchestrator // the first replica's, for run operations
+	opts    worldOpts
 }
 
 type replica struct {

@@ -46,12 +46,12 @@ type Sim struct {
 	terminalNous map[string]bool
 	// rejectEnv: gateways booted with an env value that a platform
 	// rejects park it (change.go).
-	rejectEnv []envReject
-	crashLoop    map[string]CrashLoop
-	relief       reliefHeap // when disrupted machines may stop being disrupted
-	refusals     []Refusal
-	disrupted    int
-	maxDisrupt   int
+	rejectEnv  []envReject
+	crashLoop  map[string]CrashLoop
+	relief     reliefHeap // when disrupted machines may stop being disrupted
+	refusals   []Refusal
+	disrupted  int
+	maxDisrupt int
 
 	obs   observer
 	reqID atomic.Uint64
