@@ -209,15 +209,9 @@ func checkEnvName(field, k string) error {
 	return nil
 }
 
-// ChangeSummary is a run's change as the audit shows it: names only.
-type ChangeSummary struct {
-	// Image is the run's image; "" keeps each machine's digest.
-	Image          string   `json:"image,omitempty"`
-	EnvSet         []string `json:"env_set,omitempty"`
-	EnvUnset       []string `json:"env_unset,omitempty"`
-	SecretsVersion uint64   `json:"secrets_version,omitempty"`
-	Restart        bool     `json:"restart,omitempty"`
-}
+// ChangeSummary is a run's change as the audit shows it: names only
+// (store.Change, which the faces over the store read too).
+type ChangeSummary = store.Change
 
 // SummaryOf is req's change, names only.
 func SummaryOf(req RunRequest) ChangeSummary {
@@ -226,59 +220,7 @@ func SummaryOf(req RunRequest) ChangeSummary {
 }
 
 // RunChange is a recorded run's change, names only.
-func RunChange(r store.Run) ChangeSummary {
-	return ChangeSummary{Image: r.Image, EnvSet: r.EnvSet, EnvUnset: r.EnvUnset, SecretsVersion: r.SecretsVersion, Restart: r.Restart}
-}
-
-// BeyondImage reports whether the change does more than move an image.
-func (c ChangeSummary) BeyondImage() bool {
-	return len(c.EnvSet) > 0 || len(c.EnvUnset) > 0 || c.SecretsVersion > 0 || c.Restart
-}
-
-// String is the change in one line, names only: "image X; env set A, B;
-// env unset C; secrets version ≥ 7; restart".
-func (c ChangeSummary) String() string {
-	var parts []string
-	if c.Image != "" {
-		parts = append(parts, "image "+c.Image)
-	} else {
-		parts = append(parts, "each machine keeps the image it runs")
-	}
-	if len(c.EnvSet) > 0 {
-		parts = append(parts, "env set "+strings.Join(c.EnvSet, ", "))
-	}
-	if len(c.EnvUnset) > 0 {
-		parts = append(parts, "env unset "+strings.Join(c.EnvUnset, ", "))
-	}
-	if c.SecretsVersion > 0 {
-		parts = append(parts, fmt.Sprintf("app secrets version ≥ %d", c.SecretsVersion))
-	}
-	if c.Restart {
-		parts = append(parts, "restart")
-	}
-	return strings.Join(parts, "; ")
-}
-
-// detail is the change for an event's detail (names only).
-func (c ChangeSummary) detail() map[string]any {
-	d := map[string]any{}
-	if c.Image != "" {
-		d["image"] = c.Image
-	}
-	if len(c.EnvSet) > 0 {
-		d["env_set"] = c.EnvSet
-	}
-	if len(c.EnvUnset) > 0 {
-		d["env_unset"] = c.EnvUnset
-	}
-	if c.SecretsVersion > 0 {
-		d["secrets_version"] = c.SecretsVersion
-	}
-	if c.Restart {
-		d["restart"] = true
-	}
-	return d
-}
+func RunChange(r store.Run) ChangeSummary { return r.Change() }
 
 // runEnvAAD and envBeforeAAD name the place a sealed value belongs.
 func runEnvAAD(runID int64, key string) string { return fmt.Sprintf("run/%d/env/%s", runID, key) }
@@ -441,7 +383,7 @@ func (s *step) judgeChange(ctx context.Context, mach flymachines.Machine, image 
 // changeDetail is the run's change for a transition's event (names only),
 // with the image this machine's update sends.
 func (s *step) changeDetail() map[string]any {
-	d := RunChange(s.w.Run).detail()
+	d := RunChange(s.w.Run).Detail()
 	d["to_image"] = s.m.ToImage
 	if s.keepsImage() {
 		d["keeps_image"] = true

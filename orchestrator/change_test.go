@@ -308,7 +308,7 @@ func TestCustomerAndFleetRuns(t *testing.T) {
 		!strings.Contains(ev.Detail["note"].(string), "recreate") {
 		t.Fatalf("no event says who migrated hermes-agent-4 for the fleet run: %+v", ev)
 	}
-	waits, err := w.st.Q().WaitingOnOtherRuns(ctx, custB.ID)
+	waits, err := w.st.Q().WaitingOnOtherRuns(ctx, custB.ID, 10)
 	if err != nil || len(waits) != 1 || waits[0].OtherRun != fleet.ID {
 		t.Fatalf("customer run B waits for %+v (%v), want the fleet run %d", waits, err, fleet.ID)
 	}

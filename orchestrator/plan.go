@@ -493,7 +493,7 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		detail := map[string]any{"cause": out.Cause, "image": out.Image, "machines": len(machines), "to_move": toMove,
 			"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason,
 			"canary": out.Canary, "canary_bake_override": durationText(out.CanaryBakeOverride),
-			"change": change.detail(), "lane": lane}
+			"change": change.Detail(), "lane": lane}
 		if lane == store.LaneCustomer {
 			fleet, err := q.FleetMachines(ctx)
 			if err != nil {

@@ -11,6 +11,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -27,6 +28,72 @@ const (
 	// holds.
 	LaneCustomer = "customer"
 )
+
+// Change is a run's change as the audit shows it: names only, never an
+// env value (those are in run_env, sealed).
+type Change struct {
+	// Image is the run's image; "" keeps each machine's digest.
+	Image          string   `json:"image,omitempty"`
+	EnvSet         []string `json:"env_set,omitempty"`
+	EnvUnset       []string `json:"env_unset,omitempty"`
+	SecretsVersion uint64   `json:"secrets_version,omitempty"`
+	Restart        bool     `json:"restart,omitempty"`
+}
+
+// Change is r's change.
+func (r Run) Change() Change {
+	return Change{Image: r.Image, EnvSet: r.EnvSet, EnvUnset: r.EnvUnset, SecretsVersion: r.SecretsVersion, Restart: r.Restart}
+}
+
+// BeyondImage reports whether the change does more than move an image.
+func (c Change) BeyondImage() bool {
+	return len(c.EnvSet) > 0 || len(c.EnvUnset) > 0 || c.SecretsVersion > 0 || c.Restart
+}
+
+// String is the change in one line, names only: "image X; env set A, B;
+// env unset C; app secrets version ≥ 7; restart".
+func (c Change) String() string {
+	var parts []string
+	if c.Image != "" {
+		parts = append(parts, "image "+c.Image)
+	} else {
+		parts = append(parts, "each machine keeps the image it runs")
+	}
+	if len(c.EnvSet) > 0 {
+		parts = append(parts, "env set "+strings.Join(c.EnvSet, ", "))
+	}
+	if len(c.EnvUnset) > 0 {
+		parts = append(parts, "env unset "+strings.Join(c.EnvUnset, ", "))
+	}
+	if c.SecretsVersion > 0 {
+		parts = append(parts, fmt.Sprintf("app secrets version ≥ %d", c.SecretsVersion))
+	}
+	if c.Restart {
+		parts = append(parts, "restart")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Detail is the change for an event's detail (names only).
+func (c Change) Detail() map[string]any {
+	d := map[string]any{}
+	if c.Image != "" {
+		d["image"] = c.Image
+	}
+	if len(c.EnvSet) > 0 {
+		d["env_set"] = c.EnvSet
+	}
+	if len(c.EnvUnset) > 0 {
+		d["env_unset"] = c.EnvUnset
+	}
+	if c.SecretsVersion > 0 {
+		d["secrets_version"] = c.SecretsVersion
+	}
+	if c.Restart {
+		d["restart"] = true
+	}
+	return d
+}
 
 // Sealed is a value as Postgres keeps it: sealed (package internal/seal)
 // under the key KeyID names.
@@ -422,10 +489,10 @@ type Waiting struct {
 	Combined                 bool
 }
 
-// WaitingOnOtherRuns lists the pending machines of run runID that wait for
-// another run's migration of the same machine, with the one each waits for
-// (`run status` says which run).
-func (q *Q) WaitingOnOtherRuns(ctx context.Context, runID int64) ([]Waiting, error) {
+// WaitingOnOtherRuns lists up to limit pending machines of run runID that
+// wait for another run's migration of the same machine, with the one each
+// waits for (`run status` says which run), in plan order.
+func (q *Q) WaitingOnOtherRuns(ctx context.Context, runID int64, limit int) ([]Waiting, error) {
 	rows, err := q.db.Query(ctx, `
 		SELECT m.id, m.app, m.machine_id, o.run_id, o.id, o.state, m.combined_into IS NOT NULL
 		FROM machine_migrations m JOIN runs ro ON ro.id = m.run_id
@@ -441,7 +508,7 @@ func (q *Q) WaitingOnOtherRuns(ctx context.Context, runID int64) ([]Waiting, err
 			ORDER BY o.state = 'pending', o.id LIMIT 1
 		) o
 		WHERE m.run_id = $1 AND m.state = 'pending'
-		ORDER BY m.seq`, runID)
+		ORDER BY m.seq LIMIT $2`, runID, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read what the machines of run %d wait for: %w", runID, err)
 	}

@@ -130,7 +130,7 @@ func TestClaimSlotAcrossRuns(t *testing.T) {
 		if _, ok, err := q.ClaimSlot(ctx, id("customer/m0"), 0, 2); err != nil || ok {
 			t.Fatalf("customer/m0 claimed while fleet/m0 is in flight: ok %t, %v", ok, err)
 		}
-		waits, err := q.WaitingOnOtherRuns(ctx, w.runOf(t, tx, "customer/m0"))
+		waits, err := q.WaitingOnOtherRuns(ctx, w.runOf(t, tx, "customer/m0"), 10)
 		if err != nil || len(waits) != 1 || waits[0].App != "app" || waits[0].MachineID != "m0" ||
 			waits[0].OtherMigration != id("fleet/m0") || waits[0].OtherState != store.StateDraining || waits[0].Combined {
 			t.Fatalf("waiting: %+v, %v", waits, err)

@@ -123,7 +123,11 @@ type RunSnapshot struct {
 	// WaitingForIdle: up to SnapshotWaitingForIdle of the machines whose
 	// agent was busy when looked at (Counts.WaitingForIdle has them all).
 	WaitingForIdle []MigrationView
-	DBNow          time.Time
+	// WaitingOnRuns: up to SnapshotWaitingForIdle of the pending machines
+	// that wait for another run's migration of the same machine (one
+	// machine, one migration at a time), with the one each waits for.
+	WaitingOnRuns []Waiting
+	DBNow         time.Time
 }
 
 // SnapshotWaitingForIdle bounds RunSnapshot.WaitingForIdle.
@@ -149,7 +153,12 @@ func (s *Store) Snapshot(ctx context.Context, runID int64) (RunSnapshot, error) 
 			return err
 		}
 		if snap.Counts.WaitingForIdle > 0 {
-			snap.WaitingForIdle, err = q.WaitingForIdle(ctx, runID, SnapshotWaitingForIdle)
+			if snap.WaitingForIdle, err = q.WaitingForIdle(ctx, runID, SnapshotWaitingForIdle); err != nil {
+				return err
+			}
+		}
+		if snap.Counts.ByState[StatePending] > 0 {
+			snap.WaitingOnRuns, err = q.WaitingOnOtherRuns(ctx, runID, SnapshotWaitingForIdle)
 		}
 		return err
 	})

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -315,7 +316,7 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 	if r.StateReason != "" && r.State != store.RunRunning {
 		state += ": " + r.StateReason
 	}
-	add("run %d · %s → %s · %s", r.ID, r.Cause, r.Image, state)
+	add("run %d · %s → %s · %s", r.ID, r.Cause, orchestrator.RunChange(r), state)
 	eta := "ETA —"
 	switch {
 	case store.RunTerminal(r.State):
@@ -479,10 +480,28 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 	}
 	r := cur.Run
 	if prev == nil {
-		line("run %d %s: %s → %s; %d %s, max unavailable %d (requested by %s)", r.ID, r.State, r.Cause, r.Image,
+		line("run %d %s: %s → %s; %d %s, max unavailable %d (requested by %s)", r.ID, r.State, r.Cause, orchestrator.RunChange(r),
 			cur.Counts.Total, plural(cur.Counts.Total, "machine", "machines"), r.MaxUnavailable, r.RequestedBy)
 		if n := cur.Counts.ByState[store.StateDone]; n > 0 {
 			line("already done: %s", countList(cur.Counts.ByOutcome, outcomeOrder))
+		}
+	}
+
+	waited := map[int64]bool{}
+	if prev != nil {
+		for _, wt := range prev.WaitingOnRuns {
+			waited[wt.MigrationID] = true
+		}
+	}
+	for _, wt := range cur.WaitingOnRuns {
+		switch {
+		case waited[wt.MigrationID]:
+		case wt.Combined:
+			line("%s/%s carried by run %d's recreate (migration %d, %s): its change and this run's image go in one", wt.App,
+				wt.MachineID, wt.OtherRun, wt.OtherMigration, wt.OtherState)
+		default:
+			line("%s/%s waits for run %d (migration %d, %s): one machine, one migration at a time", wt.App, wt.MachineID,
+				wt.OtherRun, wt.OtherMigration, wt.OtherState)
 		}
 	}
 

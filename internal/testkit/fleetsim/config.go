@@ -93,6 +93,11 @@ type Config struct {
 	// printable characters (32 random bytes, base64url), so that it can be
 	// passed as MIGRATOR_DRAIN_KEY, whose bytes are the key.
 	DrainKey []byte
+	// SealKey is not the fleet's: it is the MIGRATOR_SEAL_KEY that Env
+	// hands migrator with the rest of its environment (serve needs one to
+	// keep customers' env values sealed). Default: base64url of 32 random
+	// bytes.
+	SealKey string
 	// Clock is the simulated timeline. Default clock.Real().
 	Clock clock.Clock
 	// Seed makes machine ids, workloads and fault draws reproducible.
@@ -284,6 +289,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.FlyToken == "" {
 		c.FlyToken = "fo1_sim_" + randomToken(32)
+	}
+	if c.SealKey == "" {
+		c.SealKey = randomToken(32)
 	}
 	if len(c.DrainKey) == 0 {
 		c.DrainKey = []byte(randomToken(32))

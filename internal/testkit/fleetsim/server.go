@@ -77,6 +77,7 @@ func (s *Sim) Env() map[string]string {
 		"FLY_FLAPS_BASE_URL":   s.FlyBaseURL(),
 		"MIGRATOR_GATEWAY_URL": s.GatewayURLTemplate(),
 		"MIGRATOR_DRAIN_KEY":   string(s.cfg.DrainKey),
+		"MIGRATOR_SEAL_KEY":    s.cfg.SealKey,
 		"MIGRATOR_FLY_ORG":     s.cfg.Org,
 		// Where run create and the auto-update cron pin registry.fly.io
 		// images (the simulator's registry, registry.go).

@@ -281,6 +281,9 @@ func (s *Sim) mustMachine(appName, id string) *machine {
 // FlyToken is the token the Machines API accepts.
 func (s *Sim) FlyToken() string { return s.cfg.FlyToken }
 
+// SealKey is the MIGRATOR_SEAL_KEY Env hands migrator.
+func (s *Sim) SealKey() string { return s.cfg.SealKey }
+
 // DrainKey is the key every agent's drain secret is derived from.
 func (s *Sim) DrainKey() []byte { return append([]byte(nil), s.cfg.DrainKey...) }
 
