@@ -189,7 +189,9 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 	} else {
 		fmt.Fprintf(w, "cause %s, no image: each machine keeps the digest it runs\n", req.Cause)
 	}
-	fmt.Fprintf(w, "change: %s\n", pv.Change)
+	if pv.Change.BeyondImage() {
+		fmt.Fprintf(w, "change: %s\n", pv.Change)
+	}
 	if pv.Lane == store.LaneCustomer {
 		fmt.Fprintf(w, "budget: the customer lane (policy budget_lane: %s), not the fleet cap\n", c.policy.Lane())
 	}

@@ -304,6 +304,15 @@ func (v *liveView) stop() {
 	}
 }
 
+// changeShort is what a run moves its machines to, for one line: its
+// image, or the whole change (names only) when it does more.
+func changeShort(r store.Run) string {
+	if ch := orchestrator.RunChange(r); ch.BeyondImage() || r.Image == "" {
+		return ch.String()
+	}
+	return r.Image
+}
+
 // renderFrame draws the live view: at most maxLines lines, each cut to
 // width columns so the terminal never wraps one (the redraw counts lines).
 func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []string {
@@ -316,7 +325,7 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 	if r.StateReason != "" && r.State != store.RunRunning {
 		state += ": " + r.StateReason
 	}
-	add("run %d · %s → %s · %s", r.ID, r.Cause, orchestrator.RunChange(r), state)
+	add("run %d · %s → %s · %s", r.ID, r.Cause, changeShort(r), state)
 	eta := "ETA —"
 	switch {
 	case store.RunTerminal(r.State):
@@ -480,7 +489,7 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 	}
 	r := cur.Run
 	if prev == nil {
-		line("run %d %s: %s → %s; %d %s, max unavailable %d (requested by %s)", r.ID, r.State, r.Cause, orchestrator.RunChange(r),
+		line("run %d %s: %s → %s; %d %s, max unavailable %d (requested by %s)", r.ID, r.State, r.Cause, changeShort(r),
 			cur.Counts.Total, plural(cur.Counts.Total, "machine", "machines"), r.MaxUnavailable, r.RequestedBy)
 		if n := cur.Counts.ByState[store.StateDone]; n > 0 {
 			line("already done: %s", countList(cur.Counts.ByOutcome, outcomeOrder))

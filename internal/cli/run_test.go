@@ -554,7 +554,7 @@ wait = "45m"
 		t.Fatalf("dry run: %s", res)
 	}
 	for _, want := range []string{"dry run: nothing was written", host + "/hermes-agent@" + digest.String(), "pinned from " + host + "/hermes-agent:v2",
-		"3 machines: 3 to move, 0 already on the image", "opted-in-loud", "45m0s", "CURRENT IMAGE", "IDLE WAIT", "30m0s, then defer",
+		"3 machines: 3 to move, 0 already up to date", "opted-in-loud", "45m0s", "CURRENT IMAGE", "IDLE WAIT", "30m0s, then defer",
 		"order: app and machine (no machine has drain history yet)"} {
 		if !strings.Contains(res.stdout, want) {
 			t.Errorf("dry run lacks %q:\n%s", want, res.stdout)
