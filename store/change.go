@@ -53,12 +53,20 @@ func (c Change) BeyondImage() bool {
 // String is the change in one line, names only: "image X; env set A, B;
 // env unset C; app secrets version ≥ 7; restart".
 func (c Change) String() string {
-	var parts []string
+	head := "each machine keeps the image it runs"
 	if c.Image != "" {
-		parts = append(parts, "image "+c.Image)
-	} else {
-		parts = append(parts, "each machine keeps the image it runs")
+		head = "image " + c.Image
 	}
+	if b := c.Beyond(); b != "" {
+		return head + "; " + b
+	}
+	return head
+}
+
+// Beyond is the change beyond the image, names only: "env set A, B; env
+// unset C; app secrets version ≥ 7; restart"; "" for none.
+func (c Change) Beyond() string {
+	var parts []string
 	if len(c.EnvSet) > 0 {
 		parts = append(parts, "env set "+strings.Join(c.EnvSet, ", "))
 	}
