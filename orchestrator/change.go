@@ -400,6 +400,13 @@ func (s *step) changeOptions(ctx context.Context, synced uint64) ([]flymachines.
 	run := s.w.Run
 	secrets := max(synced, run.SecretsVersion)
 	if !RunChange(run).BeyondImage() && run.Image != "" {
+		// An image alone: the update is as it always was; what it sends
+		// of app secrets is recorded (it proves the version later).
+		if secrets > 0 {
+			if err := s.o.store.Q().RecordChangeBefore(ctx, s.m.ID, nil, secrets); err != nil {
+				return nil, 0, err
+			}
+		}
 		return nil, secrets, nil
 	}
 	c, err := s.change(ctx)

@@ -326,3 +326,49 @@ func TestSealedGoneWithTheRun(t *testing.T) {
 		t.Fatal("an auto-update run took the customer lane")
 	}
 }
+
+// A customer run cancelled while its machine waits again (its agent was
+// busy) gives the fleet run's migration it was to carry back to its run.
+func TestCancelReleasesTheCarried(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	noImage := ""
+	rollbackTx(ctx, t, s, func(tx pgx.Tx) {
+		w := buildWorld(ctx, t, tx, now, []runSpec{
+			{name: "fleet", app: "app", age: 2 * time.Hour, maxUnavail: 5, machines: []machineSpec{{name: "m0"}}},
+			{name: "customer", app: "app", lane: store.LaneCustomer, env: "A", image: &noImage, age: time.Hour, maxUnavail: 1,
+				machines: []machineSpec{{name: "m0"}}}})
+		q := store.NewQ(tx)
+		if _, err := q.FillSlots(ctx, 0, now); err != nil {
+			t.Fatal(err)
+		}
+		crun, frun := w.runOf(t, tx, "customer/m0"), w.runOf(t, tx, "fleet/m0")
+		var cid int64
+		if err := tx.QueryRow(ctx, `UPDATE machine_migrations SET state = 'pending', slot_held = false, idle_watch = true
+			WHERE run_id = $1 RETURNING id`, crun).Scan(&cid); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, err := q.CarriedBy(ctx, cid); err != nil || !ok {
+			t.Fatalf("not combined: %t %v", ok, err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE runs SET state = 'cancelling' WHERE id = $1`, crun); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := q.CancelPending(ctx, crun); err != nil || n != 1 {
+			t.Fatalf("cancel: %d, %v", n, err)
+		}
+		var into *int64
+		var state string
+		if err := tx.QueryRow(ctx, `SELECT state, combined_into FROM machine_migrations WHERE run_id = $1`, frun).Scan(&state, &into); err != nil {
+			t.Fatal(err)
+		}
+		if state != "pending" || into != nil {
+			t.Fatalf("the fleet's migration: %s, combined into %v; want pending on its own", state, into)
+		}
+		claims, err := q.FillSlots(ctx, 0, now)
+		if err != nil || len(claims) != 1 || claims[0].RunID != frun {
+			t.Fatalf("the fleet run moves it itself: %+v, %v", claims, err)
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -211,14 +212,45 @@ func (q *Q) CanariesBaking(ctx context.Context) (int, error) {
 // CancelPending ends every machine of run id that has not started yet with
 // outcome cancelled, and returns how many.
 func (q *Q) CancelPending(ctx context.Context, runID int64) (int, error) {
-	tag, err := q.db.Exec(ctx, `
+	rows, err := q.db.Query(ctx, `
 		UPDATE machine_migrations SET state = 'done', outcome = 'cancelled', error = 'run cancelled before this machine started',
 			finished_at = now(), version = version + 1, updated_at = now()
-		WHERE run_id = $1 AND state = 'pending'`, runID)
+		WHERE run_id = $1 AND state = 'pending'
+		RETURNING id, run_id, app, machine_id`, runID)
 	if err != nil {
 		return 0, fmt.Errorf("cancel pending machines of run %d: %w", runID, err)
 	}
-	return int(tag.RowsAffected()), nil
+	cancelled, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Migration, error) {
+		m := Migration{State: StateDone, Outcome: OutcomeCancelled}
+		err := r.Scan(&m.ID, &m.RunID, &m.App, &m.MachineID)
+		return m, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("cancel pending machines of run %d: %w", runID, err)
+	}
+	// A cancelled customer migration that was to carry a fleet run's
+	// image in its recreate gives that migration back to its run (one
+	// index probe finds the few that carry any).
+	ids := make([]int64, len(cancelled))
+	for i, m := range cancelled {
+		ids[i] = m.ID
+	}
+	rows, err = q.db.Query(ctx, `SELECT DISTINCT combined_into FROM machine_migrations
+		WHERE combined_into = ANY($1) AND state = 'pending'`, ids)
+	if err != nil {
+		return 0, fmt.Errorf("cancel pending machines of run %d: %w", runID, err)
+	}
+	carriers, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, fmt.Errorf("cancel pending machines of run %d: %w", runID, err)
+	}
+	for _, c := range carriers {
+		i := slices.IndexFunc(cancelled, func(m Migration) bool { return m.ID == c })
+		if _, err := q.SettleCombined(ctx, &cancelled[i]); err != nil {
+			return 0, err
+		}
+	}
+	return len(cancelled), nil
 }
 
 // SettleRun decides what a running, paused or cancelling run becomes now:
