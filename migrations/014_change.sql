@@ -147,10 +147,23 @@ LEFT JOIN machine_migrations cm ON cm.id = m.combined_into;
 -- a rollback, that app secrets picked up stay: Fly keeps only the newest
 -- values, so a rollback cannot put them back. Added to the facts
 -- events_notify copied, before the row is written.
+--
+-- And a failed run that moved an image is not "recovered" by a later run
+-- that moved none (an env edit that succeeded on its machines says nothing
+-- of the image that failed): that close is not written, the incident stays
+-- open until a run with an image covers its machines.
 CREATE FUNCTION notifications_change_facts() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     ch jsonb;
 BEGIN
+    IF NEW.event = 'run.recovered' THEN
+        IF EXISTS (SELECT 1 FROM runs f, runs r
+                   WHERE f.id = NEW.run_id AND f.image <> ''
+                     AND r.id = (NEW.facts ->> 'resolved_by_run')::bigint AND r.image = '') THEN
+            RETURN NULL;
+        END IF;
+        RETURN NEW;
+    END IF;
     IF NEW.migration_id IS NULL OR NEW.event NOT IN ('machine.rolled_back', 'agent.not_serving') THEN
         RETURN NEW;
     END IF;
