@@ -7,8 +7,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
+	"github.com/hermes-cloud/migrator/store"
 )
 
 // An env edit as on-call types it: the dry run and the run name the key,
@@ -109,5 +111,42 @@ func TestEnvEditThroughTheCLI(t *testing.T) {
 		if len(data) == 0 || strings.Contains(string(data), token) {
 			t.Errorf("serve's log (%d bytes) holds the env value, or nothing was logged", len(data))
 		}
+	}
+}
+
+// run status and run follow say which run a waiting machine waits for,
+// and which recreate carries a machine; the change is named.
+func TestStatusAndFollowSayWhatAMachineWaitsFor(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 3, 8, 7, 30, 0, 0, time.UTC)
+	s := sampleSnapshot(now)
+	s.Run.Image, s.Run.Cause, s.Run.EnvSet, s.Run.Lane = "", "env-edit", []string{"TELEGRAM_BOT_TOKEN"}, store.LaneCustomer
+	s.WaitingOnRuns = []store.Waiting{
+		{MigrationID: 3, App: "hermes-agent-3", MachineID: "m3", OtherRun: 40, OtherMigration: 400, OtherState: store.StateDraining},
+		{MigrationID: 4, App: "hermes-agent-4", MachineID: "m4", OtherRun: 41, OtherMigration: 410, OtherState: store.StateVerifying, Combined: true},
+	}
+	var b strings.Builder
+	printRunStatus(&b, s, now)
+	text := strings.Join(strings.Fields(b.String()), " ")
+	for _, want := range []string{"change: each machine keeps the image it runs; env set TELEGRAM_BOT_TOKEN",
+		"waits for: hermes-agent-3/m3: run 40 is moving it (migration 400, draining); one machine, one migration at a time",
+		"carried: hermes-agent-4/m4: moved by run 41's recreate (migration 410, verifying)",
+		"lane: customer"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("run status lacks %q:\n%s", want, b.String())
+		}
+	}
+	lines := strings.Join(changeLines(nil, s, nil, now), "\n")
+	for _, want := range []string{"run 42 running: env-edit → each machine keeps the image it runs; env set TELEGRAM_BOT_TOKEN",
+		"hermes-agent-3/m3 waits for run 40 (migration 400, draining): one machine, one migration at a time",
+		"hermes-agent-4/m4 carried by run 41's recreate (migration 410, verifying)"} {
+		if !strings.Contains(lines, want) {
+			t.Errorf("follow lacks %q:\n%s", want, lines)
+		}
+	}
+	// Said once: the next poll with the same waits adds nothing about them.
+	prev := s
+	if again := strings.Join(changeLines(&prev, s, nil, now), "\n"); strings.Contains(again, "waits for run") {
+		t.Errorf("repeated: %s", again)
 	}
 }
