@@ -445,6 +445,21 @@ func (s *step) changeOptions(ctx context.Context, synced uint64) ([]flymachines.
 	return opts, secrets, nil
 }
 
+// secretsFrom adds to an update's event the app secrets version the
+// machine had before, as far as migrator knows it (Fly shows no machine's
+// version: the highest an update of migrator sent to the instance it
+// replaced; absent when unknown), so the audit reads "from → to".
+func (s *step) secretsFrom(ctx context.Context, detail map[string]any) {
+	v, err := s.o.store.Q().ProvenSecretsVersion(ctx, s.m.App, s.m.MachineID, s.m.FromInstanceID)
+	if err != nil {
+		s.log.Warn("read the secrets version before the update", "error", err)
+		return
+	}
+	if v > 0 {
+		detail["secrets_version_from"] = v
+	}
+}
+
 // envApplied: the machine's config holds the run's env change (verify's
 // "ours" with the instance and the image).
 func (s *step) envApplied(ctx context.Context, m flymachines.Machine) bool {

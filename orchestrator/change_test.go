@@ -220,6 +220,19 @@ func TestSecretsVersionIsSent(t *testing.T) {
 	if m := w.migration(r2.ID); m.Outcome != store.OutcomeSkippedUpToDate || w.sim.Machine(app, id).Updates != 1 {
 		t.Fatalf("the same version again: %s, updates %d", m.Outcome, w.sim.Machine(app, id).Updates)
 	}
+	// A newer write: the audit reads from → to.
+	set2, err := w.flyClient().SetAppSecret(ctx, app, "TELEGRAM_BOT_TOKEN", "secret-token-4432")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r3 := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.EnvEdit, Selector: store.Selector{Apps: []string{app}},
+		SecretsVersion: set2.Version}).ID, time.Minute)
+	m3 := w.migration(r3.ID)
+	ev := changeEvent(w.events(store.Scope{RunID: r3.ID, MigrationID: m3.ID}), "machine.verifying")
+	if m3.Outcome != store.OutcomeMigrated || ev == nil || ev.Detail["secrets_version_from"] != float64(set.Version) ||
+		ev.Detail["min_secrets_version"] != float64(set2.Version) {
+		t.Fatalf("newer version: %s, verifying event %+v", m3.Outcome, ev)
+	}
 }
 
 // --restart restarts the agent on the same config, drained first: a new

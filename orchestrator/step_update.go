@@ -101,6 +101,7 @@ func (s *step) update(ctx context.Context) (next, error) {
 	detail := map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched, "change": s.changeDetail()}
 	if secretsVersion > 0 {
 		detail["min_secrets_version"] = secretsVersion
+		s.secretsFrom(ctx, detail)
 	}
 	if err := s.transition(ctx, store.StateVerifying, detail); err != nil {
 		return next{}, err
