@@ -353,13 +353,14 @@ const laneBudget = `held AS (
 // (a customer run's before a fleet run's, else the older run's). A
 // migration a customer recreate carries (combined_into) waits for that
 // one, which is in flight.
-const machineFree = `NOT EXISTS (
-					SELECT 1 FROM machine_migrations o JOIN runs orr ON orr.id = o.run_id
+const machineFree = `(
+					SELECT true FROM machine_migrations o JOIN runs orr ON orr.id = o.run_id
 					WHERE o.app = m.app AND o.machine_id = m.machine_id AND o.state <> 'done' AND o.run_id <> m.run_id
 					  AND (o.state <> 'pending'
 					       OR o.combined_into IS NULL AND orr.state = 'running'
 					          AND (orr.lane = 'customer' AND ro.lane = 'fleet'
-					               OR orr.lane = ro.lane AND (orr.created_at, orr.id) < (ro.created_at, ro.id))))`
+					               OR orr.lane = ro.lane AND (orr.created_at, orr.id) < (ro.created_at, ro.id)))
+					LIMIT 1) IS NULL`
 
 // combineClaimed makes a customer's change and a fleet run's image one
 // recreate, where both are due together: for each machine migration just
@@ -497,26 +498,34 @@ type Waiting struct {
 	Combined                 bool
 }
 
+// waitingSQL finds the pending machines of run $1 (plan order, at most $2)
+// that wait for another run's migration of the same machine, with that
+// migration: the one whose recreate carries it, or the one machineFree
+// lets go first. It starts from the other open runs' open migrations (few,
+// beside a fleet run's backlog) and probes run $1's machine by its unique
+// (run_id, app, machine_id), so a follower reading it every half second
+// pays for the other runs, not for this run's pending machines.
+const waitingSQL = `
+	SELECT DISTINCT ON (m.seq, m.id) m.id, m.app, m.machine_id, o.run_id, o.id, o.state, m.combined_into IS NOT NULL
+	FROM runs orr
+	JOIN machine_migrations o ON o.run_id = orr.id AND o.state <> 'done'
+	JOIN machine_migrations m ON m.run_id = $1 AND m.app = o.app AND m.machine_id = o.machine_id AND m.state = 'pending'
+	JOIN runs ro ON ro.id = m.run_id
+	WHERE orr.state IN ('pending', 'running', 'paused', 'cancelling') AND orr.id <> $1
+	  AND (m.combined_into = o.id
+	       OR m.combined_into IS NULL
+	          AND (o.state <> 'pending'
+	               OR o.combined_into IS NULL AND orr.state = 'running'
+	                  AND (orr.lane = 'customer' AND ro.lane = 'fleet'
+	                       OR orr.lane = ro.lane AND (orr.created_at, orr.id) < (ro.created_at, ro.id))))
+	ORDER BY m.seq, m.id, m.combined_into = o.id DESC, o.state = 'pending', o.id
+	LIMIT $2`
+
 // WaitingOnOtherRuns lists up to limit pending machines of run runID that
 // wait for another run's migration of the same machine, with the one each
 // waits for (`run status` says which run), in plan order.
 func (q *Q) WaitingOnOtherRuns(ctx context.Context, runID int64, limit int) ([]Waiting, error) {
-	rows, err := q.db.Query(ctx, `
-		SELECT m.id, m.app, m.machine_id, o.run_id, o.id, o.state, m.combined_into IS NOT NULL
-		FROM machine_migrations m JOIN runs ro ON ro.id = m.run_id
-		CROSS JOIN LATERAL (
-			SELECT o.run_id, o.id, o.state FROM machine_migrations o JOIN runs orr ON orr.id = o.run_id
-			WHERE o.id = m.combined_into
-			   OR m.combined_into IS NULL AND o.app = m.app AND o.machine_id = m.machine_id AND o.state <> 'done'
-			      AND o.run_id <> m.run_id
-			      AND (o.state <> 'pending'
-			           OR o.combined_into IS NULL AND orr.state = 'running'
-			              AND (orr.lane = 'customer' AND ro.lane = 'fleet'
-			                   OR orr.lane = ro.lane AND (orr.created_at, orr.id) < (ro.created_at, ro.id)))
-			ORDER BY o.state = 'pending', o.id LIMIT 1
-		) o
-		WHERE m.run_id = $1 AND m.state = 'pending'
-		ORDER BY m.seq LIMIT $2`, runID, limit)
+	rows, err := q.db.Query(ctx, waitingSQL, runID, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read what the machines of run %d wait for: %w", runID, err)
 	}

@@ -25,6 +25,30 @@ type Claim struct {
 const canaryHoldsGate = `c.run_id = r.id AND c.canary AND (c.outcome IS NULL
 	OR c.outcome IN ('failed', 'rolled_back') AND (r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at))`
 
+// fillSlotsSQL is FillSlots' statement ($1 the fleet cap, $2 now).
+const fillSlotsSQL = `
+	WITH `+laneBudget+`, runs_open AS MATERIALIZED (
+		SELECT r.id, r.created_at, r.lane, greatest(r.max_unavailable - coalesce(h.n, 0), 0) AS free,
+			r.canary > 0 AND EXISTS (SELECT 1 FROM machine_migrations c WHERE `+canaryHoldsGate+`) AS canary_gate
+		FROM runs r LEFT JOIN held h ON h.run_id = r.id
+		WHERE r.state = 'running'
+	), per_run AS (
+		SELECT c.id, ro.lane, row_number() OVER (PARTITION BY ro.lane ORDER BY ro.created_at, ro.id, c.canary DESC, c.seq) AS lane_rn
+		FROM runs_open ro CROSS JOIN LATERAL (
+			SELECT m.id, m.canary, m.seq FROM machine_migrations m
+			WHERE m.run_id = ro.id AND m.state = 'pending' AND m.canary >= ro.canary_gate
+			  AND (m.not_before IS NULL OR m.not_before <= $2) AND NOT m.idle_watch AND m.combined_into IS NULL
+			  AND `+machineFree+`
+			ORDER BY m.canary DESC, m.seq
+			LIMIT ro.free
+		) c
+	)
+	UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
+		started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
+	FROM per_run p JOIN lanes l ON l.lane = p.lane
+	WHERE m.id = p.id AND p.lane_rn <= l.free
+	RETURNING m.id, m.run_id, p.lane`
+
 // FillSlots gives free budget slots to pending machines, greedily: a slot
 // freed by one machine is refilled in the same transaction, so no wave waits
 // for its slowest member. It enforces, under one advisory lock so that every
@@ -66,28 +90,7 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 	// bound: behind a closed gate the scan stops after the canaries. Within a
 	// run, (canary DESC, seq) is the per-run rank, so the fleet-wide order is
 	// oldest run first, then that rank.
-	rows, err := q.db.Query(ctx, `
-		WITH `+laneBudget+`, runs_open AS MATERIALIZED (
-			SELECT r.id, r.created_at, r.lane, greatest(r.max_unavailable - coalesce(h.n, 0), 0) AS free,
-				r.canary > 0 AND EXISTS (SELECT 1 FROM machine_migrations c WHERE `+canaryHoldsGate+`) AS canary_gate
-			FROM runs r LEFT JOIN held h ON h.run_id = r.id
-			WHERE r.state = 'running'
-		), per_run AS (
-			SELECT c.id, ro.lane, row_number() OVER (PARTITION BY ro.lane ORDER BY ro.created_at, ro.id, c.canary DESC, c.seq) AS lane_rn
-			FROM runs_open ro CROSS JOIN LATERAL (
-				SELECT m.id, m.canary, m.seq FROM machine_migrations m
-				WHERE m.run_id = ro.id AND m.state = 'pending' AND m.canary >= ro.canary_gate
-				  AND (m.not_before IS NULL OR m.not_before <= $2) AND NOT m.idle_watch AND m.combined_into IS NULL
-				  AND `+machineFree+`
-				ORDER BY m.canary DESC, m.seq
-				LIMIT ro.free
-			) c
-		)
-		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
-			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
-		FROM per_run p JOIN lanes l ON l.lane = p.lane
-		WHERE m.id = p.id AND p.lane_rn <= l.free
-		RETURNING m.id, m.run_id`, fleetCap, now)
+	rows, err := q.db.Query(ctx, fillSlotsSQL, fleetCap, now)
 	if err != nil {
 		return nil, fmt.Errorf("fill budget slots: %w", err)
 	}
@@ -96,11 +99,14 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 	var ids []int64
 	for rows.Next() {
 		var c Claim
-		if err := rows.Scan(&c.MigrationID, &c.RunID); err != nil {
+		var lane string
+		if err := rows.Scan(&c.MigrationID, &c.RunID, &lane); err != nil {
 			return nil, fmt.Errorf("fill budget slots: %w", err)
 		}
 		out = append(out, c)
-		ids = append(ids, c.MigrationID)
+		if lane == LaneCustomer { // only a customer's change carries a fleet image
+			ids = append(ids, c.MigrationID)
+		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("fill budget slots: %w", err)
@@ -125,9 +131,10 @@ func (q *Q) ClaimSlot(ctx context.Context, id int64, version, fleetCap int) (int
 		return 0, false, fmt.Errorf("lock budget: %w", err)
 	}
 	var v int
+	var lane string
 	err := q.db.QueryRow(ctx, `
 		WITH `+laneBudget+`, target AS (
-			SELECT m.id FROM machine_migrations m JOIN runs r ON r.id = m.run_id JOIN runs ro ON ro.id = r.id
+			SELECT m.id, r.lane FROM machine_migrations m JOIN runs r ON r.id = m.run_id JOIN runs ro ON ro.id = r.id
 				LEFT JOIN held h ON h.run_id = r.id JOIN lanes l ON l.lane = r.lane
 			WHERE m.id = $2 AND m.version = $3 AND m.state = 'pending' AND r.state = 'running' AND m.combined_into IS NULL
 			  AND l.free > 0 AND r.max_unavailable - coalesce(h.n, 0) > 0
@@ -137,7 +144,7 @@ func (q *Q) ClaimSlot(ctx context.Context, id int64, version, fleetCap int) (int
 		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
 			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
 		FROM target t WHERE m.id = t.id
-		RETURNING m.version`, fleetCap, id, version).Scan(&v)
+		RETURNING m.version, t.lane`, fleetCap, id, version).Scan(&v, &lane)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return version, false, nil
 	}
@@ -146,8 +153,10 @@ func (q *Q) ClaimSlot(ctx context.Context, id int64, version, fleetCap int) (int
 	}
 	// Combining touches only the fleet run's pending migration, never
 	// this one's row: the version returned stays the caller's.
-	if err := q.combineClaimed(ctx, []int64{id}); err != nil {
-		return 0, false, err
+	if lane == LaneCustomer {
+		if err := q.combineClaimed(ctx, []int64{id}); err != nil {
+			return 0, false, err
+		}
 	}
 	return v, true, nil
 }
