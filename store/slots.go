@@ -27,9 +27,9 @@ const canaryHoldsGate = `c.run_id = r.id AND c.canary AND (c.outcome IS NULL
 
 // fillSlotsSQL is FillSlots' statement ($1 the fleet cap, $2 now).
 const fillSlotsSQL = `
-	WITH `+laneBudget+`, runs_open AS MATERIALIZED (
+	WITH ` + laneBudget + `, runs_open AS MATERIALIZED (
 		SELECT r.id, r.created_at, r.lane, greatest(r.max_unavailable - coalesce(h.n, 0), 0) AS free,
-			r.canary > 0 AND EXISTS (SELECT 1 FROM machine_migrations c WHERE `+canaryHoldsGate+`) AS canary_gate
+			r.canary > 0 AND EXISTS (SELECT 1 FROM machine_migrations c WHERE ` + canaryHoldsGate + `) AS canary_gate
 		FROM runs r LEFT JOIN held h ON h.run_id = r.id
 		WHERE r.state = 'running'
 	), per_run AS (
@@ -38,7 +38,7 @@ const fillSlotsSQL = `
 			SELECT m.id, m.canary, m.seq FROM machine_migrations m
 			WHERE m.run_id = ro.id AND m.state = 'pending' AND m.canary >= ro.canary_gate
 			  AND (m.not_before IS NULL OR m.not_before <= $2) AND NOT m.idle_watch AND m.combined_into IS NULL
-			  AND `+machineFree+`
+			  AND ` + machineFree + `
 			ORDER BY m.canary DESC, m.seq
 			LIMIT ro.free
 		) c
