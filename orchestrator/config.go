@@ -70,6 +70,11 @@ type Config struct {
 	// bind's login gate is told apart as an older Hermes or a missing
 	// secret by the agent's version (gateway.Explain401). "": not told.
 	MinDrainVersion string
+	// Sealer seals the env values of a change in Postgres and opens them
+	// for the update and the rollback (seal.Key from MIGRATOR_SEAL_KEY).
+	// Required to create or run a change that sets env values
+	// (ErrNoSealKey); nil otherwise.
+	Sealer Sealer
 	// Clock is the time source. Default clock.Real().
 	Clock clock.Clock
 	// Logger receives one line per transition. Default: discard.

@@ -1,6 +1,25 @@
-// Package orchestrator moves machines to a new image: it plans runs, keeps
+// Package orchestrator moves machines to a change: it plans runs, keeps
 // the disruption budget, and walks each machine through its migration as a
 // River job that is safe to run twice and safe to kill at any point.
+//
+// # The change
+//
+// A run moves its machines to one change (change.go): a new image; env
+// variables set or unset in config.env; an app secrets version to pick up
+// (min_secrets_version); a restart (an update of the unchanged config: a
+// new instance); any combination, at least one. Without an image each
+// machine keeps the digest it runs (image_ref, resolved in ready). Up to
+// date is judged against the whole change in ready (judgeChange); the
+// update applies it to the config as read under the lease (changeOptions,
+// after recording the env before, sealed); verify checks it with the new
+// instance and the image (envApplied); a rollback puts back the image
+// that ran and the env keys as they were (envRestore), never app secrets
+// (Fly keeps only the newest: the event and the notification say so); a
+// change with nothing to put back (a restart, secrets alone) ends failed
+// instead. CreateRun is the one way a run is made (the CLI, the
+// auto-update, an API): ValidateRequest refuses bad input with a
+// *FieldError naming the field, and env values are kept only sealed
+// (Config.Sealer) until the run ends.
 //
 // # Runs and the budget
 //
@@ -9,7 +28,15 @@
 // at once. A machine is "disrupted" from the moment it holds a budget slot
 // until it is done. Slots are handed out by store.Q.FillSlots, under one
 // Postgres advisory lock, so every replica and every run sees the same count:
-// at most the run's max_unavailable per run and Config.FleetCap fleet-wide.
+// at most the run's max_unavailable per run and Config.FleetCap fleet-wide
+// (a run of a customer cause counts against the customer lane's cap
+// instead, policy budget_lane, recomputed by CreateRun from the fleet's
+// size). One machine, one migration at a time across runs: a machine
+// another run holds, or has pending ahead of it (a customer run's before
+// a fleet run's, else the older run's), waits; a customer's change and a
+// fleet run's image past its canaries, due together, go in one recreate
+// whose end ends the fleet run's migration too (store.Q.FillSlots,
+// SettleCombined).
 // A machine that finishes gives its slot back and, in the same transaction,
 // the next pending machine gets it and its job is inserted (greedy refill:
 // no wave waits for its slowest member). A periodic fill job is the safety
@@ -218,7 +245,7 @@
 // updating, the drain outcome is "undrainable" with the status in the
 // machine's error, and the shutdown is loud (no marker). 403, 5xx and an
 // unreachable dashboard never take that path. Every update asks Fly for at
-// least the app secrets version `secret sync` last recorded
+// least the app secrets version `secret sync` last recorded and the run's
 // (min_secrets_version), since a machine sees app secrets only when it is
 // recreated.
 //
@@ -327,10 +354,10 @@
 //	ready                 step_ready.go     read, refuse, decide, record the decision
 //	                      step_lease.go     take, adopt, wait out, refresh, release the lease
 //	decided, draining     step_drain.go     begin, poll, undrainable, slipped turns
-//	updating              step_update.go    the recreate on the new image
+//	updating              step_update.go    the recreate on the change
 //	verifying             step_verify.go    the new instance and its agent judged
 //	baking                step_bake.go      a canary watched before the run widens
-//	rolling_back          step_rollback.go  the old image back, the agent serving
+//	rolling_back          step_rollback.go  the old image and env back, the agent serving
 //	putting_down          step_wake.go      a woken canary put back down
 //	done                  step.go           finish: the lease released, the slot refilled
 //
@@ -339,7 +366,10 @@
 //
 // worker.go is the River worker and the dispatch on the state (advance);
 // step.go what every step shares (the step, its writes, the ways a machine
-// ends, the machine-state predicates). decision.go is the policy's decision
+// ends, the machine-state predicates). change.go is what a change does
+// to a machine's config and whether a machine already has it (the steps
+// call it; the sealed values and the rules across runs are in
+// store/change.go). decision.go is the policy's decision
 // with the run's overrides applied (decideFor) and the drain path of an
 // undrainable agent: the steps take them from there, and so does
 // preview.go, the dry run (Preview: what a run would do with each machine,

@@ -12,6 +12,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/clock"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/seal"
 	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
 	"github.com/hermes-cloud/migrator/internal/testkit/logbuf"
 	"github.com/hermes-cloud/migrator/orchestrator"
@@ -28,15 +29,17 @@ const timeScale = 50
 
 // world is a simulated fleet, a real Postgres and one or more replicas.
 type world struct {
-	t     *testing.T
-	clk   *clock.Scaled
-	sim   *fleetsim.Sim
-	st    *store.Store
-	pol   *policy.Policy
-	logs  *logbuf.Buffer
-	reps  []*replica
-	owner *orchestrator.Orchestrator // the first replica's, for run operations
-	opts  worldOpts
+	t    *testing.T
+	clk  *clock.Scaled
+	sim  *fleetsim.Sim
+	st   *store.Store
+	pol  *policy.Policy
+	logs *logbuf.Buffer
+	reps []*replica
+	// sealKey is every replica's seal key (MIGRATOR_SEAL_KEY).
+	sealKey *seal.Key
+	owner   *orchestrator.Orchestrator // the first replica's, for run operations
+	opts    worldOpts
 }
 
 type replica struct {
@@ -92,7 +95,11 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	}
 	t.Cleanup(sim.Close)
 	_, pool := storetest.NewDB(t)
-	w := &world{t: t, clk: clk, sim: sim, st: store.New(pool), pol: o.policy, logs: &logbuf.Buffer{}, opts: o}
+	key, err := seal.NewKey("test seal key", []byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &world{t: t, clk: clk, sim: sim, st: store.New(pool), pol: o.policy, logs: &logbuf.Buffer{}, opts: o, sealKey: key}
 	if w.pol == nil {
 		w.pol = policy.Default()
 	}
@@ -130,7 +137,7 @@ func (w *world) startReplica(fleetCap int) *replica {
 	}
 	cfg := orchestrator.Config{FleetCap: fleetCap, PollInterval: poll,
 		LeaseTTL: 2 * time.Minute, VerifyTimeout: 2 * time.Minute, WaitStep: 5 * time.Second, GatewayGrace: 30 * time.Second,
-		Clock: w.clk, Logger: log, MinDrainVersion: w.opts.minDrainVersion}
+		Clock: w.clk, Logger: log, MinDrainVersion: w.opts.minDrainVersion, Sealer: w.sealKey}
 	if w.opts.orch != nil {
 		w.opts.orch(&cfg)
 	}

@@ -73,12 +73,28 @@ func (e *NoSuchContainerError) Error() string {
 	return fmt.Sprintf("no selected machine has a container %q", e.Container)
 }
 
-// RunRequest asks for a run. Image is what the machines get (already pinned
-// by the caller when pinning is wanted).
+// RunRequest asks for a run: a cause, the machines (Selector), and the
+// change to move them to (change.go): Image (already pinned by the caller
+// when pinning is wanted; "" keeps each machine's digest), Env to set and
+// UnsetEnv to unset in config.env, SecretsVersion to pick up, Restart; at
+// least one. ValidateRequest checks it (CreateRun does too): every
+// problem is a *FieldError naming the field. Env values are a customer's:
+// CreateRun keeps them only sealed (Config.Sealer).
 type RunRequest struct {
-	Cause            policy.Cause
-	TargetImage      string // as asked; defaults to Image
-	Image            string
+	Cause       policy.Cause
+	TargetImage string // as asked; defaults to Image
+	Image       string
+	// Env sets keys of config.env; UnsetEnv removes keys.
+	Env      map[string]string
+	UnsetEnv []string
+	// SecretsVersion is the app secrets version NAS's secrets write was
+	// answered with (Fly's SetAppSecretResp/UpdateAppSecretsResp
+	// version): every update carries min_secrets_version at least this.
+	// 0: none.
+	SecretsVersion uint64
+	// Restart makes a new process of each machine's config even when
+	// nothing else changes.
+	Restart          bool
 	Selector         store.Selector
 	MaxUnavailable   string // "N" or "P%"; default "1"
 	Canary           int
@@ -160,6 +176,18 @@ func (o *Orchestrator) Plan(ctx context.Context, sel store.Selector, image strin
 // back. A selector's container that no selected machine has is a
 // *NoSuchContainerError.
 func (o *Orchestrator) PlanRun(ctx context.Context, sel store.Selector, image string, canary int) (RunPlan, error) {
+	return o.planRun(ctx, sel, planWant{image: image}, canary)
+}
+
+// PlanRequest is PlanRun for req's selector, canaries and whole change: a
+// machine is up to date when it holds the image (any, for a change
+// without one) and the env; a change with a secrets version or a restart
+// is judged when each machine's turn comes.
+func (o *Orchestrator) PlanRequest(ctx context.Context, req RunRequest) (RunPlan, error) {
+	return o.planRun(ctx, req.Selector, wantOf(req), req.Canary)
+}
+
+func (o *Orchestrator) planRun(ctx context.Context, sel store.Selector, want planWant, canary int) (RunPlan, error) {
 	machines, excluded, err := SelectWithExclusions(ctx, o.fly, sel)
 	if err != nil {
 		return RunPlan{}, err
@@ -181,7 +209,7 @@ func (o *Orchestrator) PlanRun(ctx context.Context, sel store.Selector, image st
 			hasContainer = true
 		}
 		m.Image = img
-		out = append(out, PlannedMachine{Machine: m, UpToDate: img == image})
+		out = append(out, PlannedMachine{Machine: m, UpToDate: want.upToDate(img, m.Env)})
 	}
 	if sel.Container != "" && !hasContainer {
 		return RunPlan{Excluded: excluded}, &NoSuchContainerError{Container: sel.Container}
@@ -400,12 +428,20 @@ func labelsMatch(have, want map[string]string) bool {
 // CreateRun plans req and records the run with its machines, then starts as
 // many as the budget allows, all in one transaction. A repeated request with
 // the same idempotency key returns the existing run and created=false.
+//
+// It is the one way a run is made (the CLI's run create, the auto-update,
+// an API): req is checked first (ValidateRequest: a *FieldError naming the
+// field, nothing read or written), env values need Config.Sealer
+// (ErrNoSealKey), a selector that matches nothing is ErrNothingSelected
+// (or *ExcludedOnlyError, *NoSuchContainerError). The run takes the budget
+// lane of its cause (policy budget_lane): a customer cause's own small
+// budget, recomputed here from the fleet's size, or the fleet cap.
 func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []PlannedMachine) (store.Run, bool, error) {
-	if iw := req.IdleWaitOverride; iw != nil && (*iw < 0 || *iw > policy.MaxWait) {
-		return store.Run{}, false, fmt.Errorf("create run: idle wait %s: want 0 to %s", *iw, policy.MaxWait)
+	if err := ValidateRequest(req); err != nil {
+		return store.Run{}, false, err
 	}
-	if b := req.CanaryBakeOverride; b != nil && (*b < 0 || *b > policy.MaxCanaryBake) {
-		return store.Run{}, false, fmt.Errorf("create run: canary bake %s: want 0 to %s", *b, policy.MaxCanaryBake)
+	if len(req.Env) > 0 && o.cfg.Sealer == nil {
+		return store.Run{}, false, ErrNoSealKey
 	}
 	if req.IdempotencyKey != "" {
 		r, err := o.store.Q().RunByIdempotencyKey(ctx, req.IdempotencyKey)
@@ -417,7 +453,7 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		}
 	}
 	if planned == nil {
-		p, err := o.PlanRun(ctx, req.Selector, req.Image, req.Canary)
+		p, err := o.PlanRequest(ctx, req)
 		if err != nil {
 			return store.Run{}, false, err
 		}
@@ -441,7 +477,10 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	if target == "" {
 		target = req.Image
 	}
+	change := SummaryOf(req)
+	lane := o.laneOf(req.Cause)
 	r := store.Run{Cause: string(req.Cause), TargetImage: target, Image: req.Image, Selector: req.Selector,
+		EnvSet: change.EnvSet, EnvUnset: change.EnvUnset, SecretsVersion: req.SecretsVersion, Restart: req.Restart, Lane: lane,
 		MaxUnavailable: maxUnavail, MaxUnavailableSpec: req.MaxUnavailable, Canary: req.Canary,
 		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride, IdleWaitOverride: req.IdleWaitOverride,
 		Undrainable: string(req.Undrainable), CanaryBakeOverride: req.CanaryBakeOverride,
@@ -454,9 +493,29 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		if out, created, err = q.CreateRun(ctx, r, machines); err != nil || !created {
 			return err
 		}
+		sealed, err := o.sealEnv(out.ID, req.Env)
+		if err != nil {
+			return err
+		}
+		if err := q.SaveRunEnv(ctx, out.ID, sealed); err != nil {
+			return err
+		}
 		detail := map[string]any{"cause": out.Cause, "image": out.Image, "machines": len(machines), "to_move": toMove,
 			"max_unavailable": maxUnavail, "requested_by": out.RequestedBy, "reason": out.Reason,
-			"canary": out.Canary, "canary_bake_override": durationText(out.CanaryBakeOverride)}
+			"canary": out.Canary, "canary_bake_override": durationText(out.CanaryBakeOverride),
+			"change": change.Detail(), "lane": lane}
+		if lane == store.LaneCustomer {
+			fleet, err := q.FleetMachines(ctx)
+			if err != nil {
+				return err
+			}
+			l := o.pol.Lane()
+			laneCap := l.Cap(fleet)
+			if err := q.SetLaneCap(ctx, store.LaneCustomer, laneCap, fleet, o.pol.Version()); err != nil {
+				return err
+			}
+			detail["lane_cap"], detail["fleet_machines"] = laneCap, fleet
+		}
 		if len(req.Excluded) > 0 {
 			ex := make([]map[string]string, len(req.Excluded))
 			for i, x := range req.Excluded {

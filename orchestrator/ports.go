@@ -7,6 +7,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/fleetcheck"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/seal"
 	"github.com/hermes-cloud/migrator/policy"
 )
 
@@ -44,6 +45,16 @@ type Gateway interface {
 type Policy interface {
 	Decide(cause policy.Cause, m policy.Machine, now time.Time) policy.Decision
 	Version() string
+	// Lane is the customer budget lane (policy budget_lane).
+	Lane() policy.BudgetLane
+}
+
+// Sealer keeps a customer's env values sealed in Postgres (seal.Key,
+// MIGRATOR_SEAL_KEY).
+type Sealer interface {
+	Seal(plain []byte, aad string) (seal.Sealed, error)
+	Open(s seal.Sealed, aad string) ([]byte, error)
+	ID() string
 }
 
 var (
@@ -51,4 +62,5 @@ var (
 	_ Gateway = (*gateway.Client)(nil)
 	_ Policy  = (*policy.Policy)(nil)
 	_ Prober  = fleetcheck.Prober{}
+	_ Sealer  = (*seal.Key)(nil)
 )

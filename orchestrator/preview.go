@@ -40,6 +40,10 @@ type Preview struct {
 	Excluded []Excluded
 	// Probed: the agents' drain endpoints were probed (a Prober was given).
 	Probed bool
+	// Change is the run's change, names only; Lane the budget lane the run
+	// would take (store.LaneFleet or store.LaneCustomer).
+	Change ChangeSummary
+	Lane   string
 }
 
 // MachinePreview is one planned machine and what serve would do with it.
@@ -84,7 +88,8 @@ type DrainProbe struct {
 	Path DrainPath
 }
 
-// Preview decides, for each planned machine of req (PlanRun's), what a run
+// Preview decides, for each planned machine of req (PlanRequest's: up to
+// date against the whole change), what a run
 // would do with it now, writing nothing. The machines' prior deferrals are
 // read from the store; with probe non-nil the drain endpoints of the
 // machines to move are probed.
@@ -114,7 +119,7 @@ func (o *Orchestrator) Preview(ctx context.Context, req RunRequest, planned []Pl
 	now := o.cfg.Clock.Now()
 	ov := requestOverrides(req)
 	out := Preview{DecidedAt: now, PolicyVersion: o.pol.Version(), Excluded: req.Excluded, Probed: probe != nil,
-		Machines: make([]MachinePreview, 0, len(planned))}
+		Machines: make([]MachinePreview, 0, len(planned)), Change: SummaryOf(req), Lane: o.laneOf(req.Cause)}
 	for _, p := range planned {
 		mp := MachinePreview{PlannedMachine: p, HostOK: p.HostOK(), Drained: running(p.State), LeftDown: down(p.State),
 			Woken: wakes(p.Canary, p.Machine)}

@@ -50,6 +50,11 @@ type step struct {
 	// leaseVersion: the machine's instance when Fly granted the lease this
 	// execution took ("" when none was taken here).
 	leaseVersion string
+	// chg is the run's change with its env values opened, restoreEnv what
+	// a rollback puts back in config.env (change.go): loaded once per
+	// execution, never saved or logged.
+	chg        *change
+	restoreEnv *flymachines.EnvChange
 }
 
 // Bounds that keep one execution inside its job timeout and make its writes
@@ -129,11 +134,21 @@ func (s *step) commit(ctx context.Context, ev *store.Event) error {
 					return err
 				}
 			}
+			// A fleet run's migration this one's recreate carried ends with
+			// it (migrated by it, or back in its own run's queue).
+			carried, err := q.SettleCombined(ctx, s.m)
+			if err != nil {
+				return err
+			}
 			if err := s.o.fillTx(ctx, q, tx); err != nil {
 				return err
 			}
-			_, _, err := q.SettleRun(ctx, s.m.RunID)
-			return err
+			for _, id := range append(carried, s.m.RunID) {
+				if _, _, err := q.SettleRun(ctx, id); err != nil {
+					return err
+				}
+			}
+			return nil
 		})
 	}
 	// The calls just made exist only in this execution: a database that is

@@ -10,8 +10,9 @@ package orchestrator
 //	ready → decided   running: drained next (step_drain.go)
 //	ready → updating  not running: no drain; no launch, unless it is a
 //	                  canary (woken to run the image: step_wake.go)
-//	ready → done      up to date, outside its window, host not ok,
-//	                  stuck in a transient state, refused, run cancelled
+//	ready → done      up to date (against the whole change: change.go),
+//	                  outside its window, host not ok, stuck in a
+//	                  transient state, refused, run cancelled
 //	ready → pending   run paused, lease held elsewhere, agent busy
 
 import (
@@ -62,8 +63,8 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		return n, err
 	}
 	image, _ := mach.ImageOf(run.Selector.Container) // refuse checked it
-	if image == s.m.ToImage {
-		return s.finish(ctx, store.OutcomeSkippedUpToDate, "", "")
+	if n, stop, err := s.judgeChange(ctx, mach, image); stop {
+		return n, err
 	}
 	if !s.m.LeaseWaitSince.IsZero() && mach.InstanceID != s.m.FromInstanceID {
 		// The deployer whose lease was waited out changed the machine.
@@ -143,7 +144,8 @@ func (s *step) ready(ctx context.Context) (next, error) {
 	detail := map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
 		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
 		"launch": s.m.Launch, "from_digest": s.m.FromDigest,
-		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable}
+		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable,
+		"change": s.changeDetail()}
 	if s.m.WokeFrom != "" {
 		detail["woke_from"] = s.m.WokeFrom
 		detail["note"] = "a canary proves the image only by running it: woken by its update, put back down after"

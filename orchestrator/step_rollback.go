@@ -1,8 +1,11 @@
 package orchestrator
 
 // rolling_back: the old image (exactly what ran: store.Migration's
-// RollbackImage) is put back with the launch decided at the lease, and the
-// agent must serve on it again (the drain cancelled first).
+// RollbackImage) and the keys of config.env the change touched (as they
+// were: change.go) are put back with the launch decided at the lease, and
+// the agent must serve on it again (the drain cancelled first). A change
+// with nothing to put back (a restart, a secrets version) ends failed
+// instead (nothing to roll back).
 //
 //	rolling_back → done  rolled_back; or failed when the rollback cannot
 //	                     be sent or the agent does not serve on the old
@@ -10,6 +13,7 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -21,6 +25,9 @@ import (
 // startRollback records why the new instance is given up (reason, and the
 // signal that decided) and moves the machine to rolling_back.
 func (s *step) startRollback(ctx context.Context, signal, reason string) (next, error) {
+	if n, stop, err := s.nothingToRollBack(ctx, signal, reason); stop {
+		return n, err
+	}
 	detail := map[string]any{"reason": reason, "signal": signal,
 		"since_update_seconds": s.now().Sub(s.m.UpdatedMachineAt).Seconds()}
 	if after := gateway.DecodeSignals(s.m.SignalsAfter); after != nil {
@@ -45,6 +52,13 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 		return n, err
 	}
 	reason := s.m.Error
+	if err := s.loadRestore(ctx); err != nil {
+		var u *unrestorable
+		if !errors.As(err, &u) {
+			return next{}, err // the database: the job tries again
+		}
+		return s.failAfterUpdate(ctx, fmt.Sprintf("%s; the env before the update cannot be put back: %v", reason, err))
+	}
 	mach, err := s.o.fly.GetMachine(ctx, s.m.App, s.m.MachineID)
 	if err != nil {
 		if retryable(ctx, err) {
@@ -79,6 +93,10 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 			opts = append(opts, flymachines.WithMetadata(map[string]string{
 				flymachines.MetadataReleaseID: s.m.PrevReleaseID, flymachines.MetadataReleaseVersion: s.m.PrevReleaseVersion}))
 		}
+		if s.restoreEnv != nil && !s.restoreEnv.Empty() {
+			// And the keys of config.env the change touched, as they were.
+			opts = append(opts, flymachines.WithEnv(*s.restoreEnv))
+		}
 		if c := s.w.Run.Selector.Container; c != "" {
 			opts = append(opts, flymachines.WithContainer(c))
 		}
@@ -111,7 +129,8 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 	}
 	s.m.ToDigest = mach.ImageRef.Digest // what runs at the end: what ran before, again
 	if !s.m.Launch {
-		return s.finishDetail(ctx, store.OutcomeRolledBack, reason, map[string]any{"digest": mach.ImageRef.Digest, "left": mach.State})
+		return s.finishDetail(ctx, store.OutcomeRolledBack, reason,
+			s.rollbackNotes(ctx, map[string]any{"digest": mach.ImageRef.Digest, "left": mach.State}))
 	}
 	return s.restore(ctx, mach, reason, late)
 }
@@ -123,7 +142,7 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 // "back" until the digest is.
 func (s *step) backOnOld(mach flymachines.Machine) bool {
 	img := s.imageOf(mach)
-	if img != s.m.FromImage && img != s.m.RollbackImage() {
+	if img != s.m.FromImage && img != s.m.RollbackImage() || !s.envBack(mach) {
 		return false
 	}
 	return s.m.FromDigest == "" || mach.ImageRef.Digest == s.m.FromDigest
@@ -213,7 +232,7 @@ func (s *step) restore(ctx context.Context, mach flymachines.Machine, reason str
 		s.persistCalls(ctx)
 		return wait(min(s.o.cfg.PollInterval, time.Second)), nil
 	}
-	return s.endRan(ctx, store.OutcomeRolledBack, reason, detail)
+	return s.endRan(ctx, store.OutcomeRolledBack, reason, s.rollbackNotes(ctx, detail))
 }
 
 // failAfterUpdate ends a machine whose update or rollback went wrong. The

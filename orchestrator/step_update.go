@@ -1,7 +1,7 @@
 package orchestrator
 
 // updating → verifying: the drain is over and the machine is recreated on
-// the new image (the drain is never cancelled first: the marker must be on
+// the change (the new image, env, secrets version: change.go; the drain is never cancelled first: the marker must be on
 // the volume at SIGTERM for a quiet drain to stay quiet), with the launch
 // decided at ready and at least the app secrets `secret sync` wrote. The
 // Fly lease is taken here, just before the update (step_lease.go), and the
@@ -52,10 +52,24 @@ func (s *step) update(ctx context.Context) (next, error) {
 	}
 	// The new instance gets at least the app secrets migrator last wrote
 	// (`secret sync`): a machine sees app secrets only when recreated.
-	var opts []flymachines.UpdateOption
-	secretsVersion, err := s.o.store.Q().AppSecretsVersion(ctx, s.m.App)
+	synced, err := s.o.store.Q().AppSecretsVersion(ctx, s.m.App)
 	if err != nil {
 		return next{}, err
+	}
+	// The change beyond the image (change.go): env set and unset, the
+	// run's secrets version, a restart; recorded before it is sent.
+	opts, secretsVersion, err := s.changeOptions(ctx, synced)
+	var (
+		ce  *changeError
+		api *flymachines.APIError
+	)
+	switch {
+	case errors.As(err, &ce):
+		return s.abortBeforeUpdate(ctx, store.OutcomeFailed, store.DrainFailed, fmt.Sprintf("the run's change: %v", err))
+	case errors.As(err, &api) || err != nil && retryable(ctx, err):
+		return s.flyError(ctx, "read machine", err)
+	case err != nil:
+		return next{}, err // the database: the job tries again
 	}
 	if secretsVersion > 0 {
 		opts = append(opts, flymachines.WithMinSecretsVersion(secretsVersion))
@@ -122,9 +136,10 @@ func (s *step) update(ctx context.Context) (next, error) {
 	if s.w.Drain != nil {
 		s.w.Drain.RecreatedAt = updatedAt
 	}
-	detail := map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched}
+	detail := map[string]any{"instance_id": res.ToInstanceID, "launched": res.Launched, "change": s.changeDetail()}
 	if secretsVersion > 0 {
 		detail["min_secrets_version"] = secretsVersion
+		s.secretsFrom(ctx, detail)
 	}
 	if s.m.WokeFrom != "" {
 		detail["woke_from"] = s.m.WokeFrom

@@ -59,7 +59,7 @@ func (s *step) verify(ctx context.Context) (next, error) {
 	if !m.HostOK() {
 		return s.hostLost(ctx, m, late)
 	}
-	ours := m.InstanceID == s.m.ToInstanceID && s.imageOf(m) == s.m.ToImage
+	ours := m.InstanceID == s.m.ToInstanceID && s.imageOf(m) == s.m.ToImage && s.envApplied(ctx, m)
 	switch {
 	case !ours && settled(m.State):
 		// flyd's revert: the machine settled on the old version. It may be

@@ -88,6 +88,18 @@
 //	wait = "5m"
 //	on_deadline = "force"
 //
+// The customer budget lane: runs of its causes take their own small
+// budget instead of the fleet cap, so a customer's change (one agent, a
+// person waiting in a browser) never waits for a fleet run's slots.
+// Only customer causes may take it; fleet runs never do. Its cap is
+// share of the fleet's machines, rounded up, at least min (BudgetLane.Cap);
+// left out of the version when it is the default:
+//
+//	[budget_lane]
+//	causes = ["env-edit", "profile-change"]  # customer causes only; [] = no lane
+//	share = "1%"
+//	min = 5
+//
 // undrainable says what happens to an agent that cannot be drained yet (its
 // drain endpoint answers 404: a Hermes without the drain route; or 401: it
 // does not hold its drain secret, until its next recreate after `secret

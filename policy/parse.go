@@ -126,7 +126,7 @@ func (d *decoder) keys(path []string, tbl map[string]any) []string {
 }
 
 func (d *decoder) policy(raw map[string]any) (*Policy, error) {
-	p := &Policy{causes: defaultSettings(), source: d.file}
+	p := &Policy{causes: defaultSettings(), lane: defaultLane(), source: d.file}
 	for _, k := range d.keys(nil, raw) {
 		var err error
 		switch k {
@@ -134,8 +134,10 @@ func (d *decoder) policy(raw map[string]any) (*Policy, error) {
 			err = d.causes(raw[k], p)
 		case "rules":
 			p.rules, err = d.rules(raw[k])
+		case "budget_lane":
+			err = d.budgetLane(raw[k], p)
 		default:
-			err = d.errf([]string{k}, "unknown key %q (want [causes.<cause>] tables or [[rules]])", k)
+			err = d.errf([]string{k}, "unknown key %q (want [causes.<cause>] tables, [[rules]] or [budget_lane])", k)
 		}
 		if err != nil {
 			return nil, err

@@ -30,7 +30,7 @@ func TestParseErrors(t *testing.T) {
 		{"toml syntax", "[causes.auto-update]\nwait = \"45m\nquiet = true\n",
 			`p.toml:2: strings cannot contain newlines`},
 		{"unknown top-level key", "\n\nschedule = \"@daily\"\n",
-			`p.toml:3: unknown key "schedule" (want [causes.<cause>] tables or [[rules]])`},
+			`p.toml:3: unknown key "schedule" (want [causes.<cause>] tables, [[rules]] or [budget_lane])`},
 		{"unknown cause table", "[causes.auto-update]\nwait = \"1h\"\n\n[causes.autoupdate]\nwait = \"1h\"\n",
 			`p.toml:4: [causes.autoupdate]: unknown cause "autoupdate" (valid: auto-update, image-migration, env-edit, profile-change, operator)`},
 		{"unknown key in cause", "[causes.operator]\nwait = \"1h\"\nquite = true\n",

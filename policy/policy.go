@@ -354,6 +354,7 @@ func clonePtr[T any](p *T) *T {
 type Policy struct {
 	causes  map[Cause]Settings
 	rules   []Rule
+	lane    BudgetLane
 	source  string
 	version string
 }
@@ -388,7 +389,7 @@ func (s Settings) defers() bool {
 
 // Default returns the built-in policy used when there is no policy file.
 func Default() *Policy {
-	p := &Policy{causes: defaultSettings(), source: "built-in defaults"}
+	p := &Policy{causes: defaultSettings(), lane: defaultLane(), source: "built-in defaults"}
 	p.version = p.computeVersion()
 	return p
 }
@@ -511,6 +512,12 @@ type canonSettings struct {
 	CanaryBakeNS *int64 `json:"canary_bake_ns,omitempty"`
 }
 
+type canonLane struct {
+	Causes       []string `json:"causes"`
+	SharePercent float64  `json:"share_percent"`
+	Min          int      `json:"min"`
+}
+
 type canonRule struct {
 	Name      string            `json:"name"`
 	Causes    []string          `json:"causes,omitempty"`
@@ -529,8 +536,19 @@ func (p *Policy) computeVersion() string {
 		Schema string          `json:"schema"`
 		Causes []canonSettings `json:"causes"`
 		Rules  []canonRule     `json:"rules"`
+		// Lane is left out when it is the default, so policies written
+		// before budget_lane existed keep their version.
+		Lane *canonLane `json:"budget_lane,omitempty"`
 	}
 	doc.Schema = versionSchema
+	if !p.lane.isDefault() {
+		cl := canonLane{Causes: []string{}, SharePercent: p.lane.SharePercent, Min: p.lane.Min}
+		for _, c := range p.lane.Causes {
+			cl.Causes = append(cl.Causes, string(c))
+		}
+		slices.Sort(cl.Causes)
+		doc.Lane = &cl
+	}
 	for _, c := range Causes() {
 		s := p.causes[c]
 		w, iw := int64(s.Wait), int64(s.IdleWait)

@@ -102,6 +102,17 @@ type HistoryRow struct {
 	DecidingSignal *string         `json:"deciding_signal"`
 	Canary         bool            `json:"canary"`
 	BakeSeconds    *float64        `json:"bake_seconds"`
+	// The change (014), names only: the env keys the run set and unset,
+	// the secrets version it asked for (nil: none), a restart; the
+	// min_secrets_version this machine's update sent (nil: none sent);
+	// the run whose recreate carried this machine's migration (nil: its
+	// own).
+	EnvSet             []string `json:"env_set"`
+	EnvUnset           []string `json:"env_unset"`
+	SecretsVersion     *int64   `json:"secrets_version"`
+	Restart            bool     `json:"restart"`
+	SecretsVersionSent *int64   `json:"secrets_version_sent"`
+	CombinedWithRun    *int64   `json:"combined_with_run"`
 }
 
 // HistoryColumns are drain_history's columns in HistoryRow's order (the CSV
@@ -112,7 +123,8 @@ var HistoryColumns = []string{"run_id", "cause", "requested_by", "app", "machine
 	"drain_deadline", "on_deadline", "deferrals", "reason", "created_at", "finished_at", "expected_drain_seconds",
 	"drain_wait_seconds", "idle_wait_seconds", "peeks", "active_agents_at_begin", "from_digest", "to_digest",
 	"machine_state", "lease_holder", "lease_wait_seconds", "signals_before", "signals_after",
-	"deciding_signal", "canary", "bake_seconds"}
+	"deciding_signal", "canary", "bake_seconds", "env_set", "env_unset", "secrets_version", "restart",
+	"secrets_version_sent", "combined_with_run"}
 
 func (r *HistoryRow) dest() []any {
 	return []any{&r.RunID, &r.Cause, &r.RequestedBy, &r.App, &r.MachineID, &r.FromImage, &r.ToImage, &r.Quiet,
@@ -121,7 +133,8 @@ func (r *HistoryRow) dest() []any {
 		&r.PolicyVersion, &r.DrainDeadline, &r.OnDeadline, &r.Deferrals, &r.Reason, &r.CreatedAt, &r.FinishedAt,
 		&r.ExpectedDrainSeconds, &r.DrainWaitSeconds, &r.IdleWaitSeconds, &r.Peeks, &r.ActiveAgentsAtBegin,
 		&r.FromDigest, &r.ToDigest, &r.MachineState, &r.LeaseHolder, &r.LeaseWaitSeconds,
-		&r.SignalsBefore, &r.SignalsAfter, &r.DecidingSignal, &r.Canary, &r.BakeSeconds}
+		&r.SignalsBefore, &r.SignalsAfter, &r.DecidingSignal, &r.Canary, &r.BakeSeconds,
+		&r.EnvSet, &r.EnvUnset, &r.SecretsVersion, &r.Restart, &r.SecretsVersionSent, &r.CombinedWithRun}
 }
 
 // historySQL builds the one query behind History. Values are never spliced

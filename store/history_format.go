@@ -72,6 +72,12 @@ func (r HistoryRow) CSVRecord() []string {
 		}
 		return strconv.Itoa(*p)
 	}
+	i64 := func(p *int64) string {
+		if p == nil {
+			return ""
+		}
+		return strconv.FormatInt(*p, 10)
+	}
 	secs := func(p *float64) string {
 		if p == nil {
 			return ""
@@ -88,5 +94,6 @@ func (r HistoryRow) CSVRecord() []string {
 		secs(r.IdleWaitSeconds), strconv.Itoa(r.Peeks), num(r.ActiveAgentsAtBegin), str(r.FromDigest),
 		str(r.ToDigest), str(r.MachineState), str(r.LeaseHolder), secs(r.LeaseWaitSeconds),
 		string(r.SignalsBefore), string(r.SignalsAfter), str(r.DecidingSignal), strconv.FormatBool(r.Canary),
-		secs(r.BakeSeconds)}
+		secs(r.BakeSeconds), strings.Join(r.EnvSet, " "), strings.Join(r.EnvUnset, " "), i64(r.SecretsVersion),
+		strconv.FormatBool(r.Restart), i64(r.SecretsVersionSent), i64(r.CombinedWithRun)}
 }

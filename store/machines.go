@@ -96,6 +96,10 @@ type Migration struct {
 	ReleaseID                         string
 	ReleaseVersion                    int
 	PrevReleaseID, PrevReleaseVersion string
+	// CombinedInto is the migration (of a customer run) whose recreate
+	// carries this pending one's image: it waits for it and ends with it
+	// (store.FillSlots, 014). 0: none.
+	CombinedInto int64
 }
 
 // Target names the machine as "app/machine_id".
@@ -154,7 +158,7 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 	m.from_digest, m.from_image_ref, m.to_digest, m.machine_state, m.lease_wait_since, m.lease_wait_owner,
 	m.lease_wait_ended_at, m.signals_before, m.signals_after, m.deciding_signal, m.bake_started_at, m.bake_until,
 	m.idle_watch, m.woke_from, m.put_down, m.pending_outcome, m.verify_wakes, m.transient_since,
-	m.release_id, m.release_version, m.prev_release_id, m.prev_release_version`
+	m.release_id, m.release_version, m.prev_release_id, m.prev_release_version, coalesce(m.combined_into, 0)`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
@@ -178,7 +182,7 @@ func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
 		&m.FromDigest, &m.FromImageRef, &m.ToDigest, &m.MachineState, &t.leaseWaitSince, &m.LeaseWaitOwner,
 		&t.leaseWaitEnded, &m.SignalsBefore, &m.SignalsAfter, &m.DecidingSignal, &t.bakeStarted, &t.bakeUntil,
 		&m.IdleWatch, &m.WokeFrom, &m.PutDown, &m.PendingOutcome, &m.VerifyWakes, &t.transientSince,
-		&m.ReleaseID, &m.ReleaseVersion, &m.PrevReleaseID, &m.PrevReleaseVersion}
+		&m.ReleaseID, &m.ReleaseVersion, &m.PrevReleaseID, &m.PrevReleaseVersion, &m.CombinedInto}
 }
 
 func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
@@ -255,19 +259,21 @@ func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) 
 	var deadline float64
 	var idle, bake *float64
 	var rStarted, rFinished, ack *time.Time
+	var secrets int64
 	r := &w.Run
 	dest := migrationDest(&w.Migration, &labels, &mt)
 	dest = append(dest, nd.dest()...)
 	dest = append(dest, &r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
 		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &rStarted, &rFinished, &r.UpdatedAt, &idle, &r.Undrainable,
-		&bake, &ack)
+		&bake, &ack, &r.EnvSet, &r.EnvUnset, &secrets, &r.Restart, &r.Lane)
 	err := q.db.QueryRow(ctx, `SELECT `+migrationColumns+`, `+drainColumns+`, r.id, r.cause, r.target_image, r.image,
 			r.selector, r.max_unavailable, r.max_unavailable_spec, r.canary, r.failure_threshold,
 			coalesce(extract(epoch from r.deadline_override), 0)::float8, r.requested_by, r.reason,
 			coalesce(r.idempotency_key, ''), r.state, r.state_reason, r.policy_version, r.created_at, r.started_at,
 			r.finished_at, r.updated_at, extract(epoch from r.idle_wait_override)::float8, coalesce(r.undrainable, ''),
-			extract(epoch from r.canary_bake_override)::float8, r.acknowledged_at
+			extract(epoch from r.canary_bake_override)::float8, r.acknowledged_at,
+			r.env_set, r.env_unset, coalesce(r.secrets_version, 0), r.restart, r.lane
 		FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN drains d ON d.migration_id = m.id
 		WHERE m.id = $1`, id).Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -287,6 +293,7 @@ func (q *Q) LoadMachineWork(ctx context.Context, id int64) (MachineWork, error) 
 	r.CanaryBakeOverride = secondsPtr(bake)
 	r.AcknowledgedAt = fromNullTime(ack)
 	r.StartedAt, r.FinishedAt = fromNullTime(rStarted), fromNullTime(rFinished)
+	r.SecretsVersion = uint64(secrets)
 	w.Drain = nd.drain()
 	return w, nil
 }

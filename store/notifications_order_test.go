@@ -214,6 +214,24 @@ func TestAFailedRunIsResolvedByARunThatSucceedsOnItsMachines(t *testing.T) {
 	if got := outbox(t, s, failed.ID); !slices.Equal(got, []string{"chat machine.rolled_back note", "chat run.failed open", "pager run.failed open"}) {
 		t.Fatalf("after a run that did not cover it: %v", got)
 	}
+	// A customer's env edit (no image) succeeds on m2: it says nothing of
+	// the image that failed there, so it resolves nothing (014).
+	edit := sampleRun()
+	edit.Cause, edit.Image, edit.TargetImage, edit.EnvSet, edit.Lane = "env-edit", "", "", []string{"TOKEN"}, store.LaneCustomer
+	edit.IdempotencyKey = "edit-1"
+	er, _, err := s.Q().CreateRun(ctx, edit, machines[1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ems, err := s.Q().ListMigrations(ctx, er.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	finish(t, s, ems[0], store.OutcomeMigrated)
+	setState(t, s, er.ID, []store.RunState{store.RunRunning}, store.RunSucceeded, "", "migrator")
+	if got := outbox(t, s, failed.ID); !slices.Equal(got, []string{"chat machine.rolled_back note", "chat run.failed open", "pager run.failed open"}) {
+		t.Fatalf("after an env edit on the machine left behind: %v", got)
+	}
 	// The next run migrates m2 and succeeds: resolved, on both sinks.
 	next, nms := newRunOf(t, s, "tick-3", machines[1:])
 	finish(t, s, nms[0], store.OutcomeMigrated)

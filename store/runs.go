@@ -26,12 +26,25 @@ type Selector struct {
 	Container string `json:"container,omitempty"`
 }
 
-// Run is one request to move a set of machines to one image for one cause.
+// Run is one request to move a set of machines to one change for one
+// cause.
 type Run struct {
-	ID                 int64
-	Cause              string
-	TargetImage        string
-	Image              string
+	ID          int64
+	Cause       string
+	TargetImage string
+	// Image is what every machine gets (the digest-pinned reference); ""
+	// when the change has no image: each machine keeps the digest it runs.
+	Image string
+	// The rest of the change (names only: the values of EnvSet are sealed
+	// in run_env until the run ends, see RunEnv): env keys set and unset in
+	// config.env, the app secrets version every update carries at least
+	// (min_secrets_version; 0: none asked), a restart.
+	EnvSet, EnvUnset []string
+	SecretsVersion   uint64
+	Restart          bool
+	// Lane is the budget the run's slots count against: LaneFleet (the
+	// fleet cap) or LaneCustomer (budget_lanes).
+	Lane               string
 	Selector           Selector
 	MaxUnavailable     int
 	MaxUnavailableSpec string
@@ -67,7 +80,8 @@ const runColumns = `id, cause, target_image, image, selector, max_unavailable, m
 	failure_threshold, coalesce(extract(epoch from deadline_override), 0)::float8, requested_by, reason,
 	coalesce(idempotency_key, ''), state, state_reason, policy_version, created_at, started_at, finished_at, updated_at,
 	extract(epoch from idle_wait_override)::float8, coalesce(undrainable, ''),
-	extract(epoch from canary_bake_override)::float8, acknowledged_at`
+	extract(epoch from canary_bake_override)::float8, acknowledged_at,
+	env_set, env_unset, coalesce(secrets_version, 0), restart, lane`
 
 func scanRun(row pgx.Row) (Run, error) {
 	var r Run
@@ -76,13 +90,15 @@ func scanRun(row pgx.Row) (Run, error) {
 	var started, finished *time.Time
 	var idle, bake *float64
 	var ack *time.Time
+	var secrets int64
 	err := row.Scan(&r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
 		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &started, &finished, &r.UpdatedAt, &idle, &r.Undrainable,
-		&bake, &ack)
+		&bake, &ack, &r.EnvSet, &r.EnvUnset, &secrets, &r.Restart, &r.Lane)
 	if err != nil {
 		return Run{}, err
 	}
+	r.SecretsVersion = uint64(secrets)
 	if err := json.Unmarshal(sel, &r.Selector); err != nil {
 		return Run{}, fmt.Errorf("decode selector of run %d: %w", r.ID, err)
 	}
@@ -138,17 +154,27 @@ func (q *Q) CreateRun(ctx context.Context, r Run, machines []NewMachine) (Run, b
 	if state == "" {
 		state = RunRunning
 	}
+	lane := r.Lane
+	if lane == "" {
+		lane = LaneFleet
+	}
+	var secrets *int64
+	if r.SecretsVersion > 0 {
+		v := int64(r.SecretsVersion)
+		secrets = &v
+	}
 	row := q.db.QueryRow(ctx, `
 		INSERT INTO runs (cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
 			failure_threshold, deadline_override, requested_by, reason, idempotency_key, state, state_reason,
-			policy_version, started_at, idle_wait_override, undrainable, canary_bake_override)
+			policy_version, started_at, idle_wait_override, undrainable, canary_bake_override,
+			env_set, env_unset, secrets_version, restart, lane)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::interval, $10, $11, $12, $13, $14, $15,
-			CASE WHEN $13 = 'running' THEN now() END, $16::interval, $17, $18::interval)
+			CASE WHEN $13 = 'running' THEN now() END, $16::interval, $17, $18::interval, $19, $20, $21, $22, $23)
 		ON CONFLICT (idempotency_key) DO NOTHING
 		RETURNING `+runColumns,
 		r.Cause, r.TargetImage, r.Image, sel, r.MaxUnavailable, r.MaxUnavailableSpec, r.Canary,
 		r.FailureThreshold, deadline, r.RequestedBy, r.Reason, key, state, r.StateReason, r.PolicyVersion, idle,
-		nullString(r.Undrainable), bake)
+		nullString(r.Undrainable), bake, nonNil(r.EnvSet), nonNil(r.EnvUnset), secrets, r.Restart, lane)
 	created, err := scanRun(row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		existing, err := q.RunByIdempotencyKey(ctx, r.IdempotencyKey)
@@ -295,6 +321,13 @@ func (q *Q) SetRunState(ctx context.Context, id int64, from []RunState, to RunSt
 	}
 	if err != nil {
 		return Run{}, fmt.Errorf("set run %d %s: %w", id, to, err)
+	}
+	if RunTerminal(to) {
+		// The customer's values are kept only while the run may need them
+		// (its updates and rollbacks): gone with the run's end.
+		if err := q.forgetSealed(ctx, id); err != nil {
+			return Run{}, err
+		}
 	}
 	err = q.AppendEvents(ctx, Scope{RunID: id}, Event{Kind: "run." + string(to), Target: fmt.Sprint(id),
 		Detail: map[string]any{"from": from, "reason": reason, "by": by}})

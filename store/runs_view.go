@@ -125,7 +125,11 @@ type RunSnapshot struct {
 	WaitingForIdle []MigrationView
 	// Releases are the Fly releases the run recorded (one per app).
 	Releases []RunRelease
-	DBNow    time.Time
+	// WaitingOnRuns: up to SnapshotWaitingForIdle of the pending machines
+	// that wait for another run's migration of the same machine (one
+	// machine, one migration at a time), with the one each waits for.
+	WaitingOnRuns []Waiting
+	DBNow         time.Time
 }
 
 // SnapshotWaitingForIdle bounds RunSnapshot.WaitingForIdle.
@@ -152,6 +156,11 @@ func (s *Store) Snapshot(ctx context.Context, runID int64) (RunSnapshot, error) 
 		}
 		if snap.Counts.WaitingForIdle > 0 {
 			if snap.WaitingForIdle, err = q.WaitingForIdle(ctx, runID, SnapshotWaitingForIdle); err != nil {
+				return err
+			}
+		}
+		if snap.Counts.ByState[StatePending] > 0 {
+			if snap.WaitingOnRuns, err = q.WaitingOnOtherRuns(ctx, runID, SnapshotWaitingForIdle); err != nil {
 				return err
 			}
 		}

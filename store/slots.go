@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,14 +27,29 @@ type Claim struct {
 const canaryHoldsGate = `c.run_id = r.id AND c.canary AND (c.outcome IS NULL
 	OR c.outcome IN ('failed', 'rolled_back') AND (r.acknowledged_at IS NULL OR c.finished_at > r.acknowledged_at))`
 
-// budgetHeld are the budget's common table expressions: held, the slots
-// each run holds, and fleet, the free slots under the fleet cap ($1; 0 or
-// less: none). FillSlots and ClaimSlot count them the same way.
-const budgetHeld = `held AS (
-			SELECT run_id, count(*) AS n FROM machine_migrations WHERE slot_held GROUP BY run_id
-		), fleet AS (
-			SELECT CASE WHEN $1::int <= 0 THEN 2147483647 ELSE $1::int - coalesce(sum(n), 0) END AS free FROM held
-		)`
+// fillSlotsSQL is FillSlots' statement ($1 the fleet cap, $2 now).
+const fillSlotsSQL = `
+	WITH ` + laneBudget + `, runs_open AS MATERIALIZED (
+		SELECT r.id, r.created_at, r.lane, greatest(r.max_unavailable - coalesce(h.n, 0), 0) AS free,
+			r.canary > 0 AND EXISTS (SELECT 1 FROM machine_migrations c WHERE ` + canaryHoldsGate + `) AS canary_gate
+		FROM runs r LEFT JOIN held h ON h.run_id = r.id
+		WHERE r.state = 'running'
+	), per_run AS (
+		SELECT c.id, ro.lane, row_number() OVER (PARTITION BY ro.lane ORDER BY ro.created_at, ro.id, c.canary DESC, c.seq) AS lane_rn
+		FROM runs_open ro CROSS JOIN LATERAL (
+			SELECT m.id, m.canary, m.seq FROM machine_migrations m
+			WHERE m.run_id = ro.id AND m.state = 'pending' AND m.canary >= ro.canary_gate
+			  AND (m.not_before IS NULL OR m.not_before <= $2) AND NOT m.idle_watch AND m.combined_into IS NULL
+			  AND ` + machineFree + `
+			ORDER BY m.canary DESC, m.seq
+			LIMIT ro.free
+		) c
+	)
+	UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
+		started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
+	FROM per_run p JOIN lanes l ON l.lane = p.lane
+	WHERE m.id = p.id AND p.lane_rn <= l.free
+	RETURNING m.id, m.run_id, p.lane`
 
 // FillSlots gives free budget slots to pending machines, greedily: a slot
 // freed by one machine is refilled in the same transaction, so no wave waits
@@ -50,7 +66,16 @@ const budgetHeld = `held AS (
 //   - only running runs start machines, oldest run first, canaries first,
 //     then plan order; machines with not_before in the future wait, and so
 //     do machines whose own job watches their agent for an idle moment
-//     (idle_watch: ClaimSlot gives them a slot when the agent is idle).
+//     (idle_watch: ClaimSlot gives them a slot when the agent is idle);
+//   - a run of the customer lane (runs.lane, 014) counts against the
+//     customer lane's cap (budget_lanes), not the fleet cap, and a fleet
+//     run never against the lane's;
+//   - one machine, one migration at a time across runs (machineFree): a
+//     machine another run's migration holds (in flight), or has pending
+//     ahead of it (a customer run's before a fleet run's, else the older
+//     run's), waits; a machine whose migration a customer recreate carries
+//     (combined_into) waits for it. A customer run's machine just given a
+//     slot may carry a fleet run's image in its recreate (combineClaimed).
 //
 // Call it inside the transaction that freed a slot or changed a run, and
 // insert the claimed machines' jobs in that same transaction.
@@ -67,45 +92,38 @@ func (q *Q) FillSlots(ctx context.Context, fleetCap int, now time.Time) ([]Claim
 	// bound: behind a closed gate the scan stops after the canaries. Within a
 	// run, (canary DESC, seq) is the per-run rank, so the fleet-wide order is
 	// oldest run first, then that rank.
-	rows, err := q.db.Query(ctx, `
-		WITH `+budgetHeld+`, runs_open AS MATERIALIZED (
-			SELECT r.id, r.created_at, greatest(r.max_unavailable - coalesce(h.n, 0), 0) AS free,
-				r.canary > 0 AND EXISTS (SELECT 1 FROM machine_migrations c WHERE `+canaryHoldsGate+`) AS canary_gate
-			FROM runs r LEFT JOIN held h ON h.run_id = r.id
-			WHERE r.state = 'running'
-		), per_run AS (
-			SELECT c.id, row_number() OVER (ORDER BY ro.created_at, ro.id, c.canary DESC, c.seq) AS fleet_rn
-			FROM runs_open ro CROSS JOIN LATERAL (
-				SELECT m.id, m.canary, m.seq FROM machine_migrations m
-				WHERE m.run_id = ro.id AND m.state = 'pending' AND m.canary >= ro.canary_gate
-				  AND (m.not_before IS NULL OR m.not_before <= $2) AND NOT m.idle_watch
-				ORDER BY m.canary DESC, m.seq
-				LIMIT ro.free
-			) c
-		)
-		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
-			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
-		FROM per_run p, fleet f
-		WHERE m.id = p.id AND p.fleet_rn <= f.free
-		RETURNING m.id, m.run_id`, fleetCap, now)
+	rows, err := q.db.Query(ctx, fillSlotsSQL, fleetCap, now)
 	if err != nil {
 		return nil, fmt.Errorf("fill budget slots: %w", err)
 	}
 	defer rows.Close()
 	var out []Claim
+	var ids []int64
 	for rows.Next() {
 		var c Claim
-		if err := rows.Scan(&c.MigrationID, &c.RunID); err != nil {
+		var lane string
+		if err := rows.Scan(&c.MigrationID, &c.RunID, &lane); err != nil {
 			return nil, fmt.Errorf("fill budget slots: %w", err)
 		}
 		out = append(out, c)
+		if lane == LaneCustomer { // only a customer's change carries a fleet image
+			ids = append(ids, c.MigrationID)
+		}
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("fill budget slots: %w", err)
+	}
+	rows.Close()
+	if err := q.combineClaimed(ctx, ids); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // ClaimSlot gives machine migration id, pending at version, a budget slot
 // now if one is free under FillSlots' rules (the fleet cap, the run's
-// max_unavailable, the canary gate, a running run), out of plan order: its
+// max_unavailable, the run's lane, the canary gate, a running run, one
+// machine one migration across runs), out of plan order: its
 // agent was just found idle, and an idle moment does not wait for its turn.
 // It returns the machine's new version; ok=false when no slot is free or
 // the machine moved (nothing changed). Call it in a transaction: it takes
@@ -115,22 +133,32 @@ func (q *Q) ClaimSlot(ctx context.Context, id int64, version, fleetCap int) (int
 		return 0, false, fmt.Errorf("lock budget: %w", err)
 	}
 	var v int
+	var lane string
 	err := q.db.QueryRow(ctx, `
-		WITH `+budgetHeld+`, target AS (
-			SELECT m.id FROM machine_migrations m JOIN runs r ON r.id = m.run_id LEFT JOIN held h ON h.run_id = r.id, fleet f
-			WHERE m.id = $2 AND m.version = $3 AND m.state = 'pending' AND r.state = 'running'
-			  AND f.free > 0 AND r.max_unavailable - coalesce(h.n, 0) > 0
+		WITH `+laneBudget+`, target AS (
+			SELECT m.id, r.lane FROM machine_migrations m JOIN runs r ON r.id = m.run_id JOIN runs ro ON ro.id = r.id
+				LEFT JOIN held h ON h.run_id = r.id JOIN lanes l ON l.lane = r.lane
+			WHERE m.id = $2 AND m.version = $3 AND m.state = 'pending' AND r.state = 'running' AND m.combined_into IS NULL
+			  AND l.free > 0 AND r.max_unavailable - coalesce(h.n, 0) > 0
 			  AND (m.canary OR r.canary = 0 OR NOT EXISTS (SELECT 1 FROM machine_migrations c WHERE `+canaryHoldsGate+`))
+			  AND `+machineFree+`
 		)
 		UPDATE machine_migrations m SET state = 'ready', slot_held = true, not_before = NULL, idle_watch = false,
 			started_at = coalesce(m.started_at, now()), version = m.version + 1, updated_at = now()
 		FROM target t WHERE m.id = t.id
-		RETURNING m.version`, fleetCap, id, version).Scan(&v)
+		RETURNING m.version, t.lane`, fleetCap, id, version).Scan(&v, &lane)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return version, false, nil
 	}
 	if err != nil {
 		return 0, false, fmt.Errorf("claim a budget slot for machine migration %d: %w", id, err)
+	}
+	// Combining touches only the fleet run's pending migration, never
+	// this one's row: the version returned stays the caller's.
+	if lane == LaneCustomer {
+		if err := q.combineClaimed(ctx, []int64{id}); err != nil {
+			return 0, false, err
+		}
 	}
 	return v, true, nil
 }
@@ -195,14 +223,45 @@ func (q *Q) CanariesBaking(ctx context.Context) (int, error) {
 // CancelPending ends every machine of run id that has not started yet with
 // outcome cancelled, and returns how many.
 func (q *Q) CancelPending(ctx context.Context, runID int64) (int, error) {
-	tag, err := q.db.Exec(ctx, `
+	rows, err := q.db.Query(ctx, `
 		UPDATE machine_migrations SET state = 'done', outcome = 'cancelled', error = 'run cancelled before this machine started',
 			finished_at = now(), version = version + 1, updated_at = now()
-		WHERE run_id = $1 AND state = 'pending'`, runID)
+		WHERE run_id = $1 AND state = 'pending'
+		RETURNING id, run_id, app, machine_id`, runID)
 	if err != nil {
 		return 0, fmt.Errorf("cancel pending machines of run %d: %w", runID, err)
 	}
-	return int(tag.RowsAffected()), nil
+	cancelled, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Migration, error) {
+		m := Migration{State: StateDone, Outcome: OutcomeCancelled}
+		err := r.Scan(&m.ID, &m.RunID, &m.App, &m.MachineID)
+		return m, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("cancel pending machines of run %d: %w", runID, err)
+	}
+	// A cancelled customer migration that was to carry a fleet run's
+	// image in its recreate gives that migration back to its run (one
+	// index probe finds the few that carry any).
+	ids := make([]int64, len(cancelled))
+	for i, m := range cancelled {
+		ids[i] = m.ID
+	}
+	rows, err = q.db.Query(ctx, `SELECT DISTINCT combined_into FROM machine_migrations
+		WHERE combined_into = ANY($1) AND state = 'pending'`, ids)
+	if err != nil {
+		return 0, fmt.Errorf("cancel pending machines of run %d: %w", runID, err)
+	}
+	carriers, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return 0, fmt.Errorf("cancel pending machines of run %d: %w", runID, err)
+	}
+	for _, c := range carriers {
+		i := slices.IndexFunc(cancelled, func(m Migration) bool { return m.ID == c })
+		if _, err := q.SettleCombined(ctx, &cancelled[i]); err != nil {
+			return 0, err
+		}
+	}
+	return len(cancelled), nil
 }
 
 // SettleRun decides what a running, paused or cancelling run becomes now:

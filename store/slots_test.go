@@ -80,6 +80,16 @@ type runSpec struct {
 	// ack: a person resumed the run after its done machines finished
 	// (runs.acknowledged_at).
 	ack bool
+	// app is the app of the run's machines: default the run's name, so
+	// runs move machines of their own; two runs with one app share
+	// machines by name (one machine, one migration at a time).
+	app string
+	// lane and image: the run's budget lane (default fleet) and image
+	// (default img:v2; "" keeps each machine's).
+	lane  string
+	image *string
+	// env: the run sets this env key (a customer's change).
+	env string
 }
 
 type machineSpec struct {
@@ -114,10 +124,27 @@ func buildWorld(ctx context.Context, t testing.TB, tx pgx.Tx, now time.Time, run
 			state = store.RunRunning
 		}
 		var runID int64
+		lane, cause, image, app := r.lane, "operator", "img:v2", r.app
+		if lane == "" {
+			lane = store.LaneFleet
+		}
+		if lane == store.LaneCustomer {
+			cause = "env-edit"
+		}
+		if r.image != nil {
+			image = *r.image
+		}
+		if app == "" {
+			app = r.name
+		}
+		envSet := []string{}
+		if r.env != "" {
+			envSet = append(envSet, r.env)
+		}
 		err := tx.QueryRow(ctx, `
-			INSERT INTO runs (cause, target_image, image, selector, max_unavailable, canary, requested_by, state, created_at)
-			VALUES ('operator', 'img:v2', 'img:v2', '{}', $1, $2, 'test', $3, $4) RETURNING id`,
-			r.maxUnavail, r.canary, state, now.Add(-r.age)).Scan(&runID)
+			INSERT INTO runs (cause, target_image, image, selector, max_unavailable, canary, requested_by, state, created_at, lane, env_set)
+			VALUES ($5, $6, $6, '{}', $1, $2, 'test', $3, $4, $7, $8) RETURNING id`,
+			r.maxUnavail, r.canary, state, now.Add(-r.age), cause, image, lane, envSet).Scan(&runID)
 		if err != nil {
 			t.Fatalf("insert run %s: %v", r.name, err)
 		}
@@ -145,11 +172,11 @@ func buildWorld(ctx context.Context, t testing.TB, tx pgx.Tx, now time.Time, run
 		}
 		rows, err := tx.Query(ctx, `
 			INSERT INTO machine_migrations (run_id, seq, app, machine_id, to_image, canary, state, outcome, slot_held, not_before, idle_watch)
-			SELECT $1, t.seq, 'app', t.machine_id, 'img:v2', t.canary, t.state, nullif(t.outcome, ''), t.slot,
+			SELECT $1, t.seq, $11, t.machine_id, $12, t.canary, t.state, nullif(t.outcome, ''), t.slot,
 				CASE WHEN t.has_due THEN t.due END, t.watch
 			FROM unnest($2::int[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::bool[], $8::bool[], $9::timestamptz[], $10::bool[])
 				AS t(seq, machine_id, canary, state, outcome, slot, has_due, due, watch)
-			RETURNING id, machine_id`, runID, seqs, ids, canaries, states, outcomes, slots, hasDue, dues, watches)
+			RETURNING id, machine_id`, runID, seqs, ids, canaries, states, outcomes, slots, hasDue, dues, watches, app, image)
 		if err != nil {
 			t.Fatalf("insert machines of run %s: %v", r.name, err)
 		}
@@ -514,7 +541,7 @@ func TestSettleRunDecisions(t *testing.T) {
 			want{store.RunCancelled, "cancelled", true}, false, nil},
 		{"a failed canary pauses", store.RunRunning, 5,
 			[]machineSpec{done("c0", store.OutcomeFailed, true), {name: "m0"}},
-			want{store.RunPaused, "canary failed (1 canary machine(s) failed or rolled back): app/c0", true}, false, nil},
+			want{store.RunPaused, "canary failed (1 canary machine(s) failed or rolled back): r/c0", true}, false, nil},
 		{"failures over the threshold pause", store.RunRunning, 1,
 			[]machineSpec{done("m0", store.OutcomeFailed, false), done("m1", store.OutcomeRolledBack, false), {name: "m2"}},
 			want{store.RunPaused, "failure threshold exceeded: 2 failed or rolled back, threshold 1", true}, false, nil},
@@ -537,7 +564,7 @@ func TestSettleRunDecisions(t *testing.T) {
 		{name: "a canary that failed after the resume pauses again", state: store.RunRunning, threshold: 5,
 			machines: []machineSpec{done("c0", store.OutcomeRolledBack, true), done("c1", store.OutcomeFailed, true), {name: "m0"}},
 			ack:      true, late: []string{"c1"},
-			want: want{store.RunPaused, "canary failed (1 canary machine(s) failed or rolled back): app/c1", true}},
+			want: want{store.RunPaused, "canary failed (1 canary machine(s) failed or rolled back): r/c1", true}},
 		{name: "failures before the resume do not count toward the threshold", state: store.RunRunning, threshold: 1,
 			machines: []machineSpec{done("m0", store.OutcomeFailed, false), done("m1", store.OutcomeRolledBack, false), {name: "m2"}},
 			ack:      true, want: unchanged(store.RunRunning)},

@@ -20,6 +20,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/internal/imagepin"
 	"github.com/hermes-cloud/migrator/internal/metrics"
+	"github.com/hermes-cloud/migrator/internal/seal"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"
@@ -49,6 +50,10 @@ const (
 	// flyRegistryURLEnv is for the simulator and tests only: where image
 	// pins for registry.fly.io are resolved (the simulator's registry).
 	flyRegistryURLEnv = "MIGRATOR_FLY_REGISTRY_URL"
+	// sealKeyEnv is the key a change's env values are sealed under in
+	// Postgres (base64 of 32 random bytes): required by serve, and by run
+	// create when a run sets env values.
+	sealKeyEnv = "MIGRATOR_SEAL_KEY"
 
 	defaultFleetCap = 100
 	defaultWorkers  = 100
@@ -160,6 +165,9 @@ type needs struct {
 	// flyCalls and gatewayCalls hear of every HTTP attempt of the adapters
 	// (serve's metrics). Optional.
 	flyCalls, gatewayCalls callrec.Observer
+	// sealKey: MIGRATOR_SEAL_KEY is required (serve; run create with env
+	// values). Without it the orchestrator has no Sealer.
+	sealKey bool
 }
 
 // loadComponents wires the parts from the environment. Every missing or bad
@@ -206,6 +214,14 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 		}
 		gw = c.gw
 	}
+	var sealer orchestrator.Sealer
+	if n.sealKey {
+		key, err := sealKey(e)
+		if err != nil {
+			return nil, err
+		}
+		sealer = key
+	}
 	if n.noStore {
 		return c, nil
 	}
@@ -215,7 +231,7 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 	c.store = store.New(c.pool)
 	c.orch, err = orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: poll, LeaseWait: c.settings.leaseWait,
 		TransientWait: c.settings.transientWait,
-		Clock:         c.clock, Logger: log, MinDrainVersion: c.minDrainVersion},
+		Clock:         c.clock, Logger: log, MinDrainVersion: c.minDrainVersion, Sealer: sealer},
 		c.store, fly, gw, c.policy)
 	if err != nil {
 		c.close()
@@ -237,6 +253,21 @@ func drainKey(e *env) ([]byte, error) {
 		return nil, usagef("%s: %v", drainKeyEnv, err)
 	}
 	return []byte(key), nil
+}
+
+// sealKey reads MIGRATOR_SEAL_KEY; missing or malformed is a one-line
+// configuration error that never shows the key.
+func sealKey(e *env) (*seal.Key, error) {
+	v := e.getenv(sealKeyEnv)
+	if strings.TrimSpace(v) == "" {
+		return nil, usagef("%s is not set: set it to base64 of %d random bytes (e.g. `openssl rand -base64 %d`); customers' env values are kept in Postgres only sealed under it",
+			sealKeyEnv, seal.KeyBytes, seal.KeyBytes)
+	}
+	key, err := seal.ParseKey(sealKeyEnv, v)
+	if err != nil {
+		return nil, usagef("%v", err)
+	}
+	return key, nil
 }
 
 // principal is who a person's command is recorded as: MIGRATOR_PRINCIPAL,

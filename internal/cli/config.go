@@ -70,7 +70,7 @@ import (
 //	transient wait   $MIGRATOR_TRANSIENT_WAIT, [worker] transient_wait, 5m
 //	selector org     [auto_update.selector] org, $MIGRATOR_FLY_ORG
 //
-// Secrets (DATABASE_URL, FLY_API_TOKEN, MIGRATOR_DRAIN_KEY) come only from
+// Secrets (DATABASE_URL, FLY_API_TOKEN, MIGRATOR_DRAIN_KEY, MIGRATOR_SEAL_KEY) come only from
 // the environment, never from the file.
 const (
 	configFileEnv     = "MIGRATOR_CONFIG"

@@ -227,7 +227,7 @@ func TestDeployFlyToml(t *testing.T) {
 		}
 	}
 	// No secret inline: these come from `fly secrets set`.
-	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv, notifySlackURLEnv, notifyPDKeyEnv, notifyHookURLEnv, notifyHookSecret, notifyHookPrevious} {
+	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv, sealKeyEnv, notifySlackURLEnv, notifyPDKeyEnv, notifyHookURLEnv, notifyHookSecret, notifyHookPrevious} {
 		if _, ok := cfg.Env[k]; ok {
 			t.Errorf("[env] sets the secret %s; it belongs in fly secrets", k)
 		}
@@ -236,7 +236,7 @@ func TestDeployFlyToml(t *testing.T) {
 		t.Errorf("[env] %s: %v", webURLEnv, err)
 	}
 	secretsLine := regexp.MustCompile(`(?m)^#\s+fly secrets set (.*)$`).FindStringSubmatch(repoFile(t, "fly.toml"))
-	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv} {
+	for _, k := range []string{databaseURLEnv, flyTokenEnv, drainKeyEnv, sealKeyEnv} {
 		if secretsLine == nil || !strings.Contains(secretsLine[1], k+"=") {
 			t.Errorf("fly.toml does not document `fly secrets set … %s=…` in a comment", k)
 		}

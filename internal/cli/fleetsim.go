@@ -49,10 +49,11 @@ func newFleetsimCmd(e *env) *cobra.Command {
 		Long: "Run the fleet simulator: a loopback server with the Fly Machines API subset migrator uses\n" +
 			"and one Hermes dashboard per machine, with agents doing scripted work. It prints, on\n" +
 			"stdout, the environment (FLY_API_TOKEN, FLY_FLAPS_BASE_URL, MIGRATOR_GATEWAY_URL,\n" +
-			"MIGRATOR_DRAIN_KEY, MIGRATOR_FLY_ORG, MIGRATOR_FLY_REGISTRY_URL (run create pins\n" +
-			"registry.fly.io images at the simulator's registry), and with --time-scale MIGRATOR_CLOCK,\n" +
-			"so migrator runs on the simulated timeline) that points migrator at it, then serves until\n" +
-			"SIGINT. The token and drain key are throwaway values of this simulator.\n\n" +
+			"MIGRATOR_DRAIN_KEY, MIGRATOR_SEAL_KEY, MIGRATOR_FLY_ORG, MIGRATOR_FLY_REGISTRY_URL (run\n" +
+			"create pins registry.fly.io images at the simulator's registry), and with --time-scale\n" +
+			"MIGRATOR_CLOCK, so migrator runs on the simulated timeline) that points migrator at it, then\n" +
+			"serves until SIGINT. The token, drain key and seal key are throwaway values of this\n" +
+			"simulator.\n\n" +
 			"--activity makes the agents talk: per agent, user turns arrive as a Poisson process at\n" +
 			"the agent's own rate (log-normal across the fleet around --turns-per-hour: most quiet,\n" +
 			"a few chatty), with heavy-tailed turn lengths, and --long-task-share of them in a\n" +

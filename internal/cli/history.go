@@ -227,7 +227,7 @@ type historyWriter interface {
 type historyTable struct{ w *tabwriter.Writer }
 
 func (t *historyTable) begin() error {
-	_, err := fmt.Fprintln(t.w, "CREATED\tRUN\tCAUSE\tAPP\tMACHINE\tSTATE\tOUTCOME\tDRAIN\tQUIET\tWAITED\tAGENTS\tDIGEST FROM → TO\tRULE\tDECIDED BY\tSIGNALS\tERROR")
+	_, err := fmt.Fprintln(t.w, "CREATED\tRUN\tCAUSE\tAPP\tMACHINE\tSTATE\tOUTCOME\tDRAIN\tQUIET\tWAITED\tAGENTS\tDIGEST FROM → TO\tCHANGE\tRULE\tDECIDED BY\tSIGNALS\tERROR")
 	return err
 }
 
@@ -253,9 +253,9 @@ func (t *historyTable) row(r store.HistoryRow) error {
 		}
 		outcome += ")"
 	}
-	_, err := fmt.Fprintf(t.w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.RunID, r.Cause, r.App,
+	_, err := fmt.Fprintf(t.w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", stamp(r.CreatedAt), r.RunID, r.Cause, r.App,
 		r.MachineID, strOr(r.MachineState, "-"), outcome, strOr(r.DrainOutcome, "-"), quiet, waited,
-		intOr(r.ActiveAgentsAtRecreate, "-"), digests(r), strOr(r.PolicyRule, "-"), strOr(r.DecidingSignal, "-"),
+		intOr(r.ActiveAgentsAtRecreate, "-"), digests(r), changeColumn(r), strOr(r.PolicyRule, "-"), strOr(r.DecidingSignal, "-"),
 		nonEmpty(oneLine(gateway.Changes(gateway.DecodeSignals(r.SignalsBefore), gateway.DecodeSignals(r.SignalsAfter)), 70), "-"),
 		oneLine(strOr(r.Error, ""), 60))
 	return err
@@ -276,6 +276,40 @@ func digests(r store.HistoryRow) string {
 		return "-"
 	}
 	return short(r.FromDigest) + " → " + short(r.ToDigest)
+}
+
+// changeColumn is the CHANGE column, names only: "image", "env +A -B",
+// "secrets ≥7 (sent 7)", "restart", "with run 12" (the recreate of run 12
+// carried this migration); "-" for none of those.
+func changeColumn(r store.HistoryRow) string {
+	var parts []string
+	if r.CombinedWithRun != nil {
+		parts = append(parts, fmt.Sprintf("with run %d", *r.CombinedWithRun))
+	}
+	if len(r.EnvSet) > 0 || len(r.EnvUnset) > 0 {
+		env := "env"
+		for _, k := range r.EnvSet {
+			env += " +" + k
+		}
+		for _, k := range r.EnvUnset {
+			env += " -" + k
+		}
+		parts = append(parts, env)
+	}
+	if r.SecretsVersion != nil {
+		s := fmt.Sprintf("secrets ≥%d", *r.SecretsVersion)
+		if r.SecretsVersionSent != nil {
+			s += fmt.Sprintf(" (sent %d)", *r.SecretsVersionSent)
+		}
+		parts = append(parts, s)
+	}
+	if r.Restart {
+		parts = append(parts, "restart")
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return oneLine(strings.Join(parts, ", "), 60)
 }
 
 func (t *historyTable) end() error { return t.w.Flush() }

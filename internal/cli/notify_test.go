@@ -358,7 +358,7 @@ func TestServeBadNotifyConfig(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			vars := map[string]string{databaseURLEnv: dsn, flyTokenEnv: "fm2_test", drainKeyEnv: "RFX3FT7gQInAovWvl0Kfn3dGoocMa67xc8T0T+pawILK",
-				httpAddrEnv: "127.0.0.1:0", configFileEnv: write("empty.toml", "")}
+				sealKeyEnv: testSealKey, httpAddrEnv: "127.0.0.1:0", configFileEnv: write("empty.toml", "")}
 			for k, v := range tc.vars {
 				vars[k] = v
 			}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/internal/printsafe"
+	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -271,21 +272,25 @@ type releaseJSON struct {
 }
 
 type runJSON struct {
-	ID                 int64          `json:"id"`
-	State              store.RunState `json:"state"`
-	StateReason        string         `json:"state_reason"`
-	Created            *bool          `json:"created,omitempty"`
-	Cause              string         `json:"cause"`
-	TargetImage        string         `json:"target_image"`
-	Image              string         `json:"image"`
-	Selector           store.Selector `json:"selector"`
-	MaxUnavailable     int            `json:"max_unavailable"`
-	MaxUnavailableSpec string         `json:"max_unavailable_spec"`
-	Canary             int            `json:"canary"`
-	FailureThreshold   int            `json:"failure_threshold"`
-	DeadlineOverride   string         `json:"deadline_override,omitempty"`
-	IdleWaitOverride   string         `json:"idle_wait_override,omitempty"`
-	CanaryBakeOverride string         `json:"canary_bake_override,omitempty"`
+	ID          int64          `json:"id"`
+	State       store.RunState `json:"state"`
+	StateReason string         `json:"state_reason"`
+	Created     *bool          `json:"created,omitempty"`
+	Cause       string         `json:"cause"`
+	TargetImage string         `json:"target_image"`
+	Image       string         `json:"image"`
+	// Change is the whole change, names only; Lane the budget lane
+	// (fleet, customer).
+	Change             orchestrator.ChangeSummary `json:"change"`
+	Lane               string                     `json:"lane"`
+	Selector           store.Selector             `json:"selector"`
+	MaxUnavailable     int                        `json:"max_unavailable"`
+	MaxUnavailableSpec string                     `json:"max_unavailable_spec"`
+	Canary             int                        `json:"canary"`
+	FailureThreshold   int                        `json:"failure_threshold"`
+	DeadlineOverride   string                     `json:"deadline_override,omitempty"`
+	IdleWaitOverride   string                     `json:"idle_wait_override,omitempty"`
+	CanaryBakeOverride string                     `json:"canary_bake_override,omitempty"`
 	// AcknowledgedAt: when a person last resumed the run (failures
 	// before it no longer hold it back).
 	AcknowledgedAt string `json:"acknowledged_at,omitempty"`
@@ -307,11 +312,26 @@ type runJSON struct {
 	// Releases are the Fly releases the run recorded, one per app
 	// (run status only).
 	Releases []releaseJSON `json:"releases,omitempty"`
+	// WaitingOnRuns are pending machines that wait for another run's
+	// migration of the same machine (run status only).
+	WaitingOnRuns []waitingJSON `json:"waiting_on_runs,omitempty"`
+}
+
+// waitingJSON is a machine waiting for another run's migration of it.
+type waitingJSON struct {
+	App       string               `json:"app"`
+	MachineID string               `json:"machine_id"`
+	Run       int64                `json:"waits_for_run"`
+	Migration int64                `json:"waits_for_migration"`
+	State     store.MigrationState `json:"its_state"`
+	// Combined: that migration's recreate carries this one's change.
+	Combined bool `json:"combined"`
 }
 
 func newRunJSON(r store.Run, c store.RunCounts, inFlight []store.MigrationView, now time.Time) runJSON {
 	out := runJSON{ID: r.ID, State: r.State, StateReason: r.StateReason, Cause: r.Cause, TargetImage: r.TargetImage,
-		Image: r.Image, Selector: r.Selector, MaxUnavailable: r.MaxUnavailable, MaxUnavailableSpec: r.MaxUnavailableSpec,
+		Image: r.Image, Change: orchestrator.RunChange(r), Lane: r.Lane,
+		Selector: r.Selector, MaxUnavailable: r.MaxUnavailable, MaxUnavailableSpec: r.MaxUnavailableSpec,
 		Canary: r.Canary, FailureThreshold: r.FailureThreshold, RequestedBy: r.RequestedBy, Reason: r.Reason,
 		IdempotencyKey: r.IdempotencyKey, PolicyVersion: r.PolicyVersion, CreatedAt: stamp(r.CreatedAt),
 		StartedAt: stamp(r.StartedAt), FinishedAt: stamp(r.FinishedAt), Machines: c.Total, Done: c.ByState[store.StateDone],

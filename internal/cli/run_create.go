@@ -1,7 +1,8 @@
 package cli
 
-// run create: every flag is checked before any connection or write, the
-// image pinned to a digest, the machines planned (orchestrator.PlanRun);
+// run create: every flag is checked before any connection or write
+// (orchestrator.ValidateRequest's field errors named by flag), the image
+// pinned to a digest, the machines planned (orchestrator.PlanRequest);
 // then either the dry run (run_dryrun.go) or the run recorded with its
 // plan for serve to execute (orchestrator.CreateRun), followed with
 // --follow.
@@ -24,6 +25,9 @@ import (
 type runCreateFlags struct {
 	selectorFlags
 	cause, image                  string
+	env, unsetEnv                 []string
+	secretsVersion                uint64
+	restart                       bool
 	undrainable                   string
 	container                     string
 	maxUnavailable                string
@@ -38,15 +42,30 @@ type runCreateFlags struct {
 func newRunCreateCmd(e *env) *cobra.Command {
 	var f runCreateFlags
 	cmd := &cobra.Command{
-		Use:   "create --cause C --image IMG [selector] [flags]",
+		Use:   "create --cause C (--image IMG | --env K=V | --unset-env K | --secrets-version N | --restart)… [selector] [flags]",
 		Short: "Create a run: plan the machines, pin the image, record it for serve to execute",
-		Long: `Create a run. Everything is validated before anything is written: the cause,
+		Long: `Create a run: move the selected machines to a change, drained first. A change
+is any of: a new image (--image); env variables to set (--env KEY=VALUE) or
+unset (--unset-env KEY) in each machine's config.env; an app secrets version
+to pick up (--secrets-version N: the version Fly answered the secrets write
+with); a restart (--restart: a new process of the same config). At least one.
+Without --image each machine keeps the digest it runs (never a tag that may
+have moved). Env values are a customer's: they never appear in a log, an
+event, the web view or an error, and are kept in Postgres only sealed under
+` + sealKeyEnv + ` (required when --env is given) until the run ends.
+
+Everything is validated before anything is written: the cause, the change
+(env names are [A-Za-z_][A-Za-z0-9_]*; a key both set and unset is refused),
 the image reference, labels, durations and the budget. The image tag is then
 resolved once to a digest (registry.fly.io with user "x" and FLY_API_TOKEN), so
 every machine gets the same bytes; --no-pin keeps the reference as given. The
-machines are listed through the Fly API (FLY_API_TOKEN); those already on the
-image are recorded skipped_up_to_date; a selector that matches nothing is an
-error. The run is recorded with its plan and serve replicas execute it.
+machines are listed through the Fly API (FLY_API_TOKEN); those that already
+hold the whole change are recorded skipped_up_to_date (a restart never is); a
+selector that matches nothing is an error. The run is recorded with its plan
+and serve replicas execute it. Runs of a customer cause (env-edit,
+profile-change) take the customer budget lane (policy budget_lane), so they
+never wait for slots a fleet run holds; a machine another run is moving waits
+for it (run status says which).
 
 The selector: --org (default ` + flyOrgEnv + `) with an optional --app-prefix or
 --app-regex, or explicit --app names; then optional --machine ids and --label
@@ -78,13 +97,20 @@ else the OS user.
   migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- --idle-wait 0
   migrator run create --cause auto-update --image registry.fly.io/hermes-agent:v2 --label hermes_auto_update=true --dry-run
   migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- --undrainable recreate
-  migrator run create --cause env-edit --image registry.fly.io/hermes-agent@sha256:… --idempotency-key deploy-881 --json`,
+  migrator run create --cause env-edit --image registry.fly.io/hermes-agent@sha256:… --idempotency-key deploy-881 --json
+  migrator run create --cause env-edit --app hermes-agent-7 --env TELEGRAM_BOT_TOKEN="$TOKEN" --unset-env OLD_FLAG --follow
+  migrator run create --cause env-edit --app hermes-agent-7 --secrets-version 12 --reason "customer rotated a key"
+  migrator run create --cause profile-change --app hermes-agent-7 --restart`,
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error { return runCreate(cmd, e, f) },
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.cause, "cause", "", "why the machines move: "+causeNames()+" (required)")
-	fl.StringVar(&f.image, "image", "", "the image to move to, e.g. registry.fly.io/hermes-agent:v2 (required)")
+	fl.StringVar(&f.image, "image", "", "the image to move to, e.g. registry.fly.io/hermes-agent:v2 (without it each machine keeps the digest it runs)")
+	fl.StringArrayVar(&f.env, "env", nil, "set KEY=VALUE in each machine's config.env (repeatable; the value is kept only sealed, never shown)")
+	fl.StringArrayVar(&f.unsetEnv, "unset-env", nil, "remove KEY from each machine's config.env (repeatable)")
+	fl.Uint64Var(&f.secretsVersion, "secrets-version", 0, "pick up the app secrets up to this version (the version Fly answered the secrets write with): sent as min_secrets_version")
+	fl.BoolVar(&f.restart, "restart", false, "restart each agent (a new process of the same config), drained first")
 	f.selectorFlags.add(fl, "move")
 	fl.StringVar(&f.container, "container", "", "on multi-container machines, move this container's image (as `fly machine update --container`); machines without containers move config.image; without it multi-container machines are left out")
 	fl.StringVar(&f.undrainable, "undrainable", "", `agents whose drain endpoint answers 404 or 401: "fail" them or "recreate" them without a drain (loud); default: the policy's undrainable (built-in: fail)`)
@@ -121,11 +147,22 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 	if err != nil {
 		return out, usagef("%s: --cause: %v", path, err)
 	}
-	if f.image == "" {
-		return out, usagef("%s: --image is required, e.g. registry.fly.io/hermes-agent:v2", path)
+	if f.image != "" {
+		if _, err := imagepin.Parse(f.image, false); err != nil {
+			return out, usagef("%s: --image: %v", path, err)
+		}
 	}
-	if _, err := imagepin.Parse(f.image, false); err != nil {
-		return out, usagef("%s: --image: %v", path, err)
+	env := map[string]string{}
+	for _, kv := range f.env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			// Never echo the argument: it may be a value given without its key.
+			return out, usagef("%s: --env: want KEY=VALUE (an argument without '=' was given)", path)
+		}
+		if _, dup := env[k]; dup {
+			return out, usagef("%s: --env %s given twice", path, k)
+		}
+		env[k] = v
 	}
 	sel, err := f.selectorFlags.selector(cmd, e)
 	if err != nil {
@@ -179,11 +216,45 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 		canaryBake = &b
 	}
 	out.req = orchestrator.RunRequest{Cause: cause, TargetImage: f.image, Image: f.image, Selector: sel,
+		Env: env, UnsetEnv: f.unsetEnv, SecretsVersion: f.secretsVersion, Restart: f.restart,
 		MaxUnavailable: strings.TrimSpace(f.maxUnavailable), Canary: f.canary, FailureThreshold: f.failureThreshold,
 		DeadlineOverride: deadline, IdleWaitOverride: idleWait, Undrainable: undrainable, CanaryBakeOverride: canaryBake,
 		RequestedBy: principal(e), Reason: f.reason, IdempotencyKey: f.idemKey}
+	if len(env) == 0 {
+		out.req.Env = nil
+	}
+	// The orchestrator's own checks (the change above all), named by flag.
+	if err := orchestrator.ValidateRequest(out.req); err != nil {
+		return out, requestUsage(path, err)
+	}
 	out.selector = describeSelector(sel)
 	return out, nil
+}
+
+// requestFlags names the run create flag of each field a request is
+// refused for.
+var requestFlags = map[string]string{
+	"cause": "--cause", "image": "--image", "env": "--env", "unset_env": "--unset-env",
+	"secrets_version": "--secrets-version", "restart": "--restart", "container": "--container",
+	"max_unavailable": "--max-unavailable", "canary": "--canary", "failure_threshold": "--failure-threshold",
+	"deadline": "--deadline", "idle_wait": "--idle-wait", "canary_bake": "--canary-bake", "undrainable": "--undrainable",
+	"apps": "the selector", "requested_by": "MIGRATOR_PRINCIPAL",
+}
+
+// requestUsage is a refused request as a usage error naming the flag.
+func requestUsage(path string, err error) error {
+	var fe *orchestrator.FieldError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	if fe.Field == "change" {
+		return usagef("%s: nothing to change: give --image, --env KEY=VALUE, --unset-env KEY, --secrets-version N or --restart", path)
+	}
+	flag := requestFlags[fe.Field]
+	if flag == "" {
+		flag = fe.Field
+	}
+	return usagef("%s: %s: %s", path, flag, fe.Problem)
 }
 
 func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
@@ -199,7 +270,10 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 	// A dry run probes the agents' drain endpoints when it can derive their
 	// secrets, to show which would be moved without a drain.
 	probe := f.dryRun && e.getenv(drainKeyEnv) != ""
-	c, err := loadComponents(ctx, e, needs{fleet: true, gateway: probe}, log)
+	// Env values are sealed before they are written: a run that sets some
+	// needs the seal key (a dry run writes nothing).
+	needSeal := len(cr.req.Env) > 0 && !f.dryRun
+	c, err := loadComponents(ctx, e, needs{fleet: true, gateway: probe, sealKey: needSeal}, log)
 	if err != nil {
 		return err
 	}
@@ -224,7 +298,7 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 		}
 	}
 
-	if !f.noPin {
+	if !f.noPin && req.Image != "" {
 		pinned, err := imagePinner(e).Resolve(ctx, req.Image)
 		if err != nil {
 			return fmt.Errorf("run create: %w (use --no-pin to keep the reference as given)", err)
@@ -232,7 +306,7 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 		req.Image = pinned
 	}
 
-	plan, err := c.orch.PlanRun(ctx, req.Selector, req.Image, req.Canary)
+	plan, err := c.orch.PlanRequest(ctx, req)
 	planned := plan.Machines
 	req.Excluded = plan.Excluded
 	var (
@@ -271,6 +345,9 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 	}
 	r, created, err := c.orch.CreateRun(ctx, req, planned)
 	if err != nil {
+		if u := requestUsage(cmd.CommandPath(), err); u != err {
+			return u
+		}
 		return fmt.Errorf("run create: %w", err)
 	}
 	if !created {
@@ -281,8 +358,13 @@ func runCreate(cmd *cobra.Command, e *env, f runCreateFlags) error {
 		if req.Image != req.TargetImage {
 			pin = " (pinned from " + req.TargetImage + ")"
 		}
-		fmt.Fprintf(e.stderr, "created run %d (%s): %d %s, %d to move, %d already on the image; max unavailable %d; image %s%s\n",
-			r.ID, r.State, len(planned), plural(len(planned), "machine", "machines"), toMove, len(planned)-toMove, r.MaxUnavailable, r.Image, pin)
+		lane := ""
+		if r.Lane == store.LaneCustomer {
+			lane = "; customer budget lane"
+		}
+		fmt.Fprintf(e.stderr, "created run %d (%s): %d %s, %d to move, %d already up to date; max unavailable %d%s; change: %s%s\n",
+			r.ID, r.State, len(planned), plural(len(planned), "machine", "machines"), toMove, len(planned)-toMove, r.MaxUnavailable, lane,
+			orchestrator.RunChange(r), pin)
 		if !f.follow && !store.RunTerminal(r.State) {
 			fmt.Fprintf(e.stderr, "follow it with: migrator run follow %d\n", r.ID)
 		}

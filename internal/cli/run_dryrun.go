@@ -83,20 +83,24 @@ type planMachineJSON struct {
 }
 
 type dryRunJSON struct {
-	DryRun         bool              `json:"dry_run"`
-	Cause          policy.Cause      `json:"cause"`
-	TargetImage    string            `json:"target_image"`
-	Image          string            `json:"image"`
-	Pinned         bool              `json:"pinned"`
-	Selector       store.Selector    `json:"selector"`
-	Policy         string            `json:"policy"`
-	PolicyVersion  string            `json:"policy_version"`
-	DecidedAt      string            `json:"decided_at"`
-	Machines       int               `json:"machines"`
-	ToMove         int               `json:"to_move"`
-	UpToDate       int               `json:"up_to_date"`
-	MaxUnavailable int               `json:"max_unavailable"`
-	Plan           []planMachineJSON `json:"plan"`
+	DryRun      bool         `json:"dry_run"`
+	Cause       policy.Cause `json:"cause"`
+	TargetImage string       `json:"target_image"`
+	Image       string       `json:"image"`
+	// Change is the whole change, names only (image, env_set, env_unset,
+	// secrets_version, restart); Lane the budget lane the run would take.
+	Change         orchestrator.ChangeSummary `json:"change"`
+	Lane           string                     `json:"lane"`
+	Pinned         bool                       `json:"pinned"`
+	Selector       store.Selector             `json:"selector"`
+	Policy         string                     `json:"policy"`
+	PolicyVersion  string                     `json:"policy_version"`
+	DecidedAt      string                     `json:"decided_at"`
+	Machines       int                        `json:"machines"`
+	ToMove         int                        `json:"to_move"`
+	UpToDate       int                        `json:"up_to_date"`
+	MaxUnavailable int                        `json:"max_unavailable"`
+	Plan           []planMachineJSON          `json:"plan"`
 	// Excluded are the machines the selector matched that a run leaves
 	// out, with why.
 	Excluded []excludedJSON `json:"excluded"`
@@ -128,6 +132,7 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 	}
 	now := pv.DecidedAt
 	out := dryRunJSON{Probed: pv.Probed, DryRun: true, Cause: req.Cause, TargetImage: req.TargetImage, Image: req.Image,
+		Change: pv.Change, Lane: pv.Lane,
 		Pinned: req.Image != req.TargetImage, Selector: req.Selector, Policy: c.policy.Source(),
 		PolicyVersion: pv.PolicyVersion, DecidedAt: stamp(now), Machines: len(pv.Machines), MaxUnavailable: maxUnavail,
 		Plan: []planMachineJSON{}, Excluded: []excludedJSON{}}
@@ -179,10 +184,20 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 		pin = "pinned from " + req.TargetImage
 	}
 	fmt.Fprintf(w, "dry run: nothing was written\n")
-	fmt.Fprintf(w, "cause %s, image %s (%s)\n", req.Cause, req.Image, pin)
+	if req.Image != "" {
+		fmt.Fprintf(w, "cause %s, image %s (%s)\n", req.Cause, req.Image, pin)
+	} else {
+		fmt.Fprintf(w, "cause %s, no image: each machine keeps the digest it runs\n", req.Cause)
+	}
+	if pv.Change.BeyondImage() {
+		fmt.Fprintf(w, "change: %s\n", pv.Change)
+	}
+	if pv.Lane == store.LaneCustomer {
+		fmt.Fprintf(w, "budget: the customer lane (policy budget_lane: %s), not the fleet cap\n", c.policy.Lane())
+	}
 	fmt.Fprintf(w, "selector: %s\n", sel)
 	fmt.Fprintf(w, "policy: %s (version %s), decisions as of %s\n", c.policy.Source(), pv.PolicyVersion, stamp(now))
-	fmt.Fprintf(w, "%d %s: %d to move, %d already on the image; max unavailable %d; canary %d\n\n",
+	fmt.Fprintf(w, "%d %s: %d to move, %d already up to date; max unavailable %d; canary %d\n\n",
 		out.Machines, plural(out.Machines, "machine", "machines"), out.ToMove, out.UpToDate, maxUnavail, req.Canary)
 	if !out.Probed {
 		fmt.Fprintf(w, "drain endpoints not probed (%s is not set): DRAIN shows only the undrainable setting\n\n", drainKeyEnv)

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/hermes-cloud/migrator/internal/printsafe"
+	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -317,6 +318,15 @@ func (v *liveView) stop() {
 	}
 }
 
+// changeShort is what a run moves its machines to, for one line: its
+// image, or the whole change (names only) when it does more.
+func changeShort(r store.Run) string {
+	if ch := orchestrator.RunChange(r); ch.BeyondImage() || r.Image == "" {
+		return ch.String()
+	}
+	return r.Image
+}
+
 // renderFrame draws the live view: at most maxLines lines, each cut to
 // width columns so the terminal never wraps one (the redraw counts lines).
 func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []string {
@@ -329,7 +339,7 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 	if r.StateReason != "" && r.State != store.RunRunning {
 		state += ": " + r.StateReason
 	}
-	add("run %d · %s → %s · %s", r.ID, r.Cause, r.Image, state)
+	add("run %d · %s → %s · %s", r.ID, r.Cause, changeShort(r), state)
 	eta := "ETA —"
 	switch {
 	case store.RunTerminal(r.State):
@@ -504,10 +514,28 @@ func changeLines(prev *store.RunSnapshot, cur store.RunSnapshot, left []store.Mi
 	}
 	r := cur.Run
 	if prev == nil {
-		line("run %d %s: %s → %s; %d %s, max unavailable %d (requested by %s)", r.ID, r.State, r.Cause, r.Image,
+		line("run %d %s: %s → %s; %d %s, max unavailable %d (requested by %s)", r.ID, r.State, r.Cause, changeShort(r),
 			cur.Counts.Total, plural(cur.Counts.Total, "machine", "machines"), r.MaxUnavailable, r.RequestedBy)
 		if n := cur.Counts.ByState[store.StateDone]; n > 0 {
 			line("already done: %s", countList(cur.Counts.ByOutcome, outcomeOrder))
+		}
+	}
+
+	waited := map[int64]bool{}
+	if prev != nil {
+		for _, wt := range prev.WaitingOnRuns {
+			waited[wt.MigrationID] = true
+		}
+	}
+	for _, wt := range cur.WaitingOnRuns {
+		switch {
+		case waited[wt.MigrationID]:
+		case wt.Combined:
+			line("%s/%s carried by run %d's recreate (migration %d, %s): its change and this run's image go in one", wt.App,
+				wt.MachineID, wt.OtherRun, wt.OtherMigration, wt.OtherState)
+		default:
+			line("%s/%s waits for run %d (migration %d, %s): one machine, one migration at a time", wt.App, wt.MachineID,
+				wt.OtherRun, wt.OtherMigration, wt.OtherState)
 		}
 	}
 

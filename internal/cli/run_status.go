@@ -1,7 +1,8 @@
 package cli
 
-// run status: one run's settings, its machines counted by state and by
-// outcome, and the machines in flight (a draining one with its wait, its
+// run status: one run's settings and change (names only), its machines
+// counted by state and by outcome, what its waiting machines wait for (a
+// machine another run is moving), and the machines in flight (a draining one with its wait, its
 // deadline and its agent's last active_agents), as text or JSON.
 
 import (
@@ -15,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/store"
 )
 
@@ -57,6 +59,10 @@ func newRunStatusCmd(e *env) *cobra.Command {
 					out.Releases = append(out.Releases, releaseJSON{App: r.App, State: r.State, ReleaseID: r.ReleaseID,
 						Version: r.Version, Status: r.Status, Error: r.Error})
 				}
+				for _, w := range snap.WaitingOnRuns {
+					out.WaitingOnRuns = append(out.WaitingOnRuns, waitingJSON{App: w.App, MachineID: w.MachineID, Run: w.OtherRun,
+						Migration: w.OtherMigration, State: w.OtherState, Combined: w.Combined})
+				}
 				return writeJSON(e.stdout, out)
 			}
 			printRunStatus(e.stdout, snap, now)
@@ -78,10 +84,19 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	row("run", "%d", r.ID)
 	row("state", "%s", state)
 	row("cause", "%s", r.Cause)
-	if r.Image != r.TargetImage {
+	switch {
+	case r.Image == "":
+		row("image", "none: each machine keeps the digest it runs")
+	case r.Image != r.TargetImage:
 		row("image", "%s (pinned from %s)", r.Image, r.TargetImage)
-	} else {
+	default:
 		row("image", "%s", r.Image)
+	}
+	if ch := orchestrator.RunChange(r); ch.BeyondImage() {
+		row("change", "%s", ch)
+	}
+	if r.Lane == store.LaneCustomer {
+		row("lane", "customer (its own budget: policy budget_lane; never waits for fleet slots)")
 	}
 	row("selector", "%s", describeSelector(r.Selector))
 	who := r.RequestedBy
@@ -136,6 +151,15 @@ func printRunStatus(w io.Writer, snap store.RunSnapshot, now time.Time) {
 	}
 	if text := releasesText(snap.Releases); text != "" {
 		row("fly releases", "%s", text)
+	}
+	for _, wt := range snap.WaitingOnRuns {
+		if wt.Combined {
+			row("carried", "%s/%s: moved by run %d's recreate (migration %d, %s), which carries this run's image",
+				wt.App, wt.MachineID, wt.OtherRun, wt.OtherMigration, wt.OtherState)
+			continue
+		}
+		row("waits for", "%s/%s: run %d is moving it (migration %d, %s); one machine, one migration at a time",
+			wt.App, wt.MachineID, wt.OtherRun, wt.OtherMigration, wt.OtherState)
 	}
 	_ = tw.Flush()
 	if len(snap.InFlight) == 0 {

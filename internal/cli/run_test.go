@@ -56,6 +56,9 @@ func execMigrator(t *testing.T, environ []string, args ...string) cliResult {
 	return res
 }
 
+// testSealKey is a MIGRATOR_SEAL_KEY for tests: base64 of 32 random bytes.
+const testSealKey = "1lqjk7fU2gzaEF+gQK2oOgSLlCpKx8vK+Sa9K/pl2Ms="
+
 // baseEnv is a clean environment: no DATABASE_URL or FLY_API_TOKEN of the
 // machine running the tests leaks in.
 func baseEnv(extra ...string) []string {
@@ -551,7 +554,7 @@ wait = "45m"
 		t.Fatalf("dry run: %s", res)
 	}
 	for _, want := range []string{"dry run: nothing was written", host + "/hermes-agent@" + digest.String(), "pinned from " + host + "/hermes-agent:v2",
-		"3 machines: 3 to move, 0 already on the image", "opted-in-loud", "45m0s", "CURRENT IMAGE", "IDLE WAIT", "30m0s, then defer",
+		"3 machines: 3 to move, 0 already up to date", "opted-in-loud", "45m0s", "CURRENT IMAGE", "IDLE WAIT", "30m0s, then defer",
 		"order: app and machine (no machine has drain history yet)"} {
 		if !strings.Contains(res.stdout, want) {
 			t.Errorf("dry run lacks %q:\n%s", want, res.stdout)
@@ -625,7 +628,18 @@ func TestRunBadInputs(t *testing.T) {
 	}{
 		{"unknown cause", full, []string{"run", "create", "--cause", "whim", "--image", "registry.fly.io/hermes-agent:v2"}, 2, "whim"},
 		{"missing cause", full, []string{"run", "create", "--image", "registry.fly.io/hermes-agent:v2"}, 2, "--cause is required"},
-		{"missing image", full, []string{"run", "create", "--cause", "operator"}, 2, "--image is required"},
+		{"no change", full, []string{"run", "create", "--cause", "operator", "--app", "a"}, 2, "nothing to change: give --image, --env KEY=VALUE, --unset-env KEY, --secrets-version N or --restart"},
+		{"bad env name", full, []string{"run", "create", "--cause", "env-edit", "--app", "a", "--env", "1BAD=x"}, 2, `--env: "1BAD" is not an env name (want [A-Za-z_][A-Za-z0-9_]*)`},
+		{"env name with a dot", full, []string{"run", "create", "--cause", "env-edit", "--app", "a", "--unset-env", "a.b"}, 2, `--unset-env: "a.b" is not an env name`},
+		{"env without a key", full, []string{"run", "create", "--cause", "env-edit", "--app", "a", "--env", "s3cr3t-value-typed-alone"}, 2, "--env: want KEY=VALUE (an argument without '=' was given)"},
+		{"env twice", full, []string{"run", "create", "--cause", "env-edit", "--app", "a", "--env", "A=s3cr3t-1", "--env", "A=s3cr3t-2"}, 2, "--env A given twice"},
+		{"env set and unset", full, []string{"run", "create", "--cause", "env-edit", "--app", "a", "--env", "A=s3cr3t-1", "--unset-env", "A"}, 2, "--unset-env: A is both set and unset"},
+		{"env drain secret", full, []string{"run", "create", "--cause", "env-edit", "--app", "a", "--env", "HERMES_DASHBOARD_DRAIN_SECRET=s3cr3t-1"}, 2, "--env: HERMES_DASHBOARD_DRAIN_SECRET is the agent's drain secret"},
+		{"env with a container", full, create("--container", "app", "--env", "A=s3cr3t-1"), 2, "--container: env changes apply to config.env"},
+		{"restart with a container, no image", full, []string{"run", "create", "--cause", "operator", "--app", "a", "--container", "app", "--restart"}, 2, "--container: a container's image is moved only with an image"},
+		{"bad secrets version", full, []string{"run", "create", "--cause", "env-edit", "--app", "a", "--secrets-version", "-3"}, 2, "--secrets-version"},
+		{"env without seal key", full, []string{"run", "create", "--cause", "env-edit", "--app", "a", "--env", "A=s3cr3t-1"}, 2, "MIGRATOR_SEAL_KEY is not set"},
+		{"env with a short seal key", append(full, "MIGRATOR_SEAL_KEY=MDEyMzQ1Njc4OWFiY2RlZg=="), []string{"run", "create", "--cause", "env-edit", "--app", "a", "--env", "A=s3cr3t-1"}, 2, "MIGRATOR_SEAL_KEY is 16 bytes, want exactly 32"},
 		{"malformed image", full, []string{"run", "create", "--cause", "operator", "--image", "registry.fly.io/Hermes Agent:v2"}, 2, "malformed"},
 		{"bad label", full, create("--label", "tier"), 2, "want KEY=VALUE"},
 		{"duplicate label", full, create("--label", "a=1", "--label", "a=2"), 2, "given twice"},
@@ -698,6 +712,9 @@ func TestRunBadInputs(t *testing.T) {
 			}
 			if strings.Contains(r.stderr, "fo1_test-token") {
 				t.Errorf("the Fly token leaked: %s", r)
+			}
+			if strings.Contains(r.stderr, "s3cr3t") || strings.Contains(r.stderr, "MDEyMzQ1Njc4OWFiY2RlZg") {
+				t.Errorf("an env value or the seal key leaked: %s", r)
 			}
 		})
 	}

@@ -42,6 +42,7 @@ func (w *simWorld) secrets() map[string]string {
 	}
 	add("FLY_API_TOKEN", w.sim.FlyToken())
 	add("MIGRATOR_DRAIN_KEY", string(w.sim.DrainKey()))
+	add("MIGRATOR_SEAL_KEY", w.sim.SealKey())
 	for _, app := range w.sim.Apps() {
 		add("drain secret of "+app, drainsecret.Derive(w.sim.DrainKey(), app))
 	}

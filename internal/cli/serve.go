@@ -61,9 +61,9 @@ func newServeCmd(e *env) *cobra.Command {
 			pprofAddrEnv + " (off by default) serves Go's profiles on a loopback address only.\n" +
 			"SIGTERM or SIGINT: no new work is taken, steps in flight get " + stopGrace.String() + "\n" +
 			"to finish, the rest is handed back to the other replicas; exit 0.\n\n" +
-			"Needs DATABASE_URL, FLY_API_TOKEN and MIGRATOR_DRAIN_KEY; docs/configuration.md has the rest.\n" +
+			"Needs DATABASE_URL, FLY_API_TOKEN, MIGRATOR_DRAIN_KEY and MIGRATOR_SEAL_KEY; docs/configuration.md has the rest.\n" +
 			"A bad config file, policy or setting refuses to start: one line, exit 2.",
-		Example: "  DATABASE_URL=postgres://… FLY_API_TOKEN=… MIGRATOR_DRAIN_KEY=… migrator serve\n" +
+		Example: "  DATABASE_URL=postgres://… FLY_API_TOKEN=… MIGRATOR_DRAIN_KEY=… MIGRATOR_SEAL_KEY=… migrator serve\n" +
 			"  MIGRATOR_CONFIG=/etc/migrator.toml MIGRATOR_HTTP_ADDR=127.0.0.1:9090 migrator serve",
 		Args: checkArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -119,7 +119,7 @@ func serve(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	c, err := loadComponents(ctx, e, needs{fleet: true, gateway: true, flyCalls: met.ObserveFly, gatewayCalls: met.ObserveGateway}, log)
+	c, err := loadComponents(ctx, e, needs{fleet: true, gateway: true, sealKey: true, flyCalls: met.ObserveFly, gatewayCalls: met.ObserveGateway}, log)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"strings"
@@ -73,6 +74,8 @@ type Machine struct {
 	// SuspendBlocked is why Fly would not suspend the machine as
 	// configured ("" when it would; actions.go).
 	SuspendBlocked string
+	// Env is config.env: a customer's values, which never print (Env).
+	Env Env
 }
 
 // ImageRef is a machine's image_ref: registry, repository, tag, digest.
@@ -283,6 +286,9 @@ func toMachine(app string, m *fly.Machine) Machine {
 			}
 		}
 		out.Image = cfg.Image
+		if len(cfg.Env) > 0 {
+			out.Env = maps.Clone(Env(cfg.Env))
+		}
 		if len(cfg.Metadata) > 0 {
 			out.Labels = make(map[string]string, len(cfg.Metadata))
 			for k, v := range cfg.Metadata {

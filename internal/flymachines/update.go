@@ -34,6 +34,25 @@ type updateOptions struct {
 	container         string
 	stillDown         bool
 	metadata          map[string]string
+	env               *EnvChange
+	fromInstance      string
+}
+
+// WithEnv sets and unsets keys of config.env with the image (the rest of
+// config.env is kept as read). Its values never appear in an error, a log
+// or a call record.
+func WithEnv(c EnvChange) UpdateOption {
+	return func(o *updateOptions) { o.env = &c }
+}
+
+// WithFromInstance names the instance the caller read before deciding the
+// update. A machine whose config already holds the change is then updated
+// anyway while it still runs that instance (a restart, or picking up app
+// secrets, changes nothing in the config: the update makes the new
+// instance), and found AlreadyApplied only once it runs another one (the
+// update landed in an earlier attempt).
+func WithFromInstance(id string) UpdateOption {
+	return func(o *updateOptions) { o.fromInstance = id }
 }
 
 // WithMinSecretsVersion makes the update carry min_secrets_version v, so
@@ -165,7 +184,10 @@ func settled(state string) bool {
 
 // UpdateImage moves the machine to image: it reads the machine fresh, sends
 // its full config with only Image changed (mounts, env, services, metadata
-// kept; region and name unchanged), under the lease nonce.
+// kept; region and name unchanged), under the lease nonce. WithEnv changes
+// keys of config.env too; WithFromInstance makes an update of a config
+// that already holds the change (a restart, app secrets to pick up) a new
+// instance all the same.
 //
 // WithMinSecretsVersion asks Fly to start the new instance with at least
 // that version of the app's secrets (the version `secret sync` recorded);
@@ -216,7 +238,8 @@ func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, 
 		if res.FromImage == "" && !sent {
 			res.FromImage = current
 		}
-		if current == image {
+		has := current == image && (o.env == nil || HasEnv(cfg.Env, *o.env))
+		if has && (o.fromInstance == "" || m.InstanceID != o.fromInstance) {
 			res.ToImage, res.ToInstanceID, res.State = image, m.InstanceID, m.State
 			res.UpdatedAt = parseTime(m.UpdatedAt)
 			res.AlreadyApplied = !sent
@@ -240,6 +263,9 @@ func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, 
 				md[k] = v
 			}
 			cfg.Metadata = md
+		}
+		if o.env != nil {
+			cfg.Env = applyEnv(cfg.Env, *o.env)
 		}
 		in := fly.LaunchMachineInput{
 			ID:         id,
@@ -272,7 +298,7 @@ func (c *Client) updateImage(ctx context.Context, app, id, image, nonce string, 
 			}
 		}
 		if !ambiguous(err, sent) || sends >= maxUpdateSends || ctx.Err() != nil {
-			return res, c.apiError(kind, app, id, err)
+			return res, c.apiError(kind, app, id, err, o.env.values()...)
 		}
 		sent = true
 		c.log.Warn("fly update outcome unknown; re-reading the machine before any retry",

@@ -59,6 +59,51 @@ func (f facts) num(k string) int64 {
 	return 0
 }
 
+// changeText says what a machine's change was beyond an image, names
+// only (the trigger copies names, never a value): "env set A, B; env
+// unset C; app secrets version ≥ 7; restart" (the secrets version only
+// withSecrets); "" for none.
+func (f facts) changeText(withSecrets bool) string {
+	ch, _ := f["change"].(map[string]any)
+	if len(ch) == 0 {
+		return ""
+	}
+	names := func(k string) string {
+		arr, _ := ch[k].([]any)
+		out := make([]string, 0, len(arr))
+		for _, v := range arr {
+			if s, ok := v.(string); ok {
+				out = append(out, s)
+			}
+		}
+		return strings.Join(out, ", ")
+	}
+	var parts []string
+	if s := names("env_set"); s != "" {
+		parts = append(parts, "env set "+s)
+	}
+	if s := names("env_unset"); s != "" {
+		parts = append(parts, "env unset "+s)
+	}
+	if v := facts(ch).num("secrets_version"); v > 0 && withSecrets {
+		parts = append(parts, fmt.Sprintf("app secrets version ≥ %d", v))
+	}
+	if ch["restart"] == true {
+		parts = append(parts, "restart")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// secretsNote says that app secrets a rolled-back change picked up stay:
+// Fly keeps only the newest values, so nothing can put them back.
+func (f facts) secretsNote() string {
+	v := f.num("secrets_not_restored")
+	if v <= 0 {
+		return ""
+	}
+	return fmt.Sprintf("app secrets stay at version %d (Fly keeps only the newest values: a rollback cannot put them back)", v)
+}
+
 // countOrder is the order outcomes and states are listed in messages.
 var countOrder = []string{string(store.OutcomeMigrated), string(store.OutcomeRolledBack), string(store.OutcomeFailed),
 	string(store.OutcomeDeferred), string(store.OutcomeCancelled), string(store.OutcomeSkippedUpToDate),
@@ -139,7 +184,15 @@ func summary(n store.Notification) string {
 	case "run.cancelled":
 		return fmt.Sprintf("migrator %s cancelled by %s", run, why(f.str("by"), "someone"))
 	case "machine.rolled_back":
-		return fmt.Sprintf("migrator %s: %s rolled back to its old image: %s", run, target, why(f.str("error"), "no reason recorded"))
+		what := "its old image"
+		if ch := f.changeText(false); ch != "" {
+			what = "the config that ran (" + ch + " undone)"
+		}
+		out := fmt.Sprintf("migrator %s: %s rolled back to %s: %s", run, target, what, why(f.str("error"), "no reason recorded"))
+		if note := f.secretsNote(); note != "" {
+			out += "; " + note
+		}
+		return out
 	case "machine.lease_release_failed":
 		return fmt.Sprintf("migrator %s: the Fly lease of %s could not be released (it expires by itself): %s", run, target,
 			why(f.str("error"), "no reason recorded"))
@@ -427,6 +480,8 @@ func slackBody(c Config, n store.Notification) ([]byte, error) {
 		field("Agent", code(f.str("app")+"/"+f.str("machine_id")))
 	}
 	field("Image", code(f.str("image")))
+	field("Change", slackEscape(f.changeText(true)))
+	field("Secrets", slackEscape(f.secretsNote()))
 	field("Machines", slackEscape(f.countsText()))
 	field("Requested by", slackEscape(f.str("requested_by")))
 	field("Reason", slackEscape(f.str("reason")))

@@ -311,6 +311,10 @@ type runPage struct {
 	PollMS   int64
 	States   []kv
 	Outcomes []kv
+	// Change is the run's change, names only (never an env value);
+	// Customer: the run takes the customer budget lane.
+	Change   store.Change
+	Customer bool
 }
 
 type kv struct {
@@ -338,7 +342,8 @@ func (v *View) run(w http.ResponseWriter, r *http.Request) {
 	}
 	p := runPage{Title: fmt.Sprintf("Run %d", id), Run: run, Counts: counts, Done: counts.ByState[store.StateDone],
 		Live: !store.RunTerminal(run.State), PollMS: v.cfg.PollInterval.Milliseconds(),
-		States: sorted(counts.ByState), Outcomes: sorted(counts.ByOutcome)}
+		States: sorted(counts.ByState), Outcomes: sorted(counts.ByOutcome), Change: run.Change(),
+		Customer: run.Lane == store.LaneCustomer}
 	v.render(w, r, http.StatusOK, "run", p)
 }
 

@@ -690,3 +690,26 @@ func TestRunsListFiltersAndPages(t *testing.T) {
 		t.Errorf("page of 2 lacks the link %s", next)
 	}
 }
+
+// A run's change is on its page by name: the env keys, the secrets
+// version, the restart, the customer lane; never an env value (the page
+// has none to show: they are sealed).
+func TestRunPageShowsTheChange(t *testing.T) {
+	_, pool := storetest.NewDB(t)
+	srv := newView(t, pool, webview.Config{})
+	ctx := context.Background()
+	r, _, err := store.New(pool).Q().CreateRun(ctx, store.Run{Cause: "env-edit", MaxUnavailable: 1, RequestedBy: "nas",
+		EnvSet: []string{"TELEGRAM_BOT_TOKEN"}, EnvUnset: []string{"OLD_FLAG"}, SecretsVersion: 7, Restart: true,
+		Lane: store.LaneCustomer, State: store.RunRunning}, []store.NewMachine{{App: "hermes-agent-1", MachineID: "m1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body, _ := get(t, srv, fmt.Sprintf("/runs/%d", r.ID))
+	for _, want := range []string{"none: each machine keeps the digest it runs",
+		`<dd id="run-change">env set TELEGRAM_BOT_TOKEN; env unset OLD_FLAG; app secrets version ≥ 7; restart</dd>`,
+		"customer (its own budget"} {
+		if code != http.StatusOK || !strings.Contains(body, want) {
+			t.Errorf("run page lacks %q (%d)", want, code)
+		}
+	}
+}

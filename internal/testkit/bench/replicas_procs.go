@@ -81,7 +81,7 @@ func startFleetsim(ctx context.Context, cfg ReplicasConfig, dir string) (*simPro
 	var text strings.Builder
 	deadline := time.After(time.Minute)
 	complete := func() bool {
-		for _, k := range []string{"FLY_API_TOKEN", "FLY_FLAPS_BASE_URL", "MIGRATOR_CLOCK", "MIGRATOR_DRAIN_KEY", "MIGRATOR_FLY_ORG", "MIGRATOR_GATEWAY_URL"} {
+		for _, k := range []string{"FLY_API_TOKEN", "FLY_FLAPS_BASE_URL", "MIGRATOR_CLOCK", "MIGRATOR_DRAIN_KEY", "MIGRATOR_FLY_ORG", "MIGRATOR_GATEWAY_URL", "MIGRATOR_SEAL_KEY"} {
 			if p.env[k] == "" {
 				return false
 			}

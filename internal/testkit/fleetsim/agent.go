@@ -159,6 +159,9 @@ func (s *Sim) platformStates(m *machine, ph phase, now time.Time) map[string]Pla
 		} else if code, ok := s.parkPlatform[agentImage(m.config)][name]; ok {
 			msg := name + " failed to start: " + code
 			p = Platform{State: "fatal", ErrorCode: &code, ErrorMessage: &msg, UpdatedAt: at}
+		} else if code, ok := s.envRejected(m, name); ok {
+			msg := name + " failed to start: " + code
+			p = Platform{State: "fatal", ErrorCode: &code, ErrorMessage: &msg, UpdatedAt: at}
 		}
 		out[name] = p
 	}

@@ -110,6 +110,11 @@ type Config struct {
 	// bytes (drainsecret.CheckKey), as MIGRATOR_DRAIN_KEY must be, whose
 	// text is the key. Default: 32 random bytes, base64url (43 characters).
 	DrainKey []byte
+	// SealKey is not the fleet's: it is the MIGRATOR_SEAL_KEY that Env
+	// hands migrator with the rest of its environment (serve needs one to
+	// keep customers' env values sealed). Default: base64url of 32 random
+	// bytes.
+	SealKey string
 	// Clock is the simulated timeline. Default clock.Real().
 	Clock clock.Clock
 	// Seed makes machine ids, workloads and fault draws reproducible.
@@ -252,6 +257,7 @@ func DefaultLimits() map[string]Limit {
 		RouteStart:        action,
 		RouteStop:         action,
 		RouteSuspend:      action,
+		RouteRestart:      action,
 		RouteSecretsList:  action,
 		RouteSecretSet:    action,
 		RouteSecretsSet:   action,
@@ -273,6 +279,7 @@ const (
 	RouteStart        = "fly.start"
 	RouteStop         = "fly.stop"
 	RouteSuspend      = "fly.suspend"
+	RouteRestart      = "fly.restart"
 	RouteSecretsList  = "fly.secrets_list"
 	RouteSecretSet    = "fly.secret_set"
 	RouteSecretsSet   = "fly.secrets_update"
@@ -311,6 +318,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.FlyToken == "" {
 		c.FlyToken = "fo1_sim_" + randomToken(32)
+	}
+	if c.SealKey == "" {
+		c.SealKey = randomToken(32)
 	}
 	if len(c.DrainKey) == 0 {
 		c.DrainKey = []byte(randomToken(32))

@@ -48,7 +48,8 @@ type ControlOp struct {
 	// unreachable), "move_tag" (Image's tag to Digest), "set_down"
 	// (State: stopped or suspended), "transient" (State: one of Fly's
 	// transient states, for Duration), "graphql_unauthorized" (On: Fly's
-	// GraphQL API refuses the token).
+	// GraphQL API refuses the token), "reject_env" (Key, Value, Platform,
+	// Code: gateways booted with that env value park the platform).
 	Op        string   `json:"op"`
 	App       string   `json:"app"`
 	MachineID string   `json:"machine_id"`
@@ -67,6 +68,8 @@ type ControlOp struct {
 	Platform  string   `json:"platform"`
 	Code      string   `json:"code"`
 	OOM       bool     `json:"oom"`
+	Key       string   `json:"key"`
+	Value     string   `json:"value"`
 }
 
 // handleControl serves /_sim/state (GET), /_sim/faults (POST, a map of
@@ -181,6 +184,12 @@ func (s *Sim) control(w http.ResponseWriter, op ControlOp) {
 		default:
 			s.SlowStart(op.Image, op.Duration.Duration)
 		}
+	case "reject_env":
+		if op.Key == "" || op.Platform == "" {
+			writeJSON(w, http.StatusBadRequest, flyError{Error: "key and platform are required"})
+			return
+		}
+		s.RejectEnv(op.Key, op.Value, op.Platform, op.Code)
 	case "hold_lease":
 		if !needMachine() {
 			return

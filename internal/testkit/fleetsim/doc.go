@@ -58,11 +58,19 @@
 //	GET    …/{id}/lease                      200 lease (nonce, owner, description) | 404
 //	DELETE …/{id}/lease                      200 | 404 "lease not found" | 409 wrong nonce
 //	POST   …/{id}/start, …/{id}/stop, …/{id}/suspend   200 | 412 while replacing | 400 suspend refused
+//	POST   …/{id}/restart                    200: the same instance, a new boot | 412 unless started
 //	POST   /graphql                          Fly's GraphQL API: createRelease, updateRelease, app { releasesUnprocessed, currentReleaseUnprocessed }
 //	GET    /v1/apps/{app}/secrets            {"secrets":[{name,digest,created_at,updated_at}…]} (never values)
 //	POST   /v1/apps/{app}/secrets/{name}     {"value":…} → 201 {name,digest,…,"version":N}
 //	POST   /v1/apps/{app}/secrets            {"values":{name: value|null}} → {"secrets":[…],"version":N}
 //	DELETE /v1/apps/{app}/secrets/{name}     {"version":N} | 404
+//
+// An update stores config.env as sent and the new instance boots with it
+// (MachineView.Env); RejectEnv(key, value, platform) parks that platform
+// on a gateway booted with that value (a bot token Telegram refuses). A
+// restart (POST …/restart) keeps the instance id, config and secrets, and
+// boots a new epoch; an update always makes a new instance id, even of an
+// unchanged config (change.go, with its sources).
 //
 // App secrets have one version per app, bumped by every write. A machine
 // sees the secrets only of the version it was last recreated with: an
@@ -331,6 +339,7 @@
 //	config.go, scenario.go   Config and its defaults; the TOML scenario of `migrator fleetsim`
 //	server.go       the HTTP server, auth, rate limits and injected faults (SetFaults)
 //	flyapi.go, secrets.go, registry.go   the Machines API, app secrets, the image registry
+//	change.go       config.env and the agent that rejects a value (RejectEnv), the restart endpoint
 //	dashboard.go    the Hermes dashboard: drain and status
 //	control.go      /_sim/state, /_sim/faults, /_sim/control for another process
 package fleetsim

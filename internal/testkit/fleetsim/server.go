@@ -77,6 +77,7 @@ func (s *Sim) Env() map[string]string {
 		"FLY_FLAPS_BASE_URL":   s.FlyBaseURL(),
 		"MIGRATOR_GATEWAY_URL": s.GatewayURLTemplate(),
 		"MIGRATOR_DRAIN_KEY":   string(s.cfg.DrainKey),
+		"MIGRATOR_SEAL_KEY":    s.cfg.SealKey,
 		"MIGRATOR_FLY_ORG":     s.cfg.Org,
 		// Where run create and the auto-update cron pin registry.fly.io
 		// images (the simulator's registry, registry.go).
@@ -103,6 +104,7 @@ func (s *Sim) Handler() http.Handler {
 	mux.HandleFunc("POST "+ms+"/start", s.fly(RouteStart, scopeMachine, s.handleStart))
 	mux.HandleFunc("POST "+ms+"/stop", s.fly(RouteStop, scopeMachine, s.handleStop))
 	mux.HandleFunc("POST "+ms+"/suspend", s.fly(RouteSuspend, scopeMachine, s.handleSuspend))
+	mux.HandleFunc("POST "+ms+"/restart", s.fly(RouteRestart, scopeMachine, s.handleRestart))
 	mux.HandleFunc("GET /v1/apps/{app}/secrets", s.fly(RouteSecretsList, scopeApp, s.handleListSecrets))
 	mux.HandleFunc("POST /v1/apps/{app}/secrets", s.fly(RouteSecretsSet, scopeApp, s.handleUpdateSecrets))
 	mux.HandleFunc("POST /v1/apps/{app}/secrets/{name}", s.fly(RouteSecretSet, scopeApp, s.handleSetSecret))

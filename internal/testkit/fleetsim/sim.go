@@ -44,7 +44,10 @@ type Sim struct {
 	// terminal Nous session, a crash loop.
 	parkPlatform map[string]map[string]string
 	terminalNous map[string]bool
-	crashLoop    map[string]CrashLoop
+	// rejectEnv: gateways booted with an env value that a platform
+	// rejects park it (change.go).
+	rejectEnv []envReject
+	crashLoop map[string]CrashLoop
 	// gqlUnauthorized: Fly's GraphQL API refuses every request as for a
 	// token without the scope (releases.go).
 	gqlUnauthorized bool
@@ -286,6 +289,9 @@ func (s *Sim) mustMachine(appName, id string) *machine {
 
 // FlyToken is the token the Machines API accepts.
 func (s *Sim) FlyToken() string { return s.cfg.FlyToken }
+
+// SealKey is the MIGRATOR_SEAL_KEY Env hands migrator.
+func (s *Sim) SealKey() string { return s.cfg.SealKey }
 
 // DrainKey is the key every agent's drain secret is derived from.
 func (s *Sim) DrainKey() []byte { return append([]byte(nil), s.cfg.DrainKey...) }

@@ -1,6 +1,7 @@
 package fleetsim
 
 import (
+	"maps"
 	"time"
 
 	fly "github.com/superfly/fly-go"
@@ -81,6 +82,13 @@ type MachineView struct {
 	Platforms   map[string]string
 	NousSession string
 	Restarts    int
+	// Env is config.env: what the running agent booted with (an update
+	// applies it at the new instance's boot, a restart keeps it).
+	// SecretsVersion is the app secrets version the instance booted with;
+	// Epoch changes with every boot of the VM (a restart's too).
+	Env            map[string]string
+	SecretsVersion uint64
+	Epoch          int
 
 	TurnsServed, TurnsRefused, TurnsMissed, TurnsInterrupted, TurnsLost int
 	// DrainingTime is how long the gateway has been "draining" in all
@@ -139,6 +147,7 @@ func (s *Sim) view(m *machine, now time.Time) MachineView {
 		TurnsServed:    m.served, TurnsRefused: m.refused, TurnsMissed: m.missed,
 		TurnsInterrupted: m.interrupted, TurnsLost: m.lost, DrainingTime: m.draining,
 		NousSession: s.nousAt(m), Restarts: m.restarts, Platforms: map[string]string{},
+		Env: maps.Clone(m.config.Env), SecretsVersion: m.secretsVersion, Epoch: m.epoch,
 		Requests: m.requests, FirstRequest: m.firstReq, LastRequest: m.lastReq, LongestQuiet: m.longestQuiet,
 		LongestQuietEnd: m.longestQuietEnd, DrainsBegun: m.drainsBegun,
 	}
