@@ -2,6 +2,7 @@ package orchestrator_test
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"testing"
 	"time"
@@ -95,7 +96,9 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	}
 	t.Cleanup(sim.Close)
 	_, pool := storetest.NewDB(t)
-	key, err := seal.NewKey("test seal key", []byte("0123456789abcdef0123456789abcdef"))
+	raw := make([]byte, seal.KeyBytes)
+	_, _ = rand.Read(raw) // a generator's key, as serve is given (seal refuses made-up ones)
+	key, err := seal.NewKey("test seal key", raw)
 	if err != nil {
 		t.Fatal(err)
 	}
