@@ -190,7 +190,7 @@ func (sb *sandbox) startWorker(ctx context.Context) error {
 	sb.onCleanup(func() { _ = logf.Close() })
 	log := slog.New(slog.NewJSONHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	sb.comp, err = loadComponents(ctx, se, needs{fleet: true, gateway: true}, log)
+	sb.comp, err = loadComponents(ctx, se, needs{fleet: true, gateway: true, sealKey: true}, log)
 	if err != nil {
 		return fmt.Errorf("sandbox: wire the worker: %w", err)
 	}
