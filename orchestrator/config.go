@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/hermes"
 )
 
 // Config tunes the orchestrator. Durations are in the Clock's time, so a
@@ -63,10 +64,24 @@ type Config struct {
 	// bind's login gate is told apart as an older Hermes or a missing
 	// secret by the agent's version (gateway.Explain401). "": not told.
 	MinDrainVersion string
+	// Hermes is the minimum Hermes version of each feature serve relies on
+	// (MIGRATOR_HERMES_FEATURES): what an agent's version lacks changes its
+	// decision, its rollback and its audit (hermes_features.go). The zero
+	// Table is hermes.Default(), the first releases that carry each.
+	Hermes hermes.Table
 	// Clock is the time source. Default clock.Real().
 	Clock clock.Clock
 	// Logger receives one line per transition. Default: discard.
 	Logger *slog.Logger
+}
+
+// minDrainVersion is the drain route's minimum Hermes version:
+// MinDrainVersion when set, else the features table's drain_route.
+func (c Config) minDrainVersion() string {
+	if c.MinDrainVersion != "" {
+		return c.MinDrainVersion
+	}
+	return c.Hermes.Min(hermes.DrainRoute)
 }
 
 // DefaultLeaseWait is Config.LeaseWait's default: long enough for a

@@ -146,6 +146,9 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		}
 	}
 	drain := running(mach.State)
+	// What the agent's Hermes version changes (hermes_features.go): a
+	// quiet decision it cannot honour is recorded loud, lacks flagged.
+	hermesDetail := s.hermesDecide(ctx, &d, drain)
 
 	// The run's overrides are in d already (decideFor).
 	drainWait, undrainable := d.Wait, d.Undrainable
@@ -165,10 +168,17 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		to = store.StateUpdating
 		s.w.Drain.Outcome = store.DrainNotRunning
 	}
-	if err := s.transition(ctx, to, map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
+	detail := map[string]any{"quiet": d.Quiet, "rule": d.Rule, "policy_version": d.Version,
 		"on_deadline": d.OnDeadline, "deadline_at": now.Add(drainWait), "machine_state": mach.State,
 		"launch": s.m.Launch, "from_digest": s.m.FromDigest,
-		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable}); err != nil {
+		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable}
+	if hermesDetail != nil {
+		detail["hermes"] = hermesDetail
+	}
+	if s.quietBy != "" && d.IdleQuietFor > 0 {
+		detail["idle_quiet_for"], detail["quiet_shown_by"] = d.IdleQuietFor.String(), s.quietBy
+	}
+	if err := s.transition(ctx, to, detail); err != nil {
 		return next{}, err
 	}
 	if s.idleResult != "" {

@@ -57,6 +57,11 @@ type Migration struct {
 	// agent for an idle moment (FillSlots leaves it alone). SaveStep
 	// stores it only with state pending.
 	IdleWatch bool
+	// QuietSince is when the current run of looks that found nothing in
+	// flight began (zero: the last look found work in flight, or could not
+	// read the status). An idle moment with idle_quiet_for needs it that
+	// old (016).
+	QuietSince time.Time
 	// A real fleet (009). FromDigest and FromImageRef are what ran before
 	// the update (image_ref's digest, and fly-go's FullImageRef
 	// "registry/repository:tag@digest"), read under the lease; ToDigest is
@@ -135,7 +140,7 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 	m.first_peek_at, m.last_peek_at, m.peeks, m.peek_active_agents,
 	m.from_digest, m.from_image_ref, m.to_digest, m.machine_state, m.lease_wait_since, m.lease_wait_owner,
 	m.lease_wait_ended_at, m.signals_before, m.signals_after, m.deciding_signal, m.bake_started_at, m.bake_until,
-	m.idle_watch`
+	m.idle_watch, m.quiet_since`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
@@ -147,6 +152,7 @@ const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, 
 type migrationTimes struct {
 	nb, lease, upd, started, finished, firstPeek, lastPeek *time.Time
 	leaseWaitSince, leaseWaitEnded, bakeStarted, bakeUntil *time.Time
+	quietSince                                             *time.Time
 }
 
 func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
@@ -157,7 +163,7 @@ func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
 		&t.firstPeek, &t.lastPeek, &m.Peeks, &m.PeekActiveAgents,
 		&m.FromDigest, &m.FromImageRef, &m.ToDigest, &m.MachineState, &t.leaseWaitSince, &m.LeaseWaitOwner,
 		&t.leaseWaitEnded, &m.SignalsBefore, &m.SignalsAfter, &m.DecidingSignal, &t.bakeStarted, &t.bakeUntil,
-		&m.IdleWatch}
+		&m.IdleWatch, &t.quietSince}
 }
 
 func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
@@ -165,6 +171,7 @@ func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
 	m.FirstPeekAt, m.LastPeekAt = fromNullTime(t.firstPeek), fromNullTime(t.lastPeek)
 	m.LeaseWaitSince, m.LeaseWaitEndedAt = fromNullTime(t.leaseWaitSince), fromNullTime(t.leaseWaitEnded)
 	m.BakeStartedAt, m.BakeUntil = fromNullTime(t.bakeStarted), fromNullTime(t.bakeUntil)
+	m.QuietSince = fromNullTime(t.quietSince)
 	m.NotBefore, m.LeaseExpiresAt, m.UpdatedMachineAt = fromNullTime(nb), fromNullTime(lease), fromNullTime(upd)
 	m.StartedAt, m.FinishedAt = fromNullTime(started), fromNullTime(finished)
 	if err := json.Unmarshal(labels, &m.Labels); err != nil {
@@ -344,7 +351,7 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		m.FromDigest, m.FromImageRef, m.ToDigest, m.MachineState, nullTime(m.LeaseWaitSince), m.LeaseWaitOwner,
 		nullTime(m.LeaseWaitEndedAt),
 		nullJSON(m.SignalsBefore), nullJSON(m.SignalsAfter), m.DecidingSignal, nullTime(m.BakeStartedAt), nullTime(m.BakeUntil),
-		m.IdleWatch)
+		m.IdleWatch, nullTime(m.QuietSince))
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -362,7 +369,7 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 // (from/to digests, from image ref, state under the lease, the wait for
 // another deployer's lease), $64-$68 the machine's signals before and
 // after, deciding signal and bake, $69 the machine's idle watch (kept only
-// while pending). The drain and the events
+// while pending), $70 when its current run of idle looks began. The drain and the events
 // are written only when the machine's version guard held. A drain row
 // written again takes the whole decision (a machine decided down that a
 // user woke before its update is decided again, with a drain).
@@ -376,7 +383,7 @@ WITH m AS (
 		from_digest = $57, from_image_ref = $58, to_digest = $59, machine_state = $60,
 		lease_wait_since = $61, lease_wait_owner = $62, lease_wait_ended_at = $63,
 		signals_before = $64::jsonb, signals_after = $65::jsonb, deciding_signal = $66,
-		bake_started_at = $67, bake_until = $68, idle_watch = $69 AND $6 = 'pending',
+		bake_started_at = $67, bake_until = $68, idle_watch = $69 AND $6 = 'pending', quiet_since = $70,
 		started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
 		finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
 		version = version + 1, updated_at = now()

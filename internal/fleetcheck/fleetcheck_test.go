@@ -175,10 +175,12 @@ func TestCheckGatedBind(t *testing.T) {
 			"hermes-agent-3": gateway.NoSecret, "hermes-agent-4": gateway.NoSecret},
 			map[string]string{"hermes-agent-2": "older Hermes v0 (below v1) without the drain route", "hermes-agent-3": "no drain secret configured",
 				"hermes-agent-4": "another drain secret than ours"}},
-		{"", map[string]gateway.Readiness{"hermes-agent-1": gateway.Ready, "hermes-agent-2": gateway.NoSecretOrRoute,
-			"hermes-agent-3": gateway.NoSecretOrRoute, "hermes-agent-4": gateway.NoSecret},
-			map[string]string{"hermes-agent-2": "an older Hermes without the drain route, or no drain secret configured (version v0)",
-				"hermes-agent-3": "(version v1)"}},
+		// Unset: the features table's drain_route, 0.18.0 (hermes-agent
+		// #52937, first released in 0.18.0).
+		{"", map[string]gateway.Readiness{"hermes-agent-1": gateway.Ready, "hermes-agent-2": gateway.NoDrainRoute,
+			"hermes-agent-3": gateway.NoSecret, "hermes-agent-4": gateway.NoSecret},
+			map[string]string{"hermes-agent-2": "older Hermes v0 (below 0.18.0) without the drain route",
+				"hermes-agent-3": "Hermes v1 has the drain route but no drain secret configured"}},
 	} {
 		rep, err := fleetcheck.Check(ctx, fleetcheck.Config{MinDrainVersion: tc.min}, gw, machines)
 		if err != nil {

@@ -46,6 +46,9 @@ func (s *Sim) completeBoot(m *machine) {
 	}
 	m.startedAt, m.gwStart = m.bootAt, m.bootAt
 	m.epoch++
+	// A new gateway process: does it start (hermes.go)? Decided on the
+	// config the boot ends on.
+	defer s.hermesBooted(m)
 	if m.restartBoot {
 		m.restartBoot = false
 		// flyd's restart policy started the same instance again: same
@@ -92,7 +95,7 @@ func (s *Sim) phaseAt(m *machine, t time.Time) phase {
 	switch {
 	case m.state != vmStarted || t.Before(m.startedAt) || m.hostStatus != "":
 		return phaseOff
-	case m.gatewayDown:
+	case m.gatewayDown || m.dark():
 		return phaseDown
 	case t.Before(m.gwStart.Add(m.gwStartup)):
 		return phaseStarting
@@ -116,6 +119,7 @@ func (s *Sim) markerCurrent(m *machine, t time.Time) bool {
 func (s *Sim) advance(m *machine, now time.Time) {
 	s.foreignLease(m, now)
 	s.accrue(m, now)
+	s.advanceHermes(m, now)
 	for {
 		at, ok := m.turns.peek()
 		if !ok || at.After(now) {
@@ -134,6 +138,7 @@ func (s *Sim) advance(m *machine, now time.Time) {
 				m.inflight = pruneTurns(m.inflight, t.start)
 			}
 			m.inflight = append(m.inflight, t)
+			s.admitted(m, t)
 			m.served++
 			m.lastTraffic = later(m.lastTraffic, t.end())
 		case phaseDraining:
@@ -236,6 +241,7 @@ func (s *Sim) sigterm(m *machine, now time.Time, cause string) {
 		sd.Quiet = sd.Draining && m.marker.suppress
 		sd.HomeBroadcast = !sd.Quiet
 	}
+	s.hermesSigterm(m, now, ph, &sd)
 	m.interrupted += len(m.inflight)
 	m.inflight = m.inflight[:0]
 	m.staleChecks = s.checksAt(m, now)

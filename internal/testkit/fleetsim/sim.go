@@ -45,6 +45,7 @@ type Sim struct {
 	parkPlatform map[string]map[string]string
 	terminalNous map[string]bool
 	crashLoop    map[string]CrashLoop
+	hermes       simHermes  // older Hermes feature sets and dashboards (hermes.go)
 	relief       reliefHeap // when disrupted machines may stop being disrupted
 	refusals     []Refusal
 	disrupted    int
