@@ -215,7 +215,9 @@ func (c *Client) Status(ctx context.Context, t Target) (Status, error) {
 		s.ActiveAgents = *r.ActiveAgents
 	}
 	if r.Version != nil {
-		s.Version = *r.Version
+		// The tenant's text: one printable line, bounded, before it is
+		// compared, stored or shown.
+		s.Version = oneLine(*r.Version)
 	}
 	if r.RestartDrainTimeout != nil {
 		s.RestartDrainTimeout = *r.RestartDrainTimeout

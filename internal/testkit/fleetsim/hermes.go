@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	mrand "math/rand/v2"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/hermes-cloud/migrator/internal/gateway"
@@ -119,9 +120,16 @@ func (m *machine) hermes() *agentHermes {
 func (m *machine) dark() bool { return m.h != nil && m.h.dark }
 
 // hermesVersion is the version agents on image report.
+// An image pinned to its digest ("repo:tag@sha256:…", what a rollback
+// sends) is the same build as its tag.
 func (s *Sim) hermesVersion(image string) string {
 	if v, ok := s.cfg.HermesVersions[image]; ok {
 		return v
+	}
+	if tagged, _, pinned := strings.Cut(image, "@"); pinned {
+		if v, ok := s.cfg.HermesVersions[tagged]; ok {
+			return v
+		}
 	}
 	return versionOf(image)
 }
