@@ -329,7 +329,8 @@ func runActivity(c bench.Config, backgroundShare float64, noQuiet bool, common f
 	c.MachinesPerApp = 1
 	zero := time.Duration(0)
 	first := c
-	first.Name, first.IdleWait = "activity-at-once", &zero
+	// Begin at once as before idle-first: no idle wait, no quiet.
+	first.Name, first.IdleWait, first.IdleQuietFor = "activity-at-once", &zero, &zero
 	atOnce = run(first)
 	if noQuiet {
 		mid := c

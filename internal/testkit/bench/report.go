@@ -608,9 +608,16 @@ func (r Report) writeActivity(b *strings.Builder) {
 			x.N(), x.Config.Seed, act.TurnsPerHour, act.RateSigma, fleetsim.MaxTurnsPerHour, fmtDur(act.TurnMedian), act.TurnSigma,
 			100*act.LongTaskShare, fmtDur(act.LongTaskMedian), x.Config.Budget, x.Config.Cause, x.Config.TimeScale)
 		if act.BackgroundShare > 0 {
+			median, sigma := act.BackgroundMedian, act.BackgroundSigma
+			if median == 0 {
+				median = fleetsim.DefaultBackgroundMedian
+			}
+			if sigma == 0 {
+				sigma = fleetsim.DefaultBackgroundSigma
+			}
 			fmt.Fprintf(b, "%.0f %% of the served turns leave a background delegation running after they end (log-normal, "+
 				"median %s σ %g), which active_agents does not count (a modelling choice: Hermes publishes no such rate).\n\n",
-				100*act.BackgroundShare, fmtDur(act.BackgroundMedian), act.BackgroundSigma)
+				100*act.BackgroundShare, fmtDur(median), sigma)
 		}
 	}
 	if nq != nil {
