@@ -156,9 +156,11 @@
 //
 // With the decision's IdleQuietFor (policy idle_quiet_for), a look that
 // finds nothing in flight is an idle moment only once the agent showed
-// nothing in flight that long: active_sessions 0 on its /api/status (no
-// session active for 300 s), or every look since quiet_since found nothing
-// in flight, quiet_since being IdleQuietFor ago; until then the machine
+// nothing in flight that long: where /api/status has active_sessions, it
+// must be 0 (no session active for 300 s: a turn that came and went
+// between two looks shows there); an older Hermes without it needs every
+// look since quiet_since to find nothing in flight, quiet_since being
+// IdleQuietFor ago; until then the machine
 // goes back to pending without its slot, as when busy, and looks again
 // when the quiet would be shown (background work is not in active_agents;
 // hermes_features.go). A drain not begun at such a moment waits as long

@@ -49,7 +49,7 @@ import (
 // does with it.
 type HermesNote struct {
 	Feature hermes.Feature `json:"feature"`
-	// Effect: HermesRecordedLoud, HermesRollbackRefused or
+	// Effect: HermesRecordedLoud, HermesNoBlindRollback or
 	// HermesCronUnseen.
 	Effect string `json:"effect"`
 	// Reason is one line for people.
@@ -60,9 +60,9 @@ type HermesNote struct {
 const (
 	// HermesRecordedLoud: a quiet decision recorded and sent loud.
 	HermesRecordedLoud = "recorded_loud"
-	// HermesRollbackRefused: a rollback onto the agent's image would not
+	// HermesNoBlindRollback: a rollback onto the agent's image would not
 	// be attempted.
-	HermesRollbackRefused = "rollback_refused"
+	HermesNoBlindRollback = "no_blind_rollback"
 	// HermesCronUnseen: cron work is not in active_agents; flagged.
 	HermesCronUnseen = "cron_unseen"
 )
@@ -83,7 +83,7 @@ func hermesDecision(t hermes.Table, version string, d policy.Decision, running b
 			version, t.Min(hermes.QuietFlag))})
 	}
 	if t.Has(version, hermes.BootSelfHeal) == hermes.Lacks {
-		notes = append(notes, HermesNote{Feature: hermes.BootSelfHeal, Effect: HermesRollbackRefused, Reason: fmt.Sprintf(
+		notes = append(notes, HermesNote{Feature: hermes.BootSelfHeal, Effect: HermesNoBlindRollback, Reason: fmt.Sprintf(
 			"Hermes %s lacks boot self-heal (hermes-agent #55397, since %s): a rollback onto it would leave the agent dark, so none is attempted; a failed new image fails the machine for a person",
 			version, t.Min(hermes.BootSelfHeal))})
 	}
@@ -160,20 +160,48 @@ func quietShown(st gateway.Status, q time.Duration) bool {
 	return st.ActiveSessions != nil && *st.ActiveSessions == 0 && q <= hermes.ActiveSessionWindow
 }
 
-// quietFor reports whether an idle look (nothing in flight now) also shows
-// the agent quiet for q: q is 0, the status shows it (quietShown), or the
-// looks have found nothing in flight since since (QuietSince), at least q
-// ago. how names which ("" when not quiet).
+// quietLook says whether an idle look (nothing in flight now) continues
+// the agent's quiet: when /api/status has active_sessions it must be 0 too
+// (a turn that came and went between two looks is seen only there: the
+// session it touched stays active for 300 s); an older Hermes without the
+// field has only active_agents.
+func quietLook(st gateway.Status) bool {
+	return st.ActiveAgents == 0 && (st.ActiveSessions == nil || *st.ActiveSessions == 0)
+}
+
+// quietFor reports whether an idle look also shows the agent quiet for q,
+// given since, when the current run of quiet looks began (QuietSince,
+// this look included). With active_sessions every quiet look shows the 300
+// s before it, so the run needs to be only q - 300 s long (0 for the
+// auto-update's 2m); without it, q long: two looks q apart, which cannot
+// see a turn that came and went between them. how names which ("" when not
+// quiet).
 func quietFor(q time.Duration, st gateway.Status, since, now time.Time) (ok bool, how string) {
 	switch {
 	case q <= 0:
 		return true, "none needed"
-	case quietShown(st, q):
-		return true, "active_sessions 0"
-	case !since.IsZero() && now.Sub(since) >= q:
-		return true, "nothing in flight at every look for " + now.Sub(since).Round(time.Second).String()
+	case !quietLook(st) || since.IsZero():
+		return false, ""
+	case st.ActiveSessions != nil && now.Sub(since)+hermes.ActiveSessionWindow >= q:
+		return true, "active_sessions 0 (no session active for 300 s)"
+	case st.ActiveSessions == nil && now.Sub(since) >= q:
+		return true, "nothing in flight at every look for " + now.Sub(since).Round(time.Second).String() + " (no active_sessions)"
 	}
 	return false, ""
+}
+
+// quietNext is when to look again at an agent with nothing in flight whose
+// quiet is not yet shown: when it would be, if it holds; with sessions
+// still active, after the usual pause (pause): a session leaves the count
+// 300 s after its last activity, which /api/status does not say.
+func quietNext(q time.Duration, st gateway.Status, since, now time.Time, pause time.Duration) time.Time {
+	switch {
+	case !quietLook(st) || since.IsZero():
+		return now.Add(pause)
+	case st.ActiveSessions != nil:
+		return since.Add(q - hermes.ActiveSessionWindow)
+	}
+	return since.Add(q)
 }
 
 // drainQuiet reports whether a quiescent drain may end now: the decision

@@ -26,8 +26,8 @@ func TestHermesDecision(t *testing.T) {
 		effects   []string
 	}{
 		{"0.17.2 quiet: loud, no rollback, cron unseen", "0.17.2", quiet, true, false,
-			[]string{HermesRecordedLoud, HermesRollbackRefused, HermesCronUnseen}},
-		{"0.17.2 loud: nothing to make loud", "0.17.2", loud, true, false, []string{HermesRollbackRefused, HermesCronUnseen}},
+			[]string{HermesRecordedLoud, HermesNoBlindRollback, HermesCronUnseen}},
+		{"0.17.2 loud: nothing to make loud", "0.17.2", loud, true, false, []string{HermesNoBlindRollback, HermesCronUnseen}},
 		{"0.18.0: quiet kept, cron unseen", "0.18.0", quiet, true, true, []string{HermesCronUnseen}},
 		{"0.19.0: nothing", "0.19.0", quiet, true, true, nil},
 		{"0.21.5: nothing", "v0.21.5", quiet, true, true, nil},
@@ -68,30 +68,40 @@ func TestHermesDecision(t *testing.T) {
 	}
 }
 
-// quietFor: an idle look counts once the agent was quiet for q: by
-// active_sessions 0 (q within its 300 s), or by looks that found nothing in
-// flight since long enough.
+// quietFor: an idle look counts once the agent was quiet for q. With
+// active_sessions, each quiet look (sessions 0 too) shows the 300 s before
+// it; without the field, only looks q apart do (blind between them).
 func TestQuietFor(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	zero, two := 0, 2
 	for _, tc := range []struct {
 		name     string
 		q        time.Duration
+		active   int
 		sessions *int
 		since    time.Time
 		want     bool
+		next     time.Duration // the next look after now when not quiet
 	}{
-		{"no quiet needed", 0, &two, now, true},
-		{"active_sessions 0 shows 300 s", 2 * time.Minute, &zero, now, true},
-		{"active_sessions 0 cannot show more than 300 s", 6 * time.Minute, &zero, now, false},
-		{"active_sessions absent, first idle look", 2 * time.Minute, nil, now, false},
-		{"sessions active, idle since 1m", 2 * time.Minute, &two, now.Add(-time.Minute), false},
-		{"sessions active, idle since 2m", 2 * time.Minute, &two, now.Add(-2 * time.Minute), true},
-		{"no run of idle looks", 2 * time.Minute, &two, time.Time{}, false},
+		{"no quiet needed", 0, 0, &two, time.Time{}, true, 0},
+		{"active_sessions 0 shows 300 s at once", 2 * time.Minute, 0, &zero, now, true, 0},
+		{"active_sessions 0 for 6m needs 1m of quiet looks", 6 * time.Minute, 0, &zero, now, false, time.Minute},
+		{"… which it has", 6 * time.Minute, 0, &zero, now.Add(-time.Minute), true, 0},
+		{"sessions active: not quiet, however long nothing was in flight", 2 * time.Minute, 0, &two, now.Add(-time.Hour), false, 30 * time.Second},
+		{"no active_sessions field, first idle look", 2 * time.Minute, 0, nil, now, false, 2 * time.Minute},
+		{"no active_sessions field, idle since 1m", 2 * time.Minute, 0, nil, now.Add(-time.Minute), false, time.Minute},
+		{"no active_sessions field, idle since 2m", 2 * time.Minute, 0, nil, now.Add(-2 * time.Minute), true, 0},
+		{"work in flight", 2 * time.Minute, 1, &zero, now.Add(-time.Hour), false, 30 * time.Second},
 	} {
-		st := gateway.Status{Running: true, State: gateway.StateRunning, ActiveSessions: tc.sessions}
-		if got, how := quietFor(tc.q, st, tc.since, now); got != tc.want || got == (how == "") {
+		st := gateway.Status{Running: true, State: gateway.StateRunning, ActiveAgents: tc.active, ActiveSessions: tc.sessions}
+		got, how := quietFor(tc.q, st, tc.since, now)
+		if got != tc.want || got == (how == "") {
 			t.Errorf("%s: quiet %v (%q), want %v", tc.name, got, how, tc.want)
+		}
+		if !got {
+			if next := quietNext(tc.q, st, tc.since, now, 30*time.Second).Sub(now); next != tc.next {
+				t.Errorf("%s: next look in %s, want %s", tc.name, next, tc.next)
+			}
 		}
 	}
 }

@@ -170,10 +170,12 @@ func TestDisabledPlatformIsNotARegression(t *testing.T) {
 }
 
 // A background delegation still running after its turn ended is not in
-// active_agents. The auto-update's idle_quiet_for (2m) lets one that ends
-// within it finish before the drain; without it (0s) the drain begins at
-// the first idle look and cuts it off. One that runs longer than the quiet
-// is still cut off: that is what stays blind.
+// active_agents. With the auto-update's idle_quiet_for (2m), an idle look
+// also needs active_sessions 0: the turn's session stays active 300 s
+// after it ended, so a delegation that ends within those 5 minutes
+// finishes before the drain; without it (0s) the drain begins at the first
+// idle look and cuts it off. One that runs longer than 300 s after its
+// turn is still cut off: that is what stays blind.
 func TestBackgroundDelegationAndIdleQuietFor(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -183,9 +185,10 @@ func TestBackgroundDelegationAndIdleQuietFor(t *testing.T) {
 		cutOff  int
 		minWait time.Duration
 	}{
-		{"2m quiet, a 90 s delegation finishes", "2m", 90 * time.Second, 0, 2 * time.Minute},
-		{"no quiet, the delegation is cut off", "0s", 90 * time.Second, 1, 0},
-		{"2m quiet, a 4-minute delegation: still blind", "2m", 4 * time.Minute, 1, 2 * time.Minute},
+		// The session was active until 5 s + 300 s from the run's start.
+		{"2m quiet, a 4-minute delegation finishes", "2m", 4 * time.Minute, 0, 290 * time.Second},
+		{"no quiet, the delegation is cut off", "0s", 4 * time.Minute, 1, 0},
+		{"2m quiet, an 8-minute delegation: still blind", "2m", 8 * time.Minute, 1, 290 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -59,7 +59,10 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 		// idle_quiet_for too (background work is not in active_agents;
 		// hermes_features.go).
 		result = PeekQuietWait
-		if s.m.QuietSince.IsZero() {
+		switch {
+		case !quietLook(st):
+			s.m.QuietSince = time.Time{} // sessions active: the quiet starts again
+		case s.m.QuietSince.IsZero():
 			s.m.QuietSince = now
 		}
 		if ok, how := quietFor(d.IdleQuietFor, st, s.m.QuietSince, now); ok {
@@ -111,8 +114,8 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	s.m.SlotHeld, s.m.IdleWatch = false, true
 	if result == PeekQuietWait {
 		// Nothing in flight, quiet not yet shown: look again once it
-		// would be, if nothing comes in between.
-		s.m.NotBefore = s.m.QuietSince.Add(d.IdleQuietFor)
+		// would be, if nothing comes in between (quietNext).
+		s.m.NotBefore = quietNext(d.IdleQuietFor, st, s.m.QuietSince, now, s.lookPause(ctx))
 	} else {
 		s.m.NotBefore = now.Add(s.lookPause(ctx))
 	}
