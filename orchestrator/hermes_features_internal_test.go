@@ -87,7 +87,7 @@ func TestQuietFor(t *testing.T) {
 		{"active_sessions 0 shows 300 s at once", 2 * time.Minute, 0, &zero, now, true, 0},
 		{"active_sessions 0 for 6m needs 1m of quiet looks", 6 * time.Minute, 0, &zero, now, false, time.Minute},
 		{"… which it has", 6 * time.Minute, 0, &zero, now.Add(-time.Minute), true, 0},
-		{"sessions active: not quiet, however long nothing was in flight", 2 * time.Minute, 0, &two, now.Add(-time.Hour), false, 30 * time.Second},
+		{"sessions active: not quiet, however long nothing was in flight; next look in a fifth of 300 s", 2 * time.Minute, 0, &two, now.Add(-time.Hour), false, time.Minute},
 		{"no active_sessions field, first idle look", 2 * time.Minute, 0, nil, now, false, 2 * time.Minute},
 		{"no active_sessions field, idle since 1m", 2 * time.Minute, 0, nil, now.Add(-time.Minute), false, time.Minute},
 		{"no active_sessions field, idle since 2m", 2 * time.Minute, 0, nil, now.Add(-2 * time.Minute), true, 0},

@@ -224,3 +224,29 @@ func TestBackgroundDelegationAndIdleQuietFor(t *testing.T) {
 		})
 	}
 }
+
+// A dashboard bound to another hostname answers every call 400 "Invalid
+// Host header": the idle look does not back off on it for the idle wait
+// (no look will read it); the begin meets the same 400 and the machine
+// fails at once with it, never drained or recreated.
+func TestHostRejectedFailsAtOnce(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1, APISimTime: true}})
+	app, id := w.sim.Apps()[0], w.sim.MachineIDs(w.sim.Apps()[0])[0]
+	w.sim.SetHostRejected(app, true)
+	start := w.clk.Now()
+	run := w.createRun(orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: imgV2})
+	if r := w.waitRun(run.ID, time.Minute); r.State != store.RunFailed {
+		t.Fatalf("run %s (%s)", r.State, r.StateReason)
+	}
+	row := w.history(run.ID)[id]
+	if row.Outcome != store.OutcomeFailed || !strings.Contains(row.Error, "Invalid Host header") || row.Recreated {
+		t.Errorf("%+v: want failed naming the 400, never recreated", row)
+	}
+	if took := w.clk.Now().Sub(start); took > 2*time.Minute {
+		t.Errorf("failed after %s: the idle look backed off on a permanent answer", took)
+	}
+	if v := w.sim.Machine(app, id); v.Updates != 0 || v.MarkerPresent {
+		t.Errorf("machine %+v: touched", v)
+	}
+}

@@ -145,7 +145,8 @@ func (s *step) sleep(ctx context.Context, d time.Duration) bool {
 // explain401 says which 401 a drain call got: the drain route's own (the
 // agent holds another secret), or a gated bind's login gate before
 // routing, which the agent's /api/status version against the drain
-// route's minimum (Config.minDrainVersion) tells apart as an older Hermes or a missing secret (one status read).
+// route's minimum (Config.minDrainVersion) tells apart as an older Hermes
+// or a missing secret (one status read).
 func (s *step) explain401(ctx context.Context, err error) string {
 	version := ""
 	if st, serr := s.o.gw.Status(ctx, s.target()); serr == nil {

@@ -50,6 +50,12 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 		// is nobody to wait for; the step reads the machine and decides.
 		s.idleResult, s.m.Error = IdleFound, ""
 		return next{}, false, nil
+	case serr != nil && gateway.IsPermanent(serr):
+		// Refused for good (400 Invalid Host header, 401, 403): no later
+		// look reads it. The begin meets the same answer and fails the
+		// machine with it, instead of the idle wait backing off in vain.
+		s.idleResult, s.m.Error = IdleFound, ""
+		return next{}, false, nil
 	case serr != nil:
 		result = PeekUnreadable
 	case !st.Running:

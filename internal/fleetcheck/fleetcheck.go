@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -227,6 +228,11 @@ func probe(ctx context.Context, cfg Config, gw Gateway, m flymachines.Machine, a
 		if errors.As(res.Err, &he) {
 			a.AuthLayer = he.Layer()
 		}
+	}
+	if res.Readiness == gateway.Ready || a.AuthLayer == gateway.AuthDrainRoute {
+		// The drain route answered: whatever the version says (an image
+		// built between two tags reports the older one), it has it.
+		a.Lacks = slices.DeleteFunc(a.Lacks, func(f hermes.Feature) bool { return f == hermes.DrainRoute })
 	}
 	cfg.Logger.Debug("fleet check", "app", m.App, "machine_id", m.ID, "readiness", string(a.Readiness),
 		"status", a.StatusCode, "version", a.Version)
