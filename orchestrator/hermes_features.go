@@ -192,16 +192,19 @@ func quietFor(q time.Duration, st gateway.Status, since, now time.Time) (ok bool
 
 // quietNext is when to look again at an agent with nothing in flight whose
 // quiet is not yet shown: when it would be, if it holds; with sessions
-// still active, after the usual pause (pause) but at least a fifth of the
-// 300 s a session stays counted after its last activity (which
-// /api/status does not say): looking sooner mostly finds it still counted,
-// and every look is a write.
-func quietNext(q time.Duration, st gateway.Status, since, now time.Time, pause time.Duration) time.Time {
+// still active, after a fifth of the 300 s a session stays counted after
+// its last activity (which /api/status does not say): looking sooner
+// mostly finds it still counted, and every look is a write; otherwise
+// (work in flight) after the usual back-off, pause.
+//
+// pause is called only when it is needed (it may read the run's slot
+// queue).
+func quietNext(q time.Duration, st gateway.Status, since, now time.Time, pause func() time.Duration) time.Time {
 	switch {
 	case st.ActiveAgents == 0 && st.ActiveSessions != nil && *st.ActiveSessions > 0:
-		return now.Add(max(pause, hermes.ActiveSessionWindow/5))
+		return now.Add(hermes.ActiveSessionWindow / 5)
 	case !quietLook(st) || since.IsZero():
-		return now.Add(pause)
+		return now.Add(pause())
 	case st.ActiveSessions != nil:
 		return since.Add(q - hermes.ActiveSessionWindow)
 	}

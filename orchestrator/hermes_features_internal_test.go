@@ -99,7 +99,7 @@ func TestQuietFor(t *testing.T) {
 			t.Errorf("%s: quiet %v (%q), want %v", tc.name, got, how, tc.want)
 		}
 		if !got {
-			if next := quietNext(tc.q, st, tc.since, now, 30*time.Second).Sub(now); next != tc.next {
+			if next := quietNext(tc.q, st, tc.since, now, func() time.Duration { return 30 * time.Second }).Sub(now); next != tc.next {
 				t.Errorf("%s: next look in %s, want %s", tc.name, next, tc.next)
 			}
 		}

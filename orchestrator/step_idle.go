@@ -121,7 +121,7 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	if result == PeekQuietWait {
 		// Nothing in flight, quiet not yet shown: look again once it
 		// would be, if nothing comes in between (quietNext).
-		s.m.NotBefore = quietNext(d.IdleQuietFor, st, s.m.QuietSince, now, s.lookPause(ctx))
+		s.m.NotBefore = quietNext(d.IdleQuietFor, st, s.m.QuietSince, now, func() time.Duration { return s.lookPause(ctx) })
 	} else {
 		s.m.NotBefore = now.Add(s.lookPause(ctx))
 	}
