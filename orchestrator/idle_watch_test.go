@@ -69,7 +69,7 @@ func TestIdleWatchLooksOnItsOwnJob(t *testing.T) {
 // pending machine, and is looked at again (still idle) when it gets one.
 func TestIdleAgentWithoutAFreeSlotWaitsForOne(t *testing.T) {
 	t.Parallel()
-	pol := mustPolicy(t, "[causes.auto-update]\nidle_wait = \"20m\"\n")
+	pol := mustPolicy(t, "[causes.auto-update]\nidle_wait = \"20m\"\nidle_quiet_for = \"0s\"\n") // the look's timing, not the quiet
 	w := newWorld(t, worldOpts{sim: idleFleet(2), policy: pol, fleetCap: 1})
 	ms := machinesOf(w)
 	a, b := ms[0], ms[1]

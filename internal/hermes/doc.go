@@ -43,5 +43,7 @@
 // active_sessions, the sessions whose last activity is under
 // ActiveSessionWindow old (hermes_cli status route,
 // _count_status_active_sessions: ended_at null and now - last_active <
-// 300 s over the 50 most recent sessions). See QuietEvidence.
+// 300 s over the 50 most recent sessions; _status_active_sessions answers
+// 0 when that read takes over 0.75 s or fails, so 0 may also be a slow
+// database).
 package hermes
