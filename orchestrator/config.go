@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/hermes"
 )
 
 // Config tunes the orchestrator. Durations are in the Clock's time, so a
@@ -75,6 +76,11 @@ type Config struct {
 	// Required to create or run a change that sets env values
 	// (ErrNoSealKey); nil otherwise.
 	Sealer Sealer
+	// Hermes is the minimum Hermes version of each feature serve relies on
+	// (MIGRATOR_HERMES_FEATURES): what an agent's version lacks changes its
+	// decision, its rollback and its audit (hermes_features.go). The zero
+	// Table is hermes.Default(), the first releases that carry each.
+	Hermes hermes.Table
 	// Clock is the time source. Default clock.Real().
 	Clock clock.Clock
 	// Logger receives one line per transition. Default: discard.
@@ -83,6 +89,15 @@ type Config struct {
 
 // DefaultTransientWait is Config.TransientWait's default.
 const DefaultTransientWait = 5 * time.Minute
+
+// minDrainVersion is the drain route's minimum Hermes version:
+// MinDrainVersion when set, else the features table's drain_route.
+func (c Config) minDrainVersion() string {
+	if c.MinDrainVersion != "" {
+		return c.MinDrainVersion
+	}
+	return c.Hermes.Min(hermes.DrainRoute)
+}
 
 // DefaultLeaseWait is Config.LeaseWait's default: long enough for a
 // person's deploy of the app to finish, short enough that a lease left

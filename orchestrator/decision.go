@@ -117,15 +117,17 @@ func undrainablePath(u policy.Undrainable) DrainPath {
 // probedPath is what serve would do with an agent's drain endpoint as
 // fleetcheck probed it (the begin, step_drain.go, on the same answers): no
 // drain for a machine not running; a 404 or 401 by undrainablePath; a 403
-// fails; anything else is tried as a drain (and fails or retries as it
-// answers then).
+// or a 400 Invalid Host header fails; anything else is tried as a drain
+// (and fails or retries as it answers then).
 func probedPath(r gateway.Readiness, u policy.Undrainable) DrainPath {
 	switch r {
 	case fleetcheck.NotRunning:
 		return DrainPathNone
 	case gateway.NoSecret, gateway.NoDrainRoute, gateway.NoSecretOrRoute:
 		return undrainablePath(u)
-	case gateway.Forbidden:
+	case gateway.Forbidden, gateway.HostRejected:
+		// 403, and 400 Invalid Host header: permanent answers the begin
+		// fails on (the dashboard takes no call through this hostname).
 		return DrainPathFail
 	}
 	return DrainPathDrain

@@ -136,6 +136,9 @@ func TestProbedPath(t *testing.T) {
 		{gateway.NoSecret, policy.UndrainableRecreate, DrainPathRecreate},
 		{gateway.NoSecretOrRoute, policy.UndrainableRecreate, DrainPathRecreate},
 		{gateway.Forbidden, policy.UndrainableRecreate, DrainPathFail}, // 403 is never recreated blind
+		// 400 Invalid Host header: every call through this hostname is
+		// refused; the begin fails (permanent), never a recreate blind.
+		{gateway.HostRejected, policy.UndrainableRecreate, DrainPathFail},
 		{gateway.ServerError, policy.UndrainableRecreate, DrainPathDrain},
 		{gateway.Unreachable, policy.UndrainableRecreate, DrainPathDrain},
 		{gateway.Unexpected, policy.UndrainableFail, DrainPathDrain},

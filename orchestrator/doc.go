@@ -223,6 +223,19 @@
 // waits for them; the machine watches for the next idle moment within the
 // same idle wait (past it, the drain waits for them as without one).
 //
+// With the decision's IdleQuietFor (policy idle_quiet_for), a look that
+// finds nothing in flight is an idle moment only once the agent showed
+// nothing in flight that long: where /api/status has active_sessions, it
+// must be 0 (no session active for 300 s: a turn that came and went
+// between two looks shows there); an older Hermes without it needs every
+// look since quiet_since to find nothing in flight, quiet_since being
+// IdleQuietFor ago; until then the machine
+// goes back to pending without its slot, as when busy, and looks again
+// when the quiet would be shown (background work is not in active_agents;
+// hermes_features.go). A drain not begun at such a moment waits as long
+// once it is quiescent (quiesced_at is when it became so), up to its
+// deadline.
+//
 // The idle wait counts from the first peek (first_peek_at, kept across
 // looks, leases held elsewhere and replica crashes: it is in Postgres).
 // When it is over and the agent is still busy: on_busy = "drain" begins
@@ -262,6 +275,15 @@
 // marker must be on the volume at SIGTERM for a quiet drain to stay quiet.
 // Every way out before the update (cancel, defer at the deadline, failure)
 // cancels the drain, so the agent takes turns again.
+//
+// What the agent's Hermes version lacks (internal/hermes's table;
+// hermes_features.go) is applied before the decision is recorded, from the
+// version the look before it read (else one status read then): a quiet
+// decision for a Hermes that ignores suppress_notification is recorded and
+// sent loud; a Hermes that counts no cron work is flagged
+// (hermes.cron_unseen); and a rollback onto a Hermes without boot
+// self-heal is not attempted (the machine fails, left on the new image:
+// after this drained stop that Hermes would not start its gateway).
 //
 // Verification reads the machine once per poll (instance, image, checks and
 // events in one call), waiting on Fly's /wait only while the new instance
@@ -373,7 +395,9 @@
 // with the run's overrides applied (decideFor) and the drain path of an
 // undrainable agent: the steps take them from there, and so does
 // preview.go, the dry run (Preview: what a run would do with each machine,
-// which `run create --dry-run` only renders). Around the state machine: plan.go
+// which `run create --dry-run` only renders). hermes_features.go is what an
+// agent's Hermes version changes, and the quiet rule of idle_quiet_for,
+// shared by the idle look, the drain and the dry run. Around the state machine: plan.go
 // plans and creates runs (plan order, exclusions), orchestrator.go wires
 // River and the budget's fill job, signals.go judges an agent against its
 // own before, autoupdate.go is the periodic auto-update, metrics.go the

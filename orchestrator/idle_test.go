@@ -142,7 +142,10 @@ func TestBusyAgentIsDeferredWithoutDrainAndHoldsNoSlot(t *testing.T) {
 // turn is refused or interrupted.
 func TestBusyAgentMigratesAtItsFirstIdleMoment(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, worldOpts{sim: idleFleet(1)})
+	// The default policy but idle_quiet_for: a 3-minute quiet spell is
+	// shorter than the 300 s a session stays active after its last turn
+	// (the quiet's own test is TestBackgroundDelegationAndIdleQuietFor).
+	w := newWorld(t, worldOpts{sim: idleFleet(1), policy: mustPolicy(t, "[causes.auto-update]\nidle_quiet_for = \"0s\"\n")})
 	m := machinesOf(w)[0]
 	// The turns are placed from now; the idle wait counts from the first
 	// look, which a loaded machine makes a little later.
@@ -153,7 +156,7 @@ func TestBusyAgentMigratesAtItsFirstIdleMoment(t *testing.T) {
 		w.sim.AddTurn(m.App, m.ID, fleetsim.Turn{Session: "user", Start: at, Duration: 5 * time.Second})
 	}
 
-	run := w.createRun(orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: imgV2}) // default policy: 30m, defer
+	run := w.createRun(orchestrator.RunRequest{Cause: policy.AutoUpdate, Image: imgV2}) // the default idle wait: 30m, defer
 	r := w.waitRun(run.ID, time.Minute)
 	if r.State != store.RunSucceeded {
 		t.Fatalf("run %s: %s", r.State, r.StateReason)

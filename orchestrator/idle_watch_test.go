@@ -35,7 +35,9 @@ func (w *world) eventsWithReason(runID int64, machineID, kind, reason string) in
 // not one of its users' turns is refused.
 func TestIdleWatchLooksOnItsOwnJob(t *testing.T) {
 	t.Parallel()
-	pol := mustPolicy(t, "[causes.auto-update]\nidle_wait = \"15m\"\n")
+	// No idle_quiet_for: this is about when the look comes (the quiet's
+	// own wait is TestBackgroundDelegationAndIdleQuietFor's).
+	pol := mustPolicy(t, "[causes.auto-update]\nidle_wait = \"15m\"\nidle_quiet_for = \"0s\"\n")
 	w := newWorld(t, worldOpts{sim: idleFleet(2), policy: pol, fillEvery: time.Minute})
 	ms := machinesOf(w)
 	busy := ms[0] // first in plan order
@@ -67,7 +69,7 @@ func TestIdleWatchLooksOnItsOwnJob(t *testing.T) {
 // pending machine, and is looked at again (still idle) when it gets one.
 func TestIdleAgentWithoutAFreeSlotWaitsForOne(t *testing.T) {
 	t.Parallel()
-	pol := mustPolicy(t, "[causes.auto-update]\nidle_wait = \"20m\"\n")
+	pol := mustPolicy(t, "[causes.auto-update]\nidle_wait = \"20m\"\nidle_quiet_for = \"0s\"\n") // the look's timing, not the quiet
 	w := newWorld(t, worldOpts{sim: idleFleet(2), policy: pol, fleetCap: 1})
 	ms := machinesOf(w)
 	a, b := ms[0], ms[1]

@@ -20,7 +20,7 @@ type Observer interface {
 	// or "error".
 	AutoUpdateTick(outcome string)
 	// Peeked: a status read before a drain found the agent PeekIdle,
-	// PeekBusy or PeekUnreadable.
+	// PeekBusy, PeekQuietWait or PeekUnreadable.
 	Peeked(result string)
 	// IdleWaitEnded: a machine stopped waiting for an idle moment with
 	// result IdleFound, IdleBusyDrained or IdleBusyDeferred, after waiting
@@ -36,9 +36,12 @@ type Observer interface {
 
 // Peek and idle-wait results, as the Observer hears them.
 const (
-	PeekIdle         = "idle"
-	PeekBusy         = "busy"
-	PeekUnreadable   = "unreadable"
+	PeekIdle       = "idle"
+	PeekBusy       = "busy"
+	PeekUnreadable = "unreadable"
+	// PeekQuietWait: nothing in flight, but not yet quiet for the
+	// decision's idle_quiet_for.
+	PeekQuietWait    = "quiet_wait"
 	IdleFound        = "idle"
 	IdleBusyDrained  = "busy_drained"
 	IdleBusyDeferred = "busy_deferred"

@@ -5,8 +5,10 @@ package orchestrator
 // decision with the run's overrides (decideFor), the drain path of an
 // agent whose endpoint was probed (probedPath, undrainablePath), whether
 // it is drained at all and left down (running, down: the launch rule of
-// ready), and that a machine on a host that is not ok would be deferred
-// (ready's refuse). `run create --dry-run` only renders it. Nothing is
+// ready), that a machine on a host that is not ok would be deferred
+// (ready's refuse), and what the agent's Hermes version changes
+// (hermesDecision: a quiet drain recorded loud, no rollback onto a Hermes
+// without boot self-heal, cron work flagged). `run create --dry-run` only renders it. Nothing is
 // written and no machine or agent is changed: the probes are fleetcheck's,
 // side-effect free.
 
@@ -79,6 +81,22 @@ type MachinePreview struct {
 	// Probe is the machine's drain endpoint as probed, and what serve
 	// would do with it; nil when not probed (no Prober, or up to date).
 	Probe *DrainProbe
+	// Hermes is what the agent's Hermes version (from the probe's status
+	// read) changes in what serve does with it: the features it lacks and
+	// their effects (hermesDecision, as serve applies it before it records
+	// the decision); nil when not probed, up to date, or not running.
+	Hermes *HermesPreview
+}
+
+// HermesPreview is an agent's Hermes version and what it changes.
+type HermesPreview struct {
+	// Version is /api/status "version" ("" when unread).
+	Version string
+	// Lacks are the features the version lacks, by name, in the order
+	// Hermes gained them (none for a version that cannot be compared).
+	Lacks []string
+	// Notes are the effects on this machine's migration.
+	Notes []HermesNote
 }
 
 // DrainProbe is an agent's drain endpoint as probed, with the drain path
@@ -136,6 +154,14 @@ func (o *Orchestrator) Preview(ctx context.Context, req RunRequest, planned []Pl
 			}
 			if a, ok := probes[key]; ok {
 				mp.Probe = &DrainProbe{Agent: a, Path: probedPath(a.Readiness, d.Undrainable)}
+				if mp.Drained {
+					// What serve does before it records the decision
+					// (hermesDecide), from the version the probe read.
+					var notes []HermesNote
+					d, notes = hermesDecision(o.cfg.Hermes, a.Version, d, mp.Drained)
+					mp.Decision = &d
+					mp.Hermes = &HermesPreview{Version: a.Version, Lacks: o.cfg.Hermes.LackNames(a.Version), Notes: notes}
+				}
 			}
 		}
 		out.Machines = append(out.Machines, mp)

@@ -14,7 +14,8 @@ import (
 // what the same agent showed before its drain (shared/contracts/
 // hermes-gateway.md, "After a recreate, serving must mean…"): a platform
 // that was down before does not count against the image, one that was up
-// must be up again; a Nous session that was valid must not be terminal.
+// must be up again (or "disabled": informational, not a regression); a
+// Nous session that was valid must not be terminal.
 
 // Signals that decide a rollback besides those of verify's Fly reads.
 const (
@@ -55,6 +56,12 @@ func judgeAgent(before *gateway.Signals, after gateway.Signals, final bool) verd
 		a, ok := after.Platforms[name]
 		switch {
 		case ok && a.Up():
+			continue
+		case ok && a.Disabled():
+			// Informational: a platform this gateway deliberately does not
+			// run (a multiplexed profile's, whose ingress the default
+			// profile owns), never a regression (hermes-agent's status
+			// route leaves it out of its rollup).
 			continue
 		case ok && a.Parked():
 			return verdict{regressed: true, signal: signalPlatformParked,

@@ -57,6 +57,14 @@ func TestJudgeAgent(t *testing.T) {
 			after: sig("valid", "discord=retrying!:network"), want: signalPlatformParked, regressedWant: true, reasonHas: []string{"needs attention"}},
 		{name: "missing after (still starting up): pending", before: ptr(sig("valid", "slack=connected")),
 			after: sig("valid"), want: "~" + signalPlatformNotUp, reasonHas: []string{"slack is not reported"}},
+		// disabled is informational (hermes-agent's status route,
+		// _component_health): a multiplexed profile's platform whose
+		// ingress the default profile owns. Never a regression, not even
+		// at the end of the window.
+		{name: "up before, disabled after: not a regression", before: ptr(sig("valid", "telegram=connected", "slack=connected")),
+			after: sig("valid", "telegram=disabled", "slack=connected"), final: true, want: ""},
+		{name: "disabled before and after: nothing", before: ptr(sig("valid", "telegram=disabled")),
+			after: sig("valid", "telegram=disabled"), final: true, want: ""},
 		{name: "a new platform after: ignored", before: ptr(sig("valid", "slack=connected")),
 			after: sig("valid", "slack=connected", "matrix=fatal:x"), want: ""},
 		{name: "unknown state after: pending", before: ptr(sig("valid", "slack=ok")),

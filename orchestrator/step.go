@@ -44,6 +44,9 @@ type step struct {
 	// heldSlot: the machine held a budget slot as last committed (a save
 	// that gives it back refills it for the next machine).
 	heldSlot bool
+	// quietBy: how this execution's idle look showed the agent quiet for
+	// idle_quiet_for (quietFor), for the decided event; "" when it did not.
+	quietBy string
 	// lookedIdle: this execution's look without a slot found the agent
 	// idle (ready does not look again).
 	lookedIdle bool

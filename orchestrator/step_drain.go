@@ -144,14 +144,15 @@ func (s *step) sleep(ctx context.Context, d time.Duration) bool {
 
 // explain401 says which 401 a drain call got: the drain route's own (the
 // agent holds another secret), or a gated bind's login gate before
-// routing, which the agent's /api/status version against MinDrainVersion
-// tells apart as an older Hermes or a missing secret (one status read).
+// routing, which the agent's /api/status version against the drain
+// route's minimum (Config.minDrainVersion) tells apart as an older Hermes
+// or a missing secret (one status read).
 func (s *step) explain401(ctx context.Context, err error) string {
 	version := ""
 	if st, serr := s.o.gw.Status(ctx, s.target()); serr == nil {
 		version = st.Version
 	}
-	_, why := gateway.Explain401(err, version, s.o.cfg.MinDrainVersion)
+	_, why := gateway.Explain401(err, version, s.o.cfg.minDrainVersion())
 	return why
 }
 
@@ -240,12 +241,27 @@ func (s *step) draining(ctx context.Context) (next, error) {
 			return n, err
 		}
 	}
+	// Quiescent, and quiet for the decision's idle_quiet_for (or the
+	// deadline came first): background work is not in active_agents
+	// (hermes_features.go).
+	quiescedAt := d.QuiescedAt
+	quiet, q := s.drainQuiet(st, now)
+	changed = changed || !d.QuiescedAt.Equal(quiescedAt)
 	switch {
-	case st.Quiescent():
+	case st.Quiescent() && (quiet || !now.Before(d.DeadlineAt)):
 		d.Outcome = store.DrainQuiesced
-		d.QuiescedAt = now
+		if d.QuiescedAt.IsZero() {
+			d.QuiescedAt = now
+		}
 		d.ActiveAgentsAtRecreate = &active
-		return next{}, s.transition(ctx, store.StateUpdating, map[string]any{"drain": d.Outcome})
+		detail := map[string]any{"drain": d.Outcome}
+		if q > 0 {
+			detail["idle_quiet_for"], detail["quiet_since"] = q.String(), d.QuiescedAt
+			if !quiet {
+				detail["note"] = "idle_quiet_for not reached at the deadline"
+			}
+		}
+		return next{}, s.transition(ctx, store.StateUpdating, detail)
 	case !now.Before(d.DeadlineAt):
 		d.DeadlineReachedAt = now
 		if d.OnDeadline == string(policy.Defer) {
@@ -327,7 +343,7 @@ func (s *step) slipped(ctx context.Context, st gateway.Status) (n next, ok bool,
 	d.Outcome = store.DrainCancelled
 	active := st.ActiveAgents
 	s.m.Peeks++
-	s.m.LastPeekAt, s.m.PeekActiveAgents = now, &active
+	s.m.LastPeekAt, s.m.PeekActiveAgents, s.m.QuietSince = now, &active, time.Time{}
 	s.m.SlotHeld, s.m.IdleWatch = false, true
 	s.m.NotBefore = now.Add(s.lookPause(ctx))
 	if end := s.m.FirstPeekAt.Add(iw); s.m.NotBefore.After(end) {

@@ -50,10 +50,33 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 		// is nobody to wait for; the step reads the machine and decides.
 		s.idleResult, s.m.Error = IdleFound, ""
 		return next{}, false, nil
+	case serr != nil && gateway.IsPermanent(serr):
+		// Refused for good (400 Invalid Host header, 401, 403): no later
+		// look reads it. The begin meets the same answer and fails the
+		// machine with it, instead of the idle wait backing off in vain.
+		s.idleResult, s.m.Error = IdleFound, ""
+		return next{}, false, nil
 	case serr != nil:
 		result = PeekUnreadable
-	case !st.Running || st.ActiveAgents == 0 && st.State != gateway.StateStarting:
+	case !st.Running:
 		result = PeekIdle
+	case st.ActiveAgents == 0 && st.State != gateway.StateStarting:
+		// Nothing in flight: idle once quiet for the decision's
+		// idle_quiet_for too (background work is not in active_agents;
+		// hermes_features.go).
+		result = PeekQuietWait
+		switch {
+		case !quietLook(st):
+			s.m.QuietSince = time.Time{} // sessions active: the quiet starts again
+		case s.m.QuietSince.IsZero():
+			s.m.QuietSince = now
+		}
+		if ok, how := quietFor(d.IdleQuietFor, st, s.m.QuietSince, now); ok {
+			result, s.quietBy = PeekIdle, how
+		}
+	}
+	if result != PeekIdle && result != PeekQuietWait {
+		s.m.QuietSince = time.Time{} // work in flight (or unread): the quiet starts again
 	}
 	if serr == nil {
 		active := st.ActiveAgents
@@ -78,9 +101,13 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	case over:
 		s.m.Deferrals++
 		s.dropUnchangedStatusReads()
+		never := "never idle"
+		if result == PeekQuietWait {
+			never = fmt.Sprintf("never quiet for %s (idle_quiet_for)", d.IdleQuietFor)
+		}
 		n, err := s.finish(ctx, store.OutcomeDeferred, "", fmt.Sprintf(
-			"never idle within the idle wait of %s (%d status reads; last active_agents=%d); deferred without draining (%d of %d)",
-			idleWait, s.m.Peeks, st.ActiveAgents, s.m.Deferrals, d.MaxDeferrals))
+			"%s within the idle wait of %s (%d status reads; last active_agents=%d); deferred without draining (%d of %d)",
+			never, idleWait, s.m.Peeks, st.ActiveAgents, s.m.Deferrals, d.MaxDeferrals))
 		if err == nil {
 			s.o.obs.IdleWaitEnded(IdleBusyDeferred, max(now.Sub(s.m.FirstPeekAt), 0))
 		}
@@ -91,14 +118,29 @@ func (s *step) peek(ctx context.Context, d policy.Decision, idleWait time.Durati
 	// the latest when the idle wait ends, on this machine's own job (idle
 	// watch: snoozed until then, holding no slot).
 	s.m.SlotHeld, s.m.IdleWatch = false, true
-	s.m.NotBefore = now.Add(s.lookPause(ctx))
+	if result == PeekQuietWait {
+		// Nothing in flight, quiet not yet shown: look again once it
+		// would be, if nothing comes in between (quietNext).
+		s.m.NotBefore = quietNext(d.IdleQuietFor, st, s.m.QuietSince, now, func() time.Duration { return s.lookPause(ctx) })
+	} else {
+		s.m.NotBefore = now.Add(s.lookPause(ctx))
+	}
 	if end := s.m.FirstPeekAt.Add(idleWait); s.m.NotBefore.After(end) {
 		s.m.NotBefore = end
 	}
 	detail := map[string]any{"reason": "waiting for an idle moment", "peeks": s.m.Peeks, "next_peek_at": s.m.NotBefore}
-	if serr != nil {
+	switch {
+	case serr != nil:
 		s.m.Error = fmt.Sprintf("waiting for an idle moment: status unreadable: %v", serr)
-	} else {
+	case result == PeekQuietWait:
+		s.dropUnchangedStatusReads()
+		detail["reason"] = "waiting for the agent to be quiet"
+		detail["active_agents"], detail["idle_quiet_for"] = st.ActiveAgents, d.IdleQuietFor.String()
+		if st.ActiveSessions != nil {
+			detail["active_sessions"] = *st.ActiveSessions
+		}
+		s.m.Error = fmt.Sprintf("waiting for the agent to be quiet for %s (idle_quiet_for): nothing in flight now, background work unseen", d.IdleQuietFor)
+	default:
 		s.dropUnchangedStatusReads() // what it saw is in the event
 		detail["active_agents"], detail["gateway_state"] = st.ActiveAgents, st.State
 		s.m.Error = fmt.Sprintf("waiting for an idle moment: active_agents=%d", st.ActiveAgents)

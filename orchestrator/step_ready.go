@@ -122,6 +122,9 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		}
 	}
 	drain := running(mach.State)
+	// What the agent's Hermes version changes (hermes_features.go): a
+	// quiet decision it cannot honour is recorded loud, lacks flagged.
+	hermesDetail := s.hermesDecide(ctx, &d, drain)
 
 	// The run's overrides are in d already (decideFor).
 	drainWait, undrainable := d.Wait, d.Undrainable
@@ -146,6 +149,12 @@ func (s *step) ready(ctx context.Context) (next, error) {
 		"launch": s.m.Launch, "from_digest": s.m.FromDigest,
 		"idle_wait": d.IdleWait.String(), "peeks": s.m.Peeks, "undrainable": undrainable,
 		"change": s.changeDetail()}
+	if hermesDetail != nil {
+		detail["hermes"] = hermesDetail
+	}
+	if s.quietBy != "" && d.IdleQuietFor > 0 {
+		detail["idle_quiet_for"], detail["quiet_shown_by"] = d.IdleQuietFor.String(), s.quietBy
+	}
 	if s.m.WokeFrom != "" {
 		detail["woke_from"] = s.m.WokeFrom
 		detail["note"] = "a canary proves the image only by running it: woken by its update, put back down after"

@@ -80,6 +80,11 @@ func (s *step) rollback(ctx context.Context) (next, error) {
 			s.persistCalls(ctx)
 			return wait(s.o.cfg.PollInterval), nil
 		}
+		if why := s.rollbackRefusal(reason, back); why != "" {
+			// The old image's Hermes would not start its gateway after
+			// this stop (hermes_features.go): not attempted blind.
+			return s.failAfterUpdate(ctx, why)
+		}
 		s.quietBeforeRollback(ctx, mach)
 		// Exactly what ran before (image_ref's digest), with the launch
 		// decision made at the lease: a machine that was running is

@@ -10,12 +10,12 @@
 //
 // Every cause has settings; built-in defaults apply when there is no file:
 //
-//	cause            quiet  idle wait, then  wait  at the deadline                      canary bake
-//	auto-update      yes    30m, defer       30m   defer, at most 3 times, then force   10m
-//	image-migration  yes    10m, drain       30m   force                                10m
-//	env-edit         no     10m, drain       15m   force                                5m
-//	profile-change   no     10m, drain       15m   force                                5m
-//	operator         no     0 (at once)      10m   force                                0 (none)
+//	cause            quiet  idle wait, then  quiet for  wait  at the deadline                      canary bake
+//	auto-update      yes    30m, defer       2m         30m   defer, at most 3 times, then force   10m
+//	image-migration  yes    10m, drain       0s         30m   force                                10m
+//	env-edit         no     10m, drain       0s         15m   force                                5m
+//	profile-change   no     10m, drain       0s         15m   force                                5m
+//	operator         no     0 (at once)      0s         10m   force                                0 (none)
 //
 // and no maintenance window (always open).
 //
@@ -28,6 +28,14 @@
 // idle_wait = "0s" begins at once. Deferrals of either kind (busy, or at the
 // deadline) count toward max_deferrals; a machine that has had them all is
 // decided "then force": no idle wait, drain at once, force at the deadline.
+//
+// idle_quiet_for is how long the agent must have shown nothing in flight
+// for a moment to count as idle (and, for a drain not begun at such a
+// moment, how long it waits once quiescent): Hermes's active_agents does
+// not count background work (a subagent still running after its turn, a
+// background process), so one look at zero may land in the middle of it.
+// The auto-update's 2 minutes are Hermes's own idle timeout before it
+// suspends itself.
 //
 // canary_bake is how long a run's canaries are watched after they verified
 // (their Fly events, their gateway, every platform and the Nous session
@@ -65,6 +73,7 @@
 //	window = "Mon-Fri 02:00-05:00 America/New_York" # "always" = no window
 //	idle_wait = "30m"                              # 0s .. 24h; "0s" = begin at once
 //	on_busy = "defer"                              # "defer" or "drain"
+//	idle_quiet_for = "2m"                          # 0s .. 1h; "0s" = one idle look is enough
 //	undrainable = "fail"                           # or "recreate" (below)
 //	canary_bake = "10m"                            # 0s .. 24h; "0s" = no bake
 //

@@ -147,7 +147,7 @@ func (d *decoder) policy(raw map[string]any) (*Policy, error) {
 	return p, nil
 }
 
-const settingKeys = "quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, undrainable, canary_bake"
+const settingKeys = "quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, idle_quiet_for, undrainable, canary_bake"
 
 func (d *decoder) causes(v any, p *Policy) error {
 	path := []string{"causes"}
@@ -244,6 +244,16 @@ func (d *decoder) setting(path []string, where, k string, v any, o *Rule) (bool,
 			return bad("%v", err)
 		}
 		o.IdleWait = &w
+	case "idle_quiet_for":
+		s, ok := v.(string)
+		if !ok {
+			return bad(`want a duration such as "2m" ("0s": no quiet needed), got %s`, describe(v))
+		}
+		q, err := ParseIdleQuietFor(s)
+		if err != nil {
+			return bad("%v", err)
+		}
+		o.IdleQuietFor = &q
 	case "canary_bake":
 		s, ok := v.(string)
 		if !ok {
@@ -306,6 +316,25 @@ func ParseIdleWait(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q: want at most %v", s, MaxWait)
 	}
 	return w, nil
+}
+
+// MaxIdleQuietFor bounds idle_quiet_for: Hermes itself waits 2 minutes
+// (scale-to-zero's idle timeout, 5 before hermes-agent #91155).
+const MaxIdleQuietFor = time.Hour
+
+// ParseIdleQuietFor parses idle_quiet_for: a Go duration from 0 (an idle
+// moment needs no quiet before it) to MaxIdleQuietFor.
+func ParseIdleQuietFor(s string) (time.Duration, error) {
+	q, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf(`%q is not a duration (want e.g. "2m", or "0s" for none)`, s)
+	case q < 0:
+		return 0, fmt.Errorf("%q: want 0s or more", s)
+	case q > MaxIdleQuietFor:
+		return 0, fmt.Errorf("%q: want at most %v", s, MaxIdleQuietFor)
+	}
+	return q, nil
 }
 
 // MaxCanaryBake bounds canary_bake (and run create --canary-bake).

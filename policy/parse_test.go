@@ -34,7 +34,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown cause table", "[causes.auto-update]\nwait = \"1h\"\n\n[causes.autoupdate]\nwait = \"1h\"\n",
 			`p.toml:4: [causes.autoupdate]: unknown cause "autoupdate" (valid: auto-update, image-migration, env-edit, profile-change, operator)`},
 		{"unknown key in cause", "[causes.operator]\nwait = \"1h\"\nquite = true\n",
-			`p.toml:3: causes.operator: unknown key "quite" (want quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, undrainable, canary_bake)`},
+			`p.toml:3: causes.operator: unknown key "quite" (want quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, idle_quiet_for, undrainable, canary_bake)`},
 		{"bad duration", "[causes.operator]\nwait = \"45 minutes\"\n",
 			`p.toml:2: causes.operator: wait: "45 minutes" is not a duration (want e.g. "45m" or "1h30m")`},
 		{"duration as integer", "[causes.operator]\nwait = 45\n",
@@ -88,7 +88,7 @@ func TestParseErrors(t *testing.T) {
 		{"wrong type in an early rule", "[[rules]]\nname = \"a\"\nregions = [\"iad\"]\nquiet = \"no\"\n\n[[rules]]\nname = \"b\"\nregions = [\"fra\"]\nquiet = true\n",
 			`p.toml:4: rule "a": quiet: want true or false, got a string`},
 		{"unknown key in rule", "[[rules]]\nname = \"a\"\nregions = [\"iad\"]\n\n[[rules]]\nname = \"b\"\nlabels = { tier = \"vip\" }\n",
-			`p.toml:7: rule "b": unknown key "labels" (want name, causes, match, app_prefix, regions, quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, undrainable, canary_bake)`},
+			`p.toml:7: rule "b": unknown key "labels" (want name, causes, match, app_prefix, regions, quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, idle_quiet_for, undrainable, canary_bake)`},
 		{"unknown cause in rule", "[[rules]]\nname = \"a\"\ncauses = [\n  \"auto-update\",\n  \"cron\",\n]\n",
 			`p.toml:5: rule "a": causes: unknown cause "cron" (valid: auto-update, image-migration, env-edit, profile-change, operator)`},
 		{"cause listed twice", "[[rules]]\nname = \"a\"\ncauses = [\"operator\", \"operator\"]\n",
@@ -191,7 +191,7 @@ quiet = false
 		t.Fatal(err)
 	}
 	_, err = policy.ParseTable("migrator.toml", []byte(bad), &md, cfg.Policy, "policy")
-	want := `migrator.toml:11: rule "vip": unknown key "wiat" (want name, causes, match, app_prefix, regions, quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, undrainable, canary_bake)`
+	want := `migrator.toml:11: rule "vip": unknown key "wiat" (want name, causes, match, app_prefix, regions, quiet, wait, on_deadline, max_deferrals, window, idle_wait, on_busy, idle_quiet_for, undrainable, canary_bake)`
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
 	}

@@ -131,6 +131,13 @@ type Settings struct {
 	// look; OnBusy says what happens when none came.
 	IdleWait time.Duration
 	OnBusy   OnBusy
+	// IdleQuietFor is how long the agent must have shown nothing in flight
+	// for an idle moment to count (0: one look at active_agents == 0 is
+	// enough). Hermes's active_agents does not count background work (a
+	// subagent still running after its turn ended, a background process),
+	// so a moment with none in flight may be the middle of one; Hermes
+	// itself suspends only after 2 idle minutes.
+	IdleQuietFor time.Duration
 	// Undrainable: what to do when the drain endpoint answers 404 or 401.
 	// Empty means UndrainableFail.
 	Undrainable Undrainable
@@ -167,6 +174,10 @@ type Decision struct {
 	// deadline.
 	IdleWait time.Duration
 	OnBusy   OnBusy
+	// IdleQuietFor is how long the agent must have had nothing in flight
+	// for a moment to count as idle, before the drain and while it waits
+	// for quiescence (0: no quiet needed).
+	IdleQuietFor time.Duration
 	// InWindow reports whether now is inside the maintenance window. When it
 	// is not, NextWindow is when it opens; when it is and there is a window,
 	// WindowEnd is when it next closes (zero if not within 8 days). Window is the window's
@@ -203,6 +214,7 @@ type Rule struct {
 	Window       *Window
 	IdleWait     *time.Duration
 	OnBusy       *OnBusy
+	IdleQuietFor *time.Duration
 	Undrainable  *Undrainable
 	CanaryBake   *time.Duration
 }
@@ -316,6 +328,9 @@ func (r Rule) apply(s Settings) Settings {
 	if r.OnBusy != nil {
 		s.OnBusy = *r.OnBusy
 	}
+	if r.IdleQuietFor != nil {
+		s.IdleQuietFor = *r.IdleQuietFor
+	}
 	if r.Undrainable != nil {
 		s.Undrainable = *r.Undrainable
 	}
@@ -337,6 +352,7 @@ func (r Rule) clone() Rule {
 	c.Window = clonePtr(r.Window)
 	c.IdleWait = clonePtr(r.IdleWait)
 	c.OnBusy = clonePtr(r.OnBusy)
+	c.IdleQuietFor = clonePtr(r.IdleQuietFor)
 	c.Undrainable = clonePtr(r.Undrainable)
 	c.CanaryBake = clonePtr(r.CanaryBake)
 	return c
@@ -366,11 +382,14 @@ type Policy struct {
 // anyway after 10 minutes); an operator wants it now. Canaries of a new
 // image bake 10 minutes before the fleet follows (a crash a minute in, a
 // platform that parks on first use), 5 for configuration changes, none
-// when an operator acts.
+// when an operator acts. The auto-update counts an idle moment only after
+// 2 minutes with nothing in flight (Hermes's own idle timeout before it
+// suspends itself, hermes-agent #91155): active_agents does not show
+// background work, which a routine, quiet update must not cut off unseen.
 func defaultSettings() map[Cause]Settings {
 	return map[Cause]Settings{
 		AutoUpdate: {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Defer, MaxDeferrals: 3, IdleWait: 30 * time.Minute, OnBusy: BusyDefer,
-			CanaryBake: 10 * time.Minute},
+			IdleQuietFor: DefaultAutoUpdateIdleQuietFor, CanaryBake: 10 * time.Minute},
 		ImageMigration: {Quiet: true, Wait: 30 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain,
 			CanaryBake: 10 * time.Minute},
 		EnvEdit: {Quiet: false, Wait: 15 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, IdleWait: 10 * time.Minute, OnBusy: BusyDrain,
@@ -380,6 +399,9 @@ func defaultSettings() map[Cause]Settings {
 		Operator: {Quiet: false, Wait: 10 * time.Minute, OnDeadline: Force, MaxDeferrals: 3, OnBusy: BusyDrain},
 	}
 }
+
+// DefaultAutoUpdateIdleQuietFor is the auto-update's idle_quiet_for.
+const DefaultAutoUpdateIdleQuietFor = 2 * time.Minute
 
 // defers reports whether these settings can put a machine off: at the
 // deadline, or when it was never idle within the idle wait.
@@ -456,16 +478,17 @@ func (p *Policy) Explain(c Cause, m Machine, now time.Time) Explanation {
 		}
 	}
 	d := Decision{
-		Quiet:       s.Quiet,
-		Rule:        rule,
-		Wait:        s.Wait,
-		Deadline:    now.Add(s.Wait),
-		OnDeadline:  s.OnDeadline,
-		IdleWait:    s.IdleWait,
-		OnBusy:      s.OnBusy,
-		Version:     p.version,
-		Undrainable: s.Undrainable,
-		CanaryBake:  s.CanaryBake,
+		Quiet:        s.Quiet,
+		Rule:         rule,
+		Wait:         s.Wait,
+		Deadline:     now.Add(s.Wait),
+		OnDeadline:   s.OnDeadline,
+		IdleWait:     s.IdleWait,
+		OnBusy:       s.OnBusy,
+		IdleQuietFor: s.IdleQuietFor,
+		Version:      p.version,
+		Undrainable:  s.Undrainable,
+		CanaryBake:   s.CanaryBake,
 	}
 	if d.Undrainable == "" {
 		d.Undrainable = UndrainableFail
@@ -510,6 +533,8 @@ type canonSettings struct {
 	Undrainable string `json:"undrainable,omitempty"`
 	// CanaryBakeNS is left out when zero.
 	CanaryBakeNS *int64 `json:"canary_bake_ns,omitempty"`
+	// IdleQuietForNS is left out when zero.
+	IdleQuietForNS *int64 `json:"idle_quiet_for_ns,omitempty"`
 }
 
 type canonLane struct {
@@ -556,6 +581,7 @@ func (p *Policy) computeVersion() string {
 			Cause: string(c), Quiet: &s.Quiet, WaitNS: &w, OnDeadline: string(s.OnDeadline),
 			MaxDeferrals: &s.MaxDeferrals, Window: s.Window.String(), IdleWaitNS: &iw, OnBusy: string(s.OnBusy),
 			Undrainable: canonUndrainable(s.Undrainable), CanaryBakeNS: nonZeroNS(s.CanaryBake),
+			IdleQuietForNS: nonZeroNS(s.IdleQuietFor),
 		})
 	}
 	for _, r := range p.rules {
@@ -591,6 +617,10 @@ func (p *Policy) computeVersion() string {
 			// A rule that sets 0 differs from one that inherits.
 			b := int64(*r.CanaryBake)
 			cr.Set.CanaryBakeNS = &b
+		}
+		if r.IdleQuietFor != nil {
+			q := int64(*r.IdleQuietFor)
+			cr.Set.IdleQuietForNS = &q
 		}
 		doc.Rules = append(doc.Rules, cr)
 	}

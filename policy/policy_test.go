@@ -414,3 +414,47 @@ idle_wait = "0s"
 		t.Errorf("default %s, empty file %s, restated defaults %s", d, e, r)
 	}
 }
+
+// TestDecideIdleQuietFor: the auto-update counts an idle moment only after
+// 2 minutes with nothing in flight (background work is not in
+// active_agents); the other causes need no quiet unless a file says so; a
+// cause or a rule sets it, and it is part of the version.
+func TestDecideIdleQuietFor(t *testing.T) {
+	now := time.Date(2026, 3, 9, 12, 0, 0, 0, time.UTC)
+	m := policy.Machine{App: "acme", Labels: map[string]string{"tier": "vip"}}
+	def := policy.Default()
+	for c, want := range map[policy.Cause]time.Duration{policy.AutoUpdate: 2 * time.Minute, policy.ImageMigration: 0,
+		policy.EnvEdit: 0, policy.ProfileChange: 0, policy.Operator: 0} {
+		if got := def.Decide(c, m, now).IdleQuietFor; got != want {
+			t.Errorf("%s: idle_quiet_for %s, want %s", c, got, want)
+		}
+	}
+	p := mustParse(t, `
+[causes.image-migration]
+idle_quiet_for = "90s"
+
+[[rules]]
+name = "vip"
+match = { tier = "vip" }
+idle_quiet_for = "0s"
+`)
+	if got := p.Decide(policy.ImageMigration, policy.Machine{App: "other"}, now).IdleQuietFor; got != 90*time.Second {
+		t.Errorf("cause setting: %s", got)
+	}
+	if got := p.Decide(policy.AutoUpdate, m, now).IdleQuietFor; got != 0 {
+		t.Errorf("rule setting 0s: %s", got)
+	}
+	zero := mustParse(t, "[causes.auto-update]\nidle_quiet_for = \"0s\"\n")
+	if zero.Version() == def.Version() {
+		t.Error("idle_quiet_for is not part of the version")
+	}
+	same := mustParse(t, "[causes.auto-update]\nidle_quiet_for = \"120s\"\n")
+	if same.Version() != def.Version() {
+		t.Errorf("restating the default changed the version: %s vs %s", same.Version(), def.Version())
+	}
+	for _, bad := range []string{`"-1s"`, `"2h"`, `"soon"`, `120`} {
+		if _, err := policy.Parse("p.toml", []byte("[causes.auto-update]\nidle_quiet_for = "+bad+"\n")); err == nil {
+			t.Errorf("idle_quiet_for = %s accepted", bad)
+		}
+	}
+}

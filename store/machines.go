@@ -57,6 +57,11 @@ type Migration struct {
 	// agent for an idle moment (FillSlots leaves it alone). SaveStep
 	// stores it only with state pending.
 	IdleWatch bool
+	// QuietSince is when the current run of looks that found nothing in
+	// flight began (zero: the last look found work in flight, or could not
+	// read the status). An idle moment with idle_quiet_for needs it that
+	// old (016).
+	QuietSince time.Time
 	// A real fleet (009). FromDigest and FromImageRef are what ran before
 	// the update (image_ref's digest, and fly-go's FullImageRef
 	// "registry/repository:tag@digest"), read under the lease; ToDigest is
@@ -158,7 +163,8 @@ const migrationColumns = `m.id, m.run_id, m.seq, m.app, m.machine_id, m.region, 
 	m.from_digest, m.from_image_ref, m.to_digest, m.machine_state, m.lease_wait_since, m.lease_wait_owner,
 	m.lease_wait_ended_at, m.signals_before, m.signals_after, m.deciding_signal, m.bake_started_at, m.bake_until,
 	m.idle_watch, m.woke_from, m.put_down, m.pending_outcome, m.verify_wakes, m.transient_since,
-	m.release_id, m.release_version, m.prev_release_id, m.prev_release_version, coalesce(m.combined_into, 0)`
+	m.release_id, m.release_version, m.prev_release_id, m.prev_release_version, coalesce(m.combined_into, 0),
+	m.quiet_since`
 
 const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, d.on_deadline, d.max_deferrals,
 	d.decided_at, d.deadline_at, d.suppression_echoed, d.gateway_requested_at, d.started_at, d.last_begin_at,
@@ -170,7 +176,7 @@ const drainColumns = `d.migration_id, d.quiet, d.policy_rule, d.policy_version, 
 type migrationTimes struct {
 	nb, lease, upd, started, finished, firstPeek, lastPeek *time.Time
 	leaseWaitSince, leaseWaitEnded, bakeStarted, bakeUntil *time.Time
-	transientSince                                         *time.Time
+	transientSince, quietSince                             *time.Time
 }
 
 func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
@@ -182,7 +188,8 @@ func migrationDest(m *Migration, labels *[]byte, t *migrationTimes) []any {
 		&m.FromDigest, &m.FromImageRef, &m.ToDigest, &m.MachineState, &t.leaseWaitSince, &m.LeaseWaitOwner,
 		&t.leaseWaitEnded, &m.SignalsBefore, &m.SignalsAfter, &m.DecidingSignal, &t.bakeStarted, &t.bakeUntil,
 		&m.IdleWatch, &m.WokeFrom, &m.PutDown, &m.PendingOutcome, &m.VerifyWakes, &t.transientSince,
-		&m.ReleaseID, &m.ReleaseVersion, &m.PrevReleaseID, &m.PrevReleaseVersion, &m.CombinedInto}
+		&m.ReleaseID, &m.ReleaseVersion, &m.PrevReleaseID, &m.PrevReleaseVersion, &m.CombinedInto,
+		&t.quietSince}
 }
 
 func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
@@ -191,6 +198,7 @@ func finishMigration(m *Migration, labels []byte, t *migrationTimes) error {
 	m.LeaseWaitSince, m.LeaseWaitEndedAt = fromNullTime(t.leaseWaitSince), fromNullTime(t.leaseWaitEnded)
 	m.BakeStartedAt, m.BakeUntil = fromNullTime(t.bakeStarted), fromNullTime(t.bakeUntil)
 	m.TransientSince = fromNullTime(t.transientSince)
+	m.QuietSince = fromNullTime(t.quietSince)
 	m.NotBefore, m.LeaseExpiresAt, m.UpdatedMachineAt = fromNullTime(nb), fromNullTime(lease), fromNullTime(upd)
 	m.StartedAt, m.FinishedAt = fromNullTime(started), fromNullTime(finished)
 	if err := json.Unmarshal(labels, &m.Labels); err != nil {
@@ -375,7 +383,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 		nullJSON(m.SignalsBefore), nullJSON(m.SignalsAfter), m.DecidingSignal, nullTime(m.BakeStartedAt), nullTime(m.BakeUntil),
 		m.IdleWatch,
 		m.WokeFrom, m.PutDown, string(m.PendingOutcome), m.VerifyWakes, nullTime(m.TransientSince),
-		m.ReleaseID, m.ReleaseVersion, m.PrevReleaseID, m.PrevReleaseVersion)
+		m.ReleaseID, m.ReleaseVersion, m.PrevReleaseID, m.PrevReleaseVersion,
+		nullTime(m.QuietSince))
 	if err != nil {
 		return fmt.Errorf("save machine migration %d (%s): %w", m.ID, m.Target(), err)
 	}
@@ -395,7 +404,8 @@ func (q *Q) SaveStep(ctx context.Context, m *Migration, d *Drain, events []Event
 // after, deciding signal and bake, $69 the machine's idle watch (kept only
 // while pending), $70-$78 its proof on a real fleet (a canary woken and
 // put back down, wakes to finish a verification, a transient state
-// waited out, the Fly release its update carried). The drain and the events
+// waited out, the Fly release its update carried), $79 when its current
+// run of idle looks began. The drain and the events
 // are written only when the machine's version guard held. A drain row
 // written again takes the whole decision (a machine decided down that a
 // user woke before its update is decided again, with a drain).
@@ -412,6 +422,7 @@ WITH m AS (
 		bake_started_at = $67, bake_until = $68, idle_watch = $69 AND $6 = 'pending',
 		woke_from = $70, put_down = $71, pending_outcome = $72, verify_wakes = $73, transient_since = $74,
 		release_id = $75, release_version = $76, prev_release_id = $77, prev_release_version = $78,
+		quiet_since = $79,
 		started_at = coalesce(started_at, CASE WHEN $6 NOT IN ('pending') THEN now() END),
 		finished_at = CASE WHEN $6 = 'done' THEN coalesce(finished_at, now()) END,
 		version = version + 1, updated_at = now()

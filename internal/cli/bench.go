@@ -33,6 +33,8 @@ func newBenchCmd(e *env) *cobra.Command {
 		turnsAt, out                      string
 		timeout, canaryBake               time.Duration
 		scenarios                         []string
+		activityBackground                float64
+		activityNoQuiet                   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--machines N] [--budget B] [--seed S] [--time-scale F] [--out FILE]",
@@ -51,10 +53,13 @@ func newBenchCmd(e *env) *cobra.Command {
 			"  large       --large-machines (default 0: skipped; `make bench` runs 10,000): peak RSS;\n" +
 			"  activity    --activity-machines (default 2,000) agents whose users keep talking (the\n" +
 			"              simulator's activity model, --seed), B = --activity-budget (100), migrated\n" +
-			"              twice by an auto-update run from the same starting state: with idle wait 0\n" +
-			"              (the drain begins at once) and with the policy's idle wait (idle-first):\n" +
-			"              turns refused and interrupted, agent-seconds draining, deferrals, makespan\n" +
-			"              of the migrated machines ÷ LB_idle, calls and SQL per machine, side by side;\n" +
+			"              three times by an auto-update run from the same starting state: with idle\n" +
+			"              wait 0 (the drain begins at once), idle first without idle_quiet_for\n" +
+			"              (--activity-no-quiet-run, default on) and with the policy's idle wait and\n" +
+			"              idle_quiet_for (2m); --activity-background-share (0.1) of the turns leave a\n" +
+			"              background delegation active_agents does not count: turns refused and\n" +
+			"              interrupted, delegations cut off, agent-seconds draining, deferrals,\n" +
+			"              makespan of the migrated machines ÷ LB_idle, calls and SQL per machine;\n" +
 			"  replicas    --replicas-machines (default 10,000) machines, B = --replicas-budget (100),\n" +
 			"              moved by real `migrator serve` processes (this binary, or --replicas-binary)\n" +
 			"              against one PostgreSQL and one `migrator fleetsim` process, at\n" +
@@ -115,6 +120,8 @@ func newBenchCmd(e *env) *cobra.Command {
 				return usagef("%s: history rounds need --turns-at drain (turns from t=0 happen once)", cmd.CommandPath())
 			case activity.Machines < 1 || activity.Budget < 1 || activity.TimeScale <= 0 || activity.PeekBackoffMax < 0:
 				return usagef("%s: --activity-machines and --activity-budget must be at least 1, --activity-time-scale positive", cmd.CommandPath())
+			case !(activityBackground >= 0 && activityBackground <= 1):
+				return usagef("%s: --activity-background-share must be in [0, 1], got %g", cmd.CommandPath(), activityBackground)
 			case replicas.Machines < 1 || replicas.Budget < 1 || replicas.TimeScale <= 0:
 				return usagef("%s: --replicas-machines and --replicas-budget must be at least 1, --replicas-time-scale positive", cmd.CommandPath())
 			case !(replicas.KillAt >= 0 && replicas.KillAt < 1):
@@ -200,7 +207,7 @@ func newBenchCmd(e *env) *cobra.Command {
 				rep.Large = runScenario(large)
 			}
 			if want["activity"] {
-				rep.AtOnce, rep.IdleFirst = runActivity(activity, common, runScenario)
+				rep.AtOnce, rep.IdleFirstNoQuiet, rep.IdleFirst = runActivity(activity, activityBackground, activityNoQuiet, common, runScenario)
 			}
 			if want["replicas"] && runErr == nil {
 				if replicas.Binary == "" {
@@ -246,8 +253,8 @@ func newBenchCmd(e *env) *cobra.Command {
 					}
 				}
 			}
-			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil && rep.AtOnce == nil && rep.IdleFirst == nil && len(rep.Replicas) == 0 &&
-				floodMD == "" {
+			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil && rep.AtOnce == nil && rep.IdleFirst == nil && rep.IdleFirstNoQuiet == nil &&
+				len(rep.Replicas) == 0 && floodMD == "" {
 				return runErr
 			}
 			rep.Wall = time.Since(start)
@@ -320,6 +327,8 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.IntVar(&activity.Budget, "activity-budget", bench.DefaultBudget, "activity scenario: fleet budget B")
 	f.Float64Var(&activity.TimeScale, "activity-time-scale", bench.DefaultActivityTimeScale, "activity scenario: time scale")
 	f.DurationVar(&activity.PeekBackoffMax, "activity-peek-backoff-max", 0, "activity scenario: longest pause between status reads of a busy agent (0: the orchestrator's, 1m)")
+	f.Float64Var(&activityBackground, "activity-background-share", 0.1, "activity scenario: share of turns that leave a background delegation running (not in active_agents)")
+	f.BoolVar(&activityNoQuiet, "activity-no-quiet-run", true, "activity scenario: also run idle first without idle_quiet_for (a third run)")
 	f.IntVar(&replicas.Machines, "replicas-machines", bench.DefaultReplicasMachines, "replicas scenario: machines")
 	f.IntVar(&replicas.Budget, "replicas-budget", bench.DefaultBudget, "replicas scenario: fleet budget B")
 	f.Float64Var(&replicas.TimeScale, "replicas-time-scale", bench.DefaultReplicasTimeScale, "replicas scenario: time scale")
@@ -368,16 +377,30 @@ func benchScenarios(names []string) (map[string]bool, error) {
 // talking agents moved by an auto-update run with idle wait 0 (begin at
 // once) and with the policy's (idle first). Both wait the auto-update's
 // policy wait and then defer, as the nightly run does.
-func runActivity(c bench.Config, common func(*bench.Config), run func(bench.Config) *bench.Result) (atOnce, idleFirst *bench.Result) {
+//
+// With quiet (--activity-no-quiet-run), a third run between them: idle
+// first without idle_quiet_for, to measure what the quiet costs (turns
+// refused, makespan) and saves (background delegations cut off); the
+// agents then leave background work with backgroundShare of their turns.
+func runActivity(c bench.Config, backgroundShare float64, noQuiet bool, common func(*bench.Config),
+	run func(bench.Config) *bench.Result) (atOnce, idleFirstNoQuiet, idleFirst *bench.Result) {
 	act := fleetsim.DefaultActivity()
+	act.BackgroundShare = backgroundShare
 	c.Activity, c.Cause = &act, policy.AutoUpdate
 	c.Deadline = policy.Default().Settings(policy.AutoUpdate).Wait
 	common(&c)
 	c.MachinesPerApp = 1
 	zero := time.Duration(0)
 	first := c
-	first.Name, first.IdleWait = "activity-at-once", &zero
+	// Begin at once as before idle-first: no idle wait, no quiet.
+	first.Name, first.IdleWait, first.IdleQuietFor = "activity-at-once", &zero, &zero
+	atOnce = run(first)
+	if noQuiet {
+		mid := c
+		mid.Name, mid.IdleWait, mid.IdleQuietFor = "activity-idle-first-no-quiet", nil, &zero
+		idleFirstNoQuiet = run(mid)
+	}
 	second := c
 	second.Name, second.IdleWait = "activity-idle-first", nil
-	return run(first), run(second)
+	return atOnce, idleFirstNoQuiet, run(second)
 }

@@ -92,11 +92,13 @@ func TestBenchActivityMergesIntoResults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"## Activity: begin at once vs idle first", "| | begin at once | idle first |",
-		"| idle wait | 0s (run override) | the policy's |", "activity (seed 2): idle-first refuses ≥ 10× fewer turns",
+	for _, want := range []string{"## Activity: begin at once vs idle first",
+		"| | begin at once | idle first, no quiet (idle_quiet_for 0s) | idle first (the policy's idle_quiet_for) |",
+		"| idle wait | 0s (run override) | the policy's | the policy's |", "| idle_quiet_for | 0s (override) | 0s (override) | 2m0s (the policy's) |",
+		"background delegations cut off", "activity (seed 2): idle-first refuses ≥ 10× fewer turns",
 		"Sections of scenarios not re-run are kept from an earlier run: `migrator bench --large-machines 10000` on 2026-11-27 21:43 UTC",
 		"| makespan ≤ 1.15 × LB (2,000 machines, B = 100) | 1.047 × LB (2000 machines, B = 100) | met |",
-		"## Scenarios\n\n| | fleet |", "| activity-at-once | activity-idle-first |"} {
+		"## Scenarios\n\n| | fleet |", "| activity-at-once | activity-idle-first-no-quiet | activity-idle-first |"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("results file lacks %q:\n%s", want, b)
 		}

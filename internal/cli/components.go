@@ -18,6 +18,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/drainsecret"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/hermes"
 	"github.com/hermes-cloud/migrator/internal/imagepin"
 	"github.com/hermes-cloud/migrator/internal/metrics"
 	"github.com/hermes-cloud/migrator/internal/seal"
@@ -44,6 +45,9 @@ const (
 	logLevelEnv      = "MIGRATOR_LOG_LEVEL"
 	// minDrainVersionEnv is the oldest Hermes version with the drain route.
 	minDrainVersionEnv = gateway.MinDrainVersionEnv
+	// hermesFeaturesEnv overrides the minimum Hermes version of features
+	// ("quiet_flag=0.18.0,counts_cron=0.19.0"; internal/hermes).
+	hermesFeaturesEnv = "MIGRATOR_HERMES_FEATURES"
 	// clockEnv is for the simulator and tests only: "scaled:FACTOR:START_UNIX_NANO"
 	// makes this process share the simulator's scaled timeline.
 	clockEnv = "MIGRATOR_CLOCK"
@@ -73,6 +77,10 @@ type components struct {
 	settings *settings // the effective configuration (config.go)
 	// minDrainVersion is MIGRATOR_HERMES_MIN_DRAIN_VERSION ("" unset).
 	minDrainVersion string
+	// hermes is the Hermes feature table: the defaults with
+	// MIGRATOR_HERMES_FEATURES' overrides, and the drain route's minimum
+	// from MIGRATOR_HERMES_MIN_DRAIN_VERSION when set.
+	hermes hermes.Table
 	// metrics and stopping are serve's: its metrics, and whether it is
 	// shutting down (/readyz answers 503).
 	metrics  *metrics.Metrics
@@ -187,6 +195,9 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 			return nil, usagef("%s=%q: want a Hermes version such as 0.21.0", minDrainVersionEnv, c.minDrainVersion)
 		}
 	}
+	if c.hermes, err = loadHermesFeatures(e, c.minDrainVersion); err != nil {
+		return nil, err
+	}
 	fleetCap, poll := c.settings.fleetCap, c.settings.pollInterval
 	var fly orchestrator.Fly
 	if n.fleet {
@@ -231,13 +242,29 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 	c.store = store.New(c.pool)
 	c.orch, err = orchestrator.New(orchestrator.Config{FleetCap: fleetCap, PollInterval: poll, LeaseWait: c.settings.leaseWait,
 		TransientWait: c.settings.transientWait,
-		Clock:         c.clock, Logger: log, MinDrainVersion: c.minDrainVersion, Sealer: sealer},
+		Clock:         c.clock, Logger: log, MinDrainVersion: c.minDrainVersion, Sealer: sealer, Hermes: c.hermes},
 		c.store, fly, gw, c.policy)
 	if err != nil {
 		c.close()
 		return nil, usagef("%v", err)
 	}
 	return c, nil
+}
+
+// loadHermesFeatures reads MIGRATOR_HERMES_FEATURES over the default
+// table; MIGRATOR_HERMES_MIN_DRAIN_VERSION (already checked), when set, is
+// the drain route's minimum.
+func loadHermesFeatures(e *env, minDrain string) (hermes.Table, error) {
+	t, err := hermes.Parse(e.getenv(hermesFeaturesEnv))
+	if err != nil {
+		return hermes.Table{}, usagef("%s: %v", hermesFeaturesEnv, err)
+	}
+	if minDrain != "" {
+		if t, err = t.With(hermes.DrainRoute, minDrain); err != nil {
+			return hermes.Table{}, usagef("%s: %v", minDrainVersionEnv, err)
+		}
+	}
+	return t, nil
 }
 
 // drainKey reads MIGRATOR_DRAIN_KEY; missing, not base64, short or not

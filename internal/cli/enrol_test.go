@@ -217,8 +217,8 @@ func TestEnrolFleetDayOne(t *testing.T) {
 // TestReadinessGatedBind: on a gated bind an older Hermes answers 401
 // before routing, like an agent without a secret. fleet check and --dry-run
 // tell them apart by the agents' versions against
-// MIGRATOR_HERMES_MIN_DRAIN_VERSION, and without it say plainly that the
-// 401 is one or the other; an invalid minimum is a configuration error.
+// MIGRATOR_HERMES_MIN_DRAIN_VERSION, or without it the features table's
+// drain_route; an invalid minimum or table is a configuration error.
 func TestReadinessGatedBind(t *testing.T) {
 	t.Parallel()
 	cfg := fleetsim.Config{Apps: 3, Seed: 17, GatedBind: true, LegacyImages: []string{imgLegacy},
@@ -242,10 +242,19 @@ func TestReadinessGatedBind(t *testing.T) {
 			t.Errorf("fleet check lacks %q:\n%s", want, table)
 		}
 	}
+	// Without the setting, the features table's drain_route (0.18.0,
+	// hermes-agent #52937) tells them apart; the LACKS column and the
+	// section after the summary say what the older Hermes lacks.
 	plain := execMigrator(t, w.env, "fleet", "check")
-	if !strings.Contains(plain.stdout, "no_secret_or_drain_route") || strings.Count(plain.stdout, "an older Hermes without the drain route, or no drain secret configured (version v") != 2 ||
-		!strings.Contains(plain.stdout, "MIGRATOR_HERMES_MIN_DRAIN_VERSION") || plain.code != 1 {
-		t.Errorf("without a minimum:\n%s", plain)
+	for _, want := range []string{"older Hermes v0 (below 0.18.0) without the drain route", "Hermes v1 has the drain route but no drain secret configured",
+		"LACKS", "drain_route,quiet_flag,boot_self_heal,counts_cron", "Hermes features lacking", "quiet_flag          1  below 0.18.0"} {
+		if !strings.Contains(plain.stdout, want) || plain.code != 1 {
+			t.Errorf("without a minimum, fleet check lacks %q:\n%s", want, plain)
+		}
+	}
+	badTable := execMigrator(t, append(append([]string(nil), w.env...), "MIGRATOR_HERMES_FEATURES=quiet=0.18.0"), "fleet", "check")
+	if badTable.code != 2 || !strings.Contains(badTable.stderr, `MIGRATOR_HERMES_FEATURES: unknown Hermes feature "quiet"`) || strings.Count(badTable.stderr, "\n") != 1 {
+		t.Errorf("an invalid feature table: %s", badTable)
 	}
 	plan := execMigrator(t, withMin, "run", "create", "--cause", "image-migration", "--image", "registry.fly.io/hermes-agent:v2",
 		"--no-pin", "--undrainable", "recreate", "--dry-run")

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -43,6 +44,20 @@ func (w *simWorld) faultRun(maxUnavailable string, deadline time.Duration, thres
 		w.t.Fatal(err)
 	}
 	return run
+}
+
+// noQuietPolicy is MIGRATOR_POLICY naming a policy whose auto-update needs
+// no quiet before an idle moment (idle_quiet_for 0s). The fault fleets are
+// busy 30-40 % of the time, so their sessions are never 300 s without
+// activity and the default quiet would defer most of them: what these
+// tests are about is the faults, with every machine moved.
+func noQuietPolicy(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "no-quiet.toml")
+	if err := os.WriteFile(p, []byte("[causes.auto-update]\nidle_quiet_for = \"0s\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return "MIGRATOR_POLICY=" + p
 }
 
 // doneCount is how many machines of run are done (for progress lines).
@@ -199,7 +214,7 @@ func TestFaultKillReplicasDuring200MachineRun(t *testing.T) {
 	cfg := fleetsim.Config{Apps: machines, Seed: 20260601,
 		Workload: fleetsim.Workload{BusyFraction: 0.4, TurnMedian: 20 * time.Second, TurnSigma: 0.8}}
 	w := newSimWorld(t, cfg, 20, "MIGRATOR_JOB_TIMEOUT=2s", "MIGRATOR_RESCUE_AFTER=3s",
-		fmt.Sprintf("MIGRATOR_FLEET_CAP=%d", fleetCap), "MIGRATOR_LOG_LEVEL=info")
+		fmt.Sprintf("MIGRATOR_FLEET_CAP=%d", fleetCap), "MIGRATOR_LOG_LEVEL=info", noQuietPolicy(t))
 	replicas := [2]*serveProc{w.startServe("a0"), w.startServe("b0")}
 	w.sim.ResetMaxDisrupted()
 	started := time.Now()
@@ -273,7 +288,7 @@ func TestFaultPostgresRestartMidRun(t *testing.T) {
 	const machines = 40
 	cfg := fleetsim.Config{Apps: machines, Seed: 5,
 		Workload: fleetsim.Workload{BusyFraction: 0.3, TurnMedian: 20 * time.Second, TurnSigma: 0.7}}
-	w := newSimWorldDB(t, dsn, pool, cfg, 20, "MIGRATOR_JOB_TIMEOUT=2s", "MIGRATOR_RESCUE_AFTER=3s", "MIGRATOR_FLEET_CAP=8")
+	w := newSimWorldDB(t, dsn, pool, cfg, 20, "MIGRATOR_JOB_TIMEOUT=2s", "MIGRATOR_RESCUE_AFTER=3s", "MIGRATOR_FLEET_CAP=8", noQuietPolicy(t))
 	replicas := []*serveProc{w.startServe("a"), w.startServe("b")}
 	w.sim.ResetMaxDisrupted()
 	started := time.Now()
@@ -340,7 +355,7 @@ func TestFaultFlyThrottlingAndErrors(t *testing.T) {
 	const machines, budget = 40, 8
 	cfg := fleetsim.Config{Apps: machines, Seed: 429,
 		Workload: fleetsim.Workload{BusyFraction: 0.3, TurnMedian: 20 * time.Second, TurnSigma: 0.7}}
-	w := newSimWorld(t, cfg, 20, fmt.Sprintf("MIGRATOR_FLEET_CAP=%d", budget))
+	w := newSimWorld(t, cfg, 20, fmt.Sprintf("MIGRATOR_FLEET_CAP=%d", budget), noQuietPolicy(t))
 	storm := fleetsim.RouteFaults{P429: 0.3, P5xx: 0.1}
 	routes := map[string]fleetsim.RouteFaults{}
 	for _, r := range []string{fleetsim.RouteListApps, fleetsim.RouteGetApp, fleetsim.RouteList, fleetsim.RouteGet,

@@ -3,12 +3,14 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/hermes-cloud/migrator/internal/fleetcheck"
+	"github.com/hermes-cloud/migrator/internal/hermes"
 	"github.com/hermes-cloud/migrator/orchestrator"
 )
 
@@ -56,9 +58,11 @@ then refuses with 400. So:
   no_drain_route  404: a Hermes without the drain endpoint (move it with --undrainable recreate)
   no_secret_or_drain_route
                   401 from a gated dashboard's login gate, before routing: an older Hermes
-                  without the drain route or no drain secret; $` + minDrainVersionEnv + `
-                  (the oldest Hermes with the route) tells them apart by /api/status version
+                  without the drain route or no drain secret, when the /api/status version
+                  cannot tell (the drain route's minimum is 0.18.0, or $` + minDrainVersionEnv + `)
   forbidden       403: a token of another scope
+  host_rejected   400 Invalid Host header: the dashboard is bound to another hostname than
+                  ` + gatewayURLEnv + ` names (not a drain route answering)
   server_error    5xx, after retries
   unreachable     no answer from the dashboard
   unexpected      any other answer
@@ -67,6 +71,12 @@ then refuses with 400. So:
 A last line says whether the token may use Fly's GraphQL API (one read of the first app's
 releases), where each run records a Fly release per app it moves (fly releases, and the
 image fly scale count clones); a token it refuses moves machines all the same, without.
+
+The LACKS column lists the Hermes features the agent's version lacks (the table
+of docs/behaviour.md, "Hermes by feature"; $` + hermesFeaturesEnv + ` overrides it), and
+a section after the summary says what each means for a run: a quiet drain recorded
+loud, no rollback onto that Hermes, cron work unseen. They do not make an agent
+"not ready".
 
 The selector is run create's. Machines are listed through the Fly API
 (` + flyTokenEnv + `, paced to Fly's rate limits); at most 16 agents are probed at once.
@@ -83,6 +93,39 @@ or Fly could not be read; 2 usage or configuration error.`,
 	f.selectorFlags.add(cmd.Flags(), "check")
 	cmd.Flags().BoolVar(&f.asJSON, "json", false, "print the report as a JSON object")
 	return cmd
+}
+
+// lacksText is an agent's lacking features for a table cell ("-": none).
+func lacksText(lacks []hermes.Feature) string {
+	if len(lacks) == 0 {
+		return "-"
+	}
+	names := make([]string, len(lacks))
+	for i, f := range lacks {
+		names[i] = string(f)
+	}
+	return strings.Join(names, ",")
+}
+
+// writeLacking says, for each Hermes feature some agents lack, how many,
+// what such a Hermes does and what migrator does about it.
+func writeLacking(w io.Writer, agents []fleetcheck.Agent, t hermes.Table) {
+	counts := map[hermes.Feature]int{}
+	for _, a := range agents {
+		for _, f := range a.Lacks {
+			counts[f]++
+		}
+	}
+	if len(counts) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Hermes features lacking (docs/behaviour.md, Hermes by feature):")
+	for _, in := range hermes.Features() {
+		if n := counts[in.Feature]; n > 0 {
+			fmt.Fprintf(w, "  %-15s %5d  below %s: %s; migrator: %s\n", in.Feature, n, t.Min(in.Feature), in.Older, in.Migrator)
+		}
+	}
 }
 
 func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
@@ -107,7 +150,7 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 	if err != nil {
 		return fmt.Errorf("fleet check: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
-	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion}, c.gw, machines)
+	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion, Features: c.hermes}, c.gw, machines)
 	if err != nil {
 		return fmt.Errorf("fleet check: %w", err)
 	}
@@ -128,16 +171,17 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 		}
 	} else {
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "APP\tMACHINE\tSTATE\tREGION\tIMAGE\tVERSION\tREADINESS\tDETAIL")
+		fmt.Fprintln(tw, "APP\tMACHINE\tSTATE\tREGION\tIMAGE\tVERSION\tREADINESS\tLACKS\tDETAIL")
 		for _, a := range rep.Agents {
-			version, detail := a.Version, oneLine(a.Detail, 140)
+			version, detail := oneLine(a.Version, 40), oneLine(a.Detail, 140)
 			if version == "" {
 				version = "-"
 			}
 			if detail == "" {
 				detail = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.App, a.MachineID, a.State, a.Region, a.Image, version, a.Readiness, detail)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.App, a.MachineID, a.State, a.Region, a.Image, version, a.Readiness,
+				lacksText(a.Lacks), detail)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -150,6 +194,7 @@ func fleetCheck(cmd *cobra.Command, e *env, f fleetCheckFlags) error {
 		for _, cat := range rep.Categories() {
 			fmt.Fprintf(e.stdout, "%-*s %5d  %s\n", width, cat, rep.Counts[cat], fleetcheck.Explain(cat))
 		}
+		writeLacking(e.stdout, rep.Agents, c.hermes)
 		fmt.Fprintf(e.stdout, "\nfly releases: %s\n", rel.text())
 	}
 	if notReady > 0 {

@@ -231,6 +231,9 @@ func printExplanation(e *env, p *policy.Policy, c policy.Cause, m policy.Machine
 			then = "drain anyway"
 		}
 		row("idle wait", "%s (begin only when the agent has no work in flight; if it never has: %s)", d.IdleWait, then)
+		if d.IdleQuietFor > 0 {
+			row("idle quiet", "%s (an idle moment counts once nothing was in flight this long: background work is not in active_agents)", d.IdleQuietFor)
+		}
 	case d.MaxDeferrals > 0 && m.Deferrals >= d.MaxDeferrals:
 		row("idle wait", "none (all deferrals used: drain at once)")
 	default:
@@ -306,32 +309,36 @@ type skippedRule struct {
 }
 
 type explainOutput struct {
-	Policy          string             `json:"policy"`
-	Version         string             `json:"version"`
-	Cause           policy.Cause       `json:"cause"`
-	App             string             `json:"app"`
-	MachineID       string             `json:"machine_id,omitempty"`
-	Region          string             `json:"region,omitempty"`
-	Labels          map[string]string  `json:"labels"`
-	Deferrals       int                `json:"deferrals"`
-	At              string             `json:"at"`
-	Rule            string             `json:"rule"`
-	MatchedRule     *explainedRule     `json:"matched_rule"`
-	Skipped         []skippedRule      `json:"skipped"`
-	Quiet           bool               `json:"quiet"`
-	IdleWait        string             `json:"idle_wait"`
-	IdleWaitSeconds float64            `json:"idle_wait_seconds"`
-	OnBusy          policy.OnBusy      `json:"on_busy"`
-	Wait            string             `json:"wait"`
-	WaitSeconds     float64            `json:"wait_seconds"`
-	Deadline        string             `json:"deadline"`
-	OnDeadline      policy.OnDeadline  `json:"on_deadline"`
-	MaxDeferrals    int                `json:"max_deferrals"`
-	InWindow        bool               `json:"in_window"`
-	Window          string             `json:"window"`
-	NextWindow      string             `json:"next_window,omitempty"`
-	WindowEnd       string             `json:"window_end,omitempty"`
-	Undrainable     policy.Undrainable `json:"undrainable"`
+	Policy          string            `json:"policy"`
+	Version         string            `json:"version"`
+	Cause           policy.Cause      `json:"cause"`
+	App             string            `json:"app"`
+	MachineID       string            `json:"machine_id,omitempty"`
+	Region          string            `json:"region,omitempty"`
+	Labels          map[string]string `json:"labels"`
+	Deferrals       int               `json:"deferrals"`
+	At              string            `json:"at"`
+	Rule            string            `json:"rule"`
+	MatchedRule     *explainedRule    `json:"matched_rule"`
+	Skipped         []skippedRule     `json:"skipped"`
+	Quiet           bool              `json:"quiet"`
+	IdleWait        string            `json:"idle_wait"`
+	IdleWaitSeconds float64           `json:"idle_wait_seconds"`
+	OnBusy          policy.OnBusy     `json:"on_busy"`
+	// IdleQuietFor is how long the agent must have had nothing in flight
+	// for a moment to count as idle ("0s": no quiet needed).
+	IdleQuietFor        string             `json:"idle_quiet_for"`
+	IdleQuietForSeconds float64            `json:"idle_quiet_for_seconds"`
+	Wait                string             `json:"wait"`
+	WaitSeconds         float64            `json:"wait_seconds"`
+	Deadline            string             `json:"deadline"`
+	OnDeadline          policy.OnDeadline  `json:"on_deadline"`
+	MaxDeferrals        int                `json:"max_deferrals"`
+	InWindow            bool               `json:"in_window"`
+	Window              string             `json:"window"`
+	NextWindow          string             `json:"next_window,omitempty"`
+	WindowEnd           string             `json:"window_end,omitempty"`
+	Undrainable         policy.Undrainable `json:"undrainable"`
 	// CanaryBake is how long a canary is watched after it verified ("0s":
 	// no bake).
 	CanaryBake        string  `json:"canary_bake"`
@@ -345,6 +352,7 @@ func explainJSON(p *policy.Policy, c policy.Cause, m policy.Machine, now time.Ti
 		App: m.App, MachineID: m.MachineID, Region: m.Region, Labels: m.Labels, Deferrals: m.Deferrals,
 		At: stamp(now), Rule: d.Rule, Skipped: []skippedRule{},
 		Quiet: d.Quiet, IdleWait: d.IdleWait.String(), IdleWaitSeconds: d.IdleWait.Seconds(), OnBusy: d.OnBusy,
+		IdleQuietFor: d.IdleQuietFor.String(), IdleQuietForSeconds: d.IdleQuietFor.Seconds(),
 		Wait: d.Wait.String(), WaitSeconds: d.Wait.Seconds(), Deadline: stamp(d.Deadline),
 		OnDeadline: d.OnDeadline, MaxDeferrals: d.MaxDeferrals,
 		InWindow: d.InWindow, Window: d.Window, NextWindow: stamp(d.NextWindow), WindowEnd: stamp(d.WindowEnd),

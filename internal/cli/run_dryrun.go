@@ -43,6 +43,22 @@ type planDecisionJSON struct {
 	// verified before the run widens (null: not a canary).
 	CanaryBake        *string  `json:"canary_bake"`
 	CanaryBakeSeconds *float64 `json:"canary_bake_seconds"`
+	// IdleQuietFor is how long the agent must have shown nothing in flight
+	// for an idle moment to count ("0s": no quiet needed).
+	IdleQuietFor        string  `json:"idle_quiet_for"`
+	IdleQuietForSeconds float64 `json:"idle_quiet_for_seconds"`
+	// Hermes is the agent's Hermes version as probed, the features it
+	// lacks and what that changes in this migration (null: not probed, or
+	// the machine is not running).
+	Hermes *planHermesJSON `json:"hermes"`
+}
+
+// planHermesJSON is what the agent's Hermes version changes (the Preview's
+// HermesPreview).
+type planHermesJSON struct {
+	Version string                    `json:"version"`
+	Lacks   []string                  `json:"lacks"`
+	Notes   []orchestrator.HermesNote `json:"notes"`
 }
 
 // planDrainJSON says whether serve would drain the agent, move it without
@@ -124,7 +140,7 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 	var probe orchestrator.Prober
 	if c.gw != nil {
 		// Side-effect free, as fleet check is.
-		probe = fleetcheck.Prober{Config: fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion}, Gateway: c.gw}
+		probe = fleetcheck.Prober{Config: fleetcheck.Config{Logger: c.log, MinDrainVersion: c.minDrainVersion, Features: c.hermes}, Gateway: c.gw}
 	}
 	pv, err := c.orch.Preview(ctx, req, planned, probe)
 	if err != nil {
@@ -161,7 +177,17 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 			pm.Decision = &planDecisionJSON{Quiet: d.Quiet, Rule: d.Rule, Wait: d.Wait.String(), WaitSeconds: d.Wait.Seconds(),
 				IdleWait: d.IdleWait.String(), IdleWaitSeconds: d.IdleWait.Seconds(), OnBusy: d.OnBusy, OnDeadline: d.OnDeadline,
 				MaxDeferrals: d.MaxDeferrals, Deferrals: m.Deferrals, InWindow: d.InWindow,
-				Window: d.Window, NextWindow: stamp(d.NextWindow), Undrainable: d.Undrainable}
+				Window: d.Window, NextWindow: stamp(d.NextWindow), Undrainable: d.Undrainable,
+				IdleQuietFor: d.IdleQuietFor.String(), IdleQuietForSeconds: d.IdleQuietFor.Seconds()}
+			if h := m.Hermes; h != nil {
+				pm.Decision.Hermes = &planHermesJSON{Version: h.Version, Lacks: h.Lacks, Notes: h.Notes}
+				if pm.Decision.Hermes.Lacks == nil {
+					pm.Decision.Hermes.Lacks = []string{}
+				}
+				if pm.Decision.Hermes.Notes == nil {
+					pm.Decision.Hermes.Notes = []orchestrator.HermesNote{}
+				}
+			}
 			if a := m.Probe; a != nil {
 				pm.Decision.Drain = &planDrainJSON{Readiness: a.Readiness, StatusCode: a.StatusCode, Path: a.Path}
 				if a.AuthLayer == gateway.AuthLoginGate || a.AuthLayer == gateway.AuthDrainRoute {
@@ -224,6 +250,19 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 			fmt.Fprintf(w, "%s/%s: %s\n", p.App, p.MachineID, d.Drain.Detail)
 		}
 	}
+	// What each agent's Hermes lacks changes in its migration.
+	hermesLines := 0
+	for _, p := range out.Plan {
+		if d := p.Decision; d != nil && d.Hermes != nil {
+			for _, n := range d.Hermes.Notes {
+				fmt.Fprintf(w, "%s/%s: %s\n", p.App, p.MachineID, oneLine(n.Reason, 400))
+				hermesLines++
+			}
+		}
+	}
+	if hermesLines > 0 {
+		fmt.Fprintln(w)
+	}
 	if withHistory > 0 {
 		fmt.Fprintf(w, "order: longest expected drain first (the mean of each machine's last drains; %d of %d to move have drain history, the rest rank as the mean)\n\n",
 			withHistory, out.ToMove)
@@ -260,8 +299,12 @@ func printDryRun(ctx context.Context, e *env, c *components, req orchestrator.Ru
 				canary = "yes, no bake"
 			}
 		}
+		idle := idleWaitText(d.IdleWaitSeconds, d.OnBusy)
+		if d.IdleWaitSeconds > 0 && d.IdleQuietForSeconds > 0 {
+			idle += ", quiet " + d.IdleQuietFor
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\tno\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.App, p.MachineID, p.Region, stateText(p), p.Image,
-			canary, expected, yesNo(d.Quiet), d.Rule, idleWaitText(d.IdleWaitSeconds, d.OnBusy), d.Wait, onDeadline, window, drainColumn(p))
+			canary, expected, yesNo(d.Quiet), d.Rule, idle, d.Wait, onDeadline, window, drainColumn(p))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -215,15 +215,18 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	if m := regexp.MustCompile(`run 1: (\d+) turns? interrupted by a rollback`).FindStringSubmatch(out); m != nil {
 		byRollback, _ = strconv.Atoi(m[1])
 	}
-	if auto.cause != "auto-update" || auto.drains != "quiet" || auto.machines != 6 || auto.deferred != 1 ||
-		auto.rolledBack != 2 || auto.migrated != 3 || auto.notRunning != 2 || auto.broadcasts != 0 ||
+	// The agent in a 3-hour task is deferred; so is the talking agent
+	// (hermes-agent-1) when its users never leave it the auto-update's
+	// idle_quiet_for (no session active for 300 s) within the idle wait.
+	if auto.cause != "auto-update" || auto.drains != "quiet" || auto.machines != 6 || auto.deferred < 1 || auto.deferred > 2 ||
+		auto.rolledBack != 2 || auto.migrated != 4-auto.deferred || auto.notRunning != 2 || auto.broadcasts != 0 ||
 		auto.pinged != byRollback || auto.interrupted != byRollback || auto.state != "failed" {
-		t.Errorf("auto-update summary %+v (%d interrupted by a rollback): want quiet, 6 machines, 3 migrated (2 of them down, without a drain), 1 deferred, 2 rolled back, no broadcast, no turn interrupted but by the rollback, failed",
+		t.Errorf("auto-update summary %+v (%d interrupted by a rollback): want quiet, 6 machines, 1 or 2 deferred, the others migrated (2 of them down, without a drain), 2 rolled back, no broadcast, no turn interrupted but by the rollback, failed",
 			auto, byRollback)
 	}
-	if op.cause != "operator" || op.drains != "loud" || op.machines != 1 || op.forced != 1 || op.migrated != 1 ||
-		op.broadcasts != 1 || op.pinged < 1 || op.interrupted < 1 || op.state != "succeeded" {
-		t.Errorf("operator summary %+v: want loud, the deferred machine forced, one broadcast, pinged, its task interrupted, succeeded", op)
+	if op.cause != "operator" || op.drains != "loud" || op.machines != auto.deferred || op.forced < 1 || op.migrated != op.machines ||
+		op.broadcasts != op.machines || op.pinged < 1 || op.interrupted < 1 || op.state != "succeeded" {
+		t.Errorf("operator summary %+v: want loud, the deferred machines moved (the one in a task forced, its task interrupted and pinged), a broadcast each, succeeded", op)
 	}
 
 	// --keep: the database is up and the CLI works against it.

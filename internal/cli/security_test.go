@@ -129,7 +129,7 @@ func TestSecurityFullRunLeaksNoSecret(t *testing.T) {
 	const machines = 8
 	w := newSimWorld(t, fleetsim.Config{Apps: machines, Seed: 77,
 		Workload: fleetsim.Workload{BusyFraction: 0.3, TurnMedian: 10 * time.Second}}, 50,
-		"MIGRATOR_FLEET_CAP=4", "MIGRATOR_POLL_INTERVAL=1s", "MIGRATOR_LOG_LEVEL=debug")
+		"MIGRATOR_FLEET_CAP=4", "MIGRATOR_POLL_INTERVAL=1s", "MIGRATOR_LOG_LEVEL=debug", noQuietPolicy(t))
 	apps := w.sim.Apps()
 	w.sim.SetWrongSecret(apps[2], true)
 	w.sim.SetDashboardDown(apps[5], w.sim.MachineIDs(apps[5])[0], true)

@@ -2,10 +2,12 @@
 // changing anything on them: for each selected machine its app, id, state,
 // image, the Hermes version from GET /api/status, and the readiness of its
 // drain endpoint from the gateway client's side-effect-free probe (a drain
-// POST with the agent's derived secret and an unknown action: 400 ready,
-// 401 no secret, 404 no drain route, 403, 5xx, unreachable). A 401 is
-// refined by its body and the version (gateway.Explain401): on a gated
-// bind an older Hermes answers 401 before routing, like a missing secret.
+// POST with the agent's derived secret and an unknown action: 400 "Unknown
+// drain action" ready, 400 "Invalid Host header" host rejected, 401 no
+// secret, 404 no drain route, 403, 5xx, unreachable). A 401 is refined by
+// its body and the version (gateway.Explain401): on a gated bind an older
+// Hermes answers 401 before routing, like a missing secret. Each agent's
+// line also lists the Hermes features its version lacks (hermes.Table).
 //
 // Machines are listed by the caller (orchestrator.SelectMachines, through
 // the Fly transport that paces every call to Fly's rate limits); the
@@ -21,12 +23,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/hermes"
 )
 
 // Gateway is what the check needs of the agents' dashboards.
@@ -59,9 +63,22 @@ type Config struct {
 	// MinDrainVersion is the oldest Hermes version with the drain route
 	// (MIGRATOR_HERMES_MIN_DRAIN_VERSION). A probe answered 401 by a gated
 	// bind's login gate (before routing) is an older Hermes below it, a
-	// missing drain secret at or above it; "" leaves it undetermined
-	// (gateway.NoSecretOrRoute). See gateway.Explain401.
+	// missing drain secret at or above it. "": the Features table's
+	// drain_route (0.18.0 by default). See gateway.Explain401.
 	MinDrainVersion string
+	// Features is the minimum Hermes version of each feature migrator
+	// relies on: each agent's line lists those its version lacks. The zero
+	// Table is hermes.Default().
+	Features hermes.Table
+}
+
+// minDrainVersion is the drain route's minimum: the setting, else the
+// features table's.
+func (c Config) minDrainVersion() string {
+	if c.MinDrainVersion != "" {
+		return c.MinDrainVersion
+	}
+	return c.Features.Min(hermes.DrainRoute)
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -96,6 +113,10 @@ type Agent struct {
 	// AuthLayer says, for a 401, which part of the dashboard refused: the
 	// drain route itself, or a gated bind's login gate before routing.
 	AuthLayer gateway.AuthLayer `json:"auth_layer,omitempty"`
+	// Lacks are the Hermes features Version lacks (hermes.Table.Lacks), by
+	// name, in the order Hermes gained them; none when the version is
+	// unread or cannot be compared.
+	Lacks []hermes.Feature `json:"lacks,omitempty"`
 }
 
 // Ready reports whether the agent does not stand in the way of a drain.
@@ -182,6 +203,9 @@ func probe(ctx context.Context, cfg Config, gw Gateway, m flymachines.Machine, a
 	cancel()
 	if serr == nil {
 		a.Version = st.Version
+		for _, l := range cfg.Features.Lacks(st.Version) {
+			a.Lacks = append(a.Lacks, l.Feature)
+		}
 	} else if r, _ := gateway.Classify(serr); r == gateway.Unreachable {
 		// The same dashboard serves the drain route: no need to wait for
 		// it to fail twice.
@@ -199,11 +223,16 @@ func probe(ctx context.Context, cfg Config, gw Gateway, m flymachines.Machine, a
 	if res.Readiness == gateway.NoSecret {
 		// Which 401: the drain route's, or a login gate's before routing
 		// (an older Hermes or no secret: the version tells).
-		a.Readiness, a.Detail = gateway.Explain401(res.Err, a.Version, cfg.MinDrainVersion)
+		a.Readiness, a.Detail = gateway.Explain401(res.Err, a.Version, cfg.minDrainVersion())
 		var he *gateway.HTTPError
 		if errors.As(res.Err, &he) {
 			a.AuthLayer = he.Layer()
 		}
+	}
+	if res.Readiness == gateway.Ready || a.AuthLayer == gateway.AuthDrainRoute {
+		// The drain route answered: whatever the version says (an image
+		// built between two tags reports the older one), it has it.
+		a.Lacks = slices.DeleteFunc(a.Lacks, func(f hermes.Feature) bool { return f == hermes.DrainRoute })
 	}
 	cfg.Logger.Debug("fleet check", "app", m.App, "machine_id", m.ID, "readiness", string(a.Readiness),
 		"status", a.StatusCode, "version", a.Version)
@@ -217,7 +246,9 @@ func Explain(r gateway.Readiness) string {
 		gateway.NoDrainRoute: "404: a Hermes without the drain endpoint (on a gated bind: a login gate's 401 from a version below the minimum); a run with --undrainable recreate moves it to a drain-aware image",
 		gateway.NoSecretOrRoute: "401 from a gated dashboard's login gate: an older Hermes without the drain route, or no drain secret configured; set " +
 			gateway.MinDrainVersionEnv + " to tell them apart (either way --undrainable recreate moves it)",
-		gateway.Forbidden:   "403: the gateway knows the token but not for drain-control",
+		gateway.Forbidden: "403: the gateway knows the token but not for drain-control",
+		gateway.HostRejected: "400 Invalid Host header: the dashboard is bound to another hostname than MIGRATOR_GATEWAY_URL names " +
+			"(every call to it gets this 400, /api/status too); point the URL template at the bound hostname",
 		gateway.ServerError: "5xx: the gateway failed (marker write or auth provider)",
 		gateway.Unreachable: "no answer from the dashboard",
 		gateway.Unexpected:  "an answer the gateway contract does not list",

@@ -12,6 +12,7 @@ import (
 	"github.com/hermes-cloud/migrator/internal/fleetcheck"
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/gateway"
+	"github.com/hermes-cloud/migrator/internal/hermes"
 	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/store"
@@ -175,10 +176,12 @@ func TestCheckGatedBind(t *testing.T) {
 			"hermes-agent-3": gateway.NoSecret, "hermes-agent-4": gateway.NoSecret},
 			map[string]string{"hermes-agent-2": "older Hermes v0 (below v1) without the drain route", "hermes-agent-3": "no drain secret configured",
 				"hermes-agent-4": "another drain secret than ours"}},
-		{"", map[string]gateway.Readiness{"hermes-agent-1": gateway.Ready, "hermes-agent-2": gateway.NoSecretOrRoute,
-			"hermes-agent-3": gateway.NoSecretOrRoute, "hermes-agent-4": gateway.NoSecret},
-			map[string]string{"hermes-agent-2": "an older Hermes without the drain route, or no drain secret configured (version v0)",
-				"hermes-agent-3": "(version v1)"}},
+		// Unset: the features table's drain_route, 0.18.0 (hermes-agent
+		// #52937, first released in 0.18.0).
+		{"", map[string]gateway.Readiness{"hermes-agent-1": gateway.Ready, "hermes-agent-2": gateway.NoDrainRoute,
+			"hermes-agent-3": gateway.NoSecret, "hermes-agent-4": gateway.NoSecret},
+			map[string]string{"hermes-agent-2": "older Hermes v0 (below 0.18.0) without the drain route",
+				"hermes-agent-3": "Hermes v1 has the drain route but no drain secret configured"}},
 	} {
 		rep, err := fleetcheck.Check(ctx, fleetcheck.Config{MinDrainVersion: tc.min}, gw, machines)
 		if err != nil {
@@ -195,5 +198,89 @@ func TestCheckGatedBind(t *testing.T) {
 		if fleetcheck.Explain(gateway.NoSecretOrRoute) == "" {
 			t.Error("no explanation for no_secret_or_drain_route")
 		}
+	}
+}
+
+// TestCheckHermesFeaturesAndHost: each agent's line lists the Hermes
+// features its version lacks (the table, or an override); a dashboard bound
+// to another hostname answers 400 "Invalid Host header", which is not a
+// drain route answering; an agent whose version cannot be compared stays
+// undetermined on a gated 401.
+func TestCheckHermesFeaturesAndHost(t *testing.T) {
+	const (
+		old = "registry.fly.io/hermes-agent:old"
+		mid = "registry.fly.io/hermes-agent:mid"
+		dev = "registry.fly.io/hermes-agent:dev"
+	)
+	clk := clock.NewScaled(time.Time{}, 100)
+	images := map[string]string{"hermes-agent-1": old, "hermes-agent-2": mid, "hermes-agent-4": dev}
+	sim, err := fleetsim.New(fleetsim.Config{Apps: 4, Clock: clk, APISimTime: true, Seed: 9, GatedBind: true,
+		HermesVersions: map[string]string{old: "0.17.2", mid: "0.18.2", dev: "dev-build"},
+		AppImage:       func(app string) string { return images[app] },
+		Unprovisioned:  func(app string) bool { return app == "hermes-agent-4" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	sim.SetHostRejected("hermes-agent-3", true)
+	ctx := context.Background()
+	fly, err := flymachines.New(ctx, flymachines.Config{Token: sim.FlyToken(), BaseURL: sim.FlyBaseURL(), Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(gateway.Config{URLTemplate: sim.GatewayURLTemplate(), DrainKey: sim.DrainKey(),
+		RetryMax: 1, RetryWaitMin: time.Millisecond, RetryWaitMax: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	machines, err := orchestrator.SelectMachines(ctx, fly, store.Selector{Org: sim.Org()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := fleetcheck.Check(ctx, fleetcheck.Config{}, gw, machines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]struct {
+		r     gateway.Readiness
+		lacks string
+	}{
+		// 0.17.2 answered the drain route (built after #52937, before the
+		// 0.18.0 tag): it lacks the rest by its version, not the route.
+		"hermes-agent-1": {gateway.Ready, "quiet_flag boot_self_heal counts_cron self_suspend marker_expiry idle_2m"},
+		"hermes-agent-2": {gateway.Ready, "counts_cron self_suspend marker_expiry idle_2m"},
+		"hermes-agent-3": {gateway.HostRejected, ""},
+		"hermes-agent-4": {gateway.NoSecretOrRoute, ""},
+	}
+	for _, a := range rep.Agents {
+		var lacks []string
+		for _, f := range a.Lacks {
+			lacks = append(lacks, string(f))
+		}
+		w := want[a.App]
+		if a.Readiness != w.r || strings.Join(lacks, " ") != w.lacks {
+			t.Errorf("%s: %s (%d %s), lacks %v; want %s, lacks %q", a.App, a.Readiness, a.StatusCode, a.Detail, lacks, w.r, w.lacks)
+		}
+		if a.App == "hermes-agent-3" && (a.Ready() || !strings.Contains(a.Detail, "Invalid Host header")) {
+			t.Errorf("%s: ready %v, detail %q", a.App, a.Ready(), a.Detail)
+		}
+	}
+	if rep.Ready() {
+		t.Error("a fleet with a Host-rejecting dashboard reported ready")
+	}
+	if !strings.Contains(fleetcheck.Explain(gateway.HostRejected), "bound to another hostname") {
+		t.Errorf("explain: %q", fleetcheck.Explain(gateway.HostRejected))
+	}
+	// An override moves the line: 0.18.2 lacks nothing below 0.18.
+	tab, err := hermes.Parse("counts_cron=0.18.0,self_suspend=0.18.0,marker_expiry=0.18.0,idle_2m=0.18.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err = fleetcheck.Check(ctx, fleetcheck.Config{Features: tab}, gw, machines[1:2])
+	if err != nil || len(rep.Agents[0].Lacks) != 0 {
+		t.Errorf("with the override: %+v, %v", rep.Agents, err)
 	}
 }

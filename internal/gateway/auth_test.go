@@ -101,7 +101,10 @@ func TestPlatformUpParked(t *testing.T) {
 		{Platform{State: "running"}, true, false},
 		{Platform{State: "ok"}, true, false},
 		{Platform{State: "fatal", ErrorCode: "telegram_token_lock"}, false, true},
-		{Platform{State: "disabled"}, false, true},
+		// disabled is informational (a served profile's platform the
+		// default profile's gateway runs): never parked.
+		{Platform{State: "disabled"}, false, false},
+		{Platform{State: "disabled", NeedsAttention: true}, false, false},
 		{Platform{State: "retrying", ErrorCode: "network"}, false, false},
 		{Platform{State: "retrying", NeedsAttention: true}, false, true},
 		{Platform{State: "connected", NeedsAttention: true}, true, false},

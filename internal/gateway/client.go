@@ -195,6 +195,7 @@ func (c *Client) Status(ctx context.Context, t Target) (Status, error) {
 		Overall    json.RawMessage `json:"overall"`
 		Nous       json.RawMessage `json:"nous_session_valid"`
 		ExitReason json.RawMessage `json:"gateway_exit_reason"`
+		Sessions   json.RawMessage `json:"active_sessions"`
 	}
 	if err := decodeObject(data, &r); err != nil {
 		return Status{}, &DecodeError{Op: OpStatus, Target: t.String(), StatusCode: status, Reason: "status is not the contract's JSON", Err: err}
@@ -228,6 +229,11 @@ func (c *Client) Status(ctx context.Context, t Target) (Status, error) {
 	s.Overall, s.NousSession = b.clean(jsonString(r.Overall), maxWord), b.clean(jsonString(r.Nous), maxWord)
 	s.ExitReason = b.clean(jsonString(r.ExitReason), maxText)
 	s.Oversized = b.oversized()
+	var sessions int
+	if len(r.Sessions) > 0 && json.Unmarshal(r.Sessions, &sessions) == nil && sessions >= 0 {
+		// Read leniently too: a negative or non-integer count is left out.
+		s.ActiveSessions = &sessions
+	}
 	return s, nil
 }
 

@@ -169,7 +169,10 @@ func TestStatus(t *testing.T) {
 	}{
 		{name: "full, unknown fields ignored",
 			body: `{"version":"0.21.4","release_date":"2026-09-20","gateway_running":true,"gateway_state":"draining","gateway_busy":false,"gateway_drainable":false,"active_agents":2,"active_sessions":3,"restart_drain_timeout":30,"components":{"gateway":{"status":"ok"}},"gateway_platforms":{}}`,
-			want: Status{Running: true, State: "draining", ActiveAgents: 2, Version: "0.21.4", RestartDrainTimeout: 30}},
+			want: Status{Running: true, State: "draining", ActiveAgents: 2, Version: "0.21.4", RestartDrainTimeout: 30, ActiveSessions: ptr(3)}},
+		{name: "active_sessions not a count (left out)",
+			body: `{"gateway_running":true,"gateway_state":"running","active_agents":0,"active_sessions":-1}`,
+			want: Status{Running: true, State: "running"}},
 		{name: "state null", body: `{"gateway_running":true,"gateway_state":null,"active_agents":0,"version":"0.20.0"}`,
 			want: Status{Running: true, Version: "0.20.0"}},
 		{name: "fractional timeout", body: `{"gateway_running":true,"gateway_state":"running","active_agents":1,"restart_drain_timeout":2.5}`,
@@ -234,6 +237,8 @@ func TestStatus(t *testing.T) {
 		})
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func TestRetriesServerErrorsThenSucceeds(t *testing.T) {
 	srv := newServer(t, func(w http.ResponseWriter, _ *http.Request, n int) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 )
 
 // OpProbe names the readiness probe in callrec and errors.
@@ -33,14 +34,32 @@ const (
 	ServerError Readiness = "server_error"
 	// Unreachable: no answer (the dashboard is down, the VM is not running).
 	Unreachable Readiness = "unreachable"
+	// HostRejected: 400 "Invalid Host header": the dashboard is bound to a
+	// hostname and refused the one migrator's URL template names, after
+	// the bearer was accepted and before routing (hermes-agent
+	// hermes_cli/web_server.py host_header_middleware). Not a drain route
+	// answering: every call to this dashboard gets the same 400.
+	HostRejected Readiness = "host_rejected"
 	// Unexpected: any other answer, including a 2xx (the gateway did not
-	// follow the contract, and may have acted on the probe).
+	// follow the contract, and may have acted on the probe), and a 400
+	// whose detail is neither of the two above.
 	Unexpected Readiness = "unexpected"
+)
+
+// The details of hermes-agent's 400s that say who answered: the drain
+// route refusing an action it does not know (web_server gateway_drain:
+// "Unknown drain action …"), or the dashboard's Host check before routing
+// ("Invalid Host header. Dashboard requests must use the hostname the
+// server was bound to." — newer versions add "or the configured public
+// hostname").
+const (
+	detailUnknownAction = "Unknown drain action"
+	detailInvalidHost   = "Invalid Host header"
 )
 
 // Readinesses lists every category, ready first, in report order.
 func Readinesses() []Readiness {
-	return []Readiness{Ready, NoSecret, NoDrainRoute, NoSecretOrRoute, Forbidden, ServerError, Unreachable, Unexpected}
+	return []Readiness{Ready, NoSecret, NoDrainRoute, NoSecretOrRoute, Forbidden, HostRejected, ServerError, Unreachable, Unexpected}
 }
 
 // ProbeResult is one probe's answer.
@@ -52,8 +71,11 @@ type ProbeResult struct {
 
 // Probe asks the agent's drain endpoint, without side effects, whether it
 // would accept a drain from migrator: a POST with the agent's derived
-// secret and an unknown action. 5xx and transport errors are retried like
-// every call, within ctx.
+// secret and an unknown action. Only the drain route's own 400 ("Unknown
+// drain action …") is Ready: a 400 "Invalid Host header" is the dashboard
+// refusing the hostname before routing (HostRejected), and a 400 with any
+// other detail is not the contract's (Unexpected). 5xx and transport
+// errors are retried like every call, within ctx.
 func (c *Client) Probe(ctx context.Context, t Target) ProbeResult {
 	status, _, err := c.do(ctx, OpProbe, t, http.MethodPost, drainRoute, cancelRequest{Action: ProbeAction})
 	if err == nil {
@@ -61,7 +83,7 @@ func (c *Client) Probe(ctx context.Context, t Target) ProbeResult {
 			Err: &DecodeError{Op: OpProbe, Target: t.String(), StatusCode: status, Reason: "the gateway accepted an unknown drain action"}}
 	}
 	var he *HTTPError
-	if errors.As(err, &he) && he.StatusCode == http.StatusBadRequest {
+	if errors.As(err, &he) && he.StatusCode == http.StatusBadRequest && strings.HasPrefix(he.Detail, detailUnknownAction) {
 		return ProbeResult{Readiness: Ready, StatusCode: he.StatusCode}
 	}
 	r, code := Classify(err)
@@ -83,6 +105,8 @@ func Classify(err error) (Readiness, int) {
 			return NoDrainRoute, code
 		case code == http.StatusForbidden:
 			return Forbidden, code
+		case code == http.StatusBadRequest && strings.HasPrefix(he.Detail, detailInvalidHost):
+			return HostRejected, code
 		case code >= 500:
 			return ServerError, code
 		default:

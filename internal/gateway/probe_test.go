@@ -19,7 +19,13 @@ func TestProbe(t *testing.T) {
 		want   Readiness
 		tries  int
 	}{
-		{400, `{"detail":"Unknown drain action 'migrator-readiness-probe'"}`, Ready, 1},
+		{400, `{"detail":"Unknown drain action 'migrator-readiness-probe'; expected 'drain' or 'cancel'"}`, Ready, 1},
+		// The dashboard's Host check (hermes_cli/web_server.py
+		// host_header_middleware) answers after the bearer and before
+		// routing: not a drain route answering.
+		{400, `{"detail":"Invalid Host header. Dashboard requests must use the hostname the server was bound to."}`, HostRejected, 1},
+		{400, `{"detail":"Invalid Host header. Dashboard requests must use the bound hostname or the configured public hostname."}`, HostRejected, 1},
+		{400, `{"detail":"something else"}`, Unexpected, 1},
 		{401, `{"detail":"Unauthorized ` + testSecret("hermes-a") + `"}`, NoSecret, 1},
 		{404, `{"detail":"Not Found"}`, NoDrainRoute, 1},
 		{403, `{"detail":"scope"}`, Forbidden, 1},

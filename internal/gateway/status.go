@@ -50,12 +50,19 @@ func (p Platform) Up() bool { return PlatformStateUp(p.State) }
 
 // Parked reports whether the platform is down for good on this instance:
 // "fatal" (a non-retryable error: the gateway parks it and serves the
-// others, gateway_state "degraded"), "disabled", or a retry loop that has
-// escalated to needs_attention. "retrying", "connecting" and unknown
-// states may still come up.
+// others, gateway_state "degraded"), or a retry loop that has escalated to
+// needs_attention. "retrying", "connecting" and unknown states may still
+// come up. "disabled" is not parked (see Disabled).
 func (p Platform) Parked() bool {
-	return p.State == "fatal" || p.State == "disabled" || p.NeedsAttention && !p.Up()
+	return !p.Disabled() && (p.State == "fatal" || p.NeedsAttention && !p.Up())
 }
+
+// Disabled reports whether the platform is one the gateway deliberately
+// does not run here: informational, never a degraded verdict. A
+// multiplexed gateway reports "disabled" for a served profile's platform
+// whose shared ingress the default profile owns (hermes-agent's status
+// route, _component_health, leaves such entries out of its rollup).
+func (p Platform) Disabled() bool { return p.State == "disabled" }
 
 // PlatformStateUp reports whether a platform state is one of the healthy ones.
 func PlatformStateUp(state string) bool {
@@ -94,6 +101,12 @@ type Status struct {
 	// when nothing was. Every string field above is one printable line,
 	// already bounded.
 	Oversized []string
+	// ActiveSessions is active_sessions: the sessions whose last activity
+	// is under 300 s old (hermes-agent's status route,
+	// _count_status_active_sessions); nil when absent (an older Hermes).
+	// A background delegation or process is not in active_agents; its
+	// turn's session stays in this count for 300 s after its last message.
+	ActiveSessions *int
 }
 
 // Quiescent reports whether the agent may be recreated without cutting work

@@ -237,7 +237,7 @@ func New(cfg Config) (*Metrics, error) {
 	for _, o := range outcomes {
 		m.machines.WithLabelValues(o)
 	}
-	for _, r := range []string{orchestrator.PeekIdle, orchestrator.PeekBusy, orchestrator.PeekUnreadable} {
+	for _, r := range []string{orchestrator.PeekIdle, orchestrator.PeekBusy, orchestrator.PeekQuietWait, orchestrator.PeekUnreadable} {
 		m.peeks.WithLabelValues(r)
 	}
 	for _, r := range []string{orchestrator.IdleFound, orchestrator.IdleBusyDrained, orchestrator.IdleBusyDeferred} {

@@ -192,9 +192,16 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	defer pool.Close()
 	st := store.New(pool)
+	pol := policy.Default()
+	if cfg.IdleQuietFor != nil {
+		src := fmt.Sprintf("[causes.%s]\nidle_quiet_for = %q\n", cfg.Cause, cfg.IdleQuietFor.String())
+		if pol, err = policy.Parse("bench", []byte(src)); err != nil {
+			return res, fmt.Errorf("policy with idle_quiet_for %s: %w", cfg.IdleQuietFor, err)
+		}
+	}
 	orch, err := orchestrator.New(orchestrator.Config{FleetCap: cfg.Budget, PollInterval: cfg.PollInterval,
 		PeekBackoffMax: cfg.PeekBackoffMax, Clock: clk, Logger: wlog},
-		st, fly, turns, policy.Default())
+		st, fly, turns, pol)
 	if err != nil {
 		return res, err
 	}
@@ -261,6 +268,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	simCPU0 := meter.total()
 	pgCPU0 := treeCPU(pgPID)
 	turns0, draining0, refusals0 := sim.Activity(), drainingByAgent(sim), sim.Refusals()
+	bgDone0, bgCut0, cron0 := sim.BackgroundTotals()
 	runWall0, runSim0 := time.Now(), clk.Now()
 	run, _, err := orch.CreateRun(ctx, req, planned)
 	if err != nil {
@@ -295,6 +303,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	res.RunRequests = diffInts(reqs1, sim.Requests())
 	res.Turns = diffActivity(turns0, sim.Activity())
+	bgDone1, bgCut1, cron1 := sim.BackgroundTotals()
+	res.BackgroundDone, res.BackgroundCutOff, res.CronInterrupted = bgDone1-bgDone0, bgCut1-bgCut0, cron1-cron0
 	res.DrainingP99, res.DrainingMax = drainingQuantiles(draining0, drainingByAgent(sim))
 	res.RateViolations = sim.RateViolations()
 	res.MaxDisrupted = sim.MaxDisrupted()

@@ -108,6 +108,10 @@ type Config struct {
 	// Activity; without, 0 (the drain-scheduling scenarios measure how
 	// drains that wait are scheduled, so every drain begins at its slot).
 	IdleWait *time.Duration
+	// IdleQuietFor, if set, replaces the policy's idle_quiet_for for the
+	// run's cause (how long an agent must show nothing in flight for an
+	// idle moment to count); nil: the policy's (2m for auto-update).
+	IdleQuietFor *time.Duration
 	// Deadline is the run's DeadlineOverride: long enough that no drain is
 	// forced. Default 24h.
 	Deadline time.Duration

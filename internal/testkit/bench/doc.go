@@ -55,11 +55,15 @@
 // counted from each agent's first look shows what the budget's order cost
 // apart from noticing; and each refused turn placed in its drain (while it
 // waited for a turn in flight, before or after the read that found it
-// quiescent). `migrator bench --scenario activity` runs it twice from
-// the same state (same seed, fresh simulator and database each) with an
-// auto-update run: with IdleWait 0 (the drain begins as the machine gets
-// its slot) and with the policy's idle wait (idle first), and reports them
-// side by side (Report.AtOnce, Report.IdleFirst).
+// quiescent). `migrator bench --scenario activity` runs it three times
+// from the same state (same seed, fresh simulator and database each) with
+// an auto-update run: with IdleWait 0 and no idle_quiet_for (the drain
+// begins as the machine gets its slot), idle first without idle_quiet_for
+// (Config.IdleQuietFor 0), and with the policy's idle wait and quiet (idle
+// first), and reports them side by side (Report.AtOnce,
+// Report.IdleFirstNoQuiet, Report.IdleFirst), with the background
+// delegations the agents leave (fleetsim's Activity.BackgroundShare) that
+// each cut off.
 //
 // # Replicas
 //

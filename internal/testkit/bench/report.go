@@ -14,6 +14,7 @@ import (
 
 	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
 	"github.com/hermes-cloud/migrator/orchestrator"
+	"github.com/hermes-cloud/migrator/policy"
 )
 
 // Host describes the machine a benchmark ran on.
@@ -62,6 +63,10 @@ type Report struct {
 	// cause, with an idle wait of 0 (the drain begins the moment the
 	// machine gets its slot) and with the policy's idle wait.
 	AtOnce, IdleFirst *Result
+	// IdleFirstNoQuiet is the activity scenario's third run, when run:
+	// idle first without idle_quiet_for (an idle moment is one look with
+	// nothing in flight), to measure what the quiet costs and saves.
+	IdleFirstNoQuiet *Result
 	// Replicas are the replicas scenario's runs (RunReplicas); empty: not
 	// run.
 	Replicas []ReplicaRun
@@ -147,7 +152,7 @@ func (r Report) Targets() []Target {
 	})
 	for _, res := range r.scenarios() {
 		name := res.Config.Name
-		if (res == r.AtOnce || res == r.IdleFirst) && activityTag(*res) != "" {
+		if (res == r.AtOnce || res == r.IdleFirst || res == r.IdleFirstNoQuiet) && activityTag(*res) != "" {
 			name += fmt.Sprintf(", seed %d", res.Config.Seed) // kept beside the default seed's in a merged file
 		}
 		add(res, fmt.Sprintf("0 rate-limit violations (%s)", name), func(x Result) (string, bool) {
@@ -228,7 +233,7 @@ func times(a, b int) string {
 
 func (r Report) scenarios() []*Result {
 	var out []*Result
-	for _, s := range []*Result{r.Fleet, r.DrainWait, r.Large, r.AtOnce, r.IdleFirst} {
+	for _, s := range []*Result{r.Fleet, r.DrainWait, r.Large, r.AtOnce, r.IdleFirstNoQuiet, r.IdleFirst} {
 		if s != nil {
 			out = append(out, s)
 		}
@@ -602,22 +607,42 @@ func orDash(s string) string {
 
 // writeActivity writes the activity scenario's side-by-side section.
 func (r Report) writeActivity(b *strings.Builder) {
-	a, i := r.AtOnce, r.IdleFirst
+	a, i, nq := r.AtOnce, r.IdleFirst, r.IdleFirstNoQuiet
 	if a == nil && i == nil {
 		return
 	}
 	cols := []*Result{a, i}
 	b.WriteString("\n## Activity: begin at once vs idle first" + activityTag(*firstOf(a, i)) + "\n\n")
+	if nq != nil {
+		cols = []*Result{a, nq, i}
+	}
 	if x := firstOf(a, i); x != nil && x.Config.Activity != nil {
 		act := x.Config.Activity
 		fmt.Fprintf(b, "%d agents whose users keep talking (fleetsim's activity model, seed %d: per agent a Poisson process "+
 			"of turns at a rate drawn log-normal around %g an hour with σ %g, capped at %g; turns log-normal, median %s σ %g; "+
 			"%.0f %% of the agents in a task of about %s at the start), B = %d, cause %s, time ×%g. Both runs start from the "+
-			"same state (same seed, fresh simulator and database each) and differ only in the run's idle wait.\n\n",
+			"same state (same seed, fresh simulator and database each) and differ only in the run's idle wait "+
+			"(and, for the middle column, idle_quiet_for).\n\n",
 			x.N(), x.Config.Seed, act.TurnsPerHour, act.RateSigma, fleetsim.MaxTurnsPerHour, fmtDur(act.TurnMedian), act.TurnSigma,
 			100*act.LongTaskShare, fmtDur(act.LongTaskMedian), x.Config.Budget, x.Config.Cause, x.Config.TimeScale)
+		if act.BackgroundShare > 0 {
+			median, sigma := act.BackgroundMedian, act.BackgroundSigma
+			if median == 0 {
+				median = fleetsim.DefaultBackgroundMedian
+			}
+			if sigma == 0 {
+				sigma = fleetsim.DefaultBackgroundSigma
+			}
+			fmt.Fprintf(b, "%.0f %% of the served turns leave a background delegation running after they end (log-normal, "+
+				"median %s σ %g), which active_agents does not count (a modelling choice: Hermes publishes no such rate).\n\n",
+				100*act.BackgroundShare, fmtDur(median), sigma)
+		}
 	}
-	b.WriteString("| | begin at once | idle first |\n|---|---|---|\n")
+	if nq != nil {
+		b.WriteString("| | begin at once | idle first, no quiet (idle_quiet_for 0s) | idle first (the policy's idle_quiet_for) |\n|---|---|---|---|\n")
+	} else {
+		b.WriteString("| | begin at once | idle first |\n|---|---|---|\n")
+	}
 	row := func(name string, f func(Result) string) {
 		fmt.Fprintf(b, "| %s |", name)
 		for _, c := range cols {
@@ -655,6 +680,15 @@ func (r Report) writeActivity(b *strings.Builder) {
 		return fmt.Sprintf("%d / %d / %d / %d", n[RefusalSlippedIn], n[RefusalBeforeRead], n[RefusalAfterRead], n[RefusalOther])
 	})
 	row("turns interrupted (in flight at the recreate)", func(x Result) string { return fmt.Sprint(x.Turns.Interrupted) })
+	row("idle_quiet_for", func(x Result) string {
+		if x.Config.IdleQuietFor != nil {
+			return fmtDur(*x.Config.IdleQuietFor) + " (override)"
+		}
+		return fmtDur(policy.Default().Settings(x.Config.Cause).IdleQuietFor) + " (the policy's)"
+	})
+	row("**background delegations cut off** at the recreate (not in active_agents) / finished during the run", func(x Result) string {
+		return fmt.Sprintf("**%d** / %d", x.BackgroundCutOff, x.BackgroundDone)
+	})
 	row("turns served / missed (gateway not serving) during the run", func(x Result) string {
 		return fmt.Sprintf("%d / %d", x.Turns.Served, x.Turns.Missed)
 	})

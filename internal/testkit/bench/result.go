@@ -100,8 +100,13 @@ type Result struct {
 	// The activity model's figures (Config.Activity), over the run: the
 	// simulator's turn counts and agent-time draining, and the per-agent
 	// draining time's p99 and maximum over every agent of the fleet.
-	Turns                    fleetsim.ActivityStats
-	DrainingP99, DrainingMax time.Duration
+	Turns fleetsim.ActivityStats
+	// Background work active_agents does not count (the activity model's
+	// BackgroundShare): delegations that ended during the run, and those
+	// in flight at a recreate's SIGTERM (cut off, unseen); cron runs cut
+	// off likewise.
+	BackgroundDone, BackgroundCutOff, CronInterrupted int
+	DrainingP99, DrainingMax                          time.Duration
 	// Over the migrated machines alone: CreateRun → the last one done, and
 	// LB_r = max(max r_i, Σ r_i / B), the makespan if every drain were
 	// instant; RatioR is their quotient.

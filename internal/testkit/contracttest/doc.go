@@ -34,6 +34,15 @@
 //     platform (a platform parked at boot is "fatal" with its error_code
 //     and the gateway "degraded"; one down before stays down), overall, and
 //     nous_session_valid ("terminal" while everything else looks healthy);
+//   - Hermes by feature (hermes_contract_test.go, each row naming its
+//     hermes-agent source): below 0.18.0 the quiet flag is not echoed and the
+//     shutdown broadcasts, and a drained stop leaves the next boot dark;
+//     below 0.19.0 cron runs are not in active_agents and keep starting
+//     while draining; background delegations and processes never are, and
+//     a recreate cuts them off; active_sessions counts sessions active in
+//     the last 300 s; a disabled platform is not parked; a dashboard bound
+//     to another hostname answers 400 "Invalid Host header" (after the
+//     bearer check), which the probe does not take for a drain route;
 //   - GET machine's events come newest first: an update's SIGTERM is an exit
 //     with requested_stop; a crash loop's exits are not requested, carry
 //     restarting and a growing restart_count, each followed by flyd's start

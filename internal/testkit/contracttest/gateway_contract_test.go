@@ -203,8 +203,9 @@ func gwStatusFields(t *testing.T) {
 	w.sim.AddTurn(w.app, w.id, fleetsim.Turn{Session: "chat-1", Duration: time.Hour})
 	w.sim.AddTurn(w.app, w.id, fleetsim.Turn{Session: "chat-2", Duration: time.Hour})
 	st := w.status(t)
+	sessions := 2 // two sessions with a turn in flight (active in the last 300 s)
 	want := gateway.Status{Running: true, State: gateway.StateRunning, ActiveAgents: 2, Version: "v1", RestartDrainTimeout: 0,
-		Overall: "ok", NousSession: gateway.NousValid,
+		Overall: "ok", NousSession: gateway.NousValid, ActiveSessions: &sessions,
 		Platforms: map[string]gateway.Platform{"telegram": {State: "connected"}, "slack": {State: "connected"}}}
 	if !reflect.DeepEqual(st, want) {
 		t.Errorf("Status = %+v, want %+v", st, want)

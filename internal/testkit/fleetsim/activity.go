@@ -34,6 +34,15 @@ type Activity struct {
 	LongTaskShare  float64
 	LongTaskMedian time.Duration
 	LongTaskSigma  float64
+	// BackgroundShare is the share of served turns that leave a background
+	// delegation running after they end (a subagent that reports later),
+	// which active_agents does not count; its length is log-normal
+	// (BackgroundMedian, default 2m; BackgroundSigma, default 1). Drawn
+	// from each turn on a stream of its own, so the turns do not change
+	// with it. Default 0: none.
+	BackgroundShare  float64
+	BackgroundMedian time.Duration
+	BackgroundSigma  float64
 }
 
 // Activity defaults.
@@ -45,6 +54,8 @@ const (
 	DefaultLongTaskShare    = 0.02
 	DefaultLongTaskMedian   = 2 * time.Hour
 	DefaultLongTaskSigma    = 0.5
+	DefaultBackgroundMedian = 2 * time.Minute
+	DefaultBackgroundSigma  = 1.0
 	MaxTurnsPerHour         = 120.0 // a person does not send more than one message every 30 s for long
 	maxLongTask             = 12 * time.Hour
 	longTaskSession         = "long-task"
@@ -79,6 +90,12 @@ func (a Activity) withDefaults() Activity {
 	if a.LongTaskSigma == 0 {
 		a.LongTaskSigma = DefaultLongTaskSigma
 	}
+	if a.BackgroundMedian == 0 {
+		a.BackgroundMedian = DefaultBackgroundMedian
+	}
+	if a.BackgroundSigma == 0 {
+		a.BackgroundSigma = DefaultBackgroundSigma
+	}
 	return a
 }
 
@@ -93,6 +110,9 @@ func (a Activity) validate() error {
 	}
 	if a.TurnMedian < 0 || a.LongTaskMedian < 0 {
 		errs = append(errs, errors.New("activity: turn and long-task medians must not be negative"))
+	}
+	if bad(a.BackgroundShare) || a.BackgroundShare > 1 || bad(a.BackgroundSigma) || a.BackgroundSigma > 5 || a.BackgroundMedian < 0 {
+		errs = append(errs, fmt.Errorf("activity: background share must be in [0, 1] (got %g), its sigma in [0, 5], its median not negative", a.BackgroundShare))
 	}
 	if bad(a.LongTaskShare) || a.LongTaskShare > 1 {
 		errs = append(errs, fmt.Errorf("activity: long-task share must be in [0, 1], got %g", a.LongTaskShare))

@@ -156,6 +156,8 @@ func (s *Sim) platformStates(m *machine, ph phase, now time.Time) map[string]Pla
 		if o, ok := m.app.platformState[name]; ok {
 			p = o
 			p.UpdatedAt = at
+		} else if s.platformDisabled(agentImage(m.config), name) {
+			p = Platform{State: "disabled", UpdatedAt: at}
 		} else if code, ok := s.parkPlatform[agentImage(m.config)][name]; ok {
 			msg := name + " failed to start: " + code
 			p = Platform{State: "fatal", ErrorCode: &code, ErrorMessage: &msg, UpdatedAt: at}

@@ -94,6 +94,13 @@ type Config struct {
 	// their dashboards answer 404 to POST /api/gateway/drain (401 on a
 	// GatedBind).
 	LegacyImages []string
+	// HermesVersions maps an image to the Hermes version its agents report
+	// (/api/status "version") and behave as: below 0.18.0 they ignore
+	// suppress_notification and boot dark after a drained stop, below
+	// 0.19.0 cron runs are not in active_agents and keep starting while
+	// draining (hermes.go). An image not in it reports its tag and behaves
+	// as the newest Hermes.
+	HermesVersions map[string]string
 	// GatedBind serves every dashboard as on a non-loopback bind, which is
 	// how a control plane reaches an agent: a login gate answers every
 	// non-public /api request no auth provider accepts with 401 before

@@ -63,6 +63,9 @@ func (s *Sim) handleGateway(w http.ResponseWriter, r *http.Request) {
 			methodNotAllowed(w, "GET")
 			return
 		}
+		if s.hostRejected(w, m) {
+			return
+		}
 		s.handleStatus(w, m)
 	case RouteDrain:
 		if r.Method != http.MethodPost && !s.cfg.GatedBind {
@@ -111,7 +114,7 @@ func (s *Sim) handleStatus(w http.ResponseWriter, m *machine) {
 	st := s.gatewayStateAt(m, ph, now)
 	plats := s.platformStates(m, ph, now)
 	b := statusBody{
-		GatewayState: &st, Version: versionOf(agentImage(m.config)), GatewayPlatforms: plats,
+		GatewayState: &st, Version: s.hermesVersion(agentImage(m.config)), GatewayPlatforms: plats,
 		AuthRequired: s.cfg.GatedBind, NousSessionValid: s.nousAt(m),
 	}
 	switch {
@@ -134,22 +137,22 @@ func (s *Sim) handleStatus(w http.ResponseWriter, m *machine) {
 			b.GatewayPID = &pid
 		}
 		b.GatewayRunning = true
-		b.ActiveAgents = m.active()
-		sessions := map[string]struct{}{}
-		for _, t := range m.inflight {
-			sessions[t.session] = struct{}{}
-		}
-		b.ActiveSessions = len(sessions)
+		b.ActiveAgents = m.active() + s.hermesActive(m)
 	}
+	b.ActiveSessions = s.activeSessions(m, now)
 	if ph == phaseRunning {
 		b.GatewayBusy = b.ActiveAgents > 0
 		b.GatewayDrainable = b.ActiveAgents == 0
 	}
-	connected := 0
+	connected, configured := 0, 0
 	for _, p := range plats {
-		if p.State == "connected" {
+		switch p.State {
+		case "disabled":
+			continue // informational (hermes-agent's _component_health)
+		case "connected":
 			connected++
 		}
+		configured++
 	}
 	comp := func(ok bool) map[string]any {
 		if ok {
@@ -159,8 +162,8 @@ func (s *Sim) handleStatus(w http.ResponseWriter, m *machine) {
 	}
 	gw := comp(b.GatewayRunning && (st == "running" || st == "draining"))
 	gw["state"] = st
-	pl := comp(connected == len(plats))
-	pl["configured"], pl["connected"] = len(plats), connected
+	pl := comp(connected == configured)
+	pl["configured"], pl["connected"] = configured, connected
 	b.Components = map[string]any{"gateway": gw, "dashboard": comp(true), "storage": comp(true), "platforms": pl}
 	b.Overall = "degraded"
 	if gw["status"] == "ok" && pl["status"] == "ok" {
@@ -179,6 +182,15 @@ type beginResponse struct {
 	SuppressNotification bool   `json:"suppress_notification"`
 }
 
+// legacyBeginResponse is a begin's answer before suppress_notification
+// (hermes-agent #54824): no flag echoed.
+type legacyBeginResponse struct {
+	OK          bool   `json:"ok"`
+	Action      string `json:"action"`
+	RequestedAt string `json:"requested_at"`
+	Draining    bool   `json:"draining"`
+}
+
 type cancelResponse struct {
 	OK          bool   `json:"ok"`
 	Action      string `json:"action"`
@@ -193,6 +205,9 @@ func (s *Sim) handleDrain(w http.ResponseWriter, r *http.Request, m *machine) {
 	if code, body, ok := s.drainAuth(r, m); !ok {
 		writeJSON(w, code, body)
 		return
+	}
+	if s.hostRejected(w, m) {
+		return // after the token-auth seam, before routing (hermes.go)
 	}
 	if r.Method != http.MethodPost {
 		methodNotAllowed(w, "POST")
@@ -225,6 +240,10 @@ func (s *Sim) handleDrain(w http.ResponseWriter, r *http.Request, m *machine) {
 		quiet := pyTruthy(body["suppress_notification"])
 		s.mu.Lock()
 		now := s.bringUp(m)
+		honoured := s.quietHonoured(agentImage(m.config))
+		if !honoured {
+			quiet = false // below 0.18.0 the marker has no flag (hermes.go)
+		}
 		if !s.markerCurrent(m, now) {
 			// A new drain: the watcher notices it on its next tick. A
 			// refresh of a current one changes only its age and flag.
@@ -242,6 +261,10 @@ func (s *Sim) handleDrain(w http.ResponseWriter, r *http.Request, m *machine) {
 		m.marker.epoch, m.marker.requestedAt, m.marker.suppress = m.epoch, now, quiet
 		s.touched(m, now)
 		s.mu.Unlock()
+		if !honoured {
+			writeJSON(w, http.StatusOK, legacyBeginResponse{OK: true, Action: "drain", RequestedAt: pyISO(now), Draining: true})
+			return
+		}
 		writeJSON(w, http.StatusOK, beginResponse{OK: true, Action: "drain", RequestedAt: pyISO(now),
 			Draining: true, SuppressNotification: quiet})
 	case "cancel":

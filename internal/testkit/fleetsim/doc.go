@@ -188,7 +188,11 @@
 // epoch, so the old marker, still on the volume, reads absent: the new
 // gateway is "starting" for GatewayStartup, then "running". While draining,
 // gateway_busy and gateway_drainable are false; active_agents is turns in
-// flight; restart_drain_timeout is 0; version is the image tag.
+// flight (and cron runs from Hermes 0.19.0); active_sessions the sessions
+// active in the last 300 s; restart_drain_timeout is 0; version is
+// Config.HermesVersions' for the image, else its tag. Older Hermes feature
+// sets, work active_agents does not count, disabled platforms and a
+// dashboard refusing the Host header: hermes.go.
 //
 // Config.Hostile makes the first apps' agents hostile, as a tenant who
 // controls the machine can (hostile.go, with the hermes-agent source that
@@ -341,5 +345,8 @@
 //	flyapi.go, secrets.go, registry.go   the Machines API, app secrets, the image registry
 //	change.go       config.env and the agent that rejects a value (RejectEnv), the restart endpoint
 //	dashboard.go    the Hermes dashboard: drain and status
+//	hermes.go       older Hermes feature sets (Config.HermesVersions), cron and background work
+//	                active_agents does not count, active_sessions, disabled platforms, a
+//	                dashboard refusing the Host (each with its hermes-agent source)
 //	control.go      /_sim/state, /_sim/faults, /_sim/control for another process
 package fleetsim

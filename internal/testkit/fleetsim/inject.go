@@ -53,8 +53,12 @@ func (s *Sim) SetGatewayDown(appName, id string, down bool) {
 	if down {
 		m.lost += len(m.inflight)
 		m.inflight = m.inflight[:0]
+		s.cutOff(m, now, nil)
 	} else {
 		m.gwStart = now
+		if m.h != nil {
+			m.h.dark = false // started by hand
+		}
 	}
 	s.touched(m, now)
 }

@@ -47,6 +47,9 @@ func (s *Sim) completeBoot(m *machine) {
 	m.startedAt, m.gwStart = m.bootAt, m.bootAt
 	m.epoch++
 	m.newProcess()
+	// A new gateway process: does it start (hermes.go)? Decided on the
+	// config the boot ends on.
+	defer s.hermesBooted(m)
 	if m.restartBoot {
 		m.restartBoot = false
 		// flyd's restart policy started the same instance again: same
@@ -93,7 +96,7 @@ func (s *Sim) phaseAt(m *machine, t time.Time) phase {
 	switch {
 	case m.state != vmStarted || t.Before(m.startedAt) || m.hostStatus != "":
 		return phaseOff
-	case m.gatewayDown:
+	case m.gatewayDown || m.dark():
 		return phaseDown
 	case t.Before(m.gwStart.Add(m.gwStartup)):
 		return phaseStarting
@@ -117,6 +120,7 @@ func (s *Sim) markerCurrent(m *machine, t time.Time) bool {
 func (s *Sim) advance(m *machine, now time.Time) {
 	s.foreignLease(m, now)
 	s.accrue(m, now)
+	s.advanceHermes(m, now)
 	for {
 		at, ok := m.turns.peek()
 		if !ok || at.After(now) {
@@ -137,6 +141,7 @@ func (s *Sim) advance(m *machine, now time.Time) {
 				m.inflight = pruneTurns(m.inflight, t.start)
 			}
 			m.inflight = append(m.inflight, t)
+			s.admitted(m, t)
 			m.served++
 			m.lastTraffic = later(m.lastTraffic, t.end())
 		case phaseDraining:
@@ -241,6 +246,7 @@ func (s *Sim) sigterm(m *machine, now time.Time, cause string) {
 		sd.Quiet = sd.Draining && m.marker.suppress
 		sd.HomeBroadcast = !sd.Quiet
 	}
+	s.hermesSigterm(m, now, ph, &sd)
 	m.interrupted += len(m.inflight)
 	m.inflight = m.inflight[:0]
 	m.staleChecks = s.checksAt(m, now)

@@ -127,6 +127,7 @@ type machine struct {
 
 	turns       turnSource
 	inflight    []absTurn
+	h           *agentHermes // cron, background work, saved state (hermes.go); nil until used
 	served      int
 	refused     int
 	missed      int

@@ -71,6 +71,21 @@ import (
 //	app = "hermes-agent-4"
 //	owner = "someone@example.com"
 //	ttl = "10m"
+//
+//	# Older Hermes feature sets and what Hermes does not count (hermes.go)
+//	host_rejected = ["hermes-agent-6"]     # dashboards refusing migrator's Host (400)
+//	[app_image]                            # per app, instead of image
+//	hermes-agent-1 = "registry.fly.io/hermes-agent:old"
+//	[hermes_versions]                      # the Hermes version an image reports and behaves as
+//	"registry.fly.io/hermes-agent:old" = "0.17.2"
+//	[[disable_platform]]                   # gateways on image report platform "disabled"
+//	image = "registry.fly.io/hermes-agent:v2"
+//	platform = "discord"
+//	[[cron]]                               # a cron job on every machine of the app
+//	app = "hermes-agent-1"
+//	every = "5m"
+//	duration = "90s"
+//	# [activity] background_share = 0.1    # turns leaving a background delegation
 type Scenario struct {
 	Org               string                       `toml:"org"`
 	Apps              int                          `toml:"apps"`
@@ -106,7 +121,23 @@ type Scenario struct {
 		LongTaskShare  *float64 `toml:"long_task_share"`
 		LongTaskMedian Duration `toml:"long_task_median"`
 		LongTaskSigma  float64  `toml:"long_task_sigma"`
+		// Background delegations (hermes.go).
+		BackgroundShare  float64  `toml:"background_share"`
+		BackgroundMedian Duration `toml:"background_median"`
+		BackgroundSigma  float64  `toml:"background_sigma"`
 	} `toml:"activity"`
+	AppImage        map[string]string `toml:"app_image"`
+	HermesVersions  map[string]string `toml:"hermes_versions"`
+	HostRejected    []string          `toml:"host_rejected"`
+	DisablePlatform []struct {
+		Image    string `toml:"image"`
+		Platform string `toml:"platform"`
+	} `toml:"disable_platform"`
+	Cron []struct {
+		App      string   `toml:"app"`
+		Every    Duration `toml:"every"`
+		Duration Duration `toml:"duration"`
+	} `toml:"cron"`
 	Faults        map[string]FaultSpec `toml:"faults"`
 	FailImagePull []string             `toml:"fail_image_pull"`
 	NeverHealthy  []string             `toml:"never_healthy"`
@@ -209,7 +240,8 @@ func (sc *Scenario) Config() Config {
 	if sa := sc.Activity; sa != nil {
 		a := Activity{TurnsPerHour: sa.TurnsPerHour, RateSigma: sa.RateSigma, TurnMedian: sa.TurnMedian.Duration,
 			TurnSigma: sa.TurnSigma, LongTaskShare: DefaultLongTaskShare, LongTaskMedian: sa.LongTaskMedian.Duration,
-			LongTaskSigma: sa.LongTaskSigma}
+			LongTaskSigma: sa.LongTaskSigma, BackgroundShare: sa.BackgroundShare, BackgroundMedian: sa.BackgroundMedian.Duration,
+			BackgroundSigma: sa.BackgroundSigma}
 		if sa.LongTaskShare != nil {
 			a.LongTaskShare = *sa.LongTaskShare
 		}
@@ -217,6 +249,11 @@ func (sc *Scenario) Config() Config {
 	}
 	if sc.DrainKey != "" {
 		c.DrainKey = []byte(sc.DrainKey)
+	}
+	c.HermesVersions = sc.HermesVersions
+	if len(sc.AppImage) > 0 {
+		per := sc.AppImage
+		c.AppImage = func(app string) string { return per[app] }
 	}
 	if len(sc.Platforms) > 0 {
 		per := sc.Platforms
@@ -280,6 +317,30 @@ func (sc *Scenario) Apply(s *Sim) error {
 			return errors.New("scenario: platform_state needs a platform and a state")
 		}
 		s.SetPlatformState(p.App, p.Platform, p.State, p.ErrorCode, p.Attention)
+	}
+	for _, a := range sc.HostRejected {
+		if s.MachineIDs(a) == nil {
+			return fmt.Errorf("scenario: host_rejected: no app %q", a)
+		}
+		s.SetHostRejected(a, true)
+	}
+	for _, d := range sc.DisablePlatform {
+		if d.Image == "" || d.Platform == "" {
+			return errors.New("scenario: disable_platform needs an image and a platform")
+		}
+		s.DisablePlatform(d.Image, d.Platform)
+	}
+	for _, c := range sc.Cron {
+		ids := s.MachineIDs(c.App)
+		if ids == nil {
+			return fmt.Errorf("scenario: cron: no app %q", c.App)
+		}
+		if c.Every.Duration <= 0 || c.Duration.Duration <= 0 {
+			return errors.New("scenario: cron needs a positive every and duration")
+		}
+		for _, id := range ids {
+			s.AddCronJob(c.App, id, c.Every.Duration, c.Duration.Duration)
+		}
 	}
 	for _, a := range sc.WrongSecret {
 		if s.MachineIDs(a) == nil {

@@ -128,3 +128,57 @@ func TestControlEndpoints(t *testing.T) {
 		t.Fatalf("state: %s", compactJSON(r.body))
 	}
 }
+
+// The Hermes keys of a scenario: per-app images, the versions they report,
+// dashboards refusing the Host, disabled platforms, cron jobs, background
+// delegations in the activity model.
+func TestScenarioHermes(t *testing.T) {
+	sc, err := ParseScenario([]byte(`
+apps = 3
+host_rejected = ["hermes-agent-3"]
+[app_image]
+hermes-agent-1 = "registry.fly.io/hermes-agent:old"
+[hermes_versions]
+"registry.fly.io/hermes-agent:old" = "0.17.2"
+[[disable_platform]]
+image = "registry.fly.io/hermes-agent:v2"
+platform = "discord"
+[[cron]]
+app = "hermes-agent-1"
+every = "1m"
+duration = "30s"
+[activity]
+background_share = 0.2
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := sc.Config()
+	if cfg.Workload.Activity == nil || cfg.Workload.Activity.BackgroundShare != 0.2 {
+		t.Fatalf("activity %+v", cfg.Workload.Activity)
+	}
+	h := newHarness(t, cfg)
+	if err := sc.Apply(h.sim); err != nil {
+		t.Fatal(err)
+	}
+	id := h.sim.MachineIDs("hermes-agent-1")[0]
+	if v := h.sim.Hermes("hermes-agent-1", id); v.Version != "0.17.2" || h.sim.Machine("hermes-agent-1", id).Image != "registry.fly.io/hermes-agent:old" {
+		t.Errorf("hermes-agent-1: %+v", v)
+	}
+	if !h.sim.platformDisabled("registry.fly.io/hermes-agent:v2", "discord") || !h.sim.hermes.hostRejected["hermes-agent-3"] {
+		t.Error("disable_platform or host_rejected not applied")
+	}
+	if h.sim.machines[0].h == nil || h.sim.machines[0].h.cronEvery != time.Minute {
+		t.Error("cron not applied")
+	}
+	for _, bad := range []string{"[[cron]]\napp = \"nosuch\"\nevery = \"1m\"\nduration = \"1s\"\n", "host_rejected = [\"nosuch\"]\n",
+		"[[disable_platform]]\nimage = \"x\"\n"} {
+		sc, err := ParseScenario([]byte("apps = 1\n" + bad))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sc.Apply(newHarness(t, sc.Config()).sim); err == nil {
+			t.Errorf("%q applied", bad)
+		}
+	}
+}

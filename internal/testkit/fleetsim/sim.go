@@ -48,6 +48,7 @@ type Sim struct {
 	// rejects park it (change.go).
 	rejectEnv []envReject
 	crashLoop map[string]CrashLoop
+	hermes    simHermes // older Hermes feature sets and dashboards (hermes.go)
 	// gqlUnauthorized: Fly's GraphQL API refuses every request as for a
 	// token without the scope (releases.go).
 	gqlUnauthorized bool

@@ -30,6 +30,10 @@ type Shutdown struct {
 	Draining bool
 	// GatewayUp: the gateway process was alive to send anything at all.
 	GatewayUp bool
+	// CronInterrupted and BackgroundCutOff: cron runs and background work
+	// (delegations, processes) in flight, cut off; below Hermes 0.19.0 no
+	// cron run is in ActiveAgents, and background work never is (hermes.go).
+	CronInterrupted, BackgroundCutOff int
 }
 
 // Shutdowns returns every SIGTERM so far, in order.
