@@ -73,12 +73,12 @@ type Run struct {
 	// through the API.
 	RequestDigest string
 	State         RunState
-	StateReason    string
-	PolicyVersion  string
-	CreatedAt      time.Time
-	StartedAt      time.Time
-	FinishedAt     time.Time
-	UpdatedAt      time.Time
+	StateReason   string
+	PolicyVersion string
+	CreatedAt     time.Time
+	StartedAt     time.Time
+	FinishedAt    time.Time
+	UpdatedAt     time.Time
 }
 
 const runColumns = `id, cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
