@@ -82,7 +82,7 @@ type worldOpts struct {
 	limiter *authlimit.Limiter
 	apps    int
 	workers bool // start River workers (the runs execute)
-	river   func(*orchestrator.RiverOptions)
+	river   func(*orchestrator.RiverOptions, *store.Store)
 }
 
 func newWorld(t *testing.T, o worldOpts) *world {
@@ -127,7 +127,7 @@ func newWorld(t *testing.T, o worldOpts) *world {
 	ropts := orchestrator.RiverOptions{Workers: 20, FetchPollInterval: 20 * time.Millisecond, FillEvery: time.Second,
 		Logger: slog.New(slog.DiscardHandler)}
 	if o.river != nil {
-		o.river(&ropts)
+		o.river(&ropts, st)
 	}
 	client, err := orch.NewRiverClient(ropts)
 	if err != nil {
