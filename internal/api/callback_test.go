@@ -91,7 +91,7 @@ func TestCompletionReachesTheCallback(t *testing.T) {
 	}})
 	mine := w.do(call{method: http.MethodPost, path: "/api/v1/runs", token: w.nas, validRequest: true,
 		header: map[string]string{"Idempotency-Key": "dashboard-edit-77"},
-		body: map[string]any{"cause": "env-edit", "apps": []string{app(1)}, "env": map[string]string{"TELEGRAM_BOT_TOKEN": secretValue}}})
+		body:   map[string]any{"cause": "env-edit", "apps": []string{app(1)}, "env": map[string]string{"TELEGRAM_BOT_TOKEN": secretValue}}})
 	w.expect(mine, http.StatusCreated, "")
 	theirs := w.do(call{method: http.MethodPost, path: "/api/v1/runs", token: w.ops, validRequest: true,
 		body: map[string]any{"cause": "profile-change", "apps": []string{app(2)}, "restart": true}})
@@ -160,7 +160,9 @@ func TestCompletionReachesTheCallback(t *testing.T) {
 	}
 }
 
-func contains(b []byte, s string) bool { return len(s) > 0 && string(b) != "" && indexOf(string(b), s) >= 0 }
+func contains(b []byte, s string) bool {
+	return len(s) > 0 && string(b) != "" && indexOf(string(b), s) >= 0
+}
 
 func indexOf(s, sub string) int {
 	for i := 0; i+len(sub) <= len(s); i++ {

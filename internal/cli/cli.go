@@ -46,8 +46,8 @@ type env struct {
 	// environ lists the environment (KEY=VALUE), for the variables read by
 	// prefix (the API's tokens); nil: none.
 	environ func() []string
-	stdout io.Writer
-	stderr io.Writer
+	stdout  io.Writer
+	stderr  io.Writer
 	// version is the build's version ("" reads as "dev").
 	version string
 }
