@@ -327,7 +327,7 @@ func customerRun(ctx context.Context, cfg CustomerConfig, name string, spread ti
 	if editErr != nil {
 		return out, editErr
 	}
-	out.FleetState = string(final.State)
+	out.FleetState, out.Edits = string(final.State), edits
 	if err := customerCollect(runCtx, monitor, fleet.ID, simOf, &out, edits); err != nil {
 		return out, err
 	}

@@ -15,6 +15,7 @@ import (
 // and outcomes and each edit's outcome and slot wait (the database's
 // timestamps placed on the simulated timeline with simOf).
 func customerCollect(ctx context.Context, db *pgxpool.Pool, fleetRun int64, simOf func(time.Time) time.Time, out *CustomerRun, edits []Edit) error {
+	// edits is out.Edits: filled in here.
 	ids := make([]int64, len(edits))
 	for i, e := range edits {
 		ids[i] = e.RunID
