@@ -160,10 +160,13 @@ type CustomerRun struct {
 	Edits []Edit
 	// Fleet run: state, makespan from its creation to its last machine
 	// done (simulated), and of its migrated machines alone; outcomes.
-	FleetState                   string
-	Makespan, MigratedMakespan   time.Duration
-	FleetOutcomes                map[string]int
-	Wall                         time.Duration
+	FleetState                 string
+	Makespan, MigratedMakespan time.Duration
+	FleetOutcomes              map[string]int
+	Wall                       time.Duration
+	// CustomerLaneCap is the customer lane's cap; LanePeak the most
+	// customer-lane slots held at once (sampled every 100 ms of wall
+	// time while the fleet run ran).
 	CustomerLaneCap, LanePeak    int
 	FleetMachines, CustomerSlots int
 }
@@ -309,6 +312,26 @@ func customerRun(ctx context.Context, cfg CustomerConfig, name string, spread ti
 	start := clk.Now()
 	log.Info("fleet run created", "machines", len(planned), "edits", map[bool]int{true: cfg.Edits}[spread > 0])
 
+	// The budgets as they are used: the most customer-lane slots held at
+	// once (sampled), to tell whether a customer could have waited for
+	// its own lane.
+	sampleCtx, stopSampling := context.WithCancel(runCtx)
+	var sampled sync.WaitGroup
+	sampled.Add(1)
+	go func() {
+		defer sampled.Done()
+		for sampleCtx.Err() == nil {
+			var n int
+			if err := monitor.QueryRow(sampleCtx, `SELECT count(*) FROM machine_migrations m JOIN runs r ON r.id = m.run_id
+				WHERE m.slot_held AND r.lane = 'customer'`).Scan(&n); err == nil {
+				out.LanePeak = max(out.LanePeak, n)
+			}
+			select {
+			case <-sampleCtx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
 	var edits []Edit
 	var wg sync.WaitGroup
 	var editErr error
@@ -321,6 +344,8 @@ func customerRun(ctx context.Context, cfg CustomerConfig, name string, spread ti
 	}
 	final, err := waitRunEnd(runCtx, monitor, fleet.ID)
 	wg.Wait()
+	stopSampling()
+	sampled.Wait()
 	if err != nil {
 		return out, err
 	}

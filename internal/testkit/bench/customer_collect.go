@@ -89,27 +89,6 @@ func customerCollect(ctx context.Context, db *pgxpool.Pool, fleetRun int64, simO
 			return err
 		}
 	}
-	// The customer lane's peak: the most customer migrations holding a
-	// slot at once.
-	type ev struct {
-		at time.Time
-		d  int
-	}
-	var evs []ev
-	for _, s := range spans {
-		evs = append(evs, ev{s.from, 1}, ev{s.to, -1})
-	}
-	slices.SortFunc(evs, func(a, b ev) int {
-		if c := a.at.Compare(b.at); c != 0 {
-			return c
-		}
-		return a.d - b.d
-	})
-	n := 0
-	for _, x := range evs {
-		n += x.d
-		out.LanePeak = max(out.LanePeak, n)
-	}
 	out.CustomerSlots = len(spans)
 	var laneCap *int
 	if err := db.QueryRow(ctx, `SELECT (detail ->> 'lane_cap')::int FROM events WHERE run_id = $1 AND kind = 'run.created'`,

@@ -29,8 +29,8 @@ type CustomerVerdict struct {
 	WaitedForFleet, Combined  int
 	// FleetFull: edits asked while the fleet budget was full; their slot
 	// waits' max (FullSlotMax).
-	FleetFull   int
-	FullSlotMax time.Duration
+	FleetFull                 int
+	FullSlotMax               time.Duration
 	MakespanChange            float64 // with / alone − 1
 	SlotMet, IdleMet, SpanMet bool
 }
