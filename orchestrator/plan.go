@@ -112,6 +112,10 @@ type RunRequest struct {
 	RequestedBy        string
 	Reason             string
 	IdempotencyKey     string
+	// RequestDigest is an API request's keyed digest, recorded with the
+	// run so a retry with the same key and another request is told apart
+	// (internal/api). "": none.
+	RequestDigest string
 	// Excluded are the machines the selector matched that the run does
 	// not move (RunPlan.Excluded), recorded with the run's creation so the
 	// audit says why each was left out.
@@ -484,7 +488,7 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 		MaxUnavailable: maxUnavail, MaxUnavailableSpec: req.MaxUnavailable, Canary: req.Canary,
 		FailureThreshold: req.FailureThreshold, DeadlineOverride: req.DeadlineOverride, IdleWaitOverride: req.IdleWaitOverride,
 		Undrainable: string(req.Undrainable), CanaryBakeOverride: req.CanaryBakeOverride,
-		RequestedBy: req.RequestedBy, Reason: req.Reason, IdempotencyKey: req.IdempotencyKey,
+		RequestedBy: req.RequestedBy, Reason: req.Reason, IdempotencyKey: req.IdempotencyKey, RequestDigest: req.RequestDigest,
 		State: store.RunRunning, PolicyVersion: o.pol.Version()}
 	var out store.Run
 	var created bool

@@ -38,6 +38,10 @@ type NotificationSink struct {
 	Kind        string   // slack, pagerduty, webhook
 	MinSeverity string   // info, warning, error, critical
 	Events      []string // notification events it wants; empty: all
+	// RequestedBy, when not empty, are the requesters ("api:nas") whose
+	// runs alone the sink hears of, every end of them included
+	// (migration 017).
+	RequestedBy []string
 	Enabled     bool
 }
 
@@ -48,29 +52,35 @@ type NotificationSink struct {
 func (q *Q) SyncNotificationSinks(ctx context.Context, sinks []NotificationSink) error {
 	n := len(sinks)
 	names, kinds, sevs, events := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	requesters := make([]string, n)
 	for i, s := range sinks {
 		names[i], kinds[i], sevs[i] = s.Name, s.Kind, s.MinSeverity
-		ev := s.Events
-		if ev == nil {
-			ev = []string{}
+		for _, l := range []struct {
+			to   *string
+			from []string
+		}{{&events[i], s.Events}, {&requesters[i], s.RequestedBy}} {
+			if l.from == nil {
+				l.from = []string{}
+			}
+			b, err := json.Marshal(l.from)
+			if err != nil {
+				return fmt.Errorf("encode the filters of sink %s: %w", s.Name, err)
+			}
+			*l.to = string(b)
 		}
-		b, err := json.Marshal(ev)
-		if err != nil {
-			return fmt.Errorf("encode events of sink %s: %w", s.Name, err)
-		}
-		events[i] = string(b)
 	}
 	_, err := q.db.Exec(ctx, `
 		WITH up AS (
-			INSERT INTO notification_sinks (name, kind, min_severity, events, enabled, updated_at)
-			SELECT t.name, t.kind, t.sev, ARRAY(SELECT jsonb_array_elements_text(t.events::jsonb)), true, now()
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(name, kind, sev, events)
+			INSERT INTO notification_sinks (name, kind, min_severity, events, requested_by, enabled, updated_at)
+			SELECT t.name, t.kind, t.sev, ARRAY(SELECT jsonb_array_elements_text(t.events::jsonb)),
+				ARRAY(SELECT jsonb_array_elements_text(t.requested_by::jsonb)), true, now()
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS t(name, kind, sev, events, requested_by)
 			ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, min_severity = EXCLUDED.min_severity,
-				events = EXCLUDED.events, enabled = true, updated_at = now()
+				events = EXCLUDED.events, requested_by = EXCLUDED.requested_by, enabled = true, updated_at = now()
 			RETURNING name
 		)
 		UPDATE notification_sinks SET enabled = false, updated_at = now()
-		WHERE enabled AND name <> ALL ($1::text[])`, names, kinds, sevs, events)
+		WHERE enabled AND name <> ALL ($1::text[])`, names, kinds, sevs, events, requesters)
 	if err != nil {
 		return fmt.Errorf("record notification sinks: %w", err)
 	}
@@ -79,7 +89,7 @@ func (q *Q) SyncNotificationSinks(ctx context.Context, sinks []NotificationSink)
 
 // ListNotificationSinks returns every sink the database knows, by name.
 func (q *Q) ListNotificationSinks(ctx context.Context) ([]NotificationSink, error) {
-	rows, err := q.db.Query(ctx, `SELECT name, kind, min_severity, events, enabled FROM notification_sinks ORDER BY name`)
+	rows, err := q.db.Query(ctx, `SELECT name, kind, min_severity, events, requested_by, enabled FROM notification_sinks ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("list notification sinks: %w", err)
 	}
@@ -87,7 +97,7 @@ func (q *Q) ListNotificationSinks(ctx context.Context) ([]NotificationSink, erro
 	var out []NotificationSink
 	for rows.Next() {
 		var s NotificationSink
-		if err := rows.Scan(&s.Name, &s.Kind, &s.MinSeverity, &s.Events, &s.Enabled); err != nil {
+		if err := rows.Scan(&s.Name, &s.Kind, &s.MinSeverity, &s.Events, &s.RequestedBy, &s.Enabled); err != nil {
 			return nil, fmt.Errorf("list notification sinks: %w", err)
 		}
 		out = append(out, s)

@@ -67,13 +67,18 @@ type Run struct {
 	RequestedBy    string
 	Reason         string
 	IdempotencyKey string
-	State          RunState
-	StateReason    string
-	PolicyVersion  string
-	CreatedAt      time.Time
-	StartedAt      time.Time
-	FinishedAt     time.Time
-	UpdatedAt      time.Time
+	// RequestDigest is an API create's request as a keyed digest
+	// ("<seal key id>:<hex>", internal/api): a retry with the same
+	// idempotency key and another request is refused. "": not made
+	// through the API.
+	RequestDigest string
+	State         RunState
+	StateReason   string
+	PolicyVersion string
+	CreatedAt     time.Time
+	StartedAt     time.Time
+	FinishedAt    time.Time
+	UpdatedAt     time.Time
 }
 
 const runColumns = `id, cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
@@ -81,7 +86,7 @@ const runColumns = `id, cause, target_image, image, selector, max_unavailable, m
 	coalesce(idempotency_key, ''), state, state_reason, policy_version, created_at, started_at, finished_at, updated_at,
 	extract(epoch from idle_wait_override)::float8, coalesce(undrainable, ''),
 	extract(epoch from canary_bake_override)::float8, acknowledged_at,
-	env_set, env_unset, coalesce(secrets_version, 0), restart, lane`
+	env_set, env_unset, coalesce(secrets_version, 0), restart, lane, coalesce(request_digest, '')`
 
 func scanRun(row pgx.Row) (Run, error) {
 	var r Run
@@ -94,7 +99,7 @@ func scanRun(row pgx.Row) (Run, error) {
 	err := row.Scan(&r.ID, &r.Cause, &r.TargetImage, &r.Image, &sel, &r.MaxUnavailable, &r.MaxUnavailableSpec,
 		&r.Canary, &r.FailureThreshold, &deadline, &r.RequestedBy, &r.Reason, &r.IdempotencyKey, &r.State,
 		&r.StateReason, &r.PolicyVersion, &r.CreatedAt, &started, &finished, &r.UpdatedAt, &idle, &r.Undrainable,
-		&bake, &ack, &r.EnvSet, &r.EnvUnset, &secrets, &r.Restart, &r.Lane)
+		&bake, &ack, &r.EnvSet, &r.EnvUnset, &secrets, &r.Restart, &r.Lane, &r.RequestDigest)
 	if err != nil {
 		return Run{}, err
 	}
@@ -167,14 +172,14 @@ func (q *Q) CreateRun(ctx context.Context, r Run, machines []NewMachine) (Run, b
 		INSERT INTO runs (cause, target_image, image, selector, max_unavailable, max_unavailable_spec, canary,
 			failure_threshold, deadline_override, requested_by, reason, idempotency_key, state, state_reason,
 			policy_version, started_at, idle_wait_override, undrainable, canary_bake_override,
-			env_set, env_unset, secrets_version, restart, lane)
+			env_set, env_unset, secrets_version, restart, lane, request_digest)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::interval, $10, $11, $12, $13, $14, $15,
-			CASE WHEN $13 = 'running' THEN now() END, $16::interval, $17, $18::interval, $19, $20, $21, $22, $23)
+			CASE WHEN $13 = 'running' THEN now() END, $16::interval, $17, $18::interval, $19, $20, $21, $22, $23, $24)
 		ON CONFLICT (idempotency_key) DO NOTHING
 		RETURNING `+runColumns,
 		r.Cause, r.TargetImage, r.Image, sel, r.MaxUnavailable, r.MaxUnavailableSpec, r.Canary,
 		r.FailureThreshold, deadline, r.RequestedBy, r.Reason, key, state, r.StateReason, r.PolicyVersion, idle,
-		nullString(r.Undrainable), bake, nonNil(r.EnvSet), nonNil(r.EnvUnset), secrets, r.Restart, lane)
+		nullString(r.Undrainable), bake, nonNil(r.EnvSet), nonNil(r.EnvUnset), secrets, r.Restart, lane, nullString(r.RequestDigest))
 	created, err := scanRun(row)
 	if errors.Is(err, pgx.ErrNoRows) {
 		existing, err := q.RunByIdempotencyKey(ctx, r.IdempotencyKey)

@@ -67,6 +67,12 @@ func (q *Q) WaitingForIdle(ctx context.Context, runID int64, limit int) ([]Migra
 		`m.run_id = $1 AND m.state = 'pending' AND m.peeks > 0 ORDER BY m.first_peek_at, m.id LIMIT $2`, runID, limit)
 }
 
+// RunMachineViews returns up to limit machines of run id with their
+// drains, in plan order.
+func (q *Q) RunMachineViews(ctx context.Context, runID int64, limit int) ([]MigrationView, error) {
+	return q.migrationViews(ctx, fmt.Sprintf("machines of run %d", runID), `m.run_id = $1`+planOrder+` LIMIT $2`, runID, limit)
+}
+
 // MigrationViews returns the machine migrations with the given ids.
 func (q *Q) MigrationViews(ctx context.Context, ids []int64) ([]MigrationView, error) {
 	if len(ids) == 0 {

@@ -12,6 +12,9 @@ import (
 // RunListFilter narrows RunSummaries. Zero fields do not filter.
 type RunListFilter struct {
 	State, Cause, RequestedBy string
+	// App: only runs that hold a machine of this app (found from
+	// machine_migrations' (app, machine_id, created_at) index).
+	App string
 	// BeforeID pages back: only runs with a smaller id.
 	BeforeID int64
 	// Limit caps the runs (default 50).
@@ -50,7 +53,8 @@ func (q *Q) RunSummaries(ctx context.Context, f RunListFilter) ([]RunSummary, er
 		) c
 		WHERE ($1 = '' OR state = $1) AND ($2 = '' OR cause = $2) AND ($3 = '' OR requested_by = $3)
 			AND ($4::bigint = 0 OR id < $4)
-		ORDER BY id DESC LIMIT $5`, f.State, f.Cause, f.RequestedBy, f.BeforeID, f.Limit)
+			AND ($6 = '' OR id IN (SELECT a.run_id FROM machine_migrations a WHERE a.app = $6))
+		ORDER BY id DESC LIMIT $5`, f.State, f.Cause, f.RequestedBy, f.BeforeID, f.Limit, f.App)
 	if err != nil {
 		return nil, fmt.Errorf("list run summaries: %w", err)
 	}

@@ -30,6 +30,7 @@ func newBenchCmd(e *env) *cobra.Command {
 		fleet, drainWait, large, activity bench.Config
 		replicas                          bench.ReplicasConfig
 		flood                             bench.FloodConfig
+		customer                          bench.CustomerConfig
 		turnsAt, out                      string
 		timeout, canaryBake               time.Duration
 		scenarios                         []string
@@ -40,7 +41,7 @@ func newBenchCmd(e *env) *cobra.Command {
 		Use:   "bench [--machines N] [--budget B] [--seed S] [--time-scale F] [--out FILE]",
 		Short: "Measure fleet-scale performance against the simulator and a real PostgreSQL",
 		Long: "Run the fleet benchmark and write its results as Markdown (default bench/results.md).\n\n" +
-			"Six scenarios; the first four each with its own simulator, database and orchestrator\n" +
+			"Seven scenarios; the first four each with its own simulator, database and orchestrator\n" +
 			"replica in this process, on one scaled clock, the last two with processes of their own:\n" +
 			"  fleet       N machines (default 2,000), fleet budget B (default 100), heavy-tailed\n" +
 			"              (log-normal) drain durations: makespan ÷ lower bound, the fixed-wave\n" +
@@ -73,7 +74,14 @@ func newBenchCmd(e *env) *cobra.Command {
 			"              `migrator serve` at --flood-time-scale (3), --flood-pairs (2) pairs of runs: one\n" +
 			"              quiet, one while a client sends --flood-rate (200) requests/s to /readyz and\n" +
 			"              /metrics for --flood-for (60s): the makespans and the workers' pool acquire\n" +
-			"              waits (pgxpool stats) side by side.\n\n" +
+			"              waits (pgxpool stats) side by side;\n" +
+			"  customer-changes  --customer-machines (2,000) talking agents moved by an auto-update run,\n" +
+			"              B = --customer-budget (100), at --customer-time-scale (10): once alone, then\n" +
+			"              with --customer-edits (100) customer env edits sent through the API (real\n" +
+			"              HTTP) at random times during it, --customer-busy-share (0.5) of them to agents\n" +
+			"              busy at that moment: p50/p95 from request to the agent serving the new env\n" +
+			"              (idle and busy), each customer migration's wait for its slot, the fleet\n" +
+			"              run's makespan with and without them.\n\n" +
 			"--scenario picks some of them (repeat it or separate with commas; default all). When it\n" +
 			"leaves some out and --out names an existing results file, the sections of the scenarios\n" +
 			"run replace theirs in it and the rest is kept, with a note saying which were not re-run.\n\n" +
@@ -226,6 +234,29 @@ func newBenchCmd(e *env) *cobra.Command {
 					runErr = fmt.Errorf("replicas scenario: %w", rerr)
 				}
 			}
+			var customerMD string
+			if want["customer-changes"] && runErr == nil {
+				customer.Seed, customer.Workers, customer.ServerURL, customer.Logger, customer.Timeout = fleet.Seed, fleet.Workers, server, log, timeout
+				cr, cerr := bench.RunCustomerChanges(cmd.Context(), customer)
+				if cerr != nil {
+					runErr = fmt.Errorf("customer-changes scenario: %w", cerr)
+				}
+				if cerr == nil {
+					var b strings.Builder
+					if err := bench.WriteCustomerMarkdown(&b, cr); err != nil {
+						return err
+					}
+					customerMD = b.String()
+					v := bench.CustomerVerdictOf(cr)
+					fmt.Fprintf(e.stdout, "%-8s customer-changes: no customer change waits for a fleet budget slot: slot wait max %s (bound %s)\n",
+						metVerdict(v.SlotMet), v.SlotMax.Round(100*time.Millisecond), bench.SlotWaitBound)
+					fmt.Fprintf(e.stdout, "%-8s customer-changes: p95 request → new env served ≤ 90s (idle agents): %s (p50 %s; busy p50 %s, p95 %s)\n",
+						metVerdict(v.IdleMet), v.IdleP95.Round(100*time.Millisecond), v.IdleP50.Round(100*time.Millisecond),
+						v.BusyP50.Round(100*time.Millisecond), v.BusyP95.Round(100*time.Millisecond))
+					fmt.Fprintf(e.stdout, "%-8s customer-changes: fleet makespan within 3 %%: %s alone, %s with the edits (%+.1f %%)\n",
+						metVerdict(v.SpanMet), cr.Alone.Makespan.Round(time.Second), cr.With.Makespan.Round(time.Second), 100*v.MakespanChange)
+				}
+			}
 			var floodMD string
 			if want["flood"] && runErr == nil {
 				if flood.Binary == "" {
@@ -254,7 +285,7 @@ func newBenchCmd(e *env) *cobra.Command {
 				}
 			}
 			if rep.Fleet == nil && rep.DrainWait == nil && rep.Large == nil && rep.AtOnce == nil && rep.IdleFirst == nil && rep.IdleFirstNoQuiet == nil &&
-				len(rep.Replicas) == 0 && floodMD == "" {
+				len(rep.Replicas) == 0 && floodMD == "" && customerMD == "" {
 				return runErr
 			}
 			rep.Wall = time.Since(start)
@@ -273,7 +304,7 @@ func newBenchCmd(e *env) *cobra.Command {
 				if err := rep.WriteMarkdown(e.stdout); err != nil {
 					return err
 				}
-				fmt.Fprint(e.stdout, floodMD)
+				fmt.Fprint(e.stdout, floodMD+customerMD)
 				return runErr
 			}
 			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
@@ -283,7 +314,7 @@ func newBenchCmd(e *env) *cobra.Command {
 			if err := rep.WriteMarkdown(&buf); err != nil {
 				return fmt.Errorf("write results to %s: %w", out, err)
 			}
-			text := buf.String() + floodMD
+			text := buf.String() + floodMD + customerMD
 			if len(want) < len(benchScenarioNames) {
 				if old, err := os.ReadFile(out); err == nil {
 					text = bench.MergeMarkdown(string(old), text, rep.Host.Date)
@@ -341,13 +372,18 @@ func newBenchCmd(e *env) *cobra.Command {
 	f.Float64Var(&flood.Rate, "flood-rate", bench.DefaultFloodRate, "flood scenario: requests per second to /readyz and /metrics")
 	f.DurationVar(&flood.For, "flood-for", bench.DefaultFloodFor, "flood scenario: how long the flood lasts (wall)")
 	f.IntVar(&flood.Pairs, "flood-pairs", bench.DefaultFloodPairs, "flood scenario: pairs of a quiet and a flooded run")
-	f.StringSliceVar(&scenarios, "scenario", nil, "scenarios to run: fleet, drain-wait, large, activity, replicas, flood (default all)")
+	f.IntVar(&customer.Machines, "customer-machines", bench.DefaultMachines, "customer-changes scenario: talking agents")
+	f.IntVar(&customer.Budget, "customer-budget", bench.DefaultBudget, "customer-changes scenario: fleet budget B of the auto-update run")
+	f.IntVar(&customer.Edits, "customer-edits", bench.DefaultCustomerEdits, "customer-changes scenario: customer env edits sent through the API during the fleet run")
+	f.Float64Var(&customer.BusyShare, "customer-busy-share", bench.DefaultCustomerBusyShare, "customer-changes scenario: share of the edits sent to an agent busy at that moment")
+	f.Float64Var(&customer.TimeScale, "customer-time-scale", bench.DefaultCustomerTimeScale, "customer-changes scenario: time scale")
+	f.StringSliceVar(&scenarios, "scenario", nil, "scenarios to run: fleet, drain-wait, large, activity, replicas, flood, customer-changes (default all)")
 	f.StringVar(&out, "out", "bench/results.md", "results file (- for stdout)")
 	return cmd
 }
 
 // benchScenarioNames are --scenario's values.
-var benchScenarioNames = []string{"fleet", "drain-wait", "large", "activity", "replicas", "flood"}
+var benchScenarioNames = []string{"fleet", "drain-wait", "large", "activity", "replicas", "flood", "customer-changes"}
 
 // metVerdict is a target's verdict word.
 func metVerdict(ok bool) string {

@@ -43,8 +43,11 @@ func usagef(format string, args ...any) error {
 // env is how commands read the process environment; tests replace it.
 type env struct {
 	getenv func(string) string
-	stdout io.Writer
-	stderr io.Writer
+	// environ lists the environment (KEY=VALUE), for the variables read by
+	// prefix (the API's tokens); nil: none.
+	environ func() []string
+	stdout  io.Writer
+	stderr  io.Writer
 	// version is the build's version ("" reads as "dev").
 	version string
 }
@@ -139,5 +142,5 @@ func checkArgs(p cobra.PositionalArgs) cobra.PositionalArgs {
 // name) and returns the process's exit status. version is what `migrator
 // version` prints ("dev" in a build without one).
 func Main(ctx context.Context, version string, args []string) int {
-	return run(ctx, &env{getenv: os.Getenv, stdout: os.Stdout, stderr: os.Stderr, version: version}, args)
+	return run(ctx, &env{getenv: os.Getenv, environ: os.Environ, stdout: os.Stdout, stderr: os.Stderr, version: version}, args)
 }

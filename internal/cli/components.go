@@ -89,6 +89,8 @@ type components struct {
 	// database gauges read through it, so requests to the open endpoints
 	// never take a connection the workers need (nil: they use pool).
 	probes *pgxpool.Pool
+	// seal is MIGRATOR_SEAL_KEY when the command needs it (nil otherwise).
+	seal *seal.Key
 }
 
 func (c *components) close() {
@@ -231,7 +233,7 @@ func loadComponents(ctx context.Context, e *env, n needs, log *slog.Logger) (*co
 		if err != nil {
 			return nil, err
 		}
-		sealer = key
+		sealer, c.seal = key, key
 	}
 	if n.noStore {
 		return c, nil

@@ -44,6 +44,7 @@ import (
 //	source = "migrator-prod"             # pagerduty only: payload.source (default migrator)
 //	min_severity = "warning"             # default: error for pagerduty, info otherwise
 //	events = ["run.paused", "run.failed"]  # default: every event
+//	requested_by = ["api:nas"]           # chat, webhook: only these requesters' runs, and every end of them (an API caller's callback)
 //
 // Without a file, one sink of each kind from the environment alone:
 //
@@ -74,7 +75,7 @@ type notifyFile struct {
 type fileSink struct {
 	where                            string // "FILE:LINE", for messages
 	name, kind, minSeverity          string
-	events                           []string
+	events, requestedBy              []string
 	urlEnv, routingKeyEnv, secretEnv string
 	previousSecretEnv                string
 	url, source                      string
@@ -222,22 +223,26 @@ func (d *configDecoder) sinks(path []string, v any) ([]fileSink, error) {
 				fs.url, err = str(k)
 			case "source":
 				fs.source, err = str(k)
-			case "events":
+			case "events", "requested_by":
+				what, to := "event names", &fs.events
+				if k == "requested_by" {
+					what, to = "requesters (e.g. api:nas)", &fs.requestedBy
+				}
 				list, ok := t[k].([]any)
 				if !ok {
-					err = d.sinkErr(i, k, "want a list of event names, got %s", describeValue(t[k]))
+					err = d.sinkErr(i, k, "want a list of %s, got %s", what, describeValue(t[k]))
 					break
 				}
 				for _, e := range list {
 					s, ok := e.(string)
 					if !ok {
-						err = d.sinkErr(i, k, "want event names, got %s", describeValue(e))
+						err = d.sinkErr(i, k, "want %s, got %s", what, describeValue(e))
 						break
 					}
-					fs.events = append(fs.events, s)
+					*to = append(*to, s)
 				}
 			default:
-				err = d.sinkErr(i, k, "unknown key (known: name, kind, min_severity, events, url_env, secret_env, previous_secret_env, routing_key_env, url, source)")
+				err = d.sinkErr(i, k, "unknown key (known: name, kind, min_severity, events, requested_by, url_env, secret_env, previous_secret_env, routing_key_env, url, source)")
 			}
 			if err != nil {
 				return nil, err
@@ -274,7 +279,7 @@ func (d *configDecoder) checkSink(i int, fs fileSink) error {
 	// The rest of the checks notify makes itself, with placeholders for
 	// the secrets.
 	probe := notify.SinkConfig{Name: fs.name, Kind: kind, MinSeverity: notify.Severity(fs.minSeverity), Events: fs.events,
-		URL: "https://secret.invalid/", RoutingKey: "placeholder", Secret: placeholderWebhookSecret}
+		RequestedBy: fs.requestedBy, URL: "https://secret.invalid/", RoutingKey: "placeholder", Secret: placeholderWebhookSecret}
 	if kind == notify.PagerDuty && fs.url != "" {
 		probe.URL = fs.url
 	}
@@ -283,6 +288,8 @@ func (d *configDecoder) checkSink(i int, fs fileSink) error {
 		switch msg := err.Error(); {
 		case strings.Contains(msg, "min_severity"):
 			key = "min_severity"
+		case strings.Contains(msg, "requested_by"):
+			key = "requested_by"
 		case strings.Contains(msg, "event "):
 			key = "events"
 		case strings.Contains(msg, "url"):
@@ -355,7 +362,7 @@ func loadNotify(e *env, s *settings, log *slog.Logger, observe func(kind, result
 	}
 	for _, fs := range nf.sinks {
 		sc := notify.SinkConfig{Name: fs.name, Kind: notify.Kind(fs.kind), MinSeverity: notify.Severity(fs.minSeverity),
-			Events: fs.events, URL: fs.url, Source: fs.source}
+			Events: fs.events, RequestedBy: fs.requestedBy, URL: fs.url, Source: fs.source}
 		var err error
 		if fs.urlEnv != "" {
 			if sc.URL, err = secret(fs.name, fs.urlEnv, fs.where); err != nil {
@@ -463,6 +470,9 @@ func sinkSummary(cfg notify.Config) []string {
 		d := fmt.Sprintf("%s (%s, ≥ %s", s.Name, s.Kind, sev)
 		if len(s.Events) > 0 {
 			d += ", " + strings.Join(s.Events, " ")
+		}
+		if len(s.RequestedBy) > 0 {
+			d += ", runs of " + strings.Join(s.RequestedBy, " ")
 		}
 		out = append(out, d+")")
 	}

@@ -174,6 +174,11 @@ type sandbox struct {
 	webURL    string    // the read-only web view (web.go)
 	web       webAccess // its settings
 	sink      *sandboxSink
+	// nasSink is NAS's webhook receiver: a sink with requested_by
+	// api:NAS, the customer's edit's callback (sandbox_api.go).
+	nasSink *sandboxSink
+	// workerEnv is the worker's environment (the simulator's settings).
+	workerEnv *env
 
 	waited  []fleetsim.MachineView // an agent whose task the drain waits out
 	long    []fleetsim.MachineView // agents given a task that outlasts every deadline
@@ -218,14 +223,21 @@ func runSandbox(ctx context.Context, e *env, cfg sandboxConfig) (err error) {
 	if err != nil {
 		return err
 	}
+	// A customer's env edit through the API, as NAS sends it: on an agent
+	// the auto-update moved while its users kept talking.
+	edit, err := sb.customerEdit(ctx, sb.waited[0])
+	if err != nil {
+		return err
+	}
 	problems, err := sb.summarize(ctx, runs)
 	if err != nil {
 		return err
 	}
+	problems = append(problems, sb.printCustomerEdit(edit)...)
 	if len(problems) > 0 {
 		return fmt.Errorf("sandbox: the runs did not end as expected: %s", strings.Join(problems, "; "))
 	}
-	fmt.Fprintf(e.stdout, "sandbox: both runs ended as expected in %s\n", sandboxWallDur(time.Since(sb.wall)))
+	fmt.Fprintf(e.stdout, "sandbox: both runs and the customer's edit ended as expected in %s\n", sandboxWallDur(time.Since(sb.wall)))
 	if cfg.Keep {
 		return sb.keep(ctx, runs[0].run.ID)
 	}

@@ -161,12 +161,20 @@ func (sb *sandbox) startWorker(ctx context.Context) error {
 	// directory does not change the story: the built-in defaults.
 	// Notifications go to a local sink (sandbox_notify.go), swept often.
 	configPath := filepath.Join(sb.dir, "migrator.toml")
+	// NAS's sink hears of the runs NAS asked for, every end of them: the
+	// API's callback.
 	if err := os.WriteFile(configPath, []byte("# migrator sandbox: built-in defaults, notifications to a local sink\n"+
-		"[notify]\nsweep_interval = \"250ms\"\nretry_min = \"500ms\"\nretry_max = \"2s\"\n"), 0o600); err != nil {
+		"[notify]\nsweep_interval = \"250ms\"\nretry_min = \"500ms\"\nretry_max = \"2s\"\n\n"+
+		"[[notify.sinks]]\nname = \""+sandboxNASSink+"\"\nkind = \"webhook\"\nurl_env = \""+sandboxNASURL+"\"\n"+
+		"secret_env = \""+sandboxNASToken+"\"\nevents = [\"run.succeeded\", \"run.failed\", \"run.cancelled\"]\n"+
+		"requested_by = [\"api:NAS\"]\n"), 0o600); err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	var err error
 	if sb.sink, err = sb.startSink(); err != nil {
+		return err
+	}
+	if sb.nasSink, err = sb.startSink(); err != nil {
 		return err
 	}
 	vars := map[string]string{
@@ -177,12 +185,15 @@ func (sb *sandbox) startWorker(ctx context.Context) error {
 		workersEnv:       "20",
 		notifyHookURLEnv: sb.sink.url,
 		notifyHookSecret: sb.sink.secret,
+		sandboxNASURL:    sb.nasSink.url,
+		sandboxNASToken:  sb.nasSink.secret,
 	}
 	for k, v := range sb.simEnv {
 		vars[k] = v
 	}
 	se := &env{getenv: func(k string) string { return vars[k] }, stdout: io.Discard, stderr: io.Discard}
 	sb.followEnv = &env{getenv: se.getenv, stdout: sb.e.stdout, stderr: sb.e.stderr}
+	sb.workerEnv = se
 	logf, err := os.OpenFile(sb.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("sandbox: worker log: %w", err)

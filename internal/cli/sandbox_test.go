@@ -176,7 +176,7 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 
 	// The story, as the summary tells it.
 	for _, want := range []string{
-		"both runs ended as expected",
+		"both runs and the customer's edit ended as expected",
 		"hermes-agent-2: a 3h task in flight",
 		"hermes-agent-6: gateway crashed",
 		"hermes-agent-4, hermes-agent-5: suspended and stopped",
@@ -206,6 +206,23 @@ func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	}
 	if strings.Contains(out, "migrator run 2 (operator)") {
 		t.Errorf("the operator run, which went well, notified:\n%s", out)
+	}
+	// The customer's env edit through the API, as NAS sends it: created
+	// (201), retried (200, the same run), drained loud and migrated, the
+	// agent on its new value, the callback on NAS's sink.
+	for _, re := range []string{
+		`(?m)^  → 201 run 3 \(running, customer lane, env set TELEGRAM_BOT_TOKEN; the value is kept sealed, never shown\)$`,
+		`(?m)^  a retry with the same Idempotency-Key → 200, run 3 again$`,
+		`(?m)^  run 3 env-edit by api:NAS: hermes-agent-1 env set TELEGRAM_BOT_TOKEN; drain loud, quiesced; migrated; succeeded$`,
+		`(?m)^  the agent serves the new value; `,
+		`(?m)^  callback \(signature verified\): info run\.succeeded run 3, idempotency key nas-sandbox-edit-1$`,
+	} {
+		if n := len(regexp.MustCompile(re).FindAllString(out, -1)); n != 1 {
+			t.Errorf("%d lines match %q, want 1", n, re)
+		}
+	}
+	if m := regexp.MustCompile(`"TELEGRAM_BOT_TOKEN": "([^"…]+)"`).FindStringSubmatch(out); m != nil {
+		t.Errorf("the sandbox printed the customer's value %q", m[1])
 	}
 	rows := parseSummary(t, out)
 	auto, op := rows["1"], rows["2"]

@@ -55,7 +55,9 @@ func newServeCmd(e *env) *cobra.Command {
 			"customer identifier in them, and the read-only web view (/runs, /history), which\n" +
 			"shows every customer's apps: with " + webTokenEnv + " or " + webBasicAuthEnv + " set it asks\n" +
 			"for that credential; without, only a loopback address serves it, unless " + webOpenEnv + "=true.\n" +
-			"It has no write endpoints. Notifications for on-call (a run paused or failed, an agent\n" +
+			"The view writes nothing. The API for services (NAS) under /api/v1/ creates, reads and cancels\n" +
+			"runs: it is served only with a token set, " + apiTokenPrefix + "<NAME> (and optionally\n" +
+			apiCausesPrefix + "<NAME>, the causes it may ask for); docs/api.md. Notifications for on-call (a run paused or failed, an agent\n" +
 			"left draining, …) go to the sinks of the config file's [[notify.sinks]] or the\n" +
 			"MIGRATOR_NOTIFY_* variables (see `migrator notify --help`); without any, none is written.\n" +
 			pprofAddrEnv + " (off by default) serves Go's profiles on a loopback address only.\n" +
@@ -78,6 +80,10 @@ func serve(ctx context.Context, e *env) error {
 		return err
 	}
 	access, err := loadWebAccess(e)
+	if err != nil {
+		return err
+	}
+	apiTokens, err := loadAPITokens(e)
 	if err != nil {
 		return err
 	}
@@ -187,13 +193,19 @@ func serve(ctx context.Context, e *env) error {
 		return err
 	}
 	logWebMode(log, mode, ln.Addr())
+	apiHandler, err := newAPI(e, c, apiTokens, log)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+	logAPIMode(log, apiTokens)
 	if ncfg.WebURL != "" && mode == webOff {
 		log.Warn("notifications link to the web view, which this replica does not serve: the links will answer 404",
 			"web_url", ncfg.WebURL, "enable", "set "+webTokenEnv+" or "+webBasicAuthEnv)
 	}
 	// Every machine of the organization may connect: idle keep-alive
 	// connections are closed, so they cannot pile up.
-	srv := &http.Server{Handler: withWebView(healthHandler(c), web), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	srv := &http.Server{Handler: withWebView(healthHandler(c), web, apiHandler), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "error", err)

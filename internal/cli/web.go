@@ -160,13 +160,21 @@ func logWebMode(log *slog.Logger, mode webMode, listen net.Addr) {
 // metrics scraper call them, and they carry no customer identifier.
 var healthPaths = []string{"/healthz", "/readyz", "/metrics"}
 
-// withWebView serves health and metrics as before and the web view (nil:
-// off) on every other path.
-func withWebView(health, web http.Handler) http.Handler {
+// withWebView serves health and metrics as before, the API (nil: off)
+// under /api/, and the web view (nil: off) on every other path.
+func withWebView(health, web, apiHandler http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	for _, p := range healthPaths {
 		mux.Handle(p, health)
 	}
+	if apiHandler == nil {
+		apiHandler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"error":"the API is off: no token configured (` + apiTokenPrefix + `<NAME>)"}` + "\n"))
+		})
+	}
+	mux.Handle("/api/", apiHandler)
 	if web == nil {
 		web = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			http.Error(w, "404 not found (the web view is off on this address: see serve's start-up log)", http.StatusNotFound)

@@ -70,6 +70,13 @@ type SinkConfig struct {
 	// Events, when not empty, are the only notifications sent here (a sink
 	// told of a problem is told of its end regardless).
 	Events []string
+	// RequestedBy, when not empty, makes the sink hear only of the runs
+	// these requesters asked for (runs.requested_by, e.g. "api:nas": the
+	// runs an API token's caller made), and of every end of them
+	// (run.succeeded, run.failed, run.cancelled) even when nothing was
+	// open: an API caller's completion callback. Not for PagerDuty (it
+	// pages; a run that went well is no page).
+	RequestedBy []string
 	// URL: the Slack incoming webhook URL or the webhook's URL (secrets);
 	// for PagerDuty the Events API endpoint (default DefaultPagerDutyURL).
 	URL string
@@ -119,6 +126,14 @@ func (s SinkConfig) validate() error {
 		if !slices.Contains(Events, e) {
 			return fmt.Errorf("sink %s: event %q is not one of %s", s.Name, e, strings.Join(Events, ", "))
 		}
+	}
+	for _, r := range s.RequestedBy {
+		if strings.TrimSpace(r) != r || r == "" || len(r) > 200 || strings.IndexFunc(r, func(c rune) bool { return c < ' ' || c == 0x7f }) >= 0 {
+			return fmt.Errorf("sink %s: requested_by %q: want a requester as runs record it, e.g. api:nas", s.Name, r)
+		}
+	}
+	if len(s.RequestedBy) > 0 && s.Kind == PagerDuty {
+		return fmt.Errorf("sink %s: requested_by is for chat and webhook sinks (a PagerDuty sink pages; a run that went well is no page)", s.Name)
 	}
 	if err := checkURL(s.URL); err != nil {
 		return fmt.Errorf("sink %s: url %w", s.Name, err)

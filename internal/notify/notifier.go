@@ -55,7 +55,7 @@ func (n *Notifier) Register(ctx context.Context) error {
 	for _, name := range n.names {
 		s := n.sinks[name]
 		sinks = append(sinks, store.NotificationSink{Name: s.Name, Kind: string(s.Kind), MinSeverity: string(s.MinSeverity),
-			Events: s.Events})
+			Events: s.Events, RequestedBy: s.RequestedBy})
 	}
 	return n.store.Q().SyncNotificationSinks(ctx, sinks)
 }

@@ -106,3 +106,29 @@ func TestParseKey(t *testing.T) {
 		}
 	}
 }
+
+func TestMACIsKeyedAndPerDomain(t *testing.T) {
+	raw := make([]byte, KeyBytes)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	k, err := NewKey("k", raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw2 := make([]byte, KeyBytes)
+	if _, err := rand.Read(raw2); err != nil {
+		t.Fatal(err)
+	}
+	k2, err := NewKey("k2", raw2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := k.MAC("d", []byte("x")), k.MAC("d", []byte("x"))
+	if !bytes.Equal(a, b) || len(a) != 32 {
+		t.Fatalf("MAC not stable: %x %x", a, b)
+	}
+	if bytes.Equal(a, k.MAC("e", []byte("x"))) || bytes.Equal(a, k.MAC("d", []byte("y"))) || bytes.Equal(a, k2.MAC("d", []byte("x"))) {
+		t.Fatal("MAC does not depend on the domain, the data and the key")
+	}
+}

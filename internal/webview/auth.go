@@ -3,15 +3,11 @@ package webview
 import (
 	"crypto/sha256"
 	"crypto/subtle"
-	"math"
 	"net/http"
-	"net/netip"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
+	"github.com/hermes-cloud/migrator/internal/authlimit"
 )
 
 // Who may read the view. Without Config.Open every request must carry one
@@ -98,128 +94,6 @@ func scheme(r *http.Request) string {
 	return "other"
 }
 
-// sourceOf is the key a request's wrong attempts are counted under: the
-// TCP peer (X-Forwarded-For and the like are never trusted: behind `fly
-// proxy` the peer is the operator's WireGuard address, and nothing else
-// fronts serve). An IPv4 peer counts alone; an IPv6 peer counts with its
-// /112, because Fly assigns each Machine a /112 of 6PN addresses ("6PN
-// addresses in detail", https://fly.io/docs/networking/private-networking/),
-// so a Machine cannot get a fresh bucket by changing its last 16 bits.
-func sourceOf(r *http.Request) netip.Prefix {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Prefix{} // not TCP (tests): one shared bucket
-	}
-	a := ap.Addr().Unmap().WithZone("")
-	if a.Is4() {
-		return netip.PrefixFrom(a, 32)
-	}
-	p, _ := a.Prefix(112) // cannot fail for an IPv6 address
-	return p
-}
-
-// peerAddr is the peer's address as logged (its port dropped).
-func peerAddr(r *http.Request) string {
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		return ap.Addr().Unmap().String()
-	}
-	return r.RemoteAddr
-}
-
-// failureLimiter is a token bucket of wrong attempts per source, at most
-// max sources at once. A source whose bucket has refilled is as good as
-// unknown and is dropped first when the table is full; if none has, the
-// one heard from longest ago (a wrong attempt, or a request refused with
-// 429) is dropped, so memory stays bounded whatever
-// the number of sources (a source dropped that way starts afresh, which a long
-// random credential makes worthless to an attacker: serve requires 16
-// characters or more).
-type failureLimiter struct {
-	every time.Duration
-	burst int
-	max   int
-
-	mu      sync.Mutex
-	sources map[netip.Prefix]*source
-}
-
-type source struct {
-	lim      *rate.Limiter
-	lastSeen time.Time // its last wrong attempt or 429
-}
-
-func newFailureLimiter(every time.Duration, burst, maxSources int) *failureLimiter {
-	return &failureLimiter{every: every, burst: burst, max: maxSources, sources: map[netip.Prefix]*source{}}
-}
-
-// wait is how long src must wait before its next attempt is looked at
-// (0: it may try now).
-func (l *failureLimiter) wait(src netip.Prefix, now time.Time) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.sources[src]
-	if s == nil {
-		return 0
-	}
-	tokens := s.lim.TokensAt(now)
-	if tokens >= 1 {
-		return 0
-	}
-	s.lastSeen = now // still trying: not the one to forget
-	return time.Duration(math.Ceil((1 - tokens) * float64(l.every)))
-}
-
-// fail counts one wrong attempt of src; it reports whether src is now out
-// of attempts.
-func (l *failureLimiter) fail(src netip.Prefix, now time.Time) (limited bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.sources[src]
-	if s == nil {
-		if len(l.sources) >= l.max {
-			l.evict(now)
-		}
-		s = &source{lim: rate.NewLimiter(rate.Every(l.every), l.burst)}
-		l.sources[src] = s
-	}
-	s.lastSeen = now
-	s.lim.AllowN(now, 1)
-	return s.lim.TokensAt(now) < 1
-}
-
-// evict makes room for one more source (l.mu held).
-func (l *failureLimiter) evict(now time.Time) {
-	for k, s := range l.sources {
-		if s.lim.TokensAt(now) >= float64(l.burst) {
-			delete(l.sources, k)
-		}
-	}
-	if len(l.sources) < l.max {
-		return
-	}
-	var oldest netip.Prefix
-	var at time.Time
-	first := true
-	for k, s := range l.sources {
-		if first || s.lastSeen.Before(at) {
-			oldest, at, first = k, s.lastSeen, false
-		}
-	}
-	delete(l.sources, oldest)
-}
-
-// tracked is how many sources the limiter holds (tests).
-func (l *failureLimiter) tracked() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.sources)
-}
-
-// retryAfter is a Retry-After value: whole seconds, at least 1.
-func retryAfter(d time.Duration) string {
-	return strconv.Itoa(max(1, int(math.Ceil(d.Seconds()))))
-}
-
 // logPath bounds what a request's path adds to a log line.
 func logPath(p string) string {
 	const maxLen = 200
@@ -236,9 +110,9 @@ func (v *View) gate(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	h := w.Header()
-	src, now := sourceOf(r), v.cfg.Clock.Now()
-	if d := v.limiter.wait(src, now); d > 0 {
-		h.Set("Retry-After", retryAfter(d))
+	src, now := authlimit.SourceOf(r), v.cfg.Clock.Now()
+	if d := v.limiter.Wait(src, now); d > 0 {
+		h.Set("Retry-After", authlimit.RetryAfter(d))
 		http.Error(w, "too many wrong credentials from this address: try again later", http.StatusTooManyRequests)
 		return false
 	}
@@ -246,12 +120,12 @@ func (v *View) gate(w http.ResponseWriter, r *http.Request) bool {
 	case authOK:
 		return true
 	case authWrong:
-		limited := v.limiter.fail(src, now)
-		v.cfg.Logger.Warn("web view: wrong credentials", "source_addr", peerAddr(r), "method", r.Method,
+		limited := v.limiter.Fail(src, now)
+		v.cfg.Logger.Warn("web view: wrong credentials", "source_addr", authlimit.PeerAddr(r), "method", r.Method,
 			"path", logPath(r.URL.Path), "scheme", scheme(r))
 		if limited {
 			v.cfg.Logger.Warn("web view: too many wrong credentials; answering 429 until the source's attempts refill",
-				"source_addr", peerAddr(r), "source", src.String(), "retry_after", v.limiter.wait(src, now).Round(time.Second).String())
+				"source_addr", authlimit.PeerAddr(r), "source", src.String(), "retry_after", v.limiter.Wait(src, now).Round(time.Second).String())
 		}
 	}
 	if v.creds.user != nil {

@@ -251,14 +251,14 @@ func TestAuthLimiterMemoryBounded(t *testing.T) {
 		}
 		remote := fmt.Sprintf("10.%d.%d.%d:1", i>>16&255, i>>8&255, i&255)
 		request(v, remote, "/runs", "Bearer nope")
-		if n := v.limiter.tracked(); n > 100 {
+		if n := v.limiter.Tracked(); n > 100 {
 			t.Fatalf("%d sources remembered after %d, want at most 100", n, i+1)
 		}
 	}
 	// Sources whose buckets refilled are dropped first.
 	clk.Advance(time.Hour)
 	request(v, "203.0.113.9:1", "/runs", "Bearer nope")
-	if n := v.limiter.tracked(); n != 1 {
+	if n := v.limiter.Tracked(); n != 1 {
 		t.Errorf("%d sources remembered an hour later, want 1 (the new one)", n)
 	}
 }

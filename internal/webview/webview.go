@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hermes-cloud/migrator/internal/authlimit"
 	"github.com/hermes-cloud/migrator/internal/clock"
 	"github.com/hermes-cloud/migrator/internal/gateway"
 	"github.com/hermes-cloud/migrator/internal/printsafe"
@@ -133,7 +134,7 @@ var staticFS embed.FS
 type View struct {
 	cfg     Config
 	creds   credentials
-	limiter *failureLimiter
+	limiter *authlimit.Limiter
 	pages   map[string]*template.Template
 	mux     *http.ServeMux
 }
@@ -145,7 +146,7 @@ func New(cfg Config) (*View, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	v := &View{cfg: cfg, creds: newCredentials(cfg), limiter: newFailureLimiter(cfg.AuthRefill, cfg.AuthBurst, cfg.AuthSources),
+	v := &View{cfg: cfg, creds: newCredentials(cfg), limiter: authlimit.New(cfg.AuthRefill, cfg.AuthBurst, cfg.AuthSources),
 		pages: map[string]*template.Template{}, mux: http.NewServeMux()}
 	funcs := template.FuncMap{"stamp": stamp, "dur": dur, "pct": pct, "deref": deref, "derefInt": derefInt,
 		"yesno": yesno, "secs": secs, "fv": func(q url.Values, k string) string { return q.Get(k) },

@@ -152,3 +152,36 @@ func TestMinSecretsVersionFromAWrite(t *testing.T) {
 		t.Fatalf("after the update: version %d, want %d", got, up.Version)
 	}
 }
+
+// A machine view says since when its gateway serves: the boot that
+// carried the last update plus the gateway's startup; nothing while the
+// new instance boots or its gateway starts.
+func TestServingSinceIsTheBootThatServes(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	if v := h.sim.Machine(app, id); v.ServingSince.IsZero() || v.ServingSince.After(h.clk.Now()) {
+		t.Fatalf("a serving agent: serving since %v (now %v)", v.ServingSince, h.clk.Now())
+	}
+	c := newFlaps(t, h.sim)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := c.Get(ctx, app, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := *m.Config
+	cfg.Env = map[string]string{"K": "v"}
+	at := h.clk.Now()
+	if _, err := c.Update(ctx, app, fly.LaunchMachineInput{ID: id, Config: &cfg}, ""); err != nil {
+		t.Fatal(err)
+	}
+	h.clk.Advance(DefaultBootTime + time.Second)
+	if v := h.sim.Machine(app, id); !v.ServingSince.IsZero() {
+		t.Fatalf("gateway still starting: serving since %v", v.ServingSince)
+	}
+	h.clk.Advance(DefaultGatewayStartup)
+	v := h.sim.Machine(app, id)
+	if want := at.Add(DefaultBootTime + DefaultGatewayStartup); v.Env["K"] != "v" || v.ServingSince.Sub(want).Abs() > time.Second {
+		t.Fatalf("serving since %v, want about %v (env %v)", v.ServingSince, want, v.Env)
+	}
+}

@@ -93,6 +93,11 @@ type MachineView struct {
 	Env            map[string]string
 	SecretsVersion uint64
 	Epoch          int
+	// ServingSince is when this boot's gateway began serving (its start
+	// plus its startup time): the moment the agent serves with Env. Zero
+	// while the VM is not running or its gateway is down, failed or still
+	// starting.
+	ServingSince time.Time
 
 	TurnsServed, TurnsRefused, TurnsMissed, TurnsInterrupted, TurnsLost int
 	// DrainingTime is how long the gateway has been "draining" in all
@@ -160,6 +165,9 @@ func (s *Sim) view(m *machine, now time.Time) MachineView {
 	}
 	if ph.alive() {
 		v.ActiveAgents = m.active()
+	}
+	if ph == phaseRunning || ph == phaseDraining {
+		v.ServingSince = m.gwStart.Add(m.gwStartup)
 	}
 	v.ProcessGroup, v.HostStatus, v.Digest, v.AgentImage = m.group, "ok", m.imageRef.Digest, agentImage(m.config)
 	if m.hostStatus != "" {
