@@ -26,30 +26,38 @@ ALTER TABLE notification_sinks ADD COLUMN requested_by text[] NOT NULL DEFAULT '
 CREATE FUNCTION notifications_requested_by() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     want text[];
-    r record;
+    -- Scalars, not a record: a record read before a SELECT INTO assigned it
+    -- (a notification without a run) is an error, and PL/pgSQL evaluates
+    -- every operand of an OR.
+    r_requested_by text;
+    r_idempotency_key text;
+    r_env_set text[];
+    r_env_unset text[];
+    r_secrets_version bigint;
+    r_restart boolean;
     ch jsonb;
 BEGIN
     SELECT s.requested_by INTO want FROM notification_sinks s WHERE s.name = NEW.sink;
     IF NEW.run_id IS NOT NULL THEN
         SELECT x.requested_by, x.idempotency_key, x.env_set, x.env_unset, x.secrets_version, x.restart
-            INTO r FROM runs x WHERE x.id = NEW.run_id;
+            INTO r_requested_by, r_idempotency_key, r_env_set, r_env_unset, r_secrets_version, r_restart
+            FROM runs x WHERE x.id = NEW.run_id;
     END IF;
-    IF cardinality(coalesce(want, '{}')) > 0 AND (NEW.run_id IS NULL OR r.requested_by IS NULL
-            OR NOT r.requested_by = ANY (want)) THEN
+    IF cardinality(coalesce(want, '{}')) > 0 AND (r_requested_by IS NULL OR NOT r_requested_by = ANY (want)) THEN
         RETURN NULL;
     END IF;
-    IF NEW.run_id IS NOT NULL AND NEW.event LIKE 'run.%' AND r.requested_by IS NOT NULL THEN
-        IF r.idempotency_key IS NOT NULL THEN
+    IF NEW.run_id IS NOT NULL AND NEW.event LIKE 'run.%' AND r_requested_by IS NOT NULL THEN
+        IF r_idempotency_key IS NOT NULL THEN
             NEW.facts := NEW.facts || jsonb_build_object('idempotency_key',
-                CASE WHEN starts_with(r.idempotency_key, r.requested_by || ':')
-                    THEN substr(r.idempotency_key, length(r.requested_by) + 2)
-                    ELSE r.idempotency_key END);
+                CASE WHEN starts_with(r_idempotency_key, r_requested_by || ':')
+                    THEN substr(r_idempotency_key, length(r_requested_by) + 2)
+                    ELSE r_idempotency_key END);
         END IF;
         ch := jsonb_strip_nulls(jsonb_build_object(
-            'env_set', CASE WHEN cardinality(r.env_set) > 0 THEN to_jsonb(r.env_set) END,
-            'env_unset', CASE WHEN cardinality(r.env_unset) > 0 THEN to_jsonb(r.env_unset) END,
-            'secrets_version', r.secrets_version,
-            'restart', CASE WHEN r.restart THEN true END));
+            'env_set', CASE WHEN cardinality(r_env_set) > 0 THEN to_jsonb(r_env_set) END,
+            'env_unset', CASE WHEN cardinality(r_env_unset) > 0 THEN to_jsonb(r_env_unset) END,
+            'secrets_version', r_secrets_version,
+            'restart', CASE WHEN r_restart THEN true END));
         IF NOT NEW.facts ? 'change' AND ch <> '{}'::jsonb THEN
             NEW.facts := NEW.facts || jsonb_build_object('change', ch);
         END IF;
