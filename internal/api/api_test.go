@@ -457,7 +457,19 @@ func TestAPI(t *testing.T) {
 	}
 
 	// Read: 200, 404; list by app, newest first, with paging.
-	w.expect(w.do(call{method: http.MethodGet, path: fmt.Sprintf("/api/v1/runs/%d", id), token: w.nas, validRequest: true}), http.StatusOK, "")
+	got := w.expect(w.do(call{method: http.MethodGet, path: fmt.Sprintf("/api/v1/runs/%d", id), token: w.nas, validRequest: true}), http.StatusOK, "")
+	if ms, _ := got["machines"].([]any); len(ms) != 1 || ms[0].(map[string]any)["waiting_for_idle"] != nil {
+		t.Fatalf("run %d before any look: want one machine, not waiting for idle: %v", id, got["machines"])
+	}
+	// Its agent found busy: the answer says the change waits for an idle moment, and since when.
+	if _, err := w.pool.Exec(context.Background(), `UPDATE machine_migrations SET state = 'pending', started_at = NULL, idle_watch = true,
+		first_peek_at = '2026-12-07T10:00:00Z', last_peek_at = '2026-12-07T10:01:00Z', peeks = 2 WHERE run_id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	got = w.expect(w.do(call{method: http.MethodGet, path: fmt.Sprintf("/api/v1/runs/%d", id), token: w.nas, validRequest: true}), http.StatusOK, "")
+	if m := got["machines"].([]any)[0].(map[string]any); fmt.Sprint(m["waiting_for_idle"]) != "map[last_look:2026-12-07T10:01:00Z since:2026-12-07T10:00:00Z]" {
+		t.Errorf("busy agent's machine: waiting_for_idle %v, want since 10:00:00, last look 10:01:00 (%v)", m["waiting_for_idle"], m)
+	}
 	w.expect(w.do(call{method: http.MethodGet, path: "/api/v1/runs/999999", token: w.nas, validRequest: true}), http.StatusNotFound, "")
 	w.expect(w.do(call{method: http.MethodGet, path: "/api/v1/runs/0", token: w.nas}), http.StatusNotFound, "")
 	list := w.expect(w.do(call{method: http.MethodGet, path: "/api/v1/runs?app=" + app(1), token: w.nas, validRequest: true}), http.StatusOK, "")

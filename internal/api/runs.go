@@ -70,6 +70,15 @@ type machineJSON struct {
 	// waits for (one machine, one migration at a time); Combined: that
 	// migration's recreate carries this one's change.
 	WaitsFor *waitsJSON `json:"waits_for,omitempty"`
+	// WaitingForIdle: the agent was busy when looked at, and the change
+	// waits for an idle moment (no drain begun, nothing refused) until the
+	// policy's idle wait ends; what NAS tells the person who asked.
+	WaitingForIdle *idleJSON `json:"waiting_for_idle,omitempty"`
+}
+
+type idleJSON struct {
+	Since    *time.Time `json:"since"`
+	LastLook *time.Time `json:"last_look,omitempty"`
 }
 
 type drainJSON struct {
@@ -161,6 +170,9 @@ func (a *API) writeRun(w http.ResponseWriter, r *http.Request, status int, id in
 			FromImage: m.FromImage, ToImage: m.ToImage, StartedAt: stamp(m.StartedAt), FinishedAt: stamp(m.FinishedAt)}
 		if wt, ok := waits[m.ID]; ok {
 			j.WaitsFor = &waitsJSON{Run: wt.OtherRun, Migration: wt.OtherMigration, State: string(wt.OtherState), Combined: wt.Combined}
+		}
+		if m.State == store.StatePending && m.Peeks > 0 { // as run status counts them (store.WaitingForIdle)
+			j.WaitingForIdle = &idleJSON{Since: stamp(m.FirstPeekAt), LastLook: stamp(m.LastPeekAt)}
 		}
 		if d := m.Drain; d != nil {
 			j.Drain = &drainJSON{Quiet: d.Quiet, Rule: d.PolicyRule, Outcome: string(d.Outcome), StartedAt: stamp(d.StartedAt),
