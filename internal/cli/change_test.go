@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -40,6 +41,17 @@ func TestEnvEditThroughTheCLI(t *testing.T) {
 		if dry.code != 0 || !strings.Contains(dry.stdout, want) {
 			t.Errorf("dry run lacks %q: %s", want, dry)
 		}
+	}
+
+	// The same edit from a file, so the value stays out of the process list.
+	envFile := filepath.Join(t.TempDir(), "edit.env")
+	if err := os.WriteFile(envFile, []byte("# customer 4711\nTELEGRAM_BOT_TOKEN="+token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fromFile := execMigrator(t, w.env, "run", "create", "--cause", "env-edit", "--app", app, "--env-file", envFile, "--unset-env", "OLD_FLAG", "--dry-run")
+	check(fromFile)
+	if fromFile.code != 0 || !strings.Contains(fromFile.stdout, "change: each machine keeps the image it runs; env set TELEGRAM_BOT_TOKEN; env unset OLD_FLAG") {
+		t.Errorf("dry run with --env-file: %s", fromFile)
 	}
 
 	res := execMigrator(t, w.env, append(args, "--follow")...)

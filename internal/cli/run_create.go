@@ -26,6 +26,7 @@ type runCreateFlags struct {
 	selectorFlags
 	cause, image                  string
 	env, unsetEnv                 []string
+	envFile                       string
 	secretsVersion                uint64
 	restart                       bool
 	undrainable                   string
@@ -99,6 +100,7 @@ else the OS user.
   migrator run create --cause image-migration --image registry.fly.io/hermes-agent:v2 --app-prefix hermes-agent- --undrainable recreate
   migrator run create --cause env-edit --image registry.fly.io/hermes-agent@sha256:… --idempotency-key deploy-881 --json
   migrator run create --cause env-edit --app hermes-agent-7 --env TELEGRAM_BOT_TOKEN="$TOKEN" --unset-env OLD_FLAG --follow
+  printf 'TELEGRAM_BOT_TOKEN=%s\n' "$TOKEN" | migrator run create --cause env-edit --app hermes-agent-7 --env-file - --follow
   migrator run create --cause env-edit --app hermes-agent-7 --secrets-version 12 --reason "customer rotated a key"
   migrator run create --cause profile-change --app hermes-agent-7 --restart`,
 		Args: checkArgs(cobra.NoArgs),
@@ -108,6 +110,7 @@ else the OS user.
 	fl.StringVar(&f.cause, "cause", "", "why the machines move: "+causeNames()+" (required)")
 	fl.StringVar(&f.image, "image", "", "the image to move to, e.g. registry.fly.io/hermes-agent:v2 (without it each machine keeps the digest it runs)")
 	fl.StringArrayVar(&f.env, "env", nil, "set KEY=VALUE in each machine's config.env (repeatable; the value is kept only sealed, never shown)")
+	fl.StringVar(&f.envFile, "env-file", "", "read KEY=VALUE lines to set from this file ('-': standard input), so values stay out of the process list and the shell history; blank lines and lines starting with # are skipped (Docker's --env-file format)")
 	fl.StringArrayVar(&f.unsetEnv, "unset-env", nil, "remove KEY from each machine's config.env (repeatable)")
 	fl.Uint64Var(&f.secretsVersion, "secrets-version", 0, "pick up the app secrets up to this version (the version Fly answered the secrets write with): sent as min_secrets_version")
 	fl.BoolVar(&f.restart, "restart", false, "restart each agent (a new process of the same config), drained first")
@@ -163,6 +166,11 @@ func (f runCreateFlags) validate(cmd *cobra.Command, e *env) (createRequest, err
 			return out, usagef("%s: --env %s given twice", path, k)
 		}
 		env[k] = v
+	}
+	if f.envFile != "" {
+		if err := readEnvFile(cmd, f.envFile, env); err != nil {
+			return out, err
+		}
 	}
 	sel, err := f.selectorFlags.selector(cmd, e)
 	if err != nil {
