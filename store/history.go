@@ -174,9 +174,10 @@ func historySQL(f HistoryFilter) (string, []any, error) {
 		add("created_at < now() - $%d::interval", fmt.Sprintf("%d microseconds", f.UntilAgo.Microseconds()))
 	}
 	if f.Quiet != nil {
-		// A machine moved without a drain because it was not running was
-		// neither drained quietly nor loudly.
-		add("quiet = $%d AND drain_outcome IS DISTINCT FROM 'not_running'", *f.Quiet)
+		// A machine whose drain was never begun (not running, deferred
+		// while busy, failed before the drain, undrainable) was neither
+		// drained quietly nor loudly, whatever the policy decided.
+		add("quiet = $%d AND drain_started_at IS NOT NULL", *f.Quiet)
 	}
 	if f.Outcome != "" {
 		add("outcome = $%d", f.Outcome)

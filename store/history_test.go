@@ -386,3 +386,38 @@ func TestRunSnapshotAndPriorDeferrals(t *testing.T) {
 		t.Errorf("PriorDeferrals = %v, want m2: 2 (m1 migrated since its deferral)", got)
 	}
 }
+
+// TestHistoryQuietOnlyDrainsBegun: a machine the policy decided to drain
+// quietly that failed before its drain was begun was not drained at all:
+// --quiet leaves it out (it used to list it).
+func TestHistoryQuietOnlyDrainsBegun(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	_, err := s.Pool().Exec(ctx, `
+		WITH r AS (INSERT INTO runs (cause, target_image, image, selector, max_unavailable, requested_by, state)
+			VALUES ('auto-update', 'img:v2', 'img:v2', '{}', 5, 'seed', 'failed') RETURNING id),
+		m AS (INSERT INTO machine_migrations (run_id, seq, app, machine_id, region, to_image, from_image, state, outcome, error, finished_at)
+			SELECT r.id, i, 'app-' || i, 'm' || i, 'iad', 'img:v2', 'img:v1', 'done',
+				CASE WHEN i = 0 THEN 'migrated' ELSE 'failed' END,
+				CASE WHEN i = 1 THEN 'host_status unreachable' ELSE '' END, now()
+			FROM r, generate_series(0, 1) AS i RETURNING id, seq, created_at)
+		INSERT INTO drains (migration_id, quiet, policy_rule, policy_version, on_deadline, decided_at, deadline_at,
+			started_at, quiesced_at, recreated_at, outcome)
+		SELECT m.id, true, 'default:auto-update', 'v1', 'defer', m.created_at, m.created_at + interval '30 minutes',
+			CASE WHEN m.seq = 0 THEN m.created_at END, CASE WHEN m.seq = 0 THEN m.created_at + interval '5 seconds' END,
+			CASE WHEN m.seq = 0 THEN m.created_at + interval '6 seconds' END, CASE WHEN m.seq = 0 THEN 'quiesced' END
+		FROM m`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	rows := history(t, s, store.HistoryFilter{Quiet: &yes})
+	if len(rows) != 1 || rows[0].MachineID != "m0" {
+		var got []string
+		for _, r := range rows {
+			got = append(got, r.MachineID)
+		}
+		t.Fatalf("--quiet lists %v, want only m0 (m1 failed before its drain was begun)", got)
+	}
+}

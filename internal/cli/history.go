@@ -51,7 +51,8 @@ they stay fast at millions of rows.
 time (2026-03-08, 2026-03-08T07:30:00Z; a date or time without a zone is UTC);
 they bound when the machine migration was created. --outcome is one of
 ` + strings.Join(machineOutcomes, ", ") + `. --quiet and --loud keep
-drains decided quiet or loud (machines never drained are neither).
+drains begun quiet or loud (machines never drained are neither,
+whatever the policy decided).
 --busy-deferred keeps machines put off because their agent was never idle
 within the policy's idle_wait: never drained, their error says how many
 status reads were made and the last active_agents.
@@ -233,7 +234,7 @@ func (t *historyTable) begin() error {
 
 func (t *historyTable) row(r store.HistoryRow) error {
 	quiet := "-"
-	if r.Quiet != nil && (r.DrainOutcome == nil || *r.DrainOutcome != string(store.DrainNotRunning)) {
+	if r.Quiet != nil && r.DrainStartedAt != nil { // as --quiet and --loud: only drains begun
 		quiet = yesNo(*r.Quiet)
 	}
 	waited := "-"
