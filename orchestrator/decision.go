@@ -132,3 +132,22 @@ func probedPath(r gateway.Readiness, u policy.Undrainable) DrainPath {
 	}
 	return DrainPathDrain
 }
+
+// IdleWaitEnds is when machine m of run r, looking for an idle moment of
+// its agent since m.FirstPeekAt, stops looking and is drained (or, for a
+// cause that defers busy agents, deferred): the idle step's own deadline,
+// from the same decision (zero: m has not been looked at, or its decision
+// has no idle wait). It is what the API tells a caller whose change waits.
+func (o *Orchestrator) IdleWaitEnds(r store.Run, m store.Migration) time.Time {
+	if m.FirstPeekAt.IsZero() {
+		return time.Time{}
+	}
+	d := decideFor(o.pol, policy.Cause(r.Cause), policy.Machine{
+		App: m.App, MachineID: m.MachineID, Region: m.Region, Image: m.FromImage,
+		Labels: m.Labels, Deferrals: m.Deferrals,
+	}, runOverrides(r), o.cfg.Clock.Now())
+	if d.IdleWait <= 0 {
+		return time.Time{}
+	}
+	return m.FirstPeekAt.Add(d.IdleWait)
+}

@@ -187,3 +187,36 @@ type fixedClock struct{ t time.Time }
 
 func (c fixedClock) Now() time.Time                   { return c.t }
 func (fixedClock) Wall(d time.Duration) time.Duration { return d }
+
+// IdleWaitEnds is the idle step's own deadline (first look + the
+// decision's idle wait), from the same decision: the run's override, none
+// once the deferrals are used up, none before the first look.
+func TestIdleWaitEnds(t *testing.T) {
+	pol, err := policy.Parse("test.toml", []byte(`
+[causes.env-edit]
+idle_wait = "10m"
+on_busy = "defer"
+max_deferrals = 2
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	o := &Orchestrator{pol: pol, cfg: Config{Clock: fixedClock{now}}}
+	first := now.Add(-3 * time.Minute)
+	for _, tc := range []struct {
+		name string
+		run  store.Run
+		m    store.Migration
+		want time.Time
+	}{
+		{"the policy's idle wait", store.Run{Cause: "env-edit"}, store.Migration{App: "a", FirstPeekAt: first}, first.Add(10 * time.Minute)},
+		{"the run's override", store.Run{Cause: "env-edit", IdleWaitOverride: durationPtr(time.Minute)}, store.Migration{App: "a", FirstPeekAt: first}, first.Add(time.Minute)},
+		{"deferrals used up: drained at once", store.Run{Cause: "env-edit"}, store.Migration{App: "a", FirstPeekAt: first, Deferrals: 2}, time.Time{}},
+		{"not looked at yet", store.Run{Cause: "env-edit"}, store.Migration{App: "a"}, time.Time{}},
+	} {
+		if got := o.IdleWaitEnds(tc.run, tc.m); !got.Equal(tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -32,6 +32,9 @@ const Prefix = "/api/v1/"
 type Runs interface {
 	CreateRun(ctx context.Context, req orchestrator.RunRequest, planned []orchestrator.PlannedMachine) (store.Run, bool, error)
 	Cancel(ctx context.Context, id int64, by string) (store.Run, error)
+	// IdleWaitEnds is when a machine waiting for its agent's idle moment
+	// stops waiting (zero: unknown).
+	IdleWaitEnds(r store.Run, m store.Migration) time.Time
 }
 
 var _ Runs = (*orchestrator.Orchestrator)(nil)

@@ -467,8 +467,8 @@ func TestAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	got = w.expect(w.do(call{method: http.MethodGet, path: fmt.Sprintf("/api/v1/runs/%d", id), token: w.nas, validRequest: true}), http.StatusOK, "")
-	if m := got["machines"].([]any)[0].(map[string]any); fmt.Sprint(m["waiting_for_idle"]) != "map[last_look:2026-12-07T10:01:00Z since:2026-12-07T10:00:00Z]" {
-		t.Errorf("busy agent's machine: waiting_for_idle %v, want since 10:00:00, last look 10:01:00 (%v)", m["waiting_for_idle"], m)
+	if m := got["machines"].([]any)[0].(map[string]any); fmt.Sprint(m["waiting_for_idle"]) != "map[last_look:2026-12-07T10:01:00Z since:2026-12-07T10:00:00Z until:2026-12-07T10:10:00Z]" {
+		t.Errorf("busy agent's machine: waiting_for_idle %v, want since 10:00:00, last look 10:01:00, until 10:10:00 (env-edit's idle wait, 10m) (%v)", m["waiting_for_idle"], m)
 	}
 	w.expect(w.do(call{method: http.MethodGet, path: "/api/v1/runs/999999", token: w.nas, validRequest: true}), http.StatusNotFound, "")
 	w.expect(w.do(call{method: http.MethodGet, path: "/api/v1/runs/0", token: w.nas}), http.StatusNotFound, "")

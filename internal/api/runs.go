@@ -79,6 +79,9 @@ type machineJSON struct {
 type idleJSON struct {
 	Since    *time.Time `json:"since"`
 	LastLook *time.Time `json:"last_look,omitempty"`
+	// Until: when it stops waiting and drains (env-edit, profile-change:
+	// loud, then forced at the policy's deadline) or defers (auto-update).
+	Until *time.Time `json:"until,omitempty"`
 }
 
 type drainJSON struct {
@@ -172,7 +175,8 @@ func (a *API) writeRun(w http.ResponseWriter, r *http.Request, status int, id in
 			j.WaitsFor = &waitsJSON{Run: wt.OtherRun, Migration: wt.OtherMigration, State: string(wt.OtherState), Combined: wt.Combined}
 		}
 		if m.State == store.StatePending && m.Peeks > 0 { // as run status counts them (store.WaitingForIdle)
-			j.WaitingForIdle = &idleJSON{Since: stamp(m.FirstPeekAt), LastLook: stamp(m.LastPeekAt)}
+			j.WaitingForIdle = &idleJSON{Since: stamp(m.FirstPeekAt), LastLook: stamp(m.LastPeekAt),
+				Until: stamp(a.cfg.Runs.IdleWaitEnds(snap.Run, m.Migration))}
 		}
 		if d := m.Drain; d != nil {
 			j.Drain = &drainJSON{Quiet: d.Quiet, Rule: d.PolicyRule, Outcome: string(d.Outcome), StartedAt: stamp(d.StartedAt),
