@@ -142,12 +142,20 @@ func (o *Orchestrator) IdleWaitEnds(r store.Run, m store.Migration) time.Time {
 	if m.FirstPeekAt.IsZero() {
 		return time.Time{}
 	}
-	d := decideFor(o.pol, policy.Cause(r.Cause), policy.Machine{
-		App: m.App, MachineID: m.MachineID, Region: m.Region, Image: m.FromImage,
-		Labels: m.Labels, Deferrals: m.Deferrals,
-	}, runOverrides(r), o.cfg.Clock.Now())
+	// The facts the idle step decides on (step_idle: s.decide(s.m.Region, s.m.FromImage, s.m.Labels)).
+	d := o.decideMigration(r, &m, m.Region, m.FromImage, m.Labels, o.cfg.Clock.Now())
 	if d.IdleWait <= 0 {
 		return time.Time{}
 	}
 	return m.FirstPeekAt.Add(d.IdleWait)
+}
+
+// decideMigration is decideFor for machine migration m of run r, with the
+// machine's region, image and labels as read (they may have changed since
+// planning): what every step and IdleWaitEnds decide on.
+func (o *Orchestrator) decideMigration(r store.Run, m *store.Migration, region, image string, labels map[string]string, now time.Time) policy.Decision {
+	return decideFor(o.pol, policy.Cause(r.Cause), policy.Machine{
+		App: m.App, MachineID: m.MachineID, Region: region, Image: image,
+		Labels: labels, Deferrals: m.Deferrals,
+	}, runOverrides(r), now)
 }

@@ -171,10 +171,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 // decide asks the policy about this machine with the given facts, and
 // applies the run's overrides (decideFor, as the dry run does).
 func (s *step) decide(region, image string, labels map[string]string) policy.Decision {
-	return decideFor(s.o.pol, policy.Cause(s.w.Run.Cause), policy.Machine{
-		App: s.m.App, MachineID: s.m.MachineID, Region: region, Image: image,
-		Labels: labels, Deferrals: s.m.Deferrals,
-	}, runOverrides(s.w.Run), s.now())
+	return s.o.decideMigration(s.w.Run, s.m, region, image, labels, s.now())
 }
 
 // downOrHostLost reads the machine after a status read failed: true when

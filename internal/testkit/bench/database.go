@@ -55,6 +55,31 @@ func upgrade(ctx context.Context, dsn string) error {
 	return nil
 }
 
+// freshDatabase creates database name on cluster with migrator's schema,
+// for one run of a scenario that starts its own server; drop removes it.
+func freshDatabase(ctx context.Context, cluster *pgcluster.Cluster, name string) (dsn string, drop func(), err error) {
+	admin, err := store.Open(ctx, cluster.DSN("postgres"), store.WithMaxConns(2))
+	if err != nil {
+		return "", nil, fmt.Errorf("open server: %w", err)
+	}
+	if _, err := admin.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{name}.Sanitize()); err != nil {
+		admin.Close()
+		return "", nil, fmt.Errorf("create database %s: %w", name, err)
+	}
+	drop = func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = admin.Exec(dctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{name}.Sanitize()+` WITH (FORCE)`)
+		admin.Close()
+	}
+	dsn = cluster.DSN(name)
+	if err := upgrade(ctx, dsn); err != nil {
+		drop()
+		return "", nil, err
+	}
+	return dsn, drop, nil
+}
+
 // database returns the DSN of a database for the scenario, the server's
 // PID when it is the benchmark's own (else 0), and how to get rid of it.
 func database(ctx context.Context, cfg Config) (string, int, func(), error) {

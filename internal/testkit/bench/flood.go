@@ -235,23 +235,11 @@ func runFlood(ctx context.Context, cfg FloodConfig, cluster *pgcluster.Cluster, 
 	setup0 := time.Now()
 
 	dbname := fmt.Sprintf("flood_%d", idx+1)
-	admin, err := store.Open(ctx, cluster.DSN("postgres"), store.WithMaxConns(2))
+	dsn, drop, err := freshDatabase(ctx, cluster, dbname)
 	if err != nil {
-		return run, fmt.Errorf("open server: %w", err)
-	}
-	defer admin.Close()
-	if _, err := admin.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{dbname}.Sanitize()); err != nil {
-		return run, fmt.Errorf("create database: %w", err)
-	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, _ = admin.Exec(dctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{dbname}.Sanitize()+` WITH (FORCE)`)
-	}()
-	dsn := cluster.DSN(dbname)
-	if err := upgrade(ctx, dsn); err != nil {
 		return run, err
 	}
+	defer drop()
 	monitor, err := store.Open(ctx, withAppName(dsn, "migrator-bench"), store.WithMaxConns(2))
 	if err != nil {
 		return run, fmt.Errorf("open monitor pool: %w", err)

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/testkit/pgcluster"
 	"github.com/hermes-cloud/migrator/orchestrator"
@@ -314,23 +312,11 @@ func runReplicas(ctx context.Context, cfg ReplicasConfig, cluster *pgcluster.Clu
 
 	// A database of its own, with pg_stat_statements readable in it.
 	dbname := fmt.Sprintf("replicas_%d", idx+1)
-	admin, err := store.Open(ctx, cluster.DSN("postgres"), store.WithMaxConns(2))
+	dsn, drop, err := freshDatabase(ctx, cluster, dbname)
 	if err != nil {
-		return run, fmt.Errorf("open server: %w", err)
-	}
-	defer admin.Close()
-	if _, err := admin.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{dbname}.Sanitize()); err != nil {
-		return run, fmt.Errorf("create database: %w", err)
-	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, _ = admin.Exec(dctx, `DROP DATABASE IF EXISTS `+pgx.Identifier{dbname}.Sanitize()+` WITH (FORCE)`)
-	}()
-	dsn := cluster.DSN(dbname)
-	if err := upgrade(ctx, dsn); err != nil {
 		return run, err
 	}
+	defer drop()
 	monitorCount := NewStatementCounter()
 	monitor, err := store.Open(ctx, withAppName(dsn, "migrator-bench"), store.WithMaxConns(3), store.WithQueryTracer(monitorCount))
 	if err != nil {
