@@ -187,11 +187,17 @@ func TestAsleepDuringVerifyIsMigrated(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			// Health checks pass only after 5 minutes: the verification
-			// waits for them, and the idle agent is put down first.
-			cfg := fleetsim.Config{Apps: 1, APISimTime: true, CheckDelay: 5 * time.Minute, AutostopAfter: 30 * time.Second,
+			// Health checks pass only after 2 minutes: the verification
+			// waits for them, and the idle agent is put down first (the
+			// autostop 30 s after its last request; Hermes at the watcher's
+			// first look, 60 s after its start). migrator must read the
+			// new instance serving in between: at the harness's 50× that
+			// window is about a second of wall time, which a loaded CI
+			// machine can miss (the instance is then rightly woken once);
+			// at 10× it is five.
+			cfg := fleetsim.Config{Apps: 1, APISimTime: true, CheckDelay: 2 * time.Minute, AutostopAfter: 30 * time.Second,
 				ScaleToZeroIdle: 30 * time.Second, Shape: func(string) []fleetsim.MachineShape { return []fleetsim.MachineShape{tc.shape} }}
-			w := newWorld(t, worldOpts{sim: cfg, orch: func(c *orchestrator.Config) { c.VerifyTimeout = 10 * time.Minute }})
+			w := newWorld(t, worldOpts{sim: cfg, scale: 10, orch: func(c *orchestrator.Config) { c.VerifyTimeout = 10 * time.Minute }})
 			app := w.sim.Apps()[0]
 			id := w.sim.MachineIDs(app)[0]
 			// A user's turn keeps the agent up until the drain.
@@ -224,7 +230,10 @@ func TestAsleepBeforeServingIsWokenOnce(t *testing.T) {
 		Shape: func(string) []fleetsim.MachineShape { return []fleetsim.MachineShape{{Autostop: "stop"}} }}
 	var w *world
 	var blind atomic.Bool
-	w = newWorld(t, worldOpts{sim: cfg, orch: func(c *orchestrator.Config) { c.VerifyTimeout = 10 * time.Minute },
+	// At 10×: the woken instance's 30 s before its autostop are three
+	// seconds of wall time for migrator to read it serving (see
+	// TestAsleepDuringVerifyIsMigrated).
+	w = newWorld(t, worldOpts{sim: cfg, scale: 10, orch: func(c *orchestrator.Config) { c.VerifyTimeout = 10 * time.Minute },
 		wrapGateway: func(g orchestrator.Gateway) orchestrator.Gateway { return &blindGateway{Gateway: g, blind: &blind} }})
 	app := w.sim.Apps()[0]
 	id := w.sim.MachineIDs(app)[0]
@@ -232,7 +241,7 @@ func TestAsleepBeforeServingIsWokenOnce(t *testing.T) {
 	// instance has been stopped once (by its autostop).
 	go func() {
 		base := -1
-		for range 4000 {
+		for end := time.Now().Add(time.Minute); time.Now().Before(end); {
 			v := w.sim.Machine(app, id)
 			switch {
 			case v.AgentImage != imgV2:
@@ -519,7 +528,7 @@ func TestAsleepDuringRestoreIsWokenOnce(t *testing.T) {
 	cfg := fleetsim.Config{Apps: 1, APISimTime: true, AutostopAfter: 30 * time.Second,
 		Shape: func(string) []fleetsim.MachineShape { return []fleetsim.MachineShape{{Autostop: "stop"}} }}
 	var blind atomic.Bool
-	w := newWorld(t, worldOpts{sim: cfg, orch: func(c *orchestrator.Config) { c.VerifyTimeout = 10 * time.Minute },
+	w := newWorld(t, worldOpts{sim: cfg, scale: 10, orch: func(c *orchestrator.Config) { c.VerifyTimeout = 10 * time.Minute },
 		wrapGateway: func(g orchestrator.Gateway) orchestrator.Gateway { return &blindGateway{Gateway: g, blind: &blind} }})
 	app := w.sim.Apps()[0]
 	id := w.sim.MachineIDs(app)[0]
@@ -528,7 +537,7 @@ func TestAsleepDuringRestoreIsWokenOnce(t *testing.T) {
 	// that instance has been stopped once (by its autostop).
 	go func() {
 		sawV2, base := false, -1
-		for range 8000 {
+		for end := time.Now().Add(time.Minute); time.Now().Before(end); {
 			v := w.sim.Machine(app, id)
 			switch {
 			case v.AgentImage == imgV2:
