@@ -117,7 +117,7 @@ type AutoUpdateResult struct {
 // AutoUpdateKey is the idempotency key of tick's run: a re-delivered tick
 // finds the run it created instead of creating a second one.
 func AutoUpdateKey(channel string, tick time.Time) string {
-	return "auto-update:" + channel + ":" + tick.UTC().Format(time.RFC3339Nano)
+	return autoUpdateKeyPrefix(channel) + tick.UTC().Format(time.RFC3339Nano)
 }
 
 // AutoUpdate runs one tick: when selected machines do not run the
@@ -141,7 +141,7 @@ func (o *Orchestrator) AutoUpdate(ctx context.Context, cfg AutoUpdateConfig, tic
 	if err != nil {
 		return AutoUpdateResult{}, err
 	}
-	if r, ok, err := o.openAutoUpdateRun(ctx, cfg.Channel); err != nil || ok {
+	if r, ok, err := o.store.Q().OpenRunByKeyPrefix(ctx, string(policy.AutoUpdate), autoUpdateKeyPrefix(cfg.Channel)); err != nil || ok {
 		return AutoUpdateResult{Outcome: AutoUpdateInProgress, Run: r}, err
 	}
 	image := ch.Image
@@ -177,33 +177,25 @@ func (o *Orchestrator) AutoUpdate(ctx context.Context, cfg AutoUpdateConfig, tic
 	r, created, err := o.CreateRun(ctx, RunRequest{Cause: policy.AutoUpdate, TargetImage: ch.Image, Image: image,
 		Selector: cfg.Selector, MaxUnavailable: cfg.MaxUnavailable, Canary: cfg.Canary,
 		FailureThreshold: cfg.FailureThreshold, RequestedBy: cfg.RequestedBy, Reason: reason, IdempotencyKey: key,
-		Excluded: plan.Excluded}, move)
+		SoleOpenKeyPrefix: autoUpdateKeyPrefix(cfg.Channel), Excluded: plan.Excluded}, move)
 	if err != nil {
 		return AutoUpdateResult{}, err
 	}
 	res.Run, res.Outcome = r, AutoUpdateCreated
-	if !created {
+	switch {
+	case created:
+	case r.IdempotencyKey == key:
 		res.Outcome = AutoUpdateExists
+	default:
+		// Another tick created its run while this one planned.
+		res.Outcome = AutoUpdateInProgress
 	}
 	return res, nil
 }
 
-// openAutoUpdateRun finds an auto-update run of channel that is not over.
-func (o *Orchestrator) openAutoUpdateRun(ctx context.Context, channel string) (store.Run, bool, error) {
-	prefix := "auto-update:" + channel + ":"
-	for _, state := range []store.RunState{store.RunPending, store.RunRunning, store.RunPaused, store.RunCancelling} {
-		runs, err := o.store.Q().ListRuns(ctx, state, 1000)
-		if err != nil {
-			return store.Run{}, false, err
-		}
-		for _, r := range runs {
-			if r.Cause == string(policy.AutoUpdate) && strings.HasPrefix(r.IdempotencyKey, prefix) {
-				return r, true, nil
-			}
-		}
-	}
-	return store.Run{}, false, nil
-}
+// autoUpdateKeyPrefix starts the idempotency key of every auto-update run
+// of channel (AutoUpdateKey).
+func autoUpdateKeyPrefix(channel string) string { return "auto-update:" + channel + ":" }
 
 type autoUpdateWorker struct {
 	river.WorkerDefaults[AutoUpdateArgs]

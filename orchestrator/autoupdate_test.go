@@ -267,6 +267,74 @@ func TestAutoUpdateTick(t *testing.T) {
 	}
 }
 
+// Ticks that overlap (a plan slower than the schedule, a tick delivered
+// late, two replicas) make one run between them: every tick here has found
+// no open run and is planning when the first creates its run; the others
+// find it when they come to create theirs (CI once saw two runs from the
+// cron test on a loaded machine).
+func TestOverlappingAutoUpdateTicksMakeOneRun(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, worldOpts{sim: idleFleet(2)})
+	ctx := context.Background()
+	if _, err := w.st.Q().SetChannel(ctx, "stable", imgV2, "alice", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	m := machinesOf(w)[0]
+	w.sim.AddTurn(m.App, m.ID, fleetsim.Turn{Session: "dave", Duration: 10 * time.Minute}) // keeps the run open
+	const ticks = 4
+	var arrived sync.WaitGroup
+	arrived.Add(ticks)
+	allPlanning := make(chan struct{})
+	go func() { arrived.Wait(); close(allPlanning) }()
+	// Pin is called after the open-run check, before the plan: each tick
+	// waits there until every tick has passed that check.
+	cfg := orchestrator.AutoUpdateConfig{Schedule: mustSchedule(t, "@every 1m"), Spec: "@every 1m", Channel: "stable",
+		Selector: store.Selector{Org: w.sim.Org()}, MaxUnavailable: "100%",
+		Pin: func(ctx context.Context, ref string) (string, error) {
+			arrived.Done()
+			select {
+			case <-allPlanning:
+			case <-time.After(30 * time.Second):
+				t.Error("the ticks never overlapped")
+			}
+			return ref, nil
+		}}
+	type result struct {
+		res orchestrator.AutoUpdateResult
+		err error
+	}
+	results := make(chan result, ticks)
+	base := time.Date(2026, 11, 24, 3, 0, 0, 0, time.UTC)
+	for i := range ticks {
+		go func() {
+			res, err := w.owner.AutoUpdate(ctx, cfg, base.Add(time.Duration(i)*time.Minute))
+			results <- result{res, err}
+		}()
+	}
+	outcomes := map[string]int{}
+	var runIDs []int64
+	for range ticks {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("tick: %v", r.err)
+		}
+		outcomes[r.res.Outcome]++
+		runIDs = append(runIDs, r.res.Run.ID)
+	}
+	if outcomes[orchestrator.AutoUpdateCreated] != 1 || outcomes[orchestrator.AutoUpdateInProgress] != ticks-1 {
+		t.Errorf("outcomes %v: want one created, the others in progress", outcomes)
+	}
+	for _, id := range runIDs {
+		if id != runIDs[0] {
+			t.Errorf("ticks answered runs %v: want one run", runIDs)
+			break
+		}
+	}
+	if n := len(autoUpdateRuns(t, w.st)); n != 1 {
+		t.Fatalf("%d auto-update runs from %d overlapping ticks, want 1", n, ticks)
+	}
+}
+
 // The cron, through River: ticks of an unchanged fleet make no run; a
 // channel change makes exactly one run on the next tick, and later ticks,
 // during and after it, make none.

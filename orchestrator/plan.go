@@ -112,6 +112,13 @@ type RunRequest struct {
 	RequestedBy        string
 	Reason             string
 	IdempotencyKey     string
+	// SoleOpenKeyPrefix, if set, makes the run one of a kind: it is not
+	// created while a run of its cause whose idempotency key starts with
+	// this prefix is open, and CreateRun returns that run instead (not
+	// created). The check and the insert share one transaction lock on the
+	// prefix, so two auto-update ticks that overlap (a slow plan, a tick
+	// delivered late) cannot both create a run for the channel.
+	SoleOpenKeyPrefix string
 	// RequestDigest is an API request's keyed digest, recorded with the
 	// run so a retry with the same key and another request is told apart
 	// (internal/api). "": none.
@@ -494,6 +501,16 @@ func (o *Orchestrator) CreateRun(ctx context.Context, req RunRequest, planned []
 	var created bool
 	err = o.store.InTx(ctx, func(q *store.Q, tx pgx.Tx) error {
 		var err error
+		if req.SoleOpenKeyPrefix != "" {
+			if err := q.LockName(ctx, "run key prefix:"+req.SoleOpenKeyPrefix); err != nil {
+				return err
+			}
+			open, ok, err := q.OpenRunByKeyPrefix(ctx, string(req.Cause), req.SoleOpenKeyPrefix)
+			if err != nil || ok {
+				out = open
+				return err
+			}
+		}
 		if out, created, err = q.CreateRun(ctx, r, machines); err != nil || !created {
 			return err
 		}

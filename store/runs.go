@@ -263,6 +263,33 @@ func (q *Q) RunByIdempotencyKey(ctx context.Context, key string) (Run, error) {
 	return r, nil
 }
 
+// OpenRunByKeyPrefix returns the oldest run of cause whose idempotency key
+// starts with prefix and that is not over (ok false: none): the open
+// auto-update run of a channel, say.
+func (q *Q) OpenRunByKeyPrefix(ctx context.Context, cause, prefix string) (Run, bool, error) {
+	r, err := scanRun(q.db.QueryRow(ctx, `SELECT `+runColumns+` FROM runs
+		WHERE cause = $1 AND starts_with(idempotency_key, $2) AND state NOT IN ($3, $4, $5)
+		ORDER BY id LIMIT 1`, cause, prefix, RunSucceeded, RunFailed, RunCancelled))
+	if isNoRows(err) {
+		return Run{}, false, nil
+	}
+	if err != nil {
+		return Run{}, false, fmt.Errorf("read open %s run with key prefix %q: %w", cause, prefix, err)
+	}
+	return r, true, nil
+}
+
+// LockName takes the transaction-scoped advisory lock named name (hashed
+// to 64 bits): callers that check and then write something only one of
+// them may write (one open auto-update run per channel) do both under it.
+// q must be a transaction's (Store.InTx); the lock ends with it.
+func (q *Q) LockName(ctx context.Context, name string) error {
+	if _, err := q.db.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, name); err != nil {
+		return fmt.Errorf("lock %q: %w", name, err)
+	}
+	return nil
+}
+
 // GetRun returns run id.
 func (q *Q) GetRun(ctx context.Context, id int64) (Run, error) {
 	r, err := scanRun(q.db.QueryRow(ctx, `SELECT `+runColumns+` FROM runs WHERE id = $1`, id))
