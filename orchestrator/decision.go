@@ -139,11 +139,17 @@ func probedPath(r gateway.Readiness, u policy.Undrainable) DrainPath {
 // from the same decision (zero: m has not been looked at, or its decision
 // has no idle wait). It is what the API tells a caller whose change waits.
 func (o *Orchestrator) IdleWaitEnds(r store.Run, m store.Migration) time.Time {
+	return IdleWaitEnds(o.pol, r, m, o.cfg.Clock.Now())
+}
+
+// IdleWaitEnds is Orchestrator.IdleWaitEnds under policy pol at now, for a
+// reader that has the policy but no orchestrator (run follow).
+func IdleWaitEnds(pol Policy, r store.Run, m store.Migration, now time.Time) time.Time {
 	if m.FirstPeekAt.IsZero() {
 		return time.Time{}
 	}
 	// The facts the idle step decides on (step_idle: s.decide(s.m.Region, s.m.FromImage, s.m.Labels)).
-	d := o.decideMigration(r, &m, m.Region, m.FromImage, m.Labels, o.cfg.Clock.Now())
+	d := decideMigration(pol, r, &m, m.Region, m.FromImage, m.Labels, now)
 	if d.IdleWait <= 0 {
 		return time.Time{}
 	}
@@ -153,8 +159,8 @@ func (o *Orchestrator) IdleWaitEnds(r store.Run, m store.Migration) time.Time {
 // decideMigration is decideFor for machine migration m of run r, with the
 // machine's region, image and labels as read (they may have changed since
 // planning): what every step and IdleWaitEnds decide on.
-func (o *Orchestrator) decideMigration(r store.Run, m *store.Migration, region, image string, labels map[string]string, now time.Time) policy.Decision {
-	return decideFor(o.pol, policy.Cause(r.Cause), policy.Machine{
+func decideMigration(pol Policy, r store.Run, m *store.Migration, region, image string, labels map[string]string, now time.Time) policy.Decision {
+	return decideFor(pol, policy.Cause(r.Cause), policy.Machine{
 		App: m.App, MachineID: m.MachineID, Region: region, Image: image,
 		Labels: labels, Deferrals: m.Deferrals,
 	}, runOverrides(r), now)

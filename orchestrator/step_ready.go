@@ -171,7 +171,7 @@ func (s *step) ready(ctx context.Context) (next, error) {
 // decide asks the policy about this machine with the given facts, and
 // applies the run's overrides (decideFor, as the dry run does).
 func (s *step) decide(region, image string, labels map[string]string) policy.Decision {
-	return s.o.decideMigration(s.w.Run, s.m, region, image, labels, s.now())
+	return decideMigration(s.o.pol, s.w.Run, s.m, region, image, labels, s.now())
 }
 
 // downOrHostLost reads the machine after a status read failed: true when

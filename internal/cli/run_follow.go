@@ -43,7 +43,9 @@ progress bar, the machines counted by state and by outcome, the ETA (from the
 completion rate so far), and the machines in flight, draining ones with how long
 they have waited and the gateway's last active_agents; then, apart, the machines
 waiting for an idle moment of their agent (busy when looked at, so not drained
-yet and holding no budget slot) with how long and how often they were looked at. Otherwise (a pipe, a
+yet and holding no budget slot) with how long and how often they were looked at
+and when their wait ends (then they are drained, or deferred if the policy says
+so; from this process's policy, as serve's idle step decides it). Otherwise (a pipe, a
 file, --plain): one timestamped line whenever something changes.
 
 A run paused (by a person, a failed canary or the failure threshold) waits for
@@ -129,7 +131,13 @@ func follow(ctx context.Context, e *env, st *store.Store, id int64, opts followO
 	}
 	var view followView
 	if size, tty := terminal(e.stdout); tty && !opts.plain {
-		view = &liveView{w: underneath(e.stdout), size: size}
+		// The policy says when each machine waiting for an idle moment
+		// stops waiting (the same decision serve's idle step takes).
+		pol, err := loadPolicy(e)
+		if err != nil {
+			return err
+		}
+		view = &liveView{w: underneath(e.stdout), size: size, pol: pol}
 	} else {
 		view = &lineView{w: e.stdout, st: st}
 	}
@@ -282,6 +290,7 @@ func short(d time.Duration) string {
 type liveView struct {
 	w       io.Writer
 	size    func() (width, height int)
+	pol     orchestrator.Policy
 	lines   int // lines of the frame on screen
 	started bool
 }
@@ -290,7 +299,7 @@ func (v *liveView) show(_ context.Context, s store.RunSnapshot, now time.Time) e
 	width, height := v.size()
 	// One line short of the screen: moving up past its top is impossible,
 	// so a taller frame could not be redrawn in place.
-	frame := renderFrame(s, now, width, max(height-1, 6))
+	frame := renderFrame(s, v.pol, now, width, max(height-1, 6))
 	var b strings.Builder
 	if !v.started {
 		b.WriteString("\x1b[?25l") // hide the cursor while redrawing
@@ -329,7 +338,8 @@ func changeShort(r store.Run) string {
 
 // renderFrame draws the live view: at most maxLines lines, each cut to
 // width columns so the terminal never wraps one (the redraw counts lines).
-func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []string {
+// pol tells when a machine waiting for an idle moment stops waiting.
+func renderFrame(s store.RunSnapshot, pol orchestrator.Policy, now time.Time, width, maxLines int) []string {
 	r, c := s.Run, s.Counts
 	p := runProgress(s)
 	var out []string
@@ -357,10 +367,14 @@ func renderFrame(s store.RunSnapshot, now time.Time, width, maxLines int) []stri
 	if c.WaitingForIdle > 0 {
 		// Not draining and holding no slot: their agents were busy.
 		idle = append(idle, clip(fmt.Sprintf("waiting for an idle moment (%d, not draining, no slot held):", c.WaitingForIdle), width))
-		rows := [][]string{{"APP/MACHINE", "WAITING", "LOOKS", "ACTIVE AGENTS", "NEXT LOOK IN"}}
+		rows := [][]string{{"APP/MACHINE", "WAITING", "LOOKS", "ACTIVE AGENTS", "NEXT LOOK IN", "WAIT ENDS IN"}}
 		for _, m := range s.WaitingForIdle {
+			ends := "-" // no idle wait in its decision
+			if until := orchestrator.IdleWaitEnds(pol, r, m.Migration, now); !until.IsZero() {
+				ends = short(max(until.Sub(now), 0))
+			}
 			rows = append(rows, []string{m.App + "/" + m.MachineID, short(max(now.Sub(m.FirstPeekAt), 0)),
-				strconv.Itoa(m.Peeks), intOr(m.PeekActiveAgents, "?"), short(max(m.NotBefore.Sub(now), 0))})
+				strconv.Itoa(m.Peeks), intOr(m.PeekActiveAgents, "?"), short(max(m.NotBefore.Sub(now), 0)), ends})
 		}
 		for _, l := range alignColumns(rows) {
 			idle = append(idle, clip("  "+l, width))

@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
+	"github.com/hermes-cloud/migrator/policy"
 	"github.com/hermes-cloud/migrator/store"
 	"github.com/hermes-cloud/migrator/store/storetest"
 )
@@ -794,7 +795,7 @@ func TestRunProgressETA(t *testing.T) {
 func TestRunFollowLiveFrame(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 3, 8, 7, 30, 0, 0, time.UTC)
-	frame := renderFrame(sampleSnapshot(now), now, 100, 30)
+	frame := renderFrame(sampleSnapshot(now), policy.Default(), now, 100, 30)
 	text := strings.Join(frame, "\n")
 	for _, want := range []string{
 		"run 42 · image-migration → registry.fly.io/hermes-agent@sha256:abc · running",
@@ -825,7 +826,7 @@ func TestRunFollowLiveFrame(t *testing.T) {
 		t.Errorf("verifying row %q", verifying)
 	}
 	// Never wider than the terminal, never taller than asked.
-	narrow := renderFrame(sampleSnapshot(now), now, 40, 7)
+	narrow := renderFrame(sampleSnapshot(now), policy.Default(), now, 40, 7)
 	if len(narrow) > 7 {
 		t.Errorf("%d lines for 7", len(narrow))
 	}
@@ -852,12 +853,16 @@ func TestRunFollowShowsWaitingForIdleApart(t *testing.T) {
 		{Migration: store.Migration{App: "hermes-agent-4", MachineID: "m4", State: store.StatePending, Peeks: 1,
 			FirstPeekAt: now.Add(-3 * time.Second), NotBefore: now.Add(2 * time.Second), PeekActiveAgents: intp(1)}},
 	}
-	text := strings.Join(renderFrame(s, now, 100, 30), "\n")
+	// The run looks for idle moments for 10 minutes: m3, first looked at
+	// 4 minutes ago, stops waiting in 6.
+	idle := 10 * time.Minute
+	s.Run.IdleWaitOverride = &idle
+	text := strings.Join(renderFrame(s, policy.Default(), now, 100, 30), "\n")
 	inFlight, waiting := strings.Index(text, "in flight (2):"), strings.Index(text, "waiting for an idle moment (3, not draining, no slot held):")
 	if inFlight < 0 || waiting < inFlight {
 		t.Fatalf("want the waiting machines in their own section after the ones in flight:\n%s", text)
 	}
-	for _, want := range [][]string{{"hermes-agent-3/m3", "4m00s", "6", "2", "50s"}, {"hermes-agent-4/m4", "3s", "1", "1", "2s"}, {"…", "and", "1", "more"}} {
+	for _, want := range [][]string{{"hermes-agent-3/m3", "4m00s", "6", "2", "50s", "6m00s"}, {"hermes-agent-4/m4", "3s", "1", "1", "2s", "9m57s"}, {"…", "and", "1", "more"}} {
 		found := false
 		for _, l := range strings.Split(text[waiting:], "\n") {
 			if slices.Equal(strings.Fields(l), want) {
