@@ -258,7 +258,9 @@ func TestOrphanedLeaseReleasedWhenTheRunIsCancelled(t *testing.T) {
 // other description is waited out, never touched.)
 func TestOwnOrphanedLeaseIsAdopted(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, worldOpts{sim: idleFleet(1),
+	// At 10×: the bound below is simulated time, which a loaded machine
+	// blurs at 50× (under load it once took 3m24s there).
+	w := newWorld(t, worldOpts{sim: idleFleet(1), scale: 10,
 		wrapFly: func(c *flymachines.Client) orchestrator.Fly { return &lostLeaseAnswer{Client: c} }})
 	m := machinesOf(w)[0]
 	start := w.clk.Now()

@@ -169,7 +169,10 @@ func parseSummary(t *testing.T, out string) map[string]summaryRow {
 // can use, and Ctrl-C then stops and removes everything.
 func TestSandboxRunsTheStoryAndCleansUp(t *testing.T) {
 	t.Parallel()
-	s := startSandbox(t, "--apps", "6", "--time-scale", "60", "--auto-update-wait", "4m", "--operator-wait", "2m", "--keep")
+	// At 30× (the default) a simulated minute is two wall seconds: at 60× a
+	// machine under load once had the idle looks of run 1 too far apart to
+	// find agents quiet for idle_quiet_for within the idle wait.
+	s := startSandbox(t, "--apps", "6", "--time-scale", "30", "--auto-update-wait", "4m", "--operator-wait", "2m", "--keep")
 	dir := s.waitFor(sandboxDirRE, 30*time.Second)[1]
 	dsn := s.waitFor(sandboxDBRE, 3*time.Minute)[1]
 	out := s.stdout.String()
