@@ -156,9 +156,9 @@ func (s *Sim) platformStates(m *machine, ph phase, now time.Time) map[string]Pla
 		if o, ok := m.app.platformState[name]; ok {
 			p = o
 			p.UpdatedAt = at
-		} else if s.platformDisabled(agentImage(m.config), name) {
+		} else if onImage(m, func(img string) bool { return s.platformDisabled(img, name) }) {
 			p = Platform{State: "disabled", UpdatedAt: at}
-		} else if code, ok := s.parkPlatform[agentImage(m.config)][name]; ok {
+		} else if code, ok := s.parkedOn(m, name); ok {
 			msg := name + " failed to start: " + code
 			p = Platform{State: "fatal", ErrorCode: &code, ErrorMessage: &msg, UpdatedAt: at}
 		} else if code, ok := s.envRejected(m, name); ok {
@@ -195,10 +195,24 @@ func (s *Sim) gatewayStateAt(m *machine, ph phase, now time.Time) string {
 
 // nousAt is nous_session_valid of the instance on its image.
 func (s *Sim) nousAt(m *machine) string {
-	if s.terminalNous[agentImage(m.config)] {
+	if onImage(m, func(img string) bool { return s.terminalNous[img] }) {
 		return "terminal"
 	}
 	return "valid"
+}
+
+// onImage reports whether is holds for the image m runs, named as a test
+// named it: by the reference in its config (a tag) or by its digest (what
+// migrator pins a run's image to), as NeverHealthy and FailPull match.
+func onImage(m *machine, is func(image string) bool) bool {
+	return is(agentImage(m.config)) || m.imageRef.Digest != "" && is(m.imageRef.Digest)
+}
+
+// parkedOn is the error code ParkPlatform gave platform on the image m
+// runs (by reference or digest).
+func (s *Sim) parkedOn(m *machine, platform string) (code string, ok bool) {
+	onImage(m, func(img string) bool { code, ok = s.parkPlatform[img][platform]; return ok })
+	return code, ok
 }
 
 // ParkPlatform makes gateways on image fail platform at boot with a
@@ -211,10 +225,12 @@ func (s *Sim) ParkPlatform(image, platform, errorCode string) {
 	if errorCode == "" {
 		errorCode = platform + "_token_invalid"
 	}
-	if s.parkPlatform[image] == nil {
-		s.parkPlatform[image] = map[string]string{}
+	for _, k := range s.faultKeys(image) {
+		if s.parkPlatform[k] == nil {
+			s.parkPlatform[k] = map[string]string{}
+		}
+		s.parkPlatform[k][platform] = errorCode
 	}
-	s.parkPlatform[image][platform] = errorCode
 }
 
 // SetPlatformState makes one app's platform report state (with
@@ -255,7 +271,9 @@ func (s *Sim) SetPlatformState(appName, platform, state, errorCode string, atten
 func (s *Sim) TerminalNous(image string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.terminalNous[image] = true
+	for _, k := range s.faultKeys(image) {
+		s.terminalNous[k] = true
+	}
 }
 
 // CrashLoopOn makes instances booted on image crash-loop: each exits c.After

@@ -102,3 +102,30 @@ func TestEventsBounded(t *testing.T) {
 		t.Fatalf("%d events from %d to %d", len(m.events), m.events[0].Timestamp, m.events[len(m.events)-1].Timestamp)
 	}
 }
+
+// A fault named by a tag reaches a machine updated to the digest that tag
+// resolves to: serve pins every run's image to its digest, so a test that
+// parks a platform on "…:v2" must see it parked on "…@sha256:<v2's>".
+func TestFaultsByTagReachThePinnedDigest(t *testing.T) {
+	h := newHarness(t, Config{})
+	app, id := h.first()
+	h.sim.mu.Lock()
+	platform := h.sim.appByName[app].platforms[0]
+	h.sim.mu.Unlock()
+	broken := "registry.fly.io/hermes-agent:broken"
+	h.sim.ParkPlatform(broken, platform, "bad_token")
+	h.sim.TerminalNous(broken)
+	pinned := "registry.fly.io/hermes-agent@" + defaultDigest(broken) // an unmoved tag's digest
+	h.recreate(app, id, pinned)
+	h.clk.Advance(DefaultCheckDelay + DefaultGatewayStartup + time.Minute)
+	r := h.mustDo("GET", h.gatewayURL(app, id, "/api/status"), nil, "")
+	var st struct {
+		GatewayPlatforms map[string]Platform `json:"gateway_platforms"`
+		NousSessionValid string              `json:"nous_session_valid"`
+	}
+	r.json(t, &st)
+	p := st.GatewayPlatforms[platform]
+	if p.State != "fatal" || p.ErrorCode == nil || *p.ErrorCode != "bad_token" || st.NousSessionValid != "terminal" {
+		t.Fatalf("on %s: %s %+v, nous %q; want the faults set on %s", pinned, platform, p, st.NousSessionValid, broken)
+	}
+}

@@ -282,7 +282,10 @@
 // MoveTag points a tag at another digest, as a push does, so the next
 // update naming the tag pulls the new build while "repo:tag@digest"
 // (fly-go's FullImageRef) pulls exactly the digest. Image faults
-// (FailImagePull, NeverHealthy, …) match the image string or the digest.
+// (FailImagePull, NeverHealthy, ParkPlatform, TerminalNous, …) match the
+// image string or the digest; one set on a tag is also set on the digest
+// the tag resolves to then, so a run pinned to that digest meets it (a
+// tag moved later leaves the fault on the build it named).
 // The same registry answers the OCI distribution API's manifest HEAD
 // under /v2/ (registry.go), with user "x" and the Fly token as Fly's
 // registry takes them, so `run create` pins a run's image here

@@ -184,10 +184,12 @@ func (s *Sim) DisablePlatform(image, platform string) {
 	if s.hermes.disabled == nil {
 		s.hermes.disabled = map[string]map[string]bool{}
 	}
-	if s.hermes.disabled[image] == nil {
-		s.hermes.disabled[image] = map[string]bool{}
+	for _, k := range s.faultKeys(image) {
+		if s.hermes.disabled[k] == nil {
+			s.hermes.disabled[k] = map[string]bool{}
+		}
+		s.hermes.disabled[k][platform] = true
 	}
-	s.hermes.disabled[image][platform] = true
 }
 
 // SetHostRejected makes the app's dashboards refuse the Host migrator

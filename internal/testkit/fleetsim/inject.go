@@ -89,7 +89,9 @@ func (s *Sim) SetWrongSecret(appName string, wrong bool) {
 func (s *Sim) FailImagePull(image string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.failPull[image] = true
+	for _, k := range s.faultKeys(image) {
+		s.failPull[k] = true
+	}
 }
 
 // FailImagePrepare makes updates to image fail before the running instance
@@ -101,7 +103,9 @@ func (s *Sim) FailImagePull(image string) {
 func (s *Sim) FailImagePrepare(image string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.failPrepare[image] = true
+	for _, k := range s.faultKeys(image) {
+		s.failPrepare[k] = true
+	}
 }
 
 // CrashOnStart makes instances booted on image exit as they start: the
@@ -110,7 +114,9 @@ func (s *Sim) FailImagePrepare(image string) {
 func (s *Sim) CrashOnStart(image string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.crashOnStart[image] = true
+	for _, k := range s.faultKeys(image) {
+		s.crashOnStart[k] = true
+	}
 }
 
 // SlowStart makes gateways booted on image report "starting" for d (instead
@@ -118,7 +124,9 @@ func (s *Sim) CrashOnStart(image string) {
 func (s *Sim) SlowStart(image string, d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.slowStart[image] = d
+	for _, k := range s.faultKeys(image) {
+		s.slowStart[k] = d
+	}
 }
 
 // gatewayStartup is how long a gateway booted on image starts.
@@ -137,5 +145,20 @@ func (s *Sim) gatewayStartup(image, digest string) time.Duration {
 func (s *Sim) NeverHealthy(image string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.neverHealthy[image] = true
+	for _, k := range s.faultKeys(image) {
+		s.neverHealthy[k] = true
+	}
+}
+
+// faultKeys are the names a fault set on image is found by: image as
+// given (a machine whose config names it) and the digest it names or, for
+// a tag, the digest the simulator's registry resolves it to now, so a run
+// that pinned the tag to that digest (serve pins every run's image) meets
+// the same fault. A tag moved later (MoveTag) leaves the fault on the build
+// it named.
+func (s *Sim) faultKeys(image string) []string {
+	if d := s.resolveImage(image).Digest; d != "" && d != image {
+		return []string{image, d}
+	}
+	return []string{image}
 }
