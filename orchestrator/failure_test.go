@@ -154,7 +154,9 @@ func TestStartupFailedRollsBackAtOnce(t *testing.T) {
 // although the machine is stopped now: it was running before.
 func TestCrashedInstanceRollsBackAtOnce(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, worldOpts{sim: idleFleet(1)})
+	// At 10×: the bounds below are simulated time, which a loaded machine
+	// blurs at 50×.
+	w := newWorld(t, worldOpts{sim: idleFleet(1), scale: 10})
 	w.sim.CrashOnStart(imgV3)
 	m := machinesOf(w)[0]
 	start := w.clk.Now()

@@ -196,7 +196,9 @@ func TestBackgroundDelegationAndIdleQuietFor(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1, APISimTime: true}, policy: pol})
+			// At 20×: the minute allowed past the expected wait is three
+			// seconds of wall time (a loaded machine blurs 1.2 s at 50×).
+			w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1, APISimTime: true}, policy: pol, scale: 20})
 			app, id := w.sim.Apps()[0], w.sim.MachineIDs(w.sim.Apps()[0])[0]
 			// A 5-s turn that leaves a delegation running.
 			w.sim.AddTurn(app, id, fleetsim.Turn{Session: "chat-1", Duration: 5 * time.Second})
@@ -231,7 +233,9 @@ func TestBackgroundDelegationAndIdleQuietFor(t *testing.T) {
 // fails at once with it, never drained or recreated.
 func TestHostRejectedFailsAtOnce(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1, APISimTime: true}})
+	// At 10×: the bounds below are simulated time, which a loaded machine
+	// blurs at 50×.
+	w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 1, APISimTime: true}, scale: 10})
 	app, id := w.sim.Apps()[0], w.sim.MachineIDs(w.sim.Apps()[0])[0]
 	w.sim.SetHostRejected(app, true)
 	start := w.clk.Now()

@@ -88,7 +88,9 @@ func mustPolicy(t *testing.T, src string) *policy.Policy {
 func TestBusyAgentIsDeferredWithoutDrainAndHoldsNoSlot(t *testing.T) {
 	t.Parallel()
 	pol := mustPolicy(t, "[causes.auto-update]\nidle_wait = \"3m\"\n")
-	w := newWorld(t, worldOpts{sim: idleFleet(2), policy: pol})
+	// At 10×: the bounds below are simulated time, which a loaded machine
+	// blurs at 50×.
+	w := newWorld(t, worldOpts{sim: idleFleet(2), policy: pol, scale: 10})
 	ms := machinesOf(w)
 	busy, idle := ms[0], ms[1] // plan order: the busy machine is first
 	chatter(w, busy, 6*time.Hour)

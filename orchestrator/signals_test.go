@@ -452,11 +452,14 @@ func TestCanaryPutDownIdleDuringBakeIsClean(t *testing.T) {
 		t.Run(autostop, func(t *testing.T) {
 			t.Parallel()
 			shape := func(string) []fleetsim.MachineShape { return []fleetsim.MachineShape{{Autostop: autostop}} }
-			w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 3, APISimTime: true, Shape: shape, AutostopAfter: 5 * time.Minute}})
-			bake := 10 * time.Minute
+			// At 20×: the canary must be leased up, before its autostop's 4
+			// minutes (12 s of wall time; 6 s at 50× was missed on a loaded
+			// machine), and be put down during its bake.
+			w := newWorld(t, worldOpts{sim: fleetsim.Config{Apps: 3, APISimTime: true, Shape: shape, AutostopAfter: 4 * time.Minute}, scale: 20})
+			bake := 8 * time.Minute
 			run := w.createRun(orchestrator.RunRequest{Cause: policy.ImageMigration, Image: imgV2, MaxUnavailable: "3", Canary: 1,
 				CanaryBakeOverride: &bake, IdleWaitOverride: new(time.Duration)})
-			if r := w.waitRun(run.ID, time.Minute); r.State != store.RunSucceeded {
+			if r := w.waitRun(run.ID, 2*time.Minute); r.State != store.RunSucceeded {
 				t.Fatalf("run %s (%s), want succeeded: a canary put down while idle did not regress", r.State, r.StateReason)
 			}
 			ms, _ := w.st.Q().ListMigrations(context.Background(), run.ID)
