@@ -138,11 +138,8 @@ func (s *Sim) handleList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Sim) handleGet(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	m := s.lookup(r.PathValue("app"), r.PathValue("id"))
+	m := s.lockMachine(w, r)
 	if m == nil {
-		s.mu.Unlock()
-		errMachineNotFound(w)
 		return
 	}
 	now := s.clk.Now()
@@ -338,11 +335,8 @@ func (s *Sim) handleLease(w http.ResponseWriter, r *http.Request) {
 		ttl = time.Duration(n) * time.Second
 	}
 	nonce := nonceOf(r)
-	s.mu.Lock()
-	m := s.lookup(r.PathValue("app"), r.PathValue("id"))
+	m := s.lockMachine(w, r)
 	if m == nil {
-		s.mu.Unlock()
-		errMachineNotFound(w)
 		return
 	}
 	now := s.bringUp(m)
@@ -375,11 +369,8 @@ func (s *Sim) handleLease(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Sim) handleLeaseGet(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	m := s.lookup(r.PathValue("app"), r.PathValue("id"))
+	m := s.lockMachine(w, r)
 	if m == nil {
-		s.mu.Unlock()
-		errMachineNotFound(w)
 		return
 	}
 	now := s.clk.Now()
@@ -398,11 +389,8 @@ func (s *Sim) handleLeaseGet(w http.ResponseWriter, r *http.Request) {
 
 func (s *Sim) handleLeaseRelease(w http.ResponseWriter, r *http.Request) {
 	nonce := nonceOf(r)
-	s.mu.Lock()
-	m := s.lookup(r.PathValue("app"), r.PathValue("id"))
+	m := s.lockMachine(w, r)
 	if m == nil {
-		s.mu.Unlock()
-		errMachineNotFound(w)
 		return
 	}
 	now := s.clk.Now()
@@ -470,11 +458,8 @@ func (s *Sim) handleWait(w http.ResponseWriter, r *http.Request) {
 	deadline := time.NewTimer(wall)
 	defer deadline.Stop()
 	for {
-		s.mu.Lock()
-		m := s.lookup(r.PathValue("app"), r.PathValue("id"))
+		m := s.lockMachine(w, r)
 		if m == nil {
-			s.mu.Unlock()
-			errMachineNotFound(w)
 			return
 		}
 		now := s.clk.Now()
@@ -576,16 +561,26 @@ func versionOf(image string) string {
 	return d[:min(12, len(d))]
 }
 
-// mutableMachine locks the simulator and finds the machine the request
-// names, brought up to now. When there is none, or another holder's lease
-// is on it, it answers 404 or 409 itself, unlocks and returns ok=false;
-// otherwise the caller holds s.mu.
-func (s *Sim) mutableMachine(w http.ResponseWriter, r *http.Request) (*machine, time.Time, bool) {
+// lockMachine locks the simulator and finds the machine the request
+// names; when there is none it answers Fly's 404 itself, unlocks and
+// returns nil. Otherwise the caller holds s.mu.
+func (s *Sim) lockMachine(w http.ResponseWriter, r *http.Request) *machine {
 	s.mu.Lock()
 	m := s.lookup(r.PathValue("app"), r.PathValue("id"))
 	if m == nil {
 		s.mu.Unlock()
 		errMachineNotFound(w)
+	}
+	return m
+}
+
+// mutableMachine locks the simulator and finds the machine the request
+// names, brought up to now. When there is none, or another holder's lease
+// is on it, it answers 404 or 409 itself, unlocks and returns ok=false;
+// otherwise the caller holds s.mu.
+func (s *Sim) mutableMachine(w http.ResponseWriter, r *http.Request) (*machine, time.Time, bool) {
+	m := s.lockMachine(w, r)
+	if m == nil {
 		return nil, time.Time{}, false
 	}
 	now := s.bringUp(m)
