@@ -239,22 +239,7 @@ func TestAsleepBeforeServingIsWokenOnce(t *testing.T) {
 	id := w.sim.MachineIDs(app)[0]
 	// From the update on, the dashboard cannot be read until the new
 	// instance has been stopped once (by its autostop).
-	go func() {
-		base := -1
-		for end := time.Now().Add(time.Minute); time.Now().Before(end); {
-			v := w.sim.Machine(app, id)
-			switch {
-			case v.AgentImage != imgV2:
-			case base < 0:
-				base = v.Autostops
-				blind.Store(true)
-			case v.Autostops > base:
-				blind.Store(false)
-				return
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-	}()
+	go blindUntilAutostop(w, app, id, &blind, func(v fleetsim.MachineView) bool { return v.AgentImage == imgV2 })
 	w.sim.AddTurn(app, id, fleetsim.Turn{Session: "chat", Duration: 10 * time.Second}) // up until the drain
 	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2, IdleWaitOverride: ptr(time.Duration(0))}).ID, 2*time.Minute)
 	if h := w.realHistory(r.ID)[app]; h.MachineState != "started" {
@@ -266,6 +251,24 @@ func TestAsleepBeforeServingIsWokenOnce(t *testing.T) {
 	}
 	if _, ok := eventOf(w.eventsOf(r.ID, id), "machine.woken_to_verify"); !ok {
 		t.Error("no machine.woken_to_verify event")
+	}
+}
+
+// blindUntilAutostop sets blind from the first look at the machine at
+// which from holds until the instance then running has been stopped once
+// by its autostop (a minute of wall time at most).
+func blindUntilAutostop(w *world, app, id string, blind *atomic.Bool, from func(fleetsim.MachineView) bool) {
+	base := -1
+	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+		v := w.sim.Machine(app, id)
+		switch {
+		case base < 0 && from(v):
+			base = v.Autostops
+			blind.Store(true)
+		case base >= 0 && v.Autostops > base:
+			blind.Store(false)
+			return
+		}
 	}
 }
 
@@ -535,24 +538,11 @@ func TestAsleepDuringRestoreIsWokenOnce(t *testing.T) {
 	w.sim.NeverHealthy(imgV2)
 	// Once the rollback put v1 back, the dashboard cannot be read until
 	// that instance has been stopped once (by its autostop).
-	go func() {
-		sawV2, base := false, -1
-		for end := time.Now().Add(time.Minute); time.Now().Before(end); {
-			v := w.sim.Machine(app, id)
-			switch {
-			case v.AgentImage == imgV2:
-				sawV2 = true
-			case !sawV2:
-			case base < 0:
-				base = v.Autostops
-				blind.Store(true)
-			case v.Autostops > base:
-				blind.Store(false)
-				return
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-	}()
+	sawV2 := false
+	go blindUntilAutostop(w, app, id, &blind, func(v fleetsim.MachineView) bool {
+		sawV2 = sawV2 || v.AgentImage == imgV2
+		return sawV2 && v.AgentImage != imgV2
+	})
 	w.sim.AddTurn(app, id, fleetsim.Turn{Session: "chat", Duration: 10 * time.Second}) // up until the drain
 	r := w.waitRun(w.createRun(orchestrator.RunRequest{Cause: policy.Operator, Image: imgV2, IdleWaitOverride: ptr(time.Duration(0))}).ID, 2*time.Minute)
 	if h := w.realHistory(r.ID)[app]; h.MachineState != "started" {

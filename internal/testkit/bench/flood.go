@@ -21,7 +21,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/testkit/pgcluster"
 	"github.com/hermes-cloud/migrator/orchestrator"
 	"github.com/hermes-cloud/migrator/policy"
@@ -280,22 +279,11 @@ func runFlood(ctx context.Context, cfg FloodConfig, cluster *pgcluster.Cluster, 
 	}
 	base := "http://" + addr
 
-	pool, err := store.Open(ctx, withAppName(dsn, "migrator-bench-cli"), store.WithMaxConns(4))
+	orch, closePlanner, err := startPlanner(ctx, dsn, sim, clk, cfg.Budget)
 	if err != nil {
 		return run, err
 	}
-	defer pool.Close()
-	fly, err := flymachines.New(ctx, flymachines.Config{Token: sim.env["FLY_API_TOKEN"], BaseURL: sim.env["FLY_FLAPS_BASE_URL"], Clock: clk})
-	if err != nil {
-		return run, fmt.Errorf("fly client: %w", err)
-	}
-	orch, err := orchestrator.New(orchestrator.Config{FleetCap: cfg.Budget, Clock: clk}, store.New(pool), fly, nil, policy.Default())
-	if err != nil {
-		return run, err
-	}
-	if _, err := orch.NewRiverClient(orchestrator.RiverOptions{Logger: slog.New(slog.DiscardHandler)}); err != nil {
-		return run, err
-	}
+	defer closePlanner()
 	res.SetupWall = time.Since(setup0)
 	req := orchestrator.RunRequest{Cause: policy.ImageMigration, Image: TargetImage, Selector: store.Selector{Org: sim.env["MIGRATOR_FLY_ORG"]},
 		MaxUnavailable: strconv.Itoa(cfg.Budget), DeadlineOverride: DefaultDeadline, IdleWaitOverride: &beginAtOnce,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,7 +19,11 @@ import (
 	"time"
 
 	"github.com/hermes-cloud/migrator/internal/clock"
+	"github.com/hermes-cloud/migrator/internal/flymachines"
 	"github.com/hermes-cloud/migrator/internal/testkit/fleetsim"
+	"github.com/hermes-cloud/migrator/orchestrator"
+	"github.com/hermes-cloud/migrator/policy"
+	"github.com/hermes-cloud/migrator/store"
 )
 
 // The processes of a replicas run: `migrator fleetsim` (started, its
@@ -328,6 +333,30 @@ func (r *replica) warnings() (int, []string) {
 		}
 	}
 	return n, first
+}
+
+// startPlanner is what `migrator run create` builds to plan and create a
+// run in this process: an orchestrator on a small pool of its own, against
+// the simulator, with an insert-only River client. closePlanner ends the pool.
+func startPlanner(ctx context.Context, dsn string, sim *simProcess, clk *clock.Scaled, budget int) (orch *orchestrator.Orchestrator, closePlanner func(), err error) {
+	pool, err := store.Open(ctx, withAppName(dsn, "migrator-bench-cli"), store.WithMaxConns(4))
+	if err != nil {
+		return nil, nil, err
+	}
+	fly, err := flymachines.New(ctx, flymachines.Config{Token: sim.env["FLY_API_TOKEN"], BaseURL: sim.env["FLY_FLAPS_BASE_URL"], Clock: clk})
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("fly client: %w", err)
+	}
+	orch, err = orchestrator.New(orchestrator.Config{FleetCap: budget, Clock: clk}, store.New(pool), fly, nil, policy.Default())
+	if err == nil {
+		_, err = orch.NewRiverClient(orchestrator.RiverOptions{Logger: slog.New(slog.DiscardHandler)})
+	}
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return orch, pool.Close, nil
 }
 
 // parseClock reads MIGRATOR_CLOCK as fleetsim prints it.

@@ -152,10 +152,7 @@ func (s *Sim) handleGraphQL(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			continue
 		}
-		key := f.Alias
-		if key == "" {
-			key = f.Name
-		}
+		key := fieldKey(f)
 		if s.gqlUnauthorized {
 			out.Data = nil
 			out.Errors = append(out.Errors, gqlError{Message: "Not authorized", Path: []string{key},
@@ -271,10 +268,7 @@ func (s *Sim) gqlApp(a *app, set ast.SelectionSet, vars map[string]any) (any, st
 		if !ok {
 			continue
 		}
-		key := f.Alias
-		if key == "" {
-			key = f.Name
-		}
+		key := fieldKey(f)
 		switch f.Name {
 		case "name":
 			out[key] = a.name
@@ -327,4 +321,13 @@ func toInt(v any) (int, bool) {
 		return int(i), err == nil
 	}
 	return 0, false
+}
+
+// fieldKey is where a GraphQL field's value goes in the answer: its alias,
+// else its name (GraphQL spec, "Field Alias").
+func fieldKey(f *ast.Field) string {
+	if f.Alias != "" {
+		return f.Alias
+	}
+	return f.Name
 }
